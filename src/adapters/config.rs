@@ -1,0 +1,206 @@
+//! Adapter hyper-parameters: one serializable struct that a native adapter file stores whole.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The parameter-efficient method an adapter implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// `W0 + s B A` with independent factors per target.
+    Lora,
+    /// LoRA plus a learned per-output-row magnitude (weight-decomposed LoRA).
+    Dora,
+    /// LoRA factors generated from shared per-block seeds by small MLPs.
+    Replora,
+}
+
+impl Method {
+    /// The `peft_type` string written into adapter configs.
+    pub fn peft_type(self) -> &'static str {
+        match self {
+            Method::Lora | Method::Dora => "LORA",
+            Method::Replora => "REPLORA",
+        }
+    }
+}
+
+/// How the LoRA down-projection `A` (and RepLoRA's `A` generator output layer) is initialised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoraInit {
+    /// Kaiming-uniform with `a = sqrt(5)`, as `torch.nn.Linear` and PEFT's default.
+    Kaiming,
+    /// Normal with standard deviation `1 / r` (PEFT's `init_lora_weights="gaussian"`).
+    Gaussian,
+}
+
+/// The shape of RepLoRA's shared seeds (spec section 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SeedKind {
+    /// `A = diag(a)`, `B = diag(b)`: `2 r` seed parameters per block.
+    Diagonal,
+    /// `A` is a full `r x d_in` matrix, `B` a full `r x d_out` matrix.
+    Full,
+}
+
+/// Non-linearity between the two layers of a RepLoRA generator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    Tanh,
+    Relu,
+    Gelu,
+    /// No non-linearity: the paper's linear reparameterization.
+    Identity,
+}
+
+macro_rules! string_enum {
+    ($ty:ty, $what:literal, $($name:literal => $value:expr),+ $(,)?) => {
+        impl FromStr for $ty {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self> {
+                match s.to_ascii_lowercase().as_str() {
+                    $($name => Ok($value),)+
+                    other => Err(Error::Config(format!(
+                        concat!("unknown ", $what, " {:?}; expected one of: {}"),
+                        other,
+                        [$($name),+].join(", ")
+                    ))),
+                }
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let name = match self { $(v if *v == $value => $name,)+ _ => unreachable!() };
+                f.write_str(name)
+            }
+        }
+    };
+}
+
+string_enum!(Method, "method", "lora" => Method::Lora, "dora" => Method::Dora, "replora" => Method::Replora);
+string_enum!(SeedKind, "seed kind", "diagonal" => SeedKind::Diagonal, "full" => SeedKind::Full);
+string_enum!(LoraInit, "init", "kaiming" => LoraInit::Kaiming, "gaussian" => LoraInit::Gaussian);
+string_enum!(
+    Activation, "activation",
+    "tanh" => Activation::Tanh, "relu" => Activation::Relu,
+    "gelu" => Activation::Gelu, "identity" => Activation::Identity,
+);
+
+/// PEFT's `target_modules`: a list of names (exact or suffix match) or one regex (full match).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TargetModules {
+    Names(Vec<String>),
+    Regex(String),
+}
+
+/// RepLoRA's generator settings (ignored by LoRA and DoRA).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RepLoraConfig {
+    pub seed_kind: SeedKind,
+    /// Hidden width `h` of the generator MLPs `g_A` and `g_B`.
+    pub hidden: usize,
+    pub activation: Activation,
+    /// One generator pair for all blocks instead of one per block (seeds stay per block).
+    pub shared_generators: bool,
+}
+
+impl Default for RepLoraConfig {
+    fn default() -> Self {
+        Self { seed_kind: SeedKind::Diagonal, hidden: 16, activation: Activation::Tanh, shared_generators: false }
+    }
+}
+
+/// Every hyper-parameter of an adapter; stored whole in native adapter files.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdapterConfig {
+    pub method: Method,
+    /// LoRA rank `r`.
+    pub r: usize,
+    pub lora_alpha: f64,
+    pub lora_dropout: f64,
+    /// Scale `alpha / sqrt(r)` (rsLoRA) instead of `alpha / r`.
+    pub use_rslora: bool,
+    pub init_lora_weights: LoraInit,
+    pub target_modules: TargetModules,
+    /// Only adapt linears whose layer index (first `.N.` in the path) is listed.
+    pub layers_to_transform: Option<Vec<usize>>,
+    /// Per-module rank overrides; a key matches a path that equals it or ends in `.key` (regex).
+    pub rank_pattern: BTreeMap<String, usize>,
+    /// Per-module alpha overrides, matched like `rank_pattern`.
+    pub alpha_pattern: BTreeMap<String, f64>,
+    pub replora: RepLoraConfig,
+    /// Seed of the adapter's random initialisation.
+    pub seed: u64,
+}
+
+impl Default for AdapterConfig {
+    fn default() -> Self {
+        Self {
+            method: Method::Replora,
+            r: 8,
+            lora_alpha: 16.0,
+            lora_dropout: 0.0,
+            use_rslora: false,
+            init_lora_weights: LoraInit::Kaiming,
+            target_modules: TargetModules::Names(vec!["query".into(), "value".into()]),
+            layers_to_transform: None,
+            rank_pattern: BTreeMap::new(),
+            alpha_pattern: BTreeMap::new(),
+            replora: RepLoraConfig::default(),
+            seed: 0,
+        }
+    }
+}
+
+impl AdapterConfig {
+    /// A config for `method` with defaults elsewhere.
+    pub fn new(method: Method) -> Self {
+        Self { method, ..Self::default() }
+    }
+
+    /// The LoRA scale `s` for a target of rank `r` and the given alpha.
+    pub fn scale(&self, r: usize, alpha: f64) -> f64 {
+        if self.use_rslora { alpha / (r as f64).sqrt() } else { alpha / r as f64 }
+    }
+
+    /// Checks the values that do not depend on the model.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.r == 0 {
+            return bad("rank r must be at least 1".into());
+        }
+        if let Some((k, _)) = self.rank_pattern.iter().find(|(_, r)| **r == 0) {
+            return bad(format!("rank_pattern[{k:?}] must be at least 1"));
+        }
+        if !self.lora_alpha.is_finite() || self.lora_alpha <= 0.0 {
+            return bad(format!("lora_alpha must be a positive number, got {}", self.lora_alpha));
+        }
+        if let Some((k, a)) = self.alpha_pattern.iter().find(|(_, a)| !a.is_finite() || **a <= 0.0) {
+            return bad(format!("alpha_pattern[{k:?}] must be a positive number, got {a}"));
+        }
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return bad(format!("lora_dropout must be in [0, 1), got {}", self.lora_dropout));
+        }
+        if self.method == Method::Replora && self.replora.hidden == 0 {
+            return bad("replora.hidden must be at least 1".into());
+        }
+        match &self.target_modules {
+            TargetModules::Names(names) if names.is_empty() => bad("target_modules is empty".into()),
+            TargetModules::Regex(re) => regex::Regex::new(re)
+                .map(|_| ())
+                .map_err(|e| Error::Config(format!("target_modules regex {re:?}: {e}"))),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Closed-form trainable-parameter counts and the PPT metric (spec section 4).
+
+use super::config::{AdapterConfig, Method, SeedKind};
+use super::replora::{Generator, seed_widths};
+use super::target::Target;
+
+/// Trainable parameters of `config` applied to `targets`, from the formulas of each method.
+///
+/// LoRA: `sum r (d_in + d_out)`; DoRA adds `d_out` per target; RepLoRA: per block the seeds
+/// (`2 r` diagonal, `r (d_a + d_b)` full) plus the generators `g_A`, `g_B`
+/// (`d_seed h + h + h d_gen + d_gen` each), once per block or once in all when shared.
+pub fn closed_form(config: &AdapterConfig, targets: &[Target]) -> usize {
+    match config.method {
+        Method::Lora => targets.iter().map(|t| t.rank * (t.d_in + t.d_out)).sum(),
+        Method::Dora => targets.iter().map(|t| t.rank * (t.d_in + t.d_out) + t.d_out).sum(),
+        Method::Replora => {
+            let mut layers: Vec<Option<usize>> = vec![];
+            for t in targets {
+                if !layers.contains(&t.layer) {
+                    layers.push(t.layer);
+                }
+            }
+            let opts = &config.replora;
+            let mut total = 0;
+            for (n, layer) in layers.iter().enumerate() {
+                let block: Vec<&Target> = targets.iter().filter(|t| t.layer == *layer).collect();
+                let rank = block[0].rank;
+                let d_ins: Vec<usize> = block.iter().map(|t| t.d_in).collect();
+                let d_outs: Vec<usize> = block.iter().map(|t| t.d_out).collect();
+                let (da, db) = seed_widths(opts.seed_kind, rank, &d_ins, &d_outs);
+                total += match opts.seed_kind {
+                    SeedKind::Diagonal => 2 * rank,
+                    SeedKind::Full => rank * (da + db),
+                };
+                if n == 0 || !opts.shared_generators {
+                    total += Generator::param_count(da, opts.hidden, d_ins.iter().sum())
+                        + Generator::param_count(db, opts.hidden, d_outs.iter().sum());
+                }
+            }
+            total
+        }
+    }
+}
+
+/// Performance per parameter (SCT paper): `acc * exp(-log10(C / 1e7 + 1))`.
+pub fn ppt(accuracy: f64, trainable_params: usize) -> f64 {
+    accuracy * (-(trainable_params as f64 / 1e7 + 1.0).log10()).exp()
+}
+
+/// PEFT's `print_trainable_parameters` line.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ParamReport {
+    pub trainable: usize,
+    pub total: usize,
+}
+
+impl ParamReport {
+    pub fn percent(&self) -> f64 {
+        100.0 * self.trainable as f64 / self.total as f64
+    }
+}
+
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl std::fmt::Display for ParamReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "trainable params: {} || all params: {} || trainable%: {:.4}",
+            thousands(self.trainable),
+            thousands(self.total),
+            self.percent()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_and_ppt_format() {
+        let r = ParamReport { trainable: 294_912, total: 124_734_720 };
+        assert_eq!(r.to_string(), "trainable params: 294,912 || all params: 124,734,720 || trainable%: 0.2364");
+        assert!((ppt(0.9, 0) - 0.9).abs() < 1e-12);
+        assert!((ppt(0.9, 90_000_000) - 0.9 * (-1.0f64).exp()).abs() < 1e-12);
+    }
+}

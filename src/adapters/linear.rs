@@ -1,0 +1,116 @@
+//! The linear layer every model file uses: a frozen base weight that adapters add to.
+
+use std::collections::HashMap;
+
+use burn::module::Param;
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use burn::tensor::module::linear;
+
+/// `y = x W + b` with `W` stored as burn does, `[d_in, d_out]`, plus the module path
+/// (Hugging Face naming) that adapters, target patterns and exported files refer to.
+#[derive(Module, Debug)]
+pub struct AdaptedLinear {
+    pub weight: Param<Tensor<2>>,
+    pub bias: Option<Param<Tensor<1>>>,
+    pub path: String,
+}
+
+/// What an adapter adds to one linear during one forward pass, in burn's layout:
+/// `A` is `[d_in, r]` and `B` is `[r, d_out]`, so the update is `x A B`.
+#[derive(Clone, Debug)]
+pub struct LinearDelta {
+    pub a: Tensor<2>,
+    pub b: Tensor<2>,
+    pub scale: f64,
+    pub dropout: f64,
+    /// DoRA's magnitude `m` (`[d_out]`); `None` for LoRA and RepLoRA.
+    pub magnitude: Option<Tensor<1>>,
+}
+
+/// The deltas of all adapted linears of a model for one forward pass, keyed by module path.
+/// Built once per pass, so RepLoRA's generators run once however many linears they feed.
+#[derive(Clone, Debug, Default)]
+pub struct Deltas {
+    map: HashMap<String, LinearDelta>,
+    /// Apply LoRA dropout (training passes only).
+    training: bool,
+}
+
+impl Deltas {
+    /// No adapter: every linear computes its base output.
+    pub fn none() -> Self {
+        Self::default()
+    }
+    pub(crate) fn new(map: HashMap<String, LinearDelta>, training: bool) -> Self {
+        Self { map, training }
+    }
+    pub fn get(&self, path: &str) -> Option<&LinearDelta> {
+        self.map.get(path)
+    }
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+impl LinearDelta {
+    /// `s A B` as a `[d_in, d_out]` weight update.
+    pub fn dense(&self) -> Tensor<2> {
+        self.a.clone().matmul(self.b.clone()).mul_scalar(self.scale)
+    }
+
+    /// DoRA's column factor `m / ||W0 + s A B||` (norm over `d_in`, detached as in PEFT).
+    pub fn dora_factor(&self, weight: Tensor<2>, magnitude: &Tensor<1>) -> Tensor<1> {
+        let norm = (weight + self.dense()).detach().square().sum_dim(0).sqrt().squeeze_dim::<1>(0);
+        magnitude.clone() / norm
+    }
+
+    /// The weight this delta is equivalent to: `W0 + s A B`, or DoRA's rescaled version.
+    pub fn merged_weight(&self, weight: Tensor<2>) -> Tensor<2> {
+        let updated = weight.clone() + self.dense();
+        match &self.magnitude {
+            Some(m) => updated * self.dora_factor(weight, m).unsqueeze_dim::<2>(0),
+            None => updated,
+        }
+    }
+}
+
+impl AdaptedLinear {
+    /// A linear from burn-layout weights; trainable until an adapter freezes it.
+    pub fn new(path: impl Into<String>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
+        Self { weight: Param::from_tensor(weight), bias: bias.map(Param::from_tensor), path: path.into() }
+    }
+
+    pub fn d_in(&self) -> usize {
+        self.weight.shape()[0]
+    }
+    pub fn d_out(&self) -> usize {
+        self.weight.shape()[1]
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>, deltas: &Deltas) -> Tensor<D> {
+        let bias = self.bias.as_ref().map(|b| b.val());
+        let Some(delta) = deltas.get(&self.path) else {
+            return linear(x, self.weight.val(), bias);
+        };
+        let x_lora = if deltas.training && delta.dropout > 0.0 {
+            let keep = 1.0 - delta.dropout;
+            x.clone() * x.random_like(Distribution::Bernoulli(keep)).div_scalar(keep)
+        } else {
+            x.clone()
+        };
+        // Activation side `(x A) B`: r (d_in + d_out) work per token, no dense d_in x d_out update.
+        let update = linear(linear(x_lora, delta.a.clone(), None), delta.b.clone(), None).mul_scalar(delta.scale);
+        let mut y = linear(x, self.weight.val(), None) + update;
+        if let Some(m) = &delta.magnitude {
+            y = y * delta.dora_factor(self.weight.val(), m).unsqueeze::<D>();
+        }
+        match bias {
+            Some(b) => y + b.unsqueeze::<D>(),
+            None => y,
+        }
+    }
+}

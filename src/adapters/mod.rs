@@ -1,0 +1,18 @@
+//! Adapter methods (LoRA, DoRA, RepLoRA), their injection into a model, and merging.
+
+pub mod config;
+pub mod count;
+pub mod init;
+pub mod linear;
+pub mod lora;
+pub mod peft_model;
+pub mod replora;
+pub mod set;
+pub mod target;
+
+pub use config::{Activation, AdapterConfig, LoraInit, Method, RepLoraConfig, SeedKind, TargetModules};
+pub use count::{ParamReport, closed_form, ppt};
+pub use linear::{AdaptedLinear, Deltas, LinearDelta};
+pub use peft_model::{Adaptable, PeftModel};
+pub use set::AdapterSet;
+pub use target::{Target, select_targets};

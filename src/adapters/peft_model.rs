@@ -1,0 +1,147 @@
+//! A base model with adapters injected: freeze, forward deltas, merge, unmerge, disable.
+
+use std::collections::HashMap;
+
+use burn::prelude::*;
+
+use super::config::AdapterConfig;
+use super::count::ParamReport;
+use super::linear::{AdaptedLinear, Deltas, LinearDelta};
+use super::set::AdapterSet;
+use crate::error::{Error, Result};
+
+/// A model whose linear layers are [`AdaptedLinear`]s. Model files implement this by listing
+/// their linears; everything adapter-specific lives here, not in the model.
+pub trait Adaptable: Module {
+    /// Every linear layer, in a fixed model order.
+    fn linears(&self) -> Vec<&AdaptedLinear>;
+    /// Rebuilds the model with each linear passed through `f`.
+    fn map_linears(self, f: &mut dyn FnMut(AdaptedLinear) -> AdaptedLinear) -> Self;
+}
+
+/// What was folded into the base weights by [`PeftModel::merge`], kept to undo it: the delta
+/// of each merged linear and, for DoRA, the factor `m / ||W0 + s B A||` it applied.
+#[derive(Clone, Debug)]
+struct Merged {
+    deltas: HashMap<String, (LinearDelta, Option<Tensor<1>>)>,
+}
+
+/// A frozen base model plus its adapters.
+#[derive(Module, Debug)]
+pub struct PeftModel<M: Module> {
+    pub model: M,
+    pub adapters: AdapterSet,
+    #[module(skip)]
+    enabled: bool,
+    #[module(skip)]
+    merged: Option<Merged>,
+}
+
+impl<M: Adaptable> PeftModel<M> {
+    /// Freezes every base weight of `model` and injects the adapters `config` describes.
+    pub fn new(model: M, config: &AdapterConfig) -> Result<Self> {
+        let adapters = AdapterSet::new(config, &model.linears())?;
+        Ok(Self::from_parts(model, adapters))
+    }
+
+    /// Wraps a model and an already built adapter set (e.g. one loaded from a file).
+    pub fn from_parts(model: M, adapters: AdapterSet) -> Self {
+        Self { model: model.no_grad(), adapters, enabled: true, merged: None }
+    }
+
+    /// The adapter deltas for an evaluation pass: empty while disabled or merged.
+    pub fn deltas(&self) -> Deltas {
+        self.deltas_for(false)
+    }
+
+    /// The adapter deltas for a training pass (LoRA dropout on).
+    pub fn training_deltas(&self) -> Deltas {
+        self.deltas_for(true)
+    }
+
+    fn deltas_for(&self, training: bool) -> Deltas {
+        if self.enabled && self.merged.is_none() { self.adapters.deltas(training) } else { Deltas::none() }
+    }
+
+    /// Temporarily switches the adapter off (or back on) without touching any weight.
+    pub fn set_enabled(mut self, enabled: bool) -> Self {
+        self.enabled = enabled;
+        self
+    }
+
+    pub fn is_merged(&self) -> bool {
+        self.merged.is_some()
+    }
+
+    /// Folds the adapter into the base weights (f32; rejects NaN/Inf like PEFT's `safe_merge`,
+    /// leaving the model unchanged).
+    pub fn merge(self) -> Result<Self> {
+        if self.merged.is_some() {
+            return Err(Error::State("the adapter is already merged".into()));
+        }
+        let mut deltas = HashMap::new();
+        let mut weights = HashMap::new();
+        let all = self.adapters.deltas(false);
+        for linear in self.model.linears() {
+            let Some(d) = all.get(&linear.path) else { continue };
+            let d = detached(d);
+            let w0 = linear.weight.val().detach();
+            let factor = d.magnitude.as_ref().map(|m| d.dora_factor(w0.clone(), m));
+            let w = d.merged_weight(w0);
+            check_finite(&w, &linear.path)?;
+            weights.insert(linear.path.clone(), w);
+            deltas.insert(linear.path.clone(), (d, factor));
+        }
+        let model = replace_weights(self.model, weights);
+        Ok(Self { model, merged: Some(Merged { deltas }), ..self })
+    }
+
+    /// Undoes [`merge`](Self::merge): `W0 = W - s B A` (DoRA: `W / (m / ||W0 + s B A||) - s B A`).
+    pub fn unmerge(self) -> Result<Self> {
+        let Some(merged) = self.merged else {
+            return Err(Error::State("the adapter is not merged".into()));
+        };
+        let mut weights = HashMap::new();
+        for linear in self.model.linears() {
+            let Some((d, factor)) = merged.deltas.get(&linear.path) else { continue };
+            let mut w = linear.weight.val().detach();
+            if let Some(f) = factor {
+                w = w / f.clone().unsqueeze_dim::<2>(0);
+            }
+            let w = w - d.dense();
+            check_finite(&w, &linear.path)?;
+            weights.insert(linear.path.clone(), w);
+        }
+        let model = replace_weights(self.model, weights);
+        Ok(Self { model, merged: None, ..self })
+    }
+
+    /// `trainable params: N || all params: M || trainable%: P`.
+    pub fn param_report(&self) -> ParamReport {
+        let trainable = self.adapters.trainable_params();
+        ParamReport { trainable, total: self.model.num_params() + trainable }
+    }
+}
+
+fn detached(d: &LinearDelta) -> LinearDelta {
+    LinearDelta {
+        a: d.a.clone().detach(),
+        b: d.b.clone().detach(),
+        magnitude: d.magnitude.clone().map(|m| m.detach()),
+        ..d.clone()
+    }
+}
+
+fn check_finite(w: &Tensor<2>, path: &str) -> Result<()> {
+    let values = w.to_data().try_into_vec_as::<f32>().expect("float tensors convert to f32");
+    if values.iter().all(|v| v.is_finite()) { Ok(()) } else { Err(Error::NonFinite { path: path.into() }) }
+}
+
+fn replace_weights<M: Adaptable>(model: M, mut weights: HashMap<String, Tensor<2>>) -> M {
+    model.map_linears(&mut |mut linear| {
+        if let Some(w) = weights.remove(&linear.path) {
+            linear.weight = linear.weight.map(|old| w.set_require_grad(old.is_require_grad()));
+        }
+        linear
+    })
+}

@@ -1,0 +1,127 @@
+//! RepLoRA (spec section 3): per-block shared seeds mapped by small MLPs to LoRA factors.
+
+use burn::module::Param;
+use burn::prelude::*;
+use burn::tensor::activation;
+use burn::tensor::module::linear;
+
+use super::config::{Activation, LoraInit, SeedKind};
+use super::init::Init;
+
+/// A two-layer MLP `Linear(d_seed, h) -> act -> Linear(h, d_gen)` applied to each seed row.
+#[derive(Module, Debug)]
+pub struct Generator {
+    pub hidden_weight: Param<Tensor<2>>,
+    pub hidden_bias: Param<Tensor<1>>,
+    pub out_weight: Param<Tensor<2>>,
+    pub out_bias: Param<Tensor<1>>,
+}
+
+/// How a generator's output layer starts.
+pub enum OutputInit {
+    /// As LoRA's `A` (`g_A`).
+    LoraA(LoraInit),
+    /// Zero (`g_B`), so every generated `B` is 0 and the adapted model starts as the base.
+    Zero,
+}
+
+impl Generator {
+    pub fn init(d_seed: usize, hidden: usize, d_gen: usize, rank: usize, out: OutputInit, init: &mut Init) -> Self {
+        let hidden_weight = init.kaiming([d_seed, hidden], d_seed);
+        let hidden_bias = init.kaiming([hidden], d_seed);
+        let out_weight = match out {
+            OutputInit::LoraA(LoraInit::Kaiming) => init.kaiming([hidden, d_gen], hidden),
+            OutputInit::LoraA(LoraInit::Gaussian) => init.normal([hidden, d_gen], 1.0 / rank as f64),
+            OutputInit::Zero => init.constant([hidden, d_gen], 0.0),
+        };
+        Self { hidden_weight, hidden_bias, out_weight, out_bias: init.constant([d_gen], 0.0) }
+    }
+
+    /// Maps seed rows `[r, d_seed]` to generated rows `[r, d_gen]`.
+    pub fn forward(&self, rows: Tensor<2>, act: Activation) -> Tensor<2> {
+        let h = linear(rows, self.hidden_weight.val(), Some(self.hidden_bias.val()));
+        let h = match act {
+            Activation::Tanh => h.tanh(),
+            Activation::Relu => activation::relu(h),
+            Activation::Gelu => activation::gelu(h),
+            Activation::Identity => h,
+        };
+        linear(h, self.out_weight.val(), Some(self.out_bias.val()))
+    }
+
+    /// Trainable parameters of a generator with these widths.
+    pub fn param_count(d_seed: usize, hidden: usize, d_gen: usize) -> usize {
+        d_seed * hidden + hidden + hidden * d_gen + d_gen
+    }
+}
+
+/// `g_A` and `g_B`.
+#[derive(Module, Debug)]
+pub struct GeneratorPair {
+    pub a: Generator,
+    pub b: Generator,
+}
+
+/// The shared seeds of one block and the adapted linears they feed.
+#[derive(Module, Debug)]
+pub struct RepLoraBlock {
+    /// Diagonal seeds are stored as their diagonal `[1, r]`; full seeds as `[r, d]`.
+    pub seed_a: Param<Tensor<2>>,
+    pub seed_b: Param<Tensor<2>>,
+    /// Indices into the adapter set's targets, in generator-output order.
+    pub targets: Vec<usize>,
+    /// Index of the generator pair this block uses.
+    pub generator: usize,
+}
+
+/// Seed widths for a block: `(d_seed_a, d_seed_b)`.
+pub fn seed_widths(kind: SeedKind, rank: usize, d_ins: &[usize], d_outs: &[usize]) -> (usize, usize) {
+    match kind {
+        SeedKind::Diagonal => (rank, rank),
+        SeedKind::Full => (max(d_ins), max(d_outs)),
+    }
+}
+
+fn max(v: &[usize]) -> usize {
+    v.iter().copied().max().unwrap_or(0)
+}
+
+impl RepLoraBlock {
+    pub fn init(kind: SeedKind, rank: usize, d_ins: &[usize], d_outs: &[usize], targets: Vec<usize>, generator: usize, init: &mut Init) -> Self {
+        let (seed_a, seed_b) = match kind {
+            SeedKind::Diagonal => (init.constant([1, rank], 1.0), init.constant([1, rank], 1.0)),
+            SeedKind::Full => {
+                let (da, db) = seed_widths(kind, rank, d_ins, d_outs);
+                (init.kaiming([rank, da], da), init.kaiming([rank, db], db))
+            }
+        };
+        Self { seed_a, seed_b, targets, generator }
+    }
+
+    /// `[A_t, B_t]` for every target of the block, `A_t` as `[d_in, r]`, `B_t` as `[r, d_out]`.
+    pub fn generate(&self, generators: &GeneratorPair, kind: SeedKind, act: Activation, d_ins: &[usize], d_outs: &[usize]) -> Vec<(Tensor<2>, Tensor<2>)> {
+        let a_rows = generators.a.forward(seed_rows(self.seed_a.val(), kind), act);
+        let b_rows = generators.b.forward(seed_rows(self.seed_b.val(), kind), act);
+        let split = |rows: Tensor<2>, widths: &[usize]| {
+            let mut offset = 0;
+            widths
+                .iter()
+                .map(|&w| {
+                    offset += w;
+                    rows.clone().narrow(1, offset - w, w)
+                })
+                .collect::<Vec<_>>()
+        };
+        let a = split(a_rows, d_ins);
+        let b = split(b_rows, d_outs);
+        a.into_iter().zip(b).map(|(a, b)| (a.transpose(), b)).collect()
+    }
+}
+
+/// The generator input: `diag(a)` for a stored diagonal `[1, r]`, the seed itself otherwise.
+fn seed_rows(seed: Tensor<2>, kind: SeedKind) -> Tensor<2> {
+    match kind {
+        SeedKind::Diagonal => Tensor::eye(seed.dims()[1], &seed.device()) * seed,
+        SeedKind::Full => seed,
+    }
+}

@@ -1,0 +1,44 @@
+//! The crate's one error type: every failure a user can cause names its cause.
+
+use std::path::PathBuf;
+
+/// Errors returned by replora's library API.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A target pattern selected no linear module.
+    #[error("target pattern {pattern:?} matches no linear module; available linear modules: {}", available.join(", "))]
+    NoTargetMatch { pattern: String, available: Vec<String> },
+    /// A tensor in a file does not fit the model or adapter it is loaded into.
+    #[error("shape mismatch for {name}: file has {found:?}, model expects {expected:?}")]
+    Shape { name: String, expected: Vec<usize>, found: Vec<usize> },
+    /// A tensor the model needs is missing from a file.
+    #[error("{file}: missing tensor {name}")]
+    MissingTensor { file: PathBuf, name: String },
+    /// A file could not be parsed.
+    #[error("{file}: {message}")]
+    Format { file: PathBuf, message: String },
+    /// Reading or writing a file failed.
+    #[error("{file}: {source}")]
+    Io { file: PathBuf, source: std::io::Error },
+    /// A merge would write non-finite values into the base weights.
+    #[error("merging the adapter into {path} would produce NaN/Inf weights; the model was left unchanged")]
+    NonFinite { path: String },
+    /// An operation was called in a state that does not allow it.
+    #[error("{0}")]
+    State(String),
+}
+
+/// Shorthand for results carrying [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn io(file: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { file: file.into(), source }
+    }
+    pub(crate) fn format(file: impl Into<PathBuf>, message: impl std::fmt::Display) -> Self {
+        Error::Format { file: file.into(), message: message.to_string() }
+    }
+}

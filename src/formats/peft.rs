@@ -1,0 +1,163 @@
+//! Hugging Face PEFT's LoRA/DoRA adapter layout: `adapter_config.json` and
+//! `adapter_model.safetensors` with keys `base_model.model.<path>.lora_A.weight` `[r, d_in]`,
+//! `.lora_B.weight` `[d_out, r]` and DoRA's `.lora_magnitude_vector` `[d_out]`.
+//! A RepLoRA adapter is exported as the LoRA it materializes to.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use burn::module::Param;
+use burn::prelude::*;
+use serde_json::{Value, json};
+
+use super::native::{CONFIG_FILE, WEIGHTS_FILE};
+use super::tensors::{self, HostTensor};
+use super::{read_json, write_json};
+use crate::adapters::{Adaptable, AdapterConfig, AdapterSet, Method, PeftModel, TargetModules};
+use crate::error::{Error, Result};
+
+/// What PEFT's config records about the base model.
+#[derive(Clone, Debug, Default)]
+pub struct PeftInfo {
+    /// `base_model_name_or_path`, e.g. `sentence-transformers/all-MiniLM-L6-v2`.
+    pub base_model_name_or_path: String,
+    /// `task_type`, e.g. `SEQ_CLS`, `CAUSAL_LM`, `FEATURE_EXTRACTION`; `None` writes null.
+    pub task_type: Option<String>,
+}
+
+const PREFIX: &str = "base_model.model.";
+
+/// Writes `adapters` (materialized first if RepLoRA) in PEFT's layout into `dir`.
+pub fn export(adapters: &AdapterSet, info: &PeftInfo, dir: &Path) -> Result<()> {
+    let lora = adapters.to_lora();
+    let c = &lora.config;
+    let mut out = BTreeMap::new();
+    for t in &lora.targets {
+        let f = t.factors.as_ref().expect("a materialized adapter owns its factors");
+        let key = format!("{PREFIX}{}", t.target.path);
+        out.insert(format!("{key}.lora_A.weight"), HostTensor::from_tensor(&f.a.val()).transpose());
+        out.insert(format!("{key}.lora_B.weight"), HostTensor::from_tensor(&f.b.val()).transpose());
+        if let Some(m) = &t.magnitude {
+            out.insert(format!("{key}.lora_magnitude_vector"), HostTensor::from_tensor(&m.val()));
+        }
+    }
+    let target_modules = match &c.target_modules {
+        TargetModules::Names(n) => json!(n),
+        TargetModules::Regex(r) => json!(r),
+    };
+    let config = json!({
+        "peft_type": "LORA",
+        "task_type": info.task_type,
+        "base_model_name_or_path": info.base_model_name_or_path,
+        "r": c.r,
+        "lora_alpha": c.lora_alpha,
+        "lora_dropout": c.lora_dropout,
+        "target_modules": target_modules,
+        "layers_to_transform": c.layers_to_transform,
+        "rank_pattern": c.rank_pattern,
+        "alpha_pattern": c.alpha_pattern,
+        "use_rslora": c.use_rslora,
+        "use_dora": c.method == Method::Dora,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "init_lora_weights": true,
+        "inference_mode": true,
+        "modules_to_save": null,
+        "revision": null,
+    });
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    tensors::write(&dir.join(WEIGHTS_FILE), &out, Some(meta))?;
+    write_json(&dir.join(CONFIG_FILE), &config)
+}
+
+fn field<'a>(config: &'a Value, key: &str, file: &Path) -> Result<&'a Value> {
+    config.get(key).ok_or_else(|| Error::format(file, format!("missing key {key:?}")))
+}
+
+fn typed<T: serde::de::DeserializeOwned>(config: &Value, key: &str, file: &Path) -> Result<Option<T>> {
+    match config.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => serde_json::from_value(v.clone()).map(Some).map_err(|e| Error::format(file, format!("key {key:?}: {e}"))),
+    }
+}
+
+/// Translates a PEFT `LoraConfig` JSON into an [`AdapterConfig`], rejecting what replora
+/// cannot represent rather than silently loading something else.
+pub fn config_from_peft(config: &Value, file: &Path) -> Result<AdapterConfig> {
+    let peft_type = field(config, "peft_type", file)?;
+    if peft_type != "LORA" {
+        return Err(Error::format(file, format!("peft_type {peft_type} is not supported (only LORA, with or without use_dora)")));
+    }
+    if typed::<bool>(config, "fan_in_fan_out", file)?.unwrap_or(false) {
+        return Err(Error::format(file, "fan_in_fan_out = true (Conv1D models) is not supported"));
+    }
+    if let Some(bias) = typed::<String>(config, "bias", file)?.filter(|b| b != "none") {
+        return Err(Error::format(file, format!("bias = {bias:?} is not supported (only \"none\")")));
+    }
+    let r = typed::<usize>(config, "r", file)?.ok_or_else(|| Error::format(file, "missing key \"r\""))?;
+    let defaults = AdapterConfig::default();
+    Ok(AdapterConfig {
+        method: if typed::<bool>(config, "use_dora", file)?.unwrap_or(false) { Method::Dora } else { Method::Lora },
+        r,
+        lora_alpha: typed(config, "lora_alpha", file)?.unwrap_or(8.0),
+        lora_dropout: typed(config, "lora_dropout", file)?.unwrap_or(0.0),
+        use_rslora: typed(config, "use_rslora", file)?.unwrap_or(false),
+        target_modules: typed(config, "target_modules", file)?.ok_or_else(|| Error::format(file, "missing key \"target_modules\""))?,
+        layers_to_transform: match config.get("layers_to_transform") {
+            Some(Value::Number(n)) => Some(vec![n.as_u64().unwrap_or(0) as usize]),
+            _ => typed(config, "layers_to_transform", file)?,
+        },
+        rank_pattern: typed(config, "rank_pattern", file)?.unwrap_or_default(),
+        alpha_pattern: typed(config, "alpha_pattern", file)?.unwrap_or_default(),
+        ..defaults
+    })
+}
+
+/// Finds the tensor for module `path` and `suffix`: `base_model.model.<path><suffix>`, or the
+/// one key that ends in `.<path><suffix>` (PEFT files of a model wrapped in a task head).
+fn find(tensors: &mut BTreeMap<String, HostTensor>, file: &Path, path: &str, suffix: &str, shape: &[usize]) -> Result<HostTensor> {
+    let exact = format!("{PREFIX}{path}{suffix}");
+    let ending = format!(".{path}{suffix}");
+    let key = if tensors.contains_key(&exact) {
+        exact
+    } else {
+        let matches: Vec<&String> = tensors.keys().filter(|k| k.ends_with(&ending)).collect();
+        match matches.as_slice() {
+            [one] => (*one).clone(),
+            [] => return Err(Error::MissingTensor { file: file.into(), name: exact }),
+            many => return Err(Error::format(file, format!("several tensors match module {path}: {many:?}"))),
+        }
+    };
+    tensors::take(tensors, file, &key, shape)
+}
+
+fn leaf<const D: usize>(t: HostTensor, device: &Device) -> Param<Tensor<D>> {
+    Param::from_tensor(t.to_tensor(device))
+}
+
+/// Loads a PEFT LoRA/DoRA adapter directory into `model`.
+pub fn import<M: Adaptable>(model: M, dir: &Path) -> Result<PeftModel<M>> {
+    let config_file = dir.join(CONFIG_FILE);
+    let config = config_from_peft(&read_json::<Value>(&config_file)?, &config_file)?;
+    let file = dir.join(WEIGHTS_FILE);
+    if !file.exists() && dir.join("adapter_model.bin").exists() {
+        return Err(Error::format(&file, "only adapter_model.safetensors is supported; re-save the adapter with safe_serialization=True"));
+    }
+    let (mut tensors, _) = tensors::read(&file)?;
+    let mut adapters = AdapterSet::new(&config, &model.linears())?;
+    let device = model.linears()[0].weight.device();
+    for t in &mut adapters.targets {
+        let (path, r, d_in, d_out) = (&t.target.path, t.target.rank, t.target.d_in, t.target.d_out);
+        let a = find(&mut tensors, &file, path, ".lora_A.weight", &[r, d_in])?.transpose();
+        let b = find(&mut tensors, &file, path, ".lora_B.weight", &[d_out, r])?.transpose();
+        t.factors = Some(crate::adapters::lora::LoraFactors { a: leaf(a, &device), b: leaf(b, &device) });
+        if t.magnitude.is_some() {
+            t.magnitude = Some(leaf(find(&mut tensors, &file, path, ".lora_magnitude_vector", &[d_out])?, &device));
+        }
+    }
+    if let Some(extra) = tensors.keys().next() {
+        return Err(Error::format(&file, format!("tensor {extra} belongs to no module the config targets on this model")));
+    }
+    Ok(PeftModel::from_parts(model, adapters))
+}

@@ -1,0 +1,92 @@
+//! safetensors files as maps of named f32 host tensors, with errors that name the file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use burn::prelude::*;
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+use crate::error::{Error, Result};
+
+/// A tensor in host memory: row-major f32 values and a shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    pub fn from_tensor<const D: usize>(t: &Tensor<D>) -> Self {
+        let data = t.to_data();
+        Self { shape: data.shape().to_vec(), data: data.try_into_vec_as::<f32>().expect("float tensors convert to f32") }
+    }
+
+    /// A burn tensor on `device`; the caller has checked the rank.
+    pub fn to_tensor<const D: usize>(&self, device: &Device) -> Tensor<D> {
+        Tensor::from_data(TensorData::new(self.data.clone(), self.shape.clone()), device)
+    }
+
+    /// The transpose of a 2-D tensor (burn's `[d_in, d_out]` <-> PyTorch's `[d_out, d_in]`).
+    pub fn transpose(&self) -> Self {
+        let [rows, cols] = self.shape[..] else { panic!("transpose of a {}-D tensor", self.shape.len()) };
+        let mut data = vec![0.0; self.data.len()];
+        for r in 0..rows {
+            for c in 0..cols {
+                data[c * rows + r] = self.data[r * cols + c];
+            }
+        }
+        Self { shape: vec![cols, rows], data }
+    }
+}
+
+/// Writes `tensors` atomically (a temporary file renamed into place), so a crash never leaves
+/// a half-written file where a good one was.
+pub fn write(path: &Path, tensors: &BTreeMap<String, HostTensor>, metadata: Option<HashMap<String, String>>) -> Result<()> {
+    let bytes: Vec<(String, Vec<u8>, &HostTensor)> = tensors
+        .iter()
+        .map(|(name, t)| (name.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect(), t))
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(name, raw, t)| Ok((name.clone(), TensorView::new(Dtype::F32, t.shape.clone(), raw).map_err(|e| Error::format(path, e))?)))
+        .collect::<Result<Vec<_>>>()?;
+    let buffer = safetensors::serialize(views, metadata).map_err(|e| Error::format(path, e))?;
+    write_atomic(path, &buffer)
+}
+
+/// Writes bytes to `path` through a temporary sibling and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Reads every tensor of a safetensors file as f32 (F32, F64, F16 and BF16 are accepted),
+/// plus the file's metadata.
+pub fn read(path: &Path) -> Result<(BTreeMap<String, HostTensor>, HashMap<String, String>)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, format!("not a valid safetensors file ({e})")))?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::format(path, e))?;
+    let mut out = BTreeMap::new();
+    for (name, view) in file.tensors() {
+        let raw = view.data();
+        let data: Vec<f32> = match view.dtype() {
+            Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+            Dtype::F64 => raw.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
+            Dtype::F16 => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::BF16 => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            other => return Err(Error::format(path, format!("tensor {name} has unsupported dtype {other:?}"))),
+        };
+        out.insert(name, HostTensor { shape: view.shape().to_vec(), data });
+    }
+    Ok((out, meta.metadata().clone().unwrap_or_default()))
+}
+
+/// Removes and returns tensor `name`, checking its shape.
+pub fn take(tensors: &mut BTreeMap<String, HostTensor>, file: &Path, name: &str, expected: &[usize]) -> Result<HostTensor> {
+    let t = tensors.remove(name).ok_or_else(|| Error::MissingTensor { file: file.into(), name: name.into() })?;
+    if t.shape != expected {
+        return Err(Error::Shape { name: name.into(), expected: expected.to_vec(), found: t.shape });
+    }
+    Ok(t)
+}

@@ -1,0 +1,265 @@
+//! Invariants of the adapter core on a small GQA transformer (see tests/common).
+
+mod common;
+
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::prelude::*;
+use common::{TinyModel, host, input, rel_err};
+use replora::adapters::{
+    Activation, AdapterConfig, AdapterSet, Deltas, Method, PeftModel, SeedKind, TargetModules, closed_form, select_targets,
+};
+use replora::adapters::Adaptable;
+use replora::formats::{native, peft};
+
+fn device() -> Device {
+    Device::flex().autodiff()
+}
+
+fn model() -> TinyModel {
+    TinyModel::new(2, 4, 2, 4, 7, &device())
+}
+
+/// Every method variant the invariants must hold for.
+fn variants() -> Vec<(&'static str, AdapterConfig)> {
+    let targets = |names: &[&str]| TargetModules::Names(names.iter().map(|s| s.to_string()).collect());
+    let base = AdapterConfig { r: 2, lora_alpha: 4.0, target_modules: targets(&["q_proj", "v_proj"]), seed: 3, ..Default::default() };
+    let replora = |seed_kind, activation, shared| {
+        let mut c = AdapterConfig { method: Method::Replora, ..base.clone() };
+        c.replora.seed_kind = seed_kind;
+        c.replora.activation = activation;
+        c.replora.shared_generators = shared;
+        c.replora.hidden = 5;
+        c
+    };
+    vec![
+        ("lora", AdapterConfig { method: Method::Lora, ..base.clone() }),
+        ("lora-rslora-gaussian", AdapterConfig { method: Method::Lora, use_rslora: true, init_lora_weights: replora::adapters::LoraInit::Gaussian, ..base.clone() }),
+        ("dora", AdapterConfig { method: Method::Dora, ..base.clone() }),
+        ("replora-diag-tanh", replora(SeedKind::Diagonal, Activation::Tanh, false)),
+        ("replora-full-gelu", replora(SeedKind::Full, Activation::Gelu, false)),
+        ("replora-diag-identity-shared", replora(SeedKind::Diagonal, Activation::Identity, true)),
+        ("replora-wide-targets", AdapterConfig {
+            target_modules: targets(&["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]),
+            ..replora(SeedKind::Full, Activation::Relu, false)
+        }),
+    ]
+}
+
+fn forward(peft: &PeftModel<TinyModel>, seed: u64) -> Vec<f32> {
+    host(&peft.model.forward(input(&peft.model, 2, 5, seed, &device()), &peft.deltas()))
+}
+
+fn loss(peft: &PeftModel<TinyModel>, step: u64) -> Tensor<1> {
+    let x = input(&peft.model, 2, 5, 100 + step, &device());
+    let target = input(&peft.model, 2, 5, 500 + step, &device());
+    (peft.model.forward(x, &peft.training_deltas()) - target).square().mean()
+}
+
+fn train(mut peft: PeftModel<TinyModel>, steps: u64) -> PeftModel<TinyModel> {
+    let mut optim = AdamWConfig::new().init();
+    for step in 0..steps {
+        let grads = GradientsParams::from_grads(loss(&peft, step).backward(), &peft);
+        peft = optim.step(1e-2, peft, grads);
+    }
+    peft
+}
+
+#[test]
+fn zero_init_adapter_equals_base_model() {
+    let base = forward(&PeftModel::new(model(), &variants()[0].1).unwrap().set_enabled(false), 1);
+    for (name, config) in variants() {
+        let peft = PeftModel::new(model(), &config).unwrap();
+        assert_eq!(peft.deltas().len(), peft.adapters.targets.len(), "{name}");
+        assert!(rel_err(&forward(&peft, 1), &base) < 1e-6, "{name}: adapted output differs from the base at init");
+    }
+}
+
+#[test]
+fn training_changes_every_adapter_tensor_and_no_base_weight() {
+    for (name, config) in variants() {
+        let peft = PeftModel::new(model(), &config).unwrap();
+        let before_adapter = native::named_tensors(&peft.adapters);
+        let before_base: Vec<Vec<f32>> = peft.model.linears().iter().map(|l| host(&l.weight.val())).collect();
+        let peft = train(peft, 3);
+        for (key, after) in native::named_tensors(&peft.adapters) {
+            assert_ne!(after.data, before_adapter[&key].data, "{name}: adapter tensor {key} did not change");
+        }
+        for (linear, before) in peft.model.linears().iter().zip(&before_base) {
+            assert_eq!(&host(&linear.weight.val()), before, "{name}: base weight {} changed", linear.path);
+        }
+    }
+}
+
+#[test]
+fn merge_matches_unmerged_output_and_unmerge_restores_the_base() {
+    for (name, config) in variants() {
+        let peft = train(PeftModel::new(model(), &config).unwrap(), 3);
+        let w0: Vec<Vec<f32>> = peft.model.linears().iter().map(|l| host(&l.weight.val())).collect();
+        let unmerged = forward(&peft, 9);
+        let merged = peft.merge().unwrap();
+        assert!(merged.deltas().is_empty());
+        let err = rel_err(&forward(&merged, 9), &unmerged);
+        assert!(err < 1e-5, "{name}: merged vs unmerged relative error {err:e}");
+        assert!(merged.clone().merge().is_err(), "{name}: merging twice must fail");
+        let restored = merged.unmerge().unwrap();
+        for (linear, w) in restored.model.linears().iter().zip(&w0) {
+            let err = rel_err(&host(&linear.weight.val()), w);
+            assert!(err < 1e-6, "{name}: unmerge of {} off by {err:e}", linear.path);
+        }
+        assert!(rel_err(&forward(&restored, 9), &unmerged) < 1e-5);
+    }
+}
+
+#[test]
+fn disabled_adapter_gives_the_base_output() {
+    let config = &variants()[3].1;
+    let peft = train(PeftModel::new(model(), config).unwrap(), 2);
+    let base = host(&peft.model.forward(input(&peft.model, 2, 5, 4, &device()), &Deltas::none()));
+    let adapted = forward(&peft, 4);
+    assert!(rel_err(&adapted, &base) > 1e-4, "training should have moved the output");
+    let disabled = peft.set_enabled(false);
+    assert_eq!(forward(&disabled, 4), base);
+    assert_eq!(forward(&disabled.set_enabled(true), 4), adapted);
+}
+
+#[test]
+fn replora_equals_its_materialized_lora_and_peft_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, config) in variants() {
+        let peft = train(PeftModel::new(model(), &config).unwrap(), 3);
+        let out = forward(&peft, 11);
+        let lora = PeftModel::from_parts(model(), peft.adapters.to_lora());
+        let err = rel_err(&forward(&lora, 11), &out);
+        assert!(err < 1e-6, "{name}: materialized LoRA differs by {err:e}");
+
+        let path = dir.path().join(name);
+        let info = peft::PeftInfo { base_model_name_or_path: "tiny".into(), task_type: Some("CAUSAL_LM".into()) };
+        peft::export(&peft.adapters, &info, &path).unwrap();
+        let imported = peft::import(model(), &path).unwrap();
+        let err = rel_err(&forward(&imported, 11), &out);
+        assert!(err < 1e-6, "{name}: PEFT export/import differs by {err:e}");
+        let expected_method = if config.method == Method::Dora { Method::Dora } else { Method::Lora };
+        assert_eq!(imported.adapters.config.method, expected_method);
+    }
+}
+
+#[test]
+fn native_round_trip_is_bit_exact_and_resumes_with_the_same_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, config) in variants() {
+        let peft = train(PeftModel::new(model(), &config).unwrap(), 2);
+        let path = dir.path().join(name);
+        native::save(&peft.adapters, &path).unwrap();
+        let loaded = native::load(model(), &path).unwrap();
+        assert_eq!(native::named_tensors(&loaded.adapters), native::named_tensors(&peft.adapters), "{name}");
+        assert_eq!(loaded.adapters.config, peft.adapters.config);
+        let next = |p: &PeftModel<TinyModel>| host(&loss(p, 2))[0];
+        assert_eq!(next(&loaded).to_bits(), next(&peft).to_bits(), "{name}: next loss differs after reload");
+        // Training continues from the loaded adapter.
+        let resumed = train(loaded, 1);
+        assert!(host(&loss(&resumed, 2))[0].is_finite());
+    }
+}
+
+#[test]
+fn counted_parameters_equal_the_closed_form() {
+    for (name, config) in variants() {
+        let peft = PeftModel::new(model(), &config).unwrap();
+        let shapes: Vec<_> = peft.model.linears().iter().map(|l| (l.path.clone(), l.d_in(), l.d_out())).collect();
+        let targets = select_targets(&config, &shapes).unwrap();
+        assert_eq!(peft.adapters.trainable_params(), closed_form(&config, &targets), "{name}");
+        let report = peft.param_report();
+        assert_eq!(report.total, peft.model.num_params() + report.trainable);
+    }
+    // Spot-check one number by hand: LoRA r=2 on q (16->16) and v (16->8), two layers.
+    let peft = PeftModel::new(model(), &variants()[0].1).unwrap();
+    assert_eq!(peft.adapters.trainable_params(), 2 * (2 * (16 + 16) + 2 * (16 + 8)));
+}
+
+#[test]
+fn replora_handles_grouped_query_shapes() {
+    let peft = PeftModel::new(model(), &variants()[3].1).unwrap();
+    let deltas = peft.deltas();
+    let q = deltas.get("model.layers.0.self_attn.q_proj").unwrap();
+    let v = deltas.get("model.layers.0.self_attn.v_proj").unwrap();
+    assert_eq!((q.a.dims(), q.b.dims()), ([16, 2], [2, 16]));
+    assert_eq!((v.a.dims(), v.b.dims()), ([16, 2], [2, 8]));
+    assert_eq!(peft.adapters.blocks.len(), 2);
+}
+
+#[test]
+fn merge_rejects_non_finite_weights_and_leaves_the_model_unchanged() {
+    let mut peft = PeftModel::new(model(), &variants()[0].1).unwrap();
+    let t = &mut peft.adapters.targets[1];
+    let f = t.factors.as_mut().unwrap();
+    f.b = f.b.clone().map(|b| b.add_scalar(f32::NAN));
+    let before: Vec<Vec<f32>> = peft.model.linears().iter().map(|l| host(&l.weight.val())).collect();
+    let err = peft.clone().merge().unwrap_err().to_string();
+    assert!(err.contains("NaN") && err.contains("v_proj"), "{err}");
+    let after: Vec<Vec<f32>> = peft.model.linears().iter().map(|l| host(&l.weight.val())).collect();
+    assert_eq!(before, after);
+}
+
+#[test]
+fn rejects_bad_configs_with_clear_errors() {
+    let cases: Vec<(AdapterConfig, &str)> = vec![
+        (AdapterConfig { r: 0, ..Default::default() }, "at least 1"),
+        (AdapterConfig { r: 9, target_modules: TargetModules::Names(vec!["v_proj".into()]), ..Default::default() }, "exceeds min(d_in, d_out)"),
+        (AdapterConfig { target_modules: TargetModules::Names(vec!["query".into()]), ..Default::default() }, "available linear modules: model.layers.0.self_attn.q_proj"),
+        (AdapterConfig { target_modules: TargetModules::Regex("nothing.*".into()), ..Default::default() }, "matches no linear module"),
+        (AdapterConfig { lora_dropout: 1.0, ..Default::default() }, "lora_dropout"),
+    ];
+    for (config, expected) in cases {
+        let err = PeftModel::new(model(), &config).unwrap_err().to_string();
+        assert!(err.contains(expected), "expected {expected:?} in {err:?}");
+    }
+    let err = "swish".parse::<Activation>().unwrap_err().to_string();
+    assert!(err.contains("unknown activation \"swish\"") && err.contains("tanh, relu, gelu, identity"), "{err}");
+    let mut shared = variants()[6].1.clone();
+    shared.replora.shared_generators = true;
+    shared.layers_to_transform = None;
+    assert!(AdapterSet::new(&shared, &model().linears()).is_ok(), "uniform layers may share generators");
+}
+
+#[test]
+fn rejects_bad_files_with_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("adapter");
+    let config = variants()[3].1.clone();
+    let peft = PeftModel::new(model(), &config).unwrap();
+    native::save(&peft.adapters, &path).unwrap();
+
+    // A config with a wrong type.
+    let cfg_file = path.join(native::CONFIG_FILE);
+    let good = std::fs::read_to_string(&cfg_file).unwrap();
+    std::fs::write(&cfg_file, good.replace("\"r\": 2", "\"r\": \"two\"")).unwrap();
+    let err = native::load(model(), &path).unwrap_err().to_string();
+    assert!(err.contains("adapter_config.json") && err.contains("invalid type"), "{err}");
+    // An unknown activation in the file.
+    std::fs::write(&cfg_file, good.replace("\"tanh\"", "\"swish\"")).unwrap();
+    let err = native::load(model(), &path).unwrap_err().to_string();
+    assert!(err.contains("unknown variant `swish`"), "{err}");
+    std::fs::write(&cfg_file, &good).unwrap();
+
+    // The adapter on a model whose shapes do not fit (wider heads).
+    let other = TinyModel::new(2, 4, 2, 6, 7, &device());
+    let err = native::load(other, &path).unwrap_err().to_string();
+    assert!(err.contains("shape mismatch"), "{err}");
+
+    // A truncated weights file.
+    let weights = path.join(native::WEIGHTS_FILE);
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let err = native::load(model(), &path).unwrap_err().to_string();
+    assert!(err.contains("adapter_model.safetensors") && err.contains("not a valid safetensors file"), "{err}");
+
+    // A missing directory.
+    let err = native::load(model(), &dir.path().join("nope")).unwrap_err().to_string();
+    assert!(err.contains("nope/adapter_config.json"), "{err}");
+
+    // A PEFT file with a shape that does not fit this model.
+    let peft_dir = dir.path().join("peft");
+    peft::export(&PeftModel::new(model(), &variants()[0].1).unwrap().adapters, &Default::default(), &peft_dir).unwrap();
+    let err = peft::import(TinyModel::new(2, 4, 2, 6, 7, &device()), &peft_dir).unwrap_err().to_string();
+    assert!(err.contains("shape mismatch for base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"), "{err}");
+}
