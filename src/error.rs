@@ -26,6 +26,12 @@ pub enum Error {
     /// A merge would write non-finite values into the base weights.
     #[error("merging the adapter into {path} would produce NaN/Inf weights; the model was left unchanged")]
     NonFinite { path: String },
+    /// Training cannot go on (e.g. the loss became NaN).
+    #[error("training failed: {0}")]
+    Training(String),
+    /// `replora simulate` failed.
+    #[error("simulation: {0}")]
+    Simulation(String),
     /// An operation was called in a state that does not allow it.
     #[error("{0}")]
     State(String),

@@ -4,10 +4,18 @@
 //! - [`adapters`]: the methods, their injection into a model, merge/unmerge, materialization.
 //! - [`formats`]: the native adapter format and Hugging Face PEFT import/export.
 //! - [`models`]: model architectures whose linears take adapters.
+//! - [`data`]: datasets, splits, tokenization; [`assets`]: `replora fetch`.
+//! - [`training`]: the fine-tuning loop; [`classify`]: text classification end to end.
+//! - [`simulate`]: the estimation-rate simulation of the paper's theory.
+//! - [`cli`]: the `replora` command line.
 
 pub mod adapters;
+pub mod classify;
+pub mod cli;
 pub mod error;
 pub mod formats;
 pub mod models;
+pub mod simulate;
+pub mod training;
 
 pub use error::{Error, Result};

@@ -133,7 +133,7 @@ fn replora_equals_its_materialized_lora_and_peft_round_trip() {
         assert!(err < 1e-6, "{name}: materialized LoRA differs by {err:e}");
 
         let path = dir.path().join(name);
-        let info = peft::PeftInfo { base_model_name_or_path: "tiny".into(), task_type: Some("CAUSAL_LM".into()) };
+        let info = peft::PeftInfo { base_model_name_or_path: "tiny".into(), task_type: Some("CAUSAL_LM".into()), ..Default::default() };
         peft::export(&peft.adapters, &info, &path).unwrap();
         let imported = peft::import(model(), &path).unwrap();
         let err = rel_err(&forward(&imported, 11), &out);

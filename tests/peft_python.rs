@@ -36,7 +36,7 @@ fn python_reads_the_peft_export_and_reproduces_the_merge() {
             peft = optim.step(1e-2, peft.clone(), GradientsParams::from_grads(loss.backward(), &peft));
         }
         let out = dir.path().join(name);
-        peft::export(&peft.adapters, &peft::PeftInfo { base_model_name_or_path: "tiny".into(), task_type: None }, &out).unwrap();
+        peft::export(&peft.adapters, &peft::PeftInfo { base_model_name_or_path: "tiny".into(), ..Default::default() }, &out).unwrap();
         let adapted: Vec<String> = peft.adapters.target_paths().into_iter().map(String::from).collect();
         let mut reference = BTreeMap::new();
         for l in peft.model.linears().into_iter().filter(|l| adapted.contains(&l.path)) {

@@ -35,6 +35,9 @@ pub struct PeftModel<M: Module> {
     enabled: bool,
     #[module(skip)]
     merged: Option<Merged>,
+    /// Full fine-tuning: no adapter, every base weight trains.
+    #[module(skip)]
+    full: bool,
 }
 
 impl<M: Adaptable> PeftModel<M> {
@@ -46,7 +49,17 @@ impl<M: Adaptable> PeftModel<M> {
 
     /// Wraps a model and an already built adapter set (e.g. one loaded from a file).
     pub fn from_parts(model: M, adapters: AdapterSet) -> Self {
-        Self { model: model.no_grad(), adapters, enabled: true, merged: None }
+        Self { model: model.no_grad(), adapters, enabled: true, merged: None, full: false }
+    }
+
+    /// No adapter at all: the base model itself trains (the FFT baseline).
+    pub fn full_finetune(model: M) -> Self {
+        let adapters = AdapterSet::empty();
+        Self { model, adapters, enabled: true, merged: None, full: true }
+    }
+
+    pub fn is_full_finetune(&self) -> bool {
+        self.full
     }
 
     /// The adapter deltas for an evaluation pass: empty while disabled or merged.
@@ -118,8 +131,9 @@ impl<M: Adaptable> PeftModel<M> {
 
     /// `trainable params: N || all params: M || trainable%: P`.
     pub fn param_report(&self) -> ParamReport {
-        let trainable = self.adapters.trainable_params();
-        ParamReport { trainable, total: self.model.num_params() + trainable }
+        let base = self.model.num_params();
+        let adapter = self.adapters.trainable_params();
+        ParamReport { trainable: if self.full { base } else { adapter }, total: base + adapter }
     }
 }
 

@@ -62,6 +62,11 @@ impl AdapterSet {
         Ok(Self { targets, blocks, generators, config: config.clone() })
     }
 
+    /// An adapter set with no targets (full fine-tuning keeps one so the model type is the same).
+    pub fn empty() -> Self {
+        Self { targets: vec![], blocks: vec![], generators: vec![], config: AdapterConfig::default() }
+    }
+
     /// The deltas for one forward pass; `training` switches LoRA dropout on.
     pub fn deltas(&self, training: bool) -> Deltas {
         let dropout = self.config.lora_dropout;

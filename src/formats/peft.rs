@@ -23,6 +23,9 @@ pub struct PeftInfo {
     pub base_model_name_or_path: String,
     /// `task_type`, e.g. `SEQ_CLS`, `CAUSAL_LM`, `FEATURE_EXTRACTION`; `None` writes null.
     pub task_type: Option<String>,
+    /// Fully trained modules saved beside the adapter (PEFT's `modules_to_save`, e.g. a
+    /// classification head), as `<module>.weight` / `<module>.bias` in PyTorch layout.
+    pub modules_to_save: BTreeMap<String, HostTensor>,
 }
 
 const PREFIX: &str = "base_model.model.";
@@ -41,6 +44,11 @@ pub fn export(adapters: &AdapterSet, info: &PeftInfo, dir: &Path) -> Result<()> 
             out.insert(format!("{key}.lora_magnitude_vector"), HostTensor::from_tensor(&m.val()));
         }
     }
+    for (name, t) in &info.modules_to_save {
+        out.insert(format!("{PREFIX}{name}"), t.clone());
+    }
+    let mut modules_to_save: Vec<&str> = info.modules_to_save.keys().filter_map(|k| k.rsplit_once('.').map(|(m, _)| m)).collect();
+    modules_to_save.dedup();
     let target_modules = match &c.target_modules {
         TargetModules::Names(n) => json!(n),
         TargetModules::Regex(r) => json!(r),
@@ -62,7 +70,7 @@ pub fn export(adapters: &AdapterSet, info: &PeftInfo, dir: &Path) -> Result<()> 
         "fan_in_fan_out": false,
         "init_lora_weights": true,
         "inference_mode": true,
-        "modules_to_save": null,
+        "modules_to_save": if modules_to_save.is_empty() { json!(null) } else { json!(modules_to_save) },
         "revision": null,
     });
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -138,6 +146,16 @@ fn leaf<const D: usize>(t: HostTensor, device: &Device) -> Param<Tensor<D>> {
 
 /// Loads a PEFT LoRA/DoRA adapter directory into `model`.
 pub fn import<M: Adaptable>(model: M, dir: &Path) -> Result<PeftModel<M>> {
+    let (peft, extra) = import_with_modules(model, dir)?;
+    match extra.keys().next() {
+        Some(name) => Err(Error::format(dir.join(WEIGHTS_FILE), format!("tensor {name} (modules_to_save) has no place in this model"))),
+        None => Ok(peft),
+    }
+}
+
+/// Like [`import`], also returning the `modules_to_save` tensors (names without the
+/// `base_model.model.` prefix) for the caller's own modules, e.g. a classification head.
+pub fn import_with_modules<M: Adaptable>(model: M, dir: &Path) -> Result<(PeftModel<M>, BTreeMap<String, HostTensor>)> {
     let config_file = dir.join(CONFIG_FILE);
     let config = config_from_peft(&read_json::<Value>(&config_file)?, &config_file)?;
     let file = dir.join(WEIGHTS_FILE);
@@ -156,8 +174,17 @@ pub fn import<M: Adaptable>(model: M, dir: &Path) -> Result<PeftModel<M>> {
             t.magnitude = Some(leaf(find(&mut tensors, &file, path, ".lora_magnitude_vector", &[d_out])?, &device));
         }
     }
-    if let Some(extra) = tensors.keys().next() {
-        return Err(Error::format(&file, format!("tensor {extra} belongs to no module the config targets on this model")));
+    let saved: Vec<String> = read_json::<Value>(&config_file)?
+        .get("modules_to_save")
+        .and_then(|v| serde_json::from_value::<Vec<String>>(v.clone()).ok())
+        .unwrap_or_default();
+    let mut modules = BTreeMap::new();
+    for (key, t) in tensors {
+        let name = key.strip_prefix(PREFIX).unwrap_or(&key).to_string();
+        if !saved.iter().any(|m| name.starts_with(&format!("{m}."))) {
+            return Err(Error::format(&file, format!("tensor {key} belongs to no module the config targets on this model")));
+        }
+        modules.insert(name, t);
     }
-    Ok(PeftModel::from_parts(model, adapters))
+    Ok((PeftModel::from_parts(model, adapters), modules))
 }

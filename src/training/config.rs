@@ -1,0 +1,75 @@
+//! Trainer settings; every field is also a CLI flag and a key of a TOML/JSON config file.
+
+use serde::{Deserialize, Serialize};
+
+use super::schedule::Decay;
+
+/// Which validation metric picks the best checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum BestMetric {
+    Accuracy,
+    MacroF1,
+    Loss,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// Fraction of the optimizer steps spent warming up.
+    pub warmup_ratio: f64,
+    pub decay: Decay,
+    /// Clip the global gradient norm to this value (none: no clipping).
+    pub grad_clip: Option<f32>,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Stop after this many evaluations without improvement (none: never).
+    pub patience: Option<usize>,
+    pub best_metric: BestMetric,
+    /// Also write a resumable checkpoint every N optimizer steps (always at each epoch end).
+    pub checkpoint_every: Option<usize>,
+    /// Log a metrics line every N optimizer steps.
+    pub log_every: usize,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 5,
+            batch_size: 16,
+            lr: 1e-3,
+            weight_decay: 0.01,
+            warmup_ratio: 0.1,
+            decay: Decay::Linear,
+            grad_clip: Some(1.0),
+            grad_accum: 1,
+            patience: None,
+            best_metric: BestMetric::Accuracy,
+            checkpoint_every: None,
+            log_every: 10,
+            seed: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |m: &str| Err(crate::Error::Config(m.into()));
+        if self.epochs == 0 || self.batch_size == 0 || self.grad_accum == 0 || self.log_every == 0 {
+            return bad("epochs, batch_size, grad_accum and log_every must be at least 1");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("lr must be a positive number");
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return bad("warmup_ratio must be in [0, 1)");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,13 @@
+//! Fine-tuning: the loop, its schedule, metrics and resumable checkpoints.
+
+pub mod checkpoint;
+pub mod config;
+pub mod metrics;
+pub mod schedule;
+pub mod state;
+pub mod trainer;
+
+pub use config::{BestMetric, TrainConfig};
+pub use metrics::EvalMetrics;
+pub use schedule::{Decay, LrSchedule};
+pub use trainer::{ClassifierModel, TrainReport, evaluate, train};

@@ -1,0 +1,238 @@
+//! The classification training loop: AdamW, warm-up + decay, clipping, accumulation,
+//! per-epoch evaluation, best-model keeping, early stopping, resumable checkpoints.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::grad_clipping::GradientClippingConfig;
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{self, Progress};
+use super::config::{BestMetric, TrainConfig};
+use super::metrics::EvalMetrics;
+use super::schedule::LrSchedule;
+use super::state::TrainableState;
+use crate::data::Batch;
+use crate::error::{Error, Result};
+use crate::models::EncoderInput;
+
+/// A model the classification trainer can train.
+pub trait ClassifierModel: Module {
+    /// Class scores `[batch, classes]`; `training` switches dropout on.
+    fn logits(&self, input: &EncoderInput, training: bool) -> Tensor<2>;
+}
+
+/// What a finished (or early-stopped) run reports.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainReport {
+    pub best_validation: EvalMetrics,
+    pub best_epoch: usize,
+    pub epochs_run: usize,
+    pub steps: usize,
+    pub wall_time_s: f64,
+    pub history: Vec<EvalMetrics>,
+}
+
+/// Paths a run writes under its output directory.
+pub struct RunDir(pub PathBuf);
+
+impl RunDir {
+    pub fn checkpoint(&self) -> PathBuf {
+        self.0.join("checkpoint")
+    }
+    pub fn best(&self) -> PathBuf {
+        self.0.join("best")
+    }
+    pub fn metrics_log(&self) -> PathBuf {
+        self.0.join("metrics.jsonl")
+    }
+}
+
+/// Mean cross-entropy of `logits` against `labels`.
+pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
+    let [b, _] = logits.dims();
+    log_softmax(logits, 1).gather(1, labels.reshape([b, 1])).mean().neg()
+}
+
+/// Loss, accuracy and macro-F1 of `model` on `batches` (no gradients, no dropout).
+pub fn evaluate<M: ClassifierModel>(model: &M, batches: &[Batch], num_classes: usize, device: &Device) -> (EvalMetrics, Vec<usize>) {
+    let model = model.valid();
+    let device = device.clone().inner();
+    let (mut predictions, mut labels, mut loss_sum) = (vec![], vec![], 0.0);
+    for batch in batches {
+        let logits = model.logits(&batch.to_input(&device), false);
+        loss_sum += scalar(cross_entropy(logits.clone(), batch.labels_tensor(&device))) * batch.labels.len() as f64;
+        let argmax: Vec<i64> = logits.argmax(1).into_data().try_into_vec_as::<i64>().expect("int tensor");
+        predictions.extend(argmax.into_iter().map(|p| p as usize));
+        labels.extend_from_slice(&batch.labels);
+    }
+    let loss = if labels.is_empty() { 0.0 } else { loss_sum / labels.len() as f64 };
+    (EvalMetrics::compute(&predictions, &labels, num_classes, loss), predictions)
+}
+
+fn scalar(t: Tensor<1>) -> f64 {
+    t.into_data().try_into_vec_as::<f64>().expect("float tensor")[0]
+}
+
+fn score(m: &EvalMetrics, metric: BestMetric) -> f64 {
+    match metric {
+        BestMetric::Accuracy => m.accuracy,
+        BestMetric::MacroF1 => m.macro_f1,
+        BestMetric::Loss => -m.loss,
+    }
+}
+
+fn optimizer(cfg: &TrainConfig) -> ModuleOptimizer {
+    AdamWConfig::new()
+        .with_weight_decay(cfg.weight_decay as f32)
+        .with_grad_clipping(cfg.grad_clip.map(GradientClippingConfig::Norm))
+        .init()
+}
+
+fn log_line(path: &Path, value: serde_json::Value) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
+    writeln!(f, "{value}").map_err(|e| Error::io(path, e))
+}
+
+/// Trains `model`. `train_batches(epoch)` returns that epoch's (shuffled) batches; the same
+/// epoch must always give the same batches, which makes `resume` exact.
+pub fn train<M: ClassifierModel>(
+    mut model: M,
+    train_batches: &dyn Fn(usize) -> Vec<Batch>,
+    validation: &[Batch],
+    num_classes: usize,
+    cfg: &TrainConfig,
+    device: &Device,
+    out: &Path,
+    resume: bool,
+) -> Result<(M, TrainReport)> {
+    cfg.validate()?;
+    let run = RunDir(out.to_path_buf());
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let batches_per_epoch = train_batches(0).len();
+    if batches_per_epoch == 0 {
+        return Err(Error::Config("the training split is empty".into()));
+    }
+    let steps_per_epoch = batches_per_epoch.div_ceil(cfg.grad_accum);
+    let total_steps = steps_per_epoch * cfg.epochs;
+    let schedule = LrSchedule {
+        peak: cfg.lr,
+        warmup_steps: (cfg.warmup_ratio * total_steps as f64).round() as usize,
+        total_steps,
+        decay: cfg.decay,
+    };
+    let mut optim = optimizer(cfg);
+    let mut progress = Progress::default();
+    match (resume, checkpoint::existing(&run.checkpoint())) {
+        (true, Some(dir)) => {
+            model = checkpoint::restore(&dir, model)?;
+            optim = checkpoint::read_optimizer(&dir, optim)?;
+            progress = checkpoint::read_progress(&dir)?;
+            eprintln!("resuming from {} (epoch {}, step {})", dir.display(), progress.epoch + 1, progress.step);
+        }
+        (true, None) => return Err(Error::State(format!("--resume: no checkpoint in {}", run.checkpoint().display()))),
+        (false, _) => {
+            let _ = std::fs::remove_file(run.metrics_log());
+        }
+    }
+    let started = Instant::now();
+    let elapsed = |p: &Progress| p.elapsed_s + started.elapsed().as_secs_f64();
+    let bar = ProgressBar::new((total_steps) as u64).with_position(progress.step as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {msg} ({elapsed} < {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    while progress.epoch < cfg.epochs {
+        let epoch = progress.epoch;
+        bar.set_prefix(format!("epoch {}/{}", epoch + 1, cfg.epochs));
+        let batches = train_batches(epoch);
+        let mut accumulator = GradientsAccumulator::<M>::new();
+        let (mut window_loss, mut window_examples, mut window_start) = (0.0, 0usize, Instant::now());
+        for (i, batch) in batches.iter().enumerate().skip(progress.batch_in_epoch) {
+            // Dropout draws from the device RNG: seed it per micro-batch so a resumed run
+            // draws exactly what the uninterrupted one did.
+            device.seed(cfg.seed.wrapping_mul(1_000_003).wrapping_add((epoch * batches_per_epoch + i) as u64));
+            let loss = cross_entropy(model.logits(&batch.to_input(device), true), batch.labels_tensor(device));
+            let loss_value = scalar(loss.clone());
+            if !loss_value.is_finite() {
+                bar.abandon();
+                return Err(Error::Training(format!(
+                    "loss became {loss_value} at epoch {}, batch {} (optimizer step {}); the last checkpoint in {} is intact — lower --lr or set --grad-clip",
+                    epoch + 1, i + 1, progress.step, run.checkpoint().display()
+                )));
+            }
+            accumulator.accumulate(&model, GradientsParams::from_grads(loss.div_scalar(cfg.grad_accum as f64).backward(), &model));
+            window_loss += loss_value * batch.labels.len() as f64;
+            window_examples += batch.labels.len();
+            progress.batch_in_epoch = i + 1;
+            if (i + 1) % cfg.grad_accum != 0 && i + 1 != batches.len() {
+                continue;
+            }
+            let lr = schedule.at(progress.step);
+            model = optim.step(lr, model, accumulator.grads());
+            progress.step += 1;
+            bar.inc(1);
+            let rate = window_examples as f64 / window_start.elapsed().as_secs_f64();
+            bar.set_message(format!("loss {:.4} lr {lr:.2e} {rate:.1} ex/s", window_loss / window_examples as f64));
+            if progress.step % cfg.log_every == 0 {
+                log_line(&run.metrics_log(), serde_json::json!({
+                    "step": progress.step, "epoch": epoch + 1, "loss": window_loss / window_examples as f64,
+                    "lr": lr, "examples_per_s": rate,
+                }))?;
+                (window_loss, window_examples, window_start) = (0.0, 0, Instant::now());
+            }
+            if cfg.checkpoint_every.is_some_and(|n| progress.step % n == 0) && i + 1 != batches.len() {
+                let p = Progress { elapsed_s: elapsed(&progress), ..progress.clone() };
+                checkpoint::write_dir(&run.checkpoint(), &TrainableState::of(&model), Some(&optim), Some(&p))?;
+            }
+        }
+        let (metrics, _) = evaluate(&model, validation, num_classes, device);
+        bar.println(format!(
+            "epoch {}: validation loss {:.4} accuracy {:.4} macro-F1 {:.4}",
+            epoch + 1, metrics.loss, metrics.accuracy, metrics.macro_f1
+        ));
+        log_line(&run.metrics_log(), serde_json::json!({"epoch": epoch + 1, "step": progress.step, "validation": metrics}))?;
+        let s = score(&metrics, cfg.best_metric);
+        if progress.best.is_none_or(|(best, _)| s > best) {
+            progress.best = Some((s, epoch));
+            progress.evals_without_improvement = 0;
+            checkpoint::write_dir(&run.best(), &TrainableState::of(&model), None, None)?;
+        } else {
+            progress.evals_without_improvement += 1;
+        }
+        progress.history.push(metrics);
+        progress.epoch += 1;
+        progress.batch_in_epoch = 0;
+        let p = Progress { elapsed_s: elapsed(&progress), ..progress.clone() };
+        checkpoint::write_dir(&run.checkpoint(), &TrainableState::of(&model), Some(&optim), Some(&p))?;
+        if cfg.patience.is_some_and(|n| progress.evals_without_improvement >= n) {
+            bar.println(format!("early stopping: no improvement for {} epochs", progress.evals_without_improvement));
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    let (_, best_epoch) = progress.best.expect("at least one epoch was evaluated");
+    let model = checkpoint::restore(&run.best(), model)?;
+    let report = TrainReport {
+        best_validation: progress.history[best_epoch].clone(),
+        best_epoch: best_epoch + 1,
+        epochs_run: progress.history.len(),
+        steps: progress.step,
+        wall_time_s: elapsed(&progress),
+        history: progress.history,
+    };
+    Ok((model, report))
+}
+
+/// Peak resident memory of this process in bytes (Linux `VmHWM`), if known.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
