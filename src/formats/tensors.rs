@@ -61,8 +61,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
-/// Reads every tensor of a safetensors file as f32 (F32, F64, F16 and BF16 are accepted),
-/// plus the file's metadata.
+/// Reads every tensor of a safetensors file as f32 (F32, F64, F16 and BF16 are accepted, and
+/// I64/I32 such as BERT's `position_ids` buffer), plus the file's metadata.
 pub fn read(path: &Path) -> Result<(BTreeMap<String, HostTensor>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let file = SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, format!("not a valid safetensors file ({e})")))?;
@@ -75,11 +75,26 @@ pub fn read(path: &Path) -> Result<(BTreeMap<String, HostTensor>, HashMap<String
             Dtype::F64 => raw.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
             Dtype::F16 => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             Dtype::BF16 => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::I64 => ints(path, &name, raw.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())))?,
+            Dtype::I32 => ints(path, &name, raw.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()).into()))?,
             other => return Err(Error::format(path, format!("tensor {name} has unsupported dtype {other:?}"))),
         };
         out.insert(name, HostTensor { shape: view.shape().to_vec(), data });
     }
     Ok((out, meta.metadata().clone().unwrap_or_default()))
+}
+
+/// Integer values as f32, refusing any that f32 cannot hold exactly (beyond 2^24).
+fn ints(path: &Path, name: &str, values: impl Iterator<Item = i64>) -> Result<Vec<f32>> {
+    values
+        .map(|v| {
+            if v.unsigned_abs() <= 1 << 24 {
+                Ok(v as f32)
+            } else {
+                Err(Error::format(path, format!("integer tensor {name} holds {v}, which f32 cannot represent exactly")))
+            }
+        })
+        .collect()
 }
 
 /// Removes and returns tensor `name`, checking its shape.

@@ -1,5 +1,7 @@
 //! Model architectures, one self-contained file each (candle-transformers style).
 
+pub mod bert;
+
 use burn::prelude::*;
 
 /// A tokenized, padded batch for an encoder: `[batch, seq]` each.

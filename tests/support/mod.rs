@@ -1,0 +1,157 @@
+//! Shared by the tests on real models: where the weights are, the Python interpreter, batches.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use burn::prelude::*;
+use replora::formats::{HostTensor, tensors};
+use replora::models::EncoderInput;
+
+/// `$REPLORA_CACHE/models/all-minilm-l6-v2` (default cache `~/.cache/replora`).
+pub fn minilm_dir() -> PathBuf {
+    let cache = match std::env::var_os("REPLORA_CACHE") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/replora"),
+    };
+    let dir = cache.join("models/all-minilm-l6-v2");
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "all-MiniLM-L6-v2 is not in {}: run `replora fetch minilm`",
+        dir.display()
+    );
+    dir
+}
+
+/// The interpreter with numpy and safetensors: `REPLORA_PYTHON`, else the project's `.venv`.
+pub fn python() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let python = std::env::var_os("REPLORA_PYTHON").map(PathBuf::from).unwrap_or(root.join(".venv/bin/python"));
+    let ok = Command::new(&python).args(["-c", "import numpy, safetensors"]).status().is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{} lacks numpy/safetensors: run scripts/test (it installs them into .venv) or set REPLORA_PYTHON",
+        python.display()
+    );
+    python
+}
+
+/// Rows of token ids (and token types), right-padded with id 0 / mask 0 to the longest row.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Batch {
+    pub input_ids: Vec<Vec<i64>>,
+    pub token_type_ids: Vec<Vec<i64>>,
+    pub attention_mask: Vec<Vec<f32>>,
+}
+
+impl Batch {
+    /// `rows`: (ids, token types) per sequence, unpadded.
+    pub fn new(rows: &[(Vec<i64>, Vec<i64>)]) -> Self {
+        let seq = rows.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
+        let pad = |v: &[i64]| v.iter().copied().chain(std::iter::repeat(0)).take(seq).collect::<Vec<_>>();
+        Self {
+            input_ids: rows.iter().map(|(ids, _)| pad(ids)).collect(),
+            token_type_ids: rows.iter().map(|(_, types)| pad(types)).collect(),
+            attention_mask: rows
+                .iter()
+                .map(|(ids, _)| (0..seq).map(|j| if j < ids.len() { 1.0 } else { 0.0 }).collect())
+                .collect(),
+        }
+    }
+
+    pub fn input(&self, device: &Device) -> EncoderInput {
+        let shape = [self.input_ids.len(), self.input_ids[0].len()];
+        let ints = |rows: &[Vec<i64>]| Tensor::<2, Int>::from_data(TensorData::new(rows.concat(), shape), device);
+        EncoderInput {
+            input_ids: ints(&self.input_ids),
+            token_type_ids: ints(&self.token_type_ids),
+            attention_mask: Tensor::from_data(TensorData::new(self.attention_mask.concat(), shape), device),
+        }
+    }
+}
+
+/// Tokenizes sentences with the model's `tokenizer.json` (its fixed padding to 128 and its
+/// truncation switched off; [`Batch`] pads to the longest sentence instead).
+pub fn tokenize(model_dir: &Path, sentences: &[&str]) -> Batch {
+    let mut tokenizer =
+        tokenizers::Tokenizer::from_file(model_dir.join("tokenizer.json")).expect("tokenizer.json loads");
+    tokenizer.with_padding(None).with_truncation(None).expect("truncation off");
+    let rows: Vec<_> = sentences
+        .iter()
+        .map(|s| {
+            let e = tokenizer.encode(*s, true).expect("tokenizes");
+            let ints = |v: &[u32]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
+            (ints(e.get_ids()), ints(e.get_type_ids()))
+        })
+        .collect();
+    Batch::new(&rows)
+}
+
+/// Host copy of a tensor, for exact comparisons.
+pub fn host<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
+    t.to_data().try_into_vec_as::<f32>().unwrap()
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// A tiny BERT checkpoint (2 layers, hidden 8, 2 heads, vocab 50) with seeded weights in
+/// `dir`: tensor names behind `stored_prefix`, LayerNorms as `gamma/beta` if `old_norm_names`.
+pub fn tiny_bert(dir: &Path, stored_prefix: &str, old_norm_names: bool, pooler: bool) {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = serde_json::json!({
+        "architectures": ["BertModel"], "model_type": "bert", "hidden_act": "gelu",
+        "vocab_size": 50, "hidden_size": 8, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "intermediate_size": 16, "max_position_embeddings": 16, "type_vocab_size": 2,
+        "layer_norm_eps": 1e-12, "pad_token_id": 0, "hidden_dropout_prob": 0.1,
+        "some_future_key": {"nested": [1, 2, 3]},
+    });
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    let mut state = 1u64;
+    let mut t = |shape: &[usize], scale: f32, offset: f32| {
+        let n = shape.iter().product();
+        let data = (0..n)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                offset + scale * ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
+            })
+            .collect();
+        HostTensor { shape: shape.to_vec(), data }
+    };
+    let mut out = BTreeMap::new();
+    let p = stored_prefix;
+    let (w, b) = if old_norm_names { ("gamma", "beta") } else { ("weight", "bias") };
+    out.insert(format!("{p}embeddings.word_embeddings.weight"), t(&[50, 8], 1.0, 0.0));
+    out.insert(format!("{p}embeddings.position_embeddings.weight"), t(&[16, 8], 1.0, 0.0));
+    out.insert(format!("{p}embeddings.token_type_embeddings.weight"), t(&[2, 8], 1.0, 0.0));
+    let mut norms = vec!["embeddings.LayerNorm".to_string()];
+    let mut linears = vec![];
+    for i in 0..2 {
+        let l = format!("encoder.layer.{i}.");
+        for n in ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"] {
+            linears.push((format!("{l}{n}"), 8, 8));
+        }
+        linears.push((format!("{l}intermediate.dense"), 8, 16));
+        linears.push((format!("{l}output.dense"), 16, 8));
+        norms.push(format!("{l}attention.output.LayerNorm"));
+        norms.push(format!("{l}output.LayerNorm"));
+    }
+    if pooler {
+        linears.push(("pooler.dense".to_string(), 8, 8));
+    }
+    for n in norms {
+        out.insert(format!("{p}{n}.{w}"), t(&[8], 0.2, 1.0));
+        out.insert(format!("{p}{n}.{b}"), t(&[8], 0.2, 0.0));
+    }
+    for (n, d_in, d_out) in linears {
+        out.insert(format!("{p}{n}.weight"), t(&[d_out, d_in], 0.8, 0.0));
+        out.insert(format!("{p}{n}.bias"), t(&[d_out], 0.2, 0.0));
+    }
+    // What a task checkpoint carries besides the encoder.
+    out.insert("classifier.weight".to_string(), t(&[3, 8], 1.0, 0.0));
+    out.insert("classifier.bias".to_string(), t(&[3], 1.0, 0.0));
+    tensors::write(&dir.join("model.safetensors"), &out, None).unwrap();
+}
