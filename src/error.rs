@@ -35,6 +35,19 @@ pub enum Error {
     /// An operation was called in a state that does not allow it.
     #[error("{0}")]
     State(String),
+    /// A dataset has a bad record (`line` is 1-based where the format has lines), or is unusable.
+    #[error("{}", data_message(file, *line, message))]
+    Data { file: PathBuf, line: Option<usize>, message: String },
+    /// A named asset (model or dataset from a package registry) could not be fetched.
+    #[error("cannot fetch {asset}: {message}")]
+    Fetch { asset: String, message: String },
+}
+
+fn data_message(file: &std::path::Path, line: Option<usize>, message: &str) -> String {
+    match line {
+        Some(line) => format!("{}:{line}: {message}", file.display()),
+        None => format!("{}: {message}", file.display()),
+    }
 }
 
 /// Shorthand for results carrying [`Error`].
@@ -46,5 +59,11 @@ impl Error {
     }
     pub(crate) fn format(file: impl Into<PathBuf>, message: impl std::fmt::Display) -> Self {
         Error::Format { file: file.into(), message: message.to_string() }
+    }
+    pub(crate) fn data(file: impl Into<PathBuf>, line: Option<usize>, message: impl std::fmt::Display) -> Self {
+        Error::Data { file: file.into(), line, message: message.to_string() }
+    }
+    pub(crate) fn fetch(asset: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        Error::Fetch { asset: asset.into(), message: message.to_string() }
     }
 }

