@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 pub use spec_args::{SpecArgs, expand_config_file};
 
 #[derive(Parser, Debug)]
-#[command(name = "replora", version, about = "Parameter-efficient fine-tuning (RepLoRA, LoRA, DoRA) of pre-trained transformers")]
+#[command(name = "replora", version, args_override_self = true, about = "Parameter-efficient fine-tuning (RepLoRA, LoRA, DoRA) of pre-trained transformers")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

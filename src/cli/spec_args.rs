@@ -227,3 +227,27 @@ pub fn expand_config_file(args: Vec<String>) -> Result<Vec<String>> {
     out.extend(args[pos + consumed..].iter().cloned());
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn config_file_flags_come_before_and_lose_to_command_line_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("run.toml");
+        std::fs::write(&file, "method = \"lora\"\nrank = 4\ntargets = [\"query\", \"key\"]\nrslora = true\nepochs = 2\n").unwrap();
+        let args = ["replora", "train", "--epochs", "3", "--config", file.to_str().unwrap()].map(String::from).to_vec();
+        let cli = crate::cli::Cli::parse_from(expand_config_file(args).unwrap());
+        let crate::cli::Command::Train { spec, .. } = cli.command else { panic!("not train") };
+        let spec = spec.to_spec().unwrap();
+        assert_eq!((spec.adapter.method, spec.adapter.r, spec.adapter.use_rslora), (Method::Lora, 4, true));
+        assert_eq!(spec.adapter.target_modules, TargetModules::Names(vec!["query".into(), "key".into()]));
+        assert_eq!(spec.train.epochs, 3, "the command line wins over the file");
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "rank = [").unwrap();
+        let err = expand_config_file(["replora", "train", "--config", bad.to_str().unwrap()].map(String::from).to_vec()).unwrap_err();
+        assert!(err.to_string().contains("bad.toml"), "{err}");
+    }
+}

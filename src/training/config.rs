@@ -41,9 +41,9 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
-            epochs: 5,
+            epochs: 4,
             batch_size: 16,
-            lr: 1e-3,
+            lr: 2e-3,
             weight_decay: 0.01,
             warmup_ratio: 0.1,
             decay: Decay::Linear,
