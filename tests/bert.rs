@@ -1,5 +1,6 @@
 //! The BERT encoder: published behaviour on real weights, save/load, adapters, load errors.
 
+mod common;
 mod support;
 
 use std::path::Path;
@@ -10,7 +11,8 @@ use replora::Error;
 use replora::adapters::{Adaptable, AdapterConfig, Deltas, Method, PeftModel, TargetModules};
 use replora::formats::tensors;
 use replora::models::bert::{Bert, BertConfig, Pooling, pool};
-use support::{Batch, host, max_abs_diff, minilm_dir, tiny_bert, tokenize};
+use common::host;
+use support::{Batch, max_abs_diff, minilm_dir, tiny_bert, tokenize};
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| p * q).sum::<f32>();

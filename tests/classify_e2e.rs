@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use burn::prelude::*;
-use replora::classify::{self, RunSpec, RunSummary};
+use replora::classify::{self, RunSummary};
 use replora::formats::peft;
 use replora::models::bert::Bert;
 use replora::models::classifier::SequenceClassifier;
@@ -156,5 +156,4 @@ fn cli_errors_are_clear_and_exit_non_zero() {
     assert!(o.status.success(), "{}", stderr(&o));
     let unknown = write(dir.path(), "unknown.jsonl", "{\"text\": \"hi\", \"label\": \"get_weather\"}\n{\"text\": \"book it\", \"label\": \"order_pizza\"}\n");
     fail(&["eval", "--run", run.to_str().unwrap(), "--data", unknown.to_str().unwrap()], "unknown label \"order_pizza\"");
-    let _ = RunSpec::default();
 }

@@ -79,7 +79,7 @@ macro_rules! string_enum {
         impl fmt::Display for $ty {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 let name = match self { $(v if *v == $value => $name,)+ _ => unreachable!() };
-                f.write_str(name)
+                f.pad(name)
             }
         }
     };

@@ -78,11 +78,7 @@ pub fn tokenize(model_dir: &Path, sentences: &[&str]) -> Batch {
     Batch::new(&rows)
 }
 
-/// Host copy of a tensor, for exact comparisons.
-pub fn host<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
-    t.to_data().try_into_vec_as::<f32>().unwrap()
-}
-
+/// Largest absolute difference of two equally long slices.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
