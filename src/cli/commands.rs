@@ -35,6 +35,12 @@ pub fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Fetch { names } => {
+            if names.is_empty() {
+                println!("cache: {}", crate::assets::cache_dir().display());
+                for a in crate::assets::known() {
+                    println!("  {:<18} {} ({}=={}, {})", a.usage, a.description, a.package, a.version, a.size);
+                }
+            }
             for name in names {
                 let path = crate::assets::fetch(&name)?;
                 println!("{name}: {}", path.display());

