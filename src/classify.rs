@@ -193,7 +193,8 @@ pub fn train_run(spec: &RunSpec, out: &Path, resume: bool) -> Result<RunSummary>
     let train_batches = |epoch: usize| data.train.batches(&batch, epoch as u64).collect::<Vec<_>>();
     let validation = eval_batches(&data.validation, spec.train.batch_size);
     let started = Instant::now();
-    let (model, report) = training::train(model, &train_batches, &validation, data.labels.len(), &spec.train, &device, out, resume)?;
+    let validate = |m: &SequenceClassifier| training::evaluate(m, &validation, data.labels.len(), &device).0;
+    let (model, report) = training::train(model, &train_batches, &validate, &spec.train, &device, out, resume)?;
     let train_time = started.elapsed().as_secs_f64();
     save_model(&model, out)?;
     let (test, _) = training::evaluate(&model, &eval_batches(&data.test, spec.train.batch_size), data.labels.len(), &device);

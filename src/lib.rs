@@ -16,6 +16,8 @@ pub mod cli;
 pub mod data;
 pub mod error;
 pub mod formats;
+pub mod generate;
+pub mod lm;
 pub mod models;
 pub mod simulate;
 pub mod training;

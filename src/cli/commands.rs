@@ -24,12 +24,40 @@ pub fn run(command: Command) -> Result<()> {
         Command::Eval { run, data } => eval(&run, data.as_deref()),
         Command::Predict { run, text, input } => predict(&run, text, input.as_deref()),
         Command::Export { run, out } => {
-            classify::load_run(&run, &Device::flex())?.export_peft(&out)?;
+            if crate::lm::is_lm_run(&run) {
+                crate::lm::load_run(&run, &Device::flex())?.export_peft(&out)?;
+            } else {
+                classify::load_run(&run, &Device::flex())?.export_peft(&out)?;
+            }
             eprintln!("PEFT adapter written to {}", out.display());
+            Ok(())
+        }
+        Command::Merge { run, out } if crate::lm::is_lm_run(&run) => {
+            crate::lm::load_run(&run, &Device::flex())?.save_merged(&out)?;
+            eprintln!("merged model written to {}", out.display());
             Ok(())
         }
         Command::Merge { run, out } => merge(&run, &out),
         Command::Info { model, rank, targets } => info(&model, rank, targets),
+        Command::TrainLm { lm, out, resume } => {
+            let summary = crate::lm::train_run(&lm.to_spec()?, &out, resume)?;
+            println!("{}", crate::lm::table(&[summary]));
+            eprintln!("run written to {}", out.display());
+            Ok(())
+        }
+        Command::EvalLm { run, lm } => {
+            let summary = match run {
+                Some(run) => crate::lm::evaluate_run(&run)?,
+                None => crate::lm::evaluate_base(&lm.to_spec()?)?,
+            };
+            println!("{}", crate::lm::table(&[summary]));
+            Ok(())
+        }
+        Command::CompareLm { lm, methods, seeds, out } => compare_lm(&lm, &methods, &seeds, &out),
+        Command::Generate { model, run, prompt, chat, max_new_tokens, temperature, top_p, seed } => {
+            let sampling = crate::generate::Sampling { max_new_tokens, temperature, top_p, seed, stop: vec![] };
+            crate::lm::generate_cli(&model, run.as_deref(), &prompt, chat, sampling)
+        }
         Command::Simulate(args) => {
             crate::simulate::run(&args).map_err(|e| Error::Simulation(format!("{e:#}")))?;
             Ok(())
@@ -75,16 +103,17 @@ fn compare(spec: &super::SpecArgs, methods: &[String], out: &Path) -> Result<()>
     let mut summaries = vec![];
     for method in methods {
         let mut args = spec.clone();
-        args.method = method.clone();
+        args.method.method = method.clone();
         let run_spec = args.to_spec()?;
         eprintln!("== {method} ==");
         summaries.push(classify::train_run(&run_spec, &out.join(method), false)?);
     }
     let table = table(&summaries);
     let s = &summaries[0];
+    let base = spec.to_spec()?;
     let header = format!(
         "{} on {} ({} train / {} validation / {} test examples, {} labels), seed {}, {} epochs\n\n",
-        s.model, s.data, s.sizes[0], s.sizes[1], s.sizes[2], s.labels.len(), spec.seed, spec.epochs
+        s.model, s.data, s.sizes[0], s.sizes[1], s.sizes[2], s.labels.len(), base.train.seed, base.train.epochs
     );
     println!("\n{header}{table}");
     crate::formats::tensors::write_atomic(&out.join("compare.md"), format!("{header}{table}").as_bytes())?;
@@ -152,22 +181,66 @@ fn merge(run: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn info(model: &str, rank: usize, targets: Vec<String>) -> Result<()> {
-    let dir = classify::model_dir(model)?;
-    let bert = Bert::load(&dir, "", &Device::flex())?;
-    let c = &bert.config;
-    println!("{}: BERT, {} layers, hidden {}, {} heads, FFN {}, vocab {}", dir.display(), c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size, c.vocab_size);
-    println!("parameters: {}", bert.num_params());
-    println!("\nlinear modules (d_in -> d_out):");
-    let shapes: Vec<_> = bert.linears().iter().map(|l| (l.path.clone(), l.d_in(), l.d_out())).collect();
-    for (path, d_in, d_out) in &shapes {
+fn info(model: &str, rank: usize, targets: Option<Vec<String>>) -> Result<()> {
+    let device = Device::flex();
+    let (description, linears, total, default_targets) = if crate::lm::is_decoder(model) {
+        let decoder = crate::lm::Decoder::open(model, &device)?;
+        let c = &decoder.model.config;
+        let description = format!(
+            "{}: LLaMA decoder, {} layers, hidden {}, {} heads / {} key-value heads, FFN {}, vocab {}, RoPE base {}{}",
+            decoder.source.display(), c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.kv_heads(), c.intermediate_size,
+            c.vocab_size, c.rope_theta, if c.tie_word_embeddings { ", tied embeddings" } else { "" }
+        );
+        let linears: Vec<_> = decoder.model.linears().iter().map(|l| (l.path.clone(), l.d_in(), l.d_out())).collect();
+        (description, linears, decoder.model.num_params(), ["q_proj", "v_proj"])
+    } else {
+        let dir = classify::model_dir(model)?;
+        let bert = Bert::load(&dir, "", &device)?;
+        let c = &bert.config;
+        let description = format!(
+            "{}: BERT, {} layers, hidden {}, {} heads, FFN {}, vocab {}",
+            dir.display(), c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size, c.vocab_size
+        );
+        let linears: Vec<_> = bert.linears().iter().map(|l| (l.path.clone(), l.d_in(), l.d_out())).collect();
+        (description, linears, bert.num_params(), ["query", "value"])
+    };
+    let targets = targets.unwrap_or_else(|| default_targets.map(String::from).to_vec());
+    println!("{description}\nparameters: {total}\n\nlinear modules (d_in -> d_out):");
+    for (path, d_in, d_out) in &linears {
         println!("  {path}  {d_in} -> {d_out}");
     }
     println!("\ntrainable parameters at rank {rank} on {}:", targets.join(","));
     for method in [Method::Lora, Method::Dora, Method::Replora] {
         let config = AdapterConfig { method, r: rank, target_modules: TargetModules::Names(targets.clone()), ..Default::default() };
-        let n = closed_form(&config, &select_targets(&config, &shapes)?);
-        println!("  {method:8} {n:>10}  ({:.4}% of the base)", 100.0 * n as f64 / bert.num_params() as f64);
+        let n = closed_form(&config, &select_targets(&config, &linears)?);
+        println!("  {method:8} {n:>10}  ({:.4}% of the base)", 100.0 * n as f64 / total as f64);
     }
     Ok(())
+}
+
+/// Every method (and `base`, zero-shot) for every seed; one table of means and spreads.
+fn compare_lm(lm: &super::LmArgs, methods: &[String], seeds: &[u64], out: &Path) -> Result<()> {
+    let mut summaries = vec![];
+    for method in methods {
+        for &seed in seeds {
+            let mut args = lm.clone();
+            args.train.seed = Some(seed);
+            let dir = out.join(format!("{method}-seed{seed}"));
+            eprintln!("== {method}, seed {seed} ==");
+            if method == "base" {
+                // The zero-shot model has no seed; evaluate it once.
+                if seed == seeds[0] {
+                    summaries.push(crate::lm::evaluate_base(&args.to_spec()?)?);
+                }
+                continue;
+            }
+            args.method.method = method.clone();
+            summaries.push(crate::lm::train_run(&args.to_spec()?, &dir, false)?);
+        }
+    }
+    let table = crate::lm::seed_table(&summaries);
+    println!("\n{table}");
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    crate::formats::tensors::write_atomic(&out.join("compare.md"), table.as_bytes())?;
+    crate::formats::write_json(&out.join("compare.json"), &summaries)
 }

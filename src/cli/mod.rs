@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-pub use spec_args::{SpecArgs, expand_config_file};
+pub use spec_args::{LmArgs, MethodArgs, SpecArgs, TrainArgs, expand_config_file};
 
 #[derive(Parser, Debug)]
 #[command(name = "replora", version, args_override_self = true, about = "Parameter-efficient fine-tuning (RepLoRA, LoRA, DoRA) of pre-trained transformers")]
@@ -63,14 +63,16 @@ pub enum Command {
         #[arg(long)]
         input: Option<PathBuf>,
     },
-    /// Write a run's adapter in Hugging Face PEFT's layout (RepLoRA as its materialized LoRA).
+    /// Write a run's adapter (classifier or decoder run) in Hugging Face PEFT's layout (RepLoRA
+    /// as its materialized LoRA).
     Export {
         #[arg(long)]
         run: PathBuf,
         #[arg(long)]
         out: PathBuf,
     },
-    /// Merge a run's adapter into the encoder and write one plain model directory.
+    /// Merge a run's adapter into its model and write one plain Hugging Face model directory
+    /// (a decoder run also gets its tokenizer.json).
     Merge {
         #[arg(long)]
         run: PathBuf,
@@ -79,15 +81,72 @@ pub enum Command {
     },
     /// Describe a model: layers, linear module names, parameter counts per method.
     Info {
-        /// Model directory or asset name.
+        /// Model directory, .gguf file or asset name (`minilm`, `smollm2`).
         #[arg(long, default_value = "minilm")]
         model: String,
         /// Rank used for the per-method parameter counts.
         #[arg(long, default_value_t = 8)]
         rank: usize,
-        /// Targets used for the per-method parameter counts.
-        #[arg(long, default_value = "query,value", value_delimiter = ',')]
-        targets: Vec<String>,
+        /// Targets used for the per-method parameter counts [default: the attention query and value].
+        #[arg(long, value_delimiter = ',')]
+        targets: Option<Vec<String>>,
+    },
+    /// Fine-tune a decoder (SmolLM2, any LLaMA-family model) on multiple-choice tasks as a
+    /// causal language model, then evaluate it per task.
+    TrainLm {
+        #[command(flatten)]
+        lm: LmArgs,
+        /// Run directory (run.json, adapter/, metrics.jsonl, summary.json, checkpoint/).
+        #[arg(long, default_value = "runs/train-lm")]
+        out: PathBuf,
+        /// Continue the run in --out from its last checkpoint.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Evaluate a decoder run (--run), or the base model zero-shot, on the test questions.
+    EvalLm {
+        /// Run directory written by `train-lm`; without it the base model is evaluated.
+        #[arg(long)]
+        run: Option<PathBuf>,
+        #[command(flatten)]
+        lm: LmArgs,
+    },
+    /// The decoder table: the base model zero-shot and each method, over several seeds, with
+    /// mean and spread per task.
+    CompareLm {
+        #[command(flatten)]
+        lm: LmArgs,
+        /// Methods (`base` = zero-shot), comma-separated.
+        #[arg(long, default_value = "base,lora,dora,replora", value_delimiter = ',')]
+        methods: Vec<String>,
+        /// Seeds, comma-separated (each changes the adapter init and data order, not the split).
+        #[arg(long, default_value = "0,1,2", value_delimiter = ',')]
+        seeds: Vec<u64>,
+        #[arg(long, default_value = "runs/compare-lm")]
+        out: PathBuf,
+    },
+    /// Generate text with a decoder, optionally with a trained adapter (--run).
+    Generate {
+        /// Model (as for train-lm); ignored with --run.
+        #[arg(long, default_value = "smollm2")]
+        model: String,
+        /// A `train-lm` run whose adapter is applied.
+        #[arg(long)]
+        run: Option<PathBuf>,
+        /// The prompt.
+        prompt: String,
+        /// Wrap the prompt in the model's chat template (ChatML).
+        #[arg(long)]
+        chat: bool,
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        /// 0: greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// The estimation-rate simulation of the paper's theory (LoRA vs RepLoRA), with a plot.
     Simulate(crate::simulate::SimulateArgs),

@@ -1,4 +1,5 @@
-//! The flags that define a classification run (shared by `train` and `compare`).
+//! The flags that define a run: classification data ([`SpecArgs`]), and the method and trainer
+//! flags every fine-tuning command shares ([`MethodArgs`], [`TrainArgs`]).
 
 use std::path::PathBuf;
 
@@ -6,6 +7,7 @@ use clap::Args;
 
 use crate::adapters::{Activation, AdapterConfig, LoraInit, Method, RepLoraConfig, SeedKind, TargetModules};
 use crate::classify::{RunSpec, Tuning};
+use crate::lm::LmSpec;
 use crate::error::{Error, Result};
 use crate::models::bert::Pooling;
 use crate::training::{BestMetric, Decay, TrainConfig};
@@ -39,7 +41,21 @@ pub struct SpecArgs {
     /// Truncate inputs to this many tokens.
     #[arg(long, default_value_t = 128, help_heading = "Data")]
     pub max_len: usize,
+    /// Sentence representation fed to the head.
+    #[arg(long, default_value = "mean", value_parser = ["mean", "cls"], help_heading = "Method")]
+    pub pooling: String,
+    /// Dropout before the classification head.
+    #[arg(long, default_value_t = 0.1, help_heading = "Method")]
+    pub head_dropout: f64,
+    #[command(flatten)]
+    pub method: MethodArgs,
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
 
+/// The adapter flags, shared by every fine-tuning command.
+#[derive(Args, Debug, Clone)]
+pub struct MethodArgs {
     /// Fine-tuning method.
     #[arg(long, default_value = "replora", value_parser = ["replora", "lora", "dora", "full"], help_heading = "Method")]
     pub method: String,
@@ -53,8 +69,9 @@ pub struct SpecArgs {
     #[arg(long, default_value_t = 0.0, help_heading = "Method")]
     pub dropout: f64,
     /// Linear modules to adapt: names matched exactly or as path suffixes (PEFT target_modules).
-    #[arg(long, default_value = "query,value", value_delimiter = ',', help_heading = "Method")]
-    pub targets: Vec<String>,
+    /// Default: the attention query and value (`query,value` for BERT, `q_proj,v_proj` for LLaMA).
+    #[arg(long, value_delimiter = ',', help_heading = "Method")]
+    pub targets: Option<Vec<String>>,
     /// A regex (full match on the module path) instead of --targets.
     #[arg(long, help_heading = "Method")]
     pub targets_regex: Option<String>,
@@ -79,64 +96,65 @@ pub struct SpecArgs {
     /// One RepLoRA generator pair for all blocks (seeds stay per block).
     #[arg(long, help_heading = "Method")]
     pub shared_generators: bool,
-    /// Sentence representation fed to the head.
-    #[arg(long, default_value = "mean", value_parser = ["mean", "cls"], help_heading = "Method")]
-    pub pooling: String,
-    /// Dropout before the classification head.
-    #[arg(long, default_value_t = 0.1, help_heading = "Method")]
-    pub head_dropout: f64,
+}
 
-    #[arg(long, default_value_t = TrainConfig::default().epochs, help_heading = "Training")]
-    pub epochs: usize,
-    #[arg(long, default_value_t = TrainConfig::default().batch_size, help_heading = "Training")]
-    pub batch_size: usize,
+/// The trainer flags, shared by every fine-tuning command. Unset flags take the task's
+/// defaults (classification: [`TrainConfig::default`]; decoders: their own).
+#[derive(Args, Debug, Clone, Default)]
+pub struct TrainArgs {
+    #[arg(long, help_heading = "Training")]
+    pub epochs: Option<usize>,
+    #[arg(long, help_heading = "Training")]
+    pub batch_size: Option<usize>,
     /// Peak learning rate (AdamW).
-    #[arg(long, default_value_t = TrainConfig::default().lr, help_heading = "Training")]
-    pub lr: f64,
-    #[arg(long, default_value_t = TrainConfig::default().weight_decay, help_heading = "Training")]
-    pub weight_decay: f64,
+    #[arg(long, help_heading = "Training")]
+    pub lr: Option<f64>,
+    #[arg(long, help_heading = "Training")]
+    pub weight_decay: Option<f64>,
     /// Fraction of the steps spent on linear warm-up.
-    #[arg(long, default_value_t = TrainConfig::default().warmup_ratio, help_heading = "Training")]
-    pub warmup_ratio: f64,
-    /// Learning-rate decay after warm-up.
-    #[arg(long, value_enum, default_value = "linear", help_heading = "Training")]
-    pub decay: Decay,
-    /// Clip the global gradient norm (0: no clipping).
-    #[arg(long, default_value_t = 1.0, help_heading = "Training")]
-    pub grad_clip: f32,
-    /// Micro-batches per optimizer step.
-    #[arg(long, default_value_t = 1, help_heading = "Training")]
-    pub grad_accum: usize,
+    #[arg(long, help_heading = "Training")]
+    pub warmup_ratio: Option<f64>,
+    /// Learning-rate decay after warm-up [default: linear].
+    #[arg(long, value_enum, help_heading = "Training")]
+    pub decay: Option<Decay>,
+    /// Clip the global gradient norm (0: no clipping) [default: 1].
+    #[arg(long, help_heading = "Training")]
+    pub grad_clip: Option<f32>,
+    /// Micro-batches per optimizer step [default: 1].
+    #[arg(long, help_heading = "Training")]
+    pub grad_accum: Option<usize>,
     /// Stop after this many epochs without validation improvement.
     #[arg(long, help_heading = "Training")]
     pub patience: Option<usize>,
-    /// Validation metric that picks the best checkpoint.
-    #[arg(long, value_enum, default_value = "accuracy", help_heading = "Training")]
-    pub best_metric: BestMetric,
+    /// Validation metric that picks the best checkpoint [default: accuracy].
+    #[arg(long, value_enum, help_heading = "Training")]
+    pub best_metric: Option<BestMetric>,
     /// Also checkpoint every N optimizer steps (always at each epoch end).
     #[arg(long, help_heading = "Training")]
     pub checkpoint_every: Option<usize>,
-    /// Write a metrics line every N optimizer steps.
-    #[arg(long, default_value_t = 10, help_heading = "Training")]
-    pub log_every: usize,
-    /// Seed of the split, the adapter/head init, shuffling and dropout.
-    #[arg(long, default_value_t = 0, help_heading = "Training")]
-    pub seed: u64,
+    /// Write a metrics line every N optimizer steps [default: 10].
+    #[arg(long, help_heading = "Training")]
+    pub log_every: Option<usize>,
+    /// Seed of the split, the adapter/head init, shuffling and dropout [default: 0].
+    #[arg(long, help_heading = "Training")]
+    pub seed: Option<u64>,
 }
 
 fn parse<T: std::str::FromStr<Err = Error>>(s: &str) -> Result<T> {
     s.parse()
 }
 
-impl SpecArgs {
-    pub fn to_spec(&self) -> Result<RunSpec> {
+impl MethodArgs {
+    /// The tuning mode and adapter config; `default_targets` applies without --targets.
+    pub fn to_adapter(&self, default_targets: &[&str], seed: u64) -> Result<(Tuning, AdapterConfig)> {
         let (tuning, method) = match self.method.as_str() {
             "full" => (Tuning::Full, Method::Lora),
             m => (Tuning::Adapter, parse::<Method>(m)?),
         };
-        let target_modules = match &self.targets_regex {
-            Some(re) => TargetModules::Regex(re.clone()),
-            None => TargetModules::Names(self.targets.clone()),
+        let target_modules = match (&self.targets_regex, &self.targets) {
+            (Some(re), _) => TargetModules::Regex(re.clone()),
+            (None, Some(names)) => TargetModules::Names(names.clone()),
+            (None, None) => TargetModules::Names(default_targets.iter().map(|s| s.to_string()).collect()),
         };
         let adapter = AdapterConfig {
             method,
@@ -153,24 +171,38 @@ impl SpecArgs {
                 activation: parse::<Activation>(&self.activation)?,
                 shared_generators: self.shared_generators,
             },
-            seed: self.seed,
+            seed,
             ..Default::default()
         };
-        let train = TrainConfig {
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            lr: self.lr,
-            weight_decay: self.weight_decay,
-            warmup_ratio: self.warmup_ratio,
-            decay: self.decay,
-            grad_clip: (self.grad_clip > 0.0).then_some(self.grad_clip),
-            grad_accum: self.grad_accum,
-            patience: self.patience,
-            best_metric: self.best_metric,
-            checkpoint_every: self.checkpoint_every,
-            log_every: self.log_every,
-            seed: self.seed,
-        };
+        Ok((tuning, adapter))
+    }
+}
+
+impl TrainArgs {
+    /// `base` with every flag given on the command line applied.
+    pub fn to_train(&self, base: TrainConfig) -> TrainConfig {
+        TrainConfig {
+            epochs: self.epochs.unwrap_or(base.epochs),
+            batch_size: self.batch_size.unwrap_or(base.batch_size),
+            lr: self.lr.unwrap_or(base.lr),
+            weight_decay: self.weight_decay.unwrap_or(base.weight_decay),
+            warmup_ratio: self.warmup_ratio.unwrap_or(base.warmup_ratio),
+            decay: self.decay.unwrap_or(base.decay),
+            grad_clip: self.grad_clip.map_or(base.grad_clip, |c| (c > 0.0).then_some(c)),
+            grad_accum: self.grad_accum.unwrap_or(base.grad_accum),
+            patience: self.patience.or(base.patience),
+            best_metric: self.best_metric.unwrap_or(base.best_metric),
+            checkpoint_every: self.checkpoint_every.or(base.checkpoint_every),
+            log_every: self.log_every.unwrap_or(base.log_every),
+            seed: self.seed.unwrap_or(base.seed),
+        }
+    }
+}
+
+impl SpecArgs {
+    pub fn to_spec(&self) -> Result<RunSpec> {
+        let train = self.train.to_train(TrainConfig::default());
+        let (tuning, adapter) = self.method.to_adapter(&["query", "value"], train.seed)?;
         Ok(RunSpec {
             model: self.model.clone(),
             data: self.data.clone(),
@@ -183,6 +215,63 @@ impl SpecArgs {
             max_len: self.max_len,
             pooling: parse::<Pooling>(&self.pooling)?,
             head_dropout: self.head_dropout,
+            tuning,
+            adapter,
+            train,
+        })
+    }
+}
+
+/// The flags that define a decoder run (`train-lm`, `eval-lm`, `compare-lm`).
+#[derive(Args, Debug, Clone)]
+pub struct LmArgs {
+    /// `smollm2` (fetched on demand), a .gguf file, or a directory (one .gguf, or a Hugging Face
+    /// config.json + model.safetensors + tokenizer.json).
+    #[arg(long, default_value = "smollm2", help_heading = "Data")]
+    pub model: String,
+    /// Multiple-choice tasks trained on (their union) and evaluated: `bigbench:<task>` or task.json files.
+    #[arg(long, value_delimiter = ',', default_value = "bigbench:social_iqa,bigbench:strategyqa", help_heading = "Data")]
+    pub tasks: Vec<String>,
+    /// Tasks only evaluated ("none": no such task).
+    #[arg(long, value_delimiter = ',', default_value = "bigbench:physical_intuition", help_heading = "Data")]
+    pub eval_tasks: Vec<String>,
+    /// Training questions per task.
+    #[arg(long, default_value_t = LmSpec::default().sizes[0], help_heading = "Data")]
+    pub train_per_task: usize,
+    /// Validation questions per task (scored after each epoch).
+    #[arg(long, default_value_t = LmSpec::default().sizes[1], help_heading = "Data")]
+    pub validation_per_task: usize,
+    /// Test questions per task.
+    #[arg(long, default_value_t = LmSpec::default().sizes[2], help_heading = "Data")]
+    pub test_per_task: usize,
+    /// Longest sequence in tokens (the question is cut from its start to fit).
+    #[arg(long, default_value_t = LmSpec::default().max_len, help_heading = "Data")]
+    pub max_len: usize,
+    /// Keep only the first N decoder layers (quick checks; not the real model).
+    #[arg(long, help_heading = "Data")]
+    pub keep_layers: Option<usize>,
+    /// Skip generating the test answers (exact match), which costs a pass per token.
+    #[arg(long, help_heading = "Data")]
+    pub no_exact_match: bool,
+    #[command(flatten)]
+    pub method: MethodArgs,
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+impl LmArgs {
+    pub fn to_spec(&self) -> Result<LmSpec> {
+        let train = self.train.to_train(crate::lm::default_train());
+        let (tuning, adapter) = self.method.to_adapter(&["q_proj", "v_proj"], train.seed)?;
+        let eval_tasks = self.eval_tasks.iter().filter(|t| t.as_str() != "none").cloned().collect();
+        Ok(LmSpec {
+            model: self.model.clone(),
+            tasks: self.tasks.clone(),
+            eval_tasks,
+            sizes: [self.train_per_task, self.validation_per_task, self.test_per_task],
+            max_len: self.max_len,
+            keep_layers: self.keep_layers,
+            exact_match: !self.no_exact_match,
             tuning,
             adapter,
             train,

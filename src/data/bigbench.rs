@@ -60,23 +60,61 @@ pub fn parse(path: &Path, task: &Value, prefixes: bool) -> Result<(Vec<Example>,
             Some(_) => return Err(err("\"input\" is not a string".into())),
             None => return Err(err("missing \"input\"".into())),
         };
-        let scores = match example.get("target_scores") {
-            Some(Value::Object(map)) => map
-                .iter()
-                .map(|(k, v)| v.as_f64().map(|s| (k.clone(), s)).ok_or_else(|| err(format!("score of {k:?} is not a number"))))
-                .collect::<Result<Vec<_>>>()?,
-            Some(Value::String(s)) => parse_python_dict(s).map_err(|m| err(format!("cannot read target_scores string: {m}")))?,
-            Some(_) => return Err(err("\"target_scores\" is neither an object nor a dict string".into())),
-            None if example.get("target").is_some() => {
-                return Err(err("no \"target_scores\" (a generative task); only multiple-choice tasks load as classification".into()));
-            }
-            None => return Err(err("missing \"target_scores\"".into())),
-        };
+        let scores = target_scores(example).map_err(err)?;
         let label = best_choice(&scores).map_err(err)?;
         out.push(Example { text: format!("{prefix}{input}"), text_pair: None, label });
         numbers.push(n);
     }
     Ok((out, numbers))
+}
+
+/// An example's `target_scores` as (choice, score) pairs.
+fn target_scores(example: &Value) -> std::result::Result<Vec<(String, f64)>, String> {
+    match example.get("target_scores") {
+        Some(Value::Object(map)) => map
+            .iter()
+            .map(|(k, v)| v.as_f64().map(|s| (k.clone(), s)).ok_or_else(|| format!("score of {k:?} is not a number")))
+            .collect(),
+        Some(Value::String(s)) => parse_python_dict(s).map_err(|m| format!("cannot read target_scores string: {m}")),
+        Some(_) => Err("\"target_scores\" is neither an object nor a dict string".into()),
+        None if example.get("target").is_some() => {
+            Err("no \"target_scores\" (a generative task); only multiple-choice tasks load".into())
+        }
+        None => Err("missing \"target_scores\"".into()),
+    }
+}
+
+/// A multiple-choice question with its own answer options (for causal language models).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChoiceExample {
+    /// The task it comes from (the `task.json`'s folder name).
+    pub task: String,
+    pub question: String,
+    /// The options, in the order `target_scores` lists them once parsed (sorted by text).
+    pub options: Vec<String>,
+    /// Index of the correct option.
+    pub answer: usize,
+}
+
+/// Reads a task as multiple-choice questions; `task` names them.
+pub fn read_choices(path: &Path, task: &str) -> Result<Vec<ChoiceExample>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|e| Error::data(path, Some(e.line()), format!("invalid JSON ({e})")))?;
+    let examples = value.get("examples").and_then(Value::as_array).ok_or_else(|| Error::data(path, None, "no \"examples\" array"))?;
+    let mut out = Vec::with_capacity(examples.len());
+    for (i, example) in examples.iter().enumerate() {
+        let err = |message: String| Error::data(path, None, format!("example {}: {message}", i + 1));
+        let question = example.get("input").and_then(Value::as_str).ok_or_else(|| err("missing or non-string \"input\"".into()))?;
+        let scores = target_scores(example).map_err(err)?;
+        let best = best_choice(&scores).map_err(err)?;
+        let options: Vec<String> = scores.into_iter().map(|(k, _)| k).collect();
+        if options.len() < 2 {
+            return Err(err("fewer than two options".into()));
+        }
+        let answer = options.iter().position(|o| *o == best).expect("the best choice is an option");
+        out.push(ChoiceExample { task: task.to_string(), question: question.trim().to_string(), options, answer });
+    }
+    Ok(out)
 }
 
 /// The one choice with the highest (positive) score.

@@ -1,5 +1,6 @@
 //! Adapter files: replora's native format and Hugging Face PEFT's LoRA/DoRA layout.
 
+pub mod gguf;
 pub mod native;
 pub mod peft;
 pub mod tensors;

@@ -1,6 +1,8 @@
 //! Model architectures, one self-contained file each (candle-transformers style).
 
 pub mod bert;
+pub mod causal_lm;
+pub mod llama;
 pub mod classifier;
 
 use burn::prelude::*;

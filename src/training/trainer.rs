@@ -27,6 +27,25 @@ pub trait ClassifierModel: Module {
     fn logits(&self, input: &EncoderInput, training: bool) -> Tensor<2>;
 }
 
+/// A model and the batches it learns from: what [`train`] needs to know about a task.
+pub trait Objective: Module {
+    type Batch;
+    /// The mean training loss of one batch (dropout on).
+    fn loss(&self, batch: &Self::Batch, device: &Device) -> Tensor<1>;
+    /// How many examples the batch holds (for the loss average and the rate shown).
+    fn examples(batch: &Self::Batch) -> usize;
+}
+
+impl<M: ClassifierModel> Objective for M {
+    type Batch = Batch;
+    fn loss(&self, batch: &Batch, device: &Device) -> Tensor<1> {
+        cross_entropy(self.logits(&batch.to_input(device), true), batch.labels_tensor(device))
+    }
+    fn examples(batch: &Batch) -> usize {
+        batch.labels.len()
+    }
+}
+
 /// What a finished (or early-stopped) run reports.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainReport {
@@ -100,12 +119,12 @@ fn log_line(path: &Path, value: serde_json::Value) -> Result<()> {
 }
 
 /// Trains `model`. `train_batches(epoch)` returns that epoch's (shuffled) batches; the same
-/// epoch must always give the same batches, which makes `resume` exact.
-pub fn train<M: ClassifierModel>(
+/// epoch must always give the same batches, which makes `resume` exact. `validate` scores the
+/// model after each epoch.
+pub fn train<M: Objective>(
     mut model: M,
-    train_batches: &dyn Fn(usize) -> Vec<Batch>,
-    validation: &[Batch],
-    num_classes: usize,
+    train_batches: &dyn Fn(usize) -> Vec<M::Batch>,
+    validate: &dyn Fn(&M) -> EvalMetrics,
     cfg: &TrainConfig,
     device: &Device,
     out: &Path,
@@ -158,7 +177,7 @@ pub fn train<M: ClassifierModel>(
             // Dropout draws from the device RNG: seed it per micro-batch so a resumed run
             // draws exactly what the uninterrupted one did.
             device.seed(cfg.seed.wrapping_mul(1_000_003).wrapping_add((epoch * batches_per_epoch + i) as u64));
-            let loss = cross_entropy(model.logits(&batch.to_input(device), true), batch.labels_tensor(device));
+            let loss = model.loss(batch, device);
             let loss_value = scalar(loss.clone());
             if !loss_value.is_finite() {
                 bar.abandon();
@@ -168,8 +187,8 @@ pub fn train<M: ClassifierModel>(
                 )));
             }
             accumulator.accumulate(&model, GradientsParams::from_grads(loss.div_scalar(cfg.grad_accum as f64).backward(), &model));
-            window_loss += loss_value * batch.labels.len() as f64;
-            window_examples += batch.labels.len();
+            window_loss += loss_value * M::examples(batch) as f64;
+            window_examples += M::examples(batch);
             progress.batch_in_epoch = i + 1;
             if (i + 1) % cfg.grad_accum != 0 && i + 1 != batches.len() {
                 continue;
@@ -192,7 +211,7 @@ pub fn train<M: ClassifierModel>(
                 checkpoint::write_dir(&run.checkpoint(), &TrainableState::of(&model), Some(&optim), Some(&p))?;
             }
         }
-        let (metrics, _) = evaluate(&model, validation, num_classes, device);
+        let metrics = validate(&model);
         let line = format!(
             "epoch {}: validation loss {:.4} accuracy {:.4} macro-F1 {:.4}",
             epoch + 1, metrics.loss, metrics.accuracy, metrics.macro_f1

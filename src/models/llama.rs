@@ -1,0 +1,512 @@
+//! LLaMA-family decoders (LLaMA, SmolLM2, ...) read from Hugging Face checkpoints or GGUF files.
+//!
+//! RMSNorm, rotary position embeddings (`rotate_half` convention, configurable base), SwiGLU
+//! feed-forward, grouped-query attention, causal mask, tied or untied output embeddings, and a
+//! key/value cache for generation. Every linear is an [`AdaptedLinear`] named by its Hugging Face
+//! module path (`model.layers.0.self_attn.q_proj`), so PEFT adapter files line up.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use burn::module::Param;
+use burn::prelude::*;
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::module::embedding;
+use serde::{Deserialize, Serialize};
+
+use crate::adapters::{Adaptable, AdaptedLinear, Deltas};
+use crate::error::{Error, Result};
+use crate::formats::gguf::Gguf;
+use crate::formats::tensors::{self, HostTensor};
+use crate::formats::{read_json, write_json};
+
+const CONFIG_FILE: &str = "config.json";
+const WEIGHTS_FILE: &str = "model.safetensors";
+
+/// A Hugging Face LLaMA `config.json`. Unused keys are kept in `extra` and written back.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    /// Defaults to `num_attention_heads` (no grouping).
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    #[serde(default = "default_max_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bos_token_id: Option<u32>,
+    /// One id or a list (newer checkpoints); see [`LlamaConfig::eos_ids`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eos_token_id: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden_act: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<serde_json::Value>,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+fn default_max_positions() -> usize {
+    2048
+}
+
+impl LlamaConfig {
+    pub fn read(path: &Path) -> Result<Self> {
+        let config: Self = read_json(path)?;
+        config.validate().map_err(|m| Error::format(path, m))?;
+        Ok(config)
+    }
+
+    fn from_value(value: serde_json::Value, source: &Path) -> Result<Self> {
+        let config: Self = serde_json::from_value(value).map_err(|e| Error::format(source, format!("model config: {e}")))?;
+        config.validate().map_err(|m| Error::format(source, m))?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        let sizes = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.kv_heads()),
+        ];
+        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{name} must be at least 1"));
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return Err(format!("hidden_size {} is not a multiple of num_attention_heads {}", self.hidden_size, self.num_attention_heads));
+        }
+        if self.num_attention_heads % self.kv_heads() != 0 {
+            return Err(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_attention_heads,
+                self.kv_heads()
+            ));
+        }
+        if self.head_dim() % 2 != 0 {
+            return Err(format!("head dimension {} must be even for rotary embeddings", self.head_dim()));
+        }
+        if let Some(act) = self.hidden_act.as_deref().filter(|a| *a != "silu") {
+            return Err(format!("hidden_act {act:?} is not supported (only \"silu\")"));
+        }
+        if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err("rope_scaling is not supported".into());
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
+            return Err(format!("rms_norm_eps must be a positive number, got {}", self.rms_norm_eps));
+        }
+        Ok(())
+    }
+
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// The end-of-sequence ids (`eos_token_id` may be one id or a list).
+    pub fn eos_ids(&self) -> Vec<u32> {
+        match &self.eos_token_id {
+            Some(serde_json::Value::Number(n)) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
+            Some(serde_json::Value::Array(items)) => items.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect(),
+            _ => vec![],
+        }
+    }
+}
+
+/// Root-mean-square normalisation with a learned scale.
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    pub weight: Param<Tensor<1>>,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let rms = x.clone().square().mean_dim(D - 1).add_scalar(self.eps).sqrt();
+        x / rms * self.weight.val().unsqueeze::<D>()
+    }
+}
+
+/// Cached keys and values of every layer, `[batch, kv_heads, seen, head_dim]` each.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    /// Tokens already processed.
+    pub len: usize,
+}
+
+impl KvCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// Self-attention with grouped-query heads.
+#[derive(Module, Debug)]
+pub struct LlamaAttention {
+    pub q_proj: AdaptedLinear,
+    pub k_proj: AdaptedLinear,
+    pub v_proj: AdaptedLinear,
+    pub o_proj: AdaptedLinear,
+}
+
+/// The SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
+#[derive(Module, Debug)]
+pub struct LlamaMlp {
+    pub gate_proj: AdaptedLinear,
+    pub up_proj: AdaptedLinear,
+    pub down_proj: AdaptedLinear,
+}
+
+#[derive(Module, Debug)]
+pub struct LlamaLayer {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: LlamaAttention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: LlamaMlp,
+}
+
+/// What a layer needs besides its input: the rotary tables for the current positions and the
+/// additive attention mask.
+struct Context<'a> {
+    /// `[t, head_dim]` each.
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+    /// `[batch, 1, t, keys]`: 0 where a query may look, very negative elsewhere.
+    mask: Tensor<4>,
+    heads: usize,
+    kv_heads: usize,
+    deltas: &'a Deltas,
+}
+
+/// HF's `rotate_half` rotary embedding of `x` (`[b, heads, t, head_dim]`).
+fn rope(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<4> {
+    let half = x.dims()[3] / 2;
+    let x1 = x.clone().narrow(3, 0, half);
+    let x2 = x.clone().narrow(3, half, half);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos.clone().unsqueeze::<4>() + rotated * sin.clone().unsqueeze::<4>()
+}
+
+impl LlamaLayer {
+    fn linears(&self) -> [&AdaptedLinear; 7] {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj]
+    }
+
+    fn map_linears(self, f: &mut dyn FnMut(AdaptedLinear) -> AdaptedLinear) -> Self {
+        let (a, m) = (self.self_attn, self.mlp);
+        Self {
+            self_attn: LlamaAttention { q_proj: f(a.q_proj), k_proj: f(a.k_proj), v_proj: f(a.v_proj), o_proj: f(a.o_proj) },
+            mlp: LlamaMlp { gate_proj: f(m.gate_proj), up_proj: f(m.up_proj), down_proj: f(m.down_proj) },
+            ..self
+        }
+    }
+
+    fn forward(&self, x: Tensor<3>, ctx: &Context, cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>) -> Tensor<3> {
+        let [b, t, hidden] = x.dims();
+        let (heads, kv_heads, d) = (ctx.heads, ctx.kv_heads, hidden / ctx.heads);
+        let attn = &self.self_attn;
+        let h = self.input_layernorm.forward(x.clone());
+        let split = |y: Tensor<3>, n: usize| y.reshape([b, t, n, d]).swap_dims(1, 2);
+        let q = rope(split(attn.q_proj.forward(h.clone(), ctx.deltas), heads), &ctx.cos, &ctx.sin);
+        let mut k = rope(split(attn.k_proj.forward(h.clone(), ctx.deltas), kv_heads), &ctx.cos, &ctx.sin);
+        let mut v = split(attn.v_proj.forward(h, ctx.deltas), kv_heads);
+        if let Some(slot) = cache {
+            if let Some((k_past, v_past)) = slot.take() {
+                k = Tensor::cat(vec![k_past, k], 2);
+                v = Tensor::cat(vec![v_past, v], 2);
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let keys = k.dims()[2];
+        // Each key/value head serves `heads / kv_heads` query heads (query head i uses i / group).
+        let group = heads / kv_heads;
+        let repeat = |y: Tensor<4>| {
+            if group == 1 { y } else { y.unsqueeze_dim::<5>(2).expand([b, kv_heads, group, keys, d]).reshape([b, heads, keys, d]) }
+        };
+        let q = q.mul_scalar(1.0 / (d as f64).sqrt());
+        let probs = softmax(q.matmul(repeat(k).swap_dims(2, 3)) + ctx.mask.clone(), 3);
+        let context = probs.matmul(repeat(v)).swap_dims(1, 2).reshape([b, t, hidden]);
+        let x = x + attn.o_proj.forward(context, ctx.deltas);
+        let h = self.post_attention_layernorm.forward(x.clone());
+        let m = &self.mlp;
+        let gated = silu(m.gate_proj.forward(h.clone(), ctx.deltas)) * m.up_proj.forward(h, ctx.deltas);
+        x + m.down_proj.forward(gated, ctx.deltas)
+    }
+}
+
+/// A LLaMA decoder with its language-model head.
+#[derive(Module, Debug)]
+pub struct Llama {
+    pub embed_tokens: Param<Tensor<2>>,
+    pub layers: Vec<LlamaLayer>,
+    pub norm: RmsNorm,
+    /// The output projection in burn layout, `[hidden, vocab]`; `None` for tied embeddings.
+    pub lm_head: Option<Param<Tensor<2>>>,
+    #[module(skip)]
+    pub config: LlamaConfig,
+}
+
+impl Llama {
+    /// Loads a model from a Hugging Face directory (`config.json` + `model.safetensors`), a
+    /// `.gguf` file, or a directory holding exactly one `.gguf` file.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        match find_gguf(path)? {
+            Some(file) => Self::from_gguf(&Gguf::open(&file)?, &file, device),
+            None => {
+                let config = LlamaConfig::read(&path.join(CONFIG_FILE))?;
+                let file = path.join(WEIGHTS_FILE);
+                let (mut tensors, _) = tensors::read(&file)?;
+                Self::from_tensors(config, &mut tensors, &file, device)
+            }
+        }
+    }
+
+    /// Builds the model from a parsed GGUF file (weights dequantized to f32).
+    pub fn from_gguf(gguf: &Gguf, file: &Path, device: &Device) -> Result<Self> {
+        let config = LlamaConfig::from_value(gguf.llama_config()?, file)?;
+        let mut tensors = gguf.llama_tensors()?;
+        Self::from_tensors(config, &mut tensors, file, device)
+    }
+
+    /// Builds the model from tensors under Hugging Face names, taking them out of `tensors`.
+    pub fn from_tensors(config: LlamaConfig, tensors: &mut BTreeMap<String, HostTensor>, file: &Path, device: &Device) -> Result<Self> {
+        let c = &config;
+        let (h, kv, m) = (c.hidden_size, c.kv_heads() * c.head_dim(), c.intermediate_size);
+        let mut r = Reader { tensors, file, device, bias: c.attention_bias };
+        let embed = r.take("model.embed_tokens.weight", [c.vocab_size, h])?;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| {
+                let p = format!("model.layers.{i}.");
+                Ok(LlamaLayer {
+                    input_layernorm: r.norm(&format!("{p}input_layernorm"), h, c.rms_norm_eps)?,
+                    self_attn: LlamaAttention {
+                        q_proj: r.linear(&format!("{p}self_attn.q_proj"), h, h, true)?,
+                        k_proj: r.linear(&format!("{p}self_attn.k_proj"), h, kv, true)?,
+                        v_proj: r.linear(&format!("{p}self_attn.v_proj"), h, kv, true)?,
+                        o_proj: r.linear(&format!("{p}self_attn.o_proj"), h, h, true)?,
+                    },
+                    post_attention_layernorm: r.norm(&format!("{p}post_attention_layernorm"), h, c.rms_norm_eps)?,
+                    mlp: LlamaMlp {
+                        gate_proj: r.linear(&format!("{p}mlp.gate_proj"), h, m, false)?,
+                        up_proj: r.linear(&format!("{p}mlp.up_proj"), h, m, false)?,
+                        down_proj: r.linear(&format!("{p}mlp.down_proj"), m, h, false)?,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let norm = r.norm("model.norm", h, c.rms_norm_eps)?;
+        let head = if c.tie_word_embeddings {
+            let _ = r.tensors.remove("lm_head.weight");
+            None
+        } else {
+            Some(r.take("lm_head.weight", [c.vocab_size, h])?.transpose())
+        };
+        let extra = format!("model.layers.{}.", c.num_hidden_layers);
+        if let Some(name) = r.tensors.keys().find(|k| k.starts_with(&extra)) {
+            return Err(Error::format(file, format!("tensor {name} belongs to a layer beyond num_hidden_layers = {}", c.num_hidden_layers)));
+        }
+        Ok(Self {
+            embed_tokens: Param::from_tensor(embed.to_tensor(device)),
+            layers,
+            norm,
+            lm_head: head.map(|h| Param::from_tensor(h.to_tensor(device))),
+            config,
+        })
+    }
+
+    /// Keeps only the first `n` layers (a cheap model slice for tests and quick checks).
+    pub fn truncate_layers(mut self, n: usize) -> Self {
+        self.layers.truncate(n);
+        self.config.num_hidden_layers = self.layers.len();
+        self
+    }
+
+    /// Writes `config.json` and `model.safetensors` in the Hugging Face layout.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        write_json(&dir.join(CONFIG_FILE), &self.config)?;
+        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+        tensors::write(&dir.join(WEIGHTS_FILE), &self.tensors(), Some(metadata))
+    }
+
+    /// Every weight under its Hugging Face name, linears in PyTorch's `[out, in]` layout.
+    pub fn tensors(&self) -> BTreeMap<String, HostTensor> {
+        let mut out = BTreeMap::new();
+        out.insert("model.embed_tokens.weight".to_string(), HostTensor::from_tensor(&self.embed_tokens.val()));
+        if let Some(head) = &self.lm_head {
+            out.insert("lm_head.weight".to_string(), HostTensor::from_tensor(&head.val()).transpose());
+        }
+        out.insert("model.norm.weight".to_string(), HostTensor::from_tensor(&self.norm.weight.val()));
+        for (i, layer) in self.layers.iter().enumerate() {
+            for (name, norm) in [("input_layernorm", &layer.input_layernorm), ("post_attention_layernorm", &layer.post_attention_layernorm)] {
+                out.insert(format!("model.layers.{i}.{name}.weight"), HostTensor::from_tensor(&norm.weight.val()));
+            }
+        }
+        for linear in self.linears() {
+            out.insert(format!("{}.weight", linear.path), HostTensor::from_tensor(&linear.weight.val()).transpose());
+            if let Some(b) = &linear.bias {
+                out.insert(format!("{}.bias", linear.path), HostTensor::from_tensor(&b.val()));
+            }
+        }
+        out
+    }
+
+    /// The final-norm hidden states `[batch, t, hidden]` of `input_ids` (`[batch, t]`).
+    ///
+    /// `attention_mask` (`[batch, t]`, 1 for real tokens) hides padded keys; without a cache
+    /// positions start at 0. With a cache the new tokens follow the cached ones (batch 1 or a
+    /// batch without padding) and the cache is extended.
+    pub fn forward(&self, input_ids: Tensor<2, Int>, attention_mask: Option<Tensor<2>>, mut cache: Option<&mut KvCache>, deltas: &Deltas) -> Tensor<3> {
+        let [b, t] = input_ids.dims();
+        let device = input_ids.device();
+        let offset = cache.as_ref().map_or(0, |c| c.len);
+        let keys = offset + t;
+        assert!(
+            keys <= self.config.max_position_embeddings,
+            "{keys} positions exceed max_position_embeddings {}",
+            self.config.max_position_embeddings
+        );
+        let (cos, sin) = rope_tables(&self.config, offset, t, &device);
+        let mask = causal_mask(b, t, offset, attention_mask, &device);
+        let c = &self.config;
+        let ctx = Context { cos, sin, mask, heads: c.num_attention_heads, kv_heads: c.kv_heads(), deltas };
+        let mut x = embedding(self.embed_tokens.val(), input_ids);
+        if let Some(cache) = cache.as_deref_mut() {
+            cache.layers.resize(self.layers.len(), None);
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(x, &ctx, slot);
+        }
+        if let Some(cache) = cache {
+            cache.len = keys;
+        }
+        self.norm.forward(x)
+    }
+
+    /// Next-token scores from hidden states (`[.., hidden]` -> `[.., vocab]`).
+    pub fn logits<const D: usize>(&self, hidden: Tensor<D>) -> Tensor<D> {
+        match &self.lm_head {
+            Some(head) => burn::tensor::module::linear(hidden, head.val(), None),
+            None => burn::tensor::module::linear(hidden, self.embed_tokens.val().transpose(), None),
+        }
+    }
+}
+
+/// The `.gguf` file `path` names: the file itself, or the only one in a directory without a
+/// `config.json`. `None` for a Hugging Face directory.
+pub fn find_gguf(path: &Path) -> Result<Option<std::path::PathBuf>> {
+    if path.is_file() {
+        return Ok(Some(path.to_path_buf()));
+    }
+    if !path.is_dir() {
+        let e = std::io::Error::new(std::io::ErrorKind::NotFound, "no such model file or directory");
+        return Err(Error::io(path, e));
+    }
+    if path.join(CONFIG_FILE).is_file() {
+        return Ok(None);
+    }
+    let entries = std::fs::read_dir(path).map_err(|e| Error::io(path, e))?;
+    let ggufs: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "gguf")).collect();
+    match ggufs.as_slice() {
+        [one] => Ok(Some(one.clone())),
+        [] => Err(Error::format(path, "neither config.json + model.safetensors nor a .gguf file")),
+        many => Err(Error::format(path, format!("{} .gguf files; name one of them", many.len()))),
+    }
+}
+
+/// `cos` and `sin` of the rotary angles for positions `offset..offset + t`, `[t, head_dim]`,
+/// laid out for `rotate_half` (each frequency twice: first half, second half).
+fn rope_tables(c: &LlamaConfig, offset: usize, t: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
+    let d = c.head_dim();
+    let (mut cos, mut sin) = (Vec::with_capacity(t * d), Vec::with_capacity(t * d));
+    for p in offset..offset + t {
+        for i in 0..d {
+            let freq = c.rope_theta.powf(-((2 * (i % (d / 2))) as f64) / d as f64);
+            let angle = p as f64 * freq;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    let table = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [t, d]), device);
+    (table(cos), table(sin))
+}
+
+/// The additive mask `[b, 1, t, offset + t]`: query `i` (at position `offset + i`) sees keys
+/// `0..=offset + i` that are not padding.
+fn causal_mask(b: usize, t: usize, offset: usize, padding: Option<Tensor<2>>, device: &Device) -> Tensor<4> {
+    let keys = offset + t;
+    let mut values = vec![0f32; t * keys];
+    for i in 0..t {
+        for k in offset + i + 1..keys {
+            values[i * keys + k] = f32::MIN;
+        }
+    }
+    let causal = Tensor::<2>::from_data(TensorData::new(values, [t, keys]), device).reshape([1, 1, t, keys]);
+    match padding {
+        // f32::MIN + f32::MIN is -inf; softmax still gives exactly 0 there as long as a row has a
+        // real key, which every row has (its own position, or the first real token).
+        Some(mask) => causal + mask.neg().add_scalar(1.0).mul_scalar(f32::MIN).reshape([b, 1, 1, keys]),
+        None => causal,
+    }
+}
+
+/// Takes named tensors out of a checkpoint.
+struct Reader<'a> {
+    tensors: &'a mut BTreeMap<String, HostTensor>,
+    file: &'a Path,
+    device: &'a Device,
+    /// `attention_bias`: q/k/v/o carry biases.
+    bias: bool,
+}
+
+impl Reader<'_> {
+    fn take<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<HostTensor> {
+        tensors::take(self.tensors, self.file, name, &shape)
+    }
+
+    fn norm(&mut self, name: &str, width: usize, eps: f64) -> Result<RmsNorm> {
+        let w = self.take(&format!("{name}.weight"), [width])?;
+        Ok(RmsNorm { weight: Param::from_tensor(w.to_tensor(self.device)), eps })
+    }
+
+    fn linear(&mut self, name: &str, d_in: usize, d_out: usize, attention: bool) -> Result<AdaptedLinear> {
+        let weight = self.take(&format!("{name}.weight"), [d_out, d_in])?.transpose();
+        let bias = if attention && self.bias { Some(self.take(&format!("{name}.bias"), [d_out])?.to_tensor(self.device)) } else { None };
+        Ok(AdaptedLinear::new(name, weight.to_tensor(self.device), bias))
+    }
+}
+
+impl Adaptable for Llama {
+    fn linears(&self) -> Vec<&AdaptedLinear> {
+        self.layers.iter().flat_map(|l| l.linears()).collect()
+    }
+
+    fn map_linears(self, f: &mut dyn FnMut(AdaptedLinear) -> AdaptedLinear) -> Self {
+        let layers = self.layers.into_iter().map(|l| l.map_linears(f)).collect();
+        Self { layers, ..self }
+    }
+}

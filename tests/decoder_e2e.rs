@@ -1,0 +1,97 @@
+//! SmolLM2-135M end to end through the CLI, on a two-layer slice to stay fast: a short
+//! fine-tuning run lowers the answer-token loss, the run evaluates, generates, exports and
+//! merges, and bad input fails clearly.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use replora::lm::LmSummary;
+
+fn replora(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_replora")).args(args).output().expect("the replora binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn summary(out: &Path) -> LmSummary {
+    serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn short_fine_tuning_lowers_the_answer_loss_and_the_run_generates_exports_and_merges() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let out_s = out.to_str().unwrap();
+    let o = replora(&[
+        "train-lm", "--method", "replora", "--keep-layers", "2", "--tasks", "bigbench:strategyqa", "--eval-tasks", "none",
+        "--train-per-task", "48", "--validation-per-task", "16", "--test-per-task", "8", "--max-len", "64", "--epochs", "2",
+        "--batch-size", "8", "--lr", "3e-3", "--no-exact-match", "--out", out_s,
+    ]);
+    assert!(o.status.success(), "train-lm failed: {}", stderr(&o));
+    let s = summary(&out);
+    let history = &s.training.as_ref().unwrap().history;
+    eprintln!("validation answer losses {:?}", history.iter().map(|m| m.loss).collect::<Vec<_>>());
+    assert!(history[1].loss < history[0].loss, "the answer-token loss did not fall: {history:?}");
+    assert_eq!(s.sizes, [48, 16, 8]);
+    assert_eq!(s.test.len(), 1);
+    assert!(s.peak_rss_mib.is_some() && s.train_tokens_per_s > 0.0);
+
+    let o = replora(&["eval-lm", "--run", out_s]);
+    assert!(o.status.success(), "eval-lm failed: {}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("strategyqa"));
+
+    let o = replora(&["generate", "--run", out_s, "--max-new-tokens", "3", "Question: Is water wet?\nAnswer:"]);
+    assert!(o.status.success(), "generate failed: {}", stderr(&o));
+
+    let peft = dir.path().join("peft");
+    let o = replora(&["export", "--run", out_s, "--out", peft.to_str().unwrap()]);
+    assert!(o.status.success(), "export failed: {}", stderr(&o));
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(peft.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["task_type"], "CAUSAL_LM");
+    assert_eq!(config["peft_type"], "LORA");
+
+    let merged = dir.path().join("merged");
+    let o = replora(&["merge", "--run", out_s, "--out", merged.to_str().unwrap()]);
+    assert!(o.status.success(), "merge failed: {}", stderr(&o));
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(merged.join(f).is_file(), "merge wrote no {f}");
+    }
+    // The merged directory is a model of its own: its zero-shot scores equal the adapted run's.
+    let merged_s = merged.to_str().unwrap();
+    let direct = replora(&["eval-lm", "--run", out_s, "--no-exact-match"]);
+    let plain = replora(&[
+        "eval-lm", "--model", merged_s, "--tasks", "bigbench:strategyqa", "--eval-tasks", "none", "--train-per-task", "48",
+        "--validation-per-task", "16", "--test-per-task", "8", "--max-len", "64", "--batch-size", "8", "--no-exact-match",
+    ]);
+    assert!(plain.status.success(), "eval-lm on the merged model failed: {}", stderr(&plain));
+    let accuracy = |o: &Output| {
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let row = text.lines().find(|l| l.starts_with("| base") || l.starts_with("| replora")).unwrap_or_default().to_string();
+        row.split('|').nth(3).unwrap_or_default().trim().to_string()
+    };
+    assert_eq!(accuracy(&direct), accuracy(&plain), "merged model scores differ:\n{}\n{}", String::from_utf8_lossy(&direct.stdout), String::from_utf8_lossy(&plain.stdout));
+}
+
+#[test]
+fn decoder_commands_fail_clearly_on_bad_input() {
+    let o = replora(&["generate", "--model", "/no/such/model.gguf", "hello"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("/no/such/model.gguf"), "{}", stderr(&o));
+
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("fake.gguf");
+    std::fs::write(&fake, b"not a gguf file at all").unwrap();
+    let o = replora(&["generate", "--model", fake.to_str().unwrap(), "hello"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("fake.gguf"), "{}", stderr(&o));
+
+    let o = replora(&["train-lm", "--keep-layers", "1", "--tasks", "bigbench:no_such_task_here", "--out", dir.path().join("r").to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no_such_task_here"), "{}", stderr(&o));
+
+    let o = replora(&["eval-lm", "--run", dir.path().join("missing").to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("missing"), "{}", stderr(&o));
+}
