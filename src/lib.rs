@@ -11,6 +11,7 @@
 
 pub mod adapters;
 pub mod assets;
+pub mod bench;
 pub mod classify;
 pub mod cli;
 pub mod data;

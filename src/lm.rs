@@ -124,7 +124,7 @@ impl Default for LmSpec {
 
 /// Trainer defaults for decoders: one pass, small batches, a LoRA-sized learning rate.
 pub fn default_train() -> TrainConfig {
-    TrainConfig { epochs: 1, batch_size: 8, lr: 5e-4, warmup_ratio: 0.05, log_every: 5, ..TrainConfig::default() }
+    TrainConfig { epochs: 1, batch_size: 8, lr: 1e-3, warmup_ratio: 0.05, log_every: 5, ..TrainConfig::default() }
 }
 
 impl LmSpec {

@@ -58,6 +58,11 @@ pub fn run(command: Command) -> Result<()> {
             let sampling = crate::generate::Sampling { max_new_tokens, temperature, top_p, seed, stop: vec![] };
             crate::lm::generate_cli(&model, run.as_deref(), &prompt, chat, sampling)
         }
+        Command::Bench(args) => {
+            let result = crate::bench::run(&args)?;
+            println!("{}", serde_json::to_string(&result).expect("bench results serialize"));
+            Ok(())
+        }
         Command::Simulate(args) => {
             crate::simulate::run(&args).map_err(|e| Error::Simulation(format!("{e:#}")))?;
             Ok(())

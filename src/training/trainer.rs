@@ -106,7 +106,8 @@ fn score(m: &EvalMetrics, metric: BestMetric) -> f64 {
     }
 }
 
-fn optimizer(cfg: &TrainConfig) -> ModuleOptimizer {
+/// AdamW with the config's weight decay and gradient clipping.
+pub fn optimizer(cfg: &TrainConfig) -> ModuleOptimizer {
     AdamWConfig::new()
         .with_weight_decay(cfg.weight_decay as f32)
         .with_grad_clipping(cfg.grad_clip.map(GradientClippingConfig::Norm))

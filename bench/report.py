@@ -1,0 +1,126 @@
+"""Aggregates `replora bench` and `bench/peer.py` results into the benchmark table.
+
+Usage: report.py RESULTS_JSONL [--append-md bench/results.md] [--append-jsonl bench/results.jsonl]
+
+Each input line is one run of one side (replora or pytorch) and method. Per side and method the
+median over rounds is taken; replora's RepLoRA is compared with PyTorch's LoRA (PEFT has no
+RepLoRA; LoRA is what a user would run instead). Ratios are replora / PyTorch.
+
+FLOPs of a training step (the same formula for both sides): the forward pass costs, per
+token and layer, 2 (4 h^2 + 2 h f) for the linears and 4 t h for attention (scores and
+context); with a frozen base the backward pass computes input gradients only (about one more
+forward), a full fine-tune also weight gradients (two more). Adapter and head FLOPs are
+negligible and left out.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+from collections import defaultdict
+
+p = argparse.ArgumentParser()
+p.add_argument("results")
+p.add_argument("--append-md")
+p.add_argument("--append-jsonl")
+args = p.parse_args()
+
+runs = [json.loads(line) for line in open(args.results) if line.strip().startswith("{")]
+by = defaultdict(list)
+for r in runs:
+    by[(r["side"], r["method"])].append(r)
+
+
+def med(rows, key):
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def step_flops(r):
+    m, b, t = r["model"], r["batch"], r["seq"]
+    h, f, layers = m["hidden"], m["intermediate"], m["layers"]
+    forward = b * t * layers * (2 * (4 * h * h + 2 * h * f) + 4 * t * h)
+    return forward * (3 if r["method"] == "full" else 2)
+
+
+def summary(rows):
+    out = {k: med(rows, k) for k in ["median_step_s", "train_tokens_per_s", "time_to_first_step_s", "infer_base_tokens_per_s",
+                                     "infer_merged_tokens_per_s", "peak_rss_bytes", "matmul_peak_gflops", "trainable_params"]}
+    out["rounds"] = len(rows)
+    out["train_gflops"] = step_flops(rows[0]) / out["median_step_s"] / 1e9
+    return out
+
+
+def machine():
+    model = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+        mem = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
+    except OSError:
+        mem = 0
+    return {"cpu": model, "cores": os.cpu_count(), "memory_gib": round(mem / 2**20, 1), "kernel": platform.release()}
+
+
+methods = [m for m in ["lora", "dora", "replora", "full"] if ("replora", m) in by]
+first = runs[0]
+report = {
+    "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    "machine": machine(),
+    "job": {"model": first["model"], "batch": first["batch"], "seq": first["seq"], "rank": first["rank"], "threads": first["threads"]},
+    "versions": {side: next((r["versions"] for r in runs if r["side"] == side), {}) for side in ["replora", "pytorch"]},
+    "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+    "methods": {},
+}
+for m in methods:
+    ours = summary(by[("replora", m)])
+    peer_method = "lora" if m == "replora" else m
+    theirs = summary(by[("pytorch", peer_method)]) if ("pytorch", peer_method) in by else None
+    report["methods"][m] = {"replora": ours, "pytorch": theirs, "pytorch_method": peer_method}
+
+
+def fmt(v, digits=0):
+    return "-" if v is None else f"{v:,.{digits}f}"
+
+
+def ratio(a, b, digits=2):
+    return "-" if a is None or b in (None, 0) else f"{a / b:.{digits}f}x"
+
+
+peak = {side: med([r for r in runs if r["side"] == side], "matmul_peak_gflops") for side in ["replora", "pytorch"]}
+job = report["job"]
+lines = [
+    f"### {report['date']} — {job['model'].get('name')} ({job['model']['layers']} layers, hidden {job['model']['hidden']}), "
+    f"batch {job['batch']} x {job['seq']} tokens, rank {job['rank']} on query,value, {job['threads']} threads, f32",
+    "",
+    f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, {report['machine']['memory_gib']} GiB, Linux {report['machine']['kernel']}. "
+    f"replora {report['versions']['replora'].get('replora')} (burn {report['versions']['replora'].get('burn')}, git {report['git']}); "
+    f"PyTorch {report['versions']['pytorch'].get('torch')}, transformers {report['versions']['pytorch'].get('transformers')}, "
+    f"PEFT {report['versions']['pytorch'].get('peft')}. Medians over {min(v['replora']['rounds'] for v in report['methods'].values())} alternating rounds.",
+    f"Measured f32 matmul peak: replora (burn flex) {fmt(peak['replora'], 1)} GFLOP/s, PyTorch {fmt(peak['pytorch'], 1)} GFLOP/s.",
+    "",
+    "| method (vs PyTorch) | train tokens/s replora / PyTorch | ratio | train GFLOP/s (% of own peak) replora / PyTorch | peak RSS MiB replora / PyTorch | ratio | first step s replora / PyTorch | inference tok/s base / merged, replora | base / merged, PyTorch |",
+    "|---|---|---|---|---|---|---|---|---|",
+]
+for m, v in report["methods"].items():
+    o, t = v["replora"], v["pytorch"] or {}
+    pct = lambda s, side: "-" if s.get("train_gflops") is None or not peak[side] else f"{s['train_gflops']:.1f} ({100 * s['train_gflops'] / peak[side]:.0f}%)"
+    mib = lambda x: None if x is None else x / 2**20
+    lines.append(
+        f"| {m} (vs {v['pytorch_method']}) | {fmt(o['train_tokens_per_s'])} / {fmt(t.get('train_tokens_per_s'))} | {ratio(o['train_tokens_per_s'], t.get('train_tokens_per_s'))} "
+        f"| {pct(o, 'replora')} / {pct(t, 'pytorch')} | {fmt(mib(o['peak_rss_bytes']))} / {fmt(mib(t.get('peak_rss_bytes')))} | {ratio(o['peak_rss_bytes'], t.get('peak_rss_bytes'))} "
+        f"| {fmt(o['time_to_first_step_s'], 2)} / {fmt(t.get('time_to_first_step_s'), 2)} "
+        f"| {fmt(o['infer_base_tokens_per_s'])} / {fmt(o['infer_merged_tokens_per_s'])} | {fmt(t.get('infer_base_tokens_per_s'))} / {fmt(t.get('infer_merged_tokens_per_s'))} |"
+    )
+table = "\n".join(lines) + "\n"
+print(table)
+if args.append_md:
+    with open(args.append_md, "a") as f:
+        f.write("\n" + table)
+if args.append_jsonl:
+    with open(args.append_jsonl, "a") as f:
+        f.write(json.dumps(report) + "\n")

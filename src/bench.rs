@@ -1,0 +1,209 @@
+//! `replora bench`: one fixed fine-tuning job timed the way `bench/peer.py` times the same job
+//! in PyTorch + PEFT, so `scripts/bench` can put the two side by side.
+//!
+//! The job: all-MiniLM-L6-v2 + mean pooling + a 4-way linear head, one synthetic batch (seeded
+//! token ids, all real tokens, labels `i % 4`) trained with AdamW (lr 1e-4, weight decay 0.01,
+//! gradient clipping 1.0) through the library's own code path: `PeftModel`, the classifier,
+//! the trainer's loss and optimizer. Each figure is measured in this one process, so peak RSS
+//! belongs to this method alone.
+
+use std::time::Instant;
+
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::adapters::{AdapterConfig, Method, PeftModel, TargetModules};
+use crate::classify::model_dir;
+use crate::data::Batch;
+use crate::error::Result;
+use crate::models::bert::{Bert, Pooling};
+use crate::models::classifier::SequenceClassifier;
+use crate::training::trainer::{ClassifierModel, cross_entropy, optimizer, peak_rss_bytes};
+use crate::training::TrainConfig;
+
+/// What to run.
+#[derive(Clone, Debug, clap::Args)]
+pub struct BenchArgs {
+    /// lora, dora, replora or full.
+    #[arg(long, default_value = "lora", value_parser = ["lora", "dora", "replora", "full"])]
+    pub method: String,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 128)]
+    pub seq: usize,
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+    /// Timed training steps (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Model directory or asset name.
+    #[arg(long, default_value = "minilm")]
+    pub model: String,
+    /// Skip the matmul peak measurement (it takes a few seconds).
+    #[arg(long)]
+    pub no_peak: bool,
+}
+
+/// One side's figures (the keys `bench/peer.py` writes too).
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchResult {
+    pub side: &'static str,
+    pub method: String,
+    pub batch: usize,
+    pub seq: usize,
+    pub rank: usize,
+    pub threads: usize,
+    pub trainable_params: usize,
+    pub time_to_first_step_s: f64,
+    pub step_times_s: Vec<f64>,
+    pub median_step_s: f64,
+    pub train_tokens_per_s: f64,
+    pub infer_base_tokens_per_s: f64,
+    pub infer_merged_tokens_per_s: f64,
+    pub peak_rss_bytes: Option<u64>,
+    pub matmul_peak_gflops: Option<f64>,
+    pub model: serde_json::Value,
+    pub versions: serde_json::Value,
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+}
+
+/// The synthetic batch both sides build the same way: ids uniform in `[1000, vocab)` from a
+/// seeded generator, `[CLS]` first and `[SEP]` last. (The generators differ between Rust and
+/// Python, so the ids do too; the work does not depend on them.)
+fn synthetic_batch(batch: usize, seq: usize, vocab: usize) -> Batch {
+    let mut rng = StdRng::seed_from_u64(0);
+    let mut ids = Vec::with_capacity(batch * seq);
+    for _ in 0..batch {
+        for p in 0..seq {
+            ids.push(match p {
+                0 => 101,
+                p if p + 1 == seq => 102,
+                _ => rng.random_range(1000..vocab as i64),
+            });
+        }
+    }
+    Batch {
+        input_ids: ids,
+        token_type_ids: vec![0; batch * seq],
+        attention_mask: vec![1.0; batch * seq],
+        batch,
+        seq,
+        labels: (0..batch).map(|i| i % 4).collect(),
+    }
+}
+
+fn adapter(method: Method, rank: usize) -> AdapterConfig {
+    AdapterConfig {
+        method,
+        r: rank,
+        lora_alpha: 2.0 * rank as f64,
+        target_modules: TargetModules::Names(vec!["query".into(), "value".into()]),
+        ..Default::default()
+    }
+}
+
+fn build(args: &BenchArgs, device: &Device) -> Result<SequenceClassifier> {
+    let bert = Bert::load(&model_dir(&args.model)?, "bert.", device)?;
+    let encoder = match args.method.as_str() {
+        "full" => PeftModel::full_finetune(bert),
+        m => PeftModel::new(bert, &adapter(m.parse()?, args.rank))?,
+    };
+    Ok(SequenceClassifier::new(encoder, 4, Pooling::Mean, 0.0, 0))
+}
+
+/// Median tokens/s of a no-gradient forward pass of `model` on `batch`.
+fn inference_rate(model: &SequenceClassifier, batch: &Batch, device: &Device, repeats: usize) -> f64 {
+    let input = batch.to_input(device);
+    let mut times = vec![];
+    for i in 0..=repeats {
+        let started = Instant::now();
+        let _ = model.logits(&input, false).into_data();
+        if i > 0 {
+            times.push(started.elapsed().as_secs_f64());
+        }
+    }
+    (batch.batch * batch.seq) as f64 / median(&times)
+}
+
+/// The best f32 matmul rate this backend reaches on a few shapes (GFLOP/s).
+pub fn matmul_peak(device: &Device) -> f64 {
+    let mut best: f64 = 0.0;
+    for (m, k, n) in [(1024, 1024, 1024), (4096, 384, 1536), (4096, 1536, 384)] {
+        let a = Tensor::<2>::ones([m, k], device).mul_scalar(0.5);
+        let b = Tensor::<2>::ones([k, n], device).mul_scalar(0.25);
+        let _ = a.clone().matmul(b.clone()).into_data();
+        for _ in 0..5 {
+            let started = Instant::now();
+            let _ = a.clone().matmul(b.clone()).into_data();
+            best = best.max(2.0 * (m * k * n) as f64 / started.elapsed().as_secs_f64() / 1e9);
+        }
+    }
+    best
+}
+
+/// Runs the job and returns its figures.
+pub fn run(args: &BenchArgs) -> Result<BenchResult> {
+    let started = Instant::now();
+    let device = Device::flex().autodiff();
+    let mut model = build(args, &device)?;
+    let cfg = TrainConfig { lr: 1e-4, weight_decay: 0.01, grad_clip: Some(1.0), ..TrainConfig::default() };
+    let mut optim = optimizer(&cfg);
+    let vocab = model.encoder.model.config.vocab_size;
+    let batch = synthetic_batch(args.batch, args.seq, vocab);
+    let trainable = model.encoder.param_report().trainable + model.head.num_params();
+    let (mut first_step, mut times) = (None, vec![]);
+    for step in 0..args.warmup + args.steps {
+        let t0 = Instant::now();
+        let loss = cross_entropy(model.logits(&batch.to_input(&device), true), batch.labels_tensor(&device));
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(cfg.lr, model, grads);
+        // Reading a parameter waits for the step to finish.
+        let _ = model.head.weight.val().into_data();
+        first_step.get_or_insert_with(|| started.elapsed().as_secs_f64());
+        if step >= args.warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+        eprintln!("replora {} step {}: {:.3} s", args.method, step + 1, t0.elapsed().as_secs_f64());
+    }
+    let inner = device.clone().inner();
+    let model = model.valid();
+    let base = SequenceClassifier { encoder: PeftModel::full_finetune(model.encoder.model.clone()), ..model.clone() };
+    let infer_base = inference_rate(&base, &batch, &inner, 5);
+    let merged = if model.encoder.is_full_finetune() { model } else { SequenceClassifier { encoder: model.encoder.merge()?, ..model } };
+    let infer_merged = inference_rate(&merged, &batch, &inner, 5);
+    let c = &merged.encoder.model.config;
+    let median_step = median(&times);
+    Ok(BenchResult {
+        side: "replora",
+        method: args.method.clone(),
+        batch: args.batch,
+        seq: args.seq,
+        rank: args.rank,
+        threads: std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        trainable_params: trainable,
+        time_to_first_step_s: first_step.unwrap_or(f64::NAN),
+        step_times_s: times,
+        median_step_s: median_step,
+        train_tokens_per_s: (args.batch * args.seq) as f64 / median_step,
+        infer_base_tokens_per_s: infer_base,
+        infer_merged_tokens_per_s: infer_merged,
+        peak_rss_bytes: peak_rss_bytes(),
+        matmul_peak_gflops: (!args.no_peak).then(|| matmul_peak(&inner)),
+        model: serde_json::json!({
+            "name": args.model, "layers": c.num_hidden_layers, "hidden": c.hidden_size,
+            "intermediate": c.intermediate_size, "heads": c.num_attention_heads,
+        }),
+        versions: serde_json::json!({"replora": env!("CARGO_PKG_VERSION"), "burn": "0.22.1", "backend": "flex (CPU)"}),
+    })
+}
