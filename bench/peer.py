@@ -3,14 +3,19 @@
 Usage: peer.py --model-dir DIR [--method lora|dora|full] [--batch 32] [--seq 128] [--rank 8]
                [--steps 5] [--warmup 2] [--threads 2] [--no-peak]
 
-Same job as src/bench.rs: the BERT encoder + mean pooling + Linear(hidden, 4) head (N(0, 0.02)
-weights, zero bias), LoRA/DoRA r, alpha 2r, dropout 0 on query,value (the head trains too),
-AdamW lr 1e-4 weight decay 0.01, gradient norm clipped to 1.0, one synthetic batch (token ids
-uniform in [1000, vocab), [CLS] first, [SEP] last, no padding, labels i % 4), f32. Prints one
-JSON line with the keys replora's writes.
+Same jobs as src/bench.rs, f32, LoRA/DoRA r, alpha 2r, dropout 0, AdamW lr 1e-4 weight decay
+0.01, gradient norm clipped to 1.0, one synthetic batch of token ids uniform in [1000, vocab):
+- DIR with config.json (BERT): encoder + mean pooling + Linear(hidden, 4) head (N(0, 0.02),
+  zero bias, trains too), adapters on query,value, [CLS] first, [SEP] last, labels i % 4;
+- DIR with one .gguf file (LLaMA, e.g. SmolLM2): transformers dequantizes it to f32; adapters on
+  q_proj,v_proj; causal-LM loss on the last 32 tokens of each sequence, only those positions
+  projected onto the vocabulary.
+Prints one JSON line with the keys replora's writes.
 """
 import argparse
+import glob
 import json
+import os
 import platform
 import resource
 import statistics
@@ -24,7 +29,7 @@ started_import = time.perf_counter()
 import torch  # noqa: E402
 import transformers  # noqa: E402
 import peft  # noqa: E402
-from transformers import AutoModel  # noqa: E402
+from transformers import AutoModel, AutoModelForCausalLM  # noqa: E402
 
 import_s = time.perf_counter() - started_import
 transformers.logging.set_verbosity_error()
@@ -62,27 +67,50 @@ class Classifier(torch.nn.Module):
         return self.classifier((h * m).sum(1) / m.sum(1).clamp_min(1e-9))
 
 
+ANSWER = 32
+ggufs = glob.glob(os.path.join(args.model_dir, "*.gguf"))
+decoder = bool(ggufs) and not os.path.exists(os.path.join(args.model_dir, "config.json"))
 t0 = time.perf_counter()
-encoder = AutoModel.from_pretrained(args.model_dir, torch_dtype=torch.float32, attn_implementation="eager")
-config = encoder.config
+if decoder:
+    base = AutoModelForCausalLM.from_pretrained(args.model_dir, gguf_file=os.path.basename(ggufs[0]), torch_dtype=torch.float32)
+    targets = ["q_proj", "v_proj"]
+else:
+    base = AutoModel.from_pretrained(args.model_dir, torch_dtype=torch.float32, attn_implementation="eager")
+    targets = ["query", "value"]
+config = base.config
 if args.method != "full":
-    lora = peft.LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0, target_modules=["query", "value"],
-                           use_dora=args.method == "dora")
-    encoder = peft.get_peft_model(encoder, lora)
-model = Classifier(encoder)
+    lora = peft.LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0, target_modules=targets, use_dora=args.method == "dora")
+    base = peft.get_peft_model(base, lora)
+gen = torch.Generator().manual_seed(0)
+ids = torch.randint(1000, config.vocab_size, (args.batch, args.seq), generator=gen)
+if decoder:
+    lm = base.get_base_model() if args.method != "full" else base
+    answer = min(ANSWER, args.seq - 1)
+
+    def loss_of(_model):
+        # Only the answer positions go through the 49k-wide vocabulary projection.
+        hidden = lm.model(input_ids=ids).last_hidden_state[:, -answer - 1:-1]
+        logits = lm.lm_head(hidden)
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, -answer:].reshape(-1))
+
+    model = base
+else:
+    ids[:, 0], ids[:, -1] = 101, 102
+    mask = torch.ones_like(ids)
+    labels = torch.arange(args.batch) % 4
+    model = Classifier(base)
+
+    def loss_of(m):
+        return torch.nn.functional.cross_entropy(m(ids, mask), labels)
+
 model.train()
 params = [p for p in model.parameters() if p.requires_grad]
 optim = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
-gen = torch.Generator().manual_seed(0)
-ids = torch.randint(1000, config.vocab_size, (args.batch, args.seq), generator=gen)
-ids[:, 0], ids[:, -1] = 101, 102
-mask = torch.ones_like(ids)
-labels = torch.arange(args.batch) % 4
 
 times, first = [], None
 for step in range(args.warmup + args.steps):
     s = time.perf_counter()
-    loss = torch.nn.functional.cross_entropy(model(ids, mask), labels)
+    loss = loss_of(model)
     optim.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -100,18 +128,23 @@ def inference_rate(m, repeats=5):
     with torch.no_grad():
         for i in range(repeats + 1):
             s = time.perf_counter()
-            m(ids, mask)
+            loss_of(m)
             if i > 0:
                 out.append(time.perf_counter() - s)
     return args.batch * args.seq / statistics.median(out)
 
 
-if args.method == "full":
+peft_model = None if args.method == "full" else (model if decoder else model.encoder)
+if peft_model is None:
     infer_base = infer_merged = inference_rate(model)
 else:
-    with model.encoder.disable_adapter():
+    with peft_model.disable_adapter():
         infer_base = inference_rate(model)
-    model.encoder = model.encoder.merge_and_unload()
+    merged = peft_model.merge_and_unload()
+    if decoder:
+        lm = merged
+    else:
+        model.encoder = merged
     infer_merged = inference_rate(model)
 
 peak = None
@@ -143,8 +176,9 @@ print(json.dumps({
     "infer_merged_tokens_per_s": infer_merged,
     "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     "matmul_peak_gflops": peak,
-    "model": {"name": args.model_dir, "layers": config.num_hidden_layers, "hidden": config.hidden_size,
-              "intermediate": config.intermediate_size, "heads": config.num_attention_heads},
+    "model": {"name": args.model_dir, "kind": "decoder" if decoder else "encoder", "layers": config.num_hidden_layers,
+              "hidden": config.hidden_size, "intermediate": config.intermediate_size, "heads": config.num_attention_heads,
+              "kv_heads": getattr(config, "num_key_value_heads", None) or config.num_attention_heads, "vocab": config.vocab_size},
     "versions": {"python": platform.python_version(), "torch": torch.__version__,
                  "transformers": transformers.__version__, "peft": peft.__version__},
 }))

@@ -6,10 +6,11 @@ Each input line is one run of one side (replora or pytorch) and method. Per side
 median over rounds is taken; replora's RepLoRA is compared with PyTorch's LoRA (PEFT has no
 RepLoRA; LoRA is what a user would run instead). Ratios are replora / PyTorch.
 
-FLOPs of a training step (the same formula for both sides): the forward pass costs, per
-token and layer, 2 (4 h^2 + 2 h f) for the linears and 4 t h for attention (scores and
-context); with a frozen base the backward pass computes input gradients only (about one more
-forward), a full fine-tune also weight gradients (two more). Adapter and head FLOPs are
+FLOPs of a training step (the same formula for both sides): the forward pass costs, per token
+and layer, 2 x (multiply-adds of the linears: BERT 4 h^2 + 2 h f; LLaMA 2 h^2 + 2 h kv + 3 h f)
+plus 4 t h for attention (scores and context), plus, for a decoder, 2 h V per answer token for
+the vocabulary projection; with a frozen base the backward pass computes input gradients only
+(about one more forward), a full fine-tune also weight gradients (two more). Adapter FLOPs are
 negligible and left out.
 """
 import argparse
@@ -41,7 +42,14 @@ def med(rows, key):
 def step_flops(r):
     m, b, t = r["model"], r["batch"], r["seq"]
     h, f, layers = m["hidden"], m["intermediate"], m["layers"]
-    forward = b * t * layers * (2 * (4 * h * h + 2 * h * f) + 4 * t * h)
+    if m.get("kind") == "decoder":
+        kv = h // m["heads"] * m["kv_heads"]
+        linears = 2 * h * h + 2 * h * kv + 3 * h * f  # q, o; k, v; gate, up, down
+        head = b * m["answer_tokens"] * 2 * h * m["vocab"]
+    else:
+        linears = 4 * h * h + 2 * h * f
+        head = 0
+    forward = b * t * layers * (2 * linears + 4 * t * h) + head
     return forward * (3 if r["method"] == "full" else 2)
 
 
@@ -94,8 +102,9 @@ def ratio(a, b, digits=2):
 peak = {side: med([r for r in runs if r["side"] == side], "matmul_peak_gflops") for side in ["replora", "pytorch"]}
 job = report["job"]
 lines = [
-    f"### {report['date']} — {job['model'].get('name')} ({job['model']['layers']} layers, hidden {job['model']['hidden']}), "
-    f"batch {job['batch']} x {job['seq']} tokens, rank {job['rank']} on query,value, {job['threads']} threads, f32",
+    f"### {report['date']} — {os.path.basename(str(job['model'].get('name')).rstrip('/'))} ({job['model'].get('kind', 'encoder')}, "
+    f"{job['model']['layers']} layers, hidden {job['model']['hidden']}), batch {job['batch']} x {job['seq']} tokens, rank {job['rank']} "
+    f"on {'q_proj,v_proj' if job['model'].get('kind') == 'decoder' else 'query,value'}, {job['threads']} threads, f32",
     "",
     f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, {report['machine']['memory_gib']} GiB, Linux {report['machine']['kernel']}. "
     f"replora {report['versions']['replora'].get('replora')} (burn {report['versions']['replora'].get('burn')}, git {report['git']}); "

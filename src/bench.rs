@@ -1,11 +1,14 @@
 //! `replora bench`: one fixed fine-tuning job timed the way `bench/peer.py` times the same job
 //! in PyTorch + PEFT, so `scripts/bench` can put the two side by side.
 //!
-//! The job: all-MiniLM-L6-v2 + mean pooling + a 4-way linear head, one synthetic batch (seeded
-//! token ids, all real tokens, labels `i % 4`) trained with AdamW (lr 1e-4, weight decay 0.01,
-//! gradient clipping 1.0) through the library's own code path: `PeftModel`, the classifier,
-//! the trainer's loss and optimizer. Each figure is measured in this one process, so peak RSS
-//! belongs to this method alone.
+//! The jobs, on one synthetic batch (seeded token ids, no padding) with AdamW (lr 1e-4, weight
+//! decay 0.01, gradient clipping 1.0), through the library's own code path (`PeftModel`, the
+//! trainer's loss and optimizer):
+//! - an encoder (all-MiniLM-L6-v2): mean pooling + a 4-way linear head, labels `i % 4`;
+//! - a decoder (SmolLM2-135M): causal-LM loss on the last [`ANSWER_TOKENS`] tokens of each
+//!   sequence, only those positions projected onto the vocabulary (as `train-lm` does).
+//!
+//! Each figure is measured in this one process, so peak RSS belongs to this method alone.
 
 use std::time::Instant;
 
@@ -20,6 +23,7 @@ use crate::classify::model_dir;
 use crate::data::Batch;
 use crate::error::Result;
 use crate::models::bert::{Bert, Pooling};
+use crate::models::causal_lm::{CausalLm, LmBatch, LmSequence};
 use crate::models::classifier::SequenceClassifier;
 use crate::training::trainer::{ClassifierModel, cross_entropy, optimizer, peak_rss_bytes};
 use crate::training::TrainConfig;
@@ -42,7 +46,7 @@ pub struct BenchArgs {
     /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
-    /// Model directory or asset name.
+    /// Model directory, .gguf file or asset name (`minilm`; `smollm2` for the decoder job).
     #[arg(long, default_value = "minilm")]
     pub model: String,
     /// Skip the matmul peak measurement (it takes a few seconds).
@@ -122,20 +126,6 @@ fn build(args: &BenchArgs, device: &Device) -> Result<SequenceClassifier> {
     Ok(SequenceClassifier::new(encoder, 4, Pooling::Mean, 0.0, 0))
 }
 
-/// Median tokens/s of a no-gradient forward pass of `model` on `batch`.
-fn inference_rate(model: &SequenceClassifier, batch: &Batch, device: &Device, repeats: usize) -> f64 {
-    let input = batch.to_input(device);
-    let mut times = vec![];
-    for i in 0..=repeats {
-        let started = Instant::now();
-        let _ = model.logits(&input, false).into_data();
-        if i > 0 {
-            times.push(started.elapsed().as_secs_f64());
-        }
-    }
-    (batch.batch * batch.seq) as f64 / median(&times)
-}
-
 /// The best f32 matmul rate this backend reaches on a few shapes (GFLOP/s).
 pub fn matmul_peak(device: &Device) -> f64 {
     let mut best: f64 = 0.0;
@@ -152,39 +142,54 @@ pub fn matmul_peak(device: &Device) -> f64 {
     best
 }
 
+/// Positions per sequence that carry the decoder job's loss.
+pub const ANSWER_TOKENS: usize = 32;
+
 /// Runs the job and returns its figures.
 pub fn run(args: &BenchArgs) -> Result<BenchResult> {
-    let started = Instant::now();
-    let device = Device::flex().autodiff();
-    let mut model = build(args, &device)?;
+    if crate::lm::is_decoder(&args.model) { run_decoder(args) } else { run_encoder(args) }
+}
+
+/// Trains `steps` optimizer steps of `loss`, timing each; returns (time to the end of the first
+/// step since `started`, timed step durations) and the trained model.
+fn timed_steps<M: Module>(
+    args: &BenchArgs,
+    mut model: M,
+    loss: &dyn Fn(&M) -> Tensor<1>,
+    started: Instant,
+) -> (M, f64, Vec<f64>) {
     let cfg = TrainConfig { lr: 1e-4, weight_decay: 0.01, grad_clip: Some(1.0), ..TrainConfig::default() };
     let mut optim = optimizer(&cfg);
-    let vocab = model.encoder.model.config.vocab_size;
-    let batch = synthetic_batch(args.batch, args.seq, vocab);
-    let trainable = model.encoder.param_report().trainable + model.head.num_params();
     let (mut first_step, mut times) = (None, vec![]);
     for step in 0..args.warmup + args.steps {
         let t0 = Instant::now();
-        let loss = cross_entropy(model.logits(&batch.to_input(&device), true), batch.labels_tensor(&device));
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let grads = GradientsParams::from_grads(loss(&model).backward(), &model);
         model = optim.step(cfg.lr, model, grads);
-        // Reading a parameter waits for the step to finish.
-        let _ = model.head.weight.val().into_data();
+        // flex runs each op to completion before returning: the step has finished here.
         first_step.get_or_insert_with(|| started.elapsed().as_secs_f64());
         if step >= args.warmup {
             times.push(t0.elapsed().as_secs_f64());
         }
         eprintln!("replora {} step {}: {:.3} s", args.method, step + 1, t0.elapsed().as_secs_f64());
     }
-    let inner = device.clone().inner();
-    let model = model.valid();
-    let base = SequenceClassifier { encoder: PeftModel::full_finetune(model.encoder.model.clone()), ..model.clone() };
-    let infer_base = inference_rate(&base, &batch, &inner, 5);
-    let merged = if model.encoder.is_full_finetune() { model } else { SequenceClassifier { encoder: model.encoder.merge()?, ..model } };
-    let infer_merged = inference_rate(&merged, &batch, &inner, 5);
-    let c = &merged.encoder.model.config;
+    (model, first_step.unwrap_or(f64::NAN), times)
+}
+
+fn median_rate(tokens: usize, repeats: usize, pass: &dyn Fn()) -> f64 {
+    let mut times = vec![];
+    for i in 0..=repeats {
+        let started = Instant::now();
+        pass();
+        if i > 0 {
+            times.push(started.elapsed().as_secs_f64());
+        }
+    }
+    tokens as f64 / median(&times)
+}
+
+fn result(args: &BenchArgs, trainable: usize, first: f64, times: Vec<f64>, infer: (f64, f64), model: serde_json::Value, device: &Device) -> BenchResult {
     let median_step = median(&times);
-    Ok(BenchResult {
+    BenchResult {
         side: "replora",
         method: args.method.clone(),
         batch: args.batch,
@@ -192,18 +197,76 @@ pub fn run(args: &BenchArgs) -> Result<BenchResult> {
         rank: args.rank,
         threads: std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         trainable_params: trainable,
-        time_to_first_step_s: first_step.unwrap_or(f64::NAN),
+        time_to_first_step_s: first,
         step_times_s: times,
         median_step_s: median_step,
         train_tokens_per_s: (args.batch * args.seq) as f64 / median_step,
-        infer_base_tokens_per_s: infer_base,
-        infer_merged_tokens_per_s: infer_merged,
+        infer_base_tokens_per_s: infer.0,
+        infer_merged_tokens_per_s: infer.1,
         peak_rss_bytes: peak_rss_bytes(),
-        matmul_peak_gflops: (!args.no_peak).then(|| matmul_peak(&inner)),
-        model: serde_json::json!({
-            "name": args.model, "layers": c.num_hidden_layers, "hidden": c.hidden_size,
-            "intermediate": c.intermediate_size, "heads": c.num_attention_heads,
-        }),
+        matmul_peak_gflops: (!args.no_peak).then(|| matmul_peak(device)),
+        model,
         versions: serde_json::json!({"replora": env!("CARGO_PKG_VERSION"), "burn": "0.22.1", "backend": "flex (CPU)"}),
-    })
+    }
+}
+
+fn run_encoder(args: &BenchArgs) -> Result<BenchResult> {
+    let started = Instant::now();
+    let device = Device::flex().autodiff();
+    let model = build(args, &device)?;
+    let batch = synthetic_batch(args.batch, args.seq, model.encoder.model.config.vocab_size);
+    let trainable = model.encoder.param_report().trainable + model.head.num_params();
+    let loss = |m: &SequenceClassifier| cross_entropy(m.logits(&batch.to_input(&device), true), batch.labels_tensor(&device));
+    let (model, first, times) = timed_steps(args, model, &loss, started);
+    let inner = device.clone().inner();
+    let model = model.valid();
+    let input = batch.to_input(&inner);
+    let tokens = args.batch * args.seq;
+    let base = SequenceClassifier { encoder: PeftModel::full_finetune(model.encoder.model.clone()), ..model.clone() };
+    let infer_base = median_rate(tokens, 5, &|| drop(base.logits(&input, false).into_data()));
+    let merged = if model.encoder.is_full_finetune() { model } else { SequenceClassifier { encoder: model.encoder.merge()?, ..model } };
+    let infer_merged = median_rate(tokens, 5, &|| drop(merged.logits(&input, false).into_data()));
+    let c = &merged.encoder.model.config;
+    let description = serde_json::json!({
+        "name": args.model, "kind": "encoder", "layers": c.num_hidden_layers, "hidden": c.hidden_size,
+        "intermediate": c.intermediate_size, "heads": c.num_attention_heads, "kv_heads": c.num_attention_heads, "vocab": c.vocab_size,
+    });
+    Ok(result(args, trainable, first, times, (infer_base, infer_merged), description, &inner))
+}
+
+fn run_decoder(args: &BenchArgs) -> Result<BenchResult> {
+    let started = Instant::now();
+    let device = Device::flex().autodiff();
+    let llama = crate::lm::Decoder::open(&args.model, &device)?.model;
+    let c = llama.config.clone();
+    let decoder = match args.method.as_str() {
+        "full" => PeftModel::full_finetune(llama),
+        m => {
+            let config = AdapterConfig { target_modules: TargetModules::Names(vec!["q_proj".into(), "v_proj".into()]), ..adapter(m.parse()?, args.rank) };
+            PeftModel::new(llama, &config)?
+        }
+    };
+    let model = CausalLm { decoder };
+    let mut rng = StdRng::seed_from_u64(0);
+    let answer = ANSWER_TOKENS.min(args.seq - 1);
+    let sequences: Vec<LmSequence> = (0..args.batch)
+        .map(|_| LmSequence { tokens: (0..args.seq).map(|_| rng.random_range(1000..c.vocab_size as u32)).collect(), answer_start: args.seq - answer })
+        .collect();
+    let batch = LmBatch::pad(&sequences.iter().collect::<Vec<_>>(), 0);
+    let trainable = model.decoder.param_report().trainable;
+    let loss = |m: &CausalLm| crate::training::Objective::loss(m, &batch, &device);
+    let (model, first, times) = timed_steps(args, model, &loss, started);
+    let inner = device.clone().inner();
+    let model = model.valid();
+    let tokens = args.batch * args.seq;
+    let base = CausalLm { decoder: PeftModel::full_finetune(model.decoder.model.clone()) };
+    let infer_base = median_rate(tokens, 3, &|| drop(base.target_logprobs(&batch, false, &inner).into_data()));
+    let merged = if model.decoder.is_full_finetune() { model } else { CausalLm { decoder: model.decoder.merge()? } };
+    let infer_merged = median_rate(tokens, 3, &|| drop(merged.target_logprobs(&batch, false, &inner).into_data()));
+    let description = serde_json::json!({
+        "name": args.model, "kind": "decoder", "layers": c.num_hidden_layers, "hidden": c.hidden_size,
+        "intermediate": c.intermediate_size, "heads": c.num_attention_heads, "kv_heads": c.kv_heads(), "vocab": c.vocab_size,
+        "answer_tokens": answer,
+    });
+    Ok(result(args, trainable, first, times, (infer_base, infer_merged), description, &inner))
 }
