@@ -178,7 +178,8 @@ print(json.dumps({
     "matmul_peak_gflops": peak,
     "model": {"name": args.model_dir, "kind": "decoder" if decoder else "encoder", "layers": config.num_hidden_layers,
               "hidden": config.hidden_size, "intermediate": config.intermediate_size, "heads": config.num_attention_heads,
-              "kv_heads": getattr(config, "num_key_value_heads", None) or config.num_attention_heads, "vocab": config.vocab_size},
+              "kv_heads": getattr(config, "num_key_value_heads", None) or config.num_attention_heads, "vocab": config.vocab_size,
+              "answer_tokens": answer if decoder else None},
     "versions": {"python": platform.python_version(), "torch": torch.__version__,
                  "transformers": transformers.__version__, "peft": peft.__version__},
 }))
