@@ -7,6 +7,7 @@
 //! - [`data`]: datasets, splits, tokenization; [`assets`]: `replora fetch`.
 //! - [`training`]: the fine-tuning loop; [`classify`]: text classification end to end.
 //! - [`simulate`]: the estimation-rate simulation of the paper's theory.
+//! - [`kernels`]: fused CPU kernels (GELU, SiLU, softmax) with their own backward passes.
 //! - [`cli`]: the `replora` command line.
 
 pub mod adapters;
@@ -18,6 +19,7 @@ pub mod data;
 pub mod error;
 pub mod formats;
 pub mod generate;
+pub mod kernels;
 pub mod lm;
 pub mod models;
 pub mod simulate;

@@ -11,7 +11,6 @@ use std::str::FromStr;
 
 use burn::module::Param;
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::module::{embedding, layer_norm};
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +19,7 @@ use crate::adapters::{Adaptable, AdaptedLinear, Deltas};
 use crate::error::{Error, Result};
 use crate::formats::tensors::{self, HostTensor};
 use crate::formats::{read_json, write_json};
+use crate::kernels;
 
 const CONFIG_FILE: &str = "config.json";
 const WEIGHTS_FILE: &str = "model.safetensors";
@@ -189,10 +189,10 @@ impl BertLayer {
         let q = split(self.query.forward(x.clone(), deltas).mul_scalar(1.0 / (head_dim as f64).sqrt()));
         let k = split(self.key.forward(x.clone(), deltas));
         let v = split(self.value.forward(x.clone(), deltas));
-        let probs = softmax(q.matmul(k.swap_dims(2, 3)) + mask_bias.clone(), 3);
+        let probs = kernels::softmax_last(q.matmul(k.swap_dims(2, 3)) + mask_bias.clone());
         let context = probs.matmul(v).swap_dims(1, 2).reshape([b, t, hidden]);
         let x = self.attention_norm.forward(self.attention_output.forward(context, deltas) + x);
-        let h = gelu(self.intermediate.forward(x.clone(), deltas));
+        let h = kernels::gelu(self.intermediate.forward(x.clone(), deltas));
         self.output_norm.forward(self.output.forward(h, deltas) + x)
     }
 }

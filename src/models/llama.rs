@@ -10,7 +10,6 @@ use std::path::Path;
 
 use burn::module::Param;
 use burn::prelude::*;
-use burn::tensor::activation::{silu, softmax};
 use burn::tensor::module::embedding;
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::formats::gguf::Gguf;
 use crate::formats::tensors::{self, HostTensor};
 use crate::formats::{read_json, write_json};
+use crate::kernels;
 
 const CONFIG_FILE: &str = "config.json";
 const WEIGHTS_FILE: &str = "model.safetensors";
@@ -247,12 +247,12 @@ impl LlamaLayer {
             if group == 1 { y } else { y.unsqueeze_dim::<5>(2).expand([b, kv_heads, group, keys, d]).reshape([b, heads, keys, d]) }
         };
         let q = q.mul_scalar(1.0 / (d as f64).sqrt());
-        let probs = softmax(q.matmul(repeat(k).swap_dims(2, 3)) + ctx.mask.clone(), 3);
+        let probs = kernels::softmax_last(q.matmul(repeat(k).swap_dims(2, 3)) + ctx.mask.clone());
         let context = probs.matmul(repeat(v)).swap_dims(1, 2).reshape([b, t, hidden]);
         let x = x + attn.o_proj.forward(context, ctx.deltas);
         let h = self.post_attention_layernorm.forward(x.clone());
         let m = &self.mlp;
-        let gated = silu(m.gate_proj.forward(h.clone(), ctx.deltas)) * m.up_proj.forward(h, ctx.deltas);
+        let gated = kernels::silu(m.gate_proj.forward(h.clone(), ctx.deltas)) * m.up_proj.forward(h, ctx.deltas);
         x + m.down_proj.forward(gated, ctx.deltas)
     }
 }
