@@ -22,6 +22,11 @@ use crate::models::causal_lm::{CausalLm, LmBatch, LmSequence};
 use crate::models::llama::{Llama, find_gguf};
 use crate::training::{self, EvalMetrics, TrainConfig, TrainReport};
 
+const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
+
+/// Where a full fine-tuning run keeps its weights and tokenizer.
+const FULL_MODEL_DIR: &str = "model";
+
 /// A decoder with its tokenizer.
 pub struct Decoder {
     pub model: Llama,
@@ -45,8 +50,24 @@ impl Decoder {
             None => {
                 let file = path.join("tokenizer.json");
                 let tokenizer = tokenizers::Tokenizer::from_file(&file).map_err(|e| Error::format(&file, e))?;
-                Ok(Self { model: Llama::load(&path, device)?, tokenizer, chat_template: None, source: path })
+                let config = path.join(TOKENIZER_CONFIG);
+                let chat_template = match config.exists() {
+                    true => crate::formats::read_json::<serde_json::Value>(&config)?["chat_template"].as_str().map(String::from),
+                    false => None,
+                };
+                Ok(Self { model: Llama::load(&path, device)?, tokenizer, chat_template, source: path })
             }
+        }
+    }
+
+    /// Writes `tokenizer.json` and, if there is a chat template, `tokenizer_config.json` with it
+    /// (where Hugging Face keeps it), so that [`Decoder::open`] on `dir` finds both.
+    pub fn save_tokenizer(&self, dir: &Path) -> Result<()> {
+        let file = dir.join("tokenizer.json");
+        self.tokenizer.save(&file, false).map_err(|e| Error::format(&file, e))?;
+        match &self.chat_template {
+            Some(template) => crate::formats::write_json(&dir.join(TOKENIZER_CONFIG), &serde_json::json!({ "chat_template": template })),
+            None => Ok(()),
         }
     }
 
@@ -406,7 +427,8 @@ pub fn train_run(spec: &LmSpec, out: &Path, resume: bool) -> Result<LmSummary> {
     let (model, report) = training::train(model, &train_batches, &validate, &spec.train, &device, out, resume)?;
     let train_time = started.elapsed().as_secs_f64();
     if model.decoder.is_full_finetune() {
-        model.decoder.model.save(&out.join("model"))?;
+        model.decoder.model.save(&out.join(FULL_MODEL_DIR))?;
+        decoder.save_tokenizer(&out.join(FULL_MODEL_DIR))?;
     } else {
         native::save(&model.decoder.adapters, &out.join(ADAPTER_DIR))?;
     }
@@ -441,10 +463,20 @@ pub struct LoadedLmRun {
 /// Rebuilds the adapted decoder of run directory `out`.
 pub fn load_run(out: &Path, device: &Device) -> Result<LoadedLmRun> {
     let spec: LmSpec = crate::formats::read_json(&out.join(RUN_FILE))?;
-    let decoder = open_model(&spec, device)?;
-    let peft = match spec.tuning {
-        Tuning::Full => PeftModel::full_finetune(Llama::load(&out.join("model"), device)?),
-        Tuning::Adapter => native::load(decoder.model.clone(), &out.join(ADAPTER_DIR))?,
+    let full = out.join(FULL_MODEL_DIR);
+    let (decoder, peft) = match spec.tuning {
+        // A full run's directory holds the tuned weights and the tokenizer: no need for the base.
+        Tuning::Full if full.join("tokenizer.json").exists() => {
+            let decoder = Decoder::open(&full.display().to_string(), device)?;
+            let peft = PeftModel::full_finetune(decoder.model.clone());
+            (decoder, peft)
+        }
+        Tuning::Full => (open_model(&spec, device)?, PeftModel::full_finetune(Llama::load(&full, device)?)),
+        Tuning::Adapter => {
+            let decoder = open_model(&spec, device)?;
+            let peft = native::load(decoder.model.clone(), &out.join(ADAPTER_DIR))?;
+            (decoder, peft)
+        }
     };
     Ok(LoadedLmRun { spec, decoder, model: CausalLm { decoder: peft } })
 }
@@ -467,13 +499,12 @@ impl LoadedLmRun {
         self.model.decoder.deltas()
     }
 
-    /// Writes the decoder with the adapter folded in (`config.json`, `model.safetensors`) and
-    /// its `tokenizer.json`: a plain Hugging Face LLaMA directory.
+    /// Writes the decoder with the adapter folded in (`config.json`, `model.safetensors`), its
+    /// `tokenizer.json` and chat template: a plain Hugging Face LLaMA directory.
     pub fn save_merged(self, dir: &Path) -> Result<()> {
         let decoder = if self.model.decoder.is_full_finetune() { self.model.decoder } else { self.model.decoder.merge()? };
         decoder.model.save(dir)?;
-        let file = dir.join("tokenizer.json");
-        self.decoder.tokenizer.save(&file, false).map_err(|e| Error::format(&file, e))
+        self.decoder.save_tokenizer(dir)
     }
 }
 

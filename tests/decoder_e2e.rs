@@ -55,9 +55,11 @@ fn short_fine_tuning_lowers_the_answer_loss_and_the_run_generates_exports_and_me
     let merged = dir.path().join("merged");
     let o = replora(&["merge", "--run", out_s, "--out", merged.to_str().unwrap()]);
     assert!(o.status.success(), "merge failed: {}", stderr(&o));
-    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
         assert!(merged.join(f).is_file(), "merge wrote no {f}");
     }
+    let tokenizer_config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(merged.join("tokenizer_config.json")).unwrap()).unwrap();
+    assert!(tokenizer_config["chat_template"].as_str().unwrap().contains("<|im_start|>"), "the chat template was not kept");
     // The merged directory is a model of its own: its zero-shot scores equal the adapted run's.
     let merged_s = merged.to_str().unwrap();
     let direct = replora(&["eval-lm", "--run", out_s, "--no-exact-match"]);
@@ -72,6 +74,26 @@ fn short_fine_tuning_lowers_the_answer_loss_and_the_run_generates_exports_and_me
         row.split('|').nth(3).unwrap_or_default().trim().to_string()
     };
     assert_eq!(accuracy(&direct), accuracy(&plain), "merged model scores differ:\n{}\n{}", String::from_utf8_lossy(&direct.stdout), String::from_utf8_lossy(&plain.stdout));
+}
+
+#[test]
+fn a_full_fine_tuning_run_reloads_from_its_own_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("full");
+    let out_s = out.to_str().unwrap();
+    let o = replora(&[
+        "train-lm", "--method", "full", "--keep-layers", "1", "--tasks", "bigbench:strategyqa", "--eval-tasks", "none",
+        "--train-per-task", "8", "--validation-per-task", "8", "--test-per-task", "8", "--max-len", "48", "--batch-size", "8",
+        "--lr", "1e-5", "--no-exact-match", "--out", out_s,
+    ]);
+    assert!(o.status.success(), "train-lm --method full failed: {}", stderr(&o));
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        assert!(out.join("model").join(f).is_file(), "the full run wrote no model/{f}");
+    }
+    let o = replora(&["generate", "--run", out_s, "--chat", "--max-new-tokens", "2", "Hi"]);
+    assert!(o.status.success(), "generate --chat on a full run failed: {}", stderr(&o));
+    let o = replora(&["export", "--run", out_s, "--out", dir.path().join("peft").to_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).contains("no adapter"), "export of a full run: {}", stderr(&o));
 }
 
 #[test]
