@@ -167,6 +167,7 @@ pub fn eval_batches(data: &EncodedDataset, batch_size: usize) -> Vec<data::Batch
 
 /// Trains a run into `out` (or resumes the one there) and writes its artefacts.
 pub fn train_run(spec: &RunSpec, out: &Path, resume: bool) -> Result<RunSummary> {
+    crate::training::reset_peak_rss();
     let spec = if resume {
         let saved: RunSpec = crate::formats::read_json(&out.join(RUN_FILE))?;
         if &saved != spec {

@@ -374,6 +374,7 @@ fn open_model(spec: &LmSpec, device: &Device) -> Result<Decoder> {
 
 /// Zero-shot: the base model on the spec's test questions.
 pub fn evaluate_base(spec: &LmSpec) -> Result<LmSummary> {
+    crate::training::reset_peak_rss();
     let device = Device::flex();
     let decoder = open_model(spec, &device)?;
     let splits = load_splits(spec)?;
@@ -399,6 +400,7 @@ pub fn evaluate_base(spec: &LmSpec) -> Result<LmSummary> {
 /// Fine-tunes the decoder on the union of the tasks, writes the run into `out` and evaluates
 /// it per task on the test questions.
 pub fn train_run(spec: &LmSpec, out: &Path, resume: bool) -> Result<LmSummary> {
+    crate::training::reset_peak_rss();
     let spec = if resume { crate::formats::read_json(&out.join(RUN_FILE))? } else { spec.clone() };
     spec.adapter.validate()?;
     spec.train.validate()?;

@@ -251,7 +251,14 @@ pub fn train<M: Objective>(
     Ok((model, report))
 }
 
-/// Peak resident memory of this process in bytes (Linux `VmHWM`), if known.
+/// Starts a new peak-memory window (Linux: `VmHWM` drops to the current RSS), so that each
+/// run of a `compare` reports its own peak rather than the process's high-water mark so far.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident memory of this process in bytes (Linux `VmHWM`) since the start or the last
+/// [`reset_peak_rss`], if known.
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
