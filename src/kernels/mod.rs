@@ -78,6 +78,25 @@ fn new_like(t: &FlexTensor, values: Vec<f32>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, t.layout().shape().clone()))
 }
 
+/// `y = f(x)` element-wise; backward needs `x`.
+fn elementwise(x: FlexTensor, f: impl Fn(f32) -> f32 + Sync + Copy) -> (FlexTensor, FlexTensor) {
+    let (x, n) = contiguous(x);
+    let mut y = vec![0f32; n];
+    math::map(&x.storage::<f32>()[..n], &mut y, f);
+    (new_like(&x, y), x)
+}
+
+/// The backward of an element-wise op: `dx = df(x, dy)` with `x` saved by [`elementwise`].
+fn elementwise_backward(ops: Ops<FlexTensor, 1>, grads: &mut Gradients, df: impl Fn(f32, f32) -> f32 + Sync + Copy) {
+    let (x, n) = contiguous(ops.state);
+    unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
+        let (grad, _) = contiguous(grad);
+        let mut dx = vec![0f32; n];
+        math::map2(&x.storage::<f32>()[..n], &grad.storage::<f32>()[..n], &mut dx, df);
+        new_like(&x, dx)
+    });
+}
+
 /// Exact (erf) GELU, `x * Phi(x)`, as BERT uses it.
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     on_flex(&x, Gelu).unwrap_or_else(|| activation::gelu(x))
@@ -88,10 +107,7 @@ struct Gelu;
 
 impl FlexOp for Gelu {
     fn forward(self, x: FlexTensor) -> (FlexTensor, FlexTensor) {
-        let (x, n) = contiguous(x);
-        let mut y = vec![0f32; n];
-        math::map(&x.storage::<f32>()[..n], &mut y, |v| v * math::normal_cdf(v).0);
-        (new_like(&x, y), x)
+        elementwise(x, |v| v * math::normal_cdf(v).0)
     }
 }
 
@@ -99,15 +115,9 @@ impl Backward<Flex, 1> for Gelu {
     type State = FlexTensor;
 
     fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (x, n) = contiguous(ops.state);
-        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
-            let (grad, _) = contiguous(grad);
-            let mut dx = vec![0f32; n];
-            math::map2(&x.storage::<f32>()[..n], &grad.storage::<f32>()[..n], &mut dx, |v, g| {
-                let (cdf, gauss) = math::normal_cdf(v);
-                g * (cdf + v * gauss * math::INV_SQRT_2PI)
-            });
-            new_like(&x, dx)
+        elementwise_backward(ops, grads, |v, g| {
+            let (cdf, gauss) = math::normal_cdf(v);
+            g * (cdf + v * gauss * math::INV_SQRT_2PI)
         });
     }
 }
@@ -122,10 +132,7 @@ struct Silu;
 
 impl FlexOp for Silu {
     fn forward(self, x: FlexTensor) -> (FlexTensor, FlexTensor) {
-        let (x, n) = contiguous(x);
-        let mut y = vec![0f32; n];
-        math::map(&x.storage::<f32>()[..n], &mut y, |v| v * math::sigmoid(v));
-        (new_like(&x, y), x)
+        elementwise(x, |v| v * math::sigmoid(v))
     }
 }
 
@@ -133,15 +140,9 @@ impl Backward<Flex, 1> for Silu {
     type State = FlexTensor;
 
     fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (x, n) = contiguous(ops.state);
-        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
-            let (grad, _) = contiguous(grad);
-            let mut dx = vec![0f32; n];
-            math::map2(&x.storage::<f32>()[..n], &grad.storage::<f32>()[..n], &mut dx, |v, g| {
-                let s = math::sigmoid(v);
-                g * s * (1.0 + v * (1.0 - s))
-            });
-            new_like(&x, dx)
+        elementwise_backward(ops, grads, |v, g| {
+            let s = math::sigmoid(v);
+            g * s * (1.0 + v * (1.0 - s))
         });
     }
 }
