@@ -104,11 +104,11 @@ pub fn map(a: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Sync + Copy) {
     });
 }
 
-/// `out[i] = f(a[i], b[i])`, like [`map`].
-pub fn map2(a: &[f32], b: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32 + Sync + Copy) {
+/// `b[i] = f(a[i], b[i])` in place, like [`map`].
+pub fn update(a: &[f32], b: &mut [f32], f: impl Fn(f32, f32) -> f32 + Sync + Copy) {
     assert_eq!(a.len(), b.len());
-    out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).zip(b.par_chunks(CHUNK)).for_each(|((o, a), b)| {
-        simd(|| o.iter_mut().zip(a).zip(b).for_each(|((o, &a), &b)| *o = f(a, b)))
+    b.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).for_each(|(b, a)| {
+        simd(|| b.iter_mut().zip(a).for_each(|(b, &a)| *b = f(a, *b)))
     });
 }
 

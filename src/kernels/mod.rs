@@ -60,7 +60,8 @@ fn last_dim(t: &FlexTensor) -> usize {
     t.layout().shape().last().copied().unwrap_or(1).max(1)
 }
 
-/// Calls `f(out_row, [input rows])` for every row of length `row`, rows in parallel chunks.
+/// Calls `f(out_row, [input rows])` for every row of length `row`, rows in parallel chunks;
+/// `out` may hold values that `f` reads (in-place updates).
 fn for_rows<const N: usize>(row: usize, out: &mut [f32], inputs: [&[f32]; N], f: impl Fn(&mut [f32], [&[f32]; N]) + Sync) {
     let rows_per_task = (16 * 1024 / row).max(1);
     out.par_chunks_mut(rows_per_task * row).enumerate().for_each(|(task, out)| {
@@ -86,14 +87,14 @@ fn elementwise(x: FlexTensor, f: impl Fn(f32) -> f32 + Sync + Copy) -> (FlexTens
     (new_like(&x, y), x)
 }
 
-/// The backward of an element-wise op: `dx = df(x, dy)` with `x` saved by [`elementwise`].
+/// The backward of an element-wise op: `dx = df(x, dy)` with `x` saved by [`elementwise`],
+/// written over `dy`'s buffer when nothing else holds it (copy-on-write otherwise).
 fn elementwise_backward(ops: Ops<FlexTensor, 1>, grads: &mut Gradients, df: impl Fn(f32, f32) -> f32 + Sync + Copy) {
     let (x, n) = contiguous(ops.state);
     unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
-        let (grad, _) = contiguous(grad);
-        let mut dx = vec![0f32; n];
-        math::map2(&x.storage::<f32>()[..n], &grad.storage::<f32>()[..n], &mut dx, df);
-        new_like(&x, dx)
+        let (mut grad, _) = contiguous(grad);
+        math::update(&x.storage::<f32>()[..n], &mut grad.storage_mut::<f32>()[..n], df);
+        grad
     });
 }
 
@@ -179,13 +180,12 @@ impl Backward<Flex, 1> for Softmax {
         let (y, n) = contiguous(ops.state);
         let row = last_dim(&y);
         unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
-            let (grad, _) = contiguous(grad);
-            let mut dx = vec![0f32; n];
-            for_rows(row, &mut dx, [&y.storage::<f32>()[..n], &grad.storage::<f32>()[..n]], |dx, [y, g]| {
+            let (mut grad, _) = contiguous(grad);
+            for_rows(row, &mut grad.storage_mut::<f32>()[..n], [&y.storage::<f32>()[..n]], |g, [y]| {
                 let dot = math::dot(y, g);
-                dx.iter_mut().zip(y).zip(g).for_each(|((dx, &y), &g)| *dx = y * (g - dot));
+                g.iter_mut().zip(y).for_each(|(g, &y)| *g = y * (*g - dot));
             });
-            new_like(&y, dx)
+            grad
         });
     }
 }
