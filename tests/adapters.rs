@@ -8,7 +8,7 @@ use common::{TinyModel, host, input, rel_err};
 use replora::adapters::{
     Activation, AdapterConfig, AdapterSet, Deltas, Method, PeftModel, SeedKind, TargetModules, closed_form, select_targets,
 };
-use replora::adapters::Adaptable;
+use replora::adapters::{Adaptable, OutputScale};
 use replora::formats::{native, peft};
 
 fn device() -> Device {
@@ -38,6 +38,10 @@ fn variants() -> Vec<(&'static str, AdapterConfig)> {
         ("replora-diag-tanh", replora(SeedKind::Diagonal, Activation::Tanh, false)),
         ("replora-full-gelu", replora(SeedKind::Full, Activation::Gelu, false)),
         ("replora-diag-identity-shared", replora(SeedKind::Diagonal, Activation::Identity, true)),
+        ("replora-unscaled", AdapterConfig {
+            replora: replora::adapters::RepLoraConfig { output_scale: OutputScale::One, ..replora(SeedKind::Diagonal, Activation::Tanh, false).replora },
+            ..replora(SeedKind::Diagonal, Activation::Tanh, false)
+        }),
         ("replora-wide-targets", AdapterConfig {
             target_modules: targets(&["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]),
             ..replora(SeedKind::Full, Activation::Relu, false)

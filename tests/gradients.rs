@@ -12,7 +12,7 @@ use burn::tensor::{DType, FloatDType, Gradients};
 use common::TinyModel;
 use replora::adapters::init::Init;
 use replora::adapters::set::NamedParams;
-use replora::adapters::{Activation, Adaptable, AdapterConfig, Method, PeftModel, SeedKind, TargetModules};
+use replora::adapters::{Activation, Adaptable, AdapterConfig, Method, OutputScale, PeftModel, SeedKind, TargetModules};
 use replora::Result;
 
 fn device() -> Device {
@@ -183,4 +183,10 @@ fn replora_gradients_match_finite_differences() {
     let mut shared = AdapterConfig { method: Method::Replora, ..base() };
     shared.replora.shared_generators = true;
     check("replora-shared", shared);
+    for scale in [OutputScale::One, OutputScale::InvH] {
+        let mut config = AdapterConfig { method: Method::Replora, ..base() };
+        config.replora.output_scale = scale;
+        config.replora.hidden = 3;
+        check(&format!("replora-scale-{scale}"), config);
+    }
 }

@@ -61,6 +61,38 @@ pub enum Activation {
     Identity,
 }
 
+/// How a RepLoRA generator's output is scaled. Every generated entry sums `h` hidden units,
+/// and Adam moves each output weight by about `lr` per step with a sign that agrees across
+/// them, so without a scale a generated factor moves about `h * E|act|` times as fast as a
+/// LoRA factor at the same learning rate (about 4x at h = 16, with A also starting 5x
+/// larger): RepLoRA's update `B A` then runs an order of magnitude ahead of LoRA's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputScale {
+    /// No scale (replora 0.1 before this option; adapters saved then read back as this).
+    One,
+    /// `1 / sqrt(h)`: a generated factor starts and moves about as a LoRA factor does.
+    InvSqrtH,
+    /// `1 / h`.
+    InvH,
+}
+
+impl OutputScale {
+    /// The multiplier for a generator of hidden width `hidden`.
+    pub fn factor(self, hidden: usize) -> f64 {
+        match self {
+            OutputScale::One => 1.0,
+            OutputScale::InvSqrtH => 1.0 / (hidden as f64).sqrt(),
+            OutputScale::InvH => 1.0 / hidden as f64,
+        }
+    }
+}
+
+/// Files written before `output_scale` existed used no scale.
+fn legacy_output_scale() -> OutputScale {
+    OutputScale::One
+}
+
 macro_rules! string_enum {
     ($ty:ty, $what:literal, $($name:literal => $value:expr),+ $(,)?) => {
         impl FromStr for $ty {
@@ -87,6 +119,7 @@ macro_rules! string_enum {
 
 string_enum!(Method, "method", "lora" => Method::Lora, "dora" => Method::Dora, "replora" => Method::Replora);
 string_enum!(SeedKind, "seed kind", "diagonal" => SeedKind::Diagonal, "full" => SeedKind::Full);
+string_enum!(OutputScale, "output scale", "one" => OutputScale::One, "inv_sqrt_h" => OutputScale::InvSqrtH, "inv_h" => OutputScale::InvH);
 string_enum!(LoraInit, "init", "kaiming" => LoraInit::Kaiming, "gaussian" => LoraInit::Gaussian);
 string_enum!(
     Activation, "activation",
@@ -112,11 +145,14 @@ pub struct RepLoraConfig {
     pub activation: Activation,
     /// One generator pair for all blocks instead of one per block (seeds stay per block).
     pub shared_generators: bool,
+    /// Multiplier on each generator's output (weights and bias); see [`OutputScale`].
+    #[serde(default = "legacy_output_scale")]
+    pub output_scale: OutputScale,
 }
 
 impl Default for RepLoraConfig {
     fn default() -> Self {
-        Self { seed_kind: SeedKind::Diagonal, hidden: 16, activation: Activation::Tanh, shared_generators: false }
+        Self { seed_kind: SeedKind::Diagonal, hidden: 16, activation: Activation::Tanh, shared_generators: false, output_scale: OutputScale::InvSqrtH }
     }
 }
 
@@ -202,5 +238,29 @@ impl AdapterConfig {
                 .map_err(|e| Error::Config(format!("target_modules regex {re:?}: {e}"))),
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_without_output_scale_keep_the_unscaled_generators() {
+        let mut json = serde_json::to_value(AdapterConfig::default()).unwrap();
+        assert_eq!(json["replora"]["output_scale"], "inv_sqrt_h");
+        json["replora"].as_object_mut().unwrap().remove("output_scale");
+        let old: AdapterConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(old.replora.output_scale, OutputScale::One);
+        assert_eq!(RepLoraConfig::default().output_scale, OutputScale::InvSqrtH);
+    }
+
+    #[test]
+    fn output_scale_factors() {
+        assert_eq!(OutputScale::One.factor(16), 1.0);
+        assert_eq!(OutputScale::InvSqrtH.factor(16), 0.25);
+        assert_eq!(OutputScale::InvH.factor(16), 1.0 / 16.0);
+        assert_eq!("inv_sqrt_h".parse::<OutputScale>().unwrap(), OutputScale::InvSqrtH);
+        assert!("half".parse::<OutputScale>().is_err());
     }
 }

@@ -10,7 +10,7 @@ pub mod replora;
 pub mod set;
 pub mod target;
 
-pub use config::{Activation, AdapterConfig, LoraInit, Method, RepLoraConfig, SeedKind, TargetModules};
+pub use config::{Activation, AdapterConfig, LoraInit, Method, OutputScale, RepLoraConfig, SeedKind, TargetModules};
 pub use count::{ParamReport, closed_form, ppt};
 pub use linear::{AdaptedLinear, Deltas, LinearDelta};
 pub use peft_model::{Adaptable, PeftModel};

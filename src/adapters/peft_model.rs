@@ -129,6 +129,28 @@ impl<M: Adaptable> PeftModel<M> {
         Ok(Self { model, merged: None, ..self })
     }
 
+    /// How far the adapters have moved the model: the mean over adapted linears of
+    /// `||s A B||_F / ||W0||_F` (DoRA's magnitude rescaling not included). 0 at init; a
+    /// value that leaps within the first steps means the update outruns the learning rate.
+    pub fn relative_update_norm(&self) -> Option<f64> {
+        let all = self.adapters.deltas(false);
+        let ratios: Vec<f64> = self
+            .model
+            .linears()
+            .into_iter()
+            .filter_map(|linear| {
+                let d = all.get(&linear.path)?;
+                let (a, b) = (d.a.clone().detach(), d.b.clone().detach());
+                // ||A B||_F^2 = sum((A^T A) * (B B^T)): r x r products instead of d_in x d_out.
+                let delta_sq = (a.clone().transpose().matmul(a) * b.clone().matmul(b.transpose())).sum();
+                let w0_sq = linear.weight.val().detach().square().sum();
+                let host = |t: Tensor<1>| t.into_data().try_into_vec_as::<f64>().expect("float tensor")[0];
+                Some(d.scale * host(delta_sq).max(0.0).sqrt() / host(w0_sq).sqrt().max(f64::MIN_POSITIVE))
+            })
+            .collect();
+        (!ratios.is_empty()).then(|| ratios.iter().sum::<f64>() / ratios.len() as f64)
+    }
+
     /// `trainable params: N || all params: M || trainable%: P`.
     pub fn param_report(&self) -> ParamReport {
         let base = self.model.num_params();

@@ -5,7 +5,7 @@ use burn::prelude::*;
 use burn::tensor::activation;
 use burn::tensor::module::linear;
 
-use super::config::{Activation, LoraInit, SeedKind};
+use super::config::{Activation, LoraInit, RepLoraConfig, SeedKind};
 use super::init::Init;
 
 /// A two-layer MLP `Linear(d_seed, h) -> act -> Linear(h, d_gen)` applied to each seed row.
@@ -37,8 +37,8 @@ impl Generator {
         Self { hidden_weight, hidden_bias, out_weight, out_bias: init.constant([d_gen], 0.0) }
     }
 
-    /// Maps seed rows `[r, d_seed]` to generated rows `[r, d_gen]`.
-    pub fn forward(&self, rows: Tensor<2>, act: Activation) -> Tensor<2> {
+    /// Maps seed rows `[r, d_seed]` to generated rows `[r, d_gen]`, times `scale`.
+    pub fn forward(&self, rows: Tensor<2>, act: Activation, scale: f64) -> Tensor<2> {
         let h = linear(rows, self.hidden_weight.val(), Some(self.hidden_bias.val()));
         let h = match act {
             Activation::Tanh => h.tanh(),
@@ -46,7 +46,8 @@ impl Generator {
             Activation::Gelu => activation::gelu(h),
             Activation::Identity => h,
         };
-        linear(h, self.out_weight.val(), Some(self.out_bias.val()))
+        let out = linear(h, self.out_weight.val(), Some(self.out_bias.val()));
+        if scale == 1.0 { out } else { out.mul_scalar(scale) }
     }
 
     /// Trainable parameters of a generator with these widths.
@@ -99,9 +100,10 @@ impl RepLoraBlock {
     }
 
     /// `[A_t, B_t]` for every target of the block, `A_t` as `[d_in, r]`, `B_t` as `[r, d_out]`.
-    pub fn generate(&self, generators: &GeneratorPair, kind: SeedKind, act: Activation, d_ins: &[usize], d_outs: &[usize]) -> Vec<(Tensor<2>, Tensor<2>)> {
-        let a_rows = generators.a.forward(seed_rows(self.seed_a.val(), kind), act);
-        let b_rows = generators.b.forward(seed_rows(self.seed_b.val(), kind), act);
+    pub fn generate(&self, generators: &GeneratorPair, opts: &RepLoraConfig, d_ins: &[usize], d_outs: &[usize]) -> Vec<(Tensor<2>, Tensor<2>)> {
+        let scale = opts.output_scale.factor(opts.hidden);
+        let a_rows = generators.a.forward(seed_rows(self.seed_a.val(), opts.seed_kind), opts.activation, scale);
+        let b_rows = generators.b.forward(seed_rows(self.seed_b.val(), opts.seed_kind), opts.activation, scale);
         let split = |rows: Tensor<2>, widths: &[usize]| {
             let mut offset = 0;
             widths

@@ -81,7 +81,7 @@ impl AdapterSet {
         let opts = &self.config.replora;
         for block in &self.blocks {
             let (d_ins, d_outs) = self.block_widths(block);
-            let factors = block.generate(&self.generators[block.generator], opts.seed_kind, opts.activation, &d_ins, &d_outs);
+            let factors = block.generate(&self.generators[block.generator], opts, &d_ins, &d_outs);
             for (&i, (a, b)) in block.targets.iter().zip(factors) {
                 let t = &self.targets[i].target;
                 map.insert(t.path.clone(), delta(t, a, b, None));

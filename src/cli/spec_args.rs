@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::adapters::{Activation, AdapterConfig, LoraInit, Method, RepLoraConfig, SeedKind, TargetModules};
+use crate::adapters::{Activation, AdapterConfig, LoraInit, Method, OutputScale, RepLoraConfig, SeedKind, TargetModules};
 use crate::classify::{RunSpec, Tuning};
 use crate::lm::LmSpec;
 use crate::error::{Error, Result};
@@ -96,6 +96,10 @@ pub struct MethodArgs {
     /// One RepLoRA generator pair for all blocks (seeds stay per block).
     #[arg(long, help_heading = "Method")]
     pub shared_generators: bool,
+    /// Multiplier on RepLoRA's generator outputs: inv_sqrt_h (1/sqrt(h), the default: generated
+    /// factors start and move as LoRA's do), inv_h, or one (unscaled, as replora 0.1).
+    #[arg(long, default_value = "inv_sqrt_h", value_parser = ["inv_sqrt_h", "inv_h", "one"], help_heading = "Method")]
+    pub output_scale: String,
 }
 
 /// The trainer flags, shared by every fine-tuning command. Unset flags take the task's
@@ -170,6 +174,7 @@ impl MethodArgs {
                 hidden: self.hidden,
                 activation: parse::<Activation>(&self.activation)?,
                 shared_generators: self.shared_generators,
+                output_scale: parse::<OutputScale>(&self.output_scale)?,
             },
             seed,
             ..Default::default()

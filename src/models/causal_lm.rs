@@ -114,4 +114,8 @@ impl Objective for CausalLm {
     fn examples(batch: &LmBatch) -> usize {
         batch.batch
     }
+
+    fn update_norm(&self) -> Option<f64> {
+        self.decoder.relative_update_norm()
+    }
 }

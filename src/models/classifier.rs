@@ -118,4 +118,7 @@ impl ClassifierModel for SequenceClassifier {
         }
         self.head.forward(pooled, &Deltas::none())
     }
+    fn update_norm(&self) -> Option<f64> {
+        self.encoder.relative_update_norm()
+    }
 }

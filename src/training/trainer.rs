@@ -25,6 +25,10 @@ use crate::models::EncoderInput;
 pub trait ClassifierModel: Module {
     /// Class scores `[batch, classes]`; `training` switches dropout on.
     fn logits(&self, input: &EncoderInput, training: bool) -> Tensor<2>;
+    /// See [`Objective::update_norm`].
+    fn update_norm(&self) -> Option<f64> {
+        None
+    }
 }
 
 /// A model and the batches it learns from: what [`train`] needs to know about a task.
@@ -34,6 +38,10 @@ pub trait Objective: Module {
     fn loss(&self, batch: &Self::Batch, device: &Device) -> Tensor<1>;
     /// How many examples the batch holds (for the loss average and the rate shown).
     fn examples(batch: &Self::Batch) -> usize;
+    /// The adapters' relative update `||s B A|| / ||W0||` (logged as `update_norm`), if any.
+    fn update_norm(&self) -> Option<f64> {
+        None
+    }
 }
 
 impl<M: ClassifierModel> Objective for M {
@@ -43,6 +51,9 @@ impl<M: ClassifierModel> Objective for M {
     }
     fn examples(batch: &Batch) -> usize {
         batch.labels.len()
+    }
+    fn update_norm(&self) -> Option<f64> {
+        ClassifierModel::update_norm(self)
     }
 }
 
@@ -203,7 +214,7 @@ pub fn train<M: Objective>(
             if progress.step % cfg.log_every == 0 {
                 log_line(&run.metrics_log(), serde_json::json!({
                     "step": progress.step, "epoch": epoch + 1, "loss": window_loss / window_examples as f64,
-                    "lr": lr, "examples_per_s": rate,
+                    "lr": lr, "examples_per_s": rate, "update_norm": model.update_norm(),
                 }))?;
                 (window_loss, window_examples, window_start) = (0.0, 0, Instant::now());
             }

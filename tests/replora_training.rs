@@ -1,0 +1,176 @@
+//! Regression test for issue 17: RepLoRA at its default settings must train as LoRA does at
+//! its defaults. Before generator outputs were scaled, a generated factor moved about an order
+//! of magnitude faster than a LoRA factor at the same learning rate; on MiniLM the update
+//! `s B A` outgrew `W0` within the first steps and the loss stayed at ln 2.
+//!
+//! The model here is a small BERT (hidden 96, the real encoder and classifier code) with
+//! weights at BERT's scale, on a synthetic task: does the sequence contain token 7?
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use replora::adapters::{AdapterConfig, Method, OutputScale, PeftModel};
+use replora::formats::{HostTensor, tensors};
+use replora::models::EncoderInput;
+use replora::models::bert::{Bert, Pooling};
+use replora::models::classifier::SequenceClassifier;
+use replora::training::trainer::{cross_entropy, optimizer};
+use replora::training::{ClassifierModel, Decay, LrSchedule, TrainConfig};
+
+const HIDDEN: usize = 96;
+const VOCAB: usize = 64;
+const TOKENS: usize = 12;
+const STEPS: usize = 60;
+const BATCH: usize = 16;
+
+fn device() -> Device {
+    Device::flex().autodiff()
+}
+
+/// A 2-layer BERT with weights drawn as a trained BERT's look (std about 0.04, LayerNorm 1/0).
+fn write_small_bert(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = serde_json::json!({
+        "model_type": "bert", "hidden_act": "gelu", "vocab_size": VOCAB, "hidden_size": HIDDEN,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 2 * HIDDEN,
+        "max_position_embeddings": 32, "type_vocab_size": 2, "layer_norm_eps": 1e-12, "pad_token_id": 0,
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let mut state = 17u64;
+    let mut t = |shape: &[usize], std: f32, offset: f32| {
+        let data = (0..shape.iter().product())
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                offset + std * 12f32.sqrt() * ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
+            })
+            .collect();
+        HostTensor { shape: shape.to_vec(), data }
+    };
+    let mut out = BTreeMap::new();
+    out.insert("embeddings.word_embeddings.weight".into(), t(&[VOCAB, HIDDEN], 0.05, 0.0));
+    out.insert("embeddings.position_embeddings.weight".into(), t(&[32, HIDDEN], 0.02, 0.0));
+    out.insert("embeddings.token_type_embeddings.weight".into(), t(&[2, HIDDEN], 0.02, 0.0));
+    let mut norms = vec!["embeddings.LayerNorm".to_string()];
+    for i in 0..2 {
+        let l = format!("encoder.layer.{i}.");
+        for n in ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"] {
+            out.insert(format!("{l}{n}.weight"), t(&[HIDDEN, HIDDEN], 0.04, 0.0));
+            out.insert(format!("{l}{n}.bias"), t(&[HIDDEN], 0.02, 0.0));
+        }
+        out.insert(format!("{l}intermediate.dense.weight"), t(&[2 * HIDDEN, HIDDEN], 0.04, 0.0));
+        out.insert(format!("{l}intermediate.dense.bias"), t(&[2 * HIDDEN], 0.02, 0.0));
+        out.insert(format!("{l}output.dense.weight"), t(&[HIDDEN, 2 * HIDDEN], 0.04, 0.0));
+        out.insert(format!("{l}output.dense.bias"), t(&[HIDDEN], 0.02, 0.0));
+        norms.push(format!("{l}attention.output.LayerNorm"));
+        norms.push(format!("{l}output.LayerNorm"));
+    }
+    for n in norms {
+        out.insert(format!("{n}.weight"), t(&[HIDDEN], 0.0, 1.0));
+        out.insert(format!("{n}.bias"), t(&[HIDDEN], 0.0, 0.0));
+    }
+    tensors::write(&dir.join("model.safetensors"), &out, None).unwrap();
+}
+
+/// Batch `i`: random tokens 8..VOCAB, and in half of the rows token 7 at a random place.
+fn batch(i: usize, device: &Device) -> (EncoderInput, Tensor<1, Int>) {
+    let mut state = 1000 + i as u64;
+    let mut next = |n: u64| {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) % n
+    };
+    let (mut ids, mut labels) = (vec![], vec![]);
+    for _ in 0..BATCH {
+        let mut row: Vec<i64> = (0..TOKENS).map(|_| 8 + next(VOCAB as u64 - 8) as i64).collect();
+        let label = next(2) as i64;
+        if label == 1 {
+            row[next(TOKENS as u64) as usize] = 7;
+        }
+        ids.extend(row);
+        labels.push(label);
+    }
+    let input = EncoderInput {
+        input_ids: Tensor::from_data(TensorData::new(ids, [BATCH, TOKENS]), device),
+        token_type_ids: Tensor::zeros([BATCH, TOKENS], device),
+        attention_mask: Tensor::ones([BATCH, TOKENS], device),
+    };
+    (input, Tensor::from_data(TensorData::new(labels, [BATCH]), device))
+}
+
+struct Curve {
+    losses: Vec<f64>,
+    /// `||s B A|| / ||W0||` after each step.
+    update_norms: Vec<f64>,
+}
+
+/// Trains `config` with the trainer's default recipe (AdamW, lr, warm-up, clipping).
+fn train(dir: &Path, config: AdapterConfig) -> Curve {
+    let device = device();
+    let bert = Bert::load(dir, "", &device).unwrap();
+    let encoder = PeftModel::new(bert, &config).unwrap();
+    let mut model = SequenceClassifier::new(encoder, 2, Pooling::Mean, 0.0, 0);
+    let cfg = TrainConfig::default();
+    let schedule = LrSchedule { peak: cfg.lr, warmup_steps: STEPS / 10, total_steps: STEPS, decay: Decay::Linear };
+    let mut optim = optimizer(&cfg);
+    let mut curve = Curve { losses: vec![], update_norms: vec![] };
+    for step in 0..STEPS {
+        let (input, labels) = batch(step, &device);
+        let loss = cross_entropy(model.logits(&input, true), labels);
+        curve.losses.push(loss.clone().into_data().try_into_vec_as::<f64>().unwrap()[0]);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(schedule.at(step), model, grads);
+        curve.update_norms.push(model.update_norm().unwrap());
+    }
+    curve
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+fn config(method: Method) -> AdapterConfig {
+    AdapterConfig { method, ..AdapterConfig::default() }
+}
+
+#[test]
+fn replora_defaults_train_like_lora_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    write_small_bert(dir.path());
+    assert_eq!(AdapterConfig::default().replora.output_scale, OutputScale::InvSqrtH);
+    let lora = train(dir.path(), config(Method::Lora));
+    let replora = train(dir.path(), config(Method::Replora));
+    let (lora_first, lora_last) = (mean(&lora.losses[..5]), mean(&lora.losses[STEPS - 10..]));
+    let (rep_first, rep_last) = (mean(&replora.losses[..5]), mean(&replora.losses[STEPS - 10..]));
+    eprintln!("loss first 5 / last 10 steps: lora {lora_first:.4} -> {lora_last:.4}, replora {rep_first:.4} -> {rep_last:.4}");
+    eprintln!("update norm after 5 / {STEPS} steps: lora {:.4} / {:.4}, replora {:.4} / {:.4}",
+        lora.update_norms[4], lora.update_norms[STEPS - 1], replora.update_norms[4], replora.update_norms[STEPS - 1]);
+    // Both learn the task (chance is ln 2 = 0.693).
+    assert!(lora_last < 0.8 * lora_first, "LoRA did not learn: {lora_first} -> {lora_last}");
+    assert!(rep_last < 0.8 * rep_first, "RepLoRA's loss stayed flat: {rep_first} -> {rep_last}");
+    // RepLoRA learns at least about as well as LoRA...
+    let (lora_drop, rep_drop) = (lora_first - lora_last, rep_first - rep_last);
+    assert!(rep_drop > 0.75 * lora_drop, "RepLoRA lowered the loss by {rep_drop:.4}, LoRA by {lora_drop:.4}");
+    // ...because its update moves at LoRA's pace, not an order of magnitude faster.
+    for step in [4, STEPS - 1] {
+        let ratio = replora.update_norms[step] / lora.update_norms[step];
+        assert!((0.2..5.0).contains(&ratio), "after {} steps RepLoRA's ||sBA||/||W0|| is {ratio:.2}x LoRA's", step + 1);
+    }
+}
+
+/// The unscaled generators (replora 0.1, still selectable as `--output-scale one`) are what
+/// the test above guards against: their update runs far ahead of LoRA's. (On this random
+/// small model that even speeds learning up; on MiniLM the update reached ||W0|| itself
+/// within 25 steps and erased the pre-trained features.)
+#[test]
+fn unscaled_generators_outrun_lora() {
+    let dir = tempfile::tempdir().unwrap();
+    write_small_bert(dir.path());
+    let lora = train(dir.path(), config(Method::Lora));
+    let mut unscaled = config(Method::Replora);
+    unscaled.replora.output_scale = OutputScale::One;
+    let unscaled = train(dir.path(), unscaled);
+    let ratio = unscaled.update_norms[4] / lora.update_norms[4];
+    eprintln!("after 5 steps unscaled RepLoRA's update norm is {ratio:.1}x LoRA's");
+    assert!(ratio > 5.0, "expected the unscaled update to outrun LoRA's, ratio {ratio:.2}");
+}
