@@ -244,6 +244,8 @@ pub fn load_run(out: &Path, device: &Device) -> Result<LoadedRun> {
         Tuning::Full => PeftModel::full_finetune(Bert::load(&out.join(ENCODER_DIR), "bert.", device)?),
         Tuning::Adapter => native::load(Bert::load(&dir, "bert.", device)?, &out.join(ADAPTER_DIR))?,
     };
+    // Runs made before --max-len was checked could hold one beyond the model's positions.
+    crate::validate::fits_model(spec.max_len, encoder.model.config.max_position_embeddings, None, encoder.model.config.num_hidden_layers)?;
     let model = SequenceClassifier::new(encoder, labels.len(), spec.pooling, spec.head_dropout, spec.train.seed).load_head(&out.join(HEAD_FILE))?;
     Ok(LoadedRun { spec, labels, model, model_dir: dir })
 }

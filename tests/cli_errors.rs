@@ -172,6 +172,14 @@ fn commands_on_runs_say_what_to_run_instead() {
     std::fs::write(&empty, "\n\n").unwrap();
     assert_fails(&["predict", "--run", &run, "--input", empty.to_str().unwrap()], &["empty.txt", "no lines"]);
 
+    // A run saved with a --max-len beyond the model (before it was checked) is refused on load.
+    let too_long = copy_run(f, "too-long");
+    let spec_file = Path::new(&too_long).join("run.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&spec_file).unwrap()).unwrap();
+    spec["max_len"] = 17.into();
+    std::fs::write(&spec_file, spec.to_string()).unwrap();
+    assert_fails(&["predict", "--run", &too_long, "--text", "w1 w2"], &["--max-len 17", "16 positions"]);
+
     // An adapter full of NaN: refused on load, naming the tensor and the file.
     let poisoned = copy_run(f, "poisoned");
     let file = Path::new(&poisoned).join("adapter/adapter_model.safetensors");
@@ -302,4 +310,33 @@ fn a_resumed_run_logs_each_step_once_and_names_the_flags_it_ignores() {
     let o = run_ok(&["train", "--out", &killed, "--resume", "--lr", "0.5"].map(String::from));
     assert!(stderr(&o).contains("ignoring --lr 0.5"), "{}", stderr(&o));
     assert_eq!(metric_rows(killed_path), expected, "the resumed log differs from the uninterrupted one");
+}
+
+#[test]
+fn decoder_runs_go_through_the_same_checks() {
+    let f = fixture();
+    let task = f.root.join("task.json");
+    let examples: Vec<serde_json::Value> = (0..16)
+        .map(|i| serde_json::json!({"input": format!("w{} w{}", i % 9, i % 7), "target_scores": {format!("w{}", 10 + i % 2): 1, format!("w{}", 12 + i % 3): 0}}))
+        .collect();
+    std::fs::write(&task, serde_json::json!({"examples": examples}).to_string()).unwrap();
+    let out = f.path("lm-run");
+    let args = [
+        "train-lm", "--model", &f.path("llama"), "--tasks", task.to_str().unwrap(), "--eval-tasks", "none", "--train-per-task", "8",
+        "--validation-per-task", "4", "--test-per-task", "4", "--max-len", "16", "--epochs", "1", "--batch-size", "4",
+        "--no-exact-match", "--out", &out,
+    ];
+    // Beyond the tiny LLaMA's 16 positions: refused before anything is written.
+    let mut too_long = args.to_vec();
+    too_long.extend(["--max-len", "17"]);
+    assert_fails(&too_long, &["--max-len 17", "16 positions"]);
+    assert!(!Path::new(&out).exists(), "a failed train-lm wrote its output directory");
+    run_ok(&args.map(String::from));
+    assert_fails(&args, &["already holds a finished run", "--overwrite"]);
+    assert_fails(&["eval", "--run", &out], &["decoder run", "eval-lm"]);
+    assert_fails(&["predict", "--run", &out, "--text", "w1"], &["decoder run"]);
+    let long: Vec<String> = (0..20).map(|i| format!("w{}", i % 30)).collect();
+    assert_fails(&["generate", "--run", &out, &long.join(" ")], &["20 tokens", "context window is 16"]);
+    let o = replora(&["eval-lm", "--run", &out]);
+    assert!(o.status.success(), "eval-lm: {}", stderr(&o));
 }
