@@ -11,6 +11,7 @@ use crate::adapters::{AdapterConfig, PeftModel, count::ppt};
 use crate::data::{self, BatchConfig, Columns, Dataset, EncodedDataset, LoadOptions, SplitConfig, Tokenizer};
 use crate::error::{Error, Result};
 use crate::formats::{native, peft};
+use crate::rundir::{self, Start};
 use crate::models::bert::{Bert, Pooling};
 use crate::models::classifier::SequenceClassifier;
 use crate::training::{self, ClassifierModel, EvalMetrics, TrainConfig, TrainReport};
@@ -110,7 +111,7 @@ pub fn model_dir(model: &str) -> Result<PathBuf> {
         return crate::assets::fetch(model);
     }
     let names: Vec<&str> = crate::assets::known().iter().map(|a| a.name).collect();
-    Err(Error::io(&path, std::io::Error::new(std::io::ErrorKind::NotFound, format!("model directory not found (and not an asset name: {})", names.join(", ")))))
+    Err(Error::io(&path, std::io::Error::new(std::io::ErrorKind::NotFound, format!("no such model directory or file (and not an asset name: {})", names.join(", ")))))
 }
 
 /// The data of a run, split and tokenized.
@@ -132,6 +133,7 @@ pub fn prepare(spec: &RunSpec, model_dir: &Path) -> Result<Prepared> {
     let dataset = data::open(&spec.data, &options)?;
     let [train, validation, test] = spec.split;
     let splits = dataset.split(&SplitConfig { train, validation, test, seed: spec.train.seed })?;
+    splits.check_evaluable()?;
     let train_set: Dataset = if spec.train_fraction < 1.0 { splits.train_fraction(spec.train_fraction)? } else { splits.train.clone() };
     let tokenizer = Tokenizer::from_model_dir(model_dir)?.with_max_len(spec.max_len)?;
     Ok(Prepared {
@@ -146,6 +148,8 @@ pub fn prepare(spec: &RunSpec, model_dir: &Path) -> Result<Prepared> {
 /// The untrained classifier of a run: pre-trained encoder, fresh adapter and head.
 pub fn build(spec: &RunSpec, model_dir: &Path, num_labels: usize, device: &Device) -> Result<SequenceClassifier> {
     let bert = Bert::load(model_dir, "bert.", device)?;
+    let c = &bert.config;
+    crate::validate::fits_model(spec.max_len, c.max_position_embeddings, spec.adapter.layers_to_transform.as_deref(), c.num_hidden_layers)?;
     let encoder = match spec.tuning {
         Tuning::Adapter => PeftModel::new(bert, &spec.adapter)?,
         Tuning::Full => PeftModel::full_finetune(bert),
@@ -165,27 +169,19 @@ pub fn eval_batches(data: &EncodedDataset, batch_size: usize) -> Vec<data::Batch
     data.batches(&BatchConfig { batch_size, shuffle_seed: None, drop_last: false }, 0).collect()
 }
 
-/// Trains a run into `out` (or resumes the one there) and writes its artefacts.
-pub fn train_run(spec: &RunSpec, out: &Path, resume: bool) -> Result<RunSummary> {
+/// Trains a run into `out` (or resumes the one there) and writes its artefacts. Everything
+/// (settings, data, model) is checked before the first file is written.
+pub fn train_run(spec: &RunSpec, out: &Path, start: Start) -> Result<RunSummary> {
     crate::training::reset_peak_rss();
-    let spec = if resume {
-        let saved: RunSpec = crate::formats::read_json(&out.join(RUN_FILE))?;
-        if &saved != spec {
-            eprintln!("resuming with the settings saved in {} (command-line settings are ignored)", out.join(RUN_FILE).display());
-        }
-        saved
-    } else {
-        spec.clone()
-    };
-    spec.adapter.validate()?;
-    spec.train.validate()?;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    crate::formats::write_json(&out.join(RUN_FILE), &spec)?;
+    let spec = rundir::begin(out, spec, &RunSpec::default(), start, rundir::Kind::Classifier)?;
+    spec.validate()?;
     let dir = model_dir(&spec.model)?;
     let data = prepare(&spec, &dir)?;
-    crate::formats::write_json(&out.join(LABELS_FILE), &data.labels)?;
     let device = Device::flex().autodiff();
     let model = build(&spec, &dir, data.labels.len(), &device)?;
+    rundir::create(out, start)?;
+    crate::formats::write_json(&out.join(RUN_FILE), &spec)?;
+    crate::formats::write_json(&out.join(LABELS_FILE), &data.labels)?;
     let report_params = model.encoder.param_report();
     let head_params = model.head.num_params();
     eprintln!("{}: {} (+ {head_params} head)", spec.method_name(), report_params);
@@ -195,7 +191,7 @@ pub fn train_run(spec: &RunSpec, out: &Path, resume: bool) -> Result<RunSummary>
     let validation = eval_batches(&data.validation, spec.train.batch_size);
     let started = Instant::now();
     let validate = |m: &SequenceClassifier| training::evaluate(m, &validation, data.labels.len(), &device).0;
-    let (model, report) = training::train(model, &train_batches, &validate, &spec.train, &device, out, resume)?;
+    let (model, report) = training::train(model, &train_batches, &validate, &spec.train, &device, out, start == Start::Resume)?;
     let train_time = started.elapsed().as_secs_f64();
     save_model(&model, out)?;
     let (test, _) = training::evaluate(&model, &eval_batches(&data.test, spec.train.batch_size), data.labels.len(), &device);
@@ -240,6 +236,7 @@ pub struct LoadedRun {
 
 /// Rebuilds the trained classifier of run directory `out` on `device`.
 pub fn load_run(out: &Path, device: &Device) -> Result<LoadedRun> {
+    rundir::check_finished(out, rundir::Kind::Classifier)?;
     let spec: RunSpec = crate::formats::read_json(&out.join(RUN_FILE))?;
     let labels: Vec<String> = crate::formats::read_json(&out.join(LABELS_FILE))?;
     let dir = model_dir(&spec.model)?;
@@ -247,6 +244,8 @@ pub fn load_run(out: &Path, device: &Device) -> Result<LoadedRun> {
         Tuning::Full => PeftModel::full_finetune(Bert::load(&out.join(ENCODER_DIR), "bert.", device)?),
         Tuning::Adapter => native::load(Bert::load(&dir, "bert.", device)?, &out.join(ADAPTER_DIR))?,
     };
+    // Runs made before --max-len was checked could hold one beyond the model's positions.
+    crate::validate::fits_model(spec.max_len, encoder.model.config.max_position_embeddings, None, encoder.model.config.num_hidden_layers)?;
     let model = SequenceClassifier::new(encoder, labels.len(), spec.pooling, spec.head_dropout, spec.train.seed).load_head(&out.join(HEAD_FILE))?;
     Ok(LoadedRun { spec, labels, model, model_dir: dir })
 }

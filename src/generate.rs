@@ -20,6 +20,15 @@ pub struct Sampling {
     pub stop: Vec<u32>,
 }
 
+impl Sampling {
+    /// Checks the temperature (>= 0) and top_p (in (0, 1]), naming the flag.
+    pub fn validate(&self) -> crate::Result<()> {
+        use crate::validate::{Range, check};
+        check("temperature", self.temperature, Range::NonNegative)?;
+        check("top-p", self.top_p, Range::Fraction)
+    }
+}
+
 impl Default for Sampling {
     fn default() -> Self {
         Self { max_new_tokens: 64, temperature: 0.0, top_p: 1.0, seed: 0, stop: vec![] }

@@ -8,6 +8,7 @@
 //! - [`training`]: the fine-tuning loop; [`classify`]: text classification end to end.
 //! - [`simulate`]: the estimation-rate simulation of the paper's theory.
 //! - [`kernels`]: fused CPU kernels (GELU, SiLU, softmax) with their own backward passes.
+//! - [`rundir`]: run and output directories that hold earlier results; [`validate`]: setting ranges.
 //! - [`cli`]: the `replora` command line.
 
 pub mod adapters;
@@ -22,7 +23,9 @@ pub mod generate;
 pub mod kernels;
 pub mod lm;
 pub mod models;
+pub mod rundir;
 pub mod simulate;
 pub mod training;
+pub mod validate;
 
 pub use error::{Error, Result};

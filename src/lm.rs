@@ -20,6 +20,7 @@ use crate::formats::{native, peft};
 use crate::generate::{Sampling, generate};
 use crate::models::causal_lm::{CausalLm, LmBatch, LmSequence};
 use crate::models::llama::{Llama, find_gguf};
+use crate::rundir::{self, Start};
 use crate::training::{self, EvalMetrics, TrainConfig, TrainReport};
 
 const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
@@ -195,6 +196,14 @@ pub fn load_splits(spec: &LmSpec) -> Result<ChoiceSplits> {
     if splits.train.is_empty() && !spec.tasks.is_empty() {
         return Err(Error::Config("no training questions: the tasks are smaller than their test + validation sizes".into()));
     }
+    // Metrics over no questions would read as 0 (or pick the best epoch by nothing).
+    let names = spec.tasks.iter().chain(&spec.eval_tasks).cloned().collect::<Vec<_>>().join(", ");
+    if splits.validation.is_empty() && !spec.tasks.is_empty() {
+        return Err(Error::Config(format!("the validation split is empty: the tasks ({names}) have no questions left after the test split; lower --test-per-task")));
+    }
+    if splits.test.is_empty() {
+        return Err(Error::Config(format!("the test split is empty: no tasks with questions ({names})")));
+    }
     Ok(splits)
 }
 
@@ -369,12 +378,15 @@ fn open_model(spec: &LmSpec, device: &Device) -> Result<Decoder> {
     if let Some(n) = spec.keep_layers {
         decoder.model = decoder.model.truncate_layers(n);
     }
+    let c = &decoder.model.config;
+    crate::validate::fits_model(spec.max_len, c.max_position_embeddings, spec.adapter.layers_to_transform.as_deref(), c.num_hidden_layers)?;
     Ok(decoder)
 }
 
 /// Zero-shot: the base model on the spec's test questions.
 pub fn evaluate_base(spec: &LmSpec) -> Result<LmSummary> {
     crate::training::reset_peak_rss();
+    spec.validate()?;
     let device = Device::flex();
     let decoder = open_model(spec, &device)?;
     let splits = load_splits(spec)?;
@@ -398,14 +410,11 @@ pub fn evaluate_base(spec: &LmSpec) -> Result<LmSummary> {
 }
 
 /// Fine-tunes the decoder on the union of the tasks, writes the run into `out` and evaluates
-/// it per task on the test questions.
-pub fn train_run(spec: &LmSpec, out: &Path, resume: bool) -> Result<LmSummary> {
+/// it per task on the test questions. Everything is checked before the first file is written.
+pub fn train_run(spec: &LmSpec, out: &Path, start: Start) -> Result<LmSummary> {
     crate::training::reset_peak_rss();
-    let spec = if resume { crate::formats::read_json(&out.join(RUN_FILE))? } else { spec.clone() };
-    spec.adapter.validate()?;
-    spec.train.validate()?;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    crate::formats::write_json(&out.join(RUN_FILE), &spec)?;
+    let spec = rundir::begin(out, spec, &LmSpec::default(), start, rundir::Kind::Decoder)?;
+    spec.validate()?;
     let device = Device::flex().autodiff();
     let decoder = open_model(&spec, &device)?;
     let splits = load_splits(&spec)?;
@@ -414,6 +423,8 @@ pub fn train_run(spec: &LmSpec, out: &Path, resume: bool) -> Result<LmSummary> {
         Tuning::Adapter => PeftModel::new(base, &spec.adapter)?,
         Tuning::Full => PeftModel::full_finetune(base),
     };
+    rundir::create(out, start)?;
+    crate::formats::write_json(&out.join(RUN_FILE), &spec)?;
     let params = peft.param_report();
     eprintln!("{}: {params}", spec.method_name());
     let model = CausalLm { decoder: peft };
@@ -426,7 +437,7 @@ pub fn train_run(spec: &LmSpec, out: &Path, resume: bool) -> Result<LmSummary> {
     let validation = choice_items(&decoder, &splits.validation, spec.max_len)?;
     let validate = |m: &CausalLm| overall(&score(&m.valid(), &splits.validation, &validation, batch_size, None, &inner));
     let started = Instant::now();
-    let (model, report) = training::train(model, &train_batches, &validate, &spec.train, &device, out, resume)?;
+    let (model, report) = training::train(model, &train_batches, &validate, &spec.train, &device, out, start == Start::Resume)?;
     let train_time = started.elapsed().as_secs_f64();
     if model.decoder.is_full_finetune() {
         model.decoder.model.save(&out.join(FULL_MODEL_DIR))?;
@@ -464,6 +475,7 @@ pub struct LoadedLmRun {
 
 /// Rebuilds the adapted decoder of run directory `out`.
 pub fn load_run(out: &Path, device: &Device) -> Result<LoadedLmRun> {
+    rundir::check_finished(out, rundir::Kind::Decoder)?;
     let spec: LmSpec = crate::formats::read_json(&out.join(RUN_FILE))?;
     let full = out.join(FULL_MODEL_DIR);
     let (decoder, peft) = match spec.tuning {
@@ -526,7 +538,7 @@ pub fn is_decoder(model: &str) -> bool {
 
 /// Whether `dir` holds a decoder run (its `run.json` names tasks) rather than a classifier run.
 pub fn is_lm_run(dir: &Path) -> bool {
-    crate::formats::read_json::<serde_json::Value>(&dir.join(RUN_FILE)).is_ok_and(|v| v.get("tasks").is_some())
+    rundir::kind_of(dir) == Some(rundir::Kind::Decoder)
 }
 
 /// Re-evaluates a trained run on its test questions.
@@ -543,6 +555,7 @@ pub fn evaluate_run(out: &Path) -> Result<LmSummary> {
 /// `replora generate`: streams the continuation of `prompt` to stdout.
 pub fn generate_cli(model: &str, run: Option<&Path>, prompt: &str, chat: bool, mut sampling: Sampling) -> Result<()> {
     use std::io::Write;
+    sampling.validate()?;
     let device = Device::flex();
     let (decoder, deltas) = match run {
         Some(dir) => {
@@ -556,6 +569,16 @@ pub fn generate_cli(model: &str, run: Option<&Path>, prompt: &str, chat: bool, m
     let ids = decoder.encode(&text)?;
     if ids.is_empty() {
         return Err(Error::Config("the prompt is empty".into()));
+    }
+    let window = decoder.model.config.max_position_embeddings;
+    if ids.len() >= window {
+        return Err(Error::Config(format!(
+            "the prompt has {} tokens but the model's context window is {window} (max_position_embeddings), with room needed for new tokens; shorten the prompt",
+            ids.len()
+        )));
+    }
+    if ids.len() + sampling.max_new_tokens > window {
+        eprintln!("warning: the context window ({window} tokens) ends generation after {} new tokens", window - ids.len());
     }
     sampling.stop = vec![decoder.eos_id()?];
     let started = Instant::now();

@@ -12,6 +12,8 @@ use replora::models::causal_lm::{CausalLm, LmBatch, LmSequence};
 use replora::models::llama::{KvCache, Llama, LlamaConfig};
 use replora::training::Objective;
 
+mod support;
+
 const VOCAB: usize = 40;
 
 fn device() -> Device {
@@ -28,43 +30,8 @@ fn config(tied: bool) -> LlamaConfig {
     .unwrap()
 }
 
-/// Seeded random weights under Hugging Face names.
 fn checkpoint(c: &LlamaConfig) -> BTreeMap<String, HostTensor> {
-    let mut state = 0x1234_5678_u64;
-    let mut random = |shape: &[usize], scale: f32, offset: f32| {
-        let n: usize = shape.iter().product();
-        let data = (0..n)
-            .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                offset + scale * (((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5)
-            })
-            .collect();
-        HostTensor { shape: shape.to_vec(), data }
-    };
-    let (h, kv, m) = (c.hidden_size, c.kv_heads() * c.head_dim(), c.intermediate_size);
-    let mut t = BTreeMap::new();
-    t.insert("model.embed_tokens.weight".into(), random(&[c.vocab_size, h], 2.0, 0.0));
-    t.insert("model.norm.weight".into(), random(&[h], 0.2, 1.0));
-    if !c.tie_word_embeddings {
-        t.insert("lm_head.weight".into(), random(&[c.vocab_size, h], 1.0, 0.0));
-    }
-    for i in 0..c.num_hidden_layers {
-        let p = format!("model.layers.{i}.");
-        for (name, out, inp) in [
-            ("self_attn.q_proj", h, h),
-            ("self_attn.k_proj", kv, h),
-            ("self_attn.v_proj", kv, h),
-            ("self_attn.o_proj", h, h),
-            ("mlp.gate_proj", m, h),
-            ("mlp.up_proj", m, h),
-            ("mlp.down_proj", h, m),
-        ] {
-            t.insert(format!("{p}{name}.weight"), random(&[out, inp], 1.0, 0.0));
-        }
-        t.insert(format!("{p}input_layernorm.weight"), random(&[h], 0.2, 1.0));
-        t.insert(format!("{p}post_attention_layernorm.weight"), random(&[h], 0.2, 1.0));
-    }
-    t
+    support::llama_checkpoint(c)
 }
 
 fn tiny(tied: bool) -> Llama {

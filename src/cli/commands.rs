@@ -10,20 +10,22 @@ use crate::classify::{self, RunSummary};
 use crate::data::{self, LoadOptions};
 use crate::error::{Error, Result};
 use crate::models::bert::Bert;
+use crate::rundir::{self, Start};
 use crate::training;
 
 pub fn run(command: Command) -> Result<()> {
     match command {
-        Command::Train { spec, out, resume } => {
-            let summary = classify::train_run(&spec.to_spec()?, &out, resume)?;
+        Command::Train { spec, out, resume, overwrite } => {
+            let summary = classify::train_run(&spec.to_spec()?, &out, Start::from_flags(resume, overwrite))?;
             println!("{}", table(&[summary]));
             eprintln!("run written to {}", out.display());
             Ok(())
         }
-        Command::Compare { spec, methods, out } => compare(&spec, &methods, &out),
+        Command::Compare { spec, methods, out, overwrite } => compare(&spec, &methods, &out, Start::from_flags(false, overwrite)),
         Command::Eval { run, data } => eval(&run, data.as_deref()),
         Command::Predict { run, text, input } => predict(&run, text, input.as_deref()),
-        Command::Export { run, out } => {
+        Command::Export { run, out, overwrite } => {
+            rundir::check_output(&out, &run, overwrite)?;
             if crate::lm::is_lm_run(&run) {
                 crate::lm::load_run(&run, &Device::flex())?.export_peft(&out)?;
             } else {
@@ -32,15 +34,19 @@ pub fn run(command: Command) -> Result<()> {
             eprintln!("PEFT adapter written to {}", out.display());
             Ok(())
         }
-        Command::Merge { run, out } if crate::lm::is_lm_run(&run) => {
+        Command::Merge { run, out, overwrite } if crate::lm::is_lm_run(&run) => {
+            rundir::check_output(&out, &run, overwrite)?;
             crate::lm::load_run(&run, &Device::flex())?.save_merged(&out)?;
             eprintln!("merged model written to {}", out.display());
             Ok(())
         }
-        Command::Merge { run, out } => merge(&run, &out),
+        Command::Merge { run, out, overwrite } => {
+            rundir::check_output(&out, &run, overwrite)?;
+            merge(&run, &out)
+        }
         Command::Info { model, rank, targets } => info(&model, rank, targets),
-        Command::TrainLm { lm, out, resume } => {
-            let summary = crate::lm::train_run(&lm.to_spec()?, &out, resume)?;
+        Command::TrainLm { lm, out, resume, overwrite } => {
+            let summary = crate::lm::train_run(&lm.to_spec()?, &out, Start::from_flags(resume, overwrite))?;
             println!("{}", crate::lm::table(&[summary]));
             eprintln!("run written to {}", out.display());
             Ok(())
@@ -53,7 +59,7 @@ pub fn run(command: Command) -> Result<()> {
             println!("{}", crate::lm::table(&[summary]));
             Ok(())
         }
-        Command::CompareLm { lm, methods, seeds, out } => compare_lm(&lm, &methods, &seeds, &out),
+        Command::CompareLm { lm, methods, seeds, out, overwrite } => compare_lm(&lm, &methods, &seeds, &out, Start::from_flags(false, overwrite)),
         Command::Generate { model, run, prompt, chat, max_new_tokens, temperature, top_p, seed } => {
             let sampling = crate::generate::Sampling { max_new_tokens, temperature, top_p, seed, stop: vec![] };
             crate::lm::generate_cli(&model, run.as_deref(), &prompt, chat, sampling)
@@ -104,14 +110,14 @@ pub fn table(runs: &[RunSummary]) -> String {
     s
 }
 
-fn compare(spec: &super::SpecArgs, methods: &[String], out: &Path) -> Result<()> {
+fn compare(spec: &super::SpecArgs, methods: &[String], out: &Path, start: Start) -> Result<()> {
     let mut summaries = vec![];
     for method in methods {
         let mut args = spec.clone();
         args.method.method = method.clone();
         let run_spec = args.to_spec()?;
         eprintln!("== {method} ==");
-        summaries.push(classify::train_run(&run_spec, &out.join(method), false)?);
+        summaries.push(classify::train_run(&run_spec, &out.join(method), start)?);
     }
     let table = table(&summaries);
     let s = &summaries[0];
@@ -149,6 +155,9 @@ fn predict(run: &Path, texts: Vec<String>, input: Option<&Path>) -> Result<()> {
     let mut items: Vec<(String, Option<String>)> = texts.into_iter().map(|t| (t, None)).collect();
     if let Some(file) = input {
         let content = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
+        if content.trim().is_empty() {
+            return Err(Error::data(file, None, "the --input file has no lines to predict (it is empty or blank)"));
+        }
         let jsonl = file.extension().is_some_and(|e| e == "jsonl");
         for (n, line) in content.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             if !jsonl {
@@ -224,7 +233,7 @@ fn info(model: &str, rank: usize, targets: Option<Vec<String>>) -> Result<()> {
 }
 
 /// Every method (and `base`, zero-shot) for every seed; one table of means and spreads.
-fn compare_lm(lm: &super::LmArgs, methods: &[String], seeds: &[u64], out: &Path) -> Result<()> {
+fn compare_lm(lm: &super::LmArgs, methods: &[String], seeds: &[u64], out: &Path, start: Start) -> Result<()> {
     let mut summaries = vec![];
     for method in methods {
         for &seed in seeds {
@@ -240,7 +249,7 @@ fn compare_lm(lm: &super::LmArgs, methods: &[String], seeds: &[u64], out: &Path)
                 continue;
             }
             args.method.method = method.clone();
-            summaries.push(crate::lm::train_run(&args.to_spec()?, &dir, false)?);
+            summaries.push(crate::lm::train_run(&args.to_spec()?, &dir, start)?);
         }
     }
     let table = crate::lm::seed_table(&summaries);

@@ -31,6 +31,9 @@ pub enum Command {
         /// Continue the run in --out from its last checkpoint (its saved settings are used).
         #[arg(long)]
         resume: bool,
+        /// Replace a run already in --out (its adapter, metrics and checkpoints are deleted).
+        #[arg(long, conflicts_with = "resume")]
+        overwrite: bool,
     },
     /// Train several methods with the same data, budget and seed; print a side-by-side table.
     Compare {
@@ -42,6 +45,9 @@ pub enum Command {
         /// Parent directory of the runs (one subdirectory per method) and the table.
         #[arg(long, default_value = "runs/compare")]
         out: PathBuf,
+        /// Replace runs already in --out.
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Evaluate a trained run on its test split or on another labelled file.
     Eval {
@@ -54,6 +60,7 @@ pub enum Command {
     },
     /// Predict labels for texts with a trained run; prints one JSON line per text.
     Predict {
+        /// Run directory written by `train`.
         #[arg(long)]
         run: PathBuf,
         /// A text to classify (repeatable).
@@ -66,18 +73,28 @@ pub enum Command {
     /// Write a run's adapter (classifier or decoder run) in Hugging Face PEFT's layout (RepLoRA
     /// as its materialized LoRA).
     Export {
+        /// Run directory written by `train` or `train-lm`.
         #[arg(long)]
         run: PathBuf,
+        /// Directory for adapter_config.json and adapter_model.safetensors (new or empty).
         #[arg(long)]
         out: PathBuf,
+        /// Write into --out even if it holds files (those of the same name are replaced).
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Merge a run's adapter into its model and write one plain Hugging Face model directory
     /// (a decoder run also gets its tokenizer.json).
     Merge {
+        /// Run directory written by `train` or `train-lm`.
         #[arg(long)]
         run: PathBuf,
+        /// Directory for the merged model: config.json, model.safetensors, tokenizer (new or empty).
         #[arg(long)]
         out: PathBuf,
+        /// Write into --out even if it holds files (those of the same name are replaced).
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Describe a model: layers, linear module names, parameter counts per method.
     Info {
@@ -85,7 +102,7 @@ pub enum Command {
         #[arg(long, default_value = "minilm")]
         model: String,
         /// Rank used for the per-method parameter counts.
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 8, value_parser = spec_args::count)]
         rank: usize,
         /// Targets used for the per-method parameter counts [default: the attention query and value].
         #[arg(long, value_delimiter = ',')]
@@ -99,9 +116,12 @@ pub enum Command {
         /// Run directory (run.json, adapter/, metrics.jsonl, summary.json, checkpoint/).
         #[arg(long, default_value = "runs/train-lm")]
         out: PathBuf,
-        /// Continue the run in --out from its last checkpoint.
+        /// Continue the run in --out from its last checkpoint (its saved settings are used).
         #[arg(long)]
         resume: bool,
+        /// Replace a run already in --out (its adapter, metrics and checkpoints are deleted).
+        #[arg(long, conflicts_with = "resume")]
+        overwrite: bool,
     },
     /// Evaluate a decoder run (--run), or the base model zero-shot, on the test questions.
     EvalLm {
@@ -122,8 +142,12 @@ pub enum Command {
         /// Seeds, comma-separated (each changes the adapter init and data order, not the split).
         #[arg(long, default_value = "0,1,2", value_delimiter = ',')]
         seeds: Vec<u64>,
+        /// Parent directory of the runs (one per method and seed) and the table.
         #[arg(long, default_value = "runs/compare-lm")]
         out: PathBuf,
+        /// Replace runs already in --out.
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Generate text with a decoder, optionally with a trained adapter (--run).
     Generate {
@@ -138,12 +162,14 @@ pub enum Command {
         /// Wrap the prompt in the model's chat template (ChatML).
         #[arg(long)]
         chat: bool,
+        /// At most this many new tokens (fewer if the context window ends first).
         #[arg(long, default_value_t = 64)]
         max_new_tokens: usize,
-        /// 0: greedy.
-        #[arg(long, default_value_t = 0.0)]
+        /// Sampling temperature, >= 0 (0: greedy).
+        #[arg(long, default_value_t = 0.0, value_parser = spec_args::number(crate::validate::Range::NonNegative), allow_negative_numbers = true)]
         temperature: f64,
-        #[arg(long, default_value_t = 1.0)]
+        /// Nucleus sampling: draw among the most likely tokens holding this much probability, in (0, 1].
+        #[arg(long, default_value_t = 1.0, value_parser = spec_args::number(crate::validate::Range::Fraction), allow_negative_numbers = true)]
         top_p: f64,
         #[arg(long, default_value_t = 0)]
         seed: u64,

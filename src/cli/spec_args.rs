@@ -11,6 +11,25 @@ use crate::lm::LmSpec;
 use crate::error::{Error, Result};
 use crate::models::bert::Pooling;
 use crate::training::{BestMetric, Decay, TrainConfig};
+use crate::validate::Range;
+
+/// A clap value parser for a number in `range`; the flag's `allow_negative_numbers` lets a
+/// negative value reach it, so `--lr -1` gets the range message rather than "unexpected argument".
+pub(super) fn number(range: Range) -> impl Fn(&str) -> std::result::Result<f64, String> + Clone + Send + Sync + 'static {
+    move |s| {
+        let v: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number"))?;
+        if range.holds(v) { Ok(v) } else { Err(range.message(v)) }
+    }
+}
+
+/// A clap value parser for a count that must be at least 1.
+pub(super) fn count(s: &str) -> std::result::Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1, got 0".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a whole number >= 1")),
+    }
+}
 
 #[derive(Args, Debug, Clone)]
 pub struct SpecArgs {
@@ -32,20 +51,21 @@ pub struct SpecArgs {
     /// Field / column holding the label.
     #[arg(long, default_value = "label", help_heading = "Data")]
     pub label_column: String,
-    /// Train,validation,test fractions of the dataset (stratified, seeded by --seed).
-    #[arg(long, default_value = "0.7,0.15,0.15", value_delimiter = ',', num_args = 3, help_heading = "Data")]
+    /// Train, validation and test fractions of the dataset, summing to 1 (stratified, seeded by
+    /// --seed): `--split 0.8,0.1,0.1` or `--split 0.8 0.1 0.1`.
+    #[arg(long, default_value = "0.7,0.15,0.15", value_delimiter = ',', num_args = 1..=3, value_parser = number(Range::Share), allow_negative_numbers = true, help_heading = "Data")]
     pub split: Vec<f64>,
     /// Use only this stratified fraction of the training split (sample-efficiency runs).
-    #[arg(long, default_value_t = 1.0, help_heading = "Data")]
+    #[arg(long, default_value_t = 1.0, value_parser = number(Range::Fraction), allow_negative_numbers = true, help_heading = "Data")]
     pub train_fraction: f64,
-    /// Truncate inputs to this many tokens.
-    #[arg(long, default_value_t = 128, help_heading = "Data")]
+    /// Truncate inputs to this many tokens (at most the model's max_position_embeddings).
+    #[arg(long, default_value_t = 128, value_parser = count, help_heading = "Data")]
     pub max_len: usize,
     /// Sentence representation fed to the head.
     #[arg(long, default_value = "mean", value_parser = ["mean", "cls"], help_heading = "Method")]
     pub pooling: String,
     /// Dropout before the classification head.
-    #[arg(long, default_value_t = 0.1, help_heading = "Method")]
+    #[arg(long, default_value_t = 0.1, value_parser = number(Range::Probability), allow_negative_numbers = true, help_heading = "Method")]
     pub head_dropout: f64,
     #[command(flatten)]
     pub method: MethodArgs,
@@ -60,13 +80,13 @@ pub struct MethodArgs {
     #[arg(long, default_value = "replora", value_parser = ["replora", "lora", "dora", "full"], help_heading = "Method")]
     pub method: String,
     /// LoRA rank r.
-    #[arg(long, default_value_t = 8, help_heading = "Method")]
+    #[arg(long, default_value_t = 8, value_parser = count, help_heading = "Method")]
     pub rank: usize,
     /// LoRA alpha (scale = alpha / r, or alpha / sqrt(r) with --rslora).
-    #[arg(long, default_value_t = 16.0, help_heading = "Method")]
+    #[arg(long, default_value_t = 16.0, value_parser = number(Range::Positive), allow_negative_numbers = true, help_heading = "Method")]
     pub alpha: f64,
     /// Dropout on the adapter input.
-    #[arg(long, default_value_t = 0.0, help_heading = "Method")]
+    #[arg(long, default_value_t = 0.0, value_parser = number(Range::Probability), allow_negative_numbers = true, help_heading = "Method")]
     pub dropout: f64,
     /// Linear modules to adapt: names matched exactly or as path suffixes (PEFT target_modules).
     /// Default: the attention query and value (`query,value` for BERT, `q_proj,v_proj` for LLaMA).
@@ -88,7 +108,7 @@ pub struct MethodArgs {
     #[arg(long, default_value = "diagonal", value_parser = ["diagonal", "full"], help_heading = "Method")]
     pub seed_kind: String,
     /// RepLoRA generator hidden width h.
-    #[arg(long, default_value_t = RepLoraConfig::default().hidden, help_heading = "Method")]
+    #[arg(long, default_value_t = RepLoraConfig::default().hidden, value_parser = count, help_heading = "Method")]
     pub hidden: usize,
     /// RepLoRA generator activation.
     #[arg(long, default_value = "tanh", value_parser = ["tanh", "relu", "gelu", "identity"], help_heading = "Method")]
@@ -106,38 +126,41 @@ pub struct MethodArgs {
 /// defaults (classification: [`TrainConfig::default`]; decoders: their own).
 #[derive(Args, Debug, Clone, Default)]
 pub struct TrainArgs {
-    #[arg(long, help_heading = "Training")]
+    /// Passes over the training data [default: 4; train-lm: 1]
+    #[arg(long, value_parser = count, help_heading = "Training")]
     pub epochs: Option<usize>,
-    #[arg(long, help_heading = "Training")]
+    /// Examples per micro-batch [default: 16; train-lm: 8]
+    #[arg(long, value_parser = count, help_heading = "Training")]
     pub batch_size: Option<usize>,
-    /// Peak learning rate (AdamW).
-    #[arg(long, help_heading = "Training")]
+    /// Peak learning rate (AdamW) [default: 0.002; train-lm: 0.001]
+    #[arg(long, value_parser = number(Range::Positive), allow_negative_numbers = true, help_heading = "Training")]
     pub lr: Option<f64>,
-    #[arg(long, help_heading = "Training")]
+    /// AdamW weight decay [default: 0.01; train-lm: 0.01]
+    #[arg(long, value_parser = number(Range::NonNegative), allow_negative_numbers = true, help_heading = "Training")]
     pub weight_decay: Option<f64>,
-    /// Fraction of the steps spent on linear warm-up.
-    #[arg(long, help_heading = "Training")]
+    /// Fraction of the steps spent on linear warm-up [default: 0.1; train-lm: 0.05]
+    #[arg(long, value_parser = number(Range::Probability), allow_negative_numbers = true, help_heading = "Training")]
     pub warmup_ratio: Option<f64>,
     /// Learning-rate decay after warm-up [default: linear].
     #[arg(long, value_enum, help_heading = "Training")]
     pub decay: Option<Decay>,
     /// Clip the global gradient norm (0: no clipping) [default: 1].
-    #[arg(long, help_heading = "Training")]
-    pub grad_clip: Option<f32>,
+    #[arg(long, value_parser = number(Range::NonNegative), allow_negative_numbers = true, help_heading = "Training")]
+    pub grad_clip: Option<f64>,
     /// Micro-batches per optimizer step [default: 1].
-    #[arg(long, help_heading = "Training")]
+    #[arg(long, value_parser = count, help_heading = "Training")]
     pub grad_accum: Option<usize>,
     /// Stop after this many epochs without validation improvement.
-    #[arg(long, help_heading = "Training")]
+    #[arg(long, value_parser = count, help_heading = "Training")]
     pub patience: Option<usize>,
     /// Validation metric that picks the best checkpoint [default: accuracy].
     #[arg(long, value_enum, help_heading = "Training")]
     pub best_metric: Option<BestMetric>,
     /// Also checkpoint every N optimizer steps (always at each epoch end).
-    #[arg(long, help_heading = "Training")]
+    #[arg(long, value_parser = count, help_heading = "Training")]
     pub checkpoint_every: Option<usize>,
-    /// Write a metrics line every N optimizer steps [default: 10].
-    #[arg(long, help_heading = "Training")]
+    /// Write a metrics line every N optimizer steps [default: 10; train-lm: 5]
+    #[arg(long, value_parser = count, help_heading = "Training")]
     pub log_every: Option<usize>,
     /// Seed of the split, the adapter/head init, shuffling and dropout [default: 0].
     #[arg(long, help_heading = "Training")]
@@ -152,6 +175,11 @@ impl MethodArgs {
     /// The tuning mode and adapter config; `default_targets` applies without --targets.
     pub fn to_adapter(&self, default_targets: &[&str], seed: u64) -> Result<(Tuning, AdapterConfig)> {
         let (tuning, method) = match self.method.as_str() {
+            "full" if self.targets.is_some() || self.targets_regex.is_some() || self.layers.is_some() => {
+                return Err(Error::Config(
+                    "--targets, --targets-regex and --layers choose what an adapter adapts; --method full tunes every weight and takes none of them".into(),
+                ));
+            }
             "full" => (Tuning::Full, Method::Lora),
             m => (Tuning::Adapter, parse::<Method>(m)?),
         };
@@ -193,7 +221,7 @@ impl TrainArgs {
             weight_decay: self.weight_decay.unwrap_or(base.weight_decay),
             warmup_ratio: self.warmup_ratio.unwrap_or(base.warmup_ratio),
             decay: self.decay.unwrap_or(base.decay),
-            grad_clip: self.grad_clip.map_or(base.grad_clip, |c| (c > 0.0).then_some(c)),
+            grad_clip: self.grad_clip.map_or(base.grad_clip, |c| (c > 0.0).then_some(c as f32)),
             grad_accum: self.grad_accum.unwrap_or(base.grad_accum),
             patience: self.patience.or(base.patience),
             best_metric: self.best_metric.unwrap_or(base.best_metric),
@@ -215,7 +243,9 @@ impl SpecArgs {
             text_column: self.text_column.clone(),
             pair_column: (self.pair_column != "none").then(|| self.pair_column.clone()),
             label_column: self.label_column.clone(),
-            split: [self.split[0], self.split[1], self.split[2]],
+            split: <[f64; 3]>::try_from(self.split.as_slice()).map_err(|_| {
+                Error::Config(format!("--split takes three fractions (train, validation, test), got {}: {:?}", self.split.len(), self.split))
+            })?,
             train_fraction: self.train_fraction,
             max_len: self.max_len,
             pooling: parse::<Pooling>(&self.pooling)?,
@@ -241,19 +271,19 @@ pub struct LmArgs {
     #[arg(long, value_delimiter = ',', default_value = "bigbench:physical_intuition", help_heading = "Data")]
     pub eval_tasks: Vec<String>,
     /// Training questions per task.
-    #[arg(long, default_value_t = LmSpec::default().sizes[0], help_heading = "Data")]
+    #[arg(long, default_value_t = LmSpec::default().sizes[0], value_parser = count, help_heading = "Data")]
     pub train_per_task: usize,
     /// Validation questions per task (scored after each epoch).
-    #[arg(long, default_value_t = LmSpec::default().sizes[1], help_heading = "Data")]
+    #[arg(long, default_value_t = LmSpec::default().sizes[1], value_parser = count, help_heading = "Data")]
     pub validation_per_task: usize,
     /// Test questions per task.
-    #[arg(long, default_value_t = LmSpec::default().sizes[2], help_heading = "Data")]
+    #[arg(long, default_value_t = LmSpec::default().sizes[2], value_parser = count, help_heading = "Data")]
     pub test_per_task: usize,
     /// Longest sequence in tokens (the question is cut from its start to fit).
-    #[arg(long, default_value_t = LmSpec::default().max_len, help_heading = "Data")]
+    #[arg(long, default_value_t = LmSpec::default().max_len, value_parser = count, help_heading = "Data")]
     pub max_len: usize,
     /// Keep only the first N decoder layers (quick checks; not the real model).
-    #[arg(long, help_heading = "Data")]
+    #[arg(long, value_parser = count, help_heading = "Data")]
     pub keep_layers: Option<usize>,
     /// Skip generating the test answers (exact match), which costs a pass per token.
     #[arg(long, help_heading = "Data")]
@@ -299,9 +329,21 @@ pub fn expand_config_file(args: Vec<String>) -> Result<Vec<String>> {
         let value: toml::Value = toml::from_str(&text).map_err(|e| Error::format(&path, e))?;
         serde_json::to_value(value).map_err(|e| Error::format(&path, e))?.as_object().cloned().unwrap_or_default()
     };
+    // A key that is no flag of the subcommand is named here, with the file (clap would name neither).
+    let sub = if pos >= 2 { args.get(1) } else { args.get(pos + consumed) };
+    let command = <crate::cli::Cli as clap::CommandFactory>::command();
+    let known: Option<(String, Vec<String>)> = sub.and_then(|s| command.find_subcommand(s)).map(|c| {
+        (c.get_name().to_string(), c.get_arguments().filter_map(|a| a.get_long()).map(String::from).collect())
+    });
     let mut flags = vec![];
     for (key, value) in table {
-        let flag = format!("--{}", key.replace('_', "-"));
+        let name = key.replace('_', "-");
+        if let Some((sub, known)) = &known
+            && !known.contains(&name)
+        {
+            return Err(Error::format(&path, format!("unknown key {key:?}: `replora {sub}` has no --{name} flag")));
+        }
+        let flag = format!("--{name}");
         match value {
             serde_json::Value::Bool(true) => flags.push(flag),
             serde_json::Value::Bool(false) | serde_json::Value::Null => {}
@@ -343,5 +385,54 @@ mod tests {
         std::fs::write(&bad, "rank = [").unwrap();
         let err = expand_config_file(["replora", "train", "--config", bad.to_str().unwrap()].map(String::from).to_vec()).unwrap_err();
         assert!(err.to_string().contains("bad.toml"), "{err}");
+        let unknown = dir.path().join("unknown.toml");
+        std::fs::write(&unknown, "rank = 4\nlearning_rate = 0.1\n").unwrap();
+        let err = expand_config_file(["replora", "train", "--config", unknown.to_str().unwrap()].map(String::from).to_vec()).unwrap_err();
+        assert!(err.to_string().contains("unknown.toml") && err.to_string().contains("\"learning_rate\""), "{err}");
+    }
+
+    /// `--resume` tells flags given from flags left alone by comparing with the spec defaults:
+    /// they must be what the command line gives without flags.
+    #[test]
+    fn command_line_defaults_are_the_spec_defaults() {
+        let cli = crate::cli::Cli::parse_from(["replora", "train"]);
+        let crate::cli::Command::Train { spec, .. } = cli.command else { panic!("not train") };
+        assert_eq!(spec.to_spec().unwrap(), RunSpec::default());
+        let cli = crate::cli::Cli::parse_from(["replora", "train-lm"]);
+        let crate::cli::Command::TrainLm { lm, .. } = cli.command else { panic!("not train-lm") };
+        assert_eq!(lm.to_spec().unwrap(), LmSpec::default());
+    }
+
+    /// The trainer flags are optional (each task has its defaults); their help states both.
+    #[test]
+    fn help_shows_the_trainer_defaults_of_both_tasks() {
+        use clap::CommandFactory;
+        let mut command = crate::cli::Cli::command();
+        let help = command.find_subcommand_mut("train").unwrap().render_long_help().to_string();
+        let (c, l) = (TrainConfig::default(), crate::lm::default_train());
+        for (flag, a, b) in [
+            ("--epochs", c.epochs.to_string(), l.epochs.to_string()),
+            ("--batch-size", c.batch_size.to_string(), l.batch_size.to_string()),
+            ("--lr", c.lr.to_string(), l.lr.to_string()),
+            ("--weight-decay", c.weight_decay.to_string(), l.weight_decay.to_string()),
+            ("--warmup-ratio", c.warmup_ratio.to_string(), l.warmup_ratio.to_string()),
+            ("--log-every", c.log_every.to_string(), l.log_every.to_string()),
+        ] {
+            let expected = format!("[default: {a}; train-lm: {b}]");
+            let at = help.find(&format!("{flag} <")).unwrap_or_else(|| panic!("{flag} not in help"));
+            assert!(help[at..].lines().take(3).any(|line| line.contains(&expected)), "{flag}: no {expected} in {}", &help[at..at + 200]);
+        }
+    }
+
+    #[test]
+    fn split_takes_both_forms_and_full_tuning_takes_no_targets() {
+        for split in [&["--split", "0.8,0.1,0.1"][..], &["--split", "0.8", "0.1", "0.1"]] {
+            let cli = crate::cli::Cli::try_parse_from(["replora", "train"].iter().chain(split)).unwrap();
+            let crate::cli::Command::Train { spec, .. } = cli.command else { panic!("not train") };
+            assert_eq!(spec.to_spec().unwrap().split, [0.8, 0.1, 0.1], "{split:?}");
+        }
+        let cli = crate::cli::Cli::try_parse_from(["replora", "train", "--method", "full", "--targets", "x"]).unwrap();
+        let crate::cli::Command::Train { spec, .. } = cli.command else { panic!("not train") };
+        assert!(spec.to_spec().unwrap_err().to_string().contains("--targets"));
     }
 }

@@ -33,14 +33,14 @@ impl SplitConfig {
         let parts = [self.train, self.validation, self.test];
         if parts.iter().any(|f| !f.is_finite() || *f < 0.0 || *f > 1.0) || self.train <= 0.0 {
             return Err(Error::Config(format!(
-                "split fractions must lie in [0, 1] with train > 0; got train {}, validation {}, test {}",
+                "--split fractions must lie in [0, 1] with train > 0; got train {}, validation {}, test {}",
                 self.train, self.validation, self.test
             )));
         }
         let sum: f64 = parts.iter().sum();
         if (sum - 1.0).abs() > 1e-6 {
             return Err(Error::Config(format!(
-                "split fractions must sum to 1; train {} + validation {} + test {} = {sum}",
+                "--split fractions must sum to 1; train {} + validation {} + test {} = {sum}",
                 self.train, self.validation, self.test
             )));
         }
@@ -64,6 +64,33 @@ impl Splits {
     /// example per class), for sample-efficiency runs. See [`Dataset::stratified_sample`].
     pub fn train_fraction(&self, fraction: f64) -> Result<Dataset> {
         self.train.stratified_sample(fraction, self.seed)
+    }
+
+    /// Errors if the validation or the test split is empty: metrics over no examples would read
+    /// as 0 (and the best epoch would be picked by nothing). Names the labels with the fewest
+    /// examples, the usual cause, since each label is split on its own.
+    pub fn check_evaluable(&self) -> Result<()> {
+        for (name, part) in [("validation", &self.validation), ("test", &self.test)] {
+            if !part.is_empty() {
+                continue;
+            }
+            let mut counts: Vec<(usize, &str)> = [&self.train, &self.validation, &self.test]
+                .iter()
+                .map(|p| p.class_counts())
+                .fold(vec![0; self.train.labels.len()], |acc, c| acc.iter().zip(c).map(|(a, b)| a + b).collect())
+                .into_iter()
+                .zip(self.train.labels.iter().map(String::as_str))
+                .collect();
+            counts.sort();
+            let few: Vec<String> = counts.iter().take(5).map(|(n, l)| format!("{l:?} ({n})")).collect();
+            let more = if counts.len() > 5 { format!(" and {} more", counts.len() - 5) } else { String::new() };
+            return Err(Error::Config(format!(
+                "the {name} split is empty: the split is stratified (each label is divided on its own) and the labels have too few \
+                 examples for it; fewest: {}{more}. Add examples per label or give the {name} split a larger fraction with --split",
+                few.join(", ")
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -257,6 +284,16 @@ mod tests {
         let ds = Dataset::new(examples).unwrap();
         let s = ds.split(&SplitConfig { train: 0.2, validation: 0.4, test: 0.4, seed: 3 }).unwrap();
         assert!(s.train.class_counts().iter().all(|&c| c >= 1), "{:?}", s.train.class_counts());
+    }
+
+    #[test]
+    fn labels_seen_once_leave_no_validation_data_and_are_named() {
+        let examples: Vec<Example> = (0..12).map(|i| Example::new(format!("t{i}"), format!("label{i}"))).collect();
+        let s = Dataset::new(examples).unwrap().split(&SplitConfig::default()).unwrap();
+        assert!(s.validation.is_empty());
+        let e = s.check_evaluable().unwrap_err().to_string();
+        assert!(e.contains("validation split is empty") && e.contains("\"label0\" (1)") && e.contains("--split"), "{e}");
+        assert!(toy().split(&SplitConfig::default()).unwrap().check_evaluable().is_ok());
     }
 
     #[test]

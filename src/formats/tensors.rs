@@ -97,11 +97,15 @@ fn ints(path: &Path, name: &str, values: impl Iterator<Item = i64>) -> Result<Ve
         .collect()
 }
 
-/// Removes and returns tensor `name`, checking its shape.
+/// Removes and returns tensor `name`, checking its shape and that every value is finite.
 pub fn take(tensors: &mut BTreeMap<String, HostTensor>, file: &Path, name: &str, expected: &[usize]) -> Result<HostTensor> {
     let t = tensors.remove(name).ok_or_else(|| Error::MissingTensor { file: file.into(), name: name.into() })?;
     if t.shape != expected {
         return Err(Error::Shape { name: name.into(), expected: expected.to_vec(), found: t.shape });
+    }
+    // A NaN/Inf weight would only show up later as NaN outputs or a `null` loss.
+    if let Some(bad) = t.data.iter().find(|v| !v.is_finite()) {
+        return Err(Error::format(file, format!("tensor {name} holds non-finite values ({bad}); the file is corrupt")));
     }
     Ok(t)
 }

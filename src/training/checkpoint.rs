@@ -76,7 +76,10 @@ pub fn read_progress(dir: &Path) -> Result<Progress> {
 
 pub fn read_optimizer(dir: &Path, optim: ModuleOptimizer) -> Result<ModuleOptimizer> {
     let file = dir.join(OPTIMIZER);
-    let record = OptimizerRecord::load(&file).map_err(|e| record_error(&file, e))?;
+    let record = OptimizerRecord::load(&file).map_err(|e| {
+        let d = dir.display();
+        Error::format(&file, format!("the optimizer state is corrupt or truncated ({e:?}); restore it, or delete {d} to train again from the start"))
+    })?;
     Ok(optim.load_record(record))
 }
 

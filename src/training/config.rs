@@ -59,16 +59,24 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Checks every field, naming the flag of the first bad one.
     pub fn validate(&self) -> crate::Result<()> {
-        let bad = |m: &str| Err(crate::Error::Config(m.into()));
-        if self.epochs == 0 || self.batch_size == 0 || self.grad_accum == 0 || self.log_every == 0 {
-            return bad("epochs, batch_size, grad_accum and log_every must be at least 1");
+        use crate::validate::{Range, at_least_one, check};
+        at_least_one("epochs", self.epochs)?;
+        at_least_one("batch-size", self.batch_size)?;
+        at_least_one("grad-accum", self.grad_accum)?;
+        at_least_one("log-every", self.log_every)?;
+        if let Some(n) = self.checkpoint_every {
+            at_least_one("checkpoint-every", n)?;
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return bad("lr must be a positive number");
+        if let Some(n) = self.patience {
+            at_least_one("patience", n)?;
         }
-        if !(0.0..1.0).contains(&self.warmup_ratio) {
-            return bad("warmup_ratio must be in [0, 1)");
+        check("lr", self.lr, Range::Positive)?;
+        check("weight-decay", self.weight_decay, Range::NonNegative)?;
+        check("warmup-ratio", self.warmup_ratio, Range::Probability)?;
+        if let Some(c) = self.grad_clip {
+            check("grad-clip", c as f64, Range::Positive)?;
         }
         Ok(())
     }

