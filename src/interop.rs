@@ -66,6 +66,15 @@ pub fn write_logits(source: &Source, texts: &[String], out: &Path) -> Result<()>
 /// transformers' `BertForSequenceClassification` + a PEFT `SEQ_CLS` adapter whose
 /// `modules_to_save` hold the head: CLS pooling through the base model's pooler.
 fn seq_cls_from_peft(model_dir: &Path, adapter: &Path, device: &Device) -> Result<SequenceClassifier> {
+    let config_file = adapter.join("adapter_config.json");
+    let config: serde_json::Value = crate::formats::read_json(&config_file)?;
+    if config.get("task_type").and_then(|t| t.as_str()) != Some("SEQ_CLS") {
+        let found = config.get("task_type").cloned().unwrap_or(serde_json::Value::Null);
+        return Err(Error::format(
+            config_file,
+            format!("task_type {found} is not SEQ_CLS: a classifier needs the head PEFT saves with SEQ_CLS (for replora's export of a mean-pooled run use `replora logits --run` or the lines in its README.md)"),
+        ));
+    }
     let bert = Bert::load(model_dir, "bert.", device)?;
     if bert.pooler.is_none() {
         return Err(Error::format(model_dir.join("model.safetensors"), "no pooler (pooler.dense): BertForSequenceClassification would start it at random"));
