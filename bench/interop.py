@@ -13,6 +13,8 @@ LM, each method (LoRA, DoRA, RepLoRA exported as its LoRA), a few training steps
 compared with `replora logits --run` (classifier logits or probabilities, decoder logits at
 every position). Reverse (Python -> replora): LoRA and DoRA adapters created and trained a few
 steps by PEFT, read by `replora logits --peft`. Prints a table; exits 1 if any case fails.
+The "adapter effect" column is how much the compared outputs move with the LoRA/DoRA layers
+switched off (heads kept), where the loader allows it: what a silently lost adapter would show.
 """
 import argparse
 import copy
@@ -75,17 +77,19 @@ def softmax(x):
     return e / e.sum(-1, keepdims=True)
 
 
-def record(case, direction, compared, diff, note=""):
+def shown(value):
+    return "-" if value is None else f"{value:.1e}"
+
+
+def record(case, direction, compared, diff, note="", effect=None):
     ok = diff is not None and diff <= TOL and not note
-    rows.append((case, direction, compared, diff, ok, note))
-    shown = "-" if diff is None else f"{diff:.1e}"
-    print(f"  {case:24} {direction:44} {compared:6} {shown:>8} {'pass' if ok else 'FAIL'} {note}", file=sys.stderr, flush=True)
+    rows.append((case, direction, compared, diff, effect, ok, note))
+    print(f"  {case:20} {direction:46} {compared:6} {shown(diff):>8} {shown(effect):>8} {'pass' if ok else 'FAIL'} {note}", file=sys.stderr, flush=True)
 
 
 def attempt(case, direction, compared, fn):
     try:
-        diff, note = fn()
-        record(case, direction, compared, diff, note)
+        record(case, direction, compared, *fn())
     except Exception as e:  # a loader that refuses the files is a failed case, not a crash
         record(case, direction, compared, None, f"{type(e).__name__}: {str(e).splitlines()[0][:150]}")
 
@@ -102,6 +106,20 @@ def ids_note(tokenizer, texts, ids):
 def batch_logits(model, tokenizer, texts):
     batch = tokenizer(texts, padding=True, return_tensors="pt")
     return model(**batch).logits.numpy()
+
+
+def without_lora(model, compute):
+    """`compute()` with every LoRA/DoRA layer of `model` switched off (heads kept): how much
+    the adapter changes the compared outputs, i.e. what a lost adapter would show."""
+    from peft.tuners.lora import LoraLayer
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    for m in layers:
+        m.enable_adapters(False)
+    try:
+        return compute()
+    finally:
+        for m in layers:
+            m.enable_adapters(True)
 
 
 def max_diff(got, expected):
@@ -130,7 +148,9 @@ def classifier_forward(pooling, method):
             tokenizer = AutoTokenizer.from_pretrained(args.minilm)
             base = AutoModelForSequenceClassification.from_pretrained(args.minilm, num_labels=len(labels))
             model = PeftModel.from_pretrained(base, export).eval()
-            return max_diff(batch_logits(model, tokenizer, TEXTS), logits), ids_note(tokenizer, TEXTS, ids)
+            got = batch_logits(model, tokenizer, TEXTS)
+            effect = max_diff(without_lora(model, lambda: batch_logits(model, tokenizer, TEXTS)), got)
+            return max_diff(got, logits), ids_note(tokenizer, TEXTS, ids), effect
 
         attempt(case, "merge -> transformers AutoModelForSeqCls", "logits", merged_check)
         attempt(case, "export -> PEFT SEQ_CLS", "logits", export_check)
@@ -149,7 +169,11 @@ def classifier_forward(pooling, method):
         code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
         scope = {"export": export, "texts": TEXTS}
         exec(code, scope)  # the README's lines as written
-        return max_diff(scope["probs"].numpy(), probs), ids_note(scope["tokenizer"], TEXTS, ids)
+        model, batch, head = scope["model"], scope["batch"], scope["head"]
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        plain = without_lora(model, lambda: (model(**batch).last_hidden_state * mask).sum(1) / mask.sum(1))
+        effect = max_diff(torch.softmax(plain @ head["classifier.weight"].T + head["classifier.bias"], -1).numpy(), scope["probs"].numpy())
+        return max_diff(scope["probs"].numpy(), probs), ids_note(scope["tokenizer"], TEXTS, ids), effect
 
     attempt(case, "merge -> sentence-transformers encode", "logits", merged_check)
     attempt(case, "export -> PEFT + README.md lines", "probs", export_check)
@@ -164,11 +188,12 @@ def classifier_reverse(method):
     model = get_peft_model(base, config)
     train_steps(model, lambda: dict(**tokenizer(TEXTS, padding=True, return_tensors="pt"), labels=torch.tensor([0, 1, 2, 0, 1])))
     expected = batch_logits(model.eval(), tokenizer, TEXTS)
+    effect = max_diff(without_lora(model, lambda: batch_logits(model, tokenizer, TEXTS)), expected)
     adapter = os.path.join(args.work, f"python-minilm-{method}")
     model.save_pretrained(adapter)
     def check():
         ids, logits = replora_logits(["--peft", adapter, "--model", args.minilm], TEXTS, f"python-minilm-{method}")
-        return max_diff(logits, expected), ids_note(tokenizer, TEXTS, ids)
+        return max_diff(logits, expected), ids_note(tokenizer, TEXTS, ids), effect
     attempt(case, "PEFT-trained adapter -> replora logits --peft", "logits", check)
 
 
@@ -211,7 +236,8 @@ def decoder_forward(method, base):
 
     def export_check():
         model = PeftModel.from_pretrained(copy.deepcopy(base), export).eval()
-        return max_diff(lm_logits(model, ids), logits), ""
+        got = lm_logits(model, ids)
+        return max_diff(got, logits), "", max_diff(without_lora(model, lambda: lm_logits(model, ids)), got)
 
     attempt(case, "merge -> transformers AutoModelForCausalLM", "logits", merged_check)
     attempt(case, "export -> PEFT CAUSAL_LM", "logits", export_check)
@@ -232,7 +258,8 @@ def decoder_reverse(method, base, tokenizer):
     def check():
         got_ids, logits = replora_logits(["--peft", adapter, "--model", args.smollm2], PROMPTS, f"python-smollm2-{method}")
         note = "" if [list(i) for i in got_ids] == ids else "token ids differ"
-        return max_diff(logits, lm_logits(model, got_ids)), note
+        expected = lm_logits(model, got_ids)
+        return max_diff(logits, expected), note, max_diff(without_lora(model, lambda: lm_logits(model, got_ids)), expected)
     attempt(case, "PEFT-trained adapter -> replora logits --peft", "logits", check)
 
 
@@ -251,10 +278,9 @@ if not args.skip_decoder:
     for method in ["lora", "dora"]:
         decoder_reverse(method, base, lm_tokenizer)
 
-print(f"| case | direction | compared | max abs diff | result (tolerance {TOL:g}) |\n|---|---|---|---|---|")
-for case, direction, compared, diff, ok, note in rows:
-    shown = "-" if diff is None else f"{diff:.1e}"
-    print(f"| {case} | {direction} | {compared} | {shown} | {'pass' if ok else 'FAIL'}{' (' + note + ')' if note else ''} |")
-failed = sum(not r[4] for r in rows)
+print(f"| case | direction | compared | max abs diff | adapter effect | result (tolerance {TOL:g}) |\n|---|---|---|---|---|---|")
+for case, direction, compared, diff, effect, ok, note in rows:
+    print(f"| {case} | {direction} | {compared} | {shown(diff)} | {shown(effect)} | {'pass' if ok else 'FAIL'}{' (' + note + ')' if note else ''} |")
+failed = sum(not r[5] for r in rows)
 print(f"\n{len(rows) - failed} of {len(rows)} cases pass", file=sys.stderr)
 sys.exit(1 if failed else 0)
