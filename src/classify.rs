@@ -14,6 +14,7 @@ use crate::formats::{native, peft};
 use crate::rundir::{self, Start};
 use crate::models::bert::{Bert, Pooling};
 use crate::models::classifier::SequenceClassifier;
+use crate::models::hf_layout::{self, HfLayout};
 use crate::training::{self, ClassifierModel, EvalMetrics, TrainConfig, TrainReport};
 
 /// How the encoder is tuned.
@@ -62,7 +63,8 @@ impl Default for RunSpec {
             split: [0.7, 0.15, 0.15],
             train_fraction: 1.0,
             max_len: 128,
-            pooling: Pooling::Mean,
+            // What transformers' BertForSequenceClassification computes (issue 11).
+            pooling: Pooling::Cls,
             head_dropout: 0.1,
             tuning: Tuning::Adapter,
             adapter: AdapterConfig::default(),
@@ -257,6 +259,11 @@ impl LoadedRun {
 
     /// Class probabilities for texts (or text pairs).
     pub fn predict(&self, texts: &[(String, Option<String>)], device: &Device) -> Result<Vec<Vec<f32>>> {
+        Ok(self.logits(texts, device)?.iter().map(|row| softmax(row)).collect())
+    }
+
+    /// The head's outputs (before the softmax) for texts (or text pairs).
+    pub fn logits(&self, texts: &[(String, Option<String>)], device: &Device) -> Result<Vec<Vec<f32>>> {
         let tokenizer = self.tokenizer()?;
         let model = self.model.valid();
         let mut out = vec![];
@@ -264,24 +271,63 @@ impl LoadedRun {
             let encoded = chunk.iter().map(|(t, p)| tokenizer.encode(t, p.as_deref())).collect::<Result<Vec<_>>>()?;
             let refs: Vec<_> = encoded.iter().collect();
             let batch = data::Batch::pad(&refs, vec![0; refs.len()], tokenizer.pad_id());
-            let probs = burn::tensor::activation::softmax(model.logits(&batch.to_input(device), false), 1);
-            let [n, c] = probs.dims();
-            let values = probs.into_data().try_into_vec_as::<f32>().expect("float tensor");
+            let logits = model.logits(&batch.to_input(device), false);
+            let [n, c] = logits.dims();
+            let values = logits.into_data().try_into_vec_as::<f32>().expect("float tensor");
             out.extend((0..n).map(|i| values[i * c..(i + 1) * c].to_vec()));
         }
         Ok(out)
     }
 
-    /// Writes the adapter (RepLoRA materialized) and head in PEFT's layout.
-    pub fn export_peft(&self, dir: &Path) -> Result<()> {
+    /// Writes the adapter (RepLoRA materialized) and head in PEFT's layout: `SEQ_CLS` with the
+    /// head as `modules_to_save` where transformers' task head computes what this run does
+    /// (CLS pooling through the pooler), else the bare encoder's adapter plus `head.safetensors`
+    /// (see [`crate::models::hf_layout`]).
+    pub fn export_peft(&self, dir: &Path) -> Result<HfLayout> {
         if self.model.encoder.is_full_finetune() {
             return Err(Error::State("a full fine-tuning run has no adapter to export; use `replora merge`".into()));
         }
-        let info = peft::PeftInfo {
-            base_model_name_or_path: self.model_dir.display().to_string(),
-            task_type: Some("SEQ_CLS".into()),
-            modules_to_save: self.model.head_tensors(),
-        };
-        peft::export(&self.model.encoder.adapters, &info, dir)
+        let base = self.model_dir.display().to_string();
+        let layout = self.model.hf_layout();
+        match layout {
+            HfLayout::SequenceClassification => {
+                let info = peft::PeftInfo {
+                    base_model_name_or_path: base,
+                    task_type: Some("SEQ_CLS".into()),
+                    modules_to_save: self.model.head_tensors(),
+                    ..Default::default()
+                };
+                peft::export(&self.model.encoder.adapters, &info, dir)?;
+                crate::formats::write_json(&dir.join(LABELS_FILE), &self.labels)?;
+            }
+            HfLayout::SentenceTransformers => hf_layout::write_peft_feature_extraction(
+                dir,
+                &self.model.encoder,
+                &self.model.head_tensors(),
+                &self.labels,
+                &base,
+                self.spec.pooling,
+                self.spec.max_len,
+            )?,
+        }
+        Ok(layout)
+    }
+}
+
+/// A numerically stable softmax of one row.
+fn softmax(row: &[f32]) -> Vec<f32> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = row.iter().map(|v| (v - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    exp.into_iter().map(|e| e / sum).collect()
+}
+
+/// What `merge` / `export` wrote and how Python loads it into replora's predictions.
+pub fn layout_note(layout: HfLayout, verb: &str) -> &'static str {
+    match (layout, verb) {
+        (HfLayout::SequenceClassification, "merge") => "layout: BertForSequenceClassification (CLS pooler + classifier): AutoModelForSequenceClassification.from_pretrained(dir)",
+        (HfLayout::SequenceClassification, _) => "layout: PEFT SEQ_CLS with the head in modules_to_save: PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base, num_labels=N), dir)",
+        (HfLayout::SentenceTransformers, "merge") => "layout: sentence-transformers (Transformer, the run's pooling, the head as a Dense module): SentenceTransformer(dir).encode(texts) gives the logits; not a BertForSequenceClassification, whose [CLS] pooler head would predict differently (train with --pooling cls for that)",
+        (HfLayout::SentenceTransformers, _) => "layout: PEFT FEATURE_EXTRACTION adapter on the bare encoder + head.safetensors (the run's pooling is not transformers' [CLS] pooler head; README.md in the directory has the Python lines; train with --pooling cls for a SEQ_CLS adapter)",
     }
 }

@@ -20,6 +20,7 @@ pub mod data;
 pub mod error;
 pub mod formats;
 pub mod generate;
+pub mod interop;
 pub mod kernels;
 pub mod lm;
 pub mod models;

@@ -504,7 +504,7 @@ impl LoadedLmRun {
         let info = peft::PeftInfo {
             base_model_name_or_path: self.decoder.source.display().to_string(),
             task_type: Some("CAUSAL_LM".into()),
-            modules_to_save: Default::default(),
+            ..Default::default()
         };
         peft::export(&self.model.decoder.adapters, &info, dir)
     }

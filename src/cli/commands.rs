@@ -29,7 +29,8 @@ pub fn run(command: Command) -> Result<()> {
             if crate::lm::is_lm_run(&run) {
                 crate::lm::load_run(&run, &Device::flex())?.export_peft(&out)?;
             } else {
-                classify::load_run(&run, &Device::flex())?.export_peft(&out)?;
+                let layout = classify::load_run(&run, &Device::flex())?.export_peft(&out)?;
+                eprintln!("{}", classify::layout_note(layout, "export"));
             }
             eprintln!("PEFT adapter written to {}", out.display());
             Ok(())
@@ -43,6 +44,16 @@ pub fn run(command: Command) -> Result<()> {
         Command::Merge { run, out, overwrite } => {
             rundir::check_output(&out, &run, overwrite)?;
             merge(&run, &out)
+        }
+        Command::Logits { run, peft, model, text, out } => {
+            let source = match (&run, &peft) {
+                (Some(run), _) => crate::interop::Source::Run(run),
+                (None, Some(adapter)) => crate::interop::Source::Peft { adapter, model: &model },
+                (None, None) => return Err(Error::Config("give --run or --peft".into())),
+            };
+            crate::interop::write_logits(&source, &text, &out)?;
+            eprintln!("logits of {} texts written to {}", text.len(), out.display());
+            Ok(())
         }
         Command::Info { model, rank, targets } => info(&model, rank, targets),
         Command::TrainLm { lm, out, resume, overwrite } => {
@@ -184,13 +195,14 @@ fn predict(run: &Path, texts: Vec<String>, input: Option<&Path>) -> Result<()> {
 
 fn merge(run: &Path, out: &Path) -> Result<()> {
     let loaded = classify::load_run(run, &Device::flex())?;
-    loaded.model.save_merged(out, &loaded.labels)?;
+    let layout = loaded.model.save_merged(out, &loaded.labels, loaded.spec.max_len)?;
     for file in ["tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"] {
         let src = loaded.model_dir.join(file);
         if src.exists() {
             std::fs::copy(&src, out.join(file)).map_err(|e| Error::io(&src, e))?;
         }
     }
+    eprintln!("{}", classify::layout_note(layout, "merge"));
     eprintln!("merged model written to {}", out.display());
     Ok(())
 }

@@ -96,6 +96,26 @@ pub enum Command {
         #[arg(long)]
         overwrite: bool,
     },
+    /// Write a model's raw outputs for texts to a safetensors file (`logits.{i}`, `input_ids.{i}`):
+    /// a trained run's (--run), or a Hugging Face PEFT adapter's on its base model (--peft,
+    /// --model). `scripts/check-interop` compares them with transformers and PEFT.
+    Logits {
+        /// Run directory written by `train` or `train-lm`.
+        #[arg(long, conflicts_with = "peft", required_unless_present = "peft")]
+        run: Option<PathBuf>,
+        /// A PEFT adapter directory (LoRA/DoRA; SEQ_CLS with the head in modules_to_save, or CAUSAL_LM).
+        #[arg(long)]
+        peft: Option<PathBuf>,
+        /// Base model of --peft: directory, .gguf file or asset name.
+        #[arg(long, default_value = "minilm")]
+        model: String,
+        /// A text (repeatable).
+        #[arg(long, required = true)]
+        text: Vec<String>,
+        /// Output file (.safetensors).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Describe a model: layers, linear module names, parameter counts per method.
     Info {
         /// Model directory, .gguf file or asset name (`minilm`, `smollm2`).

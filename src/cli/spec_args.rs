@@ -61,8 +61,10 @@ pub struct SpecArgs {
     /// Truncate inputs to this many tokens (at most the model's max_position_embeddings).
     #[arg(long, default_value_t = 128, value_parser = count, help_heading = "Data")]
     pub max_len: usize,
-    /// Sentence representation fed to the head.
-    #[arg(long, default_value = "mean", value_parser = ["mean", "cls"], help_heading = "Method")]
+    /// Sentence representation fed to the head: `cls`, the [CLS] token through the model's pooler
+    /// (what transformers' BertForSequenceClassification computes, so `merge` / `export` give a
+    /// model it loads as is), or `mean` over tokens (merged in the sentence-transformers layout).
+    #[arg(long, default_value = "cls", value_parser = ["mean", "cls"], help_heading = "Method")]
     pub pooling: String,
     /// Dropout before the classification head.
     #[arg(long, default_value_t = 0.1, value_parser = number(Range::Probability), allow_negative_numbers = true, help_heading = "Method")]

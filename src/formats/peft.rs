@@ -26,6 +26,9 @@ pub struct PeftInfo {
     /// Fully trained modules saved beside the adapter (PEFT's `modules_to_save`, e.g. a
     /// classification head), as `<module>.weight` / `<module>.bias` in PyTorch layout.
     pub modules_to_save: BTreeMap<String, HostTensor>,
+    /// Removed from the front of every module path, e.g. `bert.` when the adapter of a
+    /// classifier's encoder is written for a bare `BertModel` (`FEATURE_EXTRACTION`).
+    pub strip_prefix: String,
 }
 
 const PREFIX: &str = "base_model.model.";
@@ -37,7 +40,8 @@ pub fn export(adapters: &AdapterSet, info: &PeftInfo, dir: &Path) -> Result<()> 
     let mut out = BTreeMap::new();
     for t in &lora.targets {
         let f = t.factors.as_ref().expect("a materialized adapter owns its factors");
-        let key = format!("{PREFIX}{}", t.target.path);
+        let path = t.target.path.strip_prefix(info.strip_prefix.as_str()).unwrap_or(&t.target.path);
+        let key = format!("{PREFIX}{path}");
         out.insert(format!("{key}.lora_A.weight"), HostTensor::from_tensor(&f.a.val()).transpose());
         out.insert(format!("{key}.lora_B.weight"), HostTensor::from_tensor(&f.b.val()).transpose());
         if let Some(m) = &t.magnitude {

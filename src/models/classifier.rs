@@ -10,9 +10,10 @@ use burn::tensor::Distribution;
 
 use super::EncoderInput;
 use super::bert::{Bert, Pooling, pool};
+use super::hf_layout::{self, HfLayout};
 use crate::adapters::init::Init;
 use crate::adapters::{AdaptedLinear, Deltas, PeftModel};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::formats::{HostTensor, tensors};
 use crate::training::ClassifierModel;
 
@@ -58,11 +59,17 @@ impl SequenceClassifier {
     }
 
     /// Replaces the head by the one saved in `path`, checking it fits.
-    pub fn load_head(mut self, path: &Path) -> Result<Self> {
-        let (mut t, _) = tensors::read(path)?;
+    pub fn load_head(self, path: &Path) -> Result<Self> {
+        let (t, _) = tensors::read(path)?;
+        self.with_head(t, path)
+    }
+
+    /// Replaces the head by `classifier.weight` / `.bias` (PyTorch layout) from `t`, checking
+    /// they fit; `file` names errors.
+    pub fn with_head(mut self, mut t: BTreeMap<String, HostTensor>, file: &Path) -> Result<Self> {
         let (hidden, labels) = (self.head.d_in(), self.head.d_out());
-        let w = tensors::take(&mut t, path, &format!("{HEAD}.weight"), &[labels, hidden])?.transpose();
-        let b = tensors::take(&mut t, path, &format!("{HEAD}.bias"), &[labels])?;
+        let w = tensors::take(&mut t, file, &format!("{HEAD}.weight"), &[labels, hidden])?.transpose();
+        let b = tensors::take(&mut t, file, &format!("{HEAD}.bias"), &[labels])?;
         let device = self.head.weight.device();
         let trainable = self.head.weight.val().is_require_grad();
         self.head = AdaptedLinear::new(HEAD, w.to_tensor(&device), Some(b.to_tensor(&device)));
@@ -72,30 +79,29 @@ impl SequenceClassifier {
         Ok(self)
     }
 
+    /// The Hugging Face form this classifier is merged and exported in ([`HfLayout`]).
+    pub fn hf_layout(&self) -> HfLayout {
+        HfLayout::of(self.pooling, self.encoder.model.pooler.is_some())
+    }
+
     /// Writes the adapter merged into the encoder, plus the head, as one plain model directory
-    /// (`config.json` with `num_labels`, `model.safetensors` in `BertForSequenceClassification`
-    /// naming) that loads without any adapter code.
-    pub fn save_merged(&self, dir: &Path, labels: &[String]) -> Result<()> {
+    /// that loads without adapter code into the same predictions: `BertForSequenceClassification`
+    /// for CLS pooling through the pooler, else the sentence-transformers layout (see
+    /// [`super::hf_layout`]). `max_len` is the run's truncation length.
+    pub fn save_merged(&self, dir: &Path, labels: &[String], max_len: usize) -> Result<HfLayout> {
         let merged = if self.encoder.is_merged() || self.encoder.is_full_finetune() {
             self.encoder.clone()
         } else {
             self.encoder.clone().merge()?
         };
-        let bert = &merged.model;
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let mut weights = bert.tensors();
-        weights.extend(self.head_tensors());
-        let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-        tensors::write(&dir.join("model.safetensors"), &weights, Some(meta))?;
-        let mut config = serde_json::to_value(&bert.config).expect("config serializes");
-        let id2label: BTreeMap<String, &String> = labels.iter().enumerate().map(|(i, l)| (i.to_string(), l)).collect();
-        let label2id: BTreeMap<&String, usize> = labels.iter().enumerate().map(|(i, l)| (l, i)).collect();
-        config["architectures"] = serde_json::json!(["BertForSequenceClassification"]);
-        config["num_labels"] = serde_json::json!(labels.len());
-        config["id2label"] = serde_json::json!(id2label);
-        config["label2id"] = serde_json::json!(label2id);
-        config["replora_pooling"] = serde_json::json!(self.pooling.to_string());
-        crate::formats::write_json(&dir.join("config.json"), &config)
+        let layout = self.hf_layout();
+        match layout {
+            HfLayout::SequenceClassification => hf_layout::write_sequence_classification(dir, &merged.model, self.head_tensors(), labels)?,
+            HfLayout::SentenceTransformers => {
+                hf_layout::write_sentence_transformers(dir, &merged.model, &self.head_tensors(), labels, self.pooling, max_len)?
+            }
+        }
+        Ok(layout)
     }
 }
 

@@ -4,6 +4,7 @@ pub mod bert;
 pub mod causal_lm;
 pub mod llama;
 pub mod classifier;
+pub mod hf_layout;
 
 use burn::prelude::*;
 
