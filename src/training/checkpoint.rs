@@ -87,3 +87,22 @@ pub fn read_optimizer(dir: &Path, optim: ModuleOptimizer) -> Result<ModuleOptimi
 pub fn restore<M: Module>(dir: &Path, module: M) -> Result<M> {
     read_state(dir)?.restore(module)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Progress;
+
+    /// Resume compares new validation scores with the stored best: a score read back one ulp
+    /// off (serde_json without `float_roundtrip` reads 2/13 as 0.15384615384615383) picks a
+    /// different best epoch than the uninterrupted run.
+    #[test]
+    fn progress_scores_round_trip_bit_exactly() {
+        let scores = [2.0 / 13.0, 0.1 + 0.2, 1.0 / 3.0, 0.9615384615384616, f64::MIN_POSITIVE];
+        for s in scores {
+            let p = Progress { best: Some((s, 1)), elapsed_s: s, ..Progress::default() };
+            let back: Progress = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+            assert_eq!(back.best.unwrap().0.to_bits(), s.to_bits(), "{s} read back as {}", back.best.unwrap().0);
+            assert_eq!(back.elapsed_s.to_bits(), s.to_bits());
+        }
+    }
+}
