@@ -17,6 +17,14 @@ use super::{Dataset, Example};
 use crate::models::EncoderInput;
 use crate::{Error, Result};
 
+/// Reads a Hugging Face `tokenizer.json`. Its JSON syntax is checked first: the `tokenizers`
+/// crate panics on a syntax error inside some sections (e.g. a truncated `decoder`).
+pub fn read_hf_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|e| Error::format(path, format!("cannot load tokenizer: invalid JSON ({e})")))?;
+    text.parse().map_err(|e| Error::format(path, format!("cannot load tokenizer ({e})")))
+}
+
 /// A text tokenizer for encoder inputs.
 #[derive(Clone)]
 pub struct Tokenizer {
@@ -57,7 +65,7 @@ impl Tokenizer {
         if !path.is_file() {
             return Err(Error::format(path, "no such tokenizer file"));
         }
-        let mut inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::format(path, format!("cannot load tokenizer ({e})")))?;
+        let mut inner = read_hf_tokenizer(path)?;
         let pad_id =
             inner.get_padding().map(|p| p.pad_id).or_else(|| ["[PAD]", "<pad>"].iter().find_map(|t| inner.token_to_id(t))).unwrap_or(0);
         inner.with_padding(None);

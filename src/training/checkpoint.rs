@@ -3,8 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::HashMap;
+
 use burn::optim::{ModuleOptimizer, OptimizerRecord};
 use burn::prelude::*;
+use burn::tensor::{Bytes, DType};
 use serde::{Deserialize, Serialize};
 
 use super::metrics::EvalMetrics;
@@ -51,9 +54,10 @@ pub fn write_dir(dir: &Path, state: &TrainableState, optim: Option<&ModuleOptimi
     if let Some(progress) = progress {
         crate::formats::write_json(&tmp.join(PROGRESS), progress)?;
     }
-    // Swap: the previous directory survives as `.old` until the new one is in place.
-    let _ = std::fs::remove_dir_all(&old);
+    // Swap: the previous directory survives as `.old` until the new one is in place. Where
+    // `dir` is missing, an interrupted swap left the last good copy in `.old`: keep it.
     if dir.exists() {
+        let _ = std::fs::remove_dir_all(&old);
         std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
     }
     std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
@@ -76,8 +80,36 @@ pub fn read_progress(dir: &Path) -> Result<Progress> {
 
 pub fn read_optimizer(dir: &Path, optim: ModuleOptimizer) -> Result<ModuleOptimizer> {
     let file = dir.join(OPTIMIZER);
-    let record = OptimizerRecord::load(&file).map_err(|e| record_error(&file, e))?;
+    // Read whole (bounded by the file's size), then checked against the checkpoint's tensors:
+    // burn panics on a state it cannot place, and reserves a header's declared size unread.
+    let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
+    check_optimizer_state(&file, &bytes, &read_state(dir)?)?;
+    let record = OptimizerRecord::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| record_error(&file, e))?;
     Ok(optim.load_record(record))
+}
+
+/// Every optimizer state tensor must belong to a saved parameter (`<param id>.<field>`) and
+/// have its shape, in f32; every recorded rank must be that parameter's.
+fn check_optimizer_state(file: &Path, bytes: &[u8], state: &TrainableState) -> Result<()> {
+    let params: HashMap<u64, &[usize]> = state.ids.iter().map(|(name, id)| (*id, state.tensors[name].shape.as_slice())).collect();
+    let reader = burn_pack::Reader::from_bytes(Bytes::from_bytes_vec(bytes.to_vec())).map_err(|e| record_error(file, e))?;
+    let bad = |what: String| Error::format(file, format!("corrupt optimizer state: {what}"));
+    for (key, value) in reader.scalars() {
+        if let Some(id) = key.strip_suffix(".__rank") {
+            let shape = id.parse().ok().and_then(|id: u64| params.get(&id)).ok_or_else(|| bad(format!("{key} names no saved parameter")))?;
+            if usize::try_from(*value).ok() != Some(shape.len()) {
+                return Err(bad(format!("{key} is not the parameter's rank {}", shape.len())));
+            }
+        }
+    }
+    for t in reader.into_tensors().map_err(|e| record_error(file, e))? {
+        let shape = t.param_id.filter(|id| t.name.split('.').next() == Some(&id.to_string())).and_then(|id| params.get(&id));
+        let shape = shape.ok_or_else(|| bad(format!("tensor {} belongs to no saved parameter", t.name)))?;
+        if t.dtype != DType::F32 || t.shape.as_slice() != *shape {
+            return Err(bad(format!("tensor {} is {:?} {:?}, its parameter {:?} f32", t.name, t.dtype, t.shape.as_slice(), shape)));
+        }
+    }
+    Ok(())
 }
 
 /// Restores a module's trainable tensors from a checkpoint or best-model directory.

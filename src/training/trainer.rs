@@ -239,7 +239,8 @@ pub fn train<M: Objective>(
     }
     bar.finish_and_clear();
     let (_, best_epoch) = progress.best.expect("at least one epoch was evaluated");
-    let model = checkpoint::restore(&run.best(), model)?;
+    let best = checkpoint::existing(&run.best()).unwrap_or(run.best());
+    let model = checkpoint::restore(&best, model)?;
     let report = TrainReport {
         best_validation: progress.history[best_epoch].clone(),
         best_epoch: best_epoch + 1,
