@@ -1,9 +1,15 @@
 //! Resumable checkpoints: trainable tensors, optimizer state and loop progress, written to a
 //! temporary directory and swapped in, so a kill at any moment leaves a complete checkpoint.
+//!
+//! Test hook: `REPLORA_ABORT_IN_CHECKPOINT=<dir name>:<n>:<stage>` aborts the process during
+//! the `n`-th write (1-based) of directories named `<dir name>` (`checkpoint`, `best`), at
+//! `partial` (the new copy half written) or `swap` (just before the new copy is renamed into
+//! place), so that tests can crash a run at the worst moments (tests/crash_safety.rs).
 
 use std::path::{Path, PathBuf};
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use burn::optim::{ModuleOptimizer, OptimizerRecord};
 use burn::prelude::*;
@@ -44,9 +50,11 @@ fn record_error(path: &Path, e: impl std::fmt::Debug) -> Error {
 pub fn write_dir(dir: &Path, state: &TrainableState, optim: Option<&ModuleOptimizer>, progress: Option<&Progress>) -> Result<()> {
     let tmp = dir.with_extension("tmp");
     let old = dir.with_extension("old");
+    let fault = fault_injection(dir);
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     state.save(&tmp.join(TENSORS))?;
+    fault("partial");
     if let Some(optim) = optim {
         let file = tmp.join(OPTIMIZER);
         optim.to_record().save(&file).map_err(|e| record_error(&file, e))?;
@@ -60,9 +68,26 @@ pub fn write_dir(dir: &Path, state: &TrainableState, optim: Option<&ModuleOptimi
         let _ = std::fs::remove_dir_all(&old);
         std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
     }
+    fault("swap");
     std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
     let _ = std::fs::remove_dir_all(&old);
     Ok(())
+}
+
+/// The module doc's test hook: a function that aborts at the configured stage of this write.
+fn fault_injection(dir: &Path) -> impl Fn(&str) {
+    static WRITES: AtomicUsize = AtomicUsize::new(0);
+    let spec = std::env::var("REPLORA_ABORT_IN_CHECKPOINT").unwrap_or_default();
+    let mut parts = spec.splitn(3, ':');
+    let (name, n, stage) = (parts.next().unwrap_or(""), parts.next().and_then(|n| n.parse::<usize>().ok()), parts.next().unwrap_or(""));
+    let this = dir.file_name().is_some_and(|f| f == name) && Some(WRITES.fetch_add(1, Ordering::SeqCst) + 1) == n;
+    let stage = stage.to_string();
+    move |at: &str| {
+        if this && at == stage {
+            eprintln!("REPLORA_ABORT_IN_CHECKPOINT: aborting at {at} of {}", dir.display());
+            std::process::abort();
+        }
+    }
 }
 
 /// The directory to resume from: `dir`, or its `.old` twin if a swap was interrupted.

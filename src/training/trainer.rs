@@ -239,8 +239,7 @@ pub fn train<M: Objective>(
     }
     bar.finish_and_clear();
     let (_, best_epoch) = progress.best.expect("at least one epoch was evaluated");
-    let best = checkpoint::existing(&run.best()).unwrap_or(run.best());
-    let model = checkpoint::restore(&best, model)?;
+    let model = checkpoint::restore(&run.best(), model)?;
     let report = TrainReport {
         best_validation: progress.history[best_epoch].clone(),
         best_epoch: best_epoch + 1,
