@@ -303,12 +303,17 @@ impl Budget {
         let secs: Option<u64> = std::env::var("REPLORA_FUZZ_SECS").ok().and_then(|s| s.parse().ok());
         Budget { iters, deadline: secs.map(|s| Instant::now() + Duration::from_secs(s)) }
     }
-    pub fn iterations(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..self.iters).take_while(|_| self.deadline.is_none_or(|d| Instant::now() < d))
+    /// Whether there is time left.
+    pub fn open(&self) -> bool {
+        self.deadline.is_none_or(|d| Instant::now() < d)
     }
-    /// A step such that truncating at every `step`-th offset gives about `cuts` inputs.
+    pub fn iterations(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.iters).take_while(|_| self.open())
+    }
+    /// A step such that truncating at every `step`-th offset gives about `cuts` inputs (512
+    /// in a timed run, which leaves most of its time to random mutations).
     pub fn truncation_step(&self, len: usize, cuts: usize) -> usize {
-        let cuts = cuts.max(self.iters / 4);
+        let cuts = if self.deadline.is_some() { 512 } else { cuts };
         (len / cuts.max(1)).max(1)
     }
 }
