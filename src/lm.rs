@@ -50,7 +50,7 @@ impl Decoder {
             }
             None => {
                 let file = path.join("tokenizer.json");
-                let tokenizer = tokenizers::Tokenizer::from_file(&file).map_err(|e| Error::format(&file, e))?;
+                let tokenizer = crate::data::tokenize::read_hf_tokenizer(&file)?;
                 let config = path.join(TOKENIZER_CONFIG);
                 let chat_template = match config.exists() {
                     true => crate::formats::read_json::<serde_json::Value>(&config)?["chat_template"].as_str().map(String::from),

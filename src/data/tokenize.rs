@@ -17,6 +17,46 @@ use super::{Dataset, Example};
 use crate::models::EncoderInput;
 use crate::{Error, Result};
 
+/// Reads a Hugging Face `tokenizer.json`. Its JSON syntax is checked first: the `tokenizers`
+/// crate panics on a syntax error inside some sections (e.g. a truncated `decoder`).
+pub fn read_hf_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::format(path, format!("cannot load tokenizer: invalid JSON ({e})")))?;
+    check_templates(&json["post_processor"]).map_err(|e| Error::format(path, format!("cannot load tokenizer: post_processor {e}")))?;
+    text.parse().map_err(|e| Error::format(path, format!("cannot load tokenizer ({e})")))
+}
+
+/// What `tokenizers` checks when a `TemplateProcessing` is built but not when one is read (it
+/// panics on the first encoding instead): every special token a template names is defined
+/// with as many ids as tokens, and the single-sequence template has no second sequence.
+fn check_templates(processor: &serde_json::Value) -> std::result::Result<(), String> {
+    match processor["type"].as_str() {
+        Some("Sequence") => processor["processors"].as_array().into_iter().flatten().try_for_each(check_templates),
+        Some("TemplateProcessing") => {
+            let specials = &processor["special_tokens"];
+            for (template, pieces) in ["single", "pair"].map(|t| (t, &processor[t])) {
+                for piece in pieces.as_array().into_iter().flatten() {
+                    if let Some(id) = piece["SpecialToken"]["id"].as_str() {
+                        let token = &specials[id];
+                        if token.is_null() {
+                            return Err(format!("template {template:?} names special token {id:?}, which special_tokens does not define"));
+                        }
+                        if token["ids"].as_array().map(Vec::len) != token["tokens"].as_array().map(Vec::len) {
+                            return Err(format!("special token {id:?} has a different number of ids and tokens"));
+                        }
+                    }
+                    if template == "single" && piece["Sequence"]["id"] == "B" {
+                        return Err("template \"single\" uses the second sequence B".into());
+                    }
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A text tokenizer for encoder inputs.
 #[derive(Clone)]
 pub struct Tokenizer {
@@ -57,7 +97,7 @@ impl Tokenizer {
         if !path.is_file() {
             return Err(Error::format(path, "no such tokenizer file"));
         }
-        let mut inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::format(path, format!("cannot load tokenizer ({e})")))?;
+        let mut inner = read_hf_tokenizer(path)?;
         let pad_id =
             inner.get_padding().map(|p| p.pad_id).or_else(|| ["[PAD]", "<pad>"].iter().find_map(|t| inner.token_to_id(t))).unwrap_or(0);
         inner.with_padding(None);

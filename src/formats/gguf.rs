@@ -127,6 +127,9 @@ pub struct Gguf {
     data_start: usize,
 }
 
+/// How deeply metadata arrays may nest (real files nest at most once).
+const MAX_ARRAY_DEPTH: usize = 8;
+
 /// A little-endian cursor whose errors name the file and what was being read.
 struct Cursor<'a> {
     bytes: &'a [u8],
@@ -165,7 +168,7 @@ impl<'a> Cursor<'a> {
         let raw = self.take(n, what)?;
         String::from_utf8(raw.to_vec()).map_err(|_| Error::format(self.path, format!("{what} is not UTF-8")))
     }
-    fn value(&mut self, kind: u32, key: &str) -> Result<Value> {
+    fn value(&mut self, kind: u32, key: &str, depth: usize) -> Result<Value> {
         Ok(match kind {
             0 => Value::U8(self.array::<1>(key)?[0]),
             1 => Value::I8(self.array::<1>(key)?[0] as i8),
@@ -176,12 +179,14 @@ impl<'a> Cursor<'a> {
             6 => Value::F32(f32::from_le_bytes(self.array(key)?)),
             7 => Value::Bool(self.array::<1>(key)?[0] != 0),
             8 => Value::String(self.string(key)?),
+            // Nested arrays recurse: a corrupt file must not nest deep enough to overflow the stack.
+            9 if depth >= MAX_ARRAY_DEPTH => return Err(Error::format(self.path, format!("metadata {key}: arrays nested deeper than {MAX_ARRAY_DEPTH}"))),
             9 => {
                 let inner = self.u32(key)?;
                 let n = self.len(key)?;
                 let mut items = Vec::with_capacity(n.min(1 << 20));
                 for _ in 0..n {
-                    items.push(self.value(inner, key)?);
+                    items.push(self.value(inner, key, depth + 1)?);
                 }
                 Value::Array(items)
             }
@@ -211,10 +216,11 @@ impl Gguf {
         for _ in 0..kv_count {
             let key = c.string("a metadata key")?;
             let kind = c.u32(&key)?;
-            let value = c.value(kind, &key)?;
+            let value = c.value(kind, &key, 0)?;
             metadata.insert(key, value);
         }
-        let mut tensors = Vec::with_capacity(tensor_count);
+        // Each info takes at least 24 bytes of the file; the count alone reserves no more.
+        let mut tensors = Vec::with_capacity(tensor_count.min((bytes.len() - c.pos) / 24));
         for _ in 0..tensor_count {
             let name = c.string("a tensor name")?;
             let n_dims = c.u32(&name)? as usize;
@@ -254,18 +260,17 @@ impl Gguf {
 
     /// The stored bytes of a tensor.
     fn raw(&self, t: &TensorInfo) -> Result<&[u8]> {
-        let elements: u64 = t.dims.iter().product();
+        let beyond = || Error::format(&self.path, format!("truncated or corrupt GGUF file: tensor {} ends beyond the end of the file", t.name));
+        let elements = t.dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d)).ok_or_else(beyond)?;
         let (per_block, block_bytes) =
             t.kind.block().ok_or_else(|| Error::format(&self.path, format!("tensor {} has ggml type {:?}, which is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1 are)", t.name, t.kind)))?;
         if t.dims.first().is_some_and(|d| d % per_block as u64 != 0) {
             return Err(Error::format(&self.path, format!("tensor {}: row length {} is not a multiple of the block size {per_block}", t.name, t.dims[0])));
         }
-        let size = elements / per_block as u64 * block_bytes as u64;
-        let start = self.data_start as u64 + t.offset;
-        if start + size > self.bytes.len() as u64 {
-            return Err(Error::format(&self.path, format!("truncated GGUF file: tensor {} ends beyond the end of the file", t.name)));
-        }
-        Ok(&self.bytes[start as usize..(start + size) as usize])
+        let size = (elements / per_block as u64).checked_mul(block_bytes as u64).ok_or_else(beyond)?;
+        let start = (self.data_start as u64).checked_add(t.offset).ok_or_else(beyond)?;
+        let end = start.checked_add(size).filter(|&e| e <= self.bytes.len() as u64).ok_or_else(beyond)?;
+        Ok(&self.bytes[start as usize..end as usize])
     }
 
     /// A tensor dequantized to f32, shaped in PyTorch order (GGUF dims reversed: a linear's
@@ -350,13 +355,21 @@ impl Gguf {
             let name = hf_name(&t.name).ok_or_else(|| Error::format(&self.path, format!("tensor {} has no LLaMA meaning", t.name)))?;
             let mut tensor = self.tensor(&t.name)?;
             if t.name.ends_with("attn_q.weight") {
-                tensor = unpermute_rotary(&tensor, heads);
+                tensor = self.unpermute_checked(&t.name, &tensor, heads)?;
             } else if t.name.ends_with("attn_k.weight") {
-                tensor = unpermute_rotary(&tensor, kv_heads);
+                tensor = self.unpermute_checked(&t.name, &tensor, kv_heads)?;
             }
             out.insert(name, tensor);
         }
         Ok(out)
+    }
+
+    /// [`unpermute_rotary`] after checking that `w` is a matrix of whole, even-sized heads.
+    fn unpermute_checked(&self, name: &str, w: &HostTensor, heads: usize) -> Result<HostTensor> {
+        match w.shape[..] {
+            [rows, _] if heads > 0 && rows % heads == 0 && (rows / heads) % 2 == 0 => Ok(unpermute_rotary(w, heads)),
+            _ => Err(Error::format(&self.path, format!("tensor {name} of shape {:?} does not split into {heads} heads of an even size", w.shape))),
+        }
     }
 
     /// The chat template (a Jinja string), if the file has one.

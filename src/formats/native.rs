@@ -82,6 +82,10 @@ pub fn load_config(dir: &Path) -> Result<NativeConfig> {
 /// Loads a native adapter into `model`, checking that its targets and shapes fit.
 pub fn load<M: Adaptable>(model: M, dir: &Path) -> Result<PeftModel<M>> {
     let config = load_config(dir)?;
+    let file = dir.join(WEIGHTS_FILE);
+    let (tensors, _) = tensors::read(&file)?;
+    let available = tensors.values().map(|t| t.data.len()).sum();
+    super::check_declared_sizes(&config.adapter, &model.linears(), &file, available)?;
     let adapters = AdapterSet::new(&config.adapter, &model.linears())?;
     let found = adapters.target_paths();
     if found != config.targets {
@@ -92,8 +96,6 @@ pub fn load<M: Adaptable>(model: M, dir: &Path) -> Result<PeftModel<M>> {
             found
         )));
     }
-    let file = dir.join(WEIGHTS_FILE);
-    let (tensors, _) = tensors::read(&file)?;
     let mut replace = Replace { tensors, file: &file };
     let adapters = adapters.map_named(&mut replace)?;
     if let Some(extra) = replace.tensors.keys().next() {

@@ -167,6 +167,8 @@ pub fn import_with_modules<M: Adaptable>(model: M, dir: &Path) -> Result<(PeftMo
         return Err(Error::format(&file, "only adapter_model.safetensors is supported; re-save the adapter with safe_serialization=True"));
     }
     let (mut tensors, _) = tensors::read(&file)?;
+    let available = tensors.values().map(|t| t.data.len()).sum();
+    super::check_declared_sizes(&config, &model.linears(), &file, available)?;
     let mut adapters = AdapterSet::new(&config, &model.linears())?;
     let device = model.linears()[0].weight.device();
     for t in &mut adapters.targets {

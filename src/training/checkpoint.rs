@@ -1,10 +1,19 @@
 //! Resumable checkpoints: trainable tensors, optimizer state and loop progress, written to a
 //! temporary directory and swapped in, so a kill at any moment leaves a complete checkpoint.
+//!
+//! Test hook: `REPLORA_ABORT_IN_CHECKPOINT=<dir name>:<n>:<stage>` aborts the process during
+//! the `n`-th write (1-based) of directories named `<dir name>` (`checkpoint`, `best`), at
+//! `partial` (the new copy half written) or `swap` (just before the new copy is renamed into
+//! place), so that tests can crash a run at the worst moments (tests/crash_safety.rs).
 
 use std::path::{Path, PathBuf};
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use burn::optim::{ModuleOptimizer, OptimizerRecord};
 use burn::prelude::*;
+use burn::tensor::{Bytes, DType};
 use serde::{Deserialize, Serialize};
 
 use super::metrics::EvalMetrics;
@@ -41,9 +50,11 @@ fn record_error(path: &Path, e: impl std::fmt::Debug) -> Error {
 pub fn write_dir(dir: &Path, state: &TrainableState, optim: Option<&ModuleOptimizer>, progress: Option<&Progress>) -> Result<()> {
     let tmp = dir.with_extension("tmp");
     let old = dir.with_extension("old");
+    let fault = fault_injection(dir);
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     state.save(&tmp.join(TENSORS))?;
+    fault("partial");
     if let Some(optim) = optim {
         let file = tmp.join(OPTIMIZER);
         optim.to_record().save(&file).map_err(|e| record_error(&file, e))?;
@@ -51,14 +62,32 @@ pub fn write_dir(dir: &Path, state: &TrainableState, optim: Option<&ModuleOptimi
     if let Some(progress) = progress {
         crate::formats::write_json(&tmp.join(PROGRESS), progress)?;
     }
-    // Swap: the previous directory survives as `.old` until the new one is in place.
-    let _ = std::fs::remove_dir_all(&old);
+    // Swap: the previous directory survives as `.old` until the new one is in place. Where
+    // `dir` is missing, an interrupted swap left the last good copy in `.old`: keep it.
     if dir.exists() {
+        let _ = std::fs::remove_dir_all(&old);
         std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
     }
+    fault("swap");
     std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
     let _ = std::fs::remove_dir_all(&old);
     Ok(())
+}
+
+/// The module doc's test hook: a function that aborts at the configured stage of this write.
+fn fault_injection(dir: &Path) -> impl Fn(&str) {
+    static WRITES: AtomicUsize = AtomicUsize::new(0);
+    let spec = std::env::var("REPLORA_ABORT_IN_CHECKPOINT").unwrap_or_default();
+    let mut parts = spec.splitn(3, ':');
+    let (name, n, stage) = (parts.next().unwrap_or(""), parts.next().and_then(|n| n.parse::<usize>().ok()), parts.next().unwrap_or(""));
+    let this = dir.file_name().is_some_and(|f| f == name) && Some(WRITES.fetch_add(1, Ordering::SeqCst) + 1) == n;
+    let stage = stage.to_string();
+    move |at: &str| {
+        if this && at == stage {
+            eprintln!("REPLORA_ABORT_IN_CHECKPOINT: aborting at {at} of {}", dir.display());
+            std::process::abort();
+        }
+    }
 }
 
 /// The directory to resume from: `dir`, or its `.old` twin if a swap was interrupted.
@@ -76,11 +105,39 @@ pub fn read_progress(dir: &Path) -> Result<Progress> {
 
 pub fn read_optimizer(dir: &Path, optim: ModuleOptimizer) -> Result<ModuleOptimizer> {
     let file = dir.join(OPTIMIZER);
-    let record = OptimizerRecord::load(&file).map_err(|e| {
+    // Read whole (bounded by the file's size), then checked against the checkpoint's tensors:
+    // burn panics on a state it cannot place, and reserves a header's declared size unread.
+    let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
+    check_optimizer_state(&file, &bytes, &read_state(dir)?)?;
+    let record = OptimizerRecord::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| {
         let d = dir.display();
         Error::format(&file, format!("the optimizer state is corrupt or truncated ({e:?}); restore it, or delete {d} to train again from the start"))
     })?;
     Ok(optim.load_record(record))
+}
+
+/// Every optimizer state tensor must belong to a saved parameter (`<param id>.<field>`) and
+/// have its shape, in f32; every recorded rank must be that parameter's.
+fn check_optimizer_state(file: &Path, bytes: &[u8], state: &TrainableState) -> Result<()> {
+    let params: HashMap<u64, &[usize]> = state.ids.iter().map(|(name, id)| (*id, state.tensors[name].shape.as_slice())).collect();
+    let reader = burn_pack::Reader::from_bytes(Bytes::from_bytes_vec(bytes.to_vec())).map_err(|e| record_error(file, e))?;
+    let bad = |what: String| Error::format(file, format!("corrupt or truncated optimizer state: {what}"));
+    for (key, value) in reader.scalars() {
+        if let Some(id) = key.strip_suffix(".__rank") {
+            let shape = id.parse().ok().and_then(|id: u64| params.get(&id)).ok_or_else(|| bad(format!("{key} names no saved parameter")))?;
+            if usize::try_from(*value).ok() != Some(shape.len()) {
+                return Err(bad(format!("{key} is not the parameter's rank {}", shape.len())));
+            }
+        }
+    }
+    for t in reader.into_tensors().map_err(|e| record_error(file, e))? {
+        let shape = t.param_id.filter(|id| t.name.split('.').next() == Some(&id.to_string())).and_then(|id| params.get(&id));
+        let shape = shape.ok_or_else(|| bad(format!("tensor {} belongs to no saved parameter", t.name)))?;
+        if t.dtype != DType::F32 || t.shape.as_slice() != *shape {
+            return Err(bad(format!("tensor {} is {:?} {:?}, its parameter {:?} f32", t.name, t.dtype, t.shape.as_slice(), shape)));
+        }
+    }
+    Ok(())
 }
 
 /// Restores a module's trainable tensors from a checkpoint or best-model directory.

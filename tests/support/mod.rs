@@ -236,3 +236,35 @@ pub fn word_dataset(path: &Path, labels: usize, per_label: usize) {
     }
     std::fs::write(path, lines).unwrap();
 }
+
+/// The words [`tiny_tokenizer`] knows (ids 5.. after [PAD] [UNK] [CLS] [SEP] [MASK]).
+pub const TINY_WORDS: [&str; 20] = [
+    "the", "a", "movie", "film", "was", "is", "very", "really", "good", "great", "fine", "bad", "awful", "poor", "not",
+    "plot", "acting", "and", "but", "!",
+];
+
+/// A BERT WordPiece `tokenizer.json` over [`TINY_WORDS`] (25 ids, within `tiny_bert`'s 50).
+pub fn tiny_tokenizer(dir: &Path) {
+    let specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        specials.iter().chain(TINY_WORDS.iter()).enumerate().map(|(i, t)| (t.to_string(), i.into())).collect();
+    let added: Vec<serde_json::Value> = specials
+        .iter()
+        .enumerate()
+        .map(|(id, t)| serde_json::json!({"id": id, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
+        .collect();
+    let special = |t: &str| serde_json::json!({"SpecialToken": {"id": t, "type_id": 0}});
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": {"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true, "strip_accents": null, "lowercase": true},
+        "pre_tokenizer": {"type": "BertPreTokenizer"},
+        "post_processor": {"type": "TemplateProcessing",
+            "single": [special("[CLS]"), {"Sequence": {"id": "A", "type_id": 0}}, special("[SEP]")],
+            "pair": [special("[CLS]"), {"Sequence": {"id": "A", "type_id": 0}}, special("[SEP]"), {"Sequence": {"id": "B", "type_id": 1}}, {"SpecialToken": {"id": "[SEP]", "type_id": 1}}],
+            "special_tokens": {"[CLS]": {"id": "[CLS]", "ids": [2], "tokens": ["[CLS]"]}, "[SEP]": {"id": "[SEP]", "ids": [3], "tokens": ["[SEP]"]}}},
+        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": true},
+        "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##", "max_input_chars_per_word": 100, "vocab": vocab},
+    });
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), serde_json::to_string_pretty(&tokenizer).unwrap()).unwrap();
+}
