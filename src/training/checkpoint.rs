@@ -109,19 +109,21 @@ pub fn read_optimizer(dir: &Path, optim: ModuleOptimizer) -> Result<ModuleOptimi
     // burn panics on a state it cannot place, and reserves a header's declared size unread.
     let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
     check_optimizer_state(&file, &bytes, &read_state(dir)?)?;
-    let record = OptimizerRecord::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| {
-        let d = dir.display();
-        Error::format(&file, format!("the optimizer state is corrupt or truncated ({e:?}); restore it, or delete {d} to train again from the start"))
-    })?;
+    let record = OptimizerRecord::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| corrupt_optimizer(&file, format!("{e:?}")))?;
     Ok(optim.load_record(record))
+}
+
+fn corrupt_optimizer(file: &Path, what: String) -> Error {
+    let dir = file.parent().unwrap_or(file).display();
+    Error::format(file, format!("corrupt or truncated optimizer state: {what}; restore it, or delete {dir} to train again from the start"))
 }
 
 /// Every optimizer state tensor must belong to a saved parameter (`<param id>.<field>`) and
 /// have its shape, in f32; every recorded rank must be that parameter's.
 fn check_optimizer_state(file: &Path, bytes: &[u8], state: &TrainableState) -> Result<()> {
     let params: HashMap<u64, &[usize]> = state.ids.iter().map(|(name, id)| (*id, state.tensors[name].shape.as_slice())).collect();
-    let reader = burn_pack::Reader::from_bytes(Bytes::from_bytes_vec(bytes.to_vec())).map_err(|e| record_error(file, e))?;
-    let bad = |what: String| Error::format(file, format!("corrupt or truncated optimizer state: {what}"));
+    let bad = |what: String| corrupt_optimizer(file, what);
+    let reader = burn_pack::Reader::from_bytes(Bytes::from_bytes_vec(bytes.to_vec())).map_err(|e| bad(format!("{e:?}")))?;
     for (key, value) in reader.scalars() {
         if let Some(id) = key.strip_suffix(".__rank") {
             let shape = id.parse().ok().and_then(|id: u64| params.get(&id)).ok_or_else(|| bad(format!("{key} names no saved parameter")))?;
@@ -130,7 +132,7 @@ fn check_optimizer_state(file: &Path, bytes: &[u8], state: &TrainableState) -> R
             }
         }
     }
-    for t in reader.into_tensors().map_err(|e| record_error(file, e))? {
+    for t in reader.into_tensors().map_err(|e| bad(format!("{e:?}")))? {
         let shape = t.param_id.filter(|id| t.name.split('.').next() == Some(&id.to_string())).and_then(|id| params.get(&id));
         let shape = shape.ok_or_else(|| bad(format!("tensor {} belongs to no saved parameter", t.name)))?;
         if t.dtype != DType::F32 || t.shape.as_slice() != *shape {
