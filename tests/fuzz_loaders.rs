@@ -148,30 +148,28 @@ fn safetensors_files_never_panic() {
     }
 }
 
+/// Mutates an adapter directory's config (JSON) and weights (safetensors) with seeds `seed`, `seed + 1`.
+fn adapter_campaigns(what: &str, dir: &Path, seed: u64, load: &dyn Fn(&Path) -> Result<(), String>) {
+    let mut c = Campaign::new(&format!("{what} config"));
+    json_campaign(&mut c, dir, native::CONFIG_FILE, seed, load);
+    c.finish();
+    let mut c = Campaign::new(&format!("{what} weights"));
+    bytes_campaign(&mut c, dir, native::WEIGHTS_FILE, &SAFETENSORS_FIELDS, seed + 1, load);
+    c.finish();
+}
+
 #[test]
 fn native_adapters_never_panic() {
     let root = tempfile::tempdir().unwrap();
     let (native_dir, _, _) = fixtures(root.path());
-    let load = |dir: &Path| text(native::load(model(), dir)).map(drop);
-    let mut c = Campaign::new("native adapter config");
-    json_campaign(&mut c, &native_dir, native::CONFIG_FILE, 4, &load);
-    c.finish();
-    let mut c = Campaign::new("native adapter weights");
-    bytes_campaign(&mut c, &native_dir, native::WEIGHTS_FILE, &SAFETENSORS_FIELDS, 5, &load);
-    c.finish();
+    adapter_campaigns("native adapter", &native_dir, 4, &|dir| text(native::load(model(), dir)).map(drop));
 }
 
 #[test]
 fn peft_adapters_never_panic() {
     let root = tempfile::tempdir().unwrap();
     let (_, peft_dir, _) = fixtures(root.path());
-    let import = |dir: &Path| text(peft::import(model(), dir)).map(drop);
-    let mut c = Campaign::new("PEFT adapter_config.json");
-    json_campaign(&mut c, &peft_dir, native::CONFIG_FILE, 6, &import);
-    c.finish();
-    let mut c = Campaign::new("PEFT weights");
-    bytes_campaign(&mut c, &peft_dir, native::WEIGHTS_FILE, &SAFETENSORS_FIELDS, 7, &import);
-    c.finish();
+    adapter_campaigns("PEFT adapter", &peft_dir, 6, &|dir| text(peft::import(model(), dir)).map(drop));
 }
 
 /// Loads a checkpoint the way `--resume` does, then takes one optimizer step with it (a
