@@ -182,8 +182,8 @@ pub fn train_run(spec: &RunSpec, out: &Path, start: Start) -> Result<RunSummary>
     let device = Device::flex().autodiff();
     let model = build(&spec, &dir, data.labels.len(), &device)?;
     rundir::create(out, start)?;
-    crate::formats::write_json(&out.join(RUN_FILE), &spec)?;
-    crate::formats::write_json(&out.join(LABELS_FILE), &data.labels)?;
+    crate::files::write_json(&out.join(RUN_FILE), &spec)?;
+    crate::files::write_json(&out.join(LABELS_FILE), &data.labels)?;
     let report_params = model.encoder.param_report();
     let head_params = model.head.num_params();
     eprintln!("{}: {} (+ {head_params} head)", spec.method_name(), report_params);
@@ -214,7 +214,7 @@ pub fn train_run(spec: &RunSpec, out: &Path, start: Start) -> Result<RunSummary>
         training: report,
         peak_rss_mib: training::trainer::peak_rss_bytes().map(|b| b as f64 / (1024.0 * 1024.0)),
     };
-    crate::formats::write_json(&out.join(SUMMARY_FILE), &summary)?;
+    crate::files::write_json(&out.join(SUMMARY_FILE), &summary)?;
     Ok(summary)
 }
 
@@ -239,8 +239,8 @@ pub struct LoadedRun {
 /// Rebuilds the trained classifier of run directory `out` on `device`.
 pub fn load_run(out: &Path, device: &Device) -> Result<LoadedRun> {
     rundir::check_finished(out, rundir::Kind::Classifier)?;
-    let spec: RunSpec = crate::formats::read_json(&out.join(RUN_FILE))?;
-    let labels: Vec<String> = crate::formats::read_json(&out.join(LABELS_FILE))?;
+    let spec: RunSpec = crate::files::read_json(&out.join(RUN_FILE))?;
+    let labels: Vec<String> = crate::files::read_json(&out.join(LABELS_FILE))?;
     let dir = model_dir(&spec.model)?;
     let encoder = match spec.tuning {
         Tuning::Full => PeftModel::full_finetune(Bert::load(&out.join(ENCODER_DIR), "bert.", device)?),
@@ -298,7 +298,7 @@ impl LoadedRun {
                     ..Default::default()
                 };
                 peft::export(&self.model.encoder.adapters, &info, dir)?;
-                crate::formats::write_json(&dir.join(LABELS_FILE), &self.labels)?;
+                crate::files::write_json(&dir.join(LABELS_FILE), &self.labels)?;
             }
             HfLayout::SentenceTransformers => hf_layout::write_peft_feature_extraction(
                 dir,

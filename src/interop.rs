@@ -12,7 +12,8 @@ use crate::adapters::{Deltas, PeftModel};
 use crate::classify;
 use crate::data::Tokenizer;
 use crate::error::{Error, Result};
-use crate::formats::{HostTensor, peft, tensors};
+use crate::formats::peft;
+use crate::weights::{HostTensor, tensors};
 use crate::lm::Decoder;
 use crate::models::bert::{Bert, Pooling};
 use crate::models::classifier::SequenceClassifier;
@@ -67,7 +68,7 @@ pub fn write_logits(source: &Source, texts: &[String], out: &Path) -> Result<()>
 /// `modules_to_save` hold the head: CLS pooling through the base model's pooler.
 fn seq_cls_from_peft(model_dir: &Path, adapter: &Path, device: &Device) -> Result<SequenceClassifier> {
     let config_file = adapter.join("adapter_config.json");
-    let config: serde_json::Value = crate::formats::read_json(&config_file)?;
+    let config: serde_json::Value = crate::files::read_json(&config_file)?;
     if config.get("task_type").and_then(|t| t.as_str()) != Some("SEQ_CLS") {
         let found = config.get("task_type").cloned().unwrap_or(serde_json::Value::Null);
         return Err(Error::format(

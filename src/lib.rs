@@ -2,7 +2,9 @@
 //! on burn.
 //!
 //! - [`adapters`]: the methods, their injection into a model, merge/unmerge, materialization.
-//! - [`formats`]: the native adapter format and Hugging Face PEFT import/export.
+//! - [`formats`]: adapter files: the native format and Hugging Face PEFT import/export.
+//! - [`weights`]: model-weight I/O (safetensors, GGUF, the shared parameter reader); [`files`]:
+//!   atomic writes and JSON.
 //! - [`models`]: model architectures whose linears take adapters.
 //! - [`data`]: datasets, splits, tokenization; [`assets`]: `replora fetch`.
 //! - [`training`]: the fine-tuning loop; [`classify`]: text classification end to end.
@@ -18,6 +20,7 @@ pub mod classify;
 pub mod cli;
 pub mod data;
 pub mod error;
+pub mod files;
 pub mod formats;
 pub mod generate;
 pub mod interop;
@@ -28,5 +31,6 @@ pub mod rundir;
 pub mod simulate;
 pub mod training;
 pub mod validate;
+pub mod weights;
 
 pub use error::{Error, Result};

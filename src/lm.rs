@@ -15,7 +15,7 @@ use crate::adapters::{AdapterConfig, Deltas, PeftModel, count::ppt};
 use crate::classify::Tuning;
 use crate::data::bigbench::{ChoiceExample, read_choices};
 use crate::error::{Error, Result};
-use crate::formats::gguf::Gguf;
+use crate::weights::gguf::Gguf;
 use crate::formats::{native, peft};
 use crate::generate::{Sampling, generate};
 use crate::models::causal_lm::{CausalLm, LmBatch, LmSequence};
@@ -53,7 +53,7 @@ impl Decoder {
                 let tokenizer = crate::data::tokenize::read_hf_tokenizer(&file)?;
                 let config = path.join(TOKENIZER_CONFIG);
                 let chat_template = match config.exists() {
-                    true => crate::formats::read_json::<serde_json::Value>(&config)?["chat_template"].as_str().map(String::from),
+                    true => crate::files::read_json::<serde_json::Value>(&config)?["chat_template"].as_str().map(String::from),
                     false => None,
                 };
                 Ok(Self { model: Llama::load(&path, device)?, tokenizer, chat_template, source: path })
@@ -67,7 +67,7 @@ impl Decoder {
         let file = dir.join("tokenizer.json");
         self.tokenizer.save(&file, false).map_err(|e| Error::format(&file, e))?;
         match &self.chat_template {
-            Some(template) => crate::formats::write_json(&dir.join(TOKENIZER_CONFIG), &serde_json::json!({ "chat_template": template })),
+            Some(template) => crate::files::write_json(&dir.join(TOKENIZER_CONFIG), &serde_json::json!({ "chat_template": template })),
             None => Ok(()),
         }
     }
@@ -424,7 +424,7 @@ pub fn train_run(spec: &LmSpec, out: &Path, start: Start) -> Result<LmSummary> {
         Tuning::Full => PeftModel::full_finetune(base),
     };
     rundir::create(out, start)?;
-    crate::formats::write_json(&out.join(RUN_FILE), &spec)?;
+    crate::files::write_json(&out.join(RUN_FILE), &spec)?;
     let params = peft.param_report();
     eprintln!("{}: {params}", spec.method_name());
     let model = CausalLm { decoder: peft };
@@ -462,7 +462,7 @@ pub fn train_run(spec: &LmSpec, out: &Path, start: Start) -> Result<LmSummary> {
         training: Some(report),
         peak_rss_mib: training::trainer::peak_rss_bytes().map(|b| b as f64 / (1024.0 * 1024.0)),
     };
-    crate::formats::write_json(&out.join(SUMMARY_FILE), &summary)?;
+    crate::files::write_json(&out.join(SUMMARY_FILE), &summary)?;
     Ok(summary)
 }
 
@@ -476,7 +476,7 @@ pub struct LoadedLmRun {
 /// Rebuilds the adapted decoder of run directory `out`.
 pub fn load_run(out: &Path, device: &Device) -> Result<LoadedLmRun> {
     rundir::check_finished(out, rundir::Kind::Decoder)?;
-    let spec: LmSpec = crate::formats::read_json(&out.join(RUN_FILE))?;
+    let spec: LmSpec = crate::files::read_json(&out.join(RUN_FILE))?;
     let full = out.join(FULL_MODEL_DIR);
     let (decoder, peft) = match spec.tuning {
         // A full run's directory holds the tuned weights and the tokenizer: no need for the base.
@@ -530,7 +530,7 @@ pub fn is_decoder(model: &str) -> bool {
         return model == "smollm2";
     }
     if path.join("config.json").is_file() {
-        let config = crate::formats::read_json::<serde_json::Value>(&path.join("config.json"));
+        let config = crate::files::read_json::<serde_json::Value>(&path.join("config.json"));
         return config.is_ok_and(|c| c.get("model_type").and_then(|t| t.as_str()) == Some("llama"));
     }
     matches!(find_gguf(path), Ok(Some(_)))
@@ -547,7 +547,7 @@ pub fn evaluate_run(out: &Path) -> Result<LmSummary> {
     let run = load_run(out, &device)?;
     let splits = load_splits(&run.spec)?;
     let test = evaluate(&run.model, &run.decoder, &splits.test, run.spec.train.batch_size, run.spec.max_len, run.spec.exact_match, &device)?;
-    let mut summary: LmSummary = crate::formats::read_json(&out.join(SUMMARY_FILE))?;
+    let mut summary: LmSummary = crate::files::read_json(&out.join(SUMMARY_FILE))?;
     summary.test = test;
     Ok(summary)
 }

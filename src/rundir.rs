@@ -77,7 +77,7 @@ pub fn begin<T: Clone + Serialize + DeserializeOwned>(out: &Path, given: &T, def
                 let d = out.display();
                 return Err(Error::State(format!("{d} holds a run of `replora {}`: continue it with `replora {} --out {d} --resume`", other.train_command(), other.train_command())));
             }
-            let saved: T = crate::formats::read_json(&run_file)?;
+            let saved: T = crate::files::read_json(&run_file)?;
             let ignored = overridden_flags(given, &saved, defaults);
             if !ignored.is_empty() {
                 eprintln!(
@@ -118,7 +118,7 @@ pub fn create(out: &Path, start: Start) -> Result<()> {
 
 /// The kind of run `dir` holds, if any (read from its `run.json`).
 pub fn kind_of(dir: &Path) -> Option<Kind> {
-    let spec: Value = crate::formats::read_json(&dir.join(RUN_FILE)).ok()?;
+    let spec: Value = crate::files::read_json(&dir.join(RUN_FILE)).ok()?;
     Some(if spec.get("tasks").is_some() { Kind::Decoder } else { Kind::Classifier })
 }
 

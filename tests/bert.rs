@@ -9,7 +9,7 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use replora::Error;
 use replora::adapters::{Adaptable, AdapterConfig, Deltas, Method, PeftModel, TargetModules};
-use replora::formats::tensors;
+use replora::weights::tensors;
 use replora::models::bert::{Bert, BertConfig, Pooling, pool};
 use common::host;
 use support::{Batch, max_abs_diff, minilm_dir, tiny_bert, tokenize};

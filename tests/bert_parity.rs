@@ -7,7 +7,7 @@ use std::process::Command;
 
 use burn::prelude::*;
 use replora::adapters::Deltas;
-use replora::formats::{HostTensor, tensors};
+use replora::weights::{HostTensor, tensors};
 use replora::models::bert::{Bert, Pooling, pool};
 use support::{Batch, max_abs_diff, minilm_dir, python};
 

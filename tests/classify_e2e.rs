@@ -63,7 +63,7 @@ fn training_lowers_the_loss_and_beats_chance_and_exports_reproduce_predictions()
     assert!(o.status.success(), "export failed: {}", stderr(&o));
     let (encoder, modules) = peft::import_with_modules(Bert::load(&loaded.model_dir, "bert.", &device).unwrap(), &export).unwrap();
     let head = dir.path().join("head.safetensors");
-    replora::formats::tensors::write(&head, &modules, None).unwrap();
+    replora::weights::tensors::write(&head, &modules, None).unwrap();
     let model = SequenceClassifier::new(encoder, loaded.labels.len(), loaded.spec.pooling, 0.0, 0).load_head(&head).unwrap();
     let reimported = classify::LoadedRun { model, ..loaded };
     let got = reimported.predict(&texts, &device).unwrap();
@@ -81,7 +81,7 @@ fn training_lowers_the_loss_and_beats_chance_and_exports_reproduce_predictions()
         args.extend(["--out", file.to_str().unwrap()]);
         let o = replora(&args);
         assert!(o.status.success(), "logits ({name}) failed: {}", stderr(&o));
-        logits.push(replora::formats::tensors::read(&file).unwrap().0);
+        logits.push(replora::weights::tensors::read(&file).unwrap().0);
     }
     for (i, probs) in expected.iter().enumerate() {
         let (run, peft) = (&logits[0][&format!("logits.{i}")].data, &logits[1][&format!("logits.{i}")].data);

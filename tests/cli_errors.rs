@@ -183,10 +183,10 @@ fn commands_on_runs_say_what_to_run_instead() {
     // An adapter full of NaN: refused on load, naming the tensor and the file.
     let poisoned = copy_run(f, "poisoned");
     let file = Path::new(&poisoned).join("adapter/adapter_model.safetensors");
-    let (mut tensors, meta) = replora::formats::tensors::read(&file).unwrap();
+    let (mut tensors, meta) = replora::weights::tensors::read(&file).unwrap();
     let name = tensors.keys().next().unwrap().clone();
     tensors.values_mut().for_each(|t| t.data.iter_mut().for_each(|v| *v = f32::NAN));
-    replora::formats::tensors::write(&file, &tensors, Some(meta)).unwrap();
+    replora::weights::tensors::write(&file, &tensors, Some(meta)).unwrap();
     assert_fails(&["eval", "--run", &poisoned], &["adapter_model.safetensors", &name, "non-finite"]);
 
     // A truncated optimizer state names its file and says what is wrong with it.

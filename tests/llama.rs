@@ -6,7 +6,7 @@ use std::path::Path;
 
 use burn::prelude::*;
 use replora::adapters::{AdapterConfig, Deltas, Method, PeftModel, TargetModules};
-use replora::formats::HostTensor;
+use replora::weights::HostTensor;
 use replora::generate::{Sampling, generate};
 use replora::models::causal_lm::{CausalLm, LmBatch, LmSequence};
 use replora::models::llama::{KvCache, Llama, LlamaConfig};

@@ -11,7 +11,8 @@ use burn::prelude::*;
 use common::{TinyModel, input};
 use support::python;
 use replora::adapters::{Adaptable, AdapterConfig, Method, PeftModel, TargetModules};
-use replora::formats::{HostTensor, peft, tensors};
+use replora::formats::peft;
+use replora::weights::{HostTensor, tensors};
 
 #[test]
 fn python_reads_the_peft_export_and_reproduces_the_merge() {

@@ -12,7 +12,7 @@ use std::path::Path;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use replora::adapters::{AdapterConfig, Method, OutputScale, PeftModel};
-use replora::formats::{HostTensor, tensors};
+use replora::weights::{HostTensor, tensors};
 use replora::models::EncoderInput;
 use replora::models::bert::{Bert, Pooling};
 use replora::models::classifier::SequenceClassifier;

@@ -9,8 +9,8 @@ use std::process::Command;
 
 use burn::prelude::*;
 use replora::adapters::Deltas;
-use replora::formats::gguf::Gguf;
-use replora::formats::tensors;
+use replora::weights::gguf::Gguf;
+use replora::weights::tensors;
 use replora::generate::{Sampling, generate};
 use replora::lm::Decoder;
 use replora::models::llama::Llama;

@@ -138,8 +138,8 @@ fn compare(spec: &super::SpecArgs, methods: &[String], out: &Path, start: Start)
         s.model, s.data, s.sizes[0], s.sizes[1], s.sizes[2], s.labels.len(), base.train.seed, base.train.epochs
     );
     println!("\n{header}{table}");
-    crate::formats::tensors::write_atomic(&out.join("compare.md"), format!("{header}{table}").as_bytes())?;
-    crate::formats::write_json(&out.join("compare.json"), &summaries)
+    crate::files::write_atomic(&out.join("compare.md"), format!("{header}{table}").as_bytes())?;
+    crate::files::write_json(&out.join("compare.json"), &summaries)
 }
 
 fn eval(run: &Path, data_file: Option<&str>) -> Result<()> {
@@ -267,6 +267,6 @@ fn compare_lm(lm: &super::LmArgs, methods: &[String], seeds: &[u64], out: &Path,
     let table = crate::lm::seed_table(&summaries);
     println!("\n{table}");
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    crate::formats::tensors::write_atomic(&out.join("compare.md"), table.as_bytes())?;
-    crate::formats::write_json(&out.join("compare.json"), &summaries)
+    crate::files::write_atomic(&out.join("compare.md"), table.as_bytes())?;
+    crate::files::write_json(&out.join("compare.json"), &summaries)
 }

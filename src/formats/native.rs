@@ -9,8 +9,8 @@ use burn::module::Param;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::tensors::{self, HostTensor};
-use super::{read_json, write_json};
+use crate::weights::tensors::{self, HostTensor};
+use crate::files::{read_json, write_json};
 use crate::adapters::set::NamedParams;
 use crate::adapters::{Adaptable, AdapterConfig, AdapterSet, PeftModel};
 use crate::error::{Error, Result};

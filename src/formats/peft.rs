@@ -11,8 +11,8 @@ use burn::prelude::*;
 use serde_json::{Value, json};
 
 use super::native::{CONFIG_FILE, WEIGHTS_FILE};
-use super::tensors::{self, HostTensor};
-use super::{read_json, write_json};
+use crate::weights::tensors::{self, HostTensor};
+use crate::files::{read_json, write_json};
 use crate::adapters::{Adaptable, AdapterConfig, AdapterSet, Method, PeftModel, TargetModules};
 use crate::error::{Error, Result};
 

@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 use super::EncoderInput;
 use crate::adapters::{Adaptable, AdaptedLinear, Deltas};
 use crate::error::{Error, Result};
-use crate::formats::tensors::{self, HostTensor};
-use crate::formats::{read_json, write_json};
+use crate::weights::tensors::{self, HostTensor};
+use crate::weights::Reader;
+use crate::files::{read_json, write_json};
 use crate::kernels;
 
 const CONFIG_FILE: &str = "config.json";
@@ -235,7 +236,7 @@ impl Bert {
         device: &Device,
     ) -> Result<Self> {
         let stored = stored_prefix(tensors, prefix);
-        let mut r = Reader { tensors, file, stored, prefix, device };
+        let mut r = Reader::new(tensors, file, device).with_prefixes(&stored, prefix);
         let (h, c) = (config.hidden_size, &config);
         let embeddings = BertEmbeddings {
             word: r.param("embeddings.word_embeddings.weight", [c.vocab_size, h])?,
@@ -244,8 +245,8 @@ impl Bert {
             norm: r.layer_norm("embeddings.LayerNorm", h, c.layer_norm_eps)?,
         };
         let layers = (0..c.num_hidden_layers).map(|i| r.layer(i, c)).collect::<Result<Vec<_>>>()?;
-        let pooler = if r.has("pooler.dense.weight") { Some(r.linear("pooler.dense", h, h)?) } else { None };
-        r.reject_extra_layers(c.num_hidden_layers)?;
+        let pooler = if r.has("pooler.dense.weight") { Some(r.linear("pooler.dense", h, h, true)?) } else { None };
+        r.reject_extra_layers("encoder.layer.", c.num_hidden_layers)?;
         Ok(Self { embeddings, layers, pooler, config, prefix: prefix.to_string() })
     }
 
@@ -315,31 +316,13 @@ fn stored_prefix(tensors: &BTreeMap<String, HostTensor>, prefix: &str) -> String
     found.unwrap_or(&prefix).to_string()
 }
 
-/// Takes named tensors out of a checkpoint into burn parameters.
-struct Reader<'a> {
-    tensors: &'a mut BTreeMap<String, HostTensor>,
-    file: &'a Path,
-    /// The prefix of names in the file.
-    stored: String,
-    /// The prefix of module paths in the model.
-    prefix: &'a str,
-    device: &'a Device,
+/// Bert's blocks, read through the shared [`Reader`].
+trait BertReader {
+    fn layer_norm(&mut self, name: &str, width: usize, eps: f64) -> Result<LayerNorm>;
+    fn layer(&mut self, i: usize, c: &BertConfig) -> Result<BertLayer>;
 }
 
-impl Reader<'_> {
-    fn has(&self, name: &str) -> bool {
-        self.tensors.contains_key(&format!("{}{name}", self.stored))
-    }
-
-    fn take<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<HostTensor> {
-        tensors::take(self.tensors, self.file, &format!("{}{name}", self.stored), &shape)
-    }
-
-    fn param<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Param<Tensor<D>>> {
-        let t = self.take(name, shape)?;
-        Ok(Param::from_tensor(to_tensor(t, self.device)))
-    }
-
+impl BertReader for Reader<'_> {
     /// `{name}.weight/bias`, or the old `{name}.gamma/beta`.
     fn layer_norm(&mut self, name: &str, width: usize, eps: f64) -> Result<LayerNorm> {
         let old = self.has(&format!("{name}.gamma")) && !self.has(&format!("{name}.weight"));
@@ -351,48 +334,20 @@ impl Reader<'_> {
         })
     }
 
-    /// PyTorch stores a linear's weight as `[out, in]`; burn as `[in, out]`.
-    fn linear(&mut self, name: &str, d_in: usize, d_out: usize) -> Result<AdaptedLinear> {
-        let weight = self.take(&format!("{name}.weight"), [d_out, d_in])?.transpose();
-        let bias = self.take(&format!("{name}.bias"), [d_out])?;
-        Ok(AdaptedLinear::new(
-            format!("{}{name}", self.prefix),
-            to_tensor(weight, self.device),
-            Some(to_tensor(bias, self.device)),
-        ))
-    }
-
     fn layer(&mut self, i: usize, c: &BertConfig) -> Result<BertLayer> {
         let (h, m, eps) = (c.hidden_size, c.intermediate_size, c.layer_norm_eps);
         let p = format!("encoder.layer.{i}.");
         Ok(BertLayer {
-            query: self.linear(&format!("{p}attention.self.query"), h, h)?,
-            key: self.linear(&format!("{p}attention.self.key"), h, h)?,
-            value: self.linear(&format!("{p}attention.self.value"), h, h)?,
-            attention_output: self.linear(&format!("{p}attention.output.dense"), h, h)?,
+            query: self.linear(&format!("{p}attention.self.query"), h, h, true)?,
+            key: self.linear(&format!("{p}attention.self.key"), h, h, true)?,
+            value: self.linear(&format!("{p}attention.self.value"), h, h, true)?,
+            attention_output: self.linear(&format!("{p}attention.output.dense"), h, h, true)?,
             attention_norm: self.layer_norm(&format!("{p}attention.output.LayerNorm"), h, eps)?,
-            intermediate: self.linear(&format!("{p}intermediate.dense"), h, m)?,
-            output: self.linear(&format!("{p}output.dense"), m, h)?,
+            intermediate: self.linear(&format!("{p}intermediate.dense"), h, m, true)?,
+            output: self.linear(&format!("{p}output.dense"), m, h, true)?,
             output_norm: self.layer_norm(&format!("{p}output.LayerNorm"), h, eps)?,
         })
     }
-
-    /// A checkpoint with more layers than the config declares is a config mismatch, not
-    /// something to drop silently.
-    fn reject_extra_layers(&self, layers: usize) -> Result<()> {
-        let extra = format!("{}encoder.layer.{layers}.", self.stored);
-        match self.tensors.keys().find(|k| k.starts_with(&extra)) {
-            Some(name) => Err(Error::format(
-                self.file,
-                format!("tensor {name} belongs to a layer beyond num_hidden_layers = {layers} in config.json"),
-            )),
-            None => Ok(()),
-        }
-    }
-}
-
-fn to_tensor<const D: usize>(t: HostTensor, device: &Device) -> Tensor<D> {
-    Tensor::from_data(TensorData::new(t.data, t.shape), device)
 }
 
 impl Adaptable for Bert {

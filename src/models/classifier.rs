@@ -14,7 +14,7 @@ use super::hf_layout::{self, HfLayout};
 use crate::adapters::init::Init;
 use crate::adapters::{AdaptedLinear, Deltas, PeftModel};
 use crate::error::Result;
-use crate::formats::{HostTensor, tensors};
+use crate::weights::{HostTensor, tensors};
 use crate::training::ClassifierModel;
 
 /// The head's module path and tensor names.

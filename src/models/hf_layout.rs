@@ -18,7 +18,9 @@ use serde_json::json;
 use super::bert::{Bert, Pooling};
 use super::classifier::HEAD;
 use crate::error::{Error, Result};
-use crate::formats::{HostTensor, peft, tensors, write_json};
+use crate::files::write_json;
+use crate::formats::peft;
+use crate::weights::{HostTensor, tensors};
 
 /// The Hugging Face form a trained classifier is written in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,5 +173,5 @@ pub fn write_peft_feature_extraction(
     peft::export(&encoder.adapters, &info, dir)?;
     tensors::write(&dir.join("head.safetensors"), head, metadata())?;
     write_json(&dir.join("labels.json"), &labels)?;
-    tensors::write_atomic(&dir.join("README.md"), peft_readme(base, pooling, max_len).as_bytes())
+    crate::files::write_atomic(&dir.join("README.md"), peft_readme(base, pooling, max_len).as_bytes())
 }

@@ -15,9 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::adapters::{Adaptable, AdaptedLinear, Deltas};
 use crate::error::{Error, Result};
-use crate::formats::gguf::Gguf;
-use crate::formats::tensors::{self, HostTensor};
-use crate::formats::{read_json, write_json};
+use crate::weights::gguf::Gguf;
+use crate::weights::tensors::{self, HostTensor};
+use crate::weights::Reader;
+use crate::files::{read_json, write_json};
 use crate::kernels;
 
 const CONFIG_FILE: &str = "config.json";
@@ -295,20 +296,21 @@ impl Llama {
     pub fn from_tensors(config: LlamaConfig, tensors: &mut BTreeMap<String, HostTensor>, file: &Path, device: &Device) -> Result<Self> {
         let c = &config;
         let (h, kv, m) = (c.hidden_size, c.kv_heads() * c.head_dim(), c.intermediate_size);
-        let mut r = Reader { tensors, file, device, bias: c.attention_bias };
+        let mut r = Reader::new(tensors, file, device);
+        let bias = c.attention_bias;
         let embed = r.take("model.embed_tokens.weight", [c.vocab_size, h])?;
         let layers = (0..c.num_hidden_layers)
             .map(|i| {
                 let p = format!("model.layers.{i}.");
                 Ok(LlamaLayer {
-                    input_layernorm: r.norm(&format!("{p}input_layernorm"), h, c.rms_norm_eps)?,
+                    input_layernorm: rms_norm(&mut r, &format!("{p}input_layernorm"), h, c.rms_norm_eps)?,
                     self_attn: LlamaAttention {
-                        q_proj: r.linear(&format!("{p}self_attn.q_proj"), h, h, true)?,
-                        k_proj: r.linear(&format!("{p}self_attn.k_proj"), h, kv, true)?,
-                        v_proj: r.linear(&format!("{p}self_attn.v_proj"), h, kv, true)?,
-                        o_proj: r.linear(&format!("{p}self_attn.o_proj"), h, h, true)?,
+                        q_proj: r.linear(&format!("{p}self_attn.q_proj"), h, h, bias)?,
+                        k_proj: r.linear(&format!("{p}self_attn.k_proj"), h, kv, bias)?,
+                        v_proj: r.linear(&format!("{p}self_attn.v_proj"), h, kv, bias)?,
+                        o_proj: r.linear(&format!("{p}self_attn.o_proj"), h, h, bias)?,
                     },
-                    post_attention_layernorm: r.norm(&format!("{p}post_attention_layernorm"), h, c.rms_norm_eps)?,
+                    post_attention_layernorm: rms_norm(&mut r, &format!("{p}post_attention_layernorm"), h, c.rms_norm_eps)?,
                     mlp: LlamaMlp {
                         gate_proj: r.linear(&format!("{p}mlp.gate_proj"), h, m, false)?,
                         up_proj: r.linear(&format!("{p}mlp.up_proj"), h, m, false)?,
@@ -317,17 +319,14 @@ impl Llama {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let norm = r.norm("model.norm", h, c.rms_norm_eps)?;
+        let norm = rms_norm(&mut r, "model.norm", h, c.rms_norm_eps)?;
         let head = if c.tie_word_embeddings {
-            let _ = r.tensors.remove("lm_head.weight");
+            r.discard("lm_head.weight");
             None
         } else {
             Some(r.take("lm_head.weight", [c.vocab_size, h])?.transpose())
         };
-        let extra = format!("model.layers.{}.", c.num_hidden_layers);
-        if let Some(name) = r.tensors.keys().find(|k| k.starts_with(&extra)) {
-            return Err(Error::format(file, format!("tensor {name} belongs to a layer beyond num_hidden_layers = {}", c.num_hidden_layers)));
-        }
+        r.reject_extra_layers("model.layers.", c.num_hidden_layers)?;
         Ok(Self {
             embed_tokens: Param::from_tensor(embed.to_tensor(device)),
             layers,
@@ -474,30 +473,9 @@ fn causal_mask(b: usize, t: usize, offset: usize, padding: Option<Tensor<2>>, de
     }
 }
 
-/// Takes named tensors out of a checkpoint.
-struct Reader<'a> {
-    tensors: &'a mut BTreeMap<String, HostTensor>,
-    file: &'a Path,
-    device: &'a Device,
-    /// `attention_bias`: q/k/v/o carry biases.
-    bias: bool,
-}
-
-impl Reader<'_> {
-    fn take<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<HostTensor> {
-        tensors::take(self.tensors, self.file, name, &shape)
-    }
-
-    fn norm(&mut self, name: &str, width: usize, eps: f64) -> Result<RmsNorm> {
-        let w = self.take(&format!("{name}.weight"), [width])?;
-        Ok(RmsNorm { weight: Param::from_tensor(w.to_tensor(self.device)), eps })
-    }
-
-    fn linear(&mut self, name: &str, d_in: usize, d_out: usize, attention: bool) -> Result<AdaptedLinear> {
-        let weight = self.take(&format!("{name}.weight"), [d_out, d_in])?.transpose();
-        let bias = if attention && self.bias { Some(self.take(&format!("{name}.bias"), [d_out])?.to_tensor(self.device)) } else { None };
-        Ok(AdaptedLinear::new(name, weight.to_tensor(self.device), bias))
-    }
+/// An RMS norm `{name}.weight` through the shared [`Reader`].
+fn rms_norm(r: &mut Reader, name: &str, width: usize, eps: f64) -> Result<RmsNorm> {
+    Ok(RmsNorm { weight: r.param(&format!("{name}.weight"), [width])?, eps })
 }
 
 impl Adaptable for Llama {

@@ -60,7 +60,7 @@ pub fn write_dir(dir: &Path, state: &TrainableState, optim: Option<&ModuleOptimi
         optim.to_record().save(&file).map_err(|e| record_error(&file, e))?;
     }
     if let Some(progress) = progress {
-        crate::formats::write_json(&tmp.join(PROGRESS), progress)?;
+        crate::files::write_json(&tmp.join(PROGRESS), progress)?;
     }
     // Swap: the previous directory survives as `.old` until the new one is in place. Where
     // `dir` is missing, an interrupted swap left the last good copy in `.old`: keep it.
@@ -100,7 +100,7 @@ pub fn read_state(dir: &Path) -> Result<TrainableState> {
 }
 
 pub fn read_progress(dir: &Path) -> Result<Progress> {
-    crate::formats::read_json(&dir.join(PROGRESS))
+    crate::files::read_json(&dir.join(PROGRESS))
 }
 
 pub fn read_optimizer(dir: &Path, optim: ModuleOptimizer) -> Result<ModuleOptimizer> {

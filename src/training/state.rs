@@ -9,7 +9,7 @@ use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::formats::HostTensor;
+use crate::weights::HostTensor;
 
 /// Trainable tensors keyed by module path, with the parameter id of each.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -101,11 +101,11 @@ impl TrainableState {
     pub fn save(&self, path: &Path) -> Result<()> {
         let ids = serde_json::to_string(&self.ids).expect("ids serialize");
         let meta = std::collections::HashMap::from([("param_ids".to_string(), ids)]);
-        crate::formats::tensors::write(path, &self.tensors, Some(meta))
+        crate::weights::tensors::write(path, &self.tensors, Some(meta))
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let (tensors, meta) = crate::formats::tensors::read(path)?;
+        let (tensors, meta) = crate::weights::tensors::read(path)?;
         let ids = meta.get("param_ids").ok_or_else(|| Error::format(path, "no param_ids in metadata"))?;
         let ids: BTreeMap<String, u64> = serde_json::from_str(ids).map_err(|e| Error::format(path, e))?;
         if ids.len() != tensors.len() || !ids.keys().eq(tensors.keys()) {

@@ -136,7 +136,7 @@ fn truncate_log(path: &Path, step: usize) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
     let logged_step = |line: &str| serde_json::from_str::<serde_json::Value>(line).ok()?.get("step")?.as_u64();
     let kept: String = text.lines().filter(|l| logged_step(l).is_some_and(|s| s <= step as u64)).map(|l| format!("{l}\n")).collect();
-    crate::formats::tensors::write_atomic(path, kept.as_bytes())
+    crate::files::write_atomic(path, kept.as_bytes())
 }
 
 /// Trains `model`. `train_batches(epoch)` returns that epoch's (shuffled) batches; the same

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use burn::prelude::*;
-use replora::formats::{HostTensor, tensors};
+use replora::weights::{HostTensor, tensors};
 use replora::models::EncoderInput;
 use replora::models::llama::LlamaConfig;
 

@@ -51,14 +51,7 @@ pub fn write(path: &Path, tensors: &BTreeMap<String, HostTensor>, metadata: Opti
         .map(|(name, raw, t)| Ok((name.clone(), TensorView::new(Dtype::F32, t.shape.clone(), raw).map_err(|e| Error::format(path, e))?)))
         .collect::<Result<Vec<_>>>()?;
     let buffer = safetensors::serialize(views, metadata).map_err(|e| Error::format(path, e))?;
-    write_atomic(path, &buffer)
-}
-
-/// Writes bytes to `path` through a temporary sibling and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    crate::files::write_atomic(path, &buffer)
 }
 
 /// Reads every tensor of a safetensors file as f32 (F32, F64, F16 and BF16 are accepted, and

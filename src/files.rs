@@ -1,0 +1,25 @@
+//! Files replora writes whole: atomically (a temporary sibling renamed into place, so a crash
+//! never leaves a half-written file where a good one was) and JSON with errors naming the file.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Writes bytes to `path` through a temporary sibling and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Reads a JSON file into `T`; a wrong field type or a syntax error names the file.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::format(path, e))
+}
+
+/// Writes pretty JSON atomically.
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).expect("replora's own types serialize");
+    write_atomic(path, text.as_bytes())
+}

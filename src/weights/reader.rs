@@ -1,0 +1,78 @@
+//! The one way an architecture takes its parameters out of a checkpoint (safetensors or GGUF,
+//! read into named host tensors): shapes checked, errors naming the file and the tensor.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::module::Param;
+use burn::prelude::*;
+
+use super::HostTensor;
+use super::tensors;
+use crate::adapters::AdaptedLinear;
+use crate::error::{Error, Result};
+
+/// Takes named tensors out of a checkpoint into burn parameters.
+pub struct Reader<'a> {
+    tensors: &'a mut BTreeMap<String, HostTensor>,
+    file: &'a Path,
+    /// The prefix of names in the file (`bert.` in a task checkpoint, none in a bare one).
+    stored: String,
+    /// The prefix of module paths in the model.
+    prefix: String,
+    device: &'a Device,
+}
+
+impl<'a> Reader<'a> {
+    /// A reader of `tensors` (read from `file`, which errors name) whose names carry no prefix.
+    pub fn new(tensors: &'a mut BTreeMap<String, HostTensor>, file: &'a Path, device: &'a Device) -> Self {
+        Self { tensors, file, stored: String::new(), prefix: String::new(), device }
+    }
+
+    /// Names in the file carry `stored`; module paths get `prefix`.
+    pub fn with_prefixes(mut self, stored: &str, prefix: &str) -> Self {
+        (self.stored, self.prefix) = (stored.to_string(), prefix.to_string());
+        self
+    }
+
+    pub fn device(&self) -> &Device {
+        self.device
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.tensors.contains_key(&format!("{}{name}", self.stored))
+    }
+
+    /// Removes a tensor the model does not use (e.g. a tied output head), if present.
+    pub fn discard(&mut self, name: &str) {
+        self.tensors.remove(&format!("{}{name}", self.stored));
+    }
+
+    /// The tensor `name`, which must have `shape`.
+    pub fn take<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<HostTensor> {
+        tensors::take(self.tensors, self.file, &format!("{}{name}", self.stored), &shape)
+    }
+
+    pub fn param<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Param<Tensor<D>>> {
+        let t = self.take(name, shape)?;
+        Ok(Param::from_tensor(t.to_tensor(self.device)))
+    }
+
+    /// `{name}.weight` (PyTorch's `[out, in]`, stored by burn as `[in, out]`) and, with `bias`,
+    /// `{name}.bias`.
+    pub fn linear(&mut self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<AdaptedLinear> {
+        let weight = self.take(&format!("{name}.weight"), [d_out, d_in])?.transpose();
+        let bias = if bias { Some(self.take(&format!("{name}.bias"), [d_out])?.to_tensor(self.device)) } else { None };
+        Ok(AdaptedLinear::new(format!("{}{name}", self.prefix), weight.to_tensor(self.device), bias))
+    }
+
+    /// A checkpoint with more layers than the config declares is a config mismatch, not
+    /// something to drop silently: refuses any tensor under `{layer_prefix}{layers}.`.
+    pub fn reject_extra_layers(&self, layer_prefix: &str, layers: usize) -> Result<()> {
+        let extra = format!("{}{layer_prefix}{layers}.", self.stored);
+        match self.tensors.keys().find(|k| k.starts_with(&extra)) {
+            Some(name) => Err(Error::format(self.file, format!("tensor {name} belongs to a layer beyond num_hidden_layers = {layers} in the config"))),
+            None => Ok(()),
+        }
+    }
+}
