@@ -9,15 +9,15 @@ use std::path::Path;
 use burn::prelude::*;
 
 use crate::adapters::{Deltas, PeftModel};
-use crate::classify;
 use crate::data::Tokenizer;
 use crate::error::{Error, Result};
 use crate::formats::peft;
 use crate::weights::{HostTensor, tensors};
-use crate::lm::Decoder;
+use crate::models::decoder::Decoder;
 use crate::models::bert::{Bert, Pooling};
-use crate::models::classifier::SequenceClassifier;
-use crate::training::ClassifierModel;
+use crate::models::Family;
+use crate::tasks::heads::{ClassifierModel, SequenceClassifier};
+use crate::tasks::{Classification, MultipleChoice, TaskKind};
 
 /// Whose outputs `replora logits` writes.
 pub enum Source<'a> {
@@ -36,21 +36,21 @@ pub fn write_logits(source: &Source, texts: &[String], out: &Path) -> Result<()>
     }
     let device = Device::flex();
     let (kind, rows) = match source {
-        Source::Run(run) if crate::lm::is_lm_run(run) => {
-            let run = crate::lm::load_run(run, &device)?;
-            ("decoder", decoder_logits(&run.decoder, &run.model.decoder, texts, &device)?)
+        Source::Run(run) if crate::run::kind_of(run)? == TaskKind::MultipleChoice => {
+            let (task, model) = crate::run::open::<MultipleChoice>(run, &device)?;
+            ("decoder", decoder_logits(&task.decoder, &model.decoder, texts, &device)?)
         }
         Source::Run(run) => {
-            let run = classify::load_run(run, &device)?;
-            ("classifier", classifier_logits(&run.model, &run.tokenizer()?, texts, &device)?)
+            let (task, model) = crate::run::open::<Classification>(run, &device)?;
+            ("classifier", classifier_logits(&model, &task.tokenizer, texts, &device)?)
         }
-        Source::Peft { adapter, model } if crate::lm::is_decoder(model) => {
+        Source::Peft { adapter, model } if Family::detect(model) == Some(Family::Llama) => {
             let decoder = Decoder::open(model, &device)?;
             let peft = peft::import(decoder.model.clone(), adapter)?;
             ("decoder", decoder_logits(&decoder, &peft, texts, &device)?)
         }
         Source::Peft { adapter, model } => {
-            let dir = classify::model_dir(model)?;
+            let dir = crate::models::resolve(model)?;
             let model = seq_cls_from_peft(&dir, adapter, &device)?;
             let tokenizer = Tokenizer::from_model_dir(&dir)?;
             ("classifier", classifier_logits(&model, &tokenizer, texts, &device)?)

@@ -2,22 +2,23 @@
 //! on burn.
 //!
 //! - [`adapters`]: the methods, their injection into a model, merge/unmerge, materialization.
-//! - [`formats`]: adapter files: the native format and Hugging Face PEFT import/export.
-//! - [`weights`]: model-weight I/O (safetensors, GGUF, the shared parameter reader); [`files`]:
-//!   atomic writes and JSON.
-//! - [`models`]: model architectures whose linears take adapters.
+//! - [`models`]: pre-trained architectures (one file each) behind one contract and registry.
+//! - [`tasks`]: what a run learns and how it is scored (classification, multiple choice), one
+//!   [`tasks::Task`] each; [`run`]: the lifecycle every task shares (train, resume, evaluate,
+//!   predict, export, merge, compare) and its results tables.
+//! - [`training`]: the training loop, its schedule, metrics and resumable checkpoints.
 //! - [`data`]: datasets, splits, tokenization; [`assets`]: `replora fetch`.
-//! - [`training`]: the fine-tuning loop; [`classify`]: text classification end to end.
-//! - [`simulate`]: the estimation-rate simulation of the paper's theory.
+//! - [`formats`]: adapter files (the native format, Hugging Face PEFT import/export);
+//!   [`weights`]: model-weight I/O (safetensors, GGUF, the shared parameter reader); [`files`]:
+//!   atomic writes and JSON.
+//! - [`generate`]: text generation; [`interop`]: raw outputs for checks against other tools.
 //! - [`kernels`]: fused CPU kernels (GELU, SiLU, softmax) with their own backward passes.
-//! - [`rundir`]: run and output directories that hold earlier results; [`validate`]: setting ranges.
-//! - [`cli`]: the `replora` command line.
+//! - [`validate`]: setting ranges.
+//! - [`apps`]: the command line, the benchmark harness and the theory simulation.
 
 pub mod adapters;
+pub mod apps;
 pub mod assets;
-pub mod bench;
-pub mod classify;
-pub mod cli;
 pub mod data;
 pub mod error;
 pub mod files;
@@ -25,10 +26,9 @@ pub mod formats;
 pub mod generate;
 pub mod interop;
 pub mod kernels;
-pub mod lm;
 pub mod models;
-pub mod rundir;
-pub mod simulate;
+pub mod run;
+pub mod tasks;
 pub mod training;
 pub mod validate;
 pub mod weights;

@@ -2,9 +2,9 @@
 //! fails at parse time, named by clap) and so do the spec checks that `run.json`, `--config`
 //! files and library callers go through. Messages name the flag.
 
-use crate::classify::RunSpec;
+use crate::tasks::classification::ClassificationSpec;
 use crate::error::{Error, Result};
-use crate::lm::LmSpec;
+use crate::tasks::multiple_choice::MultipleChoiceSpec;
 
 /// The set a number must lie in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,7 +71,7 @@ pub fn fits_model(max_len: usize, max_positions: usize, layers: Option<&[usize]>
     Ok(())
 }
 
-impl RunSpec {
+impl ClassificationSpec {
     /// Checks every setting that does not depend on the model or the data.
     pub fn validate(&self) -> Result<()> {
         let [train, validation, test] = self.split;
@@ -84,7 +84,7 @@ impl RunSpec {
     }
 }
 
-impl LmSpec {
+impl MultipleChoiceSpec {
     /// Checks every setting that does not depend on the model or the tasks.
     pub fn validate(&self) -> Result<()> {
         let [train, validation, test] = self.sizes;
@@ -116,7 +116,7 @@ mod tests {
 
     #[test]
     fn spec_checks_name_the_flag() {
-        let cases: [(&str, Box<dyn Fn(&mut RunSpec)>); 5] = [
+        let cases: [(&str, Box<dyn Fn(&mut ClassificationSpec)>); 5] = [
             ("--head-dropout", Box::new(|s| s.head_dropout = 2.0)),
             ("--train-fraction", Box::new(|s| s.train_fraction = 1.5)),
             ("--checkpoint-every", Box::new(|s| s.train.checkpoint_every = Some(0))),
@@ -124,13 +124,13 @@ mod tests {
             ("--grad-accum", Box::new(|s| s.train.grad_accum = 0)),
         ];
         for (flag, edit) in cases {
-            let mut spec = RunSpec::default();
+            let mut spec = ClassificationSpec::default();
             edit(&mut spec);
             let e = spec.validate().unwrap_err().to_string();
             assert!(e.contains(flag), "{flag}: {e}");
         }
-        assert!(RunSpec::default().validate().is_ok());
-        let lm = LmSpec { sizes: [4, 0, 4], ..Default::default() };
+        assert!(ClassificationSpec::default().validate().is_ok());
+        let lm = MultipleChoiceSpec { sizes: [4, 0, 4], ..Default::default() };
         assert!(lm.validate().unwrap_err().to_string().contains("--validation-per-task"));
     }
 

@@ -162,7 +162,7 @@ fn commands_on_runs_say_what_to_run_instead() {
     let f = fixture();
     let run = f.path("run");
     assert_fails(&["generate", "--run", &run, "hi"], &["classification run", "replora predict"]);
-    assert_fails(&["eval-lm", "--run", &run], &["classification run"]);
+    assert_fails(&["eval-lm", "--run", &run], &["is a classification run", "not multiple-choice"]);
 
     let interrupted = copy_run(f, "interrupted");
     std::fs::remove_file(Path::new(&interrupted).join("summary.json")).unwrap();
@@ -333,8 +333,16 @@ fn decoder_runs_go_through_the_same_checks() {
     assert!(!Path::new(&out).exists(), "a failed train-lm wrote its output directory");
     run_ok(&args.map(String::from));
     assert_fails(&args, &["already holds a finished run", "--overwrite"]);
-    assert_fails(&["eval", "--run", &out], &["decoder run", "eval-lm"]);
-    assert_fails(&["predict", "--run", &out, "--text", "w1"], &["decoder run"]);
+    // The same verbs serve every task: `eval` and `predict` find the run's task themselves.
+    let o = replora(&["eval", "--run", &out]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("\"examples\": 4"), "eval of a multiple-choice run: {}", stderr(&o));
+    assert_fails(&["predict", "--run", &out, "--text", "w1"], &["input 1", "\"question\"", "\"options\""]);
+    let questions = f.root.join("questions.jsonl");
+    std::fs::write(&questions, "{\"question\": \"w1 w2\", \"options\": [\"w10\", \"w12\"]}\n").unwrap();
+    let o = replora(&["predict", "--run", &out, "--input", questions.to_str().unwrap()]);
+    let answer: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap_or_else(|e| panic!("{e}: {}", stderr(&o)));
+    assert!(["w10", "w12"].contains(&answer["answer"].as_str().unwrap()), "{answer}");
+    assert_eq!(answer["option_log_likelihoods"].as_array().unwrap().len(), 2, "{answer}");
     let long: Vec<String> = (0..20).map(|i| format!("w{}", i % 30)).collect();
     assert_fails(&["generate", "--run", &out, &long.join(" ")], &["20 tokens", "context window is 16"]);
     let o = replora(&["eval-lm", "--run", &out]);

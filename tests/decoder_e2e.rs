@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use replora::lm::LmSummary;
+use replora::run::RunSummary;
 
 fn replora(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_replora")).args(args).output().expect("the replora binary runs")
@@ -15,7 +15,7 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn summary(out: &Path) -> LmSummary {
+fn summary(out: &Path) -> RunSummary {
     serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap()
 }
 
@@ -35,8 +35,8 @@ fn short_fine_tuning_lowers_the_answer_loss_and_the_run_generates_exports_and_me
     eprintln!("validation answer losses {:?}", history.iter().map(|m| m.loss).collect::<Vec<_>>());
     assert!(history[1].loss < history[0].loss, "the answer-token loss did not fall: {history:?}");
     assert_eq!(s.sizes, [48, 16, 8]);
-    assert_eq!(s.test.len(), 1);
-    assert!(s.peak_rss_mib.is_some() && s.train_tokens_per_s > 0.0);
+    assert_eq!(s.per_task.len(), 1);
+    assert!(s.peak_rss_mib.is_some() && s.train_tokens_per_s.is_some_and(|t| t > 0.0));
 
     let o = replora(&["eval-lm", "--run", out_s]);
     assert!(o.status.success(), "eval-lm failed: {}", stderr(&o));
@@ -68,12 +68,19 @@ fn short_fine_tuning_lowers_the_answer_loss_and_the_run_generates_exports_and_me
         "--validation-per-task", "16", "--test-per-task", "8", "--max-len", "64", "--batch-size", "8", "--no-exact-match",
     ]);
     assert!(plain.status.success(), "eval-lm on the merged model failed: {}", stderr(&plain));
-    let accuracy = |o: &Output| {
+    assert!(direct.status.success(), "eval-lm --run failed: {}", stderr(&direct));
+    // `eval` prints a table, then the test metrics as JSON.
+    let metrics = |o: &Output| -> serde_json::Value {
         let text = String::from_utf8_lossy(&o.stdout).into_owned();
-        let row = text.lines().find(|l| l.starts_with("| base") || l.starts_with("| replora")).unwrap_or_default().to_string();
-        row.split('|').nth(3).unwrap_or_default().trim().to_string()
+        let json = text.find("\n{").unwrap_or_else(|| panic!("no metrics JSON in:\n{text}"));
+        serde_json::from_str(&text[json..]).unwrap()
     };
-    assert_eq!(accuracy(&direct), accuracy(&plain), "merged model scores differ:\n{}\n{}", String::from_utf8_lossy(&direct.stdout), String::from_utf8_lossy(&plain.stdout));
+    let (direct, plain) = (metrics(&direct), metrics(&plain));
+    assert_eq!(direct["examples"], 8, "{direct}");
+    assert!(direct["accuracy"].is_f64() && direct["loss"].is_f64(), "{direct}");
+    assert_eq!(direct["accuracy"], plain["accuracy"], "merged model scores differ: {direct} vs {plain}");
+    let (a, b) = (direct["loss"].as_f64().unwrap(), plain["loss"].as_f64().unwrap());
+    assert!((a - b).abs() < 1e-4, "merged model answer losses differ: {a} vs {b}");
 }
 
 #[test]

@@ -11,13 +11,12 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use clap::Parser;
 use replora::adapters::{AdapterConfig, Method, PeftModel, TargetModules};
-use replora::classify::{LoadedRun, RunSpec};
+use replora::tasks::classification::{ClassificationSpec as RunSpec, export_peft};
 use replora::formats::peft;
 use replora::weights::tensors;
 use replora::models::bert::{Bert, Pooling};
-use replora::models::classifier::SequenceClassifier;
-use replora::models::hf_layout::HfLayout;
-use replora::training::ClassifierModel;
+use replora::tasks::heads::{ClassifierModel, SequenceClassifier};
+use replora::tasks::hf_layout::HfLayout;
 use support::{Batch, max_abs_diff, python, tiny_bert};
 
 const LABELS: [&str; 3] = ["a", "b", "c"];
@@ -118,10 +117,8 @@ fn export_of_a_mean_pooled_run_adapts_the_bare_encoder_and_reproduces_the_run() 
         tiny_bert(&base, "", false, pooler);
         let model = trained(&base, pooling, Method::Lora, &device);
         let expected = logits(&model, &device);
-        let spec = RunSpec { pooling, max_len: 16, ..Default::default() };
-        let run = LoadedRun { spec, labels: labels(), model, model_dir: base.clone() };
         let export = tmp.path().join(format!("export-{name}"));
-        run.export_peft(&export).unwrap();
+        export_peft(&model, &labels(), base.to_str().unwrap(), 16, &export).unwrap();
         let config = json(&export.join("adapter_config.json"));
         assert_eq!(config["task_type"], task_type, "{name}");
         let (weights, _) = tensors::read(&export.join("adapter_model.safetensors")).unwrap();
@@ -149,7 +146,7 @@ fn export_of_a_mean_pooled_run_adapts_the_bare_encoder_and_reproduces_the_run() 
 #[test]
 fn the_default_pooling_is_the_cls_pooler_that_transformers_classifies() {
     assert_eq!(RunSpec::default().pooling, Pooling::Cls);
-    let cli = replora::cli::Cli::try_parse_from(["replora", "train"]).unwrap();
-    let replora::cli::Command::Train { spec, .. } = cli.command else { panic!("parsed as another command") };
-    assert_eq!(spec.to_spec().unwrap().pooling, Pooling::Cls);
+    let cli = replora::apps::cli::Cli::try_parse_from(["replora", "train"]).unwrap();
+    let replora::apps::cli::Command::Train { run, .. } = cli.command else { panic!("parsed as another command") };
+    assert_eq!(run.to_classification().unwrap().pooling, Pooling::Cls);
 }

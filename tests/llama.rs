@@ -8,7 +8,7 @@ use burn::prelude::*;
 use replora::adapters::{AdapterConfig, Deltas, Method, PeftModel, TargetModules};
 use replora::weights::HostTensor;
 use replora::generate::{Sampling, generate};
-use replora::models::causal_lm::{CausalLm, LmBatch, LmSequence};
+use replora::tasks::choice_model::{CausalLm, LmBatch, LmSequence};
 use replora::models::llama::{KvCache, Llama, LlamaConfig};
 use replora::training::Objective;
 

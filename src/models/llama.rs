@@ -488,3 +488,24 @@ impl Adaptable for Llama {
         Self { layers, ..self }
     }
 }
+
+impl crate::models::Architecture for Llama {
+    const DEFAULT_TARGETS: &'static [&'static str] = &["q_proj", "v_proj"];
+    fn describe(&self) -> String {
+        let c = &self.config;
+        format!(
+            "LLaMA decoder, {} layers, hidden {}, {} heads / {} key-value heads, FFN {}, vocab {}, RoPE base {}{}",
+            c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.kv_heads(), c.intermediate_size,
+            c.vocab_size, c.rope_theta, if c.tie_word_embeddings { ", tied embeddings" } else { "" }
+        )
+    }
+    fn max_positions(&self) -> usize {
+        self.config.max_position_embeddings
+    }
+    fn num_layers(&self) -> usize {
+        self.config.num_hidden_layers
+    }
+    fn save(&self, dir: &Path) -> Result<()> {
+        Llama::save(self, dir)
+    }
+}

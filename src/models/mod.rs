@@ -1,12 +1,17 @@
-//! Model architectures, one self-contained file each (candle-transformers style).
+//! Model architectures, one self-contained file each (candle-transformers style), behind one
+//! contract ([`Architecture`]) and one registry ([`Family`]). Adding an architecture is one
+//! file here plus one line in [`Family`] (and its detection).
 
 pub mod bert;
-pub mod causal_lm;
+pub mod decoder;
 pub mod llama;
-pub mod classifier;
-pub mod hf_layout;
+
+use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
+
+use crate::adapters::Adaptable;
+use crate::error::{Error, Result};
 
 /// A tokenized, padded batch for an encoder: `[batch, seq]` each.
 #[derive(Clone, Debug)]
@@ -15,4 +20,104 @@ pub struct EncoderInput {
     pub token_type_ids: Tensor<2, Int>,
     /// 1.0 for real tokens, 0.0 for padding.
     pub attention_mask: Tensor<2>,
+}
+
+/// What every pre-trained architecture provides to the rest of replora: its linears (through
+/// [`Adaptable`], with their Hugging Face module paths), the modules adapted by default, a
+/// description, its limits, and saving in the Hugging Face layout.
+pub trait Architecture: Adaptable + Clone {
+    /// The linears adapted when `--targets` is not given: the attention query and value.
+    const DEFAULT_TARGETS: &'static [&'static str];
+    /// One line: family, layers, widths, vocabulary.
+    fn describe(&self) -> String;
+    /// Longest input in tokens (`max_position_embeddings`).
+    fn max_positions(&self) -> usize;
+    fn num_layers(&self) -> usize;
+    /// Writes `config.json` and `model.safetensors` that [`Family`]'s loader and Hugging Face
+    /// `transformers` read.
+    fn save(&self, dir: &Path) -> Result<()>;
+
+    /// Checks a run's settings against the model: sequences must fit its position table,
+    /// `--layers` must exist in it.
+    fn check_fits(&self, max_len: usize, layers: Option<&[usize]>) -> Result<()> {
+        crate::validate::fits_model(max_len, self.max_positions(), layers, self.num_layers())
+    }
+}
+
+/// The registry of architectures replora loads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// BERT-style encoders (`model_type` bert; MiniLM).
+    Bert,
+    /// LLaMA-style decoders (`model_type` llama; SmolLM2), from Hugging Face or GGUF files.
+    Llama,
+}
+
+/// What `replora info` shows about a model.
+pub struct ModelInfo {
+    pub description: String,
+    /// Module path, d_in, d_out of every linear.
+    pub linears: Vec<(String, usize, usize)>,
+    pub params: usize,
+    pub default_targets: Vec<String>,
+}
+
+impl Family {
+    /// The family of `model` (an asset name, a `.gguf` file, or a Hugging Face directory whose
+    /// `config.json` names its `model_type`); `None` if it is neither.
+    pub fn detect(model: &str) -> Option<Self> {
+        let path = Path::new(model);
+        if !path.exists() {
+            return crate::assets::known().iter().find(|a| a.name == model).and_then(|a| Self::from_model_type(a.model_type?));
+        }
+        if path.join("config.json").is_file() {
+            let config = crate::files::read_json::<serde_json::Value>(&path.join("config.json")).ok()?;
+            // Older BERT checkpoints' configs name no model_type.
+            return Self::from_model_type(config.get("model_type").and_then(|t| t.as_str()).unwrap_or("bert"));
+        }
+        matches!(llama::find_gguf(path), Ok(Some(_))).then_some(Family::Llama)
+    }
+
+    fn from_model_type(model_type: &str) -> Option<Self> {
+        match model_type {
+            "bert" => Some(Family::Bert),
+            "llama" => Some(Family::Llama),
+            _ => None,
+        }
+    }
+
+    /// Loads `model` and describes it.
+    pub fn info(self, model: &str, device: &Device) -> Result<ModelInfo> {
+        fn of<A: Architecture>(a: &A, source: &Path) -> ModelInfo {
+            ModelInfo {
+                description: format!("{}: {}", source.display(), a.describe()),
+                linears: a.linears().iter().map(|l| (l.path.clone(), l.d_in(), l.d_out())).collect(),
+                params: a.num_params(),
+                default_targets: A::DEFAULT_TARGETS.iter().map(|s| s.to_string()).collect(),
+            }
+        }
+        match self {
+            Family::Bert => {
+                let dir = resolve(model)?;
+                Ok(of(&bert::Bert::load(&dir, "", device)?, &dir))
+            }
+            Family::Llama => {
+                let decoder = decoder::Decoder::open(model, device)?;
+                Ok(of(&decoder.model, &decoder.source))
+            }
+        }
+    }
+}
+
+/// A model directory from a path or an asset name (fetched on demand).
+pub fn resolve(model: &str) -> Result<PathBuf> {
+    let path = PathBuf::from(model);
+    if path.exists() {
+        return Ok(path);
+    }
+    if crate::assets::known().iter().any(|a| a.name == model) {
+        return crate::assets::fetch(model);
+    }
+    let names: Vec<&str> = crate::assets::known().iter().filter(|a| a.model_type.is_some()).map(|a| a.name).collect();
+    Err(Error::io(&path, std::io::Error::new(std::io::ErrorKind::NotFound, format!("no such model directory or file (and not a model asset name: {})", names.join(", ")))))
 }

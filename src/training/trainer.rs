@@ -1,4 +1,4 @@
-//! The classification training loop: AdamW, warm-up + decay, clipping, accumulation,
+//! The training loop of every task: AdamW, warm-up + decay, clipping, accumulation,
 //! per-epoch evaluation, best-model keeping, early stopping, resumable checkpoints.
 
 use std::io::Write;
@@ -8,28 +8,15 @@ use std::time::Instant;
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::grad_clipping::GradientClippingConfig;
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, Progress};
-use super::config::{BestMetric, TrainConfig};
+use super::config::TrainConfig;
 use super::metrics::EvalMetrics;
 use super::schedule::LrSchedule;
 use super::state::TrainableState;
-use crate::data::Batch;
 use crate::error::{Error, Result};
-use crate::models::EncoderInput;
-
-/// A model the classification trainer can train.
-pub trait ClassifierModel: Module {
-    /// Class scores `[batch, classes]`; `training` switches dropout on.
-    fn logits(&self, input: &EncoderInput, training: bool) -> Tensor<2>;
-    /// See [`Objective::update_norm`].
-    fn update_norm(&self) -> Option<f64> {
-        None
-    }
-}
 
 /// A model and the batches it learns from: what [`train`] needs to know about a task.
 pub trait Objective: Module {
@@ -41,19 +28,6 @@ pub trait Objective: Module {
     /// The adapters' relative update `||s B A|| / ||W0||` (logged as `update_norm`), if any.
     fn update_norm(&self) -> Option<f64> {
         None
-    }
-}
-
-impl<M: ClassifierModel> Objective for M {
-    type Batch = Batch;
-    fn loss(&self, batch: &Batch, device: &Device) -> Tensor<1> {
-        cross_entropy(self.logits(&batch.to_input(device), true), batch.labels_tensor(device))
-    }
-    fn examples(batch: &Batch) -> usize {
-        batch.labels.len()
-    }
-    fn update_norm(&self) -> Option<f64> {
-        ClassifierModel::update_norm(self)
     }
 }
 
@@ -83,38 +57,8 @@ impl RunDir {
     }
 }
 
-/// Mean cross-entropy of `logits` against `labels`.
-pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
-    let [b, _] = logits.dims();
-    log_softmax(logits, 1).gather(1, labels.reshape([b, 1])).mean().neg()
-}
-
-/// Loss, accuracy and macro-F1 of `model` on `batches` (no gradients, no dropout).
-pub fn evaluate<M: ClassifierModel>(model: &M, batches: &[Batch], num_classes: usize, device: &Device) -> (EvalMetrics, Vec<usize>) {
-    let model = model.valid();
-    let device = device.clone().inner();
-    let (mut predictions, mut labels, mut loss_sum) = (vec![], vec![], 0.0);
-    for batch in batches {
-        let logits = model.logits(&batch.to_input(&device), false);
-        loss_sum += scalar(cross_entropy(logits.clone(), batch.labels_tensor(&device))) * batch.labels.len() as f64;
-        let argmax: Vec<i64> = logits.argmax(1).into_data().try_into_vec_as::<i64>().expect("int tensor");
-        predictions.extend(argmax.into_iter().map(|p| p as usize));
-        labels.extend_from_slice(&batch.labels);
-    }
-    let loss = if labels.is_empty() { 0.0 } else { loss_sum / labels.len() as f64 };
-    (EvalMetrics::compute(&predictions, &labels, num_classes, loss), predictions)
-}
-
-fn scalar(t: Tensor<1>) -> f64 {
+pub(crate) fn scalar(t: Tensor<1>) -> f64 {
     t.into_data().try_into_vec_as::<f64>().expect("float tensor")[0]
-}
-
-fn score(m: &EvalMetrics, metric: BestMetric) -> f64 {
-    match metric {
-        BestMetric::Accuracy => m.accuracy,
-        BestMetric::MacroF1 => m.macro_f1,
-        BestMetric::Loss => -m.loss,
-    }
 }
 
 /// AdamW with the config's weight decay and gradient clipping.
@@ -234,13 +178,10 @@ pub fn train<M: Objective>(
             }
         }
         let metrics = validate(&model);
-        let line = format!(
-            "epoch {}: validation loss {:.4} accuracy {:.4} macro-F1 {:.4}",
-            epoch + 1, metrics.loss, metrics.accuracy, metrics.macro_f1
-        );
+        let line = format!("epoch {}: validation {}", epoch + 1, metrics.describe());
         bar.suspend(|| eprintln!("{line}"));
         log_line(&run.metrics_log(), serde_json::json!({"epoch": epoch + 1, "step": progress.step, "validation": metrics}))?;
-        let s = score(&metrics, cfg.best_metric);
+        let s = metrics.score(cfg.best_metric).ok_or_else(|| Error::Config(format!("the validation metrics have no {:?}", cfg.best_metric)))?;
         if progress.best.is_none_or(|(best, _)| s > best) {
             progress.best = Some((s, epoch));
             progress.evals_without_improvement = 0;

@@ -1,4 +1,4 @@
-//! Directories that already hold results, for classification and decoder runs alike: a new
+//! Directories that already hold results, for runs of every task alike: a new
 //! run never silently replaces one (`--resume` continues it, `--overwrite` replaces it), a
 //! resumed run says which flags it ignores, `export`/`merge` never write into a non-empty
 //! directory without `--overwrite` nor over a run's own files, and loading a run that is of
@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::tasks::TaskKind;
 
 pub const RUN_FILE: &str = "run.json";
 pub const SUMMARY_FILE: &str = "summary.json";
@@ -22,7 +23,7 @@ const ARTEFACTS: &[&str] = &[
     "checkpoint", "checkpoint.old", "checkpoint.tmp", "best", "best.old", "best.tmp",
 ];
 
-/// How `train` / `train-lm` treat their output directory.
+/// How `train` treats its output directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Start {
     /// A new run; refused if the directory holds one.
@@ -43,19 +44,11 @@ impl Start {
     }
 }
 
-/// The kinds of run, with the commands that train them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Classifier,
-    Decoder,
-}
-
-impl Kind {
-    fn train_command(self) -> &'static str {
-        match self {
-            Kind::Classifier => "train",
-            Kind::Decoder => "train-lm",
-        }
+/// The command that trains a run of `kind`.
+fn train_command(kind: TaskKind) -> &'static str {
+    match kind {
+        TaskKind::Classification => "train",
+        TaskKind::MultipleChoice => "train --task multiple-choice",
     }
 }
 
@@ -63,7 +56,7 @@ impl Kind {
 /// directory that holds a run unless overwriting), the saved one when resuming, with a warning
 /// that names each flag whose value differs from the saved one (`defaults`: the spec without
 /// flags, to tell flags given from flags left alone).
-pub fn begin<T: Clone + Serialize + DeserializeOwned>(out: &Path, given: &T, defaults: &T, start: Start, kind: Kind) -> Result<T> {
+pub fn begin<T: Clone + Serialize + DeserializeOwned>(out: &Path, given: &T, defaults: &T, start: Start, kind: TaskKind) -> Result<T> {
     let run_file = out.join(RUN_FILE);
     match start {
         Start::Resume => {
@@ -75,7 +68,8 @@ pub fn begin<T: Clone + Serialize + DeserializeOwned>(out: &Path, given: &T, def
             }
             if let Some(other) = kind_of(out).filter(|k| *k != kind) {
                 let d = out.display();
-                return Err(Error::State(format!("{d} holds a run of `replora {}`: continue it with `replora {} --out {d} --resume`", other.train_command(), other.train_command())));
+                let command = train_command(other);
+                return Err(Error::State(format!("{d} holds a {other} run: continue it with `replora {command} --out {d} --resume`")));
             }
             let saved: T = crate::files::read_json(&run_file)?;
             let ignored = overridden_flags(given, &saved, defaults);
@@ -116,42 +110,25 @@ pub fn create(out: &Path, start: Start) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))
 }
 
-/// The kind of run `dir` holds, if any (read from its `run.json`).
-pub fn kind_of(dir: &Path) -> Option<Kind> {
+/// The task of the run `dir` holds, if any (read from its `run.json`).
+pub fn kind_of(dir: &Path) -> Option<TaskKind> {
     let spec: Value = crate::files::read_json(&dir.join(RUN_FILE)).ok()?;
-    Some(if spec.get("tasks").is_some() { Kind::Decoder } else { Kind::Classifier })
+    Some(if spec.get("tasks").is_some() { TaskKind::MultipleChoice } else { TaskKind::Classification })
 }
 
-/// Checks that `dir` holds a finished run of `kind`; otherwise says what to run instead.
-pub fn check_finished(dir: &Path, kind: Kind) -> Result<()> {
+/// Checks that `dir` holds a finished run; otherwise says what to run instead.
+pub fn check_finished(dir: &Path) -> Result<()> {
     if !dir.is_dir() {
         return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "no such run directory")));
     }
     if !dir.join(RUN_FILE).is_file() {
-        return Err(Error::State(format!(
-            "{} holds no run (no {RUN_FILE}); `replora {} --out DIR` writes one",
-            dir.display(),
-            kind.train_command()
-        )));
-    }
-    let d = dir.display();
-    match (kind, kind_of(dir)) {
-        (Kind::Decoder, Some(Kind::Classifier)) => {
-            return Err(Error::State(format!(
-                "{d} is a classification run (made by `replora train`): use `replora predict --run {d}` or `replora eval --run {d}`"
-            )));
-        }
-        (Kind::Classifier, Some(Kind::Decoder)) => {
-            return Err(Error::State(format!(
-                "{d} is a decoder run (made by `replora train-lm`): use `replora eval-lm --run {d}` or `replora generate --run {d}`"
-            )));
-        }
-        _ => {}
+        return Err(Error::State(format!("{} holds no run (no {RUN_FILE}); `replora train --out DIR` writes one", dir.display())));
     }
     if !dir.join(SUMMARY_FILE).is_file() {
+        let d = dir.display();
+        let command = kind_of(dir).map_or("train", train_command);
         return Err(Error::State(format!(
-            "{d} holds an unfinished run (its training was interrupted: no {SUMMARY_FILE}); finish it with `replora {} --out {d} --resume`",
-            kind.train_command()
+            "{d} holds an unfinished run (its training was interrupted: no {SUMMARY_FILE}); finish it with `replora {command} --out {d} --resume`"
         )));
     }
     Ok(())
@@ -247,7 +224,7 @@ fn flag(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::RunSpec;
+    use crate::tasks::classification::ClassificationSpec as RunSpec;
 
     #[test]
     fn resume_names_only_the_flags_that_differ_from_the_run() {

@@ -5,7 +5,7 @@
 //! small generator MLPs) and estimated from n noisy samples by least squares
 //! with three parameterizations: LoRA (independent factors), RepLoRA-linear and
 //! RepLoRA-nonlinear. The error against n is reported on log-log axes with
-//! fitted slopes. Only `crate::simulate::*` is used, so the folder can move.
+//! fitted slopes. Only `crate::apps::simulate::*` is used, so the folder can move.
 
 mod fit;
 mod linalg;

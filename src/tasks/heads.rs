@@ -1,5 +1,6 @@
-//! Sequence classification: an adapted BERT encoder, pooling, and a trainable linear head
-//! (`classifier`, as in Hugging Face `BertForSequenceClassification`).
+//! Classification heads: the [`ClassifierModel`] contract (class scores from a batch), its
+//! loss and evaluation, and [`SequenceClassifier`]: an adapted BERT encoder, pooling, and a
+//! trainable linear head (`classifier`, as in Hugging Face `BertForSequenceClassification`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -7,15 +8,18 @@ use std::path::Path;
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::Distribution;
+use burn::tensor::activation::log_softmax;
 
-use super::EncoderInput;
-use super::bert::{Bert, Pooling, pool};
+use crate::models::EncoderInput;
+use crate::models::bert::{Bert, Pooling, pool};
 use super::hf_layout::{self, HfLayout};
 use crate::adapters::init::Init;
 use crate::adapters::{AdaptedLinear, Deltas, PeftModel};
 use crate::error::Result;
 use crate::weights::{HostTensor, tensors};
-use crate::training::ClassifierModel;
+use crate::data::Batch;
+use crate::training::{EvalMetrics, Objective};
+use crate::training::trainer::scalar;
 
 /// The head's module path and tensor names.
 pub const HEAD: &str = "classifier";
@@ -124,7 +128,47 @@ impl ClassifierModel for SequenceClassifier {
         }
         self.head.forward(pooled, &Deltas::none())
     }
+}
+
+impl Objective for SequenceClassifier {
+    type Batch = Batch;
+    fn loss(&self, batch: &Batch, device: &Device) -> Tensor<1> {
+        cross_entropy(self.logits(&batch.to_input(device), true), batch.labels_tensor(device))
+    }
+    fn examples(batch: &Batch) -> usize {
+        batch.labels.len()
+    }
     fn update_norm(&self) -> Option<f64> {
         self.encoder.relative_update_norm()
     }
 }
+
+/// A model that scores classes.
+pub trait ClassifierModel: Module {
+    /// Class scores `[batch, classes]`; `training` switches dropout on.
+    fn logits(&self, input: &EncoderInput, training: bool) -> Tensor<2>;
+}
+
+/// Mean cross-entropy of `logits` against `labels`.
+pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
+    let [b, _] = logits.dims();
+    log_softmax(logits, 1).gather(1, labels.reshape([b, 1])).mean().neg()
+}
+
+/// Loss, accuracy and macro-F1 of `model` on `batches` (no gradients, no dropout).
+pub fn evaluate<M: ClassifierModel>(model: &M, batches: &[Batch], num_classes: usize, device: &Device) -> (EvalMetrics, Vec<usize>) {
+    let model = model.valid();
+    let device = device.clone().inner();
+    let (mut predictions, mut labels, mut loss_sum) = (vec![], vec![], 0.0);
+    for batch in batches {
+        let logits = model.logits(&batch.to_input(&device), false);
+        loss_sum += scalar(cross_entropy(logits.clone(), batch.labels_tensor(&device))) * batch.labels.len() as f64;
+        let argmax: Vec<i64> = logits.argmax(1).into_data().try_into_vec_as::<i64>().expect("int tensor");
+        predictions.extend(argmax.into_iter().map(|p| p as usize));
+        labels.extend_from_slice(&batch.labels);
+    }
+    let loss = if labels.is_empty() { 0.0 } else { loss_sum / labels.len() as f64 };
+    (EvalMetrics::compute(&predictions, &labels, num_classes, loss), predictions)
+}
+
+

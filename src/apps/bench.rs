@@ -19,13 +19,14 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::adapters::{AdapterConfig, Method, PeftModel, TargetModules};
-use crate::classify::model_dir;
 use crate::data::Batch;
 use crate::error::Result;
 use crate::models::bert::{Bert, Pooling};
-use crate::models::causal_lm::{CausalLm, LmBatch, LmSequence};
-use crate::models::classifier::SequenceClassifier;
-use crate::training::trainer::{ClassifierModel, cross_entropy, optimizer, peak_rss_bytes};
+use crate::models::{Architecture, Family};
+use crate::tasks::Tuning;
+use crate::tasks::choice_model::{CausalLm, LmBatch, LmSequence};
+use crate::tasks::heads::{ClassifierModel, SequenceClassifier, cross_entropy};
+use crate::training::trainer::{optimizer, peak_rss_bytes};
 use crate::training::TrainConfig;
 
 /// What to run.
@@ -107,23 +108,26 @@ fn synthetic_batch(batch: usize, seq: usize, vocab: usize) -> Batch {
     }
 }
 
-fn adapter(method: Method, rank: usize) -> AdapterConfig {
-    AdapterConfig {
+/// The benchmark's method on `model` (alpha = 2r on the architecture's default targets, as
+/// the PyTorch peer configures PEFT).
+fn adapt<A: Architecture>(model: A, args: &BenchArgs) -> Result<PeftModel<A>> {
+    let (tuning, method) = match args.method.as_str() {
+        "full" => (Tuning::Full, Method::Lora),
+        m => (Tuning::Adapter, m.parse::<Method>()?),
+    };
+    let config = AdapterConfig {
         method,
-        r: rank,
-        lora_alpha: 2.0 * rank as f64,
-        target_modules: TargetModules::Names(vec!["query".into(), "value".into()]),
+        r: args.rank,
+        lora_alpha: 2.0 * args.rank as f64,
+        target_modules: TargetModules::Names(A::DEFAULT_TARGETS.iter().map(|t| t.to_string()).collect()),
         ..Default::default()
-    }
+    };
+    tuning.wrap(model, &config)
 }
 
 fn build(args: &BenchArgs, device: &Device) -> Result<SequenceClassifier> {
-    let bert = Bert::load(&model_dir(&args.model)?, "bert.", device)?;
-    let encoder = match args.method.as_str() {
-        "full" => PeftModel::full_finetune(bert),
-        m => PeftModel::new(bert, &adapter(m.parse()?, args.rank))?,
-    };
-    Ok(SequenceClassifier::new(encoder, 4, Pooling::Mean, 0.0, 0))
+    let bert = Bert::load(&crate::models::resolve(&args.model)?, "bert.", device)?;
+    Ok(SequenceClassifier::new(adapt(bert, args)?, 4, Pooling::Mean, 0.0, 0))
 }
 
 /// The best f32 matmul rate this backend reaches on a few shapes (GFLOP/s).
@@ -147,7 +151,7 @@ pub const ANSWER_TOKENS: usize = 32;
 
 /// Runs the job and returns its figures.
 pub fn run(args: &BenchArgs) -> Result<BenchResult> {
-    if crate::lm::is_decoder(&args.model) { run_decoder(args) } else { run_encoder(args) }
+    if Family::detect(&args.model) == Some(Family::Llama) { run_decoder(args) } else { run_encoder(args) }
 }
 
 /// Trains `steps` optimizer steps of `loss`, timing each; returns (time to the end of the first
@@ -237,16 +241,9 @@ fn run_encoder(args: &BenchArgs) -> Result<BenchResult> {
 fn run_decoder(args: &BenchArgs) -> Result<BenchResult> {
     let started = Instant::now();
     let device = Device::flex().autodiff();
-    let llama = crate::lm::Decoder::open(&args.model, &device)?.model;
+    let llama = crate::models::decoder::Decoder::open(&args.model, &device)?.model;
     let c = llama.config.clone();
-    let decoder = match args.method.as_str() {
-        "full" => PeftModel::full_finetune(llama),
-        m => {
-            let config = AdapterConfig { target_modules: TargetModules::Names(vec!["q_proj".into(), "v_proj".into()]), ..adapter(m.parse()?, args.rank) };
-            PeftModel::new(llama, &config)?
-        }
-    };
-    let model = CausalLm { decoder };
+    let model = CausalLm { decoder: adapt(llama, args)? };
     let mut rng = StdRng::seed_from_u64(0);
     let answer = ANSWER_TOKENS.min(args.seq - 1);
     let sequences: Vec<LmSequence> = (0..args.batch)

@@ -1,15 +1,19 @@
-//! The flags that define a run: classification data ([`SpecArgs`]), and the method and trainer
-//! flags every fine-tuning command shares ([`MethodArgs`], [`TrainArgs`]).
+//! The flags that define a run ([`RunArgs`]): the task and model, each task's data flags
+//! ([`ClassificationArgs`], [`ChoiceArgs`]), and the method and trainer flags every task shares
+//! ([`MethodArgs`], [`TrainArgs`]).
 
 use std::path::PathBuf;
 
 use clap::Args;
 
 use crate::adapters::{Activation, AdapterConfig, LoraInit, Method, OutputScale, RepLoraConfig, SeedKind, TargetModules};
-use crate::classify::{RunSpec, Tuning};
-use crate::lm::LmSpec;
 use crate::error::{Error, Result};
-use crate::models::bert::Pooling;
+use crate::models::Architecture;
+use crate::models::bert::{Bert, Pooling};
+use crate::models::llama::Llama;
+use crate::tasks::classification::ClassificationSpec;
+use crate::tasks::multiple_choice::MultipleChoiceSpec;
+use crate::tasks::{Classification, MultipleChoice, Task, TaskKind, Tuning};
 use crate::training::{BestMetric, Decay, TrainConfig};
 use crate::validate::Range;
 
@@ -31,48 +35,98 @@ pub(super) fn count(s: &str) -> std::result::Result<usize, String> {
     }
 }
 
+/// The flags that define a run of any task. Flags of one task only are refused for the
+/// other; unset flags take the task's defaults.
 #[derive(Args, Debug, Clone)]
-pub struct SpecArgs {
-    /// Model directory (config.json, model.safetensors, tokenizer.json) or asset name (`minilm`).
-    #[arg(long, default_value = "minilm", help_heading = "Data")]
-    pub model: String,
-    /// Dataset: a .jsonl/.csv/.tsv file or `bigbench:<task>` (fetched on demand).
-    #[arg(long, default_value = "bigbench:intent_recognition", help_heading = "Data")]
-    pub data: String,
-    /// Dataset format (jsonl, csv, tsv, bigbench); default: from the file extension.
-    #[arg(long, help_heading = "Data")]
-    pub format: Option<String>,
-    /// JSONL field / CSV column holding the text.
-    #[arg(long, default_value = "text", help_heading = "Data")]
-    pub text_column: String,
-    /// Field / column holding the second text of a pair ("none": never read one).
-    #[arg(long, default_value = "text_pair", help_heading = "Data")]
-    pub pair_column: String,
-    /// Field / column holding the label.
-    #[arg(long, default_value = "label", help_heading = "Data")]
-    pub label_column: String,
-    /// Train, validation and test fractions of the dataset, summing to 1 (stratified, seeded by
-    /// --seed): `--split 0.8,0.1,0.1` or `--split 0.8 0.1 0.1`.
-    #[arg(long, default_value = "0.7,0.15,0.15", value_delimiter = ',', num_args = 1..=3, value_parser = number(Range::Share), allow_negative_numbers = true, help_heading = "Data")]
-    pub split: Vec<f64>,
-    /// Use only this stratified fraction of the training split (sample-efficiency runs).
-    #[arg(long, default_value_t = 1.0, value_parser = number(Range::Fraction), allow_negative_numbers = true, help_heading = "Data")]
-    pub train_fraction: f64,
-    /// Truncate inputs to this many tokens (at most the model's max_position_embeddings).
-    #[arg(long, default_value_t = 128, value_parser = count, help_heading = "Data")]
-    pub max_len: usize,
-    /// Sentence representation fed to the head: `cls`, the [CLS] token through the model's pooler
-    /// (what transformers' BertForSequenceClassification computes, so `merge` / `export` give a
-    /// model it loads as is), or `mean` over tokens (merged in the sentence-transformers layout).
-    #[arg(long, default_value = "cls", value_parser = ["mean", "cls"], help_heading = "Method")]
-    pub pooling: String,
-    /// Dropout before the classification head.
-    #[arg(long, default_value_t = 0.1, value_parser = number(Range::Probability), allow_negative_numbers = true, help_heading = "Method")]
-    pub head_dropout: f64,
+pub struct RunArgs {
+    /// The task: `classification` (an encoder with a head) or `multiple-choice` (a decoder
+    /// answering questions) [default: from --model: a decoder answers multiple-choice
+    /// questions, an encoder classifies; without --model, multiple-choice if a multiple-choice
+    /// flag is given]
+    #[arg(long, value_enum, help_heading = "Task")]
+    pub task: Option<TaskKind>,
+    /// Model directory (config.json, model.safetensors, tokenizer.json), .gguf file, or asset
+    /// name, fetched on demand [default: minilm; multiple-choice: smollm2]
+    #[arg(long, help_heading = "Task")]
+    pub model: Option<String>,
+    /// Truncate inputs to this many tokens (at most the model's max_position_embeddings;
+    /// multiple-choice questions lose their start) [default: 128]
+    #[arg(long, value_parser = count, help_heading = "Task")]
+    pub max_len: Option<usize>,
+    /// Use only this share of the training split (stratified for classification, per task for
+    /// multiple-choice): sample-efficiency runs [default: 1]
+    #[arg(long, value_parser = number(Range::Fraction), allow_negative_numbers = true, help_heading = "Task")]
+    pub train_fraction: Option<f64>,
+    #[command(flatten)]
+    pub classification: ClassificationArgs,
+    #[command(flatten)]
+    pub choice: ChoiceArgs,
     #[command(flatten)]
     pub method: MethodArgs,
     #[command(flatten)]
     pub train: TrainArgs,
+}
+
+/// Flags of classification runs.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ClassificationArgs {
+    /// Dataset: a .jsonl/.csv/.tsv file or `bigbench:<task>` (fetched on demand); with
+    /// `eval --run`: a labelled file to score the run on [default: bigbench:intent_recognition]
+    #[arg(long, help_heading = "Classification")]
+    pub data: Option<String>,
+    /// Dataset format (jsonl, csv, tsv, bigbench) [default: from the file extension]
+    #[arg(long, help_heading = "Classification")]
+    pub format: Option<String>,
+    /// JSONL field / CSV column holding the text [default: text]
+    #[arg(long, help_heading = "Classification")]
+    pub text_column: Option<String>,
+    /// Field / column holding the second text of a pair ("none": never read one) [default: text_pair]
+    #[arg(long, help_heading = "Classification")]
+    pub pair_column: Option<String>,
+    /// Field / column holding the label [default: label]
+    #[arg(long, help_heading = "Classification")]
+    pub label_column: Option<String>,
+    /// Train, validation and test fractions of the dataset, summing to 1 (stratified, seeded by
+    /// --seed): `--split 0.8,0.1,0.1` or `--split 0.8 0.1 0.1` [default: 0.7,0.15,0.15]
+    #[arg(long, value_delimiter = ',', num_args = 1..=3, value_parser = number(Range::Share), allow_negative_numbers = true, help_heading = "Classification")]
+    pub split: Option<Vec<f64>>,
+    /// Sentence representation fed to the head: `cls`, the [CLS] token through the model's pooler
+    /// (what transformers' BertForSequenceClassification computes, so `merge` / `export` give a
+    /// model it loads as is), or `mean` over tokens (merged in the sentence-transformers layout)
+    /// [default: cls]
+    #[arg(long, value_enum, help_heading = "Classification")]
+    pub pooling: Option<Pooling>,
+    /// Dropout before the classification head [default: 0.1]
+    #[arg(long, value_parser = number(Range::Probability), allow_negative_numbers = true, help_heading = "Classification")]
+    pub head_dropout: Option<f64>,
+}
+
+/// Flags of multiple-choice runs.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ChoiceArgs {
+    /// Multiple-choice tasks trained on (their union) and evaluated: `bigbench:<task>` or
+    /// task.json files [default: bigbench:social_iqa,bigbench:strategyqa]
+    #[arg(long, value_delimiter = ',', help_heading = "Multiple choice")]
+    pub tasks: Option<Vec<String>>,
+    /// Tasks only evaluated ("none": no such task); with `eval --run`: the tasks to score the
+    /// run on [default: bigbench:physical_intuition]
+    #[arg(long, value_delimiter = ',', help_heading = "Multiple choice")]
+    pub eval_tasks: Option<Vec<String>>,
+    /// Training questions per task [default: 256]
+    #[arg(long, value_parser = count, help_heading = "Multiple choice")]
+    pub train_per_task: Option<usize>,
+    /// Validation questions per task, scored after each epoch [default: 32]
+    #[arg(long, value_parser = count, help_heading = "Multiple choice")]
+    pub validation_per_task: Option<usize>,
+    /// Test questions per task [default: 100]
+    #[arg(long, value_parser = count, help_heading = "Multiple choice")]
+    pub test_per_task: Option<usize>,
+    /// Keep only the first N decoder layers (quick checks; not the real model)
+    #[arg(long, value_parser = count, help_heading = "Multiple choice")]
+    pub keep_layers: Option<usize>,
+    /// Skip generating the test answers (exact match), which costs a pass per token
+    #[arg(long, help_heading = "Multiple choice")]
+    pub no_exact_match: bool,
 }
 
 /// The adapter flags, shared by every fine-tuning command.
@@ -128,19 +182,19 @@ pub struct MethodArgs {
 /// defaults (classification: [`TrainConfig::default`]; decoders: their own).
 #[derive(Args, Debug, Clone, Default)]
 pub struct TrainArgs {
-    /// Passes over the training data [default: 4; train-lm: 1]
+    /// Passes over the training data [default: 4; multiple-choice: 1]
     #[arg(long, value_parser = count, help_heading = "Training")]
     pub epochs: Option<usize>,
-    /// Examples per micro-batch [default: 16; train-lm: 8]
+    /// Examples per micro-batch [default: 16; multiple-choice: 8]
     #[arg(long, value_parser = count, help_heading = "Training")]
     pub batch_size: Option<usize>,
-    /// Peak learning rate (AdamW) [default: 0.002; train-lm: 0.001]
+    /// Peak learning rate (AdamW) [default: 0.002; multiple-choice: 0.001]
     #[arg(long, value_parser = number(Range::Positive), allow_negative_numbers = true, help_heading = "Training")]
     pub lr: Option<f64>,
-    /// AdamW weight decay [default: 0.01; train-lm: 0.01]
+    /// AdamW weight decay [default: 0.01; multiple-choice: 0.01]
     #[arg(long, value_parser = number(Range::NonNegative), allow_negative_numbers = true, help_heading = "Training")]
     pub weight_decay: Option<f64>,
-    /// Fraction of the steps spent on linear warm-up [default: 0.1; train-lm: 0.05]
+    /// Fraction of the steps spent on linear warm-up [default: 0.1; multiple-choice: 0.05]
     #[arg(long, value_parser = number(Range::Probability), allow_negative_numbers = true, help_heading = "Training")]
     pub warmup_ratio: Option<f64>,
     /// Learning-rate decay after warm-up [default: linear].
@@ -161,7 +215,7 @@ pub struct TrainArgs {
     /// Also checkpoint every N optimizer steps (always at each epoch end).
     #[arg(long, value_parser = count, help_heading = "Training")]
     pub checkpoint_every: Option<usize>,
-    /// Write a metrics line every N optimizer steps [default: 10; train-lm: 5]
+    /// Write a metrics line every N optimizer steps [default: 10; multiple-choice: 5]
     #[arg(long, value_parser = count, help_heading = "Training")]
     pub log_every: Option<usize>,
     /// Seed of the split, the adapter/head init, shuffling and dropout [default: 0].
@@ -234,24 +288,106 @@ impl TrainArgs {
     }
 }
 
-impl SpecArgs {
-    pub fn to_spec(&self) -> Result<RunSpec> {
-        let train = self.train.to_train(TrainConfig::default());
-        let (tuning, adapter) = self.method.to_adapter(&["query", "value"], train.seed)?;
-        Ok(RunSpec {
-            model: self.model.clone(),
-            data: self.data.clone(),
-            format: self.format.clone(),
-            text_column: self.text_column.clone(),
-            pair_column: (self.pair_column != "none").then(|| self.pair_column.clone()),
-            label_column: self.label_column.clone(),
-            split: <[f64; 3]>::try_from(self.split.as_slice()).map_err(|_| {
-                Error::Config(format!("--split takes three fractions (train, validation, test), got {}: {:?}", self.split.len(), self.split))
-            })?,
-            train_fraction: self.train_fraction,
-            max_len: self.max_len,
-            pooling: parse::<Pooling>(&self.pooling)?,
-            head_dropout: self.head_dropout,
+impl ClassificationArgs {
+    /// The flags given (refused for a multiple-choice run).
+    fn given(&self) -> Vec<&'static str> {
+        let flags = [
+            (self.data.is_some(), "--data"),
+            (self.format.is_some(), "--format"),
+            (self.text_column.is_some(), "--text-column"),
+            (self.pair_column.is_some(), "--pair-column"),
+            (self.label_column.is_some(), "--label-column"),
+            (self.split.is_some(), "--split"),
+            (self.pooling.is_some(), "--pooling"),
+            (self.head_dropout.is_some(), "--head-dropout"),
+        ];
+        flags.into_iter().filter(|(given, _)| *given).map(|(_, f)| f).collect()
+    }
+}
+
+impl ChoiceArgs {
+    /// The flags given (refused for a classification run).
+    fn given(&self) -> Vec<&'static str> {
+        let flags = [
+            (self.tasks.is_some(), "--tasks"),
+            (self.eval_tasks.is_some(), "--eval-tasks"),
+            (self.train_per_task.is_some(), "--train-per-task"),
+            (self.validation_per_task.is_some(), "--validation-per-task"),
+            (self.test_per_task.is_some(), "--test-per-task"),
+            (self.keep_layers.is_some(), "--keep-layers"),
+            (self.no_exact_match, "--no-exact-match"),
+        ];
+        flags.into_iter().filter(|(given, _)| *given).map(|(_, f)| f).collect()
+    }
+}
+
+fn refuse(flags: Vec<&str>, task: TaskKind) -> Result<()> {
+    match flags.is_empty() {
+        true => Ok(()),
+        false => Err(Error::Config(format!("{} {} not for a {task} run", flags.join(", "), if flags.len() == 1 { "is" } else { "are" }))),
+    }
+}
+
+impl RunArgs {
+    /// The task: `--task`, else the one `--model` is for, else multiple-choice where one of its
+    /// flags is given, else classification.
+    pub fn task(&self) -> TaskKind {
+        match (&self.task, &self.model) {
+            (Some(task), _) => *task,
+            (None, Some(model)) => TaskKind::for_model(model),
+            (None, None) if !self.choice.given().is_empty() => TaskKind::MultipleChoice,
+            (None, None) => TaskKind::Classification,
+        }
+    }
+
+    pub fn to_classification(&self) -> Result<ClassificationSpec> {
+        refuse(self.choice.given(), TaskKind::Classification)?;
+        let d = ClassificationSpec::default();
+        let c = &self.classification;
+        let train = self.train.to_train(d.train.clone());
+        let (tuning, adapter) = self.method.to_adapter(Bert::DEFAULT_TARGETS, train.seed)?;
+        let split = match &c.split {
+            Some(s) => <[f64; 3]>::try_from(s.as_slice())
+                .map_err(|_| Error::Config(format!("--split takes three fractions (train, validation, test), got {}: {s:?}", s.len())))?,
+            None => d.split,
+        };
+        Ok(ClassificationSpec {
+            model: self.model.clone().unwrap_or(d.model),
+            data: c.data.clone().unwrap_or(d.data),
+            format: c.format.clone().or(d.format),
+            text_column: c.text_column.clone().unwrap_or(d.text_column),
+            pair_column: match &c.pair_column {
+                Some(p) => (p != "none").then(|| p.clone()),
+                None => d.pair_column,
+            },
+            label_column: c.label_column.clone().unwrap_or(d.label_column),
+            split,
+            train_fraction: self.train_fraction.unwrap_or(d.train_fraction),
+            max_len: self.max_len.unwrap_or(d.max_len),
+            pooling: c.pooling.unwrap_or(d.pooling),
+            head_dropout: c.head_dropout.unwrap_or(d.head_dropout),
+            tuning,
+            adapter,
+            train,
+        })
+    }
+
+    pub fn to_choice(&self) -> Result<MultipleChoiceSpec> {
+        refuse(self.classification.given(), TaskKind::MultipleChoice)?;
+        let d = MultipleChoiceSpec::default();
+        let c = &self.choice;
+        let train = self.train.to_train(d.train.clone());
+        let (tuning, adapter) = self.method.to_adapter(Llama::DEFAULT_TARGETS, train.seed)?;
+        let [n_train, n_val, n_test] = d.sizes;
+        Ok(MultipleChoiceSpec {
+            model: self.model.clone().unwrap_or(d.model),
+            tasks: c.tasks.clone().unwrap_or(d.tasks),
+            eval_tasks: c.eval_tasks.as_ref().map_or(d.eval_tasks, |t| t.iter().filter(|t| t.as_str() != "none").cloned().collect()),
+            sizes: [c.train_per_task.unwrap_or(n_train), c.validation_per_task.unwrap_or(n_val), c.test_per_task.unwrap_or(n_test)],
+            max_len: self.max_len.unwrap_or(d.max_len),
+            keep_layers: c.keep_layers,
+            exact_match: !c.no_exact_match,
+            train_fraction: self.train_fraction.unwrap_or(d.train_fraction),
             tuning,
             adapter,
             train,
@@ -259,60 +395,20 @@ impl SpecArgs {
     }
 }
 
-/// The flags that define a decoder run (`train-lm`, `eval-lm`, `compare-lm`).
-#[derive(Args, Debug, Clone)]
-pub struct LmArgs {
-    /// `smollm2` (fetched on demand), a .gguf file, or a directory (one .gguf, or a Hugging Face
-    /// config.json + model.safetensors + tokenizer.json).
-    #[arg(long, default_value = "smollm2", help_heading = "Data")]
-    pub model: String,
-    /// Multiple-choice tasks trained on (their union) and evaluated: `bigbench:<task>` or task.json files.
-    #[arg(long, value_delimiter = ',', default_value = "bigbench:social_iqa,bigbench:strategyqa", help_heading = "Data")]
-    pub tasks: Vec<String>,
-    /// Tasks only evaluated ("none": no such task).
-    #[arg(long, value_delimiter = ',', default_value = "bigbench:physical_intuition", help_heading = "Data")]
-    pub eval_tasks: Vec<String>,
-    /// Training questions per task.
-    #[arg(long, default_value_t = LmSpec::default().sizes[0], value_parser = count, help_heading = "Data")]
-    pub train_per_task: usize,
-    /// Validation questions per task (scored after each epoch).
-    #[arg(long, default_value_t = LmSpec::default().sizes[1], value_parser = count, help_heading = "Data")]
-    pub validation_per_task: usize,
-    /// Test questions per task.
-    #[arg(long, default_value_t = LmSpec::default().sizes[2], value_parser = count, help_heading = "Data")]
-    pub test_per_task: usize,
-    /// Longest sequence in tokens (the question is cut from its start to fit).
-    #[arg(long, default_value_t = LmSpec::default().max_len, value_parser = count, help_heading = "Data")]
-    pub max_len: usize,
-    /// Keep only the first N decoder layers (quick checks; not the real model).
-    #[arg(long, value_parser = count, help_heading = "Data")]
-    pub keep_layers: Option<usize>,
-    /// Skip generating the test answers (exact match), which costs a pass per token.
-    #[arg(long, help_heading = "Data")]
-    pub no_exact_match: bool,
-    #[command(flatten)]
-    pub method: MethodArgs,
-    #[command(flatten)]
-    pub train: TrainArgs,
+/// A task's spec from the command line.
+pub trait SpecFromArgs: Task {
+    fn spec_from(args: &RunArgs) -> Result<Self::Spec>;
 }
 
-impl LmArgs {
-    pub fn to_spec(&self) -> Result<LmSpec> {
-        let train = self.train.to_train(crate::lm::default_train());
-        let (tuning, adapter) = self.method.to_adapter(&["q_proj", "v_proj"], train.seed)?;
-        let eval_tasks = self.eval_tasks.iter().filter(|t| t.as_str() != "none").cloned().collect();
-        Ok(LmSpec {
-            model: self.model.clone(),
-            tasks: self.tasks.clone(),
-            eval_tasks,
-            sizes: [self.train_per_task, self.validation_per_task, self.test_per_task],
-            max_len: self.max_len,
-            keep_layers: self.keep_layers,
-            exact_match: !self.no_exact_match,
-            tuning,
-            adapter,
-            train,
-        })
+impl SpecFromArgs for Classification {
+    fn spec_from(args: &RunArgs) -> Result<ClassificationSpec> {
+        args.to_classification()
+    }
+}
+
+impl SpecFromArgs for MultipleChoice {
+    fn spec_from(args: &RunArgs) -> Result<MultipleChoiceSpec> {
+        args.to_choice()
     }
 }
 
@@ -333,7 +429,7 @@ pub fn expand_config_file(args: Vec<String>) -> Result<Vec<String>> {
     };
     // A key that is no flag of the subcommand is named here, with the file (clap would name neither).
     let sub = if pos >= 2 { args.get(1) } else { args.get(pos + consumed) };
-    let command = <crate::cli::Cli as clap::CommandFactory>::command();
+    let command = <crate::apps::cli::Cli as clap::CommandFactory>::command();
     let known: Option<(String, Vec<String>)> = sub.and_then(|s| command.find_subcommand(s)).map(|c| {
         (c.get_name().to_string(), c.get_arguments().filter_map(|a| a.get_long()).map(String::from).collect())
     });
@@ -371,15 +467,21 @@ mod tests {
     use super::*;
     use clap::Parser;
 
+    fn train_args(args: &[&str]) -> RunArgs {
+        let cli = crate::apps::cli::Cli::try_parse_from(crate::apps::cli::expand_aliases(args.iter().map(|s| s.to_string()).collect())).unwrap();
+        let crate::apps::cli::Command::Train { run, .. } = cli.command else { panic!("not train") };
+        run
+    }
+
     #[test]
     fn config_file_flags_come_before_and_lose_to_command_line_flags() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("run.toml");
         std::fs::write(&file, "method = \"lora\"\nrank = 4\ntargets = [\"query\", \"key\"]\nrslora = true\nepochs = 2\n").unwrap();
         let args = ["replora", "train", "--epochs", "3", "--config", file.to_str().unwrap()].map(String::from).to_vec();
-        let cli = crate::cli::Cli::parse_from(expand_config_file(args).unwrap());
-        let crate::cli::Command::Train { spec, .. } = cli.command else { panic!("not train") };
-        let spec = spec.to_spec().unwrap();
+        let cli = crate::apps::cli::Cli::parse_from(expand_config_file(args).unwrap());
+        let crate::apps::cli::Command::Train { run, .. } = cli.command else { panic!("not train") };
+        let spec = run.to_classification().unwrap();
         assert_eq!((spec.adapter.method, spec.adapter.r, spec.adapter.use_rslora), (Method::Lora, 4, true));
         assert_eq!(spec.adapter.target_modules, TargetModules::Names(vec!["query".into(), "key".into()]));
         assert_eq!(spec.train.epochs, 3, "the command line wins over the file");
@@ -394,24 +496,36 @@ mod tests {
     }
 
     /// `--resume` tells flags given from flags left alone by comparing with the spec defaults:
-    /// they must be what the command line gives without flags.
+    /// they must be what the command line gives without flags, for each task.
     #[test]
     fn command_line_defaults_are_the_spec_defaults() {
-        let cli = crate::cli::Cli::parse_from(["replora", "train"]);
-        let crate::cli::Command::Train { spec, .. } = cli.command else { panic!("not train") };
-        assert_eq!(spec.to_spec().unwrap(), RunSpec::default());
-        let cli = crate::cli::Cli::parse_from(["replora", "train-lm"]);
-        let crate::cli::Command::TrainLm { lm, .. } = cli.command else { panic!("not train-lm") };
-        assert_eq!(lm.to_spec().unwrap(), LmSpec::default());
+        assert_eq!(train_args(&["replora", "train"]).to_classification().unwrap(), ClassificationSpec::default());
+        let lm = train_args(&["replora", "train-lm"]);
+        assert_eq!(lm.task(), TaskKind::MultipleChoice);
+        assert_eq!(lm.to_choice().unwrap(), MultipleChoiceSpec::default());
+    }
+
+    /// The task comes from --task, else the model, else the flags; the other task's flags are refused.
+    #[test]
+    fn the_task_is_chosen_and_foreign_flags_are_refused() {
+        assert_eq!(train_args(&["replora", "train"]).task(), TaskKind::Classification);
+        assert_eq!(train_args(&["replora", "train", "--model", "smollm2"]).task(), TaskKind::MultipleChoice);
+        assert_eq!(train_args(&["replora", "train", "--tasks", "bigbench:strategyqa"]).task(), TaskKind::MultipleChoice);
+        assert_eq!(train_args(&["replora", "train", "--task", "multiple-choice", "--model", "minilm"]).task(), TaskKind::MultipleChoice);
+        let e = train_args(&["replora", "train", "--pooling", "mean", "--split", "0.8,0.1,0.1"]).to_choice().unwrap_err().to_string();
+        assert!(e.contains("--split, --pooling are not for a multiple-choice run"), "{e}");
+        let e = train_args(&["replora", "train", "--keep-layers", "2"]).to_classification().unwrap_err().to_string();
+        assert!(e.contains("--keep-layers is not for a classification run"), "{e}");
+        assert_eq!(train_args(&["replora", "train-lm", "--model", "x"]).task(), TaskKind::MultipleChoice, "the alias's --task wins");
     }
 
     /// The trainer flags are optional (each task has its defaults); their help states both.
     #[test]
     fn help_shows_the_trainer_defaults_of_both_tasks() {
         use clap::CommandFactory;
-        let mut command = crate::cli::Cli::command();
+        let mut command = crate::apps::cli::Cli::command();
         let help = command.find_subcommand_mut("train").unwrap().render_long_help().to_string();
-        let (c, l) = (TrainConfig::default(), crate::lm::default_train());
+        let (c, l) = (TrainConfig::default(), MultipleChoiceSpec::default().train);
         for (flag, a, b) in [
             ("--epochs", c.epochs.to_string(), l.epochs.to_string()),
             ("--batch-size", c.batch_size.to_string(), l.batch_size.to_string()),
@@ -420,7 +534,7 @@ mod tests {
             ("--warmup-ratio", c.warmup_ratio.to_string(), l.warmup_ratio.to_string()),
             ("--log-every", c.log_every.to_string(), l.log_every.to_string()),
         ] {
-            let expected = format!("[default: {a}; train-lm: {b}]");
+            let expected = format!("[default: {a}; multiple-choice: {b}]");
             let at = help.find(&format!("{flag} <")).unwrap_or_else(|| panic!("{flag} not in help"));
             assert!(help[at..].lines().take(3).any(|line| line.contains(&expected)), "{flag}: no {expected} in {}", &help[at..at + 200]);
         }
@@ -429,12 +543,10 @@ mod tests {
     #[test]
     fn split_takes_both_forms_and_full_tuning_takes_no_targets() {
         for split in [&["--split", "0.8,0.1,0.1"][..], &["--split", "0.8", "0.1", "0.1"]] {
-            let cli = crate::cli::Cli::try_parse_from(["replora", "train"].iter().chain(split)).unwrap();
-            let crate::cli::Command::Train { spec, .. } = cli.command else { panic!("not train") };
-            assert_eq!(spec.to_spec().unwrap().split, [0.8, 0.1, 0.1], "{split:?}");
+            let args: Vec<&str> = ["replora", "train"].iter().chain(split).copied().collect();
+            assert_eq!(train_args(&args).to_classification().unwrap().split, [0.8, 0.1, 0.1], "{split:?}");
         }
-        let cli = crate::cli::Cli::try_parse_from(["replora", "train", "--method", "full", "--targets", "x"]).unwrap();
-        let crate::cli::Command::Train { spec, .. } = cli.command else { panic!("not train") };
-        assert!(spec.to_spec().unwrap_err().to_string().contains("--targets"));
+        let e = train_args(&["replora", "train", "--method", "full", "--targets", "x"]).to_classification().unwrap_err();
+        assert!(e.to_string().contains("--targets"));
     }
 }

@@ -15,8 +15,8 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::bert::{Bert, Pooling};
-use super::classifier::HEAD;
+use crate::models::bert::{Bert, Pooling};
+use super::heads::HEAD;
 use crate::error::{Error, Result};
 use crate::files::write_json;
 use crate::formats::peft;

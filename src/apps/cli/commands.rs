@@ -1,0 +1,188 @@
+//! What each subcommand does; the work itself lives in the library ([`crate::run`] for every
+//! task's lifecycle).
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+
+use super::{Command, RunArgs, SpecFromArgs};
+use crate::adapters::{AdapterConfig, Method, TargetModules, closed_form, select_targets};
+use crate::error::{Error, Result};
+use crate::models::Family;
+use crate::run::compare::{self, Plan};
+use crate::run::{self, Start, dir};
+use crate::tasks::{TaskKind, TaskSpec};
+use crate::with_task;
+
+pub fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Train { run, out, resume, overwrite } => {
+            let kind = run.task();
+            let out = out.unwrap_or_else(|| default_dir(kind, "train"));
+            let start = Start::from_flags(resume, overwrite);
+            let summary = with_task!(kind, T => run::train::<T>(&T::spec_from(&run)?, &out, start))?;
+            println!("{}", run::table(&[summary]));
+            eprintln!("run written to {}", out.display());
+            Ok(())
+        }
+        Command::Compare { run, methods, seeds, train_fractions, out, overwrite } => {
+            let kind = run.task();
+            let out = out.unwrap_or_else(|| default_dir(kind, "compare"));
+            with_task!(kind, T => compare_cli::<T>(&run, methods, seeds, train_fractions, &out, Start::from_flags(false, overwrite)))
+        }
+        Command::Eval { run: Some(dir), args } => {
+            let kind = run::kind_of(&dir)?;
+            if let Some(task) = args.task.filter(|t| *t != kind) {
+                return Err(Error::State(format!("{} is a {kind} run, not {task}: run `replora eval --run` without --task (or eval-lm)", dir.display())));
+            }
+            let source = match kind {
+                TaskKind::Classification => args.classification.data.clone(),
+                TaskKind::MultipleChoice => args.choice.eval_tasks.as_ref().map(|t| t.join(",")),
+            };
+            let summary = with_task!(kind, T => run::evaluate::<T>(&dir, source.as_deref()))?;
+            println!("{}", run::table(std::slice::from_ref(&summary)));
+            println!("{}", serde_json::to_string_pretty(&summary.test).expect("metrics serialize"));
+            Ok(())
+        }
+        Command::Eval { run: None, args } => {
+            let summary = with_task!(args.task(), T => run::evaluate_base::<T>(&T::spec_from(&args)?))?;
+            println!("{}", run::table(std::slice::from_ref(&summary)));
+            println!("{}", serde_json::to_string_pretty(&summary.test).expect("metrics serialize"));
+            Ok(())
+        }
+        Command::Predict { run, text, input } => predict(&run, text, input.as_deref()),
+        Command::Export { run, out, overwrite } => {
+            dir::check_output(&out, &run, overwrite)?;
+            let note = with_task!(run::kind_of(&run)?, T => run::export::<T>(&run, &out))?;
+            eprintln!("{note}\nPEFT adapter written to {}", out.display());
+            Ok(())
+        }
+        Command::Merge { run, out, overwrite } => {
+            dir::check_output(&out, &run, overwrite)?;
+            let note = with_task!(run::kind_of(&run)?, T => run::merge::<T>(&run, &out))?;
+            eprintln!("{note}\nmerged model written to {}", out.display());
+            Ok(())
+        }
+        Command::Logits { run, peft, model, text, out } => {
+            let source = match (&run, &peft) {
+                (Some(run), _) => crate::interop::Source::Run(run),
+                (None, Some(adapter)) => crate::interop::Source::Peft { adapter, model: &model },
+                (None, None) => return Err(Error::Config("give --run or --peft".into())),
+            };
+            crate::interop::write_logits(&source, &text, &out)?;
+            eprintln!("logits of {} texts written to {}", text.len(), out.display());
+            Ok(())
+        }
+        Command::Info { model, rank, targets } => info(&model, rank, targets),
+        Command::Generate { model, run, prompt, chat, max_new_tokens, temperature, top_p, seed } => {
+            let sampling = crate::generate::Sampling { max_new_tokens, temperature, top_p, seed, stop: vec![] };
+            crate::generate::generate_cli(&model, run.as_deref(), &prompt, chat, sampling)
+        }
+        Command::Bench(args) => {
+            let result = crate::apps::bench::run(&args)?;
+            println!("{}", serde_json::to_string(&result).expect("bench results serialize"));
+            Ok(())
+        }
+        Command::Simulate(args) => {
+            crate::apps::simulate::run(&args).map_err(|e| Error::Simulation(format!("{e:#}")))?;
+            Ok(())
+        }
+        Command::Fetch { names } => {
+            if names.is_empty() {
+                println!("cache: {}", crate::assets::cache_dir().display());
+                for a in crate::assets::known() {
+                    println!("  {:<18} {} ({}=={}, {})", a.usage, a.description, a.package, a.version, a.size);
+                }
+            }
+            for name in names {
+                let path = crate::assets::fetch(&name)?;
+                println!("{name}: {}", path.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `runs/train`, `runs/compare` (classification); `runs/train-lm`, `runs/compare-lm`
+/// (multiple-choice, where replora 0.1's decoder commands wrote).
+fn default_dir(kind: TaskKind, verb: &str) -> PathBuf {
+    match kind {
+        TaskKind::MultipleChoice => PathBuf::from(format!("runs/{verb}-lm")),
+        _ => PathBuf::from(format!("runs/{verb}")),
+    }
+}
+
+/// Methods x seeds x fractions from the flags, each spec checked before the first run starts.
+fn compare_cli<T: SpecFromArgs>(
+    args: &RunArgs,
+    methods: Option<Vec<String>>,
+    seeds: Option<Vec<u64>>,
+    fractions: Option<Vec<f64>>,
+    out: &Path,
+    start: Start,
+) -> Result<()> {
+    let base = T::spec_from(args)?;
+    let multi_seed = T::KIND == TaskKind::MultipleChoice;
+    let plan = Plan {
+        methods: methods.unwrap_or_else(|| match multi_seed {
+            true => ["base", "lora", "dora", "replora"].map(String::from).to_vec(),
+            false => ["lora", "replora"].map(String::from).to_vec(),
+        }),
+        seeds: seeds.unwrap_or_else(|| if multi_seed && args.train.seed.is_none() { vec![0, 1, 2] } else { vec![base.train().seed] }),
+        fractions: fractions.unwrap_or_else(|| vec![base.train_fraction()]),
+    };
+    let spec_for = |method: &str, seed: u64, fraction: f64| -> Result<T::Spec> {
+        let mut a = args.clone();
+        a.method.method = if method == "base" { "lora".into() } else { method.to_string() };
+        a.train.seed = Some(seed);
+        a.train_fraction = Some(fraction);
+        T::spec_from(&a)
+    };
+    let summaries = compare::compare::<T>(&plan, &spec_for, out, start)?;
+    let text = compare::write(&summaries, out)?;
+    println!("\n{text}");
+    Ok(())
+}
+
+fn predict(run: &Path, texts: Vec<String>, input: Option<&Path>) -> Result<()> {
+    let mut inputs: Vec<serde_json::Value> = texts.into_iter().map(|t| serde_json::json!({ "text": t })).collect();
+    if let Some(file) = input {
+        let content = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
+        if content.trim().is_empty() {
+            return Err(Error::data(file, None, "the --input file has no lines to predict (it is empty or blank)"));
+        }
+        let jsonl = file.extension().is_some_and(|e| e == "jsonl");
+        for (n, line) in content.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            inputs.push(match jsonl {
+                true => serde_json::from_str(line).map_err(|e| Error::format(file, format!("line {}: {e}", n + 1)))?,
+                false => serde_json::json!({ "text": line }),
+            });
+        }
+    }
+    if inputs.is_empty() {
+        return Err(Error::Config("nothing to predict: give --text or --input".into()));
+    }
+    for answer in with_task!(run::kind_of(run)?, T => run::predict::<T>(run, &inputs))? {
+        println!("{answer}");
+    }
+    Ok(())
+}
+
+fn info(model: &str, rank: usize, targets: Option<Vec<String>>) -> Result<()> {
+    let family = Family::detect(model).ok_or_else(|| {
+        Error::Config(format!("{model}: not a model replora knows (a BERT or LLaMA Hugging Face directory, a .gguf file, or an asset name)"))
+    })?;
+    let info = family.info(model, &Device::flex())?;
+    let targets = targets.unwrap_or(info.default_targets);
+    println!("{}\nparameters: {}\n\nlinear modules (d_in -> d_out):", info.description, info.params);
+    for (path, d_in, d_out) in &info.linears {
+        println!("  {path}  {d_in} -> {d_out}");
+    }
+    println!("\ntrainable parameters at rank {rank} on {}:", targets.join(","));
+    for method in [Method::Lora, Method::Dora, Method::Replora] {
+        let config = AdapterConfig { method, r: rank, target_modules: TargetModules::Names(targets.clone()), ..Default::default() };
+        let n = closed_form(&config, &select_targets(&config, &info.linears)?);
+        println!("  {method:8} {n:>10}  ({:.4}% of the base)", 100.0 * n as f64 / info.params as f64);
+    }
+    Ok(())
+}

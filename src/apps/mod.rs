@@ -1,0 +1,7 @@
+//! The applications built on the library: the `replora` command line, the benchmark harness
+//! (`replora bench`, run against PyTorch + PEFT by `scripts/bench`), and the simulation of the
+//! paper's theory (`replora simulate`).
+
+pub mod bench;
+pub mod cli;
+pub mod simulate;

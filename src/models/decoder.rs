@@ -1,0 +1,84 @@
+//! A LLaMA-family decoder with its tokenizer and chat template, opened from an asset name, a
+//! GGUF file or a Hugging Face directory.
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+
+use super::llama::{Llama, find_gguf};
+use crate::error::{Error, Result};
+use crate::weights::gguf::Gguf;
+
+const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
+
+/// A decoder with its tokenizer.
+pub struct Decoder {
+    pub model: Llama,
+    pub tokenizer: tokenizers::Tokenizer,
+    pub chat_template: Option<String>,
+    /// The file or directory it was read from.
+    pub source: PathBuf,
+}
+
+impl Decoder {
+    /// Opens an asset name (`smollm2`), a `.gguf` file, a directory holding one, or a Hugging
+    /// Face directory (`config.json`, `model.safetensors`, `tokenizer.json`).
+    pub fn open(model: &str, device: &Device) -> Result<Self> {
+        let path = if Path::new(model).exists() { PathBuf::from(model) } else { super::resolve(model)? };
+        match find_gguf(&path)? {
+            Some(file) => {
+                let gguf = Gguf::open(&file)?;
+                let model = Llama::from_gguf(&gguf, &file, device)?;
+                Ok(Self { model, tokenizer: gguf.tokenizer()?, chat_template: gguf.chat_template().map(String::from), source: file })
+            }
+            None => {
+                let file = path.join("tokenizer.json");
+                let tokenizer = crate::data::tokenize::read_hf_tokenizer(&file)?;
+                let config = path.join(TOKENIZER_CONFIG);
+                let chat_template = match config.exists() {
+                    true => crate::files::read_json::<serde_json::Value>(&config)?["chat_template"].as_str().map(String::from),
+                    false => None,
+                };
+                Ok(Self { model: Llama::load(&path, device)?, tokenizer, chat_template, source: path })
+            }
+        }
+    }
+
+    /// Writes `tokenizer.json` and, if there is a chat template, `tokenizer_config.json` with it
+    /// (where Hugging Face keeps it), so that [`Decoder::open`] on `dir` finds both.
+    pub fn save_tokenizer(&self, dir: &Path) -> Result<()> {
+        let file = dir.join("tokenizer.json");
+        self.tokenizer.save(&file, false).map_err(|e| Error::format(&file, e))?;
+        match &self.chat_template {
+            Some(template) => crate::files::write_json(&dir.join(TOKENIZER_CONFIG), &serde_json::json!({ "chat_template": template })),
+            None => Ok(()),
+        }
+    }
+
+    /// Token ids of `text`, without special tokens added around it.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self.tokenizer.encode(text, false).map_err(|e| Error::format(&self.source, format!("cannot tokenize {text:?}: {e}")))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer.decode(ids, true).map_err(|e| Error::format(&self.source, format!("cannot decode token ids: {e}")))
+    }
+
+    /// The end-of-sequence id: the config's, else the tokenizer's `<|endoftext|>` / `</s>`.
+    pub fn eos_id(&self) -> Result<u32> {
+        let from_vocab = || ["<|im_end|>", "<|endoftext|>", "</s>"].iter().find_map(|t| self.tokenizer.token_to_id(t));
+        self.model.config.eos_ids().first().copied().or_else(from_vocab).ok_or_else(|| Error::Config("the model declares no end-of-sequence token".into()))
+    }
+
+    /// Wraps a user message in the model's chat format. Only ChatML templates (`<|im_start|>`,
+    /// SmolLM2's) are understood; others are an error rather than a silent plain prompt.
+    pub fn chat_prompt(&self, message: &str) -> Result<String> {
+        match self.chat_template.as_deref() {
+            Some(t) if t.contains("<|im_start|>") => Ok(format!("<|im_start|>user\n{message}<|im_end|>\n<|im_start|>assistant\n")),
+            Some(_) => Err(Error::Config("the model's chat template is not ChatML; use a plain prompt".into())),
+            None => Err(Error::Config("the model has no chat template; use a plain prompt".into())),
+        }
+    }
+}
+

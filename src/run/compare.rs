@@ -1,0 +1,76 @@
+//! `compare`: methods x seeds x training fractions of one task, each a full run in its own
+//! directory, summarized in one table (`compare.md`) and one JSON file (`compare.json`).
+
+use std::path::Path;
+
+use super::results::{RunSummary, table};
+use super::{Start, evaluate_base, train};
+use crate::error::{Error, Result};
+use crate::files::{write_atomic, write_json};
+use crate::tasks::{Task, TaskSpec};
+
+/// What a comparison runs.
+pub struct Plan {
+    /// `lora`, `dora`, `replora`, `full`, or `base`: the pre-trained model zero-shot.
+    pub methods: Vec<String>,
+    pub seeds: Vec<u64>,
+    pub fractions: Vec<f64>,
+}
+
+/// The run directory of one cell: `{method}-seed{seed}`, with `-frac{f}` below the full data.
+pub fn run_name(method: &str, seed: u64, fraction: f64) -> String {
+    match fraction < 1.0 {
+        true => format!("{method}-seed{seed}-frac{fraction}"),
+        false => format!("{method}-seed{seed}"),
+    }
+}
+
+/// Runs every cell of `plan` into `out`. `spec_for(method, seed, fraction)` makes each cell's
+/// spec; all are made (and checked) before the first run starts. `base` is evaluated once (it
+/// has neither seed nor training data).
+pub fn compare<T: Task>(plan: &Plan, spec_for: &dyn Fn(&str, u64, f64) -> Result<T::Spec>, out: &Path, start: Start) -> Result<Vec<RunSummary>> {
+    if plan.methods.is_empty() || plan.seeds.is_empty() || plan.fractions.is_empty() {
+        return Err(Error::Config("--methods, --seeds and --train-fractions each need at least one value".into()));
+    }
+    let mut cells = vec![];
+    for &fraction in &plan.fractions {
+        for method in &plan.methods {
+            for &seed in &plan.seeds {
+                if method == "base" && (seed != plan.seeds[0] || fraction != plan.fractions[0]) {
+                    continue;
+                }
+                let spec = spec_for(method, seed, fraction)?;
+                spec.validate()?;
+                cells.push((method.clone(), run_name(method, seed, fraction), spec));
+            }
+        }
+    }
+    let mut summaries = vec![];
+    for (i, (method, name, spec)) in cells.iter().enumerate() {
+        eprintln!("== [{}/{}] {name} ==", i + 1, cells.len());
+        summaries.push(match method.as_str() {
+            "base" => evaluate_base::<T>(spec)?,
+            _ => train::<T>(spec, &out.join(name), start)?,
+        });
+    }
+    Ok(summaries)
+}
+
+/// Writes `compare.md` (a header naming the model, data and sizes, then the table) and
+/// `compare.json` (every run's summary); returns the Markdown.
+pub fn write(summaries: &[RunSummary], out: &Path) -> Result<String> {
+    let Some(s) = summaries.iter().find(|s| s.training.is_some()).or(summaries.first()) else {
+        return Err(Error::Config("no runs to compare".into()));
+    };
+    let labels = if s.labels.is_empty() { String::new() } else { format!(", {} labels", s.labels.len()) };
+    let epochs = s.training.as_ref().map_or(String::new(), |t| format!(", {} epochs", t.epochs_run));
+    let header = format!(
+        "{} {} on {} ({} train / {} validation / {} test examples{labels}{epochs})\n\n",
+        s.task, s.model, s.data, s.sizes[0], s.sizes[1], s.sizes[2]
+    );
+    let text = format!("{header}{}", table(summaries));
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    write_atomic(&out.join("compare.md"), text.as_bytes())?;
+    write_json(&out.join("compare.json"), &summaries)?;
+    Ok(text)
+}

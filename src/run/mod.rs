@@ -1,0 +1,179 @@
+//! The run lifecycle, the same for every [`Task`]: train (or resume) into a run directory,
+//! evaluate, predict, export the adapter in PEFT's layout, merge, and compare methods.
+//!
+//! A run directory holds `run.json` (the spec), `adapter/` (native format) or, for full
+//! fine-tuning, the tuned weights, the task's extra files (a head, labels), `metrics.jsonl`,
+//! `checkpoint/`, `best/` and, once finished, `summary.json`.
+
+pub mod compare;
+pub mod dir;
+pub mod results;
+
+use std::path::Path;
+use std::time::Instant;
+
+use burn::prelude::*;
+
+pub use dir::Start;
+pub use results::{RunSummary, table};
+
+use crate::adapters::count::{ParamReport, ppt};
+use crate::error::{Error, Result};
+use crate::files::{read_json, write_json};
+use crate::formats::native;
+use crate::models::Architecture;
+use crate::tasks::{Task, TaskKind, TaskSpec, TestScores, check_best_metric};
+use crate::training;
+
+/// The adapter of a run, in replora's native format.
+pub const ADAPTER_DIR: &str = "adapter";
+
+/// Trains a run into `out` (or resumes the one there) and writes its artefacts. Everything
+/// (settings, model, data) is checked before the first file is written.
+pub fn train<T: Task>(spec: &T::Spec, out: &Path, start: Start) -> Result<RunSummary> {
+    training::reset_peak_rss();
+    let spec = dir::begin(out, spec, &T::Spec::default(), start, T::KIND)?;
+    spec.validate()?;
+    check_best_metric::<T>(&spec)?;
+    let device = Device::flex().autodiff();
+    let task = T::open(spec, &device)?;
+    let data = task.data()?;
+    let model = task.build(&data)?;
+    dir::create(out, start)?;
+    write_json(&out.join(dir::RUN_FILE), task.spec())?;
+    let params = params::<T>(&model);
+    eprintln!("{}: {params}", task.spec().method_name());
+
+    let started = Instant::now();
+    let train_batches = |epoch: usize| task.train_batches(&data, epoch);
+    let validate = |m: &T::Model| task.validate(&data, m);
+    let (model, report) = training::train(model, &train_batches, &validate, task.spec().train(), &device, out, start == Start::Resume)?;
+    let seconds = started.elapsed().as_secs_f64().max(1e-9);
+    save::<T>(&task, &data, &model, out)?;
+    let test = task.test(&data, &model)?;
+    let sizes = T::sizes(&data);
+    let epochs = report.epochs_run as f64;
+    let mut summary = summarize::<T>(&task, &data, test, params);
+    summary.train_examples_per_s = sizes[0] as f64 * epochs / seconds;
+    summary.train_tokens_per_s = T::train_tokens(&data).map(|t| t as f64 * epochs / seconds);
+    summary.training = Some(report);
+    write_json(&out.join(dir::SUMMARY_FILE), &summary)?;
+    Ok(summary)
+}
+
+/// Trainable and total parameters: the adapter (or every weight) plus the task's head.
+fn params<T: Task>(model: &T::Model) -> ParamReport
+where
+    T::Model: Module,
+{
+    let adapted = T::adapted(model);
+    let report = adapted.param_report();
+    let head = model.num_params().saturating_sub(report.total);
+    ParamReport { trainable: report.trainable + head, total: report.total + head }
+}
+
+fn summarize<T: Task>(task: &T, data: &T::Data, test: TestScores, params: ParamReport) -> RunSummary {
+    let spec = task.spec();
+    RunSummary {
+        task: T::KIND,
+        method: spec.method_name(),
+        model: spec.model().to_string(),
+        data: spec.data_name(),
+        seed: spec.train().seed,
+        train_fraction: spec.train_fraction(),
+        labels: T::labels(data),
+        sizes: T::sizes(data),
+        ppt: if params.trainable == 0 { 0.0 } else { ppt(100.0 * test.overall.accuracy, params.trainable) },
+        test: test.overall,
+        per_task: test.per_task,
+        training: None,
+        trainable_params: params.trainable,
+        total_params: params.total,
+        trainable_percent: 100.0 * params.trainable as f64 / params.total.max(1) as f64,
+        train_examples_per_s: 0.0,
+        train_tokens_per_s: None,
+        peak_rss_mib: results::peak_rss_mib(),
+    }
+}
+
+/// Writes the trained parts: the adapter (native format) or every tuned weight, and the task's
+/// own files.
+fn save<T: Task>(task: &T, data: &T::Data, model: &T::Model, out: &Path) -> Result<()> {
+    let adapted = T::adapted(model);
+    if adapted.is_full_finetune() {
+        adapted.model.save(&out.join(T::FULL_MODEL_DIR))?;
+    } else {
+        native::save(&adapted.adapters, &out.join(ADAPTER_DIR))?;
+    }
+    task.save_extra(data, model, out)
+}
+
+/// The task kind of a finished run directory, or why it cannot be used.
+pub fn kind_of(run: &Path) -> Result<TaskKind> {
+    dir::check_finished(run)?;
+    dir::kind_of(run).ok_or_else(|| Error::format(&run.join(dir::RUN_FILE), "not a run spec of any task"))
+}
+
+/// A finished run: its task (spec, pre-trained model, tokenizer) and its trained model.
+pub fn open<T: Task>(run: &Path, device: &Device) -> Result<(T, T::Model)> {
+    dir::check_finished(run)?;
+    if let Some(kind) = dir::kind_of(run).filter(|k| *k != T::KIND) {
+        return Err(Error::State(format!("{} is a {kind} run, not a {} run", run.display(), T::KIND)));
+    }
+    let spec: T::Spec = read_json(&run.join(dir::RUN_FILE))?;
+    let task = T::open(spec, device)?;
+    let model = task.restore(run, device)?;
+    Ok((task, model))
+}
+
+/// Re-scores a finished run on its test split, or on `data` (a labelled file or sub-tasks).
+pub fn evaluate<T: Task>(run: &Path, data: Option<&str>) -> Result<RunSummary> {
+    let device = Device::flex();
+    let (task, model) = open::<T>(run, &device)?;
+    let data = match data {
+        Some(source) => task.test_data(source)?,
+        None => task.data()?,
+    };
+    let test = task.test(&data, &model)?;
+    let mut summary: RunSummary = read_json(&run.join(dir::SUMMARY_FILE))?;
+    summary.sizes[2] = T::sizes(&data)[2];
+    summary.test = test.overall;
+    summary.per_task = test.per_task;
+    Ok(summary)
+}
+
+/// The pre-trained model zero-shot on the spec's test split (tasks that need no trained head).
+pub fn evaluate_base<T: Task>(spec: &T::Spec) -> Result<RunSummary> {
+    training::reset_peak_rss();
+    spec.validate()?;
+    let device = Device::flex();
+    let task = T::open(spec.clone(), &device)?;
+    let model = task.zero_shot().ok_or_else(|| Error::Config(format!("a {} model needs a trained head: zero-shot evaluation is for multiple-choice runs", T::KIND)))?;
+    let data = task.data()?;
+    let test = task.test(&data, &model)?;
+    let total = params::<T>(&model).total;
+    let mut summary = summarize::<T>(&task, &data, test, ParamReport { trainable: 0, total });
+    summary.method = "base".into();
+    Ok(summary)
+}
+
+/// Writes a finished run's adapter in PEFT's layout into `out`; returns how Python loads it.
+pub fn export<T: Task>(run: &Path, out: &Path) -> Result<String> {
+    let (task, model) = open::<T>(run, &Device::flex())?;
+    if T::adapted(&model).is_full_finetune() {
+        return Err(Error::State("a full fine-tuning run has no adapter to export; use `replora merge`".into()));
+    }
+    task.export_peft(&model, out)
+}
+
+/// Writes a finished run's model with its adapter folded in as a plain Hugging Face directory.
+pub fn merge<T: Task>(run: &Path, out: &Path) -> Result<String> {
+    let (task, model) = open::<T>(run, &Device::flex())?;
+    task.merge(model, out)
+}
+
+/// Answers for raw inputs with a finished run (see [`Task::predict`]).
+pub fn predict<T: Task>(run: &Path, inputs: &[serde_json::Value]) -> Result<Vec<serde_json::Value>> {
+    let (task, model) = open::<T>(run, &Device::flex())?;
+    task.predict(&model, inputs)
+}
