@@ -11,10 +11,11 @@ use std::str::FromStr;
 
 use burn::module::Param;
 use burn::prelude::*;
-use burn::tensor::module::{embedding, layer_norm};
+use burn::tensor::module::embedding;
 use serde::{Deserialize, Serialize};
 
 use super::EncoderInput;
+use super::layers::{LayerNorm, attention};
 use crate::adapters::{Adaptable, AdaptedLinear, Deltas};
 use crate::error::{Error, Result};
 use crate::weights::tensors::{self, HostTensor};
@@ -112,20 +113,6 @@ impl BertConfig {
     }
 }
 
-/// LayerNorm over the last dimension with learned scale and shift.
-#[derive(Module, Debug)]
-pub struct LayerNorm {
-    pub weight: Param<Tensor<1>>,
-    pub bias: Param<Tensor<1>>,
-    pub eps: f64,
-}
-
-impl LayerNorm {
-    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        layer_norm(x, self.weight.val(), Some(self.bias.val()), self.eps)
-    }
-}
-
 /// Word, position and token-type embeddings, summed and normalised.
 #[derive(Module, Debug)]
 pub struct BertEmbeddings {
@@ -190,8 +177,7 @@ impl BertLayer {
         let q = split(self.query.forward(x.clone(), deltas).mul_scalar(1.0 / (head_dim as f64).sqrt()));
         let k = split(self.key.forward(x.clone(), deltas));
         let v = split(self.value.forward(x.clone(), deltas));
-        let probs = kernels::softmax_last(q.matmul(k.swap_dims(2, 3)) + mask_bias.clone());
-        let context = probs.matmul(v).swap_dims(1, 2).reshape([b, t, hidden]);
+        let context = attention(q, k, v, mask_bias.clone()).swap_dims(1, 2).reshape([b, t, hidden]);
         let x = self.attention_norm.forward(self.attention_output.forward(context, deltas) + x);
         let h = kernels::gelu(self.intermediate.forward(x.clone(), deltas));
         self.output_norm.forward(self.output.forward(h, deltas) + x)

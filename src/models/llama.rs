@@ -19,6 +19,7 @@ use crate::weights::gguf::Gguf;
 use crate::weights::tensors::{self, HostTensor};
 use crate::weights::Reader;
 use crate::files::{read_json, write_json};
+use super::layers::{RmsNorm, attention};
 use crate::kernels;
 
 const CONFIG_FILE: &str = "config.json";
@@ -135,20 +136,6 @@ impl LlamaConfig {
     }
 }
 
-/// Root-mean-square normalisation with a learned scale.
-#[derive(Module, Debug)]
-pub struct RmsNorm {
-    pub weight: Param<Tensor<1>>,
-    pub eps: f64,
-}
-
-impl RmsNorm {
-    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let rms = x.clone().square().mean_dim(D - 1).add_scalar(self.eps).sqrt();
-        x / rms * self.weight.val().unsqueeze::<D>()
-    }
-}
-
 /// Cached keys and values of every layer, `[batch, kv_heads, seen, head_dim]` each.
 #[derive(Clone, Debug, Default)]
 pub struct KvCache {
@@ -248,8 +235,7 @@ impl LlamaLayer {
             if group == 1 { y } else { y.unsqueeze_dim::<5>(2).expand([b, kv_heads, group, keys, d]).reshape([b, heads, keys, d]) }
         };
         let q = q.mul_scalar(1.0 / (d as f64).sqrt());
-        let probs = kernels::softmax_last(q.matmul(repeat(k).swap_dims(2, 3)) + ctx.mask.clone());
-        let context = probs.matmul(repeat(v)).swap_dims(1, 2).reshape([b, t, hidden]);
+        let context = attention(q, repeat(k), repeat(v), ctx.mask.clone()).swap_dims(1, 2).reshape([b, t, hidden]);
         let x = x + attn.o_proj.forward(context, ctx.deltas);
         let h = self.post_attention_layernorm.forward(x.clone());
         let m = &self.mlp;

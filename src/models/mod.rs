@@ -4,6 +4,7 @@
 
 pub mod bert;
 pub mod decoder;
+pub mod layers;
 pub mod llama;
 
 use std::path::{Path, PathBuf};

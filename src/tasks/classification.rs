@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::heads::{ClassifierModel, SequenceClassifier, evaluate};
 use super::hf_layout::{self, HfLayout};
-use super::{Task, TaskKind, TaskSpec, TestScores, Tuning};
+use super::{Task, TaskKind, TestScores, Tuning};
 use crate::adapters::{AdapterConfig, PeftModel};
 use crate::data::{self, BatchConfig, Columns, Dataset, EncodedDataset, LoadOptions, SplitConfig, Tokenizer};
 use crate::error::{Error, Result};
@@ -92,32 +92,7 @@ fn prepare(spec: &ClassificationSpec, tokenizer: &Tokenizer) -> Result<Prepared>
     })
 }
 
-impl TaskSpec for ClassificationSpec {
-    fn model(&self) -> &str {
-        &self.model
-    }
-    fn tuning(&self) -> Tuning {
-        self.tuning
-    }
-    fn adapter(&self) -> &AdapterConfig {
-        &self.adapter
-    }
-    fn train(&self) -> &TrainConfig {
-        &self.train
-    }
-    fn train_mut(&mut self) -> &mut TrainConfig {
-        &mut self.train
-    }
-    fn data_name(&self) -> String {
-        self.data.clone()
-    }
-    fn train_fraction(&self) -> f64 {
-        self.train_fraction
-    }
-    fn validate(&self) -> Result<()> {
-        ClassificationSpec::validate(self)
-    }
-}
+task_spec!(ClassificationSpec, |spec| spec.data.clone());
 
 const LABELS_FILE: &str = "labels.json";
 const HEAD_FILE: &str = "head.safetensors";

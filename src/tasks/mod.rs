@@ -3,6 +3,40 @@
 //! evaluate, predict, export, merge, compare). Adding a task is one file here plus one line in
 //! [`TaskKind`] and [`with_task!`](crate::with_task).
 
+/// Implements [`TaskSpec`] for a spec struct with the fields `model`, `tuning`, `adapter`,
+/// `train`, `train_fraction` and an inherent `validate`; `|spec| expr` names its data.
+macro_rules! task_spec {
+    ($spec:ty, |$s:ident| $data:expr) => {
+        impl $crate::tasks::TaskSpec for $spec {
+            fn model(&self) -> &str {
+                &self.model
+            }
+            fn tuning(&self) -> $crate::tasks::Tuning {
+                self.tuning
+            }
+            fn adapter(&self) -> &$crate::adapters::AdapterConfig {
+                &self.adapter
+            }
+            fn train(&self) -> &$crate::training::TrainConfig {
+                &self.train
+            }
+            fn train_mut(&mut self) -> &mut $crate::training::TrainConfig {
+                &mut self.train
+            }
+            fn data_name(&self) -> String {
+                let $s = self;
+                $data
+            }
+            fn train_fraction(&self) -> f64 {
+                self.train_fraction
+            }
+            fn validate(&self) -> $crate::error::Result<()> {
+                <$spec>::validate(self)
+            }
+        }
+    };
+}
+
 pub mod choice_model;
 pub mod classification;
 pub mod heads;

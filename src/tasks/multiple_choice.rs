@@ -11,7 +11,7 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use super::choice_model::{CausalLm, ChoiceItems, LmBatch, LmSequence, choice_items, evaluate, length_grouped_batches, score, training_sequences};
-use super::{SubtaskScore, Task, TaskKind, TaskSpec, TestScores, Tuning};
+use super::{SubtaskScore, Task, TaskKind, TestScores, Tuning};
 use crate::adapters::{AdapterConfig, AdapterSet, PeftModel};
 use crate::data::bigbench::{ChoiceExample, read_choices};
 use crate::error::{Error, Result};
@@ -131,32 +131,7 @@ pub fn load_splits(spec: &MultipleChoiceSpec) -> Result<ChoiceSplits> {
 }
 
 
-impl TaskSpec for MultipleChoiceSpec {
-    fn model(&self) -> &str {
-        &self.model
-    }
-    fn tuning(&self) -> Tuning {
-        self.tuning
-    }
-    fn adapter(&self) -> &AdapterConfig {
-        &self.adapter
-    }
-    fn train(&self) -> &TrainConfig {
-        &self.train
-    }
-    fn train_mut(&mut self) -> &mut TrainConfig {
-        &mut self.train
-    }
-    fn data_name(&self) -> String {
-        self.tasks.iter().chain(&self.eval_tasks).map(|t| task_name(t)).collect::<Vec<_>>().join(", ")
-    }
-    fn train_fraction(&self) -> f64 {
-        self.train_fraction
-    }
-    fn validate(&self) -> Result<()> {
-        MultipleChoiceSpec::validate(self)
-    }
-}
+task_spec!(MultipleChoiceSpec, |spec| spec.tasks.iter().chain(&spec.eval_tasks).map(|t| task_name(t)).collect::<Vec<_>>().join(", "));
 
 /// Example-weighted loss, accuracy and exact match over sub-tasks.
 fn overall(scores: &[SubtaskScore]) -> EvalMetrics {

@@ -169,9 +169,10 @@ fn predict(run: &Path, texts: Vec<String>, input: Option<&Path>) -> Result<()> {
 }
 
 fn info(model: &str, rank: usize, targets: Option<Vec<String>>) -> Result<()> {
-    let family = Family::detect(model).ok_or_else(|| {
-        Error::Config(format!("{model}: not a model replora knows (a BERT or LLaMA Hugging Face directory, a .gguf file, or an asset name)"))
-    })?;
+    let Some(family) = Family::detect(model) else {
+        crate::models::resolve(model)?; // a missing path: say so
+        return Err(Error::Config(format!("{model}: not a model replora knows (a BERT or LLaMA Hugging Face directory, a .gguf file, or an asset name)")));
+    };
     let info = family.info(model, &Device::flex())?;
     let targets = targets.unwrap_or(info.default_targets);
     println!("{}\nparameters: {}\n\nlinear modules (d_in -> d_out):", info.description, info.params);
