@@ -1,16 +1,15 @@
 //! Adapter hyper-parameters: one serializable struct that a native adapter file stores whole.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
 /// The parameter-efficient method an adapter implements.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
+#[value(rename_all = "lowercase")]
 pub enum Method {
     /// `W0 + s B A` with independent factors per target.
     Lora,
@@ -31,8 +30,9 @@ impl Method {
 }
 
 /// How the LoRA down-projection `A` (and RepLoRA's `A` generator output layer) is initialised.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
+#[value(rename_all = "lowercase")]
 pub enum LoraInit {
     /// Kaiming-uniform with `a = sqrt(5)`, as `torch.nn.Linear` and PEFT's default.
     Kaiming,
@@ -41,8 +41,9 @@ pub enum LoraInit {
 }
 
 /// The shape of RepLoRA's shared seeds (spec section 3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
+#[value(rename_all = "lowercase")]
 pub enum SeedKind {
     /// `A = diag(a)`, `B = diag(b)`: `2 r` seed parameters per block.
     Diagonal,
@@ -51,8 +52,9 @@ pub enum SeedKind {
 }
 
 /// Non-linearity between the two layers of a RepLoRA generator.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
+#[value(rename_all = "lowercase")]
 pub enum Activation {
     Tanh,
     Relu,
@@ -66,8 +68,9 @@ pub enum Activation {
 /// them, so without a scale a generated factor moves about `h * E|act|` times as fast as a
 /// LoRA factor at the same learning rate (about 4x at h = 16, with A also starting 5x
 /// larger): RepLoRA's update `B A` then runs an order of magnitude ahead of LoRA's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum OutputScale {
     /// No scale (replora 0.1 before this option; adapters saved then read back as this).
     One,
@@ -93,39 +96,36 @@ fn legacy_output_scale() -> OutputScale {
     OutputScale::One
 }
 
-macro_rules! string_enum {
-    ($ty:ty, $what:literal, $($name:literal => $value:expr),+ $(,)?) => {
-        impl FromStr for $ty {
-            type Err = Error;
-            fn from_str(s: &str) -> Result<Self> {
-                match s.to_ascii_lowercase().as_str() {
-                    $($name => Ok($value),)+
-                    other => Err(Error::Config(format!(
-                        concat!("unknown ", $what, " {:?}; expected one of: {}"),
-                        other,
-                        [$($name),+].join(", ")
-                    ))),
-                }
+/// `FromStr` (any case, the error naming the choices) and `Display` for a `clap::ValueEnum`,
+/// from its value names (the same names as its serde form): one spelling for flags, files and
+/// messages.
+#[macro_export]
+macro_rules! value_enum_str {
+    ($ty:ty, $what:literal) => {
+        impl std::str::FromStr for $ty {
+            type Err = $crate::error::Error;
+            fn from_str(s: &str) -> $crate::error::Result<Self> {
+                <$ty as clap::ValueEnum>::from_str(s, true).map_err(|_| {
+                    let names: Vec<String> =
+                        <$ty as clap::ValueEnum>::value_variants().iter().filter_map(clap::ValueEnum::to_possible_value).map(|v| v.get_name().to_string()).collect();
+                    $crate::error::Error::Config(format!(concat!("unknown ", $what, " {:?}; expected one of: {}"), s.to_ascii_lowercase(), names.join(", ")))
+                })
             }
         }
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                let name = match self { $(v if *v == $value => $name,)+ _ => unreachable!() };
-                f.pad(name)
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let value = clap::ValueEnum::to_possible_value(self).expect("no variant is skipped");
+                f.pad(value.get_name())
             }
         }
     };
 }
 
-string_enum!(Method, "method", "lora" => Method::Lora, "dora" => Method::Dora, "replora" => Method::Replora);
-string_enum!(SeedKind, "seed kind", "diagonal" => SeedKind::Diagonal, "full" => SeedKind::Full);
-string_enum!(OutputScale, "output scale", "one" => OutputScale::One, "inv_sqrt_h" => OutputScale::InvSqrtH, "inv_h" => OutputScale::InvH);
-string_enum!(LoraInit, "init", "kaiming" => LoraInit::Kaiming, "gaussian" => LoraInit::Gaussian);
-string_enum!(
-    Activation, "activation",
-    "tanh" => Activation::Tanh, "relu" => Activation::Relu,
-    "gelu" => Activation::Gelu, "identity" => Activation::Identity,
-);
+value_enum_str!(Method, "method");
+value_enum_str!(SeedKind, "seed kind");
+value_enum_str!(OutputScale, "output scale");
+value_enum_str!(LoraInit, "init");
+value_enum_str!(Activation, "activation");
 
 /// PEFT's `target_modules`: a list of names (exact or suffix match) or one regex (full match).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -5,9 +5,7 @@
 //! `BertModel`, `"bert."` inside `BertForSequenceClassification`), so PEFT adapter files line up.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::path::Path;
-use std::str::FromStr;
 
 use burn::module::Param;
 use burn::prelude::*;
@@ -351,6 +349,7 @@ impl Adaptable for Bert {
 /// How a sentence embedding is read off the last hidden state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
+#[value(rename_all = "lowercase")]
 pub enum Pooling {
     /// The first (`[CLS]`) token's state.
     Cls,
@@ -358,25 +357,7 @@ pub enum Pooling {
     Mean,
 }
 
-impl FromStr for Pooling {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "cls" => Ok(Pooling::Cls),
-            "mean" => Ok(Pooling::Mean),
-            other => Err(Error::Config(format!("unknown pooling {other:?}; expected one of: cls, mean"))),
-        }
-    }
-}
-
-impl fmt::Display for Pooling {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Pooling::Cls => "cls",
-            Pooling::Mean => "mean",
-        })
-    }
-}
+crate::value_enum_str!(Pooling, "pooling");
 
 /// `[batch, seq, hidden]` -> `[batch, hidden]`. `mask` (`[batch, seq]`, 1 for real tokens)
 /// limits the mean to real tokens; a row with no real token pools to 0.

@@ -158,24 +158,24 @@ pub struct MethodArgs {
     #[arg(long, help_heading = "Method")]
     pub rslora: bool,
     /// Init of LoRA's A (and RepLoRA's A generator output layer).
-    #[arg(long, default_value = "kaiming", value_parser = ["kaiming", "gaussian"], help_heading = "Method")]
-    pub init: String,
+    #[arg(long, value_enum, default_value_t = LoraInit::Kaiming, help_heading = "Method")]
+    pub init: LoraInit,
     /// RepLoRA seed shape: diagonal (2r parameters per block) or full.
-    #[arg(long, default_value = "diagonal", value_parser = ["diagonal", "full"], help_heading = "Method")]
-    pub seed_kind: String,
+    #[arg(long, value_enum, default_value_t = SeedKind::Diagonal, help_heading = "Method")]
+    pub seed_kind: SeedKind,
     /// RepLoRA generator hidden width h.
     #[arg(long, default_value_t = RepLoraConfig::default().hidden, value_parser = count, help_heading = "Method")]
     pub hidden: usize,
     /// RepLoRA generator activation.
-    #[arg(long, default_value = "tanh", value_parser = ["tanh", "relu", "gelu", "identity"], help_heading = "Method")]
-    pub activation: String,
+    #[arg(long, value_enum, default_value_t = Activation::Tanh, help_heading = "Method")]
+    pub activation: Activation,
     /// One RepLoRA generator pair for all blocks (seeds stay per block).
     #[arg(long, help_heading = "Method")]
     pub shared_generators: bool,
     /// Multiplier on RepLoRA's generator outputs: inv_sqrt_h (1/sqrt(h), the default: generated
     /// factors start and move as LoRA's do), inv_h, or one (unscaled, as replora 0.1).
-    #[arg(long, default_value = "inv_sqrt_h", value_parser = ["inv_sqrt_h", "inv_h", "one"], help_heading = "Method")]
-    pub output_scale: String,
+    #[arg(long, value_enum, default_value_t = OutputScale::InvSqrtH, help_heading = "Method")]
+    pub output_scale: OutputScale,
 }
 
 /// The trainer flags, shared by every fine-tuning command. Unset flags take the task's
@@ -223,10 +223,6 @@ pub struct TrainArgs {
     pub seed: Option<u64>,
 }
 
-fn parse<T: std::str::FromStr<Err = Error>>(s: &str) -> Result<T> {
-    s.parse()
-}
-
 impl MethodArgs {
     /// The tuning mode and adapter config; `default_targets` applies without --targets.
     pub fn to_adapter(&self, default_targets: &[&str], seed: u64) -> Result<(Tuning, AdapterConfig)> {
@@ -237,7 +233,7 @@ impl MethodArgs {
                 ));
             }
             "full" => (Tuning::Full, Method::Lora),
-            m => (Tuning::Adapter, parse::<Method>(m)?),
+            m => (Tuning::Adapter, m.parse::<Method>()?),
         };
         let target_modules = match (&self.targets_regex, &self.targets) {
             (Some(re), _) => TargetModules::Regex(re.clone()),
@@ -250,15 +246,15 @@ impl MethodArgs {
             lora_alpha: self.alpha,
             lora_dropout: self.dropout,
             use_rslora: self.rslora,
-            init_lora_weights: parse::<LoraInit>(&self.init)?,
+            init_lora_weights: self.init,
             target_modules,
             layers_to_transform: self.layers.clone(),
             replora: RepLoraConfig {
-                seed_kind: parse::<SeedKind>(&self.seed_kind)?,
+                seed_kind: self.seed_kind,
                 hidden: self.hidden,
-                activation: parse::<Activation>(&self.activation)?,
+                activation: self.activation,
                 shared_generators: self.shared_generators,
-                output_scale: parse::<OutputScale>(&self.output_scale)?,
+                output_scale: self.output_scale,
             },
             seed,
             ..Default::default()
