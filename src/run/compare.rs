@@ -39,9 +39,10 @@ pub fn compare<T: Task>(plan: &Plan, spec_for: &dyn Fn(&str, u64, f64) -> Result
                 if method == "base" && (seed != plan.seeds[0] || fraction != plan.fractions[0]) {
                     continue;
                 }
-                let spec = spec_for(method, seed, fraction)?;
+                // The zero-shot model sees no training data: it is the same at every fraction.
+                let spec = spec_for(method, seed, if method == "base" { 1.0 } else { fraction })?;
                 spec.validate()?;
-                cells.push((method.clone(), run_name(method, seed, fraction), spec));
+                cells.push((method.clone(), run_name(method, seed, spec.train_fraction()), spec));
             }
         }
     }

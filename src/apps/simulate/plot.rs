@@ -22,7 +22,7 @@ pub struct Panel {
 
 const COLORS: [RGBColor; 4] = [RGBColor(214, 39, 40), RGBColor(31, 119, 180), RGBColor(44, 160, 44), RGBColor(148, 103, 189)];
 
-fn register_font() -> Result<()> {
+pub fn register_font() -> Result<()> {
     static ONCE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let ok = *ONCE.get_or_init(|| plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular()).is_ok());
     if ok { Ok(()) } else { Err(anyhow!("embedded DejaVu Sans failed to load")) }

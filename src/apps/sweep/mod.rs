@@ -1,0 +1,237 @@
+//! `replora sweep --grid FILE`: a grid of `train` runs (any method, trainer or task flag x
+//! seeds x training fractions x datasets), resumable, one JSONL row per run, and a report that
+//! selects on validation data only (see [`report`]).
+//!
+//! A grid file (TOML):
+//!
+//! ```toml
+//! metric = "accuracy"      # validation metric that selects: accuracy, macro_f1 or loss
+//! baseline = "lora"        # paired differences are taken against this method
+//! [fixed]                  # `train` flags of every cell
+//! epochs = 4
+//! [grid]                   # each key a `train` flag with a list of values: the cartesian product
+//! data = ["bigbench:intent_recognition", "bigbench:winowhy"]
+//! method = ["lora", "replora"]
+//! lr = [1e-3, 2e-3, 4e-3]
+//! seed = [0, 1, 2]
+//! ```
+//!
+//! Each cell is parsed exactly as `replora train` parses its flags, so a typo fails before the
+//! first run. Cells whose run directory holds a `summary.json` are read back, not rerun; an
+//! interrupted cell resumes from its checkpoint.
+
+pub mod plot;
+pub mod report;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+use super::cli::{Cli, Command, RunArgs, SpecFromArgs};
+use crate::error::{Error, Result};
+use crate::files::{read_json, write_atomic, write_json};
+use crate::run::{self, RunSummary, Start};
+use crate::training::{BestMetric, EvalMetrics};
+use crate::with_task;
+
+/// A grid file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grid {
+    /// The validation metric that selects configurations.
+    #[serde(default = "accuracy")]
+    pub metric: BestMetric,
+    /// The method paired differences are taken against.
+    #[serde(default = "lora")]
+    pub baseline: String,
+    #[serde(default)]
+    pub fixed: BTreeMap<String, toml::Value>,
+    pub grid: BTreeMap<String, Vec<toml::Value>>,
+}
+
+fn accuracy() -> BestMetric {
+    BestMetric::Accuracy
+}
+
+fn lora() -> String {
+    "lora".into()
+}
+
+/// One run of the grid: its flags (fixed and varied) and where it runs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Cell {
+    /// Every flag of the run, as given to `train` (without `--out`).
+    pub flags: BTreeMap<String, String>,
+    /// The flags that vary in the grid.
+    pub varied: Vec<String>,
+    pub dir: PathBuf,
+}
+
+/// What the report reads: one finished run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Row {
+    pub flags: BTreeMap<String, String>,
+    pub varied: Vec<String>,
+    pub method: String,
+    pub seed: u64,
+    pub data: String,
+    pub train_fraction: f64,
+    /// The best epoch's validation metrics (what selection sees).
+    pub validation: EvalMetrics,
+    pub test: EvalMetrics,
+    pub trainable_params: usize,
+    pub trainable_percent: f64,
+    pub wall_time_s: f64,
+    pub run: PathBuf,
+}
+
+fn flag_value(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Array(items) => items.iter().map(flag_value).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+/// FNV-1a: a stable short name for a cell's flags.
+fn fnv(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+impl Grid {
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let grid: Grid = toml::from_str(&text).map_err(|e| Error::format(path, e))?;
+        if let Some((key, _)) = grid.grid.iter().find(|(_, values)| values.is_empty()) {
+            return Err(Error::format(path, format!("grid key {key:?} has no values")));
+        }
+        if let Some(key) = grid.grid.keys().find(|k| grid.fixed.contains_key(*k)) {
+            return Err(Error::format(path, format!("{key:?} is both fixed and varied")));
+        }
+        if let Some(key) = grid.grid.keys().chain(grid.fixed.keys()).find(|k| ["out", "resume", "overwrite", "config"].contains(&k.as_str())) {
+            return Err(Error::format(path, format!("{key:?}: the sweep sets each run's directory itself")));
+        }
+        Ok(grid)
+    }
+
+    /// Every cell, in a fixed order, each under `out/runs/`.
+    pub fn cells(&self, out: &Path) -> Vec<Cell> {
+        let mut cells: Vec<BTreeMap<String, String>> = vec![self.fixed.iter().map(|(k, v)| (k.clone(), flag_value(v))).collect()];
+        for (key, values) in &self.grid {
+            cells = cells.into_iter().flat_map(|c| values.iter().map(move |v| (c.clone(), v))).map(|(mut c, v)| {
+                c.insert(key.clone(), flag_value(v));
+                c
+            }).collect();
+        }
+        let varied: Vec<String> = self.grid.keys().cloned().collect();
+        cells
+            .into_iter()
+            .map(|flags| {
+                let key: String = flags.iter().map(|(k, v)| format!("{k}={v};")).collect();
+                let method = flags.get("method").cloned().unwrap_or_else(|| "replora".into());
+                let dir = out.join("runs").join(format!("{method}-{:016x}", fnv(&key)));
+                Cell { flags, varied: varied.clone(), dir }
+            })
+            .collect()
+    }
+}
+
+impl Cell {
+    /// The cell's flags parsed as `replora train` parses them.
+    pub fn args(&self) -> Result<RunArgs> {
+        let mut argv = vec!["replora".to_string(), "train".to_string()];
+        for (k, v) in &self.flags {
+            match v.as_str() {
+                "true" => argv.push(format!("--{}", k.replace('_', "-"))),
+                "false" => {}
+                _ => argv.extend([format!("--{}", k.replace('_', "-")), v.clone()]),
+            }
+        }
+        let cli = Cli::try_parse_from(&argv).map_err(|e| Error::Config(format!("sweep cell {}: {}", self.describe(), e.render().to_string().trim())))?;
+        match cli.command {
+            Command::Train { run, .. } => Ok(run),
+            _ => unreachable!("parsed as train"),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.varied.iter().filter_map(|k| self.flags.get(k).map(|v| format!("{k}={v}"))).collect::<Vec<_>>().join(" ")
+    }
+
+    fn row(&self, s: &RunSummary) -> Row {
+        let training = s.training.as_ref();
+        Row {
+            flags: self.flags.clone(),
+            varied: self.varied.clone(),
+            method: s.method.clone(),
+            seed: s.seed,
+            data: s.data.clone(),
+            train_fraction: s.train_fraction,
+            validation: training.map(|t| t.best_validation.clone()).unwrap_or_default(),
+            test: s.test.clone(),
+            trainable_params: s.trainable_params,
+            trainable_percent: s.trainable_percent,
+            wall_time_s: training.map_or(0.0, |t| t.wall_time_s),
+            run: self.dir.clone(),
+        }
+    }
+}
+
+fn train_cell<T: SpecFromArgs>(args: &RunArgs, dir: &Path) -> Result<RunSummary> {
+    let spec = T::spec_from(args)?;
+    // An interrupted cell continues from its checkpoint; one that never wrote one starts over.
+    let start = if dir.join("checkpoint").is_dir() { Start::Resume } else { Start::Overwrite };
+    run::train::<T>(&spec, dir, start)
+}
+
+/// Runs (or reads back) every cell of `grid` into `out`, writes `results.jsonl` after each run,
+/// then the report. With `report_only`, no cell is run: the report covers the finished ones.
+pub fn sweep(grid_file: &Path, out: &Path, report_only: bool) -> Result<()> {
+    let grid = Grid::read(grid_file)?;
+    let cells = grid.cells(out);
+    // Every cell's flags are checked before the first run.
+    let parsed: Vec<RunArgs> = cells.iter().map(Cell::args).collect::<Result<_>>()?;
+    for (cell, args) in cells.iter().zip(&parsed) {
+        with_task!(args.task(), T => T::spec_from(args).and_then(|s| crate::tasks::TaskSpec::validate(&s)))
+            .map_err(|e| Error::Config(format!("sweep cell {}: {e}", cell.describe())))?;
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    write_json(&out.join("grid.json"), &cells)?;
+    let done = |c: &Cell| c.dir.join(run::dir::SUMMARY_FILE).is_file();
+    let todo = cells.iter().filter(|c| !done(c)).count();
+    eprintln!("sweep: {} cells, {} finished, {} to run", cells.len(), cells.len() - todo, if report_only { 0 } else { todo });
+    let started = Instant::now();
+    let mut ran = 0;
+    let mut rows = vec![];
+    for (cell, args) in cells.iter().zip(&parsed) {
+        let summary: RunSummary = if done(cell) {
+            read_json(&cell.dir.join(run::dir::SUMMARY_FILE))?
+        } else if report_only {
+            continue;
+        } else {
+            let eta = match ran {
+                0 => String::new(),
+                n => format!(", about {:.0} min left", started.elapsed().as_secs_f64() / n as f64 * (todo - n) as f64 / 60.0),
+            };
+            eprintln!("== sweep [{}/{todo}{eta}] {} ==", ran + 1, cell.describe());
+            let runs = out.join("runs");
+            std::fs::create_dir_all(&runs).map_err(|e| Error::io(&runs, e))?;
+            write_json(&cell.dir.with_extension("cell.json"), cell)?;
+            let summary = with_task!(args.task(), T => train_cell::<T>(args, &cell.dir))?;
+            ran += 1;
+            summary
+        };
+        rows.push(cell.row(&summary));
+        let lines: String = rows.iter().map(|r| format!("{}\n", serde_json::to_string(r).expect("rows serialize"))).collect();
+        write_atomic(&out.join("results.jsonl"), lines.as_bytes())?;
+    }
+    if ran > 0 {
+        eprintln!("sweep: {ran} runs in {:.1} min", started.elapsed().as_secs_f64() / 60.0);
+    }
+    let text = report::write(&rows, &grid, out)?;
+    println!("{text}");
+    Ok(())
+}

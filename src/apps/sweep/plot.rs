@@ -1,0 +1,82 @@
+//! The sweep's plot (PNG and SVG): per dataset, test accuracy of each method's selected
+//! configuration against the training fraction, mean ± sd over seeds.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use super::report::{Selected, mean_sd};
+use crate::error::{Error, Result};
+
+const COLORS: [RGBColor; 5] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189), RGBColor(255, 127, 14)];
+
+/// (fraction, mean %, sd %) per method, per dataset.
+type Curves = BTreeMap<String, BTreeMap<String, Vec<(f64, f64, f64)>>>;
+
+fn curves(selected: &[Selected]) -> Curves {
+    let mut out: Curves = BTreeMap::new();
+    for s in selected {
+        let c = &s.config;
+        let (m, sd) = mean_sd(&c.test_accuracy);
+        out.entry(c.data.clone()).or_default().entry(c.method.clone()).or_default().push((c.train_fraction, 100.0 * m, 100.0 * sd));
+    }
+    for methods in out.values_mut() {
+        for points in methods.values_mut() {
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        }
+    }
+    out
+}
+
+pub fn write(selected: &[Selected], png: &Path, svg: &Path) -> Result<()> {
+    let curves = curves(selected);
+    if curves.is_empty() {
+        return Ok(());
+    }
+    crate::apps::simulate::plot::register_font().map_err(|e| Error::Config(format!("plot: {e}")))?;
+    let size = (560 * curves.len() as u32, 480);
+    draw(BitMapBackend::new(png, size).into_drawing_area(), &curves).map_err(|e| Error::format(png, e))?;
+    draw(SVGBackend::new(svg, size).into_drawing_area(), &curves).map_err(|e| Error::format(svg, e))
+}
+
+fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, curves: &Curves) -> std::result::Result<(), String> {
+    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| format!("{e:?}");
+    root.fill(&WHITE).map_err(e)?;
+    for (area, (data, methods)) in root.split_evenly((1, curves.len())).iter().zip(curves) {
+        panel(area, data, methods).map_err(e)?;
+    }
+    root.present().map_err(e)
+}
+
+fn panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, data: &str, methods: &BTreeMap<String, Vec<(f64, f64, f64)>>) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let points = methods.values().flatten();
+    let (xlo, xhi) = points.clone().fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p.0), hi.max(p.0)));
+    let (ylo, yhi) = points.fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p.1 - p.2), hi.max(p.1 + p.2)));
+    let pad = ((yhi - ylo) * 0.1).max(1.0);
+    let mut chart = ChartBuilder::on(area)
+        .caption(data, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d((xlo / 1.5..xhi * 1.5).log_scale(), (ylo - pad).max(0.0)..(yhi + pad).min(100.0))?;
+    chart
+        .configure_mesh()
+        .x_desc("training fraction")
+        .y_desc("test accuracy % (selected on validation)")
+        .label_style(("sans-serif", 13))
+        .axis_desc_style(("sans-serif", 14))
+        .x_label_formatter(&|x| format!("{x:.2}"))
+        .draw()?;
+    for ((method, pts), color) in methods.iter().zip(COLORS.iter().cycle()) {
+        let col = *color;
+        chart.draw_series(pts.iter().map(|&(x, m, sd)| PathElement::new(vec![(x, m - sd), (x, m + sd)], col.stroke_width(2))))?;
+        chart
+            .draw_series(LineSeries::new(pts.iter().map(|&(x, m, _)| (x, m)), col.stroke_width(2)))?
+            .label(method.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], col.stroke_width(3)));
+        chart.draw_series(pts.iter().map(|&(x, m, _)| Circle::new((x, m), 4, col.filled())))?;
+    }
+    chart.configure_series_labels().position(SeriesLabelPosition::LowerRight).label_font(("sans-serif", 13)).background_style(WHITE.mix(0.85)).border_style(BLACK).draw()
+}
