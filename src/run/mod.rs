@@ -130,12 +130,20 @@ pub fn open<T: Task>(run: &Path, device: &Device) -> Result<(T, T::Model)> {
 pub fn evaluate<T: Task>(run: &Path, data: Option<&str>) -> Result<RunSummary> {
     let device = Device::flex();
     let (task, model) = open::<T>(run, &device)?;
-    let data = match data {
+    let source = data;
+    let data = match source {
         Some(source) => task.test_data(source)?,
         None => task.data()?,
     };
     let test = task.test(&data, &model)?;
-    let mut summary: RunSummary = read_json(&run.join(dir::SUMMARY_FILE))?;
+    // A run finished by replora 0.1 has a summary of another shape: report without its training.
+    let mut summary: RunSummary = match read_json(&run.join(dir::SUMMARY_FILE)) {
+        Ok(summary) => summary,
+        Err(_) => summarize::<T>(&task, &data, test.clone(), params::<T>(&model)),
+    };
+    if let Some(source) = source {
+        summary.data = source.to_string();
+    }
     summary.sizes[2] = T::sizes(&data)[2];
     summary.test = test.overall;
     summary.per_task = test.per_task;

@@ -43,14 +43,22 @@ pub fn peak_rss_mib() -> Option<f64> {
     crate::training::trainer::peak_rss_bytes().map(|b| b as f64 / (1024.0 * 1024.0))
 }
 
-fn mean_sd(values: &[f64], scale: f64, digits: usize) -> String {
-    let n = values.len() as f64;
-    let mean = values.iter().sum::<f64>() / n;
-    if values.len() < 2 {
-        return format!("{:.digits$}", scale * mean);
+/// Mean and sample standard deviation (0 for one value).
+pub fn mean_sd(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let m = xs.iter().sum::<f64>() / n;
+    let sd = if xs.len() > 1 { (xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 };
+    (m, sd)
+}
+
+/// `mean ± sd` of `values` times `scale` (one value: the value alone).
+pub fn format_mean_sd(values: &[f64], scale: f64, digits: usize) -> String {
+    let (mean, sd) = mean_sd(values);
+    match values.len() {
+        0 => "-".into(),
+        1 => format!("{:.digits$}", scale * mean),
+        _ => format!("{:.digits$} ± {:.digits$}", scale * mean, scale * sd),
     }
-    let sd = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
-    format!("{:.digits$} ± {:.digits$}", scale * mean, scale * sd)
 }
 
 /// A Markdown table of runs: one row per method and training fraction, with mean ± sample
@@ -85,7 +93,7 @@ pub fn table(runs: &[RunSummary]) -> String {
     let mut s = format!("| {} |\n|{}\n", header.join(" | "), "---|".repeat(header.len()));
     for (method, fraction, rs) in groups {
         let col = |f: &dyn Fn(&RunSummary) -> Option<f64>| -> Vec<f64> { rs.iter().filter_map(|r| f(r)).collect() };
-        let stat = |values: Vec<f64>, scale: f64, digits: usize| if values.is_empty() { "-".to_string() } else { mean_sd(&values, scale, digits) };
+        let stat = |values: Vec<f64>, scale: f64, digits: usize| format_mean_sd(&values, scale, digits);
         let mut row = vec![method.to_string()];
         if has_fraction {
             row.push(format!("{fraction}"));

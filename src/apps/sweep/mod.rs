@@ -10,6 +10,7 @@
 //! [fixed]                  # `train` flags of every cell
 //! epochs = 4
 //! [grid]                   # each key a `train` flag with a list of values: the cartesian product
+//!                          # ([[grid]] tables: the union of several products)
 //! data = ["bigbench:intent_recognition", "bigbench:winowhy"]
 //! method = ["lora", "replora"]
 //! lr = [1e-3, 2e-3, 4e-3]
@@ -49,7 +50,25 @@ pub struct Grid {
     pub baseline: String,
     #[serde(default)]
     pub fixed: BTreeMap<String, toml::Value>,
-    pub grid: BTreeMap<String, Vec<toml::Value>>,
+    pub grid: Grids,
+}
+
+/// One cartesian product (`[grid]`), or the union of several (`[[grid]]`: one-at-a-time
+/// designs, each knob varied around the defaults).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Grids {
+    One(BTreeMap<String, Vec<toml::Value>>),
+    Many(Vec<BTreeMap<String, Vec<toml::Value>>>),
+}
+
+impl Grids {
+    fn parts(&self) -> &[BTreeMap<String, Vec<toml::Value>>] {
+        match self {
+            Grids::One(g) => std::slice::from_ref(g),
+            Grids::Many(gs) => gs,
+        }
+    }
 }
 
 fn accuracy() -> BestMetric {
@@ -105,37 +124,51 @@ impl Grid {
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let grid: Grid = toml::from_str(&text).map_err(|e| Error::format(path, e))?;
-        if let Some((key, _)) = grid.grid.iter().find(|(_, values)| values.is_empty()) {
+        let parts = grid.grid.parts();
+        if parts.is_empty() {
+            return Err(Error::format(path, "the grid is empty"));
+        }
+        if let Some((key, _)) = parts.iter().flatten().find(|(_, values)| values.is_empty()) {
             return Err(Error::format(path, format!("grid key {key:?} has no values")));
         }
-        if let Some(key) = grid.grid.keys().find(|k| grid.fixed.contains_key(*k)) {
+        if let Some(key) = parts.iter().flat_map(|p| p.keys()).find(|k| grid.fixed.contains_key(*k)) {
             return Err(Error::format(path, format!("{key:?} is both fixed and varied")));
         }
-        if let Some(key) = grid.grid.keys().chain(grid.fixed.keys()).find(|k| ["out", "resume", "overwrite", "config"].contains(&k.as_str())) {
+        if let Some(key) = parts.iter().flat_map(|p| p.keys()).chain(grid.fixed.keys()).find(|k| ["out", "resume", "overwrite", "config"].contains(&k.as_str())) {
             return Err(Error::format(path, format!("{key:?}: the sweep sets each run's directory itself")));
         }
         Ok(grid)
     }
 
-    /// Every cell, in a fixed order, each under `out/runs/`.
+    /// Every cell, in a fixed order, each under `out/runs/` (a cell in two parts of the grid once).
     pub fn cells(&self, out: &Path) -> Vec<Cell> {
-        let mut cells: Vec<BTreeMap<String, String>> = vec![self.fixed.iter().map(|(k, v)| (k.clone(), flag_value(v))).collect()];
-        for (key, values) in &self.grid {
-            cells = cells.into_iter().flat_map(|c| values.iter().map(move |v| (c.clone(), v))).map(|(mut c, v)| {
-                c.insert(key.clone(), flag_value(v));
-                c
-            }).collect();
-        }
-        let varied: Vec<String> = self.grid.keys().cloned().collect();
-        cells
-            .into_iter()
-            .map(|flags| {
+        let parts = self.grid.parts();
+        let mut varied: Vec<String> = parts.iter().flat_map(|p| p.keys().cloned()).collect();
+        varied.sort();
+        varied.dedup();
+        let mut cells: Vec<Cell> = vec![];
+        for part in parts {
+            let mut product: Vec<BTreeMap<String, String>> = vec![self.fixed.iter().map(|(k, v)| (k.clone(), flag_value(v))).collect()];
+            for (key, values) in part {
+                product = product
+                    .into_iter()
+                    .flat_map(|c| values.iter().map(move |v| (c.clone(), v)))
+                    .map(|(mut c, v)| {
+                        c.insert(key.clone(), flag_value(v));
+                        c
+                    })
+                    .collect();
+            }
+            for flags in product {
                 let key: String = flags.iter().map(|(k, v)| format!("{k}={v};")).collect();
                 let method = flags.get("method").cloned().unwrap_or_else(|| "replora".into());
                 let dir = out.join("runs").join(format!("{method}-{:016x}", fnv(&key)));
-                Cell { flags, varied: varied.clone(), dir }
-            })
-            .collect()
+                if !cells.iter().any(|c| c.dir == dir) {
+                    cells.push(Cell { flags, varied: varied.clone(), dir });
+                }
+            }
+        }
+        cells
     }
 }
 
@@ -234,4 +267,42 @@ pub fn sweep(grid_file: &Path, out: &Path, report_only: bool) -> Result<()> {
     let text = report::write(&rows, &grid, out)?;
     println!("{text}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grid(text: &str) -> Grid {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.toml");
+        std::fs::write(&path, text).unwrap();
+        Grid::read(&path).unwrap()
+    }
+
+    #[test]
+    fn cells_are_the_product_or_the_union_of_products_without_repeats() {
+        let g = grid("[fixed]\nepochs = 2\n[grid]\nmethod = [\"lora\", \"replora\"]\nlr = [0.001, 0.002]\nseed = [0, 1, 2]\n");
+        let cells = g.cells(Path::new("out"));
+        assert_eq!(cells.len(), 12);
+        assert!(cells.iter().all(|c| c.flags["epochs"] == "2" && c.varied == ["lr", "method", "seed"]));
+        // One-at-a-time: hidden around the default, then activation; hidden = 16 twice is one cell.
+        let g = grid("[[grid]]\nhidden = [8, 16]\nseed = [0, 1]\n[[grid]]\nactivation = [\"gelu\"]\nseed = [0, 1]\n[[grid]]\nhidden = [16]\nseed = [0]\n");
+        let cells = g.cells(Path::new("out"));
+        assert_eq!(cells.len(), 6, "{:?}", cells.iter().map(|c| &c.flags).collect::<Vec<_>>());
+        assert!(cells.iter().any(|c| c.flags.get("activation").is_some_and(|a| a == "gelu") && !c.flags.contains_key("hidden")));
+        let args = cells[0].args().unwrap();
+        assert_eq!(args.method.hidden, 8);
+    }
+
+    #[test]
+    fn a_grid_refuses_keys_the_sweep_owns_and_empty_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.toml");
+        for (text, expected) in [("[grid]\nout = [\"x\"]\n", "\"out\""), ("[grid]\nlr = []\n", "no values"), ("[fixed]\nlr = 1\n[grid]\nlr = [2]\n", "both fixed and varied")] {
+            std::fs::write(&path, text).unwrap();
+            let e = Grid::read(&path).unwrap_err().to_string();
+            assert!(e.contains(expected) && e.contains("g.toml"), "{text}: {e}");
+        }
+    }
 }

@@ -12,6 +12,7 @@ use super::{Grid, Row};
 use crate::apps::simulate::stats::t975;
 use crate::error::Result;
 use crate::files::{write_atomic, write_json};
+pub use crate::run::results::{format_mean_sd, mean_sd};
 use crate::training::BestMetric;
 
 /// One configuration over its seeds.
@@ -38,13 +39,6 @@ pub struct Selected {
     pub config: Config,
     /// Test accuracy minus the baseline's, in points: mean, 95% interval low and high, pairs.
     pub vs_baseline: Option<(f64, f64, f64, usize)>,
-}
-
-pub fn mean_sd(xs: &[f64]) -> (f64, f64) {
-    let n = xs.len() as f64;
-    let m = xs.iter().sum::<f64>() / n;
-    let sd = if xs.len() > 1 { (xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 };
-    (m, sd)
 }
 
 fn short(data: &str) -> String {
@@ -118,11 +112,7 @@ pub fn select(configs: &[Config], metric: BestMetric, baseline: &str) -> Vec<Sel
 }
 
 fn pm(xs: &[f64], scale: f64) -> String {
-    if xs.is_empty() {
-        return "-".into();
-    }
-    let (m, sd) = mean_sd(xs);
-    if xs.len() > 1 { format!("{:.1} ± {:.1}", scale * m, scale * sd) } else { format!("{:.1}", scale * m) }
+    format_mean_sd(xs, scale, 1)
 }
 
 /// Writes `report.md`, `report.json` and the plots; returns the Markdown.
