@@ -1,4 +1,5 @@
-//! Datasets for text classification: loading, splitting, tokenizing and batching.
+//! Datasets: labelled texts for classification (loading, splitting, tokenizing, batching) and
+//! BIG-bench multiple-choice questions for decoders ([`bigbench::read_choices`]).
 //!
 //! - [`jsonl`], [`csv`], [`bigbench`]: loaders; [`load`] picks one by file extension or
 //!   [`LoadOptions::format`].
