@@ -88,6 +88,13 @@ fn a_sweep_runs_each_cell_once_selects_on_validation_and_pairs_by_seed() {
     let o = replora(&args);
     assert!(o.status.success() && stderr(&o).contains("8 finished, 0 to run") && !stderr(&o).contains("== sweep ["), "{}", stderr(&o));
     assert_eq!(std::fs::read_to_string(out.join("results.jsonl")).unwrap().lines().count(), 8);
+
+    // Another grid over some of the same cells finds them in the shared store.
+    let text = std::fs::read_to_string(&grid).unwrap().replace("method = [\"lora\", \"replora\"]", "method = [\"lora\"]");
+    let grid2 = dir.path().join("g2.toml");
+    std::fs::write(&grid2, text).unwrap();
+    let o = replora(&["sweep", "--grid", grid2.to_str().unwrap(), "--out", dir.path().join("sweep2").to_str().unwrap()]);
+    assert!(o.status.success() && stderr(&o).contains("4 cells, 4 finished, 0 to run"), "{}", stderr(&o));
 }
 
 #[test]
@@ -105,7 +112,7 @@ fn a_bad_grid_fails_before_any_run() {
         let o = replora(&["sweep", "--grid", grid.to_str().unwrap(), "--out", out.to_str().unwrap()]);
         assert!(o.status.code() == Some(1), "{extra:?}: {}", stderr(&o));
         assert!(stderr(&o).contains(expected) && stderr(&o).contains(if extra.is_empty() { "sweep cell" } else { "bad.toml" }), "{}", stderr(&o));
-        assert!(!out.join("runs").exists(), "a bad grid started runs");
+        assert!(!dir.path().join("cells").exists(), "a bad grid started runs");
     }
 }
 

@@ -87,10 +87,11 @@ pub fn run(command: Command) -> Result<()> {
             crate::apps::simulate::run(&args).map_err(|e| Error::Simulation(format!("{e:#}")))?;
             Ok(())
         }
-        Command::Sweep { grid, out, report_only } => {
+        Command::Sweep { grid, out, cells, report_only } => {
             let stem = grid.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "sweep".into());
             let out = out.unwrap_or_else(|| PathBuf::from("runs/sweep").join(stem));
-            crate::apps::sweep::sweep(&grid, &out, report_only)
+            let cells = cells.unwrap_or_else(|| crate::apps::sweep::default_store(&out));
+            crate::apps::sweep::sweep(&grid, &out, &cells, report_only)
         }
         Command::Fetch { names } => {
             if names.is_empty() {

@@ -184,9 +184,13 @@ pub enum Command {
         /// The grid file (TOML: `metric`, `baseline`, `[fixed]` flags, `[grid]` flag lists).
         #[arg(long)]
         grid: PathBuf,
-        /// Directory of the runs, `results.jsonl` and the report [default: runs/sweep/<grid file stem>].
+        /// Directory of `results.jsonl`, the report and its plots [default: runs/sweep/<grid file stem>].
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Where the runs live, one directory per cell named by its flags, shared by grids (a
+        /// cell another grid finished is not rerun) [default: the sibling `cells/` of --out].
+        #[arg(long)]
+        cells: Option<PathBuf>,
         /// Write the report from the finished runs only; start none.
         #[arg(long)]
         report_only: bool,

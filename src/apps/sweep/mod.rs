@@ -18,8 +18,9 @@
 //! ```
 //!
 //! Each cell is parsed exactly as `replora train` parses its flags, so a typo fails before the
-//! first run. Cells whose run directory holds a `summary.json` are read back, not rerun; an
-//! interrupted cell resumes from its checkpoint.
+//! first run. A cell's run directory is named by its flags in a store shared by all grids
+//! (`runs/sweep/cells/`): a cell whose directory holds a `summary.json` is read back, not rerun
+//! (also when another grid ran it); an interrupted cell resumes from its checkpoint.
 
 pub mod plot;
 pub mod report;
@@ -140,8 +141,9 @@ impl Grid {
         Ok(grid)
     }
 
-    /// Every cell, in a fixed order, each under `out/runs/` (a cell in two parts of the grid once).
-    pub fn cells(&self, out: &Path) -> Vec<Cell> {
+    /// Every cell, in a fixed order, each in its own directory under `store`, named by its flags
+    /// (a cell in two parts of the grid, or in two grids sharing the store, runs once).
+    pub fn cells(&self, store: &Path) -> Vec<Cell> {
         let parts = self.grid.parts();
         let mut varied: Vec<String> = parts.iter().flat_map(|p| p.keys().cloned()).collect();
         varied.sort();
@@ -162,7 +164,7 @@ impl Grid {
             for flags in product {
                 let key: String = flags.iter().map(|(k, v)| format!("{k}={v};")).collect();
                 let method = flags.get("method").cloned().unwrap_or_else(|| "replora".into());
-                let dir = out.join("runs").join(format!("{method}-{:016x}", fnv(&key)));
+                let dir = store.join(format!("{method}-{:016x}", fnv(&key)));
                 if !cells.iter().any(|c| c.dir == dir) {
                     cells.push(Cell { flags, varied: varied.clone(), dir });
                 }
@@ -220,11 +222,17 @@ fn train_cell<T: SpecFromArgs>(args: &RunArgs, dir: &Path) -> Result<RunSummary>
     run::train::<T>(&spec, dir, start)
 }
 
-/// Runs (or reads back) every cell of `grid` into `out`, writes `results.jsonl` after each run,
-/// then the report. With `report_only`, no cell is run: the report covers the finished ones.
-pub fn sweep(grid_file: &Path, out: &Path, report_only: bool) -> Result<()> {
+/// The run directories of every grid under `runs/sweep/` by default: `out`'s sibling `cells/`.
+pub fn default_store(out: &Path) -> PathBuf {
+    out.parent().unwrap_or(Path::new(".")).join("cells")
+}
+
+/// Runs (or reads back) every cell of `grid` (run directories under `store`), writes
+/// `out/results.jsonl` after each run, then the report. With `report_only`, no cell is run: the
+/// report covers the finished ones.
+pub fn sweep(grid_file: &Path, out: &Path, store: &Path, report_only: bool) -> Result<()> {
     let grid = Grid::read(grid_file)?;
-    let cells = grid.cells(out);
+    let cells = grid.cells(store);
     // Every cell's flags are checked before the first run.
     let parsed: Vec<RunArgs> = cells.iter().map(Cell::args).collect::<Result<_>>()?;
     for (cell, args) in cells.iter().zip(&parsed) {
@@ -250,8 +258,7 @@ pub fn sweep(grid_file: &Path, out: &Path, report_only: bool) -> Result<()> {
                 n => format!(", about {:.0} min left", started.elapsed().as_secs_f64() / n as f64 * (todo - n) as f64 / 60.0),
             };
             eprintln!("== sweep [{}/{todo}{eta}] {} ==", ran + 1, cell.describe());
-            let runs = out.join("runs");
-            std::fs::create_dir_all(&runs).map_err(|e| Error::io(&runs, e))?;
+            std::fs::create_dir_all(store).map_err(|e| Error::io(store, e))?;
             write_json(&cell.dir.with_extension("cell.json"), cell)?;
             let summary = with_task!(args.task(), T => train_cell::<T>(args, &cell.dir))?;
             ran += 1;
@@ -283,12 +290,12 @@ mod tests {
     #[test]
     fn cells_are_the_product_or_the_union_of_products_without_repeats() {
         let g = grid("[fixed]\nepochs = 2\n[grid]\nmethod = [\"lora\", \"replora\"]\nlr = [0.001, 0.002]\nseed = [0, 1, 2]\n");
-        let cells = g.cells(Path::new("out"));
+        let cells = g.cells(Path::new("store"));
         assert_eq!(cells.len(), 12);
         assert!(cells.iter().all(|c| c.flags["epochs"] == "2" && c.varied == ["lr", "method", "seed"]));
         // One-at-a-time: hidden around the default, then activation; hidden = 16 twice is one cell.
         let g = grid("[[grid]]\nhidden = [8, 16]\nseed = [0, 1]\n[[grid]]\nactivation = [\"gelu\"]\nseed = [0, 1]\n[[grid]]\nhidden = [16]\nseed = [0]\n");
-        let cells = g.cells(Path::new("out"));
+        let cells = g.cells(Path::new("store"));
         assert_eq!(cells.len(), 6, "{:?}", cells.iter().map(|c| &c.flags).collect::<Vec<_>>());
         assert!(cells.iter().any(|c| c.flags.get("activation").is_some_and(|a| a == "gelu") && !c.flags.contains_key("hidden")));
         let args = cells[0].args().unwrap();
