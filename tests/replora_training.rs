@@ -175,3 +175,50 @@ fn unscaled_generators_outrun_lora() {
     eprintln!("after 5 steps unscaled RepLoRA's update norm is {ratio:.1}x LoRA's");
     assert!(ratio > 5.0, "expected the unscaled update to outrun LoRA's, ratio {ratio:.2}");
 }
+
+/// `--generator-lr-multiplier m`: one AdamW step moves every generator parameter m times as far
+/// as at m = 1 (Adam's first step is lr * g / (|g| + eps) per entry), and the seeds and the head
+/// exactly as far. (At init only g_B's output layer and the head have gradients: B = 0.)
+#[test]
+fn the_generator_learning_rate_multiplier_scales_only_the_generators_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    write_small_bert(dir.path());
+    let device = device();
+    let named = |m: &SequenceClassifier| -> BTreeMap<String, Vec<f32>> {
+        let mut out = BTreeMap::new();
+        for (i, p) in m.encoder.adapters.generators.iter().enumerate() {
+            for (name, g) in [("a", &p.a), ("b", &p.b)] {
+                out.insert(format!("gen{i}.{name}.hidden_weight"), g.hidden_weight.val().into_data().to_vec::<f32>().unwrap());
+                out.insert(format!("gen{i}.{name}.out_weight"), g.out_weight.val().into_data().to_vec::<f32>().unwrap());
+                out.insert(format!("gen{i}.{name}.out_bias"), g.out_bias.val().into_data().to_vec::<f32>().unwrap());
+            }
+        }
+        for (i, b) in m.encoder.adapters.blocks.iter().enumerate() {
+            out.insert(format!("seed{i}.a"), b.seed_a.val().into_data().to_vec::<f32>().unwrap());
+        }
+        out.insert("head".into(), m.head.weight.val().into_data().to_vec::<f32>().unwrap());
+        out
+    };
+    let moved = |multiplier: f64| -> BTreeMap<String, Vec<f32>> {
+        let mut config = config(Method::Replora);
+        config.replora.generator_lr_multiplier = multiplier;
+        let encoder = PeftModel::new(Bert::load(dir.path(), "", &device).unwrap(), &config).unwrap();
+        let model = SequenceClassifier::new(encoder, 2, Pooling::Mean, 0.0, 0);
+        let before = named(&model);
+        let (input, labels) = batch(0, &device);
+        let grads = GradientsParams::from_grads(cross_entropy(model.logits(&input, true), labels).backward(), &model);
+        let cfg = TrainConfig { weight_decay: 0.0, grad_clip: None, ..TrainConfig::default() };
+        let after = named(&replora::training::trainer::step(&mut optimizer(&cfg), 1e-3, model, grads));
+        before.iter().map(|(k, b)| (k.clone(), after[k].iter().zip(b).map(|(x, y)| x - y).collect())).collect()
+    };
+    let (one, four) = (moved(1.0), moved(4.0));
+    assert!(one.keys().any(|k| k.starts_with("gen")) && one.keys().any(|k| k.starts_with("seed")));
+    for (name, d1) in &one {
+        let ratio = if name.starts_with("gen") { 4.0 } else { 1.0 };
+        let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let must_move = name.contains(".b.out_") || name == "head";
+        assert!(!must_move || norm(d1) > 0.0, "{name} did not move");
+        let err: f64 = four[name].iter().zip(d1).map(|(a, b)| (*a as f64 - ratio * *b as f64).abs()).fold(0.0, f64::max);
+        assert!(err < 1e-6 * ratio, "{name}: step x{ratio} expected, max deviation {err:.2e}");
+    }
+}

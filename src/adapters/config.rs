@@ -148,11 +148,21 @@ pub struct RepLoraConfig {
     /// Multiplier on each generator's output (weights and bias); see [`OutputScale`].
     #[serde(default = "legacy_output_scale")]
     pub output_scale: OutputScale,
+    /// The generators' learning rate relative to the run's (the seeds keep the run's), as
+    /// LoRA+ gives B its own rate. A training setting: the adapter it trains is unchanged.
+    pub generator_lr_multiplier: f64,
 }
 
 impl Default for RepLoraConfig {
     fn default() -> Self {
-        Self { seed_kind: SeedKind::Diagonal, hidden: 16, activation: Activation::Tanh, shared_generators: false, output_scale: OutputScale::InvSqrtH }
+        Self {
+            seed_kind: SeedKind::Diagonal,
+            hidden: 16,
+            activation: Activation::Tanh,
+            shared_generators: false,
+            output_scale: OutputScale::InvSqrtH,
+            generator_lr_multiplier: 1.0,
+        }
     }
 }
 
@@ -230,6 +240,10 @@ impl AdapterConfig {
         }
         if self.method == Method::Replora && self.replora.hidden == 0 {
             return bad("replora.hidden must be at least 1".into());
+        }
+        let m = self.replora.generator_lr_multiplier;
+        if !(m.is_finite() && m > 0.0) {
+            return bad(format!("replora.generator_lr_multiplier must be a positive number, got {m}"));
         }
         match &self.target_modules {
             TargetModules::Names(names) if names.is_empty() => bad("target_modules is empty".into()),

@@ -67,6 +67,20 @@ impl AdapterSet {
         Self { targets: vec![], blocks: vec![], generators: vec![], config: AdapterConfig::default() }
     }
 
+    /// RepLoRA's generator parameters with their learning-rate multiplier, when it is not 1.
+    pub fn generator_lr_group(&self) -> Option<crate::training::LrGroup> {
+        let multiplier = self.config.replora.generator_lr_multiplier;
+        if self.config.method != Method::Replora || multiplier == 1.0 || self.generators.is_empty() {
+            return None;
+        }
+        let gens = || self.generators.iter().flat_map(|p| [&p.a, &p.b]);
+        Some(crate::training::LrGroup {
+            multiplier,
+            matrices: gens().flat_map(|g| [g.hidden_weight.id, g.out_weight.id]).collect(),
+            vectors: gens().flat_map(|g| [g.hidden_bias.id, g.out_bias.id]).collect(),
+        })
+    }
+
     /// The deltas for one forward pass; `training` switches LoRA dropout on.
     pub fn deltas(&self, training: bool) -> Deltas {
         let dropout = self.config.lora_dropout;

@@ -129,6 +129,9 @@ impl Objective for CausalLm {
     fn update_norm(&self) -> Option<f64> {
         self.decoder.relative_update_norm()
     }
+    fn lr_group(&self) -> Option<crate::training::LrGroup> {
+        self.decoder.adapters.generator_lr_group()
+    }
 }
 
 /// Prompt + answer tokens, the prompt cut from the left to fit `max_len`.

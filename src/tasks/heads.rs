@@ -141,6 +141,9 @@ impl Objective for SequenceClassifier {
     fn update_norm(&self) -> Option<f64> {
         self.encoder.relative_update_norm()
     }
+    fn lr_group(&self) -> Option<crate::training::LrGroup> {
+        self.encoder.adapters.generator_lr_group()
+    }
 }
 
 /// A model that scores classes.

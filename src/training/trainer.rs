@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use burn::module::ParamId;
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::grad_clipping::GradientClippingConfig;
 use burn::prelude::*;
@@ -29,6 +30,38 @@ pub trait Objective: Module {
     fn update_norm(&self) -> Option<f64> {
         None
     }
+    /// Parameters that train at their own learning rate (RepLoRA's generators), if any.
+    fn lr_group(&self) -> Option<LrGroup> {
+        None
+    }
+}
+
+/// Parameters trained at `multiplier` times the run's learning rate: 2-D and 1-D ones.
+#[derive(Clone, Debug)]
+pub struct LrGroup {
+    pub multiplier: f64,
+    pub matrices: Vec<ParamId>,
+    pub vectors: Vec<ParamId>,
+}
+
+/// One optimizer step at `lr`, with the model's [`LrGroup`] (if any) stepped at its own rate:
+/// its gradients move into a second set, stepped first. AdamW keeps its state per parameter,
+/// so two steps over disjoint parameters are one step with two learning rates.
+pub fn step<M: Objective>(optim: &mut ModuleOptimizer, lr: f64, model: M, mut grads: GradientsParams) -> M {
+    let Some(group) = model.lr_group() else { return optim.step(lr, model, grads) };
+    let mut own = GradientsParams::new();
+    for &id in &group.matrices {
+        if let Some(g) = grads.remove::<2>(id) {
+            own.register(id, g);
+        }
+    }
+    for &id in &group.vectors {
+        if let Some(g) = grads.remove::<1>(id) {
+            own.register(id, g);
+        }
+    }
+    let model = optim.step(lr * group.multiplier, model, own);
+    optim.step(lr, model, grads)
 }
 
 /// What a finished (or early-stopped) run reports.
@@ -160,7 +193,7 @@ pub fn train<M: Objective>(
                 continue;
             }
             let lr = schedule.at(progress.step);
-            model = optim.step(lr, model, accumulator.grads());
+            model = step(&mut optim, lr, model, accumulator.grads());
             progress.step += 1;
             bar.inc(1);
             let rate = window_examples as f64 / window_start.elapsed().as_secs_f64();

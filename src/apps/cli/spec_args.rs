@@ -176,6 +176,10 @@ pub struct MethodArgs {
     /// factors start and move as LoRA's do), inv_h, or one (unscaled, as replora 0.1).
     #[arg(long, value_enum, default_value_t = OutputScale::InvSqrtH, help_heading = "Method")]
     pub output_scale: OutputScale,
+    /// RepLoRA generators' learning rate as a multiple of --lr (the seeds keep --lr), as LoRA+
+    /// gives B its own rate.
+    #[arg(long, default_value_t = 1.0, value_parser = number(Range::Positive), allow_negative_numbers = true, help_heading = "Method")]
+    pub generator_lr_multiplier: f64,
 }
 
 /// The trainer flags, shared by every fine-tuning command. Unset flags take the task's
@@ -255,6 +259,7 @@ impl MethodArgs {
                 activation: self.activation,
                 shared_generators: self.shared_generators,
                 output_scale: self.output_scale,
+                generator_lr_multiplier: self.generator_lr_multiplier,
             },
             seed,
             ..Default::default()
