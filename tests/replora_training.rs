@@ -188,15 +188,15 @@ fn the_generator_learning_rate_multiplier_scales_only_the_generators_steps() {
         let mut out = BTreeMap::new();
         for (i, p) in m.encoder.adapters.generators.iter().enumerate() {
             for (name, g) in [("a", &p.a), ("b", &p.b)] {
-                out.insert(format!("gen{i}.{name}.hidden_weight"), g.hidden_weight.val().into_data().to_vec::<f32>().unwrap());
-                out.insert(format!("gen{i}.{name}.out_weight"), g.out_weight.val().into_data().to_vec::<f32>().unwrap());
-                out.insert(format!("gen{i}.{name}.out_bias"), g.out_bias.val().into_data().to_vec::<f32>().unwrap());
+                out.insert(format!("gen{i}.{name}.hidden_weight"), g.hidden_weight.val().into_data().try_into_vec_as::<f32>().unwrap());
+                out.insert(format!("gen{i}.{name}.out_weight"), g.out_weight.val().into_data().try_into_vec_as::<f32>().unwrap());
+                out.insert(format!("gen{i}.{name}.out_bias"), g.out_bias.val().into_data().try_into_vec_as::<f32>().unwrap());
             }
         }
         for (i, b) in m.encoder.adapters.blocks.iter().enumerate() {
-            out.insert(format!("seed{i}.a"), b.seed_a.val().into_data().to_vec::<f32>().unwrap());
+            out.insert(format!("seed{i}.a"), b.seed_a.val().into_data().try_into_vec_as::<f32>().unwrap());
         }
-        out.insert("head".into(), m.head.weight.val().into_data().to_vec::<f32>().unwrap());
+        out.insert("head".into(), m.head.weight.val().into_data().try_into_vec_as::<f32>().unwrap());
         out
     };
     let moved = |multiplier: f64| -> BTreeMap<String, Vec<f32>> {

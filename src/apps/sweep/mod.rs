@@ -18,9 +18,10 @@
 //! ```
 //!
 //! Each cell is parsed exactly as `replora train` parses its flags, so a typo fails before the
-//! first run. A cell's run directory is named by its flags in a store shared by all grids
-//! (`runs/sweep/cells/`): a cell whose directory holds a `summary.json` is read back, not rerun
-//! (also when another grid ran it); an interrupted cell resumes from its checkpoint.
+//! first run. A cell's run directory is named by the run spec its flags resolve to, in a store
+//! shared by all grids (`runs/sweep/cells/`): a cell whose directory holds a `summary.json` is
+//! read back, not rerun (also when another grid ran it); an interrupted cell resumes from its
+//! checkpoint.
 
 pub mod plot;
 pub mod report;
@@ -232,12 +233,24 @@ pub fn default_store(out: &Path) -> PathBuf {
 /// report covers the finished ones.
 pub fn sweep(grid_file: &Path, out: &Path, store: &Path, report_only: bool) -> Result<()> {
     let grid = Grid::read(grid_file)?;
-    let cells = grid.cells(store);
-    // Every cell's flags are checked before the first run.
-    let parsed: Vec<RunArgs> = cells.iter().map(Cell::args).collect::<Result<_>>()?;
-    for (cell, args) in cells.iter().zip(&parsed) {
-        with_task!(args.task(), T => T::spec_from(args).and_then(|s| crate::tasks::TaskSpec::validate(&s)))
-            .map_err(|e| Error::Config(format!("sweep cell {}: {e}", cell.describe())))?;
+    // Every cell's flags are checked before the first run; each cell's directory is named by
+    // the spec they resolve to, so a cell means the same run whatever the defaults of the day,
+    // and two spellings of one spec (a default given explicitly) are one cell.
+    let mut cells: Vec<Cell> = vec![];
+    let mut parsed: Vec<RunArgs> = vec![];
+    for mut cell in grid.cells(store) {
+        let args = cell.args()?;
+        let spec = with_task!(args.task(), T => T::spec_from(&args).and_then(|s| {
+            crate::tasks::TaskSpec::validate(&s)?;
+            Ok(format!("{}:{}", <T as crate::tasks::Task>::KIND, serde_json::to_string(&s).expect("specs serialize")))
+        }))
+        .map_err(|e| Error::Config(format!("sweep cell {}: {e}", cell.describe())))?;
+        let method = cell.dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.split('-').next()).unwrap_or("run").to_string();
+        cell.dir = store.join(format!("{method}-{:016x}", fnv(&spec)));
+        if !cells.iter().any(|c| c.dir == cell.dir) {
+            cells.push(cell);
+            parsed.push(args);
+        }
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     write_json(&out.join("grid.json"), &cells)?;
