@@ -157,7 +157,7 @@ impl Default for RepLoraConfig {
     fn default() -> Self {
         Self {
             seed_kind: SeedKind::Diagonal,
-            hidden: 16,
+            hidden: 8,
             activation: Activation::Tanh,
             shared_generators: false,
             output_scale: OutputScale::InvSqrtH,

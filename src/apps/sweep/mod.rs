@@ -117,6 +117,17 @@ fn flag_value(v: &toml::Value) -> String {
     }
 }
 
+/// The spec as a cell's identity: RepLoRA's generator settings are left out of other methods'
+/// specs (they ignore them), so a changed RepLoRA default does not rerun LoRA cells.
+fn spec_key(mut spec: serde_json::Value) -> String {
+    if let Some(adapter) = spec.get_mut("adapter").and_then(|a| a.as_object_mut())
+        && adapter.get("method").and_then(|m| m.as_str()) != Some("replora")
+    {
+        adapter.remove("replora");
+    }
+    spec.to_string()
+}
+
 /// FNV-1a: a stable short name for a cell's flags.
 fn fnv(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
@@ -242,7 +253,7 @@ pub fn sweep(grid_file: &Path, out: &Path, store: &Path, report_only: bool) -> R
         let args = cell.args()?;
         let spec = with_task!(args.task(), T => T::spec_from(&args).and_then(|s| {
             crate::tasks::TaskSpec::validate(&s)?;
-            Ok(format!("{}:{}", <T as crate::tasks::Task>::KIND, serde_json::to_string(&s).expect("specs serialize")))
+            Ok(format!("{}:{}", <T as crate::tasks::Task>::KIND, spec_key(serde_json::to_value(&s).expect("specs serialize"))))
         }))
         .map_err(|e| Error::Config(format!("sweep cell {}: {e}", cell.describe())))?;
         let method = cell.dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.split('-').next()).unwrap_or("run").to_string();

@@ -46,6 +46,8 @@ fn short(data: &str) -> String {
 }
 
 /// Groups rows into configurations (same flags but the seed).
+const REPLORA_FLAGS: [&str; 6] = ["hidden", "activation", "seed_kind", "shared_generators", "output_scale", "generator_lr_multiplier"];
+
 pub fn configs(rows: &[Row], metric: BestMetric) -> Vec<Config> {
     let mut groups: BTreeMap<String, Config> = BTreeMap::new();
     for r in rows {
@@ -54,6 +56,8 @@ pub fn configs(rows: &[Row], metric: BestMetric) -> Vec<Config> {
             .varied
             .iter()
             .filter(|k| !["seed", "data", "tasks", "train_fraction", "method"].contains(&k.as_str()))
+            // RepLoRA's settings mean nothing for other methods.
+            .filter(|k| r.method == "replora" || !REPLORA_FLAGS.contains(&k.as_str()))
             .filter_map(|k| r.flags.get(k).map(|v| format!("{k}={v}")))
             .collect::<Vec<_>>()
             .join(" ");
