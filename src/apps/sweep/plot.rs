@@ -67,6 +67,8 @@ fn panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, data: &str, methods:
         .y_desc("test accuracy % (selected on validation)")
         .label_style(("sans-serif", 13))
         .axis_desc_style(("sans-serif", 14))
+        .x_labels(6)
+        .light_line_style(WHITE.mix(0.0))
         .x_label_formatter(&|x| format!("{x:.2}"))
         .draw()?;
     for ((method, pts), color) in methods.iter().zip(COLORS.iter().cycle()) {
