@@ -20,9 +20,6 @@ macro_rules! task_spec {
             fn train(&self) -> &$crate::training::TrainConfig {
                 &self.train
             }
-            fn train_mut(&mut self) -> &mut $crate::training::TrainConfig {
-                &mut self.train
-            }
             fn data_name(&self) -> String {
                 let $s = self;
                 $data
@@ -137,7 +134,6 @@ pub trait TaskSpec: Clone + Debug + PartialEq + Serialize + DeserializeOwned + D
     fn tuning(&self) -> Tuning;
     fn adapter(&self) -> &AdapterConfig;
     fn train(&self) -> &TrainConfig;
-    fn train_mut(&mut self) -> &mut TrainConfig;
     /// The data the run learns from, for tables.
     fn data_name(&self) -> String;
     /// The stratified share of the training split used (sample-efficiency runs).
