@@ -88,6 +88,7 @@ pub struct Cell {
     pub flags: BTreeMap<String, String>,
     /// The flags that vary in the grid.
     pub varied: Vec<String>,
+    /// Its run directory in the store, named by the run spec the flags resolve to.
     pub dir: PathBuf,
 }
 
@@ -128,7 +129,7 @@ fn spec_key(mut spec: serde_json::Value) -> String {
     spec.to_string()
 }
 
-/// FNV-1a: a stable short name for a cell's flags.
+/// FNV-1a: a stable short name for a cell's spec.
 fn fnv(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
@@ -153,9 +154,9 @@ impl Grid {
         Ok(grid)
     }
 
-    /// Every cell, in a fixed order, each in its own directory under `store`, named by its flags
-    /// (a cell in two parts of the grid, or in two grids sharing the store, runs once).
-    pub fn cells(&self, store: &Path) -> Vec<Cell> {
+    /// Every cell, in a fixed order (a cell in two parts of the grid once); [`sweep`] gives each
+    /// its directory.
+    pub fn cells(&self) -> Vec<Cell> {
         let parts = self.grid.parts();
         let mut varied: Vec<String> = parts.iter().flat_map(|p| p.keys().cloned()).collect();
         varied.sort();
@@ -174,11 +175,8 @@ impl Grid {
                     .collect();
             }
             for flags in product {
-                let key: String = flags.iter().map(|(k, v)| format!("{k}={v};")).collect();
-                let method = flags.get("method").cloned().unwrap_or_else(|| "replora".into());
-                let dir = store.join(format!("{method}-{:016x}", fnv(&key)));
-                if !cells.iter().any(|c| c.dir == dir) {
-                    cells.push(Cell { flags, varied: varied.clone(), dir });
+                if !cells.iter().any(|c| c.flags == flags) {
+                    cells.push(Cell { flags, varied: varied.clone(), dir: PathBuf::new() });
                 }
             }
         }
@@ -234,6 +232,12 @@ fn train_cell<T: SpecFromArgs>(args: &RunArgs, dir: &Path) -> Result<RunSummary>
     run::train::<T>(&spec, dir, start)
 }
 
+/// `results.jsonl`: one row per finished run (rewritten whole, atomically).
+fn write_rows(rows: &[Row], out: &Path) -> Result<()> {
+    let lines: String = rows.iter().map(|r| format!("{}\n", serde_json::to_string(r).expect("rows serialize"))).collect();
+    write_atomic(&out.join("results.jsonl"), lines.as_bytes())
+}
+
 /// The run directories of every grid under `runs/sweep/` by default: `out`'s sibling `cells/`.
 pub fn default_store(out: &Path) -> PathBuf {
     out.parent().unwrap_or(Path::new(".")).join("cells")
@@ -249,14 +253,14 @@ pub fn sweep(grid_file: &Path, out: &Path, store: &Path, report_only: bool) -> R
     // and two spellings of one spec (a default given explicitly) are one cell.
     let mut cells: Vec<Cell> = vec![];
     let mut parsed: Vec<RunArgs> = vec![];
-    for mut cell in grid.cells(store) {
+    for mut cell in grid.cells() {
         let args = cell.args()?;
         let spec = with_task!(args.task(), T => T::spec_from(&args).and_then(|s| {
             crate::tasks::TaskSpec::validate(&s)?;
             Ok(format!("{}:{}", <T as crate::tasks::Task>::KIND, spec_key(serde_json::to_value(&s).expect("specs serialize"))))
         }))
         .map_err(|e| Error::Config(format!("sweep cell {}: {e}", cell.describe())))?;
-        let method = cell.dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.split('-').next()).unwrap_or("run").to_string();
+        let method = cell.flags.get("method").map_or("replora", String::as_str);
         cell.dir = store.join(format!("{method}-{:016x}", fnv(&spec)));
         if !cells.iter().any(|c| c.dir == cell.dir) {
             cells.push(cell);
@@ -286,12 +290,13 @@ pub fn sweep(grid_file: &Path, out: &Path, store: &Path, report_only: bool) -> R
             write_json(&cell.dir.with_extension("cell.json"), cell)?;
             let summary = with_task!(args.task(), T => train_cell::<T>(args, &cell.dir))?;
             ran += 1;
-            summary
+            rows.push(cell.row(&summary));
+            write_rows(&rows, out)?;
+            continue;
         };
         rows.push(cell.row(&summary));
-        let lines: String = rows.iter().map(|r| format!("{}\n", serde_json::to_string(r).expect("rows serialize"))).collect();
-        write_atomic(&out.join("results.jsonl"), lines.as_bytes())?;
     }
+    write_rows(&rows, out)?;
     if ran > 0 {
         eprintln!("sweep: {ran} runs in {:.1} min", started.elapsed().as_secs_f64() / 60.0);
     }
@@ -314,12 +319,12 @@ mod tests {
     #[test]
     fn cells_are_the_product_or_the_union_of_products_without_repeats() {
         let g = grid("[fixed]\nepochs = 2\n[grid]\nmethod = [\"lora\", \"replora\"]\nlr = [0.001, 0.002]\nseed = [0, 1, 2]\n");
-        let cells = g.cells(Path::new("store"));
+        let cells = g.cells();
         assert_eq!(cells.len(), 12);
         assert!(cells.iter().all(|c| c.flags["epochs"] == "2" && c.varied == ["lr", "method", "seed"]));
         // One-at-a-time: hidden around the default, then activation; hidden = 16 twice is one cell.
         let g = grid("[[grid]]\nhidden = [8, 16]\nseed = [0, 1]\n[[grid]]\nactivation = [\"gelu\"]\nseed = [0, 1]\n[[grid]]\nhidden = [16]\nseed = [0]\n");
-        let cells = g.cells(Path::new("store"));
+        let cells = g.cells();
         assert_eq!(cells.len(), 6, "{:?}", cells.iter().map(|c| &c.flags).collect::<Vec<_>>());
         assert!(cells.iter().any(|c| c.flags.get("activation").is_some_and(|a| a == "gelu") && !c.flags.contains_key("hidden")));
         let args = cells[0].args().unwrap();

@@ -115,10 +115,6 @@ pub fn select(configs: &[Config], metric: BestMetric, baseline: &str) -> Vec<Sel
         .collect()
 }
 
-fn pm(xs: &[f64], scale: f64) -> String {
-    format_mean_sd(xs, scale, 1)
-}
-
 /// Writes `report.md`, `report.json` and the plots; returns the Markdown.
 pub fn write(rows: &[Row], grid: &Grid, out: &Path) -> Result<String> {
     let metric = grid.metric;
@@ -144,14 +140,14 @@ pub fn write(rows: &[Row], grid: &Grid, out: &Path) -> Result<String> {
         s += &format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {:.3} | {} |\n",
             c.data, c.train_fraction, c.method, if c.setting.is_empty() { "-" } else { &c.setting }, c.seeds.len(),
-            pm(&c.validation, scale), pm(&c.test_accuracy, 100.0), pm(&c.test_macro_f1, 100.0), c.trainable_percent, diff
+            format_mean_sd(&c.validation, scale, 1), format_mean_sd(&c.test_accuracy, 100.0, 1), format_mean_sd(&c.test_macro_f1, 100.0, 1), c.trainable_percent, diff
         );
     }
     s += &format!("\n## Every configuration (validation only)\n\n| data | train fraction | method | setting | seeds | validation {metric_name} | trainable % | minutes |\n|---|---|---|---|---|---|---|---|\n");
     for c in &configs {
         s += &format!(
             "| {} | {} | {} | {} | {} | {} | {:.3} | {:.1} |\n",
-            c.data, c.train_fraction, c.method, if c.setting.is_empty() { "-" } else { &c.setting }, c.seeds.len(), pm(&c.validation, scale), c.trainable_percent, c.minutes
+            c.data, c.train_fraction, c.method, if c.setting.is_empty() { "-" } else { &c.setting }, c.seeds.len(), format_mean_sd(&c.validation, scale, 1), c.trainable_percent, c.minutes
         );
     }
     write_atomic(&out.join("report.md"), s.as_bytes())?;
