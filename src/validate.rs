@@ -4,6 +4,7 @@
 
 use crate::tasks::classification::ClassificationSpec;
 use crate::error::{Error, Result};
+use crate::tasks::image_classification::ImageClassificationSpec;
 use crate::tasks::multiple_choice::MultipleChoiceSpec;
 
 /// The set a number must lie in.
@@ -95,6 +96,23 @@ impl MultipleChoiceSpec {
         if let Some(n) = self.keep_layers {
             at_least_one("keep-layers", n)?;
         }
+        if self.tuning == crate::tasks::Tuning::Probe {
+            return Err(Error::Config("--method probe trains only a task head; a multiple-choice run has none (it scores options with the language model's own output layer)".into()));
+        }
+        self.adapter.validate()?;
+        self.train.validate()
+    }
+}
+
+impl ImageClassificationSpec {
+    /// Checks every setting that does not depend on the model or the data.
+    pub fn validate(&self) -> Result<()> {
+        let [train, validation, test] = self.images;
+        at_least_one("train-images", train)?;
+        at_least_one("val-images", validation)?;
+        at_least_one("test-images", test)?;
+        at_least_one("image-size", self.image_size)?;
+        check("train-fraction", self.train_fraction, Range::Fraction)?;
         self.adapter.validate()?;
         self.train.validate()
     }

@@ -43,7 +43,7 @@ fn fetch_bigbench_task() {
     let same = data::open("bigbench:intent_recognition", &LoadOptions::default()).unwrap();
     assert_eq!(same, dataset);
 
-    // Only task.json files were extracted, one per task.
+    // Only task.json files were extracted, one per task, and the one kept subtask's.
     let tasks = assets::bigbench_tasks().unwrap();
     assert_eq!(tasks.len(), 167);
     let root = assets::fetch("bigbench").unwrap();
@@ -52,10 +52,16 @@ fn fetch_bigbench_task() {
         if name.starts_with('.') {
             continue;
         }
-        let files: Vec<String> =
+        let mut files: Vec<String> =
             std::fs::read_dir(entry.path()).unwrap().flatten().map(|f| f.file_name().to_string_lossy().into_owned()).collect();
-        assert_eq!(files, ["task.json"], "{name}");
+        files.sort();
+        let expected: &[&str] = if name == "cifar10_classification" { &["base64", "task.json"] } else { &["task.json"] };
+        assert_eq!(files, expected, "{name}");
     }
+    let cifar = assets::fetch("bigbench:cifar10_classification/base64").unwrap();
+    assert_eq!(cifar, root.join("cifar10_classification/base64/task.json"));
+    let err = assets::fetch("bigbench:cifar10_classification/hex").unwrap_err().to_string();
+    assert!(err.contains("unknown BIG-bench subtask") && err.contains("cifar10_classification/base64"), "{err}");
 
     let again = Instant::now();
     assert_eq!(assets::fetch("bigbench:intent_recognition").unwrap(), task);

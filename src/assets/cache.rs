@@ -22,17 +22,21 @@ pub fn asset_dir(asset: &Asset) -> PathBuf {
     cache_dir().join(asset.dest)
 }
 
-/// Whether `dir` holds a completed copy of `asset`.
-/// A directory without a marker that has the asset's required files counts as complete: it was
-/// placed there by hand (e.g. unzipped from the same wheel).
+/// Whether `dir` holds a completed copy of `asset`: all its required files, and a marker naming
+/// the pinned archive. A directory without a marker that has the required files counts as
+/// complete: it was placed there by hand (e.g. unzipped from the same wheel). A marked directory
+/// that lacks a required file was unpacked by an older replora that kept less of the same
+/// archive (e.g. no BIG-bench subtasks): it is unpacked again.
 pub(super) fn is_complete(dir: &Path, asset: &Asset) -> bool {
+    let has_required = dir.is_dir() && asset.required.iter().all(|f| dir.join(f).is_file());
     let Ok(text) = fs::read_to_string(dir.join(MARKER)) else {
-        return dir.is_dir() && asset.required.iter().all(|f| dir.join(f).is_file());
+        return has_required;
     };
-    serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| v.get("sha256").and_then(|s| s.as_str()).map(|s| s == asset.sha256))
-        .unwrap_or(false)
+    has_required
+        && serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("sha256").and_then(|s| s.as_str()).map(|s| s == asset.sha256))
+            .unwrap_or(false)
 }
 
 /// Moves the completed `unpack` directory to `dest`, replacing an outdated or empty one.

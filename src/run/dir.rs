@@ -49,6 +49,7 @@ fn train_command(kind: TaskKind) -> &'static str {
     match kind {
         TaskKind::Classification => "train",
         TaskKind::MultipleChoice => "train --task multiple-choice",
+        TaskKind::ImageClassification => "train --task image-classification",
     }
 }
 
@@ -113,7 +114,12 @@ pub fn create(out: &Path, start: Start) -> Result<()> {
 /// The task of the run `dir` holds, if any (read from its `run.json`).
 pub fn kind_of(dir: &Path) -> Option<TaskKind> {
     let spec: Value = crate::files::read_json(&dir.join(RUN_FILE)).ok()?;
-    Some(if spec.get("tasks").is_some() { TaskKind::MultipleChoice } else { TaskKind::Classification })
+    // Each task's spec has a field no other has.
+    Some(match (spec.get("tasks"), spec.get("image_size")) {
+        (Some(_), _) => TaskKind::MultipleChoice,
+        (None, Some(_)) => TaskKind::ImageClassification,
+        (None, None) => TaskKind::Classification,
+    })
 }
 
 /// Checks that `dir` holds a finished run; otherwise says what to run instead.

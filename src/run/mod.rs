@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::files::{read_json, write_json};
 use crate::formats::native;
 use crate::models::Architecture;
-use crate::tasks::{Task, TaskKind, TaskSpec, TestScores, check_best_metric};
+use crate::tasks::{Task, TaskKind, TaskSpec, TestScores, Tuning, check_best_metric};
 use crate::training;
 
 /// The adapter of a run, in replora's native format.
@@ -100,10 +100,10 @@ fn summarize<T: Task>(task: &T, data: &T::Data, test: TestScores, params: ParamR
 /// own files.
 fn save<T: Task>(task: &T, data: &T::Data, model: &T::Model, out: &Path) -> Result<()> {
     let adapted = T::adapted(model);
-    if adapted.is_full_finetune() {
-        adapted.model.save(&out.join(T::FULL_MODEL_DIR))?;
-    } else {
-        native::save(&adapted.adapters, &out.join(ADAPTER_DIR))?;
+    match task.spec().tuning() {
+        Tuning::Full => adapted.model.save(&out.join(T::FULL_MODEL_DIR))?,
+        Tuning::Adapter => native::save(&adapted.adapters, &out.join(ADAPTER_DIR))?,
+        Tuning::Probe => {}
     }
     task.save_extra(data, model, out)
 }
@@ -168,8 +168,10 @@ pub fn evaluate_base<T: Task>(spec: &T::Spec) -> Result<RunSummary> {
 /// Writes a finished run's adapter in PEFT's layout into `out`; returns how Python loads it.
 pub fn export<T: Task>(run: &Path, out: &Path) -> Result<String> {
     let (task, model) = open::<T>(run, &Device::flex())?;
-    if T::adapted(&model).is_full_finetune() {
-        return Err(Error::State("a full fine-tuning run has no adapter to export; use `replora merge`".into()));
+    match task.spec().tuning() {
+        Tuning::Full => return Err(Error::State("a full fine-tuning run has no adapter to export; use `replora merge`".into())),
+        Tuning::Probe => return Err(Error::State("a linear probe has no adapter to export; `replora merge` writes the model with its head".into())),
+        Tuning::Adapter => {}
     }
     task.export_peft(&model, out)
 }

@@ -13,7 +13,7 @@ use crate::adapters::{AdapterConfig, PeftModel};
 use crate::data::{self, BatchConfig, Columns, Dataset, EncodedDataset, LoadOptions, SplitConfig, Tokenizer};
 use crate::error::{Error, Result};
 use crate::files::{read_json, write_json};
-use crate::formats::{native, peft};
+use crate::formats::peft;
 use crate::models::Architecture;
 use crate::models::bert::{Bert, Pooling};
 use crate::training::{EvalMetrics, TrainConfig};
@@ -188,10 +188,7 @@ impl Task for Classification {
     fn restore(&self, out: &Path, device: &Device) -> Result<SequenceClassifier> {
         let labels: Vec<String> = read_json(&out.join(LABELS_FILE))?;
         let _ = self.run_labels.set(labels.clone());
-        let encoder = match self.spec.tuning {
-            Tuning::Full => PeftModel::full_finetune(Bert::load(&out.join(Self::FULL_MODEL_DIR), "bert.", device)?),
-            Tuning::Adapter => native::load(self.encoder.clone(), &out.join(crate::run::ADAPTER_DIR))?,
-        };
+        let encoder = self.spec.tuning.restore(self.encoder.clone(), out, Self::FULL_MODEL_DIR, |dir| Bert::load(dir, "bert.", device))?;
         let s = &self.spec;
         SequenceClassifier::new(encoder, labels.len(), s.pooling, s.head_dropout, s.train.seed).load_head(&out.join(HEAD_FILE))
     }

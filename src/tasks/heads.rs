@@ -110,6 +110,7 @@ impl SequenceClassifier {
 }
 
 impl ClassifierModel for SequenceClassifier {
+    type Input = EncoderInput;
     fn logits(&self, input: &EncoderInput, training: bool) -> Tensor<2> {
         let deltas = if training { self.encoder.training_deltas() } else { self.encoder.deltas() };
         let hidden = self.encoder.model.forward(input, &deltas);
@@ -148,8 +149,32 @@ impl Objective for SequenceClassifier {
 
 /// A model that scores classes.
 pub trait ClassifierModel: Module {
-    /// Class scores `[batch, classes]`; `training` switches dropout on.
-    fn logits(&self, input: &EncoderInput, training: bool) -> Tensor<2>;
+    /// What one forward pass takes: tokens, pixels.
+    type Input;
+    /// Class scores `[batch, classes]`; `training` switches dropout (and augmentation-time
+    /// behaviour) on.
+    fn logits(&self, input: &Self::Input, training: bool) -> Tensor<2>;
+}
+
+/// A host-side batch of labelled examples.
+pub trait LabelledBatch {
+    type Input;
+    fn input(&self, device: &Device) -> Self::Input;
+    fn labels(&self) -> &[usize];
+    fn labels_tensor(&self, device: &Device) -> Tensor<1, Int> {
+        let labels: Vec<i64> = self.labels().iter().map(|&l| l as i64).collect();
+        Tensor::from_data(TensorData::new(labels, [self.labels().len()]), device)
+    }
+}
+
+impl LabelledBatch for Batch {
+    type Input = EncoderInput;
+    fn input(&self, device: &Device) -> EncoderInput {
+        self.to_input(device)
+    }
+    fn labels(&self) -> &[usize] {
+        &self.labels
+    }
 }
 
 /// Mean cross-entropy of `logits` against `labels`.
@@ -159,16 +184,16 @@ pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
 }
 
 /// Loss, accuracy and macro-F1 of `model` on `batches` (no gradients, no dropout).
-pub fn evaluate<M: ClassifierModel>(model: &M, batches: &[Batch], num_classes: usize, device: &Device) -> (EvalMetrics, Vec<usize>) {
+pub fn evaluate<M: ClassifierModel, B: LabelledBatch<Input = M::Input>>(model: &M, batches: &[B], num_classes: usize, device: &Device) -> (EvalMetrics, Vec<usize>) {
     let model = model.valid();
     let device = device.clone().inner();
     let (mut predictions, mut labels, mut loss_sum) = (vec![], vec![], 0.0);
     for batch in batches {
-        let logits = model.logits(&batch.to_input(&device), false);
-        loss_sum += scalar(cross_entropy(logits.clone(), batch.labels_tensor(&device))) * batch.labels.len() as f64;
+        let logits = model.logits(&batch.input(&device), false);
+        loss_sum += scalar(cross_entropy(logits.clone(), batch.labels_tensor(&device))) * batch.labels().len() as f64;
         let argmax: Vec<i64> = logits.argmax(1).into_data().try_into_vec_as::<i64>().expect("int tensor");
         predictions.extend(argmax.into_iter().map(|p| p as usize));
-        labels.extend_from_slice(&batch.labels);
+        labels.extend_from_slice(batch.labels());
     }
     let loss = if labels.is_empty() { 0.0 } else { loss_sum / labels.len() as f64 };
     (EvalMetrics::compute(&predictions, &labels, num_classes, loss), predictions)

@@ -38,6 +38,7 @@ pub mod choice_model;
 pub mod classification;
 pub mod heads;
 pub mod hf_layout;
+pub mod image_classification;
 pub mod multiple_choice;
 
 use std::fmt::Debug;
@@ -47,12 +48,13 @@ use burn::prelude::*;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::adapters::{Adaptable, AdapterConfig, PeftModel};
+use crate::adapters::{Adaptable, AdapterConfig, AdapterSet, PeftModel};
 use crate::error::{Error, Result};
 use crate::models::Architecture;
 use crate::training::{EvalMetrics, Objective, TrainConfig};
 
 pub use classification::Classification;
+pub use image_classification::ImageClassification;
 pub use multiple_choice::MultipleChoice;
 
 /// The registry of tasks: `--task`, and the `task` a run directory records.
@@ -63,6 +65,8 @@ pub enum TaskKind {
     Classification,
     /// Multiple-choice questions answered by a decoder, trained as causal language modelling.
     MultipleChoice,
+    /// Images classified by a vision transformer with a linear head.
+    ImageClassification,
 }
 
 impl TaskKind {
@@ -70,14 +74,16 @@ impl TaskKind {
         match self {
             TaskKind::Classification => "classification",
             TaskKind::MultipleChoice => "multiple-choice",
+            TaskKind::ImageClassification => "image-classification",
         }
     }
 
     /// The task a model is fine-tuned for by default: decoders answer multiple-choice
-    /// questions, encoders classify.
+    /// questions, vision transformers classify images, encoders classify text.
     pub fn for_model(model: &str) -> Self {
         match crate::models::Family::detect(model) {
             Some(crate::models::Family::Llama) => TaskKind::MultipleChoice,
+            Some(crate::models::Family::Dinov2) => TaskKind::ImageClassification,
             _ => TaskKind::Classification,
         }
     }
@@ -103,6 +109,10 @@ macro_rules! with_task {
                 type $T = $crate::tasks::MultipleChoice;
                 $body
             }
+            $crate::tasks::TaskKind::ImageClassification => {
+                type $T = $crate::tasks::ImageClassification;
+                $body
+            }
         }
     };
 }
@@ -115,6 +125,8 @@ pub enum Tuning {
     Adapter,
     /// Full fine-tuning of every weight.
     Full,
+    /// A linear probe: the pre-trained model frozen, no adapter, only the task's head trains.
+    Probe,
 }
 
 impl Tuning {
@@ -123,6 +135,18 @@ impl Tuning {
         match self {
             Tuning::Adapter => PeftModel::new(model, adapter),
             Tuning::Full => Ok(PeftModel::full_finetune(model)),
+            Tuning::Probe => Ok(PeftModel::from_parts(model, AdapterSet::empty())),
+        }
+    }
+
+    /// A finished run's tuned model around the pre-trained `base`: its adapter (native format,
+    /// in `out`'s adapter directory), its fully tuned weights (read by `load_full` from
+    /// `out/<full_dir>`), or nothing (a probe).
+    pub fn restore<M: Adaptable>(self, base: M, out: &Path, full_dir: &str, load_full: impl FnOnce(&Path) -> Result<M>) -> Result<PeftModel<M>> {
+        match self {
+            Tuning::Adapter => crate::formats::native::load(base, &out.join(crate::run::ADAPTER_DIR)),
+            Tuning::Full => Ok(PeftModel::full_finetune(load_full(&out.join(full_dir))?)),
+            Tuning::Probe => Ok(PeftModel::from_parts(base, AdapterSet::empty())),
         }
     }
 }
@@ -145,6 +169,7 @@ pub trait TaskSpec: Clone + Debug + PartialEq + Serialize + DeserializeOwned + D
     fn method_name(&self) -> String {
         match self.tuning() {
             Tuning::Full => "full".into(),
+            Tuning::Probe => "probe".into(),
             Tuning::Adapter => self.adapter().method.to_string(),
         }
     }

@@ -15,7 +15,7 @@ use super::{SubtaskScore, Task, TaskKind, TestScores, Tuning};
 use crate::adapters::{AdapterConfig, AdapterSet, PeftModel};
 use crate::data::bigbench::{ChoiceExample, read_choices};
 use crate::error::{Error, Result};
-use crate::formats::{native, peft};
+use crate::formats::peft;
 use crate::models::Architecture;
 use crate::models::decoder::Decoder;
 use crate::models::llama::Llama;
@@ -239,10 +239,7 @@ impl Task for MultipleChoice {
     }
 
     fn restore(&self, out: &Path, device: &Device) -> Result<CausalLm> {
-        let decoder = match self.spec.tuning {
-            Tuning::Full => PeftModel::full_finetune(Llama::load(&out.join(Self::FULL_MODEL_DIR), device)?),
-            Tuning::Adapter => native::load(self.decoder.model.clone(), &out.join(crate::run::ADAPTER_DIR))?,
-        };
+        let decoder = self.spec.tuning.restore(self.decoder.model.clone(), out, Self::FULL_MODEL_DIR, |dir| Llama::load(dir, device))?;
         Ok(CausalLm { decoder })
     }
 

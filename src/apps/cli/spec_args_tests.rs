@@ -1,0 +1,87 @@
+//! Tests of the run flags: defaults, config files, task choice, refused flags.
+
+use super::*;
+use clap::Parser;
+
+fn train_args(args: &[&str]) -> RunArgs {
+    let cli = crate::apps::cli::Cli::try_parse_from(crate::apps::cli::expand_aliases(args.iter().map(|s| s.to_string()).collect())).unwrap();
+    let crate::apps::cli::Command::Train { run, .. } = cli.command else { panic!("not train") };
+    run
+}
+
+#[test]
+fn config_file_flags_come_before_and_lose_to_command_line_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("run.toml");
+    std::fs::write(&file, "method = \"lora\"\nrank = 4\ntargets = [\"query\", \"key\"]\nrslora = true\nepochs = 2\n").unwrap();
+    let args = ["replora", "train", "--epochs", "3", "--config", file.to_str().unwrap()].map(String::from).to_vec();
+    let cli = crate::apps::cli::Cli::parse_from(expand_config_file(args).unwrap());
+    let crate::apps::cli::Command::Train { run, .. } = cli.command else { panic!("not train") };
+    let spec = run.to_classification().unwrap();
+    assert_eq!((spec.adapter.method, spec.adapter.r, spec.adapter.use_rslora), (Method::Lora, 4, true));
+    assert_eq!(spec.adapter.target_modules, TargetModules::Names(vec!["query".into(), "key".into()]));
+    assert_eq!(spec.train.epochs, 3, "the command line wins over the file");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "rank = [").unwrap();
+    let err = expand_config_file(["replora", "train", "--config", bad.to_str().unwrap()].map(String::from).to_vec()).unwrap_err();
+    assert!(err.to_string().contains("bad.toml"), "{err}");
+    let unknown = dir.path().join("unknown.toml");
+    std::fs::write(&unknown, "rank = 4\nlearning_rate = 0.1\n").unwrap();
+    let err = expand_config_file(["replora", "train", "--config", unknown.to_str().unwrap()].map(String::from).to_vec()).unwrap_err();
+    assert!(err.to_string().contains("unknown.toml") && err.to_string().contains("\"learning_rate\""), "{err}");
+}
+
+/// `--resume` tells flags given from flags left alone by comparing with the spec defaults:
+/// they must be what the command line gives without flags, for each task.
+#[test]
+fn command_line_defaults_are_the_spec_defaults() {
+    assert_eq!(train_args(&["replora", "train"]).to_classification().unwrap(), ClassificationSpec::default());
+    let lm = train_args(&["replora", "train-lm"]);
+    assert_eq!(lm.task(), TaskKind::MultipleChoice);
+    assert_eq!(lm.to_choice().unwrap(), MultipleChoiceSpec::default());
+}
+
+/// The task comes from --task, else the model, else the flags; the other task's flags are refused.
+#[test]
+fn the_task_is_chosen_and_foreign_flags_are_refused() {
+    assert_eq!(train_args(&["replora", "train"]).task(), TaskKind::Classification);
+    assert_eq!(train_args(&["replora", "train", "--model", "smollm2"]).task(), TaskKind::MultipleChoice);
+    assert_eq!(train_args(&["replora", "train", "--tasks", "bigbench:strategyqa"]).task(), TaskKind::MultipleChoice);
+    assert_eq!(train_args(&["replora", "train", "--task", "multiple-choice", "--model", "minilm"]).task(), TaskKind::MultipleChoice);
+    let e = train_args(&["replora", "train", "--pooling", "mean", "--split", "0.8,0.1,0.1"]).to_choice().unwrap_err().to_string();
+    assert!(e.contains("--split, --pooling are not for a multiple-choice run"), "{e}");
+    let e = train_args(&["replora", "train", "--keep-layers", "2"]).to_classification().unwrap_err().to_string();
+    assert!(e.contains("--keep-layers is not for a classification run"), "{e}");
+    assert_eq!(train_args(&["replora", "train-lm", "--model", "x"]).task(), TaskKind::MultipleChoice, "the alias's --task wins");
+}
+
+/// The trainer flags are optional (each task has its defaults); their help states both.
+#[test]
+fn help_shows_the_trainer_defaults_of_both_tasks() {
+    use clap::CommandFactory;
+    let mut command = crate::apps::cli::Cli::command();
+    let help = command.find_subcommand_mut("train").unwrap().render_long_help().to_string();
+    let (c, l) = (TrainConfig::default(), MultipleChoiceSpec::default().train);
+    for (flag, a, b) in [
+        ("--epochs", c.epochs.to_string(), l.epochs.to_string()),
+        ("--batch-size", c.batch_size.to_string(), l.batch_size.to_string()),
+        ("--lr", c.lr.to_string(), l.lr.to_string()),
+        ("--weight-decay", c.weight_decay.to_string(), l.weight_decay.to_string()),
+        ("--warmup-ratio", c.warmup_ratio.to_string(), l.warmup_ratio.to_string()),
+        ("--log-every", c.log_every.to_string(), l.log_every.to_string()),
+    ] {
+        let expected = format!("[default: {a}; multiple-choice: {b}]");
+        let at = help.find(&format!("{flag} <")).unwrap_or_else(|| panic!("{flag} not in help"));
+        assert!(help[at..].lines().take(3).any(|line| line.contains(&expected)), "{flag}: no {expected} in {}", &help[at..at + 200]);
+    }
+}
+
+#[test]
+fn split_takes_both_forms_and_full_tuning_takes_no_targets() {
+    for split in [&["--split", "0.8,0.1,0.1"][..], &["--split", "0.8", "0.1", "0.1"]] {
+        let args: Vec<&str> = ["replora", "train"].iter().chain(split).copied().collect();
+        assert_eq!(train_args(&args).to_classification().unwrap().split, [0.8, 0.1, 0.1], "{split:?}");
+    }
+    let e = train_args(&["replora", "train", "--method", "full", "--targets", "x"]).to_classification().unwrap_err();
+    assert!(e.to_string().contains("--targets"));
+}

