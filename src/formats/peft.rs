@@ -29,9 +29,21 @@ pub struct PeftInfo {
     /// Removed from the front of every module path, e.g. `bert.` when the adapter of a
     /// classifier's encoder is written for a bare `BertModel` (`FEATURE_EXTRACTION`).
     pub strip_prefix: String,
+    /// Module-path renames (substring, replacement) for a library whose module names differ
+    /// from the checkpoint's (transformers 5 loads Dinov2's `attention.attention.query` as
+    /// `attention.q_proj`). When given, `target_modules` lists the renamed paths in full.
+    pub rename: Vec<(String, String)>,
 }
 
 const PREFIX: &str = "base_model.model.";
+
+impl PeftInfo {
+    /// A module path as the loading library names it.
+    fn module_path(&self, path: &str) -> String {
+        let path = path.strip_prefix(self.strip_prefix.as_str()).unwrap_or(path);
+        self.rename.iter().fold(path.to_string(), |p, (from, to)| p.replace(from.as_str(), to))
+    }
+}
 
 /// Writes `adapters` (materialized first if RepLoRA) in PEFT's layout into `dir`.
 pub fn export(adapters: &AdapterSet, info: &PeftInfo, dir: &Path) -> Result<()> {
@@ -40,8 +52,7 @@ pub fn export(adapters: &AdapterSet, info: &PeftInfo, dir: &Path) -> Result<()> 
     let mut out = BTreeMap::new();
     for t in &lora.targets {
         let f = t.factors.as_ref().expect("a materialized adapter owns its factors");
-        let path = t.target.path.strip_prefix(info.strip_prefix.as_str()).unwrap_or(&t.target.path);
-        let key = format!("{PREFIX}{path}");
+        let key = format!("{PREFIX}{}", info.module_path(&t.target.path));
         out.insert(format!("{key}.lora_A.weight"), HostTensor::from_tensor(&f.a.val()).transpose());
         out.insert(format!("{key}.lora_B.weight"), HostTensor::from_tensor(&f.b.val()).transpose());
         if let Some(m) = &t.magnitude {
@@ -54,6 +65,7 @@ pub fn export(adapters: &AdapterSet, info: &PeftInfo, dir: &Path) -> Result<()> 
     let mut modules_to_save: Vec<&str> = info.modules_to_save.keys().filter_map(|k| k.rsplit_once('.').map(|(m, _)| m)).collect();
     modules_to_save.dedup();
     let target_modules = match &c.target_modules {
+        _ if !info.rename.is_empty() => json!(lora.targets.iter().map(|t| info.module_path(&t.target.path)).collect::<Vec<_>>()),
         TargetModules::Names(n) => json!(n),
         TargetModules::Regex(r) => json!(r),
     };

@@ -31,8 +31,9 @@ pub struct Dinov2Config {
     pub hidden_size: usize,
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
-    #[serde(default = "default_mlp_ratio")]
-    pub mlp_ratio: f64,
+    /// MLP width over hidden width; transformers' config type is an integer.
+    #[serde(default = "default_mlp_ratio", deserialize_with = "whole_number")]
+    pub mlp_ratio: usize,
     /// The side, in pixels, the position table was trained for (`position_embeddings` holds
     /// `(image_size / patch_size)^2 + 1` rows).
     pub image_size: usize,
@@ -51,8 +52,14 @@ pub struct Dinov2Config {
     pub extra: BTreeMap<String, serde_json::Value>,
 }
 
-fn default_mlp_ratio() -> f64 {
-    4.0
+fn default_mlp_ratio() -> usize {
+    4
+}
+
+/// A count written as `4` or `4.0`.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<usize, D::Error> {
+    let v = f64::deserialize(d)?;
+    if v >= 0.0 && v.fract() == 0.0 { Ok(v as usize) } else { Err(serde::de::Error::custom(format!("expected a whole number, got {v}"))) }
 }
 fn default_channels() -> usize {
     3
@@ -104,7 +111,7 @@ impl Dinov2Config {
     }
 
     pub fn intermediate_size(&self) -> usize {
-        (self.hidden_size as f64 * self.mlp_ratio) as usize
+        self.hidden_size * self.mlp_ratio
     }
 
     /// Patches along one side of an `image_size` image.
@@ -473,6 +480,9 @@ fn infer_config(t: &BTreeMap<String, HostTensor>, position: &HostTensor, path: &
     let [hidden, channels, patch_size, _] = patch.shape[..] else { return Err(Error::format(path, "the patch embedding weight is not 4-D")) };
     let layers = (0..).take_while(|i| t.contains_key(&format!("encoder.layer.{i}.norm1.weight"))).count();
     let fc1 = t.get("encoder.layer.0.mlp.fc1.weight").ok_or_else(|| Error::format(path, "no encoder.layer.0.mlp.fc1 weight"))?;
+    if fc1.shape[0] % hidden != 0 {
+        return Err(Error::format(path, format!("MLP width {} is not a multiple of the hidden width {hidden}", fc1.shape[0])));
+    }
     let grid = ((position.shape[1] - 1) as f64).sqrt().round() as usize;
     if grid * grid + 1 != position.shape[1] {
         return Err(Error::format(path, format!("position table of {} rows is not a square grid plus CLS", position.shape[1])));
@@ -481,7 +491,7 @@ fn infer_config(t: &BTreeMap<String, HostTensor>, position: &HostTensor, path: &
         hidden_size: hidden,
         num_hidden_layers: layers,
         num_attention_heads: (hidden / 64).max(1),
-        mlp_ratio: fc1.shape[0] as f64 / hidden as f64,
+        mlp_ratio: fc1.shape[0] / hidden,
         image_size: grid * patch_size,
         patch_size,
         num_channels: channels,

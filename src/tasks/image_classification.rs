@@ -30,6 +30,14 @@ const BACKBONE: &str = "dinov2.";
 const HEAD: &str = "classifier";
 const LABELS_FILE: &str = "labels.json";
 const HEAD_FILE: &str = "head.safetensors";
+/// transformers 5 renames Dinov2's attention linears when it loads a checkpoint; a PEFT adapter
+/// must name the modules it finds (the merged checkpoint keeps the names both versions read).
+const TRANSFORMERS_5_NAMES: [(&str, &str); 4] = [
+    ("attention.attention.query", "attention.q_proj"),
+    ("attention.attention.key", "attention.k_proj"),
+    ("attention.attention.value", "attention.v_proj"),
+    ("attention.output.dense", "attention.o_proj"),
+];
 
 /// What the head reads off the last hidden state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -362,12 +370,13 @@ impl Task for ImageClassification {
             base_model_name_or_path: self.model_dir.display().to_string(),
             task_type: None,
             modules_to_save: model.hf_head_tensors(),
+            rename: TRANSFORMERS_5_NAMES.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
             ..Default::default()
         };
         peft::export(&model.backbone.adapters, &info, dir)?;
         write_json(&dir.join(LABELS_FILE), &self.labels_of_run()?)?;
         Ok(format!(
-            "layout: PEFT LoRA on Dinov2ForImageClassification with the head in modules_to_save: PeftModel.from_pretrained(AutoModelForImageClassification.from_pretrained(base, num_labels=N), dir); feed {0}x{0} images (the base interpolates its position table as replora did)",
+            "layout: PEFT LoRA on Dinov2ForImageClassification (module names of transformers >= 5: attention.q_proj, ...) with the head in modules_to_save: PeftModel.from_pretrained(AutoModelForImageClassification.from_pretrained(base, num_labels=N), dir); feed {0}x{0} images (the base interpolates its position table as replora did)",
             self.spec.image_size
         ))
     }
