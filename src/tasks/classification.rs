@@ -172,11 +172,11 @@ impl Task for Classification {
     }
 
     fn validate(&self, data: &Prepared, model: &SequenceClassifier) -> EvalMetrics {
-        evaluate(model, &eval_batches(&data.validation, self.spec.train.batch_size), data.labels.len(), &self.device).0
+        evaluate(model, &eval_batches(&data.validation, self.spec.train.batch_size), data.labels.len(), &self.device, false).0
     }
 
     fn test(&self, data: &Prepared, model: &SequenceClassifier) -> Result<TestScores> {
-        let (overall, _) = evaluate(model, &eval_batches(&data.test, self.spec.train.batch_size), data.labels.len(), &self.device);
+        let (overall, _) = evaluate(model, &eval_batches(&data.test, self.spec.train.batch_size), data.labels.len(), &self.device, true);
         Ok(TestScores { overall, per_task: vec![] })
     }
 

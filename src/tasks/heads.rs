@@ -183,18 +183,30 @@ pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
     log_softmax(logits, 1).gather(1, labels.reshape([b, 1])).mean().neg()
 }
 
-/// Loss, accuracy and macro-F1 of `model` on `batches` (no gradients, no dropout).
-pub fn evaluate<M: ClassifierModel, B: LabelledBatch<Input = M::Input>>(model: &M, batches: &[B], num_classes: usize, device: &Device) -> (EvalMetrics, Vec<usize>) {
+/// Loss, accuracy and macro-F1 of `model` on `batches` (no gradients, no dropout); `progress`
+/// shows a bar (not during training, whose own bar is on screen).
+pub fn evaluate<M: ClassifierModel, B: LabelledBatch<Input = M::Input>>(
+    model: &M,
+    batches: &[B],
+    num_classes: usize,
+    device: &Device,
+    progress: bool,
+) -> (EvalMetrics, Vec<usize>) {
     let model = model.valid();
     let device = device.clone().inner();
     let (mut predictions, mut labels, mut loss_sum) = (vec![], vec![], 0.0);
+    // Scoring thousands of images takes a minute: show it (hidden when stderr is no terminal).
+    let bar = if progress { indicatif::ProgressBar::new(batches.len() as u64) } else { indicatif::ProgressBar::hidden() };
+    bar.set_style(indicatif::ProgressStyle::with_template("evaluating [{bar:30}] {pos}/{len} batches ({elapsed} < {eta})").expect("valid template").progress_chars("=> "));
     for batch in batches {
+        bar.inc(1);
         let logits = model.logits(&batch.input(&device), false);
         loss_sum += scalar(cross_entropy(logits.clone(), batch.labels_tensor(&device))) * batch.labels().len() as f64;
         let argmax: Vec<i64> = logits.argmax(1).into_data().try_into_vec_as::<i64>().expect("int tensor");
         predictions.extend(argmax.into_iter().map(|p| p as usize));
         labels.extend_from_slice(batch.labels());
     }
+    bar.finish_and_clear();
     let loss = if labels.is_empty() { 0.0 } else { loss_sum / labels.len() as f64 };
     (EvalMetrics::compute(&predictions, &labels, num_classes, loss), predictions)
 }

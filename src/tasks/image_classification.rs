@@ -208,6 +208,7 @@ impl LabelledBatch for ImageBatch {
 
 impl Objective for ImageClassifier {
     type Batch = ImageBatch;
+    const EXAMPLE_UNIT: &'static str = "img";
     fn loss(&self, batch: &ImageBatch, device: &Device) -> Tensor<1> {
         cross_entropy(self.logits(&batch.to_tensor(device), true), LabelledBatch::labels_tensor(batch, device))
     }
@@ -321,11 +322,11 @@ impl Task for ImageClassification {
     }
 
     fn validate(&self, data: &ImageSplits, model: &ImageClassifier) -> EvalMetrics {
-        evaluate(model, &self.eval_batches(&data.validation), data.labels.len(), &self.device).0
+        evaluate(model, &self.eval_batches(&data.validation), data.labels.len(), &self.device, false).0
     }
 
     fn test(&self, data: &ImageSplits, model: &ImageClassifier) -> Result<TestScores> {
-        let (overall, _) = evaluate(model, &self.eval_batches(&data.test), data.labels.len(), &self.device);
+        let (overall, _) = evaluate(model, &self.eval_batches(&data.test), data.labels.len(), &self.device, true);
         Ok(TestScores { overall, per_task: vec![] })
     }
 

@@ -26,6 +26,8 @@ pub trait Objective: Module {
     fn loss(&self, batch: &Self::Batch, device: &Device) -> Tensor<1>;
     /// How many examples the batch holds (for the loss average and the rate shown).
     fn examples(batch: &Self::Batch) -> usize;
+    /// What an example is called in the progress bar's rate (`ex/s`, `img/s`).
+    const EXAMPLE_UNIT: &'static str = "ex";
     /// The adapters' relative update `||s B A|| / ||W0||` (logged as `update_norm`), if any.
     fn update_norm(&self) -> Option<f64> {
         None
@@ -197,7 +199,7 @@ pub fn train<M: Objective>(
             progress.step += 1;
             bar.inc(1);
             let rate = window_examples as f64 / window_start.elapsed().as_secs_f64();
-            bar.set_message(format!("loss {:.4} lr {lr:.2e} {rate:.1} ex/s", window_loss / window_examples as f64));
+            bar.set_message(format!("loss {:.4} lr {lr:.2e} {rate:.1} {}/s", window_loss / window_examples as f64, M::EXAMPLE_UNIT));
             if progress.step % cfg.log_every == 0 {
                 log_line(&run.metrics_log(), serde_json::json!({
                     "step": progress.step, "epoch": epoch + 1, "loss": window_loss / window_examples as f64,
