@@ -200,14 +200,8 @@ impl Bert {
     /// Loads `config.json` and `model.safetensors` from `dir`. Tensor names may carry a `bert.`
     /// prefix or none; module paths get `prefix`.
     pub fn load(dir: &Path, prefix: &str, device: &Device) -> Result<Self> {
-        if !dir.is_dir() {
-            let e = std::io::Error::new(std::io::ErrorKind::NotFound, "not a model directory (config.json + model.safetensors)");
-            return Err(Error::io(dir, e));
-        }
-        let config = BertConfig::read(&dir.join(CONFIG_FILE))?;
-        let file = dir.join(WEIGHTS_FILE);
-        let (mut tensors, _) = tensors::read(&file)?;
-        Self::from_tensors(config, &mut tensors, &file, prefix, device)
+        let (mut tensors, file) = crate::weights::read_model_dir(dir)?;
+        Self::from_tensors(BertConfig::read(&dir.join(CONFIG_FILE))?, &mut tensors, &file, prefix, device)
     }
 
     /// Builds the model from an already read checkpoint, removing the tensors it uses from
@@ -252,10 +246,10 @@ impl Bert {
         out.insert(format!("{p}embeddings.word_embeddings.weight"), HostTensor::from_tensor(&e.word.val()));
         out.insert(format!("{p}embeddings.position_embeddings.weight"), HostTensor::from_tensor(&e.position.val()));
         out.insert(format!("{p}embeddings.token_type_embeddings.weight"), HostTensor::from_tensor(&e.token_type.val()));
-        put_norm(&mut out, &format!("{p}embeddings.LayerNorm"), &e.norm);
+        e.norm.put(&mut out, &format!("{p}embeddings.LayerNorm"));
         for (i, layer) in self.layers.iter().enumerate() {
-            put_norm(&mut out, &format!("{p}encoder.layer.{i}.attention.output.LayerNorm"), &layer.attention_norm);
-            put_norm(&mut out, &format!("{p}encoder.layer.{i}.output.LayerNorm"), &layer.output_norm);
+            layer.attention_norm.put(&mut out, &format!("{p}encoder.layer.{i}.attention.output.LayerNorm"));
+            layer.output_norm.put(&mut out, &format!("{p}encoder.layer.{i}.output.LayerNorm"));
         }
         for linear in self.linears() {
             out.insert(format!("{}.weight", linear.path), HostTensor::from_tensor(&linear.weight.val()).transpose());
@@ -288,11 +282,6 @@ impl Bert {
     }
 }
 
-fn put_norm(out: &mut BTreeMap<String, HostTensor>, name: &str, norm: &LayerNorm) {
-    out.insert(format!("{name}.weight"), HostTensor::from_tensor(&norm.weight.val()));
-    out.insert(format!("{name}.bias"), HostTensor::from_tensor(&norm.bias.val()));
-}
-
 /// The prefix the checkpoint's tensor names carry: the model's own, none, or `bert.`.
 fn stored_prefix(tensors: &BTreeMap<String, HostTensor>, prefix: &str) -> String {
     let candidates = [prefix, "", "bert."];
@@ -302,21 +291,10 @@ fn stored_prefix(tensors: &BTreeMap<String, HostTensor>, prefix: &str) -> String
 
 /// Bert's blocks, read through the shared [`Reader`].
 trait BertReader {
-    fn layer_norm(&mut self, name: &str, width: usize, eps: f64) -> Result<LayerNorm>;
     fn layer(&mut self, i: usize, c: &BertConfig) -> Result<BertLayer>;
 }
 
 impl BertReader for Reader<'_> {
-    /// `{name}.weight/bias`, or the old `{name}.gamma/beta`.
-    fn layer_norm(&mut self, name: &str, width: usize, eps: f64) -> Result<LayerNorm> {
-        let old = self.has(&format!("{name}.gamma")) && !self.has(&format!("{name}.weight"));
-        let (w, b) = if old { ("gamma", "beta") } else { ("weight", "bias") };
-        Ok(LayerNorm {
-            weight: self.param(&format!("{name}.{w}"), [width])?,
-            bias: self.param(&format!("{name}.{b}"), [width])?,
-            eps,
-        })
-    }
 
     fn layer(&mut self, i: usize, c: &BertConfig) -> Result<BertLayer> {
         let (h, m, eps) = (c.hidden_size, c.intermediate_size, c.layer_norm_eps);

@@ -202,14 +202,8 @@ impl Dinov2 {
     /// Loads `config.json` and `model.safetensors` from `dir`; tensor names may carry a
     /// `dinov2.` prefix or none; module paths get `prefix`.
     pub fn load(dir: &Path, prefix: &str, device: &Device) -> Result<Self> {
-        if !dir.is_dir() {
-            let e = std::io::Error::new(std::io::ErrorKind::NotFound, "not a model directory (config.json + model.safetensors)");
-            return Err(Error::io(dir, e));
-        }
-        let config = Dinov2Config::read(&dir.join(CONFIG_FILE))?;
-        let file = dir.join(WEIGHTS_FILE);
-        let (mut tensors, _) = tensors::read(&file)?;
-        Self::from_tensors(config, &mut tensors, &file, prefix, device)
+        let (mut tensors, file) = crate::weights::read_model_dir(dir)?;
+        Self::from_tensors(Dinov2Config::read(&dir.join(CONFIG_FILE))?, &mut tensors, &file, prefix, device)
     }
 
     /// Builds the model from named tensors, removing those it uses. `file` names errors.
@@ -239,7 +233,7 @@ impl Dinov2 {
             patch_bias: r.param("embeddings.patch_embeddings.projection.bias", [h])?,
         };
         let layers = (0..c.num_hidden_layers).map(|i| read_layer(&mut r, i, c)).collect::<Result<Vec<_>>>()?;
-        let layernorm = read_norm(&mut r, "layernorm", h, c.layer_norm_eps)?;
+        let layernorm = r.layer_norm("layernorm", h, c.layer_norm_eps)?;
         r.reject_extra_layers("encoder.layer.", c.num_hidden_layers)?;
         Ok(Self { embeddings, layers, layernorm, config, prefix: prefix.to_string() })
     }
@@ -296,12 +290,12 @@ impl Dinov2 {
         out.insert(format!("{p}embeddings.patch_embeddings.projection.bias"), HostTensor::from_tensor(&e.patch_bias.val()));
         for (i, layer) in self.layers.iter().enumerate() {
             let l = format!("{p}encoder.layer.{i}.");
-            put_norm(&mut out, &format!("{l}norm1"), &layer.norm1);
-            put_norm(&mut out, &format!("{l}norm2"), &layer.norm2);
+            layer.norm1.put(&mut out, &format!("{l}norm1"));
+            layer.norm2.put(&mut out, &format!("{l}norm2"));
             out.insert(format!("{l}layer_scale1.lambda1"), HostTensor::from_tensor(&layer.layer_scale1.val()));
             out.insert(format!("{l}layer_scale2.lambda1"), HostTensor::from_tensor(&layer.layer_scale2.val()));
         }
-        put_norm(&mut out, &format!("{p}layernorm"), &self.layernorm);
+        self.layernorm.put(&mut out, &format!("{p}layernorm"));
         for linear in self.linears() {
             out.insert(format!("{}.weight", linear.path), HostTensor::from_tensor(&linear.weight.val()).transpose());
             if let Some(b) = &linear.bias {
@@ -332,31 +326,23 @@ impl Dinov2 {
     }
 }
 
-fn read_norm(r: &mut Reader, name: &str, width: usize, eps: f64) -> Result<LayerNorm> {
-    Ok(LayerNorm { weight: r.param(&format!("{name}.weight"), [width])?, bias: r.param(&format!("{name}.bias"), [width])?, eps })
-}
-
 fn read_layer(r: &mut Reader, i: usize, c: &Dinov2Config) -> Result<Dinov2Layer> {
     let (h, m, eps, bias) = (c.hidden_size, c.intermediate_size(), c.layer_norm_eps, c.qkv_bias);
     let p = format!("encoder.layer.{i}.");
     Ok(Dinov2Layer {
-        norm1: read_norm(r, &format!("{p}norm1"), h, eps)?,
+        norm1: r.layer_norm(&format!("{p}norm1"), h, eps)?,
         query: r.linear(&format!("{p}attention.attention.query"), h, h, bias)?,
         key: r.linear(&format!("{p}attention.attention.key"), h, h, bias)?,
         value: r.linear(&format!("{p}attention.attention.value"), h, h, bias)?,
         attention_output: r.linear(&format!("{p}attention.output.dense"), h, h, true)?,
         layer_scale1: r.param(&format!("{p}layer_scale1.lambda1"), [h])?,
-        norm2: read_norm(r, &format!("{p}norm2"), h, eps)?,
+        norm2: r.layer_norm(&format!("{p}norm2"), h, eps)?,
         fc1: r.linear(&format!("{p}mlp.fc1"), h, m, true)?,
         fc2: r.linear(&format!("{p}mlp.fc2"), m, h, true)?,
         layer_scale2: r.param(&format!("{p}layer_scale2.lambda1"), [h])?,
     })
 }
 
-fn put_norm(out: &mut BTreeMap<String, HostTensor>, name: &str, norm: &LayerNorm) {
-    out.insert(format!("{name}.weight"), HostTensor::from_tensor(&norm.weight.val()));
-    out.insert(format!("{name}.bias"), HostTensor::from_tensor(&norm.bias.val()));
-}
 
 /// PyTorch's bicubic interpolation matrix `[to, from]` for one axis (`align_corners=False`,
 /// cubic coefficient -0.75, border samples clamped), which ONNX `Resize` (cubic, half_pixel)

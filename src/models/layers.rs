@@ -19,6 +19,12 @@ impl LayerNorm {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         layer_norm(x, self.weight.val(), Some(self.bias.val()), self.eps)
     }
+
+    /// Adds `{name}.weight` and `{name}.bias` to a checkpoint being written.
+    pub fn put(&self, out: &mut std::collections::BTreeMap<String, crate::weights::HostTensor>, name: &str) {
+        out.insert(format!("{name}.weight"), crate::weights::HostTensor::from_tensor(&self.weight.val()));
+        out.insert(format!("{name}.bias"), crate::weights::HostTensor::from_tensor(&self.bias.val()));
+    }
 }
 
 /// Root-mean-square normalisation with a learned scale.

@@ -66,6 +66,17 @@ impl<'a> Reader<'a> {
         Ok(AdaptedLinear::new(format!("{}{name}", self.prefix), weight.to_tensor(self.device), bias))
     }
 
+    /// A LayerNorm: `{name}.weight/bias`, or the old `{name}.gamma/beta`.
+    pub fn layer_norm(&mut self, name: &str, width: usize, eps: f64) -> Result<crate::models::layers::LayerNorm> {
+        let old = self.has(&format!("{name}.gamma")) && !self.has(&format!("{name}.weight"));
+        let (w, b) = if old { ("gamma", "beta") } else { ("weight", "bias") };
+        Ok(crate::models::layers::LayerNorm {
+            weight: self.param(&format!("{name}.{w}"), [width])?,
+            bias: self.param(&format!("{name}.{b}"), [width])?,
+            eps,
+        })
+    }
+
     /// A checkpoint with more layers than the config declares is a config mismatch, not
     /// something to drop silently: refuses any tensor under `{layer_prefix}{layers}.`.
     pub fn reject_extra_layers(&self, layer_prefix: &str, layers: usize) -> Result<()> {
