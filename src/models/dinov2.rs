@@ -92,10 +92,10 @@ impl Dinov2Config {
         if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be at least 1"));
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!("hidden_size {} is not a multiple of num_attention_heads {}", self.hidden_size, self.num_attention_heads));
         }
-        if self.image_size % self.patch_size != 0 {
+        if !self.image_size.is_multiple_of(self.patch_size) {
             return Err(format!("image_size {} is not a multiple of patch_size {}", self.image_size, self.patch_size));
         }
         if self.use_swiglu_ffn {
@@ -243,7 +243,7 @@ impl Dinov2 {
     /// here, so fine-tuning and saving work on the table actually used).
     pub fn with_image_size(mut self, size: usize) -> Result<Self> {
         let c = &self.config;
-        if size == 0 || size % c.patch_size != 0 {
+        if size == 0 || !size.is_multiple_of(c.patch_size) {
             return Err(Error::Config(format!(
                 "image size {size} is not a positive multiple of the patch size {}: try {} or {}",
                 c.patch_size,
@@ -466,7 +466,7 @@ fn infer_config(t: &BTreeMap<String, HostTensor>, position: &HostTensor, path: &
     let [hidden, channels, patch_size, _] = patch.shape[..] else { return Err(Error::format(path, "the patch embedding weight is not 4-D")) };
     let layers = (0..).take_while(|i| t.contains_key(&format!("encoder.layer.{i}.norm1.weight"))).count();
     let fc1 = t.get("encoder.layer.0.mlp.fc1.weight").ok_or_else(|| Error::format(path, "no encoder.layer.0.mlp.fc1 weight"))?;
-    if fc1.shape[0] % hidden != 0 {
+    if !fc1.shape[0].is_multiple_of(hidden) {
         return Err(Error::format(path, format!("MLP width {} is not a multiple of the hidden width {hidden}", fc1.shape[0])));
     }
     let grid = ((position.shape[1] - 1) as f64).sqrt().round() as usize;

@@ -317,7 +317,7 @@ impl Task for ImageClassification {
     }
 
     fn train_batches(&self, data: &ImageSplits, epoch: usize) -> Vec<ImageBatch> {
-        let augment = self.spec.augment.then(|| Augment { crop_pad: 4, flip: true, seed: self.spec.train.seed });
+        let augment = self.spec.augment.then_some(Augment { crop_pad: 4, flip: true, seed: self.spec.train.seed });
         data.train.batches(self.spec.train.batch_size, Some(self.spec.train.seed), epoch as u64, augment.as_ref())
     }
 
