@@ -34,14 +34,38 @@ pub struct SequenceClassifier {
     pub dropout: f64,
 }
 
+/// A fresh linear head `classifier`: `N(0, 0.02)` weights, zero bias, as transformers
+/// initialises one; `seed` is the task's mix of the run seed.
+pub fn new_head(d_in: usize, num_labels: usize, seed: u64, device: &Device) -> AdaptedLinear {
+    let w: Param<Tensor<2>> = Init::new(seed, device).normal([d_in, num_labels], 0.02);
+    AdaptedLinear::new(HEAD, w.val().detach(), Some(Tensor::zeros([num_labels], device)))
+}
+
+/// A head's tensors in PyTorch layout (`classifier.weight` `[labels, d_in]`, `.bias`).
+pub fn head_tensors(head: &AdaptedLinear) -> BTreeMap<String, HostTensor> {
+    let mut out = BTreeMap::new();
+    out.insert(format!("{HEAD}.weight"), HostTensor::from_tensor(&head.weight.val()).transpose());
+    let bias = head.bias.as_ref().expect("a head has a bias");
+    out.insert(format!("{HEAD}.bias"), HostTensor::from_tensor(&bias.val()));
+    out
+}
+
+/// `head` with its weights replaced by `classifier.weight` / `.bias` (PyTorch layout) from `t`,
+/// checked to fit, trainable only if `head` was; `file` names errors.
+pub fn read_head(head: &AdaptedLinear, mut t: BTreeMap<String, HostTensor>, file: &Path) -> Result<AdaptedLinear> {
+    let (d_in, labels) = (head.d_in(), head.d_out());
+    let w = tensors::take(&mut t, file, &format!("{HEAD}.weight"), &[labels, d_in])?.transpose();
+    let b = tensors::take(&mut t, file, &format!("{HEAD}.bias"), &[labels])?;
+    let device = head.weight.device();
+    let read = AdaptedLinear::new(HEAD, w.to_tensor(&device), Some(b.to_tensor(&device)));
+    Ok(if head.weight.val().is_require_grad() { read } else { read.no_grad() })
+}
+
 impl SequenceClassifier {
-    /// A fresh head (`N(0, 0.02)` weights, zero bias, as transformers initialises it).
+    /// A fresh head (see [`new_head`]).
     pub fn new(encoder: PeftModel<Bert>, num_labels: usize, pooling: Pooling, dropout: f64, seed: u64) -> Self {
         let hidden = encoder.model.config.hidden_size;
-        let device = encoder.model.embeddings.word.device();
-        let mut init = Init::new(seed ^ 0x5eed_0f_c1a55, &device);
-        let w: Param<Tensor<2>> = init.normal([hidden, num_labels], 0.02);
-        let head = AdaptedLinear::new(HEAD, w.val().detach(), Some(Tensor::zeros([num_labels], &device)));
+        let head = new_head(hidden, num_labels, seed ^ 0x5eed_0f_c1a55, &encoder.model.embeddings.word.device());
         Self { encoder, head, pooling, dropout }
     }
 
@@ -51,11 +75,7 @@ impl SequenceClassifier {
 
     /// The head's tensors in PyTorch layout (`classifier.weight` `[labels, hidden]`, `.bias`).
     pub fn head_tensors(&self) -> BTreeMap<String, HostTensor> {
-        let mut out = BTreeMap::new();
-        out.insert(format!("{HEAD}.weight"), HostTensor::from_tensor(&self.head.weight.val()).transpose());
-        let bias = self.head.bias.as_ref().expect("the head has a bias");
-        out.insert(format!("{HEAD}.bias"), HostTensor::from_tensor(&bias.val()));
-        out
+        head_tensors(&self.head)
     }
 
     pub fn save_head(&self, path: &Path) -> Result<()> {
@@ -70,16 +90,8 @@ impl SequenceClassifier {
 
     /// Replaces the head by `classifier.weight` / `.bias` (PyTorch layout) from `t`, checking
     /// they fit; `file` names errors.
-    pub fn with_head(mut self, mut t: BTreeMap<String, HostTensor>, file: &Path) -> Result<Self> {
-        let (hidden, labels) = (self.head.d_in(), self.head.d_out());
-        let w = tensors::take(&mut t, file, &format!("{HEAD}.weight"), &[labels, hidden])?.transpose();
-        let b = tensors::take(&mut t, file, &format!("{HEAD}.bias"), &[labels])?;
-        let device = self.head.weight.device();
-        let trainable = self.head.weight.val().is_require_grad();
-        self.head = AdaptedLinear::new(HEAD, w.to_tensor(&device), Some(b.to_tensor(&device)));
-        if !trainable {
-            self.head = self.head.no_grad();
-        }
+    pub fn with_head(mut self, t: BTreeMap<String, HostTensor>, file: &Path) -> Result<Self> {
+        self.head = read_head(&self.head, t, file)?;
         Ok(self)
     }
 

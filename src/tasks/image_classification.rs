@@ -7,14 +7,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::module::Param;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::heads::{ClassifierModel, LabelledBatch, cross_entropy, evaluate};
+use super::heads::{ClassifierModel, HEAD, LabelledBatch, cross_entropy, evaluate, head_tensors, new_head, read_head};
 use super::{Task, TaskKind, TestScores, Tuning};
-use crate::adapters::init::Init;
 use crate::adapters::{AdaptedLinear, AdapterConfig, Deltas, PeftModel};
 use crate::data::images::{self, Augment, ImageBatch, ImageSet, ImageSplits, Protocol};
 use crate::error::{Error, Result};
@@ -27,7 +25,6 @@ use crate::weights::{HostTensor, tensors};
 
 /// Module prefix of the backbone inside `Dinov2ForImageClassification`.
 const BACKBONE: &str = "dinov2.";
-const HEAD: &str = "classifier";
 const LABELS_FILE: &str = "labels.json";
 const HEAD_FILE: &str = "head.safetensors";
 /// transformers 5 renames Dinov2's attention linears when it loads a checkpoint; a PEFT adapter
@@ -119,10 +116,7 @@ impl ImageClassifier {
     pub fn new(backbone: PeftModel<Dinov2>, num_labels: usize, pooling: ImagePooling, seed: u64) -> Self {
         let hidden = backbone.model.config.hidden_size;
         let d_in = if pooling == ImagePooling::Cls { hidden } else { 2 * hidden };
-        let device = backbone.model.embeddings.cls_token.device();
-        let mut init = Init::new(seed ^ 0x1_3a9e_c1a5, &device);
-        let w: Param<Tensor<2>> = init.normal([d_in, num_labels], 0.02);
-        let head = AdaptedLinear::new(HEAD, w.val().detach(), Some(Tensor::zeros([num_labels], &device)));
+        let head = new_head(d_in, num_labels, seed ^ 0x1_3a9e_c1a5, &backbone.model.embeddings.cls_token.device());
         Self { backbone, head, pooling }
     }
 
@@ -142,21 +136,9 @@ impl ImageClassifier {
         BTreeMap::from([(format!("{HEAD}.weight"), weight), (format!("{HEAD}.bias"), bias)])
     }
 
-    fn head_tensors(&self) -> BTreeMap<String, HostTensor> {
-        let mut out = BTreeMap::new();
-        out.insert(format!("{HEAD}.weight"), HostTensor::from_tensor(&self.head.weight.val()).transpose());
-        out.insert(format!("{HEAD}.bias"), HostTensor::from_tensor(&self.head.bias.as_ref().expect("the head has a bias").val()));
-        out
-    }
-
     /// Replaces the head by the one in `file`, checking it fits.
     fn load_head(mut self, file: &Path) -> Result<Self> {
-        let (mut t, _) = tensors::read(file)?;
-        let (d_in, labels) = (self.head.d_in(), self.head.d_out());
-        let w = tensors::take(&mut t, file, &format!("{HEAD}.weight"), &[labels, d_in])?.transpose();
-        let b = tensors::take(&mut t, file, &format!("{HEAD}.bias"), &[labels])?;
-        let device = self.head.weight.device();
-        self.head = AdaptedLinear::new(HEAD, w.to_tensor(&device), Some(b.to_tensor(&device)));
+        self.head = read_head(&self.head, tensors::read(file)?.0, file)?;
         Ok(self)
     }
 
@@ -291,8 +273,7 @@ impl Task for ImageClassification {
         let labels = self.labels_of_run()?;
         let test = images::open_test(source, self.spec.image_size as u32, &labels)?;
         let empty = ImageSet { labels: labels.clone(), size: test.size, images: vec![], targets: vec![] };
-        let validation = ImageSet { labels: labels.clone(), size: test.size, images: vec![], targets: vec![] };
-        Ok(ImageSplits { labels, train: empty, validation, test })
+        Ok(ImageSplits { labels, train: empty.clone(), validation: empty, test })
     }
 
     fn sizes(data: &ImageSplits) -> [usize; 3] {
@@ -332,7 +313,7 @@ impl Task for ImageClassification {
 
     fn save_extra(&self, data: &ImageSplits, model: &ImageClassifier, out: &Path) -> Result<()> {
         write_json(&out.join(LABELS_FILE), &data.labels)?;
-        tensors::write(&out.join(HEAD_FILE), &model.head_tensors(), None)
+        tensors::write(&out.join(HEAD_FILE), &head_tensors(&model.head), None)
     }
 
     fn restore(&self, out: &Path, device: &Device) -> Result<ImageClassifier> {
