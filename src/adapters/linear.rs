@@ -84,6 +84,15 @@ impl AdaptedLinear {
         Self { weight: Param::from_tensor(weight), bias: bias.map(Param::from_tensor), path: path.into() }
     }
 
+    /// Adds `{path}.weight` (PyTorch's `[out, in]`) and `{path}.bias` to a checkpoint being written.
+    pub fn put(&self, out: &mut std::collections::BTreeMap<String, crate::weights::HostTensor>) {
+        use crate::weights::HostTensor;
+        out.insert(format!("{}.weight", self.path), HostTensor::from_tensor(&self.weight.val()).transpose());
+        if let Some(b) = &self.bias {
+            out.insert(format!("{}.bias", self.path), HostTensor::from_tensor(&b.val()));
+        }
+    }
+
     pub fn d_in(&self) -> usize {
         self.weight.shape()[0]
     }

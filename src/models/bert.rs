@@ -252,10 +252,7 @@ impl Bert {
             layer.output_norm.put(&mut out, &format!("{p}encoder.layer.{i}.output.LayerNorm"));
         }
         for linear in self.linears() {
-            out.insert(format!("{}.weight", linear.path), HostTensor::from_tensor(&linear.weight.val()).transpose());
-            if let Some(b) = &linear.bias {
-                out.insert(format!("{}.bias", linear.path), HostTensor::from_tensor(&b.val()));
-            }
+            linear.put(&mut out);
         }
         out
     }

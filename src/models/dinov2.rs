@@ -297,10 +297,7 @@ impl Dinov2 {
         }
         self.layernorm.put(&mut out, &format!("{p}layernorm"));
         for linear in self.linears() {
-            out.insert(format!("{}.weight", linear.path), HostTensor::from_tensor(&linear.weight.val()).transpose());
-            if let Some(b) = &linear.bias {
-                out.insert(format!("{}.bias", linear.path), HostTensor::from_tensor(&b.val()));
-            }
+            linear.put(&mut out);
         }
         out
     }

@@ -351,10 +351,7 @@ impl Llama {
             }
         }
         for linear in self.linears() {
-            out.insert(format!("{}.weight", linear.path), HostTensor::from_tensor(&linear.weight.val()).transpose());
-            if let Some(b) = &linear.bias {
-                out.insert(format!("{}.bias", linear.path), HostTensor::from_tensor(&b.val()));
-            }
+            linear.put(&mut out);
         }
         out
     }
