@@ -44,7 +44,8 @@ impl HfLayout {
 
 const METADATA: [(&str, &str); 1] = [("format", "pt")];
 
-fn metadata() -> Option<HashMap<String, String>> {
+/// The safetensors metadata transformers requires (`format: pt`).
+pub fn metadata() -> Option<HashMap<String, String>> {
     Some(METADATA.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
 }
 
@@ -70,13 +71,19 @@ pub fn write_sequence_classification(dir: &Path, bert: &Bert, head: BTreeMap<Str
     weights.extend(head);
     tensors::write(&dir.join("model.safetensors"), &weights, metadata())?;
     let mut config = base_config(bert, Pooling::Cls);
+    set_classifier(&mut config, "BertForSequenceClassification", labels);
+    write_json(&dir.join("config.json"), &config)
+}
+
+/// Makes `config` a transformers classifier's: its `architectures`, `num_labels`, `id2label`
+/// and `label2id`.
+pub fn set_classifier(config: &mut serde_json::Value, architecture: &str, labels: &[String]) {
     let id2label: BTreeMap<String, &String> = labels.iter().enumerate().map(|(i, l)| (i.to_string(), l)).collect();
     let label2id: BTreeMap<&String, usize> = labels.iter().enumerate().map(|(i, l)| (l, i)).collect();
-    config["architectures"] = json!(["BertForSequenceClassification"]);
+    config["architectures"] = json!([architecture]);
     config["num_labels"] = json!(labels.len());
     config["id2label"] = json!(id2label);
     config["label2id"] = json!(label2id);
-    write_json(&dir.join("config.json"), &config)
 }
 
 /// The sentence-transformers layout: `SentenceTransformer(dir).encode(texts)` gives the logits,

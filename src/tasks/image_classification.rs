@@ -149,16 +149,10 @@ impl ImageClassifier {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let mut weights = merged.model.tensors();
         weights.extend(self.hf_head_tensors());
-        let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-        tensors::write(&dir.join("model.safetensors"), &weights, Some(metadata))?;
+        tensors::write(&dir.join("model.safetensors"), &weights, super::hf_layout::metadata())?;
         let mut config = serde_json::to_value(&merged.model.config).map_err(|e| Error::format(dir.join("config.json"), e))?;
-        let id2label: BTreeMap<String, &String> = labels.iter().enumerate().map(|(i, l)| (i.to_string(), l)).collect();
-        let label2id: BTreeMap<&String, usize> = labels.iter().enumerate().map(|(i, l)| (l, i)).collect();
         config["model_type"] = json!("dinov2");
-        config["architectures"] = json!(["Dinov2ForImageClassification"]);
-        config["num_labels"] = json!(labels.len());
-        config["id2label"] = json!(id2label);
-        config["label2id"] = json!(label2id);
+        super::hf_layout::set_classifier(&mut config, "Dinov2ForImageClassification", labels);
         write_json(&dir.join("config.json"), &config)
     }
 }
