@@ -132,7 +132,7 @@ fn replora_equals_its_materialized_lora_and_peft_round_trip() {
     for (name, config) in variants() {
         let peft = train(PeftModel::new(model(), &config).unwrap(), 3);
         let out = forward(&peft, 11);
-        let lora = PeftModel::from_parts(model(), peft.adapters.to_lora());
+        let lora = PeftModel::from_parts(model(), peft.adapters.to_lora().unwrap());
         let err = rel_err(&forward(&lora, 11), &out);
         assert!(err < 1e-6, "{name}: materialized LoRA differs by {err:e}");
 
@@ -266,4 +266,71 @@ fn rejects_bad_files_with_clear_errors() {
     peft::export(&PeftModel::new(model(), &variants()[0].1).unwrap().adapters, &Default::default(), &peft_dir).unwrap();
     let err = peft::import(TinyModel::new(2, 4, 2, 6, 7, &device()), &peft_dir).unwrap_err().to_string();
     assert!(err.contains("shape mismatch for base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"), "{err}");
+}
+
+/// Houlsby bottlenecks after the attention and feed-forward outputs: none of LoRA's merge or
+/// export invariants apply, the others do.
+fn bottlenecks() -> Vec<(&'static str, AdapterConfig)> {
+    let sites = TargetModules::Names(vec!["o_proj".into(), "down_proj".into()]);
+    let base = AdapterConfig { method: Method::Houlsby, target_modules: sites, seed: 5, ..Default::default() };
+    let mut tanh_wide = base.clone();
+    tanh_wide.bottleneck = replora::adapters::BottleneckConfig { size: Some(6), activation: Activation::Tanh };
+    vec![("adapter-relu-auto-width", base), ("adapter-tanh-width6", tanh_wide)]
+}
+
+#[test]
+fn bottleneck_adapter_starts_as_the_base_trains_only_itself_and_round_trips() {
+    let base = forward(&PeftModel::new(model(), &variants()[0].1).unwrap().set_enabled(false), 1);
+    let dir = tempfile::tempdir().unwrap();
+    for (name, config) in bottlenecks() {
+        let peft = PeftModel::new(model(), &config).unwrap();
+        assert_eq!(peft.deltas().len(), 4, "{name}: two sites in each of two layers");
+        assert!(rel_err(&forward(&peft, 1), &base) < 1e-6, "{name}: adapted output differs from the base at init");
+
+        let before_adapter = native::named_tensors(&peft.adapters);
+        let peft = train(peft, 3);
+        for (key, after) in native::named_tensors(&peft.adapters) {
+            assert_ne!(after.data, before_adapter[&key].data, "{name}: adapter tensor {key} did not change");
+        }
+        let untouched = PeftModel::new(model(), &config).unwrap();
+        for (linear, before) in peft.model.linears().iter().zip(untouched.model.linears()) {
+            assert_eq!(host(&linear.weight.val()), host(&before.weight.val()), "{name}: base weight {} changed", linear.path);
+        }
+        assert!(rel_err(&forward(&peft, 1), &base) > 1e-4, "{name}: training should have moved the output");
+
+        let path = dir.path().join(name);
+        native::save(&peft.adapters, &path).unwrap();
+        let loaded = native::load(model(), &path).unwrap();
+        assert_eq!(native::named_tensors(&loaded.adapters), native::named_tensors(&peft.adapters), "{name}");
+        assert_eq!(loaded.adapters.config, peft.adapters.config);
+        assert_eq!(host(&loss(&loaded, 2))[0].to_bits(), host(&loss(&peft, 2))[0].to_bits(), "{name}: next loss differs after reload");
+    }
+}
+
+#[test]
+fn bottleneck_parameters_equal_the_closed_form() {
+    for (name, config) in bottlenecks() {
+        let peft = PeftModel::new(model(), &config).unwrap();
+        let shapes: Vec<_> = peft.model.linears().iter().map(|l| (l.path.clone(), l.d_in(), l.d_out())).collect();
+        assert_eq!(peft.adapters.trainable_params(), closed_form(&config, &select_targets(&config, &shapes).unwrap()), "{name}");
+    }
+    // By hand: both sites are 16 wide; width 16 / 16 = 1: 2 * 16 * 1 + 1 + 16 per site, four sites.
+    let peft = PeftModel::new(model(), &bottlenecks()[0].1).unwrap();
+    assert_eq!(peft.adapters.trainable_params(), 4 * (2 * 16 + 1 + 16));
+}
+
+#[test]
+fn bottleneck_adapter_refuses_merge_and_lora_export_and_bad_widths() {
+    let (_, config) = bottlenecks().remove(1);
+    let peft = train(PeftModel::new(model(), &config).unwrap(), 1);
+    let err = peft.clone().merge().unwrap_err().to_string();
+    assert!(err.contains("cannot be merged") && err.contains("adds layers"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let err = peft::export(&peft.adapters, &Default::default(), &dir.path().join("peft")).unwrap_err().to_string();
+    assert!(err.contains("cannot be written as LoRA"), "{err}");
+    assert!(!dir.path().join("peft").exists(), "a refused export writes nothing");
+    let mut zero = config.clone();
+    zero.bottleneck.size = Some(0);
+    let err = PeftModel::new(model(), &zero).unwrap_err().to_string();
+    assert!(err.contains("bottleneck width") && err.contains("at least 1"), "{err}");
 }

@@ -10,6 +10,7 @@ use burn::prelude::*;
 use replora::Error;
 use replora::adapters::{Adaptable, AdapterConfig, Deltas, Method, PeftModel, TargetModules};
 use replora::weights::tensors;
+use replora::models::Architecture;
 use replora::models::bert::{Bert, BertConfig, Pooling, pool};
 use common::host;
 use support::{Batch, max_abs_diff, minilm_dir, tiny_bert, tokenize};
@@ -111,6 +112,14 @@ fn adapters_inject_into_bert_and_merge_into_a_plain_checkpoint() {
         eprintln!("{method:?} zero-init vs base: max abs diff {err:.3e}");
         assert!(err < 1e-5, "{method:?}: {err}");
     }
+    // Houlsby bottlenecks go after the attention output and the feed-forward output.
+    let sites = TargetModules::Names(Bert::ADAPTER_SITES.iter().map(|s| s.to_string()).collect());
+    let peft = PeftModel::new(base.clone(), &AdapterConfig { method: Method::Houlsby, target_modules: sites, ..Default::default() }).unwrap();
+    let paths = peft.adapters.target_paths();
+    assert_eq!(paths.len(), 12, "{paths:?}");
+    assert!(paths.contains(&"bert.encoder.layer.0.attention.output.dense") && paths.contains(&"bert.encoder.layer.5.output.dense"), "{paths:?}");
+    let err = max_abs_diff(&host(&peft.model.forward(&input, &peft.deltas())), &base_out);
+    assert!(err < 1e-5, "bottleneck adapter at init vs base: {err}");
 
     // One training step moves the output; merging and saving gives a plain checkpoint that
     // reproduces the adapted model.

@@ -11,7 +11,8 @@ use std::process::Command;
 
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
-use replora::adapters::{AdapterConfig, Method, PeftModel};
+use replora::adapters::{AdapterConfig, Method, PeftModel, TargetModules};
+use replora::models::Architecture;
 use replora::models::dinov2::Dinov2;
 use replora::tasks::heads::ClassifierModel;
 use replora::tasks::image_classification::{ImageClassifier, ImagePooling};
@@ -104,6 +105,24 @@ fn zero_init_adapters_give_the_base_model_and_merging_is_exact() {
         let diff = max_abs_diff(&host(merged.logits(&input, false)), &unmerged);
         assert!(diff < 1e-5, "{name}: merged vs unmerged logits differ by {diff:e}");
     }
+}
+
+#[test]
+fn bottleneck_adapters_sit_after_attention_and_mlp_and_start_at_the_base() {
+    let device = Device::flex().autodiff();
+    let (_tmp, base) = tiny(&device);
+    let input = pixels(2, 16, 3).to_tensor::<4>(&device);
+    let reference = host(base.forward(input.clone(), &Default::default()));
+    let sites = TargetModules::Names(Dinov2::ADAPTER_SITES.iter().map(|s| s.to_string()).collect());
+    let config = AdapterConfig { method: Method::Houlsby, target_modules: sites, ..Default::default() };
+    let peft = PeftModel::new(base.clone(), &config).unwrap();
+    let paths = peft.adapters.target_paths();
+    assert_eq!(paths, ["dinov2.encoder.layer.0.attention.output.dense", "dinov2.encoder.layer.0.mlp.fc2", "dinov2.encoder.layer.1.attention.output.dense", "dinov2.encoder.layer.1.mlp.fc2"]);
+    assert!(max_abs_diff(&host(peft.model.forward(input.clone(), &peft.deltas())), &reference) < 1e-6);
+    let classifier = trained(base, &config, ImagePooling::Cls, &input);
+    let moved = host(classifier.backbone.model.forward(input, &classifier.backbone.deltas()));
+    assert!(max_abs_diff(&moved, &reference) > 1e-4, "training did not move the backbone's output");
+    assert!(classifier.backbone.clone().merge().is_err(), "a bottleneck adapter cannot be merged");
 }
 
 #[test]

@@ -190,3 +190,13 @@ fn replora_gradients_match_finite_differences() {
         check(&format!("replora-scale-{scale}"), config);
     }
 }
+
+#[test]
+fn bottleneck_adapter_gradients_match_finite_differences() {
+    for activation in [Activation::Tanh, Activation::Gelu] {
+        let mut config = AdapterConfig { method: Method::Houlsby, target_modules: TargetModules::Names(vec!["o_proj".into(), "down_proj".into()]), ..base() };
+        config.bottleneck.size = Some(2);
+        config.bottleneck.activation = activation;
+        check(&format!("adapter-{activation}"), config);
+    }
+}

@@ -9,6 +9,7 @@ use replora::adapters::{AdapterConfig, Deltas, Method, PeftModel, TargetModules}
 use replora::weights::HostTensor;
 use replora::generate::{Sampling, generate};
 use replora::tasks::choice_model::{CausalLm, LmBatch, LmSequence};
+use replora::models::Architecture;
 use replora::models::llama::{KvCache, Llama, LlamaConfig};
 use replora::training::Objective;
 
@@ -153,6 +154,25 @@ fn adapters_on_every_projection_start_at_the_base_model_and_merge_exactly() {
         assert!(diff < 1e-4, "{method}: merged vs unmerged {diff}");
         assert!(max_diff(&unmerged, &base) > 1e-4, "{method}: training changed nothing");
     }
+}
+
+#[test]
+fn bottleneck_adapters_after_o_proj_and_down_proj_start_at_the_base_and_learn() {
+    let sites = Llama::ADAPTER_SITES;
+    let base = values(CausalLm { decoder: PeftModel::from_parts(tiny(false), replora::adapters::AdapterSet::empty()) }.target_logprobs(&batch(), false, &device()));
+    let lm = CausalLm { decoder: PeftModel::new(tiny(false), &adapter(Method::Houlsby, sites)).unwrap() };
+    assert_eq!(lm.decoder.adapters.target_paths(), ["model.layers.0.self_attn.o_proj", "model.layers.0.mlp.down_proj", "model.layers.1.self_attn.o_proj", "model.layers.1.mlp.down_proj"]);
+    assert!(max_diff(&base, &values(lm.target_logprobs(&batch(), false, &device()))) < 1e-5, "a bottleneck adapter at init differs from the base");
+    let device = device().autodiff();
+    let mut model = CausalLm { decoder: PeftModel::new(tiny_on(false, &device), &adapter(Method::Houlsby, sites)).unwrap() };
+    let mut optim = burn::optim::AdamWConfig::new().init();
+    let first = values(model.loss(&batch(), &device))[0];
+    for _ in 0..5 {
+        let grads = burn::optim::GradientsParams::from_grads(model.loss(&batch(), &device).backward(), &model);
+        model = optim.step(1e-2, model, grads);
+    }
+    let last = values(model.loss(&batch(), &device))[0];
+    assert!(last < first, "answer loss did not fall ({first} -> {last})");
 }
 
 #[test]

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::bottleneck::BottleneckConfig;
 use crate::error::{Error, Result};
 
 /// The parameter-efficient method an adapter implements.
@@ -17,6 +18,11 @@ pub enum Method {
     Dora,
     /// LoRA factors generated from shared per-block seeds by small MLPs.
     Replora,
+    /// Houlsby bottleneck adapters after the attention and feed-forward outputs
+    /// (`--method adapter`; see [`super::bottleneck`]).
+    #[serde(rename = "adapter")]
+    #[value(name = "adapter")]
+    Houlsby,
 }
 
 impl Method {
@@ -25,6 +31,23 @@ impl Method {
         match self {
             Method::Lora | Method::Dora => "LORA",
             Method::Replora => "REPLORA",
+            Method::Houlsby => "BOTTLENECK",
+        }
+    }
+
+    /// Low-rank methods fold into the base weights (`merge`) and write PEFT's LoRA layout;
+    /// a bottleneck adds layers, so neither is possible without changing the architecture.
+    pub fn is_low_rank(self) -> bool {
+        !matches!(self, Method::Houlsby)
+    }
+
+    /// `Ok` for a method that `merge` can fold into the weights; else an error that says why.
+    pub fn check_mergeable(self, action: &str) -> Result<()> {
+        match self.is_low_rank() {
+            true => Ok(()),
+            false => Err(Error::State(format!(
+                "a bottleneck adapter (--method adapter) cannot be {action}: it adds layers (down, non-linearity, up) that no weight of the base model can absorb and that no PEFT layout describes; use the run directory with replora's own `eval` / `predict`"
+            ))),
         }
     }
 }
@@ -51,7 +74,7 @@ pub enum SeedKind {
     Full,
 }
 
-/// Non-linearity between the two layers of a RepLoRA generator.
+/// Non-linearity between the two layers of a RepLoRA generator or a bottleneck adapter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 #[value(rename_all = "lowercase")]
@@ -78,6 +101,18 @@ pub enum OutputScale {
     InvSqrtH,
     /// `1 / h`.
     InvH,
+}
+
+impl Activation {
+    pub fn apply<const D: usize>(self, x: burn::Tensor<D>) -> burn::Tensor<D> {
+        use burn::tensor::activation;
+        match self {
+            Activation::Tanh => x.tanh(),
+            Activation::Relu => activation::relu(x),
+            Activation::Gelu => activation::gelu(x),
+            Activation::Identity => x,
+        }
+    }
 }
 
 impl OutputScale {
@@ -186,6 +221,8 @@ pub struct AdapterConfig {
     /// Per-module alpha overrides, matched like `rank_pattern`.
     pub alpha_pattern: BTreeMap<String, f64>,
     pub replora: RepLoraConfig,
+    /// The bottleneck adapter's settings (`--method adapter`).
+    pub bottleneck: BottleneckConfig,
     /// Seed of the adapter's random initialisation.
     pub seed: u64,
 }
@@ -204,6 +241,7 @@ impl Default for AdapterConfig {
             rank_pattern: BTreeMap::new(),
             alpha_pattern: BTreeMap::new(),
             replora: RepLoraConfig::default(),
+            bottleneck: BottleneckConfig::default(),
             seed: 0,
         }
     }
@@ -240,6 +278,9 @@ impl AdapterConfig {
         }
         if self.method == Method::Replora && self.replora.hidden == 0 {
             return bad("replora.hidden must be at least 1".into());
+        }
+        if self.bottleneck.size == Some(0) {
+            return bad("the bottleneck width (bottleneck.size, --bottleneck) must be at least 1".into());
         }
         let m = self.replora.generator_lr_multiplier;
         if !(m.is_finite() && m > 0.0) {

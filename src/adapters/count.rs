@@ -1,5 +1,6 @@
 //! Closed-form trainable-parameter counts and the PPT metric (spec section 4).
 
+use super::bottleneck::Bottleneck;
 use super::config::{AdapterConfig, Method, SeedKind};
 use super::replora::{Generator, seed_widths};
 use super::target::Target;
@@ -8,11 +9,13 @@ use super::target::Target;
 ///
 /// LoRA: `sum r (d_in + d_out)`; DoRA adds `d_out` per target; RepLoRA: per block the seeds
 /// (`2 r` diagonal, `r (d_a + d_b)` full) plus the generators `g_A`, `g_B`
-/// (`d_seed h + h + h d_gen + d_gen` each), once per block or once in all when shared.
+/// (`d_seed h + h + h d_gen + d_gen` each), once per block or once in all when shared;
+/// bottleneck adapters: `2 d m + m + d` per site of width `d`.
 pub fn closed_form(config: &AdapterConfig, targets: &[Target]) -> usize {
     match config.method {
         Method::Lora => targets.iter().map(|t| t.rank * (t.d_in + t.d_out)).sum(),
         Method::Dora => targets.iter().map(|t| t.rank * (t.d_in + t.d_out) + t.d_out).sum(),
+        Method::Houlsby => targets.iter().map(|t| Bottleneck::param_count(t.d_out, config.bottleneck.width(t.d_out))).sum(),
         Method::Replora => {
             let mut layers: Vec<Option<usize>> = vec![];
             for t in targets {

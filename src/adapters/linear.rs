@@ -7,6 +7,8 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::module::linear;
 
+use super::bottleneck::BottleneckDelta;
+
 /// `y = x W + b` with `W` stored as burn does, `[d_in, d_out]`, plus the module path
 /// (Hugging Face naming) that adapters, target patterns and exported files refer to.
 #[derive(Module, Debug)]
@@ -33,6 +35,8 @@ pub struct LinearDelta {
 #[derive(Clone, Debug, Default)]
 pub struct Deltas {
     map: HashMap<String, LinearDelta>,
+    /// Bottleneck adapters applied to a linear's output.
+    bottlenecks: HashMap<String, BottleneckDelta>,
     /// Apply LoRA dropout (training passes only).
     training: bool,
 }
@@ -42,17 +46,22 @@ impl Deltas {
     pub fn none() -> Self {
         Self::default()
     }
-    pub(crate) fn new(map: HashMap<String, LinearDelta>, training: bool) -> Self {
-        Self { map, training }
+    pub(crate) fn new(map: HashMap<String, LinearDelta>, bottlenecks: HashMap<String, BottleneckDelta>, training: bool) -> Self {
+        Self { map, bottlenecks, training }
     }
+    /// The low-rank delta of a linear (LoRA, DoRA, RepLoRA).
     pub fn get(&self, path: &str) -> Option<&LinearDelta> {
         self.map.get(path)
     }
+    pub fn bottleneck(&self, path: &str) -> Option<&BottleneckDelta> {
+        self.bottlenecks.get(path)
+    }
+    /// How many linears are adapted.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.map.len() + self.bottlenecks.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 }
 
@@ -101,16 +110,19 @@ impl AdaptedLinear {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>, deltas: &Deltas) -> Tensor<D> {
+        let y = self.low_rank_forward(x, deltas);
+        match deltas.bottleneck(&self.path) {
+            Some(bottleneck) => bottleneck.apply(y, deltas.training),
+            None => y,
+        }
+    }
+
+    fn low_rank_forward<const D: usize>(&self, x: Tensor<D>, deltas: &Deltas) -> Tensor<D> {
         let bias = self.bias.as_ref().map(|b| b.val());
         let Some(delta) = deltas.get(&self.path) else {
             return linear(x, self.weight.val(), bias);
         };
-        let x_lora = if deltas.training && delta.dropout > 0.0 {
-            let keep = 1.0 - delta.dropout;
-            x.clone() * x.random_like(Distribution::Bernoulli(keep)).div_scalar(keep)
-        } else {
-            x.clone()
-        };
+        let x_lora = if deltas.training { dropout(x.clone(), delta.dropout) } else { x.clone() };
         // Activation side `(x A) B`: r (d_in + d_out) work per token, no dense d_in x d_out update.
         let update = linear(linear(x_lora, delta.a.clone(), None), delta.b.clone(), None).mul_scalar(delta.scale);
         let mut y = linear(x, self.weight.val(), None) + update;
@@ -122,4 +134,13 @@ impl AdaptedLinear {
             None => y,
         }
     }
+}
+
+/// Inverted dropout with drop probability `p` (the identity at 0).
+pub(crate) fn dropout<const D: usize>(x: Tensor<D>, p: f64) -> Tensor<D> {
+    if p <= 0.0 {
+        return x;
+    }
+    let keep = 1.0 - p;
+    x.clone() * x.random_like(Distribution::Bernoulli(keep)).div_scalar(keep)
 }

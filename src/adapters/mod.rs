@@ -1,5 +1,7 @@
-//! Adapter methods (LoRA, DoRA, RepLoRA), their injection into a model, and merging.
+//! Adapter methods (LoRA, DoRA, RepLoRA, Houlsby bottlenecks), their injection into a model,
+//! and merging.
 
+pub mod bottleneck;
 pub mod config;
 pub mod count;
 pub mod init;
@@ -10,6 +12,7 @@ pub mod replora;
 pub mod set;
 pub mod target;
 
+pub use bottleneck::BottleneckConfig;
 pub use config::{Activation, AdapterConfig, LoraInit, Method, OutputScale, RepLoraConfig, SeedKind, TargetModules};
 pub use count::{ParamReport, closed_form, ppt};
 pub use linear::{AdaptedLinear, Deltas, LinearDelta};

@@ -2,7 +2,6 @@
 
 use burn::module::Param;
 use burn::prelude::*;
-use burn::tensor::activation;
 use burn::tensor::module::linear;
 
 use super::config::{Activation, LoraInit, RepLoraConfig, SeedKind};
@@ -39,13 +38,7 @@ impl Generator {
 
     /// Maps seed rows `[r, d_seed]` to generated rows `[r, d_gen]`, times `scale`.
     pub fn forward(&self, rows: Tensor<2>, act: Activation, scale: f64) -> Tensor<2> {
-        let h = linear(rows, self.hidden_weight.val(), Some(self.hidden_bias.val()));
-        let h = match act {
-            Activation::Tanh => h.tanh(),
-            Activation::Relu => activation::relu(h),
-            Activation::Gelu => activation::gelu(h),
-            Activation::Identity => h,
-        };
+        let h = act.apply(linear(rows, self.hidden_weight.val(), Some(self.hidden_bias.val())));
         let out = linear(h, self.out_weight.val(), Some(self.out_bias.val()));
         if scale == 1.0 { out } else { out.mul_scalar(scale) }
     }

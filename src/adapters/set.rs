@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use burn::module::Param;
 use burn::prelude::*;
 
+use super::bottleneck::Bottleneck;
 use super::config::{AdapterConfig, Method};
 use super::init::Init;
 use super::linear::{AdaptedLinear, Deltas, LinearDelta};
@@ -13,7 +14,8 @@ use super::replora::{Generator, GeneratorPair, OutputInit, RepLoraBlock, seed_wi
 use super::target::{Target, select_targets};
 use crate::error::{Error, Result};
 
-/// The adapter of one linear. LoRA and DoRA own their factors; RepLoRA's come from a block.
+/// The adapter of one linear. LoRA and DoRA own their factors; RepLoRA's come from a block;
+/// a bottleneck adapter owns its down and up projections.
 #[derive(Module, Debug)]
 pub struct TargetAdapter {
     #[module(skip)]
@@ -21,6 +23,7 @@ pub struct TargetAdapter {
     pub factors: Option<LoraFactors>,
     /// DoRA's magnitude vector `m`, `[d_out]`.
     pub magnitude: Option<Param<Tensor<1>>>,
+    pub bottleneck: Option<Bottleneck>,
 }
 
 /// Every trainable adapter tensor of a model, plus the config that built it.
@@ -44,7 +47,7 @@ impl AdapterSet {
         let targets: Vec<TargetAdapter> = targets
             .into_iter()
             .map(|target| {
-                let factors = (config.method != Method::Replora)
+                let factors = matches!(config.method, Method::Lora | Method::Dora)
                     .then(|| LoraFactors::init(target.d_in, target.d_out, target.rank, config.init_lora_weights, &mut init));
                 // DoRA starts with m = ||W0||: with B = 0 the rescaling is the identity.
                 let magnitude = (config.method == Method::Dora).then(|| {
@@ -52,7 +55,9 @@ impl AdapterSet {
                     let norm = w.square().sum_dim(0).sqrt().squeeze_dim::<1>(0);
                     Param::from_tensor(Tensor::from_data(norm.into_data(), &device))
                 });
-                TargetAdapter { target, factors, magnitude }
+                let bottleneck = (config.method == Method::Houlsby)
+                    .then(|| Bottleneck::init(target.d_out, config.bottleneck.width(target.d_out), &mut init));
+                TargetAdapter { target, factors, magnitude, bottleneck }
             })
             .collect();
         let (blocks, generators) = match config.method {
@@ -86,10 +91,14 @@ impl AdapterSet {
         let dropout = self.config.lora_dropout;
         let delta = |t: &Target, a, b, magnitude| LinearDelta { a, b, scale: t.scale, dropout, magnitude };
         let mut map = HashMap::new();
+        let mut bottlenecks = HashMap::new();
         for t in &self.targets {
             if let Some(f) = &t.factors {
                 let magnitude = t.magnitude.as_ref().map(|m| m.val());
                 map.insert(t.target.path.clone(), delta(&t.target, f.a.val(), f.b.val(), magnitude));
+            }
+            if let Some(b) = &t.bottleneck {
+                bottlenecks.insert(t.target.path.clone(), b.delta(self.config.bottleneck.activation, dropout));
             }
         }
         let opts = &self.config.replora;
@@ -101,7 +110,7 @@ impl AdapterSet {
                 map.insert(t.path.clone(), delta(t, a, b, None));
             }
         }
-        Deltas::new(map, training)
+        Deltas::new(map, bottlenecks, training)
     }
 
     fn block_widths(&self, block: &RepLoraBlock) -> (Vec<usize>, Vec<usize>) {
@@ -109,8 +118,10 @@ impl AdapterSet {
     }
 
     /// The plain LoRA (or DoRA) adapter this one computes: RepLoRA's generated factors are
-    /// evaluated once and stored as `A`, `B`; generators and seeds are dropped.
-    pub fn to_lora(&self) -> Self {
+    /// evaluated once and stored as `A`, `B`; generators and seeds are dropped. A bottleneck
+    /// adapter has no such form.
+    pub fn to_lora(&self) -> Result<Self> {
+        self.config.method.check_mergeable("written as LoRA")?;
         let deltas = self.deltas(false);
         let targets = self
             .targets
@@ -122,12 +133,13 @@ impl AdapterSet {
                     target: t.target.clone(),
                     factors: Some(LoraFactors { a: leaf(&d.a), b: leaf(&d.b) }),
                     magnitude: d.magnitude.as_ref().map(|m| Param::from_tensor(m.clone().detach())),
+                    bottleneck: None,
                 }
             })
             .collect();
         let method = if self.config.method == Method::Dora { Method::Dora } else { Method::Lora };
         let config = AdapterConfig { method, ..self.config.clone() };
-        Self { targets, blocks: vec![], generators: vec![], config }
+        Ok(Self { targets, blocks: vec![], generators: vec![], config })
     }
 
     /// Number of trainable adapter parameters (counted from the tensors).
@@ -193,8 +205,8 @@ pub trait NamedParams {
 
 impl AdapterSet {
     /// Passes every parameter through `v` under its file name: `<path>.lora_A` / `.lora_B`
-    /// (burn layout), `<path>.magnitude`, `blocks.<i>.seed_A` / `seed_B`,
-    /// `generators.<g>.<A|B>.<hidden|out>.<weight|bias>`.
+    /// (burn layout), `<path>.magnitude`, `<path>.adapter.<down|up>.<weight|bias>` (burn
+    /// layout), `blocks.<i>.seed_A` / `seed_B`, `generators.<g>.<A|B>.<hidden|out>.<weight|bias>`.
     pub fn map_named<V: NamedParams>(self, v: &mut V) -> Result<Self> {
         let targets = self
             .targets
@@ -206,7 +218,16 @@ impl AdapterSet {
                     None => None,
                 };
                 let magnitude = t.magnitude.map(|m| v.param(&format!("{p}.magnitude"), m)).transpose()?;
-                Ok(TargetAdapter { target: t.target, factors, magnitude })
+                let bottleneck = match t.bottleneck {
+                    Some(b) => Some(Bottleneck {
+                        down_weight: v.param(&format!("{p}.adapter.down.weight"), b.down_weight)?,
+                        down_bias: v.param(&format!("{p}.adapter.down.bias"), b.down_bias)?,
+                        up_weight: v.param(&format!("{p}.adapter.up.weight"), b.up_weight)?,
+                        up_bias: v.param(&format!("{p}.adapter.up.bias"), b.up_bias)?,
+                    }),
+                    None => None,
+                };
+                Ok(TargetAdapter { target: t.target, factors, magnitude, bottleneck })
             })
             .collect::<Result<_>>()?;
         let blocks = self

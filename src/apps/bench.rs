@@ -119,7 +119,7 @@ fn adapt<A: Architecture>(model: A, args: &BenchArgs) -> Result<PeftModel<A>> {
         method,
         r: args.rank,
         lora_alpha: 2.0 * args.rank as f64,
-        target_modules: TargetModules::Names(A::DEFAULT_TARGETS.iter().map(|t| t.to_string()).collect()),
+        target_modules: TargetModules::Names(A::default_targets(method).iter().map(|t| t.to_string()).collect()),
         ..Default::default()
     };
     tuning.wrap(model, &config)

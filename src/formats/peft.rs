@@ -47,7 +47,7 @@ impl PeftInfo {
 
 /// Writes `adapters` (materialized first if RepLoRA) in PEFT's layout into `dir`.
 pub fn export(adapters: &AdapterSet, info: &PeftInfo, dir: &Path) -> Result<()> {
-    let lora = adapters.to_lora();
+    let lora = adapters.to_lora()?;
     let c = &lora.config;
     let mut out = BTreeMap::new();
     for t in &lora.targets {

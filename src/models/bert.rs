@@ -349,6 +349,7 @@ pub fn pool(hidden: Tensor<3>, mask: Tensor<2>, pooling: Pooling) -> Tensor<2> {
 
 impl crate::models::Architecture for Bert {
     const DEFAULT_TARGETS: &'static [&'static str] = &["query", "value"];
+    const ADAPTER_SITES: &'static [&'static str] = &["attention.output.dense", "output.dense"];
     fn describe(&self) -> String {
         let c = &self.config;
         format!(

@@ -501,6 +501,7 @@ impl Adaptable for Dinov2 {
 
 impl crate::models::Architecture for Dinov2 {
     const DEFAULT_TARGETS: &'static [&'static str] = &["query", "value"];
+    const ADAPTER_SITES: &'static [&'static str] = &["attention.output.dense", "mlp.fc2"];
     fn describe(&self) -> String {
         let c = &self.config;
         format!(

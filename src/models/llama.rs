@@ -474,6 +474,7 @@ impl Adaptable for Llama {
 
 impl crate::models::Architecture for Llama {
     const DEFAULT_TARGETS: &'static [&'static str] = &["q_proj", "v_proj"];
+    const ADAPTER_SITES: &'static [&'static str] = &["o_proj", "down_proj"];
     fn describe(&self) -> String {
         let c = &self.config;
         format!(

@@ -30,6 +30,14 @@ pub struct EncoderInput {
 pub trait Architecture: Adaptable + Clone {
     /// The linears adapted when `--targets` is not given: the attention query and value.
     const DEFAULT_TARGETS: &'static [&'static str];
+    /// Where a bottleneck adapter (`--method adapter`) goes without `--targets`: after the
+    /// attention output projection and after the feed-forward output projection (Houlsby).
+    const ADAPTER_SITES: &'static [&'static str];
+
+    /// The default targets of `method`.
+    fn default_targets(method: crate::adapters::Method) -> &'static [&'static str] {
+        if method.is_low_rank() { Self::DEFAULT_TARGETS } else { Self::ADAPTER_SITES }
+    }
     /// One line: family, layers, widths, vocabulary.
     fn describe(&self) -> String;
     /// Longest input in tokens (`max_position_embeddings`).
@@ -65,6 +73,8 @@ pub struct ModelInfo {
     pub linears: Vec<(String, usize, usize)>,
     pub params: usize,
     pub default_targets: Vec<String>,
+    /// Where a bottleneck adapter goes by default.
+    pub adapter_sites: Vec<String>,
 }
 
 impl Family {
@@ -100,6 +110,7 @@ impl Family {
                 linears: a.linears().iter().map(|l| (l.path.clone(), l.d_in(), l.d_out())).collect(),
                 params: a.num_params(),
                 default_targets: A::DEFAULT_TARGETS.iter().map(|s| s.to_string()).collect(),
+                adapter_sites: A::ADAPTER_SITES.iter().map(|s| s.to_string()).collect(),
             }
         }
         match self {

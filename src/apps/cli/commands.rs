@@ -179,19 +179,26 @@ fn predict(run: &Path, texts: Vec<String>, input: Option<&Path>) -> Result<()> {
 fn info(model: &str, rank: usize, targets: Option<Vec<String>>) -> Result<()> {
     let Some(family) = Family::detect(model) else {
         crate::models::resolve(model)?; // a missing path: say so
-        return Err(Error::Config(format!("{model}: not a model replora knows (a BERT or LLaMA Hugging Face directory, a .gguf file, or an asset name)")));
+        return Err(Error::Config(format!("{model}: not a model replora knows (a BERT, LLaMA or DINOv2 Hugging Face directory, a .gguf file, or an asset name)")));
     };
     let info = family.info(model, &Device::flex())?;
-    let targets = targets.unwrap_or(info.default_targets);
     println!("{}\nparameters: {}\n\nlinear modules (d_in -> d_out):", info.description, info.params);
     for (path, d_in, d_out) in &info.linears {
         println!("  {path}  {d_in} -> {d_out}");
     }
-    println!("\ntrainable parameters at rank {rank} on {}:", targets.join(","));
+    let count = |method: Method, names: &[String]| -> Result<usize> {
+        let config = AdapterConfig { method, r: rank, target_modules: TargetModules::Names(names.to_vec()), ..Default::default() };
+        Ok(closed_form(&config, &select_targets(&config, &info.linears)?))
+    };
+    let percent = |n: usize| 100.0 * n as f64 / info.params as f64;
+    let low_rank = targets.clone().unwrap_or(info.default_targets);
+    println!("\ntrainable parameters at rank {rank} on {}:", low_rank.join(","));
     for method in [Method::Lora, Method::Dora, Method::Replora] {
-        let config = AdapterConfig { method, r: rank, target_modules: TargetModules::Names(targets.clone()), ..Default::default() };
-        let n = closed_form(&config, &select_targets(&config, &info.linears)?);
-        println!("  {method:8} {n:>10}  ({:.4}% of the base)", 100.0 * n as f64 / info.params as f64);
+        let n = count(method, &low_rank)?;
+        println!("  {method:8} {n:>10}  ({:.4}% of the base)", percent(n));
     }
+    let sites = targets.unwrap_or(info.adapter_sites);
+    let n = count(Method::Houlsby, &sites)?;
+    println!("\nbottleneck adapter (width d/{}) on {}:\n  adapter  {n:>10}  ({:.4}% of the base)", crate::adapters::bottleneck::REDUCTION_FACTOR, sites.join(","), percent(n));
     Ok(())
 }

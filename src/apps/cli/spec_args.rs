@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::adapters::{Activation, AdapterConfig, LoraInit, Method, OutputScale, RepLoraConfig, SeedKind, TargetModules};
+use crate::adapters::{Activation, AdapterConfig, BottleneckConfig, LoraInit, Method, OutputScale, RepLoraConfig, SeedKind, TargetModules};
 use crate::error::{Error, Result};
 use crate::models::Architecture;
 use crate::models::bert::{Bert, Pooling};
@@ -183,9 +183,10 @@ impl ImageArgs {
 /// The adapter flags, shared by every fine-tuning command.
 #[derive(Args, Debug, Clone)]
 pub struct MethodArgs {
-    /// Fine-tuning method: an adapter (replora, lora, dora), full fine-tuning (full), or a
-    /// linear probe (probe: the model frozen, only the task head trains).
-    #[arg(long, default_value = "replora", value_parser = ["replora", "lora", "dora", "full", "probe"], help_heading = "Method")]
+    /// Fine-tuning method: an adapter (replora, lora, dora; adapter: Houlsby bottlenecks after
+    /// the attention and feed-forward outputs), full fine-tuning (full), or a linear probe
+    /// (probe: the model frozen, only the task head trains).
+    #[arg(long, default_value = "replora", value_parser = ["replora", "lora", "dora", "adapter", "full", "probe"], help_heading = "Method")]
     pub method: String,
     /// LoRA rank r.
     #[arg(long, default_value_t = 8, value_parser = count, help_heading = "Method")]
@@ -197,7 +198,8 @@ pub struct MethodArgs {
     #[arg(long, default_value_t = 0.0, value_parser = number(Range::Probability), allow_negative_numbers = true, help_heading = "Method")]
     pub dropout: f64,
     /// Linear modules to adapt: names matched exactly or as path suffixes (PEFT target_modules).
-    /// Default: the attention query and value (`query,value` for BERT, `q_proj,v_proj` for LLaMA).
+    /// Default: the attention query and value (`query,value` for BERT, `q_proj,v_proj` for
+    /// LLaMA); for --method adapter the attention and feed-forward output projections.
     #[arg(long, value_delimiter = ',', help_heading = "Method")]
     pub targets: Option<Vec<String>>,
     /// A regex (full match on the module path) instead of --targets.
@@ -232,6 +234,12 @@ pub struct MethodArgs {
     /// gives B its own rate.
     #[arg(long, default_value_t = 1.0, value_parser = number(Range::Positive), allow_negative_numbers = true, help_heading = "Method")]
     pub generator_lr_multiplier: f64,
+    /// Bottleneck width m of --method adapter [default: the site's width / 16].
+    #[arg(long, value_parser = count, help_heading = "Method")]
+    pub bottleneck: Option<usize>,
+    /// Non-linearity inside --method adapter's bottleneck.
+    #[arg(long, value_enum, default_value_t = BottleneckConfig::default().activation, help_heading = "Method")]
+    pub bottleneck_activation: Activation,
 }
 
 /// The trainer flags, shared by every fine-tuning command. Unset flags take the task's
@@ -281,7 +289,7 @@ pub struct TrainArgs {
 
 impl MethodArgs {
     /// The tuning mode and adapter config; `default_targets` applies without --targets.
-    pub fn to_adapter(&self, default_targets: &[&str], seed: u64) -> Result<(Tuning, AdapterConfig)> {
+    pub fn to_adapter<A: Architecture>(&self, seed: u64) -> Result<(Tuning, AdapterConfig)> {
         let (tuning, method) = match self.method.as_str() {
             m @ ("full" | "probe") if self.targets.is_some() || self.targets_regex.is_some() || self.layers.is_some() => {
                 return Err(Error::Config(format!(
@@ -295,7 +303,7 @@ impl MethodArgs {
         let target_modules = match (&self.targets_regex, &self.targets) {
             (Some(re), _) => TargetModules::Regex(re.clone()),
             (None, Some(names)) => TargetModules::Names(names.clone()),
-            (None, None) => TargetModules::Names(default_targets.iter().map(|s| s.to_string()).collect()),
+            (None, None) => TargetModules::Names(A::default_targets(method).iter().map(|s| s.to_string()).collect()),
         };
         let adapter = AdapterConfig {
             method,
@@ -314,6 +322,7 @@ impl MethodArgs {
                 output_scale: self.output_scale,
                 generator_lr_multiplier: self.generator_lr_multiplier,
             },
+            bottleneck: BottleneckConfig { size: self.bottleneck, activation: self.bottleneck_activation },
             seed,
             ..Default::default()
         };
@@ -402,7 +411,7 @@ impl RunArgs {
         let d = ClassificationSpec::default();
         let c = &self.classification;
         let train = self.train.to_train(d.train.clone());
-        let (tuning, adapter) = self.method.to_adapter(Bert::DEFAULT_TARGETS, train.seed)?;
+        let (tuning, adapter) = self.method.to_adapter::<Bert>(train.seed)?;
         let split = match &c.split {
             Some(s) => <[f64; 3]>::try_from(s.as_slice())
                 .map_err(|_| Error::Config(format!("--split takes three fractions (train, validation, test), got {}: {s:?}", s.len())))?,
@@ -435,7 +444,7 @@ impl RunArgs {
         let d = MultipleChoiceSpec::default();
         let c = &self.choice;
         let train = self.train.to_train(d.train.clone());
-        let (tuning, adapter) = self.method.to_adapter(Llama::DEFAULT_TARGETS, train.seed)?;
+        let (tuning, adapter) = self.method.to_adapter::<Llama>(train.seed)?;
         let [n_train, n_val, n_test] = d.sizes;
         Ok(MultipleChoiceSpec {
             model: self.model.clone().unwrap_or(d.model),
@@ -461,7 +470,7 @@ impl RunArgs {
         let d = ImageClassificationSpec::default();
         let i = &self.image;
         let train = self.train.to_train(d.train.clone());
-        let (tuning, adapter) = self.method.to_adapter(Dinov2::DEFAULT_TARGETS, train.seed)?;
+        let (tuning, adapter) = self.method.to_adapter::<Dinov2>(train.seed)?;
         let [n_train, n_val, n_test] = d.images;
         Ok(ImageClassificationSpec {
             model: self.model.clone().unwrap_or(d.model),

@@ -85,3 +85,16 @@ fn split_takes_both_forms_and_full_tuning_takes_no_targets() {
     let e = train_args(&["replora", "train", "--method", "full", "--targets", "x"]).to_classification().unwrap_err();
     assert!(e.to_string().contains("--targets"));
 }
+
+#[test]
+fn method_adapter_defaults_to_each_architectures_bottleneck_sites() {
+    let spec = train_args(&["replora", "train", "--method", "adapter", "--bottleneck", "12", "--bottleneck-activation", "gelu"]).to_classification().unwrap();
+    assert_eq!(spec.adapter.method, Method::Houlsby);
+    assert_eq!(spec.adapter.target_modules, TargetModules::Names(vec!["attention.output.dense".into(), "output.dense".into()]));
+    assert_eq!((spec.adapter.bottleneck.size, spec.adapter.bottleneck.activation), (Some(12), Activation::Gelu));
+    let lm = train_args(&["replora", "train-lm", "--method", "adapter"]).to_choice().unwrap();
+    assert_eq!(lm.adapter.target_modules, TargetModules::Names(vec!["o_proj".into(), "down_proj".into()]));
+    assert_eq!(lm.adapter.bottleneck.size, None, "the width follows the model unless given");
+    let lora = train_args(&["replora", "train-lm", "--method", "lora"]).to_choice().unwrap();
+    assert_eq!(lora.adapter.target_modules, TargetModules::Names(vec!["q_proj".into(), "v_proj".into()]));
+}

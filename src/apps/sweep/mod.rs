@@ -118,13 +118,17 @@ fn flag_value(v: &toml::Value) -> String {
     }
 }
 
-/// The spec as a cell's identity: RepLoRA's generator settings are left out of other methods'
-/// specs (they ignore them), so a changed RepLoRA default does not rerun LoRA cells.
+/// The spec as a cell's identity: a method's own settings (RepLoRA's generators, the
+/// bottleneck's width) are left out of other methods' specs, which ignore them, so a changed
+/// RepLoRA default does not rerun LoRA cells (nor does a new method's setting rerun any).
 fn spec_key(mut spec: serde_json::Value) -> String {
-    if let Some(adapter) = spec.get_mut("adapter").and_then(|a| a.as_object_mut())
-        && adapter.get("method").and_then(|m| m.as_str()) != Some("replora")
-    {
-        adapter.remove("replora");
+    if let Some(adapter) = spec.get_mut("adapter").and_then(|a| a.as_object_mut()) {
+        let method = adapter.get("method").and_then(|m| m.as_str()).unwrap_or_default().to_string();
+        for (own, setting) in [("replora", "replora"), ("adapter", "bottleneck")] {
+            if method != own {
+                adapter.remove(setting);
+            }
+        }
     }
     spec.to_string()
 }
@@ -340,5 +344,16 @@ mod tests {
             let e = Grid::read(&path).unwrap_err().to_string();
             assert!(e.contains(expected) && e.contains("g.toml"), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn a_cell_key_holds_only_its_own_method_settings() {
+        let spec = |method: &str| serde_json::json!({"adapter": {"method": method, "r": 8, "replora": {"hidden": 8}, "bottleneck": {"size": null}}});
+        let lora = spec_key(spec("lora"));
+        assert!(!lora.contains("replora\":{") && !lora.contains("bottleneck"), "{lora}");
+        // A LoRA cell written before the bottleneck setting existed keeps its key.
+        assert_eq!(lora, spec_key(serde_json::json!({"adapter": {"method": "lora", "r": 8, "replora": {"hidden": 8}}})));
+        assert!(spec_key(spec("replora")).contains("hidden") && !spec_key(spec("replora")).contains("bottleneck"));
+        assert!(spec_key(spec("adapter")).contains("bottleneck") && !spec_key(spec("adapter")).contains("hidden"));
     }
 }
