@@ -48,7 +48,8 @@ pub fn generate(model: &Llama, deltas: &Deltas, prompt: &[u32], sampling: &Sampl
     assert!(!prompt.is_empty(), "generation needs at least one prompt token");
     let mut rng = StdRng::seed_from_u64(sampling.seed);
     let mut cache = KvCache::new();
-    let room = model.config.max_position_embeddings.saturating_sub(prompt.len());
+    // A prefix (prefix tuning) takes the first positions.
+    let room = model.config.max_position_embeddings.saturating_sub(prompt.len() + deltas.prefix_len());
     let mut out = vec![];
     let mut input: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
     while out.len() < sampling.max_new_tokens.min(room) {

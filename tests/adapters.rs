@@ -334,3 +334,73 @@ fn bottleneck_adapter_refuses_merge_and_lora_export_and_bad_widths() {
     let err = PeftModel::new(model(), &zero).unwrap_err().to_string();
     assert!(err.contains("bottleneck width") && err.contains("at least 1"), "{err}");
 }
+
+/// Prefix tuning anchored at each layer's key projection, through the MLP and directly.
+fn prefixes() -> Vec<(&'static str, AdapterConfig)> {
+    let keys = TargetModules::Names(vec!["k_proj".into()]);
+    let base = AdapterConfig { method: Method::Prefix, target_modules: keys, seed: 7, ..Default::default() };
+    let direct = AdapterConfig { prefix: replora::adapters::PrefixConfig { length: 3, reparameterize: false, hidden: 4 }, ..base.clone() };
+    vec![("prefix-mlp", base), ("prefix-direct", direct)]
+}
+
+#[test]
+fn prefix_trains_only_itself_counts_in_closed_form_and_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, config) in prefixes() {
+        let peft = PeftModel::new(model(), &config).unwrap();
+        let deltas = peft.deltas();
+        let kv = deltas.prefix("model.layers.1.self_attn.k_proj").unwrap();
+        // Grouped-query shapes: the prefix has the key projection's width (2 kv heads x 4).
+        assert_eq!((kv.key.dims(), kv.value.dims()), ([config.prefix.length, 8], [config.prefix.length, 8]), "{name}");
+        let shapes: Vec<_> = peft.model.linears().iter().map(|l| (l.path.clone(), l.d_in(), l.d_out())).collect();
+        assert_eq!(peft.adapters.trainable_params(), closed_form(&config, &select_targets(&config, &shapes).unwrap()), "{name}");
+
+        let before = native::named_tensors(&peft.adapters);
+        let trained = train(peft, 3);
+        for (key, after) in native::named_tensors(&trained.adapters) {
+            assert_ne!(after.data, before[&key].data, "{name}: prefix tensor {key} did not change");
+        }
+        let untouched = model();
+        for (linear, base) in trained.model.linears().iter().zip(untouched.linears()) {
+            assert_eq!(host(&linear.weight.val()), host(&base.weight.val()), "{name}: base weight {} changed", linear.path);
+        }
+        let path = dir.path().join(name);
+        native::save(&trained.adapters, &path).unwrap();
+        let loaded = native::load(model(), &path).unwrap();
+        assert_eq!(native::named_tensors(&loaded.adapters), native::named_tensors(&trained.adapters), "{name}");
+        assert_eq!(host(&loss(&loaded, 2))[0].to_bits(), host(&loss(&trained, 2))[0].to_bits(), "{name}: next loss differs after reload");
+    }
+    // By hand, direct: 3 tokens x 2 layers x (keys 8 + values 8).
+    assert_eq!(PeftModel::new(model(), &prefixes()[1].1).unwrap().adapters.trainable_params(), 3 * 2 * 16);
+}
+
+#[test]
+fn the_reparameterized_prefix_materializes_to_the_same_model() {
+    let (_, config) = prefixes().remove(0);
+    let trained = train(PeftModel::new(model(), &config).unwrap(), 2);
+    let prefix = trained.adapters.prefix.as_ref().unwrap();
+    let mut direct = trained.adapters.clone();
+    direct.prefix = Some(prefix.materialized());
+    assert!(direct.prefix.as_ref().unwrap().mlp.is_none());
+    let materialized = PeftModel::from_parts(model(), direct);
+    assert_eq!(forward(&materialized, 5), forward(&trained, 5));
+}
+
+#[test]
+fn prefix_refuses_merge_partial_layers_and_empty_settings() {
+    let (_, config) = prefixes().remove(0);
+    let peft = PeftModel::new(model(), &config).unwrap();
+    let err = peft.clone().merge().unwrap_err().to_string();
+    assert!(err.contains("prefix tuning") && err.contains("cannot be merged"), "{err}");
+    let err = peft::export(&peft.adapters, &Default::default(), &tempfile::tempdir().unwrap().path().join("p")).unwrap_err().to_string();
+    assert!(err.contains("decoders only"), "{err}");
+    let one_layer = AdapterConfig { layers_to_transform: Some(vec![1]), ..config.clone() };
+    let err = PeftModel::new(model(), &one_layer).unwrap_err().to_string();
+    assert!(err.contains("one key projection per layer"), "{err}");
+    let two_per_layer = AdapterConfig { target_modules: TargetModules::Names(vec!["k_proj".into(), "v_proj".into()]), ..config.clone() };
+    assert!(PeftModel::new(model(), &two_per_layer).is_err());
+    let mut empty = config.clone();
+    empty.prefix.length = 0;
+    let err = PeftModel::new(model(), &empty).unwrap_err().to_string();
+    assert!(err.contains("prefix.length") && err.contains("at least 1"), "{err}");
+}

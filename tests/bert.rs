@@ -121,6 +121,17 @@ fn adapters_inject_into_bert_and_merge_into_a_plain_checkpoint() {
     let err = max_abs_diff(&host(&peft.model.forward(&input, &peft.deltas())), &base_out);
     assert!(err < 1e-5, "bottleneck adapter at init vs base: {err}");
 
+    // A prefix at every layer's key: padding keys stay hidden, the prefix is seen by all.
+    let keys = TargetModules::Names(Bert::KEY_PROJECTIONS.iter().map(|s| s.to_string()).collect());
+    let peft = PeftModel::new(base.clone(), &AdapterConfig { method: Method::Prefix, target_modules: keys, ..Default::default() }).unwrap();
+    let batched = host(&peft.model.forward(&input, &peft.deltas()));
+    let alone = Batch::new(&[(vec![101, 7592, 102], vec![0; 3])]);
+    let alone = host(&peft.model.forward(&alone.input(&device), &peft.deltas()));
+    let width = alone.len() / 3;
+    let short_row = &batched[8 * width..8 * width + 3 * width];
+    assert!(max_abs_diff(short_row, &alone) < 1e-5, "padding changed a prefixed sequence");
+    assert!(max_abs_diff(&batched, &base_out) > 1e-3, "the prefix changed nothing");
+
     // One training step moves the output; merging and saving gives a plain checkpoint that
     // reproduces the adapted model.
     let mut peft = PeftModel::new(base, &query_value(Method::Lora)).unwrap();

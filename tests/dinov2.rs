@@ -126,6 +126,21 @@ fn bottleneck_adapters_sit_after_attention_and_mlp_and_start_at_the_base() {
 }
 
 #[test]
+fn a_prefix_at_every_layer_trains_the_classifier() {
+    let device = Device::flex().autodiff();
+    let (_tmp, base) = tiny(&device);
+    let input = pixels(2, 16, 3).to_tensor::<4>(&device);
+    let keys = TargetModules::Names(Dinov2::KEY_PROJECTIONS.iter().map(|s| s.to_string()).collect());
+    let config = AdapterConfig { method: Method::Prefix, target_modules: keys, ..Default::default() };
+    let peft = PeftModel::new(base.clone(), &config).unwrap();
+    assert_eq!(peft.adapters.target_paths(), ["dinov2.encoder.layer.0.attention.attention.key", "dinov2.encoder.layer.1.attention.attention.key"]);
+    let start = host(peft.model.forward(input.clone(), &peft.deltas()));
+    let classifier = trained(base, &config, ImagePooling::Cls, &input);
+    let moved = host(classifier.backbone.model.forward(input, &classifier.backbone.deltas()));
+    assert!(max_abs_diff(&moved, &start) > 1e-4, "training did not move the prefix");
+}
+
+#[test]
 fn save_and_load_round_trip_bit_exact_at_the_run_image_size() {
     let device = Device::flex();
     let (_tmp, base) = tiny(&device);

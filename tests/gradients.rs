@@ -200,3 +200,12 @@ fn bottleneck_adapter_gradients_match_finite_differences() {
         check(&format!("adapter-{activation}"), config);
     }
 }
+
+#[test]
+fn prefix_gradients_match_finite_differences() {
+    for reparameterize in [true, false] {
+        let mut config = AdapterConfig { method: Method::Prefix, target_modules: TargetModules::Names(vec!["k_proj".into()]), ..base() };
+        config.prefix = replora::adapters::PrefixConfig { length: 2, reparameterize, hidden: 3 };
+        check(&format!("prefix-reparameterize-{reparameterize}"), config);
+    }
+}

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::prelude::*;
-use replora::adapters::{AdapterConfig, Deltas, Method, PeftModel, TargetModules};
+use replora::adapters::{AdapterConfig, Deltas, Method, PeftModel, PrefixConfig, TargetModules};
 use replora::weights::HostTensor;
 use replora::generate::{Sampling, generate};
 use replora::tasks::choice_model::{CausalLm, LmBatch, LmSequence};
@@ -61,53 +61,67 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 
 const TOKENS: [i64; 7] = [5, 17, 3, 29, 11, 8, 21];
 
+/// The tiny model bare and with a prefix (prefix tuning, 3 virtual tokens on the grouped-query
+/// key/value heads): the decoding invariants hold for both.
+fn bare_and_prefixed(tied: bool) -> Vec<(&'static str, Llama, Deltas)> {
+    let config = AdapterConfig { prefix: PrefixConfig { length: 3, ..Default::default() }, ..adapter(Method::Prefix, &["k_proj"]) };
+    let peft = PeftModel::new(tiny(tied), &config).unwrap();
+    vec![("bare", tiny(tied), Deltas::none()), ("prefixed", peft.model.clone(), peft.deltas())]
+}
+
 #[test]
 fn cached_decoding_equals_the_full_pass() {
-    let model = tiny(false);
-    let full = values(model.forward(ids(&[&TOKENS]), None, None, &Deltas::none()));
-    let mut cache = KvCache::new();
-    let mut cached = values(model.forward(ids(&[&TOKENS[..3]]), None, Some(&mut cache), &Deltas::none()));
-    for t in &TOKENS[3..] {
-        cached.extend(values(model.forward(ids(&[&[*t]]), None, Some(&mut cache), &Deltas::none())));
+    let mut outputs = vec![];
+    for (name, model, deltas) in bare_and_prefixed(false) {
+        let full = values(model.forward(ids(&[&TOKENS]), None, None, &deltas));
+        let mut cache = KvCache::new();
+        let mut cached = values(model.forward(ids(&[&TOKENS[..3]]), None, Some(&mut cache), &deltas));
+        for t in &TOKENS[3..] {
+            cached.extend(values(model.forward(ids(&[&[*t]]), None, Some(&mut cache), &deltas)));
+        }
+        assert_eq!(cache.len, TOKENS.len() + deltas.prefix_len(), "{name}");
+        let diff = max_diff(&full, &cached);
+        assert!(diff < 1e-5, "{name}: cache vs full pass: {diff}");
+        outputs.push(full);
     }
-    assert_eq!(cache.len, TOKENS.len());
-    let diff = max_diff(&full, &cached);
-    assert!(diff < 1e-5, "cache vs full pass: {diff}");
+    assert!(max_diff(&outputs[0], &outputs[1]) > 1e-3, "the prefix changed nothing");
 }
 
 #[test]
 fn right_padding_does_not_change_real_positions_and_causality_holds() {
-    let model = tiny(false);
-    let alone = values(model.forward(ids(&[&TOKENS[..4]]), None, None, &Deltas::none()));
-    let padded_ids = ids(&[&TOKENS, &[TOKENS[0], TOKENS[1], TOKENS[2], TOKENS[3], 0, 0, 0]]);
-    let mask = Tensor::<2>::from_data(TensorData::new(vec![1f32, 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 0., 0., 0.], [2, 7]), &device());
-    let batch = model.forward(padded_ids, Some(mask), None, &Deltas::none());
-    let h = 16;
-    let row1 = values(batch.clone().narrow(0, 1, 1).narrow(1, 0, 4));
-    assert!(max_diff(&alone, &row1) < 1e-5, "padding changed a real position");
-    // Causality: the first four positions of the full row equal the four-token pass.
-    let row0 = values(batch.narrow(0, 0, 1).narrow(1, 0, 4));
-    assert!(max_diff(&alone, &row0) < 1e-5, "a later token changed an earlier position");
-    assert_eq!(row0.len(), 4 * h);
+    for (name, model, deltas) in bare_and_prefixed(false) {
+        let alone = values(model.forward(ids(&[&TOKENS[..4]]), None, None, &deltas));
+        let padded_ids = ids(&[&TOKENS, &[TOKENS[0], TOKENS[1], TOKENS[2], TOKENS[3], 0, 0, 0]]);
+        let mask = Tensor::<2>::from_data(TensorData::new(vec![1f32, 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 0., 0., 0.], [2, 7]), &device());
+        let batch = model.forward(padded_ids, Some(mask), None, &deltas);
+        let h = 16;
+        let row1 = values(batch.clone().narrow(0, 1, 1).narrow(1, 0, 4));
+        assert!(max_diff(&alone, &row1) < 1e-5, "{name}: padding changed a real position");
+        // Causality: the first four positions of the full row equal the four-token pass.
+        let row0 = values(batch.narrow(0, 0, 1).narrow(1, 0, 4));
+        assert!(max_diff(&alone, &row0) < 1e-5, "{name}: a later token changed an earlier position");
+        assert_eq!(row0.len(), 4 * h);
+    }
 }
 
 #[test]
 fn greedy_generation_with_the_cache_equals_recomputing_every_step() {
-    let model = tiny(true);
-    let prompt = [5u32, 17, 3];
-    let sampling = Sampling { max_new_tokens: 6, ..Sampling::default() };
-    let cached = generate(&model, &Deltas::none(), &prompt, &sampling, &device(), &mut |_| {});
-    let mut seq: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
-    let mut slow = vec![];
-    for _ in 0..6 {
-        let hidden = model.forward(ids(&[&seq]), None, None, &Deltas::none());
-        let last = hidden.narrow(1, seq.len() - 1, 1).reshape([1, 16]);
-        let scores = values(model.logits(last));
-        let best = scores.iter().enumerate().fold(0, |b, (i, s)| if *s > scores[b] { i } else { b });
-        slow.push(best as u32);
-        seq.push(best as i64);
+    for (name, model, deltas) in bare_and_prefixed(true) {
+        let prompt = [5u32, 17, 3];
+        let sampling = Sampling { max_new_tokens: 6, ..Sampling::default() };
+        let cached = generate(&model, &deltas, &prompt, &sampling, &device(), &mut |_| {});
+        let mut seq: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
+        let mut slow = vec![];
+        for _ in 0..6 {
+            let hidden = model.forward(ids(&[&seq]), None, None, &deltas);
+            let last = hidden.narrow(1, seq.len() - 1, 1).reshape([1, 16]);
+            let scores = values(model.logits(last));
+            let best = scores.iter().enumerate().fold(0, |b, (i, s)| if *s > scores[b] { i } else { b });
+            slow.push(best as u32);
+            seq.push(best as i64);
+        }
+        assert_eq!(cached, slow, "{name}");
     }
-    assert_eq!(cached, slow);
 }
 
 fn adapter(method: Method, targets: &[&str]) -> AdapterConfig {

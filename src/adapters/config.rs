@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::bottleneck::BottleneckConfig;
+use super::prefix::PrefixConfig;
 use crate::error::{Error, Result};
 
 /// The parameter-efficient method an adapter implements.
@@ -23,6 +24,9 @@ pub enum Method {
     #[serde(rename = "adapter")]
     #[value(name = "adapter")]
     Houlsby,
+    /// Prefix tuning: learned keys and values in front of every attention layer's
+    /// (`--method prefix`; see [`super::prefix`]).
+    Prefix,
 }
 
 impl Method {
@@ -32,23 +36,27 @@ impl Method {
             Method::Lora | Method::Dora => "LORA",
             Method::Replora => "REPLORA",
             Method::Houlsby => "BOTTLENECK",
+            Method::Prefix => "PREFIX_TUNING",
         }
     }
 
     /// Low-rank methods fold into the base weights (`merge`) and write PEFT's LoRA layout;
-    /// a bottleneck adds layers, so neither is possible without changing the architecture.
+    /// bottlenecks and prefixes add to the architecture, so neither is possible for them.
     pub fn is_low_rank(self) -> bool {
-        !matches!(self, Method::Houlsby)
+        matches!(self, Method::Lora | Method::Dora | Method::Replora)
     }
 
-    /// `Ok` for a method that `merge` can fold into the weights; else an error that says why.
+    /// `Ok` for a method that can be `action` (merged, written as LoRA); else why not.
     pub fn check_mergeable(self, action: &str) -> Result<()> {
-        match self.is_low_rank() {
-            true => Ok(()),
-            false => Err(Error::State(format!(
-                "a bottleneck adapter (--method adapter) cannot be {action}: it adds layers (down, non-linearity, up) that no weight of the base model can absorb and that no PEFT layout describes; use the run directory with replora's own `eval` / `predict`"
-            ))),
-        }
+        let why = match self {
+            Method::Houlsby => "a bottleneck adapter (--method adapter) adds layers (down, non-linearity, up)",
+            Method::Prefix => "prefix tuning (--method prefix) adds keys and values to every attention layer",
+            _ => return Ok(()),
+        };
+        Err(Error::State(format!(
+            "{why} that no weight of the base model can absorb, so it cannot be {action}; use the run directory with replora's own `eval` / `predict`{}",
+            if self == Method::Prefix { " (`replora export` writes a decoder's prefix in PEFT's PREFIX_TUNING layout)" } else { "" }
+        )))
     }
 }
 
@@ -223,6 +231,8 @@ pub struct AdapterConfig {
     pub replora: RepLoraConfig,
     /// The bottleneck adapter's settings (`--method adapter`).
     pub bottleneck: BottleneckConfig,
+    /// Prefix tuning's settings (`--method prefix`).
+    pub prefix: PrefixConfig,
     /// Seed of the adapter's random initialisation.
     pub seed: u64,
 }
@@ -242,6 +252,7 @@ impl Default for AdapterConfig {
             alpha_pattern: BTreeMap::new(),
             replora: RepLoraConfig::default(),
             bottleneck: BottleneckConfig::default(),
+            prefix: PrefixConfig::default(),
             seed: 0,
         }
     }
@@ -281,6 +292,9 @@ impl AdapterConfig {
         }
         if self.bottleneck.size == Some(0) {
             return bad("the bottleneck width (bottleneck.size, --bottleneck) must be at least 1".into());
+        }
+        if self.prefix.length == 0 || self.prefix.hidden == 0 {
+            return bad(format!("prefix.length (--prefix-length) and prefix.hidden (--prefix-hidden) must be at least 1, got {} and {}", self.prefix.length, self.prefix.hidden));
         }
         let m = self.replora.generator_lr_multiplier;
         if !(m.is_finite() && m > 0.0) {

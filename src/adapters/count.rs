@@ -10,12 +10,14 @@ use super::target::Target;
 /// LoRA: `sum r (d_in + d_out)`; DoRA adds `d_out` per target; RepLoRA: per block the seeds
 /// (`2 r` diagonal, `r (d_a + d_b)` full) plus the generators `g_A`, `g_B`
 /// (`d_seed h + h + h d_gen + d_gen` each), once per block or once in all when shared;
-/// bottleneck adapters: `2 d m + m + d` per site of width `d`.
+/// bottleneck adapters: `2 d m + m + d` per site of width `d`; prefixes: `p * total` directly,
+/// `p h + (h h + h + h total + total)` through the MLP, `total` = 2 d_kv summed over layers.
 pub fn closed_form(config: &AdapterConfig, targets: &[Target]) -> usize {
     match config.method {
         Method::Lora => targets.iter().map(|t| t.rank * (t.d_in + t.d_out)).sum(),
         Method::Dora => targets.iter().map(|t| t.rank * (t.d_in + t.d_out) + t.d_out).sum(),
         Method::Houlsby => targets.iter().map(|t| Bottleneck::param_count(t.d_out, config.bottleneck.width(t.d_out))).sum(),
+        Method::Prefix => super::prefix::Prefix::param_count(&config.prefix, targets),
         Method::Replora => {
             let mut layers: Vec<Option<usize>> = vec![];
             for t in targets {

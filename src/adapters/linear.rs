@@ -8,6 +8,7 @@ use burn::tensor::Distribution;
 use burn::tensor::module::linear;
 
 use super::bottleneck::BottleneckDelta;
+use super::prefix::{PrefixKv, mask_with_prefix};
 
 /// `y = x W + b` with `W` stored as burn does, `[d_in, d_out]`, plus the module path
 /// (Hugging Face naming) that adapters, target patterns and exported files refer to.
@@ -34,20 +35,19 @@ pub struct LinearDelta {
 /// Built once per pass, so RepLoRA's generators run once however many linears they feed.
 #[derive(Clone, Debug, Default)]
 pub struct Deltas {
-    map: HashMap<String, LinearDelta>,
+    pub(crate) map: HashMap<String, LinearDelta>,
     /// Bottleneck adapters applied to a linear's output.
-    bottlenecks: HashMap<String, BottleneckDelta>,
+    pub(crate) bottlenecks: HashMap<String, BottleneckDelta>,
+    /// Prefix keys and values, keyed by the attention's key projection.
+    pub(crate) prefixes: HashMap<String, PrefixKv>,
     /// Apply LoRA dropout (training passes only).
-    training: bool,
+    pub(crate) training: bool,
 }
 
 impl Deltas {
     /// No adapter: every linear computes its base output.
     pub fn none() -> Self {
         Self::default()
-    }
-    pub(crate) fn new(map: HashMap<String, LinearDelta>, bottlenecks: HashMap<String, BottleneckDelta>, training: bool) -> Self {
-        Self { map, bottlenecks, training }
     }
     /// The low-rank delta of a linear (LoRA, DoRA, RepLoRA).
     pub fn get(&self, path: &str) -> Option<&LinearDelta> {
@@ -56,9 +56,31 @@ impl Deltas {
     pub fn bottleneck(&self, path: &str) -> Option<&BottleneckDelta> {
         self.bottlenecks.get(path)
     }
-    /// How many linears are adapted.
+    /// Prefix length (0 without prefix tuning); every layer has the same.
+    pub fn prefix_len(&self) -> usize {
+        self.prefixes.values().next().map_or(0, |p| p.len())
+    }
+
+    /// The prefix of the attention whose key projection is `key_path`.
+    pub fn prefix(&self, key_path: &str) -> Option<&PrefixKv> {
+        self.prefixes.get(key_path)
+    }
+
+    /// `k`, `v` (`[batch, kv_heads, t, head_dim]`) and the additive `mask` (`[.., t_q, t]`) with
+    /// the prefix of the attention whose key projection is `key_path` in front of the keys.
+    pub fn with_prefix(&self, key_path: &str, k: Tensor<4>, v: Tensor<4>, mask: Tensor<4>) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+        match self.prefix(key_path) {
+            Some(prefix) => {
+                let (k, v) = prefix.prepend(k, v);
+                (k, v, mask_with_prefix(mask, prefix.len()))
+            }
+            None => (k, v, mask),
+        }
+    }
+
+    /// How many modules are adapted.
     pub fn len(&self) -> usize {
-        self.map.len() + self.bottlenecks.len()
+        self.map.len() + self.bottlenecks.len() + self.prefixes.len()
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -1,5 +1,5 @@
-//! Adapter methods (LoRA, DoRA, RepLoRA, Houlsby bottlenecks), their injection into a model,
-//! and merging.
+//! Adapter methods (LoRA, DoRA, RepLoRA, Houlsby bottlenecks, prefix tuning), their injection
+//! into a model, and merging.
 
 pub mod bottleneck;
 pub mod config;
@@ -8,11 +8,13 @@ pub mod init;
 pub mod linear;
 pub mod lora;
 pub mod peft_model;
+pub mod prefix;
 pub mod replora;
 pub mod set;
 pub mod target;
 
 pub use bottleneck::BottleneckConfig;
+pub use prefix::PrefixConfig;
 pub use config::{Activation, AdapterConfig, LoraInit, Method, OutputScale, RepLoraConfig, SeedKind, TargetModules};
 pub use count::{ParamReport, closed_form, ppt};
 pub use linear::{AdaptedLinear, Deltas, LinearDelta};

@@ -10,6 +10,7 @@ use super::config::{AdapterConfig, Method};
 use super::init::Init;
 use super::linear::{AdaptedLinear, Deltas, LinearDelta};
 use super::lora::LoraFactors;
+use super::prefix::Prefix;
 use super::replora::{Generator, GeneratorPair, OutputInit, RepLoraBlock, seed_widths};
 use super::target::{Target, select_targets};
 use crate::error::{Error, Result};
@@ -32,6 +33,8 @@ pub struct AdapterSet {
     pub targets: Vec<TargetAdapter>,
     pub blocks: Vec<RepLoraBlock>,
     pub generators: Vec<GeneratorPair>,
+    /// Prefix tuning's keys and values for every target (key projection).
+    pub prefix: Option<Prefix>,
     #[module(skip)]
     pub config: AdapterConfig,
 }
@@ -64,12 +67,25 @@ impl AdapterSet {
             Method::Replora => build_replora(config, &targets, &mut init)?,
             _ => (vec![], vec![]),
         };
-        Ok(Self { targets, blocks, generators, config: config.clone() })
+        let prefix = match config.method {
+            Method::Prefix => {
+                let anchors: Vec<Target> = targets.iter().map(|t| t.target.clone()).collect();
+                check_one_per_layer(&anchors, linears)?;
+                Some(Prefix::init(&config.prefix, &anchors, &mut init))
+            }
+            _ => None,
+        };
+        Ok(Self { targets, blocks, generators, prefix, config: config.clone() })
     }
 
     /// An adapter set with no targets (full fine-tuning keeps one so the model type is the same).
     pub fn empty() -> Self {
-        Self { targets: vec![], blocks: vec![], generators: vec![], config: AdapterConfig::default() }
+        Self { targets: vec![], blocks: vec![], generators: vec![], prefix: None, config: AdapterConfig::default() }
+    }
+
+    /// The targets as plain [`Target`]s, in order.
+    pub fn target_list(&self) -> Vec<Target> {
+        self.targets.iter().map(|t| t.target.clone()).collect()
     }
 
     /// RepLoRA's generator parameters with their learning-rate multiplier, when it is not 1.
@@ -101,6 +117,12 @@ impl AdapterSet {
                 bottlenecks.insert(t.target.path.clone(), b.delta(self.config.bottleneck.activation, dropout));
             }
         }
+        let mut prefixes = HashMap::new();
+        if let Some(prefix) = &self.prefix {
+            for (t, kv) in self.targets.iter().zip(prefix.split(&self.target_list())) {
+                prefixes.insert(t.target.path.clone(), kv);
+            }
+        }
         let opts = &self.config.replora;
         for block in &self.blocks {
             let (d_ins, d_outs) = self.block_widths(block);
@@ -110,7 +132,7 @@ impl AdapterSet {
                 map.insert(t.path.clone(), delta(t, a, b, None));
             }
         }
-        Deltas::new(map, bottlenecks, training)
+        Deltas { map, bottlenecks, prefixes, training }
     }
 
     fn block_widths(&self, block: &RepLoraBlock) -> (Vec<usize>, Vec<usize>) {
@@ -139,7 +161,7 @@ impl AdapterSet {
             .collect();
         let method = if self.config.method == Method::Dora { Method::Dora } else { Method::Lora };
         let config = AdapterConfig { method, ..self.config.clone() };
-        Ok(Self { targets, blocks: vec![], generators: vec![], config })
+        Ok(Self { targets, blocks: vec![], generators: vec![], prefix: None, config })
     }
 
     /// Number of trainable adapter parameters (counted from the tensors).
@@ -150,6 +172,21 @@ impl AdapterSet {
     pub fn target_paths(&self) -> Vec<&str> {
         self.targets.iter().map(|t| t.target.path.as_str()).collect()
     }
+}
+
+/// Prefix tuning puts one prefix in every layer, anchored at one linear (its key projection).
+fn check_one_per_layer(targets: &[Target], linears: &[&AdaptedLinear]) -> Result<()> {
+    let mut layers: Vec<usize> = linears.iter().filter_map(|l| super::target::layer_index(&l.path)).collect();
+    layers.dedup();
+    let anchored: Vec<Option<usize>> = targets.iter().map(|t| t.layer).collect();
+    if anchored != layers.iter().map(|&l| Some(l)).collect::<Vec<_>>() {
+        return Err(Error::Config(format!(
+            "prefix tuning puts a prefix in every layer (0..{}), anchored at its key projection, so its targets must be one key projection per layer (the default); got {:?}",
+            layers.len(),
+            targets.iter().map(|t| t.path.as_str()).collect::<Vec<_>>()
+        )));
+    }
+    Ok(())
 }
 
 /// Groups RepLoRA targets into blocks by layer index and creates seeds and generators.
@@ -206,7 +243,8 @@ pub trait NamedParams {
 impl AdapterSet {
     /// Passes every parameter through `v` under its file name: `<path>.lora_A` / `.lora_B`
     /// (burn layout), `<path>.magnitude`, `<path>.adapter.<down|up>.<weight|bias>` (burn
-    /// layout), `blocks.<i>.seed_A` / `seed_B`, `generators.<g>.<A|B>.<hidden|out>.<weight|bias>`.
+    /// layout), `blocks.<i>.seed_A` / `seed_B`, `generators.<g>.<A|B>.<hidden|out>.<weight|bias>`,
+    /// `prefix.embedding` and `prefix.mlp.<hidden|out>.<weight|bias>`.
     pub fn map_named<V: NamedParams>(self, v: &mut V) -> Result<Self> {
         let targets = self
             .targets
@@ -242,14 +280,14 @@ impl AdapterSet {
                 })
             })
             .collect::<Result<_>>()?;
-        let generator = |v: &mut V, g: Generator, prefix: String| -> Result<Generator> {
+        fn generator<V: NamedParams>(v: &mut V, g: Generator, prefix: String) -> Result<Generator> {
             Ok(Generator {
                 hidden_weight: v.param(&format!("{prefix}.hidden.weight"), g.hidden_weight)?,
                 hidden_bias: v.param(&format!("{prefix}.hidden.bias"), g.hidden_bias)?,
                 out_weight: v.param(&format!("{prefix}.out.weight"), g.out_weight)?,
                 out_bias: v.param(&format!("{prefix}.out.bias"), g.out_bias)?,
             })
-        };
+        }
         let generators = self
             .generators
             .into_iter()
@@ -258,6 +296,13 @@ impl AdapterSet {
                 Ok(GeneratorPair { a: generator(v, g.a, format!("generators.{i}.A"))?, b: generator(v, g.b, format!("generators.{i}.B"))? })
             })
             .collect::<Result<_>>()?;
-        Ok(Self { targets, blocks, generators, config: self.config })
+        let prefix = match self.prefix {
+            Some(p) => Some(Prefix {
+                embedding: v.param("prefix.embedding", p.embedding)?,
+                mlp: p.mlp.map(|m| generator(v, m, "prefix.mlp".into())).transpose()?,
+            }),
+            None => None,
+        };
+        Ok(Self { targets, blocks, generators, prefix, config: self.config })
     }
 }

@@ -1,7 +1,8 @@
 //! Hugging Face PEFT's LoRA/DoRA adapter layout: `adapter_config.json` and
 //! `adapter_model.safetensors` with keys `base_model.model.<path>.lora_A.weight` `[r, d_in]`,
 //! `.lora_B.weight` `[d_out, r]` and DoRA's `.lora_magnitude_vector` `[d_out]`.
-//! A RepLoRA adapter is exported as the LoRA it materializes to.
+//! A RepLoRA adapter is exported as the LoRA it materializes to; a decoder's prefix in the
+//! `PREFIX_TUNING` layout.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -33,6 +34,9 @@ pub struct PeftInfo {
     /// from the checkpoint's (transformers 5 loads Dinov2's `attention.attention.query` as
     /// `attention.q_proj`). When given, `target_modules` lists the renamed paths in full.
     pub rename: Vec<(String, String)>,
+    /// Key/value heads per layer, for a prefix in PEFT's `PREFIX_TUNING` layout (decoders);
+    /// `None` where PEFT's prefix placement differs from replora's (encoders shift positions).
+    pub prefix_heads: Option<usize>,
 }
 
 const PREFIX: &str = "base_model.model.";
@@ -47,6 +51,9 @@ impl PeftInfo {
 
 /// Writes `adapters` (materialized first if RepLoRA) in PEFT's layout into `dir`.
 pub fn export(adapters: &AdapterSet, info: &PeftInfo, dir: &Path) -> Result<()> {
+    if adapters.config.method == Method::Prefix {
+        return export_prefix(adapters, info, dir);
+    }
     let lora = adapters.to_lora()?;
     let c = &lora.config;
     let mut out = BTreeMap::new();
@@ -87,6 +94,39 @@ pub fn export(adapters: &AdapterSet, info: &PeftInfo, dir: &Path) -> Result<()> 
         "init_lora_weights": true,
         "inference_mode": true,
         "modules_to_save": if modules_to_save.is_empty() { json!(null) } else { json!(modules_to_save) },
+        "revision": null,
+    });
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    tensors::write(&dir.join(WEIGHTS_FILE), &out, Some(meta))?;
+    write_json(&dir.join(CONFIG_FILE), &config)
+}
+
+/// A prefix in PEFT's `PREFIX_TUNING` layout: `prompt_embeddings` `[p, layers * 2 * d_kv]`
+/// (the reparameterization evaluated, as PEFT saves it) and a config with `prefix_projection`
+/// off, which PEFT reads back as that table.
+fn export_prefix(adapters: &AdapterSet, info: &PeftInfo, dir: &Path) -> Result<()> {
+    let (Some(prefix), Some(heads)) = (&adapters.prefix, info.prefix_heads) else {
+        return Err(Error::State(
+            "PEFT's PREFIX_TUNING layout is written for decoders only: for an encoder, transformers shifts the position ids by the prefix length, which replora's prefix does not, so the file would load into different predictions; use the run directory with replora's own `eval` / `predict`".into(),
+        ));
+    };
+    let targets = adapters.target_list();
+    let token_dim = targets[0].d_out;
+    let mut out = BTreeMap::new();
+    out.insert("prompt_embeddings".to_string(), HostTensor::from_tensor(&prefix.rows().detach()));
+    let config = json!({
+        "peft_type": "PREFIX_TUNING",
+        "task_type": info.task_type,
+        "base_model_name_or_path": info.base_model_name_or_path,
+        "num_virtual_tokens": adapters.config.prefix.length,
+        "num_layers": targets.len(),
+        "token_dim": token_dim,
+        "num_attention_heads": heads,
+        "num_transformer_submodules": 1,
+        "encoder_hidden_size": adapters.config.prefix.hidden,
+        "prefix_projection": false,
+        "inference_mode": true,
         "revision": null,
     });
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;

@@ -175,7 +175,8 @@ impl BertLayer {
         let q = split(self.query.forward(x.clone(), deltas).mul_scalar(1.0 / (head_dim as f64).sqrt()));
         let k = split(self.key.forward(x.clone(), deltas));
         let v = split(self.value.forward(x.clone(), deltas));
-        let context = attention(q, k, v, mask_bias.clone()).swap_dims(1, 2).reshape([b, t, hidden]);
+        let (k, v, mask) = deltas.with_prefix(&self.key.path, k, v, mask_bias.clone());
+        let context = attention(q, k, v, mask).swap_dims(1, 2).reshape([b, t, hidden]);
         let x = self.attention_norm.forward(self.attention_output.forward(context, deltas) + x);
         let h = kernels::gelu(self.intermediate.forward(x.clone(), deltas));
         self.output_norm.forward(self.output.forward(h, deltas) + x)
@@ -350,6 +351,7 @@ pub fn pool(hidden: Tensor<3>, mask: Tensor<2>, pooling: Pooling) -> Tensor<2> {
 impl crate::models::Architecture for Bert {
     const DEFAULT_TARGETS: &'static [&'static str] = &["query", "value"];
     const ADAPTER_SITES: &'static [&'static str] = &["attention.output.dense", "output.dense"];
+    const KEY_PROJECTIONS: &'static [&'static str] = &["key"];
     fn describe(&self) -> String {
         let c = &self.config;
         format!(

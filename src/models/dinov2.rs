@@ -177,7 +177,8 @@ impl Dinov2Layer {
         let k = split(self.key.forward(h.clone(), deltas));
         let v = split(self.value.forward(h, deltas));
         let no_mask = Tensor::zeros([1, 1, 1, t], &x.device());
-        let context = attention(q, k, v, no_mask).swap_dims(1, 2).reshape([b, t, hidden]);
+        let (k, v, mask) = deltas.with_prefix(&self.key.path, k, v, no_mask);
+        let context = attention(q, k, v, mask).swap_dims(1, 2).reshape([b, t, hidden]);
         let x = x + self.attention_output.forward(context, deltas) * self.layer_scale1.val().unsqueeze::<3>();
         let h = kernels::gelu(self.fc1.forward(self.norm2.forward(x.clone()), deltas));
         x.clone() + self.fc2.forward(h, deltas) * self.layer_scale2.val().unsqueeze::<3>()
@@ -502,6 +503,7 @@ impl Adaptable for Dinov2 {
 impl crate::models::Architecture for Dinov2 {
     const DEFAULT_TARGETS: &'static [&'static str] = &["query", "value"];
     const ADAPTER_SITES: &'static [&'static str] = &["attention.output.dense", "mlp.fc2"];
+    const KEY_PROJECTIONS: &'static [&'static str] = &["key"];
     fn describe(&self) -> String {
         let c = &self.config;
         format!(

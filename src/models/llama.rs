@@ -212,20 +212,24 @@ impl LlamaLayer {
         }
     }
 
-    fn forward(&self, x: Tensor<3>, ctx: &Context, cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>) -> Tensor<3> {
+    fn forward(&self, x: Tensor<3>, ctx: &Context, mut cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>) -> Tensor<3> {
         let [b, t, hidden] = x.dims();
         let (heads, kv_heads, d) = (ctx.heads, ctx.kv_heads, hidden / ctx.heads);
         let attn = &self.self_attn;
         let h = self.input_layernorm.forward(x.clone());
         let split = |y: Tensor<3>, n: usize| y.reshape([b, t, n, d]).swap_dims(1, 2);
         let q = rope(split(attn.q_proj.forward(h.clone(), ctx.deltas), heads), &ctx.cos, &ctx.sin);
-        let mut k = rope(split(attn.k_proj.forward(h.clone(), ctx.deltas), kv_heads), &ctx.cos, &ctx.sin);
-        let mut v = split(attn.v_proj.forward(h, ctx.deltas), kv_heads);
+        let k = rope(split(attn.k_proj.forward(h.clone(), ctx.deltas), kv_heads), &ctx.cos, &ctx.sin);
+        let v = split(attn.v_proj.forward(h, ctx.deltas), kv_heads);
+        // The prefix goes in front once: a cache that holds keys holds it already.
+        let (k, v) = match cache.as_mut().and_then(|slot| slot.take()) {
+            Some((k_past, v_past)) => (Tensor::cat(vec![k_past, k], 2), Tensor::cat(vec![v_past, v], 2)),
+            None => match ctx.deltas.prefix(&attn.k_proj.path) {
+                Some(prefix) => prefix.prepend(k, v),
+                None => (k, v),
+            },
+        };
         if let Some(slot) = cache {
-            if let Some((k_past, v_past)) = slot.take() {
-                k = Tensor::cat(vec![k_past, k], 2);
-                v = Tensor::cat(vec![v_past, v], 2);
-            }
             *slot = Some((k.clone(), v.clone()));
         }
         let keys = k.dims()[2];
@@ -360,11 +364,20 @@ impl Llama {
     ///
     /// `attention_mask` (`[batch, t]`, 1 for real tokens) hides padded keys; without a cache
     /// positions start at 0. With a cache the new tokens follow the cached ones (batch 1 or a
-    /// batch without padding) and the cache is extended.
+    /// batch without padding) and the cache is extended. A prefix (prefix tuning) takes the
+    /// first positions, as in PEFT with transformers: the tokens then start at position `p`.
     pub fn forward(&self, input_ids: Tensor<2, Int>, attention_mask: Option<Tensor<2>>, mut cache: Option<&mut KvCache>, deltas: &Deltas) -> Tensor<3> {
         let [b, t] = input_ids.dims();
         let device = input_ids.device();
-        let offset = cache.as_ref().map_or(0, |c| c.len);
+        let prefix = deltas.prefix_len();
+        let offset = match cache.as_ref() {
+            Some(c) if c.len > 0 => c.len,
+            _ => prefix,
+        };
+        let attention_mask = match attention_mask {
+            Some(m) if prefix > 0 => Some(Tensor::cat(vec![Tensor::ones([b, prefix], &device), m], 1)),
+            m => m,
+        };
         let keys = offset + t;
         assert!(
             keys <= self.config.max_position_embeddings,
@@ -475,6 +488,7 @@ impl Adaptable for Llama {
 impl crate::models::Architecture for Llama {
     const DEFAULT_TARGETS: &'static [&'static str] = &["q_proj", "v_proj"];
     const ADAPTER_SITES: &'static [&'static str] = &["o_proj", "down_proj"];
+    const KEY_PROJECTIONS: &'static [&'static str] = &["k_proj"];
     fn describe(&self) -> String {
         let c = &self.config;
         format!(

@@ -33,10 +33,17 @@ pub trait Architecture: Adaptable + Clone {
     /// Where a bottleneck adapter (`--method adapter`) goes without `--targets`: after the
     /// attention output projection and after the feed-forward output projection (Houlsby).
     const ADAPTER_SITES: &'static [&'static str];
+    /// The key projections, where prefix tuning (`--method prefix`) anchors each layer's prefix.
+    const KEY_PROJECTIONS: &'static [&'static str];
 
     /// The default targets of `method`.
     fn default_targets(method: crate::adapters::Method) -> &'static [&'static str] {
-        if method.is_low_rank() { Self::DEFAULT_TARGETS } else { Self::ADAPTER_SITES }
+        use crate::adapters::Method;
+        match method {
+            Method::Houlsby => Self::ADAPTER_SITES,
+            Method::Prefix => Self::KEY_PROJECTIONS,
+            Method::Lora | Method::Dora | Method::Replora => Self::DEFAULT_TARGETS,
+        }
     }
     /// One line: family, layers, widths, vocabulary.
     fn describe(&self) -> String;
@@ -75,6 +82,8 @@ pub struct ModelInfo {
     pub default_targets: Vec<String>,
     /// Where a bottleneck adapter goes by default.
     pub adapter_sites: Vec<String>,
+    /// Where prefix tuning anchors each layer's prefix.
+    pub key_projections: Vec<String>,
 }
 
 impl Family {
@@ -111,6 +120,7 @@ impl Family {
                 params: a.num_params(),
                 default_targets: A::DEFAULT_TARGETS.iter().map(|s| s.to_string()).collect(),
                 adapter_sites: A::ADAPTER_SITES.iter().map(|s| s.to_string()).collect(),
+                key_projections: A::KEY_PROJECTIONS.iter().map(|s| s.to_string()).collect(),
             }
         }
         match self {

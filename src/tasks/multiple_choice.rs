@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::choice_model::{CausalLm, ChoiceItems, LmBatch, LmSequence, choice_items, evaluate, length_grouped_batches, score, training_sequences};
 use super::{SubtaskScore, Task, TaskKind, TestScores, Tuning};
-use crate::adapters::{AdapterConfig, AdapterSet, PeftModel};
+use crate::adapters::{AdapterConfig, AdapterSet, Method, PeftModel};
 use crate::data::bigbench::{ChoiceExample, read_choices};
 use crate::error::{Error, Result};
 use crate::formats::peft;
@@ -177,6 +177,16 @@ impl Task for MultipleChoice {
             decoder.model = decoder.model.truncate_layers(n);
         }
         decoder.model.check_fits(spec.max_len, spec.adapter.layers_to_transform.as_deref())?;
+        if spec.tuning == Tuning::Adapter && spec.adapter.method == Method::Prefix {
+            let (p, positions) = (spec.adapter.prefix.length, decoder.model.max_positions());
+            if spec.max_len + p > positions {
+                return Err(Error::Config(format!(
+                    "a prefix of {p} virtual tokens takes the first {p} of the model's {positions} positions (as in PEFT), leaving {} for --max-len {}; shorten --max-len or --prefix-length",
+                    positions.saturating_sub(p),
+                    spec.max_len
+                )));
+            }
+        }
         Ok(Self { spec, decoder, device: device.clone() })
     }
 
@@ -272,6 +282,7 @@ impl Task for MultipleChoice {
         let info = peft::PeftInfo {
             base_model_name_or_path: self.decoder.source.display().to_string(),
             task_type: Some("CAUSAL_LM".into()),
+            prefix_heads: Some(model.decoder.model.config.kv_heads()),
             ..Default::default()
         };
         peft::export(&model.decoder.adapters, &info, dir)?;

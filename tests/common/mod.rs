@@ -65,8 +65,13 @@ impl TinyModel {
         for layer in &self.layers {
             let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
             let q = heads(layer.q_proj.forward(x.clone(), deltas), h);
-            let k = heads(layer.k_proj.forward(x.clone(), deltas), kvh).repeat_dim(1, h / kvh);
-            let v = heads(layer.v_proj.forward(x.clone(), deltas), kvh).repeat_dim(1, h / kvh);
+            let k = heads(layer.k_proj.forward(x.clone(), deltas), kvh);
+            let v = heads(layer.v_proj.forward(x.clone(), deltas), kvh);
+            let (k, v) = match deltas.prefix(&layer.k_proj.path) {
+                Some(prefix) => prefix.prepend(k, v),
+                None => (k, v),
+            };
+            let (k, v) = (k.repeat_dim(1, h / kvh), v.repeat_dim(1, h / kvh));
             let att = softmax(q.matmul(k.swap_dims(2, 3)).div_scalar((hd as f64).sqrt()), 3);
             let ctx = att.matmul(v).swap_dims(1, 2).reshape([b, t, d]);
             x = x.clone() + layer.o_proj.forward(ctx, deltas);

@@ -186,19 +186,27 @@ fn info(model: &str, rank: usize, targets: Option<Vec<String>>) -> Result<()> {
     for (path, d_in, d_out) in &info.linears {
         println!("  {path}  {d_in} -> {d_out}");
     }
-    let count = |method: Method, names: &[String]| -> Result<usize> {
-        let config = AdapterConfig { method, r: rank, target_modules: TargetModules::Names(names.to_vec()), ..Default::default() };
+    let count = |config: AdapterConfig, names: &[String]| -> Result<usize> {
+        let config = AdapterConfig { r: rank, target_modules: TargetModules::Names(names.to_vec()), ..config };
         Ok(closed_form(&config, &select_targets(&config, &info.linears)?))
     };
     let percent = |n: usize| 100.0 * n as f64 / info.params as f64;
     let low_rank = targets.clone().unwrap_or(info.default_targets);
     println!("\ntrainable parameters at rank {rank} on {}:", low_rank.join(","));
     for method in [Method::Lora, Method::Dora, Method::Replora] {
-        let n = count(method, &low_rank)?;
+        let n = count(AdapterConfig::new(method), &low_rank)?;
         println!("  {method:8} {n:>10}  ({:.4}% of the base)", percent(n));
     }
     let sites = targets.unwrap_or(info.adapter_sites);
-    let n = count(Method::Houlsby, &sites)?;
+    let n = count(AdapterConfig::new(Method::Houlsby), &sites)?;
     println!("\nbottleneck adapter (width d/{}) on {}:\n  adapter  {n:>10}  ({:.4}% of the base)", crate::adapters::bottleneck::REDUCTION_FACTOR, sites.join(","), percent(n));
+    let p = crate::adapters::PrefixConfig::default();
+    let trained = count(AdapterConfig::new(Method::Prefix), &info.key_projections)?;
+    let direct = crate::adapters::PrefixConfig { reparameterize: false, ..p.clone() };
+    let kept = count(AdapterConfig { prefix: direct, ..AdapterConfig::new(Method::Prefix) }, &info.key_projections)?;
+    println!(
+        "\nprefix tuning ({} virtual tokens, reparameterization width {}) at every layer's {}:\n  prefix   {trained:>10}  ({:.4}% of the base) trained; {kept} ({:.4}%) kept after training",
+        p.length, p.hidden, info.key_projections.join(","), percent(trained), percent(kept)
+    );
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::adapters::{Activation, AdapterConfig, BottleneckConfig, LoraInit, Method, OutputScale, RepLoraConfig, SeedKind, TargetModules};
+use crate::adapters::{Activation, AdapterConfig, BottleneckConfig, PrefixConfig, LoraInit, Method, OutputScale, RepLoraConfig, SeedKind, TargetModules};
 use crate::error::{Error, Result};
 use crate::models::Architecture;
 use crate::models::bert::{Bert, Pooling};
@@ -184,9 +184,9 @@ impl ImageArgs {
 #[derive(Args, Debug, Clone)]
 pub struct MethodArgs {
     /// Fine-tuning method: an adapter (replora, lora, dora; adapter: Houlsby bottlenecks after
-    /// the attention and feed-forward outputs), full fine-tuning (full), or a linear probe
-    /// (probe: the model frozen, only the task head trains).
-    #[arg(long, default_value = "replora", value_parser = ["replora", "lora", "dora", "adapter", "full", "probe"], help_heading = "Method")]
+    /// the attention and feed-forward outputs; prefix: prefix tuning), full fine-tuning (full),
+    /// or a linear probe (probe: the model frozen, only the task head trains).
+    #[arg(long, default_value = "replora", value_parser = ["replora", "lora", "dora", "adapter", "prefix", "full", "probe"], help_heading = "Method")]
     pub method: String,
     /// LoRA rank r.
     #[arg(long, default_value_t = 8, value_parser = count, help_heading = "Method")]
@@ -240,6 +240,15 @@ pub struct MethodArgs {
     /// Non-linearity inside --method adapter's bottleneck.
     #[arg(long, value_enum, default_value_t = BottleneckConfig::default().activation, help_heading = "Method")]
     pub bottleneck_activation: Activation,
+    /// Virtual tokens per layer of --method prefix.
+    #[arg(long, default_value_t = PrefixConfig::default().length, value_parser = count, help_heading = "Method")]
+    pub prefix_length: usize,
+    /// Width of --method prefix's reparameterization MLP (embedding and hidden layer).
+    #[arg(long, default_value_t = PrefixConfig::default().hidden, value_parser = count, help_heading = "Method")]
+    pub prefix_hidden: usize,
+    /// Train --method prefix's keys and values directly, without the reparameterization MLP.
+    #[arg(long, help_heading = "Method")]
+    pub prefix_direct: bool,
 }
 
 /// The trainer flags, shared by every fine-tuning command. Unset flags take the task's
@@ -323,6 +332,7 @@ impl MethodArgs {
                 generator_lr_multiplier: self.generator_lr_multiplier,
             },
             bottleneck: BottleneckConfig { size: self.bottleneck, activation: self.bottleneck_activation },
+            prefix: PrefixConfig { length: self.prefix_length, reparameterize: !self.prefix_direct, hidden: self.prefix_hidden },
             seed,
             ..Default::default()
         };

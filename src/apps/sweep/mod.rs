@@ -124,7 +124,7 @@ fn flag_value(v: &toml::Value) -> String {
 fn spec_key(mut spec: serde_json::Value) -> String {
     if let Some(adapter) = spec.get_mut("adapter").and_then(|a| a.as_object_mut()) {
         let method = adapter.get("method").and_then(|m| m.as_str()).unwrap_or_default().to_string();
-        for (own, setting) in [("replora", "replora"), ("adapter", "bottleneck")] {
+        for (own, setting) in [("replora", "replora"), ("adapter", "bottleneck"), ("prefix", "prefix")] {
             if method != own {
                 adapter.remove(setting);
             }
