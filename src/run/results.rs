@@ -10,7 +10,7 @@ use crate::training::{EvalMetrics, TrainReport};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunSummary {
     pub task: TaskKind,
-    /// `lora`, `dora`, `replora`, `full`, or `base` (zero-shot).
+    /// `lora`, `dora`, `replora`, `adapter`, `prefix`, `full`, `probe`, or `base` (zero-shot).
     pub method: String,
     pub model: String,
     pub data: String,

@@ -165,7 +165,7 @@ pub trait TaskSpec: Clone + Debug + PartialEq + Serialize + DeserializeOwned + D
     /// Checks every setting that does not depend on the model or the data.
     fn validate(&self) -> Result<()>;
 
-    /// `lora`, `dora`, `replora` or `full`.
+    /// `lora`, `dora`, `replora`, `adapter`, `prefix`, `full` or `probe`.
     fn method_name(&self) -> String {
         match self.tuning() {
             Tuning::Full => "full".into(),

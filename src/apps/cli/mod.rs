@@ -43,8 +43,9 @@ pub enum Command {
     Compare {
         #[command(flatten)]
         run: RunArgs,
-        /// Methods, comma-separated; `base` evaluates the pre-trained model zero-shot
-        /// (multiple-choice) [default: lora,replora; multiple-choice: base,lora,dora,replora]
+        /// Methods, comma-separated: any --method value (full, lora, dora, adapter, prefix,
+        /// replora, probe); `base` evaluates the pre-trained model zero-shot (multiple-choice)
+        /// [default: lora,replora; multiple-choice: base,lora,dora,replora]
         #[arg(long, value_delimiter = ',')]
         methods: Option<Vec<String>>,
         /// Seeds, comma-separated (each changes the adapter init and data order; the
