@@ -85,8 +85,13 @@ def shown(value):
     return "-" if value is None else f"{value:.1e}"
 
 
-def record(case, direction, compared, diff, note="", effect=None):
-    ok = diff is not None and diff <= TOL and not note
+def record(case, direction, compared, diff, note="", effect=None, floor=None):
+    """`floor`: (replora vs float64, PyTorch float32 vs float64) where float32 rounding alone
+    exceeds the tolerance; the case then passes if replora is no farther from the float64
+    reference than PyTorch's own float32 is (x1.5)."""
+    ok = diff is not None and not note and (diff <= TOL or (floor is not None and floor[0] <= 1.5 * floor[1]))
+    if floor is not None:
+        note = f"{note}float32 rounding: replora vs float64 {floor[0]:.1e}, PyTorch float32 vs float64 {floor[1]:.1e}"
     rows.append((case, direction, compared, diff, effect, ok, note))
     print(f"  {case:20} {direction:46} {compared:6} {shown(diff):>8} {shown(effect):>8} {'pass' if ok else 'FAIL'} {note}", file=sys.stderr, flush=True)
 
@@ -124,6 +129,17 @@ def without_lora(model, compute):
     finally:
         for m in layers:
             m.enable_adapters(True)
+
+
+def float64_floor(model, ids, ours, got32):
+    """Where float32 logits differ by more than the tolerance: how far replora's and PyTorch's
+    float32 logits each are from the same model in float64."""
+    if max_diff(got32, ours) <= TOL:
+        return None
+    wide = copy.deepcopy(model).double()
+    with torch.no_grad():
+        exact = [wide(input_ids=torch.tensor([i])).logits[0].numpy() for i in ids]
+    return max_diff(ours, exact), max_diff(got32, exact)
 
 
 def max_diff(got, expected):
@@ -236,12 +252,14 @@ def decoder_forward(method, base):
     def merged_check():
         tokenizer = AutoTokenizer.from_pretrained(merged)
         model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
-        return max_diff(lm_logits(model, ids), logits), ids_note(lambda t: {"input_ids": tokenizer(t, add_special_tokens=False)["input_ids"]}, PROMPTS, ids)
+        got = lm_logits(model, ids)
+        note = ids_note(lambda t: {"input_ids": tokenizer(t, add_special_tokens=False)["input_ids"]}, PROMPTS, ids)
+        return max_diff(got, logits), note, None, float64_floor(model, ids, logits, got)
 
     def export_check():
         model = PeftModel.from_pretrained(copy.deepcopy(base), export).eval()
         got = lm_logits(model, ids)
-        return max_diff(got, logits), "", max_diff(without_lora(model, lambda: lm_logits(model, ids)), got)
+        return max_diff(got, logits), "", max_diff(without_lora(model, lambda: lm_logits(model, ids)), got), float64_floor(model, ids, logits, got)
 
     attempt(case, "merge -> transformers AutoModelForCausalLM", "logits", merged_check)
     attempt(case, "export -> PEFT CAUSAL_LM", "logits", export_check)
@@ -262,7 +280,7 @@ def decoder_prefix(base):
     def export_check():
         model = PeftModel.from_pretrained(copy.deepcopy(base), export).eval()
         got = lm_logits(model, ids)
-        return max_diff(got, logits), "", max_diff(lm_logits(base, ids), got)
+        return max_diff(got, logits), "", max_diff(lm_logits(base, ids), got), float64_floor(model, ids, logits, got)
 
     attempt(case, "export -> PEFT CAUSAL_LM (PREFIX_TUNING)", "logits", export_check)
 

@@ -124,3 +124,35 @@ fn decoder_commands_fail_clearly_on_bad_input() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("missing"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_prefix_run_generates_exports_peft_prefix_tuning_and_refuses_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("prefix");
+    let out_s = out.to_str().unwrap();
+    let o = replora(&[
+        "train-lm", "--method", "prefix", "--prefix-length", "4", "--keep-layers", "2", "--tasks", "bigbench:strategyqa",
+        "--eval-tasks", "none", "--train-per-task", "16", "--validation-per-task", "8", "--test-per-task", "8", "--max-len", "48",
+        "--batch-size", "8", "--lr", "1e-2", "--no-exact-match", "--out", out_s,
+    ]);
+    assert!(o.status.success(), "train-lm --method prefix failed: {}", stderr(&o));
+    let o = replora(&["generate", "--run", out_s, "--max-new-tokens", "2", "Question: Is water wet?\nAnswer:"]);
+    assert!(o.status.success(), "generate with a prefix failed: {}", stderr(&o));
+
+    let peft = dir.path().join("peft");
+    let o = replora(&["export", "--run", out_s, "--out", peft.to_str().unwrap()]);
+    assert!(o.status.success(), "export failed: {}", stderr(&o));
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(peft.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!((config["peft_type"].as_str(), config["num_virtual_tokens"].as_u64(), config["num_layers"].as_u64()), (Some("PREFIX_TUNING"), Some(4), Some(2)));
+    // SmolLM2: 3 key/value heads of 64: token_dim 192, each layer's keys then values.
+    assert_eq!((config["token_dim"].as_u64(), config["num_attention_heads"].as_u64()), (Some(192), Some(3)));
+    let (tensors, _) = replora::weights::tensors::read(&peft.join("adapter_model.safetensors")).unwrap();
+    assert_eq!(tensors["prompt_embeddings"].shape, [4, 2 * 2 * 192]);
+
+    let o = replora(&["merge", "--run", out_s, "--out", dir.path().join("merged").to_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).contains("prefix tuning"), "merge of a prefix run: {}", stderr(&o));
+    assert!(!dir.path().join("merged").exists(), "a refused merge writes nothing");
+
+    let o = replora(&["train-lm", "--method", "prefix", "--prefix-length", "9000", "--keep-layers", "1", "--tasks", "bigbench:strategyqa", "--out", dir.path().join("long").to_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).contains("shorten --max-len or --prefix-length"), "{}", stderr(&o));
+}
