@@ -140,6 +140,20 @@ fn batch() -> LmBatch {
     LmBatch::pad(&[&a, &b], 0)
 }
 
+/// Five AdamW steps on the untied tiny decoder with `config`: the model, the answer loss before
+/// and after.
+fn trained(config: &AdapterConfig, device: &Device) -> (CausalLm, f32, f32) {
+    let mut model = CausalLm { decoder: PeftModel::new(tiny_on(false, device), config).unwrap() };
+    let mut optim = burn::optim::AdamWConfig::new().init();
+    let first = values(model.loss(&batch(), device))[0];
+    for _ in 0..5 {
+        let grads = burn::optim::GradientsParams::from_grads(model.loss(&batch(), device).backward(), &model);
+        model = optim.step(1e-2, model, grads);
+    }
+    let last = values(model.loss(&batch(), device))[0];
+    (model, first, last)
+}
+
 #[test]
 fn adapters_on_every_projection_start_at_the_base_model_and_merge_exactly() {
     let wide = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"];
@@ -151,14 +165,7 @@ fn adapters_on_every_projection_start_at_the_base_model_and_merge_exactly() {
 
         // Train a few steps so B != 0, then merging must not change the output.
         let device = device().autodiff();
-        let mut model = CausalLm { decoder: PeftModel::new(tiny_on(false, &device), &adapter(method, &wide)).unwrap() };
-        let mut optim = burn::optim::AdamWConfig::new().init();
-        let first = values(model.loss(&batch(), &device))[0];
-        for _ in 0..5 {
-            let grads = burn::optim::GradientsParams::from_grads(model.loss(&batch(), &device).backward(), &model);
-            model = optim.step(1e-2, model, grads);
-        }
-        let last = values(model.loss(&batch(), &device))[0];
+        let (model, first, last) = trained(&adapter(method, &wide), &device);
         assert!(last < first, "{method}: answer loss did not fall ({first} -> {last})");
         let model = model.valid();
         let unmerged = values(model.target_logprobs(&batch(), false, &device.clone().inner()));
@@ -177,15 +184,7 @@ fn bottleneck_adapters_after_o_proj_and_down_proj_start_at_the_base_and_learn() 
     let lm = CausalLm { decoder: PeftModel::new(tiny(false), &adapter(Method::Houlsby, sites)).unwrap() };
     assert_eq!(lm.decoder.adapters.target_paths(), ["model.layers.0.self_attn.o_proj", "model.layers.0.mlp.down_proj", "model.layers.1.self_attn.o_proj", "model.layers.1.mlp.down_proj"]);
     assert!(max_diff(&base, &values(lm.target_logprobs(&batch(), false, &device()))) < 1e-5, "a bottleneck adapter at init differs from the base");
-    let device = device().autodiff();
-    let mut model = CausalLm { decoder: PeftModel::new(tiny_on(false, &device), &adapter(Method::Houlsby, sites)).unwrap() };
-    let mut optim = burn::optim::AdamWConfig::new().init();
-    let first = values(model.loss(&batch(), &device))[0];
-    for _ in 0..5 {
-        let grads = burn::optim::GradientsParams::from_grads(model.loss(&batch(), &device).backward(), &model);
-        model = optim.step(1e-2, model, grads);
-    }
-    let last = values(model.loss(&batch(), &device))[0];
+    let (_, first, last) = trained(&adapter(Method::Houlsby, sites), &device().autodiff());
     assert!(last < first, "answer loss did not fall ({first} -> {last})");
 }
 
