@@ -305,6 +305,11 @@ impl MethodArgs {
                     "--targets, --targets-regex and --layers choose what an adapter adapts; --method {m} has no adapter and takes none of them"
                 )));
             }
+            "prefix" if self.targets.is_some() || self.targets_regex.is_some() => {
+                return Err(Error::Config(
+                    "--method prefix puts a prefix at every layer's key projection; --targets and --targets-regex do not apply to it".into(),
+                ));
+            }
             "full" => (Tuning::Full, Method::Lora),
             "probe" => (Tuning::Probe, Method::Lora),
             m => (Tuning::Adapter, m.parse::<Method>()?),

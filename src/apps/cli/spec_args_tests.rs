@@ -95,6 +95,11 @@ fn method_adapter_defaults_to_each_architectures_bottleneck_sites() {
     let lm = train_args(&["replora", "train-lm", "--method", "adapter"]).to_choice().unwrap();
     assert_eq!(lm.adapter.target_modules, TargetModules::Names(vec!["o_proj".into(), "down_proj".into()]));
     assert_eq!(lm.adapter.bottleneck.size, None, "the width follows the model unless given");
+    let prefix = train_args(&["replora", "train-lm", "--method", "prefix", "--prefix-length", "4", "--prefix-direct"]).to_choice().unwrap();
+    assert_eq!(prefix.adapter.target_modules, TargetModules::Names(vec!["k_proj".into()]));
+    assert_eq!((prefix.adapter.prefix.length, prefix.adapter.prefix.reparameterize), (4, false));
+    let err = train_args(&["replora", "train", "--method", "prefix", "--targets", "query"]).to_classification().unwrap_err().to_string();
+    assert!(err.contains("key projection"), "{err}");
     let lora = train_args(&["replora", "train-lm", "--method", "lora"]).to_choice().unwrap();
     assert_eq!(lora.adapter.target_modules, TargetModules::Names(vec!["q_proj".into(), "v_proj".into()]));
 }
