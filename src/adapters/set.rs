@@ -140,8 +140,8 @@ impl AdapterSet {
     }
 
     /// The plain LoRA (or DoRA) adapter this one computes: RepLoRA's generated factors are
-    /// evaluated once and stored as `A`, `B`; generators and seeds are dropped. A bottleneck
-    /// adapter has no such form.
+    /// evaluated once and stored as `A`, `B`; generators and seeds are dropped. Bottleneck
+    /// adapters and prefixes have no such form.
     pub fn to_lora(&self) -> Result<Self> {
         self.config.method.check_mergeable("written as LoRA")?;
         let deltas = self.deltas(false);
