@@ -239,10 +239,12 @@ def lm_logits(model, ids):
 
 
 def decoder_forward(method, base):
+    # lr 1e-3, as the reverse cases: larger steps move the logits far enough that float32
+    # rounding through 30 layers alone nears the tolerance (see float64_floor).
     case = f"smollm2 {method}"
     run = os.path.join(args.work, f"smollm2-{method}")
     replora("train-lm", "--method", method, "--tasks", "bigbench:strategyqa", "--eval-tasks", "none", "--train-per-task", "16",
-            "--validation-per-task", "4", "--test-per-task", "4", "--max-len", "64", "--batch-size", "8", "--lr", "3e-3",
+            "--validation-per-task", "4", "--test-per-task", "4", "--max-len", "64", "--batch-size", "8", "--lr", "1e-3",
             "--no-exact-match", "--seed", "0", "--out", run)
     merged, export = os.path.join(run, "merged"), os.path.join(run, "peft")
     replora("merge", "--run", run, "--out", merged)
