@@ -101,7 +101,7 @@ mod tests {
     use super::*;
 
     fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().to_vec().unwrap()
+        t.into_data().try_into_vec_as::<f32>().unwrap()
     }
 
     #[test]

@@ -58,7 +58,7 @@ impl Deltas {
     }
     /// Prefix length (0 without prefix tuning); every layer has the same.
     pub fn prefix_len(&self) -> usize {
-        self.prefixes.values().next().map_or(0, |p| p.len())
+        self.prefixes.values().next().map_or(0, |p| p.tokens())
     }
 
     /// The prefix of the attention whose key projection is `key_path`.
@@ -72,7 +72,7 @@ impl Deltas {
         match self.prefix(key_path) {
             Some(prefix) => {
                 let (k, v) = prefix.prepend(k, v);
-                (k, v, mask_with_prefix(mask, prefix.len()))
+                (k, v, mask_with_prefix(mask, prefix.tokens()))
             }
             None => (k, v, mask),
         }

@@ -119,7 +119,8 @@ impl PrefixKv {
         (Tensor::cat(vec![shape(self.key.clone()), k], 2), Tensor::cat(vec![shape(self.value.clone()), v], 2))
     }
 
-    pub fn len(&self) -> usize {
+    /// Virtual tokens `p`.
+    pub fn tokens(&self) -> usize {
         self.key.dims()[0]
     }
 }
