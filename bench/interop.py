@@ -238,14 +238,19 @@ def lm_logits(model, ids):
     return [model(input_ids=torch.tensor([i])).logits[0].numpy() for i in ids]
 
 
+def train_lm(method, lr, run):
+    """A short SmolLM2 run on 16 strategyqa questions into `run`."""
+    replora("train-lm", "--method", method, "--tasks", "bigbench:strategyqa", "--eval-tasks", "none", "--train-per-task", "16",
+            "--validation-per-task", "4", "--test-per-task", "4", "--max-len", "64", "--batch-size", "8", "--lr", lr,
+            "--no-exact-match", "--seed", "0", "--out", run)
+
+
 def decoder_forward(method, base):
     # lr 1e-3, as the reverse cases: larger steps move the logits far enough that float32
     # rounding through 30 layers alone nears the tolerance (see float64_floor).
     case = f"smollm2 {method}"
     run = os.path.join(args.work, f"smollm2-{method}")
-    replora("train-lm", "--method", method, "--tasks", "bigbench:strategyqa", "--eval-tasks", "none", "--train-per-task", "16",
-            "--validation-per-task", "4", "--test-per-task", "4", "--max-len", "64", "--batch-size", "8", "--lr", "1e-3",
-            "--no-exact-match", "--seed", "0", "--out", run)
+    train_lm(method, "1e-3", run)
     merged, export = os.path.join(run, "merged"), os.path.join(run, "peft")
     replora("merge", "--run", run, "--out", merged)
     replora("export", "--run", run, "--out", export)
@@ -272,9 +277,7 @@ def decoder_prefix(base):
     transformers starts the tokens after it; replora must predict the same logits."""
     case = "smollm2 prefix"
     run = os.path.join(args.work, "smollm2-prefix")
-    replora("train-lm", "--method", "prefix", "--tasks", "bigbench:strategyqa", "--eval-tasks", "none", "--train-per-task", "16",
-            "--validation-per-task", "4", "--test-per-task", "4", "--max-len", "64", "--batch-size", "8", "--lr", "3e-3",
-            "--no-exact-match", "--seed", "0", "--out", run)
+    train_lm("prefix", "3e-3", run)
     export = os.path.join(run, "peft")
     replora("export", "--run", run, "--out", export)
     ids, logits = replora_logits(["--run", run], PROMPTS, "smollm2-prefix")

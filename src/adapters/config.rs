@@ -40,13 +40,8 @@ impl Method {
         }
     }
 
-    /// Low-rank methods fold into the base weights (`merge`) and write PEFT's LoRA layout;
-    /// bottlenecks and prefixes add to the architecture, so neither is possible for them.
-    pub fn is_low_rank(self) -> bool {
-        matches!(self, Method::Lora | Method::Dora | Method::Replora)
-    }
-
-    /// `Ok` for a method that can be `action` (merged, written as LoRA); else why not.
+    /// `Ok` for a method that can be `action` (merged, written as LoRA): the low-rank ones.
+    /// Bottlenecks and prefixes add to the architecture, so neither is possible for them.
     pub fn check_mergeable(self, action: &str) -> Result<()> {
         let why = match self {
             Method::Houlsby => "a bottleneck adapter (--method adapter) adds layers (down, non-linearity, up)",

@@ -93,14 +93,13 @@ impl Prefix {
         Self { embedding: Param::from_tensor(self.rows().detach()), mlp: None }
     }
 
-    /// Each target's keys and values, in target order.
-    pub fn split(&self, targets: &[Target]) -> Vec<PrefixKv> {
+    /// Each layer's keys and values, in target order, for targets of key widths `widths`.
+    pub fn split(&self, widths: impl IntoIterator<Item = usize>) -> Vec<PrefixKv> {
         let rows = self.rows();
         let mut offset = 0;
-        targets
-            .iter()
-            .map(|t| {
-                let d = t.d_out;
+        widths
+            .into_iter()
+            .map(|d| {
                 let kv = PrefixKv { key: rows.clone().narrow(1, offset, d), value: rows.clone().narrow(1, offset + d, d) };
                 offset += 2 * d;
                 kv

@@ -83,10 +83,6 @@ impl AdapterSet {
         Self { targets: vec![], blocks: vec![], generators: vec![], prefix: None, config: AdapterConfig::default() }
     }
 
-    /// The targets as plain [`Target`]s, in order.
-    pub fn target_list(&self) -> Vec<Target> {
-        self.targets.iter().map(|t| t.target.clone()).collect()
-    }
 
     /// RepLoRA's generator parameters with their learning-rate multiplier, when it is not 1.
     pub fn generator_lr_group(&self) -> Option<crate::training::LrGroup> {
@@ -119,7 +115,7 @@ impl AdapterSet {
         }
         let mut prefixes = HashMap::new();
         if let Some(prefix) = &self.prefix {
-            for (t, kv) in self.targets.iter().zip(prefix.split(&self.target_list())) {
+            for (t, kv) in self.targets.iter().zip(prefix.split(self.targets.iter().map(|t| t.target.d_out))) {
                 prefixes.insert(t.target.path.clone(), kv);
             }
         }

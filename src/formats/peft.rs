@@ -111,8 +111,8 @@ fn export_prefix(adapters: &AdapterSet, info: &PeftInfo, dir: &Path) -> Result<(
             "PEFT's PREFIX_TUNING layout is written for decoders only: for an encoder, transformers shifts the position ids by the prefix length, which replora's prefix does not, so the file would load into different predictions; use the run directory with replora's own `eval` / `predict`".into(),
         ));
     };
-    let targets = adapters.target_list();
-    let token_dim = targets[0].d_out;
+    let targets = &adapters.targets;
+    let token_dim = targets[0].target.d_out;
     let mut out = BTreeMap::new();
     out.insert("prompt_embeddings".to_string(), HostTensor::from_tensor(&prefix.rows().detach()));
     let config = json!({
