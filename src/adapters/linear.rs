@@ -8,6 +8,7 @@ use burn::tensor::Distribution;
 use burn::tensor::module::linear;
 
 use super::bottleneck::BottleneckDelta;
+use crate::kernels;
 use super::prefix::{PrefixKv, mask_with_prefix};
 
 /// `y = x W + b` with `W` stored as burn does, `[d_in, d_out]`, plus the module path
@@ -142,12 +143,12 @@ impl AdaptedLinear {
     fn low_rank_forward<const D: usize>(&self, x: Tensor<D>, deltas: &Deltas) -> Tensor<D> {
         let bias = self.bias.as_ref().map(|b| b.val());
         let Some(delta) = deltas.get(&self.path) else {
-            return linear(x, self.weight.val(), bias);
+            return kernels::linear(x, self.weight.val(), bias);
         };
         let x_lora = if deltas.training { dropout(x.clone(), delta.dropout) } else { x.clone() };
         // Activation side `(x A) B`: r (d_in + d_out) work per token, no dense d_in x d_out update.
         let update = linear(linear(x_lora, delta.a.clone(), None), delta.b.clone(), None).mul_scalar(delta.scale);
-        let mut y = linear(x, self.weight.val(), None) + update;
+        let mut y = kernels::linear(x, self.weight.val(), None) + update;
         if let Some(m) = &delta.magnitude {
             y = y * delta.dora_factor(self.weight.val(), m).unsqueeze::<D>();
         }

@@ -6,7 +6,15 @@
 //! parallel. On any other backend or dtype they fall back to burn's own ops, so model code can
 //! call them unconditionally.
 
+mod attention;
+mod linear;
 mod math;
+mod norm;
+pub mod sgemm;
+
+pub use attention::attention;
+pub use linear::linear;
+pub use norm::rms_norm;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, CheckpointStrategy, NoCheckpointing};
@@ -47,6 +55,40 @@ fn on_flex<const D: usize, O: FlexOp>(x: &Tensor<D>, op: O) -> Option<Tensor<D>>
         Some(Tensor::from_primitive::<Autodiff<Flex, C>>(output))
     }
     tracked::<D, NoCheckpointing, O>(x, op).or_else(|| tracked::<D, BalancedCheckpointing, O>(x, op))
+}
+
+/// A flex f32 op of two tensors (an input and a weight), with its backward pass.
+trait FlexOp2: Backward<Flex, 2> + Copy {
+    /// The output, and what backward needs, given which of the two inputs are tracked.
+    fn forward(self, x: FlexTensor, w: &FlexTensor, tracked: [bool; 2]) -> (FlexTensor, Self::State);
+}
+
+/// Runs `op` on `x` and `w` if both are f32 flex tensors (tracked or not); `None` otherwise.
+fn on_flex2<const D: usize, const E: usize, O: FlexOp2>(x: &Tensor<D>, w: &Tensor<E>, op: O) -> Option<Tensor<D>> {
+    if x.dtype() != DType::F32 || w.dtype() != DType::F32 {
+        return None;
+    }
+    if let (Ok(x), Ok(w)) = (x.clone().try_into_primitive::<Flex>(), w.clone().try_into_primitive::<Flex>()) {
+        return Some(Tensor::from_primitive::<Flex>(op.forward(x, &w, [false; 2]).0));
+    }
+    fn tracked<const D: usize, const E: usize, C: CheckpointStrategy, O: FlexOp2>(x: &Tensor<D>, w: &Tensor<E>, op: O) -> Option<Tensor<D>>
+    where
+        burn::tensor::DispatchTensor: burn::backend::DispatchKindConversion<Autodiff<Flex, C>>,
+    {
+        let x = x.clone().try_into_primitive::<Autodiff<Flex, C>>().ok()?;
+        let w = w.clone().try_into_primitive::<Autodiff<Flex, C>>().ok()?;
+        let tracked = [x.is_tracked(), w.is_tracked()];
+        let ((x, x_node), (w, w_node)) = (x.into_parts(), w.into_parts());
+        let output = match op.prepare::<C>([x_node, w_node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (y, state) = op.forward(x, &w, tracked);
+                prep.finish(state, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(op.forward(x, &w, [false; 2]).0),
+        };
+        Some(Tensor::from_primitive::<Autodiff<Flex, C>>(output))
+    }
+    tracked::<D, E, NoCheckpointing, O>(x, w, op).or_else(|| tracked::<D, E, BalancedCheckpointing, O>(x, w, op))
 }
 
 /// The f32 values of a flex tensor, contiguous (copied only if they were not).

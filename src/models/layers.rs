@@ -36,14 +36,24 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let rms = x.clone().square().mean_dim(D - 1).add_scalar(self.eps).sqrt();
-        x / rms * self.weight.val().unsqueeze::<D>()
+        kernels::rms_norm(x, self.weight.val(), self.eps)
     }
 }
 
-/// `softmax(q k^T + bias) v` over `[batch, heads, t, head_dim]` tensors; `q` comes already
-/// scaled by `1/sqrt(head_dim)` (cheaper on `q` than on the scores), `bias` broadcasts to
-/// `[batch, heads, t_q, t_k]` (0 where a key may be attended, very negative where not).
+/// `softmax(q k^T + bias) v`: `q` `[batch, heads, t, head_dim]`, already scaled by
+/// `1/sqrt(head_dim)` (cheaper on `q` than on the scores); `k`, `v` `[batch, kv_heads, keys,
+/// head_dim]` with grouped-query heads (query head `i` reads key/value head `i / (heads /
+/// kv_heads)`); `bias` additive (0 where a key may be attended, very negative where not),
+/// broadcasting from `[1 or batch, 1, 1 or t, keys]`. The fused kernel does it on flex f32.
 pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, bias: Tensor<4>) -> Tensor<4> {
-    kernels::softmax_last(q.matmul(k.swap_dims(2, 3)) + bias).matmul(v)
+    if let Some(out) = kernels::attention(&q, &k, &v, &bias) {
+        return out;
+    }
+    let [b, heads, _, d] = q.dims();
+    let [_, kv_heads, keys, _] = k.dims();
+    let group = heads / kv_heads;
+    let repeat = |y: Tensor<4>| {
+        if group == 1 { y } else { y.unsqueeze_dim::<5>(2).expand([b, kv_heads, group, keys, d]).reshape([b, heads, keys, d]) }
+    };
+    kernels::softmax_last(q.matmul(repeat(k).swap_dims(2, 3)) + bias).matmul(repeat(v))
 }

@@ -232,14 +232,8 @@ impl LlamaLayer {
         if let Some(slot) = cache {
             *slot = Some((k.clone(), v.clone()));
         }
-        let keys = k.dims()[2];
-        // Each key/value head serves `heads / kv_heads` query heads (query head i uses i / group).
-        let group = heads / kv_heads;
-        let repeat = |y: Tensor<4>| {
-            if group == 1 { y } else { y.unsqueeze_dim::<5>(2).expand([b, kv_heads, group, keys, d]).reshape([b, heads, keys, d]) }
-        };
         let q = q.mul_scalar(1.0 / (d as f64).sqrt());
-        let context = attention(q, repeat(k), repeat(v), ctx.mask.clone()).swap_dims(1, 2).reshape([b, t, hidden]);
+        let context = attention(q, k, v, ctx.mask.clone()).swap_dims(1, 2).reshape([b, t, hidden]);
         let x = x + attn.o_proj.forward(context, ctx.deltas);
         let h = self.post_attention_layernorm.forward(x.clone());
         let m = &self.mlp;
@@ -405,8 +399,8 @@ impl Llama {
     /// Next-token scores from hidden states (`[.., hidden]` -> `[.., vocab]`).
     pub fn logits<const D: usize>(&self, hidden: Tensor<D>) -> Tensor<D> {
         match &self.lm_head {
-            Some(head) => burn::tensor::module::linear(hidden, head.val(), None),
-            None => burn::tensor::module::linear(hidden, self.embed_tokens.val().transpose(), None),
+            Some(head) => kernels::linear(hidden, head.val(), None),
+            None => kernels::linear(hidden, self.embed_tokens.val().transpose(), None),
         }
     }
 }
