@@ -17,10 +17,10 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
-import subprocess
 from collections import defaultdict
+
+from machine import git_commit, machine
 
 p = argparse.ArgumentParser()
 p.add_argument("results")
@@ -61,19 +61,6 @@ def summary(rows):
     return out
 
 
-def machine():
-    model = "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-        mem = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
-    except OSError:
-        mem = 0
-    return {"cpu": model, "cores": os.cpu_count(), "memory_gib": round(mem / 2**20, 1), "kernel": platform.release()}
-
-
 methods = [m for m in ["lora", "dora", "replora", "full"] if ("replora", m) in by]
 first = runs[0]
 report = {
@@ -81,7 +68,7 @@ report = {
     "machine": machine(),
     "job": {"model": first["model"], "batch": first["batch"], "seq": first["seq"], "rank": first["rank"], "threads": first["threads"]},
     "versions": {side: next((r["versions"] for r in runs if r["side"] == side), {}) for side in ["replora", "pytorch"]},
-    "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+    "git": git_commit(),
     "methods": {},
 }
 for m in methods:

@@ -27,8 +27,8 @@ use super::sgemm::{Mat, matmul_serial};
 /// `softmax(q k^T + bias) v`: `q` `[batch, heads, t, d]` (already scaled), `k` and `v`
 /// `[batch, kv_heads, keys, d]` with `heads` a multiple of `kv_heads` (query head `i` reads
 /// key/value head `i / (heads / kv_heads)`), `bias` additive, broadcasting from
-/// `[1 or batch, 1, 1 or t, keys]`. `None` when the tensors are not flex f32 (the caller then
-/// uses burn's ops).
+/// `[1 or batch, 1, 1 or t, keys]`. `None` when the tensors are not flex f32 or the shapes are
+/// not these (the caller then uses burn's ops).
 pub fn attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, bias: &Tensor<4>) -> Option<Tensor<4>> {
     if [q.dtype(), k.dtype(), v.dtype(), bias.dtype()].iter().any(|d| *d != DType::F32) {
         return None;
@@ -37,7 +37,13 @@ pub fn attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, bias: &Tensor<4>) 
     if bias.is_tracked() {
         return None;
     }
+    let bias_dims = bias.dims();
     let bias = bias.clone().inner().try_into_primitive::<Flex>().ok()?;
+    let ([b, heads, t, d], [kb, kv_heads, keys, kd], [bb, bh, bt, bk]) = (q.dims(), k.dims(), bias_dims);
+    let broadcasts = (bb == 1 || bb == b) && bh == 1 && (bt == 1 || bt == t) && bk == keys;
+    if !broadcasts || kb != b || kd != d || kv_heads == 0 || heads % kv_heads != 0 || v.dims() != k.dims() {
+        return None;
+    }
     let flex = |t: &Tensor<4>| t.clone().try_into_primitive::<Flex>().ok();
     if let (Some(q), Some(k), Some(v)) = (flex(q), flex(k), flex(v)) {
         return Some(Tensor::from_primitive::<Flex>(forward(&q, &k, &v, &bias).0));
@@ -74,7 +80,6 @@ struct Dims {
 impl Dims {
     fn of(q: &FlexTensor, k: &FlexTensor) -> Self {
         let (qs, ks) = (q.layout().shape(), k.layout().shape());
-        assert!(ks[1] > 0 && qs[1] % ks[1] == 0, "{} query heads do not split into {} key/value heads", qs[1], ks[1]);
         Self { batch: qs[0], heads: qs[1], kv_heads: ks[1], t: qs[2], keys: ks[2], d: qs[3] }
     }
     fn group(&self) -> usize {
@@ -93,9 +98,8 @@ fn head(t: &FlexTensor, b: usize, h: usize) -> Mat {
 fn forward(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, bias: &FlexTensor) -> (FlexTensor, FlexTensor) {
     let n = Dims::of(q, k);
     let (bias, _) = contiguous(bias.clone());
-    let bs = bias.layout().shape();
-    assert!(bs[3] == n.keys && (bs[0] == 1 || bs[0] == n.batch) && (bs[2] == 1 || bs[2] == n.t), "attention bias {bs:?} for {n:?}");
-    let (bias_batch, bias_rows) = (bs[0], bs[2]);
+    // Shapes checked by `attention`.
+    let (bias_batch, bias_rows) = (bias.layout().shape()[0], bias.layout().shape()[2]);
     let bias = bias.storage::<f32>();
     let (tk, td) = (n.t * n.keys, n.t * n.d);
     let mut probs = vec![0f32; n.batch * n.heads * tk];
@@ -270,12 +274,14 @@ mod tests {
         assert!(k.grad(&grads).is_none());
     }
 
-    /// A trained bias is left to burn's ops, which differentiate it.
+    /// A trained bias, and a bias per head, are left to burn's ops.
     #[test]
-    fn trained_bias_is_declined() {
+    fn trained_or_per_head_bias_is_declined() {
         let device = Device::flex().autodiff();
         let q = sample([1, 2, 3, 4], 1, &device);
-        let bias = Tensor::<4>::zeros([1, 1, 3, 3], &device).require_grad();
-        assert!(attention(&q, &q, &q, &bias).is_none());
+        let bias = Tensor::<4>::zeros([1, 1, 3, 3], &device);
+        assert!(attention(&q, &q, &q, &bias).is_some());
+        assert!(attention(&q, &q, &q, &bias.clone().require_grad()).is_none());
+        assert!(attention(&q, &q, &q, &Tensor::zeros([1, 2, 3, 3], &device)).is_none());
     }
 }

@@ -79,8 +79,12 @@ pub fn run(command: Command) -> Result<()> {
             crate::generate::generate_cli(&model, run.as_deref(), &prompt, chat, sampling)
         }
         Command::Bench(args) => {
-            let result = crate::apps::bench::run(&args)?;
-            println!("{}", serde_json::to_string(&result).expect("bench results serialize"));
+            let line = if args.decode {
+                serde_json::to_string(&crate::apps::bench::decode::run(&args)?)
+            } else {
+                serde_json::to_string(&crate::apps::bench::run(&args)?)
+            };
+            println!("{}", line.expect("bench results serialize"));
             Ok(())
         }
         Command::Simulate(args) => {

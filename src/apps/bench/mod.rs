@@ -9,6 +9,9 @@
 //!   sequence, only those positions projected onto the vocabulary (as `train-lm` does).
 //!
 //! Each figure is measured in this one process, so peak RSS belongs to this method alone.
+//! `--decode` times greedy generation instead ([`decode`]).
+
+pub mod decode;
 
 use std::time::Instant;
 
@@ -53,6 +56,13 @@ pub struct BenchArgs {
     /// Skip the matmul peak measurement (it takes a few seconds).
     #[arg(long)]
     pub no_peak: bool,
+    /// Time greedy decoding with the KV cache (a decoder) instead of training: `--batch`
+    /// prompts of `--seq` tokens, `--new-tokens` generated, `--steps` timed rounds.
+    #[arg(long)]
+    pub decode: bool,
+    /// Tokens generated per prompt with `--decode`.
+    #[arg(long, default_value_t = 32)]
+    pub new_tokens: usize,
 }
 
 /// One side's figures (the keys `bench/peer.py` writes too).
@@ -199,7 +209,7 @@ fn result(args: &BenchArgs, trainable: usize, first: f64, times: Vec<f64>, infer
         batch: args.batch,
         seq: args.seq,
         rank: args.rank,
-        threads: std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        threads: threads(),
         trainable_params: trainable,
         time_to_first_step_s: first,
         step_times_s: times,
@@ -210,8 +220,17 @@ fn result(args: &BenchArgs, trainable: usize, first: f64, times: Vec<f64>, infer
         peak_rss_bytes: peak_rss_bytes(),
         matmul_peak_gflops: (!args.no_peak).then(|| matmul_peak(device)),
         model,
-        versions: serde_json::json!({"replora": env!("CARGO_PKG_VERSION"), "burn": "0.22.1", "backend": "flex (CPU)"}),
+        versions: versions(),
     }
+}
+
+/// The threads rayon runs on.
+fn threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+fn versions() -> serde_json::Value {
+    serde_json::json!({"replora": env!("CARGO_PKG_VERSION"), "burn": "0.22.1", "backend": "flex (CPU)"})
 }
 
 fn run_encoder(args: &BenchArgs) -> Result<BenchResult> {
