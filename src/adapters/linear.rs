@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use burn::tensor::module::linear;
 
 use super::bottleneck::BottleneckDelta;
 use crate::kernels;
@@ -146,8 +145,10 @@ impl AdaptedLinear {
             return kernels::linear(x, self.weight.val(), bias);
         };
         let x_lora = if deltas.training { dropout(x.clone(), delta.dropout) } else { x.clone() };
-        // Activation side `(x A) B`: r (d_in + d_out) work per token, no dense d_in x d_out update.
-        let update = linear(linear(x_lora, delta.a.clone(), None), delta.b.clone(), None).mul_scalar(delta.scale);
+        // Activation side `(s x A) B`: r (d_in + d_out) work per token, no dense d_in x d_out
+        // update; the scale applied to the rank-r product, the narrowest tensor.
+        let down = kernels::linear(x_lora, delta.a.clone(), None).mul_scalar(delta.scale);
+        let update = kernels::linear(down, delta.b.clone(), None);
         let mut y = kernels::linear(x, self.weight.val(), None) + update;
         if let Some(m) = &delta.magnitude {
             y = y * delta.dora_factor(self.weight.val(), m).unsqueeze::<D>();
