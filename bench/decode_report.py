@@ -12,7 +12,7 @@ import os
 import statistics
 from collections import defaultdict
 
-from machine import git_commit, machine
+from common import fmt, git_commit, machine, ratio
 
 p = argparse.ArgumentParser()
 p.add_argument("results")
@@ -40,14 +40,6 @@ report = {
     "git": git_commit(),
     "batches": {b: {side: summary(by[(side, b)]) for side in ["replora", "pytorch"]} for b in sorted({r["batch"] for r in runs})},
 }
-
-
-def fmt(v, digits=0):
-    return "-" if v is None else f"{v:,.{digits}f}"
-
-
-def ratio(a, b):
-    return "-" if a is None or b in (None, 0) else f"{a / b:.2f}x"
 
 
 job, v = report["job"], report["versions"]

@@ -20,7 +20,7 @@ import os
 import statistics
 from collections import defaultdict
 
-from machine import git_commit, machine
+from common import fmt, git_commit, machine, ratio
 
 p = argparse.ArgumentParser()
 p.add_argument("results")
@@ -76,14 +76,6 @@ for m in methods:
     peer_method = "lora" if m == "replora" else m
     theirs = summary(by[("pytorch", peer_method)]) if ("pytorch", peer_method) in by else None
     report["methods"][m] = {"replora": ours, "pytorch": theirs, "pytorch_method": peer_method}
-
-
-def fmt(v, digits=0):
-    return "-" if v is None else f"{v:,.{digits}f}"
-
-
-def ratio(a, b, digits=2):
-    return "-" if a is None or b in (None, 0) else f"{a / b:.{digits}f}x"
 
 
 peak = {side: med([r for r in runs if r["side"] == side], "matmul_peak_gflops") for side in ["replora", "pytorch"]}

@@ -197,13 +197,8 @@ impl Backward<Flex, 3> for Attention {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::sample_tensor as sample;
     use burn::tensor::Tolerance;
-
-    fn sample<const D: usize>(shape: [usize; D], seed: usize, device: &Device) -> Tensor<D> {
-        let n: usize = shape.iter().product();
-        let values: Vec<f32> = (0..n).map(|i| (((i * 37 + seed * 13) % 101) as f32 - 50.0) / 30.0).collect();
-        Tensor::<1>::from_floats(values.as_slice(), device).reshape(shape)
-    }
 
     /// burn's ops, with each key/value head copied out to its query heads.
     fn reference(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, bias: Tensor<4>) -> Tensor<4> {

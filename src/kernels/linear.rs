@@ -101,13 +101,8 @@ impl Backward<Flex, 2> for LinearOp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::sample_tensor as sample;
     use burn::tensor::Tolerance;
-
-    fn sample<const D: usize>(shape: [usize; D], seed: usize, device: &Device) -> Tensor<D> {
-        let n: usize = shape.iter().product();
-        let values: Vec<f32> = (0..n).map(|i| (((i * 37 + seed * 13) % 101) as f32 - 50.0) / 40.0).collect();
-        Tensor::<1>::from_floats(values.as_slice(), device).reshape(shape)
-    }
 
     fn close<const D: usize>(a: Tensor<D>, b: Tensor<D>) {
         a.into_data().assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(2e-4));

@@ -232,6 +232,14 @@ impl Backward<Flex, 1> for Softmax {
     }
 }
 
+/// Deterministic test values in about [-1.7, 1.7], varied by `seed`.
+#[cfg(test)]
+fn sample_tensor<const D: usize>(shape: [usize; D], seed: usize, device: &Device) -> Tensor<D> {
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = (0..n).map(|i| (((i * 37 + seed * 13) % 101) as f32 - 50.0) / 30.0).collect();
+    Tensor::<1>::from_floats(values.as_slice(), device).reshape(shape)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -115,13 +115,8 @@ impl Backward<Flex, 2> for RmsNorm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::sample_tensor as sample;
     use burn::tensor::Tolerance;
-
-    fn sample<const D: usize>(shape: [usize; D], seed: usize, device: &Device) -> Tensor<D> {
-        let n: usize = shape.iter().product();
-        let values: Vec<f32> = (0..n).map(|i| (((i * 37 + seed * 13) % 101) as f32 - 50.0) / 30.0).collect();
-        Tensor::<1>::from_floats(values.as_slice(), device).reshape(shape)
-    }
 
     fn reference<const D: usize>(x: Tensor<D>, w: Tensor<1>, eps: f64) -> Tensor<D> {
         let rms = x.clone().square().mean_dim(D - 1).add_scalar(eps).sqrt();

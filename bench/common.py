@@ -1,4 +1,5 @@
-"""What a benchmark ran on, for the reports: the CPU, cores, memory and kernel, and the commit."""
+"""What the benchmark reports share: what they ran on (CPU, cores, memory, kernel, commit) and
+how they write numbers."""
 import os
 import platform
 import subprocess
@@ -19,3 +20,11 @@ def machine():
 
 def git_commit():
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+
+def fmt(v, digits=0):
+    return "-" if v is None else f"{v:,.{digits}f}"
+
+
+def ratio(a, b, digits=2):
+    return "-" if a is None or b in (None, 0) else f"{a / b:.{digits}f}x"
