@@ -19,7 +19,7 @@ pub use norm::rms_norm;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, CheckpointStrategy, NoCheckpointing};
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{binary, unary, Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
@@ -190,6 +190,62 @@ impl Backward<Flex, 1> for Silu {
     }
 }
 
+/// SwiGLU's gate, `silu(gate) * up`, as one op: backward keeps `gate` and `up` only (burn's
+/// SiLU then multiply also kept `silu(gate)`, a third `[tokens, intermediate]` tensor per layer).
+pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
+    let fused = if gate.dims() == up.dims() { on_flex2(&gate, &up, SwiGlu) } else { None };
+    fused.unwrap_or_else(|| silu(gate) * up)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SwiGlu;
+
+/// Elements per parallel task of the SwiGLU passes.
+const SWIGLU_CHUNK: usize = 16 * 1024;
+
+impl FlexOp2 for SwiGlu {
+    fn forward(self, gate: FlexTensor, up: &FlexTensor, _: [bool; 2]) -> (FlexTensor, Self::State) {
+        let ((gate, n), (up, _)) = (contiguous(gate), contiguous(up.clone()));
+        let mut y = vec![0f32; n];
+        let (g, u) = (&gate.storage::<f32>()[..n], &up.storage::<f32>()[..n]);
+        y.par_chunks_mut(SWIGLU_CHUNK).zip(g.par_chunks(SWIGLU_CHUNK).zip(u.par_chunks(SWIGLU_CHUNK))).for_each(|(y, (g, u))| {
+            math::simd(|| y.iter_mut().zip(g.iter().zip(u)).for_each(|(y, (&g, &u))| *y = g * math::sigmoid(g) * u))
+        });
+        (new_like(&gate, y), (gate, up))
+    }
+}
+
+impl Backward<Flex, 2> for SwiGlu {
+    /// `gate` and `up`, contiguous.
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (gate, up) = ops.state;
+        let n = gate.layout().num_elements();
+        let (g, u) = (&gate.storage::<f32>()[..n], &up.storage::<f32>()[..n]);
+        // `dy` is overwritten by the gradient: d gate = dy * up * silu'(gate), d up = dy * silu(gate).
+        let update = |dy: FlexTensor, f: fn(f32, f32, f32) -> f32| {
+            let (mut dy, _) = contiguous(dy);
+            dy.storage_mut::<f32>()[..n].par_chunks_mut(SWIGLU_CHUNK).zip(g.par_chunks(SWIGLU_CHUNK).zip(u.par_chunks(SWIGLU_CHUNK))).for_each(
+                |(dy, (g, u))| math::simd(|| dy.iter_mut().zip(g.iter().zip(u)).for_each(|(dy, (&g, &u))| *dy = f(*dy, g, u))),
+            );
+            dy
+        };
+        binary::<Flex, _, _>(
+            ops.parents,
+            ops.node,
+            grads,
+            |dy| {
+                update(dy, |dy, g, u| {
+                    let s = math::sigmoid(g);
+                    dy * u * s * (1.0 + g * (1.0 - s))
+                })
+            },
+            |dy| update(dy, |dy, g, _| dy * g * math::sigmoid(g)),
+        );
+    }
+}
+
 /// Softmax over the last dimension: one pass per row forward, and one backward,
 /// `dx = y * (dy - sum(dy * y))`, keeping only `y` alive in between.
 pub fn softmax_last<const D: usize>(x: Tensor<D>) -> Tensor<D> {
@@ -277,6 +333,21 @@ mod tests {
     fn silu_matches_burn() {
         let [(y, dx), (y_ref, dx_ref)] = both(silu, activation::silu);
         assert!(max_diff(&y, &y_ref) < 1e-6 && max_diff(&dx, &dx_ref) < 1e-6);
+    }
+
+    #[test]
+    fn swiglu_matches_burn() {
+        let device = Device::flex().autodiff();
+        let run = |ours: bool| {
+            let g = sample(&device).require_grad();
+            let u = sample(&device).cos().require_grad();
+            let y = if ours { swiglu(g.clone(), u.clone()) } else { activation::silu(g.clone()) * u.clone() };
+            let grads = (y.clone() * sample(&device).sin()).sum().backward();
+            [y, g.grad(&grads).unwrap(), u.grad(&grads).unwrap()].map(|t| t.into_data().try_into_vec_as::<f32>().unwrap())
+        };
+        for (ours, reference) in run(true).iter().zip(run(false)) {
+            assert!(max_diff(ours, &reference) < 1e-5);
+        }
     }
 
     #[test]

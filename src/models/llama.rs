@@ -237,7 +237,7 @@ impl LlamaLayer {
         let x = x + attn.o_proj.forward(context, ctx.deltas);
         let h = self.post_attention_layernorm.forward(x.clone());
         let m = &self.mlp;
-        let gated = kernels::silu(m.gate_proj.forward(h.clone(), ctx.deltas)) * m.up_proj.forward(h, ctx.deltas);
+        let gated = kernels::swiglu(m.gate_proj.forward(h.clone(), ctx.deltas), m.up_proj.forward(h, ctx.deltas));
         x + m.down_proj.forward(gated, ctx.deltas)
     }
 }
