@@ -171,9 +171,9 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
-    /// Time one fixed MiniLM fine-tuning job (training step, load, inference base vs merged,
-    /// peak RSS, matmul peak) and print it as one JSON line; `scripts/bench` runs it against
-    /// PyTorch + PEFT on the same job.
+    /// Time one fixed fine-tuning job, MiniLM or a decoder (training step, load, inference base
+    /// vs merged, peak RSS, matmul peak), or with `--decode` greedy generation, and print it as
+    /// one JSON line; `scripts/bench` runs it against PyTorch + PEFT / transformers.
     Bench(crate::apps::bench::BenchArgs),
     /// The estimation-rate simulation of the paper's theory (LoRA vs RepLoRA), with a plot.
     Simulate(crate::apps::simulate::SimulateArgs),
