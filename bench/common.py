@@ -1,5 +1,6 @@
 """What the benchmark reports share: what they ran on (CPU, cores, memory, kernel, commit) and
 how they write numbers."""
+import json
 import os
 import platform
 import subprocess
@@ -28,3 +29,19 @@ def fmt(v, digits=0):
 
 def ratio(a, b, digits=2):
     return "-" if a is None or b in (None, 0) else f"{a / b:.{digits}f}x"
+
+
+def mib(x):
+    return None if x is None else x / 2**20
+
+
+def emit(lines, report, append_md=None, append_jsonl=None):
+    """Prints the table; appends it to the Markdown history and the report to the JSON log."""
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if append_md:
+        with open(append_md, "a") as f:
+            f.write("\n" + table)
+    if append_jsonl:
+        with open(append_jsonl, "a") as f:
+            f.write(json.dumps(report) + "\n")

@@ -12,7 +12,7 @@ import os
 import statistics
 from collections import defaultdict
 
-from common import fmt, git_commit, machine, ratio
+from common import emit, fmt, git_commit, machine, mib, ratio
 
 p = argparse.ArgumentParser()
 p.add_argument("results")
@@ -54,7 +54,6 @@ lines = [
     "| batch | first token s replora / PyTorch | ratio | prompt tok/s replora / PyTorch | decode tok/s replora / PyTorch | ratio | peak RSS MiB replora / PyTorch |",
     "|---|---|---|---|---|---|---|",
 ]
-mib = lambda x: None if x is None else x / 2**20
 for b, sides in report["batches"].items():
     o, t = sides["replora"], sides["pytorch"]
     lines.append(
@@ -63,11 +62,4 @@ for b, sides in report["batches"].items():
         f"| {fmt(o['decode_tokens_per_s'], 1)} / {fmt(t['decode_tokens_per_s'], 1)} | {ratio(o['decode_tokens_per_s'], t['decode_tokens_per_s'])} "
         f"| {fmt(mib(o['peak_rss_bytes']))} / {fmt(mib(t['peak_rss_bytes']))} |"
     )
-table = "\n".join(lines) + "\n"
-print(table)
-if args.append_md:
-    with open(args.append_md, "a") as f:
-        f.write("\n" + table)
-if args.append_jsonl:
-    with open(args.append_jsonl, "a") as f:
-        f.write(json.dumps(report) + "\n")
+emit(lines, report, args.append_md, args.append_jsonl)

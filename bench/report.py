@@ -20,7 +20,7 @@ import os
 import statistics
 from collections import defaultdict
 
-from common import fmt, git_commit, machine, ratio
+from common import emit, fmt, git_commit, machine, mib, ratio
 
 p = argparse.ArgumentParser()
 p.add_argument("results")
@@ -97,18 +97,10 @@ lines = [
 for m, v in report["methods"].items():
     o, t = v["replora"], v["pytorch"] or {}
     pct = lambda s, side: "-" if s.get("train_gflops") is None or not peak[side] else f"{s['train_gflops']:.1f} ({100 * s['train_gflops'] / peak[side]:.0f}%)"
-    mib = lambda x: None if x is None else x / 2**20
     lines.append(
         f"| {m} (vs {v['pytorch_method']}) | {fmt(o['train_tokens_per_s'])} / {fmt(t.get('train_tokens_per_s'))} | {ratio(o['train_tokens_per_s'], t.get('train_tokens_per_s'))} "
         f"| {pct(o, 'replora')} / {pct(t, 'pytorch')} | {fmt(mib(o['peak_rss_bytes']))} / {fmt(mib(t.get('peak_rss_bytes')))} | {ratio(o['peak_rss_bytes'], t.get('peak_rss_bytes'))} "
         f"| {fmt(o['time_to_first_step_s'], 2)} / {fmt(t.get('time_to_first_step_s'), 2)} "
         f"| {fmt(o['infer_base_tokens_per_s'])} / {fmt(o['infer_merged_tokens_per_s'])} | {fmt(t.get('infer_base_tokens_per_s'))} / {fmt(t.get('infer_merged_tokens_per_s'))} |"
     )
-table = "\n".join(lines) + "\n"
-print(table)
-if args.append_md:
-    with open(args.append_md, "a") as f:
-        f.write("\n" + table)
-if args.append_jsonl:
-    with open(args.append_jsonl, "a") as f:
-        f.write(json.dumps(report) + "\n")
+emit(lines, report, args.append_md, args.append_jsonl)
