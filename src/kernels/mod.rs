@@ -10,11 +10,13 @@ mod attention;
 mod linear;
 mod math;
 mod norm;
+mod rope;
 pub mod sgemm;
 
 pub use attention::attention;
 pub use linear::linear;
 pub use norm::rms_norm;
+pub use rope::rope;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, CheckpointStrategy, NoCheckpointing};
@@ -27,7 +29,7 @@ use burn::tensor::{activation, DType, TensorData};
 use rayon::prelude::*;
 
 /// A flex f32 primitive in, a flex f32 primitive out.
-trait FlexOp: Backward<Flex, 1, State = FlexTensor> + Copy {
+trait FlexOp: Backward<Flex, 1, State = FlexTensor> + Clone {
     /// The forward pass and the tensor that backward needs (its input or its output).
     fn forward(self, x: FlexTensor) -> (FlexTensor, FlexTensor);
 }
@@ -45,7 +47,7 @@ fn on_flex<const D: usize, O: FlexOp>(x: &Tensor<D>, op: O) -> Option<Tensor<D>>
         burn::tensor::DispatchTensor: burn::backend::DispatchKindConversion<Autodiff<Flex, C>>,
     {
         let (primitive, node) = x.clone().try_into_primitive::<Autodiff<Flex, C>>().ok()?.into_parts();
-        let output = match op.prepare::<C>([node]).compute_bound().stateful() {
+        let output = match op.clone().prepare::<C>([node]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let (y, saved) = op.forward(primitive);
                 prep.finish(saved, y)
@@ -54,7 +56,7 @@ fn on_flex<const D: usize, O: FlexOp>(x: &Tensor<D>, op: O) -> Option<Tensor<D>>
         };
         Some(Tensor::from_primitive::<Autodiff<Flex, C>>(output))
     }
-    tracked::<D, NoCheckpointing, O>(x, op).or_else(|| tracked::<D, BalancedCheckpointing, O>(x, op))
+    tracked::<D, NoCheckpointing, O>(x, op.clone()).or_else(|| tracked::<D, BalancedCheckpointing, O>(x, op))
 }
 
 /// A flex f32 op of two tensors (an input and a weight), with its backward pass.

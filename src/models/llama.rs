@@ -188,15 +188,6 @@ struct Context<'a> {
     deltas: &'a Deltas,
 }
 
-/// HF's `rotate_half` rotary embedding of `x` (`[b, heads, t, head_dim]`).
-fn rope(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<4> {
-    let half = x.dims()[3] / 2;
-    let x1 = x.clone().narrow(3, 0, half);
-    let x2 = x.clone().narrow(3, half, half);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    x * cos.clone().unsqueeze::<4>() + rotated * sin.clone().unsqueeze::<4>()
-}
-
 impl LlamaLayer {
     fn linears(&self) -> [&AdaptedLinear; 7] {
         let (a, m) = (&self.self_attn, &self.mlp);
@@ -218,8 +209,8 @@ impl LlamaLayer {
         let attn = &self.self_attn;
         let h = self.input_layernorm.forward(x.clone());
         let split = |y: Tensor<3>, n: usize| y.reshape([b, t, n, d]).swap_dims(1, 2);
-        let q = rope(split(attn.q_proj.forward(h.clone(), ctx.deltas), heads), &ctx.cos, &ctx.sin);
-        let k = rope(split(attn.k_proj.forward(h.clone(), ctx.deltas), kv_heads), &ctx.cos, &ctx.sin);
+        let q = kernels::rope(split(attn.q_proj.forward(h.clone(), ctx.deltas), heads), &ctx.cos, &ctx.sin);
+        let k = kernels::rope(split(attn.k_proj.forward(h.clone(), ctx.deltas), kv_heads), &ctx.cos, &ctx.sin);
         let v = split(attn.v_proj.forward(h, ctx.deltas), kv_heads);
         // The prefix goes in front once: a cache that holds keys holds it already.
         let (k, v) = match cache.as_mut().and_then(|slot| slot.take()) {
