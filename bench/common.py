@@ -1,5 +1,6 @@
 """What the benchmark reports share: what they ran on (CPU, cores, memory, kernel, commit) and
 how they write numbers."""
+import argparse
 import json
 import os
 import platform
@@ -45,3 +46,14 @@ def emit(lines, report, append_md=None, append_jsonl=None):
     if append_jsonl:
         with open(append_jsonl, "a") as f:
             f.write(json.dumps(report) + "\n")
+
+
+def read_runs():
+    """The command line every report takes (RESULTS_JSONL [--append-md F] [--append-jsonl F])
+    and the result lines in that file."""
+    p = argparse.ArgumentParser()
+    p.add_argument("results")
+    p.add_argument("--append-md")
+    p.add_argument("--append-jsonl")
+    args = p.parse_args()
+    return args, [json.loads(line) for line in open(args.results) if line.strip().startswith("{")]

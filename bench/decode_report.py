@@ -5,22 +5,14 @@ Usage: decode_report.py RESULTS_JSONL [--append-md bench/results.md] [--append-j
 Per side and batch size the median over rounds is taken. Ratios are replora's speed over
 PyTorch's (above 1: replora is faster), for time to first token too (PyTorch's time / replora's).
 """
-import argparse
 import datetime
-import json
 import os
 import statistics
 from collections import defaultdict
 
-from common import emit, fmt, git_commit, machine, mib, ratio
+from common import emit, fmt, git_commit, machine, mib, ratio, read_runs
 
-p = argparse.ArgumentParser()
-p.add_argument("results")
-p.add_argument("--append-md")
-p.add_argument("--append-jsonl")
-args = p.parse_args()
-
-runs = [json.loads(line) for line in open(args.results) if line.strip().startswith("{")]
+args, runs = read_runs()
 by = defaultdict(list)
 for r in runs:
     by[(r["side"], r["batch"])].append(r)

@@ -13,22 +13,14 @@ the vocabulary projection; with a frozen base the backward pass computes input g
 (about one more forward), a full fine-tune also weight gradients (two more). Adapter FLOPs are
 negligible and left out.
 """
-import argparse
 import datetime
-import json
 import os
 import statistics
 from collections import defaultdict
 
-from common import emit, fmt, git_commit, machine, mib, ratio
+from common import emit, fmt, git_commit, machine, mib, ratio, read_runs
 
-p = argparse.ArgumentParser()
-p.add_argument("results")
-p.add_argument("--append-md")
-p.add_argument("--append-jsonl")
-args = p.parse_args()
-
-runs = [json.loads(line) for line in open(args.results) if line.strip().startswith("{")]
+args, runs = read_runs()
 by = defaultdict(list)
 for r in runs:
     by[(r["side"], r["method"])].append(r)
