@@ -83,7 +83,6 @@ impl AdapterSet {
         Self { targets: vec![], blocks: vec![], generators: vec![], prefix: None, config: AdapterConfig::default() }
     }
 
-
     /// RepLoRA's generator parameters with their learning-rate multiplier, when it is not 1.
     pub fn generator_lr_group(&self) -> Option<crate::training::LrGroup> {
         let multiplier = self.config.replora.generator_lr_multiplier;

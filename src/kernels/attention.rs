@@ -46,7 +46,7 @@ pub fn attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, bias: &Tensor<4>) 
     }
     let flex = |t: &Tensor<4>| t.clone().try_into_primitive::<Flex>().ok();
     if let (Some(q), Some(k), Some(v)) = (flex(q), flex(k), flex(v)) {
-        return Some(Tensor::from_primitive::<Flex>(forward(&q, &k, &v, &bias).0));
+        return Some(Tensor::from_primitive::<Flex>(forward(&q, &k, &v, &bias, false).0));
     }
     fn tracked<C: CheckpointStrategy>(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, bias: FlexTensor) -> Option<Tensor<4>>
     where
@@ -56,10 +56,11 @@ pub fn attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, bias: &Tensor<4>) 
         let ((q, qn), (k, kn), (v, vn)) = (prim(q)?, prim(k)?, prim(v)?);
         let output = match Attention.prepare::<C>([qn, kn, vn]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let (out, probs) = forward(&q, &k, &v, &bias);
+                let (out, probs) = forward(&q, &k, &v, &bias, true);
+                let probs = probs.expect("the weights are kept when asked for");
                 prep.finish(Saved { q, k, v, probs }, out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(forward(&q, &k, &v, &bias).0),
+            OpsKind::UnTracked(prep) => prep.finish(forward(&q, &k, &v, &bias, false).0),
         };
         Some(Tensor::from_primitive::<Autodiff<Flex, C>>(output))
     }
@@ -94,17 +95,17 @@ fn head(t: &FlexTensor, b: usize, h: usize) -> Mat {
     Mat { ptr: t.storage::<f32>().as_ptr().wrapping_offset(start), row_stride: s[2], col_stride: s[3] }
 }
 
-/// The output `[batch, heads, t, d]` and the softmax weights `P` `[batch, heads, t, keys]`.
-fn forward(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, bias: &FlexTensor) -> (FlexTensor, FlexTensor) {
+/// The output `[batch, heads, t, d]` and, with `keep_probs` (for backward), the softmax weights
+/// `P` `[batch, heads, t, keys]`; without, each task reuses one `[t, keys]` buffer.
+fn forward(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, bias: &FlexTensor, keep_probs: bool) -> (FlexTensor, Option<FlexTensor>) {
     let n = Dims::of(q, k);
     let (bias, _) = contiguous(bias.clone());
     // Shapes checked by `attention`.
     let (bias_batch, bias_rows) = (bias.layout().shape()[0], bias.layout().shape()[2]);
     let bias = bias.storage::<f32>();
     let (tk, td) = (n.t * n.keys, n.t * n.d);
-    let mut probs = vec![0f32; n.batch * n.heads * tk];
     let mut out = vec![0f32; n.batch * n.heads * td];
-    probs.par_chunks_mut(tk).zip(out.par_chunks_mut(td)).enumerate().for_each(|(bh, (p, o))| {
+    let head_forward = |bh: usize, p: &mut [f32], o: &mut [f32]| {
         let (b, h) = (bh / n.heads, bh % n.heads);
         let g = h / n.group();
         // SAFETY: `p` is [t, keys] and `o` is [t, d], this task's own; the inputs outlive the call.
@@ -118,9 +119,25 @@ fn forward(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, bias: &FlexTensor) ->
             }
         });
         unsafe { matmul_serial(n.t, n.d, n.keys, Mat::rows(p, n.keys), head(v, b, g), o.as_mut_ptr(), n.d, false) };
-    });
+    };
     let tensor = |values, cols| FlexTensor::from_data(TensorData::new(values, [n.batch, n.heads, n.t, cols]));
-    (tensor(out, n.d), tensor(probs, n.keys))
+    let probs = if keep_probs {
+        let mut probs = vec![0f32; n.batch * n.heads * tk];
+        probs.par_chunks_mut(tk).zip(out.par_chunks_mut(td)).enumerate().for_each(|(bh, (p, o))| head_forward(bh, p, o));
+        Some(tensor(probs, n.keys))
+    } else {
+        out.par_chunks_mut(td).enumerate().for_each_init(|| vec![0f32; tk], |p, (bh, o)| head_forward(bh, p, o));
+        None
+    };
+    (tensor(out, n.d), probs)
+}
+
+/// Key/value heads `[b, kv_heads, keys, d]` copied out to `heads` query heads (query head `i`
+/// reads key/value head `i / (heads / kv_heads)`): what burn's ops need for grouped-query heads.
+pub fn repeat_kv(y: Tensor<4>, heads: usize) -> Tensor<4> {
+    let [b, kv_heads, keys, d] = y.dims();
+    let group = heads / kv_heads;
+    if group == 1 { y } else { y.unsqueeze_dim::<5>(2).expand([b, kv_heads, group, keys, d]).reshape([b, heads, keys, d]) }
 }
 
 /// In place, as the fused softmax kernel: a masked score (very negative) gets exactly 0.
@@ -202,11 +219,8 @@ mod tests {
 
     /// burn's ops, with each key/value head copied out to its query heads.
     fn reference(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, bias: Tensor<4>) -> Tensor<4> {
-        let [b, heads, _, d] = q.dims();
-        let [_, kv_heads, keys, _] = k.dims();
-        let group = heads / kv_heads;
-        let repeat = |y: Tensor<4>| y.unsqueeze_dim::<5>(2).expand([b, kv_heads, group, keys, d]).reshape([b, heads, keys, d]);
-        burn::tensor::activation::softmax(q.matmul(repeat(k).swap_dims(2, 3)) + bias, 3).matmul(repeat(v))
+        let heads = q.dims()[1];
+        burn::tensor::activation::softmax(q.matmul(repeat_kv(k, heads).swap_dims(2, 3)) + bias, 3).matmul(repeat_kv(v, heads))
     }
 
     fn close(a: Tensor<4>, b: Tensor<4>) {

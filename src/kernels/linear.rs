@@ -2,7 +2,8 @@
 //!
 //! burn's own linear runs the product in the `gemm` crate, batch by batch for 3-d inputs, and
 //! zero-fills every output first. Here the input is one `[rows, d_in]` matrix, the output is
-//! written once, and the products go to OpenBLAS when it is loaded. Backward computes
+//! written once, and the products run one output block per thread ([`sgemm`](super::sgemm)).
+//! Backward computes
 //! `dx = dy W^T` and, only for a trained weight, `dW = x^T dy`; `x` is kept for backward only
 //! in that case (a frozen base weight keeps no activation alive).
 
@@ -19,7 +20,7 @@ use super::sgemm::{Mat, product};
 
 /// `x W + b` over the last dimension of `x`, `W` in burn's `[d_in, d_out]` layout.
 pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<D> {
-    let y = match flex_product(&x, &weight) {
+    let y = match on_flex2(&x, &weight, LinearOp) {
         Some(y) => y,
         None => return module::linear(x, weight, bias),
     };
@@ -27,10 +28,6 @@ pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tens
         Some(b) => y + b.unsqueeze::<D>(),
         None => y,
     }
-}
-
-fn flex_product<const D: usize>(x: &Tensor<D>, w: &Tensor<2>) -> Option<Tensor<D>> {
-    on_flex2(x, w, LinearOp)
 }
 
 /// A 2-d flex tensor as a [`Mat`] view (any strides).
@@ -56,8 +53,10 @@ fn forward(x: FlexTensor, w: &FlexTensor) -> FlexTensor {
 struct LinearOp;
 
 impl FlexOp2 for LinearOp {
-    /// dx needs W, dW needs x: each is kept only if the other is trained.
+    /// dx needs W, dW needs x: each is kept only if the other is trained (x as the contiguous
+    /// copy the product read, so backward does not copy it again).
     fn forward(self, x: FlexTensor, w: &FlexTensor, [x_tracked, w_tracked]: [bool; 2]) -> (FlexTensor, Self::State) {
+        let (x, _) = contiguous(x);
         let y = forward(x.clone(), w);
         (y, (w_tracked.then_some(x), x_tracked.then(|| w.clone())))
     }

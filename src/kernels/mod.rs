@@ -13,7 +13,7 @@ mod norm;
 mod rope;
 pub mod sgemm;
 
-pub use attention::attention;
+pub use attention::{attention, repeat_kv};
 pub use linear::linear;
 pub use norm::rms_norm;
 pub use rope::rope;

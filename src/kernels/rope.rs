@@ -27,13 +27,16 @@ pub fn rope<const D: usize>(x: Tensor<D>, cos: &Tensor<2>, sin: &Tensor<2>) -> T
         (Some(cos), Some(sin)) if fits => on_flex(&x, Rope { cos, sin }),
         _ => None,
     };
-    fused.unwrap_or_else(|| {
-        let half = d / 2;
-        let x1 = x.clone().narrow(D - 1, 0, half);
-        let x2 = x.clone().narrow(D - 1, half, half);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], D - 1);
-        x * cos.clone().unsqueeze::<D>() + rotated * sin.clone().unsqueeze::<D>()
-    })
+    fused.unwrap_or_else(|| with_burn_ops(x, cos, sin))
+}
+
+/// The same in burn's ops (other backends and dtypes; the tests' reference).
+fn with_burn_ops<const D: usize>(x: Tensor<D>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<D> {
+    let half = x.dims()[D - 1] / 2;
+    let x1 = x.clone().narrow(D - 1, 0, half);
+    let x2 = x.clone().narrow(D - 1, half, half);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], D - 1);
+    x * cos.clone().unsqueeze::<D>() + rotated * sin.clone().unsqueeze::<D>()
 }
 
 #[derive(Debug, Clone)]
@@ -146,13 +149,7 @@ mod tests {
         let run = |ours: bool| {
             let x = sample([2, 5, 3, 8], 1, &device).require_grad();
             let xh = x.clone().swap_dims(1, 2);
-            let y = if ours {
-                rope(xh, &cos, &sin)
-            } else {
-                let x1 = xh.clone().narrow(3, 0, 4);
-                let x2 = xh.clone().narrow(3, 4, 4);
-                xh * cos.clone().unsqueeze::<4>() + Tensor::cat(vec![x2.neg(), x1], 3) * sin.clone().unsqueeze::<4>()
-            };
+            let y = if ours { rope(xh, &cos, &sin) } else { with_burn_ops(xh, &cos, &sin) };
             let grads = (y.clone() * sample([2, 3, 5, 8], 4, &device).sin()).sum().backward();
             (y, x.grad(&grads).unwrap())
         };

@@ -33,11 +33,11 @@ impl Mat {
         Self { ptr: self.ptr, row_stride: self.col_stride, col_stride: self.row_stride }
     }
     /// The view starting at row `i`.
-    fn from_row(self, i: usize) -> Self {
+    fn at_row(self, i: usize) -> Self {
         Self { ptr: self.ptr.wrapping_offset(i as isize * self.row_stride), ..self }
     }
     /// The view starting at column `j`.
-    fn from_col(self, j: usize) -> Self {
+    fn at_col(self, j: usize) -> Self {
         Self { ptr: self.ptr.wrapping_offset(j as isize * self.col_stride), ..self }
     }
 }
@@ -47,6 +47,7 @@ impl Mat {
 ///
 /// # Safety
 /// `a`, `b` and `c` must be valid for the shapes and strides given, and `c` not overlap them.
+#[allow(clippy::too_many_arguments)] // a BLAS-style call: shape, operands, output, mode
 pub unsafe fn matmul_serial(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: *mut f32, ldc: usize, accumulate: bool) {
     if m == 0 || n == 0 {
         return;
@@ -97,14 +98,14 @@ unsafe fn par_matmul(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: *mut f32, 
         (0..n.div_ceil(cols)).into_par_iter().for_each(|block| {
             let j = block * cols;
             // SAFETY: each task writes its own columns of `c`.
-            unsafe { matmul_serial(m, cols.min(n - j), k, a, b.from_col(j), (c_addr as *mut f32).add(j), n, accumulate) };
+            unsafe { matmul_serial(m, cols.min(n - j), k, a, b.at_col(j), (c_addr as *mut f32).add(j), n, accumulate) };
         });
     } else {
         let rows = m.div_ceil(threads).max(64).next_multiple_of(16);
         (0..m.div_ceil(rows)).into_par_iter().for_each(|block| {
             let i = block * rows;
             // SAFETY: each task writes its own rows of `c`.
-            unsafe { matmul_serial(rows.min(m - i), n, k, a.from_row(i), b, (c_addr as *mut f32).add(i * n), n, accumulate) };
+            unsafe { matmul_serial(rows.min(m - i), n, k, a.at_row(i), b, (c_addr as *mut f32).add(i * n), n, accumulate) };
         });
     }
 }

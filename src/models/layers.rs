@@ -49,11 +49,6 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, bias: Tensor<4>) -> T
     if let Some(out) = kernels::attention(&q, &k, &v, &bias) {
         return out;
     }
-    let [b, heads, _, d] = q.dims();
-    let [_, kv_heads, keys, _] = k.dims();
-    let group = heads / kv_heads;
-    let repeat = |y: Tensor<4>| {
-        if group == 1 { y } else { y.unsqueeze_dim::<5>(2).expand([b, kv_heads, group, keys, d]).reshape([b, heads, keys, d]) }
-    };
-    kernels::softmax_last(q.matmul(repeat(k).swap_dims(2, 3)) + bias).matmul(repeat(v))
+    let heads = q.dims()[1];
+    kernels::softmax_last(q.matmul(kernels::repeat_kv(k, heads).swap_dims(2, 3)) + bias).matmul(kernels::repeat_kv(v, heads))
 }
