@@ -56,6 +56,10 @@ pub unsafe fn matmul_serial(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: *mu
         unsafe { few_rows(m, n, k, a, b, c, ldc, accumulate) };
         return;
     }
+    if m == 1 && b.row_stride == 1 {
+        unsafe { row_dot(n, k, a, b, c, accumulate) };
+        return;
+    }
     if k == 0 {
         if !accumulate {
             for i in 0..m {
@@ -171,6 +175,49 @@ unsafe fn few_rows_portable(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: *mu
     }
 }
 
+/// One row of `a` times a `b` whose columns are contiguous (attention's `q k^T` while
+/// generating, a tied LM head): one dot product per output, with sixteen partial sums. (With
+/// more rows `gemm` was faster.)
+///
+/// # Safety
+/// As [`matmul_serial`] with `m == 1`, and `b.row_stride == 1`.
+unsafe fn row_dot(n: usize, k: usize, a: Mat, b: Mat, c: *mut f32, accumulate: bool) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
+            return unsafe { row_dot_avx512(n, k, a, b, c, accumulate) };
+        }
+    }
+    unsafe { row_dot_portable(n, k, a, b, c, accumulate) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn row_dot_avx512(n: usize, k: usize, a: Mat, b: Mat, c: *mut f32, accumulate: bool) {
+    unsafe { row_dot_portable(n, k, a, b, c, accumulate) }
+}
+
+#[inline(always)]
+unsafe fn row_dot_portable(n: usize, k: usize, a: Mat, b: Mat, c: *mut f32, accumulate: bool) {
+    let row: Vec<f32> = (0..k).map(|p| unsafe { *a.ptr.offset(p as isize * a.col_stride) }).collect();
+    let whole = k / 16 * 16;
+    for j in 0..n {
+        let col = unsafe { std::slice::from_raw_parts(b.ptr.offset(j as isize * b.col_stride), k) };
+        let mut sums = [0f32; 16];
+        for (x, y) in row[..whole].chunks_exact(16).zip(col[..whole].chunks_exact(16)) {
+            for l in 0..16 {
+                sums[l] = x[l].mul_add(y[l], sums[l]);
+            }
+        }
+        for (l, (x, y)) in row[whole..].iter().zip(&col[whole..]).enumerate() {
+            sums[l] = x.mul_add(*y, sums[l]);
+        }
+        let dot: f32 = sums.iter().sum();
+        let out = unsafe { &mut *c.add(j) };
+        *out = if accumulate { *out + dot } else { dot };
+    }
+}
+
 /// `c = a b` (or `c += a b`) over all of rayon's threads, `c` row-major `[m, n]`, contiguous.
 pub fn matmul(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], accumulate: bool) {
     assert_eq!(c.len(), m * n, "output buffer of the wrong size");
@@ -260,8 +307,9 @@ mod tests {
     #[test]
     fn products_match_f64_reference() {
         // A few rows take `few_rows` (plain `b`), split over `k` from 64 per thread, with tiles
-        // wider than one pass (m = 1, n > 4,096) and remainders of 16 columns and 4 rows of `b`.
-        let few = [(1, 4100, 130), (8, 37, 301), (5, 700, 3), (2, 300, 1000)];
+        // wider than one pass (m = 1, n > 4,096) and remainders of 16 columns and 4 rows of `b`;
+        // one row times a transposed `b` takes `row_dot`.
+        let few = [(1, 4100, 130), (8, 37, 301), (5, 700, 3), (2, 300, 1000), (1, 40, 37)];
         for (m, n, k) in [(3, 5, 7), (200, 300, 70), (40, 520, 33), (130, 17, 0)].into_iter().chain(few) {
             let (a, b) = (values(m * k, 1), values(k * n, 2));
             let tol = 1e-3 + 1e-5 * k as f64;
