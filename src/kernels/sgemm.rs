@@ -56,8 +56,8 @@ pub unsafe fn matmul_serial(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: *mu
         unsafe { few_rows(m, n, k, a, b, c, ldc, accumulate) };
         return;
     }
-    if m == 1 && b.row_stride == 1 {
-        unsafe { row_dot(n, k, a, b, c, accumulate) };
+    if m <= FEW_ROWS && b.row_stride == 1 {
+        unsafe { few_rows_dot(m, n, k, a, b, c, ldc, accumulate) };
         return;
     }
     if k == 0 {
@@ -175,46 +175,107 @@ unsafe fn few_rows_portable(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: *mu
     }
 }
 
-/// One row of `a` times a `b` whose columns are contiguous (attention's `q k^T` while
-/// generating, a tied LM head): one dot product per output, with sixteen partial sums. (With
-/// more rows `gemm` was faster.)
+/// [`few_rows`] for a `b` whose columns are contiguous (attention's `q k^T` while generating,
+/// a tied LM head): dot products, each column of `b` read once for all rows of `a`, one
+/// sixteen-lane sum per row so that the rows' sums run side by side (AVX-512; elsewhere a
+/// plain loop).
 ///
 /// # Safety
-/// As [`matmul_serial`] with `m == 1`, and `b.row_stride == 1`.
-unsafe fn row_dot(n: usize, k: usize, a: Mat, b: Mat, c: *mut f32, accumulate: bool) {
+/// As [`matmul_serial`], with `b.row_stride == 1`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn few_rows_dot(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: *mut f32, ldc: usize, accumulate: bool) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
-            return unsafe { row_dot_avx512(n, k, a, b, c, accumulate) };
+            return unsafe { few_rows_dot_avx512(m, n, k, a, b, c, ldc, accumulate) };
         }
     }
-    unsafe { row_dot_portable(n, k, a, b, c, accumulate) }
+    unsafe { few_rows_dot_portable(m, n, k, a, b, c, ldc, accumulate) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn row_dot_avx512(n: usize, k: usize, a: Mat, b: Mat, c: *mut f32, accumulate: bool) {
-    unsafe { row_dot_portable(n, k, a, b, c, accumulate) }
+#[allow(clippy::too_many_arguments)]
+unsafe fn few_rows_dot_avx512(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: *mut f32, ldc: usize, accumulate: bool) {
+    let rows = copy_rows(m, k, a);
+    // The row count as a constant, so that the sums stay in registers.
+    macro_rules! rows_of {
+        ($($m:literal)*) => {
+            match m {
+                $($m => {
+                    for j in 0..n {
+                        let dots = unsafe { dots_avx512::<$m>(rows.as_ptr(), b.ptr.offset(j as isize * b.col_stride), k) };
+                        unsafe { put_column(c, ldc, j, &dots, accumulate) };
+                    }
+                })*
+                _ => unreachable!("at most FEW_ROWS rows"),
+            }
+        };
+    }
+    rows_of!(1 2 3 4 5 6 7 8);
 }
 
+/// The `M` dot products of `rows` (`M` rows of `k`, contiguous) with the `k` values at `col`.
+///
+/// # Safety
+/// `rows` valid for `M * k` reads, `col` for `k`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn dots_avx512<const M: usize>(rows: *const f32, col: *const f32, k: usize) -> [f32; M] {
+    use std::arch::x86_64::*;
+    let mut sums = [_mm512_setzero_ps(); M];
+    let mut p = 0;
+    while p + 16 <= k {
+        let y = unsafe { _mm512_loadu_ps(col.add(p)) };
+        for (i, sum) in sums.iter_mut().enumerate() {
+            *sum = _mm512_fmadd_ps(unsafe { _mm512_loadu_ps(rows.add(i * k + p)) }, y, *sum);
+        }
+        p += 16;
+    }
+    if p < k {
+        let mask: __mmask16 = (1u16 << (k - p)) - 1;
+        let y = unsafe { _mm512_maskz_loadu_ps(mask, col.add(p)) };
+        for (i, sum) in sums.iter_mut().enumerate() {
+            *sum = _mm512_fmadd_ps(unsafe { _mm512_maskz_loadu_ps(mask, rows.add(i * k + p)) }, y, *sum);
+        }
+    }
+    let mut out = [0f32; M];
+    for (out, sum) in out.iter_mut().zip(sums) {
+        *out = _mm512_reduce_add_ps(sum);
+    }
+    out
+}
+
+fn copy_rows(m: usize, k: usize, a: Mat) -> Vec<f32> {
+    let mut rows = vec![0f32; m * k];
+    for (i, row) in rows.chunks_exact_mut(k).enumerate() {
+        for (p, x) in row.iter_mut().enumerate() {
+            *x = unsafe { *a.ptr.offset(i as isize * a.row_stride + p as isize * a.col_stride) };
+        }
+    }
+    rows
+}
+
+/// Writes (or adds) `dots` down column `j` of `c`.
+///
+/// # Safety
+/// `c` valid at `i * ldc + j` for every row `i` of `dots`.
 #[inline(always)]
-unsafe fn row_dot_portable(n: usize, k: usize, a: Mat, b: Mat, c: *mut f32, accumulate: bool) {
-    let row: Vec<f32> = (0..k).map(|p| unsafe { *a.ptr.offset(p as isize * a.col_stride) }).collect();
-    let whole = k / 16 * 16;
+unsafe fn put_column(c: *mut f32, ldc: usize, j: usize, dots: &[f32], accumulate: bool) {
+    for (i, dot) in dots.iter().enumerate() {
+        let out = unsafe { &mut *c.add(i * ldc + j) };
+        *out = if accumulate { *out + dot } else { *dot };
+    }
+}
+
+/// The portable version: one row's dot product at a time.
+#[allow(clippy::too_many_arguments)]
+unsafe fn few_rows_dot_portable(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: *mut f32, ldc: usize, accumulate: bool) {
+    let rows = copy_rows(m, k, a);
     for j in 0..n {
         let col = unsafe { std::slice::from_raw_parts(b.ptr.offset(j as isize * b.col_stride), k) };
-        let mut sums = [0f32; 16];
-        for (x, y) in row[..whole].chunks_exact(16).zip(col[..whole].chunks_exact(16)) {
-            for l in 0..16 {
-                sums[l] = x[l].mul_add(y[l], sums[l]);
-            }
-        }
-        for (l, (x, y)) in row[whole..].iter().zip(&col[whole..]).enumerate() {
-            sums[l] = x.mul_add(*y, sums[l]);
-        }
-        let dot: f32 = sums.iter().sum();
-        let out = unsafe { &mut *c.add(j) };
-        *out = if accumulate { *out + dot } else { dot };
+        let dots: Vec<f32> = rows.chunks_exact(k).map(|row| row.iter().zip(col).map(|(x, y)| x * y).sum()).collect();
+        unsafe { put_column(c, ldc, j, &dots, accumulate) };
     }
 }
 
@@ -308,7 +369,7 @@ mod tests {
     fn products_match_f64_reference() {
         // A few rows take `few_rows` (plain `b`), split over `k` from 64 per thread, with tiles
         // wider than one pass (m = 1, n > 4,096) and remainders of 16 columns and 4 rows of `b`;
-        // one row times a transposed `b` takes `row_dot`.
+        // a few rows times a transposed `b` take `few_rows_dot`.
         let few = [(1, 4100, 130), (8, 37, 301), (5, 700, 3), (2, 300, 1000), (1, 40, 37)];
         for (m, n, k) in [(3, 5, 7), (200, 300, 70), (40, 520, 33), (130, 17, 0)].into_iter().chain(few) {
             let (a, b) = (values(m * k, 1), values(k * n, 2));
