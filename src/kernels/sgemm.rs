@@ -391,4 +391,18 @@ mod tests {
             }
         }
     }
+
+    /// The loops other CPUs run (this one takes the AVX-512 versions above).
+    #[test]
+    fn portable_few_rows_match_f64_reference() {
+        let (m, n, k) = (5, 37, 70);
+        let (a, b) = (values(m * k, 1), values(k * n, 2));
+        for (b, portable) in [(Mat::rows(&b, n), few_rows_portable as unsafe fn(_, _, _, _, _, _, _, _)), (Mat::rows(&b, k).t(), few_rows_dot_portable)] {
+            let expected = reference(m, n, k, Mat::rows(&a, k), b);
+            let mut c = vec![1f32; m * n];
+            // SAFETY: `c` holds m * n values; `a` and `b` hold m * k and k * n.
+            unsafe { portable(m, n, k, Mat::rows(&a, k), b, c.as_mut_ptr(), n, true) };
+            assert!(c.iter().zip(&expected).all(|(c, e)| (*c as f64 - e - 1.0).abs() < 1e-3));
+        }
+    }
 }
