@@ -15,7 +15,7 @@ pub mod sgemm;
 
 pub use attention::{attention, repeat_kv};
 pub use linear::linear;
-pub use norm::rms_norm;
+pub use norm::{layer_norm, rms_norm};
 pub use rope::rope;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;

@@ -1,9 +1,13 @@
-//! RMSNorm, `y = x / sqrt(mean(x^2) + eps) * w`, as one pass with its own backward.
+//! RMSNorm (`y = x / sqrt(mean(x^2) + eps) * w`) and LayerNorm (`y = (x - mean) / sqrt(var +
+//! eps) * w + b`), each one pass with its own backward.
 //!
-//! burn builds it from six tracked ops (square, mean, add, sqrt, divide, multiply), each a pass
-//! over the activations with its own saved tensor; this keeps only `x` and one `1 / rms` per
-//! row. Backward, per row with `g = dy * w` and `r = 1 / rms`:
-//! `dx = r * (g - x * r^2 * mean(g * x))`, and `dw = sum over rows of dy * x * r`.
+//! burn builds RMSNorm from six tracked ops and LayerNorm from nine (under autodiff its fused
+//! LayerNorm falls back to mean, subtract, square, mean, add, sqrt, divide, multiply, add), each
+//! a pass over the activations with its own saved tensor. This keeps `x` and two numbers per
+//! row, the mean (0 for RMSNorm) and `r = 1 / sqrt(var + eps)`. Backward, per row with
+//! `xh = (x - mean) * r` and `g = dy * w`: `dx = r * (g - mean(g) - xh * mean(g * xh))` (no
+//! `mean(g)` term for RMSNorm), and `dw = sum over rows of dy * xh`. LayerNorm's shift is a
+//! plain add after it, whose gradient burn sums.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
@@ -18,21 +22,34 @@ use super::{FlexOp2, contiguous, last_dim, math, new_like, on_flex2};
 
 /// RMSNorm over the last dimension of `x` with scale `weight` (`[d]`).
 pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Tensor<D> {
-    match on_flex2(&x, &weight, RmsNorm { eps: eps as f32 }) {
+    match on_flex2(&x, &weight, Norm { eps: eps as f32, center: false }) {
         Some(y) => y,
-        None => with_burn_ops(x, weight, eps),
+        None => rms_norm_burn(x, weight, eps),
     }
 }
 
-/// The same in burn's ops (other backends and dtypes; the tests' reference).
-fn with_burn_ops<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Tensor<D> {
+/// LayerNorm over the last dimension of `x` with scale `weight` and shift `bias` (`[d]`).
+pub fn layer_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, bias: Option<Tensor<1>>, eps: f64) -> Tensor<D> {
+    match on_flex2(&x, &weight, Norm { eps: eps as f32, center: true }) {
+        Some(y) => match bias {
+            Some(b) => y + b.unsqueeze::<D>(),
+            None => y,
+        },
+        None => burn::tensor::module::layer_norm(x, weight, bias, eps),
+    }
+}
+
+/// RMSNorm in burn's ops (other backends and dtypes; the tests' reference).
+fn rms_norm_burn<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Tensor<D> {
     let rms = x.clone().square().mean_dim(D - 1).add_scalar(eps).sqrt();
     x / rms * weight.unsqueeze::<D>()
 }
 
+/// Normalization of each row, then the scale: LayerNorm with `center`, RMSNorm without.
 #[derive(Debug, Clone, Copy)]
-struct RmsNorm {
+struct Norm {
     eps: f32,
+    center: bool,
 }
 
 /// Rows per parallel task: about 16k values.
@@ -40,7 +57,7 @@ fn rows_per_task(d: usize) -> usize {
     (16 * 1024 / d.max(1)).max(1)
 }
 
-impl FlexOp2 for RmsNorm {
+impl FlexOp2 for Norm {
     fn forward(self, x: FlexTensor, w: &FlexTensor, _: [bool; 2]) -> (FlexTensor, Self::State) {
         let (x, n) = contiguous(x);
         let (w, _) = contiguous(w.clone());
@@ -48,32 +65,34 @@ impl FlexOp2 for RmsNorm {
         let rows = n / d;
         let (xs, ws) = (&x.storage::<f32>()[..n], &w.storage::<f32>()[..d]);
         let mut y = vec![0f32; n];
-        let mut inv = vec![0f32; rows];
+        let mut stats = vec![[0f32; 2]; rows];
         let task = rows_per_task(d);
-        y.par_chunks_mut(task * d).zip(inv.par_chunks_mut(task)).zip(xs.par_chunks(task * d)).for_each(|((y, inv), x)| {
+        y.par_chunks_mut(task * d).zip(stats.par_chunks_mut(task)).zip(xs.par_chunks(task * d)).for_each(|((y, stats), x)| {
             math::simd(|| {
-                for ((y, r), x) in y.chunks_mut(d).zip(inv.iter_mut()).zip(x.chunks(d)) {
-                    *r = 1.0 / (math::dot(x, x) / d as f32 + self.eps).sqrt();
-                    y.iter_mut().zip(x).zip(ws).for_each(|((y, &x), &w)| *y = x * *r * w);
+                for ((y, stat), x) in y.chunks_mut(d).zip(stats.iter_mut()).zip(x.chunks(d)) {
+                    let mean = if self.center { x.iter().sum::<f32>() / d as f32 } else { 0.0 };
+                    let var = x.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / d as f32;
+                    let r = 1.0 / (var + self.eps).sqrt();
+                    *stat = [mean, r];
+                    y.iter_mut().zip(x).zip(ws).for_each(|((y, &x), &w)| *y = (x - mean) * r * w);
                 }
             })
         });
         let y = new_like(&x, y);
-        let inv = FlexTensor::from_data(TensorData::new(inv, [rows]));
-        (y, (x, w, inv))
+        (y, (x, w, stats))
     }
 }
 
-impl Backward<Flex, 2> for RmsNorm {
-    /// `x` (contiguous), `w` and `1 / rms` per row.
-    type State = (FlexTensor, FlexTensor, FlexTensor);
+impl Backward<Flex, 2> for Norm {
+    /// `x` (contiguous), `w`, and the mean and `1 / sqrt(var + eps)` of each row.
+    type State = (FlexTensor, FlexTensor, Vec<[f32; 2]>);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (x, w, inv) = ops.state;
+        let (x, w, stats) = ops.state;
         let d = last_dim(&x);
         let n = x.layout().num_elements();
         let task = rows_per_task(d);
-        let (xs, ws, inv) = (&x.storage::<f32>()[..n], &w.storage::<f32>()[..d], &inv.storage::<f32>()[..n / d]);
+        let (xs, ws, stats) = (&x.storage::<f32>()[..n], &w.storage::<f32>()[..d], &stats[..]);
         binary::<Flex, _, _>(
             ops.parents,
             ops.node,
@@ -81,13 +100,18 @@ impl Backward<Flex, 2> for RmsNorm {
             |dy| {
                 let (mut dy, _) = contiguous(dy);
                 let dys = &mut dy.storage_mut::<f32>()[..n];
-                dys.par_chunks_mut(task * d).zip(xs.par_chunks(task * d)).zip(inv.par_chunks(task)).for_each(|((dy, x), inv)| {
+                dys.par_chunks_mut(task * d).zip(xs.par_chunks(task * d)).zip(stats.par_chunks(task)).for_each(|((dy, x), stats)| {
                     math::simd(|| {
-                        for ((dy, x), &r) in dy.chunks_mut(d).zip(x.chunks(d)).zip(inv) {
-                            // mean(g * x) with g = dy * w, then dx written over dy.
-                            let gx = dy.iter().zip(ws).zip(x).map(|((dy, w), x)| dy * w * x).sum::<f32>() / d as f32;
-                            let c = r * r * gx;
-                            dy.iter_mut().zip(ws).zip(x).for_each(|((dy, &w), &x)| *dy = r * (*dy * w - x * c));
+                        for ((dy, x), &[mean, r]) in dy.chunks_mut(d).zip(x.chunks(d)).zip(stats) {
+                            // mean(g) and mean(g * xh) with g = dy * w, then dx written over dy.
+                            let (mut g_sum, mut gx_sum) = (0f32, 0f32);
+                            for ((dy, w), x) in dy.iter().zip(ws).zip(x) {
+                                g_sum += dy * w;
+                                gx_sum += dy * w * (x - mean) * r;
+                            }
+                            let g_mean = if self.center { g_sum / d as f32 } else { 0.0 };
+                            let gx_mean = gx_sum / d as f32;
+                            dy.iter_mut().zip(ws).zip(x).for_each(|((dy, &w), &x)| *dy = r * (*dy * w - g_mean - (x - mean) * r * gx_mean));
                         }
                     })
                 });
@@ -99,13 +123,13 @@ impl Backward<Flex, 2> for RmsNorm {
                 let dw = dys
                     .par_chunks(task * d)
                     .zip(xs.par_chunks(task * d))
-                    .zip(inv.par_chunks(task))
+                    .zip(stats.par_chunks(task))
                     .fold(
                         || vec![0f32; d],
-                        |mut acc, ((dy, x), inv)| {
+                        |mut acc, ((dy, x), stats)| {
                             math::simd(|| {
-                                for ((dy, x), &r) in dy.chunks(d).zip(x.chunks(d)).zip(inv) {
-                                    acc.iter_mut().zip(dy).zip(x).for_each(|((a, dy), x)| *a += dy * x * r);
+                                for ((dy, x), &[mean, r]) in dy.chunks(d).zip(x.chunks(d)).zip(stats) {
+                                    acc.iter_mut().zip(dy).zip(x).for_each(|((a, dy), x)| *a += dy * (x - mean) * r);
                                 }
                             });
                             acc
@@ -124,29 +148,40 @@ mod tests {
     use crate::kernels::sample_tensor as sample;
     use burn::tensor::Tolerance;
 
-    /// Values and the gradients of x and w equal burn's six-op version, for a strided input.
+    /// Values and the gradients of x, w (and b) equal burn's ops, for a strided input, with the
+    /// weight trained and frozen: RMSNorm against its six-op version, LayerNorm against burn's
+    /// (which decomposes under autodiff).
     #[test]
     fn matches_burn_ops_with_gradients() {
         let device = Device::flex().autodiff();
-        for train_weight in [true, false] {
+        for (center, train_weight) in [(false, true), (false, false), (true, true), (true, false)] {
             let run = |ours: bool| {
                 let x = sample([3, 40, 24], 1, &device).require_grad();
-                let mut w = sample([24], 2, &device);
+                let (mut w, b) = (sample([24], 2, &device), sample([24], 4, &device).require_grad());
                 if train_weight {
                     w = w.require_grad();
                 }
-                let xs = x.clone().swap_dims(0, 1); // not contiguous
-                let y = if ours { rms_norm(xs, w.clone(), 1e-5) } else { with_burn_ops(xs, w.clone(), 1e-5) };
+                let xs = x.clone().swap_dims(0, 1) * 3.0 + 1.0; // not contiguous, not centred
+                let y = match (center, ours) {
+                    (false, true) => rms_norm(xs, w.clone(), 1e-5),
+                    (false, false) => rms_norm_burn(xs, w.clone(), 1e-5),
+                    (true, true) => layer_norm(xs, w.clone(), Some(b.clone()), 1e-5),
+                    (true, false) => burn::tensor::module::layer_norm(xs, w.clone(), Some(b.clone()), 1e-5),
+                };
                 let grads = (y.clone() * sample([40, 3, 24], 3, &device).sin()).sum().backward();
-                (y, x.grad(&grads).unwrap(), w.grad(&grads))
+                (y, x.grad(&grads).unwrap(), w.grad(&grads), b.grad(&grads))
             };
-            let ((y, dx, dw), (y_ref, dx_ref, dw_ref)) = (run(true), run(false));
-            let tol = Tolerance::absolute(2e-5);
+            let ((y, dx, dw, db), (y_ref, dx_ref, dw_ref, db_ref)) = (run(true), run(false));
+            let tol = Tolerance::absolute(5e-5);
             y.into_data().assert_approx_eq::<f32>(&y_ref.into_data(), tol);
             dx.into_data().assert_approx_eq::<f32>(&dx_ref.into_data(), tol);
             assert_eq!(dw.is_some(), train_weight);
             if let (Some(dw), Some(dw_ref)) = (dw, dw_ref) {
-                dw.into_data().assert_approx_eq::<f32>(&dw_ref.into_data(), Tolerance::absolute(1e-4));
+                dw.into_data().assert_approx_eq::<f32>(&dw_ref.into_data(), Tolerance::absolute(2e-4));
+            }
+            assert_eq!(db.is_some(), center, "the shift is LayerNorm's");
+            if let (Some(db), Some(db_ref)) = (db, db_ref) {
+                db.into_data().assert_approx_eq::<f32>(&db_ref.into_data(), Tolerance::absolute(2e-4));
             }
         }
     }

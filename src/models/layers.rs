@@ -1,9 +1,8 @@
 //! Layers every architecture shares: the norms and scaled dot-product attention (through the
-//! fused softmax kernel, whose backward pass is its own).
+//! fused kernels, whose backward passes are their own).
 
 use burn::module::Param;
 use burn::prelude::*;
-use burn::tensor::module::layer_norm;
 
 use crate::kernels;
 
@@ -17,7 +16,7 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        layer_norm(x, self.weight.val(), Some(self.bias.val()), self.eps)
+        kernels::layer_norm(x, self.weight.val(), Some(self.bias.val()), self.eps)
     }
 
     /// Adds `{name}.weight` and `{name}.bias` to a checkpoint being written.
