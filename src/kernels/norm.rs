@@ -70,11 +70,11 @@ impl FlexOp2 for Norm {
         y.par_chunks_mut(task * d).zip(stats.par_chunks_mut(task)).zip(xs.par_chunks(task * d)).for_each(|((y, stats), x)| {
             math::simd(|| {
                 for ((y, stat), x) in y.chunks_mut(d).zip(stats.iter_mut()).zip(x.chunks(d)) {
-                    let mean = if self.center { x.iter().sum::<f32>() / d as f32 } else { 0.0 };
-                    let var = x.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / d as f32;
-                    let r = 1.0 / (var + self.eps).sqrt();
+                    let mean = if self.center { math::sum(x) / d as f32 } else { 0.0 };
+                    y.iter_mut().zip(x).for_each(|(y, &x)| *y = x - mean);
+                    let r = 1.0 / (math::dot(y, y) / d as f32 + self.eps).sqrt();
                     *stat = [mean, r];
-                    y.iter_mut().zip(x).zip(ws).for_each(|((y, &x), &w)| *y = (x - mean) * r * w);
+                    y.iter_mut().zip(ws).for_each(|(y, &w)| *y *= r * w);
                 }
             })
         });
@@ -104,13 +104,9 @@ impl Backward<Flex, 2> for Norm {
                     math::simd(|| {
                         for ((dy, x), &[mean, r]) in dy.chunks_mut(d).zip(x.chunks(d)).zip(stats) {
                             // mean(g) and mean(g * xh) with g = dy * w, then dx written over dy.
-                            let (mut g_sum, mut gx_sum) = (0f32, 0f32);
-                            for ((dy, w), x) in dy.iter().zip(ws).zip(x) {
-                                g_sum += dy * w;
-                                gx_sum += dy * w * (x - mean) * r;
-                            }
+                            let (g_sum, gx_sum) = sums(dy, ws, x, mean);
                             let g_mean = if self.center { g_sum / d as f32 } else { 0.0 };
-                            let gx_mean = gx_sum / d as f32;
+                            let gx_mean = gx_sum * r / d as f32;
                             dy.iter_mut().zip(ws).zip(x).for_each(|((dy, &w), &x)| *dy = r * (*dy * w - g_mean - (x - mean) * r * gx_mean));
                         }
                     })
@@ -140,6 +136,27 @@ impl Backward<Flex, 2> for Norm {
             },
         );
     }
+}
+
+/// `(sum of g, sum of g * (x - mean))` with `g = dy * w`, in lanes the compiler vectorizes.
+#[inline(always)]
+fn sums(dy: &[f32], w: &[f32], x: &[f32], mean: f32) -> (f32, f32) {
+    const LANES: usize = 16;
+    let (mut g, mut gx) = ([0f32; LANES], [0f32; LANES]);
+    let whole = dy.len() / LANES * LANES;
+    for ((dy, w), x) in dy[..whole].chunks_exact(LANES).zip(w[..whole].chunks_exact(LANES)).zip(x[..whole].chunks_exact(LANES)) {
+        for i in 0..LANES {
+            let gi = dy[i] * w[i];
+            g[i] += gi;
+            gx[i] += gi * (x[i] - mean);
+        }
+    }
+    let (mut g, mut gx) = (g.iter().sum::<f32>(), gx.iter().sum::<f32>());
+    for ((dy, w), x) in dy[whole..].iter().zip(&w[whole..]).zip(&x[whole..]) {
+        g += dy * w;
+        gx += dy * w * (x - mean);
+    }
+    (g, gx)
 }
 
 #[cfg(test)]
