@@ -55,12 +55,16 @@ fn panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, data: &str, methods:
     let (xlo, xhi) = points.clone().fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p.0), hi.max(p.0)));
     let (ylo, yhi) = points.fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p.1 - p.2), hi.max(p.1 + p.2)));
     let pad = ((yhi - ylo) * 0.1).max(1.0);
+    // The measured fractions label the axis (a log axis labels only powers of ten).
+    let mut fractions: Vec<f64> = methods.values().flatten().map(|p| p.0).collect();
+    fractions.sort_by(f64::total_cmp);
+    fractions.dedup();
     let mut chart = ChartBuilder::on(area)
         .caption(data, ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d((xlo / 1.5..xhi * 1.5).log_scale(), (ylo - pad).max(0.0)..(yhi + pad).min(100.0))?;
+        .build_cartesian_2d((xlo / 1.5..xhi * 1.5).log_scale().with_key_points(fractions), (ylo - pad).max(0.0)..(yhi + pad).min(100.0))?;
     chart
         .configure_mesh()
         .x_desc("training fraction")
@@ -73,7 +77,9 @@ fn panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, data: &str, methods:
         .draw()?;
     for ((method, pts), color) in methods.iter().zip(COLORS.iter().cycle()) {
         let col = *color;
-        chart.draw_series(pts.iter().map(|&(x, m, sd)| PathElement::new(vec![(x, m - sd), (x, m + sd)], col.stroke_width(2))))?;
+        // The band: mean ± sd over seeds, from the upper edge out and the lower edge back.
+        let band: Vec<(f64, f64)> = pts.iter().map(|&(x, m, sd)| (x, m + sd)).chain(pts.iter().rev().map(|&(x, m, sd)| (x, m - sd))).collect();
+        chart.draw_series(std::iter::once(Polygon::new(band, col.mix(0.18).filled())))?;
         chart
             .draw_series(LineSeries::new(pts.iter().map(|&(x, m, _)| (x, m)), col.stroke_width(2)))?
             .label(method.as_str())
