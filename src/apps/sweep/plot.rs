@@ -10,7 +10,20 @@ use plotters::prelude::*;
 use super::report::{Selected, mean_sd};
 use crate::error::{Error, Result};
 
-const COLORS: [RGBColor; 5] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189), RGBColor(255, 127, 14)];
+/// One color per method, the same in every figure; other curves in grey.
+fn color(method: &str) -> RGBColor {
+    let methods = ["lora", "replora", "dora", "full", "probe", "adapter", "prefix"];
+    const COLORS: [RGBColor; 7] = [
+        RGBColor(31, 119, 180),
+        RGBColor(214, 39, 40),
+        RGBColor(44, 160, 44),
+        RGBColor(148, 103, 189),
+        RGBColor(255, 127, 14),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+    ];
+    methods.iter().position(|m| *m == method).map_or(RGBColor(127, 127, 127), |i| COLORS[i])
+}
 
 /// (fraction, mean %, sd %) per method, per dataset.
 type Curves = BTreeMap<String, BTreeMap<String, Vec<(f64, f64, f64)>>>;
@@ -75,8 +88,8 @@ fn panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, data: &str, methods:
         .light_line_style(WHITE.mix(0.0))
         .x_label_formatter(&|x| format!("{x:.2}"))
         .draw()?;
-    for ((method, pts), color) in methods.iter().zip(COLORS.iter().cycle()) {
-        let col = *color;
+    for (method, pts) in methods {
+        let col = color(method);
         // The band: mean ± sd over seeds, from the upper edge out and the lower edge back.
         let band: Vec<(f64, f64)> = pts.iter().map(|&(x, m, sd)| (x, m + sd)).chain(pts.iter().rev().map(|&(x, m, sd)| (x, m - sd))).collect();
         chart.draw_series(std::iter::once(Polygon::new(band, col.mix(0.18).filled())))?;
