@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 /// Elements per parallel task: large enough to amortize scheduling, small enough to balance.
-const CHUNK: usize = 16 * 1024;
+pub(super) const CHUNK: usize = 16 * 1024;
 
 /// 1.5 * 2^23: adding it to a float below 2^22 in magnitude rounds it to an integer.
 const ROUND: f32 = 12_582_912.0;

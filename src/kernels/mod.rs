@@ -104,12 +104,17 @@ fn last_dim(t: &FlexTensor) -> usize {
     t.layout().shape().last().copied().unwrap_or(1).max(1)
 }
 
+/// Rows of length `row` per parallel task: about [`math::CHUNK`] values.
+fn rows_per_task(row: usize) -> usize {
+    (math::CHUNK / row.max(1)).max(1)
+}
+
 /// Calls `f(out_row, [input rows])` for every row of length `row`, rows in parallel chunks;
 /// `out` may hold values that `f` reads (in-place updates).
 fn for_rows<const N: usize>(row: usize, out: &mut [f32], inputs: [&[f32]; N], f: impl Fn(&mut [f32], [&[f32]; N]) + Sync) {
-    let rows_per_task = (16 * 1024 / row).max(1);
-    out.par_chunks_mut(rows_per_task * row).enumerate().for_each(|(task, out)| {
-        let start = task * rows_per_task * row;
+    let task_rows = rows_per_task(row);
+    out.par_chunks_mut(task_rows * row).enumerate().for_each(|(task, out)| {
+        let start = task * task_rows * row;
         math::simd(|| {
             for (i, out) in out.chunks_mut(row).enumerate() {
                 let at = start + i * row;
@@ -202,15 +207,12 @@ pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
 #[derive(Debug, Clone, Copy)]
 struct SwiGlu;
 
-/// Elements per parallel task of the SwiGLU passes.
-const SWIGLU_CHUNK: usize = 16 * 1024;
-
 impl FlexOp2 for SwiGlu {
     fn forward(self, gate: FlexTensor, up: &FlexTensor, _: [bool; 2]) -> (FlexTensor, Self::State) {
         let ((gate, n), (up, _)) = (contiguous(gate), contiguous(up.clone()));
         let mut y = vec![0f32; n];
         let (g, u) = (&gate.storage::<f32>()[..n], &up.storage::<f32>()[..n]);
-        y.par_chunks_mut(SWIGLU_CHUNK).zip(g.par_chunks(SWIGLU_CHUNK).zip(u.par_chunks(SWIGLU_CHUNK))).for_each(|(y, (g, u))| {
+        y.par_chunks_mut(math::CHUNK).zip(g.par_chunks(math::CHUNK).zip(u.par_chunks(math::CHUNK))).for_each(|(y, (g, u))| {
             math::simd(|| y.iter_mut().zip(g.iter().zip(u)).for_each(|(y, (&g, &u))| *y = g * math::sigmoid(g) * u))
         });
         (new_like(&gate, y), (gate, up))
@@ -228,7 +230,7 @@ impl Backward<Flex, 2> for SwiGlu {
         // `dy` is overwritten by the gradient: d gate = dy * up * silu'(gate), d up = dy * silu(gate).
         let update = |dy: FlexTensor, f: fn(f32, f32, f32) -> f32| {
             let (mut dy, _) = contiguous(dy);
-            dy.storage_mut::<f32>()[..n].par_chunks_mut(SWIGLU_CHUNK).zip(g.par_chunks(SWIGLU_CHUNK).zip(u.par_chunks(SWIGLU_CHUNK))).for_each(
+            dy.storage_mut::<f32>()[..n].par_chunks_mut(math::CHUNK).zip(g.par_chunks(math::CHUNK).zip(u.par_chunks(math::CHUNK))).for_each(
                 |(dy, (g, u))| math::simd(|| dy.iter_mut().zip(g.iter().zip(u)).for_each(|(dy, (&g, &u))| *dy = f(*dy, g, u))),
             );
             dy

@@ -18,7 +18,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
-use super::{FlexOp2, contiguous, last_dim, math, new_like, on_flex2};
+use super::{FlexOp2, contiguous, last_dim, math, new_like, on_flex2, rows_per_task};
 
 /// RMSNorm over the last dimension of `x` with scale `weight` (`[d]`).
 pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Tensor<D> {
@@ -50,11 +50,6 @@ fn rms_norm_burn<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> T
 struct Norm {
     eps: f32,
     center: bool,
-}
-
-/// Rows per parallel task: about 16k values.
-fn rows_per_task(d: usize) -> usize {
-    (16 * 1024 / d.max(1)).max(1)
 }
 
 impl FlexOp2 for Norm {

@@ -15,7 +15,7 @@ use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
 use rayon::prelude::*;
 
-use super::{FlexOp, contiguous, math, on_flex};
+use super::{FlexOp, contiguous, math, on_flex, rows_per_task};
 
 /// Rotates `x` (`[.., t, d]`, `d` even) by the angles whose `cos` and `sin` are given per
 /// position, `[t, d]` each, laid out for `rotate_half` (each frequency in both halves).
@@ -69,11 +69,6 @@ impl Rope {
             }
         }
     }
-}
-
-/// Rows per parallel task: about 16k values.
-fn rows_per_task(d: usize) -> usize {
-    (16 * 1024 / d).max(1)
 }
 
 impl FlexOp for Rope {

@@ -81,6 +81,12 @@ pub unsafe fn matmul_serial(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: *mu
 /// Up to this many rows of `a`, [`few_rows`] streams `b` once instead of calling `gemm`.
 const FEW_ROWS: usize = 8;
 
+/// Whether this CPU runs the AVX-512 versions (checked once, cached by std).
+#[cfg(target_arch = "x86_64")]
+fn avx512_fma() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma")
+}
+
 /// `c = a b` (or `+=`) for a few rows of `a` and a row-major `b`: the decoder's products while
 /// generating (one row per sequence). They are bound by reading `b`; `gemm` read it at 14-16
 /// GB/s on SmolLM2's layer shapes, where this loop (four rows of `b` per pass over an output
@@ -92,7 +98,7 @@ const FEW_ROWS: usize = 8;
 unsafe fn few_rows(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: *mut f32, ldc: usize, accumulate: bool) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
+        if avx512_fma() {
             return unsafe { few_rows_avx512(m, n, k, a, b, c, ldc, accumulate) };
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
@@ -123,7 +129,8 @@ unsafe fn few_rows_portable(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: *mu
     const TILE: usize = 4096; // floats of output per tile, all rows together: 16 KiB
     let width = (TILE / m).next_multiple_of(16).min(n);
     let mut acc = [0f32; TILE + 16 * FEW_ROWS];
-    let a_at = |i: usize, p: usize| unsafe { *a.ptr.offset(i as isize * a.row_stride + p as isize * a.col_stride) };
+    let rows_a = copy_rows(m, k, a);
+    let a_at = |i: usize, p: usize| rows_a[i * k + p];
     let b_row = |p: usize, j: usize, w: usize| unsafe { std::slice::from_raw_parts(b.ptr.offset(p as isize * b.row_stride + j as isize), w) };
     for j in (0..n).step_by(width) {
         let w = width.min(n - j);
@@ -188,7 +195,7 @@ unsafe fn few_rows_portable(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: *mu
 unsafe fn few_rows_dot(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: *mut f32, ldc: usize, accumulate: bool) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
+        if avx512_fma() {
             return unsafe { few_rows_dot_avx512(m, n, k, a, b, c, ldc, accumulate) };
         }
     }
@@ -248,6 +255,7 @@ unsafe fn dots_avx512<const M: usize>(rows: *const f32, col: *const f32, k: usiz
     out
 }
 
+/// The `m` rows of `k` values of `a` (any strides), contiguous.
 fn copy_rows(m: usize, k: usize, a: Mat) -> Vec<f32> {
     let mut rows = vec![0f32; m * k];
     for (i, row) in rows.chunks_exact_mut(k).enumerate() {
