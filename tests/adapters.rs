@@ -8,7 +8,7 @@ use common::{TinyModel, host, input, rel_err};
 use replora::adapters::{
     Activation, AdapterConfig, AdapterSet, Deltas, Method, PeftModel, SeedKind, TargetModules, closed_form, select_targets,
 };
-use replora::adapters::{Adaptable, OutputScale};
+use replora::adapters::{Adaptable, OutputScale, SeedInit};
 use replora::formats::{native, peft};
 
 fn device() -> Device {
@@ -41,6 +41,18 @@ fn variants() -> Vec<(&'static str, AdapterConfig)> {
         ("replora-unscaled", AdapterConfig {
             replora: replora::adapters::RepLoraConfig { output_scale: OutputScale::One, ..replora(SeedKind::Diagonal, Activation::Tanh, false).replora },
             ..replora(SeedKind::Diagonal, Activation::Tanh, false)
+        }),
+        ("replora-no-bias-random-seeds", AdapterConfig {
+            replora: replora::adapters::RepLoraConfig {
+                generator_bias: false,
+                seed_init: Some(SeedInit::Random),
+                ..replora(SeedKind::Diagonal, Activation::Tanh, false).replora
+            },
+            ..replora(SeedKind::Diagonal, Activation::Tanh, false)
+        }),
+        ("replora-full-identity-seeds", AdapterConfig {
+            replora: replora::adapters::RepLoraConfig { seed_init: Some(SeedInit::Identity), ..replora(SeedKind::Full, Activation::Tanh, false).replora },
+            ..replora(SeedKind::Full, Activation::Tanh, false)
         }),
         ("replora-wide-targets", AdapterConfig {
             target_modules: targets(&["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]),
@@ -178,6 +190,31 @@ fn counted_parameters_equal_the_closed_form() {
     // Spot-check one number by hand: LoRA r=2 on q (16->16) and v (16->8), two layers.
     let peft = PeftModel::new(model(), &variants()[0].1).unwrap();
     assert_eq!(peft.adapters.trainable_params(), 2 * (2 * (16 + 16) + 2 * (16 + 8)));
+}
+
+/// The generator-bias and seed-init options change only what they name: without biases the
+/// weights start as with them (so the two are a paired comparison), and the seeds start as the
+/// identity or at random as asked.
+#[test]
+fn replora_bias_and_seed_init_options_change_only_their_own_tensors() {
+    let with = variants()[3].1.clone();
+    let mut without = with.clone();
+    without.replora.generator_bias = false;
+    let (with, without) = (PeftModel::new(model(), &with).unwrap(), PeftModel::new(model(), &without).unwrap());
+    let (a, b) = (native::named_tensors(&with.adapters), native::named_tensors(&without.adapters));
+    assert!(b.keys().all(|k| !k.ends_with(".bias")) && a.keys().any(|k| k.ends_with("hidden.bias")));
+    for (key, tensor) in &b {
+        assert_eq!(tensor.data, a[key].data, "{key} differs without biases");
+    }
+    let seed = |p: &PeftModel<TinyModel>| host(&p.adapters.blocks[0].seed_a.val());
+    assert_eq!(seed(&with), vec![1.0; 2], "diagonal seeds start as the identity");
+    let full_identity = PeftModel::new(model(), &variants()[8].1).unwrap();
+    assert_eq!(full_identity.adapters.blocks[0].seed_a.dims(), [2, 16]);
+    let expected: Vec<f32> = (0..32).map(|i| if i / 16 == i % 16 { 1.0 } else { 0.0 }).collect();
+    assert_eq!(seed(&full_identity), expected, "full identity seeds are the identity's first rows");
+    let random = PeftModel::new(model(), &variants()[7].1).unwrap();
+    let values = seed(&random);
+    assert!(values.iter().all(|v| v.is_finite()) && values[0] != values[1] && values != vec![1.0; 2], "random seeds: {values:?}");
 }
 
 #[test]

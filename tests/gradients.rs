@@ -12,7 +12,7 @@ use burn::tensor::{DType, FloatDType, Gradients};
 use common::TinyModel;
 use replora::adapters::init::Init;
 use replora::adapters::set::NamedParams;
-use replora::adapters::{Activation, Adaptable, AdapterConfig, Method, OutputScale, PeftModel, SeedKind, TargetModules};
+use replora::adapters::{Activation, Adaptable, AdapterConfig, Method, OutputScale, PeftModel, SeedInit, SeedKind, TargetModules};
 use replora::Result;
 
 fn device() -> Device {
@@ -188,6 +188,14 @@ fn replora_gradients_match_finite_differences() {
         config.replora.output_scale = scale;
         config.replora.hidden = 3;
         check(&format!("replora-scale-{scale}"), config);
+    }
+    for (seed_kind, seed_init) in [(SeedKind::Diagonal, SeedInit::Random), (SeedKind::Full, SeedInit::Identity)] {
+        let mut config = AdapterConfig { method: Method::Replora, ..base() };
+        config.replora.seed_kind = seed_kind;
+        config.replora.seed_init = Some(seed_init);
+        config.replora.generator_bias = false;
+        config.replora.hidden = 3;
+        check(&format!("replora-{seed_kind}-{seed_init}-no-bias"), config);
     }
 }
 

@@ -191,7 +191,7 @@ fn the_generator_learning_rate_multiplier_scales_only_the_generators_steps() {
             for (name, g) in [("a", &p.a), ("b", &p.b)] {
                 out.insert(format!("gen{i}.{name}.hidden_weight"), g.hidden_weight.val().into_data().try_into_vec_as::<f32>().unwrap());
                 out.insert(format!("gen{i}.{name}.out_weight"), g.out_weight.val().into_data().try_into_vec_as::<f32>().unwrap());
-                out.insert(format!("gen{i}.{name}.out_bias"), g.out_bias.val().into_data().try_into_vec_as::<f32>().unwrap());
+                out.insert(format!("gen{i}.{name}.out_bias"), g.out_bias.as_ref().expect("biases by default").val().into_data().try_into_vec_as::<f32>().unwrap());
             }
         }
         for (i, b) in m.encoder.adapters.blocks.iter().enumerate() {

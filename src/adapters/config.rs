@@ -89,6 +89,27 @@ pub enum Activation {
     Identity,
 }
 
+/// How RepLoRA's seeds start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum SeedInit {
+    /// Diagonal seeds all ones (the identity); full seeds the first `r` rows of the identity.
+    Identity,
+    /// Diagonal seeds N(0, 1); full seeds Kaiming-uniform, as `torch.nn.Linear`'s weight.
+    Random,
+}
+
+impl SeedInit {
+    /// Each seed kind's own start: the identity for diagonal seeds, random for full seeds.
+    pub fn default_for(kind: SeedKind) -> Self {
+        match kind {
+            SeedKind::Diagonal => SeedInit::Identity,
+            SeedKind::Full => SeedInit::Random,
+        }
+    }
+}
+
 /// How a RepLoRA generator's output is scaled. Every generated entry sums `h` hidden units,
 /// and Adam moves each output weight by about `lr` per step with a sign that agrees across
 /// them, so without a scale a generated factor moves about `h * E|act|` times as fast as a
@@ -162,6 +183,7 @@ macro_rules! value_enum_str {
 value_enum_str!(Method, "method");
 value_enum_str!(SeedKind, "seed kind");
 value_enum_str!(OutputScale, "output scale");
+value_enum_str!(SeedInit, "seed init");
 value_enum_str!(LoraInit, "init");
 value_enum_str!(Activation, "activation");
 
@@ -189,6 +211,24 @@ pub struct RepLoraConfig {
     /// The generators' learning rate relative to the run's (the seeds keep the run's), as
     /// LoRA+ gives B its own rate. A training setting: the adapter it trains is unchanged.
     pub generator_lr_multiplier: f64,
+    /// Biases in both generator layers. Written to files only when off, so that adapters and
+    /// sweep cells from before this option read back unchanged.
+    #[serde(skip_serializing_if = "is_true")]
+    pub generator_bias: bool,
+    /// How the seeds start [default: [`SeedInit::default_for`] the seed kind]; written only when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed_init: Option<SeedInit>,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+impl RepLoraConfig {
+    /// The seeds' start, explicit or the seed kind's own.
+    pub fn seed_start(&self) -> SeedInit {
+        self.seed_init.unwrap_or(SeedInit::default_for(self.seed_kind))
+    }
 }
 
 impl Default for RepLoraConfig {
@@ -200,6 +240,8 @@ impl Default for RepLoraConfig {
             shared_generators: false,
             output_scale: OutputScale::InvSqrtH,
             generator_lr_multiplier: 1.0,
+            generator_bias: true,
+            seed_init: None,
         }
     }
 }
@@ -317,6 +359,24 @@ mod tests {
         let old: AdapterConfig = serde_json::from_value(json).unwrap();
         assert_eq!(old.replora.output_scale, OutputScale::One);
         assert_eq!(RepLoraConfig::default().output_scale, OutputScale::InvSqrtH);
+    }
+
+    /// The bias and seed-init options are written only when set, so adapter files and sweep cells
+    /// from before them read back as they were saved (and keep their cell names).
+    #[test]
+    fn options_added_later_are_written_only_when_set() {
+        let default = serde_json::to_value(AdapterConfig::default()).unwrap();
+        assert!(default["replora"].get("generator_bias").is_none() && default["replora"].get("seed_init").is_none());
+        let mut set = AdapterConfig::default();
+        set.replora.generator_bias = false;
+        set.replora.seed_init = Some(SeedInit::Random);
+        let json = serde_json::to_value(&set).unwrap();
+        assert_eq!((&json["replora"]["generator_bias"], &json["replora"]["seed_init"]), (&serde_json::json!(false), &serde_json::json!("random")));
+        assert_eq!(serde_json::from_value::<AdapterConfig>(json).unwrap(), set);
+        let old: AdapterConfig = serde_json::from_value(default).unwrap();
+        assert!(old.replora.generator_bias && old.replora.seed_start() == SeedInit::Identity);
+        let full = RepLoraConfig { seed_kind: SeedKind::Full, ..RepLoraConfig::default() };
+        assert_eq!(full.seed_start(), SeedInit::Random);
     }
 
     #[test]

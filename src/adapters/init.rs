@@ -44,6 +44,12 @@ impl Init {
         self.param(vec![value; shape.iter().product()], shape)
     }
 
+    /// Ones on the main diagonal, zeros elsewhere (any shape).
+    pub fn eye(&mut self, [rows, cols]: [usize; 2]) -> Param<Tensor<2>> {
+        let values = (0..rows * cols).map(|i| if i / cols == i % cols { 1.0 } else { 0.0 }).collect();
+        self.param(values, [rows, cols])
+    }
+
     /// `torch.nn.Linear`'s weight init (Kaiming-uniform, `a = sqrt(5)`): bound `1 / sqrt(fan_in)`.
     pub fn kaiming<const D: usize>(&mut self, shape: [usize; D], fan_in: usize) -> Param<Tensor<D>> {
         self.uniform(shape, 1.0 / (fan_in as f64).sqrt())

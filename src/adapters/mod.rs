@@ -15,7 +15,7 @@ pub mod target;
 
 pub use bottleneck::BottleneckConfig;
 pub use prefix::PrefixConfig;
-pub use config::{Activation, AdapterConfig, LoraInit, Method, OutputScale, RepLoraConfig, SeedKind, TargetModules};
+pub use config::{Activation, AdapterConfig, LoraInit, Method, OutputScale, RepLoraConfig, SeedInit, SeedKind, TargetModules};
 pub use count::{ParamReport, closed_form, ppt};
 pub use linear::{AdaptedLinear, Deltas, LinearDelta};
 pub use peft_model::{Adaptable, PeftModel};

@@ -64,7 +64,7 @@ impl Prefix {
         match config.reparameterize {
             true => Self {
                 embedding: init.normal([p, h], 1.0),
-                mlp: Some(Generator::init(h, h, total, 1, OutputInit::LoraA(LoraInit::Kaiming), init)),
+                mlp: Some(Generator::init(h, h, total, 1, OutputInit::LoraA(LoraInit::Kaiming), true, init)),
             },
             false => Self { embedding: init.normal([p, total], 1.0), mlp: None },
         }
@@ -75,7 +75,7 @@ impl Prefix {
         let total = total_width(targets);
         let (p, h) = (config.length, config.hidden);
         match config.reparameterize {
-            true => p * h + Generator::param_count(h, h, total),
+            true => p * h + Generator::param_count(h, h, total, true),
             false => p * total,
         }
     }

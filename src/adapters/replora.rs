@@ -4,16 +4,17 @@ use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::module::linear;
 
-use super::config::{Activation, LoraInit, RepLoraConfig, SeedKind};
+use super::config::{Activation, LoraInit, RepLoraConfig, SeedInit, SeedKind};
 use super::init::Init;
 
-/// A two-layer MLP `Linear(d_seed, h) -> act -> Linear(h, d_gen)` applied to each seed row.
+/// A two-layer MLP `Linear(d_seed, h) -> act -> Linear(h, d_gen)` applied to each seed row;
+/// without biases when built with `bias = false` (`replora.generator_bias`).
 #[derive(Module, Debug)]
 pub struct Generator {
     pub hidden_weight: Param<Tensor<2>>,
-    pub hidden_bias: Param<Tensor<1>>,
+    pub hidden_bias: Option<Param<Tensor<1>>>,
     pub out_weight: Param<Tensor<2>>,
-    pub out_bias: Param<Tensor<1>>,
+    pub out_bias: Option<Param<Tensor<1>>>,
 }
 
 /// How a generator's output layer starts.
@@ -25,27 +26,29 @@ pub enum OutputInit {
 }
 
 impl Generator {
-    pub fn init(d_seed: usize, hidden: usize, d_gen: usize, rank: usize, out: OutputInit, init: &mut Init) -> Self {
+    pub fn init(d_seed: usize, hidden: usize, d_gen: usize, rank: usize, out: OutputInit, bias: bool, init: &mut Init) -> Self {
         let hidden_weight = init.kaiming([d_seed, hidden], d_seed);
-        let hidden_bias = init.kaiming([hidden], d_seed);
+        // Drawn either way, so that with and without biases the weights start the same.
+        let hidden_bias = Some(init.kaiming([hidden], d_seed)).filter(|_| bias);
         let out_weight = match out {
             OutputInit::LoraA(LoraInit::Kaiming) => init.kaiming([hidden, d_gen], hidden),
             OutputInit::LoraA(LoraInit::Gaussian) => init.normal([hidden, d_gen], 1.0 / rank as f64),
             OutputInit::Zero => init.constant([hidden, d_gen], 0.0),
         };
-        Self { hidden_weight, hidden_bias, out_weight, out_bias: init.constant([d_gen], 0.0) }
+        let out_bias = Some(init.constant([d_gen], 0.0)).filter(|_| bias);
+        Self { hidden_weight, hidden_bias, out_weight, out_bias }
     }
 
     /// Maps seed rows `[r, d_seed]` to generated rows `[r, d_gen]`, times `scale`.
     pub fn forward(&self, rows: Tensor<2>, act: Activation, scale: f64) -> Tensor<2> {
-        let h = act.apply(linear(rows, self.hidden_weight.val(), Some(self.hidden_bias.val())));
-        let out = linear(h, self.out_weight.val(), Some(self.out_bias.val()));
+        let h = act.apply(linear(rows, self.hidden_weight.val(), self.hidden_bias.as_ref().map(|b| b.val())));
+        let out = linear(h, self.out_weight.val(), self.out_bias.as_ref().map(|b| b.val()));
         if scale == 1.0 { out } else { out.mul_scalar(scale) }
     }
 
     /// Trainable parameters of a generator with these widths.
-    pub fn param_count(d_seed: usize, hidden: usize, d_gen: usize) -> usize {
-        d_seed * hidden + hidden + hidden * d_gen + d_gen
+    pub fn param_count(d_seed: usize, hidden: usize, d_gen: usize, bias: bool) -> usize {
+        d_seed * hidden + hidden * d_gen + if bias { hidden + d_gen } else { 0 }
     }
 }
 
@@ -81,14 +84,15 @@ fn max(v: &[usize]) -> usize {
 }
 
 impl RepLoraBlock {
-    pub fn init(kind: SeedKind, rank: usize, d_ins: &[usize], d_outs: &[usize], targets: Vec<usize>, generator: usize, init: &mut Init) -> Self {
-        let (seed_a, seed_b) = match kind {
-            SeedKind::Diagonal => (init.constant([1, rank], 1.0), init.constant([1, rank], 1.0)),
-            SeedKind::Full => {
-                let (da, db) = seed_widths(kind, rank, d_ins, d_outs);
-                (init.kaiming([rank, da], da), init.kaiming([rank, db], db))
-            }
+    pub fn init(kind: SeedKind, start: SeedInit, rank: usize, d_ins: &[usize], d_outs: &[usize], targets: Vec<usize>, generator: usize, init: &mut Init) -> Self {
+        let (da, db) = seed_widths(kind, rank, d_ins, d_outs);
+        let mut seed = |width: usize| match (kind, start) {
+            (SeedKind::Diagonal, SeedInit::Identity) => init.constant([1, rank], 1.0),
+            (SeedKind::Diagonal, SeedInit::Random) => init.normal([1, rank], 1.0),
+            (SeedKind::Full, SeedInit::Random) => init.kaiming([rank, width], width),
+            (SeedKind::Full, SeedInit::Identity) => init.eye([rank, width]),
         };
+        let (seed_a, seed_b) = (seed(da), seed(db));
         Self { seed_a, seed_b, targets, generator }
     }
 

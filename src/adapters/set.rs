@@ -93,7 +93,7 @@ impl AdapterSet {
         Some(crate::training::LrGroup {
             multiplier,
             matrices: gens().flat_map(|g| [g.hidden_weight.id, g.out_weight.id]).collect(),
-            vectors: gens().flat_map(|g| [g.hidden_bias.id, g.out_bias.id]).collect(),
+            vectors: gens().flat_map(|g| [&g.hidden_bias, &g.out_bias]).flatten().map(|b| b.id).collect(),
         })
     }
 
@@ -218,13 +218,13 @@ fn build_replora(config: &AdapterConfig, targets: &[TargetAdapter], init: &mut I
             0
         } else {
             let (da, db) = seed_widths(opts.seed_kind, rank, &d_ins, &d_outs);
-            let a = Generator::init(da, opts.hidden, d_ins.iter().sum(), rank, OutputInit::LoraA(config.init_lora_weights), init);
-            let b = Generator::init(db, opts.hidden, d_outs.iter().sum(), rank, OutputInit::Zero, init);
+            let a = Generator::init(da, opts.hidden, d_ins.iter().sum(), rank, OutputInit::LoraA(config.init_lora_weights), opts.generator_bias, init);
+            let b = Generator::init(db, opts.hidden, d_outs.iter().sum(), rank, OutputInit::Zero, opts.generator_bias, init);
             generators.push(GeneratorPair { a, b });
             first_shape.get_or_insert(shape);
             generators.len() - 1
         };
-        blocks.push(RepLoraBlock::init(opts.seed_kind, rank, &d_ins, &d_outs, members, generator, init));
+        blocks.push(RepLoraBlock::init(opts.seed_kind, opts.seed_start(), rank, &d_ins, &d_outs, members, generator, init));
     }
     Ok((blocks, generators))
 }
@@ -278,9 +278,9 @@ impl AdapterSet {
         fn generator<V: NamedParams>(v: &mut V, g: Generator, prefix: String) -> Result<Generator> {
             Ok(Generator {
                 hidden_weight: v.param(&format!("{prefix}.hidden.weight"), g.hidden_weight)?,
-                hidden_bias: v.param(&format!("{prefix}.hidden.bias"), g.hidden_bias)?,
+                hidden_bias: g.hidden_bias.map(|b| v.param(&format!("{prefix}.hidden.bias"), b)).transpose()?,
                 out_weight: v.param(&format!("{prefix}.out.weight"), g.out_weight)?,
-                out_bias: v.param(&format!("{prefix}.out.bias"), g.out_bias)?,
+                out_bias: g.out_bias.map(|b| v.param(&format!("{prefix}.out.bias"), b)).transpose()?,
             })
         }
         let generators = self

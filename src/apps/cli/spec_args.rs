@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::adapters::{Activation, AdapterConfig, BottleneckConfig, PrefixConfig, LoraInit, Method, OutputScale, RepLoraConfig, SeedKind, TargetModules};
+use crate::adapters::{Activation, AdapterConfig, BottleneckConfig, PrefixConfig, LoraInit, Method, OutputScale, RepLoraConfig, SeedInit, SeedKind, TargetModules};
 use crate::error::{Error, Result};
 use crate::models::Architecture;
 use crate::models::bert::{Bert, Pooling};
@@ -217,6 +217,15 @@ pub struct MethodArgs {
     /// RepLoRA seed shape: diagonal (2r parameters per block) or full.
     #[arg(long, value_enum, default_value_t = SeedKind::Diagonal, help_heading = "Method")]
     pub seed_kind: SeedKind,
+    /// How RepLoRA's seeds start: identity (diagonal seeds all ones; full seeds the first r rows
+    /// of the identity) or random (diagonal N(0, 1), full Kaiming-uniform) [default: identity
+    /// for diagonal seeds, random for full seeds].
+    #[arg(long, value_enum, help_heading = "Method")]
+    pub seed_init: Option<SeedInit>,
+    /// RepLoRA generators without biases (both layers): each generated row is then a function
+    /// of its own seed row only, with no output bias shared by all rows.
+    #[arg(long, help_heading = "Method")]
+    pub no_generator_bias: bool,
     /// RepLoRA generator hidden width h.
     #[arg(long, default_value_t = RepLoraConfig::default().hidden, value_parser = count, help_heading = "Method")]
     pub hidden: usize,
@@ -335,6 +344,8 @@ impl MethodArgs {
                 shared_generators: self.shared_generators,
                 output_scale: self.output_scale,
                 generator_lr_multiplier: self.generator_lr_multiplier,
+                generator_bias: !self.no_generator_bias,
+                seed_init: self.seed_init,
             },
             bottleneck: BottleneckConfig { size: self.bottleneck, activation: self.bottleneck_activation },
             prefix: PrefixConfig { length: self.prefix_length, reparameterize: !self.prefix_direct, hidden: self.prefix_hidden },

@@ -46,7 +46,7 @@ fn short(data: &str) -> String {
 }
 
 /// Groups rows into configurations (same flags but the seed).
-const REPLORA_FLAGS: [&str; 6] = ["hidden", "activation", "seed_kind", "shared_generators", "output_scale", "generator_lr_multiplier"];
+const REPLORA_FLAGS: [&str; 8] = ["hidden", "activation", "seed_kind", "seed_init", "shared_generators", "output_scale", "generator_lr_multiplier", "no_generator_bias"];
 
 pub fn configs(rows: &[Row], metric: BestMetric) -> Vec<Config> {
     let mut groups: BTreeMap<String, Config> = BTreeMap::new();
