@@ -50,6 +50,10 @@ fn variants() -> Vec<(&'static str, AdapterConfig)> {
             },
             ..replora(SeedKind::Diagonal, Activation::Tanh, false)
         }),
+        ("replora-learned-scale", AdapterConfig {
+            replora: replora::adapters::RepLoraConfig { learn_output_scale: true, output_scale: OutputScale::InvH, ..replora(SeedKind::Diagonal, Activation::Tanh, false).replora },
+            ..replora(SeedKind::Diagonal, Activation::Tanh, false)
+        }),
         ("replora-full-identity-seeds", AdapterConfig {
             replora: replora::adapters::RepLoraConfig { seed_init: Some(SeedInit::Identity), ..replora(SeedKind::Full, Activation::Tanh, false).replora },
             ..replora(SeedKind::Full, Activation::Tanh, false)
@@ -208,13 +212,28 @@ fn replora_bias_and_seed_init_options_change_only_their_own_tensors() {
     }
     let seed = |p: &PeftModel<TinyModel>| host(&p.adapters.blocks[0].seed_a.val());
     assert_eq!(seed(&with), vec![1.0; 2], "diagonal seeds start as the identity");
-    let full_identity = PeftModel::new(model(), &variants()[8].1).unwrap();
+    let full_identity = PeftModel::new(model(), &variants()[9].1).unwrap();
     assert_eq!(full_identity.adapters.blocks[0].seed_a.dims(), [2, 16]);
     let expected: Vec<f32> = (0..32).map(|i| if i / 16 == i % 16 { 1.0 } else { 0.0 }).collect();
     assert_eq!(seed(&full_identity), expected, "full identity seeds are the identity's first rows");
     let random = PeftModel::new(model(), &variants()[7].1).unwrap();
     let values = seed(&random);
     assert!(values.iter().all(|v| v.is_finite()) && values[0] != values[1] && values != vec![1.0; 2], "random seeds: {values:?}");
+}
+
+/// A learned output scale starts at the fixed scale's factor: the same factors as the fixed
+/// scale until training moves it, and one more trainable scalar per generator.
+#[test]
+fn a_learned_output_scale_starts_as_the_fixed_one() {
+    let learned = variants()[8].1.clone();
+    let fixed = AdapterConfig { replora: replora::adapters::RepLoraConfig { learn_output_scale: false, ..learned.replora.clone() }, ..learned.clone() };
+    let (learned, fixed) = (PeftModel::new(model(), &learned).unwrap(), PeftModel::new(model(), &fixed).unwrap());
+    let scale = learned.adapters.generators[0].a.scale.as_ref().expect("a learned scale");
+    assert_eq!(host(&scale.val()), vec![1.0 / 5.0], "starts at 1/h for h = 5");
+    let (dl, df) = (learned.deltas(), fixed.deltas());
+    let a = |d: &Deltas| host(&d.get("model.layers.1.self_attn.v_proj").unwrap().a);
+    assert_eq!(a(&dl), a(&df));
+    assert_eq!(learned.adapters.trainable_params(), fixed.adapters.trainable_params() + 2 * learned.adapters.generators.len());
 }
 
 #[test]

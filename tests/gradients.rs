@@ -197,6 +197,10 @@ fn replora_gradients_match_finite_differences() {
         config.replora.hidden = 3;
         check(&format!("replora-{seed_kind}-{seed_init}-no-bias"), config);
     }
+    let mut learned = AdapterConfig { method: Method::Replora, ..base() };
+    learned.replora.learn_output_scale = true;
+    learned.replora.hidden = 3;
+    check("replora-learned-scale", learned);
 }
 
 #[test]

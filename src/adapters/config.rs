@@ -215,6 +215,10 @@ pub struct RepLoraConfig {
     /// sweep cells from before this option read back unchanged.
     #[serde(skip_serializing_if = "is_true")]
     pub generator_bias: bool,
+    /// Train each generator's output scale, a scalar starting at `output_scale`'s factor, with
+    /// the generators' learning rate; written only when set.
+    #[serde(skip_serializing_if = "is_false")]
+    pub learn_output_scale: bool,
     /// How the seeds start [default: [`SeedInit::default_for`] the seed kind]; written only when set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed_init: Option<SeedInit>,
@@ -222,6 +226,10 @@ pub struct RepLoraConfig {
 
 fn is_true(b: &bool) -> bool {
     *b
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl RepLoraConfig {
@@ -241,6 +249,7 @@ impl Default for RepLoraConfig {
             output_scale: OutputScale::InvSqrtH,
             generator_lr_multiplier: 1.0,
             generator_bias: true,
+            learn_output_scale: false,
             seed_init: None,
         }
     }
@@ -366,9 +375,10 @@ mod tests {
     #[test]
     fn options_added_later_are_written_only_when_set() {
         let default = serde_json::to_value(AdapterConfig::default()).unwrap();
-        assert!(default["replora"].get("generator_bias").is_none() && default["replora"].get("seed_init").is_none());
+        assert!(["generator_bias", "seed_init", "learn_output_scale"].iter().all(|k| default["replora"].get(k).is_none()));
         let mut set = AdapterConfig::default();
         set.replora.generator_bias = false;
+        set.replora.learn_output_scale = true;
         set.replora.seed_init = Some(SeedInit::Random);
         let json = serde_json::to_value(&set).unwrap();
         assert_eq!((&json["replora"]["generator_bias"], &json["replora"]["seed_init"]), (&serde_json::json!(false), &serde_json::json!("random")));

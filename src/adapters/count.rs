@@ -2,14 +2,15 @@
 
 use super::bottleneck::Bottleneck;
 use super::config::{AdapterConfig, Method, SeedKind};
-use super::replora::{Generator, seed_widths};
+use super::replora::{Generator, generator_shapes, seed_widths};
 use super::target::Target;
 
 /// Trainable parameters of `config` applied to `targets`, from the formulas of each method.
 ///
 /// LoRA: `sum r (d_in + d_out)`; DoRA adds `d_out` per target; RepLoRA: per block the seeds
 /// (`2 r` diagonal, `r (d_a + d_b)` full) plus the generators `g_A`, `g_B`
-/// (`d_seed h + h + h d_gen + d_gen` each, `d_seed h + h d_gen` without biases), once per block or once in all when shared;
+/// (`d_seed h + h + h d_gen + d_gen` each, `d_seed h + h d_gen` without biases, plus 1 for a
+/// learned output scale), once per block or once in all when shared;
 /// bottleneck adapters: `2 d m + m + d` per site of width `d`; prefixes: `p * total` directly,
 /// `p h + (h h + h + h total + total)` through the MLP, `total` = 2 d_kv summed over layers.
 pub fn closed_form(config: &AdapterConfig, targets: &[Target]) -> usize {
@@ -38,8 +39,7 @@ pub fn closed_form(config: &AdapterConfig, targets: &[Target]) -> usize {
                     SeedKind::Full => rank * (da + db),
                 };
                 if n == 0 || !opts.shared_generators {
-                    total += Generator::param_count(da, opts.hidden, d_ins.iter().sum(), opts.generator_bias)
-                        + Generator::param_count(db, opts.hidden, d_outs.iter().sum(), opts.generator_bias);
+                    total += generator_shapes(opts, rank, &d_ins, &d_outs).iter().map(Generator::param_count).sum::<usize>();
                 }
             }
             total

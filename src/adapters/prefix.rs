@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{Activation, LoraInit};
 use super::init::Init;
-use super::replora::{Generator, OutputInit};
+use super::replora::{Generator, GeneratorShape, OutputInit};
 use super::target::Target;
 
 /// The prefix settings (ignored by the other methods).
@@ -64,7 +64,7 @@ impl Prefix {
         match config.reparameterize {
             true => Self {
                 embedding: init.normal([p, h], 1.0),
-                mlp: Some(Generator::init(h, h, total, 1, OutputInit::LoraA(LoraInit::Kaiming), true, init)),
+                mlp: Some(Generator::init(&mlp_shape(h, total), 1, OutputInit::LoraA(LoraInit::Kaiming), init)),
             },
             false => Self { embedding: init.normal([p, total], 1.0), mlp: None },
         }
@@ -75,7 +75,7 @@ impl Prefix {
         let total = total_width(targets);
         let (p, h) = (config.length, config.hidden);
         match config.reparameterize {
-            true => p * h + Generator::param_count(h, h, total, true),
+            true => p * h + Generator::param_count(&mlp_shape(h, total)),
             false => p * total,
         }
     }
@@ -128,4 +128,9 @@ impl PrefixKv {
 pub fn mask_with_prefix(mask: Tensor<4>, p: usize) -> Tensor<4> {
     let [b, h, t, _] = mask.dims();
     Tensor::cat(vec![Tensor::zeros([b, h, t, p], &mask.device()), mask], 3)
+}
+
+/// The reparameterization MLP: `h -> h -> total`, with biases and no scale.
+fn mlp_shape(h: usize, total: usize) -> GeneratorShape {
+    GeneratorShape { d_seed: h, hidden: h, d_gen: total, bias: true, learned_scale: None }
 }

@@ -8,13 +8,25 @@ use super::config::{Activation, LoraInit, RepLoraConfig, SeedInit, SeedKind};
 use super::init::Init;
 
 /// A two-layer MLP `Linear(d_seed, h) -> act -> Linear(h, d_gen)` applied to each seed row;
-/// without biases when built with `bias = false` (`replora.generator_bias`).
+/// without biases when built with `bias = false` (`replora.generator_bias`), and with a
+/// trainable output scale `[1]` when asked (`replora.learn_output_scale`).
 #[derive(Module, Debug)]
 pub struct Generator {
     pub hidden_weight: Param<Tensor<2>>,
     pub hidden_bias: Option<Param<Tensor<1>>>,
     pub out_weight: Param<Tensor<2>>,
     pub out_bias: Option<Param<Tensor<1>>>,
+    pub scale: Option<Param<Tensor<1>>>,
+}
+
+/// A generator's shape and options.
+pub struct GeneratorShape {
+    pub d_seed: usize,
+    pub hidden: usize,
+    pub d_gen: usize,
+    pub bias: bool,
+    /// Start of a trainable output scale; `None` keeps the scale fixed.
+    pub learned_scale: Option<f64>,
 }
 
 /// How a generator's output layer starts.
@@ -26,7 +38,8 @@ pub enum OutputInit {
 }
 
 impl Generator {
-    pub fn init(d_seed: usize, hidden: usize, d_gen: usize, rank: usize, out: OutputInit, bias: bool, init: &mut Init) -> Self {
+    pub fn init(shape: &GeneratorShape, rank: usize, out: OutputInit, init: &mut Init) -> Self {
+        let &GeneratorShape { d_seed, hidden, d_gen, bias, learned_scale } = shape;
         let hidden_weight = init.kaiming([d_seed, hidden], d_seed);
         // Drawn either way, so that with and without biases the weights start the same.
         let hidden_bias = Some(init.kaiming([hidden], d_seed)).filter(|_| bias);
@@ -36,19 +49,26 @@ impl Generator {
             OutputInit::Zero => init.constant([hidden, d_gen], 0.0),
         };
         let out_bias = Some(init.constant([d_gen], 0.0)).filter(|_| bias);
-        Self { hidden_weight, hidden_bias, out_weight, out_bias }
+        let scale = learned_scale.map(|s| init.constant([1], s as f32));
+        Self { hidden_weight, hidden_bias, out_weight, out_bias, scale }
     }
 
-    /// Maps seed rows `[r, d_seed]` to generated rows `[r, d_gen]`, times `scale`.
+    /// Maps seed rows `[r, d_seed]` to generated rows `[r, d_gen]`, times its learned scale or
+    /// else the fixed `scale`.
     pub fn forward(&self, rows: Tensor<2>, act: Activation, scale: f64) -> Tensor<2> {
         let h = act.apply(linear(rows, self.hidden_weight.val(), self.hidden_bias.as_ref().map(|b| b.val())));
         let out = linear(h, self.out_weight.val(), self.out_bias.as_ref().map(|b| b.val()));
-        if scale == 1.0 { out } else { out.mul_scalar(scale) }
+        match &self.scale {
+            Some(learned) => out * learned.val().unsqueeze::<2>(),
+            None if scale == 1.0 => out,
+            None => out.mul_scalar(scale),
+        }
     }
 
-    /// Trainable parameters of a generator with these widths.
-    pub fn param_count(d_seed: usize, hidden: usize, d_gen: usize, bias: bool) -> usize {
-        d_seed * hidden + hidden * d_gen + if bias { hidden + d_gen } else { 0 }
+    /// Trainable parameters of a generator of this shape.
+    pub fn param_count(shape: &GeneratorShape) -> usize {
+        let GeneratorShape { d_seed, hidden, d_gen, .. } = *shape;
+        d_seed * hidden + hidden * d_gen + if shape.bias { hidden + d_gen } else { 0 } + usize::from(shape.learned_scale.is_some())
     }
 }
 
@@ -69,6 +89,14 @@ pub struct RepLoraBlock {
     pub targets: Vec<usize>,
     /// Index of the generator pair this block uses.
     pub generator: usize,
+}
+
+/// The shapes of `g_A` and `g_B` for a block with these targets.
+pub fn generator_shapes(opts: &RepLoraConfig, rank: usize, d_ins: &[usize], d_outs: &[usize]) -> [GeneratorShape; 2] {
+    let (da, db) = seed_widths(opts.seed_kind, rank, d_ins, d_outs);
+    let learned_scale = opts.learn_output_scale.then(|| opts.output_scale.factor(opts.hidden));
+    let shape = |d_seed, d_gen| GeneratorShape { d_seed, hidden: opts.hidden, d_gen, bias: opts.generator_bias, learned_scale };
+    [shape(da, d_ins.iter().sum()), shape(db, d_outs.iter().sum())]
 }
 
 /// Seed widths for a block: `(d_seed_a, d_seed_b)`.

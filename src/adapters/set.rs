@@ -11,7 +11,7 @@ use super::init::Init;
 use super::linear::{AdaptedLinear, Deltas, LinearDelta};
 use super::lora::LoraFactors;
 use super::prefix::Prefix;
-use super::replora::{Generator, GeneratorPair, OutputInit, RepLoraBlock, seed_widths};
+use super::replora::{Generator, GeneratorPair, OutputInit, RepLoraBlock, generator_shapes};
 use super::target::{Target, select_targets};
 use crate::error::{Error, Result};
 
@@ -93,7 +93,7 @@ impl AdapterSet {
         Some(crate::training::LrGroup {
             multiplier,
             matrices: gens().flat_map(|g| [g.hidden_weight.id, g.out_weight.id]).collect(),
-            vectors: gens().flat_map(|g| [&g.hidden_bias, &g.out_bias]).flatten().map(|b| b.id).collect(),
+            vectors: gens().flat_map(|g| [&g.hidden_bias, &g.out_bias, &g.scale]).flatten().map(|b| b.id).collect(),
         })
     }
 
@@ -217,9 +217,9 @@ fn build_replora(config: &AdapterConfig, targets: &[TargetAdapter], init: &mut I
             }
             0
         } else {
-            let (da, db) = seed_widths(opts.seed_kind, rank, &d_ins, &d_outs);
-            let a = Generator::init(da, opts.hidden, d_ins.iter().sum(), rank, OutputInit::LoraA(config.init_lora_weights), opts.generator_bias, init);
-            let b = Generator::init(db, opts.hidden, d_outs.iter().sum(), rank, OutputInit::Zero, opts.generator_bias, init);
+            let [shape_a, shape_b] = generator_shapes(opts, rank, &d_ins, &d_outs);
+            let a = Generator::init(&shape_a, rank, OutputInit::LoraA(config.init_lora_weights), init);
+            let b = Generator::init(&shape_b, rank, OutputInit::Zero, init);
             generators.push(GeneratorPair { a, b });
             first_shape.get_or_insert(shape);
             generators.len() - 1
@@ -238,7 +238,7 @@ pub trait NamedParams {
 impl AdapterSet {
     /// Passes every parameter through `v` under its file name: `<path>.lora_A` / `.lora_B`
     /// (burn layout), `<path>.magnitude`, `<path>.adapter.<down|up>.<weight|bias>` (burn
-    /// layout), `blocks.<i>.seed_A` / `seed_B`, `generators.<g>.<A|B>.<hidden|out>.<weight|bias>`,
+    /// layout), `blocks.<i>.seed_A` / `seed_B`, `generators.<g>.<A|B>.<hidden|out>.<weight|bias>` (and `.scale`),
     /// `prefix.embedding` and `prefix.mlp.<hidden|out>.<weight|bias>`.
     pub fn map_named<V: NamedParams>(self, v: &mut V) -> Result<Self> {
         let targets = self
@@ -281,6 +281,7 @@ impl AdapterSet {
                 hidden_bias: g.hidden_bias.map(|b| v.param(&format!("{prefix}.hidden.bias"), b)).transpose()?,
                 out_weight: v.param(&format!("{prefix}.out.weight"), g.out_weight)?,
                 out_bias: g.out_bias.map(|b| v.param(&format!("{prefix}.out.bias"), b)).transpose()?,
+                scale: g.scale.map(|s| v.param(&format!("{prefix}.scale"), s)).transpose()?,
             })
         }
         let generators = self

@@ -239,6 +239,10 @@ pub struct MethodArgs {
     /// factors start and move as LoRA's do), inv_h, or one (unscaled, as replora 0.1).
     #[arg(long, value_enum, default_value_t = OutputScale::InvSqrtH, help_heading = "Method")]
     pub output_scale: OutputScale,
+    /// Train each RepLoRA generator's output scale (one scalar each, starting at
+    /// --output-scale's factor, at the generators' learning rate).
+    #[arg(long, help_heading = "Method")]
+    pub learn_output_scale: bool,
     /// RepLoRA generators' learning rate as a multiple of --lr (the seeds keep --lr), as LoRA+
     /// gives B its own rate.
     #[arg(long, default_value_t = 1.0, value_parser = number(Range::Positive), allow_negative_numbers = true, help_heading = "Method")]
@@ -345,6 +349,7 @@ impl MethodArgs {
                 output_scale: self.output_scale,
                 generator_lr_multiplier: self.generator_lr_multiplier,
                 generator_bias: !self.no_generator_bias,
+                learn_output_scale: self.learn_output_scale,
                 seed_init: self.seed_init,
             },
             bottleneck: BottleneckConfig { size: self.bottleneck, activation: self.bottleneck_activation },

@@ -46,7 +46,8 @@ fn short(data: &str) -> String {
 }
 
 /// Groups rows into configurations (same flags but the seed).
-const REPLORA_FLAGS: [&str; 8] = ["hidden", "activation", "seed_kind", "seed_init", "shared_generators", "output_scale", "generator_lr_multiplier", "no_generator_bias"];
+const REPLORA_FLAGS: [&str; 9] =
+    ["hidden", "activation", "seed_kind", "seed_init", "shared_generators", "output_scale", "learn_output_scale", "generator_lr_multiplier", "no_generator_bias"];
 
 pub fn configs(rows: &[Row], metric: BestMetric) -> Vec<Config> {
     let mut groups: BTreeMap<String, Config> = BTreeMap::new();
