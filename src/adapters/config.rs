@@ -370,7 +370,7 @@ mod tests {
         assert_eq!(RepLoraConfig::default().output_scale, OutputScale::InvSqrtH);
     }
 
-    /// The bias and seed-init options are written only when set, so adapter files and sweep cells
+    /// The bias, learned-scale and seed-init options are written only when set, so adapter files and sweep cells
     /// from before them read back as they were saved (and keep their cell names).
     #[test]
     fn options_added_later_are_written_only_when_set() {
