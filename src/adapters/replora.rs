@@ -112,9 +112,9 @@ fn max(v: &[usize]) -> usize {
 }
 
 impl RepLoraBlock {
-    pub fn init(kind: SeedKind, start: SeedInit, rank: usize, d_ins: &[usize], d_outs: &[usize], targets: Vec<usize>, generator: usize, init: &mut Init) -> Self {
-        let (da, db) = seed_widths(kind, rank, d_ins, d_outs);
-        let mut seed = |width: usize| match (kind, start) {
+    pub fn init(opts: &RepLoraConfig, rank: usize, d_ins: &[usize], d_outs: &[usize], targets: Vec<usize>, generator: usize, init: &mut Init) -> Self {
+        let (da, db) = seed_widths(opts.seed_kind, rank, d_ins, d_outs);
+        let mut seed = |width: usize| match (opts.seed_kind, opts.seed_start()) {
             (SeedKind::Diagonal, SeedInit::Identity) => init.constant([1, rank], 1.0),
             (SeedKind::Diagonal, SeedInit::Random) => init.normal([1, rank], 1.0),
             (SeedKind::Full, SeedInit::Random) => init.kaiming([rank, width], width),

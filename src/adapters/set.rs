@@ -224,7 +224,7 @@ fn build_replora(config: &AdapterConfig, targets: &[TargetAdapter], init: &mut I
             first_shape.get_or_insert(shape);
             generators.len() - 1
         };
-        blocks.push(RepLoraBlock::init(opts.seed_kind, opts.seed_start(), rank, &d_ins, &d_outs, members, generator, init));
+        blocks.push(RepLoraBlock::init(opts, rank, &d_ins, &d_outs, members, generator, init));
     }
     Ok((blocks, generators))
 }
