@@ -346,6 +346,28 @@ mod tests {
         }
     }
 
+    /// The study is reproducible only if every grid in `sweeps/` still reads, each of its cells
+    /// parses as `replora train` flags, and its `# Run:` line names the file and its cell count.
+    #[test]
+    fn every_grid_in_the_repository_parses_and_states_its_size() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("sweeps");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect();
+        files.sort();
+        assert!(files.len() >= 20, "the study's grids are missing from {}", dir.display());
+        for path in files {
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            let cells = Grid::read(&path).unwrap_or_else(|e| panic!("{e}")).cells();
+            for cell in &cells {
+                cell.args().unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let run = text.lines().find(|l| l.starts_with("# Run:")).unwrap_or_else(|| panic!("{name}: no `# Run:` line"));
+            assert!(run.contains(&format!("--grid sweeps/{name}")), "{name}: {run}");
+            let count: usize = run.split('(').nth(1).and_then(|s| s.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{name}: no cell count in {run}"));
+            assert_eq!(count, cells.len(), "{name}: {run}");
+        }
+    }
+
     #[test]
     fn a_cell_key_holds_only_its_own_method_settings() {
         let spec = |method: &str| serde_json::json!({"adapter": {"method": method, "r": 8, "replora": {"hidden": 8}, "bottleneck": {"size": null}}});
