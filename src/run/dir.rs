@@ -58,6 +58,7 @@ fn train_command(kind: TaskKind) -> &'static str {
 /// that names each flag whose value differs from the saved one (`defaults`: the spec without
 /// flags, to tell flags given from flags left alone).
 pub fn begin<T: Clone + Serialize + DeserializeOwned>(out: &Path, given: &T, defaults: &T, start: Start, kind: TaskKind) -> Result<T> {
+    check_directory_path(out, "--out")?;
     let run_file = out.join(RUN_FILE);
     match start {
         Start::Resume => {
@@ -152,9 +153,7 @@ pub fn check_output(out: &Path, run: &Path, overwrite: bool) -> Result<()> {
             )));
         }
     }
-    if out.exists() && !out.is_dir() {
-        return Err(Error::State(format!("--out {} is a file, not a directory", out.display())));
-    }
+    check_directory_path(out, "--out")?;
     let non_empty = std::fs::read_dir(out).is_ok_and(|mut entries| entries.next().is_some());
     if non_empty && !overwrite {
         return Err(Error::State(format!(
@@ -163,6 +162,16 @@ pub fn check_output(out: &Path, run: &Path, overwrite: bool) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Refuses a directory path (`flag`'s value) that is, or lies under, a file: naming the flag
+/// and the file beats the system's "File exists" / "Not a directory".
+pub fn check_directory_path(dir: &Path, flag: &str) -> Result<()> {
+    match dir.ancestors().find(|a| !a.as_os_str().is_empty() && a.exists()) {
+        Some(file) if !file.is_dir() && file == dir => Err(Error::State(format!("{flag} {} is a file, not a directory", dir.display()))),
+        Some(file) if !file.is_dir() => Err(Error::State(format!("{flag} {}: {} is a file, not a directory", dir.display(), file.display()))),
+        _ => Ok(()),
+    }
 }
 
 /// An absolute path without symlinks, also for a path that does not exist yet (its parent does).
@@ -264,5 +273,19 @@ mod tests {
         assert!(check_output(&full, &run, true).is_ok());
         assert!(check_output(&dir.path().join("new"), &run, false).is_ok());
         assert!(check_output(&run.join("peft"), &run, false).is_ok(), "a new folder inside the run is fine");
+    }
+
+    #[test]
+    fn an_output_directory_that_is_a_file_names_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("afile");
+        std::fs::write(&file, "x").unwrap();
+        let defaults = RunSpec::default();
+        let e = begin(&file, &defaults, &defaults, Start::New, TaskKind::Classification).unwrap_err().to_string();
+        assert!(e.contains("--out") && e.contains("afile is a file, not a directory"), "{e}");
+        let e = begin(&file.join("run"), &defaults, &defaults, Start::New, TaskKind::Classification).unwrap_err().to_string();
+        assert!(e.contains("--out") && e.contains("afile is a file"), "{e}");
+        assert!(check_directory_path(&dir.path().join("new/run"), "--out").is_ok());
+        assert!(check_directory_path(Path::new("relative-new-dir"), "--out").is_ok());
     }
 }
