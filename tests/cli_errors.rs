@@ -234,10 +234,7 @@ fn a_resumed_run_logs_each_step_once_and_names_the_flags_it_ignores() {
 fn decoder_runs_go_through_the_same_checks() {
     let f = fixture();
     let task = f.root.join("task.json");
-    let examples: Vec<serde_json::Value> = (0..16)
-        .map(|i| serde_json::json!({"input": format!("w{} w{}", i % 9, i % 7), "target_scores": {format!("w{}", 10 + i % 2): 1, format!("w{}", 12 + i % 3): 0}}))
-        .collect();
-    std::fs::write(&task, serde_json::json!({"examples": examples}).to_string()).unwrap();
+    support::cli::choice_task(&task, 16);
     let out = f.path("lm-run");
     let args = [
         "train-lm", "--model", &f.path("llama"), "--tasks", task.to_str().unwrap(), "--eval-tasks", "none", "--train-per-task", "8",

@@ -14,10 +14,7 @@ fn lm_run() -> String {
     RUN.get_or_init(|| {
         let f = fixture();
         let task = f.root.join("flags-task.json");
-        let examples: Vec<serde_json::Value> = (0..16)
-            .map(|i| serde_json::json!({"input": format!("w{} w{}", i % 9, i % 7), "target_scores": {format!("w{}", 10 + i % 2): 1, format!("w{}", 12 + i % 3): 0}}))
-            .collect();
-        std::fs::write(&task, serde_json::json!({"examples": examples}).to_string()).unwrap();
+        support::cli::choice_task(&task, 16);
         let out = f.path("flags-lm");
         run_ok(&[
             "train-lm", "--model", &f.path("llama"), "--tasks", task.to_str().unwrap(), "--eval-tasks", "none", "--train-per-task", "8",

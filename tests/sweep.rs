@@ -115,10 +115,7 @@ fn compare_runs_the_multiple_choice_task_through_the_same_lifecycle() {
     let model = dir.path().join("llama");
     support::tiny_llama_model(&model);
     let task = dir.path().join("task.json");
-    let examples: Vec<serde_json::Value> = (0..24)
-        .map(|i| serde_json::json!({"input": format!("w{} w{}", i % 9, i % 7), "target_scores": {format!("w{}", 10 + i % 2): 1, format!("w{}", 12 + i % 3): 0}}))
-        .collect();
-    std::fs::write(&task, serde_json::json!({"examples": examples}).to_string()).unwrap();
+    support::cli::choice_task(&task, 24);
     let out = dir.path().join("cmp");
     let o = replora(&[
         "compare-lm", "--model", model.to_str().unwrap(), "--tasks", task.to_str().unwrap(), "--eval-tasks", "none", "--methods", "base,lora",

@@ -4,9 +4,12 @@ use super::*;
 use crate::apps::cli::expand_config_file;
 use clap::Parser;
 
+fn command(args: &[&str]) -> crate::apps::cli::Command {
+    crate::apps::cli::Cli::try_parse_from(crate::apps::cli::expand_aliases(args.iter().map(|s| s.to_string()).collect())).unwrap().command
+}
+
 fn train_args(args: &[&str]) -> RunArgs {
-    let cli = crate::apps::cli::Cli::try_parse_from(crate::apps::cli::expand_aliases(args.iter().map(|s| s.to_string()).collect())).unwrap();
-    let crate::apps::cli::Command::Train { run, .. } = cli.command else { panic!("not train") };
+    let crate::apps::cli::Command::Train { run, .. } = command(args) else { panic!("not train") };
     run
 }
 
@@ -106,8 +109,7 @@ fn method_adapter_defaults_to_each_architectures_bottleneck_sites() {
 }
 
 fn eval_args(args: &[&str]) -> RunArgs {
-    let cli = crate::apps::cli::Cli::try_parse_from(crate::apps::cli::expand_aliases(args.iter().map(|s| s.to_string()).collect())).unwrap();
-    let crate::apps::cli::Command::Eval { args, .. } = cli.command else { panic!("not eval") };
+    let crate::apps::cli::Command::Eval { args, .. } = command(args) else { panic!("not eval") };
     args
 }
 
