@@ -220,7 +220,8 @@ pub struct MethodArgs {
     #[arg(long, help_heading = "Method")]
     pub shared_generators: bool,
     /// Multiplier on RepLoRA's generator outputs: inv_sqrt_h (1/sqrt(h), the default: generated
-    /// factors start and move as LoRA's do), inv_h, or one (unscaled, as replora 0.1).
+    /// factors start and move as LoRA's do), inv_h, or one (unscaled, as replora 0.1)
+    /// [default: inv_sqrt_h]
     #[arg(long, value_enum, help_heading = "Method")]
     pub output_scale: Option<OutputScale>,
     /// Train each RepLoRA generator's output scale (one scalar each, starting at
