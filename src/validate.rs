@@ -96,6 +96,11 @@ impl MultipleChoiceSpec {
         if let Some(n) = self.keep_layers {
             at_least_one("keep-layers", n)?;
         }
+        for (flag, tasks) in [("--tasks", &self.tasks), ("--eval-tasks", &self.eval_tasks)] {
+            if tasks.iter().any(|t| t.trim().is_empty()) {
+                return Err(Error::Config(format!("{flag} names an empty task: each task is {}", crate::data::bigbench::CHOICE_TASKS)));
+            }
+        }
         if self.tuning == crate::tasks::Tuning::Probe {
             return Err(Error::Config("--method probe trains only a task head; a multiple-choice run has none (it scores options with the language model's own output layer)".into()));
         }

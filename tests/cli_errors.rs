@@ -4,73 +4,10 @@
 //! results are never silently replaced; a resumed run logs each step once.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
-use std::sync::OnceLock;
 
 mod support;
 
-use support::{copy_dir, replora, stderr};
-
-/// A tiny BERT, a tiny LLaMA, a 3-label dataset and one finished classifier run, made once.
-struct Fixture {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-}
-
-impl Fixture {
-    fn path(&self, name: &str) -> String {
-        self.root.join(name).to_str().unwrap().to_string()
-    }
-}
-
-/// `train` on the tiny model and data, 1 epoch, into `out`, with `extra` flags.
-fn train_args(f: &Fixture, out: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = ["train", "--model", &f.path("bert"), "--data", &f.path("data.jsonl"), "--max-len", "16", "--epochs", "1", "--batch-size", "4", "--method", "lora", "--out", out]
-        .map(String::from)
-        .to_vec();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
-
-fn run_ok(args: &[String]) -> Output {
-    let o = replora(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(o.status.success(), "{args:?} failed: {}", stderr(&o));
-    o
-}
-
-fn fixture() -> &'static Fixture {
-    static F: OnceLock<Fixture> = OnceLock::new();
-    F.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
-        support::tiny_bert_model(&root.join("bert"));
-        support::tiny_llama_model(&root.join("llama"));
-        support::word_dataset(&root.join("data.jsonl"), 3, 10);
-        let f = Fixture { _dir: dir, root };
-        run_ok(&train_args(&f, &f.path("run"), &[]));
-        f
-    })
-}
-
-/// A copy of the finished run, to damage.
-fn copy_run(f: &Fixture, name: &str) -> String {
-    let to = f.root.join(name);
-    copy_dir(&f.root.join("run"), &to);
-    to.to_str().unwrap().to_string()
-}
-
-/// Exit code 1 or 2 (our error or clap's), never success or a panic, and every `expected`
-/// piece in stderr, which is returned.
-fn assert_fails(args: &[&str], expected: &[&str]) -> String {
-    let o = replora(args);
-    let code = o.status.code();
-    let e = stderr(&o);
-    assert!(matches!(code, Some(1) | Some(2)), "{args:?}: exit {code:?} (expected an error, not success or a panic): {e}");
-    for piece in expected {
-        assert!(e.contains(piece), "{args:?}: expected {piece:?} in stderr:\n{e}");
-    }
-    e
-}
+use support::cli::{assert_fails, copy_run, fixture, replora, run_ok, stderr, train_args};
 
 #[test]
 fn bad_flags_fail_at_parse_time_naming_the_flag() {
@@ -297,10 +234,7 @@ fn a_resumed_run_logs_each_step_once_and_names_the_flags_it_ignores() {
 fn decoder_runs_go_through_the_same_checks() {
     let f = fixture();
     let task = f.root.join("task.json");
-    let examples: Vec<serde_json::Value> = (0..16)
-        .map(|i| serde_json::json!({"input": format!("w{} w{}", i % 9, i % 7), "target_scores": {format!("w{}", 10 + i % 2): 1, format!("w{}", 12 + i % 3): 0}}))
-        .collect();
-    std::fs::write(&task, serde_json::json!({"examples": examples}).to_string()).unwrap();
+    support::cli::choice_task(&task, 16);
     let out = f.path("lm-run");
     let args = [
         "train-lm", "--model", &f.path("llama"), "--tasks", task.to_str().unwrap(), "--eval-tasks", "none", "--train-per-task", "8",

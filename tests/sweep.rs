@@ -1,20 +1,13 @@
 //! `replora sweep` with the real binary on a tiny BERT and dataset: every cell runs once and
 //! lands in results.jsonl, the report selects on validation and pairs by seed, a second call
-//! reruns nothing, a bad grid fails before any run, and a compare over the multiple-choice
-//! task goes through the same lifecycle.
+//! reruns nothing, a bad grid fails before any run, a failing cell is recorded and skipped, and
+//! a compare over the multiple-choice task goes through the same lifecycle.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 mod support;
 
-fn replora(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_replora")).args(args).output().expect("the replora binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use support::cli::{replora, stderr};
 
 fn write_grid(path: &Path, model: &Path, data: &Path, extra: &str) {
     let grid = format!(
@@ -122,10 +115,7 @@ fn compare_runs_the_multiple_choice_task_through_the_same_lifecycle() {
     let model = dir.path().join("llama");
     support::tiny_llama_model(&model);
     let task = dir.path().join("task.json");
-    let examples: Vec<serde_json::Value> = (0..24)
-        .map(|i| serde_json::json!({"input": format!("w{} w{}", i % 9, i % 7), "target_scores": {format!("w{}", 10 + i % 2): 1, format!("w{}", 12 + i % 3): 0}}))
-        .collect();
-    std::fs::write(&task, serde_json::json!({"examples": examples}).to_string()).unwrap();
+    support::cli::choice_task(&task, 24);
     let out = dir.path().join("cmp");
     let o = replora(&[
         "compare-lm", "--model", model.to_str().unwrap(), "--tasks", task.to_str().unwrap(), "--eval-tasks", "none", "--methods", "base,lora",
@@ -143,4 +133,44 @@ fn compare_runs_the_multiple_choice_task_through_the_same_lifecycle() {
     }
     let table = std::fs::read_to_string(out.join("compare.md")).unwrap();
     assert!(table.contains("| lora | 0.5 | 2 |") && table.contains("| base | 1 | 1 |"), "{table}");
+}
+
+#[test]
+fn a_failing_cell_is_recorded_reported_and_retried_while_the_others_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, good, bad) = (dir.path().join("bert"), dir.path().join("good.jsonl"), dir.path().join("bad.jsonl"));
+    support::tiny_bert_model(&model);
+    support::word_dataset(&good, 3, 10);
+    std::fs::write(&bad, "{\"text\": \"w1 w2\", \"label\": \"a\"}\nnot json\n").unwrap();
+    let grid = dir.path().join("g.toml");
+    let text = format!(
+        "[fixed]\nmodel = {:?}\nmax_len = 16\nepochs = 1\nbatch_size = 4\nmethod = \"lora\"\n\n[grid]\ndata = [{:?}, {:?}]\nseed = [0]\n",
+        model.to_str().unwrap(),
+        bad.to_str().unwrap(),
+        good.to_str().unwrap()
+    );
+    std::fs::write(&grid, text).unwrap();
+    let out = dir.path().join("sweep");
+    let args = ["sweep", "--grid", grid.to_str().unwrap(), "--out", out.to_str().unwrap()];
+
+    // Before any run, --report-only says how many cells are unrun, and writes no empty report.
+    let o = replora(&[&args[..], &["--report-only"]].concat());
+    assert!(stderr(&o).contains("2 cells, 0 finished, 2 unrun") && !o.status.success(), "{}", stderr(&o));
+    assert!(!out.join("report.md").exists());
+
+    // The bad cell fails first; the good one still runs; the sweep then fails naming the count.
+    let o = replora(&args);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("failed, going on") && stderr(&o).contains("1 of 2 cells failed"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(out.join("results.jsonl")).unwrap().lines().count(), 1);
+    let failed = std::fs::read_to_string(out.join("failed.jsonl")).unwrap();
+    assert!(failed.lines().count() == 1 && failed.contains("bad.jsonl"), "{failed}");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("## Failed cells (1;") && md.contains("bad.jsonl"), "{md}");
+
+    // Fixed, the rerun retries only the failed cell and succeeds.
+    support::word_dataset(&bad, 3, 10);
+    let o = replora(&args);
+    assert!(o.status.success() && stderr(&o).contains("1 finished, 1 to run"), "{}", stderr(&o));
+    assert!(!out.join("failed.jsonl").exists() && !std::fs::read_to_string(out.join("report.md")).unwrap().contains("Failed cells"));
 }

@@ -132,7 +132,10 @@ impl Fetcher {
         }
         let cache = &self.cache;
         let tmp_root = cache.join(".tmp");
-        fs::create_dir_all(&tmp_root).map_err(|e| Error::io(&tmp_root, e))?;
+        // The first write into the cache: if it fails, the setting to change is the cache's place.
+        fs::create_dir_all(&tmp_root).map_err(|e| {
+            Error::fetch(asset.name, format!("the asset cache {} cannot be written ({e}): set REPLORA_CACHE to a writable directory", cache.display()))
+        })?;
         let _lock = lock(asset, cache)?;
         if is_complete(&dest, asset) {
             return Ok(dest); // another process finished it while we waited

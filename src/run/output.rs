@@ -50,6 +50,10 @@ pub fn check(flag: &str, path: &Path, output: Output) -> Result<()> {
     let entries = |dir: &Path| -> Vec<String> {
         std::fs::read_dir(dir).map(|e| e.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default()
     };
+    // A path under a file cannot be created: name the file rather than the system's "Not a directory".
+    if let Some(file) = full.ancestors().skip(1).find(|a| a.exists() && !a.is_dir()) {
+        return refuse(format!(": {} is a file, not a directory", file.display()));
+    }
     match output {
         Output::File if full.is_dir() => refuse(" is a directory; give a file name".into()),
         Output::File => Ok(()),
@@ -174,5 +178,19 @@ mod tests {
         refused(&full, Output::NewDir { overwrite: false }, "--overwrite");
         check("--out", &full, Output::NewDir { overwrite: true }).unwrap();
         check("--out", &root.path().join("new"), Output::NewDir { overwrite: false }).unwrap();
+    }
+
+    #[test]
+    fn an_output_that_is_or_lies_under_a_file_names_the_flag_and_the_file() {
+        let root = tempfile::tempdir().unwrap();
+        let file = root.path().join("afile");
+        std::fs::write(&file, "x").unwrap();
+        for output in [Output::Run, Output::Dir, Output::NewDir { overwrite: true }] {
+            refused(&file, output, "afile is a file, not a directory");
+            refused(&file.join("run"), output, "afile is a file, not a directory");
+        }
+        refused(&file.join("logits.safetensors"), Output::File, "afile is a file, not a directory");
+        check("--out", &root.path().join("new/run"), Output::Run).unwrap();
+        check("--out", Path::new("relative-new-dir"), Output::Run).unwrap();
     }
 }

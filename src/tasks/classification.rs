@@ -185,6 +185,7 @@ impl Task for Classification {
 
     fn restore(&self, out: &Path, device: &Device) -> Result<SequenceClassifier> {
         let labels: Vec<String> = read_json(&out.join(LABELS_FILE))?;
+        super::heads::check_head_labels(&out.join(HEAD_FILE), &out.join(LABELS_FILE), labels.len())?;
         let _ = self.run_labels.set(labels.clone());
         let encoder = self.spec.tuning.restore(self.encoder.clone(), out, Self::FULL_MODEL_DIR, |dir| Bert::load(dir, "bert.", device))?;
         let s = &self.spec;

@@ -15,7 +15,7 @@ use crate::models::bert::{Bert, Pooling, pool};
 use super::hf_layout::{self, HfLayout};
 use crate::adapters::init::Init;
 use crate::adapters::{AdaptedLinear, Deltas, PeftModel};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::weights::{HostTensor, tensors};
 use crate::data::Batch;
 use crate::training::{EvalMetrics, Objective};
@@ -48,6 +48,19 @@ pub fn head_tensors(head: &AdaptedLinear) -> BTreeMap<String, HostTensor> {
     let bias = head.bias.as_ref().expect("a head has a bias");
     out.insert(format!("{HEAD}.bias"), HostTensor::from_tensor(&bias.val()));
     out
+}
+
+/// A run's head must score exactly the labels its labels file lists; a mismatch names both
+/// files (rather than the head's shape alone).
+pub fn check_head_labels(head_file: &Path, labels_file: &Path, labels: usize) -> Result<()> {
+    let (t, _) = tensors::read(head_file)?;
+    match t.get(&format!("{HEAD}.bias")).map(|b| b.shape.as_slice()) {
+        Some(&[scored]) if scored != labels => Err(Error::format(
+            labels_file,
+            format!("lists {labels} labels, but the head in {} scores {scored}: the two files no longer match (was one of them edited or replaced?)", head_file.display()),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// `head` with its weights replaced by `classifier.weight` / `.bias` (PyTorch layout) from `t`,

@@ -311,6 +311,7 @@ impl Task for ImageClassification {
 
     fn restore(&self, out: &Path, device: &Device) -> Result<ImageClassifier> {
         let labels: Vec<String> = read_json(&out.join(LABELS_FILE))?;
+        super::heads::check_head_labels(&out.join(HEAD_FILE), &out.join(LABELS_FILE), labels.len())?;
         let _ = self.run_labels.set(labels.clone());
         let backbone = self.spec.tuning.restore(self.backbone.clone(), out, Self::FULL_MODEL_DIR, |dir| Dinov2::load(dir, BACKBONE, device))?;
         ImageClassifier::new(backbone, labels.len(), self.spec.pooling, self.spec.train.seed).load_head(&out.join(HEAD_FILE))

@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod divergence;
 pub mod metrics;
 pub mod schedule;
 pub mod state;

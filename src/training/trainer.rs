@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, Progress};
 use super::config::TrainConfig;
+use super::divergence::Divergence;
 use super::metrics::EvalMetrics;
 use super::schedule::LrSchedule;
 use super::state::TrainableState;
@@ -183,10 +184,8 @@ pub fn train<M: Objective>(
             let loss_value = scalar(loss.clone());
             if !loss_value.is_finite() {
                 bar.abandon();
-                return Err(Error::Training(format!(
-                    "loss became {loss_value} at epoch {}, batch {} (optimizer step {}); the last checkpoint in {} is intact — lower --lr or set --grad-clip",
-                    epoch + 1, i + 1, progress.step, run.checkpoint().display()
-                )));
+                let divergence = Divergence { loss: loss_value, epoch: epoch + 1, batch: i + 1, steps_taken: progress.step, generator_multiplier: model.lr_group().map(|g| g.multiplier) };
+                return Err(Error::Training(divergence.message(cfg, schedule.at(progress.step.saturating_sub(1)), &run.checkpoint())));
             }
             accumulator.accumulate(&model, GradientsParams::from_grads(loss.div_scalar(cfg.grad_accum as f64).backward(), &model));
             window_loss += loss_value * M::examples(batch) as f64;

@@ -1,6 +1,8 @@
 //! Shared by the tests on real models: where the weights are, the Python interpreter, batches.
 #![allow(dead_code)]
 
+pub mod cli;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;

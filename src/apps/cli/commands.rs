@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 
-use super::{Command, RunArgs, SpecFromArgs};
+use super::{Command, RunArgs, SpecFromArgs, check_method_list};
 use crate::adapters::{AdapterConfig, Method, TargetModules, closed_form, select_targets};
 use crate::error::{Error, Result};
 use crate::models::Family;
@@ -37,9 +37,11 @@ pub fn run(command: Command) -> Result<()> {
             if let Some(task) = args.task.filter(|t| *t != kind) {
                 return Err(Error::State(format!("{} is a {kind} run, not {task}: run `replora eval --run` without --task (or eval-lm)", dir.display())));
             }
+            args.refuse_for_eval_of_run(kind)?;
             let source = match kind {
                 TaskKind::Classification | TaskKind::ImageClassification => args.data.clone(),
-                TaskKind::MultipleChoice => args.choice.eval_tasks.as_ref().map(|t| t.join(",")),
+                // `none` (no other task) scores the run on its own test split, as no flag does.
+                TaskKind::MultipleChoice => args.choice.eval_tasks.as_ref().map(|t| t.iter().filter(|t| *t != "none").cloned().collect::<Vec<_>>().join(",")).filter(|t| !t.is_empty()),
             };
             let summary = with_task!(kind, T => run::evaluate::<T>(&dir, source.as_deref()))?;
             println!("{}", run::table(std::slice::from_ref(&summary)));
@@ -47,6 +49,7 @@ pub fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Eval { run: None, args } => {
+            args.refuse_for_zero_shot_eval()?;
             let summary = with_task!(args.task(), T => run::evaluate_base::<T>(&T::spec_from(&args)?))?;
             println!("{}", run::table(std::slice::from_ref(&summary)));
             println!("{}", serde_json::to_string_pretty(&summary.test).expect("metrics serialize"));
@@ -68,7 +71,7 @@ pub fn run(command: Command) -> Result<()> {
         Command::Logits { run, peft, model, text, out } => {
             let source = match (&run, &peft) {
                 (Some(run), _) => crate::interop::Source::Run(run),
-                (None, Some(adapter)) => crate::interop::Source::Peft { adapter, model: &model },
+                (None, Some(adapter)) => crate::interop::Source::Peft { adapter, model: model.as_deref().unwrap_or("minilm") },
                 (None, None) => return Err(Error::Config("give --run or --peft".into())),
             };
             output::check("--out", &out, Output::File)?;
@@ -79,7 +82,7 @@ pub fn run(command: Command) -> Result<()> {
         Command::Info { model, rank, targets } => info(&model, rank, targets),
         Command::Generate { model, run, prompt, chat, max_new_tokens, temperature, top_p, seed } => {
             let sampling = crate::generate::Sampling { max_new_tokens, temperature, top_p, seed, stop: vec![] };
-            crate::generate::generate_cli(&model, run.as_deref(), &prompt, chat, sampling)
+            crate::generate::generate_cli(model.as_deref().unwrap_or("smollm2"), run.as_deref(), &prompt, chat, sampling)
         }
         Command::Bench(args) => {
             let line = if args.decode {
@@ -137,19 +140,26 @@ fn compare_cli<T: SpecFromArgs>(
     out: &Path,
     start: Start,
 ) -> Result<()> {
-    let base = T::spec_from(args)?;
+    if let Some(method) = &args.method.method {
+        return Err(Error::Config(format!("--method {method} is not for `compare`: it trains each method of --methods")));
+    }
     let multi_seed = T::KIND == TaskKind::MultipleChoice;
+    let methods = methods.unwrap_or_else(|| match multi_seed {
+        true => ["base", "lora", "dora", "replora"].map(String::from).to_vec(),
+        false => ["lora", "replora"].map(String::from).to_vec(),
+    });
+    check_method_list(&methods, multi_seed)?;
+    let listed: Vec<&str> = methods.iter().map(String::as_str).collect();
+    // A method's own settings act on its runs only (and are refused if no method takes them).
+    let args_for = |method: &str| RunArgs { method: args.method.for_method_of(if method == "base" { "lora" } else { method }, &listed), ..args.clone() };
+    let base = T::spec_from(&args_for(listed.first().copied().unwrap_or("lora")))?;
     let plan = Plan {
-        methods: methods.unwrap_or_else(|| match multi_seed {
-            true => ["base", "lora", "dora", "replora"].map(String::from).to_vec(),
-            false => ["lora", "replora"].map(String::from).to_vec(),
-        }),
         seeds: seeds.unwrap_or_else(|| if multi_seed && args.train.seed.is_none() { vec![0, 1, 2] } else { vec![base.train().seed] }),
         fractions: fractions.unwrap_or_else(|| vec![base.train_fraction()]),
+        methods: methods.clone(),
     };
     let spec_for = |method: &str, seed: u64, fraction: f64| -> Result<T::Spec> {
-        let mut a = args.clone();
-        a.method.method = if method == "base" { "lora".into() } else { method.to_string() };
+        let mut a = args_for(method);
         a.train.seed = Some(seed);
         a.train_fraction = Some(fraction);
         T::spec_from(&a)

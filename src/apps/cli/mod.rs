@@ -1,13 +1,17 @@
 //! The `replora` command line: one binary, a subcommand per job.
 
 mod commands;
+mod config_file;
+mod flags_given;
 mod spec_args;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-pub use spec_args::{ChoiceArgs, ClassificationArgs, MethodArgs, RunArgs, SpecFromArgs, TrainArgs, expand_config_file};
+pub use config_file::expand_config_file;
+pub use flags_given::check_method_list;
+pub use spec_args::{ChoiceArgs, ClassificationArgs, METHODS, MethodArgs, RunArgs, SpecFromArgs, TrainArgs};
 
 #[derive(Parser, Debug)]
 #[command(name = "replora", version, args_override_self = true, about = "Parameter-efficient fine-tuning (RepLoRA, LoRA, DoRA) of pre-trained transformers")]
@@ -22,8 +26,9 @@ pub enum Command {
     /// an adapter and a head) or multiple-choice (a decoder as a causal language model), then
     /// evaluate it on the test split. `train-lm` is `train --task multiple-choice`.
     ///
-    /// Every flag can also come from a TOML/JSON file: `--config run.toml` (keys are flag names);
-    /// flags on the command line override the file.
+    /// Every flag can also come from a TOML/JSON file: `--config run.toml` (keys are flag names;
+    /// also for compare and eval). A flag given on the command line replaces the file's value,
+    /// which is then not read (nor checked); a file cannot name another config file.
     Train {
         #[command(flatten)]
         run: RunArgs,
@@ -124,9 +129,9 @@ pub enum Command {
         /// A PEFT adapter directory (LoRA/DoRA; SEQ_CLS with the head in modules_to_save, or CAUSAL_LM).
         #[arg(long)]
         peft: Option<PathBuf>,
-        /// Base model of --peft: directory, .gguf file or asset name.
-        #[arg(long, default_value = "minilm")]
-        model: String,
+        /// Base model of --peft: directory, .gguf file or asset name [default: minilm]
+        #[arg(long, conflicts_with = "run")]
+        model: Option<String>,
         /// A text (repeatable).
         #[arg(long, required = true)]
         text: Vec<String>,
@@ -148,9 +153,10 @@ pub enum Command {
     },
     /// Generate text with a decoder, optionally with a trained adapter (--run).
     Generate {
-        /// Decoder: asset name, .gguf file or Hugging Face directory; ignored with --run.
-        #[arg(long, default_value = "smollm2")]
-        model: String,
+        /// Decoder: asset name, .gguf file or Hugging Face directory (not with --run, whose
+        /// model is used) [default: smollm2]
+        #[arg(long, conflicts_with = "run")]
+        model: Option<String>,
         /// A multiple-choice `train` run whose adapter is applied.
         #[arg(long)]
         run: Option<PathBuf>,

@@ -2,8 +2,6 @@
 //! ([`ClassificationArgs`], [`ChoiceArgs`], [`ImageArgs`]), and the method and trainer flags every task shares
 //! ([`MethodArgs`], [`TrainArgs`]).
 
-use std::path::PathBuf;
-
 use clap::Args;
 
 use crate::adapters::{Activation, AdapterConfig, BottleneckConfig, PrefixConfig, LoraInit, Method, OutputScale, RepLoraConfig, SeedInit, SeedKind, TargetModules};
@@ -18,6 +16,7 @@ use crate::tasks::multiple_choice::MultipleChoiceSpec;
 use crate::tasks::{Classification, ImageClassification, MultipleChoice, Task, TaskKind, Tuning};
 use crate::training::{BestMetric, Decay, TrainConfig};
 use crate::validate::Range;
+use super::flags_given::refuse_for_task;
 
 /// A clap value parser for a number in `range`; the flag's `allow_negative_numbers` lets a
 /// negative value reach it, so `--lr -1` gets the range message rather than "unexpected argument".
@@ -164,46 +163,31 @@ pub struct ImageArgs {
     pub augment: bool,
 }
 
-impl ImageArgs {
-    /// The flags given (refused for other tasks).
-    fn given(&self) -> Vec<&'static str> {
-        let flags = [
-            (self.image_size.is_some(), "--image-size"),
-            (self.train_images.is_some(), "--train-images"),
-            (self.val_images.is_some(), "--val-images"),
-            (self.test_images.is_some(), "--test-images"),
-            (self.split_seed.is_some(), "--split-seed"),
-            (self.image_pooling.is_some(), "--image-pooling"),
-            (self.augment, "--augment"),
-        ];
-        flags.into_iter().filter(|(given, _)| *given).map(|(_, f)| f).collect()
-    }
-}
-
 /// The adapter flags, shared by every fine-tuning command.
 #[derive(Args, Debug, Clone)]
 pub struct MethodArgs {
     /// Fine-tuning method: an adapter (replora, lora, dora; adapter: Houlsby bottlenecks after
     /// the attention and feed-forward outputs; prefix: prefix tuning), full fine-tuning (full),
     /// or a linear probe (probe: the model frozen, only the task head trains).
-    #[arg(long, default_value = "replora", value_parser = ["replora", "lora", "dora", "adapter", "prefix", "full", "probe"], help_heading = "Method")]
-    pub method: String,
-    /// LoRA rank r.
-    #[arg(long, default_value_t = 8, value_parser = count, help_heading = "Method")]
-    pub rank: usize,
-    /// LoRA alpha (scale = alpha / r, or alpha / sqrt(r) with --rslora).
-    #[arg(long, default_value_t = 16.0, value_parser = number(Range::Positive), allow_negative_numbers = true, help_heading = "Method")]
-    pub alpha: f64,
-    /// Dropout on the adapter input.
-    #[arg(long, default_value_t = 0.0, value_parser = number(Range::Probability), allow_negative_numbers = true, help_heading = "Method")]
-    pub dropout: f64,
+    /// [default: replora]
+    #[arg(long, value_parser = METHODS, help_heading = "Method")]
+    pub method: Option<String>,
+    /// LoRA rank r (lora, dora, replora) [default: 8]
+    #[arg(long, value_parser = count, help_heading = "Method")]
+    pub rank: Option<usize>,
+    /// LoRA alpha (scale = alpha / r, or alpha / sqrt(r) with --rslora) [default: 16]
+    #[arg(long, value_parser = number(Range::Positive), allow_negative_numbers = true, help_heading = "Method")]
+    pub alpha: Option<f64>,
+    /// Dropout on the adapter input (lora, dora, replora, adapter) [default: 0]
+    #[arg(long, value_parser = number(Range::Probability), allow_negative_numbers = true, help_heading = "Method")]
+    pub dropout: Option<f64>,
     /// Linear modules to adapt: names matched exactly or as path suffixes (PEFT target_modules).
     /// Default: the attention query and value (`query,value` for BERT, `q_proj,v_proj` for
     /// LLaMA); for --method adapter the attention and feed-forward output projections.
     #[arg(long, value_delimiter = ',', help_heading = "Method")]
     pub targets: Option<Vec<String>>,
-    /// A regex (full match on the module path) instead of --targets.
-    #[arg(long, help_heading = "Method")]
+    /// A regex (full match on the module path) instead of --targets (the two exclude each other).
+    #[arg(long, conflicts_with = "targets", help_heading = "Method")]
     pub targets_regex: Option<String>,
     /// Adapt only these layer indices (comma-separated).
     #[arg(long, value_delimiter = ',', help_heading = "Method")]
@@ -211,12 +195,12 @@ pub struct MethodArgs {
     /// Scale by alpha / sqrt(r) (rsLoRA).
     #[arg(long, help_heading = "Method")]
     pub rslora: bool,
-    /// Init of LoRA's A (and RepLoRA's A generator output layer).
-    #[arg(long, value_enum, default_value_t = LoraInit::Kaiming, help_heading = "Method")]
-    pub init: LoraInit,
-    /// RepLoRA seed shape: diagonal (2r parameters per block) or full.
-    #[arg(long, value_enum, default_value_t = SeedKind::Diagonal, help_heading = "Method")]
-    pub seed_kind: SeedKind,
+    /// Init of LoRA's A (and RepLoRA's A generator output layer) [default: kaiming]
+    #[arg(long, value_enum, help_heading = "Method")]
+    pub init: Option<LoraInit>,
+    /// RepLoRA seed shape: diagonal (2r parameters per block) or full [default: diagonal]
+    #[arg(long, value_enum, help_heading = "Method")]
+    pub seed_kind: Option<SeedKind>,
     /// How RepLoRA's seeds start: identity (diagonal seeds all ones; full seeds the first r rows
     /// of the identity) or random (diagonal N(0, 1), full Kaiming-uniform) [default: identity
     /// for diagonal seeds, random for full seeds].
@@ -226,39 +210,40 @@ pub struct MethodArgs {
     /// of its own seed row only, with no output bias shared by all rows.
     #[arg(long, help_heading = "Method")]
     pub no_generator_bias: bool,
-    /// RepLoRA generator hidden width h.
-    #[arg(long, default_value_t = RepLoraConfig::default().hidden, value_parser = count, help_heading = "Method")]
-    pub hidden: usize,
-    /// RepLoRA generator activation.
-    #[arg(long, value_enum, default_value_t = Activation::Tanh, help_heading = "Method")]
-    pub activation: Activation,
+    /// RepLoRA generator hidden width h [default: 8]
+    #[arg(long, value_parser = count, help_heading = "Method")]
+    pub hidden: Option<usize>,
+    /// RepLoRA generator activation [default: tanh]
+    #[arg(long, value_enum, help_heading = "Method")]
+    pub activation: Option<Activation>,
     /// One RepLoRA generator pair for all blocks (seeds stay per block).
     #[arg(long, help_heading = "Method")]
     pub shared_generators: bool,
     /// Multiplier on RepLoRA's generator outputs: inv_sqrt_h (1/sqrt(h), the default: generated
-    /// factors start and move as LoRA's do), inv_h, or one (unscaled, as replora 0.1).
-    #[arg(long, value_enum, default_value_t = OutputScale::InvSqrtH, help_heading = "Method")]
-    pub output_scale: OutputScale,
+    /// factors start and move as LoRA's do), inv_h, or one (unscaled, as replora 0.1)
+    /// [default: inv_sqrt_h]
+    #[arg(long, value_enum, help_heading = "Method")]
+    pub output_scale: Option<OutputScale>,
     /// Train each RepLoRA generator's output scale (one scalar each, starting at
     /// --output-scale's factor, at the generators' learning rate).
     #[arg(long, help_heading = "Method")]
     pub learn_output_scale: bool,
     /// RepLoRA generators' learning rate as a multiple of --lr (the seeds keep --lr), as LoRA+
-    /// gives B its own rate.
-    #[arg(long, default_value_t = 1.0, value_parser = number(Range::Positive), allow_negative_numbers = true, help_heading = "Method")]
-    pub generator_lr_multiplier: f64,
+    /// gives B its own rate [default: 1]
+    #[arg(long, value_parser = number(Range::Positive), allow_negative_numbers = true, help_heading = "Method")]
+    pub generator_lr_multiplier: Option<f64>,
     /// Bottleneck width m of --method adapter [default: the site's width / 16].
     #[arg(long, value_parser = count, help_heading = "Method")]
     pub bottleneck: Option<usize>,
-    /// Non-linearity inside --method adapter's bottleneck.
-    #[arg(long, value_enum, default_value_t = BottleneckConfig::default().activation, help_heading = "Method")]
-    pub bottleneck_activation: Activation,
-    /// Virtual tokens per layer of --method prefix.
-    #[arg(long, default_value_t = PrefixConfig::default().length, value_parser = count, help_heading = "Method")]
-    pub prefix_length: usize,
-    /// Width of --method prefix's reparameterization MLP (embedding and hidden layer).
-    #[arg(long, default_value_t = PrefixConfig::default().hidden, value_parser = count, help_heading = "Method")]
-    pub prefix_hidden: usize,
+    /// Non-linearity inside --method adapter's bottleneck [default: relu]
+    #[arg(long, value_enum, help_heading = "Method")]
+    pub bottleneck_activation: Option<Activation>,
+    /// Virtual tokens per layer of --method prefix [default: 10]
+    #[arg(long, value_parser = count, help_heading = "Method")]
+    pub prefix_length: Option<usize>,
+    /// Width of --method prefix's reparameterization MLP (embedding and hidden layer) [default: 64]
+    #[arg(long, value_parser = count, help_heading = "Method")]
+    pub prefix_hidden: Option<usize>,
     /// Train --method prefix's keys and values directly, without the reparameterization MLP.
     #[arg(long, help_heading = "Method")]
     pub prefix_direct: bool,
@@ -309,15 +294,20 @@ pub struct TrainArgs {
     pub seed: Option<u64>,
 }
 
+/// Every `--method` value; clap's choices and every error listing them come from here.
+pub const METHODS: [&str; 7] = ["replora", "lora", "dora", "adapter", "prefix", "full", "probe"];
+
 impl MethodArgs {
-    /// The tuning mode and adapter config; `default_targets` applies without --targets.
+    /// The method: `--method`, else replora.
+    pub fn name(&self) -> &str {
+        self.method.as_deref().unwrap_or("replora")
+    }
+
+    /// The tuning mode and adapter config; `default_targets` applies without --targets. A
+    /// setting of another method is refused by name (see [`MethodArgs::settings_given`]).
     pub fn to_adapter<A: Architecture>(&self, seed: u64) -> Result<(Tuning, AdapterConfig)> {
-        let (tuning, method) = match self.method.as_str() {
-            m @ ("full" | "probe") if self.targets.is_some() || self.targets_regex.is_some() || self.layers.is_some() => {
-                return Err(Error::Config(format!(
-                    "--targets, --targets-regex and --layers choose what an adapter adapts; --method {m} has no adapter and takes none of them"
-                )));
-            }
+        self.refuse_settings_of_other_methods()?;
+        let (tuning, method) = match self.name() {
             "prefix" if self.targets.is_some() || self.targets_regex.is_some() => {
                 return Err(Error::Config(
                     "--method prefix puts a prefix at every layer's key projection; --targets and --targets-regex do not apply to it".into(),
@@ -325,37 +315,40 @@ impl MethodArgs {
             }
             "full" => (Tuning::Full, Method::Lora),
             "probe" => (Tuning::Probe, Method::Lora),
-            m => (Tuning::Adapter, m.parse::<Method>()?),
+            m if METHODS.contains(&m) => (Tuning::Adapter, m.parse::<Method>()?),
+            m => return Err(Error::Config(format!("unknown method {m:?}: the methods are {}", METHODS.join(", ")))),
         };
         let target_modules = match (&self.targets_regex, &self.targets) {
-            (Some(re), _) => TargetModules::Regex(re.clone()),
+            (Some(_), Some(_)) => return Err(Error::Config("--targets and --targets-regex exclude each other: give one of them".into())),
+            (Some(re), None) => TargetModules::Regex(re.clone()),
             (None, Some(names)) => TargetModules::Names(names.clone()),
             (None, None) => TargetModules::Names(A::default_targets(method).iter().map(|s| s.to_string()).collect()),
         };
+        let (d, replora, bottleneck, prefix) = (AdapterConfig::default(), RepLoraConfig::default(), BottleneckConfig::default(), PrefixConfig::default());
         let adapter = AdapterConfig {
             method,
-            r: self.rank,
-            lora_alpha: self.alpha,
-            lora_dropout: self.dropout,
+            r: self.rank.unwrap_or(d.r),
+            lora_alpha: self.alpha.unwrap_or(d.lora_alpha),
+            lora_dropout: self.dropout.unwrap_or(d.lora_dropout),
             use_rslora: self.rslora,
-            init_lora_weights: self.init,
+            init_lora_weights: self.init.unwrap_or(d.init_lora_weights),
             target_modules,
             layers_to_transform: self.layers.clone(),
             replora: RepLoraConfig {
-                seed_kind: self.seed_kind,
-                hidden: self.hidden,
-                activation: self.activation,
+                seed_kind: self.seed_kind.unwrap_or(replora.seed_kind),
+                hidden: self.hidden.unwrap_or(replora.hidden),
+                activation: self.activation.unwrap_or(replora.activation),
                 shared_generators: self.shared_generators,
-                output_scale: self.output_scale,
-                generator_lr_multiplier: self.generator_lr_multiplier,
+                output_scale: self.output_scale.unwrap_or(replora.output_scale),
+                generator_lr_multiplier: self.generator_lr_multiplier.unwrap_or(replora.generator_lr_multiplier),
                 generator_bias: !self.no_generator_bias,
                 learn_output_scale: self.learn_output_scale,
                 seed_init: self.seed_init,
             },
-            bottleneck: BottleneckConfig { size: self.bottleneck, activation: self.bottleneck_activation },
-            prefix: PrefixConfig { length: self.prefix_length, reparameterize: !self.prefix_direct, hidden: self.prefix_hidden },
+            bottleneck: BottleneckConfig { size: self.bottleneck, activation: self.bottleneck_activation.unwrap_or(bottleneck.activation) },
+            prefix: PrefixConfig { length: self.prefix_length.unwrap_or(prefix.length), reparameterize: !self.prefix_direct, hidden: self.prefix_hidden.unwrap_or(prefix.hidden) },
             seed,
-            ..Default::default()
+            ..d
         };
         Ok((tuning, adapter))
     }
@@ -382,64 +375,11 @@ impl TrainArgs {
     }
 }
 
-impl ClassificationArgs {
-    /// The flags given (refused for a multiple-choice run).
-    fn given(&self) -> Vec<&'static str> {
-        let flags = [
-            (self.format.is_some(), "--format"),
-            (self.text_column.is_some(), "--text-column"),
-            (self.pair_column.is_some(), "--pair-column"),
-            (self.label_column.is_some(), "--label-column"),
-            (self.split.is_some(), "--split"),
-            (self.pooling.is_some(), "--pooling"),
-            (self.head_dropout.is_some(), "--head-dropout"),
-        ];
-        flags.into_iter().filter(|(given, _)| *given).map(|(_, f)| f).collect()
-    }
-}
-
-impl ChoiceArgs {
-    /// The flags given (refused for a classification run).
-    fn given(&self) -> Vec<&'static str> {
-        let flags = [
-            (self.tasks.is_some(), "--tasks"),
-            (self.eval_tasks.is_some(), "--eval-tasks"),
-            (self.train_per_task.is_some(), "--train-per-task"),
-            (self.validation_per_task.is_some(), "--validation-per-task"),
-            (self.test_per_task.is_some(), "--test-per-task"),
-            (self.keep_layers.is_some(), "--keep-layers"),
-            (self.no_exact_match, "--no-exact-match"),
-        ];
-        flags.into_iter().filter(|(given, _)| *given).map(|(_, f)| f).collect()
-    }
-}
-
-fn refuse(flags: Vec<&str>, task: TaskKind) -> Result<()> {
-    match flags.is_empty() {
-        true => Ok(()),
-        false => {
-            let (verb, article) = (if flags.len() == 1 { "is" } else { "are" }, if task.name().starts_with('i') { "an" } else { "a" });
-            Err(Error::Config(format!("{} {verb} not for {article} {task} run", flags.join(", "))))
-        }
-    }
-}
-
 impl RunArgs {
-    /// The task: `--task`, else the one `--model` is for, else multiple-choice where one of its
-    /// flags is given, else classification.
-    pub fn task(&self) -> TaskKind {
-        match (&self.task, &self.model) {
-            (Some(task), _) => *task,
-            (None, Some(model)) => TaskKind::for_model(model),
-            (None, None) if !self.choice.given().is_empty() => TaskKind::MultipleChoice,
-            (None, None) if !self.image.given().is_empty() => TaskKind::ImageClassification,
-            (None, None) => TaskKind::Classification,
-        }
-    }
-
     pub fn to_classification(&self) -> Result<ClassificationSpec> {
-        refuse([self.choice.given(), self.image.given()].concat(), TaskKind::Classification)?;
+        refuse_for_task(&[self.choice.given(), self.image.given()].concat(), TaskKind::Classification)?;
         let d = ClassificationSpec::default();
+        RunArgs::check_model_family(self.model.as_deref().unwrap_or(&d.model), TaskKind::Classification)?;
         let c = &self.classification;
         let train = self.train.to_train(d.train.clone());
         let (tuning, adapter) = self.method.to_adapter::<Bert>(train.seed)?;
@@ -471,8 +411,9 @@ impl RunArgs {
 
     pub fn to_choice(&self) -> Result<MultipleChoiceSpec> {
         let data = self.data.is_some().then_some("--data (multiple-choice runs name their data with --tasks)");
-        refuse([self.classification.given(), self.image.given(), data.into_iter().collect()].concat(), TaskKind::MultipleChoice)?;
+        refuse_for_task(&[self.classification.given(), self.image.given(), data.into_iter().collect()].concat(), TaskKind::MultipleChoice)?;
         let d = MultipleChoiceSpec::default();
+        RunArgs::check_model_family(self.model.as_deref().unwrap_or(&d.model), TaskKind::MultipleChoice)?;
         let c = &self.choice;
         let train = self.train.to_train(d.train.clone());
         let (tuning, adapter) = self.method.to_adapter::<Llama>(train.seed)?;
@@ -497,8 +438,9 @@ impl RunArgs {
         if self.max_len.is_some() {
             foreign.push("--max-len");
         }
-        refuse(foreign, TaskKind::ImageClassification)?;
+        refuse_for_task(&foreign, TaskKind::ImageClassification)?;
         let d = ImageClassificationSpec::default();
+        RunArgs::check_model_family(self.model.as_deref().unwrap_or(&d.model), TaskKind::ImageClassification)?;
         let i = &self.image;
         let train = self.train.to_train(d.train.clone());
         let (tuning, adapter) = self.method.to_adapter::<Dinov2>(train.seed)?;
@@ -540,56 +482,6 @@ impl SpecFromArgs for ImageClassification {
     fn spec_from(args: &RunArgs) -> Result<ImageClassificationSpec> {
         args.to_image()
     }
-}
-
-/// Expands `--config FILE` (TOML or JSON, keys = flag names with `_` or `-`) into flags placed
-/// before the command line's own, so flags given explicitly win.
-pub fn expand_config_file(args: Vec<String>) -> Result<Vec<String>> {
-    let Some(pos) = args.iter().position(|a| a == "--config" || a.starts_with("--config=")) else { return Ok(args) };
-    let (path, consumed) = match args[pos].strip_prefix("--config=") {
-        Some(p) => (PathBuf::from(p), 1),
-        None => (PathBuf::from(args.get(pos + 1).ok_or_else(|| Error::Config("--config needs a file".into()))?), 2),
-    };
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let table: serde_json::Map<String, serde_json::Value> = if path.extension().is_some_and(|e| e == "json") {
-        serde_json::from_str(&text).map_err(|e| Error::format(&path, e))?
-    } else {
-        let value: toml::Value = toml::from_str(&text).map_err(|e| Error::format(&path, e))?;
-        serde_json::to_value(value).map_err(|e| Error::format(&path, e))?.as_object().cloned().unwrap_or_default()
-    };
-    // A key that is no flag of the subcommand is named here, with the file (clap would name neither).
-    let sub = if pos >= 2 { args.get(1) } else { args.get(pos + consumed) };
-    let command = <crate::apps::cli::Cli as clap::CommandFactory>::command();
-    let known: Option<(String, Vec<String>)> = sub.and_then(|s| command.find_subcommand(s)).map(|c| {
-        (c.get_name().to_string(), c.get_arguments().filter_map(|a| a.get_long()).map(String::from).collect())
-    });
-    let mut flags = vec![];
-    for (key, value) in table {
-        let name = key.replace('_', "-");
-        if let Some((sub, known)) = &known
-            && !known.contains(&name)
-        {
-            return Err(Error::format(&path, format!("unknown key {key:?}: `replora {sub}` has no --{name} flag")));
-        }
-        let flag = format!("--{name}");
-        match value {
-            serde_json::Value::Bool(true) => flags.push(flag),
-            serde_json::Value::Bool(false) | serde_json::Value::Null => {}
-            serde_json::Value::Array(items) => {
-                let joined: Vec<String> = items.iter().map(|v| v.as_str().map(String::from).unwrap_or(v.to_string())).collect();
-                flags.extend([flag, joined.join(",")]);
-            }
-            serde_json::Value::String(s) => flags.extend([flag, s]),
-            other => flags.extend([flag, other.to_string()]),
-        }
-    }
-    // Program and subcommand first, then the file's flags, then the command line's own.
-    let split = pos.min(2);
-    let mut out: Vec<String> = args[..split].to_vec();
-    out.extend(flags);
-    out.extend(args[split..pos].iter().cloned());
-    out.extend(args[pos + consumed..].iter().cloned());
-    Ok(out)
 }
 
 #[cfg(test)]

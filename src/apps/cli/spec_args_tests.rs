@@ -1,11 +1,15 @@
 //! Tests of the run flags: defaults, config files, task choice, refused flags.
 
 use super::*;
+use crate::apps::cli::expand_config_file;
 use clap::Parser;
 
+fn command(args: &[&str]) -> crate::apps::cli::Command {
+    crate::apps::cli::Cli::try_parse_from(crate::apps::cli::expand_aliases(args.iter().map(|s| s.to_string()).collect())).unwrap().command
+}
+
 fn train_args(args: &[&str]) -> RunArgs {
-    let cli = crate::apps::cli::Cli::try_parse_from(crate::apps::cli::expand_aliases(args.iter().map(|s| s.to_string()).collect())).unwrap();
-    let crate::apps::cli::Command::Train { run, .. } = cli.command else { panic!("not train") };
+    let crate::apps::cli::Command::Train { run, .. } = command(args) else { panic!("not train") };
     run
 }
 
@@ -102,4 +106,102 @@ fn method_adapter_defaults_to_each_architectures_bottleneck_sites() {
     assert!(err.contains("key projection"), "{err}");
     let lora = train_args(&["replora", "train-lm", "--method", "lora"]).to_choice().unwrap();
     assert_eq!(lora.adapter.target_modules, TargetModules::Names(vec!["q_proj".into(), "v_proj".into()]));
+}
+
+fn eval_args(args: &[&str]) -> RunArgs {
+    let crate::apps::cli::Command::Eval { args, .. } = command(args) else { panic!("not eval") };
+    args
+}
+
+/// Every flag acts or is refused by name: a method's settings for other methods, the two
+/// target flags together, and what `eval` would not use.
+#[test]
+fn flags_that_would_not_act_are_refused_by_name() {
+    let e = train_args(&["replora", "train", "--method", "lora", "--hidden", "4"]).to_classification().unwrap_err().to_string();
+    assert!(e.contains("--hidden (a setting of --method replora) is not for --method lora"), "{e}");
+    let e = train_args(&["replora", "train", "--method", "adapter", "--rank", "4", "--prefix-length", "3"]).to_classification().unwrap_err().to_string();
+    assert!(e.contains("--rank (a setting of --method lora/dora/replora), --prefix-length (a setting of --method prefix) are not for --method adapter"), "{e}");
+    assert_eq!(train_args(&["replora", "train", "--method", "replora", "--hidden", "4"]).to_classification().unwrap().adapter.replora.hidden, 4);
+    let e = crate::apps::cli::Cli::try_parse_from(["replora", "train", "--targets", "query", "--targets-regex", ".*value"]).unwrap_err().to_string();
+    assert!(e.contains("--targets-regex") && e.contains("cannot be used with") && e.contains("--targets"), "{e}");
+    // A run names its model: --model goes with --peft (logits) or without --run (generate).
+    for args in [&["replora", "generate", "--run", "r", "--model", "m", "hi"][..], &["replora", "logits", "--run", "r", "--model", "m", "--text", "t", "--out", "o"]] {
+        let e = crate::apps::cli::Cli::try_parse_from(args).unwrap_err().to_string();
+        assert!(e.contains("--model") && e.contains("cannot be used with"), "{e}");
+    }
+
+    let e = eval_args(&["replora", "eval", "--run", "r", "--max-len", "4", "--pooling", "mean", "--method", "dora"]).refuse_for_eval_of_run(TaskKind::Classification).unwrap_err().to_string();
+    assert!(e.contains("--max-len, --pooling, --method are not for `eval --run` of a classification run"), "{e}");
+    let e = eval_args(&["replora", "eval", "--run", "r", "--eval-tasks", "bigbench:social_iqa"]).refuse_for_eval_of_run(TaskKind::Classification).unwrap_err().to_string();
+    assert!(e.contains("--eval-tasks is not for `eval --run` of a classification run") && e.contains("takes only --data"), "{e}");
+    let e = eval_args(&["replora", "eval", "--run", "r", "--data", "d.jsonl"]).refuse_for_eval_of_run(TaskKind::MultipleChoice).unwrap_err().to_string();
+    assert!(e.contains("--data is not for `eval --run` of a multiple-choice run") && e.contains("--eval-tasks"), "{e}");
+    assert!(eval_args(&["replora", "eval", "--run", "r", "--data", "d.jsonl"]).refuse_for_eval_of_run(TaskKind::Classification).is_ok());
+    let e = eval_args(&["replora", "eval-lm", "--lr", "0.1", "--rank", "4"]).refuse_for_zero_shot_eval().unwrap_err().to_string();
+    assert!(e.contains("--rank, --lr are not for `eval` without --run"), "{e}");
+}
+
+/// In a list of methods (`compare`, `sweep`), a method's settings act on its own runs; one
+/// that no listed method takes is still refused.
+#[test]
+fn a_method_list_gives_each_method_its_own_settings() {
+    let args = train_args(&["replora", "train", "--hidden", "4", "--rank", "2"]);
+    let lora = args.method.for_method_of("lora", &["lora", "replora"]);
+    assert_eq!((lora.hidden, lora.rank, lora.name()), (None, Some(2), "lora"));
+    let replora = args.method.for_method_of("replora", &["lora", "replora"]);
+    assert_eq!((replora.hidden, replora.rank), (Some(4), Some(2)));
+    let only_lora = RunArgs { method: args.method.for_method_of("lora", &["lora", "dora"]), ..args.clone() };
+    assert!(only_lora.to_classification().unwrap_err().to_string().contains("--hidden"));
+    let e = crate::apps::cli::check_method_list(&["lora".into(), "bogus".into()], false).unwrap_err().to_string();
+    assert!(e.contains("\"bogus\"") && METHODS.iter().all(|m| e.contains(m)), "{e}");
+    let e = train_args(&["replora", "train"]);
+    let bogus = RunArgs { method: MethodArgs { method: Some("bogus".into()), ..e.method.clone() }, ..e };
+    let e = bogus.to_classification().unwrap_err().to_string();
+    assert!(METHODS.iter().all(|m| e.contains(m)), "{e}");
+}
+
+/// The task inferred from flags is the one whose flags the run keeps: a text flag with an image
+/// flag is a text run that refuses the image flag, not the other way round.
+#[test]
+fn the_task_follows_the_model_family_and_blames_the_foreign_flag() {
+    let args = train_args(&["replora", "train", "--data", "d.jsonl", "--max-len", "16", "--image-size", "56"]);
+    assert_eq!(args.task(), TaskKind::Classification);
+    let e = args.to_classification().unwrap_err().to_string();
+    assert!(e.contains("--image-size is not for a classification run"), "{e}");
+    assert_eq!(train_args(&["replora", "train", "--image-size", "56"]).task(), TaskKind::ImageClassification);
+
+    let e = train_args(&["replora", "train", "--task", "classification", "--model", "smollm2"]).to_classification().unwrap_err().to_string();
+    assert!(e.contains("--model smollm2 is a decoder (LLaMA)") && e.contains("needs an encoder") && e.contains("--task multiple-choice"), "{e}");
+    let e = train_args(&["replora", "train", "--task", "multiple-choice", "--model", "minilm"]).to_choice().unwrap_err().to_string();
+    assert!(e.contains("--model minilm is an encoder (BERT)") && e.contains("needs a decoder"), "{e}");
+    let e = train_args(&["replora", "train", "--task", "image-classification", "--model", "minilm"]).to_image().unwrap_err().to_string();
+    assert!(e.contains("needs a vision transformer"), "{e}");
+}
+
+#[test]
+fn a_config_file_error_names_the_file_and_the_command_line_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let expand = |text: &str, extra: &[&str]| {
+        let file = dir.path().join("run.toml");
+        std::fs::write(&file, text).unwrap();
+        let mut args: Vec<String> = ["replora", "train", "--config", file.to_str().unwrap()].map(String::from).to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        expand_config_file(args)
+    };
+    let e = expand("config = \"other.toml\"\n", &[]).unwrap_err().to_string();
+    assert!(e.contains("run.toml") && e.contains("cannot name another config file"), "{e}");
+    let e = expand("epochs = \"two\"\n", &[]).unwrap_err().to_string();
+    assert!(e.contains("run.toml") && e.contains("--epochs") && e.contains("two"), "{e}");
+    let e = expand("rslora = \"yes\"\n", &[]).unwrap_err().to_string();
+    assert!(e.contains("run.toml") && e.contains("switch"), "{e}");
+    let e = expand("split = [0.8, 2, 0.1]\n", &[]).unwrap_err().to_string();
+    assert!(e.contains("run.toml") && e.contains("--split"), "{e}");
+    // The command line's --epochs replaces the file's, which is then not read.
+    let args = expand("epochs = \"two\"\nrank = 4\n", &["--epochs", "1"]).unwrap();
+    let cli = crate::apps::cli::Cli::try_parse_from(args).unwrap();
+    let crate::apps::cli::Command::Train { run, .. } = cli.command else { panic!("not train") };
+    assert_eq!((run.train.epochs, run.method.rank), (Some(1), Some(4)));
+    use clap::CommandFactory;
+    let help = crate::apps::cli::Cli::command().find_subcommand_mut("train").unwrap().render_long_help().to_string();
+    assert!(help.contains("replaces the file's value"), "the precedence is in --help");
 }

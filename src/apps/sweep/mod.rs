@@ -168,6 +168,7 @@ impl Grid {
         varied.sort();
         varied.dedup();
         let mut cells: Vec<Cell> = vec![];
+        let mut seen: std::collections::HashSet<BTreeMap<String, String>> = std::collections::HashSet::new();
         for part in parts {
             let mut product: Vec<BTreeMap<String, String>> = vec![self.fixed.iter().map(|(k, v)| (k.clone(), flag_value(v))).collect()];
             for (key, values) in part {
@@ -181,7 +182,7 @@ impl Grid {
                     .collect();
             }
             for flags in product {
-                if !cells.iter().any(|c| c.flags == flags) {
+                if seen.insert(flags.clone()) {
                     cells.push(Cell { flags, varied: varied.clone(), dir: PathBuf::new() });
                 }
             }
@@ -254,71 +255,69 @@ pub fn sweep(grid_file: &Path, out: &Path, store: &Path, report_only: bool) -> R
     output::check("--out", out, Output::Dir)?;
     output::check("--cells", store, Output::Dir)?;
     let grid = Grid::read(grid_file)?;
-    // Every cell's flags are checked before the first run; each cell's directory is named by
-    // the spec they resolve to, so a cell means the same run whatever the defaults of the day,
-    // and two spellings of one spec (a default given explicitly) are one cell.
-    let mut cells: Vec<Cell> = vec![];
-    let mut parsed: Vec<RunArgs> = vec![];
-    for mut cell in grid.cells() {
-        let args = cell.args()?;
-        let spec = with_task!(args.task(), T => T::spec_from(&args).and_then(|s| {
-            crate::tasks::TaskSpec::validate(&s)?;
-            Ok(format!("{}:{}", <T as crate::tasks::Task>::KIND, spec_key(serde_json::to_value(&s).expect("specs serialize"))))
-        }))
-        .map_err(|e| Error::Config(format!("sweep cell {}: {e}", cell.describe())))?;
-        let method = cell.flags.get("method").map_or("replora", String::as_str);
-        cell.dir = store.join(format!("{method}-{:016x}", fnv(&spec)));
-        if !cells.iter().any(|c| c.dir == cell.dir) {
-            cells.push(cell);
-            parsed.push(args);
-        }
-    }
+    let (cells, parsed) = resolve_cells(&grid, store)?;
     let done = |c: &Cell| run::layout::is_finished(&c.dir);
+    let todo = cells.iter().filter(|c| !done(c)).count();
+    match report_only {
+        true => eprintln!("sweep: {} cells, {} finished, {todo} unrun (--report-only runs none)", cells.len(), cells.len() - todo),
+        false => eprintln!("sweep: {} cells, {} finished, {todo} to run", cells.len(), cells.len() - todo),
+    }
     if report_only {
-        check_report_source(store, cells.iter().filter(|c| done(c)).count(), cells.len())?;
+        check_report_source(store, cells.len() - todo, cells.len())?;
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     write_json(&out.join("grid.json"), &cells)?;
-    let todo = cells.iter().filter(|c| !done(c)).count();
-    eprintln!("sweep: {} cells, {} finished, {} to run", cells.len(), cells.len() - todo, if report_only { 0 } else { todo });
     let started = Instant::now();
     let mut ran = 0;
     let mut rows = vec![];
     let mut skipped: Vec<String> = vec![];
+    let mut failures: Vec<Failure> = vec![];
     for (cell, args) in cells.iter().zip(&parsed) {
         let summary: RunSummary = if done(cell) {
             read_json(&cell.dir.join(run::layout::SUMMARY_FILE))?
         } else if report_only {
             continue;
         } else {
-            let eta = match ran {
+            let attempted = ran + failures.len() + skipped.len();
+            let eta = match attempted {
                 0 => String::new(),
                 n => format!(", about {:.0} min left", started.elapsed().as_secs_f64() / n as f64 * (todo - n) as f64 / 60.0),
             };
-            eprintln!("== sweep [{}/{todo}{eta}] {} ==", ran + 1, cell.describe());
+            eprintln!("== sweep [{}/{todo}{eta}] {} ==", attempted + 1, cell.describe());
             std::fs::create_dir_all(store).map_err(|e| Error::io(store, e))?;
             write_json(&cell.dir.with_extension("cell.json"), cell)?;
-            let summary = match with_task!(args.task(), T => train_cell::<T>(args, &cell.dir)) {
+            match with_task!(args.task(), T => train_cell::<T>(args, &cell.dir)) {
+                Ok(summary) => {
+                    ran += 1;
+                    rows.push(cell.row(&summary));
+                    write_rows(&rows, out)?;
+                }
+                // Another process trains this cell: not a failure; it reports the cell itself.
                 Err(Error::Busy { pid, .. }) => {
                     let by = pid.map_or("another process".into(), |p| format!("process {p}"));
                     eprintln!("sweep: {} is being trained by {by}: skipped", cell.describe());
                     skipped.push(format!("{} ({by}, {})", cell.describe(), cell.dir.display()));
-                    continue;
                 }
-                other => other?,
-            };
-            ran += 1;
-            rows.push(cell.row(&summary));
-            write_rows(&rows, out)?;
+                // One failing cell does not stop the others: it is recorded, reported, and
+                // retried by the next sweep (it has no summary.json).
+                Err(e) => {
+                    eprintln!("sweep: cell {} failed, going on with the others: {e}", cell.describe());
+                    failures.push(Failure { cell: cell.describe(), run: cell.dir.clone(), error: e.to_string() });
+                    write_failures(&failures, out)?;
+                }
+            }
             continue;
         };
         rows.push(cell.row(&summary));
     }
     write_rows(&rows, out)?;
+    if !report_only {
+        write_failures(&failures, out)?;
+    }
     if ran > 0 {
         eprintln!("sweep: {ran} runs in {:.1} min", started.elapsed().as_secs_f64() / 60.0);
     }
-    let text = report::write(&rows, &grid, out)?;
+    let text = report::write(&rows, &failures, &grid, out)?;
     println!("{text}");
     if !skipped.is_empty() {
         eprintln!(
@@ -327,7 +326,14 @@ pub fn sweep(grid_file: &Path, out: &Path, store: &Path, report_only: bool) -> R
             skipped.join("; ")
         );
     }
-    Ok(())
+    match failures.len() {
+        0 => Ok(()),
+        n => Err(Error::State(format!(
+            "{n} of {} cells failed (their errors are in {} and report.md); the same command retries them, and runs nothing else",
+            cells.len(),
+            out.join(FAILURES_FILE).display()
+        ))),
+    }
 }
 
 /// `--report-only` replaces the report and `results.jsonl`: refused where the store it reads
@@ -343,6 +349,64 @@ fn check_report_source(store: &Path, finished: usize, cells: usize) -> Result<()
         )));
     }
     Ok(())
+}
+
+/// A cell whose run failed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Failure {
+    pub cell: String,
+    pub run: PathBuf,
+    pub error: String,
+}
+
+const FAILURES_FILE: &str = "failed.jsonl";
+
+/// `failed.jsonl`: one row per cell that failed in the last sweep (none: no file).
+fn write_failures(failures: &[Failure], out: &Path) -> Result<()> {
+    let path = out.join(FAILURES_FILE);
+    if failures.is_empty() {
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&path, e)),
+            _ => Ok(()),
+        };
+    }
+    let lines: String = failures.iter().map(|f| format!("{}\n", serde_json::to_string(f).expect("failures serialize"))).collect();
+    write_atomic(&path, lines.as_bytes())
+}
+
+/// Every cell's flags parsed and checked before the first run; each cell's directory is named
+/// by the spec they resolve to, so a cell means the same run whatever the defaults of the day,
+/// and two spellings of one spec (a default given explicitly) are one cell. A method's own
+/// settings apply to the cells of that method. Progress is printed every few seconds.
+fn resolve_cells(grid: &Grid, store: &Path) -> Result<(Vec<Cell>, Vec<RunArgs>)> {
+    let all = grid.cells();
+    let mut methods: Vec<&str> = all.iter().map(|c| c.flags.get("method").map_or("replora", String::as_str)).collect();
+    methods.sort();
+    methods.dedup();
+    let mut cells: Vec<Cell> = vec![];
+    let mut parsed: Vec<RunArgs> = vec![];
+    let mut dirs = std::collections::HashSet::new();
+    let (started, mut shown) = (Instant::now(), Instant::now());
+    for (i, cell) in all.iter().enumerate() {
+        if shown.elapsed().as_secs_f64() >= 2.0 {
+            eprintln!("sweep: checked {i} of {} cells ({:.0} s)", all.len(), started.elapsed().as_secs_f64());
+            shown = Instant::now();
+        }
+        let mut args = cell.args()?;
+        args.method = args.method.for_method_of(args.method.name(), &methods);
+        let spec = with_task!(args.task(), T => T::spec_from(&args).and_then(|s| {
+            crate::tasks::TaskSpec::validate(&s)?;
+            Ok(format!("{}:{}", <T as crate::tasks::Task>::KIND, spec_key(serde_json::to_value(&s).expect("specs serialize"))))
+        }))
+        .map_err(|e| Error::Config(format!("sweep cell {}: {e}", cell.describe())))?;
+        let method = cell.flags.get("method").map_or("replora", String::as_str);
+        let dir = store.join(format!("{method}-{:016x}", fnv(&spec)));
+        if dirs.insert(dir.clone()) {
+            cells.push(Cell { dir, ..cell.clone() });
+            parsed.push(args);
+        }
+    }
+    Ok((cells, parsed))
 }
 
 #[cfg(test)]
@@ -368,7 +432,7 @@ mod tests {
         assert_eq!(cells.len(), 6, "{:?}", cells.iter().map(|c| &c.flags).collect::<Vec<_>>());
         assert!(cells.iter().any(|c| c.flags.get("activation").is_some_and(|a| a == "gelu") && !c.flags.contains_key("hidden")));
         let args = cells[0].args().unwrap();
-        assert_eq!(args.method.hidden, 8);
+        assert_eq!(args.method.hidden, Some(8));
     }
 
     #[test]
@@ -392,10 +456,10 @@ mod tests {
         assert!(files.len() >= 20, "the study's grids are missing from {}", dir.display());
         for path in files {
             let name = path.file_name().unwrap().to_string_lossy().to_string();
-            let cells = Grid::read(&path).unwrap_or_else(|e| panic!("{e}")).cells();
-            for cell in &cells {
-                cell.args().unwrap_or_else(|e| panic!("{name}: {e}"));
-            }
+            let grid = Grid::read(&path).unwrap_or_else(|e| panic!("{e}"));
+            let cells = grid.cells();
+            // Every flag of every cell acts on its run (none is refused as another method's).
+            resolve_cells(&grid, Path::new("cells")).unwrap_or_else(|e| panic!("{name}: {e}"));
             let text = std::fs::read_to_string(&path).unwrap();
             let run = text.lines().find(|l| l.starts_with("# Run:")).unwrap_or_else(|| panic!("{name}: no `# Run:` line"));
             assert!(run.contains(&format!("--grid sweeps/{name}")), "{name}: {run}");

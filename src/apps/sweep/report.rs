@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::{Grid, Row};
+use super::{Failure, Grid, Row};
 use crate::apps::simulate::stats::t975;
 use crate::error::Result;
 use crate::files::{write_atomic, write_json};
@@ -117,7 +117,7 @@ pub fn select(configs: &[Config], metric: BestMetric, baseline: &str) -> Vec<Sel
 }
 
 /// Writes `report.md`, `report.json` and the plots; returns the Markdown.
-pub fn write(rows: &[Row], grid: &Grid, out: &Path) -> Result<String> {
+pub fn write(rows: &[Row], failures: &[Failure], grid: &Grid, out: &Path) -> Result<String> {
     let metric = grid.metric;
     let configs = configs(rows, metric);
     let selected = select(&configs, metric, &grid.baseline);
@@ -150,6 +150,12 @@ pub fn write(rows: &[Row], grid: &Grid, out: &Path) -> Result<String> {
             "| {} | {} | {} | {} | {} | {} | {:.3} | {:.1} |\n",
             c.data, c.train_fraction, c.method, if c.setting.is_empty() { "-" } else { &c.setting }, c.seeds.len(), format_mean_sd(&c.validation, scale, 1), c.trainable_percent, c.minutes
         );
+    }
+    if !failures.is_empty() {
+        s += &format!("\n## Failed cells ({}; the same `replora sweep` command retries them)\n\n| cell | run directory | error |\n|---|---|---|\n", failures.len());
+        for f in failures {
+            s += &format!("| {} | {} | {} |\n", f.cell, f.run.display(), f.error.replace('|', "\\|").replace('\n', " "));
+        }
     }
     write_atomic(&out.join("report.md"), s.as_bytes())?;
     write_json(&out.join("report.json"), &serde_json::json!({ "selected": selected, "configurations": configs }))?;
