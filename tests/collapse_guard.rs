@@ -20,7 +20,10 @@ fn train(dir: &Path, out: &str, extra: &[&str]) -> (Output, serde_json::Value) {
         support::word_dataset(&data, 2, 60);
     }
     let mut args = vec!["train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--max-len", "16"];
-    args.extend(["--epochs", "8", "--batch-size", "4", "--log-every", "2", "--method", "lora", "--out", out.to_str().unwrap()]);
+    args.extend(["--epochs", "8", "--batch-size", "4", "--log-every", "2", "--out", out.to_str().unwrap()]);
+    if !extra.contains(&"--method") {
+        args.extend(["--method", "lora"]);
+    }
     args.extend(extra);
     let o = Command::new(env!("CARGO_BIN_EXE_replora")).args(&args).output().expect("the replora binary runs");
     assert!(o.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
@@ -72,4 +75,23 @@ fn a_run_that_learns_neither_warns_nor_records_a_collapse() {
     let text = std::fs::read_to_string(dir.path().join("learns/metrics.jsonl")).unwrap();
     let steps: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).filter(|v: &serde_json::Value| v.get("loss").is_some()).collect();
     assert!(!steps.is_empty() && steps.iter().all(|v| v["factor_grad_norm"].as_f64().is_some_and(|g| g.is_finite())), "{text}");
+}
+
+/// RepLoRA's lines carry its generator and seed gradient norms and the saturated fraction of
+/// its tanh units (none at the start: seeds of ones and weights within 1/sqrt(8) give
+/// pre-activations of at most 0.71).
+#[test]
+fn replora_logs_its_generator_diagnostics() {
+    let dir = tempfile::tempdir().unwrap();
+    train(dir.path(), "replora", &["--lr", LEARNING_LR, "--method", "replora"]);
+    let text = std::fs::read_to_string(dir.path().join("replora/metrics.jsonl")).unwrap();
+    let steps: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).filter(|v: &serde_json::Value| v.get("loss").is_some()).collect();
+    for v in &steps {
+        for key in ["generator_grad_norm", "seed_grad_norm"] {
+            assert!(v[key].as_f64().is_some_and(|g| g.is_finite() && g > 0.0), "{key} in {v}");
+        }
+        assert!(v["tanh_saturated"].as_f64().is_some_and(|s| (0.0..=1.0).contains(&s)), "{v}");
+        assert!(v.get("factor_grad_norm").is_none(), "{v}");
+    }
+    assert_eq!(steps[0]["tanh_saturated"], 0.0);
 }

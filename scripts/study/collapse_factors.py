@@ -1,0 +1,55 @@
+"""Issue 27: what RepLoRA's generated update looks like in a run's checkpoint (or best/).
+
+For every adapted linear: the share of ||dW||_F^2 in dW's top singular value (1.0: a rank-1
+update), the share of the generated B (and A) that is the row-common part the generators'
+output biases add to every row, and the largest |pre-activation| of the generators' tanh.
+LoRA runs get the top-singular share only. Usage: python collapse_factors.py RUN_DIR [best|checkpoint]
+"""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file
+
+
+def generated(d, i, half, width):
+    """Generated rows [r, 2*width] of generator i's half ('a' or 'b') from its block's seed."""
+    p = f"encoder.adapters.generators.{i}.{half}."
+    seed = d[f"encoder.adapters.blocks.{i}.seed_{half}"][0]
+    pre = np.diag(seed) @ d[p + "hidden_weight"] + d[p + "hidden_bias"]
+    rows = (np.tanh(pre) @ d[p + "out_weight"] + d[p + "out_bias"]) / np.sqrt(len(seed))
+    common = np.broadcast_to(d[p + "out_bias"] / np.sqrt(len(seed)), rows.shape)
+    return rows, np.abs(pre).max(), (common ** 2).sum() / (rows ** 2).sum()
+
+
+def top_share(m):
+    s = np.linalg.svd(m, compute_uv=False)
+    return (s[0] ** 2) / (s ** 2).sum()
+
+
+def main(run, which="checkpoint"):
+    d = load_file(str(Path(run) / which / "trainable.safetensors"))
+    out = []
+    if any(".generators." in k for k in d):
+        layers = sorted({int(k.split(".")[3]) for k in d if ".blocks." in k})
+        for i in layers:
+            a_rows, a_pre, a_common = generated(d, i, "a", None)
+            b_rows, b_pre, b_common = generated(d, i, "b", None)
+            w = a_rows.shape[1] // 2
+            for t, name in enumerate(["query", "value"]):
+                A = a_rows[:, t * w:(t + 1) * w].T
+                B = b_rows[:, t * w:(t + 1) * w]
+                out.append(dict(layer=i, target=name, top_sv_share=top_share(A @ B), norm=float(np.linalg.norm(A @ B)),
+                                b_common_share=float(b_common), a_common_share=float(a_common), max_abs_pre=float(max(a_pre, b_pre))))
+    else:
+        names = sorted({k.rsplit(".factors", 1)[0] for k in d if ".factors." in k})
+        for n in names:
+            A, B = d[n + ".factors.a"], d[n + ".factors.b"]
+            out.append(dict(target=n.split("targets.")[1], top_sv_share=top_share(A @ B), norm=float(np.linalg.norm(A @ B))))
+    for row in out:
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
