@@ -75,10 +75,11 @@ fn a_run_that_learns_neither_warns_nor_records_a_collapse() {
     let text = std::fs::read_to_string(dir.path().join("learns/metrics.jsonl")).unwrap();
     let steps: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).filter(|v: &serde_json::Value| v.get("loss").is_some()).collect();
     assert!(!steps.is_empty() && steps.iter().all(|v| v["factor_grad_norm"].as_f64().is_some_and(|g| g.is_finite())), "{text}");
+    assert!(steps.iter().all(|v| v["update_top_share"].as_f64().is_some_and(|s| s > 0.0 && s <= 1.0 + 1e-9)), "{text}");
 }
 
-/// RepLoRA's lines carry its generator and seed gradient norms and the saturated fraction of
-/// its tanh units (none at the start: seeds of ones and weights within 1/sqrt(8) give
+/// RepLoRA's lines carry its generator and seed gradient norms, the saturated fraction of
+/// its tanh units and the shape of its update (top singular share, spectral ratio to W0) (none at the start: seeds of ones and weights within 1/sqrt(8) give
 /// pre-activations of at most 0.71).
 #[test]
 fn replora_logs_its_generator_diagnostics() {
@@ -92,6 +93,9 @@ fn replora_logs_its_generator_diagnostics() {
         }
         assert!(v["tanh_saturated"].as_f64().is_some_and(|s| (0.0..=1.0).contains(&s)), "{v}");
         assert!(v.get("factor_grad_norm").is_none(), "{v}");
+        let share = v["update_top_share"].as_f64().unwrap();
+        assert!(share > 1.0 / 8.0 - 1e-9 && share <= 1.0 + 1e-9, "a rank-8 update's top share is in [1/8, 1]: {v}");
+        assert!(v["update_spectral_ratio"].as_f64().is_some_and(|r| r > 0.0 && r.is_finite()), "{v}");
     }
     assert_eq!(steps[0]["tanh_saturated"], 0.0);
 }

@@ -3,9 +3,11 @@
 
 use burn::module::ParamId;
 use burn::optim::GradientsParams;
+use burn::prelude::*;
 use serde_json::{Map, Value};
 
 use super::config::{Activation, Method};
+use super::peft_model::{Adaptable, PeftModel};
 use super::replora::seed_rows;
 use super::set::AdapterSet;
 
@@ -74,4 +76,83 @@ fn grad_norm(grads: &GradientsParams, matrices: &[ParamId], vectors: &[ParamId])
         *total.get_or_insert(0.0) += crate::training::trainer::scalar(s);
     }
     total.map(f64::sqrt)
+}
+
+impl<M: Adaptable> PeftModel<M> {
+    /// [`AdapterSet::diagnostics`] plus the shape of the low-rank updates `s A B` (LoRA, DoRA,
+    /// RepLoRA), each the largest over the adapted linears: `update_top_share`, the share of
+    /// `||s A B||_F^2` in its top singular value (1: a rank-1 update), and `update_spectral_ratio`,
+    /// its top singular value over that of the frozen `W0`.
+    pub fn diagnostics(&self, grads: &GradientsParams) -> Map<String, Value> {
+        let mut out = self.adapters.diagnostics(grads);
+        let all = self.adapters.deltas(false);
+        let (mut share, mut ratio) = (None::<f64>, None::<f64>);
+        for linear in self.model.linears() {
+            let Some(d) = all.get(&linear.path) else { continue };
+            let (a, b) = (d.a.clone().detach(), d.b.clone().detach());
+            // The squared singular values of A B are the eigenvalues of (A^T A)(B B^T), r x r.
+            let gram = |t: Tensor<2>| -> Vec<f64> { t.into_data().try_into_vec_as::<f64>().expect("float tensor") };
+            let r = a.dims()[1];
+            let (ata, bbt) = (gram(a.clone().transpose().matmul(a)), gram(b.clone().matmul(b.transpose())));
+            let m: Vec<f64> = (0..r * r).map(|ij| (0..r).map(|k| ata[ij / r * r + k] * bbt[k * r + ij % r]).sum()).collect();
+            let trace: f64 = (0..r).map(|i| m[i * r + i]).sum();
+            if trace <= 0.0 {
+                continue;
+            }
+            let top = top_eigenvalue(&m, r);
+            let w0_top = top_eigenvalue_of_gram(linear.weight.val().detach());
+            share = Some(share.unwrap_or(0.0).max(top / trace));
+            ratio = Some(ratio.unwrap_or(0.0).max(d.scale * top.max(0.0).sqrt() / w0_top.max(f64::MIN_POSITIVE).sqrt()));
+        }
+        for (key, value) in [("update_top_share", share), ("update_spectral_ratio", ratio)] {
+            if let Some(v) = value {
+                out.insert(key.into(), v.into());
+            }
+        }
+        out
+    }
+}
+
+/// The largest eigenvalue of the `n x n` matrix `m` (row-major) with real non-negative
+/// eigenvalues, by power iteration.
+fn top_eigenvalue(m: &[f64], n: usize) -> f64 {
+    let mut v = vec![1.0; n];
+    let mut lambda = 0.0;
+    for _ in 0..100 {
+        let w: Vec<f64> = (0..n).map(|i| (0..n).map(|j| m[i * n + j] * v[j]).sum()).collect();
+        let norm = w.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if norm == 0.0 {
+            return 0.0;
+        }
+        lambda = norm / v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        v = w.into_iter().map(|x| x / norm).collect();
+    }
+    lambda
+}
+
+/// The largest eigenvalue of `W^T W` (the squared top singular value of `W`), by power
+/// iteration on the device.
+fn top_eigenvalue_of_gram(w: Tensor<2>) -> f64 {
+    let n = w.dims()[1];
+    let mut v: Tensor<2> = Tensor::ones([n, 1], &w.device());
+    for _ in 0..30 {
+        let next = w.clone().transpose().matmul(w.clone().matmul(v.clone()));
+        let norm = crate::training::trainer::scalar(next.clone().square().sum()).sqrt().max(f64::MIN_POSITIVE);
+        v = next.div_scalar(norm);
+    }
+    let wv = w.matmul(v);
+    crate::training::trainer::scalar(wv.square().sum())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::top_eigenvalue;
+
+    #[test]
+    fn power_iteration_finds_the_top_eigenvalue() {
+        // (A^T A)(B B^T) for A = diag(2, 1), B = diag(1, 3): diag(4, 9).
+        assert!((top_eigenvalue(&[4.0, 0.0, 0.0, 9.0], 2) - 9.0).abs() < 1e-9);
+        // A non-symmetric product with eigenvalues 5 and 2 ([[4, 1], [2, 3]]).
+        assert!((top_eigenvalue(&[4.0, 1.0, 2.0, 3.0], 2) - 5.0).abs() < 1e-6);
+    }
 }

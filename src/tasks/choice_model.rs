@@ -133,7 +133,7 @@ impl Objective for CausalLm {
         self.decoder.adapters.generator_lr_group()
     }
     fn diagnostics(&self, grads: &burn::optim::GradientsParams) -> serde_json::Map<String, serde_json::Value> {
-        self.decoder.adapters.diagnostics(grads)
+        self.decoder.diagnostics(grads)
     }
 }
 

@@ -161,7 +161,7 @@ impl Objective for SequenceClassifier {
         self.encoder.adapters.generator_lr_group()
     }
     fn diagnostics(&self, grads: &burn::optim::GradientsParams) -> serde_json::Map<String, serde_json::Value> {
-        self.encoder.adapters.diagnostics(grads)
+        self.encoder.diagnostics(grads)
     }
 }
 

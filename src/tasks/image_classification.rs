@@ -201,7 +201,7 @@ impl Objective for ImageClassifier {
         self.backbone.adapters.generator_lr_group()
     }
     fn diagnostics(&self, grads: &burn::optim::GradientsParams) -> serde_json::Map<String, serde_json::Value> {
-        self.backbone.adapters.diagnostics(grads)
+        self.backbone.diagnostics(grads)
     }
 }
 
