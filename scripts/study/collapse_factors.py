@@ -21,9 +21,12 @@ def generated(d, i, half, width):
     """Generated rows [r, 2*width] of generator i's half ('a' or 'b') from its block's seed."""
     p = f"encoder.adapters.generators.{i}.{half}."
     seed = d[f"encoder.adapters.blocks.{i}.seed_{half}"][0]
-    pre = np.diag(seed) @ d[p + "hidden_weight"] + d[p + "hidden_bias"]
-    rows = (np.tanh(pre) @ d[p + "out_weight"] + d[p + "out_bias"]) / np.sqrt(len(seed))
-    common = np.broadcast_to(d[p + "out_bias"] / np.sqrt(len(seed)), rows.shape)
+    zero = lambda n: np.zeros(n, dtype=np.float32)
+    hidden_bias = d.get(p + "hidden_bias", zero(d[p + "hidden_weight"].shape[1]))
+    out_bias = d.get(p + "out_bias", zero(d[p + "out_weight"].shape[1]))
+    pre = np.diag(seed) @ d[p + "hidden_weight"] + hidden_bias
+    rows = (np.tanh(pre) @ d[p + "out_weight"] + out_bias) / np.sqrt(len(seed))
+    common = np.broadcast_to(out_bias / np.sqrt(len(seed)), rows.shape)
     return rows, np.abs(pre).max(), (common ** 2).sum() / (rows ** 2).sum()
 
 
