@@ -4,18 +4,12 @@
 //! results are never silently replaced; a resumed run logs each step once.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
 mod support;
 
-fn replora(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_replora")).args(args).output().expect("the replora binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use support::{copy_dir, replora, stderr};
 
 /// A tiny BERT, a tiny LLaMA, a 3-label dataset and one finished classifier run, made once.
 struct Fixture {
@@ -63,19 +57,6 @@ fn copy_run(f: &Fixture, name: &str) -> String {
     let to = f.root.join(name);
     copy_dir(&f.root.join("run"), &to);
     to.to_str().unwrap().to_string()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 /// Exit code 1 or 2 (our error or clap's), never success or a panic, and every `expected`
@@ -242,8 +223,8 @@ fn finished_runs_and_output_directories_are_never_silently_replaced() {
 
     // Export/merge never write into the run's own files, nor into a non-empty directory unasked.
     let adapter = run_path.join("adapter");
-    assert_fails(&["export", "--run", &run, "--out", adapter.to_str().unwrap(), "--overwrite"], &["the run's own"]);
-    assert_fails(&["merge", "--run", &run, "--out", &run, "--overwrite"], &["the run's own"]);
+    assert_fails(&["export", "--run", &run, "--out", adapter.to_str().unwrap(), "--overwrite"], &["the run itself writes"]);
+    assert_fails(&["merge", "--run", &run, "--out", &run, "--overwrite"], &["is a run directory"]);
     assert_unchanged(&before, "export into the run");
     let peft = f.path("peft-out");
     run_ok(&["export", "--run", &run, "--out", &peft].map(String::from));

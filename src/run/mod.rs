@@ -3,10 +3,13 @@
 //!
 //! A run directory holds `run.json` (the spec), `adapter/` (native format) or, for full
 //! fine-tuning, the tuned weights, the task's extra files (a head, labels), `metrics.jsonl`,
-//! `checkpoint/`, `best/` and, once finished, `summary.json`.
+//! `checkpoint/`, `best/`, `run.lock` and, once finished, `summary.json` ([`layout`]).
 
 pub mod compare;
 pub mod dir;
+pub mod layout;
+pub mod lock;
+pub mod output;
 pub mod results;
 
 use std::path::Path;
@@ -25,22 +28,25 @@ use crate::models::Architecture;
 use crate::tasks::{Task, TaskKind, TaskSpec, TestScores, Tuning, check_best_metric};
 use crate::training;
 
-/// The adapter of a run, in replora's native format.
-pub const ADAPTER_DIR: &str = "adapter";
-
-/// Trains a run into `out` (or resumes the one there) and writes its artefacts. Everything
-/// (settings, model, data) is checked before the first file is written.
+/// Trains a run into `out` (or resumes the one there) and writes its artefacts, holding the
+/// directory's lock throughout. Everything (settings, model, data) is checked before the first
+/// file is written.
 pub fn train<T: Task>(spec: &T::Spec, out: &Path, start: Start) -> Result<RunSummary> {
     training::reset_peak_rss();
-    let spec = dir::begin(out, spec, &T::Spec::default(), start, T::KIND)?;
+    output::check("--out", out, output::Output::Run)?;
+    let _lock = lock::RunLock::acquire(out)?;
+    let (spec, start) = match dir::begin(out, spec, &T::Spec::default(), start, T::KIND)? {
+        dir::Begin::Train { spec, start } => (spec, start),
+        dir::Begin::Finished => return read_json(&out.join(layout::SUMMARY_FILE)),
+    };
     spec.validate()?;
     check_best_metric::<T>(&spec)?;
     let device = Device::flex().autodiff();
     let task = T::open(spec, &device)?;
     let data = task.data()?;
     let model = task.build(&data)?;
-    dir::create(out, start)?;
-    write_json(&out.join(dir::RUN_FILE), task.spec())?;
+    dir::clear(out, start)?;
+    write_json(&out.join(layout::RUN_FILE), task.spec())?;
     let params = params::<T>(&model);
     eprintln!("{}: {params}", task.spec().method_name());
 
@@ -57,7 +63,7 @@ pub fn train<T: Task>(spec: &T::Spec, out: &Path, start: Start) -> Result<RunSum
     summary.train_examples_per_s = sizes[0] as f64 * epochs / seconds;
     summary.train_tokens_per_s = T::train_tokens(&data).map(|t| t as f64 * epochs / seconds);
     summary.training = Some(report);
-    write_json(&out.join(dir::SUMMARY_FILE), &summary)?;
+    write_json(&out.join(layout::SUMMARY_FILE), &summary)?;
     Ok(summary)
 }
 
@@ -102,7 +108,7 @@ fn save<T: Task>(task: &T, data: &T::Data, model: &T::Model, out: &Path) -> Resu
     let adapted = T::adapted(model);
     match task.spec().tuning() {
         Tuning::Full => adapted.model.save(&out.join(T::FULL_MODEL_DIR))?,
-        Tuning::Adapter => native::save(&adapted.adapters, &out.join(ADAPTER_DIR))?,
+        Tuning::Adapter => native::save(&adapted.adapters, &out.join(layout::ADAPTER_DIR))?,
         Tuning::Probe => {}
     }
     task.save_extra(data, model, out)
@@ -111,7 +117,7 @@ fn save<T: Task>(task: &T, data: &T::Data, model: &T::Model, out: &Path) -> Resu
 /// The task kind of a finished run directory, or why it cannot be used.
 pub fn kind_of(run: &Path) -> Result<TaskKind> {
     dir::check_finished(run)?;
-    dir::kind_of(run).ok_or_else(|| Error::format(&run.join(dir::RUN_FILE), "not a run spec of any task"))
+    dir::kind_of(run).ok_or_else(|| Error::format(&run.join(layout::RUN_FILE), "not a run spec of any task"))
 }
 
 /// A finished run: its task (spec, pre-trained model, tokenizer) and its trained model.
@@ -120,7 +126,7 @@ pub fn open<T: Task>(run: &Path, device: &Device) -> Result<(T, T::Model)> {
     if let Some(kind) = dir::kind_of(run).filter(|k| *k != T::KIND) {
         return Err(Error::State(format!("{} is a {kind} run, not a {} run", run.display(), T::KIND)));
     }
-    let spec: T::Spec = read_json(&run.join(dir::RUN_FILE))?;
+    let spec: T::Spec = read_json(&run.join(layout::RUN_FILE))?;
     let task = T::open(spec, device)?;
     let model = task.restore(run, device)?;
     Ok((task, model))
@@ -137,7 +143,7 @@ pub fn evaluate<T: Task>(run: &Path, data: Option<&str>) -> Result<RunSummary> {
     };
     let test = task.test(&data, &model)?;
     // A run finished by replora 0.1 has a summary of another shape: report without its training.
-    let mut summary: RunSummary = match read_json(&run.join(dir::SUMMARY_FILE)) {
+    let mut summary: RunSummary = match read_json(&run.join(layout::SUMMARY_FILE)) {
         Ok(summary) => summary,
         Err(_) => summarize::<T>(&task, &data, test.clone(), params::<T>(&model)),
     };
