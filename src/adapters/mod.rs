@@ -4,6 +4,7 @@
 pub mod bottleneck;
 pub mod config;
 pub mod count;
+pub mod diagnostics;
 pub mod init;
 pub mod linear;
 pub mod lora;

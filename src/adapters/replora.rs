@@ -56,13 +56,18 @@ impl Generator {
     /// Maps seed rows `[r, d_seed]` to generated rows `[r, d_gen]`, times its learned scale or
     /// else the fixed `scale`.
     pub fn forward(&self, rows: Tensor<2>, act: Activation, scale: f64) -> Tensor<2> {
-        let h = act.apply(linear(rows, self.hidden_weight.val(), self.hidden_bias.as_ref().map(|b| b.val())));
+        let h = act.apply(self.pre_activations(rows));
         let out = linear(h, self.out_weight.val(), self.out_bias.as_ref().map(|b| b.val()));
         match &self.scale {
             Some(learned) => out * learned.val().unsqueeze::<2>(),
             None if scale == 1.0 => out,
             None => out.mul_scalar(scale),
         }
+    }
+
+    /// The hidden layer before its non-linearity, `[rows, h]`.
+    pub fn pre_activations(&self, rows: Tensor<2>) -> Tensor<2> {
+        linear(rows, self.hidden_weight.val(), self.hidden_bias.as_ref().map(|b| b.val()))
     }
 
     /// Trainable parameters of a generator of this shape.
@@ -146,7 +151,7 @@ impl RepLoraBlock {
 }
 
 /// The generator input: `diag(a)` for a stored diagonal `[1, r]`, the seed itself otherwise.
-fn seed_rows(seed: Tensor<2>, kind: SeedKind) -> Tensor<2> {
+pub fn seed_rows(seed: Tensor<2>, kind: SeedKind) -> Tensor<2> {
     match kind {
         SeedKind::Diagonal => Tensor::eye(seed.dims()[1], &seed.device()) * seed,
         SeedKind::Full => seed,

@@ -89,12 +89,17 @@ impl AdapterSet {
         if self.config.method != Method::Replora || multiplier == 1.0 || self.generators.is_empty() {
             return None;
         }
+        Some(self.generator_params(multiplier))
+    }
+
+    /// Every parameter of RepLoRA's generators, as a group trained at `multiplier` x the rate.
+    pub fn generator_params(&self, multiplier: f64) -> crate::training::LrGroup {
         let gens = || self.generators.iter().flat_map(|p| [&p.a, &p.b]);
-        Some(crate::training::LrGroup {
+        crate::training::LrGroup {
             multiplier,
             matrices: gens().flat_map(|g| [g.hidden_weight.id, g.out_weight.id]).collect(),
             vectors: gens().flat_map(|g| [&g.hidden_bias, &g.out_bias, &g.scale]).flatten().map(|b| b.id).collect(),
-        })
+        }
     }
 
     /// The deltas for one forward pass; `training` switches LoRA dropout on.

@@ -132,6 +132,9 @@ impl Objective for CausalLm {
     fn lr_group(&self) -> Option<crate::training::LrGroup> {
         self.decoder.adapters.generator_lr_group()
     }
+    fn diagnostics(&self, grads: &burn::optim::GradientsParams) -> serde_json::Map<String, serde_json::Value> {
+        self.decoder.diagnostics(grads)
+    }
 }
 
 /// Prompt + answer tokens, the prompt cut from the left to fit `max_len`.

@@ -167,8 +167,14 @@ impl Objective for SequenceClassifier {
     fn update_norm(&self) -> Option<f64> {
         self.encoder.relative_update_norm()
     }
+    fn chance_loss(&self) -> Option<f64> {
+        crate::training::collapse::chance_loss(self.head.d_out())
+    }
     fn lr_group(&self) -> Option<crate::training::LrGroup> {
         self.encoder.adapters.generator_lr_group()
+    }
+    fn diagnostics(&self, grads: &burn::optim::GradientsParams) -> serde_json::Map<String, serde_json::Value> {
+        self.encoder.diagnostics(grads)
     }
 }
 

@@ -193,8 +193,14 @@ impl Objective for ImageClassifier {
     fn update_norm(&self) -> Option<f64> {
         self.backbone.relative_update_norm()
     }
+    fn chance_loss(&self) -> Option<f64> {
+        crate::training::collapse::chance_loss(self.head.d_out())
+    }
     fn lr_group(&self) -> Option<crate::training::LrGroup> {
         self.backbone.adapters.generator_lr_group()
+    }
+    fn diagnostics(&self, grads: &burn::optim::GradientsParams) -> serde_json::Map<String, serde_json::Value> {
+        self.backbone.diagnostics(grads)
     }
 }
 

@@ -36,6 +36,11 @@ pub struct TrainConfig {
     /// Log a metrics line every N optimizer steps.
     pub log_every: usize,
     pub seed: u64,
+    /// End the run when the collapse guard finds the training loss back at chance level.
+    /// Left out of the spec when off, so that the specs (and sweep cells) written before it
+    /// existed keep their identity.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stop_on_collapse: bool,
 }
 
 impl Default for TrainConfig {
@@ -54,6 +59,7 @@ impl Default for TrainConfig {
             checkpoint_every: None,
             log_every: 10,
             seed: 0,
+            stop_on_collapse: false,
         }
     }
 }

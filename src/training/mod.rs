@@ -1,6 +1,7 @@
 //! Fine-tuning: the loop, its schedule, metrics and resumable checkpoints.
 
 pub mod checkpoint;
+pub mod collapse;
 pub mod config;
 pub mod divergence;
 pub mod metrics;

@@ -13,6 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, Progress};
+use super::collapse::{Collapse, CollapseDetector};
 use super::config::TrainConfig;
 use super::divergence::Divergence;
 use super::metrics::EvalMetrics;
@@ -33,6 +34,16 @@ pub trait Objective: Module {
     /// The adapters' relative update `||s B A|| / ||W0||` (logged as `update_norm`), if any.
     fn update_norm(&self) -> Option<f64> {
         None
+    }
+    /// The loss of a uniform prediction (`ln` of the class count), where the loss has one: the
+    /// level the collapse guard watches the training loss return to.
+    fn chance_loss(&self) -> Option<f64> {
+        None
+    }
+    /// Fields logged with each metrics line from that step's gradients (the adapters' gradient
+    /// norms and saturation, see [`crate::adapters::AdapterSet::diagnostics`]).
+    fn diagnostics(&self, _grads: &GradientsParams) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::Map::new()
     }
     /// Parameters that train at their own learning rate (RepLoRA's generators), if any.
     fn lr_group(&self) -> Option<LrGroup> {
@@ -77,6 +88,10 @@ pub struct TrainReport {
     pub steps: usize,
     pub wall_time_s: f64,
     pub history: Vec<EvalMetrics>,
+    /// Set when the training loss went back to chance level and stayed there (see
+    /// [`super::collapse`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collapse: Option<Collapse>,
 }
 
 /// Paths a run writes under its output directory.
@@ -162,6 +177,8 @@ pub fn train<M: Objective>(
             let _ = std::fs::remove_file(run.metrics_log());
         }
     }
+    let mut guard = model.chance_loss().map(|chance| CollapseDetector::replay(chance, &run.metrics_log()));
+    let mut stop = false;
     let started = Instant::now();
     let elapsed = |p: &Progress| p.elapsed_s + started.elapsed().as_secs_f64();
     let bar = ProgressBar::new((total_steps) as u64).with_position(progress.step as u64);
@@ -170,7 +187,7 @@ pub fn train<M: Objective>(
             .expect("valid template")
             .progress_chars("=> "),
     );
-    while progress.epoch < cfg.epochs {
+    while progress.epoch < cfg.epochs && !stop {
         let epoch = progress.epoch;
         bar.set_prefix(format!("epoch {}/{}", epoch + 1, cfg.epochs));
         let batches = train_batches(epoch);
@@ -195,23 +212,36 @@ pub fn train<M: Objective>(
                 continue;
             }
             let lr = schedule.at(progress.step);
-            model = step(&mut optim, lr, model, accumulator.grads());
+            let grads = accumulator.grads();
+            let diagnostics = if (progress.step + 1) % cfg.log_every == 0 { model.diagnostics(&grads) } else { Default::default() };
+            model = step(&mut optim, lr, model, grads);
             progress.step += 1;
             bar.inc(1);
             let rate = window_examples as f64 / window_start.elapsed().as_secs_f64();
             bar.set_message(format!("loss {:.4} lr {lr:.2e} {rate:.1} {}/s", window_loss / window_examples as f64, M::EXAMPLE_UNIT));
             if progress.step % cfg.log_every == 0 {
-                log_line(&run.metrics_log(), serde_json::json!({
-                    "step": progress.step, "epoch": epoch + 1, "loss": window_loss / window_examples as f64,
+                let mean_loss = window_loss / window_examples as f64;
+                let mut line = serde_json::json!({
+                    "step": progress.step, "epoch": epoch + 1, "loss": mean_loss,
                     "lr": lr, "examples_per_s": rate, "update_norm": model.update_norm(),
-                }))?;
+                });
+                line.as_object_mut().expect("an object").extend(diagnostics);
+                log_line(&run.metrics_log(), line)?;
                 (window_loss, window_examples, window_start) = (0.0, 0, Instant::now());
+                if let Some(collapse) = guard.as_mut().and_then(|g| g.observe(progress.step, mean_loss)) {
+                    bar.suspend(|| eprintln!("{}", collapse.warning()));
+                    stop = cfg.stop_on_collapse;
+                }
             }
             if cfg.checkpoint_every.is_some_and(|n| progress.step % n == 0) && i + 1 != batches.len() {
                 let p = Progress { elapsed_s: elapsed(&progress), ..progress.clone() };
                 checkpoint::write_dir(&run.checkpoint(), &TrainableState::of(&model), Some(&optim), Some(&p))?;
             }
+            if stop {
+                break;
+            }
         }
+        // A run stopped on collapse is scored where it stopped, as at an epoch's end.
         let metrics = validate(&model);
         let line = format!("epoch {}: validation {}", epoch + 1, metrics.describe());
         bar.suspend(|| eprintln!("{line}"));
@@ -229,7 +259,9 @@ pub fn train<M: Objective>(
         progress.batch_in_epoch = 0;
         let p = Progress { elapsed_s: elapsed(&progress), ..progress.clone() };
         checkpoint::write_dir(&run.checkpoint(), &TrainableState::of(&model), Some(&optim), Some(&p))?;
-        if cfg.patience.is_some_and(|n| progress.evals_without_improvement >= n) {
+        if stop {
+            bar.suspend(|| eprintln!("stopping at step {}: --stop-on-collapse", progress.step));
+        } else if cfg.patience.is_some_and(|n| progress.evals_without_improvement >= n) {
             bar.suspend(|| eprintln!("early stopping: no improvement for {} epochs", progress.evals_without_improvement));
             break;
         }
@@ -244,6 +276,7 @@ pub fn train<M: Objective>(
         steps: progress.step,
         wall_time_s: elapsed(&progress),
         history: progress.history,
+        collapse: guard.and_then(|g| g.found().cloned()).map(|c| Collapse { stopped: stop, ..c }),
     };
     Ok((model, report))
 }

@@ -292,6 +292,12 @@ pub struct TrainArgs {
     /// Seed of the split, the adapter/head init, shuffling and dropout [default: 0].
     #[arg(long, help_heading = "Training")]
     pub seed: Option<u64>,
+    /// End the run when its training loss has fallen below the chance level (ln of the class
+    /// count) and then gone back to it for 5 logged windows: the model collapsed to predicting
+    /// one class. Without it the run only warns. Either way summary.json records the collapse
+    /// (training.collapse) [classification and image runs].
+    #[arg(long, help_heading = "Training")]
+    pub stop_on_collapse: bool,
 }
 
 /// Every `--method` value; clap's choices and every error listing them come from here.
@@ -371,6 +377,7 @@ impl TrainArgs {
             checkpoint_every: self.checkpoint_every.or(base.checkpoint_every),
             log_every: self.log_every.unwrap_or(base.log_every),
             seed: self.seed.unwrap_or(base.seed),
+            stop_on_collapse: self.stop_on_collapse || base.stop_on_collapse,
         }
     }
 }
