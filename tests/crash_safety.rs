@@ -225,7 +225,7 @@ fn a_full_or_unwritable_output_directory_fails_clearly_and_keeps_the_checkpoint(
     std::fs::write(&file, "not a directory").unwrap();
     let o = run(&train_args(&model, &data, &file.join("run")), &[]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(stderr(&o).contains("a-file/run") && stderr(&o).contains("Not a directory"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("a-file/run") && stderr(&o).contains("a-file is a file, not a directory"), "{}", stderr(&o));
 
     // A run stopped after its second checkpoint, resumed on a disk where nothing bigger than
     // 3 KiB can be written: the checkpoint files are bigger than that.
