@@ -4,56 +4,18 @@
 //! results are never silently replaced; a resumed run logs each step once.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 mod support;
 
-fn replora(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_replora")).args(args).output().expect("the replora binary runs")
-}
+use support::cli::{Fixture, assert_fails, copy_dir, metric_rows, replora, run_ok, stderr};
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// A tiny BERT, a tiny LLaMA, a 3-label dataset and one finished classifier run, made once.
-struct Fixture {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-}
-
-impl Fixture {
-    fn path(&self, name: &str) -> String {
-        self.root.join(name).to_str().unwrap().to_string()
-    }
-}
-
-/// `train` on the tiny model and data, 1 epoch, into `out`, with `extra` flags.
-fn train_args(f: &Fixture, out: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = ["train", "--model", &f.path("bert"), "--data", &f.path("data.jsonl"), "--max-len", "16", "--epochs", "1", "--batch-size", "4", "--method", "lora", "--out", out]
-        .map(String::from)
-        .to_vec();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
-
-fn run_ok(args: &[String]) -> Output {
-    let o = replora(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(o.status.success(), "{args:?} failed: {}", stderr(&o));
-    o
-}
-
+/// The shared tiny models and data, and one finished classifier run (`run`), made once.
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
-        support::tiny_bert_model(&root.join("bert"));
-        support::tiny_llama_model(&root.join("llama"));
-        support::word_dataset(&root.join("data.jsonl"), 3, 10);
-        let f = Fixture { _dir: dir, root };
-        run_ok(&train_args(&f, &f.path("run"), &[]));
+        let f = Fixture::new();
+        run_ok(&f.train_args(&f.path("run"), &[]));
         f
     })
 }
@@ -63,32 +25,6 @@ fn copy_run(f: &Fixture, name: &str) -> String {
     let to = f.root.join(name);
     copy_dir(&f.root.join("run"), &to);
     to.to_str().unwrap().to_string()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
-/// Exit code 1 or 2 (our error or clap's), never success or a panic, and every `expected`
-/// piece in stderr, which is returned.
-fn assert_fails(args: &[&str], expected: &[&str]) -> String {
-    let o = replora(args);
-    let code = o.status.code();
-    let e = stderr(&o);
-    assert!(matches!(code, Some(1) | Some(2)), "{args:?}: exit {code:?} (expected an error, not success or a panic): {e}");
-    for piece in expected {
-        assert!(e.contains(piece), "{args:?}: expected {piece:?} in stderr:\n{e}");
-    }
-    e
 }
 
 #[test]
@@ -132,7 +68,7 @@ fn bad_flags_fail_at_parse_time_naming_the_flag() {
 fn settings_that_only_the_model_or_data_can_check_name_their_cause() {
     let f = fixture();
     let out = f.path("never-written");
-    let train = |extra: &[&str]| train_args(f, &out, extra);
+    let train = |extra: &[&str]| f.train_args(&out, extra);
     let check = |args: Vec<String>, expected: &[&str]| {
         assert_fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), expected);
     };
@@ -230,12 +166,12 @@ fn finished_runs_and_output_directories_are_never_silently_replaced() {
     let before = snapshot(run_path);
 
     // A second train into a finished run: refused, naming both ways forward.
-    let o = replora(&train_args(f, &run, &["--seed", "3"]).iter().map(String::as_str).collect::<Vec<_>>());
+    let o = replora(&f.train_args(&run, &["--seed", "3"]).iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("--resume") && stderr(&o).contains("--overwrite"), "{}", stderr(&o));
     assert_unchanged(&before, "a refused train");
     // With --overwrite but an invalid configuration: it fails before writing anything.
-    let o = replora(&train_args(f, &run, &["--overwrite", "--rank", "100000", "--seed", "3"]).iter().map(String::as_str).collect::<Vec<_>>());
+    let o = replora(&f.train_args(&run, &["--overwrite", "--rank", "100000", "--seed", "3"]).iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("rank 100000"), "{}", stderr(&o));
     assert_unchanged(&before, "a train that failed validation");
@@ -252,7 +188,7 @@ fn finished_runs_and_output_directories_are_never_silently_replaced() {
     assert_fails(&["merge", "--run", &run, "--out", &peft], &["not empty", "--overwrite"]);
 
     // --overwrite with a valid configuration replaces the run.
-    run_ok(&train_args(f, &run, &["--overwrite", "--seed", "3"]));
+    run_ok(&f.train_args(&run, &["--overwrite", "--seed", "3"]));
     let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(run_path.join("run.json")).unwrap()).unwrap();
     assert_eq!(spec["train"]["seed"], 3);
 
@@ -262,33 +198,20 @@ fn finished_runs_and_output_directories_are_never_silently_replaced() {
     assert!(stderr(&o).contains("already holds") && stderr(&o).contains("--overwrite"), "{}", stderr(&o));
 }
 
-/// metrics.jsonl rows without their timing (the only field that differs between processes).
-fn metric_rows(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut row: serde_json::Value = serde_json::from_str(l).unwrap();
-            row.as_object_mut().unwrap().remove("examples_per_s");
-            row
-        })
-        .collect()
-}
-
 #[test]
 fn a_resumed_run_logs_each_step_once_and_names_the_flags_it_ignores() {
     let f = fixture();
     // A constant learning rate, so that the first epoch does not depend on the number of epochs.
     let flags = ["--decay", "constant", "--warmup-ratio", "0", "--log-every", "1"];
     let whole = f.path("whole");
-    let mut args = train_args(f, &whole, &flags);
+    let mut args = f.train_args(&whole, &flags);
     args.extend(["--epochs", "2"].map(String::from));
     run_ok(&args);
     let expected = metric_rows(Path::new(&whole));
 
     // The state a kill during epoch 2 leaves: the checkpoint of epoch 1, and log rows after it.
     let killed = f.path("killed");
-    run_ok(&train_args(f, &killed, &flags));
+    run_ok(&f.train_args(&killed, &flags));
     let killed_path = Path::new(&killed);
     let checkpoint_step = metric_rows(killed_path).last().unwrap()["step"].as_u64().unwrap();
     let whole_log = std::fs::read_to_string(Path::new(&whole).join("metrics.jsonl")).unwrap();

@@ -72,7 +72,7 @@ pub fn begin<T: Clone + Serialize + DeserializeOwned>(out: &Path, given: &T, def
                 let command = train_command(other);
                 return Err(Error::State(format!("{d} holds a {other} run: continue it with `replora {command} --out {d} --resume`")));
             }
-            let saved: T = crate::files::read_json(&run_file)?;
+            let (saved, _): (T, _) = super::sources::read_run_file(out)?;
             let ignored = overridden_flags(given, &saved, defaults);
             if !ignored.is_empty() {
                 eprintln!(

