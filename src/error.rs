@@ -39,6 +39,10 @@ pub enum Error {
     /// An operation was called in a state that does not allow it.
     #[error("{0}")]
     State(String),
+    /// Another process (`pid`, when it has written it into the lock file) is writing the run
+    /// directory `dir` (see `run::lock`).
+    #[error("{} is being written by {}; wait for it or stop it", dir.display(), pid.map_or("another process (it holds run.lock)".into(), |p| format!("process {p}")))]
+    Busy { dir: PathBuf, pid: Option<u32> },
     /// A dataset has a bad record (`line` is 1-based where the format has lines), or is unusable.
     #[error("{}", data_message(file, *line, message))]
     Data { file: PathBuf, line: Option<usize>, message: String },

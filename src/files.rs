@@ -7,9 +7,18 @@ use crate::error::{Error, Result};
 
 /// Writes bytes to `path` through a temporary sibling and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
+    // Named per process: two processes writing one file (sweeps sharing their cells) each
+    // rename their own temporary, never the other's half-written one.
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!("{name}.{}.tmp", std::process::id()));
     std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// The file name a temporary of [`write_atomic`] stands for: `run.json` for `run.json.4242.tmp`.
+pub fn temporary_of(name: &str) -> Option<&str> {
+    let (base, pid) = name.strip_suffix(".tmp")?.rsplit_once('.')?;
+    (!pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())).then_some(base)
 }
 
 /// Reads a JSON file into `T`; a wrong field type or a syntax error names the file.

@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::collections::BTreeMap;
+
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use common::{TinyModel, host, input, rel_err};
@@ -10,6 +12,7 @@ use replora::adapters::{
 };
 use replora::adapters::{Adaptable, OutputScale, SeedInit};
 use replora::formats::{native, peft};
+use replora::weights::HostTensor;
 
 fn device() -> Device {
     Device::flex().autodiff()
@@ -84,6 +87,15 @@ fn train(mut peft: PeftModel<TinyModel>, steps: u64) -> PeftModel<TinyModel> {
     peft
 }
 
+/// Every adapter tensor moved in training; an adapter with no tensors fails rather than passing.
+fn assert_every_tensor_changed(name: &str, before: &BTreeMap<String, HostTensor>, after: &BTreeMap<String, HostTensor>) {
+    assert!(!after.is_empty(), "{name}: the adapter has no tensors to check");
+    assert_eq!(before.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>(), "{name}: training changed the set of tensors");
+    for (key, tensor) in after {
+        assert_ne!(tensor.data, before[key].data, "{name}: adapter tensor {key} did not change");
+    }
+}
+
 #[test]
 fn zero_init_adapter_equals_base_model() {
     let base = forward(&PeftModel::new(model(), &variants()[0].1).unwrap().set_enabled(false), 1);
@@ -101,9 +113,7 @@ fn training_changes_every_adapter_tensor_and_no_base_weight() {
         let before_adapter = native::named_tensors(&peft.adapters);
         let before_base: Vec<Vec<f32>> = peft.model.linears().iter().map(|l| host(&l.weight.val())).collect();
         let peft = train(peft, 3);
-        for (key, after) in native::named_tensors(&peft.adapters) {
-            assert_ne!(after.data, before_adapter[&key].data, "{name}: adapter tensor {key} did not change");
-        }
+        assert_every_tensor_changed(&name, &before_adapter, &native::named_tensors(&peft.adapters));
         for (linear, before) in peft.model.linears().iter().zip(&before_base) {
             assert_eq!(&host(&linear.weight.val()), before, "{name}: base weight {} changed", linear.path);
         }
@@ -345,9 +355,7 @@ fn bottleneck_adapter_starts_as_the_base_trains_only_itself_and_round_trips() {
 
         let before_adapter = native::named_tensors(&peft.adapters);
         let peft = train(peft, 3);
-        for (key, after) in native::named_tensors(&peft.adapters) {
-            assert_ne!(after.data, before_adapter[&key].data, "{name}: adapter tensor {key} did not change");
-        }
+        assert_every_tensor_changed(&name, &before_adapter, &native::named_tensors(&peft.adapters));
         let untouched = PeftModel::new(model(), &config).unwrap();
         for (linear, before) in peft.model.linears().iter().zip(untouched.model.linears()) {
             assert_eq!(host(&linear.weight.val()), host(&before.weight.val()), "{name}: base weight {} changed", linear.path);
@@ -413,9 +421,7 @@ fn prefix_trains_only_itself_counts_in_closed_form_and_round_trips() {
 
         let before = native::named_tensors(&peft.adapters);
         let trained = train(peft, 3);
-        for (key, after) in native::named_tensors(&trained.adapters) {
-            assert_ne!(after.data, before[&key].data, "{name}: prefix tensor {key} did not change");
-        }
+        assert_every_tensor_changed(&name, &before, &native::named_tensors(&trained.adapters));
         let untouched = model();
         for (linear, base) in trained.model.linears().iter().zip(untouched.linears()) {
             assert_eq!(host(&linear.weight.val()), host(&base.weight.val()), "{name}: base weight {} changed", linear.path);

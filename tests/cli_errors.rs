@@ -8,7 +8,8 @@ use std::sync::OnceLock;
 
 mod support;
 
-use support::cli::{Fixture, assert_fails, copy_dir, metric_rows, replora, run_ok, stderr};
+use support::cli::{Fixture, assert_fails, metric_rows, run_ok};
+use support::{copy_dir, replora, stderr};
 
 /// The shared tiny models and data, and one finished classifier run (`run`), made once.
 fn fixture() -> &'static Fixture {
@@ -178,8 +179,8 @@ fn finished_runs_and_output_directories_are_never_silently_replaced() {
 
     // Export/merge never write into the run's own files, nor into a non-empty directory unasked.
     let adapter = run_path.join("adapter");
-    assert_fails(&["export", "--run", &run, "--out", adapter.to_str().unwrap(), "--overwrite"], &["the run's own"]);
-    assert_fails(&["merge", "--run", &run, "--out", &run, "--overwrite"], &["the run's own"]);
+    assert_fails(&["export", "--run", &run, "--out", adapter.to_str().unwrap(), "--overwrite"], &["the run itself writes"]);
+    assert_fails(&["merge", "--run", &run, "--out", &run, "--overwrite"], &["is a run directory"]);
     assert_unchanged(&before, "export into the run");
     let peft = f.path("peft-out");
     run_ok(&["export", "--run", &run, "--out", &peft].map(String::from));

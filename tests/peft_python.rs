@@ -45,6 +45,9 @@ fn python_reads_the_peft_export_and_reproduces_the_merge() {
         let result = Command::new(python()).arg(script).arg(&out).arg(&reference_file).output().unwrap();
         let report = format!("{}{}", String::from_utf8_lossy(&result.stdout), String::from_utf8_lossy(&result.stderr));
         assert!(result.status.success(), "{name}: python check failed:\n{report}");
+        // The script compared every adapted module, not none.
+        let expected = format!("ok: {} modules", adapted.len());
+        assert!(!adapted.is_empty() && report.contains(&expected), "{name}: expected {expected:?} in:\n{report}");
         eprintln!("{name}: {report}");
     }
 }

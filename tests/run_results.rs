@@ -8,7 +8,8 @@ use std::path::Path;
 
 mod support;
 
-use support::cli::{Fixture, assert_fails, assert_output_fails, copy_dir, metric_rows, replora, replora_in, run_ok, stderr, stdout};
+use support::cli::{Fixture, assert_fails, assert_output_fails, metric_rows, replora_in, run_ok, stdout};
+use support::{copy_dir, replora, stderr};
 
 fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
@@ -83,7 +84,8 @@ fn runs_store_absolute_paths_and_refuse_changed_files() {
     let config = model.join("config.json");
     let original = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, original.replacen('{', "{\"note\": 1, ", 1)).unwrap();
-    for command in [vec!["predict", "--run", run_arg, "--text", "w1"], vec!["export", "--run", run_arg, "--out", "/nonexistent/peft"]] {
+    let peft = f.path("peft");
+    for command in [vec!["predict", "--run", run_arg, "--text", "w1"], vec!["export", "--run", run_arg, "--out", &peft]] {
         assert_fails(&command, &[model.to_str().unwrap(), "the model changed"]);
     }
     std::fs::rename(&model, f.root.join("moved")).unwrap();

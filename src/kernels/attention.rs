@@ -30,6 +30,14 @@ use super::sgemm::{Mat, matmul_serial};
 /// `[1 or batch, 1, 1 or t, keys]`. `None` when the tensors are not flex f32 or the shapes are
 /// not these (the caller then uses burn's ops).
 pub fn attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, bias: &Tensor<4>) -> Option<Tensor<4>> {
+    let out = fused(q, k, v, bias);
+    if out.is_some() {
+        super::engaged::record(super::Kernel::Attention);
+    }
+    out
+}
+
+fn fused(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, bias: &Tensor<4>) -> Option<Tensor<4>> {
     if [q.dtype(), k.dtype(), v.dtype(), bias.dtype()].iter().any(|d| *d != DType::F32) {
         return None;
     }

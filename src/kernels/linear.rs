@@ -15,7 +15,7 @@ use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::{Shape, TensorData, module};
 
-use super::{FlexOp2, contiguous, on_flex2};
+use super::{FlexOp2, Kernel, contiguous, on_flex2};
 use super::sgemm::{Mat, product};
 
 /// `x W + b` over the last dimension of `x`, `W` in burn's `[d_in, d_out]` layout.
@@ -53,6 +53,8 @@ fn forward(x: FlexTensor, w: &FlexTensor) -> FlexTensor {
 struct LinearOp;
 
 impl FlexOp2 for LinearOp {
+    const KERNEL: Kernel = Kernel::Linear;
+
     /// dx needs W, dW needs x: each is kept only if the other is trained (x as the contiguous
     /// copy the product read, so backward does not copy it again).
     fn forward(self, x: FlexTensor, w: &FlexTensor, [x_tracked, w_tracked]: [bool; 2]) -> (FlexTensor, Self::State) {

@@ -7,6 +7,9 @@
 //! call them unconditionally.
 
 mod attention;
+mod engaged;
+#[cfg(test)]
+mod finite_differences;
 mod linear;
 mod math;
 mod norm;
@@ -14,6 +17,7 @@ mod rope;
 pub mod sgemm;
 
 pub use attention::{attention, repeat_kv};
+pub use engaged::{Kernel, fused_calls};
 pub use linear::linear;
 pub use norm::{layer_norm, rms_norm};
 pub use rope::rope;
@@ -30,12 +34,21 @@ use rayon::prelude::*;
 
 /// A flex f32 primitive in, a flex f32 primitive out.
 trait FlexOp: Backward<Flex, 1, State = FlexTensor> + Clone {
+    const KERNEL: Kernel;
     /// The forward pass and the tensor that backward needs (its input or its output).
     fn forward(self, x: FlexTensor) -> (FlexTensor, FlexTensor);
 }
 
 /// Runs `op` on `x` if it is an f32 flex tensor (tracked or not); `None` otherwise.
 fn on_flex<const D: usize, O: FlexOp>(x: &Tensor<D>, op: O) -> Option<Tensor<D>> {
+    let y = on_flex_untallied(x, op);
+    if y.is_some() {
+        engaged::record(O::KERNEL);
+    }
+    y
+}
+
+fn on_flex_untallied<const D: usize, O: FlexOp>(x: &Tensor<D>, op: O) -> Option<Tensor<D>> {
     if x.dtype() != DType::F32 {
         return None;
     }
@@ -61,12 +74,21 @@ fn on_flex<const D: usize, O: FlexOp>(x: &Tensor<D>, op: O) -> Option<Tensor<D>>
 
 /// A flex f32 op of two tensors (an input and a weight), with its backward pass.
 trait FlexOp2: Backward<Flex, 2> + Copy {
+    const KERNEL: Kernel;
     /// The output, and what backward needs, given which of the two inputs are tracked.
     fn forward(self, x: FlexTensor, w: &FlexTensor, tracked: [bool; 2]) -> (FlexTensor, Self::State);
 }
 
 /// Runs `op` on `x` and `w` if both are f32 flex tensors (tracked or not); `None` otherwise.
 fn on_flex2<const D: usize, const E: usize, O: FlexOp2>(x: &Tensor<D>, w: &Tensor<E>, op: O) -> Option<Tensor<D>> {
+    let y = on_flex2_untallied(x, w, op);
+    if y.is_some() {
+        engaged::record(O::KERNEL);
+    }
+    y
+}
+
+fn on_flex2_untallied<const D: usize, const E: usize, O: FlexOp2>(x: &Tensor<D>, w: &Tensor<E>, op: O) -> Option<Tensor<D>> {
     if x.dtype() != DType::F32 || w.dtype() != DType::F32 {
         return None;
     }
@@ -156,6 +178,8 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 struct Gelu;
 
 impl FlexOp for Gelu {
+    const KERNEL: Kernel = Kernel::Gelu;
+
     fn forward(self, x: FlexTensor) -> (FlexTensor, FlexTensor) {
         elementwise(x, |v| v * math::normal_cdf(v).0)
     }
@@ -181,6 +205,8 @@ pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 struct Silu;
 
 impl FlexOp for Silu {
+    const KERNEL: Kernel = Kernel::Silu;
+
     fn forward(self, x: FlexTensor) -> (FlexTensor, FlexTensor) {
         elementwise(x, |v| v * math::sigmoid(v))
     }
@@ -208,6 +234,8 @@ pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
 struct SwiGlu;
 
 impl FlexOp2 for SwiGlu {
+    const KERNEL: Kernel = Kernel::SwiGlu;
+
     fn forward(self, gate: FlexTensor, up: &FlexTensor, _: [bool; 2]) -> (FlexTensor, Self::State) {
         let ((gate, n), (up, _)) = (contiguous(gate), contiguous(up.clone()));
         let mut y = vec![0f32; n];
@@ -260,6 +288,8 @@ pub fn softmax_last<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 struct Softmax;
 
 impl FlexOp for Softmax {
+    const KERNEL: Kernel = Kernel::Softmax;
+
     fn forward(self, x: FlexTensor) -> (FlexTensor, FlexTensor) {
         let (x, n) = contiguous(x);
         let row = last_dim(&x);

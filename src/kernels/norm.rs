@@ -18,7 +18,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
-use super::{FlexOp2, contiguous, last_dim, math, new_like, on_flex2, rows_per_task};
+use super::{FlexOp2, Kernel, contiguous, last_dim, math, new_like, on_flex2, rows_per_task};
 
 /// RMSNorm over the last dimension of `x` with scale `weight` (`[d]`).
 pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Tensor<D> {
@@ -53,6 +53,8 @@ struct Norm {
 }
 
 impl FlexOp2 for Norm {
+    const KERNEL: Kernel = Kernel::Norm;
+
     fn forward(self, x: FlexTensor, w: &FlexTensor, _: [bool; 2]) -> (FlexTensor, Self::State) {
         let (x, n) = contiguous(x);
         let (w, _) = contiguous(w.clone());

@@ -15,7 +15,7 @@ use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
 use rayon::prelude::*;
 
-use super::{FlexOp, contiguous, math, on_flex, rows_per_task};
+use super::{FlexOp, Kernel, contiguous, math, on_flex, rows_per_task};
 
 /// Rotates `x` (`[.., t, d]`, `d` even) by the angles whose `cos` and `sin` are given per
 /// position, `[t, d]` each, laid out for `rotate_half` (each frequency in both halves).
@@ -72,6 +72,8 @@ impl Rope {
 }
 
 impl FlexOp for Rope {
+    const KERNEL: Kernel = Kernel::Rope;
+
     /// Reads `x` in place when its rows are contiguous (the decoder passes heads swapped out of
     /// `[b, t, heads, d]`); the state is unused, backward needs only the tables the op carries.
     fn forward(self, x: FlexTensor) -> (FlexTensor, FlexTensor) {

@@ -1,27 +1,19 @@
-//! Directories that already hold results, for runs of every task alike: a new
-//! run never silently replaces one (`--resume` continues it, `--overwrite` replaces it), a
-//! resumed run says which flags it ignores, `export`/`merge` never write into a non-empty
-//! directory without `--overwrite` nor over a run's own files, and loading a run that is of
-//! the other kind or unfinished says what to run instead.
+//! What `train` does with its output directory, for runs of every task alike: a new run never
+//! silently replaces one (`--resume` continues an unfinished one, `--overwrite` replaces one, a
+//! finished run is never written again otherwise), a resumed run says which flags it ignores,
+//! and loading a run that is of the other kind, unfinished or being trained says what to run
+//! instead. The layout is [`super::layout`]'s, the lock [`super::lock`]'s.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::layout::{self, CHECKPOINT_DIR, RUN_FILE, SUMMARY_FILE};
 use crate::error::{Error, Result};
 use crate::tasks::TaskKind;
-
-pub const RUN_FILE: &str = "run.json";
-pub const SUMMARY_FILE: &str = "summary.json";
-
-/// Everything a run of either kind writes next to `run.json`; `--overwrite` removes these.
-const ARTEFACTS: &[&str] = &[
-    "labels.json", "head.safetensors", "adapter", "encoder", "model", "summary.json", "metrics.jsonl",
-    "checkpoint", "checkpoint.old", "checkpoint.tmp", "best", "best.old", "best.tmp",
-];
 
 /// How `train` treats its output directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,8 +22,11 @@ pub enum Start {
     New,
     /// A new run that replaces the one in the directory (`--overwrite`).
     Overwrite,
-    /// Continue the run in the directory from its last checkpoint (`--resume`).
+    /// Continue the unfinished run in the directory from its last checkpoint (`--resume`).
     Resume,
+    /// A sweep's cell: read back if finished, resumed if it has a checkpoint, else (re)started.
+    /// Decided once the directory is locked, so two sweeps never both train a cell.
+    Continue,
 }
 
 impl Start {
@@ -44,6 +39,14 @@ impl Start {
     }
 }
 
+/// What [`begin`] decided.
+pub enum Begin<T> {
+    /// Train with this spec: `start` is `New`, `Overwrite` or `Resume`.
+    Train { spec: T, start: Start },
+    /// The directory holds a finished run ([`Start::Continue`] only): read it back.
+    Finished,
+}
+
 /// The command that trains a run of `kind`.
 fn train_command(kind: TaskKind) -> &'static str {
     match kind {
@@ -53,62 +56,71 @@ fn train_command(kind: TaskKind) -> &'static str {
     }
 }
 
-/// The spec a run trains with, before anything is written: `given` for a new run (refusing a
-/// directory that holds a run unless overwriting), the saved one when resuming, with a warning
-/// that names each flag whose value differs from the saved one (`defaults`: the spec without
-/// flags, to tell flags given from flags left alone).
-pub fn begin<T: Clone + Serialize + DeserializeOwned>(out: &Path, given: &T, defaults: &T, start: Start, kind: TaskKind) -> Result<T> {
+/// The spec a run trains with, decided with the directory locked and before anything is
+/// written: `given` for a new run (refusing a directory that holds a run unless overwriting),
+/// the saved one when resuming (refusing a finished run), with a warning that names each flag
+/// whose value differs from the saved one (`defaults`: the spec without flags, to tell flags
+/// given from flags left alone).
+pub fn begin<T: Clone + Serialize + DeserializeOwned>(out: &Path, given: &T, defaults: &T, start: Start, kind: TaskKind) -> Result<Begin<T>> {
     let run_file = out.join(RUN_FILE);
+    let d = out.display();
+    let start = match start {
+        Start::Continue if layout::is_finished(out) && layout::is_run(out) => return Ok(Begin::Finished),
+        Start::Continue if layout::is_run(out) && crate::training::checkpoint::existing(&out.join(CHECKPOINT_DIR)).is_some() => Start::Resume,
+        Start::Continue => Start::Overwrite,
+        other => other,
+    };
     match start {
         Start::Resume => {
             if !run_file.is_file() {
-                return Err(Error::State(format!(
-                    "--resume: {} holds no run to continue (no {RUN_FILE}); start one without --resume",
-                    out.display()
-                )));
+                return Err(Error::State(format!("--resume: {d} holds no run to continue (no {RUN_FILE}); start one without --resume")));
             }
             if let Some(other) = kind_of(out).filter(|k| *k != kind) {
-                let d = out.display();
                 let command = train_command(other);
                 return Err(Error::State(format!("{d} holds a {other} run: continue it with `replora {command} --out {d} --resume`")));
+            }
+            if layout::is_finished(out) {
+                return Err(Error::State(format!(
+                    "--resume: {d} holds a finished run (it has {SUMMARY_FILE}), which --resume leaves as it is; use it with \
+                     `replora eval --run {d}` or `replora predict --run {d}`, or train it again with --overwrite"
+                )));
             }
             let (saved, _): (T, _) = super::sources::read_run_file(out)?;
             let ignored = overridden_flags(given, &saved, defaults);
             if !ignored.is_empty() {
-                eprintln!(
-                    "warning: --resume continues with the settings saved in {}; ignoring {}",
-                    run_file.display(),
-                    ignored.join(", ")
-                );
+                eprintln!("warning: --resume continues with the settings saved in {}; ignoring {}", run_file.display(), ignored.join(", "));
             }
-            Ok(saved)
+            Ok(Begin::Train { spec: saved, start })
         }
         Start::New if run_file.exists() => {
-            let state = if out.join(SUMMARY_FILE).exists() { "a finished" } else { "an unfinished" };
+            let state = if layout::is_finished(out) { "a finished" } else { "an unfinished" };
             Err(Error::State(format!(
-                "{} already holds {state} run; pass --resume to continue it, or --overwrite to replace it \
-                 (its adapter, metrics and checkpoints are deleted), or choose another --out",
-                out.display()
+                "{d} already holds {state} run; pass --resume to continue it, or --overwrite to replace it \
+                 (its adapter, metrics and checkpoints are deleted), or choose another --out"
             )))
         }
-        _ => Ok(given.clone()),
+        _ => Ok(Begin::Train { spec: given.clone(), start }),
     }
 }
 
-/// Creates `out` just before a run writes its first file; when overwriting, first removes what
-/// the earlier run left there (and nothing else).
-pub fn create(out: &Path, start: Start) -> Result<()> {
-    if start == Start::Overwrite {
-        for name in ARTEFACTS.iter().chain([&RUN_FILE]) {
-            let path = out.join(name);
-            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
-            match removed {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&path, e)),
-                _ => {}
-            }
+/// Just before a run writes its first file: when overwriting, removes what the earlier run
+/// wrote there (the names of [`layout::ARTEFACTS`] and their temporary twins) and nothing else.
+pub fn clear(out: &Path, start: Start) -> Result<()> {
+    if start != Start::Overwrite || !layout::is_run(out) {
+        return Ok(());
+    }
+    let entries = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?;
+    // run.json last: a clean-up cut short still leaves a run directory, which --overwrite takes.
+    let mut doomed: Vec<_> = entries.flatten().filter(|e| layout::is_artefact(&e.file_name())).map(|e| e.path()).collect();
+    doomed.sort_by_key(|p| p.file_name().is_some_and(|n| n == RUN_FILE));
+    for path in doomed {
+        let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        match removed {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&path, e)),
+            _ => {}
         }
     }
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))
+    Ok(())
 }
 
 /// The task of the run `dir` holds, if any (read from its `run.json`).
@@ -122,7 +134,8 @@ pub fn kind_of(dir: &Path) -> Option<TaskKind> {
     })
 }
 
-/// Checks that `dir` holds a finished run; otherwise says what to run instead.
+/// Checks that `dir` holds a finished run; otherwise says what to run instead, or, for an
+/// unfinished run another process is training, which process.
 pub fn check_finished(dir: &Path) -> Result<()> {
     if !dir.is_dir() {
         return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "no such run directory")));
@@ -130,7 +143,8 @@ pub fn check_finished(dir: &Path) -> Result<()> {
     if !dir.join(RUN_FILE).is_file() {
         return Err(Error::State(format!("{} holds no run (no {RUN_FILE}); `replora train --out DIR` writes one", dir.display())));
     }
-    if !dir.join(SUMMARY_FILE).is_file() {
+    if !layout::is_finished(dir) {
+        super::lock::check_free(dir)?;
         let d = dir.display();
         let command = kind_of(dir).map_or("train", train_command);
         return Err(Error::State(format!(
@@ -138,40 +152,6 @@ pub fn check_finished(dir: &Path) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// Checks that `export`/`merge` of `run` may write into `out`: never the run directory or one of
-/// its own files, and an existing non-empty directory only with `--overwrite`.
-pub fn check_output(out: &Path, run: &Path, overwrite: bool) -> Result<()> {
-    if let (Some(o), Some(r)) = (resolve(out), resolve(run)) {
-        let own = o == r || (o.parent() == Some(r.as_path()) && o.file_name().is_some_and(|n| ARTEFACTS.iter().any(|a| n == *a)));
-        if own {
-            return Err(Error::State(format!(
-                "--out {} is the run's own directory or one of its files; write into another directory",
-                out.display()
-            )));
-        }
-    }
-    if out.exists() && !out.is_dir() {
-        return Err(Error::State(format!("--out {} is a file, not a directory", out.display())));
-    }
-    let non_empty = std::fs::read_dir(out).is_ok_and(|mut entries| entries.next().is_some());
-    if non_empty && !overwrite {
-        return Err(Error::State(format!(
-            "--out {} exists and is not empty; choose a new directory, or pass --overwrite to write over its files",
-            out.display()
-        )));
-    }
-    Ok(())
-}
-
-/// An absolute path without symlinks, also for a path that does not exist yet (its parent does).
-fn resolve(path: &Path) -> Option<PathBuf> {
-    if let Ok(p) = std::fs::canonicalize(path) {
-        return Some(p);
-    }
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    Some(std::fs::canonicalize(parent).ok()?.join(path.file_name()?))
 }
 
 /// The flags whose value in `given` differs from both `saved` and `defaults` (so was set on the
@@ -246,23 +226,5 @@ mod tests {
         let flags = overridden_flags(&given, &saved, &defaults);
         assert_eq!(flags, ["--rank 16 (the run's: 4)", "--lr 0.1 (the run's: 0.002)"]);
         assert!(overridden_flags(&defaults, &saved, &defaults).is_empty(), "flags left alone are not reported");
-    }
-
-    #[test]
-    fn export_refuses_the_run_itself_and_non_empty_directories() {
-        let dir = tempfile::tempdir().unwrap();
-        let run = dir.path().join("run");
-        std::fs::create_dir_all(run.join("adapter")).unwrap();
-        for own in [run.clone(), run.join("adapter"), run.join("adapter/")] {
-            let e = check_output(&own, &run, true).unwrap_err().to_string();
-            assert!(e.contains("the run's own"), "{e}");
-        }
-        let full = dir.path().join("full");
-        std::fs::create_dir_all(&full).unwrap();
-        std::fs::write(full.join("x"), "x").unwrap();
-        assert!(check_output(&full, &run, false).unwrap_err().to_string().contains("--overwrite"));
-        assert!(check_output(&full, &run, true).is_ok());
-        assert!(check_output(&dir.path().join("new"), &run, false).is_ok());
-        assert!(check_output(&run.join("peft"), &run, false).is_ok(), "a new folder inside the run is fine");
     }
 }

@@ -3,10 +3,13 @@
 //!
 //! A run directory holds `run.json` (the spec), `adapter/` (native format) or, for full
 //! fine-tuning, the tuned weights, the task's extra files (a head, labels), `metrics.jsonl`,
-//! `checkpoint/`, `best/` and, once finished, `summary.json`.
+//! `checkpoint/`, `best/`, `run.lock` and, once finished, `summary.json` ([`layout`]).
 
 pub mod compare;
 pub mod dir;
+pub mod layout;
+pub mod lock;
+pub mod output;
 pub mod results;
 pub mod sources;
 
@@ -27,16 +30,19 @@ use crate::tasks::{Task, TaskKind, TaskSpec, TestScores, Tuning, check_best_metr
 use crate::training;
 use sources::Role;
 
-/// The adapter of a run, in replora's native format.
-pub const ADAPTER_DIR: &str = "adapter";
-
-/// Trains a run into `out` (or resumes the one there) and writes its artefacts. Everything
-/// (settings, model, data) is checked before the first file is written.
+/// Trains a run into `out` (or resumes the one there) and writes its artefacts, holding the
+/// directory's lock throughout. Everything (settings, model, data) is checked before the first
+/// file is written.
 pub fn train<T: Task>(spec: &T::Spec, out: &Path, start: Start) -> Result<RunSummary> {
     training::reset_peak_rss();
+    output::check("--out", out, output::Output::Run)?;
+    let _lock = lock::RunLock::acquire(out)?;
     let mut given = spec.clone();
     sources::absolutize(&mut given);
-    let spec = dir::begin(out, &given, &T::Spec::default(), start, T::KIND)?;
+    let (spec, start) = match dir::begin(out, &given, &T::Spec::default(), start, T::KIND)? {
+        dir::Begin::Train { spec, start } => (spec, start),
+        dir::Begin::Finished => return read_json(&out.join(layout::SUMMARY_FILE)),
+    };
     spec.validate()?;
     check_best_metric::<T>(&spec)?;
     let stored = match start {
@@ -51,7 +57,7 @@ pub fn train<T: Task>(spec: &T::Spec, out: &Path, start: Start) -> Result<RunSum
     let task = T::open(spec, &device)?;
     let data = task.data()?;
     let model = task.build(&data)?;
-    dir::create(out, start)?;
+    dir::clear(out, start)?;
     sources::write_run_file(out, task.spec(), stored.as_deref())?;
     let params = params::<T>(&model);
     eprintln!("{}: {params}", task.spec().method_name());
@@ -69,7 +75,7 @@ pub fn train<T: Task>(spec: &T::Spec, out: &Path, start: Start) -> Result<RunSum
     summary.train_examples_per_s = sizes[0] as f64 * epochs / seconds;
     summary.train_tokens_per_s = T::train_tokens(&data).map(|t| t as f64 * epochs / seconds);
     summary.training = Some(report);
-    write_json(&out.join(dir::SUMMARY_FILE), &summary)?;
+    write_json(&out.join(layout::SUMMARY_FILE), &summary)?;
     Ok(summary)
 }
 
@@ -99,7 +105,7 @@ fn ppt_of(accuracy: f64, trainable: usize) -> f64 {
 pub fn blame_trained_files(run: &Path, e: Error) -> Error {
     match e {
         Error::NonFiniteOutput { what, .. } => {
-            let trained = [ADAPTER_DIR, "encoder", "backbone", "model", "head.safetensors"];
+            let trained = [layout::ADAPTER_DIR, layout::ENCODER_DIR, layout::BACKBONE_DIR, layout::MODEL_DIR, layout::HEAD_FILE];
             let files = trained.map(|f| run.join(f)).into_iter().filter(|f| f.exists()).collect();
             Error::NonFiniteOutput { what, files }
         }
@@ -137,7 +143,7 @@ fn save<T: Task>(task: &T, data: &T::Data, model: &T::Model, out: &Path) -> Resu
     let adapted = T::adapted(model);
     match task.spec().tuning() {
         Tuning::Full => adapted.model.save(&out.join(T::FULL_MODEL_DIR))?,
-        Tuning::Adapter => native::save(&adapted.adapters, &out.join(ADAPTER_DIR))?,
+        Tuning::Adapter => native::save(&adapted.adapters, &out.join(layout::ADAPTER_DIR))?,
         Tuning::Probe => {}
     }
     task.save_extra(data, model, out)
@@ -146,7 +152,7 @@ fn save<T: Task>(task: &T, data: &T::Data, model: &T::Model, out: &Path) -> Resu
 /// The task kind of a finished run directory, or why it cannot be used.
 pub fn kind_of(run: &Path) -> Result<TaskKind> {
     dir::check_finished(run)?;
-    dir::kind_of(run).ok_or_else(|| Error::format(&run.join(dir::RUN_FILE), "not a run spec of any task"))
+    dir::kind_of(run).ok_or_else(|| Error::format(&run.join(layout::RUN_FILE), "not a run spec of any task"))
 }
 
 /// A finished run: its task (spec, pre-trained model, tokenizer) and its trained model. The
@@ -181,7 +187,7 @@ pub fn evaluate<T: Task>(run: &Path, data: Option<&str>) -> Result<RunSummary> {
         return Err(blame_trained_files(run, Error::NonFiniteOutput { what, files: vec![] }));
     }
     // A run finished by replora 0.1 has a summary of another shape: report without its training.
-    let mut summary: RunSummary = match read_json(&run.join(dir::SUMMARY_FILE)) {
+    let mut summary: RunSummary = match read_json(&run.join(layout::SUMMARY_FILE)) {
         Ok(summary) => summary,
         Err(_) => summarize::<T>(&task, &data, test.clone(), params::<T>(&model)),
     };

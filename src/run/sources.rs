@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-use super::dir::RUN_FILE;
+use super::layout::RUN_FILE;
 use crate::error::{Error, Result};
 use crate::files::{read_json, write_json};
 use crate::tasks::TaskSpec;

@@ -16,6 +16,7 @@ use crate::files::{read_json, write_json};
 use crate::formats::peft;
 use crate::models::Architecture;
 use crate::models::bert::{Bert, Pooling};
+use crate::run::layout::{HEAD_FILE, LABELS_FILE};
 use crate::training::{EvalMetrics, TrainConfig};
 
 /// Everything that defines a classification run; stored as `run.json` in the run directory.
@@ -100,9 +101,6 @@ fn prepare(spec: &ClassificationSpec, tokenizer: &Tokenizer, run_labels: Option<
 
 task_spec!(ClassificationSpec, |spec| spec.data.clone(), |spec| vec![&mut spec.data]);
 
-const LABELS_FILE: &str = "labels.json";
-const HEAD_FILE: &str = "head.safetensors";
-
 /// All evaluation batches of a split, in order.
 pub fn eval_batches(data: &EncodedDataset, batch_size: usize) -> Vec<data::Batch> {
     data.batches(&BatchConfig { batch_size, shuffle_seed: None, drop_last: false }, 0).collect()
@@ -121,7 +119,7 @@ pub struct Classification {
 
 impl Task for Classification {
     const KIND: TaskKind = TaskKind::Classification;
-    const FULL_MODEL_DIR: &'static str = "encoder";
+    const FULL_MODEL_DIR: &'static str = crate::run::layout::ENCODER_DIR;
     type Spec = ClassificationSpec;
     type Arch = Bert;
     type Model = SequenceClassifier;

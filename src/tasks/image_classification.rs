@@ -20,13 +20,12 @@ use crate::files::{read_json, write_json};
 use crate::formats::peft;
 use crate::models::Architecture;
 use crate::models::dinov2::Dinov2;
+use crate::run::layout::{HEAD_FILE, LABELS_FILE};
 use crate::training::{EvalMetrics, Objective, TrainConfig};
 use crate::weights::{HostTensor, tensors};
 
 /// Module prefix of the backbone inside `Dinov2ForImageClassification`.
 const BACKBONE: &str = "dinov2.";
-const LABELS_FILE: &str = "labels.json";
-const HEAD_FILE: &str = "head.safetensors";
 /// transformers 5 renames Dinov2's attention linears when it loads a checkpoint; a PEFT adapter
 /// must name the modules it finds (the merged checkpoint keeps the names both versions read).
 const TRANSFORMERS_5_NAMES: [(&str, &str); 4] = [
@@ -269,7 +268,7 @@ fn check_memory(spec: &ImageClassificationSpec, c: &crate::models::dinov2::Dinov
 
 impl Task for ImageClassification {
     const KIND: TaskKind = TaskKind::ImageClassification;
-    const FULL_MODEL_DIR: &'static str = "backbone";
+    const FULL_MODEL_DIR: &'static str = crate::run::layout::BACKBONE_DIR;
     type Spec = ImageClassificationSpec;
     type Arch = Dinov2;
     type Model = ImageClassifier;

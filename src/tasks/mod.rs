@@ -152,7 +152,7 @@ impl Tuning {
     /// `out/<full_dir>`), or nothing (a probe).
     pub fn restore<M: Adaptable>(self, base: M, out: &Path, full_dir: &str, load_full: impl FnOnce(&Path) -> Result<M>) -> Result<PeftModel<M>> {
         match self {
-            Tuning::Adapter => crate::formats::native::load(base, &out.join(crate::run::ADAPTER_DIR)),
+            Tuning::Adapter => crate::formats::native::load(base, &out.join(crate::run::layout::ADAPTER_DIR)),
             Tuning::Full => Ok(PeftModel::full_finetune(load_full(&out.join(full_dir))?)),
             Tuning::Probe => Ok(PeftModel::from_parts(base, AdapterSet::empty())),
         }

@@ -18,6 +18,7 @@ use super::metrics::EvalMetrics;
 use super::schedule::LrSchedule;
 use super::state::TrainableState;
 use crate::error::{Error, Result};
+use crate::run::layout;
 
 /// A model and the batches it learns from: what [`train`] needs to know about a task.
 pub trait Objective: Module {
@@ -82,13 +83,13 @@ pub struct RunDir(pub PathBuf);
 
 impl RunDir {
     pub fn checkpoint(&self) -> PathBuf {
-        self.0.join("checkpoint")
+        self.0.join(layout::CHECKPOINT_DIR)
     }
     pub fn best(&self) -> PathBuf {
-        self.0.join("best")
+        self.0.join(layout::BEST_DIR)
     }
     pub fn metrics_log(&self) -> PathBuf {
-        self.0.join("metrics.jsonl")
+        self.0.join(layout::METRICS_FILE)
     }
 }
 

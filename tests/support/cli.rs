@@ -3,19 +3,14 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// Runs `replora args` in the current directory.
-pub fn replora(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_replora")).args(args).output().expect("the replora binary runs")
-}
+use super::{replora, stderr};
+
 
 /// Runs `replora args` in `dir`.
 pub fn replora_in(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_replora")).current_dir(dir).args(args).output().expect("the replora binary runs")
 }
 
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -45,18 +40,6 @@ pub fn assert_output_fails(args: &[&str], o: Output, expected: &[&str]) -> Strin
     e
 }
 
-pub fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
 
 /// metrics.jsonl rows without their timing (the only field that differs between processes).
 pub fn metric_rows(run: &Path) -> Vec<serde_json::Value> {

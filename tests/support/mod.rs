@@ -324,3 +324,26 @@ pub fn tiny_dinov2(dir: &Path) {
     w.insert("layernorm.bias".to_string(), t(&[h], 0.1, 0.0));
     tensors::write(&dir.join("model.safetensors"), &w, None).unwrap();
 }
+
+/// The `replora` binary run with `args`, to its end.
+pub fn replora(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_replora")).args(args).output().expect("the replora binary runs")
+}
+
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Copies the directory tree `from` to `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}

@@ -11,7 +11,8 @@ use crate::data::Format;
 use crate::error::{Error, Result};
 use crate::models::Family;
 use crate::run::compare::{self, Plan};
-use crate::run::{self, Start, dir};
+use crate::run::output::{self, Output};
+use crate::run::{self, Start};
 use crate::tasks::{TaskKind, TaskSpec};
 use crate::with_task;
 
@@ -29,6 +30,7 @@ pub fn run(command: Command) -> Result<()> {
         Command::Compare { run, methods, seeds, train_fractions, out, overwrite } => {
             let kind = run.task();
             let out = out.unwrap_or_else(|| default_dir(kind, "compare"));
+            output::check("--out", &out, Output::Dir)?;
             with_task!(kind, T => compare_cli::<T>(&run, methods, seeds, train_fractions, &out, Start::from_flags(false, overwrite)))
         }
         Command::Eval { run: Some(dir), args } => {
@@ -53,13 +55,13 @@ pub fn run(command: Command) -> Result<()> {
         }
         Command::Predict { run, text, input } => predict(&run, text, input.as_deref()),
         Command::Export { run, out, overwrite } => {
-            dir::check_output(&out, &run, overwrite)?;
+            output::check("--out", &out, Output::NewDir { overwrite })?;
             let note = with_task!(run::kind_of(&run)?, T => run::export::<T>(&run, &out))?;
             eprintln!("{note}\nPEFT adapter written to {}", out.display());
             Ok(())
         }
         Command::Merge { run, out, overwrite } => {
-            dir::check_output(&out, &run, overwrite)?;
+            output::check("--out", &out, Output::NewDir { overwrite })?;
             let note = with_task!(run::kind_of(&run)?, T => run::merge::<T>(&run, &out))?;
             eprintln!("{note}\nmerged model written to {}", out.display());
             Ok(())
@@ -70,6 +72,7 @@ pub fn run(command: Command) -> Result<()> {
                 (None, Some(adapter)) => crate::interop::Source::Peft { adapter, model: &model },
                 (None, None) => return Err(Error::Config("give --run or --peft".into())),
             };
+            output::check("--out", &out, Output::File)?;
             crate::interop::write_logits(&source, &text, &out)?;
             eprintln!("logits of {} texts written to {}", text.len(), out.display());
             Ok(())
@@ -89,6 +92,7 @@ pub fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Simulate(args) => {
+            output::check("--out", &args.out, Output::Dir)?;
             crate::apps::simulate::run(&args).map_err(|e| Error::Simulation(format!("{e:#}")))?;
             Ok(())
         }

@@ -21,7 +21,8 @@
 //! first run. A cell's run directory is named by the run spec its flags resolve to, in a store
 //! shared by all grids (`runs/sweep/cells/`): a cell whose directory holds a `summary.json` is
 //! read back, not rerun (also when another grid ran it); an interrupted cell resumes from its
-//! checkpoint.
+//! checkpoint; a cell another process is training (two sweeps sharing their cells) is skipped,
+//! and named at the end.
 
 pub mod plot;
 pub mod report;
@@ -36,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use super::cli::{Cli, Command, RunArgs, SpecFromArgs};
 use crate::error::{Error, Result};
 use crate::files::{read_json, write_atomic, write_json};
+use crate::run::output::{self, Output};
 use crate::run::{self, RunSummary, Start};
 use crate::training::{BestMetric, EvalMetrics};
 use crate::with_task;
@@ -229,11 +231,9 @@ impl Cell {
     }
 }
 
+/// Trains a cell, or continues or reads back what another sweep left (decided with it locked).
 fn train_cell<T: SpecFromArgs>(args: &RunArgs, dir: &Path) -> Result<RunSummary> {
-    let spec = T::spec_from(args)?;
-    // An interrupted cell continues from its checkpoint; one that never wrote one starts over.
-    let start = if dir.join("checkpoint").is_dir() { Start::Resume } else { Start::Overwrite };
-    run::train::<T>(&spec, dir, start)
+    run::train::<T>(&T::spec_from(args)?, dir, Start::Continue)
 }
 
 /// `results.jsonl`: one row per finished run (rewritten whole, atomically).
@@ -251,6 +251,8 @@ pub fn default_store(out: &Path) -> PathBuf {
 /// `out/results.jsonl` after each run, then the report. With `report_only`, no cell is run: the
 /// report covers the finished ones.
 pub fn sweep(grid_file: &Path, out: &Path, store: &Path, report_only: bool) -> Result<()> {
+    output::check("--out", out, Output::Dir)?;
+    output::check("--cells", store, Output::Dir)?;
     let grid = Grid::read(grid_file)?;
     // Every cell's flags are checked before the first run; each cell's directory is named by
     // the spec they resolve to, so a cell means the same run whatever the defaults of the day,
@@ -271,17 +273,21 @@ pub fn sweep(grid_file: &Path, out: &Path, store: &Path, report_only: bool) -> R
             parsed.push(args);
         }
     }
+    let done = |c: &Cell| run::layout::is_finished(&c.dir);
+    if report_only {
+        check_report_source(store, cells.iter().filter(|c| done(c)).count(), cells.len())?;
+    }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     write_json(&out.join("grid.json"), &cells)?;
-    let done = |c: &Cell| c.dir.join(run::dir::SUMMARY_FILE).is_file();
     let todo = cells.iter().filter(|c| !done(c)).count();
     eprintln!("sweep: {} cells, {} finished, {} to run", cells.len(), cells.len() - todo, if report_only { 0 } else { todo });
     let started = Instant::now();
     let mut ran = 0;
     let mut rows = vec![];
+    let mut skipped: Vec<String> = vec![];
     for (cell, args) in cells.iter().zip(&parsed) {
         let summary: RunSummary = if done(cell) {
-            read_json(&cell.dir.join(run::dir::SUMMARY_FILE))?
+            read_json(&cell.dir.join(run::layout::SUMMARY_FILE))?
         } else if report_only {
             continue;
         } else {
@@ -292,7 +298,15 @@ pub fn sweep(grid_file: &Path, out: &Path, store: &Path, report_only: bool) -> R
             eprintln!("== sweep [{}/{todo}{eta}] {} ==", ran + 1, cell.describe());
             std::fs::create_dir_all(store).map_err(|e| Error::io(store, e))?;
             write_json(&cell.dir.with_extension("cell.json"), cell)?;
-            let summary = with_task!(args.task(), T => train_cell::<T>(args, &cell.dir))?;
+            let summary = match with_task!(args.task(), T => train_cell::<T>(args, &cell.dir)) {
+                Err(Error::Busy { pid, .. }) => {
+                    let by = pid.map_or("another process".into(), |p| format!("process {p}"));
+                    eprintln!("sweep: {} is being trained by {by}: skipped", cell.describe());
+                    skipped.push(format!("{} ({by}, {})", cell.describe(), cell.dir.display()));
+                    continue;
+                }
+                other => other?,
+            };
             ran += 1;
             rows.push(cell.row(&summary));
             write_rows(&rows, out)?;
@@ -306,6 +320,28 @@ pub fn sweep(grid_file: &Path, out: &Path, store: &Path, report_only: bool) -> R
     }
     let text = report::write(&rows, &grid, out)?;
     println!("{text}");
+    if !skipped.is_empty() {
+        eprintln!(
+            "sweep: skipped {} cells being trained by other processes, left out of this report (rerun the sweep once they finish): {}",
+            skipped.len(),
+            skipped.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// `--report-only` replaces the report and `results.jsonl`: refused where the store it reads
+/// holds none of the grid's runs (a wrong `--cells`), which would empty them.
+fn check_report_source(store: &Path, finished: usize, cells: usize) -> Result<()> {
+    let s = store.display();
+    if !store.is_dir() {
+        return Err(Error::State(format!("--report-only: --cells {s} does not exist; give the --cells the sweep ran with (nothing was written)")));
+    }
+    if finished == 0 {
+        return Err(Error::State(format!(
+            "--report-only: --cells {s} holds none of the grid's {cells} cells finished; give the --cells the sweep ran with, or run the sweep (nothing was written)"
+        )));
+    }
     Ok(())
 }
 

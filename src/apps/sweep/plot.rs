@@ -2,7 +2,7 @@
 //! configuration against the training fraction, mean ± sd over seeds.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -43,15 +43,35 @@ fn curves(selected: &[Selected]) -> Curves {
     out
 }
 
+/// Writes both plots, each drawn into a temporary file and renamed into place; where there is
+/// nothing to plot, removes the plots an earlier report left, which would not describe this one.
 pub fn write(selected: &[Selected], png: &Path, svg: &Path) -> Result<()> {
     let curves = curves(selected);
     if curves.is_empty() {
+        for path in [png, svg] {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(path, e)),
+                _ => {}
+            }
+        }
         return Ok(());
     }
     crate::apps::simulate::plot::register_font().map_err(|e| Error::Config(format!("plot: {e}")))?;
     let size = (560 * curves.len() as u32, 480);
-    draw(BitMapBackend::new(png, size).into_drawing_area(), &curves).map_err(|e| Error::format(png, e))?;
-    draw(SVGBackend::new(svg, size).into_drawing_area(), &curves).map_err(|e| Error::format(svg, e))
+    let (png_tmp, svg_tmp) = (temporary(png), temporary(svg));
+    draw(BitMapBackend::new(&png_tmp, size).into_drawing_area(), &curves).map_err(|e| Error::format(png, e))?;
+    draw(SVGBackend::new(&svg_tmp, size).into_drawing_area(), &curves).map_err(|e| Error::format(svg, e))?;
+    for (tmp, path) in [(png_tmp, png), (svg_tmp, svg)] {
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    }
+    Ok(())
+}
+
+/// `report.<pid>.tmp.png` for `report.png`: the backend picks the image format by extension.
+fn temporary(path: &Path) -> PathBuf {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!("{stem}.{}.tmp.{ext}", std::process::id()))
 }
 
 fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, curves: &Curves) -> std::result::Result<(), String> {
@@ -100,4 +120,35 @@ fn panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, data: &str, methods:
         chart.draw_series(pts.iter().map(|&(x, m, _)| Circle::new((x, m), 4, col.filled())))?;
     }
     chart.configure_series_labels().position(SeriesLabelPosition::LowerRight).label_font(("sans-serif", 13)).background_style(WHITE.mix(0.85)).border_style(BLACK).draw()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apps::sweep::report::Config;
+
+    /// A report without a plot (no finished runs) must not sit beside the last report's plots.
+    #[test]
+    fn a_report_without_curves_leaves_no_stale_plot() {
+        let dir = tempfile::tempdir().unwrap();
+        let (png, svg) = (dir.path().join("report.png"), dir.path().join("report.svg"));
+        let config = Config {
+            data: "d".into(),
+            train_fraction: 1.0,
+            method: "lora".into(),
+            setting: String::new(),
+            seeds: vec![0],
+            validation: vec![0.5],
+            test_accuracy: vec![0.5],
+            test_macro_f1: vec![0.5],
+            trainable_percent: 1.0,
+            minutes: 0.0,
+        };
+        write(&[Selected { config, vs_baseline: None }], &png, &svg).unwrap();
+        assert!(png.is_file() && svg.is_file());
+        let names = || std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect::<Vec<_>>();
+        assert_eq!(names().len(), 2, "temporary files left: {:?}", names());
+        write(&[], &png, &svg).unwrap();
+        assert!(names().is_empty(), "stale plots left: {:?}", names());
+    }
 }

@@ -1,0 +1,83 @@
+//! The layout of a run directory, in one place: every file and folder a run writes. `train
+//! --overwrite` deletes exactly these, and no command writes into them but the run's own
+//! training (see [`super::output`]). docs/run-directory.md describes them for users.
+
+use std::ffi::OsStr;
+use std::path::Path;
+
+/// The run's spec; a directory holding it is a run directory.
+pub const RUN_FILE: &str = "run.json";
+/// Written last: a run directory with it holds a finished run.
+pub const SUMMARY_FILE: &str = "summary.json";
+/// One JSON line per logged step and per epoch's validation.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+/// The adapter, in replora's native format.
+pub const ADAPTER_DIR: &str = "adapter";
+/// A classifier's label names and head (classification and image classification).
+pub const LABELS_FILE: &str = "labels.json";
+pub const HEAD_FILE: &str = "head.safetensors";
+/// The last resumable checkpoint, and the best epoch's trainable tensors.
+pub const CHECKPOINT_DIR: &str = "checkpoint";
+pub const BEST_DIR: &str = "best";
+/// A full fine-tuning run's tuned weights, per task: text classification, multiple choice,
+/// image classification.
+pub const ENCODER_DIR: &str = "encoder";
+pub const MODEL_DIR: &str = "model";
+pub const BACKBONE_DIR: &str = "backbone";
+/// Held (`flock`) by the process that writes the run, with its PID inside (see [`super::lock`]).
+/// Never deleted by `--overwrite`: a lock file replaced under a waiting process would let two
+/// processes hold "the" lock.
+pub const LOCK_FILE: &str = "run.lock";
+
+/// Everything a run of any task writes beside its lock file.
+pub const ARTEFACTS: &[&str] = &[
+    RUN_FILE, SUMMARY_FILE, METRICS_FILE, ADAPTER_DIR, LABELS_FILE, HEAD_FILE, CHECKPOINT_DIR, BEST_DIR, ENCODER_DIR, MODEL_DIR, BACKBONE_DIR,
+];
+
+/// Suffixes of the twins of a checkpoint swap: `checkpoint.tmp` / `checkpoint.old` (also `best`).
+const SWAP_SUFFIXES: &[&str] = &[".tmp", ".old"];
+
+/// Whether `name` (one path component inside a run directory) is something a run writes: an
+/// artefact, or a temporary twin a crash can leave (a swap's, or `files::write_atomic`'s). The
+/// lock file is not one.
+pub fn is_artefact(name: &OsStr) -> bool {
+    let Some(name) = name.to_str() else { return false };
+    let base = crate::files::temporary_of(name).or_else(|| SWAP_SUFFIXES.iter().find_map(|s| name.strip_suffix(s))).unwrap_or(name);
+    ARTEFACTS.contains(&base)
+}
+
+/// Whether `dir` is a run directory (it holds `run.json`).
+pub fn is_run(dir: &Path) -> bool {
+    dir.join(RUN_FILE).is_file()
+}
+
+/// Whether the run in `dir` finished (wrote `summary.json`).
+pub fn is_finished(dir: &Path) -> bool {
+    dir.join(SUMMARY_FILE).is_file()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tasks::{Task, TaskKind};
+
+    /// `--overwrite` deletes only listed names: a task whose full fine-tuning writes an unlisted
+    /// folder (image classification's `backbone/` once) would leave it behind.
+    #[test]
+    fn every_tasks_full_model_folder_is_listed() {
+        for kind in <TaskKind as clap::ValueEnum>::value_variants() {
+            let dir = crate::with_task!(kind, T => <T as Task>::FULL_MODEL_DIR);
+            assert!(ARTEFACTS.contains(&dir), "{kind}: {dir}");
+        }
+    }
+
+    #[test]
+    fn artefacts_and_their_twins_are_a_runs_and_nothing_else_is() {
+        for name in ["run.json", "run.json.4242.tmp", "backbone", "encoder", "model", "checkpoint.old", "best.tmp", "metrics.jsonl.tmp", "head.safetensors"] {
+            assert!(is_artefact(OsStr::new(name)), "{name}");
+        }
+        for name in ["run.lock", "notes.txt", "peft", "checkpoints", "model.bak", "my-model", ".tmp", "run.json.x.tmp"] {
+            assert!(!is_artefact(OsStr::new(name)), "{name}");
+        }
+    }
+}
