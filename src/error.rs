@@ -26,6 +26,10 @@ pub enum Error {
     /// A merge would write non-finite values into the base weights.
     #[error("merging the adapter into {path} would produce NaN/Inf weights; the model was left unchanged")]
     NonFinite { path: String },
+    /// A model's outputs are NaN or infinite; `files`: the run's trained files, the likely cause
+    /// (filled in by the run layer).
+    #[error("{what} are not finite (NaN or infinite): {}", non_finite_cause(files))]
+    NonFiniteOutput { what: String, files: Vec<PathBuf> },
     /// Training cannot go on (e.g. the loss became NaN).
     #[error("training failed: {0}")]
     Training(String),
@@ -51,6 +55,16 @@ fn data_message(file: &std::path::Path, line: Option<usize>, message: &str) -> S
     match line {
         Some(line) => format!("{}:{line}: {message}", file.display()),
         None => format!("{}: {message}", file.display()),
+    }
+}
+
+fn non_finite_cause(files: &[PathBuf]) -> String {
+    match files {
+        [] => "the model's weights likely hold non-finite or huge values".into(),
+        files => {
+            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            format!("the run's trained weights ({}) likely hold non-finite or huge values; retrain the run or restore them", names.join(", "))
+        }
     }
 }
 

@@ -148,7 +148,7 @@ pub fn generate_cli(model: &str, run: Option<&Path>, prompt: &str, chat: bool, m
                 let d = dir.display();
                 return Err(Error::State(format!("{d} is a classification run, not a decoder's: use `replora predict --run {d}`")));
             }
-            let (task, model) = crate::run::open::<MultipleChoice>(dir, &device)?;
+            let (task, model) = crate::run::open::<MultipleChoice>(dir, &device, &[crate::run::sources::Role::Model])?;
             let deltas = model.decoder.deltas();
             (task.decoder, deltas)
         }

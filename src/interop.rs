@@ -17,6 +17,7 @@ use crate::models::decoder::Decoder;
 use crate::models::bert::{Bert, Pooling};
 use crate::models::Family;
 use crate::tasks::heads::{ClassifierModel, SequenceClassifier};
+use crate::run::sources::Role;
 use crate::tasks::{Classification, MultipleChoice, TaskKind};
 
 /// Whose outputs `replora logits` writes.
@@ -37,11 +38,11 @@ pub fn write_logits(source: &Source, texts: &[String], out: &Path) -> Result<()>
     let device = Device::flex();
     let (kind, rows) = match source {
         Source::Run(run) if crate::run::kind_of(run)? == TaskKind::MultipleChoice => {
-            let (task, model) = crate::run::open::<MultipleChoice>(run, &device)?;
+            let (task, model) = crate::run::open::<MultipleChoice>(run, &device, &[Role::Model])?;
             ("decoder", decoder_logits(&task.decoder, &model.decoder, texts, &device)?)
         }
         Source::Run(run) => {
-            let (task, model) = crate::run::open::<Classification>(run, &device)?;
+            let (task, model) = crate::run::open::<Classification>(run, &device, &[Role::Model])?;
             ("classifier", classifier_logits(&model, &task.tokenizer, texts, &device)?)
         }
         Source::Peft { adapter, model } if Family::detect(model) == Some(Family::Llama) => {
@@ -56,6 +57,12 @@ pub fn write_logits(source: &Source, texts: &[String], out: &Path) -> Result<()>
             ("classifier", classifier_logits(&model, &tokenizer, texts, &device)?)
         }
     };
+    for (i, (_, logits)) in rows.iter().enumerate() {
+        crate::tasks::check_finite(&logits.data, || format!("the logits of --text {}", i + 1)).map_err(|e| match source {
+            Source::Run(run) => crate::run::blame_trained_files(run, e),
+            Source::Peft { .. } => e,
+        })?;
+    }
     let mut file = BTreeMap::new();
     for (i, (ids, logits)) in rows.into_iter().enumerate() {
         file.insert(format!("input_ids.{i}"), HostTensor { shape: vec![ids.len()], data: ids.iter().map(|&id| id as f32).collect() });

@@ -26,6 +26,7 @@ pub mod formats;
 pub mod generate;
 pub mod interop;
 pub mod kernels;
+pub mod memory;
 pub mod models;
 pub mod run;
 pub mod tasks;

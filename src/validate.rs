@@ -117,6 +117,11 @@ impl ImageClassificationSpec {
         at_least_one("val-images", validation)?;
         at_least_one("test-images", test)?;
         at_least_one("image-size", self.image_size)?;
+        // Before the model is opened: resizing its position table to a huge size aborts.
+        let max = crate::data::images::MAX_IMAGE_SIZE;
+        if self.image_size > max {
+            return Err(Error::Config(format!("--image-size must be at most {max} pixels, got {}", self.image_size)));
+        }
         check("train-fraction", self.train_fraction, Range::Fraction)?;
         self.adapter.validate()?;
         self.train.validate()
@@ -126,6 +131,16 @@ impl ImageClassificationSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 26 (crash 2): `--image-size 140000` aborted resizing the position table before
+    /// the range check in the image loader ran.
+    #[test]
+    fn image_sizes_beyond_the_range_are_refused_before_the_model_opens() {
+        let spec = ImageClassificationSpec { image_size: 140_000, ..Default::default() };
+        let e = spec.validate().unwrap_err().to_string();
+        assert!(e.contains("--image-size must be at most 4096 pixels, got 140000"), "{e}");
+        assert!(ImageClassificationSpec { image_size: 4096, ..Default::default() }.validate().is_ok());
+    }
 
     #[test]
     fn ranges_reject_what_they_should() {

@@ -59,7 +59,7 @@ fn training_lowers_the_loss_and_beats_chance_and_exports_reproduce_predictions()
 
     // The PEFT export, imported into a fresh encoder + head, predicts exactly what the run does.
     let device = Device::flex();
-    let (task, model) = replora::run::open::<Classification>(&out, &device).unwrap();
+    let (task, model) = replora::run::open::<Classification>(&out, &device, &[replora::run::sources::Role::Model]).unwrap();
     let texts: Vec<(String, Option<String>)> =
         ["Play some jazz by Miles Davis", "Will it rain in Boston tomorrow?", "Rate this novel five stars"]
             .map(|t| (t.to_string(), None))

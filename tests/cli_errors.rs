@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 mod support;
 
-use support::cli::{assert_fails, copy_run, fixture, replora, run_ok, stderr, train_args};
+use support::cli::{assert_fails, copy_run, fixture, metric_rows, replora, run_ok, stderr};
 
 #[test]
 fn bad_flags_fail_at_parse_time_naming_the_flag() {
@@ -50,7 +50,7 @@ fn bad_flags_fail_at_parse_time_naming_the_flag() {
 fn settings_that_only_the_model_or_data_can_check_name_their_cause() {
     let f = fixture();
     let out = f.path("never-written");
-    let train = |extra: &[&str]| train_args(f, &out, extra);
+    let train = |extra: &[&str]| f.train_args(&out, extra);
     let check = |args: Vec<String>, expected: &[&str]| {
         assert_fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), expected);
     };
@@ -148,12 +148,12 @@ fn finished_runs_and_output_directories_are_never_silently_replaced() {
     let before = snapshot(run_path);
 
     // A second train into a finished run: refused, naming both ways forward.
-    let o = replora(&train_args(f, &run, &["--seed", "3"]).iter().map(String::as_str).collect::<Vec<_>>());
+    let o = replora(&f.train_args(&run, &["--seed", "3"]).iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("--resume") && stderr(&o).contains("--overwrite"), "{}", stderr(&o));
     assert_unchanged(&before, "a refused train");
     // With --overwrite but an invalid configuration: it fails before writing anything.
-    let o = replora(&train_args(f, &run, &["--overwrite", "--rank", "100000", "--seed", "3"]).iter().map(String::as_str).collect::<Vec<_>>());
+    let o = replora(&f.train_args(&run, &["--overwrite", "--rank", "100000", "--seed", "3"]).iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("rank 100000"), "{}", stderr(&o));
     assert_unchanged(&before, "a train that failed validation");
@@ -170,7 +170,7 @@ fn finished_runs_and_output_directories_are_never_silently_replaced() {
     assert_fails(&["merge", "--run", &run, "--out", &peft], &["not empty", "--overwrite"]);
 
     // --overwrite with a valid configuration replaces the run.
-    run_ok(&train_args(f, &run, &["--overwrite", "--seed", "3"]));
+    run_ok(&f.train_args(&run, &["--overwrite", "--seed", "3"]));
     let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(run_path.join("run.json")).unwrap()).unwrap();
     assert_eq!(spec["train"]["seed"], 3);
 
@@ -180,33 +180,20 @@ fn finished_runs_and_output_directories_are_never_silently_replaced() {
     assert!(stderr(&o).contains("already holds") && stderr(&o).contains("--overwrite"), "{}", stderr(&o));
 }
 
-/// metrics.jsonl rows without their timing (the only field that differs between processes).
-fn metric_rows(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut row: serde_json::Value = serde_json::from_str(l).unwrap();
-            row.as_object_mut().unwrap().remove("examples_per_s");
-            row
-        })
-        .collect()
-}
-
 #[test]
 fn a_resumed_run_logs_each_step_once_and_names_the_flags_it_ignores() {
     let f = fixture();
     // A constant learning rate, so that the first epoch does not depend on the number of epochs.
     let flags = ["--decay", "constant", "--warmup-ratio", "0", "--log-every", "1"];
     let whole = f.path("whole");
-    let mut args = train_args(f, &whole, &flags);
+    let mut args = f.train_args(&whole, &flags);
     args.extend(["--epochs", "2"].map(String::from));
     run_ok(&args);
     let expected = metric_rows(Path::new(&whole));
 
     // The state a kill during epoch 2 leaves: the checkpoint of epoch 1, and log rows after it.
     let killed = f.path("killed");
-    run_ok(&train_args(f, &killed, &flags));
+    run_ok(&f.train_args(&killed, &flags));
     let killed_path = Path::new(&killed);
     let checkpoint_step = metric_rows(killed_path).last().unwrap()["step"].as_u64().unwrap();
     let whole_log = std::fs::read_to_string(Path::new(&whole).join("metrics.jsonl")).unwrap();

@@ -6,7 +6,7 @@ use std::path::Path;
 
 mod support;
 
-use support::cli::{assert_fails, copy_run, fixture, replora, run_ok, stderr, train_args};
+use support::cli::{assert_fails, copy_run, fixture, replora, run_ok, stderr};
 
 /// A finished multiple-choice run on the tiny LLaMA (made once).
 fn lm_run() -> String {
@@ -45,7 +45,7 @@ fn eval_of_a_run_refuses_the_flags_it_would_not_use() {
 fn train_refuses_flags_of_other_methods_tasks_and_model_families() {
     let f = fixture();
     let out = f.path("flags-never-written");
-    let train = |extra: &[&str]| train_args(f, &out, extra);
+    let train = |extra: &[&str]| f.train_args(&out, extra);
     let check = |args: Vec<String>, expected: &[&str]| assert_fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), expected);
     check(train(&["--hidden", "4"]), &["--hidden (a setting of --method replora) is not for --method lora"]);
     check(train(&["--targets", "query", "--targets-regex", ".*value"]), &["--targets-regex", "cannot be used with", "--targets"]);
@@ -106,7 +106,7 @@ fn errors_say_what_tasks_a_config_file_and_an_output_take() {
 
     let file = f.root.join("afile");
     std::fs::write(&file, "x").unwrap();
-    let args = train_args(f, file.to_str().unwrap(), &[]);
+    let args = f.train_args(file.to_str().unwrap(), &[]);
     assert_fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), &["--out", "afile is a file, not a directory"]);
     assert!(!Path::new(&out).exists());
 }
@@ -126,7 +126,7 @@ fn an_edited_labels_file_is_named_with_what_no_longer_matches() {
 fn a_diverging_run_blames_the_setting_it_uses() {
     let f = fixture();
     let out = f.path("flags-nan");
-    let mut args = train_args(f, &out, &["--generator-lr-multiplier", "1e308"]);
+    let mut args = f.train_args(&out, &["--generator-lr-multiplier", "1e308"]);
     let method = args.iter().position(|a| a == "lora").unwrap();
     args[method] = "replora".into();
     let e = assert_fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), &["--generator-lr-multiplier 1e308", "no checkpoint was written yet"]);

@@ -17,7 +17,7 @@ use replora::data::{self, Format, LoadOptions};
 use replora::weights::gguf::Gguf;
 use replora::formats::{native, peft};
 use replora::weights::tensors;
-use replora::training::checkpoint::{self, Progress};
+use replora::training::checkpoint::{self, Progress, Schedule};
 use replora::training::state::TrainableState;
 use replora::training::{TrainConfig, trainer};
 use serde_json::Value;
@@ -71,7 +71,8 @@ fn fixtures(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
         let grads = GradientsParams::from_grads(loss(&peft).backward(), &peft);
         peft = optim.step(1e-2, peft, grads);
     }
-    let progress = Progress { epoch: 1, batch_in_epoch: 3, step: 2, best: Some((0.5, 0)), ..Default::default() };
+    let history = vec![replora::training::EvalMetrics::default()];
+    let progress = Progress { epoch: 1, batch_in_epoch: 3, step: 7, best: Some((0.5, 0)), history, ..Default::default() };
     checkpoint::write_dir(&ckpt, &TrainableState::of(&peft), Some(&optim), Some(&progress)).unwrap();
     (native_dir, peft_dir, ckpt)
 }
@@ -173,12 +174,15 @@ fn peft_adapters_never_panic() {
     adapter_campaigns("PEFT adapter", &peft_dir, 6, &|dir| text(peft::import(model(), dir)).map(drop));
 }
 
+/// The schedule of the fixture's checkpoint (epoch 2 of 2, batch 3 of 4, one batch a step).
+const SCHEDULE: Schedule = Schedule { epochs: 2, batches_per_epoch: 4, grad_accum: 1 };
+
 /// Loads a checkpoint the way `--resume` does, then takes one optimizer step with it (a
 /// state that loads but cannot be used would panic there).
 fn resume(dir: &Path) -> Result<(), String> {
     let peft = text(checkpoint::restore(dir, PeftModel::new(model(), &adapter(Method::Lora)).unwrap()))?;
     let mut optim = text(checkpoint::read_optimizer(dir, trainer::optimizer(&TrainConfig::default())))?;
-    let progress = text(checkpoint::read_progress(dir))?;
+    let progress = text(checkpoint::read_progress(dir, &SCHEDULE))?;
     let grads = GradientsParams::from_grads(loss(&peft).backward(), &peft);
     let _ = optim.step(1e-2, peft, grads);
     let _ = progress.history.get(progress.best.map_or(0, |(_, e)| e));

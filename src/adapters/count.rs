@@ -47,6 +47,43 @@ pub fn closed_form(config: &AdapterConfig, targets: &[Target]) -> usize {
     }
 }
 
+/// Bytes per trainable parameter while training: the value, its gradient and AdamW's two
+/// moments, f32 each.
+pub const TRAINING_BYTES_PER_PARAM: u64 = 16;
+
+/// Refuses an adapter whose training state would not fit in this machine's memory (issue 26:
+/// `--bottleneck 100000000` aborted on allocation), naming the largest value of the setting
+/// that makes it large that fits.
+pub fn check_memory(config: &AdapterConfig, targets: &[Target]) -> crate::Result<()> {
+    let need = |c: &AdapterConfig| (closed_form(c, targets) as u64).saturating_mul(TRAINING_BYTES_PER_PARAM);
+    let what = || format!("training the {} adapter ({} trainable parameters, {TRAINING_BYTES_PER_PARAM} bytes each with gradients and AdamW state)", config.method, closed_form(config, targets));
+    let fitting = || {
+        type Set = fn(&mut AdapterConfig, usize);
+        let bottleneck: Set = |c, v| c.bottleneck.size = Some(v);
+        let hidden: Set = |c, v| c.replora.hidden = v;
+        let prefix_length: Set = |c, v| c.prefix.length = v;
+        let prefix_hidden: Set = |c, v| c.prefix.hidden = v;
+        let candidates: Vec<(&str, usize, Set)> = match config.method {
+            Method::Houlsby => config.bottleneck.size.map(|m| ("--bottleneck", m, bottleneck)).into_iter().collect(),
+            Method::Replora => vec![("--hidden", config.replora.hidden, hidden)],
+            Method::Prefix => vec![("--prefix-length", config.prefix.length, prefix_length), ("--prefix-hidden", config.prefix.hidden, prefix_hidden)],
+            Method::Lora | Method::Dora => vec![],
+        };
+        for (flag, current, set) in candidates {
+            let need_at = |v: usize| {
+                let mut c = config.clone();
+                set(&mut c, v);
+                need(&c)
+            };
+            if let Some(v) = crate::memory::largest_fitting(current, need_at) {
+                return format!("at most {flag} {v} fits");
+            }
+        }
+        "lower --rank or adapt fewer modules (--targets)".to_string()
+    };
+    crate::memory::check(need(config), what, fitting)
+}
+
 /// Performance per parameter (SCT paper): `acc * exp(-log10(C / 1e7 + 1))`.
 pub fn ppt(accuracy: f64, trainable_params: usize) -> f64 {
     accuracy * (-(trainable_params as f64 / 1e7 + 1.0).log10()).exp()
@@ -86,6 +123,31 @@ impl std::fmt::Display for ParamReport {
             thousands(self.total),
             self.percent()
         )
+    }
+}
+
+#[cfg(test)]
+mod memory_tests {
+    use super::*;
+
+    fn target(d: usize) -> Target {
+        Target { path: "l.0.q".into(), layer: Some(0), d_in: d, d_out: d, rank: 8, alpha: 16.0, scale: 2.0 }
+    }
+
+    /// Issue 26 (crash 2): `--bottleneck/--hidden/--prefix-length 100000000` aborted on allocation.
+    #[test]
+    fn adapters_larger_than_memory_are_refused_with_what_fits() {
+        let mut houlsby = AdapterConfig::new(Method::Houlsby);
+        houlsby.bottleneck.size = Some(100_000_000_000);
+        let mut replora = AdapterConfig::new(Method::Replora);
+        replora.replora.hidden = 100_000_000_000;
+        let mut prefix = AdapterConfig::new(Method::Prefix);
+        prefix.prefix.length = 100_000_000_000;
+        for (config, flag) in [(houlsby, "--bottleneck"), (replora, "--hidden"), (prefix, "--prefix-length")] {
+            let e = check_memory(&config, &[target(384)]).unwrap_err().to_string();
+            assert!(e.contains("needs about") && e.contains(&format!("at most {flag} ")), "{flag}: {e}");
+        }
+        assert!(check_memory(&AdapterConfig::new(Method::Houlsby), &[target(384)]).is_ok());
     }
 }
 

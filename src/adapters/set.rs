@@ -44,6 +44,7 @@ impl AdapterSet {
     pub fn new(config: &AdapterConfig, linears: &[&AdaptedLinear]) -> Result<Self> {
         let shapes: Vec<_> = linears.iter().map(|l| (l.path.clone(), l.d_in(), l.d_out())).collect();
         let targets = select_targets(config, &shapes)?;
+        super::count::check_memory(config, &targets)?;
         let device = linears[0].weight.device();
         let mut init = Init::new(config.seed, &device);
         let weights: HashMap<&str, &AdaptedLinear> = linears.iter().map(|l| (l.path.as_str(), *l)).collect();

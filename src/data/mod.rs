@@ -219,6 +219,17 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
     if spec.starts_with("bigbench:") { crate::assets::fetch(spec) } else { Ok(PathBuf::from(spec)) }
 }
 
+/// Refuses training data with fewer than two labels (a one-class classifier learns nothing and
+/// scores 100%); `source` names the data.
+pub fn check_two_labels<'a>(source: &Path, labels: impl IntoIterator<Item = &'a str>) -> Result<()> {
+    let present: BTreeSet<&str> = labels.into_iter().collect();
+    if present.len() >= 2 {
+        return Ok(());
+    }
+    let found = present.iter().next().map_or("no label".to_string(), |l| format!("only the label {l:?}"));
+    Err(Error::data(source, None, format!("the training split has {found}: a classifier needs examples of at least two labels")))
+}
+
 pub(crate) fn unknown_label_message(label: &str, known: &[String]) -> String {
     format!("unknown label {label:?}; known labels: {}", known.join(", "))
 }
@@ -286,6 +297,14 @@ mod tests {
         let (_dir, path) = test_util::write("empty.jsonl", "\n\n");
         let err = load(&path, &LoadOptions::default()).unwrap_err().to_string();
         assert!(err.contains("empty dataset"), "{err}");
+    }
+
+    /// Issue 26: a one-class dataset trained and reported 100% accuracy.
+    #[test]
+    fn fewer_than_two_labels_is_refused_naming_the_file() {
+        let e = check_two_labels(Path::new("d/one.jsonl"), ["yes", "yes"]).unwrap_err().to_string();
+        assert!(e.contains("d/one.jsonl") && e.contains("only the label \"yes\"") && e.contains("at least two"), "{e}");
+        assert!(check_two_labels(Path::new("d.jsonl"), ["yes", "no"]).is_ok());
     }
 
     #[test]

@@ -85,7 +85,7 @@ pub fn begin<T: Clone + Serialize + DeserializeOwned>(out: &Path, given: &T, def
                      `replora eval --run {d}` or `replora predict --run {d}`, or train it again with --overwrite"
                 )));
             }
-            let saved: T = crate::files::read_json(&run_file)?;
+            let (saved, _): (T, _) = super::sources::read_run_file(out)?;
             let ignored = overridden_flags(given, &saved, defaults);
             if !ignored.is_empty() {
                 eprintln!("warning: --resume continues with the settings saved in {}; ignoring {}", run_file.display(), ignored.join(", "));

@@ -11,6 +11,7 @@ pub mod layout;
 pub mod lock;
 pub mod output;
 pub mod results;
+pub mod sources;
 
 use std::path::Path;
 use std::time::Instant;
@@ -27,6 +28,7 @@ use crate::formats::native;
 use crate::models::Architecture;
 use crate::tasks::{Task, TaskKind, TaskSpec, TestScores, Tuning, check_best_metric};
 use crate::training;
+use sources::Role;
 
 /// Trains a run into `out` (or resumes the one there) and writes its artefacts, holding the
 /// directory's lock throughout. Everything (settings, model, data) is checked before the first
@@ -35,18 +37,28 @@ pub fn train<T: Task>(spec: &T::Spec, out: &Path, start: Start) -> Result<RunSum
     training::reset_peak_rss();
     output::check("--out", out, output::Output::Run)?;
     let _lock = lock::RunLock::acquire(out)?;
-    let (spec, start) = match dir::begin(out, spec, &T::Spec::default(), start, T::KIND)? {
+    let mut given = spec.clone();
+    sources::absolutize(&mut given);
+    let (spec, start) = match dir::begin(out, &given, &T::Spec::default(), start, T::KIND)? {
         dir::Begin::Train { spec, start } => (spec, start),
         dir::Begin::Finished => return read_json(&out.join(layout::SUMMARY_FILE)),
     };
     spec.validate()?;
     check_best_metric::<T>(&spec)?;
+    let stored = match start {
+        Start::Resume => {
+            let (_, stored) = sources::read_run_file::<T::Spec>(out)?;
+            sources::check(out, stored.as_deref(), &names(&spec), &[Role::Model, Role::Data])?;
+            stored
+        }
+        _ => Some(sources::record(&spec)?),
+    };
     let device = Device::flex().autodiff();
     let task = T::open(spec, &device)?;
     let data = task.data()?;
     let model = task.build(&data)?;
     dir::clear(out, start)?;
-    write_json(&out.join(layout::RUN_FILE), task.spec())?;
+    sources::write_run_file(out, task.spec(), stored.as_deref())?;
     let params = params::<T>(&model);
     eprintln!("{}: {params}", task.spec().method_name());
 
@@ -78,6 +90,29 @@ where
     ParamReport { trainable: report.trainable + head, total: report.total + head }
 }
 
+/// The spec's model and data as it names them.
+fn names<S: TaskSpec>(spec: &S) -> Vec<(Role, String)> {
+    spec.clone().paths_mut().into_iter().map(|(role, p)| (role, p.clone())).collect()
+}
+
+/// Performance per parameter of a test accuracy (0 for a zero-shot run, which trains nothing).
+fn ppt_of(accuracy: f64, trainable: usize) -> f64 {
+    if trainable == 0 { 0.0 } else { ppt(100.0 * accuracy, trainable) }
+}
+
+/// A non-finite-output error with the run's trained files named: their values are the likely
+/// cause (other errors pass unchanged).
+pub fn blame_trained_files(run: &Path, e: Error) -> Error {
+    match e {
+        Error::NonFiniteOutput { what, .. } => {
+            let trained = [layout::ADAPTER_DIR, layout::ENCODER_DIR, layout::BACKBONE_DIR, layout::MODEL_DIR, layout::HEAD_FILE];
+            let files = trained.map(|f| run.join(f)).into_iter().filter(|f| f.exists()).collect();
+            Error::NonFiniteOutput { what, files }
+        }
+        e => e,
+    }
+}
+
 fn summarize<T: Task>(task: &T, data: &T::Data, test: TestScores, params: ParamReport) -> RunSummary {
     let spec = task.spec();
     RunSummary {
@@ -89,7 +124,7 @@ fn summarize<T: Task>(task: &T, data: &T::Data, test: TestScores, params: ParamR
         train_fraction: spec.train_fraction(),
         labels: T::labels(data),
         sizes: T::sizes(data),
-        ppt: if params.trainable == 0 { 0.0 } else { ppt(100.0 * test.overall.accuracy, params.trainable) },
+        ppt: ppt_of(test.overall.accuracy, params.trainable),
         test: test.overall,
         per_task: test.per_task,
         training: None,
@@ -120,13 +155,16 @@ pub fn kind_of(run: &Path) -> Result<TaskKind> {
     dir::kind_of(run).ok_or_else(|| Error::format(&run.join(layout::RUN_FILE), "not a run spec of any task"))
 }
 
-/// A finished run: its task (spec, pre-trained model, tokenizer) and its trained model.
-pub fn open<T: Task>(run: &Path, device: &Device) -> Result<(T, T::Model)> {
+/// A finished run: its task (spec, pre-trained model, tokenizer) and its trained model. The
+/// model must be the one it trained on, and so must the data where `roles` include it.
+pub fn open<T: Task>(run: &Path, device: &Device, roles: &[Role]) -> Result<(T, T::Model)> {
     dir::check_finished(run)?;
     if let Some(kind) = dir::kind_of(run).filter(|k| *k != T::KIND) {
         return Err(Error::State(format!("{} is a {kind} run, not a {} run", run.display(), T::KIND)));
     }
-    let spec: T::Spec = read_json(&run.join(layout::RUN_FILE))?;
+    let (spec, stored): (T::Spec, _) = sources::read_run_file(run)?;
+    spec.validate()?;
+    sources::check(run, stored.as_deref(), &names(&spec), roles)?;
     let task = T::open(spec, device)?;
     let model = task.restore(run, device)?;
     Ok((task, model))
@@ -135,13 +173,19 @@ pub fn open<T: Task>(run: &Path, device: &Device) -> Result<(T, T::Model)> {
 /// Re-scores a finished run on its test split, or on `data` (a labelled file or sub-tasks).
 pub fn evaluate<T: Task>(run: &Path, data: Option<&str>) -> Result<RunSummary> {
     let device = Device::flex();
-    let (task, model) = open::<T>(run, &device)?;
+    // Without other data the run re-reads its own, which must be what it trained on.
+    let roles: &[Role] = if data.is_some() { &[Role::Model] } else { &[Role::Model, Role::Data] };
+    let (task, model) = open::<T>(run, &device, roles)?;
     let source = data;
     let data = match source {
         Some(source) => task.test_data(source)?,
         None => task.data()?,
     };
     let test = task.test(&data, &model)?;
+    if !test.overall.loss.is_finite() {
+        let what = format!("the run's outputs on {}", source.map_or("its test split".into(), |s| s.to_string()));
+        return Err(blame_trained_files(run, Error::NonFiniteOutput { what, files: vec![] }));
+    }
     // A run finished by replora 0.1 has a summary of another shape: report without its training.
     let mut summary: RunSummary = match read_json(&run.join(layout::SUMMARY_FILE)) {
         Ok(summary) => summary,
@@ -151,6 +195,8 @@ pub fn evaluate<T: Task>(run: &Path, data: Option<&str>) -> Result<RunSummary> {
         summary.data = source.to_string();
     }
     summary.sizes[2] = T::sizes(&data)[2];
+    // Every number of the row comes from this evaluation (PPT too, not the training-time test).
+    summary.ppt = ppt_of(test.overall.accuracy, summary.trainable_params);
     summary.test = test.overall;
     summary.per_task = test.per_task;
     Ok(summary)
@@ -173,7 +219,7 @@ pub fn evaluate_base<T: Task>(spec: &T::Spec) -> Result<RunSummary> {
 
 /// Writes a finished run's adapter in PEFT's layout into `out`; returns how Python loads it.
 pub fn export<T: Task>(run: &Path, out: &Path) -> Result<String> {
-    let (task, model) = open::<T>(run, &Device::flex())?;
+    let (task, model) = open::<T>(run, &Device::flex(), &[Role::Model])?;
     match task.spec().tuning() {
         Tuning::Full => return Err(Error::State("a full fine-tuning run has no adapter to export; use `replora merge`".into())),
         Tuning::Probe => return Err(Error::State("a linear probe has no adapter to export; `replora merge` writes the model with its head".into())),
@@ -184,12 +230,12 @@ pub fn export<T: Task>(run: &Path, out: &Path) -> Result<String> {
 
 /// Writes a finished run's model with its adapter folded in as a plain Hugging Face directory.
 pub fn merge<T: Task>(run: &Path, out: &Path) -> Result<String> {
-    let (task, model) = open::<T>(run, &Device::flex())?;
+    let (task, model) = open::<T>(run, &Device::flex(), &[Role::Model])?;
     task.merge(model, out)
 }
 
 /// Answers for raw inputs with a finished run (see [`Task::predict`]).
 pub fn predict<T: Task>(run: &Path, inputs: &[serde_json::Value]) -> Result<Vec<serde_json::Value>> {
-    let (task, model) = open::<T>(run, &Device::flex())?;
-    task.predict(&model, inputs)
+    let (task, model) = open::<T>(run, &Device::flex(), &[Role::Model])?;
+    task.predict(&model, inputs).map_err(|e| blame_trained_files(run, e))
 }

@@ -73,18 +73,24 @@ pub struct Prepared {
     pub test: EncodedDataset,
 }
 
-/// Loads, splits and tokenizes the run's dataset.
-fn prepare(spec: &ClassificationSpec, tokenizer: &Tokenizer) -> Result<Prepared> {
+/// Loads, splits and tokenizes the run's dataset; `run_labels`: those of a trained run, which
+/// every example's label must be one of.
+fn prepare(spec: &ClassificationSpec, tokenizer: &Tokenizer, run_labels: Option<&[String]>) -> Result<Prepared> {
     let options = LoadOptions {
         format: spec.format.as_deref().map(data::Format::parse).transpose()?,
         columns: Columns { text: spec.text_column.clone(), text_pair: spec.pair_column.clone(), label: spec.label_column.clone() },
+        labels: run_labels.map(<[String]>::to_vec),
         ..Default::default()
     };
-    let dataset = data::open(&spec.data, &options)?;
+    let path = data::resolve(&spec.data)?;
+    let dataset = data::load(&path, &options)?;
     let [train, validation, test] = spec.split;
     let splits = dataset.split(&SplitConfig { train, validation, test, seed: spec.train.seed })?;
     splits.check_evaluable()?;
     let train_set: Dataset = if spec.train_fraction < 1.0 { splits.train_fraction(spec.train_fraction)? } else { splits.train.clone() };
+    if run_labels.is_none() {
+        data::check_two_labels(&path, train_set.examples.iter().map(|e| e.label.as_str()))?;
+    }
     Ok(Prepared {
         labels: dataset.labels.clone(),
         train: tokenizer.encode_dataset(&train_set)?,
@@ -93,7 +99,7 @@ fn prepare(spec: &ClassificationSpec, tokenizer: &Tokenizer) -> Result<Prepared>
     })
 }
 
-task_spec!(ClassificationSpec, |spec| spec.data.clone());
+task_spec!(ClassificationSpec, |spec| spec.data.clone(), |spec| vec![&mut spec.data]);
 
 /// All evaluation batches of a split, in order.
 pub fn eval_batches(data: &EncodedDataset, batch_size: usize) -> Vec<data::Batch> {
@@ -132,7 +138,7 @@ impl Task for Classification {
     }
 
     fn data(&self) -> Result<Prepared> {
-        prepare(&self.spec, &self.tokenizer)
+        prepare(&self.spec, &self.tokenizer, self.run_labels.get().map(Vec::as_slice))
     }
 
     fn test_data(&self, source: &str) -> Result<Prepared> {
@@ -205,7 +211,11 @@ impl Task for Classification {
             texts.push((text, pair));
         }
         let labels = self.labels_of_run()?;
-        let probabilities = self.logits(model, &texts)?.iter().map(|row| softmax(row)).collect::<Vec<_>>();
+        let logits = self.logits(model, &texts)?;
+        for (n, row) in logits.iter().enumerate() {
+            super::check_finite(row, || format!("the logits of input {}", n + 1))?;
+        }
+        let probabilities = logits.iter().map(|row| softmax(row)).collect::<Vec<_>>();
         Ok(texts
             .iter()
             .zip(probabilities)

@@ -98,7 +98,7 @@ impl ImageClassificationSpec {
     }
 }
 
-task_spec!(ImageClassificationSpec, |spec| spec.data.clone());
+task_spec!(ImageClassificationSpec, |spec| spec.data.clone(), |spec| vec![&mut spec.data]);
 
 /// An adapted ViT and a linear head over its pooled tokens.
 #[derive(Module, Debug)]
@@ -241,6 +241,37 @@ impl ImageClassification {
     }
 }
 
+/// Bytes a run on `size`-pixel images needs, roughly: the decoded images (3 bytes a pixel) and,
+/// for one training batch, what every layer keeps for the backward pass (the attention
+/// probabilities, `heads x t x t` for `t` patches + 1, and about 10 hidden-wide and 2
+/// feed-forward-wide rows per token), f32.
+fn memory_need(c: &crate::models::dinov2::Dinov2Config, size: usize, batch: usize, images: usize) -> u64 {
+    let t = ((size / c.patch_size) as u64).saturating_pow(2) + 1;
+    let per_token = (10 * c.hidden_size + 2 * c.intermediate_size()) as u64;
+    let per_layer = (c.num_attention_heads as u64).saturating_mul(t.saturating_mul(t)).saturating_add(t * per_token);
+    let activations = per_layer.saturating_mul(4 * batch as u64 * c.num_hidden_layers as u64);
+    activations.saturating_add((images as u64).saturating_mul(3 * (size as u64).pow(2)))
+}
+
+/// Refuses an image size (with the run's batch and image counts) that would not fit in this
+/// machine's memory (issue 26: `--image-size 2800` aborted asking for 38 GB), naming the
+/// largest size that fits. Sizes that are no multiple of the patch are left to their own error.
+fn check_memory(spec: &ImageClassificationSpec, c: &crate::models::dinov2::Dinov2Config) -> Result<()> {
+    if !spec.image_size.is_multiple_of(c.patch_size) {
+        return Ok(());
+    }
+    let (batch, images) = (spec.train.batch_size, spec.images.iter().sum::<usize>());
+    let need = |size: usize| memory_need(c, size, batch, images);
+    crate::memory::check(
+        need(spec.image_size),
+        || format!("--image-size {} ({} patches of {} px, batch {batch}, {images} images)", spec.image_size, (spec.image_size / c.patch_size).pow(2), c.patch_size),
+        || match crate::memory::largest_fitting(spec.image_size / c.patch_size, |k| need(k * c.patch_size)) {
+            Some(k) => format!("at most --image-size {} fits (or lower --batch-size)", k * c.patch_size),
+            None => "lower --batch-size or --train-images".into(),
+        },
+    )
+}
+
 impl Task for ImageClassification {
     const KIND: TaskKind = TaskKind::ImageClassification;
     const FULL_MODEL_DIR: &'static str = crate::run::layout::BACKBONE_DIR;
@@ -251,7 +282,9 @@ impl Task for ImageClassification {
 
     fn open(spec: ImageClassificationSpec, device: &Device) -> Result<Self> {
         let model_dir = crate::models::resolve(&spec.model)?;
-        let backbone = Dinov2::load(&model_dir, BACKBONE, device)?.with_image_size(spec.image_size)?;
+        let backbone = Dinov2::load(&model_dir, BACKBONE, device)?;
+        check_memory(&spec, &backbone.config)?;
+        let backbone = backbone.with_image_size(spec.image_size)?;
         backbone.check_fits(1, spec.adapter.layers_to_transform.as_deref())?;
         Ok(Self { spec, model_dir, backbone, device: device.clone(), run_labels: Default::default() })
     }
@@ -264,6 +297,21 @@ impl Task for ImageClassification {
         let mut splits = images::open(&self.spec.data, self.spec.image_size as u32, &self.spec.protocol())?;
         if self.spec.train_fraction < 1.0 {
             splits.train = stratified_sample(splits.train, self.spec.train_fraction, self.spec.protocol().seed);
+        }
+        let source = Path::new(&self.spec.data);
+        match self.run_labels.get() {
+            // A trained run's head has one output per label it was trained on: map the data's
+            // labels onto those.
+            Some(run) => {
+                let unknown = |l: &String| Error::data(source, None, crate::data::unknown_label_message(l, run));
+                let ids = splits.labels.iter().map(|l| run.iter().position(|r| r == l).ok_or_else(|| unknown(l))).collect::<Result<Vec<_>>>()?;
+                for set in [&mut splits.train, &mut splits.validation, &mut splits.test] {
+                    set.targets.iter_mut().for_each(|t| *t = ids[*t]);
+                    set.labels = run.clone();
+                }
+                splits.labels = run.clone();
+            }
+            None => crate::data::check_two_labels(source, splits.train.targets.iter().map(|&t| splits.labels[t].as_str()))?,
         }
         Ok(splits)
     }
@@ -336,9 +384,13 @@ impl Task for ImageClassification {
         let size = self.spec.image_size as u32;
         let decoded = paths.iter().map(|p| images::load_image(Path::new(p), size)).collect::<Result<Vec<_>>>()?;
         let set = ImageSet { labels: labels.clone(), size, targets: vec![0; decoded.len()], images: decoded };
+        let probabilities = self.probabilities(model, &set);
+        for (path, row) in paths.iter().zip(&probabilities) {
+            super::check_finite(row, || format!("the label probabilities of {path}"))?;
+        }
         Ok(paths
             .iter()
-            .zip(self.probabilities(model, &set))
+            .zip(probabilities)
             .map(|(path, probs)| {
                 let (best, p) = probs.iter().enumerate().fold((0, f32::MIN), |acc, (i, &p)| if p > acc.1 { (i, p) } else { acc });
                 let all: serde_json::Map<String, serde_json::Value> = labels.iter().cloned().zip(probs.iter().map(|&p| json!(p))).collect();

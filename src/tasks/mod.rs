@@ -4,9 +4,10 @@
 //! [`TaskKind`] and [`with_task!`](crate::with_task).
 
 /// Implements [`TaskSpec`] for a spec struct with the fields `model`, `tuning`, `adapter`,
-/// `train`, `train_fraction` and an inherent `validate`; `|spec| expr` names its data.
+/// `train`, `train_fraction` and an inherent `validate`; `|spec| expr` names its data, and
+/// `|spec| paths` lists its data fields (`&mut String`s that may be paths).
 macro_rules! task_spec {
-    ($spec:ty, |$s:ident| $data:expr) => {
+    ($spec:ty, |$s:ident| $data:expr, |$m:ident| $data_paths:expr) => {
         impl $crate::tasks::TaskSpec for $spec {
             fn model(&self) -> &str {
                 &self.model
@@ -29,6 +30,13 @@ macro_rules! task_spec {
             }
             fn validate(&self) -> $crate::error::Result<()> {
                 <$spec>::validate(self)
+            }
+            fn paths_mut(&mut self) -> Vec<($crate::run::sources::Role, &mut String)> {
+                let $m = self;
+                let data: Vec<&mut String> = $data_paths;
+                let mut paths = vec![($crate::run::sources::Role::Model, &mut $m.model)];
+                paths.extend(data.into_iter().map(|p| ($crate::run::sources::Role::Data, p)));
+                paths
             }
         }
     };
@@ -164,6 +172,9 @@ pub trait TaskSpec: Clone + Debug + PartialEq + Serialize + DeserializeOwned + D
     fn train_fraction(&self) -> f64;
     /// Checks every setting that does not depend on the model or the data.
     fn validate(&self) -> Result<()>;
+    /// The model and the data as the spec names them (paths or built-in names), to be stored
+    /// as absolute paths ([`crate::run::sources`]).
+    fn paths_mut(&mut self) -> Vec<(crate::run::sources::Role, &mut String)>;
 
     /// `lora`, `dora`, `replora`, `adapter`, `prefix`, `full` or `probe`.
     fn method_name(&self) -> String {
@@ -258,6 +269,15 @@ pub trait Task: Sized {
     /// Writes the model with the adapter folded in as a plain Hugging Face directory; returns
     /// how Python loads it.
     fn merge(&self, model: Self::Model, dir: &Path) -> Result<String>;
+}
+
+/// Refuses model outputs that are NaN or infinite (`what`: which outputs), rather than printing
+/// them as `null`; the run layer adds the run's trained files to the error.
+pub fn check_finite<V: Copy + Into<f64>>(values: &[V], what: impl FnOnce() -> String) -> Result<()> {
+    match values.iter().all(|&v| v.into().is_finite()) {
+        true => Ok(()),
+        false => Err(Error::NonFiniteOutput { what: what(), files: vec![] }),
+    }
 }
 
 /// Refuses a `--best-metric` the task does not compute.

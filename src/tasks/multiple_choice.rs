@@ -131,7 +131,11 @@ pub fn load_splits(spec: &MultipleChoiceSpec) -> Result<ChoiceSplits> {
 }
 
 
-task_spec!(MultipleChoiceSpec, |spec| spec.tasks.iter().chain(&spec.eval_tasks).map(|t| task_name(t)).collect::<Vec<_>>().join(", "));
+task_spec!(
+    MultipleChoiceSpec,
+    |spec| spec.tasks.iter().chain(&spec.eval_tasks).map(|t| task_name(t)).collect::<Vec<_>>().join(", "),
+    |spec| spec.tasks.iter_mut().chain(spec.eval_tasks.iter_mut()).collect()
+);
 
 /// Example-weighted loss, accuracy and exact match over sub-tasks.
 fn overall(scores: &[SubtaskScore]) -> EvalMetrics {
@@ -267,6 +271,9 @@ impl Task for MultipleChoice {
         }
         let items = choice_items(&self.decoder, &examples, self.spec.max_len)?;
         let scores = super::choice_model::option_scores(&model.valid(), &items, self.spec.train.batch_size, &self.device);
+        for (n, row) in scores.iter().enumerate() {
+            super::check_finite(row, || format!("the option log-likelihoods of input {}", n + 1))?;
+        }
         Ok(examples
             .iter()
             .zip(scores)

@@ -36,6 +36,69 @@ pub struct Progress {
     pub history: Vec<EvalMetrics>,
     /// Training wall time before this process started, seconds.
     pub elapsed_s: f64,
+    /// The running loss of the log line in progress: the example-weighted loss sum and the
+    /// examples since the last logged step of `epoch`, so that a resumed run logs what the
+    /// uninterrupted one did. (Absent in checkpoints of older versions: read as 0.)
+    #[serde(default)]
+    pub window_loss: f64,
+    #[serde(default)]
+    pub window_examples: usize,
+}
+
+/// What a run's progress must agree with: its epochs, micro-batches per epoch and accumulation.
+#[derive(Clone, Copy, Debug)]
+pub struct Schedule {
+    pub epochs: usize,
+    pub batches_per_epoch: usize,
+    pub grad_accum: usize,
+}
+
+impl Schedule {
+    pub fn steps_per_epoch(&self) -> usize {
+        self.batches_per_epoch.div_ceil(self.grad_accum)
+    }
+}
+
+impl Progress {
+    /// Checks that the progress is one the training loop of `schedule` can have written: an
+    /// epoch within the run, a step that matches the epoch and batch, one validation per
+    /// finished epoch and a best epoch among them.
+    pub fn check(&self, schedule: &Schedule) -> std::result::Result<(), String> {
+        let s = schedule;
+        if self.epoch > s.epochs {
+            return Err(format!("epoch {} is beyond the run's {} epochs", self.epoch + 1, s.epochs));
+        }
+        if self.batch_in_epoch >= s.batches_per_epoch.max(1) || (self.epoch == s.epochs && self.batch_in_epoch > 0) {
+            return Err(format!("batch {} is beyond the epoch's {} batches", self.batch_in_epoch, s.batches_per_epoch));
+        }
+        let expected = self.epoch * s.steps_per_epoch() + self.batch_in_epoch.div_ceil(s.grad_accum);
+        if self.step != expected {
+            let total = s.steps_per_epoch() * s.epochs;
+            return Err(format!(
+                "step {} does not match epoch {}, batch {} of the run's schedule (that is step {expected} of {total})",
+                self.step,
+                self.epoch + 1,
+                self.batch_in_epoch
+            ));
+        }
+        if self.history.len() != self.epoch {
+            return Err(format!("{} validation results for {} finished epochs", self.history.len(), self.epoch));
+        }
+        match self.best {
+            None if self.epoch > 0 => return Err(format!("no best epoch, though {} epochs were evaluated", self.epoch)),
+            Some((score, best)) if best >= self.epoch || !score.is_finite() => {
+                return Err(format!("best epoch {} (score {score}) is not one of the {} evaluated", best + 1, self.epoch));
+            }
+            _ => {}
+        }
+        if self.evals_without_improvement > self.epoch {
+            return Err(format!("{} evaluations without improvement in {} epochs", self.evals_without_improvement, self.epoch));
+        }
+        if !self.window_loss.is_finite() || !self.elapsed_s.is_finite() {
+            return Err("a non-finite running loss or elapsed time".into());
+        }
+        Ok(())
+    }
 }
 
 const TENSORS: &str = "trainable.safetensors";
@@ -99,8 +162,15 @@ pub fn read_state(dir: &Path) -> Result<TrainableState> {
     TrainableState::load(&dir.join(TENSORS))
 }
 
-pub fn read_progress(dir: &Path) -> Result<Progress> {
-    crate::files::read_json(&dir.join(PROGRESS))
+/// The progress saved in `dir`, checked against the run's `schedule` (a hand-edited or foreign
+/// file is refused, naming it, rather than resumed at a wrong step or learning rate).
+pub fn read_progress(dir: &Path, schedule: &Schedule) -> Result<Progress> {
+    let file = dir.join(PROGRESS);
+    let progress: Progress = crate::files::read_json(&file)?;
+    progress.check(schedule).map_err(|what| {
+        Error::format(&file, format!("{what}; restore the file, or delete {} to train again from the start", dir.display()))
+    })?;
+    Ok(progress)
 }
 
 pub fn read_optimizer(dir: &Path, optim: ModuleOptimizer) -> Result<ModuleOptimizer> {
@@ -149,7 +219,43 @@ pub fn restore<M: Module>(dir: &Path, module: M) -> Result<M> {
 
 #[cfg(test)]
 mod tests {
-    use super::Progress;
+    use super::{Progress, Schedule, read_progress};
+    use crate::training::EvalMetrics;
+
+    /// 3 epochs of 5 micro-batches, 2 per step: 3 steps an epoch.
+    const SCHEDULE: Schedule = Schedule { epochs: 3, batches_per_epoch: 5, grad_accum: 2 };
+
+    fn after_epochs(n: usize) -> Progress {
+        Progress { epoch: n, step: 3 * n, best: (n > 0).then_some((0.5, 0)), history: vec![EvalMetrics::default(); n], ..Progress::default() }
+    }
+
+    #[test]
+    fn progress_the_loop_can_write_is_accepted() {
+        for n in 0..=3 {
+            assert_eq!(after_epochs(n).check(&SCHEDULE), Ok(()), "after {n} epochs");
+        }
+        let mid = Progress { batch_in_epoch: 4, step: 3 + 2, ..after_epochs(1) };
+        assert_eq!(mid.check(&SCHEDULE), Ok(()));
+    }
+
+    #[test]
+    fn progress_beyond_the_schedule_is_refused_naming_the_file() {
+        let cases = [
+            (Progress { step: 99999, ..after_epochs(1) }, "step 99999 does not match"),
+            (Progress { epoch: 7, step: 21, ..after_epochs(1) }, "epoch 8 is beyond the run's 3 epochs"),
+            (Progress { batch_in_epoch: 5, ..after_epochs(1) }, "batch 5 is beyond"),
+            // The panic of issue 26 (crash 3): an evaluated epoch and no best.
+            (Progress { best: None, ..after_epochs(2) }, "no best epoch"),
+            (Progress { best: Some((0.5, 2)), ..after_epochs(2) }, "best epoch 3"),
+            (Progress { history: vec![], ..after_epochs(2) }, "0 validation results for 2 finished epochs"),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        for (progress, expected) in cases {
+            crate::files::write_json(&dir.path().join("progress.json"), &progress).unwrap();
+            let e = read_progress(dir.path(), &SCHEDULE).unwrap_err().to_string();
+            assert!(e.contains("progress.json") && e.contains(expected), "{expected:?} not in {e}");
+        }
+    }
 
     /// Resume compares new validation scores with the stored best: a score read back one ulp
     /// off (serde_json without `float_roundtrip` reads 2/13 as 0.15384615384615383) picks a

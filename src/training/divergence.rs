@@ -21,7 +21,7 @@ pub struct Divergence {
 impl Divergence {
     /// The message for a run whose checkpoints live in `checkpoint_dir`; `lr_now` is the
     /// learning rate of the last step.
-    pub fn message(&self, cfg: &TrainConfig, lr_now: f64, checkpoint_dir: &Path) -> String {
+    pub fn message(&self, cfg: &TrainConfig, lr_now: f64, checkpoint_dir: &Path, schedule: &checkpoint::Schedule) -> String {
         let (loss, epoch, batch, steps) = (self.loss, self.epoch, self.batch, self.steps_taken);
         let at = format!("loss became {loss} at epoch {epoch}, batch {batch}, after {steps} optimizer step{}", if steps == 1 { "" } else { "s" });
         let cause = if steps == 0 {
@@ -39,7 +39,7 @@ impl Divergence {
             format!("likely causes, most likely first: {}{clipped}", causes.join("; "))
         };
         let resume = match checkpoint::existing(checkpoint_dir) {
-            Some(dir) => match checkpoint::read_progress(&dir) {
+            Some(dir) => match checkpoint::read_progress(&dir, schedule) {
                 Ok(p) => format!("the checkpoint in {} (step {}) is intact", dir.display(), p.step),
                 Err(_) => format!("a checkpoint exists in {}", dir.display()),
             },
@@ -63,18 +63,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let checkpoint = dir.path().join("checkpoint");
         let cfg = TrainConfig::default();
+        let schedule = checkpoint::Schedule { epochs: 1, batches_per_epoch: 4, grad_accum: 1 };
         let d = Divergence { loss: f64::NAN, epoch: 1, batch: 2, steps_taken: 1, generator_multiplier: Some(1e308) };
-        let m = d.message(&cfg, 1e-3, &checkpoint);
+        let m = d.message(&cfg, 1e-3, &checkpoint, &schedule);
         assert!(m.contains("after 1 optimizer step.") && m.contains("no checkpoint was written yet"), "{m}");
         let blamed = m.find("--generator-lr-multiplier 1e308").unwrap_or_else(|| panic!("{m}"));
         assert!(blamed < m.find("--lr").unwrap(), "the multiplier comes first: {m}");
         assert!(m.contains("already clipped at norm 1") && !m.contains("set --grad-clip"), "{m}");
 
         let unclipped = TrainConfig { grad_clip: None, ..TrainConfig::default() };
-        let m = Divergence { generator_multiplier: None, ..d }.message(&unclipped, 1e-3, &checkpoint);
+        let m = Divergence { generator_multiplier: None, ..d }.message(&unclipped, 1e-3, &checkpoint, &schedule);
         assert!(m.contains("clipping is off") && !m.contains("multiplier"), "{m}");
 
-        let m = Divergence { loss: f64::INFINITY, epoch: 1, batch: 1, steps_taken: 0, generator_multiplier: None }.message(&cfg, 1e-3, &checkpoint);
+        let m = Divergence { loss: f64::INFINITY, epoch: 1, batch: 1, steps_taken: 0, generator_multiplier: None }.message(&cfg, 1e-3, &checkpoint, &schedule);
         assert!(m.contains("nothing has been trained yet") && !m.contains("--lr"), "{m}");
     }
 }

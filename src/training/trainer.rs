@@ -12,7 +12,7 @@ use burn::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{self, Progress};
+use super::checkpoint::{self, Progress, Schedule};
 use super::collapse::{Collapse, CollapseDetector};
 use super::config::TrainConfig;
 use super::divergence::Divergence;
@@ -164,11 +164,12 @@ pub fn train<M: Objective>(
     };
     let mut optim = optimizer(cfg);
     let mut progress = Progress::default();
+    let steps = Schedule { epochs: cfg.epochs, batches_per_epoch, grad_accum: cfg.grad_accum };
     match (resume, checkpoint::existing(&run.checkpoint())) {
         (true, Some(dir)) => {
             model = checkpoint::restore(&dir, model)?;
             optim = checkpoint::read_optimizer(&dir, optim)?;
-            progress = checkpoint::read_progress(&dir)?;
+            progress = checkpoint::read_progress(&dir, &steps)?;
             truncate_log(&run.metrics_log(), progress.step)?;
             eprintln!("resuming from {} (epoch {}, step {})", dir.display(), progress.epoch + 1, progress.step);
         }
@@ -192,7 +193,11 @@ pub fn train<M: Objective>(
         bar.set_prefix(format!("epoch {}/{}", epoch + 1, cfg.epochs));
         let batches = train_batches(epoch);
         let mut accumulator = GradientsAccumulator::<M>::new();
-        let (mut window_loss, mut window_examples, mut window_start) = (0.0, 0usize, Instant::now());
+        // A run resumed mid-epoch continues the log line in progress where the checkpoint left it.
+        let (mut window_loss, mut window_examples, mut window_start) = match progress.batch_in_epoch {
+            0 => (0.0, 0usize, Instant::now()),
+            _ => (progress.window_loss, progress.window_examples, Instant::now()),
+        };
         for (i, batch) in batches.iter().enumerate().skip(progress.batch_in_epoch) {
             // Dropout draws from the device RNG: seed it per micro-batch so a resumed run
             // draws exactly what the uninterrupted one did.
@@ -202,7 +207,7 @@ pub fn train<M: Objective>(
             if !loss_value.is_finite() {
                 bar.abandon();
                 let divergence = Divergence { loss: loss_value, epoch: epoch + 1, batch: i + 1, steps_taken: progress.step, generator_multiplier: model.lr_group().map(|g| g.multiplier) };
-                return Err(Error::Training(divergence.message(cfg, schedule.at(progress.step.saturating_sub(1)), &run.checkpoint())));
+                return Err(Error::Training(divergence.message(cfg, schedule.at(progress.step.saturating_sub(1)), &run.checkpoint(), &steps)));
             }
             accumulator.accumulate(&model, GradientsParams::from_grads(loss.div_scalar(cfg.grad_accum as f64).backward(), &model));
             window_loss += loss_value * M::examples(batch) as f64;
@@ -234,7 +239,7 @@ pub fn train<M: Objective>(
                 }
             }
             if cfg.checkpoint_every.is_some_and(|n| progress.step % n == 0) && i + 1 != batches.len() {
-                let p = Progress { elapsed_s: elapsed(&progress), ..progress.clone() };
+                let p = Progress { elapsed_s: elapsed(&progress), window_loss, window_examples, ..progress.clone() };
                 checkpoint::write_dir(&run.checkpoint(), &TrainableState::of(&model), Some(&optim), Some(&p))?;
             }
             if stop {
@@ -257,7 +262,7 @@ pub fn train<M: Objective>(
         progress.history.push(metrics);
         progress.epoch += 1;
         progress.batch_in_epoch = 0;
-        let p = Progress { elapsed_s: elapsed(&progress), ..progress.clone() };
+        let p = Progress { elapsed_s: elapsed(&progress), window_loss: 0.0, window_examples: 0, ..progress.clone() };
         checkpoint::write_dir(&run.checkpoint(), &TrainableState::of(&model), Some(&optim), Some(&p))?;
         if stop {
             bar.suspend(|| eprintln!("stopping at step {}: --stop-on-collapse", progress.step));
@@ -267,7 +272,7 @@ pub fn train<M: Objective>(
         }
     }
     bar.finish_and_clear();
-    let (_, best_epoch) = progress.best.expect("at least one epoch was evaluated");
+    let (_, best_epoch) = progress.best.ok_or_else(|| Error::State("training ended before any epoch was evaluated".into()))?;
     let model = checkpoint::restore(&run.best(), model)?;
     let report = TrainReport {
         best_validation: progress.history[best_epoch].clone(),

@@ -7,6 +7,7 @@ use burn::prelude::*;
 
 use super::{Command, RunArgs, SpecFromArgs, check_method_list};
 use crate::adapters::{AdapterConfig, Method, TargetModules, closed_form, select_targets};
+use crate::data::Format;
 use crate::error::{Error, Result};
 use crate::models::Family;
 use crate::run::compare::{self, Plan};
@@ -177,12 +178,19 @@ fn predict(run: &Path, texts: Vec<String>, input: Option<&Path>) -> Result<()> {
         if content.trim().is_empty() {
             return Err(Error::data(file, None, "the --input file has no lines to predict (it is empty or blank)"));
         }
-        let jsonl = file.extension().is_some_and(|e| e == "jsonl");
-        for (n, line) in content.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            inputs.push(match jsonl {
-                true => serde_json::from_str(line).map_err(|e| Error::format(file, format!("line {}: {e}", n + 1)))?,
-                false => serde_json::json!({ "text": line }),
-            });
+        // By format, as training reads data (a label column is read but not used); other files
+        // hold one input per line.
+        match crate::data::Format::from_path(file).ok() {
+            Some(Format::Csv) => inputs.extend(crate::data::csv::read_table(file, b',')?.objects()),
+            Some(Format::Tsv) => inputs.extend(crate::data::csv::read_table(file, b'\t')?.objects()),
+            format => {
+                for (n, line) in content.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                    inputs.push(match format {
+                        Some(Format::Jsonl) => serde_json::from_str(line).map_err(|e| Error::format(file, format!("line {}: {e}", n + 1)))?,
+                        _ => serde_json::json!({ "text": line }),
+                    });
+                }
+            }
         }
     }
     if inputs.is_empty() {

@@ -265,9 +265,11 @@ impl RunArgs {
         refuse(&foreign, &format!("`eval --run` of {}", a_run_of(task)), &why)
     }
 
-    /// `eval` without `--run` trains nothing: method and trainer flags have nothing to act on.
+    /// `eval` without `--run` trains nothing: method and trainer flags have nothing to act on,
+    /// except the batch size (scoring batches) and the seed (the data's split and draw).
     pub fn refuse_for_zero_shot_eval(&self) -> Result<()> {
-        let foreign = [self.method.given(), self.train.given()].concat();
+        let scoring = ["--batch-size", "--seed"];
+        let foreign: Vec<&str> = [self.method.given(), self.train.given()].concat().into_iter().filter(|f| !scoring.contains(f)).collect();
         refuse(&foreign, "`eval` without --run", ": it scores the pre-trained model, which trains nothing")
     }
 }

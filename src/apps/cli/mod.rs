@@ -89,7 +89,8 @@ pub enum Command {
         #[arg(long)]
         text: Vec<String>,
         /// A file of inputs: .jsonl (classification: the run's text/pair fields; multiple-choice:
-        /// {"question": .., "options": [..]}) or plain text, one text per line.
+        /// {"question": .., "options": [..]}), .csv/.tsv with a header row (the run's text/pair
+        /// columns; a label column is ignored) or plain text, one text per line.
         #[arg(long)]
         input: Option<PathBuf>,
     },

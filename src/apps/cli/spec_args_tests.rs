@@ -137,8 +137,9 @@ fn flags_that_would_not_act_are_refused_by_name() {
     let e = eval_args(&["replora", "eval", "--run", "r", "--data", "d.jsonl"]).refuse_for_eval_of_run(TaskKind::MultipleChoice).unwrap_err().to_string();
     assert!(e.contains("--data is not for `eval --run` of a multiple-choice run") && e.contains("--eval-tasks"), "{e}");
     assert!(eval_args(&["replora", "eval", "--run", "r", "--data", "d.jsonl"]).refuse_for_eval_of_run(TaskKind::Classification).is_ok());
-    let e = eval_args(&["replora", "eval-lm", "--lr", "0.1", "--rank", "4"]).refuse_for_zero_shot_eval().unwrap_err().to_string();
+    let e = eval_args(&["replora", "eval-lm", "--lr", "0.1", "--rank", "4", "--batch-size", "8"]).refuse_for_zero_shot_eval().unwrap_err().to_string();
     assert!(e.contains("--rank, --lr are not for `eval` without --run"), "{e}");
+    assert!(eval_args(&["replora", "eval-lm", "--batch-size", "8", "--seed", "3"]).refuse_for_zero_shot_eval().is_ok(), "scoring batches and the draw act");
 }
 
 /// In a list of methods (`compare`, `sweep`), a method's settings act on its own runs; one

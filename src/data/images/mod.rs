@@ -123,9 +123,12 @@ pub fn open_test(spec: &str, size: u32, labels: &[String]) -> Result<ImageSet> {
     ImageSet::decode(labels, pool, &indices, size, Some(&relabel))
 }
 
+/// The largest image side replora reads, pixels.
+pub const MAX_IMAGE_SIZE: usize = 4096;
+
 fn check_size(size: u32) -> Result<()> {
-    if !(1..=4096).contains(&size) {
-        return Err(Error::Config(format!("image size must be 1..=4096 pixels; got {size}")));
+    if !(1..=MAX_IMAGE_SIZE).contains(&(size as usize)) {
+        return Err(Error::Config(format!("image size must be 1..={MAX_IMAGE_SIZE} pixels; got {size}")));
     }
     Ok(())
 }
