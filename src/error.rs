@@ -63,7 +63,10 @@ fn non_finite_cause(files: &[PathBuf]) -> String {
         [] => "the model's weights likely hold non-finite or huge values".into(),
         files => {
             let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-            format!("the run's trained weights ({}) likely hold non-finite or huge values; retrain the run or restore them", names.join(", "))
+            format!(
+                "the run's trained weights ({}) likely hold non-finite or huge values; retrain the run or restore them",
+                names.join(", ")
+            )
         }
     }
 }

@@ -44,7 +44,14 @@ impl Default for Sampling {
 /// Continues `prompt` (token ids, non-empty) and returns the new ids. `on_token` sees each id as
 /// it is produced (for streaming output). The prompt is processed in one pass; each further
 /// token costs one single-position pass over the cache.
-pub fn generate(model: &Llama, deltas: &Deltas, prompt: &[u32], sampling: &Sampling, device: &Device, on_token: &mut dyn FnMut(u32)) -> Vec<u32> {
+pub fn generate(
+    model: &Llama,
+    deltas: &Deltas,
+    prompt: &[u32],
+    sampling: &Sampling,
+    device: &Device,
+    on_token: &mut dyn FnMut(u32),
+) -> Vec<u32> {
     assert!(!prompt.is_empty(), "generation needs at least one prompt token");
     let mut rng = StdRng::seed_from_u64(sampling.seed);
     let mut cache = KvCache::new();

@@ -12,13 +12,13 @@ use crate::adapters::{Deltas, PeftModel};
 use crate::data::Tokenizer;
 use crate::error::{Error, Result};
 use crate::formats::peft;
-use crate::weights::{HostTensor, tensors};
-use crate::models::decoder::Decoder;
-use crate::models::bert::{Bert, Pooling};
 use crate::models::Family;
-use crate::tasks::heads::{ClassifierModel, SequenceClassifier};
+use crate::models::bert::{Bert, Pooling};
+use crate::models::decoder::Decoder;
 use crate::run::sources::Role;
+use crate::tasks::heads::{ClassifierModel, SequenceClassifier};
 use crate::tasks::{Classification, MultipleChoice, TaskKind};
+use crate::weights::{HostTensor, tensors};
 
 /// Whose outputs `replora logits` writes.
 pub enum Source<'a> {
@@ -80,12 +80,17 @@ fn seq_cls_from_peft(model_dir: &Path, adapter: &Path, device: &Device) -> Resul
         let found = config.get("task_type").cloned().unwrap_or(serde_json::Value::Null);
         return Err(Error::format(
             config_file,
-            format!("task_type {found} is not SEQ_CLS: a classifier needs the head PEFT saves with SEQ_CLS (for replora's export of a mean-pooled run use `replora logits --run` or the lines in its README.md)"),
+            format!(
+                "task_type {found} is not SEQ_CLS: a classifier needs the head PEFT saves with SEQ_CLS (for replora's export of a mean-pooled run use `replora logits --run` or the lines in its README.md)"
+            ),
         ));
     }
     let bert = Bert::load(model_dir, "bert.", device)?;
     if bert.pooler.is_none() {
-        return Err(Error::format(model_dir.join("model.safetensors"), "no pooler (pooler.dense): BertForSequenceClassification would start it at random"));
+        return Err(Error::format(
+            model_dir.join("model.safetensors"),
+            "no pooler (pooler.dense): BertForSequenceClassification would start it at random",
+        ));
     }
     let (encoder, modules) = peft::import_with_modules(bert, adapter)?;
     let file = adapter.join("adapter_model.safetensors");
@@ -118,7 +123,11 @@ fn decoder_logits(decoder: &Decoder, model: &PeftModel<crate::models::llama::Lla
         .map(|text| {
             let ids = decoder.encode(text)?;
             if ids.is_empty() || ids.len() > model.model.config.max_position_embeddings {
-                return Err(Error::Config(format!("{text:?} is {} tokens; give 1 to {}", ids.len(), model.model.config.max_position_embeddings)));
+                return Err(Error::Config(format!(
+                    "{text:?} is {} tokens; give 1 to {}",
+                    ids.len(),
+                    model.model.config.max_position_embeddings
+                )));
             }
             let input = Tensor::<2, Int>::from_data(TensorData::new(ids.iter().map(|&i| i as i64).collect(), [1, ids.len()]), device);
             let logits = model.model.logits(model.model.forward(input, None, None, &deltas));

@@ -2,8 +2,8 @@
 //! fails at parse time, named by clap) and so do the spec checks that `run.json`, `--config`
 //! files and library callers go through. Messages name the flag.
 
-use crate::tasks::classification::ClassificationSpec;
 use crate::error::{Error, Result};
+use crate::tasks::classification::ClassificationSpec;
 use crate::tasks::image_classification::ImageClassificationSpec;
 use crate::tasks::multiple_choice::MultipleChoiceSpec;
 

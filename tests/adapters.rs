@@ -36,35 +36,68 @@ fn variants() -> Vec<(&'static str, AdapterConfig)> {
     };
     vec![
         ("lora", AdapterConfig { method: Method::Lora, ..base.clone() }),
-        ("lora-rslora-gaussian", AdapterConfig { method: Method::Lora, use_rslora: true, init_lora_weights: replora::adapters::LoraInit::Gaussian, ..base.clone() }),
+        (
+            "lora-rslora-gaussian",
+            AdapterConfig {
+                method: Method::Lora,
+                use_rslora: true,
+                init_lora_weights: replora::adapters::LoraInit::Gaussian,
+                ..base.clone()
+            },
+        ),
         ("dora", AdapterConfig { method: Method::Dora, ..base.clone() }),
         ("replora-diag-tanh", replora(SeedKind::Diagonal, Activation::Tanh, false)),
         ("replora-full-gelu", replora(SeedKind::Full, Activation::Gelu, false)),
         ("replora-diag-identity-shared", replora(SeedKind::Diagonal, Activation::Identity, true)),
-        ("replora-unscaled", AdapterConfig {
-            replora: replora::adapters::RepLoraConfig { output_scale: OutputScale::One, ..replora(SeedKind::Diagonal, Activation::Tanh, false).replora },
-            ..replora(SeedKind::Diagonal, Activation::Tanh, false)
-        }),
-        ("replora-no-bias-random-seeds", AdapterConfig {
-            replora: replora::adapters::RepLoraConfig {
-                generator_bias: false,
-                seed_init: Some(SeedInit::Random),
-                ..replora(SeedKind::Diagonal, Activation::Tanh, false).replora
+        (
+            "replora-unscaled",
+            AdapterConfig {
+                replora: replora::adapters::RepLoraConfig {
+                    output_scale: OutputScale::One,
+                    ..replora(SeedKind::Diagonal, Activation::Tanh, false).replora
+                },
+                ..replora(SeedKind::Diagonal, Activation::Tanh, false)
             },
-            ..replora(SeedKind::Diagonal, Activation::Tanh, false)
-        }),
-        ("replora-learned-scale", AdapterConfig {
-            replora: replora::adapters::RepLoraConfig { learn_output_scale: true, output_scale: OutputScale::InvH, ..replora(SeedKind::Diagonal, Activation::Tanh, false).replora },
-            ..replora(SeedKind::Diagonal, Activation::Tanh, false)
-        }),
-        ("replora-full-identity-seeds", AdapterConfig {
-            replora: replora::adapters::RepLoraConfig { seed_init: Some(SeedInit::Identity), ..replora(SeedKind::Full, Activation::Tanh, false).replora },
-            ..replora(SeedKind::Full, Activation::Tanh, false)
-        }),
-        ("replora-wide-targets", AdapterConfig {
-            target_modules: targets(&["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]),
-            ..replora(SeedKind::Full, Activation::Relu, false)
-        }),
+        ),
+        (
+            "replora-no-bias-random-seeds",
+            AdapterConfig {
+                replora: replora::adapters::RepLoraConfig {
+                    generator_bias: false,
+                    seed_init: Some(SeedInit::Random),
+                    ..replora(SeedKind::Diagonal, Activation::Tanh, false).replora
+                },
+                ..replora(SeedKind::Diagonal, Activation::Tanh, false)
+            },
+        ),
+        (
+            "replora-learned-scale",
+            AdapterConfig {
+                replora: replora::adapters::RepLoraConfig {
+                    learn_output_scale: true,
+                    output_scale: OutputScale::InvH,
+                    ..replora(SeedKind::Diagonal, Activation::Tanh, false).replora
+                },
+                ..replora(SeedKind::Diagonal, Activation::Tanh, false)
+            },
+        ),
+        (
+            "replora-full-identity-seeds",
+            AdapterConfig {
+                replora: replora::adapters::RepLoraConfig {
+                    seed_init: Some(SeedInit::Identity),
+                    ..replora(SeedKind::Full, Activation::Tanh, false).replora
+                },
+                ..replora(SeedKind::Full, Activation::Tanh, false)
+            },
+        ),
+        (
+            "replora-wide-targets",
+            AdapterConfig {
+                target_modules: targets(&["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]),
+                ..replora(SeedKind::Full, Activation::Relu, false)
+            },
+        ),
     ]
 }
 
@@ -236,7 +269,10 @@ fn replora_bias_and_seed_init_options_change_only_their_own_tensors() {
 #[test]
 fn a_learned_output_scale_starts_as_the_fixed_one() {
     let learned = variants()[8].1.clone();
-    let fixed = AdapterConfig { replora: replora::adapters::RepLoraConfig { learn_output_scale: false, ..learned.replora.clone() }, ..learned.clone() };
+    let fixed = AdapterConfig {
+        replora: replora::adapters::RepLoraConfig { learn_output_scale: false, ..learned.replora.clone() },
+        ..learned.clone()
+    };
     let (learned, fixed) = (PeftModel::new(model(), &learned).unwrap(), PeftModel::new(model(), &fixed).unwrap());
     let scale = learned.adapters.generators[0].a.scale.as_ref().expect("a learned scale");
     assert_eq!(host(&scale.val()), vec![1.0 / 5.0], "starts at 1/h for h = 5");
@@ -274,8 +310,14 @@ fn merge_rejects_non_finite_weights_and_leaves_the_model_unchanged() {
 fn rejects_bad_configs_with_clear_errors() {
     let cases: Vec<(AdapterConfig, &str)> = vec![
         (AdapterConfig { r: 0, ..Default::default() }, "at least 1"),
-        (AdapterConfig { r: 9, target_modules: TargetModules::Names(vec!["v_proj".into()]), ..Default::default() }, "exceeds min(d_in, d_out)"),
-        (AdapterConfig { target_modules: TargetModules::Names(vec!["query".into()]), ..Default::default() }, "available linear modules: model.layers.0.self_attn.q_proj"),
+        (
+            AdapterConfig { r: 9, target_modules: TargetModules::Names(vec!["v_proj".into()]), ..Default::default() },
+            "exceeds min(d_in, d_out)",
+        ),
+        (
+            AdapterConfig { target_modules: TargetModules::Names(vec!["query".into()]), ..Default::default() },
+            "available linear modules: model.layers.0.self_attn.q_proj",
+        ),
         (AdapterConfig { target_modules: TargetModules::Regex("nothing.*".into()), ..Default::default() }, "matches no linear module"),
         (AdapterConfig { lora_dropout: 1.0, ..Default::default() }, "lora_dropout"),
     ];

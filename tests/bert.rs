@@ -7,12 +7,12 @@ use std::path::Path;
 
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
+use common::host;
 use replora::Error;
 use replora::adapters::{Adaptable, AdapterConfig, Deltas, Method, PeftModel, TargetModules};
-use replora::weights::tensors;
 use replora::models::Architecture;
 use replora::models::bert::{Bert, BertConfig, Pooling, pool};
-use common::host;
+use replora::weights::tensors;
 use support::{Batch, max_abs_diff, minilm_dir, tiny_bert, tokenize};
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
@@ -83,21 +83,13 @@ fn save_then_load_is_bit_exact() {
 }
 
 fn query_value(method: Method) -> AdapterConfig {
-    AdapterConfig {
-        method,
-        r: 4,
-        target_modules: TargetModules::Names(vec!["query".into(), "value".into()]),
-        ..Default::default()
-    }
+    AdapterConfig { method, r: 4, target_modules: TargetModules::Names(vec!["query".into(), "value".into()]), ..Default::default() }
 }
 
 #[test]
 fn adapters_inject_into_bert_and_merge_into_a_plain_checkpoint() {
     let device = Device::flex().autodiff();
-    let batch = Batch::new(&[
-        (vec![101, 1037, 2158, 2003, 5983, 2833, 1012, 102], vec![0; 8]),
-        (vec![101, 7592, 102], vec![0; 3]),
-    ]);
+    let batch = Batch::new(&[(vec![101, 1037, 2158, 2003, 5983, 2833, 1012, 102], vec![0; 8]), (vec![101, 7592, 102], vec![0; 3])]);
     let input = batch.input(&device);
     let base = Bert::load(&minilm_dir(), "bert.", &device).unwrap();
     let base_out = host(&base.forward(&input, &Deltas::none()));
@@ -114,10 +106,14 @@ fn adapters_inject_into_bert_and_merge_into_a_plain_checkpoint() {
     }
     // Houlsby bottlenecks go after the attention output and the feed-forward output.
     let sites = TargetModules::Names(Bert::ADAPTER_SITES.iter().map(|s| s.to_string()).collect());
-    let peft = PeftModel::new(base.clone(), &AdapterConfig { method: Method::Houlsby, target_modules: sites, ..Default::default() }).unwrap();
+    let peft =
+        PeftModel::new(base.clone(), &AdapterConfig { method: Method::Houlsby, target_modules: sites, ..Default::default() }).unwrap();
     let paths = peft.adapters.target_paths();
     assert_eq!(paths.len(), 12, "{paths:?}");
-    assert!(paths.contains(&"bert.encoder.layer.0.attention.output.dense") && paths.contains(&"bert.encoder.layer.5.output.dense"), "{paths:?}");
+    assert!(
+        paths.contains(&"bert.encoder.layer.0.attention.output.dense") && paths.contains(&"bert.encoder.layer.5.output.dense"),
+        "{paths:?}"
+    );
     let err = max_abs_diff(&host(&peft.model.forward(&input, &peft.deltas())), &base_out);
     assert!(err < 1e-5, "bottleneck adapter at init vs base: {err}");
 
@@ -253,10 +249,7 @@ fn load_errors_are_typed_and_clear() {
     let dir = fresh("deeper");
     edit_config(&dir, "num_hidden_layers", 3.into());
     let e = show(load_err(&dir));
-    assert!(
-        matches!(&e, Error::MissingTensor { name, .. } if name == "encoder.layer.2.attention.self.query.weight"),
-        "{e}"
-    );
+    assert!(matches!(&e, Error::MissingTensor { name, .. } if name == "encoder.layer.2.attention.self.query.weight"), "{e}");
 
     let dir = fresh("shallower");
     edit_config(&dir, "num_hidden_layers", 1.into());
@@ -269,10 +262,7 @@ fn load_errors_are_typed_and_clear() {
     all.remove("encoder.layer.1.attention.output.LayerNorm.bias");
     tensors::write(&file, &all, None).unwrap();
     let e = show(load_err(&dir));
-    assert!(
-        matches!(&e, Error::MissingTensor { name, .. } if name == "encoder.layer.1.attention.output.LayerNorm.bias"),
-        "{e}"
-    );
+    assert!(matches!(&e, Error::MissingTensor { name, .. } if name == "encoder.layer.1.attention.output.LayerNorm.bias"), "{e}");
 }
 
 #[test]

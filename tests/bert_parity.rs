@@ -7,8 +7,8 @@ use std::process::Command;
 
 use burn::prelude::*;
 use replora::adapters::Deltas;
-use replora::weights::{HostTensor, tensors};
 use replora::models::bert::{Bert, Pooling, pool};
+use replora::weights::{HostTensor, tensors};
 use support::{Batch, max_abs_diff, minilm_dir, python};
 
 /// Three batches: padding of different lengths, a sentence pair with token types 1, and one

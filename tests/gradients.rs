@@ -10,10 +10,10 @@ use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::{DType, FloatDType, Gradients};
 use common::TinyModel;
+use replora::Result;
 use replora::adapters::init::Init;
 use replora::adapters::set::NamedParams;
 use replora::adapters::{Activation, Adaptable, AdapterConfig, Method, OutputScale, PeftModel, SeedInit, SeedKind, TargetModules};
-use replora::Result;
 
 fn device() -> Device {
     static CONFIGURED: OnceLock<()> = OnceLock::new();
@@ -148,7 +148,11 @@ fn check(name: &str, config: AdapterConfig) {
         }
     }
     // A check over no parameters, or one that skipped a tensor, would pass without checking.
-    assert!(!point.values.is_empty() && checked >= point.values.len(), "{name}: {checked} entries of {} tensors checked", point.values.len());
+    assert!(
+        !point.values.is_empty() && checked >= point.values.len(),
+        "{name}: {checked} entries of {} tensors checked",
+        point.values.len()
+    );
     eprintln!("{name}: {checked} entries of {} tensors, worst relative error {worst:.2e}", point.values.len());
 }
 
@@ -208,7 +212,11 @@ fn replora_gradients_match_finite_differences() {
 #[test]
 fn bottleneck_adapter_gradients_match_finite_differences() {
     for activation in [Activation::Tanh, Activation::Gelu] {
-        let mut config = AdapterConfig { method: Method::Houlsby, target_modules: TargetModules::Names(vec!["o_proj".into(), "down_proj".into()]), ..base() };
+        let mut config = AdapterConfig {
+            method: Method::Houlsby,
+            target_modules: TargetModules::Names(vec!["o_proj".into(), "down_proj".into()]),
+            ..base()
+        };
         config.bottleneck.size = Some(2);
         config.bottleneck.activation = activation;
         check(&format!("adapter-{activation}"), config);

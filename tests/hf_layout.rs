@@ -11,18 +11,22 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use clap::Parser;
 use replora::adapters::{AdapterConfig, Method, PeftModel, TargetModules};
-use replora::tasks::classification::{ClassificationSpec as RunSpec, export_peft};
 use replora::formats::peft;
-use replora::weights::tensors;
 use replora::models::bert::{Bert, Pooling};
+use replora::tasks::classification::{ClassificationSpec as RunSpec, export_peft};
 use replora::tasks::heads::{ClassifierModel, SequenceClassifier};
 use replora::tasks::hf_layout::HfLayout;
+use replora::weights::tensors;
 use support::{Batch, max_abs_diff, python, tiny_bert};
 
 const LABELS: [&str; 3] = ["a", "b", "c"];
 
 fn batch() -> Batch {
-    Batch::new(&[(vec![2, 7, 11, 40, 3], vec![0, 0, 0, 1, 1]), (vec![2, 9, 3], vec![0, 0, 0]), (vec![2, 30, 31, 32, 33, 34, 3], vec![0; 7])])
+    Batch::new(&[
+        (vec![2, 7, 11, 40, 3], vec![0, 0, 0, 1, 1]),
+        (vec![2, 9, 3], vec![0, 0, 0]),
+        (vec![2, 30, 31, 32, 33, 34, 3], vec![0; 7]),
+    ])
 }
 
 /// A tiny classifier whose adapter (on query, value and every `dense`, the pooler's included)
@@ -111,7 +115,9 @@ fn merge_writes_a_sequence_classifier_only_for_the_cls_pooler_and_numpy_reads_ev
 fn export_of_a_mean_pooled_run_adapts_the_bare_encoder_and_reproduces_the_run() {
     let device = Device::flex().autodiff();
     let tmp = tempfile::tempdir().unwrap();
-    for (pooling, pooler, task_type) in [(Pooling::Mean, true, "FEATURE_EXTRACTION"), (Pooling::Cls, false, "FEATURE_EXTRACTION"), (Pooling::Cls, true, "SEQ_CLS")] {
+    for (pooling, pooler, task_type) in
+        [(Pooling::Mean, true, "FEATURE_EXTRACTION"), (Pooling::Cls, false, "FEATURE_EXTRACTION"), (Pooling::Cls, true, "SEQ_CLS")]
+    {
         let name = format!("{pooling}-{pooler}");
         let base = tmp.path().join(format!("base-{name}"));
         tiny_bert(&base, "", false, pooler);
@@ -127,7 +133,11 @@ fn export_of_a_mean_pooled_run_adapts_the_bare_encoder_and_reproduces_the_run() 
             let (encoder, modules) = peft::import_with_modules(Bert::load(&base, "bert.", &device).unwrap(), &export).unwrap();
             SequenceClassifier::new(encoder, 3, pooling, 0.0, 0).with_head(modules, &export).unwrap()
         } else {
-            assert!(weights.keys().all(|k| k.starts_with("base_model.model.encoder.") || k.starts_with("base_model.model.pooler.")), "{name}: {:?}", weights.keys());
+            assert!(
+                weights.keys().all(|k| k.starts_with("base_model.model.encoder.") || k.starts_with("base_model.model.pooler.")),
+                "{name}: {:?}",
+                weights.keys()
+            );
             let readme = std::fs::read_to_string(export.join("README.md")).unwrap();
             let pool_line = if pooling == Pooling::Mean { "mask.sum(1)" } else { "hidden[:, 0]" };
             assert!(readme.contains("```python") && readme.contains("max_length=16") && readme.contains(pool_line), "{name}: {readme}");

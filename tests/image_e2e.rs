@@ -43,9 +43,33 @@ fn image_folder(dir: &Path, classes: &[&str], per_class: usize) {
 
 fn train_args<'a>(model: &'a str, data: &'a str, out: &'a str, method: &'a str) -> Vec<&'a str> {
     vec![
-        "train", "--task", "image-classification", "--model", model, "--data", data, "--method", method, "--image-size", "16",
-        "--train-images", "18", "--val-images", "6", "--test-images", "9", "--epochs", "4", "--batch-size", "6", "--lr", "0.02",
-        "--seed", "3", "--out", out,
+        "train",
+        "--task",
+        "image-classification",
+        "--model",
+        model,
+        "--data",
+        data,
+        "--method",
+        method,
+        "--image-size",
+        "16",
+        "--train-images",
+        "18",
+        "--val-images",
+        "6",
+        "--test-images",
+        "9",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "6",
+        "--lr",
+        "0.02",
+        "--seed",
+        "3",
+        "--out",
+        out,
     ]
 }
 

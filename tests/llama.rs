@@ -6,12 +6,12 @@ use std::path::Path;
 
 use burn::prelude::*;
 use replora::adapters::{AdapterConfig, Deltas, Method, PeftModel, PrefixConfig, TargetModules};
-use replora::weights::HostTensor;
 use replora::generate::{Sampling, generate};
-use replora::tasks::choice_model::{CausalLm, LmBatch, LmSequence};
 use replora::models::Architecture;
 use replora::models::llama::{KvCache, Llama, LlamaConfig};
+use replora::tasks::choice_model::{CausalLm, LmBatch, LmSequence};
 use replora::training::Objective;
+use replora::weights::HostTensor;
 
 mod support;
 
@@ -92,7 +92,8 @@ fn right_padding_does_not_change_real_positions_and_causality_holds() {
     for (name, model, deltas) in bare_and_prefixed(false) {
         let alone = values(model.forward(ids(&[&TOKENS[..4]]), None, None, &deltas));
         let padded_ids = ids(&[&TOKENS, &[TOKENS[0], TOKENS[1], TOKENS[2], TOKENS[3], 0, 0, 0]]);
-        let mask = Tensor::<2>::from_data(TensorData::new(vec![1f32, 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 0., 0., 0.], [2, 7]), &device());
+        let mask =
+            Tensor::<2>::from_data(TensorData::new(vec![1f32, 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 0., 0., 0.], [2, 7]), &device());
         let batch = model.forward(padded_ids, Some(mask), None, &deltas);
         let h = 16;
         let row1 = values(batch.clone().narrow(0, 1, 1).narrow(1, 0, 4));
@@ -158,7 +159,12 @@ fn trained(config: &AdapterConfig, device: &Device) -> (CausalLm, f32, f32) {
 fn adapters_on_every_projection_start_at_the_base_model_and_merge_exactly() {
     let wide = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"];
     for method in [Method::Lora, Method::Dora, Method::Replora] {
-        let base = values(CausalLm { decoder: PeftModel::from_parts(tiny(false), replora::adapters::AdapterSet::empty()) }.target_logprobs(&batch(), false, &device()));
+        let base =
+            values(CausalLm { decoder: PeftModel::from_parts(tiny(false), replora::adapters::AdapterSet::empty()) }.target_logprobs(
+                &batch(),
+                false,
+                &device(),
+            ));
         let lm = CausalLm { decoder: PeftModel::new(tiny(false), &adapter(method, &wide)).unwrap() };
         let start = values(lm.target_logprobs(&batch(), false, &device()));
         assert!(max_diff(&base, &start) < 1e-5, "{method}: zero-init adapter differs from the base");
@@ -180,10 +186,25 @@ fn adapters_on_every_projection_start_at_the_base_model_and_merge_exactly() {
 #[test]
 fn bottleneck_adapters_after_o_proj_and_down_proj_start_at_the_base_and_learn() {
     let sites = Llama::ADAPTER_SITES;
-    let base = values(CausalLm { decoder: PeftModel::from_parts(tiny(false), replora::adapters::AdapterSet::empty()) }.target_logprobs(&batch(), false, &device()));
+    let base = values(CausalLm { decoder: PeftModel::from_parts(tiny(false), replora::adapters::AdapterSet::empty()) }.target_logprobs(
+        &batch(),
+        false,
+        &device(),
+    ));
     let lm = CausalLm { decoder: PeftModel::new(tiny(false), &adapter(Method::Houlsby, sites)).unwrap() };
-    assert_eq!(lm.decoder.adapters.target_paths(), ["model.layers.0.self_attn.o_proj", "model.layers.0.mlp.down_proj", "model.layers.1.self_attn.o_proj", "model.layers.1.mlp.down_proj"]);
-    assert!(max_diff(&base, &values(lm.target_logprobs(&batch(), false, &device()))) < 1e-5, "a bottleneck adapter at init differs from the base");
+    assert_eq!(
+        lm.decoder.adapters.target_paths(),
+        [
+            "model.layers.0.self_attn.o_proj",
+            "model.layers.0.mlp.down_proj",
+            "model.layers.1.self_attn.o_proj",
+            "model.layers.1.mlp.down_proj"
+        ]
+    );
+    assert!(
+        max_diff(&base, &values(lm.target_logprobs(&batch(), false, &device()))) < 1e-5,
+        "a bottleneck adapter at init differs from the base"
+    );
     let (_, first, last) = trained(&adapter(Method::Houlsby, sites), &device().autodiff());
     assert!(last < first, "answer loss did not fall ({first} -> {last})");
 }
@@ -222,7 +243,11 @@ fn bad_checkpoints_are_clear_errors() {
     assert!(err.contains("model.layers.1"), "{err}");
 
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("config.json"), r#"{"vocab_size": 10, "hidden_size": 12, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 5}"#).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        r#"{"vocab_size": 10, "hidden_size": 12, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 5}"#,
+    )
+    .unwrap();
     let err = Llama::load(dir.path(), &device()).unwrap_err().to_string();
     assert!(err.contains("not a multiple"), "{err}");
     let err = Llama::load(&dir.path().join("nothing"), &device()).unwrap_err().to_string();

@@ -9,18 +9,21 @@ use std::process::Command;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use common::{TinyModel, input};
-use support::python;
 use replora::adapters::{Adaptable, AdapterConfig, Method, PeftModel, TargetModules};
 use replora::formats::peft;
 use replora::weights::{HostTensor, tensors};
+use support::python;
 
 #[test]
 fn python_reads_the_peft_export_and_reproduces_the_merge() {
     let device = Device::flex().autodiff();
     let dir = tempfile::tempdir().unwrap();
     let targets = TargetModules::Names(vec!["q_proj".into(), "v_proj".into(), "down_proj".into()]);
-    for (name, method, rslora) in [("lora", Method::Lora, false), ("rslora", Method::Lora, true), ("dora", Method::Dora, false), ("replora", Method::Replora, false)] {
-        let config = AdapterConfig { method, r: 3, lora_alpha: 5.0, use_rslora: rslora, target_modules: targets.clone(), ..Default::default() };
+    for (name, method, rslora) in
+        [("lora", Method::Lora, false), ("rslora", Method::Lora, true), ("dora", Method::Dora, false), ("replora", Method::Replora, false)]
+    {
+        let config =
+            AdapterConfig { method, r: 3, lora_alpha: 5.0, use_rslora: rslora, target_modules: targets.clone(), ..Default::default() };
         let mut peft = PeftModel::new(TinyModel::new(2, 4, 2, 4, 1, &device), &config).unwrap();
         let mut optim = AdamWConfig::new().init();
         for step in 0..3 {

@@ -13,7 +13,6 @@ use std::path::Path;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use replora::adapters::{AdapterConfig, Method, OutputScale, PeftModel};
-use replora::weights::{HostTensor, tensors};
 use replora::models::EncoderInput;
 use replora::models::bert::{Bert, Pooling};
 use replora::tasks::heads::{ClassifierModel, SequenceClassifier, cross_entropy};
@@ -21,6 +20,7 @@ use replora::training::Objective;
 use replora::training::collapse::CollapseDetector;
 use replora::training::trainer::optimizer;
 use replora::training::{Decay, LrSchedule, TrainConfig};
+use replora::weights::{HostTensor, tensors};
 
 const HIDDEN: usize = 96;
 const VOCAB: usize = 64;
@@ -146,8 +146,13 @@ fn replora_defaults_train_like_lora_defaults() {
     let (lora_first, lora_last) = (mean(&lora.losses[..5]), mean(&lora.losses[STEPS - 10..]));
     let (rep_first, rep_last) = (mean(&replora.losses[..5]), mean(&replora.losses[STEPS - 10..]));
     eprintln!("loss first 5 / last 10 steps: lora {lora_first:.4} -> {lora_last:.4}, replora {rep_first:.4} -> {rep_last:.4}");
-    eprintln!("update norm after 5 / {STEPS} steps: lora {:.4} / {:.4}, replora {:.4} / {:.4}",
-        lora.update_norms[4], lora.update_norms[STEPS - 1], replora.update_norms[4], replora.update_norms[STEPS - 1]);
+    eprintln!(
+        "update norm after 5 / {STEPS} steps: lora {:.4} / {:.4}, replora {:.4} / {:.4}",
+        lora.update_norms[4],
+        lora.update_norms[STEPS - 1],
+        replora.update_norms[4],
+        replora.update_norms[STEPS - 1]
+    );
     // Both learn the task (chance is ln 2 = 0.693).
     assert!(lora_last < 0.8 * lora_first, "LoRA did not learn: {lora_first} -> {lora_last}");
     assert!(rep_last < 0.8 * rep_first, "RepLoRA's loss stayed flat: {rep_first} -> {rep_last}");
@@ -203,7 +208,10 @@ fn the_generator_learning_rate_multiplier_scales_only_the_generators_steps() {
             for (name, g) in [("a", &p.a), ("b", &p.b)] {
                 out.insert(format!("gen{i}.{name}.hidden_weight"), g.hidden_weight.val().into_data().try_into_vec_as::<f32>().unwrap());
                 out.insert(format!("gen{i}.{name}.out_weight"), g.out_weight.val().into_data().try_into_vec_as::<f32>().unwrap());
-                out.insert(format!("gen{i}.{name}.out_bias"), g.out_bias.as_ref().expect("biases by default").val().into_data().try_into_vec_as::<f32>().unwrap());
+                out.insert(
+                    format!("gen{i}.{name}.out_bias"),
+                    g.out_bias.as_ref().expect("biases by default").val().into_data().try_into_vec_as::<f32>().unwrap(),
+                );
             }
         }
         for (i, b) in m.encoder.adapters.blocks.iter().enumerate() {

@@ -41,7 +41,15 @@ fn train(out: &Path, extra: &[&str]) -> Vec<String> {
 
 fn train_in(fixtures: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     let (model, data) = (fixtures.join("bert"), fixtures.join("data.jsonl"));
-    let mut args: Vec<String> = vec!["train".into(), "--model".into(), model.display().to_string(), "--data".into(), data.display().to_string(), "--out".into(), out.display().to_string()];
+    let mut args: Vec<String> = vec![
+        "train".into(),
+        "--model".into(),
+        model.display().to_string(),
+        "--data".into(),
+        data.display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+    ];
     args.extend(["--max-len", "16", "--epochs", "1", "--batch-size", "4", "--method", "lora"].iter().chain(extra).map(|s| s.to_string()));
     args
 }
@@ -109,7 +117,10 @@ fn logits_never_writes_over_a_runs_files() {
     let r = run.to_str().unwrap();
     for own in ["head.safetensors", "adapter/adapter_model.safetensors", "checkpoint/x.safetensors", "run.json"] {
         let out = run.join(own);
-        assert_fails(&["logits", "--run", r, "--text", "hi", "--out", out.to_str().unwrap()], &[own.split('/').next().unwrap(), "the run itself writes"]);
+        assert_fails(
+            &["logits", "--run", r, "--text", "hi", "--out", out.to_str().unwrap()],
+            &[own.split('/').next().unwrap(), "the run itself writes"],
+        );
     }
     assert_fails(&["logits", "--run", r, "--text", "hi", "--out", r], &["is a run directory"]);
     assert_unchanged(&run, &before, "a refused logits");
@@ -267,7 +278,13 @@ fn one_process_at_a_time_writes_a_run_directory() {
 
     // While it trains: another train, a resume, and readers of the unfinished run are refused.
     wait_for("a checkpoint", || out.join("checkpoint").is_dir() && logged_steps(&out).len() >= 3);
-    for args in [strs(&train(&out, &[])), strs(&train(&out, &["--overwrite"])), vec!["train", "--out", o, "--resume"], vec!["eval", "--run", o], vec!["predict", "--run", o, "--text", "w1"]] {
+    for args in [
+        strs(&train(&out, &[])),
+        strs(&train(&out, &["--overwrite"])),
+        vec!["train", "--out", o, "--resume"],
+        vec!["eval", "--run", o],
+        vec!["predict", "--run", o, "--text", "w1"],
+    ] {
         let e = assert_fails(&args, &[&busy]);
         assert!(!e.contains("--resume to continue"), "{args:?}: the ordinary advice for an idle run: {e}");
     }
@@ -305,9 +322,12 @@ fn two_sweeps_sharing_their_cells_train_each_cell_once() {
     write_grid(&grid, "epochs = [2000, 1]");
     let cells = dir.join("cells");
     let args = |out: &str| -> Vec<String> {
-        ["sweep", "--grid", grid.to_str().unwrap(), "--out", dir.join(out).to_str().unwrap(), "--cells", cells.to_str().unwrap()].map(String::from).to_vec()
+        ["sweep", "--grid", grid.to_str().unwrap(), "--out", dir.join(out).to_str().unwrap(), "--cells", cells.to_str().unwrap()]
+            .map(String::from)
+            .to_vec()
     };
-    let mut first = Running(Command::new(env!("CARGO_BIN_EXE_replora")).args(args("a")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    let mut first =
+        Running(Command::new(env!("CARGO_BIN_EXE_replora")).args(args("a")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
     let training = || std::fs::read_dir(&cells).map(|e| e.flatten().any(|e| e.path().join("run.json").is_file())).unwrap_or(false);
     wait_for("the first sweep to start its first cell", training);
     let second = replora(&strs(&args("b")));
@@ -345,12 +365,21 @@ fn report_only_never_empties_a_report() {
     }
     let before = snapshot(&out);
     let wrong = dir.join("no-such-cells");
-    assert_fails(&["sweep", "--grid", g, "--out", o, "--cells", wrong.to_str().unwrap(), "--report-only"], &["--cells", "does not exist", "nothing was written"]);
+    assert_fails(
+        &["sweep", "--grid", g, "--out", o, "--cells", wrong.to_str().unwrap(), "--report-only"],
+        &["--cells", "does not exist", "nothing was written"],
+    );
     let empty = dir.join("empty-cells");
     std::fs::create_dir_all(&empty).unwrap();
-    assert_fails(&["sweep", "--grid", g, "--out", o, "--cells", empty.to_str().unwrap(), "--report-only"], &["none of the grid's 1 cells", "nothing was written"]);
+    assert_fails(
+        &["sweep", "--grid", g, "--out", o, "--cells", empty.to_str().unwrap(), "--report-only"],
+        &["none of the grid's 1 cells", "nothing was written"],
+    );
     assert_unchanged(&out, &before, "a refused --report-only");
     // A sweep's output never goes into a run directory either.
     let base = at("base");
-    assert_fails(&["sweep", "--grid", g, "--out", base.to_str().unwrap(), "--cells", cells.to_str().unwrap(), "--report-only"], &["is a run directory"]);
+    assert_fails(
+        &["sweep", "--grid", g, "--out", base.to_str().unwrap(), "--cells", cells.to_str().unwrap(), "--report-only"],
+        &["is a run directory"],
+    );
 }

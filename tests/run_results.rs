@@ -48,7 +48,23 @@ fn strip_sources(run: &Path) {
 #[test]
 fn runs_store_absolute_paths_and_refuse_changed_files() {
     let f = Fixture::new();
-    let args = ["train", "--model", "bert", "--data", "data.jsonl", "--max-len", "16", "--epochs", "1", "--batch-size", "4", "--method", "lora", "--out", "runs/base"];
+    let args = [
+        "train",
+        "--model",
+        "bert",
+        "--data",
+        "data.jsonl",
+        "--max-len",
+        "16",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--method",
+        "lora",
+        "--out",
+        "runs/base",
+    ];
     let o = replora_in(&f.root, &args);
     assert!(o.status.success(), "{}", stderr(&o));
     let run = f.root.join("runs/base");
@@ -151,7 +167,8 @@ fn every_number_of_an_evaluation_comes_from_it() {
     let cells = |line: &str| line.split('|').map(str::trim).filter(|c| !c.is_empty()).map(String::from).collect::<Vec<_>>();
     let (header, row) = (cells(lines[0]), cells(lines[2]));
     let column = |name: &str| row[header.iter().position(|h| h == name).unwrap()].clone();
-    let metrics: serde_json::Value = serde_json::from_str(&lines[lines.iter().position(|l| l.starts_with('{')).unwrap()..].join("\n")).unwrap();
+    let metrics: serde_json::Value =
+        serde_json::from_str(&lines[lines.iter().position(|l| l.starts_with('{')).unwrap()..].join("\n")).unwrap();
     let accuracy = metrics["accuracy"].as_f64().unwrap();
     let trained = read_json(&Path::new(&run).join("summary.json"));
     assert_ne!(accuracy, trained["test"]["accuracy"].as_f64().unwrap(), "pick data the run scores differently from its test split");
@@ -271,8 +288,20 @@ fn sizes_beyond_this_machine_are_refused_with_what_fits() {
     let dino = f.root.join("dino");
     support::tiny_dinov2(&dino);
     let image = |size: &str| {
-        ["train", "--task", "image-classification", "--model", dino.to_str().unwrap(), "--data", "no-such-images", "--image-size", size, "--out", &out]
-            .map(String::from)
+        [
+            "train",
+            "--task",
+            "image-classification",
+            "--model",
+            dino.to_str().unwrap(),
+            "--data",
+            "no-such-images",
+            "--image-size",
+            size,
+            "--out",
+            &out,
+        ]
+        .map(String::from)
     };
     let args = image("2800");
     assert_fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), &["--image-size 2800", "needs about", "at most --image-size "]);

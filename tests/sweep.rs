@@ -104,7 +104,11 @@ fn a_bad_grid_fails_before_any_run() {
         let out = dir.path().join("never");
         let o = replora(&["sweep", "--grid", grid.to_str().unwrap(), "--out", out.to_str().unwrap()]);
         assert!(o.status.code() == Some(1), "{extra:?}: {}", stderr(&o));
-        assert!(stderr(&o).contains(expected) && stderr(&o).contains(if extra.is_empty() { "sweep cell" } else { "bad.toml" }), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains(expected) && stderr(&o).contains(if extra.is_empty() { "sweep cell" } else { "bad.toml" }),
+            "{}",
+            stderr(&o)
+        );
         assert!(!dir.path().join("cells").exists(), "a bad grid started runs");
     }
 }
@@ -118,9 +122,32 @@ fn compare_runs_the_multiple_choice_task_through_the_same_lifecycle() {
     support::cli::choice_task(&task, 24);
     let out = dir.path().join("cmp");
     let o = replora(&[
-        "compare-lm", "--model", model.to_str().unwrap(), "--tasks", task.to_str().unwrap(), "--eval-tasks", "none", "--methods", "base,lora",
-        "--seeds", "0,1", "--train-fractions", "0.5,1", "--train-per-task", "12", "--validation-per-task", "4", "--test-per-task", "8",
-        "--max-len", "16", "--batch-size", "4", "--no-exact-match", "--out", out.to_str().unwrap(),
+        "compare-lm",
+        "--model",
+        model.to_str().unwrap(),
+        "--tasks",
+        task.to_str().unwrap(),
+        "--eval-tasks",
+        "none",
+        "--methods",
+        "base,lora",
+        "--seeds",
+        "0,1",
+        "--train-fractions",
+        "0.5,1",
+        "--train-per-task",
+        "12",
+        "--validation-per-task",
+        "4",
+        "--test-per-task",
+        "8",
+        "--max-len",
+        "16",
+        "--batch-size",
+        "4",
+        "--no-exact-match",
+        "--out",
+        out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "compare-lm failed: {}", stderr(&o));
     let runs: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(out.join("compare.json")).unwrap()).unwrap();

@@ -165,9 +165,16 @@ macro_rules! value_enum_str {
             type Err = $crate::error::Error;
             fn from_str(s: &str) -> $crate::error::Result<Self> {
                 <$ty as clap::ValueEnum>::from_str(s, true).map_err(|_| {
-                    let names: Vec<String> =
-                        <$ty as clap::ValueEnum>::value_variants().iter().filter_map(clap::ValueEnum::to_possible_value).map(|v| v.get_name().to_string()).collect();
-                    $crate::error::Error::Config(format!(concat!("unknown ", $what, " {:?}; expected one of: {}"), s.to_ascii_lowercase(), names.join(", ")))
+                    let names: Vec<String> = <$ty as clap::ValueEnum>::value_variants()
+                        .iter()
+                        .filter_map(clap::ValueEnum::to_possible_value)
+                        .map(|v| v.get_name().to_string())
+                        .collect();
+                    $crate::error::Error::Config(format!(
+                        concat!("unknown ", $what, " {:?}; expected one of: {}"),
+                        s.to_ascii_lowercase(),
+                        names.join(", ")
+                    ))
                 })
             }
         }
@@ -340,7 +347,10 @@ impl AdapterConfig {
             return bad("the bottleneck width (bottleneck.size, --bottleneck) must be at least 1".into());
         }
         if self.prefix.length == 0 || self.prefix.hidden == 0 {
-            return bad(format!("prefix.length (--prefix-length) and prefix.hidden (--prefix-hidden) must be at least 1, got {} and {}", self.prefix.length, self.prefix.hidden));
+            return bad(format!(
+                "prefix.length (--prefix-length) and prefix.hidden (--prefix-hidden) must be at least 1, got {} and {}",
+                self.prefix.length, self.prefix.hidden
+            ));
         }
         let m = self.replora.generator_lr_multiplier;
         if !(m.is_finite() && m > 0.0) {
@@ -348,9 +358,9 @@ impl AdapterConfig {
         }
         match &self.target_modules {
             TargetModules::Names(names) if names.is_empty() => bad("target_modules is empty".into()),
-            TargetModules::Regex(re) => regex::Regex::new(re)
-                .map(|_| ())
-                .map_err(|e| Error::Config(format!("target_modules regex {re:?}: {e}"))),
+            TargetModules::Regex(re) => {
+                regex::Regex::new(re).map(|_| ()).map_err(|e| Error::Config(format!("target_modules regex {re:?}: {e}")))
+            }
             _ => Ok(()),
         }
     }
@@ -381,7 +391,10 @@ mod tests {
         set.replora.learn_output_scale = true;
         set.replora.seed_init = Some(SeedInit::Random);
         let json = serde_json::to_value(&set).unwrap();
-        assert_eq!((&json["replora"]["generator_bias"], &json["replora"]["seed_init"]), (&serde_json::json!(false), &serde_json::json!("random")));
+        assert_eq!(
+            (&json["replora"]["generator_bias"], &json["replora"]["seed_init"]),
+            (&serde_json::json!(false), &serde_json::json!("random"))
+        );
         assert_eq!(serde_json::from_value::<AdapterConfig>(json).unwrap(), set);
         let old: AdapterConfig = serde_json::from_value(default).unwrap();
         assert!(old.replora.generator_bias && old.replora.seed_start() == SeedInit::Identity);

@@ -56,7 +56,13 @@ pub const TRAINING_BYTES_PER_PARAM: u64 = 16;
 /// that makes it large that fits.
 pub fn check_memory(config: &AdapterConfig, targets: &[Target]) -> crate::Result<()> {
     let need = |c: &AdapterConfig| (closed_form(c, targets) as u64).saturating_mul(TRAINING_BYTES_PER_PARAM);
-    let what = || format!("training the {} adapter ({} trainable parameters, {TRAINING_BYTES_PER_PARAM} bytes each with gradients and AdamW state)", config.method, closed_form(config, targets));
+    let what = || {
+        format!(
+            "training the {} adapter ({} trainable parameters, {TRAINING_BYTES_PER_PARAM} bytes each with gradients and AdamW state)",
+            config.method,
+            closed_form(config, targets)
+        )
+    };
     let fitting = || {
         type Set = fn(&mut AdapterConfig, usize);
         let bottleneck: Set = |c, v| c.bottleneck.size = Some(v);
@@ -66,7 +72,9 @@ pub fn check_memory(config: &AdapterConfig, targets: &[Target]) -> crate::Result
         let candidates: Vec<(&str, usize, Set)> = match config.method {
             Method::Houlsby => config.bottleneck.size.map(|m| ("--bottleneck", m, bottleneck)).into_iter().collect(),
             Method::Replora => vec![("--hidden", config.replora.hidden, hidden)],
-            Method::Prefix => vec![("--prefix-length", config.prefix.length, prefix_length), ("--prefix-hidden", config.prefix.hidden, prefix_hidden)],
+            Method::Prefix => {
+                vec![("--prefix-length", config.prefix.length, prefix_length), ("--prefix-hidden", config.prefix.hidden, prefix_hidden)]
+            }
             Method::Lora | Method::Dora => vec![],
         };
         for (flag, current, set) in candidates {

@@ -7,8 +7,8 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 
 use super::bottleneck::BottleneckDelta;
-use crate::kernels;
 use super::prefix::{PrefixKv, mask_with_prefix};
+use crate::kernels;
 
 /// `y = x W + b` with `W` stored as burn does, `[d_in, d_out]`, plus the module path
 /// (Hugging Face naming) that adapters, target patterns and exported files refer to.

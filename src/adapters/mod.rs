@@ -15,10 +15,10 @@ pub mod set;
 pub mod target;
 
 pub use bottleneck::BottleneckConfig;
-pub use prefix::PrefixConfig;
 pub use config::{Activation, AdapterConfig, LoraInit, Method, OutputScale, RepLoraConfig, SeedInit, SeedKind, TargetModules};
 pub use count::{ParamReport, closed_form, ppt};
 pub use linear::{AdaptedLinear, Deltas, LinearDelta};
 pub use peft_model::{Adaptable, PeftModel};
+pub use prefix::PrefixConfig;
 pub use set::AdapterSet;
 pub use target::{Target, select_targets};

@@ -161,12 +161,7 @@ impl<M: Adaptable> PeftModel<M> {
 }
 
 fn detached(d: &LinearDelta) -> LinearDelta {
-    LinearDelta {
-        a: d.a.clone().detach(),
-        b: d.b.clone().detach(),
-        magnitude: d.magnitude.clone().map(|m| m.detach()),
-        ..d.clone()
-    }
+    LinearDelta { a: d.a.clone().detach(), b: d.b.clone().detach(), magnitude: d.magnitude.clone().map(|m| m.detach()), ..d.clone() }
 }
 
 fn check_finite(w: &Tensor<2>, path: &str) -> Result<()> {

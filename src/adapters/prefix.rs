@@ -113,7 +113,11 @@ impl PrefixKv {
     pub fn prepend(&self, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
         let [b, heads, _, d] = k.dims();
         let [p, width] = self.key.dims();
-        assert_eq!(width, heads * d, "a prefix must be anchored at the key projection: its width {width} is not the attention's {heads} key heads x {d}");
+        assert_eq!(
+            width,
+            heads * d,
+            "a prefix must be anchored at the key projection: its width {width} is not the attention's {heads} key heads x {d}"
+        );
         let shape = |x: Tensor<2>| x.reshape([1, p, heads, d]).swap_dims(1, 2).expand([b, heads, p, d]);
         (Tensor::cat(vec![shape(self.key.clone()), k], 2), Tensor::cat(vec![shape(self.value.clone()), v], 2))
     }

@@ -117,7 +117,15 @@ fn max(v: &[usize]) -> usize {
 }
 
 impl RepLoraBlock {
-    pub fn init(opts: &RepLoraConfig, rank: usize, d_ins: &[usize], d_outs: &[usize], targets: Vec<usize>, generator: usize, init: &mut Init) -> Self {
+    pub fn init(
+        opts: &RepLoraConfig,
+        rank: usize,
+        d_ins: &[usize],
+        d_outs: &[usize],
+        targets: Vec<usize>,
+        generator: usize,
+        init: &mut Init,
+    ) -> Self {
         let (da, db) = seed_widths(opts.seed_kind, rank, d_ins, d_outs);
         let mut seed = |width: usize| match (opts.seed_kind, opts.seed_start()) {
             (SeedKind::Diagonal, SeedInit::Identity) => init.constant([1, rank], 1.0),
@@ -130,7 +138,13 @@ impl RepLoraBlock {
     }
 
     /// `[A_t, B_t]` for every target of the block, `A_t` as `[d_in, r]`, `B_t` as `[r, d_out]`.
-    pub fn generate(&self, generators: &GeneratorPair, opts: &RepLoraConfig, d_ins: &[usize], d_outs: &[usize]) -> Vec<(Tensor<2>, Tensor<2>)> {
+    pub fn generate(
+        &self,
+        generators: &GeneratorPair,
+        opts: &RepLoraConfig,
+        d_ins: &[usize],
+        d_outs: &[usize],
+    ) -> Vec<(Tensor<2>, Tensor<2>)> {
         let scale = opts.output_scale.factor(opts.hidden);
         let a_rows = generators.a.forward(seed_rows(self.seed_a.val(), opts.seed_kind), opts.activation, scale);
         let b_rows = generators.b.forward(seed_rows(self.seed_b.val(), opts.seed_kind), opts.activation, scale);

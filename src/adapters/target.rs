@@ -47,8 +47,7 @@ pub fn select_targets(config: &AdapterConfig, linears: &[(String, usize, usize)]
             linears.iter().filter(|(p, _, _)| name_matches(names, p)).collect()
         }
         TargetModules::Regex(re) => {
-            let re = Regex::new(&format!("^(?:{re})$"))
-                .map_err(|e| Error::Config(format!("target_modules regex {re:?}: {e}")))?;
+            let re = Regex::new(&format!("^(?:{re})$")).map_err(|e| Error::Config(format!("target_modules regex {re:?}: {e}")))?;
             linears.iter().filter(|(p, _, _)| re.is_match(p)).collect()
         }
     };
@@ -69,9 +68,7 @@ pub fn select_targets(config: &AdapterConfig, linears: &[(String, usize, usize)]
             let rank = lookup(&config.rank_pattern, path).unwrap_or(config.r);
             let alpha = lookup(&config.alpha_pattern, path).unwrap_or(config.lora_alpha);
             if rank > (*d_in).min(*d_out) {
-                return Err(Error::Config(format!(
-                    "rank {rank} for {path} exceeds min(d_in, d_out) = min({d_in}, {d_out})"
-                )));
+                return Err(Error::Config(format!("rank {rank} for {path} exceeds min(d_in, d_out) = min({d_in}, {d_out})")));
             }
             Ok(Target {
                 path: path.clone(),
@@ -95,11 +92,7 @@ mod tests {
     use super::*;
 
     fn linears() -> Vec<(String, usize, usize)> {
-        (0..2)
-            .flat_map(|l| {
-                ["query", "key", "value"].map(move |n| (format!("encoder.layer.{l}.attention.self.{n}"), 8, 8))
-            })
-            .collect()
+        (0..2).flat_map(|l| ["query", "key", "value"].map(move |n| (format!("encoder.layer.{l}.attention.self.{n}"), 8, 8))).collect()
     }
 
     #[test]
@@ -109,10 +102,7 @@ mod tests {
         config.layers_to_transform = Some(vec![1]);
         let t = select_targets(&config, &linears()).unwrap();
         let got: Vec<_> = t.iter().map(|t| (t.path.as_str(), t.rank, t.layer)).collect();
-        assert_eq!(
-            got,
-            [("encoder.layer.1.attention.self.query", 8, Some(1)), ("encoder.layer.1.attention.self.value", 2, Some(1))]
-        );
+        assert_eq!(got, [("encoder.layer.1.attention.self.query", 8, Some(1)), ("encoder.layer.1.attention.self.value", 2, Some(1))]);
         assert_eq!(t[1].scale, 8.0);
     }
 

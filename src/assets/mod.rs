@@ -134,7 +134,10 @@ impl Fetcher {
         let tmp_root = cache.join(".tmp");
         // The first write into the cache: if it fails, the setting to change is the cache's place.
         fs::create_dir_all(&tmp_root).map_err(|e| {
-            Error::fetch(asset.name, format!("the asset cache {} cannot be written ({e}): set REPLORA_CACHE to a writable directory", cache.display()))
+            Error::fetch(
+                asset.name,
+                format!("the asset cache {} cannot be written ({e}): set REPLORA_CACHE to a writable directory", cache.display()),
+            )
         })?;
         let _lock = lock(asset, cache)?;
         if is_complete(&dest, asset) {

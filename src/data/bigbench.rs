@@ -71,15 +71,12 @@ pub fn parse(path: &Path, task: &Value, prefixes: bool) -> Result<(Vec<Example>,
 /// An example's `target_scores` as (choice, score) pairs.
 fn target_scores(example: &Value) -> std::result::Result<Vec<(String, f64)>, String> {
     match example.get("target_scores") {
-        Some(Value::Object(map)) => map
-            .iter()
-            .map(|(k, v)| v.as_f64().map(|s| (k.clone(), s)).ok_or_else(|| format!("score of {k:?} is not a number")))
-            .collect(),
+        Some(Value::Object(map)) => {
+            map.iter().map(|(k, v)| v.as_f64().map(|s| (k.clone(), s)).ok_or_else(|| format!("score of {k:?} is not a number"))).collect()
+        }
         Some(Value::String(s)) => parse_python_dict(s).map_err(|m| format!("cannot read target_scores string: {m}")),
         Some(_) => Err("\"target_scores\" is neither an object nor a dict string".into()),
-        None if example.get("target").is_some() => {
-            Err("no \"target_scores\" (a generative task); only multiple-choice tasks load".into())
-        }
+        None if example.get("target").is_some() => Err("no \"target_scores\" (a generative task); only multiple-choice tasks load".into()),
         None => Err("missing \"target_scores\"".into()),
     }
 }
@@ -97,14 +94,19 @@ pub struct ChoiceExample {
 }
 
 /// What `--tasks` and `--eval-tasks` take.
-pub const CHOICE_TASKS: &str = "`bigbench:<task>` or a BIG-bench task.json file ({\"examples\": [{\"input\": .., \"target_scores\": {..}}, ..]})";
+pub const CHOICE_TASKS: &str =
+    "`bigbench:<task>` or a BIG-bench task.json file ({\"examples\": [{\"input\": .., \"target_scores\": {..}}, ..]})";
 
 /// Reads a task as multiple-choice questions; `task` names them.
 pub fn read_choices(path: &Path, task: &str) -> Result<Vec<ChoiceExample>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let not_a_task = |what: String| format!("{what}: a multiple-choice task (--tasks, --eval-tasks) is {CHOICE_TASKS}");
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| Error::data(path, Some(e.line()), not_a_task(format!("invalid JSON ({e})"))))?;
-    let examples = value.get("examples").and_then(Value::as_array).ok_or_else(|| Error::data(path, None, not_a_task("no \"examples\" array".into())))?;
+    let value: Value =
+        serde_json::from_slice(&bytes).map_err(|e| Error::data(path, Some(e.line()), not_a_task(format!("invalid JSON ({e})"))))?;
+    let examples = value
+        .get("examples")
+        .and_then(Value::as_array)
+        .ok_or_else(|| Error::data(path, None, not_a_task("no \"examples\" array".into())))?;
     let mut out = Vec::with_capacity(examples.len());
     for (i, example) in examples.iter().enumerate() {
         let err = |message: String| Error::data(path, None, format!("example {}: {message}", i + 1));

@@ -43,15 +43,17 @@ impl Table {
 
     /// The index of the column named `name`, or an error that lists the header.
     pub fn column(&self, path: &Path, name: &str) -> Result<usize> {
-        self.find(name).ok_or_else(|| {
-            Error::data(path, Some(1), format!("the header has no column {name:?} (columns: {})", self.headers.join(", ")))
-        })
+        self.find(name)
+            .ok_or_else(|| Error::data(path, Some(1), format!("the header has no column {name:?} (columns: {})", self.headers.join(", "))))
     }
 
     /// Each record as a JSON object keyed by the header's names (for inputs to predict).
     pub fn objects(&self) -> Vec<serde_json::Value> {
         let names: Vec<&str> = self.headers.iter().map(|h| h.trim()).collect();
-        self.records.iter().map(|(_, r)| names.iter().zip(r.iter()).map(|(n, v)| (n.to_string(), serde_json::Value::from(v))).collect()).collect()
+        self.records
+            .iter()
+            .map(|(_, r)| names.iter().zip(r.iter()).map(|(n, v)| (n.to_string(), serde_json::Value::from(v))).collect())
+            .collect()
     }
 }
 

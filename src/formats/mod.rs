@@ -9,7 +9,6 @@ use std::path::Path;
 use crate::adapters::{AdaptedLinear, AdapterConfig, closed_form, select_targets};
 use crate::error::{Error, Result};
 
-
 /// Refuses an adapter config whose declared sizes (ranks, RepLoRA's hidden width) need far
 /// more trainable values than its weights file holds (`available`), before the adapter is
 /// built: a corrupt `"r": 1099511627776` must not allocate terabytes. (Within the slack, a
@@ -18,14 +17,19 @@ pub(crate) fn check_declared_sizes(config: &AdapterConfig, linears: &[&AdaptedLi
     let sizes = [("r", config.r), ("replora.hidden", config.replora.hidden)].into_iter();
     let patterns = config.rank_pattern.values().map(|&r| ("a rank_pattern rank", r));
     if let Some((what, v)) = sizes.chain(patterns).find(|&(_, v)| v > available) {
-        return Err(Error::format(file, format!("the adapter config's {what} = {v} needs more values than the {available} this file holds")));
+        return Err(Error::format(
+            file,
+            format!("the adapter config's {what} = {v} needs more values than the {available} this file holds"),
+        ));
     }
     let shapes: Vec<(String, usize, usize)> = linears.iter().map(|l| (l.path.clone(), l.d_in(), l.d_out())).collect();
     let needed = closed_form(config, &select_targets(config, &shapes)?);
     if needed > available.saturating_mul(16).saturating_add(1 << 16) {
         return Err(Error::format(
             file,
-            format!("the adapter config needs {needed} trainable values on this model, far more than the {available} this file holds (a corrupt config, or the adapter of another model)"),
+            format!(
+                "the adapter config needs {needed} trainable values on this model, far more than the {available} this file holds (a corrupt config, or the adapter of another model)"
+            ),
         ));
     }
     Ok(())

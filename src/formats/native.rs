@@ -9,11 +9,11 @@ use burn::module::Param;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::weights::tensors::{self, HostTensor};
-use crate::files::{read_json, write_json};
 use crate::adapters::set::NamedParams;
 use crate::adapters::{Adaptable, AdapterConfig, AdapterSet, PeftModel};
 use crate::error::{Error, Result};
+use crate::files::{read_json, write_json};
+use crate::weights::tensors::{self, HostTensor};
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";

@@ -12,10 +12,10 @@ use burn::prelude::*;
 use serde_json::{Value, json};
 
 use super::native::{CONFIG_FILE, WEIGHTS_FILE};
-use crate::weights::tensors::{self, HostTensor};
-use crate::files::{read_json, write_json};
 use crate::adapters::{Adaptable, AdapterConfig, AdapterSet, Method, PeftModel, TargetModules};
 use crate::error::{Error, Result};
+use crate::files::{read_json, write_json};
+use crate::weights::tensors::{self, HostTensor};
 
 /// What PEFT's config records about the base model.
 #[derive(Clone, Debug, Default)]

@@ -182,36 +182,36 @@ impl Backward<Flex, 3> for Attention {
         let mut dv = vec![0f32; n.batch * n.kv_heads * kd];
         let group = n.group();
         // One task per key/value head: it owns that head's dK, dV and its query heads' dQ.
-        dq.par_chunks_mut(group * td).zip(dk.par_chunks_mut(kd).zip(dv.par_chunks_mut(kd))).enumerate().for_each(
-            |(bg, (dq, (dk, dv)))| {
-                let (b, g) = (bg / n.kv_heads, bg % n.kv_heads);
-                let mut ds = vec![0f32; tk];
-                for j in 0..group {
-                    let h = g * group + j;
-                    let p = &probs[(b * n.heads + h) * tk..][..tk];
-                    let d_o = head(&d_out, b, h);
-                    // SAFETY: every output is this task's own buffer; the inputs outlive the calls.
-                    unsafe {
-                        matmul_serial(n.keys, n.d, n.t, Mat::rows(p, n.keys).t(), d_o, dv.as_mut_ptr(), n.d, j > 0);
-                        matmul_serial(n.t, n.keys, n.d, d_o, head(&v, b, g).t(), ds.as_mut_ptr(), n.keys, false);
-                    }
-                    math::simd(|| {
-                        for (ds, p) in ds.chunks_mut(n.keys).zip(p.chunks(n.keys)) {
-                            let dot = math::dot(ds, p);
-                            ds.iter_mut().zip(p).for_each(|(ds, &p)| *ds = p * (*ds - dot));
-                        }
-                    });
-                    let dq = &mut dq[j * td..][..td];
-                    unsafe {
-                        matmul_serial(n.t, n.d, n.keys, Mat::rows(&ds, n.keys), head(&k, b, g), dq.as_mut_ptr(), n.d, false);
-                        matmul_serial(n.keys, n.d, n.t, Mat::rows(&ds, n.keys).t(), head(&q, b, h), dk.as_mut_ptr(), n.d, j > 0);
-                    }
+        dq.par_chunks_mut(group * td).zip(dk.par_chunks_mut(kd).zip(dv.par_chunks_mut(kd))).enumerate().for_each(|(bg, (dq, (dk, dv)))| {
+            let (b, g) = (bg / n.kv_heads, bg % n.kv_heads);
+            let mut ds = vec![0f32; tk];
+            for j in 0..group {
+                let h = g * group + j;
+                let p = &probs[(b * n.heads + h) * tk..][..tk];
+                let d_o = head(&d_out, b, h);
+                // SAFETY: every output is this task's own buffer; the inputs outlive the calls.
+                unsafe {
+                    matmul_serial(n.keys, n.d, n.t, Mat::rows(p, n.keys).t(), d_o, dv.as_mut_ptr(), n.d, j > 0);
+                    matmul_serial(n.t, n.keys, n.d, d_o, head(&v, b, g).t(), ds.as_mut_ptr(), n.keys, false);
                 }
-            },
-        );
+                math::simd(|| {
+                    for (ds, p) in ds.chunks_mut(n.keys).zip(p.chunks(n.keys)) {
+                        let dot = math::dot(ds, p);
+                        ds.iter_mut().zip(p).for_each(|(ds, &p)| *ds = p * (*ds - dot));
+                    }
+                });
+                let dq = &mut dq[j * td..][..td];
+                unsafe {
+                    matmul_serial(n.t, n.d, n.keys, Mat::rows(&ds, n.keys), head(&k, b, g), dq.as_mut_ptr(), n.d, false);
+                    matmul_serial(n.keys, n.d, n.t, Mat::rows(&ds, n.keys).t(), head(&q, b, h), dk.as_mut_ptr(), n.d, j > 0);
+                }
+            }
+        });
         let [q_node, k_node, v_node] = ops.parents;
         let tensor = |values, heads, rows| FlexTensor::from_data(TensorData::new(values, [n.batch, heads, rows, n.d]));
-        for (node, grad) in [(q_node, tensor(dq, n.heads, n.t)), (k_node, tensor(dk, n.kv_heads, n.keys)), (v_node, tensor(dv, n.kv_heads, n.keys))] {
+        for (node, grad) in
+            [(q_node, tensor(dq, n.heads, n.t)), (k_node, tensor(dk, n.kv_heads, n.keys)), (v_node, tensor(dv, n.kv_heads, n.keys))]
+        {
             if let Some(node) = node {
                 grads.register::<Flex>(node.id, grad);
             }

@@ -92,8 +92,18 @@ fn elementwise_and_softmax_backward_match_finite_differences() {
 #[test]
 fn linear_and_norm_backward_match_finite_differences() {
     let cases = [
-        ("linear", case(Kernel::Linear, &[24, 20, 5], |t| flat(linear(t[0].clone().reshape([2, 3, 4]), t[1].clone().reshape([4, 5]), Some(t[2].clone()))))),
-        ("layer_norm", case(Kernel::Norm, &[24, 6, 6], |t| flat(layer_norm(t[0].clone().reshape([2, 2, 6]) * 3.0, t[1].clone() + 1.0, Some(t[2].clone()), 1e-5)))),
+        (
+            "linear",
+            case(Kernel::Linear, &[24, 20, 5], |t| {
+                flat(linear(t[0].clone().reshape([2, 3, 4]), t[1].clone().reshape([4, 5]), Some(t[2].clone())))
+            }),
+        ),
+        (
+            "layer_norm",
+            case(Kernel::Norm, &[24, 6, 6], |t| {
+                flat(layer_norm(t[0].clone().reshape([2, 2, 6]) * 3.0, t[1].clone() + 1.0, Some(t[2].clone()), 1e-5))
+            }),
+        ),
         ("rms_norm", case(Kernel::Norm, &[24, 6], |t| flat(rms_norm(t[0].clone().reshape([2, 2, 6]) * 3.0, t[1].clone() + 1.0, 1e-5)))),
     ];
     for (name, c) in cases {

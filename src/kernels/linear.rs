@@ -7,16 +7,16 @@
 //! `dx = dy W^T` and, only for a trained weight, `dW = x^T dy`; `x` is kept for backward only
 //! in that case (a frozen base weight keeps no activation alive).
 
+use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, binary};
 use burn::backend::flex::FlexTensor;
-use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::{Shape, TensorData, module};
 
-use super::{FlexOp2, Kernel, contiguous, on_flex2};
 use super::sgemm::{Mat, product};
+use super::{FlexOp2, Kernel, contiguous, on_flex2};
 
 /// `x W + b` over the last dimension of `x`, `W` in burn's `[d_in, d_out]` layout.
 pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<D> {
@@ -123,7 +123,11 @@ mod tests {
                     w = w.require_grad();
                 }
                 let b = sample([50], 3, &device).require_grad();
-                let y = if ours { linear(x.clone(), w.clone(), Some(b.clone())) } else { module::linear(x.clone(), w.clone(), Some(b.clone())) };
+                let y = if ours {
+                    linear(x.clone(), w.clone(), Some(b.clone()))
+                } else {
+                    module::linear(x.clone(), w.clone(), Some(b.clone()))
+                };
                 let grads = (y.clone() * sample([3, 70, 50], 4, &device).sin()).sum().backward();
                 (y, x.grad(&grads).unwrap(), w.grad(&grads), b.grad(&grads).unwrap())
             };

@@ -18,10 +18,7 @@ pub fn exp(x: f32) -> f32 {
     let shifted = x * std::f32::consts::LOG2_E + ROUND;
     let n = shifted - ROUND;
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 5.000_000_1e-1;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 5.000_000_1e-1;
     let mantissa = p * r * r + r + 1.0;
     // The low bits of `shifted` hold n: build 2^n directly in the exponent field.
     let exponent = (shifted.to_bits() as i32 - ROUND.to_bits() as i32 + 127) << 23;
@@ -99,17 +96,13 @@ pub const INV_SQRT_2PI: f32 = 0.398_942_3;
 
 /// `out[i] = f(a[i])` over all elements, in parallel chunks, with AVX2 code where available.
 pub fn map(a: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Sync + Copy) {
-    out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).for_each(|(o, a)| {
-        simd(|| o.iter_mut().zip(a).for_each(|(o, &a)| *o = f(a)))
-    });
+    out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).for_each(|(o, a)| simd(|| o.iter_mut().zip(a).for_each(|(o, &a)| *o = f(a))));
 }
 
 /// `b[i] = f(a[i], b[i])` in place, like [`map`].
 pub fn update(a: &[f32], b: &mut [f32], f: impl Fn(f32, f32) -> f32 + Sync + Copy) {
     assert_eq!(a.len(), b.len());
-    b.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).for_each(|(b, a)| {
-        simd(|| b.iter_mut().zip(a).for_each(|(b, &a)| *b = f(a, *b)))
-    });
+    b.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).for_each(|(b, a)| simd(|| b.iter_mut().zip(a).for_each(|(b, &a)| *b = f(a, *b))));
 }
 
 /// Runs `body` compiled for AVX2 + FMA when the CPU has them (checked once, cached by std).

@@ -25,11 +25,11 @@ pub use rope::rope;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, CheckpointStrategy, NoCheckpointing};
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{binary, unary, Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, binary, unary};
 use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
-use burn::tensor::{activation, DType, TensorData};
+use burn::tensor::{DType, TensorData, activation};
 use rayon::prelude::*;
 
 /// A flex f32 primitive in, a flex f32 primitive out.
@@ -258,9 +258,10 @@ impl Backward<Flex, 2> for SwiGlu {
         // `dy` is overwritten by the gradient: d gate = dy * up * silu'(gate), d up = dy * silu(gate).
         let update = |dy: FlexTensor, f: fn(f32, f32, f32) -> f32| {
             let (mut dy, _) = contiguous(dy);
-            dy.storage_mut::<f32>()[..n].par_chunks_mut(math::CHUNK).zip(g.par_chunks(math::CHUNK).zip(u.par_chunks(math::CHUNK))).for_each(
-                |(dy, (g, u))| math::simd(|| dy.iter_mut().zip(g.iter().zip(u)).for_each(|(dy, (&g, &u))| *dy = f(*dy, g, u))),
-            );
+            dy.storage_mut::<f32>()[..n]
+                .par_chunks_mut(math::CHUNK)
+                .zip(g.par_chunks(math::CHUNK).zip(u.par_chunks(math::CHUNK)))
+                .for_each(|(dy, (g, u))| math::simd(|| dy.iter_mut().zip(g.iter().zip(u)).for_each(|(dy, (&g, &u))| *dy = f(*dy, g, u))));
             dy
         };
         binary::<Flex, _, _>(

@@ -9,10 +9,10 @@
 //! `mean(g)` term for RMSNorm), and `dw = sum over rows of dy * xh`. LayerNorm's shift is a
 //! plain add after it, whose gradient burn sums.
 
+use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, binary};
-use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
 use burn::tensor::TensorData;

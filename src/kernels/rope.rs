@@ -7,10 +7,10 @@
 //! sin_{j+h}` for `j < h`. It is linear in `x`, so backward needs only the tables:
 //! `dx_j = dy_j cos_j + dy_{j+h} sin_{j+h}` and `dx_{j+h} = dy_{j+h} cos_{j+h} - dy_j sin_j`.
 
+use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, unary};
-use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
 use rayon::prelude::*;

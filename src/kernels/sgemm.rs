@@ -72,8 +72,25 @@ pub unsafe fn matmul_serial(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: *mu
     }
     unsafe {
         gemm::gemm(
-            m, n, k, c, 1, ldc as isize, accumulate, a.ptr, a.col_stride, a.row_stride, b.ptr, b.col_stride,
-            b.row_stride, 1.0f32, 1.0f32, false, false, false, gemm::Parallelism::None,
+            m,
+            n,
+            k,
+            c,
+            1,
+            ldc as isize,
+            accumulate,
+            a.ptr,
+            a.col_stride,
+            a.row_stride,
+            b.ptr,
+            b.col_stride,
+            b.row_stride,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
         )
     };
 }
@@ -131,7 +148,8 @@ unsafe fn few_rows_portable(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: *mu
     let mut acc = [0f32; TILE + 16 * FEW_ROWS];
     let rows_a = copy_rows(m, k, a);
     let a_at = |i: usize, p: usize| rows_a[i * k + p];
-    let b_row = |p: usize, j: usize, w: usize| unsafe { std::slice::from_raw_parts(b.ptr.offset(p as isize * b.row_stride + j as isize), w) };
+    let b_row =
+        |p: usize, j: usize, w: usize| unsafe { std::slice::from_raw_parts(b.ptr.offset(p as isize * b.row_stride + j as isize), w) };
     for j in (0..n).step_by(width) {
         let w = width.min(n - j);
         for i in 0..m {
@@ -164,7 +182,8 @@ unsafe fn few_rows_portable(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: *mu
             for q in q..w {
                 for (i, coef) in coef.iter().enumerate().take(m) {
                     let y = &mut acc[i * width + q];
-                    *y = rows[3][q].mul_add(coef[3], rows[2][q].mul_add(coef[2], rows[1][q].mul_add(coef[1], rows[0][q].mul_add(coef[0], *y))));
+                    *y = rows[3][q]
+                        .mul_add(coef[3], rows[2][q].mul_add(coef[2], rows[1][q].mul_add(coef[1], rows[0][q].mul_add(coef[0], *y))));
                 }
             }
             p += 4;
@@ -385,10 +404,7 @@ mod tests {
             let (a, b) = (values(m * k, 1), values(k * n, 2));
             let tol = 1e-3 + 1e-5 * k as f64;
             let (at, bt) = (values(m * k, 1), values(k * n, 2));
-            for (a, b) in [
-                (Mat::rows(&a, k), Mat::rows(&b, n)),
-                (Mat::rows(&at, m).t(), Mat::rows(&bt, k).t()),
-            ] {
+            for (a, b) in [(Mat::rows(&a, k), Mat::rows(&b, n)), (Mat::rows(&at, m).t(), Mat::rows(&bt, k).t())] {
                 let expected = reference(m, n, k, a, b);
                 let mut c = values(m * n, 3);
                 let before = c.clone();
@@ -407,7 +423,9 @@ mod tests {
     fn portable_few_rows_match_f64_reference() {
         let (m, n, k) = (5, 37, 70);
         let (a, b) = (values(m * k, 1), values(k * n, 2));
-        for (b, portable) in [(Mat::rows(&b, n), few_rows_portable as unsafe fn(_, _, _, _, _, _, _, _)), (Mat::rows(&b, k).t(), few_rows_dot_portable)] {
+        for (b, portable) in
+            [(Mat::rows(&b, n), few_rows_portable as unsafe fn(_, _, _, _, _, _, _, _)), (Mat::rows(&b, k).t(), few_rows_dot_portable)]
+        {
             let expected = reference(m, n, k, Mat::rows(&a, k), b);
             let mut c = vec![1f32; m * n];
             // SAFETY: `c` holds m * n values; `a` and `b` hold m * k and k * n.

@@ -16,10 +16,10 @@ use super::EncoderInput;
 use super::layers::{LayerNorm, attention};
 use crate::adapters::{Adaptable, AdaptedLinear, Deltas};
 use crate::error::{Error, Result};
-use crate::weights::tensors::{self, HostTensor};
-use crate::weights::Reader;
 use crate::files::{read_json, write_json};
 use crate::kernels;
+use crate::weights::Reader;
+use crate::weights::tensors::{self, HostTensor};
 
 const CONFIG_FILE: &str = "config.json";
 const WEIGHTS_FILE: &str = "model.safetensors";
@@ -92,10 +92,7 @@ impl BertConfig {
             return Err(format!("{name} must be at least 1"));
         }
         if self.hidden_size % self.num_attention_heads != 0 {
-            return Err(format!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            ));
+            return Err(format!("hidden_size {} is not a multiple of num_attention_heads {}", self.hidden_size, self.num_attention_heads));
         }
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
             return Err(format!("layer_norm_eps must be a positive number, got {}", self.layer_norm_eps));
@@ -293,7 +290,6 @@ trait BertReader {
 }
 
 impl BertReader for Reader<'_> {
-
     fn layer(&mut self, i: usize, c: &BertConfig) -> Result<BertLayer> {
         let (h, m, eps) = (c.hidden_size, c.intermediate_size, c.layer_norm_eps);
         let p = format!("encoder.layer.{i}.");
@@ -356,7 +352,11 @@ impl crate::models::Architecture for Bert {
         let c = &self.config;
         format!(
             "BERT encoder, {} layers, hidden {}, {} heads, FFN {}, vocab {}{}",
-            c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size, c.vocab_size,
+            c.num_hidden_layers,
+            c.hidden_size,
+            c.num_attention_heads,
+            c.intermediate_size,
+            c.vocab_size,
             if self.pooler.is_some() { ", pooler" } else { "" }
         )
     }

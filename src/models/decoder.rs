@@ -57,7 +57,8 @@ impl Decoder {
 
     /// Token ids of `text`, without special tokens added around it.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let encoding = self.tokenizer.encode(text, false).map_err(|e| Error::format(&self.source, format!("cannot tokenize {text:?}: {e}")))?;
+        let encoding =
+            self.tokenizer.encode(text, false).map_err(|e| Error::format(&self.source, format!("cannot tokenize {text:?}: {e}")))?;
         Ok(encoding.get_ids().to_vec())
     }
 
@@ -68,7 +69,13 @@ impl Decoder {
     /// The end-of-sequence id: the config's, else the tokenizer's `<|endoftext|>` / `</s>`.
     pub fn eos_id(&self) -> Result<u32> {
         let from_vocab = || ["<|im_end|>", "<|endoftext|>", "</s>"].iter().find_map(|t| self.tokenizer.token_to_id(t));
-        self.model.config.eos_ids().first().copied().or_else(from_vocab).ok_or_else(|| Error::Config("the model declares no end-of-sequence token".into()))
+        self.model
+            .config
+            .eos_ids()
+            .first()
+            .copied()
+            .or_else(from_vocab)
+            .ok_or_else(|| Error::Config("the model declares no end-of-sequence token".into()))
     }
 
     /// Wraps a user message in the model's chat format. Only ChatML templates (`<|im_start|>`,
@@ -81,4 +88,3 @@ impl Decoder {
         }
     }
 }
-

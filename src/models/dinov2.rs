@@ -311,7 +311,12 @@ impl Dinov2 {
     pub fn forward(&self, pixels: Tensor<4>, deltas: &Deltas) -> Tensor<3> {
         let [b, ch, height, width] = pixels.dims();
         let (c, e) = (&self.config, &self.embeddings);
-        assert!(ch == c.num_channels && height == c.image_size && width == c.image_size, "pixels {:?} do not fit the model ({} x {c:?}px)", pixels.dims(), c.num_channels);
+        assert!(
+            ch == c.num_channels && height == c.image_size && width == c.image_size,
+            "pixels {:?} do not fit the model ({} x {c:?}px)",
+            pixels.dims(),
+            c.num_channels
+        );
         let (p, n, hidden) = (c.patch_size, c.grid(), c.hidden_size);
         let patches = pixels.reshape([b, ch, n, p, n, p]).permute([0, 2, 4, 1, 3, 5]).reshape([b, n * n, ch * p * p]);
         let tokens = patches.matmul(e.patch_weight.val().unsqueeze::<3>()) + e.patch_bias.val().unsqueeze::<3>();
@@ -340,7 +345,6 @@ fn read_layer(r: &mut Reader, i: usize, c: &Dinov2Config) -> Result<Dinov2Layer>
         layer_scale2: r.param(&format!("{p}layer_scale2.lambda1"), [h])?,
     })
 }
-
 
 /// PyTorch's bicubic interpolation matrix `[to, from]` for one axis (`align_corners=False`,
 /// cubic coefficient -0.75, border samples clamped), which ONNX `Resize` (cubic, half_pixel)
@@ -407,7 +411,11 @@ fn resize_positions(table: &HostTensor, from: usize, to: usize) -> HostTensor {
 /// exporter splits into its CLS row and patch grid, is put back together.
 pub fn from_onnx(path: &Path) -> Result<(Dinov2Config, BTreeMap<String, HostTensor>)> {
     let onnx = crate::weights::onnx::read(path)?;
-    let cls = onnx.tensors.keys().find(|k| k.ends_with("embeddings.cls_token")).ok_or_else(|| Error::format(path, "no embeddings.cls_token initializer: not a Dinov2 export"))?;
+    let cls = onnx
+        .tensors
+        .keys()
+        .find(|k| k.ends_with("embeddings.cls_token"))
+        .ok_or_else(|| Error::format(path, "no embeddings.cls_token initializer: not a Dinov2 export"))?;
     let module = cls.trim_end_matches("embeddings.cls_token").to_string();
     // Node names are module paths with `/`: `/backbone/embeddings/...` for module `backbone.`.
     let node_prefix = if module.is_empty() { String::new() } else { format!("/{}", module.trim_end_matches('.').replace('.', "/")) };
@@ -461,7 +469,9 @@ pub fn convert_onnx_dir(dir: &Path) -> Result<()> {
 /// assumed (ViT-S/B/L: 6/12/16 heads).
 fn infer_config(t: &BTreeMap<String, HostTensor>, position: &HostTensor, path: &Path) -> Result<Dinov2Config> {
     let patch = t.get("embeddings.patch_embeddings.projection.weight").ok_or_else(|| Error::format(path, "no patch embedding weight"))?;
-    let [hidden, channels, patch_size, _] = patch.shape[..] else { return Err(Error::format(path, "the patch embedding weight is not 4-D")) };
+    let [hidden, channels, patch_size, _] = patch.shape[..] else {
+        return Err(Error::format(path, "the patch embedding weight is not 4-D"));
+    };
     let layers = (0..).take_while(|i| t.contains_key(&format!("encoder.layer.{i}.norm1.weight"))).count();
     let fc1 = t.get("encoder.layer.0.mlp.fc1.weight").ok_or_else(|| Error::format(path, "no encoder.layer.0.mlp.fc1 weight"))?;
     if !fc1.shape[0].is_multiple_of(hidden) {
@@ -508,7 +518,13 @@ impl crate::models::Architecture for Dinov2 {
         let c = &self.config;
         format!(
             "DINOv2-style ViT, {} layers, hidden {}, {} heads, MLP {}, patch {}, {} px ({} patches + CLS)",
-            c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size(), c.patch_size, c.image_size, c.grid() * c.grid()
+            c.num_hidden_layers,
+            c.hidden_size,
+            c.num_attention_heads,
+            c.intermediate_size(),
+            c.patch_size,
+            c.image_size,
+            c.grid() * c.grid()
         )
     }
     /// Tokens per image: patches plus CLS.

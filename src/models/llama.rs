@@ -13,14 +13,14 @@ use burn::prelude::*;
 use burn::tensor::module::embedding;
 use serde::{Deserialize, Serialize};
 
+use super::layers::{RmsNorm, attention};
 use crate::adapters::{Adaptable, AdaptedLinear, Deltas};
 use crate::error::{Error, Result};
+use crate::files::{read_json, write_json};
+use crate::kernels;
+use crate::weights::Reader;
 use crate::weights::gguf::Gguf;
 use crate::weights::tensors::{self, HostTensor};
-use crate::weights::Reader;
-use crate::files::{read_json, write_json};
-use super::layers::{RmsNorm, attention};
-use crate::kernels;
 
 const CONFIG_FILE: &str = "config.json";
 const WEIGHTS_FILE: &str = "model.safetensors";
@@ -172,7 +172,10 @@ impl LayerKv {
         });
         let end = cache.len + t;
         if end > cache.k.dims()[2] {
-            let grown = |old: Tensor<4>| Tensor::zeros([b, h, end.next_power_of_two(), d], &k.device()).slice_assign([0..b, 0..h, 0..cache.len, 0..d], old.slice([0..b, 0..h, 0..cache.len, 0..d]));
+            let grown = |old: Tensor<4>| {
+                Tensor::zeros([b, h, end.next_power_of_two(), d], &k.device())
+                    .slice_assign([0..b, 0..h, 0..cache.len, 0..d], old.slice([0..b, 0..h, 0..cache.len, 0..d]))
+            };
             cache.k = grown(cache.k);
             cache.v = grown(cache.v);
         }
@@ -373,7 +376,8 @@ impl Llama {
         }
         out.insert("model.norm.weight".to_string(), HostTensor::from_tensor(&self.norm.weight.val()));
         for (i, layer) in self.layers.iter().enumerate() {
-            for (name, norm) in [("input_layernorm", &layer.input_layernorm), ("post_attention_layernorm", &layer.post_attention_layernorm)] {
+            for (name, norm) in [("input_layernorm", &layer.input_layernorm), ("post_attention_layernorm", &layer.post_attention_layernorm)]
+            {
                 out.insert(format!("model.layers.{i}.{name}.weight"), HostTensor::from_tensor(&norm.weight.val()));
             }
         }
@@ -389,7 +393,13 @@ impl Llama {
     /// positions start at 0. With a cache the new tokens follow the cached ones (batch 1 or a
     /// batch without padding) and the cache is extended. A prefix (prefix tuning) takes the
     /// first positions, as in PEFT with transformers: the tokens then start at position `p`.
-    pub fn forward(&self, input_ids: Tensor<2, Int>, attention_mask: Option<Tensor<2>>, mut cache: Option<&mut KvCache>, deltas: &Deltas) -> Tensor<3> {
+    pub fn forward(
+        &self,
+        input_ids: Tensor<2, Int>,
+        attention_mask: Option<Tensor<2>>,
+        mut cache: Option<&mut KvCache>,
+        deltas: &Deltas,
+    ) -> Tensor<3> {
         let [b, t] = input_ids.dims();
         let device = input_ids.device();
         let prefix = deltas.prefix_len();
@@ -516,8 +526,14 @@ impl crate::models::Architecture for Llama {
         let c = &self.config;
         format!(
             "LLaMA decoder, {} layers, hidden {}, {} heads / {} key-value heads, FFN {}, vocab {}, RoPE base {}{}",
-            c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.kv_heads(), c.intermediate_size,
-            c.vocab_size, c.rope_theta, if c.tie_word_embeddings { ", tied embeddings" } else { "" }
+            c.num_hidden_layers,
+            c.hidden_size,
+            c.num_attention_heads,
+            c.kv_heads(),
+            c.intermediate_size,
+            c.vocab_size,
+            c.rope_theta,
+            if c.tie_word_embeddings { ", tied embeddings" } else { "" }
         )
     }
     fn max_positions(&self) -> usize {

@@ -155,6 +155,11 @@ pub fn resolve(model: &str) -> Result<PathBuf> {
         return Ok(dir);
     }
     let names: Vec<&str> = crate::assets::known().iter().filter(|a| a.model_type.is_some()).map(|a| a.name).collect();
-    Err(Error::io(&path, std::io::Error::new(std::io::ErrorKind::NotFound, format!("no such model directory or file (and not a model asset name: {})", names.join(", ")))))
+    Err(Error::io(
+        &path,
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no such model directory or file (and not a model asset name: {})", names.join(", ")),
+        ),
+    ))
 }
-

@@ -28,7 +28,12 @@ pub fn run_name(method: &str, seed: u64, fraction: f64) -> String {
 /// Runs every cell of `plan` into `out`. `spec_for(method, seed, fraction)` makes each cell's
 /// spec; all are made (and checked) before the first run starts. `base` is evaluated once (it
 /// has neither seed nor training data).
-pub fn compare<T: Task>(plan: &Plan, spec_for: &dyn Fn(&str, u64, f64) -> Result<T::Spec>, out: &Path, start: Start) -> Result<Vec<RunSummary>> {
+pub fn compare<T: Task>(
+    plan: &Plan,
+    spec_for: &dyn Fn(&str, u64, f64) -> Result<T::Spec>,
+    out: &Path,
+    start: Start,
+) -> Result<Vec<RunSummary>> {
     if plan.methods.is_empty() || plan.seeds.is_empty() || plan.fractions.is_empty() {
         return Err(Error::Config("--methods, --seeds and --train-fractions each need at least one value".into()));
     }

@@ -61,12 +61,20 @@ fn train_command(kind: TaskKind) -> &'static str {
 /// the saved one when resuming (refusing a finished run), with a warning that names each flag
 /// whose value differs from the saved one (`defaults`: the spec without flags, to tell flags
 /// given from flags left alone).
-pub fn begin<T: Clone + Serialize + DeserializeOwned>(out: &Path, given: &T, defaults: &T, start: Start, kind: TaskKind) -> Result<Begin<T>> {
+pub fn begin<T: Clone + Serialize + DeserializeOwned>(
+    out: &Path,
+    given: &T,
+    defaults: &T,
+    start: Start,
+    kind: TaskKind,
+) -> Result<Begin<T>> {
     let run_file = out.join(RUN_FILE);
     let d = out.display();
     let start = match start {
         Start::Continue if layout::is_finished(out) && layout::is_run(out) => return Ok(Begin::Finished),
-        Start::Continue if layout::is_run(out) && crate::training::checkpoint::existing(&out.join(CHECKPOINT_DIR)).is_some() => Start::Resume,
+        Start::Continue if layout::is_run(out) && crate::training::checkpoint::existing(&out.join(CHECKPOINT_DIR)).is_some() => {
+            Start::Resume
+        }
         Start::Continue => Start::Overwrite,
         other => other,
     };

@@ -31,7 +31,17 @@ pub const LOCK_FILE: &str = "run.lock";
 
 /// Everything a run of any task writes beside its lock file.
 pub const ARTEFACTS: &[&str] = &[
-    RUN_FILE, SUMMARY_FILE, METRICS_FILE, ADAPTER_DIR, LABELS_FILE, HEAD_FILE, CHECKPOINT_DIR, BEST_DIR, ENCODER_DIR, MODEL_DIR, BACKBONE_DIR,
+    RUN_FILE,
+    SUMMARY_FILE,
+    METRICS_FILE,
+    ADAPTER_DIR,
+    LABELS_FILE,
+    HEAD_FILE,
+    CHECKPOINT_DIR,
+    BEST_DIR,
+    ENCODER_DIR,
+    MODEL_DIR,
+    BACKBONE_DIR,
 ];
 
 /// Suffixes of the twins of a checkpoint swap: `checkpoint.tmp` / `checkpoint.old` (also `best`).
@@ -73,7 +83,17 @@ mod tests {
 
     #[test]
     fn artefacts_and_their_twins_are_a_runs_and_nothing_else_is() {
-        for name in ["run.json", "run.json.4242.tmp", "backbone", "encoder", "model", "checkpoint.old", "best.tmp", "metrics.jsonl.tmp", "head.safetensors"] {
+        for name in [
+            "run.json",
+            "run.json.4242.tmp",
+            "backbone",
+            "encoder",
+            "model",
+            "checkpoint.old",
+            "best.tmp",
+            "metrics.jsonl.tmp",
+            "head.safetensors",
+        ] {
             assert!(is_artefact(OsStr::new(name)), "{name}");
         }
         for name in ["run.lock", "notes.txt", "peft", "checkpoints", "model.bak", "my-model", ".tmp", "run.json.x.tmp"] {

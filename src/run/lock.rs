@@ -37,7 +37,8 @@ impl RunLock {
         loop {
             created.extend(create_dirs(dir)?);
             // Not truncated on open: the holder's PID must stay readable.
-            let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| Error::io(&path, e))?;
+            let file =
+                OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| Error::io(&path, e))?;
             match file.try_lock() {
                 // A holder that gave up on a directory it created removes the lock file (and
                 // the directory): a lock on that unlinked file locks nothing; start again.

@@ -208,7 +208,9 @@ pub fn evaluate_base<T: Task>(spec: &T::Spec) -> Result<RunSummary> {
     spec.validate()?;
     let device = Device::flex();
     let task = T::open(spec.clone(), &device)?;
-    let model = task.zero_shot().ok_or_else(|| Error::Config(format!("a {} model needs a trained head: zero-shot evaluation is for multiple-choice runs", T::KIND)))?;
+    let model = task.zero_shot().ok_or_else(|| {
+        Error::Config(format!("a {} model needs a trained head: zero-shot evaluation is for multiple-choice runs", T::KIND))
+    })?;
     let data = task.data()?;
     let test = task.test(&data, &model)?;
     let total = params::<T>(&model).total;
@@ -222,7 +224,9 @@ pub fn export<T: Task>(run: &Path, out: &Path) -> Result<String> {
     let (task, model) = open::<T>(run, &Device::flex(), &[Role::Model])?;
     match task.spec().tuning() {
         Tuning::Full => return Err(Error::State("a full fine-tuning run has no adapter to export; use `replora merge`".into())),
-        Tuning::Probe => return Err(Error::State("a linear probe has no adapter to export; `replora merge` writes the model with its head".into())),
+        Tuning::Probe => {
+            return Err(Error::State("a linear probe has no adapter to export; `replora merge` writes the model with its head".into()));
+        }
         Tuning::Adapter => {}
     }
     task.export_peft(&model, out)

@@ -44,7 +44,9 @@ pub fn check(flag: &str, path: &Path, output: Output) -> Result<()> {
         let below = full.strip_prefix(dir).ok().and_then(|p| p.components().next()).map(|c| c.as_os_str().to_owned()).unwrap_or_default();
         if layout::is_artefact(&below) || below == LOCK_FILE {
             let own = below.to_string_lossy();
-            return refuse(format!(" is inside {own} of the run in {d}, which the run itself writes (and replaces); write outside the run's own files"));
+            return refuse(format!(
+                " is inside {own} of the run in {d}, which the run itself writes (and replaces); write outside the run's own files"
+            ));
         }
     }
     let entries = |dir: &Path| -> Vec<String> {
@@ -128,7 +130,9 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let run = run_in(root.path(), "run");
         for output in [Output::File, Output::Dir, Output::NewDir { overwrite: true }, Output::Run] {
-            for own in [run.join("adapter"), run.join("adapter/adapter_model.safetensors"), run.join("checkpoint/peft"), run.join("best.tmp/x")] {
+            for own in
+                [run.join("adapter"), run.join("adapter/adapter_model.safetensors"), run.join("checkpoint/peft"), run.join("best.tmp/x")]
+            {
                 refused(&own, output, "of the run in");
             }
             // Through `..` and a symlink too.

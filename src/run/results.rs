@@ -64,7 +64,8 @@ pub fn format_mean_sd(values: &[f64], scale: f64, digits: usize) -> String {
 /// A Markdown table of runs: one row per method and training fraction, with mean ± sample
 /// standard deviation over its seeds (one seed: the value itself). Accuracies in percent.
 pub fn table(runs: &[RunSummary]) -> String {
-    let tasks: Vec<String> = runs.iter().find(|r| !r.per_task.is_empty()).map(|r| r.per_task.iter().map(|t| t.task.clone()).collect()).unwrap_or_default();
+    let tasks: Vec<String> =
+        runs.iter().find(|r| !r.per_task.is_empty()).map(|r| r.per_task.iter().map(|t| t.task.clone()).collect()).unwrap_or_default();
     let has_f1 = runs.iter().any(|r| r.test.macro_f1.is_some());
     let has_em = runs.iter().any(|r| r.test.exact_match.is_some());
     let has_fraction = runs.iter().any(|r| r.train_fraction < 1.0);
@@ -89,7 +90,17 @@ pub fn table(runs: &[RunSummary]) -> String {
     if has_em {
         header.push("exact match %".into());
     }
-    header.extend(["trainable params", "trainable %", "PPT", "train time (s)", if tokens { "train tokens/s" } else { "train examples/s" }, "peak RSS (MiB)"].map(String::from));
+    header.extend(
+        [
+            "trainable params",
+            "trainable %",
+            "PPT",
+            "train time (s)",
+            if tokens { "train tokens/s" } else { "train examples/s" },
+            "peak RSS (MiB)",
+        ]
+        .map(String::from),
+    );
     let mut s = format!("| {} |\n|{}\n", header.join(" | "), "---|".repeat(header.len()));
     for (method, fraction, rs) in groups {
         let col = |f: &dyn Fn(&RunSummary) -> Option<f64>| -> Vec<f64> { rs.iter().filter_map(|r| f(r)).collect() };

@@ -12,8 +12,8 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::layout::RUN_FILE;
@@ -194,7 +194,8 @@ mod tests {
         let model = dir.path().join("model");
         std::fs::create_dir_all(model.join(".cache")).unwrap();
         std::fs::write(model.join("model.safetensors"), "weights").unwrap();
-        let mut spec = ClassificationSpec { data: data.to_str().unwrap().into(), model: model.to_str().unwrap().into(), ..Default::default() };
+        let mut spec =
+            ClassificationSpec { data: data.to_str().unwrap().into(), model: model.to_str().unwrap().into(), ..Default::default() };
         absolutize(&mut spec);
         let sources = record(&spec).unwrap();
         assert_eq!(sources.iter().map(|s| s.role).collect::<Vec<_>>(), [Role::Model, Role::Data]);

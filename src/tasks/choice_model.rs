@@ -15,8 +15,8 @@ use crate::error::Result;
 use crate::generate::{Sampling, generate};
 use crate::models::decoder::Decoder;
 
-use crate::models::llama::Llama;
 use crate::adapters::PeftModel;
+use crate::models::llama::Llama;
 use crate::training::Objective;
 
 /// Token sequences padded on the right into one batch, with the positions whose next token is
@@ -166,7 +166,8 @@ pub fn length_grouped_batches(sequences: &[LmSequence], batch_size: usize, seed:
     for window in order.chunks_mut(batch_size * 16) {
         window.sort_by_key(|&i| sequences[i].tokens.len());
     }
-    let mut batches: Vec<LmBatch> = order.chunks(batch_size).map(|c| LmBatch::pad(&c.iter().map(|&i| &sequences[i]).collect::<Vec<_>>(), 0)).collect();
+    let mut batches: Vec<LmBatch> =
+        order.chunks(batch_size).map(|c| LmBatch::pad(&c.iter().map(|&i| &sequences[i]).collect::<Vec<_>>(), 0)).collect();
     batches.shuffle(&mut rng);
     batches
 }
@@ -190,7 +191,15 @@ pub fn choice_items(decoder: &Decoder, examples: &[ChoiceExample], max_len: usiz
 
 /// Scores every option of every question and reports per task (with exact match where
 /// `exact_match` is on).
-pub fn evaluate(model: &CausalLm, decoder: &Decoder, examples: &[ChoiceExample], batch_size: usize, max_len: usize, exact_match: bool, device: &Device) -> Result<Vec<SubtaskScore>> {
+pub fn evaluate(
+    model: &CausalLm,
+    decoder: &Decoder,
+    examples: &[ChoiceExample],
+    batch_size: usize,
+    max_len: usize,
+    exact_match: bool,
+    device: &Device,
+) -> Result<Vec<SubtaskScore>> {
     let items = choice_items(decoder, examples, max_len)?;
     let generated = if exact_match { Some(exact_matches(model, decoder, examples, max_len, device)?) } else { None };
     Ok(score(model, examples, &items, batch_size, generated.as_deref(), device))
@@ -227,7 +236,14 @@ pub fn option_scores(model: &CausalLm, items: &ChoiceItems, batch_size: usize, d
 
 /// Log-likelihood scoring per sub-task: accuracy, answer loss and, given the generation
 /// results, exact match.
-pub fn score(model: &CausalLm, examples: &[ChoiceExample], items: &ChoiceItems, batch_size: usize, generated: Option<&[bool]>, device: &Device) -> Vec<SubtaskScore> {
+pub fn score(
+    model: &CausalLm,
+    examples: &[ChoiceExample],
+    items: &ChoiceItems,
+    batch_size: usize,
+    generated: Option<&[bool]>,
+    device: &Device,
+) -> Vec<SubtaskScore> {
     let scores = item_scores(model, items, batch_size, device);
     let items = &items.0;
     let mut best: Vec<(f64, usize)> = vec![(f64::NEG_INFINITY, 0); examples.len()];
@@ -271,10 +287,10 @@ fn exact_matches(model: &CausalLm, decoder: &Decoder, examples: &[ChoiceExample]
         .map(|e| {
             let seq = sequence(decoder, e, e.answer, None, max_len)?;
             let longest = e.options.iter().map(|o| decoder.encode(&format!(" {o}")).map(|t| t.len())).collect::<Result<Vec<_>>>()?;
-            let sampling = Sampling { max_new_tokens: longest.into_iter().max().unwrap_or(1) + 2, stop: stop.clone(), ..Sampling::default() };
+            let sampling =
+                Sampling { max_new_tokens: longest.into_iter().max().unwrap_or(1) + 2, stop: stop.clone(), ..Sampling::default() };
             let out = generate(&model.decoder.model, &deltas, &seq.tokens[..seq.answer_start], &sampling, device, &mut |_| {});
             Ok(normalize(&decoder.decode(&out)?) == normalize(&e.options[e.answer]))
         })
         .collect()
 }
-

@@ -221,7 +221,8 @@ impl Task for Classification {
             .zip(probabilities)
             .map(|((text, pair), probs)| {
                 let (best, p) = probs.iter().enumerate().fold((0, f32::MIN), |acc, (i, &p)| if p > acc.1 { (i, p) } else { acc });
-                let all: serde_json::Map<String, serde_json::Value> = labels.iter().cloned().zip(probs.iter().map(|&p| serde_json::json!(p))).collect();
+                let all: serde_json::Map<String, serde_json::Value> =
+                    labels.iter().cloned().zip(probs.iter().map(|&p| serde_json::json!(p))).collect();
                 serde_json::json!({"text": text, "text_pair": pair, "label": labels[best], "probability": p, "probabilities": all})
             })
             .collect())
@@ -281,7 +282,12 @@ pub fn export_peft(model: &SequenceClassifier, labels: &[String], base: &str, ma
     let layout = model.hf_layout();
     match layout {
         HfLayout::SequenceClassification => {
-            let info = peft::PeftInfo { base_model_name_or_path: base.into(), task_type: Some("SEQ_CLS".into()), modules_to_save: model.head_tensors(), ..Default::default() };
+            let info = peft::PeftInfo {
+                base_model_name_or_path: base.into(),
+                task_type: Some("SEQ_CLS".into()),
+                modules_to_save: model.head_tensors(),
+                ..Default::default()
+            };
             peft::export(&model.encoder.adapters, &info, dir)?;
             write_json(&dir.join(LABELS_FILE), &labels)?;
         }
@@ -303,9 +309,17 @@ fn softmax(row: &[f32]) -> Vec<f32> {
 /// What `merge` / `export` wrote and how Python loads it into replora's predictions.
 pub fn layout_note(layout: HfLayout, verb: &str) -> &'static str {
     match (layout, verb) {
-        (HfLayout::SequenceClassification, "merge") => "layout: BertForSequenceClassification (CLS pooler + classifier): AutoModelForSequenceClassification.from_pretrained(dir)",
-        (HfLayout::SequenceClassification, _) => "layout: PEFT SEQ_CLS with the head in modules_to_save: PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base, num_labels=N), dir)",
-        (HfLayout::SentenceTransformers, "merge") => "layout: sentence-transformers (Transformer, the run's pooling, the head as a Dense module): SentenceTransformer(dir).encode(texts) gives the logits; not a BertForSequenceClassification, whose [CLS] pooler head would predict differently (train with --pooling cls for that)",
-        (HfLayout::SentenceTransformers, _) => "layout: PEFT FEATURE_EXTRACTION adapter on the bare encoder + head.safetensors (the run's pooling is not transformers' [CLS] pooler head; README.md in the directory has the Python lines; train with --pooling cls for a SEQ_CLS adapter)",
+        (HfLayout::SequenceClassification, "merge") => {
+            "layout: BertForSequenceClassification (CLS pooler + classifier): AutoModelForSequenceClassification.from_pretrained(dir)"
+        }
+        (HfLayout::SequenceClassification, _) => {
+            "layout: PEFT SEQ_CLS with the head in modules_to_save: PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base, num_labels=N), dir)"
+        }
+        (HfLayout::SentenceTransformers, "merge") => {
+            "layout: sentence-transformers (Transformer, the run's pooling, the head as a Dense module): SentenceTransformer(dir).encode(texts) gives the logits; not a BertForSequenceClassification, whose [CLS] pooler head would predict differently (train with --pooling cls for that)"
+        }
+        (HfLayout::SentenceTransformers, _) => {
+            "layout: PEFT FEATURE_EXTRACTION adapter on the bare encoder + head.safetensors (the run's pooling is not transformers' [CLS] pooler head; README.md in the directory has the Python lines; train with --pooling cls for a SEQ_CLS adapter)"
+        }
     }
 }

@@ -10,16 +10,16 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::activation::log_softmax;
 
-use crate::models::EncoderInput;
-use crate::models::bert::{Bert, Pooling, pool};
 use super::hf_layout::{self, HfLayout};
 use crate::adapters::init::Init;
 use crate::adapters::{AdaptedLinear, Deltas, PeftModel};
-use crate::error::{Error, Result};
-use crate::weights::{HostTensor, tensors};
 use crate::data::Batch;
-use crate::training::{EvalMetrics, Objective};
+use crate::error::{Error, Result};
+use crate::models::EncoderInput;
+use crate::models::bert::{Bert, Pooling, pool};
 use crate::training::trainer::scalar;
+use crate::training::{EvalMetrics, Objective};
+use crate::weights::{HostTensor, tensors};
 
 /// The head's module path and tensor names.
 pub const HEAD: &str = "classifier";
@@ -57,7 +57,10 @@ pub fn check_head_labels(head_file: &Path, labels_file: &Path, labels: usize) ->
     match t.get(&format!("{HEAD}.bias")).map(|b| b.shape.as_slice()) {
         Some(&[scored]) if scored != labels => Err(Error::format(
             labels_file,
-            format!("lists {labels} labels, but the head in {} scores {scored}: the two files no longer match (was one of them edited or replaced?)", head_file.display()),
+            format!(
+                "lists {labels} labels, but the head in {} scores {scored}: the two files no longer match (was one of them edited or replaced?)",
+                head_file.display()
+            ),
         )),
         _ => Ok(()),
     }
@@ -228,7 +231,11 @@ pub fn evaluate<M: ClassifierModel, B: LabelledBatch<Input = M::Input>>(
     let (mut predictions, mut labels, mut loss_sum) = (vec![], vec![], 0.0);
     // Scoring thousands of images takes a minute: show it (hidden when stderr is no terminal).
     let bar = if progress { indicatif::ProgressBar::new(batches.len() as u64) } else { indicatif::ProgressBar::hidden() };
-    bar.set_style(indicatif::ProgressStyle::with_template("evaluating [{bar:30}] {pos}/{len} batches ({elapsed} < {eta})").expect("valid template").progress_chars("=> "));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("evaluating [{bar:30}] {pos}/{len} batches ({elapsed} < {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
     for batch in batches {
         bar.inc(1);
         let logits = model.logits(&batch.input(&device), false);
@@ -241,5 +248,3 @@ pub fn evaluate<M: ClassifierModel, B: LabelledBatch<Input = M::Input>>(
     let loss = if labels.is_empty() { 0.0 } else { loss_sum / labels.len() as f64 };
     (EvalMetrics::compute(&predictions, &labels, num_classes, loss), predictions)
 }
-
-

@@ -15,11 +15,11 @@ use std::path::Path;
 
 use serde_json::json;
 
-use crate::models::bert::{Bert, Pooling};
 use super::heads::HEAD;
 use crate::error::{Error, Result};
 use crate::files::write_json;
 use crate::formats::peft;
+use crate::models::bert::{Bert, Pooling};
 use crate::weights::{HostTensor, tensors};
 
 /// The Hugging Face form a trained classifier is written in.
@@ -106,7 +106,10 @@ pub fn write_sentence_transformers(
     write_json(&dir.join("labels.json"), &labels)?;
     write_json(&dir.join("sentence_bert_config.json"), &json!({"max_seq_length": max_len, "do_lower_case": false}))?;
     let module = |idx: usize, path: &str, kind: &str| json!({"idx": idx, "name": idx.to_string(), "path": path, "type": format!("sentence_transformers.models.{kind}")});
-    write_json(&dir.join("modules.json"), &json!([module(0, "", "Transformer"), module(1, "1_Pooling", "Pooling"), module(2, "2_Dense", "Dense")]))?;
+    write_json(
+        &dir.join("modules.json"),
+        &json!([module(0, "", "Transformer"), module(1, "1_Pooling", "Pooling"), module(2, "2_Dense", "Dense")]),
+    )?;
     let hidden = bert.config.hidden_size;
     write_json(
         &dir.join("1_Pooling/config.json"),
@@ -133,7 +136,9 @@ pub fn write_sentence_transformers(
 /// `scripts/check-interop` executes them as written.
 fn peft_readme(base: &str, pooling: Pooling, max_len: usize) -> String {
     let pool = match pooling {
-        Pooling::Mean => "mask = batch[\"attention_mask\"].unsqueeze(-1).float()\npooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # mean over real tokens",
+        Pooling::Mean => {
+            "mask = batch[\"attention_mask\"].unsqueeze(-1).float()\npooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # mean over real tokens"
+        }
         Pooling::Cls => "pooled = hidden[:, 0]  # the [CLS] token's state (no pooler)",
     };
     format!(

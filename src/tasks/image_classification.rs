@@ -144,7 +144,11 @@ impl ImageClassifier {
     /// Writes the adapter merged into the backbone, with the head, as a
     /// `Dinov2ForImageClassification` directory.
     pub fn save_merged(&self, dir: &Path, labels: &[String]) -> Result<()> {
-        let merged = if self.backbone.is_merged() || self.backbone.is_full_finetune() { self.backbone.clone() } else { self.backbone.clone().merge()? };
+        let merged = if self.backbone.is_merged() || self.backbone.is_full_finetune() {
+            self.backbone.clone()
+        } else {
+            self.backbone.clone().merge()?
+        };
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let mut weights = merged.model.tensors();
         weights.extend(self.hf_head_tensors());
@@ -264,7 +268,14 @@ fn check_memory(spec: &ImageClassificationSpec, c: &crate::models::dinov2::Dinov
     let need = |size: usize| memory_need(c, size, batch, images);
     crate::memory::check(
         need(spec.image_size),
-        || format!("--image-size {} ({} patches of {} px, batch {batch}, {images} images)", spec.image_size, (spec.image_size / c.patch_size).pow(2), c.patch_size),
+        || {
+            format!(
+                "--image-size {} ({} patches of {} px, batch {batch}, {images} images)",
+                spec.image_size,
+                (spec.image_size / c.patch_size).pow(2),
+                c.patch_size
+            )
+        },
         || match crate::memory::largest_fitting(spec.image_size / c.patch_size, |k| need(k * c.patch_size)) {
             Some(k) => format!("at most --image-size {} fits (or lower --batch-size)", k * c.patch_size),
             None => "lower --batch-size or --train-images".into(),
@@ -304,7 +315,8 @@ impl Task for ImageClassification {
             // labels onto those.
             Some(run) => {
                 let unknown = |l: &String| Error::data(source, None, crate::data::unknown_label_message(l, run));
-                let ids = splits.labels.iter().map(|l| run.iter().position(|r| r == l).ok_or_else(|| unknown(l))).collect::<Result<Vec<_>>>()?;
+                let ids =
+                    splits.labels.iter().map(|l| run.iter().position(|r| r == l).ok_or_else(|| unknown(l))).collect::<Result<Vec<_>>>()?;
                 for set in [&mut splits.train, &mut splits.validation, &mut splits.test] {
                     set.targets.iter_mut().for_each(|t| *t = ids[*t]);
                     set.labels = run.clone();
@@ -367,7 +379,8 @@ impl Task for ImageClassification {
         let labels: Vec<String> = read_json(&out.join(LABELS_FILE))?;
         super::heads::check_head_labels(&out.join(HEAD_FILE), &out.join(LABELS_FILE), labels.len())?;
         let _ = self.run_labels.set(labels.clone());
-        let backbone = self.spec.tuning.restore(self.backbone.clone(), out, Self::FULL_MODEL_DIR, |dir| Dinov2::load(dir, BACKBONE, device))?;
+        let backbone =
+            self.spec.tuning.restore(self.backbone.clone(), out, Self::FULL_MODEL_DIR, |dir| Dinov2::load(dir, BACKBONE, device))?;
         ImageClassifier::new(backbone, labels.len(), self.spec.pooling, self.spec.train.seed).load_head(&out.join(HEAD_FILE))
     }
 

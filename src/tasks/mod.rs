@@ -150,7 +150,13 @@ impl Tuning {
     /// A finished run's tuned model around the pre-trained `base`: its adapter (native format,
     /// in `out`'s adapter directory), its fully tuned weights (read by `load_full` from
     /// `out/<full_dir>`), or nothing (a probe).
-    pub fn restore<M: Adaptable>(self, base: M, out: &Path, full_dir: &str, load_full: impl FnOnce(&Path) -> Result<M>) -> Result<PeftModel<M>> {
+    pub fn restore<M: Adaptable>(
+        self,
+        base: M,
+        out: &Path,
+        full_dir: &str,
+        load_full: impl FnOnce(&Path) -> Result<M>,
+    ) -> Result<PeftModel<M>> {
         match self {
             Tuning::Adapter => crate::formats::native::load(base, &out.join(crate::run::layout::ADAPTER_DIR)),
             Tuning::Full => Ok(PeftModel::full_finetune(load_full(&out.join(full_dir))?)),

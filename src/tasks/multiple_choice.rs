@@ -10,7 +10,9 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use super::choice_model::{CausalLm, ChoiceItems, LmBatch, LmSequence, choice_items, evaluate, length_grouped_batches, score, training_sequences};
+use super::choice_model::{
+    CausalLm, ChoiceItems, LmBatch, LmSequence, choice_items, evaluate, length_grouped_batches, score, training_sequences,
+};
 use super::{SubtaskScore, Task, TaskKind, TestScores, Tuning};
 use crate::adapters::{AdapterConfig, AdapterSet, Method, PeftModel};
 use crate::data::bigbench::{ChoiceExample, read_choices};
@@ -64,7 +66,10 @@ impl Default for MultipleChoiceSpec {
             exact_match: true,
             train_fraction: 1.0,
             tuning: Tuning::Adapter,
-            adapter: AdapterConfig { target_modules: crate::adapters::TargetModules::Names(vec!["q_proj".into(), "v_proj".into()]), ..Default::default() },
+            adapter: AdapterConfig {
+                target_modules: crate::adapters::TargetModules::Names(vec!["q_proj".into(), "v_proj".into()]),
+                ..Default::default()
+            },
             train: default_train(),
         }
     }
@@ -89,7 +94,8 @@ pub struct ChoiceSplits {
 fn task_name(spec: &str) -> String {
     spec.strip_prefix("bigbench:").map(String::from).unwrap_or_else(|| {
         let path = Path::new(spec);
-        let stem = if path.file_name().is_some_and(|f| f == "task.json") { path.parent().and_then(|p| p.file_name()) } else { path.file_stem() };
+        let stem =
+            if path.file_name().is_some_and(|f| f == "task.json") { path.parent().and_then(|p| p.file_name()) } else { path.file_stem() };
         stem.map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| spec.to_string())
     })
 }
@@ -122,14 +128,15 @@ pub fn load_splits(spec: &MultipleChoiceSpec) -> Result<ChoiceSplits> {
     // Metrics over no questions would read as 0 (or pick the best epoch by nothing).
     let names = spec.tasks.iter().chain(&spec.eval_tasks).cloned().collect::<Vec<_>>().join(", ");
     if splits.validation.is_empty() && !spec.tasks.is_empty() {
-        return Err(Error::Config(format!("the validation split is empty: the tasks ({names}) have no questions left after the test split; lower --test-per-task")));
+        return Err(Error::Config(format!(
+            "the validation split is empty: the tasks ({names}) have no questions left after the test split; lower --test-per-task"
+        )));
     }
     if splits.test.is_empty() {
         return Err(Error::Config(format!("the test split is empty: no tasks with questions ({names})")));
     }
     Ok(splits)
 }
-
 
 task_spec!(
     MultipleChoiceSpec,
@@ -263,10 +270,18 @@ impl Task for MultipleChoice {
         let mut examples = vec![];
         for (n, value) in inputs.iter().enumerate() {
             let question = value.get("question").and_then(|q| q.as_str());
-            let options: Option<Vec<String>> = value.get("options").and_then(|o| o.as_array()).map(|o| o.iter().filter_map(|x| x.as_str().map(String::from)).collect());
+            let options: Option<Vec<String>> =
+                value.get("options").and_then(|o| o.as_array()).map(|o| o.iter().filter_map(|x| x.as_str().map(String::from)).collect());
             match (question, options) {
-                (Some(q), Some(o)) if o.len() >= 2 => examples.push(ChoiceExample { task: "input".into(), question: q.into(), options: o, answer: 0 }),
-                _ => return Err(Error::Config(format!("input {}: a multiple-choice run needs {{\"question\": \"..\", \"options\": [\"..\", \"..\"]}} (two options or more)", n + 1))),
+                (Some(q), Some(o)) if o.len() >= 2 => {
+                    examples.push(ChoiceExample { task: "input".into(), question: q.into(), options: o, answer: 0 })
+                }
+                _ => {
+                    return Err(Error::Config(format!(
+                        "input {}: a multiple-choice run needs {{\"question\": \"..\", \"options\": [\"..\", \"..\"]}} (two options or more)",
+                        n + 1
+                    )));
+                }
             }
         }
         let items = choice_items(&self.decoder, &examples, self.spec.max_len)?;

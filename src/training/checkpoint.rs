@@ -196,7 +196,8 @@ fn check_optimizer_state(file: &Path, bytes: &[u8], state: &TrainableState) -> R
     let reader = burn_pack::Reader::from_bytes(Bytes::from_bytes_vec(bytes.to_vec())).map_err(|e| bad(format!("{e:?}")))?;
     for (key, value) in reader.scalars() {
         if let Some(id) = key.strip_suffix(".__rank") {
-            let shape = id.parse().ok().and_then(|id: u64| params.get(&id)).ok_or_else(|| bad(format!("{key} names no saved parameter")))?;
+            let shape =
+                id.parse().ok().and_then(|id: u64| params.get(&id)).ok_or_else(|| bad(format!("{key} names no saved parameter")))?;
             if usize::try_from(*value).ok() != Some(shape.len()) {
                 return Err(bad(format!("{key} is not the parameter's rank {}", shape.len())));
             }
@@ -226,7 +227,13 @@ mod tests {
     const SCHEDULE: Schedule = Schedule { epochs: 3, batches_per_epoch: 5, grad_accum: 2 };
 
     fn after_epochs(n: usize) -> Progress {
-        Progress { epoch: n, step: 3 * n, best: (n > 0).then_some((0.5, 0)), history: vec![EvalMetrics::default(); n], ..Progress::default() }
+        Progress {
+            epoch: n,
+            step: 3 * n,
+            best: (n > 0).then_some((0.5, 0)),
+            history: vec![EvalMetrics::default(); n],
+            ..Progress::default()
+        }
     }
 
     #[test]

@@ -75,7 +75,14 @@ impl CollapseDetector {
             return None;
         }
         let (lowest_loss, lowest_step) = self.lowest.expect("a loss was observed");
-        self.found = Some(Collapse { step: self.at_chance[0], detected_at: step, chance_loss: self.chance, lowest_loss, lowest_step, stopped: false });
+        self.found = Some(Collapse {
+            step: self.at_chance[0],
+            detected_at: step,
+            chance_loss: self.chance,
+            lowest_loss,
+            lowest_step,
+            stopped: false,
+        });
         self.found.clone()
     }
 
@@ -154,7 +161,8 @@ mod tests {
     fn a_resumed_run_replays_its_logged_losses() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("metrics.jsonl");
-        let lines: String = [0.5, 0.69, 0.7, 0.69, 0.7].iter().enumerate().map(|(i, l)| format!("{{\"step\":{},\"loss\":{l}}}\n", 10 * (i + 1))).collect();
+        let lines: String =
+            [0.5, 0.69, 0.7, 0.69, 0.7].iter().enumerate().map(|(i, l)| format!("{{\"step\":{},\"loss\":{l}}}\n", 10 * (i + 1))).collect();
         std::fs::write(&log, lines + "{\"epoch\":1,\"step\":50,\"validation\":{}}\n").unwrap();
         let mut d = CollapseDetector::replay(2f64.ln(), &log);
         assert!(d.found().is_none(), "four logged losses at chance are not yet a window");

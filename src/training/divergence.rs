@@ -23,7 +23,10 @@ impl Divergence {
     /// learning rate of the last step.
     pub fn message(&self, cfg: &TrainConfig, lr_now: f64, checkpoint_dir: &Path, schedule: &checkpoint::Schedule) -> String {
         let (loss, epoch, batch, steps) = (self.loss, self.epoch, self.batch, self.steps_taken);
-        let at = format!("loss became {loss} at epoch {epoch}, batch {batch}, after {steps} optimizer step{}", if steps == 1 { "" } else { "s" });
+        let at = format!(
+            "loss became {loss} at epoch {epoch}, batch {batch}, after {steps} optimizer step{}",
+            if steps == 1 { "" } else { "s" }
+        );
         let cause = if steps == 0 {
             "nothing has been trained yet, so no learning-rate setting caused it: the model's outputs on this batch are not finite (check --model's weights)".to_string()
         } else {
@@ -75,7 +78,12 @@ mod tests {
         let m = Divergence { generator_multiplier: None, ..d }.message(&unclipped, 1e-3, &checkpoint, &schedule);
         assert!(m.contains("clipping is off") && !m.contains("multiplier"), "{m}");
 
-        let m = Divergence { loss: f64::INFINITY, epoch: 1, batch: 1, steps_taken: 0, generator_multiplier: None }.message(&cfg, 1e-3, &checkpoint, &schedule);
+        let m = Divergence { loss: f64::INFINITY, epoch: 1, batch: 1, steps_taken: 0, generator_multiplier: None }.message(
+            &cfg,
+            1e-3,
+            &checkpoint,
+            &schedule,
+        );
         assert!(m.contains("nothing has been trained yet") && !m.contains("--lr"), "{m}");
     }
 }

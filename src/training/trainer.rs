@@ -5,9 +5,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use burn::grad_clipping::GradientClippingConfig;
 use burn::module::ParamId;
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
-use burn::grad_clipping::GradientClippingConfig;
 use burn::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -115,10 +115,7 @@ pub(crate) fn scalar(t: Tensor<1>) -> f64 {
 
 /// AdamW with the config's weight decay and gradient clipping.
 pub fn optimizer(cfg: &TrainConfig) -> ModuleOptimizer {
-    AdamWConfig::new()
-        .with_weight_decay(cfg.weight_decay as f32)
-        .with_grad_clipping(cfg.grad_clip.map(GradientClippingConfig::Norm))
-        .init()
+    AdamWConfig::new().with_weight_decay(cfg.weight_decay as f32).with_grad_clipping(cfg.grad_clip.map(GradientClippingConfig::Norm)).init()
 }
 
 fn log_line(path: &Path, value: serde_json::Value) -> Result<()> {
@@ -156,12 +153,8 @@ pub fn train<M: Objective>(
     }
     let steps_per_epoch = batches_per_epoch.div_ceil(cfg.grad_accum);
     let total_steps = steps_per_epoch * cfg.epochs;
-    let schedule = LrSchedule {
-        peak: cfg.lr,
-        warmup_steps: (cfg.warmup_ratio * total_steps as f64).round() as usize,
-        total_steps,
-        decay: cfg.decay,
-    };
+    let schedule =
+        LrSchedule { peak: cfg.lr, warmup_steps: (cfg.warmup_ratio * total_steps as f64).round() as usize, total_steps, decay: cfg.decay };
     let mut optim = optimizer(cfg);
     let mut progress = Progress::default();
     let steps = Schedule { epochs: cfg.epochs, batches_per_epoch, grad_accum: cfg.grad_accum };
@@ -206,8 +199,19 @@ pub fn train<M: Objective>(
             let loss_value = scalar(loss.clone());
             if !loss_value.is_finite() {
                 bar.abandon();
-                let divergence = Divergence { loss: loss_value, epoch: epoch + 1, batch: i + 1, steps_taken: progress.step, generator_multiplier: model.lr_group().map(|g| g.multiplier) };
-                return Err(Error::Training(divergence.message(cfg, schedule.at(progress.step.saturating_sub(1)), &run.checkpoint(), &steps)));
+                let divergence = Divergence {
+                    loss: loss_value,
+                    epoch: epoch + 1,
+                    batch: i + 1,
+                    steps_taken: progress.step,
+                    generator_multiplier: model.lr_group().map(|g| g.multiplier),
+                };
+                return Err(Error::Training(divergence.message(
+                    cfg,
+                    schedule.at(progress.step.saturating_sub(1)),
+                    &run.checkpoint(),
+                    &steps,
+                )));
             }
             accumulator.accumulate(&model, GradientsParams::from_grads(loss.div_scalar(cfg.grad_accum as f64).backward(), &model));
             window_loss += loss_value * M::examples(batch) as f64;
@@ -251,7 +255,8 @@ pub fn train<M: Objective>(
         let line = format!("epoch {}: validation {}", epoch + 1, metrics.describe());
         bar.suspend(|| eprintln!("{line}"));
         log_line(&run.metrics_log(), serde_json::json!({"epoch": epoch + 1, "step": progress.step, "validation": metrics}))?;
-        let s = metrics.score(cfg.best_metric).ok_or_else(|| Error::Config(format!("the validation metrics have no {:?}", cfg.best_metric)))?;
+        let s =
+            metrics.score(cfg.best_metric).ok_or_else(|| Error::Config(format!("the validation metrics have no {:?}", cfg.best_metric)))?;
         if progress.best.is_none_or(|(best, _)| s > best) {
             progress.best = Some((s, epoch));
             progress.evals_without_improvement = 0;

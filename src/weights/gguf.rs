@@ -180,7 +180,9 @@ impl<'a> Cursor<'a> {
             7 => Value::Bool(self.array::<1>(key)?[0] != 0),
             8 => Value::String(self.string(key)?),
             // Nested arrays recurse: a corrupt file must not nest deep enough to overflow the stack.
-            9 if depth >= MAX_ARRAY_DEPTH => return Err(Error::format(self.path, format!("metadata {key}: arrays nested deeper than {MAX_ARRAY_DEPTH}"))),
+            9 if depth >= MAX_ARRAY_DEPTH => {
+                return Err(Error::format(self.path, format!("metadata {key}: arrays nested deeper than {MAX_ARRAY_DEPTH}")));
+            }
             9 => {
                 let inner = self.u32(key)?;
                 let n = self.len(key)?;
@@ -254,18 +256,29 @@ impl Gguf {
             let mut names: Vec<&str> = self.tensors.iter().map(|t| t.name.as_str()).collect();
             names.sort_by_key(|n| std::cmp::Reverse(shared(n)));
             let close: Vec<&str> = names.into_iter().take(3).collect();
-            Error::format(&self.path, format!("no tensor {name} in the file (similar: {})", if close.is_empty() { "none".into() } else { close.join(", ") }))
+            Error::format(
+                &self.path,
+                format!("no tensor {name} in the file (similar: {})", if close.is_empty() { "none".into() } else { close.join(", ") }),
+            )
         })
     }
 
     /// The stored bytes of a tensor.
     fn raw(&self, t: &TensorInfo) -> Result<&[u8]> {
-        let beyond = || Error::format(&self.path, format!("truncated or corrupt GGUF file: tensor {} ends beyond the end of the file", t.name));
+        let beyond =
+            || Error::format(&self.path, format!("truncated or corrupt GGUF file: tensor {} ends beyond the end of the file", t.name));
         let elements = t.dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d)).ok_or_else(beyond)?;
-        let (per_block, block_bytes) =
-            t.kind.block().ok_or_else(|| Error::format(&self.path, format!("tensor {} has ggml type {:?}, which is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1 are)", t.name, t.kind)))?;
+        let (per_block, block_bytes) = t.kind.block().ok_or_else(|| {
+            Error::format(
+                &self.path,
+                format!("tensor {} has ggml type {:?}, which is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1 are)", t.name, t.kind),
+            )
+        })?;
         if t.dims.first().is_some_and(|d| d % per_block as u64 != 0) {
-            return Err(Error::format(&self.path, format!("tensor {}: row length {} is not a multiple of the block size {per_block}", t.name, t.dims[0])));
+            return Err(Error::format(
+                &self.path,
+                format!("tensor {}: row length {} is not a multiple of the block size {per_block}", t.name, t.dims[0]),
+            ));
         }
         let size = (elements / per_block as u64).checked_mul(block_bytes as u64).ok_or_else(beyond)?;
         let start = (self.data_start as u64).checked_add(t.offset).ok_or_else(beyond)?;
@@ -286,7 +299,9 @@ impl Gguf {
             GgmlType::Q8_0 => raw.chunks_exact(34).flat_map(|b| (0..32).map(move |i| f16(&b[..2]) * b[2 + i] as i8 as f32)).collect(),
             // 4-bit blocks: the low nibbles hold elements 0..16, the high nibbles 16..32.
             GgmlType::Q4_0 => raw.chunks_exact(18).flat_map(|b| nibbles(&b[2..]).map(move |q| f16(&b[..2]) * (q as f32 - 8.0))).collect(),
-            GgmlType::Q4_1 => raw.chunks_exact(20).flat_map(|b| nibbles(&b[4..]).map(move |q| f16(&b[..2]) * q as f32 + f16(&b[2..4]))).collect(),
+            GgmlType::Q4_1 => {
+                raw.chunks_exact(20).flat_map(|b| nibbles(&b[4..]).map(move |q| f16(&b[..2]) * q as f32 + f16(&b[2..4]))).collect()
+            }
             GgmlType::Other(_) => unreachable!("raw() rejects unsupported types"),
         };
         Ok(HostTensor { shape: t.dims.iter().rev().map(|&d| d as usize).collect(), data })
@@ -336,7 +351,11 @@ impl Gguf {
             "max_position_embeddings": self.metadata.get("llama.context_length").and_then(Value::as_u64).unwrap_or(2048),
             "tie_word_embeddings": !self.tensors.iter().any(|t| t.name == "output.weight"),
         });
-        for (key, name) in [("tokenizer.ggml.bos_token_id", "bos_token_id"), ("tokenizer.ggml.eos_token_id", "eos_token_id"), ("tokenizer.ggml.padding_token_id", "pad_token_id")] {
+        for (key, name) in [
+            ("tokenizer.ggml.bos_token_id", "bos_token_id"),
+            ("tokenizer.ggml.eos_token_id", "eos_token_id"),
+            ("tokenizer.ggml.padding_token_id", "pad_token_id"),
+        ] {
             if let Some(id) = self.metadata.get(key).and_then(Value::as_u64) {
                 config[name] = id.into();
             }
@@ -368,7 +387,10 @@ impl Gguf {
     fn unpermute_checked(&self, name: &str, w: &HostTensor, heads: usize) -> Result<HostTensor> {
         match w.shape[..] {
             [rows, _] if heads > 0 && rows % heads == 0 && (rows / heads) % 2 == 0 => Ok(unpermute_rotary(w, heads)),
-            _ => Err(Error::format(&self.path, format!("tensor {name} of shape {:?} does not split into {heads} heads of an even size", w.shape))),
+            _ => Err(Error::format(
+                &self.path,
+                format!("tensor {name} of shape {:?} does not split into {heads} heads of an even size", w.shape),
+            )),
         }
     }
 
@@ -408,10 +430,15 @@ impl Gguf {
         let pre = self.metadata.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
         let pre_tokenizer = match pre {
             // SmolLM2's tokenizer.json: single digits, then GPT-2's byte-level split.
-            "smollm" => serde_json::json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]}),
+            "smollm" => {
+                serde_json::json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]})
+            }
             "default" | "gpt-2" | "gpt2" => byte_level,
             other => {
-                return Err(Error::format(&self.path, format!("tokenizer pre-tokenizer {other:?} is not supported (smollm, gpt2, default are)")));
+                return Err(Error::format(
+                    &self.path,
+                    format!("tokenizer pre-tokenizer {other:?} is not supported (smollm, gpt2, default are)"),
+                ));
             }
         };
         let json = serde_json::json!({

@@ -101,7 +101,8 @@ pub fn read(path: &Path) -> Result<OnnxWeights> {
 }
 
 fn to_host(t: &TensorProto) -> std::result::Result<Option<HostTensor>, String> {
-    let shape: Vec<usize> = t.dims.iter().map(|&d| usize::try_from(d).map_err(|_| format!("negative dimension {d}"))).collect::<std::result::Result<_, _>>()?;
+    let shape: Vec<usize> =
+        t.dims.iter().map(|&d| usize::try_from(d).map_err(|_| format!("negative dimension {d}"))).collect::<std::result::Result<_, _>>()?;
     let count: usize = shape.iter().product();
     let raw = &t.raw_data;
     let data: Vec<f32> = match t.data_type {

@@ -82,7 +82,9 @@ impl<'a> Reader<'a> {
     pub fn reject_extra_layers(&self, layer_prefix: &str, layers: usize) -> Result<()> {
         let extra = format!("{}{layer_prefix}{layers}.", self.stored);
         match self.tensors.keys().find(|k| k.starts_with(&extra)) {
-            Some(name) => Err(Error::format(self.file, format!("tensor {name} belongs to a layer beyond num_hidden_layers = {layers} in the config"))),
+            Some(name) => {
+                Err(Error::format(self.file, format!("tensor {name} belongs to a layer beyond num_hidden_layers = {layers} in the config")))
+            }
             None => Ok(()),
         }
     }

@@ -42,10 +42,8 @@ impl HostTensor {
 /// Writes `tensors` atomically (a temporary file renamed into place), so a crash never leaves
 /// a half-written file where a good one was.
 pub fn write(path: &Path, tensors: &BTreeMap<String, HostTensor>, metadata: Option<HashMap<String, String>>) -> Result<()> {
-    let bytes: Vec<(String, Vec<u8>, &HostTensor)> = tensors
-        .iter()
-        .map(|(name, t)| (name.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect(), t))
-        .collect();
+    let bytes: Vec<(String, Vec<u8>, &HostTensor)> =
+        tensors.iter().map(|(name, t)| (name.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect(), t)).collect();
     let views = bytes
         .iter()
         .map(|(name, raw, t)| Ok((name.clone(), TensorView::new(Dtype::F32, t.shape.clone(), raw).map_err(|e| Error::format(path, e))?)))

@@ -83,10 +83,7 @@ impl TinyModel {
 
 impl Adaptable for TinyModel {
     fn linears(&self) -> Vec<&AdaptedLinear> {
-        self.layers
-            .iter()
-            .flat_map(|l| [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.up_proj, &l.down_proj])
-            .collect()
+        self.layers.iter().flat_map(|l| [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.up_proj, &l.down_proj]).collect()
     }
 
     fn map_linears(self, f: &mut dyn FnMut(AdaptedLinear) -> AdaptedLinear) -> Self {

@@ -74,8 +74,19 @@ impl Rng {
 pub fn boundary_u64(original: u64, file_len: usize) -> Vec<u64> {
     let n = file_len as u64;
     vec![
-        0, 1, original.wrapping_add(1), original.wrapping_sub(1), original.wrapping_mul(2), n, n + 1, u32::MAX as u64,
-        u32::MAX as u64 + 1, 1 << 40, i64::MAX as u64, u64::MAX, u64::MAX - 7,
+        0,
+        1,
+        original.wrapping_add(1),
+        original.wrapping_sub(1),
+        original.wrapping_mul(2),
+        n,
+        n + 1,
+        u32::MAX as u64,
+        u32::MAX as u64 + 1,
+        1 << 40,
+        i64::MAX as u64,
+        u64::MAX,
+        u64::MAX - 7,
     ]
 }
 
@@ -135,9 +146,20 @@ pub fn mutate_bytes(base: &[u8], fields: &[usize], rng: &mut Rng) -> (Vec<u8>, S
 /// Values a JSON number or field is replaced with.
 fn boundary_json(rng: &mut Rng) -> Value {
     let options = [
-        Value::from(0), Value::from(-1), Value::from(u64::MAX), Value::from(i64::MIN), Value::from(1u64 << 40),
-        serde_json::json!(1e300), serde_json::json!(-1e300), serde_json::json!(0.5), Value::Null, Value::from(""),
-        Value::from("\u{0}\u{ffff}"), serde_json::json!([]), serde_json::json!({}), Value::Bool(true),
+        Value::from(0),
+        Value::from(-1),
+        Value::from(u64::MAX),
+        Value::from(i64::MIN),
+        Value::from(1u64 << 40),
+        serde_json::json!(1e300),
+        serde_json::json!(-1e300),
+        serde_json::json!(0.5),
+        Value::Null,
+        Value::from(""),
+        Value::from("\u{0}\u{ffff}"),
+        serde_json::json!([]),
+        serde_json::json!({}),
+        Value::Bool(true),
         serde_json::json!([1, -1, 1e300]),
     ];
     rng.pick(&options).clone()
@@ -286,7 +308,12 @@ impl Campaign {
         assert!(self.rejected > 0, "{}: no mutated input was rejected; the harness is not mutating", self.name);
         if !self.failures.is_empty() {
             let shown: Vec<&String> = self.failures.iter().take(20).collect();
-            panic!("{}: {} failures, e.g.\n{}", self.name, self.failures.len(), shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"));
+            panic!(
+                "{}: {} failures, e.g.\n{}",
+                self.name,
+                self.failures.len(),
+                shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
+            );
         }
     }
 }

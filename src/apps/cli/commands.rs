@@ -36,13 +36,21 @@ pub fn run(command: Command) -> Result<()> {
         Command::Eval { run: Some(dir), args } => {
             let kind = run::kind_of(&dir)?;
             if let Some(task) = args.task.filter(|t| *t != kind) {
-                return Err(Error::State(format!("{} is a {kind} run, not {task}: run `replora eval --run` without --task (or eval-lm)", dir.display())));
+                return Err(Error::State(format!(
+                    "{} is a {kind} run, not {task}: run `replora eval --run` without --task (or eval-lm)",
+                    dir.display()
+                )));
             }
             args.refuse_for_eval_of_run(kind)?;
             let source = match kind {
                 TaskKind::Classification | TaskKind::ImageClassification => args.data.clone(),
                 // `none` (no other task) scores the run on its own test split, as no flag does.
-                TaskKind::MultipleChoice => args.choice.eval_tasks.as_ref().map(|t| t.iter().filter(|t| *t != "none").cloned().collect::<Vec<_>>().join(",")).filter(|t| !t.is_empty()),
+                TaskKind::MultipleChoice => args
+                    .choice
+                    .eval_tasks
+                    .as_ref()
+                    .map(|t| t.iter().filter(|t| *t != "none").cloned().collect::<Vec<_>>().join(","))
+                    .filter(|t| !t.is_empty()),
             };
             let summary = with_task!(kind, T => run::evaluate::<T>(&dir, source.as_deref()))?;
             println!("{}", run::table(std::slice::from_ref(&summary)));
@@ -152,7 +160,10 @@ fn compare_cli<T: SpecFromArgs>(
     check_method_list(&methods, multi_seed)?;
     let listed: Vec<&str> = methods.iter().map(String::as_str).collect();
     // A method's own settings act on its runs only (and are refused if no method takes them).
-    let args_for = |method: &str| RunArgs { method: args.method.for_method_of(if method == "base" { "lora" } else { method }, &listed), ..args.clone() };
+    let args_for = |method: &str| RunArgs {
+        method: args.method.for_method_of(if method == "base" { "lora" } else { method }, &listed),
+        ..args.clone()
+    };
     let base = T::spec_from(&args_for(listed.first().copied().unwrap_or("lora")))?;
     let plan = Plan {
         seeds: seeds.unwrap_or_else(|| if multi_seed && args.train.seed.is_none() { vec![0, 1, 2] } else { vec![base.train().seed] }),
@@ -186,7 +197,9 @@ fn predict(run: &Path, texts: Vec<String>, input: Option<&Path>) -> Result<()> {
             format => {
                 for (n, line) in content.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
                     inputs.push(match format {
-                        Some(Format::Jsonl) => serde_json::from_str(line).map_err(|e| Error::format(file, format!("line {}: {e}", n + 1)))?,
+                        Some(Format::Jsonl) => {
+                            serde_json::from_str(line).map_err(|e| Error::format(file, format!("line {}: {e}", n + 1)))?
+                        }
                         _ => serde_json::json!({ "text": line }),
                     });
                 }
@@ -205,7 +218,9 @@ fn predict(run: &Path, texts: Vec<String>, input: Option<&Path>) -> Result<()> {
 fn info(model: &str, rank: usize, targets: Option<Vec<String>>) -> Result<()> {
     let Some(family) = Family::detect(model) else {
         crate::models::resolve(model)?; // a missing path: say so
-        return Err(Error::Config(format!("{model}: not a model replora knows (a BERT, LLaMA or DINOv2 Hugging Face directory, a .gguf file, or an asset name)")));
+        return Err(Error::Config(format!(
+            "{model}: not a model replora knows (a BERT, LLaMA or DINOv2 Hugging Face directory, a .gguf file, or an asset name)"
+        )));
     };
     let info = family.info(model, &Device::flex())?;
     println!("{}\nparameters: {}\n\nlinear modules (d_in -> d_out):", info.description, info.params);
@@ -225,14 +240,23 @@ fn info(model: &str, rank: usize, targets: Option<Vec<String>>) -> Result<()> {
     }
     let sites = targets.unwrap_or(info.adapter_sites);
     let n = count(AdapterConfig::new(Method::Houlsby), &sites)?;
-    println!("\nbottleneck adapter (width d/{}) on {}:\n  adapter  {n:>10}  ({:.4}% of the base)", crate::adapters::bottleneck::REDUCTION_FACTOR, sites.join(","), percent(n));
+    println!(
+        "\nbottleneck adapter (width d/{}) on {}:\n  adapter  {n:>10}  ({:.4}% of the base)",
+        crate::adapters::bottleneck::REDUCTION_FACTOR,
+        sites.join(","),
+        percent(n)
+    );
     let p = crate::adapters::PrefixConfig::default();
     let trained = count(AdapterConfig::new(Method::Prefix), &info.key_projections)?;
     let direct = crate::adapters::PrefixConfig { reparameterize: false, ..p.clone() };
     let kept = count(AdapterConfig { prefix: direct, ..AdapterConfig::new(Method::Prefix) }, &info.key_projections)?;
     println!(
         "\nprefix tuning ({} virtual tokens, reparameterization width {}) at every layer's {}:\n  prefix   {trained:>10}  ({:.4}% of the base) trained; {kept} ({:.4}%) kept after training",
-        p.length, p.hidden, info.key_projections.join(","), percent(trained), percent(kept)
+        p.length,
+        p.hidden,
+        info.key_projections.join(","),
+        percent(trained),
+        percent(kept)
     );
     Ok(())
 }

@@ -18,12 +18,20 @@ pub fn expand_config_file(args: Vec<String>) -> Result<Vec<String>> {
     let mut command = <crate::apps::cli::Cli as clap::CommandFactory>::command();
     command.build();
     let subcommand = sub.and_then(|s| command.find_subcommand(s)).cloned();
-    let on_command_line: Vec<&str> = args[pos + consumed..].iter().chain(&args[..pos]).filter_map(|a| a.strip_prefix("--")).map(|a| a.split('=').next().unwrap_or(a)).collect();
+    let on_command_line: Vec<&str> = args[pos + consumed..]
+        .iter()
+        .chain(&args[..pos])
+        .filter_map(|a| a.strip_prefix("--"))
+        .map(|a| a.split('=').next().unwrap_or(a))
+        .collect();
     let mut flags = vec![];
     for (key, value) in table {
         let name = key.replace('_', "-");
         if name == "config" {
-            return Err(Error::format(&path, format!("key {key:?}: a config file cannot name another config file; put its flags in {}", path.display())));
+            return Err(Error::format(
+                &path,
+                format!("key {key:?}: a config file cannot name another config file; put its flags in {}", path.display()),
+            ));
         }
         if on_command_line.contains(&name.as_str()) {
             continue; // the command line's value wins
@@ -86,7 +94,9 @@ fn check_kind(arg: &clap::Arg, key: &str, value: &serde_json::Value) -> std::res
     let switch = !arg.get_action().takes_values();
     match (switch, value) {
         (true, serde_json::Value::Bool(_)) => return Ok(()),
-        (true, _) => return Err(format!("key {key:?}: --{} is a switch: write {key} = true (or false)", arg.get_long().unwrap_or_default())),
+        (true, _) => {
+            return Err(format!("key {key:?}: --{} is a switch: write {key} = true (or false)", arg.get_long().unwrap_or_default()));
+        }
         (false, serde_json::Value::Bool(_) | serde_json::Value::Null) => {
             return Err(format!("key {key:?}: --{} takes a value, not {value}", arg.get_long().unwrap_or_default()));
         }

@@ -14,7 +14,12 @@ pub use flags_given::check_method_list;
 pub use spec_args::{ChoiceArgs, ClassificationArgs, METHODS, MethodArgs, RunArgs, SpecFromArgs, TrainArgs};
 
 #[derive(Parser, Debug)]
-#[command(name = "replora", version, args_override_self = true, about = "Parameter-efficient fine-tuning (RepLoRA, LoRA, DoRA) of pre-trained transformers")]
+#[command(
+    name = "replora",
+    version,
+    args_override_self = true,
+    about = "Parameter-efficient fine-tuning (RepLoRA, LoRA, DoRA) of pre-trained transformers"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

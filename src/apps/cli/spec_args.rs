@@ -4,7 +4,11 @@
 
 use clap::Args;
 
-use crate::adapters::{Activation, AdapterConfig, BottleneckConfig, PrefixConfig, LoraInit, Method, OutputScale, RepLoraConfig, SeedInit, SeedKind, TargetModules};
+use super::flags_given::refuse_for_task;
+use crate::adapters::{
+    Activation, AdapterConfig, BottleneckConfig, LoraInit, Method, OutputScale, PrefixConfig, RepLoraConfig, SeedInit, SeedKind,
+    TargetModules,
+};
 use crate::error::{Error, Result};
 use crate::models::Architecture;
 use crate::models::bert::{Bert, Pooling};
@@ -16,7 +20,6 @@ use crate::tasks::multiple_choice::MultipleChoiceSpec;
 use crate::tasks::{Classification, ImageClassification, MultipleChoice, Task, TaskKind, Tuning};
 use crate::training::{BestMetric, Decay, TrainConfig};
 use crate::validate::Range;
-use super::flags_given::refuse_for_task;
 
 /// A clap value parser for a number in `range`; the flag's `allow_negative_numbers` lets a
 /// negative value reach it, so `--lr -1` gets the range message rather than "unexpected argument".
@@ -316,7 +319,8 @@ impl MethodArgs {
         let (tuning, method) = match self.name() {
             "prefix" if self.targets.is_some() || self.targets_regex.is_some() => {
                 return Err(Error::Config(
-                    "--method prefix puts a prefix at every layer's key projection; --targets and --targets-regex do not apply to it".into(),
+                    "--method prefix puts a prefix at every layer's key projection; --targets and --targets-regex do not apply to it"
+                        .into(),
                 ));
             }
             "full" => (Tuning::Full, Method::Lora),
@@ -330,7 +334,8 @@ impl MethodArgs {
             (None, Some(names)) => TargetModules::Names(names.clone()),
             (None, None) => TargetModules::Names(A::default_targets(method).iter().map(|s| s.to_string()).collect()),
         };
-        let (d, replora, bottleneck, prefix) = (AdapterConfig::default(), RepLoraConfig::default(), BottleneckConfig::default(), PrefixConfig::default());
+        let (d, replora, bottleneck, prefix) =
+            (AdapterConfig::default(), RepLoraConfig::default(), BottleneckConfig::default(), PrefixConfig::default());
         let adapter = AdapterConfig {
             method,
             r: self.rank.unwrap_or(d.r),
@@ -352,7 +357,11 @@ impl MethodArgs {
                 seed_init: self.seed_init,
             },
             bottleneck: BottleneckConfig { size: self.bottleneck, activation: self.bottleneck_activation.unwrap_or(bottleneck.activation) },
-            prefix: PrefixConfig { length: self.prefix_length.unwrap_or(prefix.length), reparameterize: !self.prefix_direct, hidden: self.prefix_hidden.unwrap_or(prefix.hidden) },
+            prefix: PrefixConfig {
+                length: self.prefix_length.unwrap_or(prefix.length),
+                reparameterize: !self.prefix_direct,
+                hidden: self.prefix_hidden.unwrap_or(prefix.hidden),
+            },
             seed,
             ..d
         };

@@ -92,7 +92,9 @@ fn split_takes_both_forms_and_full_tuning_takes_no_targets() {
 
 #[test]
 fn method_adapter_defaults_to_each_architectures_bottleneck_sites() {
-    let spec = train_args(&["replora", "train", "--method", "adapter", "--bottleneck", "12", "--bottleneck-activation", "gelu"]).to_classification().unwrap();
+    let spec = train_args(&["replora", "train", "--method", "adapter", "--bottleneck", "12", "--bottleneck-activation", "gelu"])
+        .to_classification()
+        .unwrap();
     assert_eq!(spec.adapter.method, Method::Houlsby);
     assert_eq!(spec.adapter.target_modules, TargetModules::Names(vec!["attention.output.dense".into(), "output.dense".into()]));
     assert_eq!((spec.adapter.bottleneck.size, spec.adapter.bottleneck.activation), (Some(12), Activation::Gelu));
@@ -119,27 +121,58 @@ fn eval_args(args: &[&str]) -> RunArgs {
 fn flags_that_would_not_act_are_refused_by_name() {
     let e = train_args(&["replora", "train", "--method", "lora", "--hidden", "4"]).to_classification().unwrap_err().to_string();
     assert!(e.contains("--hidden (a setting of --method replora) is not for --method lora"), "{e}");
-    let e = train_args(&["replora", "train", "--method", "adapter", "--rank", "4", "--prefix-length", "3"]).to_classification().unwrap_err().to_string();
-    assert!(e.contains("--rank (a setting of --method lora/dora/replora), --prefix-length (a setting of --method prefix) are not for --method adapter"), "{e}");
-    assert_eq!(train_args(&["replora", "train", "--method", "replora", "--hidden", "4"]).to_classification().unwrap().adapter.replora.hidden, 4);
-    let e = crate::apps::cli::Cli::try_parse_from(["replora", "train", "--targets", "query", "--targets-regex", ".*value"]).unwrap_err().to_string();
+    let e = train_args(&["replora", "train", "--method", "adapter", "--rank", "4", "--prefix-length", "3"])
+        .to_classification()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(
+            "--rank (a setting of --method lora/dora/replora), --prefix-length (a setting of --method prefix) are not for --method adapter"
+        ),
+        "{e}"
+    );
+    assert_eq!(
+        train_args(&["replora", "train", "--method", "replora", "--hidden", "4"]).to_classification().unwrap().adapter.replora.hidden,
+        4
+    );
+    let e = crate::apps::cli::Cli::try_parse_from(["replora", "train", "--targets", "query", "--targets-regex", ".*value"])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("--targets-regex") && e.contains("cannot be used with") && e.contains("--targets"), "{e}");
     // A run names its model: --model goes with --peft (logits) or without --run (generate).
-    for args in [&["replora", "generate", "--run", "r", "--model", "m", "hi"][..], &["replora", "logits", "--run", "r", "--model", "m", "--text", "t", "--out", "o"]] {
+    for args in [
+        &["replora", "generate", "--run", "r", "--model", "m", "hi"][..],
+        &["replora", "logits", "--run", "r", "--model", "m", "--text", "t", "--out", "o"],
+    ] {
         let e = crate::apps::cli::Cli::try_parse_from(args).unwrap_err().to_string();
         assert!(e.contains("--model") && e.contains("cannot be used with"), "{e}");
     }
 
-    let e = eval_args(&["replora", "eval", "--run", "r", "--max-len", "4", "--pooling", "mean", "--method", "dora"]).refuse_for_eval_of_run(TaskKind::Classification).unwrap_err().to_string();
+    let e = eval_args(&["replora", "eval", "--run", "r", "--max-len", "4", "--pooling", "mean", "--method", "dora"])
+        .refuse_for_eval_of_run(TaskKind::Classification)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("--max-len, --pooling, --method are not for `eval --run` of a classification run"), "{e}");
-    let e = eval_args(&["replora", "eval", "--run", "r", "--eval-tasks", "bigbench:social_iqa"]).refuse_for_eval_of_run(TaskKind::Classification).unwrap_err().to_string();
+    let e = eval_args(&["replora", "eval", "--run", "r", "--eval-tasks", "bigbench:social_iqa"])
+        .refuse_for_eval_of_run(TaskKind::Classification)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("--eval-tasks is not for `eval --run` of a classification run") && e.contains("takes only --data"), "{e}");
-    let e = eval_args(&["replora", "eval", "--run", "r", "--data", "d.jsonl"]).refuse_for_eval_of_run(TaskKind::MultipleChoice).unwrap_err().to_string();
+    let e = eval_args(&["replora", "eval", "--run", "r", "--data", "d.jsonl"])
+        .refuse_for_eval_of_run(TaskKind::MultipleChoice)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("--data is not for `eval --run` of a multiple-choice run") && e.contains("--eval-tasks"), "{e}");
     assert!(eval_args(&["replora", "eval", "--run", "r", "--data", "d.jsonl"]).refuse_for_eval_of_run(TaskKind::Classification).is_ok());
-    let e = eval_args(&["replora", "eval-lm", "--lr", "0.1", "--rank", "4", "--batch-size", "8"]).refuse_for_zero_shot_eval().unwrap_err().to_string();
+    let e = eval_args(&["replora", "eval-lm", "--lr", "0.1", "--rank", "4", "--batch-size", "8"])
+        .refuse_for_zero_shot_eval()
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("--rank, --lr are not for `eval` without --run"), "{e}");
-    assert!(eval_args(&["replora", "eval-lm", "--batch-size", "8", "--seed", "3"]).refuse_for_zero_shot_eval().is_ok(), "scoring batches and the draw act");
+    assert!(
+        eval_args(&["replora", "eval-lm", "--batch-size", "8", "--seed", "3"]).refuse_for_zero_shot_eval().is_ok(),
+        "scoring batches and the draw act"
+    );
 }
 
 /// In a list of methods (`compare`, `sweep`), a method's settings act on its own runs; one
@@ -171,8 +204,12 @@ fn the_task_follows_the_model_family_and_blames_the_foreign_flag() {
     assert!(e.contains("--image-size is not for a classification run"), "{e}");
     assert_eq!(train_args(&["replora", "train", "--image-size", "56"]).task(), TaskKind::ImageClassification);
 
-    let e = train_args(&["replora", "train", "--task", "classification", "--model", "smollm2"]).to_classification().unwrap_err().to_string();
-    assert!(e.contains("--model smollm2 is a decoder (LLaMA)") && e.contains("needs an encoder") && e.contains("--task multiple-choice"), "{e}");
+    let e =
+        train_args(&["replora", "train", "--task", "classification", "--model", "smollm2"]).to_classification().unwrap_err().to_string();
+    assert!(
+        e.contains("--model smollm2 is a decoder (LLaMA)") && e.contains("needs an encoder") && e.contains("--task multiple-choice"),
+        "{e}"
+    );
     let e = train_args(&["replora", "train", "--task", "multiple-choice", "--model", "minilm"]).to_choice().unwrap_err().to_string();
     assert!(e.contains("--model minilm is an encoder (BERT)") && e.contains("needs a decoder"), "{e}");
     let e = train_args(&["replora", "train", "--task", "image-classification", "--model", "minilm"]).to_image().unwrap_err().to_string();

@@ -2,7 +2,7 @@
 //! L-BFGS on a screening subsample, the best one is polished on all data.
 //! Every model gets the same restarts, iterations and screening size.
 
-use super::model::{objective, Base, Data, Layout};
+use super::model::{Base, Data, Layout, objective};
 use super::rng::Rng;
 
 #[derive(Clone, Copy, Debug, serde::Serialize)]

@@ -1,6 +1,6 @@
 //! Error metrics between a fitted and the true pair of low-rank updates.
 
-use super::linalg::{svd, Mat, Triplet};
+use super::linalg::{Mat, Triplet, svd};
 use super::model::Factors;
 
 /// Gauge-invariant error `||B_Q A_Q - B*_Q A*_Q||_F + ||B_V A_V - B*_V A*_V||_F`,

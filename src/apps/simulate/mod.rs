@@ -17,18 +17,18 @@ pub mod stats;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 pub use fit::FitOpts;
 pub use model::ModelKind;
 use model::{Base, Factors, Layout};
-use rng::{derive_seed, Rng};
+use rng::{Rng, derive_seed};
 use stats::Slope;
 
 /// Activation of the generators that produce the ground truth.
@@ -302,7 +302,11 @@ pub fn simulate_records(cfg: &Config, threads: usize, bar: &ProgressBar) -> Vec<
 pub fn write_csv(path: &Path, recs: &[Record]) -> Result<()> {
     let mut s = String::from("model,n,replicate,gauge_error,error_q,error_v,voronoi,train_loss,iters\n");
     for r in recs {
-        writeln!(s, "{},{},{},{},{},{},{},{},{}", r.model, r.n, r.replicate, r.gauge_error, r.error_q, r.error_v, r.voronoi, r.train_loss, r.iters)?;
+        writeln!(
+            s,
+            "{},{},{},{},{},{},{},{},{}",
+            r.model, r.n, r.replicate, r.gauge_error, r.error_q, r.error_v, r.voronoi, r.train_loss, r.iters
+        )?;
     }
     std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))
 }
@@ -336,7 +340,11 @@ fn summarize(cfg: &Config, recs: &[Record]) -> (Vec<SummaryRow>, Vec<ModelSlopes
 pub fn markdown(rows: &[SummaryRow], slopes: &[ModelSlopes]) -> String {
     let mut s = String::from("| model | n | gauge error mean | SE | Voronoi loss mean | SE |\n|---|---:|---:|---:|---:|---:|\n");
     for r in rows {
-        let _ = writeln!(s, "| {} | {} | {:.4e} | {:.2e} | {:.4e} | {:.2e} |", r.model, r.n, r.gauge_mean, r.gauge_se, r.voronoi_mean, r.voronoi_se);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.4e} | {:.2e} | {:.4e} | {:.2e} |",
+            r.model, r.n, r.gauge_mean, r.gauge_se, r.voronoi_mean, r.voronoi_se
+        );
     }
     s.push_str("\n| model | slope (gauge error) | 95% CI | slope (Voronoi loss) | 95% CI |\n|---|---:|---|---:|---|\n");
     for m in slopes {
@@ -356,7 +364,8 @@ pub fn run(args: &SimulateArgs) -> Result<SimulateSummary> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let total: u64 = (cfg.grid.iter().sum::<usize>() * cfg.replicates * cfg.models.len()) as u64;
     let bar = ProgressBar::new(total).with_style(
-        ProgressStyle::with_template("simulate {elapsed_precise} [{bar:40}] {percent}% of sample-fits, ETA {eta}").expect("static template"),
+        ProgressStyle::with_template("simulate {elapsed_precise} [{bar:40}] {percent}% of sample-fits, ETA {eta}")
+            .expect("static template"),
     );
     let t0 = Instant::now();
     let recs = simulate_records(&cfg, threads, &bar);
@@ -389,9 +398,17 @@ pub fn run(args: &SimulateArgs) -> Result<SimulateSummary> {
     );
     plot::write_plots(&title, &[panel(true), panel(false)], &png, &svg)?;
     let summary = SimulateSummary { config: cfg, rows, slopes, csv, json, png, svg };
-    std::fs::write(&summary.json, serde_json::to_string_pretty(&summary)?).with_context(|| format!("writing {}", summary.json.display()))?;
+    std::fs::write(&summary.json, serde_json::to_string_pretty(&summary)?)
+        .with_context(|| format!("writing {}", summary.json.display()))?;
     println!("{}", markdown(&summary.rows, &summary.slopes));
-    println!("wrote {}, {}, {}, {} in {:.1} s", summary.csv.display(), summary.json.display(), summary.png.display(), summary.svg.display(), t0.elapsed().as_secs_f64());
+    println!(
+        "wrote {}, {}, {}, {} in {:.1} s",
+        summary.csv.display(),
+        summary.json.display(),
+        summary.png.display(),
+        summary.svg.display(),
+        t0.elapsed().as_secs_f64()
+    );
     Ok(summary)
 }
 

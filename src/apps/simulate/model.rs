@@ -156,12 +156,7 @@ impl Layout {
         }
         let [a, b, w1a, w2a, w1b, w2b] = self.rep_slices(p);
         let act = self.kind.act();
-        let mut f = Factors {
-            bq: Mat::zeros(d, r),
-            aq: Mat::zeros(r, d),
-            bv: Mat::zeros(d, r),
-            av: Mat::zeros(r, d),
-        };
+        let mut f = Factors { bq: Mat::zeros(d, r), aq: Mat::zeros(r, d), bv: Mat::zeros(d, r), av: Mat::zeros(r, d) };
         for i in 0..r {
             let oa = generate(a[i], i, w1a, w2a, r, h, act);
             let ob = generate(b[i], i, w1b, w2b, r, h, act);
@@ -188,10 +183,9 @@ impl Layout {
         for i in 0..r {
             let ga: Vec<f64> = (0..d).map(|c| g.aq[(i, c)]).chain((0..d).map(|c| g.av[(i, c)])).collect();
             let gb: Vec<f64> = (0..d).map(|c| g.bq[(c, i)]).chain((0..d).map(|c| g.bv[(c, i)])).collect();
-            for (seed, w1, w2, gout, o_seed, o_w1, o_w2) in [
-                (a[i], w1a, w2a, &ga, offs[0], offs[2], offs[3]),
-                (b[i], w1b, w2b, &gb, offs[1], offs[4], offs[5]),
-            ] {
+            for (seed, w1, w2, gout, o_seed, o_w1, o_w2) in
+                [(a[i], w1a, w2a, &ga, offs[0], offs[2], offs[3]), (b[i], w1b, w2b, &gb, offs[1], offs[4], offs[5])]
+            {
                 for k in 0..h {
                     let z = seed * w1[k * r + i];
                     let t = act.f(z);
@@ -410,11 +404,6 @@ pub fn objective(base: &Base, data: &Data, layout: &Layout, p: &[f64]) -> (f64, 
     let f = layout.factors(p);
     let (dq, dv) = f.deltas();
     let (loss, gq, gv) = loss_grad_deltas(base, data, &dq, &dv, true);
-    let gf = Factors {
-        bq: gq.matmul(&f.aq.t()),
-        aq: f.bq.t().matmul(&gq),
-        bv: gv.matmul(&f.av.t()),
-        av: f.bv.t().matmul(&gv),
-    };
+    let gf = Factors { bq: gq.matmul(&f.aq.t()), aq: f.bq.t().matmul(&gq), bv: gv.matmul(&f.av.t()), av: f.bv.t().matmul(&gv) };
     (loss, layout.backprop(p, &gf))
 }

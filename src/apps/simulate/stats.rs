@@ -52,10 +52,7 @@ pub fn ols_slope(xs: &[f64], ys: &[f64]) -> f64 {
 /// between grid points of one replicate, which a pooled OLS would ignore.
 pub fn loglog_slope(ns: &[f64], errs: &[Vec<f64>]) -> Slope {
     let lx: Vec<f64> = ns.iter().map(|n| n.ln()).collect();
-    let slopes: Vec<f64> = errs
-        .iter()
-        .map(|row| ols_slope(&lx, &row.iter().map(|e| e.max(1e-300).ln()).collect::<Vec<_>>()))
-        .collect();
+    let slopes: Vec<f64> = errs.iter().map(|row| ols_slope(&lx, &row.iter().map(|e| e.max(1e-300).ln()).collect::<Vec<_>>())).collect();
     let (m, se) = mean_se(&slopes);
     let t = t975(slopes.len().saturating_sub(1));
     Slope { slope: m, se, ci_low: m - t * se, ci_high: m + t * se }

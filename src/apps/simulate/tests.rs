@@ -1,7 +1,7 @@
 //! Tests of the simulation machinery (not of the hoped-for result).
 
-use super::linalg::{svd, Mat};
-use super::model::{self, generate_data, loss_grad_deltas, objective, Base, Layout, ModelKind};
+use super::linalg::{Mat, svd};
+use super::model::{self, Base, Layout, ModelKind, generate_data, loss_grad_deltas, objective};
 use super::rng::Rng;
 use super::*;
 
@@ -178,7 +178,8 @@ fn slope_fit_recovers_known_slopes() {
     assert!((stats::t975(19) - 2.093).abs() < 2e-3 && (stats::t975(4) - 2.776).abs() < 2e-2);
     let mut rng = Rng::new(1);
     for true_slope in [-0.5, -0.25] {
-        let errs: Vec<Vec<f64>> = (0..20).map(|_| ns.iter().map(|n| 3.0 * n.powf(true_slope) * (0.2 * rng.normal()).exp()).collect()).collect();
+        let errs: Vec<Vec<f64>> =
+            (0..20).map(|_| ns.iter().map(|n| 3.0 * n.powf(true_slope) * (0.2 * rng.normal()).exp()).collect()).collect();
         let s = stats::loglog_slope(&ns, &errs);
         assert!((s.slope - true_slope).abs() < 0.03, "{s:?}");
         assert!(s.ci_low < true_slope && true_slope < s.ci_high && s.ci_high - s.ci_low < 0.1, "{s:?}");

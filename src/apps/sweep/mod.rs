@@ -154,7 +154,12 @@ impl Grid {
         if let Some(key) = parts.iter().flat_map(|p| p.keys()).find(|k| grid.fixed.contains_key(*k)) {
             return Err(Error::format(path, format!("{key:?} is both fixed and varied")));
         }
-        if let Some(key) = parts.iter().flat_map(|p| p.keys()).chain(grid.fixed.keys()).find(|k| ["out", "resume", "overwrite", "config"].contains(&k.as_str())) {
+        if let Some(key) = parts
+            .iter()
+            .flat_map(|p| p.keys())
+            .chain(grid.fixed.keys())
+            .find(|k| ["out", "resume", "overwrite", "config"].contains(&k.as_str()))
+        {
             return Err(Error::format(path, format!("{key:?}: the sweep sets each run's directory itself")));
         }
         Ok(grid)
@@ -202,7 +207,8 @@ impl Cell {
                 _ => argv.extend([format!("--{}", k.replace('_', "-")), v.clone()]),
             }
         }
-        let cli = Cli::try_parse_from(&argv).map_err(|e| Error::Config(format!("sweep cell {}: {}", self.describe(), e.render().to_string().trim())))?;
+        let cli = Cli::try_parse_from(&argv)
+            .map_err(|e| Error::Config(format!("sweep cell {}: {}", self.describe(), e.render().to_string().trim())))?;
         match cli.command {
             Command::Train { run, .. } => Ok(run),
             _ => unreachable!("parsed as train"),
@@ -341,7 +347,9 @@ pub fn sweep(grid_file: &Path, out: &Path, store: &Path, report_only: bool) -> R
 fn check_report_source(store: &Path, finished: usize, cells: usize) -> Result<()> {
     let s = store.display();
     if !store.is_dir() {
-        return Err(Error::State(format!("--report-only: --cells {s} does not exist; give the --cells the sweep ran with (nothing was written)")));
+        return Err(Error::State(format!(
+            "--report-only: --cells {s} does not exist; give the --cells the sweep ran with (nothing was written)"
+        )));
     }
     if finished == 0 {
         return Err(Error::State(format!(
@@ -427,7 +435,9 @@ mod tests {
         assert_eq!(cells.len(), 12);
         assert!(cells.iter().all(|c| c.flags["epochs"] == "2" && c.varied == ["lr", "method", "seed"]));
         // One-at-a-time: hidden around the default, then activation; hidden = 16 twice is one cell.
-        let g = grid("[[grid]]\nhidden = [8, 16]\nseed = [0, 1]\n[[grid]]\nactivation = [\"gelu\"]\nseed = [0, 1]\n[[grid]]\nhidden = [16]\nseed = [0]\n");
+        let g = grid(
+            "[[grid]]\nhidden = [8, 16]\nseed = [0, 1]\n[[grid]]\nactivation = [\"gelu\"]\nseed = [0, 1]\n[[grid]]\nhidden = [16]\nseed = [0]\n",
+        );
         let cells = g.cells();
         assert_eq!(cells.len(), 6, "{:?}", cells.iter().map(|c| &c.flags).collect::<Vec<_>>());
         assert!(cells.iter().any(|c| c.flags.get("activation").is_some_and(|a| a == "gelu") && !c.flags.contains_key("hidden")));
@@ -439,7 +449,11 @@ mod tests {
     fn a_grid_refuses_keys_the_sweep_owns_and_empty_lists() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("g.toml");
-        for (text, expected) in [("[grid]\nout = [\"x\"]\n", "\"out\""), ("[grid]\nlr = []\n", "no values"), ("[fixed]\nlr = 1\n[grid]\nlr = [2]\n", "both fixed and varied")] {
+        for (text, expected) in [
+            ("[grid]\nout = [\"x\"]\n", "\"out\""),
+            ("[grid]\nlr = []\n", "no values"),
+            ("[fixed]\nlr = 1\n[grid]\nlr = [2]\n", "both fixed and varied"),
+        ] {
             std::fs::write(&path, text).unwrap();
             let e = Grid::read(&path).unwrap_err().to_string();
             assert!(e.contains(expected) && e.contains("g.toml"), "{text}: {e}");
@@ -451,7 +465,8 @@ mod tests {
     #[test]
     fn every_grid_in_the_repository_parses_and_states_its_size() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("sweeps");
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect();
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect();
         files.sort();
         assert!(files.len() >= 20, "the study's grids are missing from {}", dir.display());
         for path in files {
@@ -463,7 +478,12 @@ mod tests {
             let text = std::fs::read_to_string(&path).unwrap();
             let run = text.lines().find(|l| l.starts_with("# Run:")).unwrap_or_else(|| panic!("{name}: no `# Run:` line"));
             assert!(run.contains(&format!("--grid sweeps/{name}")), "{name}: {run}");
-            let count: usize = run.split('(').nth(1).and_then(|s| s.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{name}: no cell count in {run}"));
+            let count: usize = run
+                .split('(')
+                .nth(1)
+                .and_then(|s| s.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{name}: no cell count in {run}"));
             assert_eq!(count, cells.len(), "{name}: {run}");
         }
     }

@@ -83,7 +83,11 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, curves: &Curves) -> st
     root.present().map_err(e)
 }
 
-fn panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, data: &str, methods: &BTreeMap<String, Vec<(f64, f64, f64)>>) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+fn panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    data: &str,
+    methods: &BTreeMap<String, Vec<(f64, f64, f64)>>,
+) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let points = methods.values().flatten();
     let (xlo, xhi) = points.clone().fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p.0), hi.max(p.0)));
     let (ylo, yhi) = points.fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p.1 - p.2), hi.max(p.1 + p.2)));
@@ -111,7 +115,8 @@ fn panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, data: &str, methods:
     for (method, pts) in methods {
         let col = color(method);
         // The band: mean ± sd over seeds, from the upper edge out and the lower edge back.
-        let band: Vec<(f64, f64)> = pts.iter().map(|&(x, m, sd)| (x, m + sd)).chain(pts.iter().rev().map(|&(x, m, sd)| (x, m - sd))).collect();
+        let band: Vec<(f64, f64)> =
+            pts.iter().map(|&(x, m, sd)| (x, m + sd)).chain(pts.iter().rev().map(|&(x, m, sd)| (x, m - sd))).collect();
         chart.draw_series(std::iter::once(Polygon::new(band, col.mix(0.18).filled())))?;
         chart
             .draw_series(LineSeries::new(pts.iter().map(|&(x, m, _)| (x, m)), col.stroke_width(2)))?
@@ -119,7 +124,13 @@ fn panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, data: &str, methods:
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], col.stroke_width(3)));
         chart.draw_series(pts.iter().map(|&(x, m, _)| Circle::new((x, m), 4, col.filled())))?;
     }
-    chart.configure_series_labels().position(SeriesLabelPosition::LowerRight).label_font(("sans-serif", 13)).background_style(WHITE.mix(0.85)).border_style(BLACK).draw()
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .label_font(("sans-serif", 13))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
 }
 
 #[cfg(test)]

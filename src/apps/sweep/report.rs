@@ -46,8 +46,17 @@ fn short(data: &str) -> String {
 }
 
 /// Groups rows into configurations (same flags but the seed).
-const REPLORA_FLAGS: [&str; 9] =
-    ["hidden", "activation", "seed_kind", "seed_init", "shared_generators", "output_scale", "learn_output_scale", "generator_lr_multiplier", "no_generator_bias"];
+const REPLORA_FLAGS: [&str; 9] = [
+    "hidden",
+    "activation",
+    "seed_kind",
+    "seed_init",
+    "shared_generators",
+    "output_scale",
+    "learn_output_scale",
+    "generator_lr_multiplier",
+    "no_generator_bias",
+];
 
 pub fn configs(rows: &[Row], metric: BestMetric) -> Vec<Config> {
     let mut groups: BTreeMap<String, Config> = BTreeMap::new();
@@ -130,7 +139,10 @@ pub fn write(rows: &[Row], failures: &[Failure], grid: &Grid, out: &Path) -> Res
         configs.iter().map(|c| c.minutes).sum::<f64>(),
         grid.baseline
     );
-    s += &format!("## Selected configurations\n\n| data | train fraction | method | selected setting | seeds | validation {metric_name} | test accuracy % | test macro-F1 % | trainable % | vs {} (points, 95% CI) |\n|---|---|---|---|---|---|---|---|---|---|\n", grid.baseline);
+    s += &format!(
+        "## Selected configurations\n\n| data | train fraction | method | selected setting | seeds | validation {metric_name} | test accuracy % | test macro-F1 % | trainable % | vs {} (points, 95% CI) |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        grid.baseline
+    );
     for sel in &selected {
         let c = &sel.config;
         let diff = match sel.vs_baseline {
@@ -140,19 +152,39 @@ pub fn write(rows: &[Row], failures: &[Failure], grid: &Grid, out: &Path) -> Res
         };
         s += &format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {:.3} | {} |\n",
-            c.data, c.train_fraction, c.method, if c.setting.is_empty() { "-" } else { &c.setting }, c.seeds.len(),
-            format_mean_sd(&c.validation, scale, 1), format_mean_sd(&c.test_accuracy, 100.0, 1), format_mean_sd(&c.test_macro_f1, 100.0, 1), c.trainable_percent, diff
+            c.data,
+            c.train_fraction,
+            c.method,
+            if c.setting.is_empty() { "-" } else { &c.setting },
+            c.seeds.len(),
+            format_mean_sd(&c.validation, scale, 1),
+            format_mean_sd(&c.test_accuracy, 100.0, 1),
+            format_mean_sd(&c.test_macro_f1, 100.0, 1),
+            c.trainable_percent,
+            diff
         );
     }
-    s += &format!("\n## Every configuration (validation only)\n\n| data | train fraction | method | setting | seeds | validation {metric_name} | trainable % | minutes |\n|---|---|---|---|---|---|---|---|\n");
+    s += &format!(
+        "\n## Every configuration (validation only)\n\n| data | train fraction | method | setting | seeds | validation {metric_name} | trainable % | minutes |\n|---|---|---|---|---|---|---|---|\n"
+    );
     for c in &configs {
         s += &format!(
             "| {} | {} | {} | {} | {} | {} | {:.3} | {:.1} |\n",
-            c.data, c.train_fraction, c.method, if c.setting.is_empty() { "-" } else { &c.setting }, c.seeds.len(), format_mean_sd(&c.validation, scale, 1), c.trainable_percent, c.minutes
+            c.data,
+            c.train_fraction,
+            c.method,
+            if c.setting.is_empty() { "-" } else { &c.setting },
+            c.seeds.len(),
+            format_mean_sd(&c.validation, scale, 1),
+            c.trainable_percent,
+            c.minutes
         );
     }
     if !failures.is_empty() {
-        s += &format!("\n## Failed cells ({}; the same `replora sweep` command retries them)\n\n| cell | run directory | error |\n|---|---|---|\n", failures.len());
+        s += &format!(
+            "\n## Failed cells ({}; the same `replora sweep` command retries them)\n\n| cell | run directory | error |\n|---|---|---|\n",
+            failures.len()
+        );
         for f in failures {
             s += &format!("| {} | {} | {} |\n", f.cell, f.run.display(), f.error.replace('|', "\\|").replace('\n', " "));
         }
