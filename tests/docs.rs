@@ -111,7 +111,10 @@ fn the_cli_reference_is_generated_from_the_current_flags() {
     let fresh = cli_reference();
     assert!(fresh.contains("## replora train") && fresh.contains("--method"), "the reference lists the verbs and their flags");
     if std::env::var_os("REPLORA_BLESS").is_some() {
-        std::fs::write(&path, &fresh).unwrap();
+        // Through a rename: the link test reads this file at the same time.
+        let tmp = path.with_extension("md.tmp");
+        std::fs::write(&tmp, &fresh).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
     }
     let written = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(written == fresh, "docs/cli-reference.md is stale: regenerate it with `REPLORA_BLESS=1 cargo test --test docs`");
