@@ -224,36 +224,14 @@ fn decoder_runs_go_through_the_same_checks() {
     let task = f.root.join("task.json");
     support::cli::choice_task(&task, 16);
     let out = f.path("lm-run");
-    let args = [
-        "train-lm",
-        "--model",
-        &f.path("llama"),
-        "--tasks",
-        task.to_str().unwrap(),
-        "--eval-tasks",
-        "none",
-        "--train-per-task",
-        "8",
-        "--validation-per-task",
-        "4",
-        "--test-per-task",
-        "4",
-        "--max-len",
-        "16",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "4",
-        "--no-exact-match",
-        "--out",
-        &out,
-    ];
+    let owned = support::cli::lm_train_args(f, &task, &out);
+    let args: Vec<&str> = owned.iter().map(String::as_str).collect();
     // Beyond the tiny LLaMA's 16 positions: refused before anything is written.
     let mut too_long = args.to_vec();
     too_long.extend(["--max-len", "17"]);
     assert_fails(&too_long, &["--max-len 17", "16 positions"]);
     assert!(!Path::new(&out).exists(), "a failed train-lm wrote its output directory");
-    run_ok(&args.map(String::from));
+    run_ok(&owned);
     assert_fails(&args, &["already holds a finished run", "--overwrite"]);
     // The same verbs serve every task: `eval` and `predict` find the run's task themselves.
     let o = replora(&["eval", "--run", &out]);

@@ -16,33 +16,7 @@ fn lm_run() -> String {
         let task = f.root.join("flags-task.json");
         support::cli::choice_task(&task, 16);
         let out = f.path("flags-lm");
-        run_ok(
-            &[
-                "train-lm",
-                "--model",
-                &f.path("llama"),
-                "--tasks",
-                task.to_str().unwrap(),
-                "--eval-tasks",
-                "none",
-                "--train-per-task",
-                "8",
-                "--validation-per-task",
-                "4",
-                "--test-per-task",
-                "4",
-                "--max-len",
-                "16",
-                "--epochs",
-                "1",
-                "--batch-size",
-                "4",
-                "--no-exact-match",
-                "--out",
-                &out,
-            ]
-            .map(String::from),
-        );
+        run_ok(&support::cli::lm_train_args(f, &task, &out));
         out
     })
     .clone()

@@ -86,7 +86,8 @@ fn short_fine_tuning_lowers_the_answer_loss_and_the_run_generates_exports_and_me
     assert!(tokenizer_config["chat_template"].as_str().unwrap().contains("<|im_start|>"), "the chat template was not kept");
     // The merged directory is a model of its own: its zero-shot scores equal the adapted run's.
     let merged_s = merged.to_str().unwrap();
-    let direct = replora(&["eval-lm", "--run", out_s, "--no-exact-match"]);
+    // The run was trained with --no-exact-match; `eval --run` keeps its settings.
+    let direct = replora(&["eval-lm", "--run", out_s]);
     let plain = replora(&[
         "eval-lm",
         "--model",

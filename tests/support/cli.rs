@@ -64,6 +64,36 @@ impl Fixture {
     }
 }
 
+/// `train-lm` on the tiny LLaMA and the BIG-bench-style `task` file, 1 epoch, into `out`.
+pub fn lm_train_args(f: &Fixture, task: &Path, out: &str) -> Vec<String> {
+    let (model, task) = (f.path("llama"), task.to_str().unwrap().to_string());
+    let args = [
+        "train-lm",
+        "--model",
+        &model,
+        "--tasks",
+        &task,
+        "--eval-tasks",
+        "none",
+        "--train-per-task",
+        "8",
+        "--validation-per-task",
+        "4",
+        "--test-per-task",
+        "4",
+        "--max-len",
+        "16",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--no-exact-match",
+        "--out",
+        out,
+    ];
+    args.map(String::from).to_vec()
+}
+
 /// The shared fixture, with one finished classifier run (`run`), made once per test binary.
 pub fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
