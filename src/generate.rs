@@ -108,42 +108,6 @@ fn choose(scores: &[f32], sampling: &Sampling, rng: &mut StdRng) -> u32 {
     nucleus.last().map_or_else(argmax, |(i, _)| *i as u32)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sampling(temperature: f64, top_p: f64) -> Sampling {
-        Sampling { temperature, top_p, ..Sampling::default() }
-    }
-
-    #[test]
-    fn greedy_takes_the_best_score() {
-        let mut rng = StdRng::seed_from_u64(0);
-        assert_eq!(choose(&[0.1, 3.0, -1.0, 2.9], &sampling(0.0, 1.0), &mut rng), 1);
-    }
-
-    #[test]
-    fn top_p_keeps_only_the_nucleus() {
-        // Token 2 alone holds > 90% of the mass, so top_p 0.5 can only ever draw it.
-        let mut rng = StdRng::seed_from_u64(1);
-        for _ in 0..200 {
-            assert_eq!(choose(&[0.0, 1.0, 8.0, 0.5], &sampling(1.0, 0.5), &mut rng), 2);
-        }
-    }
-
-    #[test]
-    fn sampling_follows_the_distribution() {
-        // Two equal scores: each is drawn about half the time; a third, far lower one never.
-        let mut rng = StdRng::seed_from_u64(2);
-        let mut counts = [0usize; 3];
-        for _ in 0..4000 {
-            counts[choose(&[2.0, 2.0, -30.0], &sampling(1.0, 1.0), &mut rng) as usize] += 1;
-        }
-        assert_eq!(counts[2], 0);
-        assert!((counts[0] as f64 / 4000.0 - 0.5).abs() < 0.05, "{counts:?}");
-    }
-}
-
 /// `replora generate`: streams the continuation of `prompt` to stdout.
 pub fn generate_cli(model: &str, run: Option<&Path>, prompt: &str, chat: bool, mut sampling: Sampling) -> Result<()> {
     use std::io::Write;
@@ -196,4 +160,40 @@ pub fn generate_cli(model: &str, run: Option<&Path>, prompt: &str, chat: bool, m
     let secs = started.elapsed().as_secs_f64();
     eprintln!("{} prompt + {} new tokens in {secs:.2} s ({:.1} tokens/s)", ids.len(), out.len(), out.len() as f64 / secs.max(1e-9));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampling(temperature: f64, top_p: f64) -> Sampling {
+        Sampling { temperature, top_p, ..Sampling::default() }
+    }
+
+    #[test]
+    fn greedy_takes_the_best_score() {
+        let mut rng = StdRng::seed_from_u64(0);
+        assert_eq!(choose(&[0.1, 3.0, -1.0, 2.9], &sampling(0.0, 1.0), &mut rng), 1);
+    }
+
+    #[test]
+    fn top_p_keeps_only_the_nucleus() {
+        // Token 2 alone holds > 90% of the mass, so top_p 0.5 can only ever draw it.
+        let mut rng = StdRng::seed_from_u64(1);
+        for _ in 0..200 {
+            assert_eq!(choose(&[0.0, 1.0, 8.0, 0.5], &sampling(1.0, 0.5), &mut rng), 2);
+        }
+    }
+
+    #[test]
+    fn sampling_follows_the_distribution() {
+        // Two equal scores: each is drawn about half the time; a third, far lower one never.
+        let mut rng = StdRng::seed_from_u64(2);
+        let mut counts = [0usize; 3];
+        for _ in 0..4000 {
+            counts[choose(&[2.0, 2.0, -30.0], &sampling(1.0, 1.0), &mut rng) as usize] += 1;
+        }
+        assert_eq!(counts[2], 0);
+        assert!((counts[0] as f64 / 4000.0 - 0.5).abs() < 0.05, "{counts:?}");
+    }
 }

@@ -146,7 +146,7 @@ fn training_changes_every_adapter_tensor_and_no_base_weight() {
         let before_adapter = native::named_tensors(&peft.adapters);
         let before_base: Vec<Vec<f32>> = peft.model.linears().iter().map(|l| host(&l.weight.val())).collect();
         let peft = train(peft, 3);
-        assert_every_tensor_changed(&name, &before_adapter, &native::named_tensors(&peft.adapters));
+        assert_every_tensor_changed(name, &before_adapter, &native::named_tensors(&peft.adapters));
         for (linear, before) in peft.model.linears().iter().zip(&before_base) {
             assert_eq!(&host(&linear.weight.val()), before, "{name}: base weight {} changed", linear.path);
         }
@@ -397,7 +397,7 @@ fn bottleneck_adapter_starts_as_the_base_trains_only_itself_and_round_trips() {
 
         let before_adapter = native::named_tensors(&peft.adapters);
         let peft = train(peft, 3);
-        assert_every_tensor_changed(&name, &before_adapter, &native::named_tensors(&peft.adapters));
+        assert_every_tensor_changed(name, &before_adapter, &native::named_tensors(&peft.adapters));
         let untouched = PeftModel::new(model(), &config).unwrap();
         for (linear, before) in peft.model.linears().iter().zip(untouched.model.linears()) {
             assert_eq!(host(&linear.weight.val()), host(&before.weight.val()), "{name}: base weight {} changed", linear.path);
@@ -463,7 +463,7 @@ fn prefix_trains_only_itself_counts_in_closed_form_and_round_trips() {
 
         let before = native::named_tensors(&peft.adapters);
         let trained = train(peft, 3);
-        assert_every_tensor_changed(&name, &before, &native::named_tensors(&trained.adapters));
+        assert_every_tensor_changed(name, &before, &native::named_tensors(&trained.adapters));
         let untouched = model();
         for (linear, base) in trained.model.linears().iter().zip(untouched.linears()) {
             assert_eq!(host(&linear.weight.val()), host(&base.weight.val()), "{name}: base weight {} changed", linear.path);

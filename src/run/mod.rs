@@ -152,7 +152,7 @@ fn save<T: Task>(task: &T, data: &T::Data, model: &T::Model, out: &Path) -> Resu
 /// The task kind of a finished run directory, or why it cannot be used.
 pub fn kind_of(run: &Path) -> Result<TaskKind> {
     dir::check_finished(run)?;
-    dir::kind_of(run).ok_or_else(|| Error::format(&run.join(layout::RUN_FILE), "not a run spec of any task"))
+    dir::kind_of(run).ok_or_else(|| Error::format(run.join(layout::RUN_FILE), "not a run spec of any task"))
 }
 
 /// A finished run: its task (spec, pre-trained model, tokenizer) and its trained model. The

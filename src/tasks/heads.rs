@@ -81,7 +81,7 @@ impl SequenceClassifier {
     /// A fresh head (see [`new_head`]).
     pub fn new(encoder: PeftModel<Bert>, num_labels: usize, pooling: Pooling, dropout: f64, seed: u64) -> Self {
         let hidden = encoder.model.config.hidden_size;
-        let head = new_head(hidden, num_labels, seed ^ 0x5eed_0f_c1a55, &encoder.model.embeddings.word.device());
+        let head = new_head(hidden, num_labels, seed ^ 0x5ee_d0fc_1a55, &encoder.model.embeddings.word.device());
         Self { encoder, head, pooling, dropout }
     }
 

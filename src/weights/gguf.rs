@@ -386,7 +386,7 @@ impl Gguf {
     /// [`unpermute_rotary`] after checking that `w` is a matrix of whole, even-sized heads.
     fn unpermute_checked(&self, name: &str, w: &HostTensor, heads: usize) -> Result<HostTensor> {
         match w.shape[..] {
-            [rows, _] if heads > 0 && rows % heads == 0 && (rows / heads) % 2 == 0 => Ok(unpermute_rotary(w, heads)),
+            [rows, _] if heads > 0 && rows % heads == 0 && (rows / heads).is_multiple_of(2) => Ok(unpermute_rotary(w, heads)),
             _ => Err(Error::format(
                 &self.path,
                 format!("tensor {name} of shape {:?} does not split into {heads} heads of an even size", w.shape),
