@@ -148,7 +148,7 @@ pub fn check_finished(dir: &Path) -> Result<()> {
     if !dir.is_dir() {
         return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "no such run directory")));
     }
-    if !dir.join(RUN_FILE).is_file() {
+    if !layout::is_run(dir) {
         return Err(Error::State(format!("{} holds no run (no {RUN_FILE}); `replora train --out DIR` writes one", dir.display())));
     }
     if !layout::is_finished(dir) {
