@@ -253,7 +253,7 @@ impl<'a> Session<'a> {
             }
             let lr = self.schedule.at(self.progress.step);
             let grads = accumulator.grads();
-            let logged = (self.progress.step + 1) % cfg.log_every == 0;
+            let logged = (self.progress.step + 1).is_multiple_of(cfg.log_every);
             let diagnostics = if logged { model.diagnostics(&grads) } else { Default::default() };
             model = step(&mut self.optim, lr, model, grads);
             self.progress.step += 1;
@@ -263,7 +263,7 @@ impl<'a> Session<'a> {
                 self.log_step(&model, lr, &window, diagnostics)?;
                 window = Window::new(0.0, 0);
             }
-            if cfg.checkpoint_every.is_some_and(|n| self.progress.step % n == 0) && i + 1 != batches.len() {
+            if cfg.checkpoint_every.is_some_and(|n| self.progress.step.is_multiple_of(n)) && i + 1 != batches.len() {
                 let p = Progress {
                     elapsed_s: self.elapsed(),
                     window_loss: window.loss,
