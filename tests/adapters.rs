@@ -508,3 +508,42 @@ fn prefix_refuses_merge_partial_layers_and_empty_settings() {
     let err = PeftModel::new(model(), &empty).unwrap_err().to_string();
     assert!(err.contains("prefix.length") && err.contains("at least 1"), "{err}");
 }
+
+/// Adapters written by replora before adapter methods were plug-ins (issue 28), one per
+/// variant: `adapter_config.json` in that format, the tensors, and `expected.json` with the
+/// model's output bits and the checkpoint names of the trainable tensors. They must load and
+/// give the same output to the bit, and a checkpoint must name its tensors as then (so runs
+/// interrupted before the change resume). `REPLORA_BLESS=1` rewrites them from today's code.
+#[test]
+fn adapters_written_before_methods_were_plug_ins_load_bit_exactly() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/adapters-0.1");
+    let all: Vec<(&str, AdapterConfig)> = [variants(), bottlenecks(), prefixes()].concat();
+    let checkpoint_names = |peft: &PeftModel<TinyModel>| -> Vec<String> {
+        replora::training::state::TrainableState::of(peft).tensors.into_keys().filter(|k| k.starts_with("adapters.")).collect()
+    };
+    if std::env::var_os("REPLORA_BLESS").is_some() {
+        for (name, config) in &all {
+            let peft = train(PeftModel::new(model(), config).unwrap(), 2);
+            let dir = root.join(name);
+            native::save(&peft.adapters, &dir).unwrap();
+            let bits: Vec<u32> = forward(&peft, 9).iter().map(|x| x.to_bits()).collect();
+            let expected = serde_json::json!({"output_bits": bits, "checkpoint_names": checkpoint_names(&peft)});
+            std::fs::write(dir.join("expected.json"), serde_json::to_string(&expected).unwrap()).unwrap();
+        }
+    }
+    let mut dirs: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).collect();
+    dirs.sort();
+    assert_eq!(dirs.len(), 15, "one fixture per variant");
+    for dir in dirs {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+        let loaded = native::load(model(), &dir).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let bits: Vec<u32> = forward(&loaded, 9).iter().map(|x| x.to_bits()).collect();
+        assert_eq!(serde_json::json!(bits), expected["output_bits"], "{name}: the output changed");
+        assert_eq!(serde_json::json!(checkpoint_names(&loaded)), expected["checkpoint_names"], "{name}: checkpoint names changed");
+        assert!(!expected["checkpoint_names"].as_array().unwrap().is_empty(), "{name}");
+        // The config reads back as the variant that wrote it.
+        let config = &all.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("no variant {name}")).1;
+        assert_eq!(&loaded.adapters.config, config, "{name}");
+    }
+}
