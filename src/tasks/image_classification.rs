@@ -201,7 +201,7 @@ impl Objective for ImageClassifier {
         crate::training::collapse::chance_loss(self.head.d_out())
     }
     fn lr_group(&self) -> Option<crate::training::LrGroup> {
-        self.backbone.adapters.generator_lr_group()
+        self.backbone.adapters.lr_group()
     }
     fn diagnostics(&self, grads: &burn::optim::GradientsParams) -> serde_json::Map<String, serde_json::Value> {
         self.backbone.diagnostics(grads)

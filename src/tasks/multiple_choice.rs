@@ -14,7 +14,7 @@ use super::choice_model::{
     CausalLm, ChoiceItems, LmBatch, LmSequence, choice_items, evaluate, length_grouped_batches, score, training_sequences,
 };
 use super::{SubtaskScore, Task, TaskKind, TestScores, Tuning};
-use crate::adapters::{AdapterConfig, AdapterSet, Method, PeftModel};
+use crate::adapters::{AdapterConfig, AdapterSet, PeftModel};
 use crate::data::bigbench::{ChoiceExample, read_choices};
 use crate::error::{Error, Result};
 use crate::formats::peft;
@@ -188,8 +188,9 @@ impl Task for MultipleChoice {
             decoder.model = decoder.model.truncate_layers(n);
         }
         decoder.model.check_fits(spec.max_len, spec.adapter.layers_to_transform.as_deref())?;
-        if spec.tuning == Tuning::Adapter && spec.adapter.method == Method::Prefix {
-            let (p, positions) = (spec.adapter.prefix.length, decoder.model.max_positions());
+        let p = spec.adapter.method.virtual_tokens();
+        if spec.tuning == Tuning::Adapter && p > 0 {
+            let positions = decoder.model.max_positions();
             if spec.max_len + p > positions {
                 return Err(Error::Config(format!(
                     "a prefix of {p} virtual tokens takes the first {p} of the model's {positions} positions (as in PEFT), leaving {} for --max-len {}; shorten --max-len or --prefix-length",

@@ -126,7 +126,7 @@ fn adapt<A: Architecture>(model: A, args: &BenchArgs) -> Result<PeftModel<A>> {
         m => (Tuning::Adapter, m.parse::<Method>()?),
     };
     let config = AdapterConfig {
-        method,
+        method: method.defaults(),
         r: args.rank,
         lora_alpha: 2.0 * args.rank as f64,
         target_modules: TargetModules::Names(A::default_targets(method).iter().map(|t| t.to_string()).collect()),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 
 use super::{Command, RunArgs, SpecFromArgs, check_method_list};
-use crate::adapters::{AdapterConfig, Method, TargetModules, closed_form, select_targets};
+use crate::adapters::{AdapterConfig, Method, MethodConfig, TargetModules, closed_form, select_targets};
 use crate::data::Format;
 use crate::error::{Error, Result};
 use crate::models::Family;
@@ -249,7 +249,7 @@ fn info(model: &str, rank: usize, targets: Option<Vec<String>>) -> Result<()> {
     let p = crate::adapters::PrefixConfig::default();
     let trained = count(AdapterConfig::new(Method::Prefix), &info.key_projections)?;
     let direct = crate::adapters::PrefixConfig { reparameterize: false, ..p.clone() };
-    let kept = count(AdapterConfig { prefix: direct, ..AdapterConfig::new(Method::Prefix) }, &info.key_projections)?;
+    let kept = count(AdapterConfig::with_method(MethodConfig::Prefix(direct)), &info.key_projections)?;
     println!(
         "\nprefix tuning ({} virtual tokens, reparameterization width {}) at every layer's {}:\n  prefix   {trained:>10}  ({:.4}% of the base) trained; {kept} ({:.4}%) kept after training",
         p.length,

@@ -6,8 +6,8 @@ use clap::Args;
 
 use super::flags_given::refuse_for_task;
 use crate::adapters::{
-    Activation, AdapterConfig, BottleneckConfig, LoraInit, Method, OutputScale, PrefixConfig, RepLoraConfig, SeedInit, SeedKind,
-    TargetModules,
+    Activation, AdapterConfig, BottleneckConfig, Houlsby, LoraInit, Method, OutputScale, PrefixConfig, PrefixTuning, RepLora, RepLoraConfig,
+    SeedInit, SeedKind, TargetModules,
 };
 use crate::error::{Error, Result};
 use crate::models::Architecture;
@@ -334,10 +334,33 @@ impl MethodArgs {
             (None, Some(names)) => TargetModules::Names(names.clone()),
             (None, None) => TargetModules::Names(A::default_targets(method).iter().map(|s| s.to_string()).collect()),
         };
-        let (d, replora, bottleneck, prefix) =
-            (AdapterConfig::default(), RepLoraConfig::default(), BottleneckConfig::default(), PrefixConfig::default());
+        let mut settings = method.defaults();
+        if let Some(r) = settings.settings_mut::<RepLora>() {
+            *r = RepLoraConfig {
+                seed_kind: self.seed_kind.unwrap_or(r.seed_kind),
+                hidden: self.hidden.unwrap_or(r.hidden),
+                activation: self.activation.unwrap_or(r.activation),
+                shared_generators: self.shared_generators,
+                output_scale: self.output_scale.unwrap_or(r.output_scale),
+                generator_lr_multiplier: self.generator_lr_multiplier.unwrap_or(r.generator_lr_multiplier),
+                generator_bias: !self.no_generator_bias,
+                learn_output_scale: self.learn_output_scale,
+                seed_init: self.seed_init,
+            };
+        }
+        if let Some(b) = settings.settings_mut::<Houlsby>() {
+            *b = BottleneckConfig { size: self.bottleneck, activation: self.bottleneck_activation.unwrap_or(b.activation) };
+        }
+        if let Some(p) = settings.settings_mut::<PrefixTuning>() {
+            *p = PrefixConfig {
+                length: self.prefix_length.unwrap_or(p.length),
+                reparameterize: !self.prefix_direct,
+                hidden: self.prefix_hidden.unwrap_or(p.hidden),
+            };
+        }
+        let d = AdapterConfig::default();
         let adapter = AdapterConfig {
-            method,
+            method: settings,
             r: self.rank.unwrap_or(d.r),
             lora_alpha: self.alpha.unwrap_or(d.lora_alpha),
             lora_dropout: self.dropout.unwrap_or(d.lora_dropout),
@@ -345,23 +368,6 @@ impl MethodArgs {
             init_lora_weights: self.init.unwrap_or(d.init_lora_weights),
             target_modules,
             layers_to_transform: self.layers.clone(),
-            replora: RepLoraConfig {
-                seed_kind: self.seed_kind.unwrap_or(replora.seed_kind),
-                hidden: self.hidden.unwrap_or(replora.hidden),
-                activation: self.activation.unwrap_or(replora.activation),
-                shared_generators: self.shared_generators,
-                output_scale: self.output_scale.unwrap_or(replora.output_scale),
-                generator_lr_multiplier: self.generator_lr_multiplier.unwrap_or(replora.generator_lr_multiplier),
-                generator_bias: !self.no_generator_bias,
-                learn_output_scale: self.learn_output_scale,
-                seed_init: self.seed_init,
-            },
-            bottleneck: BottleneckConfig { size: self.bottleneck, activation: self.bottleneck_activation.unwrap_or(bottleneck.activation) },
-            prefix: PrefixConfig {
-                length: self.prefix_length.unwrap_or(prefix.length),
-                reparameterize: !self.prefix_direct,
-                hidden: self.prefix_hidden.unwrap_or(prefix.hidden),
-            },
             seed,
             ..d
         };
