@@ -83,9 +83,12 @@ pub fn begin<T: Clone + Serialize + DeserializeOwned>(
             if !run_file.is_file() {
                 return Err(Error::State(format!("--resume: {d} holds no run to continue (no {RUN_FILE}); start one without --resume")));
             }
-            if let Some(other) = kind_of(out).filter(|k| *k != kind) {
-                let command = train_command(other);
-                return Err(Error::State(format!("{d} holds a {other} run: continue it with `replora {command} --out {d} --resume`")));
+            match super::run_file::kind(out)? {
+                other if other != kind => {
+                    let command = train_command(other);
+                    return Err(Error::State(format!("{d} holds a {other} run: continue it with `replora {command} --out {d} --resume`")));
+                }
+                _ => {}
             }
             if layout::is_finished(out) {
                 return Err(Error::State(format!(
@@ -93,7 +96,7 @@ pub fn begin<T: Clone + Serialize + DeserializeOwned>(
                      `replora eval --run {d}` or `replora predict --run {d}`, or train it again with --overwrite"
                 )));
             }
-            let (saved, _): (T, _) = super::sources::read_run_file(out)?;
+            let (saved, _): (T, _) = super::run_file::read(out, kind)?;
             let ignored = overridden_flags(given, &saved, defaults);
             if !ignored.is_empty() {
                 eprintln!("warning: --resume continues with the settings saved in {}; ignoring {}", run_file.display(), ignored.join(", "));
@@ -131,15 +134,9 @@ pub fn clear(out: &Path, start: Start) -> Result<()> {
     Ok(())
 }
 
-/// The task of the run `dir` holds, if any (read from its `run.json`).
+/// The task of the run `dir` holds, if its `run.json` says (see [`super::run_file::kind`]).
 pub fn kind_of(dir: &Path) -> Option<TaskKind> {
-    let spec: Value = crate::files::read_json(&dir.join(RUN_FILE)).ok()?;
-    // Each task's spec has a field no other has.
-    Some(match (spec.get("tasks"), spec.get("image_size")) {
-        (Some(_), _) => TaskKind::MultipleChoice,
-        (None, Some(_)) => TaskKind::ImageClassification,
-        (None, None) => TaskKind::Classification,
-    })
+    super::run_file::kind(dir).ok()
 }
 
 /// Checks that `dir` holds a finished run; otherwise says what to run instead, or, for an

@@ -11,6 +11,7 @@ pub mod layout;
 pub mod lock;
 pub mod output;
 pub mod results;
+pub mod run_file;
 pub mod sources;
 
 use std::path::Path;
@@ -47,7 +48,7 @@ pub fn train<T: Task>(spec: &T::Spec, out: &Path, start: Start) -> Result<RunSum
     check_best_metric::<T>(&spec)?;
     let stored = match start {
         Start::Resume => {
-            let (_, stored) = sources::read_run_file::<T::Spec>(out)?;
+            let (_, stored) = run_file::read::<T::Spec>(out, T::KIND)?;
             sources::check(out, stored.as_deref(), &names(&spec), &[Role::Model, Role::Data])?;
             stored
         }
@@ -58,7 +59,7 @@ pub fn train<T: Task>(spec: &T::Spec, out: &Path, start: Start) -> Result<RunSum
     let data = task.data()?;
     let model = task.build(&data)?;
     dir::clear(out, start)?;
-    sources::write_run_file(out, task.spec(), stored.as_deref())?;
+    run_file::write(out, T::KIND, task.spec(), stored.as_deref())?;
     let params = params::<T>(&model);
     eprintln!("{}: {params}", task.spec().method_name());
 
@@ -152,17 +153,14 @@ fn save<T: Task>(task: &T, data: &T::Data, model: &T::Model, out: &Path) -> Resu
 /// The task kind of a finished run directory, or why it cannot be used.
 pub fn kind_of(run: &Path) -> Result<TaskKind> {
     dir::check_finished(run)?;
-    dir::kind_of(run).ok_or_else(|| Error::format(run.join(layout::RUN_FILE), "not a run spec of any task"))
+    run_file::kind(run)
 }
 
 /// A finished run: its task (spec, pre-trained model, tokenizer) and its trained model. The
 /// model must be the one it trained on, and so must the data where `roles` include it.
 pub fn open<T: Task>(run: &Path, device: &Device, roles: &[Role]) -> Result<(T, T::Model)> {
     dir::check_finished(run)?;
-    if let Some(kind) = dir::kind_of(run).filter(|k| *k != T::KIND) {
-        return Err(Error::State(format!("{} is a {kind} run, not a {} run", run.display(), T::KIND)));
-    }
-    let (spec, stored): (T::Spec, _) = sources::read_run_file(run)?;
+    let (spec, stored): (T::Spec, _) = run_file::read(run, T::KIND)?;
     spec.validate()?;
     sources::check(run, stored.as_deref(), &names(&spec), roles)?;
     let task = T::open(spec, device)?;

@@ -12,17 +12,12 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::layout::RUN_FILE;
 use crate::error::{Error, Result};
-use crate::files::{read_json, write_json};
 use crate::tasks::TaskSpec;
-
-/// The key of `run.json` that lists the sources, beside the spec's own fields.
-const SOURCES_KEY: &str = "sources";
 
 /// What a stored path is to the run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,25 +70,6 @@ pub fn record<S: TaskSpec>(spec: &S) -> Result<Vec<Source>> {
         }
     }
     Ok(sources)
-}
-
-/// Writes `run.json`: the spec's fields, plus `sources` where known.
-pub fn write_run_file<S: Serialize>(dir: &Path, spec: &S, sources: Option<&[Source]>) -> Result<()> {
-    let mut value = serde_json::to_value(spec).expect("specs serialize");
-    if let (Some(sources), Some(object)) = (sources, value.as_object_mut()) {
-        object.insert(SOURCES_KEY.into(), serde_json::to_value(sources).expect("sources serialize"));
-    }
-    write_json(&dir.join(RUN_FILE), &value)
-}
-
-/// Reads a run's spec and its sources (`None`: a run written before sources were stored).
-pub fn read_run_file<S: DeserializeOwned>(dir: &Path) -> Result<(S, Option<Vec<Source>>)> {
-    let file = dir.join(RUN_FILE);
-    let mut value: serde_json::Value = read_json(&file)?;
-    let sources = value.as_object_mut().and_then(|o| o.remove(SOURCES_KEY));
-    let sources = sources.map(serde_json::from_value).transpose().map_err(|e| Error::format(&file, format!("{SOURCES_KEY}: {e}")))?;
-    let spec = serde_json::from_value(value).map_err(|e| Error::format(&file, e))?;
-    Ok((spec, sources))
 }
 
 /// Checks that the sources of `roles` are where the run stored them, unchanged. A run without
@@ -202,8 +178,8 @@ mod tests {
         assert!(sources.iter().all(|s| s.path.is_absolute()));
         let run = dir.path().join("run");
         std::fs::create_dir_all(&run).unwrap();
-        write_run_file(&run, &spec, Some(&sources)).unwrap();
-        let (back, stored): (ClassificationSpec, _) = read_run_file(&run).unwrap();
+        crate::run::run_file::write(&run, crate::tasks::TaskKind::Classification, &spec, Some(&sources)).unwrap();
+        let (back, stored): (ClassificationSpec, _) = crate::run::run_file::read(&run, crate::tasks::TaskKind::Classification).unwrap();
         assert_eq!(back, spec);
         let stored = stored.unwrap();
         let both = [Role::Model, Role::Data];
@@ -231,8 +207,9 @@ mod tests {
         assert_eq!((spec.model.as_str(), spec.data.as_str()), ("minilm", "bigbench:intent_recognition"));
         assert!(record(&spec).unwrap().is_empty());
         let run = tempfile::tempdir().unwrap();
-        write_run_file(run.path(), &spec, None).unwrap();
-        let (back, sources): (ClassificationSpec, _) = read_run_file(run.path()).unwrap();
+        crate::run::run_file::write(run.path(), crate::tasks::TaskKind::Classification, &spec, None).unwrap();
+        let (back, sources): (ClassificationSpec, _) =
+            crate::run::run_file::read(run.path(), crate::tasks::TaskKind::Classification).unwrap();
         assert_eq!((back, sources), (spec, None));
         check(run.path(), None, &[(Role::Data, "d.jsonl".into())], &[Role::Data]).unwrap();
     }

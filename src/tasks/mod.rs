@@ -86,6 +86,18 @@ impl TaskKind {
         }
     }
 
+    /// Every task, in `--task` order.
+    pub const ALL: [TaskKind; 3] = [TaskKind::Classification, TaskKind::MultipleChoice, TaskKind::ImageClassification];
+
+    /// The task named `name` (as [`TaskKind::name`] writes it).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    pub fn names() -> Vec<&'static str> {
+        Self::ALL.map(Self::name).to_vec()
+    }
+
     /// The task a model is fine-tuned for by default: decoders answer multiple-choice
     /// questions, vision transformers classify images, encoders classify text.
     pub fn for_model(model: &str) -> Self {

@@ -21,6 +21,11 @@ pub struct TrainConfig {
     /// Peak learning rate.
     pub lr: f64,
     pub weight_decay: f64,
+    /// AdamW's second-moment decay `beta_2`. Written only when it differs from 0.999, the
+    /// value of every run before this setting, so that their specs (and sweep cells) keep
+    /// their identity.
+    #[serde(default = "legacy_adam_beta2", skip_serializing_if = "is_legacy_adam_beta2")]
+    pub adam_beta2: f64,
     /// Fraction of the optimizer steps spent warming up.
     pub warmup_ratio: f64,
     pub decay: Decay,
@@ -50,6 +55,7 @@ impl Default for TrainConfig {
             batch_size: 16,
             lr: 2e-3,
             weight_decay: 0.01,
+            adam_beta2: LEGACY_ADAM_BETA2,
             warmup_ratio: 0.1,
             decay: Decay::Linear,
             grad_clip: Some(1.0),
@@ -62,6 +68,17 @@ impl Default for TrainConfig {
             stop_on_collapse: false,
         }
     }
+}
+
+/// AdamW's `beta_2` before `adam_beta2` existed (burn's and PyTorch's default).
+const LEGACY_ADAM_BETA2: f64 = 0.999;
+
+fn legacy_adam_beta2() -> f64 {
+    LEGACY_ADAM_BETA2
+}
+
+fn is_legacy_adam_beta2(b: &f64) -> bool {
+    *b == LEGACY_ADAM_BETA2
 }
 
 impl TrainConfig {
@@ -81,9 +98,31 @@ impl TrainConfig {
         check("lr", self.lr, Range::Positive)?;
         check("weight-decay", self.weight_decay, Range::NonNegative)?;
         check("warmup-ratio", self.warmup_ratio, Range::Probability)?;
+        check("adam-beta2", self.adam_beta2, Range::Probability)?;
         if let Some(c) = self.grad_clip {
             check("grad-clip", c as f64, Range::Positive)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TrainConfig;
+
+    /// A spec written before `adam_beta2` existed has no such key and reads back as 0.999, and a
+    /// 0.999 spec is written without it, so old runs and sweep cells keep their identity.
+    #[test]
+    fn adam_beta2_is_written_only_when_it_is_not_the_old_value() {
+        let old = TrainConfig { adam_beta2: 0.999, ..TrainConfig::default() };
+        let json = serde_json::to_value(&old).unwrap();
+        assert!(json.get("adam_beta2").is_none(), "{json}");
+        assert_eq!(serde_json::from_value::<TrainConfig>(json).unwrap().adam_beta2, 0.999);
+        let new = TrainConfig { adam_beta2: 0.95, ..TrainConfig::default() };
+        let json = serde_json::to_value(&new).unwrap();
+        assert_eq!(json["adam_beta2"], 0.95);
+        assert_eq!(serde_json::from_value::<TrainConfig>(json).unwrap(), new);
+        let bad = TrainConfig { adam_beta2: 1.0, ..TrainConfig::default() };
+        assert!(bad.validate().unwrap_err().to_string().contains("--adam-beta2"));
     }
 }

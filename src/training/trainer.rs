@@ -115,7 +115,11 @@ pub(crate) fn scalar(t: Tensor<1>) -> f64 {
 
 /// AdamW with the config's weight decay and gradient clipping.
 pub fn optimizer(cfg: &TrainConfig) -> ModuleOptimizer {
-    AdamWConfig::new().with_weight_decay(cfg.weight_decay as f32).with_grad_clipping(cfg.grad_clip.map(GradientClippingConfig::Norm)).init()
+    AdamWConfig::new()
+        .with_weight_decay(cfg.weight_decay as f32)
+        .with_beta_2(cfg.adam_beta2 as f32)
+        .with_grad_clipping(cfg.grad_clip.map(GradientClippingConfig::Norm))
+        .init()
 }
 
 fn log_line(path: &Path, value: serde_json::Value) -> Result<()> {

@@ -81,6 +81,7 @@ impl TrainArgs {
             (self.batch_size.is_some(), "--batch-size"),
             (self.lr.is_some(), "--lr"),
             (self.weight_decay.is_some(), "--weight-decay"),
+            (self.adam_beta2.is_some(), "--adam-beta2"),
             (self.warmup_ratio.is_some(), "--warmup-ratio"),
             (self.decay.is_some(), "--decay"),
             (self.grad_clip.is_some(), "--grad-clip"),

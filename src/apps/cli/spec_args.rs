@@ -268,6 +268,10 @@ pub struct TrainArgs {
     /// AdamW weight decay [default: 0.01; multiple-choice: 0.01]
     #[arg(long, value_parser = number(Range::NonNegative), allow_negative_numbers = true, help_heading = "Training")]
     pub weight_decay: Option<f64>,
+    /// AdamW's second-moment decay beta_2: lower values let the step size follow a sudden rise of
+    /// the gradient within fewer steps [default: 0.999]
+    #[arg(long, value_parser = number(Range::Probability), allow_negative_numbers = true, help_heading = "Training")]
+    pub adam_beta2: Option<f64>,
     /// Fraction of the steps spent on linear warm-up [default: 0.1; multiple-choice: 0.05]
     #[arg(long, value_parser = number(Range::Probability), allow_negative_numbers = true, help_heading = "Training")]
     pub warmup_ratio: Option<f64>,
@@ -383,6 +387,7 @@ impl TrainArgs {
             batch_size: self.batch_size.unwrap_or(base.batch_size),
             lr: self.lr.unwrap_or(base.lr),
             weight_decay: self.weight_decay.unwrap_or(base.weight_decay),
+            adam_beta2: self.adam_beta2.unwrap_or(base.adam_beta2),
             warmup_ratio: self.warmup_ratio.unwrap_or(base.warmup_ratio),
             decay: self.decay.unwrap_or(base.decay),
             grad_clip: self.grad_clip.map_or(base.grad_clip, |c| (c > 0.0).then_some(c as f32)),
