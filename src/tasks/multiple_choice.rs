@@ -49,8 +49,9 @@ pub struct MultipleChoiceSpec {
     /// Share of each task's training questions used (sample-efficiency runs).
     #[serde(default = "one")]
     pub train_fraction: f64,
+    /// How the model is tuned (`tuning`, and `adapter` for an adapter run).
+    #[serde(flatten)]
     pub tuning: Tuning,
-    pub adapter: AdapterConfig,
     pub train: TrainConfig,
 }
 
@@ -65,11 +66,10 @@ impl Default for MultipleChoiceSpec {
             keep_layers: None,
             exact_match: true,
             train_fraction: 1.0,
-            tuning: Tuning::Adapter,
-            adapter: AdapterConfig {
+            tuning: Tuning::Adapter(AdapterConfig {
                 target_modules: crate::adapters::TargetModules::Names(vec!["q_proj".into(), "v_proj".into()]),
                 ..Default::default()
-            },
+            }),
             train: default_train(),
         }
     }
@@ -187,9 +187,9 @@ impl Task for MultipleChoice {
         if let Some(n) = spec.keep_layers {
             decoder.model = decoder.model.truncate_layers(n);
         }
-        decoder.model.check_fits(spec.max_len, spec.adapter.layers_to_transform.as_deref())?;
-        let p = spec.adapter.method.virtual_tokens();
-        if spec.tuning == Tuning::Adapter && p > 0 {
+        decoder.model.check_fits(spec.max_len, spec.tuning.layers())?;
+        let p = spec.tuning.adapter().map_or(0, |a| a.method.virtual_tokens());
+        if p > 0 {
             let positions = decoder.model.max_positions();
             if spec.max_len + p > positions {
                 return Err(Error::Config(format!(
@@ -225,7 +225,7 @@ impl Task for MultipleChoice {
     }
 
     fn build(&self, _data: &ChoiceData) -> Result<CausalLm> {
-        Ok(CausalLm { decoder: self.spec.tuning.wrap(self.decoder.model.clone(), &self.spec.adapter)? })
+        Ok(CausalLm { decoder: self.spec.tuning.wrap(self.decoder.model.clone())? })
     }
 
     fn zero_shot(&self) -> Option<CausalLm> {

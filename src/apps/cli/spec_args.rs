@@ -316,20 +316,21 @@ impl MethodArgs {
         self.method.as_deref().unwrap_or("replora")
     }
 
-    /// The tuning mode and adapter config; `default_targets` applies without --targets. A
-    /// setting of another method is refused by name (see [`MethodArgs::settings_given`]).
-    pub fn to_adapter<A: Architecture>(&self, seed: u64) -> Result<(Tuning, AdapterConfig)> {
+    /// The tuning: full, a probe, or an adapter with its config (`default_targets` applies
+    /// without --targets). A setting of another method is refused by name (see
+    /// [`MethodArgs::settings_given`]).
+    pub fn to_tuning<A: Architecture>(&self, seed: u64) -> Result<Tuning> {
         self.refuse_settings_of_other_methods()?;
-        let (tuning, method) = match self.name() {
+        let method = match self.name() {
             "prefix" if self.targets.is_some() || self.targets_regex.is_some() => {
                 return Err(Error::Config(
                     "--method prefix puts a prefix at every layer's key projection; --targets and --targets-regex do not apply to it"
                         .into(),
                 ));
             }
-            "full" => (Tuning::Full, Method::Lora),
-            "probe" => (Tuning::Probe, Method::Lora),
-            m if METHODS.contains(&m) => (Tuning::Adapter, m.parse::<Method>()?),
+            "full" => return Ok(Tuning::Full),
+            "probe" => return Ok(Tuning::Probe),
+            m if METHODS.contains(&m) => m.parse::<Method>()?,
             m => return Err(Error::Config(format!("unknown method {m:?}: the methods are {}", METHODS.join(", ")))),
         };
         let target_modules = match (&self.targets_regex, &self.targets) {
@@ -375,7 +376,7 @@ impl MethodArgs {
             seed,
             ..d
         };
-        Ok((tuning, adapter))
+        Ok(Tuning::Adapter(adapter))
     }
 }
 
@@ -409,7 +410,7 @@ impl RunArgs {
         RunArgs::check_model_family(self.model.as_deref().unwrap_or(&d.model), TaskKind::Classification)?;
         let c = &self.classification;
         let train = self.train.to_train(d.train.clone());
-        let (tuning, adapter) = self.method.to_adapter::<Bert>(train.seed)?;
+        let tuning = self.method.to_tuning::<Bert>(train.seed)?;
         let split = match &c.split {
             Some(s) => <[f64; 3]>::try_from(s.as_slice())
                 .map_err(|_| Error::Config(format!("--split takes three fractions (train, validation, test), got {}: {s:?}", s.len())))?,
@@ -431,7 +432,6 @@ impl RunArgs {
             pooling: c.pooling.unwrap_or(d.pooling),
             head_dropout: c.head_dropout.unwrap_or(d.head_dropout),
             tuning,
-            adapter,
             train,
         })
     }
@@ -443,7 +443,7 @@ impl RunArgs {
         RunArgs::check_model_family(self.model.as_deref().unwrap_or(&d.model), TaskKind::MultipleChoice)?;
         let c = &self.choice;
         let train = self.train.to_train(d.train.clone());
-        let (tuning, adapter) = self.method.to_adapter::<Llama>(train.seed)?;
+        let tuning = self.method.to_tuning::<Llama>(train.seed)?;
         let [n_train, n_val, n_test] = d.sizes;
         Ok(MultipleChoiceSpec {
             model: self.model.clone().unwrap_or(d.model),
@@ -455,7 +455,6 @@ impl RunArgs {
             exact_match: !c.no_exact_match,
             train_fraction: self.train_fraction.unwrap_or(d.train_fraction),
             tuning,
-            adapter,
             train,
         })
     }
@@ -470,7 +469,7 @@ impl RunArgs {
         RunArgs::check_model_family(self.model.as_deref().unwrap_or(&d.model), TaskKind::ImageClassification)?;
         let i = &self.image;
         let train = self.train.to_train(d.train.clone());
-        let (tuning, adapter) = self.method.to_adapter::<Dinov2>(train.seed)?;
+        let tuning = self.method.to_tuning::<Dinov2>(train.seed)?;
         let [n_train, n_val, n_test] = d.images;
         Ok(ImageClassificationSpec {
             model: self.model.clone().unwrap_or(d.model),
@@ -482,7 +481,6 @@ impl RunArgs {
             pooling: i.image_pooling.unwrap_or(d.pooling),
             augment: i.augment || d.augment,
             tuning,
-            adapter,
             train,
         })
     }

@@ -135,6 +135,22 @@ fn spec_key(mut spec: serde_json::Value) -> String {
     spec.to_string()
 }
 
+/// A spec as cells are named by: as `run.json` held it before [`crate::tasks::Tuning`] carried
+/// the adapter's config, when full and probe runs held a placeholder LoRA config (on the
+/// architecture's default targets, with the run's seed), so that their cells keep their names.
+fn key_value<T: crate::tasks::Task>(spec: &T::Spec) -> serde_json::Value {
+    use crate::adapters::{AdapterConfig, Method, TargetModules};
+    use crate::models::Architecture;
+    use crate::tasks::TaskSpec;
+    let mut value = serde_json::to_value(spec).expect("specs serialize");
+    if spec.tuning().adapter().is_none() {
+        let targets = <T::Arch as Architecture>::default_targets(Method::Lora).iter().map(|t| t.to_string()).collect();
+        let placeholder = AdapterConfig { target_modules: TargetModules::Names(targets), seed: spec.train().seed, ..AdapterConfig::new(Method::Lora) };
+        value["adapter"] = serde_json::to_value(placeholder).expect("configs serialize");
+    }
+    value
+}
+
 /// FNV-1a: a stable short name for a cell's spec.
 fn fnv(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
@@ -416,7 +432,7 @@ fn cell_dir(cell: &Cell, methods: &[&str], store: &Path) -> Result<(PathBuf, Run
     args.method = args.method.for_method_of(args.method.name(), methods);
     let spec = with_task!(args.task(), T => T::spec_from(&args).and_then(|s| {
         crate::tasks::TaskSpec::validate(&s)?;
-        Ok(format!("{}:{}", <T as crate::tasks::Task>::KIND, spec_key(serde_json::to_value(&s).expect("specs serialize"))))
+        Ok(format!("{}:{}", <T as crate::tasks::Task>::KIND, spec_key(key_value::<T>(&s))))
     }))
     .map_err(|e| Error::Config(format!("sweep cell {}: {e}", cell.describe())))?;
     let method = cell.flags.get("method").map_or("replora", String::as_str);
