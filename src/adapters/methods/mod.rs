@@ -269,10 +269,11 @@ macro_rules! registry {
     };
 }
 
+// The order is `--method`'s list of choices.
 registry! {
+    Replora: replora::RepLora,
     Lora: lora::Lora,
     Dora: dora::Dora,
-    Replora: replora::RepLora,
     Houlsby: bottleneck::Houlsby,
     Prefix: prefix::PrefixTuning,
 }

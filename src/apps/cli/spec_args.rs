@@ -173,7 +173,7 @@ pub struct MethodArgs {
     /// the attention and feed-forward outputs; prefix: prefix tuning), full fine-tuning (full),
     /// or a linear probe (probe: the model frozen, only the task head trains).
     /// [default: replora]
-    #[arg(long, value_parser = METHODS, help_heading = "Method")]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(method_names()), help_heading = "Method")]
     pub method: Option<String>,
     /// LoRA rank r (lora, dora, replora) [default: 8]
     #[arg(long, value_parser = count, help_heading = "Method")]
@@ -307,8 +307,11 @@ pub struct TrainArgs {
     pub stop_on_collapse: bool,
 }
 
-/// Every `--method` value; clap's choices and every error listing them come from here.
-pub const METHODS: [&str; 7] = ["replora", "lora", "dora", "adapter", "prefix", "full", "probe"];
+/// Every `--method` value: the registered adapter methods (in registry order), then full and
+/// probe; clap's choices and every error listing them come from here.
+pub fn method_names() -> Vec<&'static str> {
+    Method::ALL.iter().map(|m| m.name()).chain(["full", "probe"]).collect()
+}
 
 impl MethodArgs {
     /// The method: `--method`, else replora.
@@ -330,8 +333,8 @@ impl MethodArgs {
             }
             "full" => return Ok(Tuning::Full),
             "probe" => return Ok(Tuning::Probe),
-            m if METHODS.contains(&m) => m.parse::<Method>()?,
-            m => return Err(Error::Config(format!("unknown method {m:?}: the methods are {}", METHODS.join(", ")))),
+            m if method_names().contains(&m) => m.parse::<Method>()?,
+            m => return Err(Error::Config(format!("unknown method {m:?}: the methods are {}", method_names().join(", ")))),
         };
         let target_modules = match (&self.targets_regex, &self.targets) {
             (Some(_), Some(_)) => return Err(Error::Config("--targets and --targets-regex exclude each other: give one of them".into())),

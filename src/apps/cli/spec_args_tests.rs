@@ -187,11 +187,11 @@ fn a_method_list_gives_each_method_its_own_settings() {
     let only_lora = RunArgs { method: args.method.for_method_of("lora", &["lora", "dora"]), ..args.clone() };
     assert!(only_lora.to_classification().unwrap_err().to_string().contains("--hidden"));
     let e = crate::apps::cli::check_method_list(&["lora".into(), "bogus".into()], false).unwrap_err().to_string();
-    assert!(e.contains("\"bogus\"") && METHODS.iter().all(|m| e.contains(m)), "{e}");
+    assert!(e.contains("\"bogus\"") && method_names().iter().all(|m| e.contains(m)), "{e}");
     let e = train_args(&["replora", "train"]);
     let bogus = RunArgs { method: MethodArgs { method: Some("bogus".into()), ..e.method.clone() }, ..e };
     let e = bogus.to_classification().unwrap_err().to_string();
-    assert!(METHODS.iter().all(|m| e.contains(m)), "{e}");
+    assert!(method_names().iter().all(|m| e.contains(m)), "{e}");
 }
 
 /// The task inferred from flags is the one whose flags the run keeps: a text flag with an image
