@@ -146,22 +146,7 @@ pub struct BertLayer {
 }
 
 impl BertLayer {
-    fn linears(&self) -> [&AdaptedLinear; 6] {
-        [&self.query, &self.key, &self.value, &self.attention_output, &self.intermediate, &self.output]
-    }
-
-    fn map_linears(self, f: &mut dyn FnMut(AdaptedLinear) -> AdaptedLinear) -> Self {
-        Self {
-            query: f(self.query),
-            key: f(self.key),
-            value: f(self.value),
-            attention_output: f(self.attention_output),
-            attention_norm: self.attention_norm,
-            intermediate: f(self.intermediate),
-            output: f(self.output),
-            output_norm: self.output_norm,
-        }
-    }
+    linear_fields!(query, key, value, attention_output, intermediate, output);
 
     /// `x`: `[b, t, hidden]`; `mask_bias`: `[b, 1, 1, t]`, 0 for real keys, very negative for padding.
     fn forward(&self, x: Tensor<3>, mask_bias: &Tensor<4>, heads: usize, deltas: &Deltas) -> Tensor<3> {

@@ -152,21 +152,7 @@ pub struct Dinov2Layer {
 }
 
 impl Dinov2Layer {
-    fn linears(&self) -> [&AdaptedLinear; 6] {
-        [&self.query, &self.key, &self.value, &self.attention_output, &self.fc1, &self.fc2]
-    }
-
-    fn map_linears(self, f: &mut dyn FnMut(AdaptedLinear) -> AdaptedLinear) -> Self {
-        Self {
-            query: f(self.query),
-            key: f(self.key),
-            value: f(self.value),
-            attention_output: f(self.attention_output),
-            fc1: f(self.fc1),
-            fc2: f(self.fc2),
-            ..self
-        }
-    }
+    linear_fields!(query, key, value, attention_output, fc1, fc2);
 
     fn forward(&self, x: Tensor<3>, heads: usize, deltas: &Deltas) -> Tensor<3> {
         let [b, t, hidden] = x.dims();

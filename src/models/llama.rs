@@ -227,19 +227,7 @@ struct Context<'a> {
 }
 
 impl LlamaLayer {
-    fn linears(&self) -> [&AdaptedLinear; 7] {
-        let (a, m) = (&self.self_attn, &self.mlp);
-        [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj]
-    }
-
-    fn map_linears(self, f: &mut dyn FnMut(AdaptedLinear) -> AdaptedLinear) -> Self {
-        let (a, m) = (self.self_attn, self.mlp);
-        Self {
-            self_attn: LlamaAttention { q_proj: f(a.q_proj), k_proj: f(a.k_proj), v_proj: f(a.v_proj), o_proj: f(a.o_proj) },
-            mlp: LlamaMlp { gate_proj: f(m.gate_proj), up_proj: f(m.up_proj), down_proj: f(m.down_proj) },
-            ..self
-        }
-    }
+    linear_fields!(self_attn.q_proj, self_attn.k_proj, self_attn.v_proj, self_attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj);
 
     fn forward(&self, x: Tensor<3>, ctx: &Context, mut cache: Option<&mut Option<LayerKv>>) -> Tensor<3> {
         let [b, t, hidden] = x.dims();

@@ -2,6 +2,22 @@
 //! contract ([`Architecture`]) and one registry ([`Family`]). Adding an architecture is one
 //! file here plus one line in [`Family`] (and its detection).
 
+/// A block's `linears` and `map_linears` (see [`Adaptable`]) from ONE list of its linear fields
+/// (nested ones as `self_attn.q_proj`), so that no linear can be in one and not the other, where
+/// it would escape targeting, merging or saving without an error.
+macro_rules! linear_fields {
+    ($($first:ident $(. $rest:ident)*),+ $(,)?) => {
+        fn linears(&self) -> Vec<&$crate::adapters::AdaptedLinear> {
+            vec![$(&self.$first$(.$rest)*),+]
+        }
+
+        fn map_linears(mut self, f: &mut dyn FnMut($crate::adapters::AdaptedLinear) -> $crate::adapters::AdaptedLinear) -> Self {
+            $(self.$first$(.$rest)* = f(self.$first$(.$rest)*);)+
+            self
+        }
+    };
+}
+
 pub mod bert;
 pub mod decoder;
 pub mod dinov2;
