@@ -33,7 +33,10 @@ fn model() -> TinyModel {
 }
 
 /// `config` with its RepLoRA settings replaced by `f` of them.
-fn with_replora(mut config: AdapterConfig, f: impl FnOnce(replora::adapters::RepLoraConfig) -> replora::adapters::RepLoraConfig) -> AdapterConfig {
+fn with_replora(
+    mut config: AdapterConfig,
+    f: impl FnOnce(replora::adapters::RepLoraConfig) -> replora::adapters::RepLoraConfig,
+) -> AdapterConfig {
     let r = replora_of(&mut config);
     *r = f(r.clone());
     config

@@ -236,7 +236,8 @@ fn bottleneck_adapter_gradients_match_finite_differences() {
 #[test]
 fn prefix_gradients_match_finite_differences() {
     for reparameterize in [true, false] {
-        let mut config = AdapterConfig { method: Method::Prefix.defaults(), target_modules: TargetModules::Names(vec!["k_proj".into()]), ..base() };
+        let mut config =
+            AdapterConfig { method: Method::Prefix.defaults(), target_modules: TargetModules::Names(vec!["k_proj".into()]), ..base() };
         config.method = replora::adapters::MethodConfig::Prefix(replora::adapters::PrefixConfig { length: 2, reparameterize, hidden: 3 });
         check(&format!("prefix-reparameterize-{reparameterize}"), config);
     }

@@ -64,7 +64,10 @@ const TOKENS: [i64; 7] = [5, 17, 3, 29, 11, 8, 21];
 /// The tiny model bare and with a prefix (prefix tuning, 3 virtual tokens on the grouped-query
 /// key/value heads): the decoding invariants hold for both.
 fn bare_and_prefixed(tied: bool) -> Vec<(&'static str, Llama, Deltas)> {
-    let config = AdapterConfig { method: MethodConfig::Prefix(PrefixConfig { length: 3, ..Default::default() }), ..adapter(Method::Prefix, &["k_proj"]) };
+    let config = AdapterConfig {
+        method: MethodConfig::Prefix(PrefixConfig { length: 3, ..Default::default() }),
+        ..adapter(Method::Prefix, &["k_proj"])
+    };
     let peft = PeftModel::new(tiny(tied), &config).unwrap();
     vec![("bare", tiny(tied), Deltas::none()), ("prefixed", peft.model.clone(), peft.deltas())]
 }

@@ -119,20 +119,7 @@ pub struct AdapterConfig {
 
 impl Default for AdapterConfig {
     fn default() -> Self {
-        let s = SharedSettings::default();
-        Self {
-            method: Method::Replora.defaults(),
-            r: s.r,
-            lora_alpha: s.lora_alpha,
-            lora_dropout: s.lora_dropout,
-            use_rslora: s.use_rslora,
-            init_lora_weights: s.init_lora_weights,
-            target_modules: s.target_modules,
-            layers_to_transform: s.layers_to_transform,
-            rank_pattern: s.rank_pattern,
-            alpha_pattern: s.alpha_pattern,
-            seed: s.seed,
-        }
+        SharedSettings::default().with(Method::Replora.defaults())
     }
 }
 
@@ -150,6 +137,26 @@ struct SharedSettings {
     rank_pattern: BTreeMap<String, usize>,
     alpha_pattern: BTreeMap<String, f64>,
     seed: u64,
+}
+
+impl SharedSettings {
+    /// The config of `method` with these shared settings.
+    fn with(self, method: MethodConfig) -> AdapterConfig {
+        let s = self;
+        AdapterConfig {
+            method,
+            r: s.r,
+            lora_alpha: s.lora_alpha,
+            lora_dropout: s.lora_dropout,
+            use_rslora: s.use_rslora,
+            init_lora_weights: s.init_lora_weights,
+            target_modules: s.target_modules,
+            layers_to_transform: s.layers_to_transform,
+            rank_pattern: s.rank_pattern,
+            alpha_pattern: s.alpha_pattern,
+            seed: s.seed,
+        }
+    }
 }
 
 impl Default for SharedSettings {
@@ -212,20 +219,8 @@ impl<'de> Deserialize<'de> for AdapterConfig {
         }
         let key = method.settings_key().unwrap_or_default();
         let method = method.settings_from(own).map_err(|e| D::Error::custom(format!("{key}: {e}")))?;
-        let s: SharedSettings = serde_json::from_value(Value::Object(map)).map_err(D::Error::custom)?;
-        Ok(Self {
-            method,
-            r: s.r,
-            lora_alpha: s.lora_alpha,
-            lora_dropout: s.lora_dropout,
-            use_rslora: s.use_rslora,
-            init_lora_weights: s.init_lora_weights,
-            target_modules: s.target_modules,
-            layers_to_transform: s.layers_to_transform,
-            rank_pattern: s.rank_pattern,
-            alpha_pattern: s.alpha_pattern,
-            seed: s.seed,
-        })
+        let shared: SharedSettings = serde_json::from_value(Value::Object(map)).map_err(D::Error::custom)?;
+        Ok(shared.with(method))
     }
 }
 
@@ -326,7 +321,8 @@ mod tests {
         let adapter = serde_json::to_value(AdapterConfig::new(Method::Houlsby)).unwrap();
         assert_eq!(adapter["method"], "adapter");
         assert!(adapter.get("bottleneck").is_some() && adapter.get("replora").is_none(), "{adapter}");
-        let old = serde_json::json!({"method": "prefix", "r": 4, "replora": {"hidden": 3}, "bottleneck": {"size": 2}, "prefix": {"length": 5}});
+        let old =
+            serde_json::json!({"method": "prefix", "r": 4, "replora": {"hidden": 3}, "bottleneck": {"size": 2}, "prefix": {"length": 5}});
         let config: AdapterConfig = serde_json::from_value(old).unwrap();
         assert_eq!((config.method.virtual_tokens(), config.r), (5, 4));
         let e = serde_json::from_value::<AdapterConfig>(serde_json::json!({"method": "lorax"})).unwrap_err().to_string();

@@ -120,7 +120,13 @@ impl Tuning {
     /// A finished run's tuned model around the pre-trained `base`: its adapter (native format,
     /// in `out`'s adapter directory), its fully tuned weights (read by `load_full` from
     /// `out/<full_dir>`), or nothing (a probe).
-    pub fn restore<M: Adaptable>(&self, base: M, out: &Path, full_dir: &str, load_full: impl FnOnce(&Path) -> Result<M>) -> Result<PeftModel<M>> {
+    pub fn restore<M: Adaptable>(
+        &self,
+        base: M,
+        out: &Path,
+        full_dir: &str,
+        load_full: impl FnOnce(&Path) -> Result<M>,
+    ) -> Result<PeftModel<M>> {
         match self {
             Tuning::Adapter(_) => crate::formats::native::load(base, &out.join(crate::run::layout::ADAPTER_DIR)),
             Tuning::Full => Ok(PeftModel::full_finetune(load_full(&out.join(full_dir))?)),
@@ -156,7 +162,10 @@ mod tests {
         assert_eq!(serde_json::from_value::<Spec>(json).unwrap(), full);
         let old = serde_json::json!({"model": "m", "tuning": "probe", "adapter": {"method": "lora", "r": 8}, "seed": 1});
         assert_eq!(serde_json::from_value::<Spec>(old).unwrap().tuning, Tuning::Probe);
-        for bad in [serde_json::json!({"model": "m", "tuning": "adapter", "seed": 1}), serde_json::json!({"model": "m", "tuning": "full", "seed": 1, "x": 2})] {
+        for bad in [
+            serde_json::json!({"model": "m", "tuning": "adapter", "seed": 1}),
+            serde_json::json!({"model": "m", "tuning": "full", "seed": 1, "x": 2}),
+        ] {
             let e = serde_json::from_value::<Spec>(bad).unwrap_err().to_string();
             assert!(e.contains("adapter") || e.contains("`x`"), "{e}");
         }

@@ -141,7 +141,13 @@ impl AdapterMethod for Houlsby {
         Ok(())
     }
 
-    fn init(settings: &BottleneckConfig, _: &AdapterConfig, targets: &[Target], _: &[&AdaptedLinear], init: &mut Init) -> Result<BottleneckState> {
+    fn init(
+        settings: &BottleneckConfig,
+        _: &AdapterConfig,
+        targets: &[Target],
+        _: &[&AdaptedLinear],
+        init: &mut Init,
+    ) -> Result<BottleneckState> {
         let targets =
             targets.iter().map(|t| BottleneckTarget { bottleneck: Bottleneck::init(t.d_out, settings.width(t.d_out), init) }).collect();
         Ok(BottleneckState { targets })

@@ -65,7 +65,11 @@ pub struct LoraState {
 }
 
 /// The gradient norm of a set of factors, as the metrics line's `factor_grad_norm`.
-pub(crate) fn factor_diagnostics<'a>(factors: impl Iterator<Item = &'a LoraFactors>, grads: &GradientsParams, out: &mut Map<String, Value>) {
+pub(crate) fn factor_diagnostics<'a>(
+    factors: impl Iterator<Item = &'a LoraFactors>,
+    grads: &GradientsParams,
+    out: &mut Map<String, Value>,
+) {
     let ids: Vec<ParamId> = factors.flat_map(|f| [f.a.id, f.b.id]).collect();
     if let Some(norm) = grad_norm(grads, &ids, &[]) {
         out.insert("factor_grad_norm".into(), norm.into());

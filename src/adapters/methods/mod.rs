@@ -75,8 +75,13 @@ pub trait AdapterMethod {
         Ok(())
     }
     /// The trainable state for `targets` (the linears of the same paths are `linears`).
-    fn init(settings: &Self::Settings, config: &AdapterConfig, targets: &[Target], linears: &[&AdaptedLinear], init: &mut Init)
-    -> Result<Self::State>;
+    fn init(
+        settings: &Self::Settings,
+        config: &AdapterConfig,
+        targets: &[Target],
+        linears: &[&AdaptedLinear],
+        init: &mut Init,
+    ) -> Result<Self::State>;
     /// Adds what the adapter contributes to one forward pass to `out`.
     fn deltas(state: &Self::State, settings: &Self::Settings, pass: &Pass, out: &mut Deltas);
     /// Trainable parameters on `targets`, in closed form (equal to the state's tensors).
@@ -148,8 +153,10 @@ macro_rules! registry {
         #[derive(Clone, Debug, PartialEq)]
         pub enum MethodConfig { $($variant(<$method as AdapterMethod>::Settings)),* }
 
-        /// The trainable state of an adapter of each method.
+        /// The trainable state of an adapter of each method (one per model, so the size of
+        /// its largest variant does not matter).
         #[derive(Module, Debug)]
+        #[allow(clippy::large_enum_variant)]
         pub enum MethodState { $($variant(<$method as AdapterMethod>::State)),* }
 
         $(impl Registered for $method {

@@ -171,7 +171,13 @@ impl AdapterMethod for PrefixTuning {
     }
 
     /// One prefix per layer, anchored at its key projection.
-    fn init(settings: &PrefixConfig, _: &AdapterConfig, targets: &[Target], linears: &[&AdaptedLinear], init: &mut Init) -> Result<PrefixState> {
+    fn init(
+        settings: &PrefixConfig,
+        _: &AdapterConfig,
+        targets: &[Target],
+        linears: &[&AdaptedLinear],
+        init: &mut Init,
+    ) -> Result<PrefixState> {
         check_one_per_layer(targets, linears)?;
         Ok(PrefixState { prefix: Prefix::init(settings, targets, init) })
     }
@@ -191,7 +197,8 @@ impl AdapterMethod for PrefixTuning {
     /// `prefix.embedding` and `prefix.mlp.<hidden|out>.<weight|bias>`.
     fn map_named<V: NamedParams>(state: PrefixState, _: &[Target], v: &mut V) -> Result<PrefixState> {
         let p = state.prefix;
-        let prefix = Prefix { embedding: v.param("prefix.embedding", p.embedding)?, mlp: p.mlp.map(|m| m.map_named(v, "prefix.mlp")).transpose()? };
+        let prefix =
+            Prefix { embedding: v.param("prefix.embedding", p.embedding)?, mlp: p.mlp.map(|m| m.map_named(v, "prefix.mlp")).transpose()? };
         Ok(PrefixState { prefix })
     }
 
@@ -204,8 +211,18 @@ impl AdapterMethod for PrefixTuning {
     }
 
     fn size_settings(settings: &PrefixConfig) -> Vec<SizeSetting<PrefixConfig>> {
-        let length = SizeSetting { flag: "--prefix-length", key: "prefix.length", value: settings.length, set: |c: &mut PrefixConfig, v| c.length = v };
-        let hidden = SizeSetting { flag: "--prefix-hidden", key: "prefix.hidden", value: settings.hidden, set: |c: &mut PrefixConfig, v| c.hidden = v };
+        let length = SizeSetting {
+            flag: "--prefix-length",
+            key: "prefix.length",
+            value: settings.length,
+            set: |c: &mut PrefixConfig, v| c.length = v,
+        };
+        let hidden = SizeSetting {
+            flag: "--prefix-hidden",
+            key: "prefix.hidden",
+            value: settings.hidden,
+            set: |c: &mut PrefixConfig, v| c.hidden = v,
+        };
         // The MLP's width makes no tensor of a direct prefix.
         if settings.reparameterize { vec![length, hidden] } else { vec![length] }
     }

@@ -146,7 +146,6 @@ impl Default for RepLoraConfig {
     }
 }
 
-
 /// A two-layer MLP `Linear(d_seed, h) -> act -> Linear(h, d_gen)` applied to each seed row;
 /// without biases when built with `bias = false` (`replora.generator_bias`), and with a
 /// trainable output scale `[1]` when asked (`replora.learn_output_scale`).
@@ -402,7 +401,13 @@ impl AdapterMethod for RepLora {
     }
 
     /// Groups the targets into blocks by layer index and creates seeds and generators.
-    fn init(opts: &RepLoraConfig, config: &AdapterConfig, targets: &[Target], _: &[&AdaptedLinear], init: &mut Init) -> Result<RepLoraState> {
+    fn init(
+        opts: &RepLoraConfig,
+        config: &AdapterConfig,
+        targets: &[Target],
+        _: &[&AdaptedLinear],
+        init: &mut Init,
+    ) -> Result<RepLoraState> {
         let mut blocks = vec![];
         let mut generators: Vec<GeneratorPair> = vec![];
         let mut first_shape = None;
@@ -487,7 +492,9 @@ impl AdapterMethod for RepLora {
             .generators
             .into_iter()
             .enumerate()
-            .map(|(i, g)| Ok(GeneratorPair { a: g.a.map_named(v, &format!("generators.{i}.A"))?, b: g.b.map_named(v, &format!("generators.{i}.B"))? }))
+            .map(|(i, g)| {
+                Ok(GeneratorPair { a: g.a.map_named(v, &format!("generators.{i}.A"))?, b: g.b.map_named(v, &format!("generators.{i}.B"))? })
+            })
             .collect::<Result<_>>()?;
         Ok(RepLoraState { blocks, generators })
     }

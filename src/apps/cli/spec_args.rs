@@ -6,8 +6,8 @@ use clap::Args;
 
 use super::flags_given::refuse_for_task;
 use crate::adapters::{
-    Activation, AdapterConfig, BottleneckConfig, Houlsby, LoraInit, Method, OutputScale, PrefixConfig, PrefixTuning, RepLora, RepLoraConfig,
-    SeedInit, SeedKind, TargetModules,
+    Activation, AdapterConfig, BottleneckConfig, Houlsby, LoraInit, Method, OutputScale, PrefixConfig, PrefixTuning, RepLora,
+    RepLoraConfig, SeedInit, SeedKind, TargetModules,
 };
 use crate::error::{Error, Result};
 use crate::models::Architecture;

@@ -23,7 +23,10 @@ fn config_file_flags_come_before_and_lose_to_command_line_flags() {
     let cli = crate::apps::cli::Cli::parse_from(expand_config_file(args).unwrap());
     let crate::apps::cli::Command::Train { run, .. } = cli.command else { panic!("not train") };
     let spec = run.to_classification().unwrap();
-    assert_eq!((spec.tuning.adapter().unwrap().method.method(), spec.tuning.adapter().unwrap().r, spec.tuning.adapter().unwrap().use_rslora), (Method::Lora, 4, true));
+    assert_eq!(
+        (spec.tuning.adapter().unwrap().method.method(), spec.tuning.adapter().unwrap().r, spec.tuning.adapter().unwrap().use_rslora),
+        (Method::Lora, 4, true)
+    );
     assert_eq!(spec.tuning.adapter().unwrap().target_modules, TargetModules::Names(vec!["query".into(), "key".into()]));
     assert_eq!(spec.train.epochs, 3, "the command line wins over the file");
     let bad = dir.path().join("bad.toml");
@@ -96,14 +99,23 @@ fn method_adapter_defaults_to_each_architectures_bottleneck_sites() {
     let spec = train_args(&["replora", "train", "--method", "adapter", "--bottleneck", "12", "--bottleneck-activation", "gelu"])
         .to_classification()
         .unwrap();
-    assert_eq!(spec.tuning.adapter().unwrap().method, MethodConfig::Houlsby(BottleneckConfig { size: Some(12), activation: Activation::Gelu }));
-    assert_eq!(spec.tuning.adapter().unwrap().target_modules, TargetModules::Names(vec!["attention.output.dense".into(), "output.dense".into()]));
+    assert_eq!(
+        spec.tuning.adapter().unwrap().method,
+        MethodConfig::Houlsby(BottleneckConfig { size: Some(12), activation: Activation::Gelu })
+    );
+    assert_eq!(
+        spec.tuning.adapter().unwrap().target_modules,
+        TargetModules::Names(vec!["attention.output.dense".into(), "output.dense".into()])
+    );
     let lm = train_args(&["replora", "train-lm", "--method", "adapter"]).to_choice().unwrap();
     assert_eq!(lm.tuning.adapter().unwrap().target_modules, TargetModules::Names(vec!["o_proj".into(), "down_proj".into()]));
     assert_eq!(lm.tuning.adapter().unwrap().method.settings::<Houlsby>().unwrap().size, None, "the width follows the model unless given");
     let prefix = train_args(&["replora", "train-lm", "--method", "prefix", "--prefix-length", "4", "--prefix-direct"]).to_choice().unwrap();
     assert_eq!(prefix.tuning.adapter().unwrap().target_modules, TargetModules::Names(vec!["k_proj".into()]));
-    assert_eq!(prefix.tuning.adapter().unwrap().method, MethodConfig::Prefix(PrefixConfig { length: 4, reparameterize: false, ..PrefixConfig::default() }));
+    assert_eq!(
+        prefix.tuning.adapter().unwrap().method,
+        MethodConfig::Prefix(PrefixConfig { length: 4, reparameterize: false, ..PrefixConfig::default() })
+    );
     let err = train_args(&["replora", "train", "--method", "prefix", "--targets", "query"]).to_classification().unwrap_err().to_string();
     assert!(err.contains("key projection"), "{err}");
     let lora = train_args(&["replora", "train-lm", "--method", "lora"]).to_choice().unwrap();
@@ -132,7 +144,16 @@ fn flags_that_would_not_act_are_refused_by_name() {
         "{e}"
     );
     assert_eq!(
-        train_args(&["replora", "train", "--method", "replora", "--hidden", "4"]).to_classification().unwrap().tuning.adapter().unwrap().method.settings::<RepLora>().unwrap().hidden,
+        train_args(&["replora", "train", "--method", "replora", "--hidden", "4"])
+            .to_classification()
+            .unwrap()
+            .tuning
+            .adapter()
+            .unwrap()
+            .method
+            .settings::<RepLora>()
+            .unwrap()
+            .hidden,
         4
     );
     let e = crate::apps::cli::Cli::try_parse_from(["replora", "train", "--targets", "query", "--targets-regex", ".*value"])

@@ -145,7 +145,8 @@ fn key_value<T: crate::tasks::Task>(spec: &T::Spec) -> serde_json::Value {
     let mut value = serde_json::to_value(spec).expect("specs serialize");
     if spec.tuning().adapter().is_none() {
         let targets = <T::Arch as Architecture>::default_targets(Method::Lora).iter().map(|t| t.to_string()).collect();
-        let placeholder = AdapterConfig { target_modules: TargetModules::Names(targets), seed: spec.train().seed, ..AdapterConfig::new(Method::Lora) };
+        let placeholder =
+            AdapterConfig { target_modules: TargetModules::Names(targets), seed: spec.train().seed, ..AdapterConfig::new(Method::Lora) };
         value["adapter"] = serde_json::to_value(placeholder).expect("configs serialize");
     }
     value
