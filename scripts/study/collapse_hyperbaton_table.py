@@ -34,15 +34,16 @@ def main():
     for name, s in runs(root).items():
         config, method, seed = name.rsplit("-", 2)
         table[(config, method)][int(seed)] = s
-    print("| configuration | method | test accuracy per seed | test macro-F1 per seed | collapse flagged (seed: step) |")
-    print("|---|---|---|---|---|")
+    print("| configuration | method | validation accuracy per seed | test accuracy per seed | test macro-F1 per seed | collapse flagged (seed: step) |")
+    print("|---|---|---|---|---|---|")
     for (config, method), seeds in table.items():
+        val = " / ".join(f"{100 * seeds[k]['training']['best_validation']['accuracy']:.1f}" for k in sorted(seeds))
         acc = " / ".join(f"{100 * seeds[k]['test']['accuracy']:.1f}" for k in sorted(seeds))
         f1 = " / ".join(f"{100 * seeds[k]['test']['macro_f1']:.1f}" for k in sorted(seeds))
         flagged = ", ".join(
             f"{k}: {seeds[k]['training']['collapse']['step']}" for k in sorted(seeds) if (seeds[k].get("training") or {}).get("collapse")
         )
-        print(f"| {config} | {method} | {acc} | {f1} | {flagged or 'none'} |")
+        print(f"| {config} | {method} | {val} | {acc} | {f1} | {flagged or 'none'} |")
     if around:
         logs = {}
         for run in around:

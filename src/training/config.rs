@@ -29,7 +29,9 @@ pub struct TrainConfig {
     /// Fraction of the optimizer steps spent warming up.
     pub warmup_ratio: f64,
     pub decay: Decay,
-    /// Clip the global gradient norm to this value (none: no clipping).
+    /// Clip each parameter tensor's gradient to this L2 norm, as burn's `GradientClipping::Norm`
+    /// does (none: no clipping). Not the global norm over all tensors that PyTorch's
+    /// `clip_grad_norm_` bounds.
     pub grad_clip: Option<f32>,
     /// Micro-batches per optimizer step.
     pub grad_accum: usize,

@@ -38,7 +38,8 @@ impl Divergence {
             if cfg.grad_clip.is_none() {
                 causes.push("gradient clipping is off (--grad-clip 0; 1 is the default)".into());
             }
-            let clipped = cfg.grad_clip.map(|c| format!("; gradients are already clipped at norm {c}")).unwrap_or_default();
+            let clipped =
+                cfg.grad_clip.map(|c| format!("; each parameter tensor's gradient is already clipped at norm {c}")).unwrap_or_default();
             format!("likely causes, most likely first: {}{clipped}", causes.join("; "))
         };
         let resume = match checkpoint::existing(checkpoint_dir) {

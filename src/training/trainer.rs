@@ -140,7 +140,7 @@ fn truncate_log(path: &Path, step: usize) -> Result<()> {
 /// epoch must always give the same batches, which makes `resume` exact. `validate` scores the
 /// model after each epoch.
 pub fn train<M: Objective>(
-    mut model: M,
+    model: M,
     train_batches: &dyn Fn(usize) -> Vec<M::Batch>,
     validate: &dyn Fn(&M) -> EvalMetrics,
     cfg: &TrainConfig,
@@ -149,150 +149,249 @@ pub fn train<M: Objective>(
     resume: bool,
 ) -> Result<(M, TrainReport)> {
     cfg.validate()?;
-    let run = RunDir(out.to_path_buf());
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let batches_per_epoch = train_batches(0).len();
     if batches_per_epoch == 0 {
         return Err(Error::Config("the training split is empty".into()));
     }
-    let steps_per_epoch = batches_per_epoch.div_ceil(cfg.grad_accum);
-    let total_steps = steps_per_epoch * cfg.epochs;
-    let schedule =
-        LrSchedule { peak: cfg.lr, warmup_steps: (cfg.warmup_ratio * total_steps as f64).round() as usize, total_steps, decay: cfg.decay };
-    let mut optim = optimizer(cfg);
-    let mut progress = Progress::default();
-    let steps = Schedule { epochs: cfg.epochs, batches_per_epoch, grad_accum: cfg.grad_accum };
-    match (resume, checkpoint::existing(&run.checkpoint())) {
-        (true, Some(dir)) => {
-            model = checkpoint::restore(&dir, model)?;
-            optim = checkpoint::read_optimizer(&dir, optim)?;
-            progress = checkpoint::read_progress(&dir, &steps)?;
-            truncate_log(&run.metrics_log(), progress.step)?;
-            eprintln!("resuming from {} (epoch {}, step {})", dir.display(), progress.epoch + 1, progress.step);
-        }
-        (true, None) => return Err(Error::State(format!("--resume: no checkpoint in {}", run.checkpoint().display()))),
-        (false, _) => {
-            let _ = std::fs::remove_file(run.metrics_log());
-        }
-    }
-    let mut guard = model.chance_loss().map(|chance| CollapseDetector::replay(chance, &run.metrics_log()));
-    let mut stop = false;
-    let started = Instant::now();
-    let elapsed = |p: &Progress| p.elapsed_s + started.elapsed().as_secs_f64();
-    let bar = ProgressBar::new((total_steps) as u64).with_position(progress.step as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {msg} ({elapsed} < {eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    while progress.epoch < cfg.epochs && !stop {
-        let epoch = progress.epoch;
-        bar.set_prefix(format!("epoch {}/{}", epoch + 1, cfg.epochs));
-        let batches = train_batches(epoch);
-        let mut accumulator = GradientsAccumulator::<M>::new();
-        // A run resumed mid-epoch continues the log line in progress where the checkpoint left it.
-        let (mut window_loss, mut window_examples, mut window_start) = match progress.batch_in_epoch {
-            0 => (0.0, 0usize, Instant::now()),
-            _ => (progress.window_loss, progress.window_examples, Instant::now()),
-        };
-        for (i, batch) in batches.iter().enumerate().skip(progress.batch_in_epoch) {
-            // Dropout draws from the device RNG: seed it per micro-batch so a resumed run
-            // draws exactly what the uninterrupted one did.
-            device.seed(cfg.seed.wrapping_mul(1_000_003).wrapping_add((epoch * batches_per_epoch + i) as u64));
-            let loss = model.loss(batch, device);
-            let loss_value = scalar(loss.clone());
-            if !loss_value.is_finite() {
-                bar.abandon();
-                let divergence = Divergence {
-                    loss: loss_value,
-                    epoch: epoch + 1,
-                    batch: i + 1,
-                    steps_taken: progress.step,
-                    generator_multiplier: model.lr_group().map(|g| g.multiplier),
-                };
-                return Err(Error::Training(divergence.message(
-                    cfg,
-                    schedule.at(progress.step.saturating_sub(1)),
-                    &run.checkpoint(),
-                    &steps,
-                )));
-            }
-            accumulator.accumulate(&model, GradientsParams::from_grads(loss.div_scalar(cfg.grad_accum as f64).backward(), &model));
-            window_loss += loss_value * M::examples(batch) as f64;
-            window_examples += M::examples(batch);
-            progress.batch_in_epoch = i + 1;
-            if (i + 1) % cfg.grad_accum != 0 && i + 1 != batches.len() {
-                continue;
-            }
-            let lr = schedule.at(progress.step);
-            let grads = accumulator.grads();
-            let diagnostics = if (progress.step + 1) % cfg.log_every == 0 { model.diagnostics(&grads) } else { Default::default() };
-            model = step(&mut optim, lr, model, grads);
-            progress.step += 1;
-            bar.inc(1);
-            let rate = window_examples as f64 / window_start.elapsed().as_secs_f64();
-            bar.set_message(format!("loss {:.4} lr {lr:.2e} {rate:.1} {}/s", window_loss / window_examples as f64, M::EXAMPLE_UNIT));
-            if progress.step % cfg.log_every == 0 {
-                let mean_loss = window_loss / window_examples as f64;
-                let mut line = serde_json::json!({
-                    "step": progress.step, "epoch": epoch + 1, "loss": mean_loss,
-                    "lr": lr, "examples_per_s": rate, "update_norm": model.update_norm(),
-                });
-                line.as_object_mut().expect("an object").extend(diagnostics);
-                log_line(&run.metrics_log(), line)?;
-                (window_loss, window_examples, window_start) = (0.0, 0, Instant::now());
-                if let Some(collapse) = guard.as_mut().and_then(|g| g.observe(progress.step, mean_loss)) {
-                    bar.suspend(|| eprintln!("{}", collapse.warning()));
-                    stop = cfg.stop_on_collapse;
-                }
-            }
-            if cfg.checkpoint_every.is_some_and(|n| progress.step % n == 0) && i + 1 != batches.len() {
-                let p = Progress { elapsed_s: elapsed(&progress), window_loss, window_examples, ..progress.clone() };
-                checkpoint::write_dir(&run.checkpoint(), &TrainableState::of(&model), Some(&optim), Some(&p))?;
-            }
-            if stop {
-                break;
-            }
-        }
-        // A run stopped on collapse is scored where it stopped, as at an epoch's end.
-        let metrics = validate(&model);
-        let line = format!("epoch {}: validation {}", epoch + 1, metrics.describe());
-        bar.suspend(|| eprintln!("{line}"));
-        log_line(&run.metrics_log(), serde_json::json!({"epoch": epoch + 1, "step": progress.step, "validation": metrics}))?;
-        let s =
-            metrics.score(cfg.best_metric).ok_or_else(|| Error::Config(format!("the validation metrics have no {:?}", cfg.best_metric)))?;
-        if progress.best.is_none_or(|(best, _)| s > best) {
-            progress.best = Some((s, epoch));
-            progress.evals_without_improvement = 0;
-            checkpoint::write_dir(&run.best(), &TrainableState::of(&model), None, None)?;
-        } else {
-            progress.evals_without_improvement += 1;
-        }
-        progress.history.push(metrics);
-        progress.epoch += 1;
-        progress.batch_in_epoch = 0;
-        let p = Progress { elapsed_s: elapsed(&progress), window_loss: 0.0, window_examples: 0, ..progress.clone() };
-        checkpoint::write_dir(&run.checkpoint(), &TrainableState::of(&model), Some(&optim), Some(&p))?;
-        if stop {
-            bar.suspend(|| eprintln!("stopping at step {}: --stop-on-collapse", progress.step));
-        } else if cfg.patience.is_some_and(|n| progress.evals_without_improvement >= n) {
-            bar.suspend(|| eprintln!("early stopping: no improvement for {} epochs", progress.evals_without_improvement));
+    let (mut session, mut model) = Session::start(model, cfg, device, RunDir(out.to_path_buf()), batches_per_epoch, resume)?;
+    while session.progress.epoch < cfg.epochs && !session.stop {
+        model = session.train_epoch(model, &train_batches(session.progress.epoch))?;
+        if session.end_epoch(&model, validate)? {
             break;
         }
     }
-    bar.finish_and_clear();
-    let (_, best_epoch) = progress.best.ok_or_else(|| Error::State("training ended before any epoch was evaluated".into()))?;
-    let model = checkpoint::restore(&run.best(), model)?;
-    let report = TrainReport {
-        best_validation: progress.history[best_epoch].clone(),
-        best_epoch: best_epoch + 1,
-        epochs_run: progress.history.len(),
-        steps: progress.step,
-        wall_time_s: elapsed(&progress),
-        history: progress.history,
-        collapse: guard.and_then(|g| g.found().cloned()).map(|c| Collapse { stopped: stop, ..c }),
-    };
-    Ok((model, report))
+    session.finish(model)
+}
+
+/// The state of one training run between its steps.
+struct Session<'a> {
+    cfg: &'a TrainConfig,
+    device: &'a Device,
+    run: RunDir,
+    steps: Schedule,
+    schedule: LrSchedule,
+    optim: ModuleOptimizer,
+    progress: Progress,
+    guard: Option<CollapseDetector>,
+    /// Set when the collapse guard ends the run (`--stop-on-collapse`).
+    stop: bool,
+    started: Instant,
+    bar: ProgressBar,
+}
+
+impl<'a> Session<'a> {
+    /// A new run, or the one in `run`'s checkpoint when resuming (model, optimizer, progress).
+    fn start<M: Objective>(
+        mut model: M,
+        cfg: &'a TrainConfig,
+        device: &'a Device,
+        run: RunDir,
+        batches_per_epoch: usize,
+        resume: bool,
+    ) -> Result<(Self, M)> {
+        let steps = Schedule { epochs: cfg.epochs, batches_per_epoch, grad_accum: cfg.grad_accum };
+        let total_steps = steps.steps_per_epoch() * cfg.epochs;
+        let warmup_steps = (cfg.warmup_ratio * total_steps as f64).round() as usize;
+        let schedule = LrSchedule { peak: cfg.lr, warmup_steps, total_steps, decay: cfg.decay };
+        let mut optim = optimizer(cfg);
+        let mut progress = Progress::default();
+        match (resume, checkpoint::existing(&run.checkpoint())) {
+            (true, Some(dir)) => {
+                model = checkpoint::restore(&dir, model)?;
+                optim = checkpoint::read_optimizer(&dir, optim)?;
+                progress = checkpoint::read_progress(&dir, &steps)?;
+                truncate_log(&run.metrics_log(), progress.step)?;
+                eprintln!("resuming from {} (epoch {}, step {})", dir.display(), progress.epoch + 1, progress.step);
+            }
+            (true, None) => return Err(Error::State(format!("--resume: no checkpoint in {}", run.checkpoint().display()))),
+            (false, _) => {
+                let _ = std::fs::remove_file(run.metrics_log());
+            }
+        }
+        let guard = model.chance_loss().map(|chance| CollapseDetector::replay(chance, &run.metrics_log()));
+        let bar = ProgressBar::new(total_steps as u64).with_position(progress.step as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {msg} ({elapsed} < {eta})")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        let session = Session { cfg, device, run, steps, schedule, optim, progress, guard, stop: false, started: Instant::now(), bar };
+        Ok((session, model))
+    }
+
+    /// Training wall time so far, this process's and that of the runs it resumed.
+    fn elapsed(&self) -> f64 {
+        self.progress.elapsed_s + self.started.elapsed().as_secs_f64()
+    }
+
+    /// Trains the rest of the current epoch (all of it unless resumed mid-epoch), or up to
+    /// the step the collapse guard stops the run at.
+    fn train_epoch<M: Objective>(&mut self, mut model: M, batches: &[M::Batch]) -> Result<M> {
+        let (cfg, epoch) = (self.cfg, self.progress.epoch);
+        self.bar.set_prefix(format!("epoch {}/{}", epoch + 1, cfg.epochs));
+        let mut accumulator = GradientsAccumulator::<M>::new();
+        // A run resumed mid-epoch continues the log line in progress where the checkpoint left it.
+        let mut window = match self.progress.batch_in_epoch {
+            0 => Window::new(0.0, 0),
+            _ => Window::new(self.progress.window_loss, self.progress.window_examples),
+        };
+        for (i, batch) in batches.iter().enumerate().skip(self.progress.batch_in_epoch) {
+            // Dropout draws from the device RNG: seed it per micro-batch so a resumed run
+            // draws exactly what the uninterrupted one did.
+            self.device.seed(cfg.seed.wrapping_mul(1_000_003).wrapping_add((epoch * self.steps.batches_per_epoch + i) as u64));
+            let loss = model.loss(batch, self.device);
+            let loss_value = scalar(loss.clone());
+            if !loss_value.is_finite() {
+                return Err(self.diverged(&model, loss_value, i));
+            }
+            accumulator.accumulate(&model, GradientsParams::from_grads(loss.div_scalar(cfg.grad_accum as f64).backward(), &model));
+            window.add(loss_value, M::examples(batch));
+            self.progress.batch_in_epoch = i + 1;
+            if (i + 1) % cfg.grad_accum != 0 && i + 1 != batches.len() {
+                continue;
+            }
+            let lr = self.schedule.at(self.progress.step);
+            let grads = accumulator.grads();
+            let logged = (self.progress.step + 1) % cfg.log_every == 0;
+            let diagnostics = if logged { model.diagnostics(&grads) } else { Default::default() };
+            model = step(&mut self.optim, lr, model, grads);
+            self.progress.step += 1;
+            self.bar.inc(1);
+            self.bar.set_message(format!("loss {:.4} lr {lr:.2e} {:.1} {}/s", window.mean(), window.rate(), M::EXAMPLE_UNIT));
+            if logged {
+                self.log_step(&model, lr, &window, diagnostics)?;
+                window = Window::new(0.0, 0);
+            }
+            if cfg.checkpoint_every.is_some_and(|n| self.progress.step % n == 0) && i + 1 != batches.len() {
+                let p = Progress {
+                    elapsed_s: self.elapsed(),
+                    window_loss: window.loss,
+                    window_examples: window.examples,
+                    ..self.progress.clone()
+                };
+                checkpoint::write_dir(&self.run.checkpoint(), &TrainableState::of(&model), Some(&self.optim), Some(&p))?;
+            }
+            if self.stop {
+                break;
+            }
+        }
+        Ok(model)
+    }
+
+    /// Writes a metrics line for the step just taken and feeds its loss to the collapse guard.
+    fn log_step<M: Objective>(
+        &mut self,
+        model: &M,
+        lr: f64,
+        window: &Window,
+        diagnostics: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<()> {
+        let mean_loss = window.mean();
+        let mut line = serde_json::json!({
+            "step": self.progress.step, "epoch": self.progress.epoch + 1, "loss": mean_loss,
+            "lr": lr, "examples_per_s": window.rate(), "update_norm": model.update_norm(),
+        });
+        line.as_object_mut().expect("an object").extend(diagnostics);
+        log_line(&self.run.metrics_log(), line)?;
+        if let Some(collapse) = self.guard.as_mut().and_then(|g| g.observe(self.progress.step, mean_loss)) {
+            self.bar.suspend(|| eprintln!("{}", collapse.warning()));
+            self.stop = self.cfg.stop_on_collapse;
+        }
+        Ok(())
+    }
+
+    /// The error for a non-finite loss at micro-batch `i` of the current epoch.
+    fn diverged<M: Objective>(&self, model: &M, loss: f64, i: usize) -> Error {
+        self.bar.abandon();
+        let divergence = Divergence {
+            loss,
+            epoch: self.progress.epoch + 1,
+            batch: i + 1,
+            steps_taken: self.progress.step,
+            generator_multiplier: model.lr_group().map(|g| g.multiplier),
+        };
+        let lr = self.schedule.at(self.progress.step.saturating_sub(1));
+        Error::Training(divergence.message(self.cfg, lr, &self.run.checkpoint(), &self.steps))
+    }
+
+    /// Scores the model on validation (a run stopped on collapse is scored where it stopped, as
+    /// at an epoch's end), keeps it if it is the best so far, and checkpoints. `true` when
+    /// early stopping ends the run here.
+    fn end_epoch<M: Objective>(&mut self, model: &M, validate: &dyn Fn(&M) -> EvalMetrics) -> Result<bool> {
+        let (cfg, epoch) = (self.cfg, self.progress.epoch);
+        let metrics = validate(model);
+        let line = format!("epoch {}: validation {}", epoch + 1, metrics.describe());
+        self.bar.suspend(|| eprintln!("{line}"));
+        log_line(&self.run.metrics_log(), serde_json::json!({"epoch": epoch + 1, "step": self.progress.step, "validation": metrics}))?;
+        let s =
+            metrics.score(cfg.best_metric).ok_or_else(|| Error::Config(format!("the validation metrics have no {:?}", cfg.best_metric)))?;
+        if self.progress.best.is_none_or(|(best, _)| s > best) {
+            self.progress.best = Some((s, epoch));
+            self.progress.evals_without_improvement = 0;
+            checkpoint::write_dir(&self.run.best(), &TrainableState::of(model), None, None)?;
+        } else {
+            self.progress.evals_without_improvement += 1;
+        }
+        self.progress.history.push(metrics);
+        self.progress.epoch += 1;
+        self.progress.batch_in_epoch = 0;
+        let p = Progress { elapsed_s: self.elapsed(), window_loss: 0.0, window_examples: 0, ..self.progress.clone() };
+        checkpoint::write_dir(&self.run.checkpoint(), &TrainableState::of(model), Some(&self.optim), Some(&p))?;
+        if self.stop {
+            self.bar.suspend(|| eprintln!("stopping at step {}: --stop-on-collapse", self.progress.step));
+        } else if cfg.patience.is_some_and(|n| self.progress.evals_without_improvement >= n) {
+            self.bar.suspend(|| eprintln!("early stopping: no improvement for {} epochs", self.progress.evals_without_improvement));
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// The best epoch's model and the run's report.
+    fn finish<M: Objective>(self, model: M) -> Result<(M, TrainReport)> {
+        self.bar.finish_and_clear();
+        let elapsed = self.elapsed();
+        let progress = self.progress;
+        let (_, best_epoch) = progress.best.ok_or_else(|| Error::State("training ended before any epoch was evaluated".into()))?;
+        let model = checkpoint::restore(&self.run.best(), model)?;
+        let report = TrainReport {
+            best_validation: progress.history[best_epoch].clone(),
+            best_epoch: best_epoch + 1,
+            epochs_run: progress.history.len(),
+            steps: progress.step,
+            wall_time_s: elapsed,
+            history: progress.history,
+            collapse: self.guard.and_then(|g| g.found().cloned()).map(|c| Collapse { stopped: self.stop, ..c }),
+        };
+        Ok((model, report))
+    }
+}
+
+/// The training loss and examples since the last metrics line.
+struct Window {
+    loss: f64,
+    examples: usize,
+    started: Instant,
+}
+
+impl Window {
+    fn new(loss: f64, examples: usize) -> Self {
+        Window { loss, examples, started: Instant::now() }
+    }
+
+    fn add(&mut self, batch_loss: f64, examples: usize) {
+        self.loss += batch_loss * examples as f64;
+        self.examples += examples;
+    }
+
+    fn mean(&self) -> f64 {
+        self.loss / self.examples as f64
+    }
+
+    /// Examples per second since the window opened.
+    fn rate(&self) -> f64 {
+        self.examples as f64 / self.started.elapsed().as_secs_f64()
+    }
 }
 
 /// Starts a new peak-memory window (Linux: `VmHWM` drops to the current RSS), so that each

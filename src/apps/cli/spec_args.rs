@@ -268,8 +268,9 @@ pub struct TrainArgs {
     /// AdamW weight decay [default: 0.01; multiple-choice: 0.01]
     #[arg(long, value_parser = number(Range::NonNegative), allow_negative_numbers = true, help_heading = "Training")]
     pub weight_decay: Option<f64>,
-    /// AdamW's second-moment decay beta_2: lower values let the step size follow a sudden rise of
-    /// the gradient within fewer steps [default: 0.999]
+    /// AdamW's second-moment decay beta_2: how fast the step size follows the gradient's scale (its
+    /// memory is about 1 / (1 - beta_2) steps); 0.95 avoids the collapse of issue 27 (see the
+    /// collapse warning) [default: 0.999]
     #[arg(long, value_parser = number(Range::Probability), allow_negative_numbers = true, help_heading = "Training")]
     pub adam_beta2: Option<f64>,
     /// Fraction of the steps spent on linear warm-up [default: 0.1; multiple-choice: 0.05]
@@ -278,7 +279,8 @@ pub struct TrainArgs {
     /// Learning-rate decay after warm-up [default: linear].
     #[arg(long, value_enum, help_heading = "Training")]
     pub decay: Option<Decay>,
-    /// Clip the global gradient norm (0: no clipping) [default: 1].
+    /// Clip each parameter tensor's gradient to this L2 norm, separately, not their global norm
+    /// (0: no clipping) [default: 1].
     #[arg(long, value_parser = number(Range::NonNegative), allow_negative_numbers = true, help_heading = "Training")]
     pub grad_clip: Option<f64>,
     /// Micro-batches per optimizer step [default: 1].
