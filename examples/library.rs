@@ -23,7 +23,7 @@ fn main() -> replora::Result<()> {
     let input = batch.to_input(&train_device);
 
     // RepLoRA on the default targets (query, value): the base is frozen, the adapter starts at zero.
-    let config = AdapterConfig { method: Method::Replora, r: 8, ..Default::default() };
+    let config = AdapterConfig { r: 8, ..AdapterConfig::new(Method::Replora) };
     let mut model = PeftModel::new(bert, &config)?;
     println!("{}", model.param_report());
     let base_output = model.model.forward(&input, &Deltas::none());

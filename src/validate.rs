@@ -80,7 +80,7 @@ impl ClassificationSpec {
         check("train-fraction", self.train_fraction, Range::Fraction)?;
         check("head-dropout", self.head_dropout, Range::Probability)?;
         at_least_one("max-len", self.max_len)?;
-        self.adapter.validate()?;
+        self.tuning.validate()?;
         self.train.validate()
     }
 }
@@ -104,7 +104,7 @@ impl MultipleChoiceSpec {
         if self.tuning == crate::tasks::Tuning::Probe {
             return Err(Error::Config("--method probe trains only a task head; a multiple-choice run has none (it scores options with the language model's own output layer)".into()));
         }
-        self.adapter.validate()?;
+        self.tuning.validate()?;
         self.train.validate()
     }
 }
@@ -123,7 +123,7 @@ impl ImageClassificationSpec {
             return Err(Error::Config(format!("--image-size must be at most {max} pixels, got {}", self.image_size)));
         }
         check("train-fraction", self.train_fraction, Range::Fraction)?;
-        self.adapter.validate()?;
+        self.tuning.validate()?;
         self.train.validate()
     }
 }

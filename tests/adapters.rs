@@ -10,9 +10,19 @@ use common::{TinyModel, host, input, rel_err};
 use replora::adapters::{
     Activation, AdapterConfig, AdapterSet, Deltas, Method, PeftModel, SeedKind, TargetModules, closed_form, select_targets,
 };
-use replora::adapters::{Adaptable, OutputScale, SeedInit};
+use replora::adapters::{Adaptable, MethodConfig, OutputScale, PrefixTuning, SeedInit};
 use replora::formats::{native, peft};
 use replora::weights::HostTensor;
+
+/// The RepLoRA settings of a RepLoRA config.
+fn replora_of(config: &mut AdapterConfig) -> &mut replora::adapters::RepLoraConfig {
+    config.method.settings_mut::<replora::adapters::RepLora>().expect("a RepLoRA config")
+}
+
+/// The bottleneck settings of a `--method adapter` config.
+fn bottleneck_of(config: &mut AdapterConfig) -> &mut replora::adapters::BottleneckConfig {
+    config.method.settings_mut::<replora::adapters::Houlsby>().expect("a bottleneck config")
+}
 
 fn device() -> Device {
     Device::flex().autodiff()
@@ -22,74 +32,77 @@ fn model() -> TinyModel {
     TinyModel::new(2, 4, 2, 4, 7, &device())
 }
 
+/// `config` with its RepLoRA settings replaced by `f` of them.
+fn with_replora(
+    mut config: AdapterConfig,
+    f: impl FnOnce(replora::adapters::RepLoraConfig) -> replora::adapters::RepLoraConfig,
+) -> AdapterConfig {
+    let r = replora_of(&mut config);
+    *r = f(r.clone());
+    config
+}
+
+/// RepLoRA's state of an adapter.
+fn replora_state(peft: &PeftModel<TinyModel>) -> &replora::adapters::replora::RepLoraState {
+    peft.adapters.state_of::<replora::adapters::RepLora>().expect("a RepLoRA adapter")
+}
+
 /// Every method variant the invariants must hold for.
 fn variants() -> Vec<(&'static str, AdapterConfig)> {
     let targets = |names: &[&str]| TargetModules::Names(names.iter().map(|s| s.to_string()).collect());
     let base = AdapterConfig { r: 2, lora_alpha: 4.0, target_modules: targets(&["q_proj", "v_proj"]), seed: 3, ..Default::default() };
     let replora = |seed_kind, activation, shared| {
-        let mut c = AdapterConfig { method: Method::Replora, ..base.clone() };
-        c.replora.seed_kind = seed_kind;
-        c.replora.activation = activation;
-        c.replora.shared_generators = shared;
-        c.replora.hidden = 5;
+        let mut c = AdapterConfig { method: Method::Replora.defaults(), ..base.clone() };
+        replora_of(&mut c).seed_kind = seed_kind;
+        replora_of(&mut c).activation = activation;
+        replora_of(&mut c).shared_generators = shared;
+        replora_of(&mut c).hidden = 5;
         c
     };
     vec![
-        ("lora", AdapterConfig { method: Method::Lora, ..base.clone() }),
+        ("lora", AdapterConfig { method: Method::Lora.defaults(), ..base.clone() }),
         (
             "lora-rslora-gaussian",
             AdapterConfig {
-                method: Method::Lora,
+                method: Method::Lora.defaults(),
                 use_rslora: true,
                 init_lora_weights: replora::adapters::LoraInit::Gaussian,
                 ..base.clone()
             },
         ),
-        ("dora", AdapterConfig { method: Method::Dora, ..base.clone() }),
+        ("dora", AdapterConfig { method: Method::Dora.defaults(), ..base.clone() }),
         ("replora-diag-tanh", replora(SeedKind::Diagonal, Activation::Tanh, false)),
         ("replora-full-gelu", replora(SeedKind::Full, Activation::Gelu, false)),
         ("replora-diag-identity-shared", replora(SeedKind::Diagonal, Activation::Identity, true)),
         (
             "replora-unscaled",
-            AdapterConfig {
-                replora: replora::adapters::RepLoraConfig {
-                    output_scale: OutputScale::One,
-                    ..replora(SeedKind::Diagonal, Activation::Tanh, false).replora
-                },
-                ..replora(SeedKind::Diagonal, Activation::Tanh, false)
-            },
+            with_replora(replora(SeedKind::Diagonal, Activation::Tanh, false), |r| replora::adapters::RepLoraConfig {
+                output_scale: OutputScale::One,
+                ..r
+            }),
         ),
         (
             "replora-no-bias-random-seeds",
-            AdapterConfig {
-                replora: replora::adapters::RepLoraConfig {
-                    generator_bias: false,
-                    seed_init: Some(SeedInit::Random),
-                    ..replora(SeedKind::Diagonal, Activation::Tanh, false).replora
-                },
-                ..replora(SeedKind::Diagonal, Activation::Tanh, false)
-            },
+            with_replora(replora(SeedKind::Diagonal, Activation::Tanh, false), |r| replora::adapters::RepLoraConfig {
+                generator_bias: false,
+                seed_init: Some(SeedInit::Random),
+                ..r
+            }),
         ),
         (
             "replora-learned-scale",
-            AdapterConfig {
-                replora: replora::adapters::RepLoraConfig {
-                    learn_output_scale: true,
-                    output_scale: OutputScale::InvH,
-                    ..replora(SeedKind::Diagonal, Activation::Tanh, false).replora
-                },
-                ..replora(SeedKind::Diagonal, Activation::Tanh, false)
-            },
+            with_replora(replora(SeedKind::Diagonal, Activation::Tanh, false), |r| replora::adapters::RepLoraConfig {
+                learn_output_scale: true,
+                output_scale: OutputScale::InvH,
+                ..r
+            }),
         ),
         (
             "replora-full-identity-seeds",
-            AdapterConfig {
-                replora: replora::adapters::RepLoraConfig {
-                    seed_init: Some(SeedInit::Identity),
-                    ..replora(SeedKind::Full, Activation::Tanh, false).replora
-                },
-                ..replora(SeedKind::Full, Activation::Tanh, false)
-            },
+            with_replora(replora(SeedKind::Full, Activation::Tanh, false), |r| replora::adapters::RepLoraConfig {
+                seed_init: Some(SeedInit::Identity),
+                ..r
+            }),
         ),
         (
             "replora-wide-targets",
@@ -201,8 +214,8 @@ fn replora_equals_its_materialized_lora_and_peft_round_trip() {
         let imported = peft::import(model(), &path).unwrap();
         let err = rel_err(&forward(&imported, 11), &out);
         assert!(err < 1e-6, "{name}: PEFT export/import differs by {err:e}");
-        let expected_method = if config.method == Method::Dora { Method::Dora } else { Method::Lora };
-        assert_eq!(imported.adapters.config.method, expected_method);
+        let expected_method = if config.method.method() == Method::Dora { Method::Dora } else { Method::Lora };
+        assert_eq!(imported.adapters.config.method.method(), expected_method);
     }
 }
 
@@ -246,17 +259,17 @@ fn counted_parameters_equal_the_closed_form() {
 fn replora_bias_and_seed_init_options_change_only_their_own_tensors() {
     let with = variants()[3].1.clone();
     let mut without = with.clone();
-    without.replora.generator_bias = false;
+    replora_of(&mut without).generator_bias = false;
     let (with, without) = (PeftModel::new(model(), &with).unwrap(), PeftModel::new(model(), &without).unwrap());
     let (a, b) = (native::named_tensors(&with.adapters), native::named_tensors(&without.adapters));
     assert!(b.keys().all(|k| !k.ends_with(".bias")) && a.keys().any(|k| k.ends_with("hidden.bias")));
     for (key, tensor) in &b {
         assert_eq!(tensor.data, a[key].data, "{key} differs without biases");
     }
-    let seed = |p: &PeftModel<TinyModel>| host(&p.adapters.blocks[0].seed_a.val());
+    let seed = |p: &PeftModel<TinyModel>| host(&replora_state(p).blocks[0].seed_a.val());
     assert_eq!(seed(&with), vec![1.0; 2], "diagonal seeds start as the identity");
     let full_identity = PeftModel::new(model(), &variants()[9].1).unwrap();
-    assert_eq!(full_identity.adapters.blocks[0].seed_a.dims(), [2, 16]);
+    assert_eq!(replora_state(&full_identity).blocks[0].seed_a.dims(), [2, 16]);
     let expected: Vec<f32> = (0..32).map(|i| if i / 16 == i % 16 { 1.0 } else { 0.0 }).collect();
     assert_eq!(seed(&full_identity), expected, "full identity seeds are the identity's first rows");
     let random = PeftModel::new(model(), &variants()[7].1).unwrap();
@@ -269,17 +282,14 @@ fn replora_bias_and_seed_init_options_change_only_their_own_tensors() {
 #[test]
 fn a_learned_output_scale_starts_as_the_fixed_one() {
     let learned = variants()[8].1.clone();
-    let fixed = AdapterConfig {
-        replora: replora::adapters::RepLoraConfig { learn_output_scale: false, ..learned.replora.clone() },
-        ..learned.clone()
-    };
+    let fixed = with_replora(learned.clone(), |r| replora::adapters::RepLoraConfig { learn_output_scale: false, ..r });
     let (learned, fixed) = (PeftModel::new(model(), &learned).unwrap(), PeftModel::new(model(), &fixed).unwrap());
-    let scale = learned.adapters.generators[0].a.scale.as_ref().expect("a learned scale");
+    let scale = replora_state(&learned).generators[0].a.scale.as_ref().expect("a learned scale");
     assert_eq!(host(&scale.val()), vec![1.0 / 5.0], "starts at 1/h for h = 5");
     let (dl, df) = (learned.deltas(), fixed.deltas());
     let a = |d: &Deltas| host(&d.get("model.layers.1.self_attn.v_proj").unwrap().a);
     assert_eq!(a(&dl), a(&df));
-    assert_eq!(learned.adapters.trainable_params(), fixed.adapters.trainable_params() + 2 * learned.adapters.generators.len());
+    assert_eq!(learned.adapters.trainable_params(), fixed.adapters.trainable_params() + 2 * replora_state(&learned).generators.len());
 }
 
 #[test]
@@ -290,14 +300,14 @@ fn replora_handles_grouped_query_shapes() {
     let v = deltas.get("model.layers.0.self_attn.v_proj").unwrap();
     assert_eq!((q.a.dims(), q.b.dims()), ([16, 2], [2, 16]));
     assert_eq!((v.a.dims(), v.b.dims()), ([16, 2], [2, 8]));
-    assert_eq!(peft.adapters.blocks.len(), 2);
+    assert_eq!(replora_state(&peft).blocks.len(), 2);
 }
 
 #[test]
 fn merge_rejects_non_finite_weights_and_leaves_the_model_unchanged() {
     let mut peft = PeftModel::new(model(), &variants()[0].1).unwrap();
-    let t = &mut peft.adapters.targets[1];
-    let f = t.factors.as_mut().unwrap();
+    let state = peft.adapters.state_of_mut::<replora::adapters::Lora>().expect("a LoRA adapter");
+    let f = &mut state.targets[1].factors;
     f.b = f.b.clone().map(|b| b.add_scalar(f32::NAN));
     let before: Vec<Vec<f32>> = peft.model.linears().iter().map(|l| host(&l.weight.val())).collect();
     let err = peft.clone().merge().unwrap_err().to_string();
@@ -328,7 +338,7 @@ fn rejects_bad_configs_with_clear_errors() {
     let err = "swish".parse::<Activation>().unwrap_err().to_string();
     assert!(err.contains("unknown activation \"swish\"") && err.contains("tanh, relu, gelu, identity"), "{err}");
     let mut shared = variants()[6].1.clone();
-    shared.replora.shared_generators = true;
+    replora_of(&mut shared).shared_generators = true;
     shared.layers_to_transform = None;
     assert!(AdapterSet::new(&shared, &model().linears()).is_ok(), "uniform layers may share generators");
 }
@@ -380,9 +390,9 @@ fn rejects_bad_files_with_clear_errors() {
 /// export invariants apply, the others do.
 fn bottlenecks() -> Vec<(&'static str, AdapterConfig)> {
     let sites = TargetModules::Names(vec!["o_proj".into(), "down_proj".into()]);
-    let base = AdapterConfig { method: Method::Houlsby, target_modules: sites, seed: 5, ..Default::default() };
+    let base = AdapterConfig { method: Method::Houlsby.defaults(), target_modules: sites, seed: 5, ..Default::default() };
     let mut tanh_wide = base.clone();
-    tanh_wide.bottleneck = replora::adapters::BottleneckConfig { size: Some(6), activation: Activation::Tanh };
+    *bottleneck_of(&mut tanh_wide) = replora::adapters::BottleneckConfig { size: Some(6), activation: Activation::Tanh };
     vec![("adapter-relu-auto-width", base), ("adapter-tanh-width6", tanh_wide)]
 }
 
@@ -436,7 +446,7 @@ fn bottleneck_adapter_refuses_merge_and_lora_export_and_bad_widths() {
     assert!(err.contains("cannot be written as LoRA"), "{err}");
     assert!(!dir.path().join("peft").exists(), "a refused export writes nothing");
     let mut zero = config.clone();
-    zero.bottleneck.size = Some(0);
+    bottleneck_of(&mut zero).size = Some(0);
     let err = PeftModel::new(model(), &zero).unwrap_err().to_string();
     assert!(err.contains("bottleneck width") && err.contains("at least 1"), "{err}");
 }
@@ -444,8 +454,11 @@ fn bottleneck_adapter_refuses_merge_and_lora_export_and_bad_widths() {
 /// Prefix tuning anchored at each layer's key projection, through the MLP and directly.
 fn prefixes() -> Vec<(&'static str, AdapterConfig)> {
     let keys = TargetModules::Names(vec!["k_proj".into()]);
-    let base = AdapterConfig { method: Method::Prefix, target_modules: keys, seed: 7, ..Default::default() };
-    let direct = AdapterConfig { prefix: replora::adapters::PrefixConfig { length: 3, reparameterize: false, hidden: 4 }, ..base.clone() };
+    let base = AdapterConfig { method: Method::Prefix.defaults(), target_modules: keys, seed: 7, ..Default::default() };
+    let direct = AdapterConfig {
+        method: MethodConfig::Prefix(replora::adapters::PrefixConfig { length: 3, reparameterize: false, hidden: 4 }),
+        ..base.clone()
+    };
     vec![("prefix-mlp", base), ("prefix-direct", direct)]
 }
 
@@ -457,7 +470,7 @@ fn prefix_trains_only_itself_counts_in_closed_form_and_round_trips() {
         let deltas = peft.deltas();
         let kv = deltas.prefix("model.layers.1.self_attn.k_proj").unwrap();
         // Grouped-query shapes: the prefix has the key projection's width (2 kv heads x 4).
-        assert_eq!((kv.key.dims(), kv.value.dims()), ([config.prefix.length, 8], [config.prefix.length, 8]), "{name}");
+        assert_eq!((kv.key.dims(), kv.value.dims()), ([config.method.virtual_tokens(), 8], [config.method.virtual_tokens(), 8]), "{name}");
         let shapes: Vec<_> = peft.model.linears().iter().map(|l| (l.path.clone(), l.d_in(), l.d_out())).collect();
         assert_eq!(peft.adapters.trainable_params(), closed_form(&config, &select_targets(&config, &shapes).unwrap()), "{name}");
 
@@ -482,10 +495,10 @@ fn prefix_trains_only_itself_counts_in_closed_form_and_round_trips() {
 fn the_reparameterized_prefix_materializes_to_the_same_model() {
     let (_, config) = prefixes().remove(0);
     let trained = train(PeftModel::new(model(), &config).unwrap(), 2);
-    let prefix = trained.adapters.prefix.as_ref().unwrap();
     let mut direct = trained.adapters.clone();
-    direct.prefix = Some(prefix.materialized());
-    assert!(direct.prefix.as_ref().unwrap().mlp.is_none());
+    let state = direct.state_of_mut::<PrefixTuning>().unwrap();
+    state.prefix = state.prefix.materialized();
+    assert!(state.prefix.mlp.is_none());
     let materialized = PeftModel::from_parts(model(), direct);
     assert_eq!(forward(&materialized, 5), forward(&trained, 5));
 }
@@ -504,7 +517,46 @@ fn prefix_refuses_merge_partial_layers_and_empty_settings() {
     let two_per_layer = AdapterConfig { target_modules: TargetModules::Names(vec!["k_proj".into(), "v_proj".into()]), ..config.clone() };
     assert!(PeftModel::new(model(), &two_per_layer).is_err());
     let mut empty = config.clone();
-    empty.prefix.length = 0;
+    empty.method.settings_mut::<PrefixTuning>().unwrap().length = 0;
     let err = PeftModel::new(model(), &empty).unwrap_err().to_string();
     assert!(err.contains("prefix.length") && err.contains("at least 1"), "{err}");
+}
+
+/// Adapters written by replora before adapter methods were plug-ins (issue 28), one per
+/// variant: `adapter_config.json` in that format, the tensors, and `expected.json` with the
+/// model's output bits and the checkpoint names of the trainable tensors. They must load and
+/// give the same output to the bit, and a checkpoint must name its tensors as then (so runs
+/// interrupted before the change resume). `REPLORA_BLESS=1` rewrites them from today's code.
+#[test]
+fn adapters_written_before_methods_were_plug_ins_load_bit_exactly() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/adapters-0.1");
+    let all: Vec<(&str, AdapterConfig)> = [variants(), bottlenecks(), prefixes()].concat();
+    let checkpoint_names = |peft: &PeftModel<TinyModel>| -> Vec<String> {
+        replora::training::state::TrainableState::of(peft).tensors.into_keys().filter(|k| k.starts_with("adapters.")).collect()
+    };
+    if std::env::var_os("REPLORA_BLESS").is_some() {
+        for (name, config) in &all {
+            let peft = train(PeftModel::new(model(), config).unwrap(), 2);
+            let dir = root.join(name);
+            native::save(&peft.adapters, &dir).unwrap();
+            let bits: Vec<u32> = forward(&peft, 9).iter().map(|x| x.to_bits()).collect();
+            let expected = serde_json::json!({"output_bits": bits, "checkpoint_names": checkpoint_names(&peft)});
+            std::fs::write(dir.join("expected.json"), serde_json::to_string(&expected).unwrap()).unwrap();
+        }
+    }
+    let mut dirs: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).collect();
+    dirs.sort();
+    assert_eq!(dirs.len(), 15, "one fixture per variant");
+    for dir in dirs {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+        let loaded = native::load(model(), &dir).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let bits: Vec<u32> = forward(&loaded, 9).iter().map(|x| x.to_bits()).collect();
+        assert_eq!(serde_json::json!(bits), expected["output_bits"], "{name}: the output changed");
+        assert_eq!(serde_json::json!(checkpoint_names(&loaded)), expected["checkpoint_names"], "{name}: checkpoint names changed");
+        assert!(!expected["checkpoint_names"].as_array().unwrap().is_empty(), "{name}");
+        // The config reads back as the variant that wrote it.
+        let config = &all.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("no variant {name}")).1;
+        assert_eq!(&loaded.adapters.config, config, "{name}");
+    }
 }

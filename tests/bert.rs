@@ -83,7 +83,12 @@ fn save_then_load_is_bit_exact() {
 }
 
 fn query_value(method: Method) -> AdapterConfig {
-    AdapterConfig { method, r: 4, target_modules: TargetModules::Names(vec!["query".into(), "value".into()]), ..Default::default() }
+    AdapterConfig {
+        method: method.defaults(),
+        r: 4,
+        target_modules: TargetModules::Names(vec!["query".into(), "value".into()]),
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -107,7 +112,8 @@ fn adapters_inject_into_bert_and_merge_into_a_plain_checkpoint() {
     // Houlsby bottlenecks go after the attention output and the feed-forward output.
     let sites = TargetModules::Names(Bert::ADAPTER_SITES.iter().map(|s| s.to_string()).collect());
     let peft =
-        PeftModel::new(base.clone(), &AdapterConfig { method: Method::Houlsby, target_modules: sites, ..Default::default() }).unwrap();
+        PeftModel::new(base.clone(), &AdapterConfig { method: Method::Houlsby.defaults(), target_modules: sites, ..Default::default() })
+            .unwrap();
     let paths = peft.adapters.target_paths();
     assert_eq!(paths.len(), 12, "{paths:?}");
     assert!(
@@ -119,7 +125,9 @@ fn adapters_inject_into_bert_and_merge_into_a_plain_checkpoint() {
 
     // A prefix at every layer's key: padding keys stay hidden, the prefix is seen by all.
     let keys = TargetModules::Names(Bert::KEY_PROJECTIONS.iter().map(|s| s.to_string()).collect());
-    let peft = PeftModel::new(base.clone(), &AdapterConfig { method: Method::Prefix, target_modules: keys, ..Default::default() }).unwrap();
+    let peft =
+        PeftModel::new(base.clone(), &AdapterConfig { method: Method::Prefix.defaults(), target_modules: keys, ..Default::default() })
+            .unwrap();
     let batched = host(&peft.model.forward(&input, &peft.deltas()));
     let alone = Batch::new(&[(vec![101, 7592, 102], vec![0; 3])]);
     let alone = host(&peft.model.forward(&alone.input(&device), &peft.deltas()));

@@ -77,7 +77,7 @@ fn tiny(device: &Device) -> (tempfile::TempDir, Dinov2) {
 fn adapters() -> Vec<(&'static str, AdapterConfig)> {
     [("lora", Method::Lora), ("dora", Method::Dora), ("replora", Method::Replora)]
         .into_iter()
-        .map(|(name, m)| (name, AdapterConfig { method: m, r: 2, ..Default::default() }))
+        .map(|(name, m)| (name, AdapterConfig { method: m.defaults(), r: 2, ..Default::default() }))
         .collect()
 }
 
@@ -118,7 +118,7 @@ fn bottleneck_adapters_sit_after_attention_and_mlp_and_start_at_the_base() {
     let input = pixels(2, 16, 3).to_tensor::<4>(&device);
     let reference = host(base.forward(input.clone(), &Default::default()));
     let sites = TargetModules::Names(Dinov2::ADAPTER_SITES.iter().map(|s| s.to_string()).collect());
-    let config = AdapterConfig { method: Method::Houlsby, target_modules: sites, ..Default::default() };
+    let config = AdapterConfig { method: Method::Houlsby.defaults(), target_modules: sites, ..Default::default() };
     let peft = PeftModel::new(base.clone(), &config).unwrap();
     let paths = peft.adapters.target_paths();
     assert_eq!(
@@ -143,7 +143,7 @@ fn a_prefix_at_every_layer_trains_the_classifier() {
     let (_tmp, base) = tiny(&device);
     let input = pixels(2, 16, 3).to_tensor::<4>(&device);
     let keys = TargetModules::Names(Dinov2::KEY_PROJECTIONS.iter().map(|s| s.to_string()).collect());
-    let config = AdapterConfig { method: Method::Prefix, target_modules: keys, ..Default::default() };
+    let config = AdapterConfig { method: Method::Prefix.defaults(), target_modules: keys, ..Default::default() };
     let peft = PeftModel::new(base.clone(), &config).unwrap();
     assert_eq!(
         peft.adapters.target_paths(),

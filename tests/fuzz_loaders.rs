@@ -41,15 +41,17 @@ fn model() -> TinyModel {
 
 fn adapter(method: Method) -> AdapterConfig {
     let mut c = AdapterConfig {
-        method,
+        method: method.defaults(),
         r: 2,
         lora_alpha: 4.0,
         target_modules: TargetModules::Names(vec!["q_proj".into(), "v_proj".into(), "up_proj".into()]),
         seed: 3,
         ..Default::default()
     };
-    c.replora.hidden = 5;
-    c.replora.seed_kind = SeedKind::Full;
+    if let Some(r) = c.method.settings_mut::<replora::adapters::RepLora>() {
+        r.hidden = 5;
+        r.seed_kind = SeedKind::Full;
+    }
     c
 }
 

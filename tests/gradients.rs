@@ -15,6 +15,16 @@ use replora::adapters::init::Init;
 use replora::adapters::set::NamedParams;
 use replora::adapters::{Activation, Adaptable, AdapterConfig, Method, OutputScale, PeftModel, SeedInit, SeedKind, TargetModules};
 
+/// The RepLoRA settings of a RepLoRA config.
+fn replora_of(config: &mut AdapterConfig) -> &mut replora::adapters::RepLoraConfig {
+    config.method.settings_mut::<replora::adapters::RepLora>().expect("a RepLoRA config")
+}
+
+/// The bottleneck settings of a `--method adapter` config.
+fn bottleneck_of(config: &mut AdapterConfig) -> &mut replora::adapters::BottleneckConfig {
+    config.method.settings_mut::<replora::adapters::Houlsby>().expect("a bottleneck config")
+}
+
 fn device() -> Device {
     static CONFIGURED: OnceLock<()> = OnceLock::new();
     CONFIGURED.get_or_init(|| {
@@ -83,18 +93,18 @@ fn loss(peft: &PeftModel<TinyModel>) -> Tensor<1> {
 /// DoRA treats `||W0 + s B A||` as a constant in backward (as PEFT and the DoRA paper do), so
 /// its finite differences must hold that norm fixed: rescale `m` by `n(perturbed) / n(point)`.
 fn freeze_dora_norms(point: &PeftModel<TinyModel>, perturbed: PeftModel<TinyModel>) -> PeftModel<TinyModel> {
-    if point.adapters.config.method != Method::Dora {
+    let Some(dora) = point.adapters.state_of::<replora::adapters::Dora>() else {
         return perturbed;
-    }
+    };
     let norm = |p: &PeftModel<TinyModel>, path: &str| {
         let w = p.model.linears().into_iter().find(|l| l.path == path).unwrap().weight.val();
         let d = p.deltas();
         (w + d.get(path).unwrap().dense()).square().sum_dim(0).sqrt().squeeze_dim::<1>(0)
     };
     let mut values = BTreeMap::new();
-    for t in &point.adapters.targets {
-        let path = &t.target.path;
-        let m = t.magnitude.as_ref().unwrap().val();
+    for (t, state) in point.adapters.targets.iter().zip(&dora.targets) {
+        let path = &t.path;
+        let m = state.magnitude.val();
         values.insert(format!("{path}.magnitude"), self::values(&(m * norm(&perturbed, path) / norm(point, path))));
     }
     // Keep the perturbed magnitude entry itself when m is the perturbed tensor.
@@ -167,45 +177,45 @@ fn base() -> AdapterConfig {
 
 #[test]
 fn lora_gradients_match_finite_differences() {
-    check("lora", AdapterConfig { method: Method::Lora, ..base() });
+    check("lora", AdapterConfig { method: Method::Lora.defaults(), ..base() });
 }
 
 #[test]
 fn dora_gradients_match_finite_differences() {
-    check("dora", AdapterConfig { method: Method::Dora, ..base() });
+    check("dora", AdapterConfig { method: Method::Dora.defaults(), ..base() });
 }
 
 #[test]
 fn replora_gradients_match_finite_differences() {
     for seed_kind in [SeedKind::Diagonal, SeedKind::Full] {
         for activation in [Activation::Tanh, Activation::Relu, Activation::Gelu, Activation::Identity] {
-            let mut config = AdapterConfig { method: Method::Replora, ..base() };
-            config.replora.seed_kind = seed_kind;
-            config.replora.activation = activation;
-            config.replora.hidden = 3;
+            let mut config = AdapterConfig { method: Method::Replora.defaults(), ..base() };
+            replora_of(&mut config).seed_kind = seed_kind;
+            replora_of(&mut config).activation = activation;
+            replora_of(&mut config).hidden = 3;
             check(&format!("replora-{seed_kind}-{activation}"), config);
         }
     }
-    let mut shared = AdapterConfig { method: Method::Replora, ..base() };
-    shared.replora.shared_generators = true;
+    let mut shared = AdapterConfig { method: Method::Replora.defaults(), ..base() };
+    replora_of(&mut shared).shared_generators = true;
     check("replora-shared", shared);
     for scale in [OutputScale::One, OutputScale::InvH] {
-        let mut config = AdapterConfig { method: Method::Replora, ..base() };
-        config.replora.output_scale = scale;
-        config.replora.hidden = 3;
+        let mut config = AdapterConfig { method: Method::Replora.defaults(), ..base() };
+        replora_of(&mut config).output_scale = scale;
+        replora_of(&mut config).hidden = 3;
         check(&format!("replora-scale-{scale}"), config);
     }
     for (seed_kind, seed_init) in [(SeedKind::Diagonal, SeedInit::Random), (SeedKind::Full, SeedInit::Identity)] {
-        let mut config = AdapterConfig { method: Method::Replora, ..base() };
-        config.replora.seed_kind = seed_kind;
-        config.replora.seed_init = Some(seed_init);
-        config.replora.generator_bias = false;
-        config.replora.hidden = 3;
+        let mut config = AdapterConfig { method: Method::Replora.defaults(), ..base() };
+        replora_of(&mut config).seed_kind = seed_kind;
+        replora_of(&mut config).seed_init = Some(seed_init);
+        replora_of(&mut config).generator_bias = false;
+        replora_of(&mut config).hidden = 3;
         check(&format!("replora-{seed_kind}-{seed_init}-no-bias"), config);
     }
-    let mut learned = AdapterConfig { method: Method::Replora, ..base() };
-    learned.replora.learn_output_scale = true;
-    learned.replora.hidden = 3;
+    let mut learned = AdapterConfig { method: Method::Replora.defaults(), ..base() };
+    replora_of(&mut learned).learn_output_scale = true;
+    replora_of(&mut learned).hidden = 3;
     check("replora-learned-scale", learned);
 }
 
@@ -213,12 +223,12 @@ fn replora_gradients_match_finite_differences() {
 fn bottleneck_adapter_gradients_match_finite_differences() {
     for activation in [Activation::Tanh, Activation::Gelu] {
         let mut config = AdapterConfig {
-            method: Method::Houlsby,
+            method: Method::Houlsby.defaults(),
             target_modules: TargetModules::Names(vec!["o_proj".into(), "down_proj".into()]),
             ..base()
         };
-        config.bottleneck.size = Some(2);
-        config.bottleneck.activation = activation;
+        bottleneck_of(&mut config).size = Some(2);
+        bottleneck_of(&mut config).activation = activation;
         check(&format!("adapter-{activation}"), config);
     }
 }
@@ -226,8 +236,9 @@ fn bottleneck_adapter_gradients_match_finite_differences() {
 #[test]
 fn prefix_gradients_match_finite_differences() {
     for reparameterize in [true, false] {
-        let mut config = AdapterConfig { method: Method::Prefix, target_modules: TargetModules::Names(vec!["k_proj".into()]), ..base() };
-        config.prefix = replora::adapters::PrefixConfig { length: 2, reparameterize, hidden: 3 };
+        let mut config =
+            AdapterConfig { method: Method::Prefix.defaults(), target_modules: TargetModules::Names(vec!["k_proj".into()]), ..base() };
+        config.method = replora::adapters::MethodConfig::Prefix(replora::adapters::PrefixConfig { length: 2, reparameterize, hidden: 3 });
         check(&format!("prefix-reparameterize-{reparameterize}"), config);
     }
 }

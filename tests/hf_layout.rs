@@ -34,7 +34,7 @@ fn batch() -> Batch {
 fn trained(model_dir: &Path, pooling: Pooling, method: Method, device: &Device) -> SequenceClassifier {
     let bert = Bert::load(model_dir, "bert.", device).unwrap();
     let targets = TargetModules::Names(vec!["query".into(), "value".into(), "dense".into()]);
-    let config = AdapterConfig { method, r: 2, target_modules: targets, ..Default::default() };
+    let config = AdapterConfig { method: method.defaults(), r: 2, target_modules: targets, ..Default::default() };
     let mut model = SequenceClassifier::new(PeftModel::new(bert, &config).unwrap(), LABELS.len(), pooling, 0.0, 3);
     let mut optim = AdamWConfig::new().init();
     let input = batch().input(device);

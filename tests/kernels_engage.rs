@@ -29,7 +29,7 @@ fn a_bert_forward_and_backward_run_the_fused_kernels() {
     support::tiny_bert(dir.path(), "", false, true);
     let device = Device::flex().autodiff();
     let bert = Bert::load(dir.path(), "", &device).unwrap();
-    let peft = PeftModel::new(bert, &AdapterConfig { method: Method::Lora, ..Default::default() }).unwrap();
+    let peft = PeftModel::new(bert, &AdapterConfig { method: Method::Lora.defaults(), ..Default::default() }).unwrap();
     let input = EncoderInput {
         input_ids: Tensor::<2, Int>::from_data(TensorData::new(vec![2i64, 5, 7, 3, 2, 9, 3, 0], [2, 4]), &device),
         token_type_ids: Tensor::<2, Int>::zeros([2, 4], &device),
@@ -52,7 +52,8 @@ fn a_llama_forward_and_backward_run_the_fused_kernels() {
     let device = Device::flex().autodiff();
     let llama = Llama::load(dir.path(), &device).unwrap();
     let targets = TargetModules::Names(vec!["q_proj".into(), "v_proj".into()]);
-    let peft = PeftModel::new(llama, &AdapterConfig { method: Method::Lora, target_modules: targets, ..Default::default() }).unwrap();
+    let peft =
+        PeftModel::new(llama, &AdapterConfig { method: Method::Lora.defaults(), target_modules: targets, ..Default::default() }).unwrap();
     let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 5, 7, 9, 1, 6, 8, 10], [2, 4]), &device);
     let counts = engaged(|| {
         let hidden = peft.model.forward(ids.clone(), None, None, &peft.training_deltas());

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::prelude::*;
-use replora::adapters::{AdapterConfig, Deltas, Method, PeftModel, PrefixConfig, TargetModules};
+use replora::adapters::{AdapterConfig, Deltas, Method, MethodConfig, PeftModel, PrefixConfig, TargetModules};
 use replora::generate::{Sampling, generate};
 use replora::models::Architecture;
 use replora::models::llama::{KvCache, Llama, LlamaConfig};
@@ -64,7 +64,10 @@ const TOKENS: [i64; 7] = [5, 17, 3, 29, 11, 8, 21];
 /// The tiny model bare and with a prefix (prefix tuning, 3 virtual tokens on the grouped-query
 /// key/value heads): the decoding invariants hold for both.
 fn bare_and_prefixed(tied: bool) -> Vec<(&'static str, Llama, Deltas)> {
-    let config = AdapterConfig { prefix: PrefixConfig { length: 3, ..Default::default() }, ..adapter(Method::Prefix, &["k_proj"]) };
+    let config = AdapterConfig {
+        method: MethodConfig::Prefix(PrefixConfig { length: 3, ..Default::default() }),
+        ..adapter(Method::Prefix, &["k_proj"])
+    };
     let peft = PeftModel::new(tiny(tied), &config).unwrap();
     vec![("bare", tiny(tied), Deltas::none()), ("prefixed", peft.model.clone(), peft.deltas())]
 }
@@ -127,7 +130,7 @@ fn greedy_generation_with_the_cache_equals_recomputing_every_step() {
 
 fn adapter(method: Method, targets: &[&str]) -> AdapterConfig {
     AdapterConfig {
-        method,
+        method: method.defaults(),
         r: 2,
         target_modules: TargetModules::Names(targets.iter().map(|s| s.to_string()).collect()),
         seed: 7,

@@ -22,8 +22,14 @@ fn python_reads_the_peft_export_and_reproduces_the_merge() {
     for (name, method, rslora) in
         [("lora", Method::Lora, false), ("rslora", Method::Lora, true), ("dora", Method::Dora, false), ("replora", Method::Replora, false)]
     {
-        let config =
-            AdapterConfig { method, r: 3, lora_alpha: 5.0, use_rslora: rslora, target_modules: targets.clone(), ..Default::default() };
+        let config = AdapterConfig {
+            method: method.defaults(),
+            r: 3,
+            lora_alpha: 5.0,
+            use_rslora: rslora,
+            target_modules: targets.clone(),
+            ..Default::default()
+        };
         let mut peft = PeftModel::new(TinyModel::new(2, 4, 2, 4, 1, &device), &config).unwrap();
         let mut optim = AdamWConfig::new().init();
         for step in 0..3 {

@@ -22,6 +22,11 @@ use replora::training::trainer::optimizer;
 use replora::training::{Decay, LrSchedule, TrainConfig};
 use replora::weights::{HostTensor, tensors};
 
+/// The RepLoRA settings of a RepLoRA config.
+fn replora_of(config: &mut AdapterConfig) -> &mut replora::adapters::RepLoraConfig {
+    config.method.settings_mut::<replora::adapters::RepLora>().expect("a RepLoRA config")
+}
+
 const HIDDEN: usize = 96;
 const VOCAB: usize = 64;
 const TOKENS: usize = 12;
@@ -133,14 +138,14 @@ fn mean(v: &[f64]) -> f64 {
 }
 
 fn config(method: Method) -> AdapterConfig {
-    AdapterConfig { method, ..AdapterConfig::default() }
+    AdapterConfig { method: method.defaults(), ..AdapterConfig::default() }
 }
 
 #[test]
 fn replora_defaults_train_like_lora_defaults() {
     let dir = tempfile::tempdir().unwrap();
     write_small_bert(dir.path());
-    assert_eq!(AdapterConfig::default().replora.output_scale, OutputScale::InvSqrtH);
+    assert_eq!(replora_of(&mut AdapterConfig::default()).output_scale, OutputScale::InvSqrtH);
     let lora = train(dir.path(), config(Method::Lora));
     let replora = train(dir.path(), config(Method::Replora));
     let (lora_first, lora_last) = (mean(&lora.losses[..5]), mean(&lora.losses[STEPS - 10..]));
@@ -187,7 +192,7 @@ fn unscaled_generators_outrun_lora() {
     write_small_bert(dir.path());
     let lora = train(dir.path(), config(Method::Lora));
     let mut unscaled = config(Method::Replora);
-    unscaled.replora.output_scale = OutputScale::One;
+    replora_of(&mut unscaled).output_scale = OutputScale::One;
     let unscaled = train(dir.path(), unscaled);
     let ratio = unscaled.update_norms[4] / lora.update_norms[4];
     eprintln!("after 5 steps unscaled RepLoRA's update norm is {ratio:.1}x LoRA's");
@@ -204,7 +209,8 @@ fn the_generator_learning_rate_multiplier_scales_only_the_generators_steps() {
     let device = device();
     let named = |m: &SequenceClassifier| -> BTreeMap<String, Vec<f32>> {
         let mut out = BTreeMap::new();
-        for (i, p) in m.encoder.adapters.generators.iter().enumerate() {
+        let state = m.encoder.adapters.state_of::<replora::adapters::RepLora>().expect("a RepLoRA adapter");
+        for (i, p) in state.generators.iter().enumerate() {
             for (name, g) in [("a", &p.a), ("b", &p.b)] {
                 out.insert(format!("gen{i}.{name}.hidden_weight"), g.hidden_weight.val().into_data().try_into_vec_as::<f32>().unwrap());
                 out.insert(format!("gen{i}.{name}.out_weight"), g.out_weight.val().into_data().try_into_vec_as::<f32>().unwrap());
@@ -214,7 +220,7 @@ fn the_generator_learning_rate_multiplier_scales_only_the_generators_steps() {
                 );
             }
         }
-        for (i, b) in m.encoder.adapters.blocks.iter().enumerate() {
+        for (i, b) in state.blocks.iter().enumerate() {
             out.insert(format!("seed{i}.a"), b.seed_a.val().into_data().try_into_vec_as::<f32>().unwrap());
         }
         out.insert("head".into(), m.head.weight.val().into_data().try_into_vec_as::<f32>().unwrap());
@@ -222,7 +228,7 @@ fn the_generator_learning_rate_multiplier_scales_only_the_generators_steps() {
     };
     let moved = |multiplier: f64| -> BTreeMap<String, Vec<f32>> {
         let mut config = config(Method::Replora);
-        config.replora.generator_lr_multiplier = multiplier;
+        replora_of(&mut config).generator_lr_multiplier = multiplier;
         let encoder = PeftModel::new(Bert::load(dir.path(), "", &device).unwrap(), &config).unwrap();
         let model = SequenceClassifier::new(encoder, 2, Pooling::Mean, 0.0, 0);
         let before = named(&model);

@@ -1,59 +1,20 @@
-//! Adapter hyper-parameters: one serializable struct that a native adapter file stores whole.
+//! Adapter hyper-parameters: the settings every method shares and the chosen method with its
+//! own ([`MethodConfig`]), stored whole in native adapter files and run specs.
+//!
+//! A config file holds the shared settings, `method` (the tag) and the chosen method's
+//! settings object under its key (`replora`, `bottleneck`, `prefix`). Files written before
+//! methods were plug-ins hold every method's settings object: the chosen one's is read, the
+//! others are ignored, so they load as they were written.
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::de::Error as _;
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
 
-use super::bottleneck::BottleneckConfig;
-use super::prefix::PrefixConfig;
+use super::methods::{Method, MethodConfig};
 use crate::error::{Error, Result};
-
-/// The parameter-efficient method an adapter implements.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-#[value(rename_all = "lowercase")]
-pub enum Method {
-    /// `W0 + s B A` with independent factors per target.
-    Lora,
-    /// LoRA plus a learned per-output-row magnitude (weight-decomposed LoRA).
-    Dora,
-    /// LoRA factors generated from shared per-block seeds by small MLPs.
-    Replora,
-    /// Houlsby bottleneck adapters after the attention and feed-forward outputs
-    /// (`--method adapter`; see [`super::bottleneck`]).
-    #[serde(rename = "adapter")]
-    #[value(name = "adapter")]
-    Houlsby,
-    /// Prefix tuning: learned keys and values in front of every attention layer's
-    /// (`--method prefix`; see [`super::prefix`]).
-    Prefix,
-}
-
-impl Method {
-    /// The `peft_type` string written into adapter configs.
-    pub fn peft_type(self) -> &'static str {
-        match self {
-            Method::Lora | Method::Dora => "LORA",
-            Method::Replora => "REPLORA",
-            Method::Houlsby => "BOTTLENECK",
-            Method::Prefix => "PREFIX_TUNING",
-        }
-    }
-
-    /// `Ok` for a method that can be `action` (merged, written as LoRA): the low-rank ones.
-    /// Bottlenecks and prefixes add to the architecture, so neither is possible for them.
-    pub fn check_mergeable(self, action: &str) -> Result<()> {
-        let why = match self {
-            Method::Houlsby => "a bottleneck adapter (--method adapter) adds layers (down, non-linearity, up)",
-            Method::Prefix => "prefix tuning (--method prefix) adds keys and values to every attention layer",
-            _ => return Ok(()),
-        };
-        Err(Error::State(format!(
-            "{why} that no weight of the base model can absorb, so it cannot be {action}; use the run directory with replora's own `eval` / `predict`{}",
-            if self == Method::Prefix { " (`replora export` writes a decoder's prefix in PEFT's PREFIX_TUNING layout)" } else { "" }
-        )))
-    }
-}
 
 /// How the LoRA down-projection `A` (and RepLoRA's `A` generator output layer) is initialised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -64,17 +25,6 @@ pub enum LoraInit {
     Kaiming,
     /// Normal with standard deviation `1 / r` (PEFT's `init_lora_weights="gaussian"`).
     Gaussian,
-}
-
-/// The shape of RepLoRA's shared seeds (spec section 3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-#[value(rename_all = "lowercase")]
-pub enum SeedKind {
-    /// `A = diag(a)`, `B = diag(b)`: `2 r` seed parameters per block.
-    Diagonal,
-    /// `A` is a full `r x d_in` matrix, `B` a full `r x d_out` matrix.
-    Full,
 }
 
 /// Non-linearity between the two layers of a RepLoRA generator or a bottleneck adapter.
@@ -89,44 +39,6 @@ pub enum Activation {
     Identity,
 }
 
-/// How RepLoRA's seeds start.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-#[value(rename_all = "snake_case")]
-pub enum SeedInit {
-    /// Diagonal seeds all ones (the identity); full seeds the first `r` rows of the identity.
-    Identity,
-    /// Diagonal seeds N(0, 1); full seeds Kaiming-uniform, as `torch.nn.Linear`'s weight.
-    Random,
-}
-
-impl SeedInit {
-    /// Each seed kind's own start: the identity for diagonal seeds, random for full seeds.
-    pub fn default_for(kind: SeedKind) -> Self {
-        match kind {
-            SeedKind::Diagonal => SeedInit::Identity,
-            SeedKind::Full => SeedInit::Random,
-        }
-    }
-}
-
-/// How a RepLoRA generator's output is scaled. Every generated entry sums `h` hidden units,
-/// and Adam moves each output weight by about `lr` per step with a sign that agrees across
-/// them, so without a scale a generated factor moves about `h * E|act|` times as fast as a
-/// LoRA factor at the same learning rate (about 4x at h = 16, with A also starting 5x
-/// larger): RepLoRA's update `B A` then runs an order of magnitude ahead of LoRA's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-#[value(rename_all = "snake_case")]
-pub enum OutputScale {
-    /// No scale (replora 0.1 before this option; adapters saved then read back as this).
-    One,
-    /// `1 / sqrt(h)`: a generated factor starts and moves about as a LoRA factor does.
-    InvSqrtH,
-    /// `1 / h`.
-    InvH,
-}
-
 impl Activation {
     pub fn apply<const D: usize>(self, x: burn::Tensor<D>) -> burn::Tensor<D> {
         use burn::tensor::activation;
@@ -137,22 +49,6 @@ impl Activation {
             Activation::Identity => x,
         }
     }
-}
-
-impl OutputScale {
-    /// The multiplier for a generator of hidden width `hidden`.
-    pub fn factor(self, hidden: usize) -> f64 {
-        match self {
-            OutputScale::One => 1.0,
-            OutputScale::InvSqrtH => 1.0 / (hidden as f64).sqrt(),
-            OutputScale::InvH => 1.0 / hidden as f64,
-        }
-    }
-}
-
-/// Files written before `output_scale` existed used no scale.
-fn legacy_output_scale() -> OutputScale {
-    OutputScale::One
 }
 
 /// `FromStr` (any case, the error naming the choices) and `Display` for a `clap::ValueEnum`,
@@ -187,10 +83,6 @@ macro_rules! value_enum_str {
     };
 }
 
-value_enum_str!(Method, "method");
-value_enum_str!(SeedKind, "seed kind");
-value_enum_str!(OutputScale, "output scale");
-value_enum_str!(SeedInit, "seed init");
 value_enum_str!(LoraInit, "init");
 value_enum_str!(Activation, "activation");
 
@@ -202,71 +94,11 @@ pub enum TargetModules {
     Regex(String),
 }
 
-/// RepLoRA's generator settings (ignored by LoRA and DoRA).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RepLoraConfig {
-    pub seed_kind: SeedKind,
-    /// Hidden width `h` of the generator MLPs `g_A` and `g_B`.
-    pub hidden: usize,
-    pub activation: Activation,
-    /// One generator pair for all blocks instead of one per block (seeds stay per block).
-    pub shared_generators: bool,
-    /// Multiplier on each generator's output (weights and bias); see [`OutputScale`].
-    #[serde(default = "legacy_output_scale")]
-    pub output_scale: OutputScale,
-    /// The generators' learning rate relative to the run's (the seeds keep the run's), as
-    /// LoRA+ gives B its own rate. A training setting: the adapter it trains is unchanged.
-    pub generator_lr_multiplier: f64,
-    /// Biases in both generator layers. Written to files only when off, so that adapters and
-    /// sweep cells from before this option read back unchanged.
-    #[serde(skip_serializing_if = "is_true")]
-    pub generator_bias: bool,
-    /// Train each generator's output scale, a scalar starting at `output_scale`'s factor, with
-    /// the generators' learning rate; written only when set.
-    #[serde(skip_serializing_if = "is_false")]
-    pub learn_output_scale: bool,
-    /// How the seeds start [default: [`SeedInit::default_for`] the seed kind]; written only when set.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub seed_init: Option<SeedInit>,
-}
-
-fn is_true(b: &bool) -> bool {
-    *b
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
-}
-
-impl RepLoraConfig {
-    /// The seeds' start, explicit or the seed kind's own.
-    pub fn seed_start(&self) -> SeedInit {
-        self.seed_init.unwrap_or(SeedInit::default_for(self.seed_kind))
-    }
-}
-
-impl Default for RepLoraConfig {
-    fn default() -> Self {
-        Self {
-            seed_kind: SeedKind::Diagonal,
-            hidden: 8,
-            activation: Activation::Tanh,
-            shared_generators: false,
-            output_scale: OutputScale::InvSqrtH,
-            generator_lr_multiplier: 1.0,
-            generator_bias: true,
-            learn_output_scale: false,
-            seed_init: None,
-        }
-    }
-}
-
 /// Every hyper-parameter of an adapter; stored whole in native adapter files.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AdapterConfig {
-    pub method: Method,
+    /// The method and its own settings.
+    pub method: MethodConfig,
     /// LoRA rank `r`.
     pub r: usize,
     pub lora_alpha: f64,
@@ -281,19 +113,55 @@ pub struct AdapterConfig {
     pub rank_pattern: BTreeMap<String, usize>,
     /// Per-module alpha overrides, matched like `rank_pattern`.
     pub alpha_pattern: BTreeMap<String, f64>,
-    pub replora: RepLoraConfig,
-    /// The bottleneck adapter's settings (`--method adapter`).
-    pub bottleneck: BottleneckConfig,
-    /// Prefix tuning's settings (`--method prefix`).
-    pub prefix: PrefixConfig,
     /// Seed of the adapter's random initialisation.
     pub seed: u64,
 }
 
 impl Default for AdapterConfig {
     fn default() -> Self {
+        SharedSettings::default().with(Method::Replora.defaults())
+    }
+}
+
+/// The settings every method shares, as a config file holds them (absent ones: the defaults).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct SharedSettings {
+    r: usize,
+    lora_alpha: f64,
+    lora_dropout: f64,
+    use_rslora: bool,
+    init_lora_weights: LoraInit,
+    target_modules: TargetModules,
+    layers_to_transform: Option<Vec<usize>>,
+    rank_pattern: BTreeMap<String, usize>,
+    alpha_pattern: BTreeMap<String, f64>,
+    seed: u64,
+}
+
+impl SharedSettings {
+    /// The config of `method` with these shared settings.
+    fn with(self, method: MethodConfig) -> AdapterConfig {
+        let s = self;
+        AdapterConfig {
+            method,
+            r: s.r,
+            lora_alpha: s.lora_alpha,
+            lora_dropout: s.lora_dropout,
+            use_rslora: s.use_rslora,
+            init_lora_weights: s.init_lora_weights,
+            target_modules: s.target_modules,
+            layers_to_transform: s.layers_to_transform,
+            rank_pattern: s.rank_pattern,
+            alpha_pattern: s.alpha_pattern,
+            seed: s.seed,
+        }
+    }
+}
+
+impl Default for SharedSettings {
+    fn default() -> Self {
         Self {
-            method: Method::Replora,
             r: 8,
             lora_alpha: 16.0,
             lora_dropout: 0.0,
@@ -303,17 +171,67 @@ impl Default for AdapterConfig {
             layers_to_transform: None,
             rank_pattern: BTreeMap::new(),
             alpha_pattern: BTreeMap::new(),
-            replora: RepLoraConfig::default(),
-            bottleneck: BottleneckConfig::default(),
-            prefix: PrefixConfig::default(),
             seed: 0,
         }
     }
 }
 
+impl Serialize for AdapterConfig {
+    /// The fields in the order files have always had: `method`, the shared settings, the
+    /// method's own settings, `seed`.
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("method", self.method.method().name())?;
+        map.serialize_entry("r", &self.r)?;
+        map.serialize_entry("lora_alpha", &self.lora_alpha)?;
+        map.serialize_entry("lora_dropout", &self.lora_dropout)?;
+        map.serialize_entry("use_rslora", &self.use_rslora)?;
+        map.serialize_entry("init_lora_weights", &self.init_lora_weights)?;
+        map.serialize_entry("target_modules", &self.target_modules)?;
+        map.serialize_entry("layers_to_transform", &self.layers_to_transform)?;
+        map.serialize_entry("rank_pattern", &self.rank_pattern)?;
+        map.serialize_entry("alpha_pattern", &self.alpha_pattern)?;
+        if let (Some(key), Some(settings)) = (self.method.method().settings_key(), self.method.settings_value()) {
+            map.serialize_entry(key, &settings)?;
+        }
+        map.serialize_entry("seed", &self.seed)?;
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for AdapterConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let mut map = serde_json::Map::<String, Value>::deserialize(deserializer)?;
+        let method = match map.remove("method") {
+            None => Method::Replora,
+            Some(Value::String(name)) => name.parse::<Method>().map_err(D::Error::custom)?,
+            Some(other) => return Err(D::Error::custom(format!("method must be a method's name, got {other}"))),
+        };
+        // Files from before methods were plug-ins hold every method's settings: read the chosen one's.
+        let mut own = None;
+        for m in Method::ALL {
+            if let Some(key) = m.settings_key() {
+                let value = map.remove(key);
+                if *m == method {
+                    own = value;
+                }
+            }
+        }
+        let key = method.settings_key().unwrap_or_default();
+        let method = method.settings_from(own).map_err(|e| D::Error::custom(format!("{key}: {e}")))?;
+        let shared: SharedSettings = serde_json::from_value(Value::Object(map)).map_err(D::Error::custom)?;
+        Ok(shared.with(method))
+    }
+}
+
 impl AdapterConfig {
-    /// A config for `method` with defaults elsewhere.
+    /// A config for `method` (with its default settings) with defaults elsewhere.
     pub fn new(method: Method) -> Self {
+        Self { method: method.defaults(), ..Self::default() }
+    }
+
+    /// A config for the method of `method` with defaults elsewhere.
+    pub fn with_method(method: MethodConfig) -> Self {
         Self { method, ..Self::default() }
     }
 
@@ -340,22 +258,7 @@ impl AdapterConfig {
         if !(0.0..1.0).contains(&self.lora_dropout) {
             return bad(format!("lora_dropout must be in [0, 1), got {}", self.lora_dropout));
         }
-        if self.method == Method::Replora && self.replora.hidden == 0 {
-            return bad("replora.hidden must be at least 1".into());
-        }
-        if self.bottleneck.size == Some(0) {
-            return bad("the bottleneck width (bottleneck.size, --bottleneck) must be at least 1".into());
-        }
-        if self.prefix.length == 0 || self.prefix.hidden == 0 {
-            return bad(format!(
-                "prefix.length (--prefix-length) and prefix.hidden (--prefix-hidden) must be at least 1, got {} and {}",
-                self.prefix.length, self.prefix.hidden
-            ));
-        }
-        let m = self.replora.generator_lr_multiplier;
-        if !(m.is_finite() && m > 0.0) {
-            return bad(format!("replora.generator_lr_multiplier must be a positive number, got {m}"));
-        }
+        self.method.validate()?;
         match &self.target_modules {
             TargetModules::Names(names) if names.is_empty() => bad("target_modules is empty".into()),
             TargetModules::Regex(re) => {
@@ -369,6 +272,11 @@ impl AdapterConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::methods::replora::{OutputScale, RepLora, RepLoraConfig, SeedInit, SeedKind};
+
+    fn replora(config: &AdapterConfig) -> &RepLoraConfig {
+        config.method.settings::<RepLora>().expect("a RepLoRA config")
+    }
 
     #[test]
     fn files_without_output_scale_keep_the_unscaled_generators() {
@@ -376,7 +284,7 @@ mod tests {
         assert_eq!(json["replora"]["output_scale"], "inv_sqrt_h");
         json["replora"].as_object_mut().unwrap().remove("output_scale");
         let old: AdapterConfig = serde_json::from_value(json).unwrap();
-        assert_eq!(old.replora.output_scale, OutputScale::One);
+        assert_eq!(replora(&old).output_scale, OutputScale::One);
         assert_eq!(RepLoraConfig::default().output_scale, OutputScale::InvSqrtH);
     }
 
@@ -386,10 +294,12 @@ mod tests {
     fn options_added_later_are_written_only_when_set() {
         let default = serde_json::to_value(AdapterConfig::default()).unwrap();
         assert!(["generator_bias", "seed_init", "learn_output_scale"].iter().all(|k| default["replora"].get(k).is_none()));
-        let mut set = AdapterConfig::default();
-        set.replora.generator_bias = false;
-        set.replora.learn_output_scale = true;
-        set.replora.seed_init = Some(SeedInit::Random);
+        let set = AdapterConfig::with_method(MethodConfig::Replora(RepLoraConfig {
+            generator_bias: false,
+            learn_output_scale: true,
+            seed_init: Some(SeedInit::Random),
+            ..RepLoraConfig::default()
+        }));
         let json = serde_json::to_value(&set).unwrap();
         assert_eq!(
             (&json["replora"]["generator_bias"], &json["replora"]["seed_init"]),
@@ -397,9 +307,28 @@ mod tests {
         );
         assert_eq!(serde_json::from_value::<AdapterConfig>(json).unwrap(), set);
         let old: AdapterConfig = serde_json::from_value(default).unwrap();
-        assert!(old.replora.generator_bias && old.replora.seed_start() == SeedInit::Identity);
+        assert!(replora(&old).generator_bias && replora(&old).seed_start() == SeedInit::Identity);
         let full = RepLoraConfig { seed_kind: SeedKind::Full, ..RepLoraConfig::default() };
         assert_eq!(full.seed_start(), SeedInit::Random);
+    }
+
+    /// A config holds only its method's settings; one written when every method's settings
+    /// were stored reads back as that method's, and the method tag is checked.
+    #[test]
+    fn a_config_holds_its_own_method_settings_only() {
+        let lora = serde_json::to_value(AdapterConfig::new(Method::Lora)).unwrap();
+        assert!(["replora", "bottleneck", "prefix"].iter().all(|k| lora.get(k).is_none()), "{lora}");
+        let adapter = serde_json::to_value(AdapterConfig::new(Method::Houlsby)).unwrap();
+        assert_eq!(adapter["method"], "adapter");
+        assert!(adapter.get("bottleneck").is_some() && adapter.get("replora").is_none(), "{adapter}");
+        let old =
+            serde_json::json!({"method": "prefix", "r": 4, "replora": {"hidden": 3}, "bottleneck": {"size": 2}, "prefix": {"length": 5}});
+        let config: AdapterConfig = serde_json::from_value(old).unwrap();
+        assert_eq!((config.method.virtual_tokens(), config.r), (5, 4));
+        let e = serde_json::from_value::<AdapterConfig>(serde_json::json!({"method": "lorax"})).unwrap_err().to_string();
+        assert!(e.contains("lorax") && e.contains("replora"), "{e}");
+        let e = serde_json::from_value::<AdapterConfig>(serde_json::json!({"method": "lora", "rr": 1})).unwrap_err().to_string();
+        assert!(e.contains("rr"), "{e}");
     }
 
     #[test]

@@ -16,6 +16,11 @@ impl Init {
         Self { rng: StdRng::seed_from_u64(seed), device: device.clone() }
     }
 
+    /// The device the values are put on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     fn param<const D: usize>(&self, values: Vec<f32>, shape: [usize; D]) -> Param<Tensor<D>> {
         Param::from_tensor(Tensor::from_data(TensorData::new(values, shape), &self.device))
     }

@@ -1,24 +1,27 @@
-//! Adapter methods (LoRA, DoRA, RepLoRA, Houlsby bottlenecks, prefix tuning), their injection
-//! into a model, and merging.
+//! Adapters: the methods (LoRA, DoRA, RepLoRA, Houlsby bottlenecks, prefix tuning; each a
+//! plug-in in [`methods`]), their injection into a model, and merging.
 
-pub mod bottleneck;
 pub mod config;
 pub mod count;
 pub mod diagnostics;
 pub mod init;
 pub mod linear;
-pub mod lora;
+pub mod methods;
 pub mod peft_model;
-pub mod prefix;
-pub mod replora;
 pub mod set;
 pub mod target;
 
-pub use bottleneck::BottleneckConfig;
-pub use config::{Activation, AdapterConfig, LoraInit, Method, OutputScale, RepLoraConfig, SeedInit, SeedKind, TargetModules};
+pub use methods::{bottleneck, dora, lora, prefix, replora};
+
+pub use bottleneck::{BottleneckConfig, Houlsby};
+pub use config::{Activation, AdapterConfig, LoraInit, TargetModules};
 pub use count::{ParamReport, closed_form, ppt};
+pub use dora::Dora;
 pub use linear::{AdaptedLinear, Deltas, LinearDelta};
+pub use lora::Lora;
+pub use methods::{AdapterMethod, Method, MethodConfig, MethodState, Sites};
 pub use peft_model::{Adaptable, PeftModel};
-pub use prefix::PrefixConfig;
+pub use prefix::{PrefixConfig, PrefixTuning};
+pub use replora::{OutputScale, RepLora, RepLoraConfig, SeedInit, SeedKind};
 pub use set::AdapterSet;
 pub use target::{Target, select_targets};

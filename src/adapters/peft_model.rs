@@ -92,7 +92,7 @@ impl<M: Adaptable> PeftModel<M> {
         if self.merged.is_some() {
             return Err(Error::State("the adapter is already merged".into()));
         }
-        self.adapters.config.method.check_mergeable("merged into the base weights")?;
+        self.adapters.config.method.method().check_mergeable("merged into the base weights")?;
         let mut deltas = HashMap::new();
         let mut weights = HashMap::new();
         let all = self.adapters.deltas(false);

@@ -14,7 +14,8 @@ use crate::error::{Error, Result};
 /// built: a corrupt `"r": 1099511627776` must not allocate terabytes. (Within the slack, a
 /// misfit is left to the shape checks, whose errors name the tensor.)
 pub(crate) fn check_declared_sizes(config: &AdapterConfig, linears: &[&AdaptedLinear], file: &Path, available: usize) -> Result<()> {
-    let sizes = [("r", config.r), ("replora.hidden", config.replora.hidden)].into_iter();
+    let method_sizes: Vec<(&str, usize)> = config.method.size_settings().iter().map(|s| (s.key, s.value)).collect();
+    let sizes = [("r", config.r)].into_iter().chain(method_sizes);
     let patterns = config.rank_pattern.values().map(|&r| ("a rank_pattern rank", r));
     if let Some((what, v)) = sizes.chain(patterns).find(|&(_, v)| v > available) {
         return Err(Error::format(

@@ -64,7 +64,7 @@ pub fn named_tensors(adapters: &AdapterSet) -> BTreeMap<String, HostTensor> {
 pub fn save(adapters: &AdapterSet, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let config = NativeConfig {
-        peft_type: adapters.config.method.peft_type().into(),
+        peft_type: adapters.config.method.method().peft_type().into(),
         library: format!("replora {}", env!("CARGO_PKG_VERSION")),
         adapter: adapters.config.clone(),
         targets: adapters.target_paths().into_iter().map(String::from).collect(),

@@ -12,7 +12,8 @@ use burn::prelude::*;
 use serde_json::{Value, json};
 
 use super::native::{CONFIG_FILE, WEIGHTS_FILE};
-use crate::adapters::{Adaptable, AdapterConfig, AdapterSet, Method, PeftModel, TargetModules};
+use crate::adapters::set::NamedParams;
+use crate::adapters::{Adaptable, AdapterConfig, AdapterSet, Method, PeftModel, PrefixConfig, PrefixTuning, TargetModules};
 use crate::error::{Error, Result};
 use crate::files::{read_json, write_json};
 use crate::weights::tensors::{self, HostTensor};
@@ -51,19 +52,22 @@ impl PeftInfo {
 
 /// Writes `adapters` (materialized first if RepLoRA) in PEFT's layout into `dir`.
 pub fn export(adapters: &AdapterSet, info: &PeftInfo, dir: &Path) -> Result<()> {
-    if adapters.config.method == Method::Prefix {
-        return export_prefix(adapters, info, dir);
+    if let Some(prefix) = adapters.settings_of::<PrefixTuning>() {
+        return export_prefix(adapters, prefix, info, dir);
     }
     let lora = adapters.to_lora()?;
     let c = &lora.config;
+    let deltas = lora.deltas(false);
     let mut out = BTreeMap::new();
+    let mut use_dora = false;
     for t in &lora.targets {
-        let f = t.factors.as_ref().expect("a materialized adapter owns its factors");
-        let key = format!("{PREFIX}{}", info.module_path(&t.target.path));
-        out.insert(format!("{key}.lora_A.weight"), HostTensor::from_tensor(&f.a.val()).transpose());
-        out.insert(format!("{key}.lora_B.weight"), HostTensor::from_tensor(&f.b.val()).transpose());
-        if let Some(m) = &t.magnitude {
-            out.insert(format!("{key}.lora_magnitude_vector"), HostTensor::from_tensor(&m.val()));
+        let d = deltas.get(&t.path).expect("a materialized adapter has a delta per target");
+        let key = format!("{PREFIX}{}", info.module_path(&t.path));
+        out.insert(format!("{key}.lora_A.weight"), HostTensor::from_tensor(&d.a).transpose());
+        out.insert(format!("{key}.lora_B.weight"), HostTensor::from_tensor(&d.b).transpose());
+        if let Some(m) = &d.magnitude {
+            out.insert(format!("{key}.lora_magnitude_vector"), HostTensor::from_tensor(m));
+            use_dora = true;
         }
     }
     for (name, t) in &info.modules_to_save {
@@ -72,7 +76,7 @@ pub fn export(adapters: &AdapterSet, info: &PeftInfo, dir: &Path) -> Result<()> 
     let mut modules_to_save: Vec<&str> = info.modules_to_save.keys().filter_map(|k| k.rsplit_once('.').map(|(m, _)| m)).collect();
     modules_to_save.dedup();
     let target_modules = match &c.target_modules {
-        _ if !info.rename.is_empty() => json!(lora.targets.iter().map(|t| info.module_path(&t.target.path)).collect::<Vec<_>>()),
+        _ if !info.rename.is_empty() => json!(lora.targets.iter().map(|t| info.module_path(&t.path)).collect::<Vec<_>>()),
         TargetModules::Names(n) => json!(n),
         TargetModules::Regex(r) => json!(r),
     };
@@ -88,7 +92,7 @@ pub fn export(adapters: &AdapterSet, info: &PeftInfo, dir: &Path) -> Result<()> 
         "rank_pattern": c.rank_pattern,
         "alpha_pattern": c.alpha_pattern,
         "use_rslora": c.use_rslora,
-        "use_dora": c.method == Method::Dora,
+        "use_dora": use_dora,
         "bias": "none",
         "fan_in_fan_out": false,
         "init_lora_weights": true,
@@ -105,26 +109,26 @@ pub fn export(adapters: &AdapterSet, info: &PeftInfo, dir: &Path) -> Result<()> 
 /// A prefix in PEFT's `PREFIX_TUNING` layout: `prompt_embeddings` `[p, layers * 2 * d_kv]`
 /// (the reparameterization evaluated, as PEFT saves it) and a config with `prefix_projection`
 /// off, which PEFT reads back as that table.
-fn export_prefix(adapters: &AdapterSet, info: &PeftInfo, dir: &Path) -> Result<()> {
-    let (Some(prefix), Some(heads)) = (&adapters.prefix, info.prefix_heads) else {
+fn export_prefix(adapters: &AdapterSet, settings: &PrefixConfig, info: &PeftInfo, dir: &Path) -> Result<()> {
+    let (Some(state), Some(heads)) = (adapters.state_of::<PrefixTuning>(), info.prefix_heads) else {
         return Err(Error::State(
             "PEFT's PREFIX_TUNING layout is written for decoders only: for an encoder, transformers shifts the position ids by the prefix length, which replora's prefix does not, so the file would load into different predictions; use the run directory with replora's own `eval` / `predict`".into(),
         ));
     };
     let targets = &adapters.targets;
-    let token_dim = targets[0].target.d_out;
+    let token_dim = targets[0].d_out;
     let mut out = BTreeMap::new();
-    out.insert("prompt_embeddings".to_string(), HostTensor::from_tensor(&prefix.rows().detach()));
+    out.insert("prompt_embeddings".to_string(), HostTensor::from_tensor(&state.prefix.rows().detach()));
     let config = json!({
         "peft_type": "PREFIX_TUNING",
         "task_type": info.task_type,
         "base_model_name_or_path": info.base_model_name_or_path,
-        "num_virtual_tokens": adapters.config.prefix.length,
+        "num_virtual_tokens": settings.length,
         "num_layers": targets.len(),
         "token_dim": token_dim,
         "num_attention_heads": heads,
         "num_transformer_submodules": 1,
-        "encoder_hidden_size": adapters.config.prefix.hidden,
+        "encoder_hidden_size": settings.hidden,
         "prefix_projection": false,
         "inference_mode": true,
         "revision": null,
@@ -162,7 +166,7 @@ pub fn config_from_peft(config: &Value, file: &Path) -> Result<AdapterConfig> {
     let r = typed::<usize>(config, "r", file)?.ok_or_else(|| Error::format(file, "missing key \"r\""))?;
     let defaults = AdapterConfig::default();
     Ok(AdapterConfig {
-        method: if typed::<bool>(config, "use_dora", file)?.unwrap_or(false) { Method::Dora } else { Method::Lora },
+        method: if typed::<bool>(config, "use_dora", file)?.unwrap_or(false) { Method::Dora } else { Method::Lora }.defaults(),
         r,
         lora_alpha: typed(config, "lora_alpha", file)?.unwrap_or(8.0),
         lora_dropout: typed(config, "lora_dropout", file)?.unwrap_or(0.0),
@@ -200,6 +204,29 @@ fn leaf<const D: usize>(t: HostTensor, device: &Device) -> Param<Tensor<D>> {
     Param::from_tensor(t.to_tensor(device))
 }
 
+/// Replaces LoRA's and DoRA's tensors (`<path>.lora_A`, `.lora_B`, `.magnitude`) by PEFT's.
+struct FromPeft<'a> {
+    tensors: &'a mut BTreeMap<String, HostTensor>,
+    file: &'a Path,
+}
+
+impl NamedParams for FromPeft<'_> {
+    fn param<const D: usize>(&mut self, name: &str, param: Param<Tensor<D>>) -> Result<Param<Tensor<D>>> {
+        let shape = param.shape().to_vec();
+        let (tensors, file) = (&mut *self.tensors, self.file);
+        let t = if let Some(path) = name.strip_suffix(".lora_A") {
+            find(tensors, file, path, ".lora_A.weight", &[shape[1], shape[0]])?.transpose()
+        } else if let Some(path) = name.strip_suffix(".lora_B") {
+            find(tensors, file, path, ".lora_B.weight", &[shape[1], shape[0]])?.transpose()
+        } else if let Some(path) = name.strip_suffix(".magnitude") {
+            find(tensors, file, path, ".lora_magnitude_vector", &shape)?
+        } else {
+            return Err(Error::format(file, format!("PEFT's LoRA layout has no place for {name}")));
+        };
+        Ok(leaf(t, &param.device()))
+    }
+}
+
 /// Loads a PEFT LoRA/DoRA adapter directory into `model`.
 pub fn import<M: Adaptable>(model: M, dir: &Path) -> Result<PeftModel<M>> {
     let (peft, extra) = import_with_modules(model, dir)?;
@@ -221,17 +248,7 @@ pub fn import_with_modules<M: Adaptable>(model: M, dir: &Path) -> Result<(PeftMo
     let (mut tensors, _) = tensors::read(&file)?;
     let available = tensors.values().map(|t| t.data.len()).sum();
     super::check_declared_sizes(&config, &model.linears(), &file, available)?;
-    let mut adapters = AdapterSet::new(&config, &model.linears())?;
-    let device = model.linears()[0].weight.device();
-    for t in &mut adapters.targets {
-        let (path, r, d_in, d_out) = (&t.target.path, t.target.rank, t.target.d_in, t.target.d_out);
-        let a = find(&mut tensors, &file, path, ".lora_A.weight", &[r, d_in])?.transpose();
-        let b = find(&mut tensors, &file, path, ".lora_B.weight", &[d_out, r])?.transpose();
-        t.factors = Some(crate::adapters::lora::LoraFactors { a: leaf(a, &device), b: leaf(b, &device) });
-        if t.magnitude.is_some() {
-            t.magnitude = Some(leaf(find(&mut tensors, &file, path, ".lora_magnitude_vector", &[d_out])?, &device));
-        }
-    }
+    let adapters = AdapterSet::new(&config, &model.linears())?.map_named(&mut FromPeft { tensors: &mut tensors, file: &file })?;
     let saved: Vec<String> = read_json::<Value>(&config_file)?
         .get("modules_to_save")
         .and_then(|v| serde_json::from_value::<Vec<String>>(v.clone()).ok())

@@ -54,11 +54,11 @@ pub trait Architecture: Adaptable + Clone {
 
     /// The default targets of `method`.
     fn default_targets(method: crate::adapters::Method) -> &'static [&'static str] {
-        use crate::adapters::Method;
-        match method {
-            Method::Houlsby => Self::ADAPTER_SITES,
-            Method::Prefix => Self::KEY_PROJECTIONS,
-            Method::Lora | Method::Dora | Method::Replora => Self::DEFAULT_TARGETS,
+        use crate::adapters::Sites;
+        match method.sites() {
+            Sites::Outputs => Self::ADAPTER_SITES,
+            Sites::KeyProjections => Self::KEY_PROJECTIONS,
+            Sites::QueryValue => Self::DEFAULT_TARGETS,
         }
     }
     /// One line: family, layers, widths, vocabulary.

@@ -9,10 +9,41 @@ use crate::error::{Error, Result};
 use crate::files::{write_atomic, write_json};
 use crate::tasks::{Task, TaskSpec};
 
+/// One arm of a comparison: the pre-trained model zero-shot, or a run of a `--method`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Arm {
+    /// The pre-trained model zero-shot (`base` in `--methods`).
+    Base,
+    /// A `--method` value.
+    Method(String),
+}
+
+impl Arm {
+    /// `base` is the zero-shot arm; any other name a method.
+    pub fn parse(name: &str) -> Self {
+        match name {
+            "base" => Arm::Base,
+            method => Arm::Method(method.to_string()),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Arm::Base => "base",
+            Arm::Method(m) => m,
+        }
+    }
+}
+
+impl std::fmt::Display for Arm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// What a comparison runs.
 pub struct Plan {
-    /// A `--method` value, or `base`: the pre-trained model zero-shot.
-    pub methods: Vec<String>,
+    pub methods: Vec<Arm>,
     pub seeds: Vec<u64>,
     pub fractions: Vec<f64>,
 }
@@ -25,12 +56,12 @@ pub fn run_name(method: &str, seed: u64, fraction: f64) -> String {
     }
 }
 
-/// Runs every cell of `plan` into `out`. `spec_for(method, seed, fraction)` makes each cell's
-/// spec; all are made (and checked) before the first run starts. `base` is evaluated once (it
-/// has neither seed nor training data).
+/// Runs every cell of `plan` into `out`. `spec_for(arm, seed, fraction)` makes each cell's
+/// spec; all are made (and checked) before the first run starts. The base model is evaluated
+/// once (it has neither seed nor training data).
 pub fn compare<T: Task>(
     plan: &Plan,
-    spec_for: &dyn Fn(&str, u64, f64) -> Result<T::Spec>,
+    spec_for: &dyn Fn(&Arm, u64, f64) -> Result<T::Spec>,
     out: &Path,
     start: Start,
 ) -> Result<Vec<RunSummary>> {
@@ -42,24 +73,25 @@ pub fn compare<T: Task>(
     refuse_repeats("--train-fractions", &plan.fractions)?;
     let mut cells = vec![];
     for &fraction in &plan.fractions {
-        for method in &plan.methods {
+        for arm in &plan.methods {
             for &seed in &plan.seeds {
-                if method == "base" && (seed != plan.seeds[0] || fraction != plan.fractions[0]) {
+                let base = *arm == Arm::Base;
+                if base && (seed != plan.seeds[0] || fraction != plan.fractions[0]) {
                     continue;
                 }
                 // The zero-shot model sees no training data: it is the same at every fraction.
-                let spec = spec_for(method, seed, if method == "base" { 1.0 } else { fraction })?;
+                let spec = spec_for(arm, seed, if base { 1.0 } else { fraction })?;
                 spec.validate()?;
-                cells.push((method.clone(), run_name(method, seed, spec.train_fraction()), spec));
+                cells.push((arm.clone(), run_name(arm.name(), seed, spec.train_fraction()), spec));
             }
         }
     }
     let mut summaries = vec![];
-    for (i, (method, name, spec)) in cells.iter().enumerate() {
+    for (i, (arm, name, spec)) in cells.iter().enumerate() {
         eprintln!("== [{}/{}] {name} ==", i + 1, cells.len());
-        summaries.push(match method.as_str() {
-            "base" => evaluate_base::<T>(spec)?,
-            _ => train::<T>(spec, &out.join(name), start)?,
+        summaries.push(match arm {
+            Arm::Base => evaluate_base::<T>(spec)?,
+            Arm::Method(_) => train::<T>(spec, &out.join(name), start)?,
         });
     }
     Ok(summaries)

@@ -222,12 +222,12 @@ mod tests {
         let defaults = RunSpec::default();
         let mut saved = RunSpec::default();
         saved.train.epochs = 3;
-        saved.adapter.r = 4;
+        saved.tuning.adapter_mut().unwrap().r = 4;
         // Given on the command line: the same epochs as the run, another lr and rank.
         let mut given = RunSpec::default();
         given.train.epochs = 3;
         given.train.lr = 0.1;
-        given.adapter.r = 16;
+        given.tuning.adapter_mut().unwrap().r = 16;
         let flags = overridden_flags(&given, &saved, &defaults);
         assert_eq!(flags, ["--rank 16 (the run's: 4)", "--lr 0.1 (the run's: 0.002)"]);
         assert!(overridden_flags(&defaults, &saved, &defaults).is_empty(), "flags left alone are not reported");

@@ -144,7 +144,7 @@ fn save<T: Task>(task: &T, data: &T::Data, model: &T::Model, out: &Path) -> Resu
     let adapted = T::adapted(model);
     match task.spec().tuning() {
         Tuning::Full => adapted.model.save(&out.join(T::FULL_MODEL_DIR))?,
-        Tuning::Adapter => native::save(&adapted.adapters, &out.join(layout::ADAPTER_DIR))?,
+        Tuning::Adapter(_) => native::save(&adapted.adapters, &out.join(layout::ADAPTER_DIR))?,
         Tuning::Probe => {}
     }
     task.save_extra(data, model, out)
@@ -225,7 +225,7 @@ pub fn export<T: Task>(run: &Path, out: &Path) -> Result<String> {
         Tuning::Probe => {
             return Err(Error::State("a linear probe has no adapter to export; `replora merge` writes the model with its head".into()));
         }
-        Tuning::Adapter => {}
+        Tuning::Adapter(_) => {}
     }
     task.export_peft(&model, out)
 }

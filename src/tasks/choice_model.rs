@@ -130,7 +130,7 @@ impl Objective for CausalLm {
         self.decoder.relative_update_norm()
     }
     fn lr_group(&self) -> Option<crate::training::LrGroup> {
-        self.decoder.adapters.generator_lr_group()
+        self.decoder.adapters.lr_group()
     }
     fn diagnostics(&self, grads: &burn::optim::GradientsParams) -> serde_json::Map<String, serde_json::Value> {
         self.decoder.diagnostics(grads)

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::heads::{ClassifierModel, SequenceClassifier, evaluate};
 use super::hf_layout::{self, HfLayout};
 use super::{Task, TaskKind, TestScores, Tuning};
-use crate::adapters::{AdapterConfig, PeftModel};
+use crate::adapters::PeftModel;
 use crate::data::{self, BatchConfig, Columns, Dataset, EncodedDataset, LoadOptions, SplitConfig, Tokenizer};
 use crate::error::{Error, Result};
 use crate::files::{read_json, write_json};
@@ -38,8 +38,9 @@ pub struct ClassificationSpec {
     pub max_len: usize,
     pub pooling: Pooling,
     pub head_dropout: f64,
+    /// How the model is tuned (`tuning`, and `adapter` for an adapter run).
+    #[serde(flatten)]
     pub tuning: Tuning,
-    pub adapter: AdapterConfig,
     pub train: TrainConfig,
 }
 
@@ -58,8 +59,7 @@ impl Default for ClassificationSpec {
             // What transformers' BertForSequenceClassification computes (issue 11).
             pooling: Pooling::Cls,
             head_dropout: 0.1,
-            tuning: Tuning::Adapter,
-            adapter: AdapterConfig::default(),
+            tuning: Tuning::default(),
             train: TrainConfig::default(),
         }
     }
@@ -128,7 +128,7 @@ impl Task for Classification {
     fn open(spec: ClassificationSpec, device: &Device) -> Result<Self> {
         let model_dir = crate::models::resolve(&spec.model)?;
         let encoder = Bert::load(&model_dir, "bert.", device)?;
-        encoder.check_fits(spec.max_len, spec.adapter.layers_to_transform.as_deref())?;
+        encoder.check_fits(spec.max_len, spec.tuning.layers())?;
         let tokenizer = Tokenizer::from_model_dir(&model_dir)?.with_max_len(spec.max_len)?;
         Ok(Self { spec, model_dir, encoder, tokenizer, device: device.clone(), run_labels: Default::default() })
     }
@@ -158,7 +158,7 @@ impl Task for Classification {
     }
 
     fn build(&self, data: &Prepared) -> Result<SequenceClassifier> {
-        let encoder = self.spec.tuning.wrap(self.encoder.clone(), &self.spec.adapter)?;
+        let encoder = self.spec.tuning.wrap(self.encoder.clone())?;
         Ok(SequenceClassifier::new(encoder, data.labels.len(), self.spec.pooling, self.spec.head_dropout, self.spec.train.seed))
     }
 

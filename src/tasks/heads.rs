@@ -174,7 +174,7 @@ impl Objective for SequenceClassifier {
         crate::training::collapse::chance_loss(self.head.d_out())
     }
     fn lr_group(&self) -> Option<crate::training::LrGroup> {
-        self.encoder.adapters.generator_lr_group()
+        self.encoder.adapters.lr_group()
     }
     fn diagnostics(&self, grads: &burn::optim::GradientsParams) -> serde_json::Map<String, serde_json::Value> {
         self.encoder.diagnostics(grads)

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::heads::{ClassifierModel, HEAD, LabelledBatch, cross_entropy, evaluate, head_tensors, new_head, read_head};
 use super::{Task, TaskKind, TestScores, Tuning};
-use crate::adapters::{AdaptedLinear, AdapterConfig, Deltas, PeftModel};
+use crate::adapters::{AdaptedLinear, Deltas, PeftModel};
 use crate::data::images::{self, Augment, ImageBatch, ImageSet, ImageSplits, Protocol};
 use crate::error::{Error, Result};
 use crate::files::{read_json, write_json};
@@ -68,8 +68,9 @@ pub struct ImageClassificationSpec {
     pub pooling: ImagePooling,
     /// Random crop (4 px padding) and horizontal flip of training images.
     pub augment: bool,
+    /// How the model is tuned (`tuning`, and `adapter` for an adapter run).
+    #[serde(flatten)]
     pub tuning: Tuning,
-    pub adapter: AdapterConfig,
     pub train: TrainConfig,
 }
 
@@ -84,8 +85,7 @@ impl Default for ImageClassificationSpec {
             train_fraction: 1.0,
             pooling: ImagePooling::Cls,
             augment: false,
-            tuning: Tuning::Adapter,
-            adapter: AdapterConfig::default(),
+            tuning: Tuning::default(),
             train: TrainConfig { batch_size: 32, lr: 2e-3, epochs: 5, ..TrainConfig::default() },
         }
     }
@@ -201,7 +201,7 @@ impl Objective for ImageClassifier {
         crate::training::collapse::chance_loss(self.head.d_out())
     }
     fn lr_group(&self) -> Option<crate::training::LrGroup> {
-        self.backbone.adapters.generator_lr_group()
+        self.backbone.adapters.lr_group()
     }
     fn diagnostics(&self, grads: &burn::optim::GradientsParams) -> serde_json::Map<String, serde_json::Value> {
         self.backbone.diagnostics(grads)
@@ -296,7 +296,7 @@ impl Task for ImageClassification {
         let backbone = Dinov2::load(&model_dir, BACKBONE, device)?;
         check_memory(&spec, &backbone.config)?;
         let backbone = backbone.with_image_size(spec.image_size)?;
-        backbone.check_fits(1, spec.adapter.layers_to_transform.as_deref())?;
+        backbone.check_fits(1, spec.tuning.layers())?;
         Ok(Self { spec, model_dir, backbone, device: device.clone(), run_labels: Default::default() })
     }
 
@@ -344,7 +344,7 @@ impl Task for ImageClassification {
     }
 
     fn build(&self, data: &ImageSplits) -> Result<ImageClassifier> {
-        let backbone = self.spec.tuning.wrap(self.backbone.clone(), &self.spec.adapter)?;
+        let backbone = self.spec.tuning.wrap(self.backbone.clone())?;
         Ok(ImageClassifier::new(backbone, data.labels.len(), self.spec.pooling, self.spec.train.seed))
     }
 

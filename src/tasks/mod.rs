@@ -3,7 +3,7 @@
 //! evaluate, predict, export, merge, compare). Adding a task is one file here plus one line in
 //! [`TaskKind`] and [`with_task!`](crate::with_task).
 
-/// Implements [`TaskSpec`] for a spec struct with the fields `model`, `tuning`, `adapter`,
+/// Implements [`TaskSpec`] for a spec struct with the fields `model`, `tuning`,
 /// `train`, `train_fraction` and an inherent `validate`; `|spec| expr` names its data, and
 /// `|spec| paths` lists its data fields (`&mut String`s that may be paths).
 macro_rules! task_spec {
@@ -12,11 +12,8 @@ macro_rules! task_spec {
             fn model(&self) -> &str {
                 &self.model
             }
-            fn tuning(&self) -> $crate::tasks::Tuning {
-                self.tuning
-            }
-            fn adapter(&self) -> &$crate::adapters::AdapterConfig {
-                &self.adapter
+            fn tuning(&self) -> &$crate::tasks::Tuning {
+                &self.tuning
             }
             fn train(&self) -> &$crate::training::TrainConfig {
                 &self.train
@@ -48,6 +45,9 @@ pub mod heads;
 pub mod hf_layout;
 pub mod image_classification;
 pub mod multiple_choice;
+pub mod tuning;
+
+pub use tuning::Tuning;
 
 use std::fmt::Debug;
 use std::path::Path;
@@ -56,7 +56,7 @@ use burn::prelude::*;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::adapters::{Adaptable, AdapterConfig, AdapterSet, PeftModel};
+use crate::adapters::PeftModel;
 use crate::error::{Error, Result};
 use crate::models::Architecture;
 use crate::training::{EvalMetrics, Objective, TrainConfig};
@@ -137,52 +137,11 @@ macro_rules! with_task {
     };
 }
 
-/// How the pre-trained model is tuned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Tuning {
-    /// The adapter of the spec's `adapter` config (LoRA, DoRA or RepLoRA).
-    Adapter,
-    /// Full fine-tuning of every weight.
-    Full,
-    /// A linear probe: the pre-trained model frozen, no adapter, only the task's head trains.
-    Probe,
-}
-
-impl Tuning {
-    /// `model` frozen with the adapter injected, or with every weight trainable.
-    pub fn wrap<M: Adaptable>(self, model: M, adapter: &AdapterConfig) -> Result<PeftModel<M>> {
-        match self {
-            Tuning::Adapter => PeftModel::new(model, adapter),
-            Tuning::Full => Ok(PeftModel::full_finetune(model)),
-            Tuning::Probe => Ok(PeftModel::from_parts(model, AdapterSet::empty())),
-        }
-    }
-
-    /// A finished run's tuned model around the pre-trained `base`: its adapter (native format,
-    /// in `out`'s adapter directory), its fully tuned weights (read by `load_full` from
-    /// `out/<full_dir>`), or nothing (a probe).
-    pub fn restore<M: Adaptable>(
-        self,
-        base: M,
-        out: &Path,
-        full_dir: &str,
-        load_full: impl FnOnce(&Path) -> Result<M>,
-    ) -> Result<PeftModel<M>> {
-        match self {
-            Tuning::Adapter => crate::formats::native::load(base, &out.join(crate::run::layout::ADAPTER_DIR)),
-            Tuning::Full => Ok(PeftModel::full_finetune(load_full(&out.join(full_dir))?)),
-            Tuning::Probe => Ok(PeftModel::from_parts(base, AdapterSet::empty())),
-        }
-    }
-}
-
 /// What every task's run spec (`run.json`) holds besides its data settings.
 pub trait TaskSpec: Clone + Debug + PartialEq + Serialize + DeserializeOwned + Default {
     /// A model directory, file or asset name.
     fn model(&self) -> &str;
-    fn tuning(&self) -> Tuning;
-    fn adapter(&self) -> &AdapterConfig;
+    fn tuning(&self) -> &Tuning;
     fn train(&self) -> &TrainConfig;
     /// The data the run learns from, for tables.
     fn data_name(&self) -> String;
@@ -196,11 +155,7 @@ pub trait TaskSpec: Clone + Debug + PartialEq + Serialize + DeserializeOwned + D
 
     /// `lora`, `dora`, `replora`, `adapter`, `prefix`, `full` or `probe`.
     fn method_name(&self) -> String {
-        match self.tuning() {
-            Tuning::Full => "full".into(),
-            Tuning::Probe => "probe".into(),
-            Tuning::Adapter => self.adapter().method.to_string(),
-        }
+        self.tuning().name()
     }
 }
 

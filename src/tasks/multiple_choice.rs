@@ -14,7 +14,7 @@ use super::choice_model::{
     CausalLm, ChoiceItems, LmBatch, LmSequence, choice_items, evaluate, length_grouped_batches, score, training_sequences,
 };
 use super::{SubtaskScore, Task, TaskKind, TestScores, Tuning};
-use crate::adapters::{AdapterConfig, AdapterSet, Method, PeftModel};
+use crate::adapters::{AdapterConfig, AdapterSet, PeftModel};
 use crate::data::bigbench::{ChoiceExample, read_choices};
 use crate::error::{Error, Result};
 use crate::formats::peft;
@@ -49,8 +49,9 @@ pub struct MultipleChoiceSpec {
     /// Share of each task's training questions used (sample-efficiency runs).
     #[serde(default = "one")]
     pub train_fraction: f64,
+    /// How the model is tuned (`tuning`, and `adapter` for an adapter run).
+    #[serde(flatten)]
     pub tuning: Tuning,
-    pub adapter: AdapterConfig,
     pub train: TrainConfig,
 }
 
@@ -65,11 +66,10 @@ impl Default for MultipleChoiceSpec {
             keep_layers: None,
             exact_match: true,
             train_fraction: 1.0,
-            tuning: Tuning::Adapter,
-            adapter: AdapterConfig {
+            tuning: Tuning::Adapter(AdapterConfig {
                 target_modules: crate::adapters::TargetModules::Names(vec!["q_proj".into(), "v_proj".into()]),
                 ..Default::default()
-            },
+            }),
             train: default_train(),
         }
     }
@@ -187,9 +187,10 @@ impl Task for MultipleChoice {
         if let Some(n) = spec.keep_layers {
             decoder.model = decoder.model.truncate_layers(n);
         }
-        decoder.model.check_fits(spec.max_len, spec.adapter.layers_to_transform.as_deref())?;
-        if spec.tuning == Tuning::Adapter && spec.adapter.method == Method::Prefix {
-            let (p, positions) = (spec.adapter.prefix.length, decoder.model.max_positions());
+        decoder.model.check_fits(spec.max_len, spec.tuning.layers())?;
+        let p = spec.tuning.adapter().map_or(0, |a| a.method.virtual_tokens());
+        if p > 0 {
+            let positions = decoder.model.max_positions();
             if spec.max_len + p > positions {
                 return Err(Error::Config(format!(
                     "a prefix of {p} virtual tokens takes the first {p} of the model's {positions} positions (as in PEFT), leaving {} for --max-len {}; shorten --max-len or --prefix-length",
@@ -224,7 +225,7 @@ impl Task for MultipleChoice {
     }
 
     fn build(&self, _data: &ChoiceData) -> Result<CausalLm> {
-        Ok(CausalLm { decoder: self.spec.tuning.wrap(self.decoder.model.clone(), &self.spec.adapter)? })
+        Ok(CausalLm { decoder: self.spec.tuning.wrap(self.decoder.model.clone())? })
     }
 
     fn zero_shot(&self) -> Option<CausalLm> {

@@ -24,9 +24,19 @@ struct Collect {
     state: TrainableState,
 }
 
+/// A module path component of a checkpoint name: empty for the levels that names leave out.
+fn component(name: &str, container: &str) -> String {
+    if crate::adapters::methods::unnamed_module_level(name, container) { String::new() } else { name.to_string() }
+}
+
+/// The checkpoint name of the parameter at `path`.
+fn name_of(path: &[String]) -> String {
+    path.iter().filter(|c| !c.is_empty()).cloned().collect::<Vec<_>>().join(".")
+}
+
 impl ModuleVisitor for Collect {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.push(name.to_string());
+    fn enter_module(&mut self, name: &str, container: &str) {
+        self.path.push(component(name, container));
     }
     fn exit_module(&mut self, _: &str, _: &str) {
         self.path.pop();
@@ -34,7 +44,7 @@ impl ModuleVisitor for Collect {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let value = param.val();
         if value.is_require_grad() {
-            let name = self.path.join(".");
+            let name = name_of(&self.path);
             self.state.ids.insert(name.clone(), param.id.val());
             self.state.tensors.insert(name, HostTensor::from_tensor(&value));
         }
@@ -49,14 +59,14 @@ struct Restore<'a> {
 }
 
 impl ModuleMapper for Restore<'_> {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.push(name.to_string());
+    fn enter_module(&mut self, name: &str, container: &str) {
+        self.path.push(component(name, container));
     }
     fn exit_module(&mut self, _: &str, _: &str) {
         self.path.pop();
     }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let name = self.path.join(".");
+        let name = name_of(&self.path);
         let Some(saved) = self.state.tensors.get(&name) else { return param };
         let expected = param.shape().to_vec();
         if saved.shape != expected {

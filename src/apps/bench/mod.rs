@@ -121,18 +121,18 @@ fn synthetic_batch(batch: usize, seq: usize, vocab: usize) -> Batch {
 /// The benchmark's method on `model` (alpha = 2r on the architecture's default targets, as
 /// the PyTorch peer configures PEFT).
 fn adapt<A: Architecture>(model: A, args: &BenchArgs) -> Result<PeftModel<A>> {
-    let (tuning, method) = match args.method.as_str() {
-        "full" => (Tuning::Full, Method::Lora),
-        m => (Tuning::Adapter, m.parse::<Method>()?),
-    };
+    if args.method == "full" {
+        return Tuning::Full.wrap(model);
+    }
+    let method = args.method.parse::<Method>()?;
     let config = AdapterConfig {
-        method,
+        method: method.defaults(),
         r: args.rank,
         lora_alpha: 2.0 * args.rank as f64,
         target_modules: TargetModules::Names(A::default_targets(method).iter().map(|t| t.to_string()).collect()),
         ..Default::default()
     };
-    tuning.wrap(model, &config)
+    Tuning::Adapter(config).wrap(model)
 }
 
 fn build(args: &BenchArgs, device: &Device) -> Result<SequenceClassifier> {

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 
 use super::{Command, RunArgs, SpecFromArgs, check_method_list};
-use crate::adapters::{AdapterConfig, Method, TargetModules, closed_form, select_targets};
+use crate::adapters::{AdapterConfig, Method, MethodConfig, TargetModules, closed_form, select_targets};
 use crate::data::Format;
 use crate::error::{Error, Result};
 use crate::models::Family;
-use crate::run::compare::{self, Plan};
+use crate::run::compare::{self, Arm, Plan};
 use crate::run::output::{self, Output};
 use crate::run::{self, Start};
 use crate::tasks::{TaskKind, TaskSpec};
@@ -160,18 +160,26 @@ fn compare_cli<T: SpecFromArgs>(
     check_method_list(&methods, multi_seed)?;
     let listed: Vec<&str> = methods.iter().map(String::as_str).collect();
     // A method's own settings act on its runs only (and are refused if no method takes them).
-    let args_for = |method: &str| RunArgs {
-        method: args.method.for_method_of(if method == "base" { "lora" } else { method }, &listed),
+    // The base model's spec takes the flags of a LoRA run (it trains nothing).
+    let args_for = |arm: &Arm| RunArgs {
+        method: args.method.for_method_of(
+            match arm {
+                Arm::Base => "lora",
+                Arm::Method(m) => m,
+            },
+            &listed,
+        ),
         ..args.clone()
     };
-    let base = T::spec_from(&args_for(listed.first().copied().unwrap_or("lora")))?;
+    let arms: Vec<Arm> = methods.iter().map(|m| Arm::parse(m)).collect();
+    let base = T::spec_from(&args_for(arms.first().unwrap_or(&Arm::Method("lora".into()))))?;
     let plan = Plan {
         seeds: seeds.unwrap_or_else(|| if multi_seed && args.train.seed.is_none() { vec![0, 1, 2] } else { vec![base.train().seed] }),
         fractions: fractions.unwrap_or_else(|| vec![base.train_fraction()]),
-        methods: methods.clone(),
+        methods: arms,
     };
-    let spec_for = |method: &str, seed: u64, fraction: f64| -> Result<T::Spec> {
-        let mut a = args_for(method);
+    let spec_for = |arm: &Arm, seed: u64, fraction: f64| -> Result<T::Spec> {
+        let mut a = args_for(arm);
         a.train.seed = Some(seed);
         a.train_fraction = Some(fraction);
         T::spec_from(&a)
@@ -249,7 +257,7 @@ fn info(model: &str, rank: usize, targets: Option<Vec<String>>) -> Result<()> {
     let p = crate::adapters::PrefixConfig::default();
     let trained = count(AdapterConfig::new(Method::Prefix), &info.key_projections)?;
     let direct = crate::adapters::PrefixConfig { reparameterize: false, ..p.clone() };
-    let kept = count(AdapterConfig { prefix: direct, ..AdapterConfig::new(Method::Prefix) }, &info.key_projections)?;
+    let kept = count(AdapterConfig::with_method(MethodConfig::Prefix(direct)), &info.key_projections)?;
     println!(
         "\nprefix tuning ({} virtual tokens, reparameterization width {}) at every layer's {}:\n  prefix   {trained:>10}  ({:.4}% of the base) trained; {kept} ({:.4}%) kept after training",
         p.length,

@@ -2,7 +2,7 @@
 //! refused by name. A task's own flags are refused for the other tasks, a method's own settings
 //! for the other methods, and `eval` refuses what it would not use.
 
-use super::spec_args::{ChoiceArgs, ClassificationArgs, ImageArgs, METHODS, MethodArgs, RunArgs, TrainArgs};
+use super::spec_args::{ChoiceArgs, ClassificationArgs, ImageArgs, MethodArgs, RunArgs, TrainArgs, method_names};
 use crate::error::{Error, Result};
 use crate::models::Family;
 use crate::tasks::TaskKind;
@@ -196,10 +196,10 @@ impl MethodArgs {
 
 /// `methods` must be known and distinct (`compare --methods`); `base` is the pre-trained model.
 pub fn check_method_list(methods: &[String], base_allowed: bool) -> Result<()> {
-    let known = |m: &str| METHODS.contains(&m) || (base_allowed && m == "base");
+    let known = |m: &str| method_names().contains(&m) || (base_allowed && m == "base");
     if let Some(bad) = methods.iter().find(|m| !known(m)) {
         let base = if base_allowed { ", and base (the pre-trained model, zero-shot)" } else { "" };
-        return Err(Error::Config(format!("--methods: unknown method {bad:?}: the methods are {}{base}", METHODS.join(", "))));
+        return Err(Error::Config(format!("--methods: unknown method {bad:?}: the methods are {}{base}", method_names().join(", "))));
     }
     Ok(())
 }

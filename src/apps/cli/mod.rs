@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 
 pub use config_file::expand_config_file;
 pub use flags_given::check_method_list;
-pub use spec_args::{ChoiceArgs, ClassificationArgs, METHODS, MethodArgs, RunArgs, SpecFromArgs, TrainArgs};
+pub use spec_args::{ChoiceArgs, ClassificationArgs, MethodArgs, RunArgs, SpecFromArgs, TrainArgs, method_names};
 
 #[derive(Parser, Debug)]
 #[command(

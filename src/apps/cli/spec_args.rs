@@ -6,8 +6,8 @@ use clap::Args;
 
 use super::flags_given::refuse_for_task;
 use crate::adapters::{
-    Activation, AdapterConfig, BottleneckConfig, LoraInit, Method, OutputScale, PrefixConfig, RepLoraConfig, SeedInit, SeedKind,
-    TargetModules,
+    Activation, AdapterConfig, BottleneckConfig, Houlsby, LoraInit, Method, OutputScale, PrefixConfig, PrefixTuning, RepLora,
+    RepLoraConfig, SeedInit, SeedKind, TargetModules,
 };
 use crate::error::{Error, Result};
 use crate::models::Architecture;
@@ -173,7 +173,7 @@ pub struct MethodArgs {
     /// the attention and feed-forward outputs; prefix: prefix tuning), full fine-tuning (full),
     /// or a linear probe (probe: the model frozen, only the task head trains).
     /// [default: replora]
-    #[arg(long, value_parser = METHODS, help_heading = "Method")]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(method_names()), help_heading = "Method")]
     pub method: Option<String>,
     /// LoRA rank r (lora, dora, replora) [default: 8]
     #[arg(long, value_parser = count, help_heading = "Method")]
@@ -309,8 +309,11 @@ pub struct TrainArgs {
     pub stop_on_collapse: bool,
 }
 
-/// Every `--method` value; clap's choices and every error listing them come from here.
-pub const METHODS: [&str; 7] = ["replora", "lora", "dora", "adapter", "prefix", "full", "probe"];
+/// Every `--method` value: the registered adapter methods (in registry order), then full and
+/// probe; clap's choices and every error listing them come from here.
+pub fn method_names() -> Vec<&'static str> {
+    Method::ALL.iter().map(|m| m.name()).chain(["full", "probe"]).collect()
+}
 
 impl MethodArgs {
     /// The method: `--method`, else replora.
@@ -318,21 +321,22 @@ impl MethodArgs {
         self.method.as_deref().unwrap_or("replora")
     }
 
-    /// The tuning mode and adapter config; `default_targets` applies without --targets. A
-    /// setting of another method is refused by name (see [`MethodArgs::settings_given`]).
-    pub fn to_adapter<A: Architecture>(&self, seed: u64) -> Result<(Tuning, AdapterConfig)> {
+    /// The tuning: full, a probe, or an adapter with its config (`default_targets` applies
+    /// without --targets). A setting of another method is refused by name (see
+    /// [`MethodArgs::settings_given`]).
+    pub fn to_tuning<A: Architecture>(&self, seed: u64) -> Result<Tuning> {
         self.refuse_settings_of_other_methods()?;
-        let (tuning, method) = match self.name() {
+        let method = match self.name() {
             "prefix" if self.targets.is_some() || self.targets_regex.is_some() => {
                 return Err(Error::Config(
                     "--method prefix puts a prefix at every layer's key projection; --targets and --targets-regex do not apply to it"
                         .into(),
                 ));
             }
-            "full" => (Tuning::Full, Method::Lora),
-            "probe" => (Tuning::Probe, Method::Lora),
-            m if METHODS.contains(&m) => (Tuning::Adapter, m.parse::<Method>()?),
-            m => return Err(Error::Config(format!("unknown method {m:?}: the methods are {}", METHODS.join(", ")))),
+            "full" => return Ok(Tuning::Full),
+            "probe" => return Ok(Tuning::Probe),
+            m if method_names().contains(&m) => m.parse::<Method>()?,
+            m => return Err(Error::Config(format!("unknown method {m:?}: the methods are {}", method_names().join(", ")))),
         };
         let target_modules = match (&self.targets_regex, &self.targets) {
             (Some(_), Some(_)) => return Err(Error::Config("--targets and --targets-regex exclude each other: give one of them".into())),
@@ -340,10 +344,33 @@ impl MethodArgs {
             (None, Some(names)) => TargetModules::Names(names.clone()),
             (None, None) => TargetModules::Names(A::default_targets(method).iter().map(|s| s.to_string()).collect()),
         };
-        let (d, replora, bottleneck, prefix) =
-            (AdapterConfig::default(), RepLoraConfig::default(), BottleneckConfig::default(), PrefixConfig::default());
+        let mut settings = method.defaults();
+        if let Some(r) = settings.settings_mut::<RepLora>() {
+            *r = RepLoraConfig {
+                seed_kind: self.seed_kind.unwrap_or(r.seed_kind),
+                hidden: self.hidden.unwrap_or(r.hidden),
+                activation: self.activation.unwrap_or(r.activation),
+                shared_generators: self.shared_generators,
+                output_scale: self.output_scale.unwrap_or(r.output_scale),
+                generator_lr_multiplier: self.generator_lr_multiplier.unwrap_or(r.generator_lr_multiplier),
+                generator_bias: !self.no_generator_bias,
+                learn_output_scale: self.learn_output_scale,
+                seed_init: self.seed_init,
+            };
+        }
+        if let Some(b) = settings.settings_mut::<Houlsby>() {
+            *b = BottleneckConfig { size: self.bottleneck, activation: self.bottleneck_activation.unwrap_or(b.activation) };
+        }
+        if let Some(p) = settings.settings_mut::<PrefixTuning>() {
+            *p = PrefixConfig {
+                length: self.prefix_length.unwrap_or(p.length),
+                reparameterize: !self.prefix_direct,
+                hidden: self.prefix_hidden.unwrap_or(p.hidden),
+            };
+        }
+        let d = AdapterConfig::default();
         let adapter = AdapterConfig {
-            method,
+            method: settings,
             r: self.rank.unwrap_or(d.r),
             lora_alpha: self.alpha.unwrap_or(d.lora_alpha),
             lora_dropout: self.dropout.unwrap_or(d.lora_dropout),
@@ -351,27 +378,10 @@ impl MethodArgs {
             init_lora_weights: self.init.unwrap_or(d.init_lora_weights),
             target_modules,
             layers_to_transform: self.layers.clone(),
-            replora: RepLoraConfig {
-                seed_kind: self.seed_kind.unwrap_or(replora.seed_kind),
-                hidden: self.hidden.unwrap_or(replora.hidden),
-                activation: self.activation.unwrap_or(replora.activation),
-                shared_generators: self.shared_generators,
-                output_scale: self.output_scale.unwrap_or(replora.output_scale),
-                generator_lr_multiplier: self.generator_lr_multiplier.unwrap_or(replora.generator_lr_multiplier),
-                generator_bias: !self.no_generator_bias,
-                learn_output_scale: self.learn_output_scale,
-                seed_init: self.seed_init,
-            },
-            bottleneck: BottleneckConfig { size: self.bottleneck, activation: self.bottleneck_activation.unwrap_or(bottleneck.activation) },
-            prefix: PrefixConfig {
-                length: self.prefix_length.unwrap_or(prefix.length),
-                reparameterize: !self.prefix_direct,
-                hidden: self.prefix_hidden.unwrap_or(prefix.hidden),
-            },
             seed,
             ..d
         };
-        Ok((tuning, adapter))
+        Ok(Tuning::Adapter(adapter))
     }
 }
 
@@ -405,7 +415,7 @@ impl RunArgs {
         RunArgs::check_model_family(self.model.as_deref().unwrap_or(&d.model), TaskKind::Classification)?;
         let c = &self.classification;
         let train = self.train.to_train(d.train.clone());
-        let (tuning, adapter) = self.method.to_adapter::<Bert>(train.seed)?;
+        let tuning = self.method.to_tuning::<Bert>(train.seed)?;
         let split = match &c.split {
             Some(s) => <[f64; 3]>::try_from(s.as_slice())
                 .map_err(|_| Error::Config(format!("--split takes three fractions (train, validation, test), got {}: {s:?}", s.len())))?,
@@ -427,7 +437,6 @@ impl RunArgs {
             pooling: c.pooling.unwrap_or(d.pooling),
             head_dropout: c.head_dropout.unwrap_or(d.head_dropout),
             tuning,
-            adapter,
             train,
         })
     }
@@ -439,7 +448,7 @@ impl RunArgs {
         RunArgs::check_model_family(self.model.as_deref().unwrap_or(&d.model), TaskKind::MultipleChoice)?;
         let c = &self.choice;
         let train = self.train.to_train(d.train.clone());
-        let (tuning, adapter) = self.method.to_adapter::<Llama>(train.seed)?;
+        let tuning = self.method.to_tuning::<Llama>(train.seed)?;
         let [n_train, n_val, n_test] = d.sizes;
         Ok(MultipleChoiceSpec {
             model: self.model.clone().unwrap_or(d.model),
@@ -451,7 +460,6 @@ impl RunArgs {
             exact_match: !c.no_exact_match,
             train_fraction: self.train_fraction.unwrap_or(d.train_fraction),
             tuning,
-            adapter,
             train,
         })
     }
@@ -466,7 +474,7 @@ impl RunArgs {
         RunArgs::check_model_family(self.model.as_deref().unwrap_or(&d.model), TaskKind::ImageClassification)?;
         let i = &self.image;
         let train = self.train.to_train(d.train.clone());
-        let (tuning, adapter) = self.method.to_adapter::<Dinov2>(train.seed)?;
+        let tuning = self.method.to_tuning::<Dinov2>(train.seed)?;
         let [n_train, n_val, n_test] = d.images;
         Ok(ImageClassificationSpec {
             model: self.model.clone().unwrap_or(d.model),
@@ -478,7 +486,6 @@ impl RunArgs {
             pooling: i.image_pooling.unwrap_or(d.pooling),
             augment: i.augment || d.augment,
             tuning,
-            adapter,
             train,
         })
     }

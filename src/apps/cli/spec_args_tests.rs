@@ -1,6 +1,7 @@
 //! Tests of the run flags: defaults, config files, task choice, refused flags.
 
 use super::*;
+use crate::adapters::MethodConfig;
 use crate::apps::cli::expand_config_file;
 use clap::Parser;
 
@@ -22,8 +23,11 @@ fn config_file_flags_come_before_and_lose_to_command_line_flags() {
     let cli = crate::apps::cli::Cli::parse_from(expand_config_file(args).unwrap());
     let crate::apps::cli::Command::Train { run, .. } = cli.command else { panic!("not train") };
     let spec = run.to_classification().unwrap();
-    assert_eq!((spec.adapter.method, spec.adapter.r, spec.adapter.use_rslora), (Method::Lora, 4, true));
-    assert_eq!(spec.adapter.target_modules, TargetModules::Names(vec!["query".into(), "key".into()]));
+    assert_eq!(
+        (spec.tuning.adapter().unwrap().method.method(), spec.tuning.adapter().unwrap().r, spec.tuning.adapter().unwrap().use_rslora),
+        (Method::Lora, 4, true)
+    );
+    assert_eq!(spec.tuning.adapter().unwrap().target_modules, TargetModules::Names(vec!["query".into(), "key".into()]));
     assert_eq!(spec.train.epochs, 3, "the command line wins over the file");
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "rank = [").unwrap();
@@ -95,19 +99,27 @@ fn method_adapter_defaults_to_each_architectures_bottleneck_sites() {
     let spec = train_args(&["replora", "train", "--method", "adapter", "--bottleneck", "12", "--bottleneck-activation", "gelu"])
         .to_classification()
         .unwrap();
-    assert_eq!(spec.adapter.method, Method::Houlsby);
-    assert_eq!(spec.adapter.target_modules, TargetModules::Names(vec!["attention.output.dense".into(), "output.dense".into()]));
-    assert_eq!((spec.adapter.bottleneck.size, spec.adapter.bottleneck.activation), (Some(12), Activation::Gelu));
+    assert_eq!(
+        spec.tuning.adapter().unwrap().method,
+        MethodConfig::Houlsby(BottleneckConfig { size: Some(12), activation: Activation::Gelu })
+    );
+    assert_eq!(
+        spec.tuning.adapter().unwrap().target_modules,
+        TargetModules::Names(vec!["attention.output.dense".into(), "output.dense".into()])
+    );
     let lm = train_args(&["replora", "train-lm", "--method", "adapter"]).to_choice().unwrap();
-    assert_eq!(lm.adapter.target_modules, TargetModules::Names(vec!["o_proj".into(), "down_proj".into()]));
-    assert_eq!(lm.adapter.bottleneck.size, None, "the width follows the model unless given");
+    assert_eq!(lm.tuning.adapter().unwrap().target_modules, TargetModules::Names(vec!["o_proj".into(), "down_proj".into()]));
+    assert_eq!(lm.tuning.adapter().unwrap().method.settings::<Houlsby>().unwrap().size, None, "the width follows the model unless given");
     let prefix = train_args(&["replora", "train-lm", "--method", "prefix", "--prefix-length", "4", "--prefix-direct"]).to_choice().unwrap();
-    assert_eq!(prefix.adapter.target_modules, TargetModules::Names(vec!["k_proj".into()]));
-    assert_eq!((prefix.adapter.prefix.length, prefix.adapter.prefix.reparameterize), (4, false));
+    assert_eq!(prefix.tuning.adapter().unwrap().target_modules, TargetModules::Names(vec!["k_proj".into()]));
+    assert_eq!(
+        prefix.tuning.adapter().unwrap().method,
+        MethodConfig::Prefix(PrefixConfig { length: 4, reparameterize: false, ..PrefixConfig::default() })
+    );
     let err = train_args(&["replora", "train", "--method", "prefix", "--targets", "query"]).to_classification().unwrap_err().to_string();
     assert!(err.contains("key projection"), "{err}");
     let lora = train_args(&["replora", "train-lm", "--method", "lora"]).to_choice().unwrap();
-    assert_eq!(lora.adapter.target_modules, TargetModules::Names(vec!["q_proj".into(), "v_proj".into()]));
+    assert_eq!(lora.tuning.adapter().unwrap().target_modules, TargetModules::Names(vec!["q_proj".into(), "v_proj".into()]));
 }
 
 fn eval_args(args: &[&str]) -> RunArgs {
@@ -132,7 +144,16 @@ fn flags_that_would_not_act_are_refused_by_name() {
         "{e}"
     );
     assert_eq!(
-        train_args(&["replora", "train", "--method", "replora", "--hidden", "4"]).to_classification().unwrap().adapter.replora.hidden,
+        train_args(&["replora", "train", "--method", "replora", "--hidden", "4"])
+            .to_classification()
+            .unwrap()
+            .tuning
+            .adapter()
+            .unwrap()
+            .method
+            .settings::<RepLora>()
+            .unwrap()
+            .hidden,
         4
     );
     let e = crate::apps::cli::Cli::try_parse_from(["replora", "train", "--targets", "query", "--targets-regex", ".*value"])
@@ -187,11 +208,11 @@ fn a_method_list_gives_each_method_its_own_settings() {
     let only_lora = RunArgs { method: args.method.for_method_of("lora", &["lora", "dora"]), ..args.clone() };
     assert!(only_lora.to_classification().unwrap_err().to_string().contains("--hidden"));
     let e = crate::apps::cli::check_method_list(&["lora".into(), "bogus".into()], false).unwrap_err().to_string();
-    assert!(e.contains("\"bogus\"") && METHODS.iter().all(|m| e.contains(m)), "{e}");
+    assert!(e.contains("\"bogus\"") && method_names().iter().all(|m| e.contains(m)), "{e}");
     let e = train_args(&["replora", "train"]);
     let bogus = RunArgs { method: MethodArgs { method: Some("bogus".into()), ..e.method.clone() }, ..e };
     let e = bogus.to_classification().unwrap_err().to_string();
-    assert!(METHODS.iter().all(|m| e.contains(m)), "{e}");
+    assert!(method_names().iter().all(|m| e.contains(m)), "{e}");
 }
 
 /// The task inferred from flags is the one whose flags the run keeps: a text flag with an image

@@ -135,6 +135,23 @@ fn spec_key(mut spec: serde_json::Value) -> String {
     spec.to_string()
 }
 
+/// A spec as cells are named by: as `run.json` held it before [`crate::tasks::Tuning`] carried
+/// the adapter's config, when full and probe runs held a placeholder LoRA config (on the
+/// architecture's default targets, with the run's seed), so that their cells keep their names.
+fn key_value<T: crate::tasks::Task>(spec: &T::Spec) -> serde_json::Value {
+    use crate::adapters::{AdapterConfig, Method, TargetModules};
+    use crate::models::Architecture;
+    use crate::tasks::TaskSpec;
+    let mut value = serde_json::to_value(spec).expect("specs serialize");
+    if spec.tuning().adapter().is_none() {
+        let targets = <T::Arch as Architecture>::default_targets(Method::Lora).iter().map(|t| t.to_string()).collect();
+        let placeholder =
+            AdapterConfig { target_modules: TargetModules::Names(targets), seed: spec.train().seed, ..AdapterConfig::new(Method::Lora) };
+        value["adapter"] = serde_json::to_value(placeholder).expect("configs serialize");
+    }
+    value
+}
+
 /// FNV-1a: a stable short name for a cell's spec.
 fn fnv(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
@@ -400,21 +417,27 @@ fn resolve_cells(grid: &Grid, store: &Path) -> Result<(Vec<Cell>, Vec<RunArgs>)>
             eprintln!("sweep: checked {i} of {} cells ({:.0} s)", all.len(), started.elapsed().as_secs_f64());
             shown = Instant::now();
         }
-        let mut args = cell.args()?;
-        args.method = args.method.for_method_of(args.method.name(), &methods);
-        let spec = with_task!(args.task(), T => T::spec_from(&args).and_then(|s| {
-            crate::tasks::TaskSpec::validate(&s)?;
-            Ok(format!("{}:{}", <T as crate::tasks::Task>::KIND, spec_key(serde_json::to_value(&s).expect("specs serialize"))))
-        }))
-        .map_err(|e| Error::Config(format!("sweep cell {}: {e}", cell.describe())))?;
-        let method = cell.flags.get("method").map_or("replora", String::as_str);
-        let dir = store.join(format!("{method}-{:016x}", fnv(&spec)));
+        let (dir, args) = cell_dir(cell, &methods, store)?;
         if dirs.insert(dir.clone()) {
             cells.push(Cell { dir, ..cell.clone() });
             parsed.push(args);
         }
     }
     Ok((cells, parsed))
+}
+
+/// A cell's flags parsed, and its directory in `store`, named by the spec they resolve to
+/// within a grid of `methods`.
+fn cell_dir(cell: &Cell, methods: &[&str], store: &Path) -> Result<(PathBuf, RunArgs)> {
+    let mut args = cell.args()?;
+    args.method = args.method.for_method_of(args.method.name(), methods);
+    let spec = with_task!(args.task(), T => T::spec_from(&args).and_then(|s| {
+        crate::tasks::TaskSpec::validate(&s)?;
+        Ok(format!("{}:{}", <T as crate::tasks::Task>::KIND, spec_key(key_value::<T>(&s))))
+    }))
+    .map_err(|e| Error::Config(format!("sweep cell {}: {e}", cell.describe())))?;
+    let method = cell.flags.get("method").map_or("replora", String::as_str);
+    Ok((store.join(format!("{method}-{:016x}", fnv(&spec))), args))
 }
 
 #[cfg(test)]
@@ -497,5 +520,67 @@ mod tests {
         assert_eq!(lora, spec_key(serde_json::json!({"adapter": {"method": "lora", "r": 8, "replora": {"hidden": 8}}})));
         assert!(spec_key(spec("replora")).contains("hidden") && !spec_key(spec("replora")).contains("bottleneck"));
         assert!(spec_key(spec("adapter")).contains("bottleneck") && !spec_key(spec("adapter")).contains("hidden"));
+    }
+
+    /// The cells of every grid of the study as they were named before adapter methods were
+    /// plug-ins (issue 28), and one run spec per task and method as `run.json` held it then:
+    /// finished cells must keep their names (else every sweep reruns them), and old specs must
+    /// read back as the spec their flags give today. `REPLORA_BLESS=1` rewrites the fixture
+    /// from the grids in `sweeps/`.
+    #[test]
+    fn cells_and_specs_keep_the_names_and_format_they_had_before_methods_were_plug_ins() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sweep-cells-0.1.json");
+        if std::env::var_os("REPLORA_BLESS").is_some() {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("sweeps");
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+            files.retain(|p| p.extension().is_some_and(|e| e == "toml"));
+            files.sort();
+            let (mut grids, mut specs, mut seen) = (vec![], vec![], std::collections::HashSet::new());
+            for path in files {
+                let grid = Grid::read(&path).unwrap();
+                let all = grid.cells();
+                let mut methods: Vec<&str> = all.iter().map(|c| c.flags.get("method").map_or("replora", String::as_str)).collect();
+                methods.sort();
+                methods.dedup();
+                let (cells, parsed) = resolve_cells(&grid, Path::new("cells")).unwrap();
+                for (cell, args) in cells.iter().zip(&parsed) {
+                    if seen.insert(format!("{:?} {}", args.task(), args.method.name())) {
+                        let spec = with_task!(args.task(), T => serde_json::to_value(T::spec_from(args).unwrap()).unwrap());
+                        specs.push(serde_json::json!({"flags": cell.flags, "methods": methods, "spec": spec}));
+                    }
+                }
+                let cells: Vec<_> = cells.iter().map(|c| serde_json::json!({"flags": c.flags, "dir": c.dir})).collect();
+                grids.push(serde_json::json!({"grid": path.file_name().unwrap().to_string_lossy(), "methods": methods, "cells": cells}));
+            }
+            std::fs::write(&file, serde_json::to_string(&serde_json::json!({"grids": grids, "specs": specs})).unwrap()).unwrap();
+        }
+        let fixture: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let flags = |v: &serde_json::Value| -> BTreeMap<String, String> { serde_json::from_value(v["flags"].clone()).unwrap() };
+        let methods = |v: &serde_json::Value| -> Vec<String> { serde_json::from_value(v["methods"].clone()).unwrap() };
+        let mut checked = 0;
+        for grid in fixture["grids"].as_array().unwrap() {
+            let methods = methods(grid);
+            let methods: Vec<&str> = methods.iter().map(String::as_str).collect();
+            for c in grid["cells"].as_array().unwrap() {
+                let cell = Cell { flags: flags(c), varied: vec![], dir: PathBuf::new() };
+                let (dir, _) = cell_dir(&cell, &methods, Path::new("cells")).unwrap();
+                assert_eq!(dir.to_string_lossy(), c["dir"].as_str().unwrap(), "{}: {:?}", grid["grid"], cell.flags);
+                checked += 1;
+            }
+        }
+        assert!(checked > 100, "{checked} cells");
+        let specs = fixture["specs"].as_array().unwrap();
+        assert!(specs.len() >= 12, "{} specs: every method of every task the study ran", specs.len());
+        for s in specs {
+            let cell = Cell { flags: flags(s), varied: vec![], dir: PathBuf::new() };
+            let methods = methods(s);
+            let methods: Vec<&str> = methods.iter().map(String::as_str).collect();
+            let mut args = cell.args().unwrap();
+            args.method = args.method.for_method_of(args.method.name(), &methods);
+            with_task!(args.task(), T => {
+                let old: <T as crate::tasks::Task>::Spec = serde_json::from_value(s["spec"].clone()).unwrap_or_else(|e| panic!("{:?}: {e}", cell.flags));
+                assert_eq!(old, T::spec_from(&args).unwrap(), "{:?}", cell.flags);
+            });
+        }
     }
 }

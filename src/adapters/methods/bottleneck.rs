@@ -8,10 +8,15 @@ use burn::prelude::*;
 use burn::tensor::module::linear;
 use serde::{Deserialize, Serialize};
 
-use super::config::Activation;
-use super::init::Init;
+use super::{AdapterMethod, Pass, Sites, SizeSetting};
+use crate::adapters::config::{Activation, AdapterConfig};
+use crate::adapters::init::Init;
+use crate::adapters::linear::{AdaptedLinear, Deltas};
+use crate::adapters::set::NamedParams;
+use crate::adapters::target::Target;
+use crate::error::{Error, Result};
 
-/// The bottleneck adapter's settings (ignored by the other methods).
+/// The bottleneck adapter's settings (a config's `bottleneck` object).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BottleneckConfig {
@@ -62,6 +67,16 @@ impl Bottleneck {
         2 * d * m + m + d
     }
 
+    /// The tensors under `<path>.adapter.<down|up>.<weight|bias>` (burn layout).
+    fn map_named<V: NamedParams>(self, path: &str, v: &mut V) -> Result<Self> {
+        Ok(Self {
+            down_weight: v.param(&format!("{path}.adapter.down.weight"), self.down_weight)?,
+            down_bias: v.param(&format!("{path}.adapter.down.bias"), self.down_bias)?,
+            up_weight: v.param(&format!("{path}.adapter.up.weight"), self.up_weight)?,
+            up_bias: v.param(&format!("{path}.adapter.up.bias"), self.up_bias)?,
+        })
+    }
+
     /// The tensors of one forward pass.
     pub fn delta(&self, activation: Activation, dropout: f64) -> BottleneckDelta {
         BottleneckDelta {
@@ -90,9 +105,82 @@ pub struct BottleneckDelta {
 impl BottleneckDelta {
     /// `y + up(act(down(y)))`, the adapter's input dropped out with `training`.
     pub fn apply<const D: usize>(&self, y: Tensor<D>, training: bool) -> Tensor<D> {
-        let input = if training { super::linear::dropout(y.clone(), self.dropout) } else { y.clone() };
+        let input = if training { crate::adapters::linear::dropout(y.clone(), self.dropout) } else { y.clone() };
         let hidden = self.activation.apply(linear(input, self.down_weight.clone(), Some(self.down_bias.clone())));
         y + linear(hidden, self.up_weight.clone(), Some(self.up_bias.clone()))
+    }
+}
+
+/// One site's bottleneck.
+#[derive(Module, Debug)]
+pub struct BottleneckTarget {
+    pub bottleneck: Bottleneck,
+}
+
+/// Every site's bottleneck, in target order.
+#[derive(Module, Debug)]
+pub struct BottleneckState {
+    pub targets: Vec<BottleneckTarget>,
+}
+
+/// Houlsby bottleneck adapters (`--method adapter`).
+pub struct Houlsby;
+
+impl AdapterMethod for Houlsby {
+    type Settings = BottleneckConfig;
+    type State = BottleneckState;
+    const NAME: &'static str = "adapter";
+    const PEFT_TYPE: &'static str = "BOTTLENECK";
+    const SETTINGS_KEY: Option<&'static str> = Some("bottleneck");
+    const SITES: Sites = Sites::Outputs;
+
+    fn validate(settings: &BottleneckConfig) -> Result<()> {
+        if settings.size == Some(0) {
+            return Err(Error::Config("the bottleneck width (bottleneck.size, --bottleneck) must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    fn init(
+        settings: &BottleneckConfig,
+        _: &AdapterConfig,
+        targets: &[Target],
+        _: &[&AdaptedLinear],
+        init: &mut Init,
+    ) -> Result<BottleneckState> {
+        let targets =
+            targets.iter().map(|t| BottleneckTarget { bottleneck: Bottleneck::init(t.d_out, settings.width(t.d_out), init) }).collect();
+        Ok(BottleneckState { targets })
+    }
+
+    fn deltas(state: &BottleneckState, settings: &BottleneckConfig, pass: &Pass, out: &mut Deltas) {
+        for (t, s) in pass.targets.iter().zip(&state.targets) {
+            out.bottlenecks.insert(t.path.clone(), s.bottleneck.delta(settings.activation, pass.dropout));
+        }
+    }
+
+    /// `2 d m + m + d` per site of width `d`.
+    fn param_count(settings: &BottleneckConfig, targets: &[Target]) -> usize {
+        targets.iter().map(|t| Bottleneck::param_count(t.d_out, settings.width(t.d_out))).sum()
+    }
+
+    fn map_named<V: NamedParams>(state: BottleneckState, targets: &[Target], v: &mut V) -> Result<BottleneckState> {
+        let targets = state
+            .targets
+            .into_iter()
+            .zip(targets)
+            .map(|(s, t)| Ok(BottleneckTarget { bottleneck: s.bottleneck.map_named(&t.path, v)? }))
+            .collect::<Result<_>>()?;
+        Ok(BottleneckState { targets })
+    }
+
+    fn check_mergeable(action: &str) -> Result<()> {
+        super::not_mergeable("a bottleneck adapter (--method adapter) adds layers (down, non-linearity, up)", action, "")
+    }
+
+    fn size_settings(settings: &BottleneckConfig) -> Vec<SizeSetting<BottleneckConfig>> {
+        let set = |c: &mut BottleneckConfig, v| c.size = Some(v);
+        settings.size.map(|m| SizeSetting { flag: "--bottleneck", key: "bottleneck.size", value: m, set }).into_iter().collect()
     }
 }
 

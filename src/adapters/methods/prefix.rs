@@ -12,12 +12,16 @@ use burn::module::Param;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::config::{Activation, LoraInit};
-use super::init::Init;
 use super::replora::{Generator, GeneratorShape, OutputInit};
-use super::target::Target;
+use super::{AdapterMethod, Pass, Sites, SizeSetting};
+use crate::adapters::config::{Activation, AdapterConfig, LoraInit};
+use crate::adapters::init::Init;
+use crate::adapters::linear::{AdaptedLinear, Deltas};
+use crate::adapters::set::NamedParams;
+use crate::adapters::target::{Target, layer_index};
+use crate::error::{Error, Result};
 
-/// The prefix settings (ignored by the other methods).
+/// The prefix settings (a config's `prefix` object).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PrefixConfig {
@@ -137,4 +141,108 @@ pub fn mask_with_prefix(mask: Tensor<4>, p: usize) -> Tensor<4> {
 /// The reparameterization MLP: `h -> h -> total`, with biases and no scale.
 fn mlp_shape(h: usize, total: usize) -> GeneratorShape {
     GeneratorShape { d_seed: h, hidden: h, d_gen: total, bias: true, learned_scale: None }
+}
+
+/// Prefix tuning's trainable state.
+#[derive(Module, Debug)]
+pub struct PrefixState {
+    pub prefix: Prefix,
+}
+
+/// Prefix tuning (`--method prefix`).
+pub struct PrefixTuning;
+
+impl AdapterMethod for PrefixTuning {
+    type Settings = PrefixConfig;
+    type State = PrefixState;
+    const NAME: &'static str = "prefix";
+    const PEFT_TYPE: &'static str = "PREFIX_TUNING";
+    const SETTINGS_KEY: Option<&'static str> = Some("prefix");
+    const SITES: Sites = Sites::KeyProjections;
+
+    fn validate(settings: &PrefixConfig) -> Result<()> {
+        if settings.length == 0 || settings.hidden == 0 {
+            return Err(Error::Config(format!(
+                "prefix.length (--prefix-length) and prefix.hidden (--prefix-hidden) must be at least 1, got {} and {}",
+                settings.length, settings.hidden
+            )));
+        }
+        Ok(())
+    }
+
+    /// One prefix per layer, anchored at its key projection.
+    fn init(
+        settings: &PrefixConfig,
+        _: &AdapterConfig,
+        targets: &[Target],
+        linears: &[&AdaptedLinear],
+        init: &mut Init,
+    ) -> Result<PrefixState> {
+        check_one_per_layer(targets, linears)?;
+        Ok(PrefixState { prefix: Prefix::init(settings, targets, init) })
+    }
+
+    fn deltas(state: &PrefixState, _: &PrefixConfig, pass: &Pass, out: &mut Deltas) {
+        for (t, kv) in pass.targets.iter().zip(state.prefix.split(pass.targets.iter().map(|t| t.d_out))) {
+            out.prefixes.insert(t.path.clone(), kv);
+        }
+    }
+
+    /// `p * total` directly, `p h + (h h + h + h total + total)` through the MLP, `total` =
+    /// 2 d_kv summed over layers.
+    fn param_count(settings: &PrefixConfig, targets: &[Target]) -> usize {
+        Prefix::param_count(settings, targets)
+    }
+
+    /// `prefix.embedding` and `prefix.mlp.<hidden|out>.<weight|bias>`.
+    fn map_named<V: NamedParams>(state: PrefixState, _: &[Target], v: &mut V) -> Result<PrefixState> {
+        let p = state.prefix;
+        let prefix =
+            Prefix { embedding: v.param("prefix.embedding", p.embedding)?, mlp: p.mlp.map(|m| m.map_named(v, "prefix.mlp")).transpose()? };
+        Ok(PrefixState { prefix })
+    }
+
+    fn check_mergeable(action: &str) -> Result<()> {
+        super::not_mergeable(
+            "prefix tuning (--method prefix) adds keys and values to every attention layer",
+            action,
+            " (`replora export` writes a decoder's prefix in PEFT's PREFIX_TUNING layout)",
+        )
+    }
+
+    fn size_settings(settings: &PrefixConfig) -> Vec<SizeSetting<PrefixConfig>> {
+        let length = SizeSetting {
+            flag: "--prefix-length",
+            key: "prefix.length",
+            value: settings.length,
+            set: |c: &mut PrefixConfig, v| c.length = v,
+        };
+        let hidden = SizeSetting {
+            flag: "--prefix-hidden",
+            key: "prefix.hidden",
+            value: settings.hidden,
+            set: |c: &mut PrefixConfig, v| c.hidden = v,
+        };
+        // The MLP's width makes no tensor of a direct prefix.
+        if settings.reparameterize { vec![length, hidden] } else { vec![length] }
+    }
+
+    fn virtual_tokens(settings: &PrefixConfig) -> usize {
+        settings.length
+    }
+}
+
+/// Prefix tuning puts one prefix in every layer, anchored at one linear (its key projection).
+fn check_one_per_layer(targets: &[Target], linears: &[&AdaptedLinear]) -> Result<()> {
+    let mut layers: Vec<usize> = linears.iter().filter_map(|l| layer_index(&l.path)).collect();
+    layers.dedup();
+    let anchored: Vec<Option<usize>> = targets.iter().map(|t| t.layer).collect();
+    if anchored != layers.iter().map(|&l| Some(l)).collect::<Vec<_>>() {
+        return Err(Error::Config(format!(
+            "prefix tuning puts a prefix in every layer (0..{}), anchored at its key projection, so its targets must be one key projection per layer (the default); got {:?}",
+            layers.len(),
+            targets.iter().map(|t| t.path.as_str()).collect::<Vec<_>>()
+        )));
+    }
+    Ok(())
 }
