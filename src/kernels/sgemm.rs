@@ -7,9 +7,9 @@
 //! Here each of rayon's threads gets one block of output rows (or one attention head) and runs
 //! `gemm` single-threaded on it: 190-215 GFLOP/s on the same linears and about 135 on the
 //! attention products. (OpenBLAS 0.3.34, tried the same way, was within 5% on the linears and
-//! slower per head, so there is no second engine.) Products of at most [`FEW_ROWS`] rows (a
+//! slower per head, so there is no second engine.) Products of at most `FEW_ROWS` rows (a
 //! decoder generating) are bound by reading `b`, not by arithmetic, and skip `gemm`: see
-//! [`few_rows`] and [`few_rows_dot`].
+//! `few_rows` and `few_rows_dot`.
 
 use rayon::prelude::*;
 

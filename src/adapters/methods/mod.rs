@@ -1,6 +1,6 @@
 //! Adapter methods as plug-ins, in the pattern of PEFT's tuners: each method is one file here
 //! implementing [`AdapterMethod`] (its settings, its trainable state, the deltas it adds to a
-//! forward pass, its parameter count and file names), and one line of [`registry!`] below.
+//! forward pass, its parameter count and file names), and one line of `registry!` below.
 //! The rest of the crate reaches a method only through [`MethodConfig`] and [`MethodState`],
 //! never by matching on it.
 
@@ -55,7 +55,7 @@ pub struct Pass<'a> {
 }
 
 /// One adapter method: everything that differs between LoRA, DoRA, RepLoRA, bottlenecks and
-/// prefixes. Registered with one line of [`registry!`].
+/// prefixes. Registered with one line of `registry!`.
 pub trait AdapterMethod {
     /// The method's own settings: the config's `SETTINGS_KEY` object.
     type Settings: Clone + Debug + PartialEq + Default + Serialize + DeserializeOwned;
@@ -116,7 +116,7 @@ pub(crate) fn not_mergeable(why: &str, action: &str, hint: &str) -> Result<()> {
     )))
 }
 
-/// Access to one registered method's variants (implemented by [`registry!`]).
+/// Access to one registered method's variants (implemented by `registry!`).
 pub trait Registered: AdapterMethod + Sized {
     fn settings(config: &MethodConfig) -> Option<&Self::Settings>;
     fn settings_mut(config: &mut MethodConfig) -> Option<&mut Self::Settings>;

@@ -197,7 +197,7 @@ pub enum Command {
         /// The grid file (TOML: `metric`, `baseline`, `[fixed]` flags, `[grid]` flag lists).
         #[arg(long)]
         grid: PathBuf,
-        /// Directory of `results.jsonl`, the report and its plots [default: runs/sweep/<grid file stem>].
+        /// Directory of `results.jsonl`, the report and its plots [default: runs/sweep/STEM, STEM the grid file's name without extension].
         #[arg(long)]
         out: Option<PathBuf>,
         /// Where the runs live, one directory per cell named by its flags, shared by grids (a

@@ -99,7 +99,7 @@ pub struct ClassificationArgs {
     /// --seed): `--split 0.8,0.1,0.1` or `--split 0.8 0.1 0.1` [default: 0.7,0.15,0.15]
     #[arg(long, value_delimiter = ',', num_args = 1..=3, value_parser = number(Range::Share), allow_negative_numbers = true, help_heading = "Classification")]
     pub split: Option<Vec<f64>>,
-    /// Sentence representation fed to the head: `cls`, the [CLS] token through the model's pooler
+    /// Sentence representation fed to the head: `cls`, the `[CLS]` token through the model's pooler
     /// (what transformers' BertForSequenceClassification computes, so `merge` / `export` give a
     /// model it loads as is), or `mean` over tokens (merged in the sentence-transformers layout)
     /// [default: cls]
