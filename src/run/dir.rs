@@ -80,7 +80,7 @@ pub fn begin<T: Clone + Serialize + DeserializeOwned>(
     };
     match start {
         Start::Resume => {
-            if !run_file.is_file() {
+            if !layout::is_run(out) {
                 return Err(Error::State(format!("--resume: {d} holds no run to continue (no {RUN_FILE}); start one without --resume")));
             }
             match super::run_file::kind(out)? {
@@ -103,7 +103,7 @@ pub fn begin<T: Clone + Serialize + DeserializeOwned>(
             }
             Ok(Begin::Train { spec: saved, start })
         }
-        Start::New if run_file.exists() => {
+        Start::New if layout::is_run(out) => {
             let state = if layout::is_finished(out) { "a finished" } else { "an unfinished" };
             Err(Error::State(format!(
                 "{d} already holds {state} run; pass --resume to continue it, or --overwrite to replace it \
