@@ -33,30 +33,7 @@ pub fn run(command: Command) -> Result<()> {
             output::check("--out", &out, Output::Dir)?;
             with_task!(kind, T => compare_cli::<T>(&run, methods, seeds, train_fractions, &out, Start::from_flags(false, overwrite)))
         }
-        Command::Eval { run: Some(dir), args } => {
-            let kind = run::kind_of(&dir)?;
-            if let Some(task) = args.task.filter(|t| *t != kind) {
-                return Err(Error::State(format!(
-                    "{} is a {kind} run, not {task}: run `replora eval --run` without --task (or eval-lm)",
-                    dir.display()
-                )));
-            }
-            args.refuse_for_eval_of_run(kind)?;
-            let source = match kind {
-                TaskKind::Classification | TaskKind::ImageClassification => args.data.clone(),
-                // `none` (no other task) scores the run on its own test split, as no flag does.
-                TaskKind::MultipleChoice => args
-                    .choice
-                    .eval_tasks
-                    .as_ref()
-                    .map(|t| t.iter().filter(|t| *t != "none").cloned().collect::<Vec<_>>().join(","))
-                    .filter(|t| !t.is_empty()),
-            };
-            let summary = with_task!(kind, T => run::evaluate::<T>(&dir, source.as_deref()))?;
-            println!("{}", run::table(std::slice::from_ref(&summary)));
-            println!("{}", serde_json::to_string_pretty(&summary.test).expect("metrics serialize"));
-            Ok(())
-        }
+        Command::Eval { run: Some(dir), args } => eval_run(&dir, &args),
         Command::Eval { run: None, args } => {
             args.refuse_for_zero_shot_eval()?;
             let summary = with_task!(args.task(), T => run::evaluate_base::<T>(&T::spec_from(&args)?))?;
@@ -113,22 +90,51 @@ pub fn run(command: Command) -> Result<()> {
             let cells = cells.unwrap_or_else(|| crate::apps::sweep::default_store(&out));
             crate::apps::sweep::sweep(&grid, &out, &cells, report_only)
         }
-        Command::Fetch { names } => {
-            if names.is_empty() {
-                println!("cache: {}", crate::assets::cache_dir().display());
-                for a in crate::assets::known() {
-                    println!("  {:<18} {} ({}=={}, {})", a.usage, a.description, a.package, a.version, a.size);
-                }
-            }
-            for name in names {
-                // A model asset goes through the model resolver, which converts ONNX-only ones.
-                let is_model = crate::assets::known().iter().any(|a| a.name == name && a.model_type.is_some());
-                let path = if is_model { crate::models::resolve(&name)? } else { crate::assets::fetch(&name)? };
-                println!("{name}: {}", path.display());
-            }
-            Ok(())
+        Command::Fetch { names } => fetch(names),
+    }
+}
+
+/// `eval --run DIR`: the run's test split, or the data or tasks given.
+fn eval_run(dir: &Path, args: &RunArgs) -> Result<()> {
+    let kind = run::kind_of(dir)?;
+    if let Some(task) = args.task.filter(|t| *t != kind) {
+        return Err(Error::State(format!(
+            "{} is a {kind} run, not {task}: run `replora eval --run` without --task (or eval-lm)",
+            dir.display()
+        )));
+    }
+    args.refuse_for_eval_of_run(kind)?;
+    let source = match kind {
+        TaskKind::Classification | TaskKind::ImageClassification => args.data.clone(),
+        // `none` (no other task) scores the run on its own test split, as no flag does.
+        TaskKind::MultipleChoice => args
+            .choice
+            .eval_tasks
+            .as_ref()
+            .map(|t| t.iter().filter(|t| *t != "none").cloned().collect::<Vec<_>>().join(","))
+            .filter(|t| !t.is_empty()),
+    };
+    let summary = with_task!(kind, T => run::evaluate::<T>(dir, source.as_deref()))?;
+    println!("{}", run::table(std::slice::from_ref(&summary)));
+    println!("{}", serde_json::to_string_pretty(&summary.test).expect("metrics serialize"));
+    Ok(())
+}
+
+/// `fetch [NAMES]`: the named assets into the cache, or the list of known ones.
+fn fetch(names: Vec<String>) -> Result<()> {
+    if names.is_empty() {
+        println!("cache: {}", crate::assets::cache_dir().display());
+        for a in crate::assets::known() {
+            println!("  {:<18} {} ({}=={}, {})", a.usage, a.description, a.package, a.version, a.size);
         }
     }
+    for name in names {
+        // A model asset goes through the model resolver, which converts ONNX-only ones.
+        let is_model = crate::assets::known().iter().any(|a| a.name == name && a.model_type.is_some());
+        let path = if is_model { crate::models::resolve(&name)? } else { crate::assets::fetch(&name)? };
+        println!("{name}: {}", path.display());
+    }
+    Ok(())
 }
 
 /// `runs/train`, `runs/compare` (classification); `runs/train-lm`, `runs/compare-lm`
