@@ -8,7 +8,7 @@ use burn::prelude::*;
 use burn::tensor::module::linear;
 use serde::{Deserialize, Serialize};
 
-use super::{AdapterMethod, Pass, Sites, SizeSetting};
+use super::{AdapterMethod, Pass, Sites, SizeSetting, Takes};
 use crate::adapters::config::{Activation, AdapterConfig};
 use crate::adapters::init::Init;
 use crate::adapters::linear::{AdaptedLinear, Deltas};
@@ -133,6 +133,7 @@ impl AdapterMethod for Houlsby {
     const PEFT_TYPE: &'static str = "BOTTLENECK";
     const SETTINGS_KEY: Option<&'static str> = Some("bottleneck");
     const SITES: Sites = Sites::Outputs;
+    const TAKES: Takes = Takes { low_rank: false, dropout: true, targets: true };
 
     fn validate(settings: &BottleneckConfig) -> Result<()> {
         if settings.size == Some(0) {

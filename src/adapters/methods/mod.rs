@@ -37,6 +37,20 @@ pub enum Sites {
     KeyProjections,
 }
 
+/// Which of the settings every method could share a method takes: the low-rank ones (`r`,
+/// alpha, rsLoRA, init), dropout, and the targets (`--targets`, `--layers`). A flag of a
+/// setting the chosen method does not take is refused, naming the methods that take it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Takes {
+    pub low_rank: bool,
+    pub dropout: bool,
+    pub targets: bool,
+}
+
+impl Takes {
+    pub const ALL: Takes = Takes { low_rank: true, dropout: true, targets: true };
+}
+
 /// A setting that makes a method's adapter large, for the memory check to name the largest
 /// value that fits: its flag, its config key, its value and how to set it.
 pub struct SizeSetting<S> {
@@ -69,6 +83,8 @@ pub trait AdapterMethod {
     const SETTINGS_KEY: Option<&'static str>;
     /// Its default targets.
     const SITES: Sites = Sites::QueryValue;
+    /// The shared settings it takes.
+    const TAKES: Takes = Takes::ALL;
 
     /// Checks the settings that do not depend on the model.
     fn validate(_settings: &Self::Settings) -> Result<()> {
@@ -192,6 +208,10 @@ macro_rules! registry {
             /// Where the method goes without `--targets`.
             pub fn sites(self) -> Sites {
                 match self { $(Method::$variant => <$method>::SITES),* }
+            }
+            /// The shared settings the method takes.
+            pub fn takes(self) -> Takes {
+                match self { $(Method::$variant => <$method>::TAKES),* }
             }
             /// The config key of the method's settings.
             pub fn settings_key(self) -> Option<&'static str> {

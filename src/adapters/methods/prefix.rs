@@ -13,7 +13,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::replora::{Generator, GeneratorShape, OutputInit};
-use super::{AdapterMethod, Pass, Sites, SizeSetting};
+use super::{AdapterMethod, Pass, Sites, SizeSetting, Takes};
 use crate::adapters::config::{Activation, AdapterConfig, LoraInit};
 use crate::adapters::init::Init;
 use crate::adapters::linear::{AdaptedLinear, Deltas};
@@ -159,6 +159,7 @@ impl AdapterMethod for PrefixTuning {
     const PEFT_TYPE: &'static str = "PREFIX_TUNING";
     const SETTINGS_KEY: Option<&'static str> = Some("prefix");
     const SITES: Sites = Sites::KeyProjections;
+    const TAKES: Takes = Takes { low_rank: false, dropout: false, targets: true };
 
     fn validate(settings: &PrefixConfig) -> Result<()> {
         if settings.length == 0 || settings.hidden == 0 {

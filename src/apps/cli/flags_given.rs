@@ -3,6 +3,8 @@
 //! for the other methods, and `eval` refuses what it would not use.
 
 use super::spec_args::{ChoiceArgs, ClassificationArgs, ImageArgs, MethodArgs, RunArgs, TrainArgs, method_names};
+use crate::adapters::Method;
+use crate::adapters::methods::Takes;
 use crate::error::{Error, Result};
 use crate::models::Family;
 use crate::tasks::TaskKind;
@@ -95,39 +97,41 @@ impl TrainArgs {
     }
 }
 
-const LOW_RANK: &[&str] = &["lora", "dora", "replora"];
-const WITH_DROPOUT: &[&str] = &["lora", "dora", "replora", "adapter"];
-const WITH_TARGETS: &[&str] = &["lora", "dora", "replora", "adapter", "prefix"];
-const REPLORA: &[&str] = &["replora"];
-const ADAPTER: &[&str] = &["adapter"];
-const PREFIX: &[&str] = &["prefix"];
+/// The registered methods that take a shared setting (see [`Takes`]).
+fn taking(setting: fn(Takes) -> bool) -> Vec<&'static str> {
+    Method::ALL.iter().filter(|m| setting(m.takes())).map(|m| m.name()).collect()
+}
 
 impl MethodArgs {
     /// Each method setting given, with the methods that take it.
-    pub fn settings_given(&self) -> Vec<(&'static str, &'static [&'static str])> {
+    pub fn settings_given(&self) -> Vec<(&'static str, Vec<&'static str>)> {
+        let low_rank = taking(|t| t.low_rank);
+        let dropout = taking(|t| t.dropout);
+        let targets = taking(|t| t.targets);
+        let (replora, adapter, prefix) = (vec!["replora"], vec!["adapter"], vec!["prefix"]);
         let settings = [
-            (self.rank.is_some(), "--rank", LOW_RANK),
-            (self.alpha.is_some(), "--alpha", LOW_RANK),
-            (self.rslora, "--rslora", LOW_RANK),
-            (self.init.is_some(), "--init", LOW_RANK),
-            (self.dropout.is_some(), "--dropout", WITH_DROPOUT),
-            (self.targets.is_some(), "--targets", WITH_TARGETS),
-            (self.targets_regex.is_some(), "--targets-regex", WITH_TARGETS),
-            (self.layers.is_some(), "--layers", WITH_TARGETS),
-            (self.seed_kind.is_some(), "--seed-kind", REPLORA),
-            (self.seed_init.is_some(), "--seed-init", REPLORA),
-            (self.no_generator_bias, "--no-generator-bias", REPLORA),
-            (self.hidden.is_some(), "--hidden", REPLORA),
-            (self.activation.is_some(), "--activation", REPLORA),
-            (self.shared_generators, "--shared-generators", REPLORA),
-            (self.output_scale.is_some(), "--output-scale", REPLORA),
-            (self.learn_output_scale, "--learn-output-scale", REPLORA),
-            (self.generator_lr_multiplier.is_some(), "--generator-lr-multiplier", REPLORA),
-            (self.bottleneck.is_some(), "--bottleneck", ADAPTER),
-            (self.bottleneck_activation.is_some(), "--bottleneck-activation", ADAPTER),
-            (self.prefix_length.is_some(), "--prefix-length", PREFIX),
-            (self.prefix_hidden.is_some(), "--prefix-hidden", PREFIX),
-            (self.prefix_direct, "--prefix-direct", PREFIX),
+            (self.rank.is_some(), "--rank", low_rank.clone()),
+            (self.alpha.is_some(), "--alpha", low_rank.clone()),
+            (self.rslora, "--rslora", low_rank.clone()),
+            (self.init.is_some(), "--init", low_rank.clone()),
+            (self.dropout.is_some(), "--dropout", dropout.clone()),
+            (self.targets.is_some(), "--targets", targets.clone()),
+            (self.targets_regex.is_some(), "--targets-regex", targets.clone()),
+            (self.layers.is_some(), "--layers", targets.clone()),
+            (self.seed_kind.is_some(), "--seed-kind", replora.clone()),
+            (self.seed_init.is_some(), "--seed-init", replora.clone()),
+            (self.no_generator_bias, "--no-generator-bias", replora.clone()),
+            (self.hidden.is_some(), "--hidden", replora.clone()),
+            (self.activation.is_some(), "--activation", replora.clone()),
+            (self.shared_generators, "--shared-generators", replora.clone()),
+            (self.output_scale.is_some(), "--output-scale", replora.clone()),
+            (self.learn_output_scale, "--learn-output-scale", replora.clone()),
+            (self.generator_lr_multiplier.is_some(), "--generator-lr-multiplier", replora.clone()),
+            (self.bottleneck.is_some(), "--bottleneck", adapter.clone()),
+            (self.bottleneck_activation.is_some(), "--bottleneck-activation", adapter.clone()),
+            (self.prefix_length.is_some(), "--prefix-length", prefix.clone()),
+            (self.prefix_hidden.is_some(), "--prefix-hidden", prefix.clone()),
+            (self.prefix_direct, "--prefix-direct", prefix.clone()),
         ];
         settings.into_iter().filter(|(given, ..)| *given).map(|(_, flag, methods)| (flag, methods)).collect()
     }

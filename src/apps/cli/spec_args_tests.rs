@@ -139,7 +139,7 @@ fn flags_that_would_not_act_are_refused_by_name() {
         .to_string();
     assert!(
         e.contains(
-            "--rank (a setting of --method lora/dora/replora), --prefix-length (a setting of --method prefix) are not for --method adapter"
+            "--rank (a setting of --method replora/lora/dora), --prefix-length (a setting of --method prefix) are not for --method adapter"
         ),
         "{e}"
     );
