@@ -19,39 +19,33 @@ fn summary(out: &Path) -> RunSummary {
     serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap()
 }
 
+/// The data of the first test's run, and of the zero-shot evaluation of its merged model, which
+/// must score the same test questions to be compared with it.
+const DATA: &[&str] = &[
+    "--tasks",
+    "bigbench:strategyqa",
+    "--eval-tasks",
+    "none",
+    "--train-per-task",
+    "48",
+    "--validation-per-task",
+    "16",
+    "--test-per-task",
+    "8",
+    "--max-len",
+    "64",
+    "--batch-size",
+    "8",
+    "--no-exact-match",
+];
+
 #[test]
 fn short_fine_tuning_lowers_the_answer_loss_and_the_run_generates_exports_and_merges() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let out_s = out.to_str().unwrap();
-    let o = replora(&[
-        "train-lm",
-        "--method",
-        "replora",
-        "--keep-layers",
-        "2",
-        "--tasks",
-        "bigbench:strategyqa",
-        "--eval-tasks",
-        "none",
-        "--train-per-task",
-        "48",
-        "--validation-per-task",
-        "16",
-        "--test-per-task",
-        "8",
-        "--max-len",
-        "64",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "8",
-        "--lr",
-        "3e-3",
-        "--no-exact-match",
-        "--out",
-        out_s,
-    ]);
+    let train = ["train-lm", "--method", "replora", "--keep-layers", "2", "--epochs", "2", "--lr", "3e-3", "--out", out_s];
+    let o = replora(&[&train[..], DATA].concat());
     assert!(o.status.success(), "train-lm failed: {}", stderr(&o));
     let s = summary(&out);
     let history = &s.training.as_ref().unwrap().history;
@@ -88,26 +82,7 @@ fn short_fine_tuning_lowers_the_answer_loss_and_the_run_generates_exports_and_me
     let merged_s = merged.to_str().unwrap();
     // The run was trained with --no-exact-match; `eval --run` keeps its settings.
     let direct = replora(&["eval-lm", "--run", out_s]);
-    let plain = replora(&[
-        "eval-lm",
-        "--model",
-        merged_s,
-        "--tasks",
-        "bigbench:strategyqa",
-        "--eval-tasks",
-        "none",
-        "--train-per-task",
-        "48",
-        "--validation-per-task",
-        "16",
-        "--test-per-task",
-        "8",
-        "--max-len",
-        "64",
-        "--batch-size",
-        "8",
-        "--no-exact-match",
-    ]);
+    let plain = replora(&[&["eval-lm", "--model", merged_s][..], DATA].concat());
     assert!(plain.status.success(), "eval-lm on the merged model failed: {}", stderr(&plain));
     assert!(direct.status.success(), "eval-lm --run failed: {}", stderr(&direct));
     // `eval` prints a table, then the test metrics as JSON.
