@@ -105,33 +105,29 @@ fn taking(setting: fn(Takes) -> bool) -> Vec<&'static str> {
 impl MethodArgs {
     /// Each method setting given, with the methods that take it.
     pub fn settings_given(&self) -> Vec<(&'static str, Vec<&'static str>)> {
-        let low_rank = taking(|t| t.low_rank);
-        let dropout = taking(|t| t.dropout);
-        let targets = taking(|t| t.targets);
-        let (replora, adapter, prefix) = (vec!["replora"], vec!["adapter"], vec!["prefix"]);
         let settings = [
-            (self.rank.is_some(), "--rank", low_rank.clone()),
-            (self.alpha.is_some(), "--alpha", low_rank.clone()),
-            (self.rslora, "--rslora", low_rank.clone()),
-            (self.init.is_some(), "--init", low_rank.clone()),
-            (self.dropout.is_some(), "--dropout", dropout.clone()),
-            (self.targets.is_some(), "--targets", targets.clone()),
-            (self.targets_regex.is_some(), "--targets-regex", targets.clone()),
-            (self.layers.is_some(), "--layers", targets.clone()),
-            (self.seed_kind.is_some(), "--seed-kind", replora.clone()),
-            (self.seed_init.is_some(), "--seed-init", replora.clone()),
-            (self.no_generator_bias, "--no-generator-bias", replora.clone()),
-            (self.hidden.is_some(), "--hidden", replora.clone()),
-            (self.activation.is_some(), "--activation", replora.clone()),
-            (self.shared_generators, "--shared-generators", replora.clone()),
-            (self.output_scale.is_some(), "--output-scale", replora.clone()),
-            (self.learn_output_scale, "--learn-output-scale", replora.clone()),
-            (self.generator_lr_multiplier.is_some(), "--generator-lr-multiplier", replora.clone()),
-            (self.bottleneck.is_some(), "--bottleneck", adapter.clone()),
-            (self.bottleneck_activation.is_some(), "--bottleneck-activation", adapter.clone()),
-            (self.prefix_length.is_some(), "--prefix-length", prefix.clone()),
-            (self.prefix_hidden.is_some(), "--prefix-hidden", prefix.clone()),
-            (self.prefix_direct, "--prefix-direct", prefix.clone()),
+            (self.rank.is_some(), "--rank", taking(|t| t.low_rank)),
+            (self.alpha.is_some(), "--alpha", taking(|t| t.low_rank)),
+            (self.rslora, "--rslora", taking(|t| t.low_rank)),
+            (self.init.is_some(), "--init", taking(|t| t.low_rank)),
+            (self.dropout.is_some(), "--dropout", taking(|t| t.dropout)),
+            (self.targets.is_some(), "--targets", taking(|t| t.targets)),
+            (self.targets_regex.is_some(), "--targets-regex", taking(|t| t.targets)),
+            (self.layers.is_some(), "--layers", taking(|t| t.targets)),
+            (self.seed_kind.is_some(), "--seed-kind", vec!["replora"]),
+            (self.seed_init.is_some(), "--seed-init", vec!["replora"]),
+            (self.no_generator_bias, "--no-generator-bias", vec!["replora"]),
+            (self.hidden.is_some(), "--hidden", vec!["replora"]),
+            (self.activation.is_some(), "--activation", vec!["replora"]),
+            (self.shared_generators, "--shared-generators", vec!["replora"]),
+            (self.output_scale.is_some(), "--output-scale", vec!["replora"]),
+            (self.learn_output_scale, "--learn-output-scale", vec!["replora"]),
+            (self.generator_lr_multiplier.is_some(), "--generator-lr-multiplier", vec!["replora"]),
+            (self.bottleneck.is_some(), "--bottleneck", vec!["adapter"]),
+            (self.bottleneck_activation.is_some(), "--bottleneck-activation", vec!["adapter"]),
+            (self.prefix_length.is_some(), "--prefix-length", vec!["prefix"]),
+            (self.prefix_hidden.is_some(), "--prefix-hidden", vec!["prefix"]),
+            (self.prefix_direct, "--prefix-direct", vec!["prefix"]),
         ];
         settings.into_iter().filter(|(given, ..)| *given).map(|(_, flag, methods)| (flag, methods)).collect()
     }
