@@ -17,8 +17,10 @@
 //! - [`apps`]: the command line, the benchmark harness and the theory simulation.
 
 pub mod adapters;
+#[cfg(feature = "cli")]
 pub mod apps;
 pub mod assets;
+pub mod choice;
 pub mod data;
 pub mod error;
 pub mod files;
@@ -28,6 +30,7 @@ pub mod interop;
 pub mod kernels;
 pub mod memory;
 pub mod models;
+pub mod progress;
 pub mod run;
 pub mod tasks;
 pub mod training;

@@ -16,27 +16,29 @@ use serde_json::Value;
 use super::methods::{Method, MethodConfig};
 use crate::error::{Error, Result};
 
-/// How the LoRA down-projection `A` (and RepLoRA's `A` generator output layer) is initialised.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-#[value(rename_all = "lowercase")]
-pub enum LoraInit {
-    /// Kaiming-uniform with `a = sqrt(5)`, as `torch.nn.Linear` and PEFT's default.
-    Kaiming,
-    /// Normal with standard deviation `1 / r` (PEFT's `init_lora_weights="gaussian"`).
-    Gaussian,
+crate::choice_enum! {
+    /// How the LoRA down-projection `A` (and RepLoRA's `A` generator output layer) is initialised.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum LoraInit: "init" {
+        /// Kaiming-uniform with `a = sqrt(5)`, as `torch.nn.Linear` and PEFT's default.
+        Kaiming => "kaiming",
+        /// Normal with standard deviation `1 / r` (PEFT's `init_lora_weights="gaussian"`).
+        Gaussian => "gaussian",
+    }
 }
 
-/// Non-linearity between the two layers of a RepLoRA generator or a bottleneck adapter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-#[value(rename_all = "lowercase")]
-pub enum Activation {
-    Tanh,
-    Relu,
-    Gelu,
-    /// No non-linearity: the paper's linear reparameterization.
-    Identity,
+crate::choice_enum! {
+    /// Non-linearity between the two layers of a RepLoRA generator or a bottleneck adapter.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum Activation: "activation" {
+        Tanh => "tanh",
+        Relu => "relu",
+        Gelu => "gelu",
+        /// No non-linearity: the paper's linear reparameterization.
+        Identity => "identity",
+    }
 }
 
 impl Activation {
@@ -50,41 +52,6 @@ impl Activation {
         }
     }
 }
-
-/// `FromStr` (any case, the error naming the choices) and `Display` for a `clap::ValueEnum`,
-/// from its value names (the same names as its serde form): one spelling for flags, files and
-/// messages.
-#[macro_export]
-macro_rules! value_enum_str {
-    ($ty:ty, $what:literal) => {
-        impl std::str::FromStr for $ty {
-            type Err = $crate::error::Error;
-            fn from_str(s: &str) -> $crate::error::Result<Self> {
-                <$ty as clap::ValueEnum>::from_str(s, true).map_err(|_| {
-                    let names: Vec<String> = <$ty as clap::ValueEnum>::value_variants()
-                        .iter()
-                        .filter_map(clap::ValueEnum::to_possible_value)
-                        .map(|v| v.get_name().to_string())
-                        .collect();
-                    $crate::error::Error::Config(format!(
-                        concat!("unknown ", $what, " {:?}; expected one of: {}"),
-                        s.to_ascii_lowercase(),
-                        names.join(", ")
-                    ))
-                })
-            }
-        }
-        impl std::fmt::Display for $ty {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                let value = clap::ValueEnum::to_possible_value(self).expect("no variant is skipped");
-                f.pad(value.get_name())
-            }
-        }
-    };
-}
-
-value_enum_str!(LoraInit, "init");
-value_enum_str!(Activation, "activation");
 
 /// PEFT's `target_modules`: a list of names (exact or suffix match) or one regex (full match).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -337,6 +304,9 @@ mod tests {
         assert_eq!(OutputScale::InvSqrtH.factor(16), 0.25);
         assert_eq!(OutputScale::InvH.factor(16), 1.0 / 16.0);
         assert_eq!("inv_sqrt_h".parse::<OutputScale>().unwrap(), OutputScale::InvSqrtH);
-        assert!("half".parse::<OutputScale>().is_err());
+        let e = "Half".parse::<OutputScale>().unwrap_err().to_string();
+        assert_eq!(e, r#"invalid configuration: unknown output scale "half"; expected one of: one, inv_sqrt_h, inv_h"#);
+        assert_eq!("INV_H".parse::<OutputScale>().unwrap(), OutputScale::InvH, "any case");
+        assert_eq!(OutputScale::InvSqrtH.to_string(), "inv_sqrt_h");
     }
 }

@@ -25,7 +25,7 @@ impl Fetcher {
             bar.set_message(format!("{spec}: apt-get update"));
             let update = self.apt_get(asset, download, &["update"])?;
             if !update.status.success() {
-                bar.finish_and_clear();
+                bar.finish();
                 return Err(Error::fetch(
                     asset.name,
                     format!(
@@ -39,7 +39,7 @@ impl Fetcher {
             }
             output = self.apt_get(asset, download, &["download", &spec])?;
         }
-        bar.finish_and_clear();
+        bar.finish();
         if output.status.success() {
             return Ok(());
         }
@@ -75,7 +75,7 @@ impl Fetcher {
         let root = work.join("deb");
         let bar = spinner(format!("{}: unpacking {}", asset.name, asset.file_name));
         let output = Command::new(&self.dpkg_deb).arg("-x").arg(archive).arg(&root).stdin(Stdio::null()).output();
-        bar.finish_and_clear();
+        bar.finish();
         let output = output.map_err(|e| {
             Error::fetch(
                 asset.name,

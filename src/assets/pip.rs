@@ -90,7 +90,7 @@ impl Fetcher {
         for reader in readers {
             let _ = reader.join();
         }
-        bar.finish_and_clear();
+        bar.finish();
         if status.success() {
             return Ok(());
         }

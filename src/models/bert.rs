@@ -303,18 +303,17 @@ impl Adaptable for Bert {
     }
 }
 
-/// How a sentence embedding is read off the last hidden state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-#[value(rename_all = "lowercase")]
-pub enum Pooling {
-    /// The first (`[CLS]`) token's state.
-    Cls,
-    /// The mean over real (unmasked) tokens, as sentence-transformers.
-    Mean,
+crate::choice_enum! {
+    /// How a sentence embedding is read off the last hidden state.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum Pooling: "pooling" {
+        /// The first (`[CLS]`) token's state.
+        Cls => "cls",
+        /// The mean over real (unmasked) tokens, as sentence-transformers.
+        Mean => "mean",
+    }
 }
-
-crate::value_enum_str!(Pooling, "pooling");
 
 /// `[batch, seq, hidden]` -> `[batch, hidden]`. `mask` (`[batch, seq]`, 1 for real tokens)
 /// limits the mean to real tokens; a row with no real token pools to 0.

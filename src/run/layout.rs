@@ -75,7 +75,7 @@ mod tests {
     /// folder (image classification's `backbone/` once) would leave it behind.
     #[test]
     fn every_tasks_full_model_folder_is_listed() {
-        for kind in <TaskKind as clap::ValueEnum>::value_variants() {
+        for kind in <TaskKind as crate::choice::Choice>::ALL {
             let dir = crate::with_task!(kind, T => <T as Task>::FULL_MODEL_DIR);
             assert!(ARTEFACTS.contains(&dir), "{kind}: {dir}");
         }

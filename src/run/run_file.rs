@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 
 use super::layout::RUN_FILE;
 use super::sources::Source;
+use crate::choice::Choice;
 use crate::error::{Error, Result};
 use crate::files::{read_json, write_json};
 use crate::tasks::TaskKind;

@@ -17,6 +17,7 @@ use crate::data::Batch;
 use crate::error::{Error, Result};
 use crate::models::EncoderInput;
 use crate::models::bert::{Bert, Pooling, pool};
+use crate::progress::{Bar, Kind};
 use crate::training::trainer::scalar;
 use crate::training::{EvalMetrics, Objective};
 use crate::weights::{HostTensor, tensors};
@@ -230,12 +231,7 @@ pub fn evaluate<M: ClassifierModel, B: LabelledBatch<Input = M::Input>>(
     let device = device.clone().inner();
     let (mut predictions, mut labels, mut loss_sum) = (vec![], vec![], 0.0);
     // Scoring thousands of images takes a minute: show it (hidden when stderr is no terminal).
-    let bar = if progress { indicatif::ProgressBar::new(batches.len() as u64) } else { indicatif::ProgressBar::hidden() };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("evaluating [{bar:30}] {pos}/{len} batches ({elapsed} < {eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    let bar = if progress { Bar::new(Kind::Batches, batches.len() as u64, "evaluating") } else { Bar::hidden() };
     for batch in batches {
         bar.inc(1);
         let logits = model.logits(&batch.input(&device), false);
@@ -244,7 +240,7 @@ pub fn evaluate<M: ClassifierModel, B: LabelledBatch<Input = M::Input>>(
         predictions.extend(argmax.into_iter().map(|p| p as usize));
         labels.extend_from_slice(batch.labels());
     }
-    bar.finish_and_clear();
+    bar.finish();
     let loss = if labels.is_empty() { 0.0 } else { loss_sum / labels.len() as f64 };
     (EvalMetrics::compute(&predictions, &labels, num_classes, loss), predictions)
 }

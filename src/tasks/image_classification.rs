@@ -35,19 +35,18 @@ const TRANSFORMERS_5_NAMES: [(&str, &str); 4] = [
     ("attention.output.dense", "attention.o_proj"),
 ];
 
-/// What the head reads off the last hidden state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-#[value(rename_all = "kebab-case")]
-pub enum ImagePooling {
-    /// The CLS token.
-    Cls,
-    /// CLS concatenated with the mean of the patch tokens (DINOv2's linear evaluation, and
-    /// what transformers' `Dinov2ForImageClassification` computes).
-    ClsMean,
+crate::choice_enum! {
+    /// What the head reads off the last hidden state.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "kebab-case")]
+    pub enum ImagePooling: "image pooling" {
+        /// The CLS token.
+        Cls => "cls",
+        /// CLS concatenated with the mean of the patch tokens (DINOv2's linear evaluation, and
+        /// what transformers' `Dinov2ForImageClassification` computes).
+        ClsMean => "cls-mean",
+    }
 }
-
-crate::value_enum_str!(ImagePooling, "image pooling");
 
 /// Everything that defines an image-classification run; stored as `run.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

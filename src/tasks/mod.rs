@@ -65,39 +65,21 @@ pub use classification::Classification;
 pub use image_classification::ImageClassification;
 pub use multiple_choice::MultipleChoice;
 
-/// The registry of tasks: `--task`, and the `task` a run directory records.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum TaskKind {
-    /// Text (or text-pair) classification with an encoder and a linear head.
-    Classification,
-    /// Multiple-choice questions answered by a decoder, trained as causal language modelling.
-    MultipleChoice,
-    /// Images classified by a vision transformer with a linear head.
-    ImageClassification,
+crate::choice_enum! {
+    /// The registry of tasks: `--task`, and the `task` a run directory records.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "kebab-case")]
+    pub enum TaskKind: "task" {
+        /// Text (or text-pair) classification with an encoder and a linear head.
+        Classification => "classification",
+        /// Multiple-choice questions answered by a decoder, trained as causal language modelling.
+        MultipleChoice => "multiple-choice",
+        /// Images classified by a vision transformer with a linear head.
+        ImageClassification => "image-classification",
+    }
 }
 
 impl TaskKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            TaskKind::Classification => "classification",
-            TaskKind::MultipleChoice => "multiple-choice",
-            TaskKind::ImageClassification => "image-classification",
-        }
-    }
-
-    /// Every task, in `--task` order.
-    pub const ALL: [TaskKind; 3] = [TaskKind::Classification, TaskKind::MultipleChoice, TaskKind::ImageClassification];
-
-    /// The task named `name` (as [`TaskKind::name`] writes it).
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.name() == name)
-    }
-
-    pub fn names() -> Vec<&'static str> {
-        Self::ALL.map(Self::name).to_vec()
-    }
-
     /// The task a model is fine-tuned for by default: decoders answer multiple-choice
     /// questions, vision transformers classify images, encoders classify text.
     pub fn for_model(model: &str) -> Self {
@@ -106,12 +88,6 @@ impl TaskKind {
             Some(crate::models::Family::Dinov2) => TaskKind::ImageClassification,
             _ => TaskKind::Classification,
         }
-    }
-}
-
-impl std::fmt::Display for TaskKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
     }
 }
 

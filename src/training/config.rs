@@ -4,13 +4,15 @@ use serde::{Deserialize, Serialize};
 
 use super::schedule::Decay;
 
-/// Which validation metric picks the best checkpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum BestMetric {
-    Accuracy,
-    MacroF1,
-    Loss,
+crate::choice_enum! {
+    /// Which validation metric picks the best checkpoint.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum BestMetric: "best metric" {
+        Accuracy => "accuracy",
+        MacroF1 => "macro-f1",
+        Loss => "loss",
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

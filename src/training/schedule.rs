@@ -2,12 +2,15 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Decay {
-    Linear,
-    Cosine,
-    Constant,
+crate::choice_enum! {
+    /// How the learning rate falls after the warm-up.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum Decay: "decay" {
+        Linear => "linear",
+        Cosine => "cosine",
+        Constant => "constant",
+    }
 }
 
 /// The learning rate of every optimizer step.

@@ -9,7 +9,6 @@ use burn::grad_clipping::GradientClippingConfig;
 use burn::module::ParamId;
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, Progress, Schedule};
@@ -20,6 +19,7 @@ use super::metrics::EvalMetrics;
 use super::schedule::LrSchedule;
 use super::state::TrainableState;
 use crate::error::{Error, Result};
+use crate::progress::{Bar, Kind};
 use crate::run::layout;
 
 /// A model and the batches it learns from: what [`train`] needs to know about a task.
@@ -177,7 +177,7 @@ struct Session<'a> {
     /// Set when the collapse guard ends the run (`--stop-on-collapse`).
     stop: bool,
     started: Instant,
-    bar: ProgressBar,
+    bar: Bar,
 }
 
 impl<'a> Session<'a> {
@@ -210,12 +210,7 @@ impl<'a> Session<'a> {
             }
         }
         let guard = model.chance_loss().map(|chance| CollapseDetector::replay(chance, &run.metrics_log()));
-        let bar = ProgressBar::new(total_steps as u64).with_position(progress.step as u64);
-        bar.set_style(
-            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {msg} ({elapsed} < {eta})")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
+        let bar = Bar::starting_at(Kind::Steps, progress.step as u64, total_steps as u64, "");
         let session = Session { cfg, device, run, steps, schedule, optim, progress, guard, stop: false, started: Instant::now(), bar };
         Ok((session, model))
     }
@@ -295,7 +290,7 @@ impl<'a> Session<'a> {
         line.as_object_mut().expect("an object").extend(diagnostics);
         log_line(&self.run.metrics_log(), line)?;
         if let Some(collapse) = self.guard.as_mut().and_then(|g| g.observe(self.progress.step, mean_loss)) {
-            self.bar.suspend(|| eprintln!("{}", collapse.warning()));
+            self.bar.println(&collapse.warning());
             self.stop = self.cfg.stop_on_collapse;
         }
         Ok(())
@@ -322,7 +317,7 @@ impl<'a> Session<'a> {
         let (cfg, epoch) = (self.cfg, self.progress.epoch);
         let metrics = validate(model);
         let line = format!("epoch {}: validation {}", epoch + 1, metrics.describe());
-        self.bar.suspend(|| eprintln!("{line}"));
+        self.bar.println(&line);
         log_line(&self.run.metrics_log(), serde_json::json!({"epoch": epoch + 1, "step": self.progress.step, "validation": metrics}))?;
         let s =
             metrics.score(cfg.best_metric).ok_or_else(|| Error::Config(format!("the validation metrics have no {:?}", cfg.best_metric)))?;
@@ -339,9 +334,9 @@ impl<'a> Session<'a> {
         let p = Progress { elapsed_s: self.elapsed(), window_loss: 0.0, window_examples: 0, ..self.progress.clone() };
         checkpoint::write_dir(&self.run.checkpoint(), &TrainableState::of(model), Some(&self.optim), Some(&p))?;
         if self.stop {
-            self.bar.suspend(|| eprintln!("stopping at step {}: --stop-on-collapse", self.progress.step));
+            self.bar.println(&format!("stopping at step {}: --stop-on-collapse", self.progress.step));
         } else if cfg.patience.is_some_and(|n| self.progress.evals_without_improvement >= n) {
-            self.bar.suspend(|| eprintln!("early stopping: no improvement for {} epochs", self.progress.evals_without_improvement));
+            self.bar.println(&format!("early stopping: no improvement for {} epochs", self.progress.evals_without_improvement));
             return Ok(true);
         }
         Ok(false)
@@ -349,7 +344,7 @@ impl<'a> Session<'a> {
 
     /// The best epoch's model and the run's report.
     fn finish<M: Objective>(self, model: M) -> Result<(M, TrainReport)> {
-        self.bar.finish_and_clear();
+        self.bar.finish();
         let elapsed = self.elapsed();
         let progress = self.progress;
         let (_, best_epoch) = progress.best.ok_or_else(|| Error::State("training ended before any epoch was evaluated".into()))?;

@@ -318,14 +318,18 @@ impl std::fmt::Display for Method {
     }
 }
 
+impl crate::choice::Choice for Method {
+    const ALL: &'static [Method] = Method::ALL;
+    const WHAT: &'static str = "method";
+    fn name(self) -> &'static str {
+        Method::name(self)
+    }
+}
+
 impl std::str::FromStr for Method {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        let s = s.to_ascii_lowercase();
-        Method::ALL.iter().copied().find(|m| m.name() == s).ok_or_else(|| {
-            let names: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
-            Error::Config(format!("unknown method {s:?}; expected one of: {}", names.join(", ")))
-        })
+        crate::choice::parse(s)
     }
 }
 

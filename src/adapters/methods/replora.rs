@@ -17,26 +17,28 @@ use crate::adapters::target::Target;
 use crate::error::{Error, Result};
 use crate::training::LrGroup;
 
-/// The shape of RepLoRA's shared seeds (spec section 3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-#[value(rename_all = "lowercase")]
-pub enum SeedKind {
-    /// `A = diag(a)`, `B = diag(b)`: `2 r` seed parameters per block.
-    Diagonal,
-    /// `A` is a full `r x d_in` matrix, `B` a full `r x d_out` matrix.
-    Full,
+crate::choice_enum! {
+    /// The shape of RepLoRA's shared seeds (spec section 3).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum SeedKind: "seed kind" {
+        /// `A = diag(a)`, `B = diag(b)`: `2 r` seed parameters per block.
+        Diagonal => "diagonal",
+        /// `A` is a full `r x d_in` matrix, `B` a full `r x d_out` matrix.
+        Full => "full",
+    }
 }
 
-/// How RepLoRA's seeds start.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-#[value(rename_all = "snake_case")]
-pub enum SeedInit {
-    /// Diagonal seeds all ones (the identity); full seeds the first `r` rows of the identity.
-    Identity,
-    /// Diagonal seeds N(0, 1); full seeds Kaiming-uniform, as `torch.nn.Linear`'s weight.
-    Random,
+crate::choice_enum! {
+    /// How RepLoRA's seeds start.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum SeedInit: "seed init" {
+        /// Diagonal seeds all ones (the identity); full seeds the first `r` rows of the identity.
+        Identity => "identity",
+        /// Diagonal seeds N(0, 1); full seeds Kaiming-uniform, as `torch.nn.Linear`'s weight.
+        Random => "random",
+    }
 }
 
 impl SeedInit {
@@ -49,21 +51,22 @@ impl SeedInit {
     }
 }
 
-/// How a RepLoRA generator's output is scaled. Every generated entry sums `h` hidden units,
-/// and Adam moves each output weight by about `lr` per step with a sign that agrees across
-/// them, so without a scale a generated factor moves about `h * E|act|` times as fast as a
-/// LoRA factor at the same learning rate (about 4x at h = 16, with A also starting 5x
-/// larger): RepLoRA's update `B A` then runs an order of magnitude ahead of LoRA's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-#[value(rename_all = "snake_case")]
-pub enum OutputScale {
-    /// No scale (replora 0.1 before this option; adapters saved then read back as this).
-    One,
-    /// `1 / sqrt(h)`: a generated factor starts and moves about as a LoRA factor does.
-    InvSqrtH,
-    /// `1 / h`.
-    InvH,
+crate::choice_enum! {
+    /// How a RepLoRA generator's output is scaled. Every generated entry sums `h` hidden units,
+    /// and Adam moves each output weight by about `lr` per step with a sign that agrees across
+    /// them, so without a scale a generated factor moves about `h * E|act|` times as fast as a
+    /// LoRA factor at the same learning rate (about 4x at h = 16, with A also starting 5x
+    /// larger): RepLoRA's update `B A` then runs an order of magnitude ahead of LoRA's.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum OutputScale: "output scale" {
+        /// No scale (replora 0.1 before this option; adapters saved then read back as this).
+        One => "one",
+        /// `1 / sqrt(h)`: a generated factor starts and moves about as a LoRA factor does.
+        InvSqrtH => "inv_sqrt_h",
+        /// `1 / h`.
+        InvH => "inv_h",
+    }
 }
 
 impl OutputScale {
@@ -76,10 +79,6 @@ impl OutputScale {
         }
     }
 }
-
-crate::value_enum_str!(SeedKind, "seed kind");
-crate::value_enum_str!(OutputScale, "output scale");
-crate::value_enum_str!(SeedInit, "seed init");
 
 /// Files written before `output_scale` existed used no scale.
 fn legacy_output_scale() -> OutputScale {

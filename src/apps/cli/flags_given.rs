@@ -5,6 +5,7 @@
 use super::spec_args::{ChoiceArgs, ClassificationArgs, ImageArgs, MethodArgs, RunArgs, TrainArgs, method_names};
 use crate::adapters::Method;
 use crate::adapters::methods::Takes;
+use crate::choice::Choice;
 use crate::error::{Error, Result};
 use crate::models::Family;
 use crate::tasks::TaskKind;

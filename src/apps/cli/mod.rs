@@ -3,6 +3,7 @@
 mod commands;
 mod config_file;
 mod flags_given;
+mod progress_bars;
 mod spec_args;
 
 use std::path::PathBuf;
@@ -229,6 +230,7 @@ pub fn expand_aliases(mut args: Vec<String>) -> Vec<String> {
 
 /// Parses the process arguments and runs the command.
 pub fn main() -> crate::Result<()> {
+    crate::progress::install(progress_bars::Indicatif);
     let args = expand_config_file(expand_aliases(std::env::args().collect()))?;
     let cli = Cli::parse_from(args);
     commands::run(cli.command)

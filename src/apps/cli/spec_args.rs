@@ -3,12 +3,14 @@
 //! ([`MethodArgs`], [`TrainArgs`]).
 
 use clap::Args;
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 
 use super::flags_given::refuse_for_task;
 use crate::adapters::{
     Activation, AdapterConfig, BottleneckConfig, Houlsby, LoraInit, Method, OutputScale, PrefixConfig, PrefixTuning, RepLora,
     RepLoraConfig, SeedInit, SeedKind, TargetModules,
 };
+use crate::choice::Choice;
 use crate::error::{Error, Result};
 use crate::models::Architecture;
 use crate::models::bert::{Bert, Pooling};
@@ -30,6 +32,19 @@ pub(super) fn number(range: Range) -> impl Fn(&str) -> std::result::Result<f64, 
     }
 }
 
+/// A clap value parser for a [`Choice`]: its names are the possible values (each with its doc
+/// comment as help in `--help`), read by its `FromStr`.
+pub(super) fn choice<T: Choice + Send + Sync>() -> impl TypedValueParser<Value = T> {
+    let values = T::ALL.iter().map(|v| {
+        let value = PossibleValue::new(v.name());
+        match v.help() {
+            Some(help) => value.help(help),
+            None => value,
+        }
+    });
+    PossibleValuesParser::new(values).try_map(|name| crate::choice::parse::<T>(&name))
+}
+
 /// A clap value parser for a count that must be at least 1.
 pub(super) fn count(s: &str) -> std::result::Result<usize, String> {
     match s.trim().parse::<usize>() {
@@ -47,7 +62,7 @@ pub struct RunArgs {
     /// answering questions) or `image-classification` (a ViT with a head) [default: from
     /// --model: a decoder answers multiple-choice questions, a ViT classifies images, an
     /// encoder classifies text; without --model, from the flags given]
-    #[arg(long, value_enum, help_heading = "Task")]
+    #[arg(long, value_parser = choice::<TaskKind>(), help_heading = "Task")]
     pub task: Option<TaskKind>,
     /// Model directory (config.json, model.safetensors, tokenizer.json), .gguf file, or asset
     /// name, fetched on demand [default: minilm; multiple-choice: smollm2; image-classification:
@@ -103,7 +118,7 @@ pub struct ClassificationArgs {
     /// (what transformers' BertForSequenceClassification computes, so `merge` / `export` give a
     /// model it loads as is), or `mean` over tokens (merged in the sentence-transformers layout)
     /// [default: cls]
-    #[arg(long, value_enum, help_heading = "Classification")]
+    #[arg(long, value_parser = choice::<Pooling>(), help_heading = "Classification")]
     pub pooling: Option<Pooling>,
     /// Dropout before the classification head [default: 0.1]
     #[arg(long, value_parser = number(Range::Probability), allow_negative_numbers = true, help_heading = "Classification")]
@@ -159,7 +174,7 @@ pub struct ImageArgs {
     pub split_seed: Option<u64>,
     /// What the head reads: `cls`, or `cls-mean` (CLS and the mean patch token, DINOv2's linear
     /// evaluation) [default: cls]
-    #[arg(long, value_enum, help_heading = "Image classification")]
+    #[arg(long, value_parser = choice::<ImagePooling>(), help_heading = "Image classification")]
     pub image_pooling: Option<ImagePooling>,
     /// Augment training images: random crop (4 px padding) and horizontal flip
     #[arg(long, help_heading = "Image classification")]
@@ -199,15 +214,15 @@ pub struct MethodArgs {
     #[arg(long, help_heading = "Method")]
     pub rslora: bool,
     /// Init of LoRA's A (and RepLoRA's A generator output layer) [default: kaiming]
-    #[arg(long, value_enum, help_heading = "Method")]
+    #[arg(long, value_parser = choice::<LoraInit>(), help_heading = "Method")]
     pub init: Option<LoraInit>,
     /// RepLoRA seed shape: diagonal (2r parameters per block) or full [default: diagonal]
-    #[arg(long, value_enum, help_heading = "Method")]
+    #[arg(long, value_parser = choice::<SeedKind>(), help_heading = "Method")]
     pub seed_kind: Option<SeedKind>,
     /// How RepLoRA's seeds start: identity (diagonal seeds all ones; full seeds the first r rows
     /// of the identity) or random (diagonal N(0, 1), full Kaiming-uniform) [default: identity
     /// for diagonal seeds, random for full seeds].
-    #[arg(long, value_enum, help_heading = "Method")]
+    #[arg(long, value_parser = choice::<SeedInit>(), help_heading = "Method")]
     pub seed_init: Option<SeedInit>,
     /// RepLoRA generators without biases (both layers): each generated row is then a function
     /// of its own seed row only, with no output bias shared by all rows.
@@ -217,7 +232,7 @@ pub struct MethodArgs {
     #[arg(long, value_parser = count, help_heading = "Method")]
     pub hidden: Option<usize>,
     /// RepLoRA generator activation [default: tanh]
-    #[arg(long, value_enum, help_heading = "Method")]
+    #[arg(long, value_parser = choice::<Activation>(), help_heading = "Method")]
     pub activation: Option<Activation>,
     /// One RepLoRA generator pair for all blocks (seeds stay per block).
     #[arg(long, help_heading = "Method")]
@@ -225,7 +240,7 @@ pub struct MethodArgs {
     /// Multiplier on RepLoRA's generator outputs: inv_sqrt_h (1/sqrt(h), the default: generated
     /// factors start and move as LoRA's do), inv_h, or one (unscaled, as replora 0.1)
     /// [default: inv_sqrt_h]
-    #[arg(long, value_enum, help_heading = "Method")]
+    #[arg(long, value_parser = choice::<OutputScale>(), help_heading = "Method")]
     pub output_scale: Option<OutputScale>,
     /// Train each RepLoRA generator's output scale (one scalar each, starting at
     /// --output-scale's factor, at the generators' learning rate).
@@ -239,7 +254,7 @@ pub struct MethodArgs {
     #[arg(long, value_parser = count, help_heading = "Method")]
     pub bottleneck: Option<usize>,
     /// Non-linearity inside --method adapter's bottleneck [default: relu]
-    #[arg(long, value_enum, help_heading = "Method")]
+    #[arg(long, value_parser = choice::<Activation>(), help_heading = "Method")]
     pub bottleneck_activation: Option<Activation>,
     /// Virtual tokens per layer of --method prefix [default: 10]
     #[arg(long, value_parser = count, help_heading = "Method")]
@@ -277,7 +292,7 @@ pub struct TrainArgs {
     #[arg(long, value_parser = number(Range::Probability), allow_negative_numbers = true, help_heading = "Training")]
     pub warmup_ratio: Option<f64>,
     /// Learning-rate decay after warm-up [default: linear].
-    #[arg(long, value_enum, help_heading = "Training")]
+    #[arg(long, value_parser = choice::<Decay>(), help_heading = "Training")]
     pub decay: Option<Decay>,
     /// Clip each parameter tensor's gradient to this L2 norm, separately, not their global norm
     /// (0: no clipping) [default: 1].
@@ -290,7 +305,7 @@ pub struct TrainArgs {
     #[arg(long, value_parser = count, help_heading = "Training")]
     pub patience: Option<usize>,
     /// Validation metric that picks the best checkpoint [default: accuracy].
-    #[arg(long, value_enum, help_heading = "Training")]
+    #[arg(long, value_parser = choice::<BestMetric>(), help_heading = "Training")]
     pub best_metric: Option<BestMetric>,
     /// Also checkpoint every N optimizer steps (always at each epoch end).
     #[arg(long, value_parser = count, help_heading = "Training")]
