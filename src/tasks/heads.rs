@@ -17,8 +17,8 @@ use crate::data::Batch;
 use crate::error::{Error, Result};
 use crate::models::EncoderInput;
 use crate::models::bert::{Bert, Pooling, pool};
-use crate::training::trainer::scalar;
 use crate::training::{EvalMetrics, Objective};
+use crate::weights::tensors::scalar;
 use crate::weights::{HostTensor, tensors};
 
 /// The head's module path and tensor names.
@@ -173,7 +173,7 @@ impl Objective for SequenceClassifier {
     fn chance_loss(&self) -> Option<f64> {
         crate::training::collapse::chance_loss(self.head.d_out())
     }
-    fn lr_group(&self) -> Option<crate::training::LrGroup> {
+    fn lr_group(&self) -> Option<crate::adapters::LrGroup> {
         self.encoder.adapters.lr_group()
     }
     fn diagnostics(&self, grads: &burn::optim::GradientsParams) -> serde_json::Map<String, serde_json::Value> {

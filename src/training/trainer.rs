@@ -5,8 +5,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::adapters::LrGroup;
+use crate::weights::tensors::scalar;
 use burn::grad_clipping::GradientClippingConfig;
-use burn::module::ParamId;
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -20,7 +21,7 @@ use super::metrics::EvalMetrics;
 use super::schedule::LrSchedule;
 use super::state::TrainableState;
 use crate::error::{Error, Result};
-use crate::run::layout;
+use crate::layout;
 
 /// A model and the batches it learns from: what [`train`] needs to know about a task.
 pub trait Objective: Module {
@@ -49,14 +50,6 @@ pub trait Objective: Module {
     fn lr_group(&self) -> Option<LrGroup> {
         None
     }
-}
-
-/// Parameters trained at `multiplier` times the run's learning rate: 2-D and 1-D ones.
-#[derive(Clone, Debug)]
-pub struct LrGroup {
-    pub multiplier: f64,
-    pub matrices: Vec<ParamId>,
-    pub vectors: Vec<ParamId>,
 }
 
 /// One optimizer step at `lr`, with the model's [`LrGroup`] (if any) stepped at its own rate:
@@ -107,10 +100,6 @@ impl RunDir {
     pub fn metrics_log(&self) -> PathBuf {
         self.0.join(layout::METRICS_FILE)
     }
-}
-
-pub(crate) fn scalar(t: Tensor<1>) -> f64 {
-    t.into_data().try_into_vec_as::<f64>().expect("float tensor")[0]
 }
 
 /// AdamW with the config's weight decay and gradient clipping.

@@ -23,8 +23,8 @@ use super::init::Init;
 use super::linear::{AdaptedLinear, Deltas};
 use super::set::NamedParams;
 use super::target::Target;
+use crate::adapters::LrGroup;
 use crate::error::{Error, Result};
-use crate::training::LrGroup;
 
 /// Where a method goes when `--targets` is not given (each architecture names its own).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{AdapterMethod, Pass, SizeSetting};
+use crate::adapters::LrGroup;
 use crate::adapters::config::{Activation, AdapterConfig, LoraInit};
 use crate::adapters::diagnostics::grad_norm;
 use crate::adapters::init::Init;
@@ -15,7 +16,6 @@ use crate::adapters::linear::{AdaptedLinear, Deltas, LinearDelta};
 use crate::adapters::set::NamedParams;
 use crate::adapters::target::Target;
 use crate::error::{Error, Result};
-use crate::training::LrGroup;
 
 /// The shape of RepLoRA's shared seeds (spec section 3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -352,7 +352,7 @@ impl RepLoraState {
             for (generator, seed) in [(&pair.a, &block.seed_a), (&pair.b, &block.seed_b)] {
                 let pre = generator.pre_activations(seed_rows(seed.val(), opts.seed_kind)).detach();
                 units += pre.dims().iter().product::<usize>();
-                saturated += crate::training::trainer::scalar(pre.abs().greater_elem(SATURATED_PRE_ACTIVATION).float().sum());
+                saturated += crate::weights::tensors::scalar(pre.abs().greater_elem(SATURATED_PRE_ACTIVATION).float().sum());
             }
         }
         Some(saturated / units as f64)

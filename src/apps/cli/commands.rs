@@ -68,7 +68,7 @@ pub fn run(command: Command) -> Result<()> {
         Command::Info { model, rank, targets } => info(&model, rank, targets),
         Command::Generate { model, run, prompt, chat, max_new_tokens, temperature, top_p, seed } => {
             let sampling = crate::generate::Sampling { max_new_tokens, temperature, top_p, seed, stop: vec![] };
-            crate::generate::generate_cli(model.as_deref().unwrap_or("smollm2"), run.as_deref(), &prompt, chat, sampling)
+            super::generate::generate_cli(model.as_deref().unwrap_or("smollm2"), run.as_deref(), &prompt, chat, sampling)
         }
         Command::Bench(args) => {
             let line = if args.decode {

@@ -3,6 +3,7 @@
 mod commands;
 mod config_file;
 mod flags_given;
+mod generate;
 mod spec_args;
 
 use std::path::PathBuf;

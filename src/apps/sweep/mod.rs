@@ -279,7 +279,7 @@ pub fn sweep(grid_file: &Path, out: &Path, store: &Path, report_only: bool) -> R
     output::check("--cells", store, Output::Dir)?;
     let grid = Grid::read(grid_file)?;
     let (cells, parsed) = resolve_cells(&grid, store)?;
-    let done = |c: &Cell| run::layout::is_finished(&c.dir);
+    let done = |c: &Cell| crate::layout::is_finished(&c.dir);
     let todo = cells.iter().filter(|c| !done(c)).count();
     match report_only {
         true => eprintln!("sweep: {} cells, {} finished, {todo} unrun (--report-only runs none)", cells.len(), cells.len() - todo),
@@ -297,7 +297,7 @@ pub fn sweep(grid_file: &Path, out: &Path, store: &Path, report_only: bool) -> R
     let mut failures: Vec<Failure> = vec![];
     for (cell, args) in cells.iter().zip(&parsed) {
         let summary: RunSummary = if done(cell) {
-            read_json(&cell.dir.join(run::layout::SUMMARY_FILE))?
+            read_json(&cell.dir.join(crate::layout::SUMMARY_FILE))?
         } else if report_only {
             continue;
         } else {
