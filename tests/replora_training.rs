@@ -13,7 +13,7 @@ use std::path::Path;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use replora::adapters::{AdapterConfig, Method, OutputScale, PeftModel};
-use replora::models::EncoderInput;
+use replora::data::tokenize::EncoderInput;
 use replora::models::bert::{Bert, Pooling};
 use replora::tasks::heads::{ClassifierModel, SequenceClassifier, cross_entropy};
 use replora::training::Objective;
