@@ -175,6 +175,10 @@ pub struct MethodArgs {
     /// [default: replora]
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(method_names()), help_heading = "Method")]
     pub method: Option<String>,
+    /// The methods trained beside this run's (`compare --methods`, a sweep's grid): their
+    /// settings are given for their own runs, so this run ignores them rather than refusing.
+    #[arg(skip)]
+    pub trained_with: Vec<String>,
     /// LoRA rank r (lora, dora, replora) [default: 8]
     #[arg(long, value_parser = count, help_heading = "Method")]
     pub rank: Option<usize>,
@@ -322,8 +326,9 @@ impl MethodArgs {
     }
 
     /// The tuning: full, a probe, or an adapter with its config (`default_targets` applies
-    /// without --targets). A setting of another method is refused by name (see
-    /// [`MethodArgs::settings_given`]).
+    /// without --targets). Each method reads only the settings it takes (its own, and the
+    /// shared ones its `TAKES` names); a setting no method of the run takes is refused by name
+    /// (see [`MethodArgs::settings_given`]).
     pub fn to_tuning<A: Architecture>(&self, seed: u64) -> Result<Tuning> {
         self.refuse_settings_of_other_methods()?;
         let method = match self.name() {
@@ -338,7 +343,12 @@ impl MethodArgs {
             m if method_names().contains(&m) => m.parse::<Method>()?,
             m => return Err(Error::Config(format!("unknown method {m:?}: the methods are {}", method_names().join(", ")))),
         };
-        let target_modules = match (&self.targets_regex, &self.targets) {
+        let takes = method.takes();
+        let (targets, targets_regex) = match takes.targets {
+            true => (&self.targets, &self.targets_regex),
+            false => (&None, &None),
+        };
+        let target_modules = match (targets_regex, targets) {
             (Some(_), Some(_)) => return Err(Error::Config("--targets and --targets-regex exclude each other: give one of them".into())),
             (Some(re), None) => TargetModules::Regex(re.clone()),
             (None, Some(names)) => TargetModules::Names(names.clone()),
@@ -369,15 +379,16 @@ impl MethodArgs {
             };
         }
         let d = AdapterConfig::default();
+        let (low_rank, dropout) = (takes.low_rank, takes.dropout);
         let adapter = AdapterConfig {
             method: settings,
-            r: self.rank.unwrap_or(d.r),
-            lora_alpha: self.alpha.unwrap_or(d.lora_alpha),
-            lora_dropout: self.dropout.unwrap_or(d.lora_dropout),
-            use_rslora: self.rslora,
-            init_lora_weights: self.init.unwrap_or(d.init_lora_weights),
+            r: self.rank.filter(|_| low_rank).unwrap_or(d.r),
+            lora_alpha: self.alpha.filter(|_| low_rank).unwrap_or(d.lora_alpha),
+            lora_dropout: self.dropout.filter(|_| dropout).unwrap_or(d.lora_dropout),
+            use_rslora: self.rslora && low_rank,
+            init_lora_weights: self.init.filter(|_| low_rank).unwrap_or(d.init_lora_weights),
             target_modules,
-            layers_to_transform: self.layers.clone(),
+            layers_to_transform: self.layers.clone().filter(|_| takes.targets),
             seed,
             ..d
         };

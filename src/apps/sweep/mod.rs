@@ -430,7 +430,7 @@ fn resolve_cells(grid: &Grid, store: &Path) -> Result<(Vec<Cell>, Vec<RunArgs>)>
 /// within a grid of `methods`.
 fn cell_dir(cell: &Cell, methods: &[&str], store: &Path) -> Result<(PathBuf, RunArgs)> {
     let mut args = cell.args()?;
-    args.method = args.method.for_method_of(args.method.name(), methods);
+    args.method.trained_with = methods.iter().map(|m| m.to_string()).collect();
     let spec = with_task!(args.task(), T => T::spec_from(&args).and_then(|s| {
         crate::tasks::TaskSpec::validate(&s)?;
         Ok(format!("{}:{}", <T as crate::tasks::Task>::KIND, spec_key(key_value::<T>(&s))))
@@ -576,7 +576,7 @@ mod tests {
             let methods = methods(s);
             let methods: Vec<&str> = methods.iter().map(String::as_str).collect();
             let mut args = cell.args().unwrap();
-            args.method = args.method.for_method_of(args.method.name(), &methods);
+            args.method.trained_with = methods.iter().map(|m| m.to_string()).collect();
             with_task!(args.task(), T => {
                 let old: <T as crate::tasks::Task>::Spec = serde_json::from_value(s["spec"].clone()).unwrap_or_else(|e| panic!("{:?}: {e}", cell.flags));
                 assert_eq!(old, T::spec_from(&args).unwrap(), "{:?}", cell.flags);
