@@ -65,6 +65,11 @@ impl AdapterSet {
         self.state.as_ref().and_then(|s| s.lr_group(&self.config.method))
     }
 
+    /// The method's 2-D parameters kept out of weight decay (the trainer exempts every 1-D one).
+    pub fn decay_exempt(&self) -> Vec<burn::module::ParamId> {
+        self.state.as_ref().map_or_else(Vec::new, |s| s.decay_exempt())
+    }
+
     /// The deltas for one forward pass; `training` switches adapter dropout on.
     pub fn deltas(&self, training: bool) -> Deltas {
         let mut deltas = Deltas { training, ..Deltas::default() };

@@ -176,6 +176,9 @@ impl Objective for SequenceClassifier {
     fn lr_group(&self) -> Option<crate::adapters::LrGroup> {
         self.encoder.adapters.lr_group()
     }
+    fn decay_exempt(&self) -> Vec<burn::module::ParamId> {
+        [crate::training::trainer::vector_params(self), self.encoder.adapters.decay_exempt()].concat()
+    }
     fn diagnostics(&self, grads: &burn::optim::GradientsParams) -> serde_json::Map<String, serde_json::Value> {
         self.encoder.diagnostics(grads)
     }

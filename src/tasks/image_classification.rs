@@ -203,6 +203,9 @@ impl Objective for ImageClassifier {
     fn lr_group(&self) -> Option<crate::adapters::LrGroup> {
         self.backbone.adapters.lr_group()
     }
+    fn decay_exempt(&self) -> Vec<burn::module::ParamId> {
+        [crate::training::trainer::vector_params(self), self.backbone.adapters.decay_exempt()].concat()
+    }
     fn diagnostics(&self, grads: &burn::optim::GradientsParams) -> serde_json::Map<String, serde_json::Value> {
         self.backbone.diagnostics(grads)
     }

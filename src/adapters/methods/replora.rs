@@ -509,6 +509,11 @@ impl AdapterMethod for RepLora {
         (multiplier != 1.0 && !state.generators.is_empty()).then(|| state.generator_params(multiplier))
     }
 
+    /// The seeds: the shared input of every generator, so decay would shrink all updates at once.
+    fn decay_exempt(state: &RepLoraState) -> Vec<burn::module::ParamId> {
+        state.blocks.iter().flat_map(|b| [b.seed_a.id, b.seed_b.id]).collect()
+    }
+
     /// `generator_grad_norm`, `seed_grad_norm` and, with tanh generators, `tanh_saturated` (the
     /// fraction of hidden units, over every seed row of every block, with `|pre-activation| > 3`).
     fn diagnostics(state: &RepLoraState, opts: &RepLoraConfig, grads: &GradientsParams, out: &mut Map<String, Value>) {

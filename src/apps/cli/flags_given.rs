@@ -84,6 +84,7 @@ impl TrainArgs {
             (self.lr.is_some(), "--lr"),
             (self.weight_decay.is_some(), "--weight-decay"),
             (self.adam_beta2.is_some(), "--adam-beta2"),
+            (self.exempt_from_decay.is_some(), "--exempt-from-decay"),
             (self.warmup_ratio.is_some(), "--warmup-ratio"),
             (self.decay.is_some(), "--decay"),
             (self.grad_clip.is_some(), "--grad-clip"),

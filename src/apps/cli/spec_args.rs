@@ -277,6 +277,10 @@ pub struct TrainArgs {
     /// collapse warning) [default: 0.999]
     #[arg(long, value_parser = number(Range::Probability), allow_negative_numbers = true, help_heading = "Training")]
     pub adam_beta2: Option<f64>,
+    /// Whether biases, norms, scales and RepLoRA's seeds are kept out of weight decay, as
+    /// transformers' Trainer keeps biases and norms [default: false]
+    #[arg(long, value_name = "BOOL", help_heading = "Training")]
+    pub exempt_from_decay: Option<bool>,
     /// Fraction of the steps spent on linear warm-up [default: 0.1; multiple-choice: 0.05]
     #[arg(long, value_parser = number(Range::Probability), allow_negative_numbers = true, help_heading = "Training")]
     pub warmup_ratio: Option<f64>,
@@ -405,6 +409,7 @@ impl TrainArgs {
             lr: self.lr.unwrap_or(base.lr),
             weight_decay: self.weight_decay.unwrap_or(base.weight_decay),
             adam_beta2: self.adam_beta2.unwrap_or(base.adam_beta2),
+            exempt_from_decay: self.exempt_from_decay.unwrap_or(base.exempt_from_decay),
             warmup_ratio: self.warmup_ratio.unwrap_or(base.warmup_ratio),
             decay: self.decay.unwrap_or(base.decay),
             grad_clip: self.grad_clip.map_or(base.grad_clip, |c| (c > 0.0).then_some(c as f32)),
