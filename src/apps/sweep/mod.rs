@@ -218,10 +218,13 @@ impl Cell {
     pub fn args(&self) -> Result<RunArgs> {
         let mut argv = vec!["replora".to_string(), "train".to_string()];
         for (k, v) in &self.flags {
-            match v.as_str() {
-                "true" => argv.push(format!("--{}", k.replace('_', "-"))),
-                "false" => {}
-                _ => argv.extend([format!("--{}", k.replace('_', "-")), v.clone()]),
+            let flag = k.replace('_', "-");
+            // A switch (`--rslora`) is given for true and left out for false; a flag that takes
+            // a boolean (`--exempt-from-decay BOOL`) gets the value.
+            match (v.as_str(), is_switch(&flag)) {
+                ("true", true) => argv.push(format!("--{flag}")),
+                ("false", true) => {}
+                _ => argv.extend([format!("--{flag}"), v.clone()]),
             }
         }
         let cli = Cli::try_parse_from(&argv)
@@ -440,6 +443,14 @@ fn cell_dir(cell: &Cell, methods: &[&str], store: &Path) -> Result<(PathBuf, Run
     Ok((store.join(format!("{method}-{:016x}", fnv(&spec))), args))
 }
 
+/// Whether `train`'s `--flag` is a switch (takes no value).
+fn is_switch(flag: &str) -> bool {
+    use clap::CommandFactory;
+    let cli = Cli::command();
+    let train = cli.find_subcommand("train").expect("train is a command");
+    train.get_arguments().any(|a| a.get_long() == Some(flag) && matches!(a.get_action(), clap::ArgAction::SetTrue))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,6 +460,17 @@ mod tests {
         let path = dir.path().join("g.toml");
         std::fs::write(&path, text).unwrap();
         Grid::read(&path).unwrap()
+    }
+
+    /// Switches are given or left out; a flag taking a boolean gets `true` / `false` as its value.
+    #[test]
+    fn booleans_reach_switches_and_boolean_flags_alike() {
+        let cells = grid("[grid]\nexempt_from_decay = [true, false]\nrslora = [true, false]\n").cells();
+        let parsed: Vec<(Option<bool>, bool)> =
+            cells.iter().map(|c| c.args().map(|a| (a.train.exempt_from_decay, a.method.rslora)).unwrap()).collect();
+        for expected in [(Some(true), true), (Some(true), false), (Some(false), true), (Some(false), false)] {
+            assert!(parsed.contains(&expected), "{expected:?} not in {parsed:?}");
+        }
     }
 
     #[test]
