@@ -6,6 +6,7 @@
 //! - [`tasks`]: what a run learns and how it is scored (classification, multiple choice), one
 //!   [`tasks::Task`] each; [`run`]: the lifecycle every task shares (train, resume, evaluate,
 //!   predict, export, merge, compare) and its results tables.
+//!   [`layout`]: every file and folder of a run directory.
 //! - [`training`]: the training loop, its schedule, metrics and resumable checkpoints.
 //! - [`data`]: datasets, splits, tokenization; [`assets`]: `replora fetch`.
 //! - [`formats`]: adapter files (the native format, Hugging Face PEFT import/export);
@@ -28,6 +29,7 @@ pub mod formats;
 pub mod generate;
 pub mod interop;
 pub mod kernels;
+pub mod layout;
 pub mod memory;
 pub mod models;
 pub mod progress;

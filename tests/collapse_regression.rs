@@ -39,7 +39,7 @@ const AFTER: usize = 150;
 fn step_sizes(cfg: &TrainConfig) -> Vec<f64> {
     let device = Device::flex().autodiff();
     let mut model = Weights { w: Param::from_tensor(Tensor::zeros([D], &device)) };
-    let mut optim = optimizer(cfg);
+    let mut optim = optimizer(cfg, vec![]);
     let mut state = 7u64;
     let mut random_signs = || -> Vec<f32> {
         (0..D)

@@ -68,7 +68,7 @@ fn fixtures(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
     native::save(&PeftModel::new(model(), &adapter(Method::Replora)).unwrap().adapters, &native_dir).unwrap();
     peft::export(&PeftModel::new(model(), &adapter(Method::Dora)).unwrap().adapters, &Default::default(), &peft_dir).unwrap();
     let mut peft = PeftModel::new(model(), &adapter(Method::Lora)).unwrap();
-    let mut optim = trainer::optimizer(&TrainConfig::default());
+    let mut optim = trainer::optimizer(&TrainConfig::default(), vec![]);
     for _ in 0..2 {
         let grads = GradientsParams::from_grads(loss(&peft).backward(), &peft);
         peft = optim.step(1e-2, peft, grads);
@@ -186,7 +186,7 @@ const SCHEDULE: Schedule = Schedule { epochs: 2, batches_per_epoch: 4, grad_accu
 /// state that loads but cannot be used would panic there).
 fn resume(dir: &Path) -> Result<(), String> {
     let peft = text(checkpoint::restore(dir, PeftModel::new(model(), &adapter(Method::Lora)).unwrap()))?;
-    let mut optim = text(checkpoint::read_optimizer(dir, trainer::optimizer(&TrainConfig::default())))?;
+    let mut optim = text(checkpoint::read_optimizer(dir, trainer::optimizer(&TrainConfig::default(), vec![])))?;
     let progress = text(checkpoint::read_progress(dir, &SCHEDULE))?;
     let grads = GradientsParams::from_grads(loss(&peft).backward(), &peft);
     let _ = optim.step(1e-2, peft, grads);

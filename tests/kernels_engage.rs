@@ -6,8 +6,8 @@ mod support;
 
 use burn::prelude::*;
 use replora::adapters::{AdapterConfig, Method, PeftModel, TargetModules};
+use replora::data::tokenize::EncoderInput;
 use replora::kernels::{Kernel, fused_calls};
-use replora::models::EncoderInput;
 use replora::models::bert::Bert;
 use replora::models::llama::Llama;
 

@@ -13,7 +13,7 @@ use std::path::Path;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use replora::adapters::{AdapterConfig, Method, OutputScale, PeftModel};
-use replora::models::EncoderInput;
+use replora::data::tokenize::EncoderInput;
 use replora::models::bert::{Bert, Pooling};
 use replora::tasks::heads::{ClassifierModel, SequenceClassifier, cross_entropy};
 use replora::training::Objective;
@@ -120,7 +120,7 @@ fn train(dir: &Path, config: AdapterConfig) -> Curve {
     let mut model = SequenceClassifier::new(encoder, 2, Pooling::Mean, 0.0, 0);
     let cfg = TrainConfig::default();
     let schedule = LrSchedule { peak: cfg.lr, warmup_steps: STEPS / 10, total_steps: STEPS, decay: Decay::Linear };
-    let mut optim = optimizer(&cfg);
+    let mut optim = optimizer(&cfg, vec![]);
     let mut curve = Curve { losses: vec![], update_norms: vec![] };
     for step in 0..STEPS {
         let (input, labels) = batch(step, &device);
@@ -235,7 +235,7 @@ fn the_generator_learning_rate_multiplier_scales_only_the_generators_steps() {
         let (input, labels) = batch(0, &device);
         let grads = GradientsParams::from_grads(cross_entropy(model.logits(&input, true), labels).backward(), &model);
         let cfg = TrainConfig { weight_decay: 0.0, grad_clip: None, ..TrainConfig::default() };
-        let after = named(&replora::training::trainer::step(&mut optimizer(&cfg), 1e-3, model, grads));
+        let after = named(&replora::training::trainer::step(&mut optimizer(&cfg, vec![]), 1e-3, model, grads));
         before.iter().map(|(k, b)| (k.clone(), after[k].iter().zip(b).map(|(x, y)| x - y).collect())).collect()
     };
     let (one, four) = (moved(1.0), moved(4.0));
@@ -247,5 +247,51 @@ fn the_generator_learning_rate_multiplier_scales_only_the_generators_steps() {
         assert!(!must_move || norm(d1) > 0.0, "{name} did not move");
         let err: f64 = four[name].iter().zip(d1).map(|(a, b)| (*a as f64 - ratio * *b as f64).abs()).fold(0.0, f64::max);
         assert!(err < 1e-6 * ratio, "{name}: step x{ratio} expected, max deviation {err:.2e}");
+    }
+}
+
+/// `--exempt-from-decay true`: with zero gradients an AdamW step is decay alone, so every 2-D
+/// weight shrinks by `1 - lr * wd` while the exempt parameters (biases, RepLoRA's seeds) stay
+/// exactly where they were; with it off, they shrink too (the behaviour of older runs).
+#[test]
+fn decay_exemption_spares_biases_and_seeds_only() {
+    let dir = tempfile::tempdir().unwrap();
+    write_small_bert(dir.path());
+    let device = device();
+    let named = |m: &SequenceClassifier| -> BTreeMap<String, Vec<f32>> {
+        let host = |t: Tensor<2>| t.into_data().try_into_vec_as::<f32>().unwrap();
+        let vec = |t: Tensor<1>| t.into_data().try_into_vec_as::<f32>().unwrap();
+        let state = m.encoder.adapters.state_of::<replora::adapters::RepLora>().expect("a RepLoRA adapter");
+        let mut out = BTreeMap::new();
+        for (i, p) in state.generators.iter().enumerate() {
+            out.insert(format!("matrix gen{i}.a.hidden_weight"), host(p.a.hidden_weight.val()));
+            out.insert(format!("exempt gen{i}.a.hidden_bias"), vec(p.a.hidden_bias.as_ref().expect("biases by default").val()));
+        }
+        for (i, b) in state.blocks.iter().enumerate() {
+            out.insert(format!("exempt seed{i}.a"), host(b.seed_a.val()));
+        }
+        out.insert("matrix head".into(), host(m.head.weight.val()));
+        out
+    };
+    let (lr, wd) = (0.1, 0.5);
+    let ratios = |exempt: bool| -> BTreeMap<String, f64> {
+        let encoder = PeftModel::new(Bert::load(dir.path(), "", &device).unwrap(), &config(Method::Replora)).unwrap();
+        let model = SequenceClassifier::new(encoder, 2, Pooling::Mean, 0.0, 0);
+        let before = named(&model);
+        let (input, _) = batch(0, &device);
+        let grads = GradientsParams::from_grads((model.logits(&input, true).sum() * 0.0).backward(), &model);
+        let cfg = TrainConfig { weight_decay: wd, grad_clip: None, exempt_from_decay: exempt, ..TrainConfig::default() };
+        let exempt_ids = model.decay_exempt();
+        let after = named(&replora::training::trainer::step(&mut optimizer(&cfg, exempt_ids), lr, model, grads));
+        let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        before.iter().map(|(k, b)| (k.clone(), norm(&after[k]) / norm(b))).collect()
+    };
+    let (on, off) = (ratios(true), ratios(false));
+    assert!(on.keys().any(|k| k.contains("seed")) && on.keys().any(|k| k.contains("bias")), "{on:?}");
+    for (name, ratio) in &on {
+        assert!(ratio.is_finite(), "{name}: a zero tensor checks nothing");
+        let expected = if name.starts_with("exempt") { 1.0 } else { 1.0 - lr * wd };
+        assert!((ratio - expected).abs() < 1e-6, "exempt on, {name}: {ratio} != {expected}");
+        assert!((off[name] - (1.0 - lr * wd)).abs() < 1e-6, "exempt off, {name}: {}", off[name]);
     }
 }

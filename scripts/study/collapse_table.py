@@ -2,7 +2,9 @@
 and RepLoRA's test macro-F1, the majority-class predictor's macro-F1 (class priors of the whole
 task.json, or of the whole JSONL file for a subset), whether RepLoRA collapsed (macro-F1 within
 0.05 of the majority's while LoRA's > 0.6) and what the trainer's collapse guard recorded; then
-the collapse count per beta_2. Usage: python collapse_table.py runs/sweep/<grid>/grid.json
+the collapse count per beta_2; then, per method, the paired difference in validation and test
+accuracy between each beta_2 and 0.999 over the (task, fraction, seed) cells where both ran
+(mean and a 95% t-interval), which is what the default is chosen on. Usage: python collapse_table.py runs/sweep/<grid>/grid.json
 """
 import collections
 import json
@@ -49,6 +51,39 @@ def main(grid_json):
     cells = collections.Counter(k[3] for k, m in runs.items() if "lora" in m and "replora" in m)
     for beta2 in sorted(cells):
         print(f"\nbeta_2 {beta2}: {count[beta2]} collapses in {cells[beta2]} (task, fraction, seed) cells with both methods")
+    paired(runs)
+
+
+# Two-sided 97.5% quantiles of Student's t for 1-30 degrees of freedom.
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+def interval(diffs):
+    n = len(diffs)
+    mean = sum(diffs) / n
+    if n < 2:
+        return f"{mean:+.1f} (n = 1)"
+    sd = (sum((d - mean) ** 2 for d in diffs) / (n - 1)) ** 0.5
+    half = (T975[n - 2] if n - 1 <= len(T975) else 1.96) * sd / n**0.5
+    return f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}] (n = {n})"
+
+
+def paired(runs):
+    """Accuracy points at each beta_2 minus at 0.999, per method, over cells where both ran."""
+    print("\n| method | beta_2 | validation accuracy, paired difference vs 0.999 | test accuracy, paired difference |")
+    print("|---|---|---|---|")
+    for method in ["lora", "replora"]:
+        for beta2 in sorted({k[3] for k in runs} - {0.999}):
+            val, test = [], []
+            for (data, frac, seed, b), m in runs.items():
+                old = runs.get((data, frac, seed, 0.999), {})
+                if b != beta2 or method not in m or method not in old:
+                    continue
+                val.append(100 * (m[method]["training"]["best_validation"]["accuracy"] - old[method]["training"]["best_validation"]["accuracy"]))
+                test.append(100 * (m[method]["test"]["accuracy"] - old[method]["test"]["accuracy"]))
+            if val:
+                print(f"| {method} | {beta2} | {interval(val)} | {interval(test)} |")
 
 
 if __name__ == "__main__":

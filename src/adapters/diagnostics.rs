@@ -31,7 +31,7 @@ pub(crate) fn grad_norm(grads: &GradientsParams, matrices: &[ParamId], vectors: 
         .chain(vectors.iter().filter_map(|&id| grads.get::<1>(id).map(|g| g.square().sum())));
     let mut total = None;
     for s in squares {
-        *total.get_or_insert(0.0) += crate::training::trainer::scalar(s);
+        *total.get_or_insert(0.0) += crate::weights::tensors::scalar(s);
     }
     total.map(f64::sqrt)
 }
@@ -95,11 +95,11 @@ fn top_eigenvalue_of_gram(w: Tensor<2>) -> f64 {
     let mut v: Tensor<2> = Tensor::ones([n, 1], &w.device());
     for _ in 0..30 {
         let next = w.clone().transpose().matmul(w.clone().matmul(v.clone()));
-        let norm = crate::training::trainer::scalar(next.clone().square().sum()).sqrt().max(f64::MIN_POSITIVE);
+        let norm = crate::weights::tensors::scalar(next.clone().square().sum()).sqrt().max(f64::MIN_POSITIVE);
         v = next.div_scalar(norm);
     }
     let wv = w.matmul(v);
-    crate::training::trainer::scalar(wv.square().sum())
+    crate::weights::tensors::scalar(wv.square().sum())
 }
 
 #[cfg(test)]

@@ -23,5 +23,5 @@ pub use methods::{AdapterMethod, Method, MethodConfig, MethodState, Sites};
 pub use peft_model::{Adaptable, PeftModel};
 pub use prefix::{PrefixConfig, PrefixTuning};
 pub use replora::{OutputScale, RepLora, RepLoraConfig, SeedInit, SeedKind};
-pub use set::AdapterSet;
+pub use set::{AdapterSet, LrGroup};
 pub use target::{Target, select_targets};

@@ -13,6 +13,15 @@ use super::methods::{Method, MethodConfig, MethodState, Pass, Registered};
 use super::target::{Target, select_targets};
 use crate::error::Result;
 
+/// Parameters trained at `multiplier` times the run's learning rate, 2-D and 1-D ones (RepLoRA's
+/// generators): the trainer steps them with their own rate.
+#[derive(Clone, Debug)]
+pub struct LrGroup {
+    pub multiplier: f64,
+    pub matrices: Vec<burn::module::ParamId>,
+    pub vectors: Vec<burn::module::ParamId>,
+}
+
 /// Every trainable adapter tensor of a model, plus the config that built it.
 #[derive(Module, Debug)]
 pub struct AdapterSet {
@@ -52,8 +61,13 @@ impl AdapterSet {
 
     /// The parameters the method trains at their own learning rate (RepLoRA's generators at
     /// `generator_lr_multiplier`), if any.
-    pub fn lr_group(&self) -> Option<crate::training::LrGroup> {
+    pub fn lr_group(&self) -> Option<LrGroup> {
         self.state.as_ref().and_then(|s| s.lr_group(&self.config.method))
+    }
+
+    /// The method's 2-D parameters kept out of weight decay (the trainer exempts every 1-D one).
+    pub fn decay_exempt(&self) -> Vec<burn::module::ParamId> {
+        self.state.as_ref().map_or_else(Vec::new, |s| s.decay_exempt())
     }
 
     /// The deltas for one forward pass; `training` switches adapter dropout on.

@@ -14,7 +14,6 @@ use tokenizers::{PostProcessor, TruncationDirection};
 
 use super::split::shuffle;
 use super::{Dataset, Example};
-use crate::models::EncoderInput;
 use crate::{Error, Result};
 
 /// Reads a Hugging Face `tokenizer.json`. Its JSON syntax is checked first: the `tokenizers`
@@ -213,6 +212,15 @@ pub struct Batch {
     pub batch: usize,
     pub seq: usize,
     pub labels: Vec<usize>,
+}
+
+/// A tokenized, padded batch for an encoder: `[batch, seq]` each.
+#[derive(Clone, Debug)]
+pub struct EncoderInput {
+    pub input_ids: Tensor<2, Int>,
+    pub token_type_ids: Tensor<2, Int>,
+    /// 1.0 for real tokens, 0.0 for padding.
+    pub attention_mask: Tensor<2>,
 }
 
 impl Batch {

@@ -12,9 +12,9 @@ use burn::prelude::*;
 use burn::tensor::module::embedding;
 use serde::{Deserialize, Serialize};
 
-use super::EncoderInput;
-use super::layers::{LayerNorm, attention};
+use super::layers::{LayerNorm, ReadLayers, attention};
 use crate::adapters::{Adaptable, AdaptedLinear, Deltas};
+use crate::data::tokenize::EncoderInput;
 use crate::error::{Error, Result};
 use crate::files::{read_json, write_json};
 use crate::kernels;

@@ -14,7 +14,7 @@ use burn::module::Param;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::layers::{LayerNorm, attention};
+use super::layers::{LayerNorm, ReadLayers, attention};
 use crate::adapters::{Adaptable, AdaptedLinear, Deltas};
 use crate::error::{Error, Result};
 use crate::files::{read_json, write_json};

@@ -4,7 +4,29 @@
 use burn::module::Param;
 use burn::prelude::*;
 
+use crate::adapters::AdaptedLinear;
+use crate::error::Result;
 use crate::kernels;
+use crate::weights::Reader;
+
+/// The layers every architecture reads from a checkpoint, built from the [`Reader`]'s tensors.
+pub trait ReadLayers {
+    /// The linear `name` (with `{name}.bias` when `bias`), adaptable under its module path.
+    fn linear(&mut self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<AdaptedLinear>;
+    fn layer_norm(&mut self, name: &str, width: usize, eps: f64) -> Result<LayerNorm>;
+}
+
+impl ReadLayers for Reader<'_> {
+    fn linear(&mut self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<AdaptedLinear> {
+        let (weight, bias) = self.linear_tensors(name, d_in, d_out, bias)?;
+        Ok(AdaptedLinear::new(self.module_path(name), weight, bias))
+    }
+
+    fn layer_norm(&mut self, name: &str, width: usize, eps: f64) -> Result<LayerNorm> {
+        let (weight, bias) = self.norm_params(name, width)?;
+        Ok(LayerNorm { weight, bias, eps })
+    }
+}
 
 /// LayerNorm over the last dimension with learned scale and shift.
 #[derive(Module, Debug)]

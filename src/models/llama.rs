@@ -13,7 +13,7 @@ use burn::prelude::*;
 use burn::tensor::module::embedding;
 use serde::{Deserialize, Serialize};
 
-use super::layers::{RmsNorm, attention};
+use super::layers::{ReadLayers, RmsNorm, attention};
 use crate::adapters::{Adaptable, AdaptedLinear, Deltas};
 use crate::error::{Error, Result};
 use crate::files::{read_json, write_json};

@@ -31,15 +31,6 @@ use burn::prelude::*;
 use crate::adapters::Adaptable;
 use crate::error::{Error, Result};
 
-/// A tokenized, padded batch for an encoder: `[batch, seq]` each.
-#[derive(Clone, Debug)]
-pub struct EncoderInput {
-    pub input_ids: Tensor<2, Int>,
-    pub token_type_ids: Tensor<2, Int>,
-    /// 1.0 for real tokens, 0.0 for padding.
-    pub attention_mask: Tensor<2>,
-}
-
 /// What every pre-trained architecture provides to the rest of replora: its linears (through
 /// [`Adaptable`], with their Hugging Face module paths), the modules adapted by default, a
 /// description, its limits, and saving in the Hugging Face layout.

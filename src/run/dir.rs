@@ -2,7 +2,7 @@
 //! silently replaces one (`--resume` continues an unfinished one, `--overwrite` replaces one, a
 //! finished run is never written again otherwise), a resumed run says which flags it ignores,
 //! and loading a run that is of the other kind, unfinished or being trained says what to run
-//! instead. The layout is [`super::layout`]'s, the lock [`super::lock`]'s.
+//! instead. The layout is [`crate::layout`]'s, the lock [`super::lock`]'s.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,8 +11,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::layout::{self, CHECKPOINT_DIR, RUN_FILE, SUMMARY_FILE};
 use crate::error::{Error, Result};
+use crate::layout::{self, CHECKPOINT_DIR, RUN_FILE, SUMMARY_FILE};
 use crate::tasks::TaskKind;
 
 /// How `train` treats its output directory.

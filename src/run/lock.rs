@@ -9,8 +9,8 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::layout::{self, LOCK_FILE};
 use crate::error::{Error, Result};
+use crate::layout::{self, LOCK_FILE};
 
 /// How long a writer retries a lock held by someone else before it gives up: long enough to
 /// ride over a reader's momentary probe ([`check_free`]), far shorter than any training.

@@ -3,11 +3,10 @@
 //!
 //! A run directory holds `run.json` (the spec), `adapter/` (native format) or, for full
 //! fine-tuning, the tuned weights, the task's extra files (a head, labels), `metrics.jsonl`,
-//! `checkpoint/`, `best/`, `run.lock` and, once finished, `summary.json` ([`layout`]).
+//! `checkpoint/`, `best/`, `run.lock` and, once finished, `summary.json` ([`crate::layout`]).
 
 pub mod compare;
 pub mod dir;
-pub mod layout;
 pub mod lock;
 pub mod output;
 pub mod results;
@@ -26,6 +25,7 @@ use crate::adapters::count::{ParamReport, ppt};
 use crate::error::{Error, Result};
 use crate::files::{read_json, write_json};
 use crate::formats::native;
+use crate::layout;
 use crate::models::Architecture;
 use crate::tasks::{Task, TaskKind, TaskSpec, TestScores, Tuning, check_best_metric};
 use crate::training;

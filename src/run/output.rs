@@ -6,8 +6,8 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use super::layout::{self, LOCK_FILE, RUN_FILE};
 use crate::error::{Error, Result};
+use crate::layout::{self, LOCK_FILE, RUN_FILE};
 
 /// What a command writes at the path it was given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,11 +14,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use super::layout::RUN_FILE;
 use super::sources::Source;
 use crate::choice::Choice;
 use crate::error::{Error, Result};
 use crate::files::{read_json, write_json};
+use crate::layout::RUN_FILE;
 use crate::tasks::TaskKind;
 
 /// The `run.json` format this replora writes, and the newest it reads. Raise it when a change

@@ -15,26 +15,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::layout::RUN_FILE;
 use crate::error::{Error, Result};
+use crate::layout::RUN_FILE;
 use crate::tasks::TaskSpec;
 
-/// What a stored path is to the run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Model,
-    Data,
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Role::Model => "model",
-            Role::Data => "data",
-        })
-    }
-}
+pub use crate::tasks::Role;
 
 /// A file or directory a run was trained from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -129,8 +129,11 @@ impl Objective for CausalLm {
     fn update_norm(&self) -> Option<f64> {
         self.decoder.relative_update_norm()
     }
-    fn lr_group(&self) -> Option<crate::training::LrGroup> {
+    fn lr_group(&self) -> Option<crate::adapters::LrGroup> {
         self.decoder.adapters.lr_group()
+    }
+    fn decay_exempt(&self) -> Vec<burn::module::ParamId> {
+        [crate::training::trainer::vector_params(self), self.decoder.adapters.decay_exempt()].concat()
     }
     fn diagnostics(&self, grads: &burn::optim::GradientsParams) -> serde_json::Map<String, serde_json::Value> {
         self.decoder.diagnostics(grads)

@@ -14,9 +14,9 @@ use crate::data::{self, BatchConfig, Columns, Dataset, EncodedDataset, LoadOptio
 use crate::error::{Error, Result};
 use crate::files::{read_json, write_json};
 use crate::formats::peft;
+use crate::layout::{HEAD_FILE, LABELS_FILE};
 use crate::models::Architecture;
 use crate::models::bert::{Bert, Pooling};
-use crate::run::layout::{HEAD_FILE, LABELS_FILE};
 use crate::training::{EvalMetrics, TrainConfig};
 
 /// Everything that defines a classification run; stored as `run.json` in the run directory.
@@ -119,7 +119,7 @@ pub struct Classification {
 
 impl Task for Classification {
     const KIND: TaskKind = TaskKind::Classification;
-    const FULL_MODEL_DIR: &'static str = crate::run::layout::ENCODER_DIR;
+    const FULL_MODEL_DIR: &'static str = crate::layout::ENCODER_DIR;
     type Spec = ClassificationSpec;
     type Arch = Bert;
     type Model = SequenceClassifier;

@@ -14,12 +14,12 @@ use super::hf_layout::{self, HfLayout};
 use crate::adapters::init::Init;
 use crate::adapters::{AdaptedLinear, Deltas, PeftModel};
 use crate::data::Batch;
+use crate::data::tokenize::EncoderInput;
 use crate::error::{Error, Result};
-use crate::models::EncoderInput;
 use crate::models::bert::{Bert, Pooling, pool};
 use crate::progress::{Bar, Kind};
-use crate::training::trainer::scalar;
 use crate::training::{EvalMetrics, Objective};
+use crate::weights::tensors::scalar;
 use crate::weights::{HostTensor, tensors};
 
 /// The head's module path and tensor names.
@@ -174,8 +174,11 @@ impl Objective for SequenceClassifier {
     fn chance_loss(&self) -> Option<f64> {
         crate::training::collapse::chance_loss(self.head.d_out())
     }
-    fn lr_group(&self) -> Option<crate::training::LrGroup> {
+    fn lr_group(&self) -> Option<crate::adapters::LrGroup> {
         self.encoder.adapters.lr_group()
+    }
+    fn decay_exempt(&self) -> Vec<burn::module::ParamId> {
+        [crate::training::trainer::vector_params(self), self.encoder.adapters.decay_exempt()].concat()
     }
     fn diagnostics(&self, grads: &burn::optim::GradientsParams) -> serde_json::Map<String, serde_json::Value> {
         self.encoder.diagnostics(grads)

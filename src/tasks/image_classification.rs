@@ -18,9 +18,9 @@ use crate::data::images::{self, Augment, ImageBatch, ImageSet, ImageSplits, Prot
 use crate::error::{Error, Result};
 use crate::files::{read_json, write_json};
 use crate::formats::peft;
+use crate::layout::{HEAD_FILE, LABELS_FILE};
 use crate::models::Architecture;
 use crate::models::dinov2::Dinov2;
-use crate::run::layout::{HEAD_FILE, LABELS_FILE};
 use crate::training::{EvalMetrics, Objective, TrainConfig};
 use crate::weights::{HostTensor, tensors};
 
@@ -199,8 +199,11 @@ impl Objective for ImageClassifier {
     fn chance_loss(&self) -> Option<f64> {
         crate::training::collapse::chance_loss(self.head.d_out())
     }
-    fn lr_group(&self) -> Option<crate::training::LrGroup> {
+    fn lr_group(&self) -> Option<crate::adapters::LrGroup> {
         self.backbone.adapters.lr_group()
+    }
+    fn decay_exempt(&self) -> Vec<burn::module::ParamId> {
+        [crate::training::trainer::vector_params(self), self.backbone.adapters.decay_exempt()].concat()
     }
     fn diagnostics(&self, grads: &burn::optim::GradientsParams) -> serde_json::Map<String, serde_json::Value> {
         self.backbone.diagnostics(grads)
@@ -284,7 +287,7 @@ fn check_memory(spec: &ImageClassificationSpec, c: &crate::models::dinov2::Dinov
 
 impl Task for ImageClassification {
     const KIND: TaskKind = TaskKind::ImageClassification;
-    const FULL_MODEL_DIR: &'static str = crate::run::layout::BACKBONE_DIR;
+    const FULL_MODEL_DIR: &'static str = crate::layout::BACKBONE_DIR;
     type Spec = ImageClassificationSpec;
     type Arch = Dinov2;
     type Model = ImageClassifier;

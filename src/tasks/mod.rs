@@ -28,11 +28,11 @@ macro_rules! task_spec {
             fn validate(&self) -> $crate::error::Result<()> {
                 <$spec>::validate(self)
             }
-            fn paths_mut(&mut self) -> Vec<($crate::run::sources::Role, &mut String)> {
+            fn paths_mut(&mut self) -> Vec<($crate::tasks::Role, &mut String)> {
                 let $m = self;
                 let data: Vec<&mut String> = $data_paths;
-                let mut paths = vec![($crate::run::sources::Role::Model, &mut $m.model)];
-                paths.extend(data.into_iter().map(|p| ($crate::run::sources::Role::Data, p)));
+                let mut paths = vec![($crate::tasks::Role::Model, &mut $m.model)];
+                paths.extend(data.into_iter().map(|p| ($crate::tasks::Role::Data, p)));
                 paths
             }
         }
@@ -45,6 +45,7 @@ pub mod heads;
 pub mod hf_layout;
 pub mod image_classification;
 pub mod multiple_choice;
+pub mod spec_checks;
 pub mod tuning;
 
 pub use tuning::Tuning;
@@ -113,6 +114,23 @@ macro_rules! with_task {
     };
 }
 
+/// What a stored path is to the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Model,
+    Data,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Model => "model",
+            Role::Data => "data",
+        })
+    }
+}
+
 /// What every task's run spec (`run.json`) holds besides its data settings.
 pub trait TaskSpec: Clone + Debug + PartialEq + Serialize + DeserializeOwned + Default {
     /// A model directory, file or asset name.
@@ -127,7 +145,7 @@ pub trait TaskSpec: Clone + Debug + PartialEq + Serialize + DeserializeOwned + D
     fn validate(&self) -> Result<()>;
     /// The model and the data as the spec names them (paths or built-in names), to be stored
     /// as absolute paths ([`crate::run::sources`]).
-    fn paths_mut(&mut self) -> Vec<(crate::run::sources::Role, &mut String)>;
+    fn paths_mut(&mut self) -> Vec<(Role, &mut String)>;
 
     /// `lora`, `dora`, `replora`, `adapter`, `prefix`, `full` or `probe`.
     fn method_name(&self) -> String {
@@ -238,4 +256,19 @@ pub fn check_best_metric<T: Task>(spec: &T::Spec) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--overwrite` deletes only listed names: a task whose full fine-tuning writes an unlisted
+    /// folder (image classification's `backbone/` once) would leave it behind.
+    #[test]
+    fn every_tasks_full_model_folder_is_a_run_artefact() {
+        for kind in <TaskKind as crate::choice::Choice>::ALL {
+            let dir = crate::with_task!(kind, T => <T as Task>::FULL_MODEL_DIR);
+            assert!(crate::layout::ARTEFACTS.contains(&dir), "{kind}: {dir}");
+        }
+    }
 }

@@ -176,7 +176,7 @@ impl MultipleChoice {
 
 impl Task for MultipleChoice {
     const KIND: TaskKind = TaskKind::MultipleChoice;
-    const FULL_MODEL_DIR: &'static str = crate::run::layout::MODEL_DIR;
+    const FULL_MODEL_DIR: &'static str = crate::layout::MODEL_DIR;
     type Spec = MultipleChoiceSpec;
     type Arch = Llama;
     type Model = CausalLm;

@@ -128,7 +128,7 @@ impl Tuning {
         load_full: impl FnOnce(&Path) -> Result<M>,
     ) -> Result<PeftModel<M>> {
         match self {
-            Tuning::Adapter(_) => crate::formats::native::load(base, &out.join(crate::run::layout::ADAPTER_DIR)),
+            Tuning::Adapter(_) => crate::formats::native::load(base, &out.join(crate::layout::ADAPTER_DIR)),
             Tuning::Full => Ok(PeftModel::full_finetune(load_full(&out.join(full_dir))?)),
             Tuning::Probe => Ok(PeftModel::from_parts(base, AdapterSet::empty())),
         }

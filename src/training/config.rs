@@ -28,6 +28,11 @@ pub struct TrainConfig {
     /// their identity.
     #[serde(default = "legacy_adam_beta2", skip_serializing_if = "is_legacy_adam_beta2")]
     pub adam_beta2: f64,
+    /// No weight decay on biases, norms, scales and RepLoRA's seeds (transformers' Trainer
+    /// exempts biases and norms). Written only when on, so that older specs, which decayed
+    /// every parameter, keep their identity and their behaviour.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exempt_from_decay: bool,
     /// Fraction of the optimizer steps spent warming up.
     pub warmup_ratio: f64,
     pub decay: Decay,
@@ -60,6 +65,7 @@ impl Default for TrainConfig {
             lr: 2e-3,
             weight_decay: 0.01,
             adam_beta2: LEGACY_ADAM_BETA2,
+            exempt_from_decay: false,
             warmup_ratio: 0.1,
             decay: Decay::Linear,
             grad_clip: Some(1.0),

@@ -12,4 +12,4 @@ pub mod trainer;
 pub use config::{BestMetric, TrainConfig};
 pub use metrics::EvalMetrics;
 pub use schedule::{Decay, LrSchedule};
-pub use trainer::{LrGroup, Objective, TrainReport, reset_peak_rss, train};
+pub use trainer::{Objective, TrainReport, reset_peak_rss, train};

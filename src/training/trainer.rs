@@ -5,8 +5,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::adapters::LrGroup;
+use crate::weights::tensors::scalar;
 use burn::grad_clipping::GradientClippingConfig;
-use burn::module::ParamId;
+use burn::module::{ModuleVisitor, Param, ParamGroup, ParamId};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -19,8 +21,8 @@ use super::metrics::EvalMetrics;
 use super::schedule::LrSchedule;
 use super::state::TrainableState;
 use crate::error::{Error, Result};
+use crate::layout;
 use crate::progress::{Bar, Kind};
-use crate::run::layout;
 
 /// A model and the batches it learns from: what [`train`] needs to know about a task.
 pub trait Objective: Module {
@@ -49,14 +51,11 @@ pub trait Objective: Module {
     fn lr_group(&self) -> Option<LrGroup> {
         None
     }
-}
-
-/// Parameters trained at `multiplier` times the run's learning rate: 2-D and 1-D ones.
-#[derive(Clone, Debug)]
-pub struct LrGroup {
-    pub multiplier: f64,
-    pub matrices: Vec<ParamId>,
-    pub vectors: Vec<ParamId>,
+    /// Parameters without weight decay when [`TrainConfig::exempt_from_decay`] is on: every
+    /// 1-D one (biases, norms, scales, DoRA's magnitudes), plus what the adapter adds.
+    fn decay_exempt(&self) -> Vec<ParamId> {
+        vector_params(self)
+    }
 }
 
 /// One optimizer step at `lr`, with the model's [`LrGroup`] (if any) stepped at its own rate:
@@ -109,17 +108,39 @@ impl RunDir {
     }
 }
 
-pub(crate) fn scalar(t: Tensor<1>) -> f64 {
-    t.into_data().try_into_vec_as::<f64>().expect("float tensor")[0]
+/// The ids of every 1-D parameter of `module`.
+pub fn vector_params<M: Module>(module: &M) -> Vec<ParamId> {
+    struct Vectors(Vec<ParamId>);
+    impl ModuleVisitor for Vectors {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if D == 1 {
+                self.0.push(param.id);
+            }
+        }
+    }
+    let mut vectors = Vectors(vec![]);
+    module.visit(&mut vectors);
+    vectors.0
 }
 
-/// AdamW with the config's weight decay and gradient clipping.
-pub fn optimizer(cfg: &TrainConfig) -> ModuleOptimizer {
-    AdamWConfig::new()
-        .with_weight_decay(cfg.weight_decay as f32)
-        .with_beta_2(cfg.adam_beta2 as f32)
-        .with_grad_clipping(cfg.grad_clip.map(GradientClippingConfig::Norm))
-        .init()
+/// AdamW with the config's weight decay and gradient clipping; the `exempt` parameters get no
+/// decay when the config says so (a second group, clipped alike).
+pub fn optimizer(cfg: &TrainConfig, exempt: Vec<ParamId>) -> ModuleOptimizer {
+    let adamw = |decay: f64| {
+        AdamWConfig::new()
+            .with_weight_decay(decay as f32)
+            .with_beta_2(cfg.adam_beta2 as f32)
+            .with_grad_clipping(cfg.grad_clip.map(GradientClippingConfig::Norm))
+    };
+    let optim = adamw(cfg.weight_decay).init();
+    match cfg.exempt_from_decay && cfg.weight_decay > 0.0 && !exempt.is_empty() {
+        true => optim.with_group(
+            ParamGroup::from_ids(exempt),
+            adamw(0.0).build(),
+            cfg.grad_clip.map(|c| GradientClippingConfig::Norm(c).init()),
+        ),
+        false => optim,
+    }
 }
 
 fn log_line(path: &Path, value: serde_json::Value) -> Result<()> {
@@ -194,12 +215,13 @@ impl<'a> Session<'a> {
         let total_steps = steps.steps_per_epoch() * cfg.epochs;
         let warmup_steps = (cfg.warmup_ratio * total_steps as f64).round() as usize;
         let schedule = LrSchedule { peak: cfg.lr, warmup_steps, total_steps, decay: cfg.decay };
-        let mut optim = optimizer(cfg);
+        let mut optim = optimizer(cfg, model.decay_exempt());
         let mut progress = Progress::default();
         match (resume, checkpoint::existing(&run.checkpoint())) {
             (true, Some(dir)) => {
                 model = checkpoint::restore(&dir, model)?;
-                optim = checkpoint::read_optimizer(&dir, optim)?;
+                // The exempt group from the restored model's ids, which the saved state is keyed by.
+                optim = checkpoint::read_optimizer(&dir, optimizer(cfg, model.decay_exempt()))?;
                 progress = checkpoint::read_progress(&dir, &steps)?;
                 truncate_log(&run.metrics_log(), progress.step)?;
                 eprintln!("resuming from {} (epoch {}, step {})", dir.display(), progress.epoch + 1, progress.step);

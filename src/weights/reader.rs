@@ -9,7 +9,6 @@ use burn::prelude::*;
 
 use super::HostTensor;
 use super::tensors;
-use crate::adapters::AdaptedLinear;
 use crate::error::{Error, Result};
 
 /// Takes named tensors out of a checkpoint into burn parameters.
@@ -58,23 +57,24 @@ impl<'a> Reader<'a> {
         Ok(Param::from_tensor(t.to_tensor(self.device)))
     }
 
-    /// `{name}.weight` (PyTorch's `[out, in]`, stored by burn as `[in, out]`) and, with `bias`,
-    /// `{name}.bias`.
-    pub fn linear(&mut self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<AdaptedLinear> {
-        let weight = self.take(&format!("{name}.weight"), [d_out, d_in])?.transpose();
-        let bias = if bias { Some(self.take(&format!("{name}.bias"), [d_out])?.to_tensor(self.device)) } else { None };
-        Ok(AdaptedLinear::new(format!("{}{name}", self.prefix), weight.to_tensor(self.device), bias))
+    /// The model's module path of the checkpoint's `name`.
+    pub fn module_path(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
     }
 
-    /// A LayerNorm: `{name}.weight/bias`, or the old `{name}.gamma/beta`.
-    pub fn layer_norm(&mut self, name: &str, width: usize, eps: f64) -> Result<crate::models::layers::LayerNorm> {
+    /// A linear layer's `{name}.weight` (PyTorch's `[out, in]`, returned as burn's `[in, out]`)
+    /// and, with `bias`, `{name}.bias`.
+    pub fn linear_tensors(&mut self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<(Tensor<2>, Option<Tensor<1>>)> {
+        let weight = self.take(&format!("{name}.weight"), [d_out, d_in])?.transpose();
+        let bias = if bias { Some(self.take(&format!("{name}.bias"), [d_out])?.to_tensor(self.device)) } else { None };
+        Ok((weight.to_tensor(self.device), bias))
+    }
+
+    /// A norm's scale and shift: `{name}.weight/bias`, or the old `{name}.gamma/beta`.
+    pub fn norm_params(&mut self, name: &str, width: usize) -> Result<(Param<Tensor<1>>, Param<Tensor<1>>)> {
         let old = self.has(&format!("{name}.gamma")) && !self.has(&format!("{name}.weight"));
         let (w, b) = if old { ("gamma", "beta") } else { ("weight", "bias") };
-        Ok(crate::models::layers::LayerNorm {
-            weight: self.param(&format!("{name}.{w}"), [width])?,
-            bias: self.param(&format!("{name}.{b}"), [width])?,
-            eps,
-        })
+        Ok((self.param(&format!("{name}.{w}"), [width])?, self.param(&format!("{name}.{b}"), [width])?))
     }
 
     /// A checkpoint with more layers than the config declares is a config mismatch, not

@@ -8,6 +8,11 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use crate::error::{Error, Result};
 
+/// The value of a one-element tensor.
+pub fn scalar(t: Tensor<1>) -> f64 {
+    t.into_data().try_into_vec_as::<f64>().expect("float tensor")[0]
+}
+
 /// A tensor in host memory: row-major f32 values and a shape.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostTensor {

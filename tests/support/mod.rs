@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use burn::prelude::*;
-use replora::models::EncoderInput;
+use replora::data::tokenize::EncoderInput;
 use replora::models::llama::LlamaConfig;
 use replora::weights::{HostTensor, tensors};
 

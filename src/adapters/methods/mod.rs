@@ -12,6 +12,7 @@ pub mod replora;
 
 use std::fmt::Debug;
 
+use burn::module::ParamId;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use serde::Serialize;
@@ -23,8 +24,8 @@ use super::init::Init;
 use super::linear::{AdaptedLinear, Deltas};
 use super::set::NamedParams;
 use super::target::Target;
+use crate::adapters::LrGroup;
 use crate::error::{Error, Result};
-use crate::training::LrGroup;
 
 /// Where a method goes when `--targets` is not given (each architecture names its own).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +121,11 @@ pub trait AdapterMethod {
     /// Parameters trained at their own learning rate.
     fn lr_group(_state: &Self::State, _settings: &Self::Settings) -> Option<LrGroup> {
         None
+    }
+    /// 2-D parameters kept out of weight decay, like the vectors every method's are (see
+    /// `TrainConfig::exempt_from_decay`): RepLoRA's seeds.
+    fn decay_exempt(_state: &Self::State) -> Vec<ParamId> {
+        vec![]
     }
     /// Fields of the trainer's metrics line from one step's gradients.
     fn diagnostics(_state: &Self::State, _settings: &Self::Settings, _grads: &GradientsParams, _out: &mut Map<String, Value>) {}
@@ -284,6 +290,9 @@ macro_rules! registry {
                     #[allow(unreachable_patterns)]
                     _ => unreachable!("an adapter's state is built from its config"),
                 }
+            }
+            pub(crate) fn decay_exempt(&self) -> Vec<ParamId> {
+                match self { $(MethodState::$variant(state) => <$method>::decay_exempt(state)),* }
             }
             pub(crate) fn diagnostics(&self, config: &MethodConfig, grads: &GradientsParams, out: &mut Map<String, Value>) {
                 match (self, config) {

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{AdapterMethod, Pass, SizeSetting};
+use crate::adapters::LrGroup;
 use crate::adapters::config::{Activation, AdapterConfig, LoraInit};
 use crate::adapters::diagnostics::grad_norm;
 use crate::adapters::init::Init;
@@ -15,7 +16,6 @@ use crate::adapters::linear::{AdaptedLinear, Deltas, LinearDelta};
 use crate::adapters::set::NamedParams;
 use crate::adapters::target::Target;
 use crate::error::{Error, Result};
-use crate::training::LrGroup;
 
 crate::choice_enum! {
     /// The shape of RepLoRA's shared seeds (spec section 3).
@@ -351,7 +351,7 @@ impl RepLoraState {
             for (generator, seed) in [(&pair.a, &block.seed_a), (&pair.b, &block.seed_b)] {
                 let pre = generator.pre_activations(seed_rows(seed.val(), opts.seed_kind)).detach();
                 units += pre.dims().iter().product::<usize>();
-                saturated += crate::training::trainer::scalar(pre.abs().greater_elem(SATURATED_PRE_ACTIVATION).float().sum());
+                saturated += crate::weights::tensors::scalar(pre.abs().greater_elem(SATURATED_PRE_ACTIVATION).float().sum());
             }
         }
         Some(saturated / units as f64)
@@ -506,6 +506,11 @@ impl AdapterMethod for RepLora {
     fn lr_group(state: &RepLoraState, opts: &RepLoraConfig) -> Option<LrGroup> {
         let multiplier = opts.generator_lr_multiplier;
         (multiplier != 1.0 && !state.generators.is_empty()).then(|| state.generator_params(multiplier))
+    }
+
+    /// The seeds: the shared input of every generator, so decay would shrink all updates at once.
+    fn decay_exempt(state: &RepLoraState) -> Vec<burn::module::ParamId> {
+        state.blocks.iter().flat_map(|b| [b.seed_a.id, b.seed_b.id]).collect()
     }
 
     /// `generator_grad_norm`, `seed_grad_norm` and, with tanh generators, `tanh_saturated` (the

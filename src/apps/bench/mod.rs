@@ -168,7 +168,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchResult> {
 /// step since `started`, timed step durations) and the trained model.
 fn timed_steps<M: Module>(args: &BenchArgs, mut model: M, loss: &dyn Fn(&M) -> Tensor<1>, started: Instant) -> (M, f64, Vec<f64>) {
     let cfg = TrainConfig { lr: 1e-4, weight_decay: 0.01, grad_clip: Some(1.0), ..TrainConfig::default() };
-    let mut optim = optimizer(&cfg);
+    let mut optim = optimizer(&cfg, vec![]);
     let (mut first_step, mut times) = (None, vec![]);
     for step in 0..args.warmup + args.steps {
         let t0 = Instant::now();

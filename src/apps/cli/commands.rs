@@ -68,7 +68,7 @@ pub fn run(command: Command) -> Result<()> {
         Command::Info { model, rank, targets } => info(&model, rank, targets),
         Command::Generate { model, run, prompt, chat, max_new_tokens, temperature, top_p, seed } => {
             let sampling = crate::generate::Sampling { max_new_tokens, temperature, top_p, seed, stop: vec![] };
-            crate::generate::generate_cli(model.as_deref().unwrap_or("smollm2"), run.as_deref(), &prompt, chat, sampling)
+            super::generate::generate_cli(model.as_deref().unwrap_or("smollm2"), run.as_deref(), &prompt, chat, sampling)
         }
         Command::Bench(args) => {
             let line = if args.decode {
@@ -164,18 +164,16 @@ fn compare_cli<T: SpecFromArgs>(
         false => ["lora", "replora"].map(String::from).to_vec(),
     });
     check_method_list(&methods, multi_seed)?;
-    let listed: Vec<&str> = methods.iter().map(String::as_str).collect();
     // A method's own settings act on its runs only (and are refused if no method takes them).
     // The base model's spec takes the flags of a LoRA run (it trains nothing).
-    let args_for = |arm: &Arm| RunArgs {
-        method: args.method.for_method_of(
-            match arm {
-                Arm::Base => "lora",
-                Arm::Method(m) => m,
-            },
-            &listed,
-        ),
-        ..args.clone()
+    let args_for = |arm: &Arm| {
+        let method = match arm {
+            Arm::Base => "lora",
+            Arm::Method(m) => m,
+        };
+        let mut a = args.clone();
+        (a.method.method, a.method.trained_with) = (Some(method.to_string()), methods.clone());
+        a
     };
     let arms: Vec<Arm> = methods.iter().map(|m| Arm::parse(m)).collect();
     let base = T::spec_from(&args_for(arms.first().unwrap_or(&Arm::Method("lora".into()))))?;

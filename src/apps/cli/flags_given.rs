@@ -85,6 +85,7 @@ impl TrainArgs {
             (self.lr.is_some(), "--lr"),
             (self.weight_decay.is_some(), "--weight-decay"),
             (self.adam_beta2.is_some(), "--adam-beta2"),
+            (self.exempt_from_decay.is_some(), "--exempt-from-decay"),
             (self.warmup_ratio.is_some(), "--warmup-ratio"),
             (self.decay.is_some(), "--decay"),
             (self.grad_clip.is_some(), "--grad-clip"),
@@ -139,59 +140,19 @@ impl MethodArgs {
         method.into_iter().chain(self.settings_given().into_iter().map(|(flag, _)| flag)).collect()
     }
 
-    /// Refuses the settings the chosen method does not take, naming the methods that do.
+    /// Refuses the settings that neither the chosen method nor one trained beside it
+    /// ([`MethodArgs::trained_with`]) takes, naming the methods that do.
     pub(super) fn refuse_settings_of_other_methods(&self) -> Result<()> {
         let method = self.name();
+        let taken = |methods: &[&str]| methods.contains(&method) || self.trained_with.iter().any(|m| methods.contains(&m.as_str()));
         let foreign: Vec<String> = self
             .settings_given()
             .into_iter()
-            .filter(|(_, methods)| !methods.contains(&method))
+            .filter(|(_, methods)| !taken(methods))
             .map(|(flag, methods)| format!("{flag} (a setting of --method {})", methods.join("/")))
             .collect();
         let foreign: Vec<&str> = foreign.iter().map(String::as_str).collect();
         refuse(&foreign, &format!("--method {method}"), "")
-    }
-
-    /// These flags for a run of `method` within a list of methods (`compare`, `sweep`): the
-    /// settings of the list's other methods are left out. A setting that no method of the list
-    /// takes is refused by the run of the first.
-    pub fn for_method_of(&self, method: &str, all: &[&str]) -> MethodArgs {
-        let mut args = MethodArgs { method: Some(method.to_string()), ..self.clone() };
-        for (flag, methods) in self.settings_given() {
-            let taken_by_the_list = all.iter().any(|m| methods.contains(m));
-            if !methods.contains(&method) && taken_by_the_list {
-                args.clear(flag);
-            }
-        }
-        args
-    }
-
-    fn clear(&mut self, flag: &str) {
-        match flag {
-            "--rank" => self.rank = None,
-            "--alpha" => self.alpha = None,
-            "--rslora" => self.rslora = false,
-            "--init" => self.init = None,
-            "--dropout" => self.dropout = None,
-            "--targets" => self.targets = None,
-            "--targets-regex" => self.targets_regex = None,
-            "--layers" => self.layers = None,
-            "--seed-kind" => self.seed_kind = None,
-            "--seed-init" => self.seed_init = None,
-            "--no-generator-bias" => self.no_generator_bias = false,
-            "--hidden" => self.hidden = None,
-            "--activation" => self.activation = None,
-            "--shared-generators" => self.shared_generators = false,
-            "--output-scale" => self.output_scale = None,
-            "--learn-output-scale" => self.learn_output_scale = false,
-            "--generator-lr-multiplier" => self.generator_lr_multiplier = None,
-            "--bottleneck" => self.bottleneck = None,
-            "--bottleneck-activation" => self.bottleneck_activation = None,
-            "--prefix-length" => self.prefix_length = None,
-            "--prefix-hidden" => self.prefix_hidden = None,
-            "--prefix-direct" => self.prefix_direct = false,
-            other => unreachable!("{other} is no method setting"),
-        }
     }
 }
 

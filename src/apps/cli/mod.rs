@@ -3,6 +3,7 @@
 mod commands;
 mod config_file;
 mod flags_given;
+mod generate;
 mod progress_bars;
 mod spec_args;
 

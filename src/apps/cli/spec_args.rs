@@ -190,6 +190,10 @@ pub struct MethodArgs {
     /// [default: replora]
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(method_names()), help_heading = "Method")]
     pub method: Option<String>,
+    /// The methods trained beside this run's (`compare --methods`, a sweep's grid): their
+    /// settings are given for their own runs, so this run ignores them rather than refusing.
+    #[arg(skip)]
+    pub trained_with: Vec<String>,
     /// LoRA rank r (lora, dora, replora) [default: 8]
     #[arg(long, value_parser = count, help_heading = "Method")]
     pub rank: Option<usize>,
@@ -288,6 +292,10 @@ pub struct TrainArgs {
     /// collapse warning) [default: 0.999]
     #[arg(long, value_parser = number(Range::Probability), allow_negative_numbers = true, help_heading = "Training")]
     pub adam_beta2: Option<f64>,
+    /// Whether biases, norms, scales and RepLoRA's seeds are kept out of weight decay, as
+    /// transformers' Trainer keeps biases and norms [default: false]
+    #[arg(long, value_name = "BOOL", help_heading = "Training")]
+    pub exempt_from_decay: Option<bool>,
     /// Fraction of the steps spent on linear warm-up [default: 0.1; multiple-choice: 0.05]
     #[arg(long, value_parser = number(Range::Probability), allow_negative_numbers = true, help_heading = "Training")]
     pub warmup_ratio: Option<f64>,
@@ -337,8 +345,9 @@ impl MethodArgs {
     }
 
     /// The tuning: full, a probe, or an adapter with its config (`default_targets` applies
-    /// without --targets). A setting of another method is refused by name (see
-    /// [`MethodArgs::settings_given`]).
+    /// without --targets). Each method reads only the settings it takes (its own, and the
+    /// shared ones its `TAKES` names); a setting no method of the run takes is refused by name
+    /// (see [`MethodArgs::settings_given`]).
     pub fn to_tuning<A: Architecture>(&self, seed: u64) -> Result<Tuning> {
         self.refuse_settings_of_other_methods()?;
         let method = match self.name() {
@@ -353,7 +362,12 @@ impl MethodArgs {
             m if method_names().contains(&m) => m.parse::<Method>()?,
             m => return Err(Error::Config(format!("unknown method {m:?}: the methods are {}", method_names().join(", ")))),
         };
-        let target_modules = match (&self.targets_regex, &self.targets) {
+        let takes = method.takes();
+        let (targets, targets_regex) = match takes.targets {
+            true => (&self.targets, &self.targets_regex),
+            false => (&None, &None),
+        };
+        let target_modules = match (targets_regex, targets) {
             (Some(_), Some(_)) => return Err(Error::Config("--targets and --targets-regex exclude each other: give one of them".into())),
             (Some(re), None) => TargetModules::Regex(re.clone()),
             (None, Some(names)) => TargetModules::Names(names.clone()),
@@ -384,15 +398,16 @@ impl MethodArgs {
             };
         }
         let d = AdapterConfig::default();
+        let (low_rank, dropout) = (takes.low_rank, takes.dropout);
         let adapter = AdapterConfig {
             method: settings,
-            r: self.rank.unwrap_or(d.r),
-            lora_alpha: self.alpha.unwrap_or(d.lora_alpha),
-            lora_dropout: self.dropout.unwrap_or(d.lora_dropout),
-            use_rslora: self.rslora,
-            init_lora_weights: self.init.unwrap_or(d.init_lora_weights),
+            r: self.rank.filter(|_| low_rank).unwrap_or(d.r),
+            lora_alpha: self.alpha.filter(|_| low_rank).unwrap_or(d.lora_alpha),
+            lora_dropout: self.dropout.filter(|_| dropout).unwrap_or(d.lora_dropout),
+            use_rslora: self.rslora && low_rank,
+            init_lora_weights: self.init.filter(|_| low_rank).unwrap_or(d.init_lora_weights),
             target_modules,
-            layers_to_transform: self.layers.clone(),
+            layers_to_transform: self.layers.clone().filter(|_| takes.targets),
             seed,
             ..d
         };
@@ -409,6 +424,7 @@ impl TrainArgs {
             lr: self.lr.unwrap_or(base.lr),
             weight_decay: self.weight_decay.unwrap_or(base.weight_decay),
             adam_beta2: self.adam_beta2.unwrap_or(base.adam_beta2),
+            exempt_from_decay: self.exempt_from_decay.unwrap_or(base.exempt_from_decay),
             warmup_ratio: self.warmup_ratio.unwrap_or(base.warmup_ratio),
             decay: self.decay.unwrap_or(base.decay),
             grad_clip: self.grad_clip.map_or(base.grad_clip, |c| (c > 0.0).then_some(c as f32)),

@@ -200,13 +200,20 @@ fn flags_that_would_not_act_are_refused_by_name() {
 /// that no listed method takes is still refused.
 #[test]
 fn a_method_list_gives_each_method_its_own_settings() {
-    let args = train_args(&["replora", "train", "--hidden", "4", "--rank", "2"]);
-    let lora = args.method.for_method_of("lora", &["lora", "replora"]);
-    assert_eq!((lora.hidden, lora.rank, lora.name()), (None, Some(2), "lora"));
-    let replora = args.method.for_method_of("replora", &["lora", "replora"]);
-    assert_eq!((replora.hidden, replora.rank), (Some(4), Some(2)));
-    let only_lora = RunArgs { method: args.method.for_method_of("lora", &["lora", "dora"]), ..args.clone() };
-    assert!(only_lora.to_classification().unwrap_err().to_string().contains("--hidden"));
+    let args = train_args(&["replora", "train", "--hidden", "4", "--rank", "2", "--bottleneck", "16"]);
+    let run_of = |method: &str, list: &[&str]| {
+        let mut a = args.clone();
+        (a.method.method, a.method.trained_with) = (Some(method.into()), list.iter().map(|m| m.to_string()).collect());
+        a.to_classification()
+    };
+    let alone = |flags: &[&str]| train_args(&[&["replora", "train"], flags].concat()).to_classification().unwrap();
+    let list = ["lora", "replora", "adapter"];
+    // Each run's spec is the one its own flags give alone: the others' settings leave no trace.
+    assert_eq!(run_of("lora", &list).unwrap(), alone(&["--method", "lora", "--rank", "2"]));
+    assert_eq!(run_of("replora", &list).unwrap(), alone(&["--method", "replora", "--rank", "2", "--hidden", "4"]));
+    assert_eq!(run_of("adapter", &list).unwrap(), alone(&["--method", "adapter", "--bottleneck", "16"]));
+    let e = run_of("lora", &["lora", "dora", "adapter"]).unwrap_err().to_string();
+    assert!(e.contains("--hidden") && e.contains("replora"), "{e}");
     let e = crate::apps::cli::check_method_list(&["lora".into(), "bogus".into()], false).unwrap_err().to_string();
     assert!(e.contains("\"bogus\"") && method_names().iter().all(|m| e.contains(m)), "{e}");
     let e = train_args(&["replora", "train"]);

@@ -218,10 +218,13 @@ impl Cell {
     pub fn args(&self) -> Result<RunArgs> {
         let mut argv = vec!["replora".to_string(), "train".to_string()];
         for (k, v) in &self.flags {
-            match v.as_str() {
-                "true" => argv.push(format!("--{}", k.replace('_', "-"))),
-                "false" => {}
-                _ => argv.extend([format!("--{}", k.replace('_', "-")), v.clone()]),
+            let flag = k.replace('_', "-");
+            // A switch (`--rslora`) is given for true and left out for false; a flag that takes
+            // a boolean (`--exempt-from-decay BOOL`) gets the value.
+            match (v.as_str(), is_switch(&flag)) {
+                ("true", true) => argv.push(format!("--{flag}")),
+                ("false", true) => {}
+                _ => argv.extend([format!("--{flag}"), v.clone()]),
             }
         }
         let cli = Cli::try_parse_from(&argv)
@@ -279,7 +282,7 @@ pub fn sweep(grid_file: &Path, out: &Path, store: &Path, report_only: bool) -> R
     output::check("--cells", store, Output::Dir)?;
     let grid = Grid::read(grid_file)?;
     let (cells, parsed) = resolve_cells(&grid, store)?;
-    let done = |c: &Cell| run::layout::is_finished(&c.dir);
+    let done = |c: &Cell| crate::layout::is_finished(&c.dir);
     let todo = cells.iter().filter(|c| !done(c)).count();
     match report_only {
         true => eprintln!("sweep: {} cells, {} finished, {todo} unrun (--report-only runs none)", cells.len(), cells.len() - todo),
@@ -297,7 +300,7 @@ pub fn sweep(grid_file: &Path, out: &Path, store: &Path, report_only: bool) -> R
     let mut failures: Vec<Failure> = vec![];
     for (cell, args) in cells.iter().zip(&parsed) {
         let summary: RunSummary = if done(cell) {
-            read_json(&cell.dir.join(run::layout::SUMMARY_FILE))?
+            read_json(&cell.dir.join(crate::layout::SUMMARY_FILE))?
         } else if report_only {
             continue;
         } else {
@@ -430,7 +433,7 @@ fn resolve_cells(grid: &Grid, store: &Path) -> Result<(Vec<Cell>, Vec<RunArgs>)>
 /// within a grid of `methods`.
 fn cell_dir(cell: &Cell, methods: &[&str], store: &Path) -> Result<(PathBuf, RunArgs)> {
     let mut args = cell.args()?;
-    args.method = args.method.for_method_of(args.method.name(), methods);
+    args.method.trained_with = methods.iter().map(|m| m.to_string()).collect();
     let spec = with_task!(args.task(), T => T::spec_from(&args).and_then(|s| {
         crate::tasks::TaskSpec::validate(&s)?;
         Ok(format!("{}:{}", <T as crate::tasks::Task>::KIND, spec_key(key_value::<T>(&s))))
@@ -438,6 +441,14 @@ fn cell_dir(cell: &Cell, methods: &[&str], store: &Path) -> Result<(PathBuf, Run
     .map_err(|e| Error::Config(format!("sweep cell {}: {e}", cell.describe())))?;
     let method = cell.flags.get("method").map_or("replora", String::as_str);
     Ok((store.join(format!("{method}-{:016x}", fnv(&spec))), args))
+}
+
+/// Whether `train`'s `--flag` is a switch (takes no value).
+fn is_switch(flag: &str) -> bool {
+    use clap::CommandFactory;
+    let cli = Cli::command();
+    let train = cli.find_subcommand("train").expect("train is a command");
+    train.get_arguments().any(|a| a.get_long() == Some(flag) && matches!(a.get_action(), clap::ArgAction::SetTrue))
 }
 
 #[cfg(test)]
@@ -449,6 +460,17 @@ mod tests {
         let path = dir.path().join("g.toml");
         std::fs::write(&path, text).unwrap();
         Grid::read(&path).unwrap()
+    }
+
+    /// Switches are given or left out; a flag taking a boolean gets `true` / `false` as its value.
+    #[test]
+    fn booleans_reach_switches_and_boolean_flags_alike() {
+        let cells = grid("[grid]\nexempt_from_decay = [true, false]\nrslora = [true, false]\n").cells();
+        let parsed: Vec<(Option<bool>, bool)> =
+            cells.iter().map(|c| c.args().map(|a| (a.train.exempt_from_decay, a.method.rslora)).unwrap()).collect();
+        for expected in [(Some(true), true), (Some(true), false), (Some(false), true), (Some(false), false)] {
+            assert!(parsed.contains(&expected), "{expected:?} not in {parsed:?}");
+        }
     }
 
     #[test]
@@ -576,7 +598,7 @@ mod tests {
             let methods = methods(s);
             let methods: Vec<&str> = methods.iter().map(String::as_str).collect();
             let mut args = cell.args().unwrap();
-            args.method = args.method.for_method_of(args.method.name(), &methods);
+            args.method.trained_with = methods.iter().map(|m| m.to_string()).collect();
             with_task!(args.task(), T => {
                 let old: <T as crate::tasks::Task>::Spec = serde_json::from_value(s["spec"].clone()).unwrap_or_else(|e| panic!("{:?}: {e}", cell.flags));
                 assert_eq!(old, T::spec_from(&args).unwrap(), "{:?}", cell.flags);

@@ -1,6 +1,6 @@
 //! The layout of a run directory, in one place: every file and folder a run writes. `train
 //! --overwrite` deletes exactly these, and no command writes into them but the run's own
-//! training (see [`super::output`]). docs/run-directory.md describes them for users.
+//! training (see [`crate::run::output`]). docs/run-directory.md describes them for users.
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -24,7 +24,7 @@ pub const BEST_DIR: &str = "best";
 pub const ENCODER_DIR: &str = "encoder";
 pub const MODEL_DIR: &str = "model";
 pub const BACKBONE_DIR: &str = "backbone";
-/// Held (`flock`) by the process that writes the run, with its PID inside (see [`super::lock`]).
+/// Held (`flock`) by the process that writes the run, with its PID inside (see [`crate::run::lock`]).
 /// Never deleted by `--overwrite`: a lock file replaced under a waiting process would let two
 /// processes hold "the" lock.
 pub const LOCK_FILE: &str = "run.lock";
@@ -69,17 +69,6 @@ pub fn is_finished(dir: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tasks::{Task, TaskKind};
-
-    /// `--overwrite` deletes only listed names: a task whose full fine-tuning writes an unlisted
-    /// folder (image classification's `backbone/` once) would leave it behind.
-    #[test]
-    fn every_tasks_full_model_folder_is_listed() {
-        for kind in <TaskKind as crate::choice::Choice>::ALL {
-            let dir = crate::with_task!(kind, T => <T as Task>::FULL_MODEL_DIR);
-            assert!(ARTEFACTS.contains(&dir), "{kind}: {dir}");
-        }
-    }
 
     #[test]
     fn artefacts_and_their_twins_are_a_runs_and_nothing_else_is() {
