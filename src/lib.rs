@@ -15,7 +15,10 @@
 //! - [`generate`]: text generation; [`interop`]: raw outputs for checks against other tools.
 //! - [`kernels`]: fused CPU kernels (GELU, SiLU, softmax) with their own backward passes.
 //! - [`validate`]: setting ranges.
-//! - [`apps`]: the command line, the benchmark harness and the theory simulation.
+//! - [`choice`]: closed sets of named values (`--pooling cls`); [`progress`]: progress bars a
+//!   front end draws.
+//! - [`apps`]: the command line, the benchmark harness and the theory simulation (feature `cli`,
+//!   on by default; `default-features = false` leaves them and clap, indicatif and plotters out).
 
 pub mod adapters;
 #[cfg(feature = "cli")]

@@ -8,6 +8,7 @@ use std::path::Path;
 /// Bottom to top.
 const LAYERS: &[&[&str]] = &[
     &["error"],
+    &["choice", "progress"],
     &["files", "memory", "validate", "kernels", "assets"],
     &["layout", "weights", "data"],
     &["adapters"],

@@ -1,6 +1,7 @@
 //! Shared by the tests on real models: where the weights are, the Python interpreter, batches.
 #![allow(dead_code)]
 
+#[cfg(feature = "cli")]
 pub mod cli;
 
 use std::collections::BTreeMap;
@@ -318,6 +319,7 @@ pub fn tiny_dinov2(dir: &Path) {
 }
 
 /// The `replora` binary run with `args`, to its end.
+#[cfg(feature = "cli")]
 pub fn replora(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_replora")).args(args).output().expect("the replora binary runs")
 }
