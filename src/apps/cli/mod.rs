@@ -231,6 +231,7 @@ pub fn expand_aliases(mut args: Vec<String>) -> Vec<String> {
 
 /// Parses the process arguments and runs the command.
 pub fn main() -> crate::Result<()> {
+    // The library only reports progress; the command line draws it.
     crate::progress::install(progress_bars::Indicatif);
     let args = expand_config_file(expand_aliases(std::env::args().collect()))?;
     let cli = Cli::parse_from(args);
