@@ -92,3 +92,17 @@ fn at_beta2_0_95_the_optimizer_neither_jumps_at_a_gradient_spike_nor_freezes_aft
     let [old_before, old_during, old_after] = around_the_spike(&default);
     assert!(old_during > 1.5 && old_after < 0.3 * old_before, "beta_2 0.999 did not jump and freeze: {old_during:.2}, {old_after:.3}");
 }
+
+/// `--update-clip true` keeps beta_2 0.999 and caps the jump instead: each tensor's step is cut
+/// to RMS 1, so the spike moves no coordinate further than the learning rate on average. It does
+/// not shorten the memory, so the steps after the spike stay small, as at plain 0.999: whether
+/// avoiding the jump is enough to avoid the collapse is measured end to end (docs/study/collapse.md).
+#[test]
+fn update_clipping_caps_the_jump_at_the_learning_rate() {
+    let clipped = TrainConfig { update_clip: true, ..TrainConfig::default() };
+    let [before, during, after] = around_the_spike(&clipped);
+    assert!(during <= 1.0 + 1e-3, "a step of {during:.3} x lr along the spike");
+    assert!(after < 0.3 * before, "the memory of the spike is beta_2's: {after:.3} vs {before:.3}");
+    let [plain_before, ..] = around_the_spike(&TrainConfig::default());
+    assert!((before - plain_before).abs() < 0.02 * plain_before, "clipping changed the steady steps: {before:.3} vs {plain_before:.3}");
+}

@@ -69,21 +69,31 @@ def interval(diffs):
     return f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}] (n = {n})"
 
 
+def learned(runs, data, frac, seed):
+    """Whether any run of the (task, fraction, seed) beat the majority predictor by > 0.05
+    macro-F1: where none did, every setting ties at the majority and the cell says nothing."""
+    maj = majority_f1(data)
+    return any(s["test"]["macro_f1"] > maj + 0.05 for (d, f, sd, _), m in runs.items() if (d, f, sd) == (data, frac, seed) for s in m.values())
+
+
 def paired(runs):
-    """Accuracy points at each beta_2 minus at 0.999, per method, over cells where both ran."""
-    print("\n| method | beta_2 | validation accuracy, paired difference vs 0.999 | test accuracy, paired difference |")
-    print("|---|---|---|---|")
+    """Accuracy points at each beta_2 minus at 0.999, per method, over cells where both ran:
+    all of them, and those where something was learned."""
+    print("\n| method | beta_2 | cells | validation accuracy, paired difference vs 0.999 | test accuracy, paired difference |")
+    print("|---|---|---|---|---|")
     for method in ["lora", "replora"]:
-        for beta2 in sorted({k[3] for k in runs} - {0.999}):
+        for beta2, which in [(b, w) for b in sorted({k[3] for k in runs} - {0.999}) for w in ("all", "learned")]:
             val, test = [], []
             for (data, frac, seed, b), m in runs.items():
                 old = runs.get((data, frac, seed, 0.999), {})
                 if b != beta2 or method not in m or method not in old:
                     continue
+                if which == "learned" and not learned(runs, data, frac, seed):
+                    continue
                 val.append(100 * (m[method]["training"]["best_validation"]["accuracy"] - old[method]["training"]["best_validation"]["accuracy"]))
                 test.append(100 * (m[method]["test"]["accuracy"] - old[method]["test"]["accuracy"]))
             if val:
-                print(f"| {method} | {beta2} | {interval(val)} | {interval(test)} |")
+                print(f"| {method} | {beta2} | {which} | {interval(val)} | {interval(test)} |")
 
 
 if __name__ == "__main__":

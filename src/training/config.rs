@@ -33,6 +33,10 @@ pub struct TrainConfig {
     /// every parameter, keep their identity and their behaviour.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub exempt_from_decay: bool,
+    /// Scale each tensor's AdamW step down to RMS 1 where it is larger (update clipping, see
+    /// [`super::update_clip`]). Written only when on, like `exempt_from_decay`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub update_clip: bool,
     /// Fraction of the optimizer steps spent warming up.
     pub warmup_ratio: f64,
     pub decay: Decay,
@@ -66,6 +70,7 @@ impl Default for TrainConfig {
             weight_decay: 0.01,
             adam_beta2: LEGACY_ADAM_BETA2,
             exempt_from_decay: false,
+            update_clip: false,
             warmup_ratio: 0.1,
             decay: Decay::Linear,
             grad_clip: Some(1.0),

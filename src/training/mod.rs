@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod schedule;
 pub mod state;
 pub mod trainer;
+pub mod update_clip;
 
 pub use config::{BestMetric, TrainConfig};
 pub use metrics::EvalMetrics;

@@ -5,11 +5,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use super::update_clip::ClippedAdamW;
 use crate::adapters::LrGroup;
 use crate::weights::tensors::scalar;
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::{ModuleVisitor, Param, ParamGroup, ParamId};
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer, Optimizer};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -123,24 +124,29 @@ pub fn vector_params<M: Module>(module: &M) -> Vec<ParamId> {
     vectors.0
 }
 
-/// AdamW with the config's weight decay and gradient clipping; the `exempt` parameters get no
-/// decay when the config says so (a second group, clipped alike).
+/// AdamW (with update clipping if the config says so) with the config's weight decay and
+/// gradient clipping; the `exempt` parameters get no decay when the config says so (a second
+/// group, clipped alike).
 pub fn optimizer(cfg: &TrainConfig, exempt: Vec<ParamId>) -> ModuleOptimizer {
-    let adamw = |decay: f64| {
-        AdamWConfig::new()
-            .with_weight_decay(decay as f32)
-            .with_beta_2(cfg.adam_beta2 as f32)
-            .with_grad_clipping(cfg.grad_clip.map(GradientClippingConfig::Norm))
-    };
-    let optim = adamw(cfg.weight_decay).init();
-    match cfg.exempt_from_decay && cfg.weight_decay > 0.0 && !exempt.is_empty() {
-        true => optim.with_group(
-            ParamGroup::from_ids(exempt),
-            adamw(0.0).build(),
-            cfg.grad_clip.map(|c| GradientClippingConfig::Norm(c).init()),
-        ),
-        false => optim,
+    let beta_2 = cfg.adam_beta2 as f32;
+    match cfg.update_clip {
+        // burn's AdamW defaults for the rest: beta_1 0.9, epsilon 1e-5.
+        true => with_groups(cfg, exempt, |decay| ClippedAdamW { beta_1: 0.9, beta_2, epsilon: 1e-5, weight_decay: decay }),
+        false => with_groups(cfg, exempt, |decay| AdamWConfig::new().with_weight_decay(decay).with_beta_2(beta_2).build()),
     }
+}
+
+/// `make(decay)` for every parameter, and `make(0)` for the exempt ones.
+fn with_groups<O: Optimizer>(cfg: &TrainConfig, exempt: Vec<ParamId>, make: impl Fn(f32) -> O) -> ModuleOptimizer {
+    let clipping = || cfg.grad_clip.map(|c| GradientClippingConfig::Norm(c).init());
+    let mut optim = ModuleOptimizer::from(make(cfg.weight_decay as f32));
+    if let Some(clip) = clipping() {
+        optim = optim.with_grad_clipping(clip);
+    }
+    if cfg.exempt_from_decay && cfg.weight_decay > 0.0 && !exempt.is_empty() {
+        optim = optim.with_group(ParamGroup::from_ids(exempt), make(0.0), clipping());
+    }
+    optim
 }
 
 fn log_line(path: &Path, value: serde_json::Value) -> Result<()> {

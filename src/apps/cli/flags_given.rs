@@ -86,6 +86,7 @@ impl TrainArgs {
             (self.weight_decay.is_some(), "--weight-decay"),
             (self.adam_beta2.is_some(), "--adam-beta2"),
             (self.exempt_from_decay.is_some(), "--exempt-from-decay"),
+            (self.update_clip.is_some(), "--update-clip"),
             (self.warmup_ratio.is_some(), "--warmup-ratio"),
             (self.decay.is_some(), "--decay"),
             (self.grad_clip.is_some(), "--grad-clip"),

@@ -296,6 +296,11 @@ pub struct TrainArgs {
     /// transformers' Trainer keeps biases and norms [default: false]
     #[arg(long, value_name = "BOOL", help_heading = "Training")]
     pub exempt_from_decay: Option<bool>,
+    /// Whether each tensor's AdamW step is scaled down to RMS 1 where it is larger (update
+    /// clipping, as StableAdamW and Adafactor): it caps the oversized step a gradient spike
+    /// causes at beta_2 0.999 (issue 27) [default: false]
+    #[arg(long, value_name = "BOOL", help_heading = "Training")]
+    pub update_clip: Option<bool>,
     /// Fraction of the steps spent on linear warm-up [default: 0.1; multiple-choice: 0.05]
     #[arg(long, value_parser = number(Range::Probability), allow_negative_numbers = true, help_heading = "Training")]
     pub warmup_ratio: Option<f64>,
@@ -425,6 +430,7 @@ impl TrainArgs {
             weight_decay: self.weight_decay.unwrap_or(base.weight_decay),
             adam_beta2: self.adam_beta2.unwrap_or(base.adam_beta2),
             exempt_from_decay: self.exempt_from_decay.unwrap_or(base.exempt_from_decay),
+            update_clip: self.update_clip.unwrap_or(base.update_clip),
             warmup_ratio: self.warmup_ratio.unwrap_or(base.warmup_ratio),
             decay: self.decay.unwrap_or(base.decay),
             grad_clip: self.grad_clip.map_or(base.grad_clip, |c| (c > 0.0).then_some(c as f32)),
