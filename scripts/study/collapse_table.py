@@ -1,9 +1,10 @@
-"""Issue 27's screen table from a sweep's cells: per (task, fraction, seed, AdamW beta_2) LoRA's
+"""Issue 27's screen table from a sweep's cells: per (task, fraction, seed, optimizer setting:
+AdamW's beta_2, `+clip` with update clipping) LoRA's
 and RepLoRA's test macro-F1, the majority-class predictor's macro-F1 (class priors of the whole
 task.json, or of the whole JSONL file for a subset), whether RepLoRA collapsed (macro-F1 within
 0.05 of the majority's while LoRA's > 0.6) and what the trainer's collapse guard recorded; then
 the collapse count per beta_2; then, per method, the paired difference in validation and test
-accuracy between each beta_2 and 0.999 over the (task, fraction, seed) cells where both ran
+accuracy between each other setting and plain 0.999 over the (task, fraction, seed) cells where both ran
 (mean and a 95% t-interval), which is what the default is chosen on. Usage: python collapse_table.py runs/sweep/<grid>/grid.json
 """
 import collections
@@ -25,6 +26,12 @@ def majority_f1(data):
     return (2 * p / (1 + p)) / len(labels)
 
 
+def setting(flags):
+    """The optimizer setting a cell runs: its beta_2, with `+clip` for update clipping."""
+    beta2 = str(float(flags.get("adam_beta2", 0.999)))
+    return beta2 + "+clip" if flags.get("update_clip") == "true" else beta2
+
+
 def main(grid_json):
     runs = collections.defaultdict(dict)
     for cell in json.load(open(grid_json)):
@@ -33,24 +40,24 @@ def main(grid_json):
         if not summary.is_file():
             continue
         s = json.load(open(summary))
-        key = (f["data"], float(f.get("train_fraction", 1)), int(f["seed"]), float(f.get("adam_beta2", 0.999)))
+        key = (f["data"], float(f.get("train_fraction", 1)), int(f["seed"]), setting(f))
         runs[key][f["method"]] = s
-    print("| task | fraction | seed | beta_2 | LoRA macro-F1 | RepLoRA macro-F1 | majority macro-F1 | collapsed? | guard (RepLoRA / LoRA) |")
+    print("| task | fraction | seed | optimizer | LoRA macro-F1 | RepLoRA macro-F1 | majority macro-F1 | collapsed? | guard (RepLoRA / LoRA) |")
     print("|---|---|---|---|---|---|---|---|---|")
     count = collections.Counter()
-    for (data, frac, seed, beta2), m in sorted(runs.items()):
+    for (data, frac, seed, opt), m in sorted(runs.items()):
         maj = majority_f1(data)
         task = data.split(":", 1)[1] if data.startswith("bigbench:") else Path(data).stem
         f1 = {k: v["test"]["macro_f1"] for k, v in m.items()}
         guard = {k: (v["training"].get("collapse") or {}).get("step") for k, v in m.items()}
         collapsed = "replora" in f1 and "lora" in f1 and abs(f1["replora"] - maj) <= 0.05 and f1["lora"] > 0.6
-        count[beta2] += collapsed
+        count[opt] += collapsed
         fmt = lambda k: f"{f1[k]:.3f}" if k in f1 else "not run"
         g = lambda k: "-" if k not in guard else (f"step {guard[k]}" if guard[k] else "none")
-        print(f"| {task} | {frac} | {seed} | {beta2} | {fmt('lora')} | {fmt('replora')} | {maj:.3f} | {'**yes**' if collapsed else 'no'} | {g('replora')} / {g('lora')} |")
+        print(f"| {task} | {frac} | {seed} | {opt} | {fmt('lora')} | {fmt('replora')} | {maj:.3f} | {'**yes**' if collapsed else 'no'} | {g('replora')} / {g('lora')} |")
     cells = collections.Counter(k[3] for k, m in runs.items() if "lora" in m and "replora" in m)
-    for beta2 in sorted(cells):
-        print(f"\nbeta_2 {beta2}: {count[beta2]} collapses in {cells[beta2]} (task, fraction, seed) cells with both methods")
+    for opt in sorted(cells):
+        print(f"\n{opt}: {count[opt]} collapses in {cells[opt]} (task, fraction, seed) cells with both methods")
     paired(runs)
 
 
@@ -77,23 +84,23 @@ def learned(runs, data, frac, seed):
 
 
 def paired(runs):
-    """Accuracy points at each beta_2 minus at 0.999, per method, over cells where both ran:
+    """Accuracy points at each setting minus at plain 0.999, per method, over cells where both ran:
     all of them, and those where something was learned."""
-    print("\n| method | beta_2 | cells | validation accuracy, paired difference vs 0.999 | test accuracy, paired difference |")
+    print("\n| method | optimizer | cells | validation accuracy, paired difference vs 0.999 | test accuracy, paired difference |")
     print("|---|---|---|---|---|")
     for method in ["lora", "replora"]:
-        for beta2, which in [(b, w) for b in sorted({k[3] for k in runs} - {0.999}) for w in ("all", "learned")]:
+        for opt, which in [(b, w) for b in sorted({k[3] for k in runs} - {"0.999"}) for w in ("all", "learned")]:
             val, test = [], []
             for (data, frac, seed, b), m in runs.items():
-                old = runs.get((data, frac, seed, 0.999), {})
-                if b != beta2 or method not in m or method not in old:
+                old = runs.get((data, frac, seed, "0.999"), {})
+                if b != opt or method not in m or method not in old:
                     continue
                 if which == "learned" and not learned(runs, data, frac, seed):
                     continue
                 val.append(100 * (m[method]["training"]["best_validation"]["accuracy"] - old[method]["training"]["best_validation"]["accuracy"]))
                 test.append(100 * (m[method]["test"]["accuracy"] - old[method]["test"]["accuracy"]))
             if val:
-                print(f"| {method} | {beta2} | {which} | {interval(val)} | {interval(test)} |")
+                print(f"| {method} | {opt} | {which} | {interval(val)} | {interval(test)} |")
 
 
 if __name__ == "__main__":
