@@ -29,8 +29,8 @@ pub struct TrainConfig {
     #[serde(default = "legacy_adam_beta2", skip_serializing_if = "is_legacy_adam_beta2")]
     pub adam_beta2: f64,
     /// No weight decay on biases, norms, scales and RepLoRA's seeds (transformers' Trainer
-    /// exempts biases and norms). Written only when on, so that older specs, which decayed
-    /// every parameter, keep their identity and their behaviour.
+    /// exempts biases and norms); on by default. A spec without the key is one written before
+    /// it existed, which decayed every parameter, and reads back as off.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub exempt_from_decay: bool,
     /// Scale each tensor's AdamW step down to RMS 1 where it is larger (update clipping, see
@@ -69,7 +69,7 @@ impl Default for TrainConfig {
             lr: 2e-3,
             weight_decay: 0.01,
             adam_beta2: LEGACY_ADAM_BETA2,
-            exempt_from_decay: false,
+            exempt_from_decay: true,
             update_clip: false,
             warmup_ratio: 0.1,
             decay: Decay::Linear,
@@ -139,5 +139,21 @@ mod tests {
         assert_eq!(serde_json::from_value::<TrainConfig>(json).unwrap(), new);
         let bad = TrainConfig { adam_beta2: 1.0, ..TrainConfig::default() };
         assert!(bad.validate().unwrap_err().to_string().contains("--adam-beta2"));
+    }
+
+    /// The decay exemption is the default; a spec from before it (no key) reads back as
+    /// every parameter decayed, the way that run trained, and a run with it off says so.
+    #[test]
+    fn specs_without_the_decay_exemption_key_decay_every_parameter() {
+        let new = TrainConfig::default();
+        assert!(new.exempt_from_decay);
+        let mut json = serde_json::to_value(&new).unwrap();
+        assert_eq!(json["exempt_from_decay"], true);
+        json.as_object_mut().unwrap().remove("exempt_from_decay");
+        assert!(!serde_json::from_value::<TrainConfig>(json).unwrap().exempt_from_decay);
+        let off = TrainConfig { exempt_from_decay: false, ..TrainConfig::default() };
+        let json = serde_json::to_value(&off).unwrap();
+        assert!(json.get("exempt_from_decay").is_none(), "{json}");
+        assert_eq!(serde_json::from_value::<TrainConfig>(json).unwrap(), off);
     }
 }

@@ -293,7 +293,7 @@ pub struct TrainArgs {
     #[arg(long, value_parser = number(Range::Probability), allow_negative_numbers = true, help_heading = "Training")]
     pub adam_beta2: Option<f64>,
     /// Whether biases, norms, scales and RepLoRA's seeds are kept out of weight decay, as
-    /// transformers' Trainer keeps biases and norms [default: false]
+    /// transformers' Trainer keeps biases and norms [default: true]
     #[arg(long, value_name = "BOOL", help_heading = "Training")]
     pub exempt_from_decay: Option<bool>,
     /// Whether each tensor's AdamW step is scaled down to RMS 1 where it is larger (update
