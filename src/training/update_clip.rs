@@ -2,7 +2,9 @@
 //! step `m̂ / (√v̂ + ε)` is divided by `max(1, RMS(step))`, so no tensor moves further than the
 //! learning rate per entry on average. AdamW's steps are below that in steady training; they
 //! exceed it when a gradient spike meets a second moment that still remembers small gradients
-//! (`beta_2 = 0.999` remembers ~1,000 steps), the oversized step behind issue 27's collapse.
+//! (`beta_2 = 0.999` remembers ~1,000 steps), the oversized step that starts issue 27's collapse.
+//! Capping it did not avoid that collapse end to end (docs/study/collapse.md): the freeze after
+//! the spike, which a shorter memory (`beta_2`) shortens, is what kept the run at chance.
 //! The state is burn's [`AdamWState`], so checkpoints have AdamW's format.
 
 use burn::optim::{AdamWState, AdaptiveMomentumState, LearningRate, Optimizer};

@@ -298,7 +298,7 @@ pub struct TrainArgs {
     pub exempt_from_decay: Option<bool>,
     /// Whether each tensor's AdamW step is scaled down to RMS 1 where it is larger (update
     /// clipping, as StableAdamW and Adafactor): it caps the oversized step a gradient spike
-    /// causes at beta_2 0.999 (issue 27) [default: false]
+    /// causes at beta_2 0.999, though that alone did not avoid issue 27's collapse [default: false]
     #[arg(long, value_name = "BOOL", help_heading = "Training")]
     pub update_clip: Option<bool>,
     /// Fraction of the steps spent on linear warm-up [default: 0.1; multiple-choice: 0.05]
