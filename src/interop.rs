@@ -29,32 +29,31 @@ pub enum Source<'a> {
 }
 
 /// Per text `i`: `input_ids.{i}` (`[t]`, as f32) and `logits.{i}`: `[labels]` for a classifier
-/// (before the softmax), `[t, vocab]` for a decoder (every position). Metadata `kind` is
-/// `classifier` or `decoder`.
-pub fn write_logits(source: &Source, texts: &[String], out: &Path) -> Result<()> {
+/// (before the softmax), `[t, vocab]` for a decoder (every position), computed on `device`.
+/// Metadata `kind` is `classifier` or `decoder`.
+pub fn write_logits(source: &Source, texts: &[String], out: &Path, device: &Device) -> Result<()> {
     if texts.is_empty() {
         return Err(Error::Config("no text to score: give --text at least once".into()));
     }
-    let device = Device::flex();
     let (kind, rows) = match source {
         Source::Run(run) if crate::run::kind_of(run)? == TaskKind::MultipleChoice => {
-            let (task, model) = crate::run::open::<MultipleChoice>(run, &device, &[Role::Model])?;
-            ("decoder", decoder_logits(&task.decoder, &model.decoder, texts, &device)?)
+            let (task, model) = crate::run::open::<MultipleChoice>(run, device, &[Role::Model])?;
+            ("decoder", decoder_logits(&task.decoder, &model.decoder, texts, device)?)
         }
         Source::Run(run) => {
-            let (task, model) = crate::run::open::<Classification>(run, &device, &[Role::Model])?;
-            ("classifier", classifier_logits(&model, &task.tokenizer, texts, &device)?)
+            let (task, model) = crate::run::open::<Classification>(run, device, &[Role::Model])?;
+            ("classifier", classifier_logits(&model, &task.tokenizer, texts, device)?)
         }
         Source::Peft { adapter, model } if Family::detect(model) == Some(Family::Llama) => {
-            let decoder = Decoder::open(model, &device)?;
+            let decoder = Decoder::open(model, device)?;
             let peft = peft::import(decoder.model.clone(), adapter)?;
-            ("decoder", decoder_logits(&decoder, &peft, texts, &device)?)
+            ("decoder", decoder_logits(&decoder, &peft, texts, device)?)
         }
         Source::Peft { adapter, model } => {
             let dir = crate::models::resolve(model)?;
-            let model = seq_cls_from_peft(&dir, adapter, &device)?;
+            let model = seq_cls_from_peft(&dir, adapter, device)?;
             let tokenizer = Tokenizer::from_model_dir(&dir)?;
-            ("classifier", classifier_logits(&model, &tokenizer, texts, &device)?)
+            ("classifier", classifier_logits(&model, &tokenizer, texts, device)?)
         }
     };
     for (i, (_, logits)) in rows.iter().enumerate() {

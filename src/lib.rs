@@ -14,7 +14,8 @@
 //!   atomic writes and JSON.
 //! - [`generate`]: text generation; [`interop`]: raw outputs for checks against other tools.
 //! - [`kernels`]: fused CPU kernels (GELU, SiLU, softmax) with their own backward passes.
-//! - [`validate`]: setting ranges.
+//! - [`validate`]: setting ranges; [`device`]: which device computes (`--device`, the GPU
+//!   backends' cargo features).
 //! - [`choice`]: closed sets of named values (`--pooling cls`); [`progress`]: progress bars a
 //!   front end draws.
 //! - [`apps`]: the command line, the benchmark harness and the theory simulation (feature `cli`,
@@ -26,6 +27,7 @@ pub mod apps;
 pub mod assets;
 pub mod choice;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod files;
 pub mod formats;

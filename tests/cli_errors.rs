@@ -122,6 +122,39 @@ fn commands_on_runs_say_what_to_run_instead() {
 }
 
 #[test]
+fn a_device_this_build_lacks_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let out = out.to_str().unwrap();
+    assert_fails(
+        &["train", "--device", "gpu", "--out", out],
+        &["'--device <DEVICE>'", "unknown device \"gpu\": expected one of cpu, wgpu, vulkan, cuda, rocm, metal"],
+    );
+    assert_fails(&["eval", "--run", out, "--device", "cuda:x"], &["\"x\" is not a device index"]);
+    // The default build has no GPU backend: every command that computes names the feature.
+    if !cfg!(feature = "rocm") {
+        let rocm = ["--device", "rocm:1"];
+        let commands: [&[&str]; 11] = [
+            &["train", "--out", out],
+            &["compare", "--out", out],
+            &["eval", "--run", out],
+            &["predict", "--run", out, "--text", "a"],
+            &["export", "--run", out, "--out", out],
+            &["merge", "--run", out, "--out", out],
+            &["logits", "--run", out, "--text", "a", "--out", out],
+            &["generate", "hi"],
+            &["bench"],
+            &["sweep", "--grid", out, "--out", out],
+            &["train-lm", "--out", out],
+        ];
+        for args in commands {
+            assert_fails(&[args, &rocm].concat(), &["--device rocm:1", "built without the rocm backend", "--features rocm"]);
+        }
+    }
+    assert!(!dir.path().join("out").exists(), "a refused command wrote its output");
+}
+
+#[test]
 fn a_prompt_longer_than_the_context_window_is_an_error() {
     let f = fixture();
     let model = f.path("llama");
@@ -227,7 +260,7 @@ fn a_resumed_run_logs_each_step_once_and_names_the_flags_it_ignores() {
 fn decoder_runs_go_through_the_same_checks() {
     let f = fixture();
     let task = f.root.join("task.json");
-    support::cli::choice_task(&task, 16);
+    support::choice_task(&task, 16);
     let out = f.path("lm-run");
     let owned = support::cli::lm_train_args(f, &task, &out);
     let args: Vec<&str> = owned.iter().map(String::as_str).collect();

@@ -14,7 +14,7 @@ fn lm_run() -> String {
     RUN.get_or_init(|| {
         let f = fixture();
         let task = f.root.join("flags-task.json");
-        support::cli::choice_task(&task, 16);
+        support::choice_task(&task, 16);
         let out = f.path("flags-lm");
         run_ok(&support::cli::lm_train_args(f, &task, &out));
         out

@@ -142,7 +142,10 @@ fn export_of_a_mean_pooled_run_adapts_the_bare_encoder_and_reproduces_the_run() 
             assert!(readme.contains("```python") && readme.contains("max_length=16") && readme.contains(pool_line), "{name}: {readme}");
             // Read as a PEFT classifier it would lack its head: a clear refusal, not a model.
             let source = replora::interop::Source::Peft { adapter: &export, model: base.to_str().unwrap() };
-            let err = replora::interop::write_logits(&source, &["hi".into()], &tmp.path().join("l.safetensors")).unwrap_err().to_string();
+            let err =
+                replora::interop::write_logits(&source, &["hi".into()], &tmp.path().join("l.safetensors"), &burn::prelude::Device::flex())
+                    .unwrap_err()
+                    .to_string();
             assert!(err.contains("FEATURE_EXTRACTION") && err.contains("not SEQ_CLS"), "{name}: {err}");
             let encoder = peft::import(Bert::load(&base, "", &device).unwrap(), &export).unwrap();
             SequenceClassifier::new(encoder, 3, pooling, 0.0, 0).load_head(&export.join("head.safetensors")).unwrap()

@@ -21,26 +21,6 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// `per_class` noisy 20 x 20 PNGs per class, each dominated by its class's colour channel.
-fn image_folder(dir: &Path, classes: &[&str], per_class: usize) {
-    let mut state = 11u64;
-    for (c, class) in classes.iter().enumerate() {
-        std::fs::create_dir_all(dir.join(class)).unwrap();
-        for i in 0..per_class {
-            let image = image::RgbImage::from_fn(20, 20, |_, _| {
-                let mut px = [0u8; 3];
-                for (k, v) in px.iter_mut().enumerate() {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    let noise = (state >> 61) as u8 * 8;
-                    *v = if k == c % 3 { 150 + noise } else { 40 + noise };
-                }
-                image::Rgb(px)
-            });
-            image.save(dir.join(class).join(format!("{i}.png"))).unwrap();
-        }
-    }
-}
-
 fn train_args<'a>(model: &'a str, data: &'a str, out: &'a str, method: &'a str) -> Vec<&'a str> {
     vec![
         "train",
@@ -82,7 +62,7 @@ fn an_image_run_trains_predicts_evaluates_exports_and_merges() {
     let tmp = tempfile::tempdir().unwrap();
     let (model, data, out) = (tmp.path().join("vit"), tmp.path().join("images"), tmp.path().join("run"));
     support::tiny_dinov2(&model);
-    image_folder(&data, &CLASSES, 12);
+    support::image_folder(&data, &CLASSES, 12);
     let (model_s, data_s, out_s) = (model.to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap());
 
     let o = replora(&train_args(model_s, data_s, out_s, "lora"));
@@ -108,7 +88,7 @@ fn an_image_run_trains_predicts_evaluates_exports_and_merges() {
     let o = replora(&["eval", "--run", out_s, "--data", data_s]);
     assert!(o.status.success(), "eval failed: {}", stderr(&o));
     let other = tmp.path().join("other");
-    image_folder(&other, &["red", "purple"], 2);
+    support::image_folder(&other, &["red", "purple"], 2);
     let o = replora(&["eval", "--run", out_s, "--data", other.to_str().unwrap()]);
     assert!(!o.status.success() && stderr(&o).contains("purple"), "an unknown class must be named: {}", stderr(&o));
 
@@ -133,7 +113,7 @@ fn a_linear_probe_trains_only_its_head_and_has_nothing_to_export() {
     let tmp = tempfile::tempdir().unwrap();
     let (model, data, out) = (tmp.path().join("vit"), tmp.path().join("images"), tmp.path().join("run"));
     support::tiny_dinov2(&model);
-    image_folder(&data, &CLASSES, 12);
+    support::image_folder(&data, &CLASSES, 12);
     let o = replora(&train_args(model.to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap(), "probe"));
     assert!(o.status.success(), "train failed: {}", stderr(&o));
     let s = summary(&out);
@@ -150,7 +130,7 @@ fn bad_image_input_names_the_problem() {
     let (model, data) = (tmp.path().join("vit"), tmp.path().join("images"));
     support::tiny_dinov2(&model);
     // 11 a class: the protocol (18 + 6 + 9) draws every image, the truncated one included.
-    image_folder(&data, &CLASSES, 11);
+    support::image_folder(&data, &CLASSES, 11);
     let (m, d) = (model.to_str().unwrap(), data.to_str().unwrap());
     let out = tmp.path().join("run");
     let o_s = out.to_str().unwrap();

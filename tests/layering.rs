@@ -9,7 +9,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["error"],
     &["choice", "progress"],
-    &["files", "memory", "validate", "kernels", "assets"],
+    &["files", "memory", "device", "validate", "kernels", "assets"],
     &["layout", "weights", "data"],
     &["adapters"],
     &["models", "formats"],

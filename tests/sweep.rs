@@ -119,7 +119,7 @@ fn compare_runs_the_multiple_choice_task_through_the_same_lifecycle() {
     let model = dir.path().join("llama");
     support::tiny_llama_model(&model);
     let task = dir.path().join("task.json");
-    support::cli::choice_task(&task, 24);
+    support::choice_task(&task, 24);
     let out = dir.path().join("cmp");
     let o = replora(&[
         "compare-lm",

@@ -4,6 +4,10 @@
 //! A run directory holds `run.json` (the spec), `adapter/` (native format) or, for full
 //! fine-tuning, the tuned weights, the task's extra files (a head, labels), `metrics.jsonl`,
 //! `checkpoint/`, `best/`, `run.lock` and, once finished, `summary.json` ([`crate::layout`]).
+//!
+//! Every function that computes takes the burn device from its caller (`--device`,
+//! [`crate::device::DeviceSpec::open`]); nothing written depends on it, so a run trained on one
+//! device is resumed, evaluated or merged on another.
 
 pub mod compare;
 pub mod dir;
@@ -31,10 +35,10 @@ use crate::tasks::{Task, TaskKind, TaskSpec, TestScores, Tuning, check_best_metr
 use crate::training;
 use sources::Role;
 
-/// Trains a run into `out` (or resumes the one there) and writes its artefacts, holding the
-/// directory's lock throughout. Everything (settings, model, data) is checked before the first
-/// file is written.
-pub fn train<T: Task>(spec: &T::Spec, out: &Path, start: Start) -> Result<RunSummary> {
+/// Trains a run on `device` into `out` (or resumes the one there, from a checkpoint written on
+/// any device) and writes its artefacts, holding the directory's lock throughout. Everything
+/// (settings, model, data) is checked before the first file is written.
+pub fn train<T: Task>(spec: &T::Spec, out: &Path, start: Start, device: &Device) -> Result<RunSummary> {
     training::reset_peak_rss();
     output::check("--out", out, output::Output::Run)?;
     let _lock = lock::RunLock::acquire(out)?;
@@ -54,7 +58,7 @@ pub fn train<T: Task>(spec: &T::Spec, out: &Path, start: Start) -> Result<RunSum
         }
         _ => Some(sources::record(&spec)?),
     };
-    let device = Device::flex().autodiff();
+    let device = device.clone().autodiff();
     let task = T::open(spec, &device)?;
     let data = task.data()?;
     let model = task.build(&data)?;
@@ -169,11 +173,10 @@ pub fn open<T: Task>(run: &Path, device: &Device, roles: &[Role]) -> Result<(T, 
 }
 
 /// Re-scores a finished run on its test split, or on `data` (a labelled file or sub-tasks).
-pub fn evaluate<T: Task>(run: &Path, data: Option<&str>) -> Result<RunSummary> {
-    let device = Device::flex();
+pub fn evaluate<T: Task>(run: &Path, data: Option<&str>, device: &Device) -> Result<RunSummary> {
     // Without other data the run re-reads its own, which must be what it trained on.
     let roles: &[Role] = if data.is_some() { &[Role::Model] } else { &[Role::Model, Role::Data] };
-    let (task, model) = open::<T>(run, &device, roles)?;
+    let (task, model) = open::<T>(run, device, roles)?;
     let source = data;
     let data = match source {
         Some(source) => task.test_data(source)?,
@@ -201,11 +204,10 @@ pub fn evaluate<T: Task>(run: &Path, data: Option<&str>) -> Result<RunSummary> {
 }
 
 /// The pre-trained model zero-shot on the spec's test split (tasks that need no trained head).
-pub fn evaluate_base<T: Task>(spec: &T::Spec) -> Result<RunSummary> {
+pub fn evaluate_base<T: Task>(spec: &T::Spec, device: &Device) -> Result<RunSummary> {
     training::reset_peak_rss();
     spec.validate()?;
-    let device = Device::flex();
-    let task = T::open(spec.clone(), &device)?;
+    let task = T::open(spec.clone(), device)?;
     let model = task.zero_shot().ok_or_else(|| {
         Error::Config(format!("a {} model needs a trained head: zero-shot evaluation is for multiple-choice runs", T::KIND))
     })?;
@@ -218,8 +220,8 @@ pub fn evaluate_base<T: Task>(spec: &T::Spec) -> Result<RunSummary> {
 }
 
 /// Writes a finished run's adapter in PEFT's layout into `out`; returns how Python loads it.
-pub fn export<T: Task>(run: &Path, out: &Path) -> Result<String> {
-    let (task, model) = open::<T>(run, &Device::flex(), &[Role::Model])?;
+pub fn export<T: Task>(run: &Path, out: &Path, device: &Device) -> Result<String> {
+    let (task, model) = open::<T>(run, device, &[Role::Model])?;
     match task.spec().tuning() {
         Tuning::Full => return Err(Error::State("a full fine-tuning run has no adapter to export; use `replora merge`".into())),
         Tuning::Probe => {
@@ -231,13 +233,13 @@ pub fn export<T: Task>(run: &Path, out: &Path) -> Result<String> {
 }
 
 /// Writes a finished run's model with its adapter folded in as a plain Hugging Face directory.
-pub fn merge<T: Task>(run: &Path, out: &Path) -> Result<String> {
-    let (task, model) = open::<T>(run, &Device::flex(), &[Role::Model])?;
+pub fn merge<T: Task>(run: &Path, out: &Path, device: &Device) -> Result<String> {
+    let (task, model) = open::<T>(run, device, &[Role::Model])?;
     task.merge(model, out)
 }
 
 /// Answers for raw inputs with a finished run (see [`Task::predict`]).
-pub fn predict<T: Task>(run: &Path, inputs: &[serde_json::Value]) -> Result<Vec<serde_json::Value>> {
-    let (task, model) = open::<T>(run, &Device::flex(), &[Role::Model])?;
+pub fn predict<T: Task>(run: &Path, inputs: &[serde_json::Value], device: &Device) -> Result<Vec<serde_json::Value>> {
+    let (task, model) = open::<T>(run, device, &[Role::Model])?;
     task.predict(&model, inputs).map_err(|e| blame_trained_files(run, e))
 }

@@ -147,11 +147,3 @@ pub fn metric_rows(run: &Path) -> Vec<serde_json::Value> {
         })
         .collect()
 }
-
-/// A BIG-bench task.json of `n` two-option questions over the tiny tokenizers' words.
-pub fn choice_task(path: &Path, n: usize) {
-    let examples: Vec<serde_json::Value> = (0..n)
-        .map(|i| serde_json::json!({"input": format!("w{} w{}", i % 9, i % 7), "target_scores": {format!("w{}", 10 + i % 2): 1, format!("w{}", 12 + i % 3): 0}}))
-        .collect();
-    std::fs::write(path, serde_json::json!({"examples": examples}).to_string()).unwrap();
-}

@@ -341,3 +341,31 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A BIG-bench task.json of `n` two-option questions over the tiny tokenizers' words.
+pub fn choice_task(path: &Path, n: usize) {
+    let examples: Vec<serde_json::Value> = (0..n)
+        .map(|i| serde_json::json!({"input": format!("w{} w{}", i % 9, i % 7), "target_scores": {format!("w{}", 10 + i % 2): 1, format!("w{}", 12 + i % 3): 0}}))
+        .collect();
+    std::fs::write(path, serde_json::json!({"examples": examples}).to_string()).unwrap();
+}
+
+/// `per_class` noisy 20 x 20 PNGs per class, each dominated by its class's colour channel.
+pub fn image_folder(dir: &Path, classes: &[&str], per_class: usize) {
+    let mut state = 11u64;
+    for (c, class) in classes.iter().enumerate() {
+        std::fs::create_dir_all(dir.join(class)).unwrap();
+        for i in 0..per_class {
+            let image = image::RgbImage::from_fn(20, 20, |_, _| {
+                let mut px = [0u8; 3];
+                for (k, v) in px.iter_mut().enumerate() {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let noise = (state >> 61) as u8 * 8;
+                    *v = if k == c % 3 { 150 + noise } else { 40 + noise };
+                }
+                image::Rgb(px)
+            });
+            image.save(dir.join(class).join(format!("{i}.png"))).unwrap();
+        }
+    }
+}

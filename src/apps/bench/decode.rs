@@ -61,7 +61,7 @@ pub fn run(args: &BenchArgs) -> Result<DecodeResult> {
     if args.new_tokens < 2 {
         return Err(Error::Config("--new-tokens must be at least 2 (the first token and one decoded after it)".into()));
     }
-    let device = Device::flex();
+    let device = args.device.open()?;
     let model = crate::models::decoder::Decoder::open(&args.model, &device)?.model;
     let c = model.config.clone();
     if args.seq + args.new_tokens > c.max_position_embeddings {
@@ -94,6 +94,6 @@ pub fn run(args: &BenchArgs) -> Result<DecodeResult> {
         decode_tokens_per_s: median(&decode),
         peak_rss_bytes: peak_rss_bytes(),
         model: serde_json::json!({"name": args.model, "layers": c.num_hidden_layers, "hidden": c.hidden_size, "vocab": c.vocab_size}),
-        versions: super::versions(),
+        versions: super::versions(args),
     })
 }

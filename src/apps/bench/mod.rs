@@ -63,6 +63,8 @@ pub struct BenchArgs {
     /// Tokens generated per prompt with `--decode`.
     #[arg(long, default_value_t = 32)]
     pub new_tokens: usize,
+    #[command(flatten)]
+    pub device: crate::apps::cli::DeviceArg,
 }
 
 /// One side's figures (the keys `bench/peer.py` writes too).
@@ -161,7 +163,8 @@ pub const ANSWER_TOKENS: usize = 32;
 
 /// Runs the job and returns its figures.
 pub fn run(args: &BenchArgs) -> Result<BenchResult> {
-    if Family::detect(&args.model) == Some(Family::Llama) { run_decoder(args) } else { run_encoder(args) }
+    let device = args.device.open()?;
+    if Family::detect(&args.model) == Some(Family::Llama) { run_decoder(args, &device) } else { run_encoder(args, &device) }
 }
 
 /// Trains `steps` optimizer steps of `loss`, timing each; returns (time to the end of the first
@@ -223,7 +226,7 @@ fn result(
         peak_rss_bytes: peak_rss_bytes(),
         matmul_peak_gflops: (!args.no_peak).then(|| matmul_peak(device)),
         model,
-        versions: versions(),
+        versions: versions(args),
     }
 }
 
@@ -235,13 +238,17 @@ fn threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-fn versions() -> serde_json::Value {
-    serde_json::json!({"replora": env!("CARGO_PKG_VERSION"), "burn": "0.22.1", "backend": "flex (CPU)"})
+fn versions(args: &BenchArgs) -> serde_json::Value {
+    let backend = match args.device.device.backend {
+        crate::device::Backend::Cpu => "flex (CPU)".to_string(),
+        _ => args.device.device.to_string(),
+    };
+    serde_json::json!({"replora": env!("CARGO_PKG_VERSION"), "burn": "0.22.1", "backend": backend})
 }
 
-fn run_encoder(args: &BenchArgs) -> Result<BenchResult> {
+fn run_encoder(args: &BenchArgs, device: &Device) -> Result<BenchResult> {
     let started = Instant::now();
-    let device = Device::flex().autodiff();
+    let device = device.clone().autodiff();
     let model = build(args, &device)?;
     let batch = synthetic_batch(args.batch, args.seq, model.encoder.model.config.vocab_size);
     let trainable = model.encoder.param_report().trainable + model.head.num_params();
@@ -263,9 +270,9 @@ fn run_encoder(args: &BenchArgs) -> Result<BenchResult> {
     Ok(result(args, trainable, first, times, (infer_base, infer_merged), description, &inner))
 }
 
-fn run_decoder(args: &BenchArgs) -> Result<BenchResult> {
+fn run_decoder(args: &BenchArgs, device: &Device) -> Result<BenchResult> {
     let started = Instant::now();
-    let device = Device::flex().autodiff();
+    let device = device.clone().autodiff();
     let llama = crate::models::decoder::Decoder::open(&args.model, &device)?.model;
     let c = llama.config.clone();
     let model = CausalLm { decoder: adapt(llama, args)? };

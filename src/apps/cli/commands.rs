@@ -18,57 +18,65 @@ use crate::with_task;
 
 pub fn run(command: Command) -> Result<()> {
     match command {
-        Command::Train { run, out, resume, overwrite } => {
+        Command::Train { run, out, resume, overwrite, device } => {
+            let device = device.open()?;
             let kind = run.task();
             let out = out.unwrap_or_else(|| default_dir(kind, "train"));
             let start = Start::from_flags(resume, overwrite);
-            let summary = with_task!(kind, T => run::train::<T>(&T::spec_from(&run)?, &out, start))?;
+            let summary = with_task!(kind, T => run::train::<T>(&T::spec_from(&run)?, &out, start, &device))?;
             println!("{}", run::table(&[summary]));
             eprintln!("run written to {}", out.display());
             Ok(())
         }
-        Command::Compare { run, methods, seeds, train_fractions, out, overwrite } => {
+        Command::Compare { run, methods, seeds, train_fractions, out, overwrite, device } => {
+            let device = device.open()?;
             let kind = run.task();
             let out = out.unwrap_or_else(|| default_dir(kind, "compare"));
             output::check("--out", &out, Output::Dir)?;
-            with_task!(kind, T => compare_cli::<T>(&run, methods, seeds, train_fractions, &out, Start::from_flags(false, overwrite)))
+            let start = Start::from_flags(false, overwrite);
+            with_task!(kind, T => compare_cli::<T>(&run, methods, seeds, train_fractions, &out, start, &device))
         }
-        Command::Eval { run: Some(dir), args } => eval_run(&dir, &args),
-        Command::Eval { run: None, args } => {
+        Command::Eval { run: Some(dir), args, device } => eval_run(&dir, &args, &device.open()?),
+        Command::Eval { run: None, args, device } => {
+            let device = device.open()?;
             args.refuse_for_zero_shot_eval()?;
-            let summary = with_task!(args.task(), T => run::evaluate_base::<T>(&T::spec_from(&args)?))?;
+            let summary = with_task!(args.task(), T => run::evaluate_base::<T>(&T::spec_from(&args)?, &device))?;
             println!("{}", run::table(std::slice::from_ref(&summary)));
             println!("{}", serde_json::to_string_pretty(&summary.test).expect("metrics serialize"));
             Ok(())
         }
-        Command::Predict { run, text, input } => predict(&run, text, input.as_deref()),
-        Command::Export { run, out, overwrite } => {
+        Command::Predict { run, text, input, device } => predict(&run, text, input.as_deref(), &device.open()?),
+        Command::Export { run, out, overwrite, device } => {
+            let device = device.open()?;
             output::check("--out", &out, Output::NewDir { overwrite })?;
-            let note = with_task!(run::kind_of(&run)?, T => run::export::<T>(&run, &out))?;
+            let note = with_task!(run::kind_of(&run)?, T => run::export::<T>(&run, &out, &device))?;
             eprintln!("{note}\nPEFT adapter written to {}", out.display());
             Ok(())
         }
-        Command::Merge { run, out, overwrite } => {
+        Command::Merge { run, out, overwrite, device } => {
+            let device = device.open()?;
             output::check("--out", &out, Output::NewDir { overwrite })?;
-            let note = with_task!(run::kind_of(&run)?, T => run::merge::<T>(&run, &out))?;
+            let note = with_task!(run::kind_of(&run)?, T => run::merge::<T>(&run, &out, &device))?;
             eprintln!("{note}\nmerged model written to {}", out.display());
             Ok(())
         }
-        Command::Logits { run, peft, model, text, out } => {
+        Command::Logits { run, peft, model, text, out, device } => {
+            let device = device.open()?;
             let source = match (&run, &peft) {
                 (Some(run), _) => crate::interop::Source::Run(run),
                 (None, Some(adapter)) => crate::interop::Source::Peft { adapter, model: model.as_deref().unwrap_or("minilm") },
                 (None, None) => return Err(Error::Config("give --run or --peft".into())),
             };
             output::check("--out", &out, Output::File)?;
-            crate::interop::write_logits(&source, &text, &out)?;
+            crate::interop::write_logits(&source, &text, &out, &device)?;
             eprintln!("logits of {} texts written to {}", text.len(), out.display());
             Ok(())
         }
         Command::Info { model, rank, targets } => info(&model, rank, targets),
-        Command::Generate { model, run, prompt, chat, max_new_tokens, temperature, top_p, seed } => {
+        Command::Generate { model, run, prompt, chat, max_new_tokens, temperature, top_p, seed, device } => {
+            let device = device.open()?;
             let sampling = crate::generate::Sampling { max_new_tokens, temperature, top_p, seed, stop: vec![] };
-            super::generate::generate_cli(model.as_deref().unwrap_or("smollm2"), run.as_deref(), &prompt, chat, sampling)
+            super::generate::generate_cli(model.as_deref().unwrap_or("smollm2"), run.as_deref(), &prompt, chat, sampling, &device)
         }
         Command::Bench(args) => {
             let line = if args.decode {
@@ -84,18 +92,19 @@ pub fn run(command: Command) -> Result<()> {
             crate::apps::simulate::run(&args).map_err(|e| Error::Simulation(format!("{e:#}")))?;
             Ok(())
         }
-        Command::Sweep { grid, out, cells, report_only } => {
+        Command::Sweep { grid, out, cells, report_only, device } => {
+            let device = device.open()?;
             let stem = grid.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "sweep".into());
             let out = out.unwrap_or_else(|| PathBuf::from("runs/sweep").join(stem));
             let cells = cells.unwrap_or_else(|| crate::apps::sweep::default_store(&out));
-            crate::apps::sweep::sweep(&grid, &out, &cells, report_only)
+            crate::apps::sweep::sweep(&grid, &out, &cells, report_only, &device)
         }
         Command::Fetch { names } => fetch(names),
     }
 }
 
 /// `eval --run DIR`: the run's test split, or the data or tasks given.
-fn eval_run(dir: &Path, args: &RunArgs) -> Result<()> {
+fn eval_run(dir: &Path, args: &RunArgs, device: &Device) -> Result<()> {
     let kind = run::kind_of(dir)?;
     if let Some(task) = args.task.filter(|t| *t != kind) {
         return Err(Error::State(format!(
@@ -114,7 +123,7 @@ fn eval_run(dir: &Path, args: &RunArgs) -> Result<()> {
             .map(|t| t.iter().filter(|t| *t != "none").cloned().collect::<Vec<_>>().join(","))
             .filter(|t| !t.is_empty()),
     };
-    let summary = with_task!(kind, T => run::evaluate::<T>(dir, source.as_deref()))?;
+    let summary = with_task!(kind, T => run::evaluate::<T>(dir, source.as_deref(), device))?;
     println!("{}", run::table(std::slice::from_ref(&summary)));
     println!("{}", serde_json::to_string_pretty(&summary.test).expect("metrics serialize"));
     Ok(())
@@ -154,6 +163,7 @@ fn compare_cli<T: SpecFromArgs>(
     fractions: Option<Vec<f64>>,
     out: &Path,
     start: Start,
+    device: &Device,
 ) -> Result<()> {
     if let Some(method) = &args.method.method {
         return Err(Error::Config(format!("--method {method} is not for `compare`: it trains each method of --methods")));
@@ -188,13 +198,13 @@ fn compare_cli<T: SpecFromArgs>(
         a.train_fraction = Some(fraction);
         T::spec_from(&a)
     };
-    let summaries = compare::compare::<T>(&plan, &spec_for, out, start)?;
+    let summaries = compare::compare::<T>(&plan, &spec_for, out, start, device)?;
     let text = compare::write(&summaries, out)?;
     println!("\n{text}");
     Ok(())
 }
 
-fn predict(run: &Path, texts: Vec<String>, input: Option<&Path>) -> Result<()> {
+fn predict(run: &Path, texts: Vec<String>, input: Option<&Path>, device: &Device) -> Result<()> {
     let mut inputs: Vec<serde_json::Value> = texts.into_iter().map(|t| serde_json::json!({ "text": t })).collect();
     if let Some(file) = input {
         let content = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
@@ -221,7 +231,7 @@ fn predict(run: &Path, texts: Vec<String>, input: Option<&Path>) -> Result<()> {
     if inputs.is_empty() {
         return Err(Error::Config("nothing to predict: give --text or --input".into()));
     }
-    for answer in with_task!(run::kind_of(run)?, T => run::predict::<T>(run, &inputs))? {
+    for answer in with_task!(run::kind_of(run)?, T => run::predict::<T>(run, &inputs, device))? {
         println!("{answer}");
     }
     Ok(())

