@@ -241,7 +241,7 @@ pub enum Command {
 #[derive(clap::Args, Clone, Debug)]
 pub struct DeviceArg {
     /// Where to compute: cpu, or a GPU backend built in with its cargo feature (`--features
-    /// wgpu`): wgpu[:N], vulkan[:N], cuda[:N], rocm[:N], metal[:N]; N picks among several
+    /// wgpu`): wgpu, vulkan, cuda, rocm or metal, each optionally with `:N` to pick among several
     /// devices [default: the first]. A run moves between devices (docs/gpu.md).
     #[arg(long, default_value = "cpu", value_parser = device)]
     pub device: DeviceSpec,
