@@ -11,41 +11,30 @@ use std::str::FromStr;
 
 use burn::prelude::Device;
 
+use crate::choice::Choice;
 use crate::error::{Error, Result};
 
-/// A compute backend `--device` can name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Backend {
-    /// burn's `flex` CPU backend (with replora's fused kernels).
-    #[default]
-    Cpu,
-    /// wgpu, the graphics API chosen by the driver (WGSL shaders through naga).
-    Wgpu,
-    /// wgpu pinned to Vulkan (cubecl's SPIR-V compiler).
-    Vulkan,
-    /// NVIDIA CUDA.
-    Cuda,
-    /// AMD ROCm (HIP).
-    Rocm,
-    /// Apple Metal (through wgpu).
-    Metal,
+crate::choice_enum! {
+    /// A compute backend `--device` can name; its name is also the cargo feature that builds
+    /// it (not for `cpu`).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Backend: "device" {
+        /// burn's `flex` CPU backend (with replora's fused kernels).
+        Cpu => "cpu",
+        /// wgpu, the graphics API chosen by the driver (WGSL shaders through naga).
+        Wgpu => "wgpu",
+        /// wgpu pinned to Vulkan (cubecl's SPIR-V compiler).
+        Vulkan => "vulkan",
+        /// NVIDIA CUDA.
+        Cuda => "cuda",
+        /// AMD ROCm (HIP).
+        Rocm => "rocm",
+        /// Apple Metal (through wgpu).
+        Metal => "metal",
+    }
 }
 
 impl Backend {
-    const ALL: [Backend; 6] = [Backend::Cpu, Backend::Wgpu, Backend::Vulkan, Backend::Cuda, Backend::Rocm, Backend::Metal];
-
-    /// Its `--device` name, which is also the cargo feature that builds it (not for `cpu`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Cpu => "cpu",
-            Backend::Wgpu => "wgpu",
-            Backend::Vulkan => "vulkan",
-            Backend::Cuda => "cuda",
-            Backend::Rocm => "rocm",
-            Backend::Metal => "metal",
-        }
-    }
-
     /// Whether this build has the backend (its cargo feature was on).
     pub fn compiled_in(self) -> bool {
         match self {
@@ -61,7 +50,7 @@ impl Backend {
 
 /// A device as `--device` names it: a backend and, for a GPU, which of its devices (the first
 /// when no index is given).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeviceSpec {
     pub backend: Backend,
     pub index: Option<usize>,
@@ -125,14 +114,12 @@ impl FromStr for DeviceSpec {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        let names = Backend::ALL.map(Backend::name).join(", ");
+        let names = Backend::names().join(", ");
         let (name, index) = match s.split_once(':') {
             Some((name, index)) => (name, Some(index)),
             None => (s, None),
         };
-        let backend = Backend::ALL
-            .into_iter()
-            .find(|b| b.name() == name.trim())
+        let backend = Backend::from_name(name.trim())
             .ok_or_else(|| Error::Config(format!("unknown device {name:?}: expected one of {names}, with an optional :INDEX (wgpu:1)")))?;
         let index = match index {
             None => None,
@@ -190,7 +177,7 @@ mod tests {
         assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::CPU);
         assert_eq!("wgpu".parse::<DeviceSpec>().unwrap(), DeviceSpec { backend: Backend::Wgpu, index: None });
         assert_eq!("cuda:1".parse::<DeviceSpec>().unwrap(), DeviceSpec { backend: Backend::Cuda, index: Some(1) });
-        for backend in Backend::ALL {
+        for &backend in Backend::ALL {
             let spec: DeviceSpec = backend.name().parse().unwrap();
             assert_eq!(spec.backend, backend);
             assert_eq!(spec.to_string(), backend.name());
@@ -215,7 +202,7 @@ mod tests {
 
     #[test]
     fn a_backend_not_compiled_in_names_its_cargo_feature() {
-        for backend in Backend::ALL.into_iter().filter(|b| !b.compiled_in()) {
+        for backend in Backend::ALL.iter().copied().filter(|b| !b.compiled_in()) {
             let e = DeviceSpec { backend, index: None }.open().unwrap_err().to_string();
             assert!(e.contains(&format!("--features {}", backend.name())), "{e}");
         }

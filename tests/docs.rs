@@ -2,18 +2,9 @@
 //! that exists and, where it has one, a heading anchor that the file has; the README stays a
 //! front page.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-fn markdown_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            markdown_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "md") {
-            out.push(path);
-        }
-    }
-}
+mod support;
 
 /// GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens.
 fn anchor(heading: &str) -> String {
@@ -60,7 +51,7 @@ fn broken_links(file: &Path) -> Vec<String> {
 fn every_relative_link_in_the_docs_resolves() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = vec![root.join("README.md")];
-    markdown_files(&root.join("docs"), &mut files);
+    files.extend(support::files_with_extension(&root.join("docs"), "md"));
     assert!(files.len() > 10, "the docs were found: {files:?}");
     let broken: Vec<String> = files.iter().flat_map(|f| broken_links(f)).collect();
     assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));

@@ -221,21 +221,26 @@ impl<'a> Session<'a> {
         let total_steps = steps.steps_per_epoch() * cfg.epochs;
         let warmup_steps = (cfg.warmup_ratio * total_steps as f64).round() as usize;
         let schedule = LrSchedule { peak: cfg.lr, warmup_steps, total_steps, decay: cfg.decay };
-        let mut optim = optimizer(cfg, model.decay_exempt());
-        let mut progress = Progress::default();
-        match (resume, checkpoint::existing(&run.checkpoint())) {
+        let resumed = match (resume, checkpoint::existing(&run.checkpoint())) {
             (true, Some(dir)) => {
                 model = checkpoint::restore(&dir, model)?;
-                // The exempt group from the restored model's ids, which the saved state is keyed by.
-                optim = checkpoint::read_optimizer(&dir, optimizer(cfg, model.decay_exempt()))?;
-                progress = checkpoint::read_progress(&dir, &steps)?;
-                truncate_log(&run.metrics_log(), progress.step)?;
-                eprintln!("resuming from {} (epoch {}, step {})", dir.display(), progress.epoch + 1, progress.step);
+                Some(dir)
             }
             (true, None) => return Err(Error::State(format!("--resume: no checkpoint in {}", run.checkpoint().display()))),
             (false, _) => {
                 let _ = std::fs::remove_file(run.metrics_log());
+                None
             }
+        };
+        // Built after the restore: the exempt group names the restored model's parameter ids,
+        // which the saved optimizer state is keyed by.
+        let mut optim = optimizer(cfg, model.decay_exempt());
+        let mut progress = Progress::default();
+        if let Some(dir) = resumed {
+            optim = checkpoint::read_optimizer(&dir, optim)?;
+            progress = checkpoint::read_progress(&dir, &steps)?;
+            truncate_log(&run.metrics_log(), progress.step)?;
+            eprintln!("resuming from {} (epoch {}, step {})", dir.display(), progress.epoch + 1, progress.step);
         }
         let guard = model.chance_loss().map(|chance| CollapseDetector::replay(chance, &run.metrics_log()));
         let bar = Bar::starting_at(Kind::Steps, progress.step as u64, total_steps as u64, "");

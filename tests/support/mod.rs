@@ -369,3 +369,17 @@ pub fn image_folder(dir: &Path, classes: &[&str], per_class: usize) {
         }
     }
 }
+
+/// Every file under `dir` (recursively) whose extension is `extension`.
+pub fn files_with_extension(dir: &Path, extension: &str) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_with_extension(&path, extension));
+        } else if path.extension().is_some_and(|e| e == extension) {
+            out.push(path);
+        }
+    }
+    out
+}

@@ -444,12 +444,21 @@ fn cell_dir(cell: &Cell, methods: &[&str], store: &Path) -> Result<(PathBuf, Run
     Ok((store.join(format!("{method}-{:016x}", fnv(&spec))), args))
 }
 
-/// Whether `train`'s `--flag` is a switch (takes no value).
+/// Whether `train`'s `--flag` is a switch (takes no value). The switches are read off clap's
+/// definition once, not rebuilt for every flag of every cell.
 fn is_switch(flag: &str) -> bool {
-    use clap::CommandFactory;
-    let cli = Cli::command();
-    let train = cli.find_subcommand("train").expect("train is a command");
-    train.get_arguments().any(|a| a.get_long() == Some(flag) && matches!(a.get_action(), clap::ArgAction::SetTrue))
+    static SWITCHES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let switches = SWITCHES.get_or_init(|| {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        let train = cli.find_subcommand("train").expect("train is a command");
+        train
+            .get_arguments()
+            .filter(|a| matches!(a.get_action(), clap::ArgAction::SetTrue))
+            .filter_map(|a| a.get_long().map(String::from))
+            .collect()
+    });
+    switches.iter().any(|s| s == flag)
 }
 
 #[cfg(test)]
