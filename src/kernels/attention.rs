@@ -38,7 +38,7 @@ pub fn attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, bias: &Tensor<4>) 
 }
 
 fn fused(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, bias: &Tensor<4>) -> Option<Tensor<4>> {
-    if [q.dtype(), k.dtype(), v.dtype(), bias.dtype()].iter().any(|d| *d != DType::F32) {
+    if [q.dtype(), k.dtype(), v.dtype(), bias.dtype()].iter().any(|d| *d != DType::F32) || !super::fused_allowed() {
         return None;
     }
     // The bias is a constant (a mask); a trained one goes through burn's ops, which differentiate it.

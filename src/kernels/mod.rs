@@ -3,8 +3,9 @@
 //! burn's autodiff builds softmax out of five tracked ops and runs GELU's erf through scalar
 //! libm, one element at a time on one thread; together they took about 30% of a MiniLM
 //! training step. These versions are single passes over contiguous f32 data, vectorized and
-//! parallel. On any other backend or dtype they fall back to burn's own ops, so model code can
-//! call them unconditionally.
+//! parallel. On any other backend or dtype, or with `REPLORA_FUSED_KERNELS=off` (the arithmetic
+//! a GPU runs, checked on the CPU: see [`with_fallback`]), they fall back to burn's own ops, so
+//! model code can call them unconditionally.
 
 mod attention;
 mod engaged;
@@ -17,7 +18,7 @@ mod rope;
 pub mod sgemm;
 
 pub use attention::{attention, repeat_kv};
-pub use engaged::{Kernel, fused_calls};
+pub use engaged::{Kernel, SWITCH, fused_allowed, fused_calls, with_fallback};
 pub use linear::linear;
 pub use norm::{layer_norm, rms_norm};
 pub use rope::rope;
@@ -49,7 +50,7 @@ fn on_flex<const D: usize, O: FlexOp>(x: &Tensor<D>, op: O) -> Option<Tensor<D>>
 }
 
 fn on_flex_untallied<const D: usize, O: FlexOp>(x: &Tensor<D>, op: O) -> Option<Tensor<D>> {
-    if x.dtype() != DType::F32 {
+    if x.dtype() != DType::F32 || !fused_allowed() {
         return None;
     }
     if let Ok(t) = x.clone().try_into_primitive::<Flex>() {
@@ -89,7 +90,7 @@ fn on_flex2<const D: usize, const E: usize, O: FlexOp2>(x: &Tensor<D>, w: &Tenso
 }
 
 fn on_flex2_untallied<const D: usize, const E: usize, O: FlexOp2>(x: &Tensor<D>, w: &Tensor<E>, op: O) -> Option<Tensor<D>> {
-    if x.dtype() != DType::F32 || w.dtype() != DType::F32 {
+    if x.dtype() != DType::F32 || w.dtype() != DType::F32 || !fused_allowed() {
         return None;
     }
     if let (Ok(x), Ok(w)) = (x.clone().try_into_primitive::<Flex>(), w.clone().try_into_primitive::<Flex>()) {
