@@ -8,9 +8,12 @@ use std::process::{Command, Output};
 
 mod support;
 
-/// The rate that breaks LoRA on this model and data: it learns first (the loss falls to 0.4 by
-/// step 22), then sits at ln 2. At 0.01 it learns the task (test accuracy 0.89).
-const BREAKING_LR: &str = "0.3";
+/// The rate that breaks LoRA on this model and data: it learns first (the loss falls to 0.41 by
+/// step 22), then sits at ln 2 from step 34. It collapses at that step both with the fused
+/// kernels and with burn's ops (`REPLORA_FUSED_KERNELS=off`), whose sums round differently, so
+/// the test does not hang on one CPU's rounding: at 0.3, LoRA collapsed on one machine and
+/// kept learning on another. At 0.01 it learns the task (test accuracy 0.89).
+const BREAKING_LR: &str = "2";
 const LEARNING_LR: &str = "0.01";
 
 fn train(dir: &Path, out: &str, extra: &[&str]) -> (Output, serde_json::Value) {

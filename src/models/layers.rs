@@ -3,6 +3,7 @@
 
 use burn::module::Param;
 use burn::prelude::*;
+use burn::tensor::ops::AttentionModuleOptions;
 
 use crate::adapters::AdaptedLinear;
 use crate::error::Result;
@@ -65,11 +66,16 @@ impl RmsNorm {
 /// `1/sqrt(head_dim)` (cheaper on `q` than on the scores); `k`, `v` `[batch, kv_heads, keys,
 /// head_dim]` with grouped-query heads (query head `i` reads key/value head `i / (heads /
 /// kv_heads)`); `bias` additive (0 where a key may be attended, very negative where not),
-/// broadcasting from `[1 or batch, 1, 1 or t, keys]`. The fused kernel does it on flex f32.
+/// broadcasting from `[1 or batch, 1, 1 or t, keys]`. The fused kernel does it on flex f32;
+/// elsewhere burn's attention op, which a GPU backend may run as one fused (flash) kernel, with
+/// keys and values repeated only where grouped-query heads share them.
 pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, bias: Tensor<4>) -> Tensor<4> {
     if let Some(out) = kernels::attention(&q, &k, &v, &bias) {
         return out;
     }
-    let heads = q.dims()[1];
-    kernels::softmax_last(q.matmul(kernels::repeat_kv(k, heads).swap_dims(2, 3)) + bias).matmul(kernels::repeat_kv(v, heads))
+    let [b, heads, t, _] = q.dims();
+    let keys = k.dims()[2];
+    let options = AttentionModuleOptions { scale: Some(1.0), softcap: None, is_causal: false };
+    let (k, v) = (kernels::repeat_kv(k, heads), kernels::repeat_kv(v, heads));
+    burn::tensor::module::attention(q, k, v, None, Some(bias.expand([b, heads, t, keys])), options)
 }

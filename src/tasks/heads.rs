@@ -232,18 +232,20 @@ pub fn evaluate<M: ClassifierModel, B: LabelledBatch<Input = M::Input>>(
 ) -> (EvalMetrics, Vec<usize>) {
     let model = model.valid();
     let device = device.clone().inner();
-    let (mut predictions, mut labels, mut loss_sum) = (vec![], vec![], 0.0);
+    // The loss sum stays on the device: one read per batch (the predictions), one at the end.
+    let (mut predictions, mut labels, mut loss_sum) = (vec![], vec![], None::<Tensor<1>>);
     // Scoring thousands of images takes a minute: show it (hidden when stderr is no terminal).
     let bar = if progress { Bar::new(Kind::Batches, batches.len() as u64, "evaluating") } else { Bar::hidden() };
     for batch in batches {
         bar.inc(1);
         let logits = model.logits(&batch.input(&device), false);
-        loss_sum += scalar(cross_entropy(logits.clone(), batch.labels_tensor(&device))) * batch.labels().len() as f64;
+        let batch_loss = cross_entropy(logits.clone(), batch.labels_tensor(&device)).mul_scalar(batch.labels().len() as f64);
+        loss_sum = Some(loss_sum.map_or(batch_loss.clone(), |sum| sum + batch_loss));
         let argmax: Vec<i64> = logits.argmax(1).into_data().try_into_vec_as::<i64>().expect("int tensor");
         predictions.extend(argmax.into_iter().map(|p| p as usize));
         labels.extend_from_slice(batch.labels());
     }
     bar.finish();
-    let loss = if labels.is_empty() { 0.0 } else { loss_sum / labels.len() as f64 };
+    let loss = loss_sum.map_or(0.0, |sum| scalar(sum) / labels.len() as f64);
     (EvalMetrics::compute(&predictions, &labels, num_classes, loss), predictions)
 }

@@ -1,6 +1,7 @@
 //! What a non-finite loss says: where it happened, whether a checkpoint can be resumed, and
 //! the likely cause among the settings the run actually uses.
 
+use std::ops::RangeInclusive;
 use std::path::Path;
 
 use super::TrainConfig;
@@ -11,8 +12,10 @@ pub struct Divergence {
     pub loss: f64,
     /// 1-based.
     pub epoch: usize,
-    pub batch: usize,
-    /// Optimizer steps taken before the loss was computed.
+    /// The micro-batches (1-based) whose summed loss was not finite: one batch before the first
+    /// step, where the loss is read at once; afterwards those since the last metrics line.
+    pub batches: RangeInclusive<usize>,
+    /// Optimizer steps taken before the first of those batches.
     pub steps_taken: usize,
     /// RepLoRA's generators' multiple of the learning rate, if the model has such a group.
     pub generator_multiplier: Option<f64>,
@@ -22,11 +25,11 @@ impl Divergence {
     /// The message for a run whose checkpoints live in `checkpoint_dir`; `lr_now` is the
     /// learning rate of the last step.
     pub fn message(&self, cfg: &TrainConfig, lr_now: f64, checkpoint_dir: &Path, schedule: &checkpoint::Schedule) -> String {
-        let (loss, epoch, batch, steps) = (self.loss, self.epoch, self.batch, self.steps_taken);
-        let at = format!(
-            "loss became {loss} at epoch {epoch}, batch {batch}, after {steps} optimizer step{}",
-            if steps == 1 { "" } else { "s" }
-        );
+        let (loss, epoch, steps) = (self.loss, self.epoch, self.steps_taken);
+        let (first, last) = (self.batches.start(), self.batches.end());
+        let batches = if first == last { format!("batch {first}") } else { format!("batches {first}-{last}") };
+        let at =
+            format!("loss became {loss} at epoch {epoch}, {batches}, after {steps} optimizer step{}", if steps == 1 { "" } else { "s" });
         let cause = if steps == 0 {
             "nothing has been trained yet, so no learning-rate setting caused it: the model's outputs on this batch are not finite (check --model's weights)".to_string()
         } else {
@@ -68,7 +71,7 @@ mod tests {
         let checkpoint = dir.path().join("checkpoint");
         let cfg = TrainConfig::default();
         let schedule = checkpoint::Schedule { epochs: 1, batches_per_epoch: 4, grad_accum: 1 };
-        let d = Divergence { loss: f64::NAN, epoch: 1, batch: 2, steps_taken: 1, generator_multiplier: Some(1e308) };
+        let d = Divergence { loss: f64::NAN, epoch: 1, batches: 2..=2, steps_taken: 1, generator_multiplier: Some(1e308) };
         let m = d.message(&cfg, 1e-3, &checkpoint, &schedule);
         assert!(m.contains("after 1 optimizer step.") && m.contains("no checkpoint was written yet"), "{m}");
         let blamed = m.find("--generator-lr-multiplier 1e308").unwrap_or_else(|| panic!("{m}"));
@@ -76,10 +79,11 @@ mod tests {
         assert!(m.contains("already clipped at norm 1") && !m.contains("set --grad-clip"), "{m}");
 
         let unclipped = TrainConfig { grad_clip: None, ..TrainConfig::default() };
-        let m = Divergence { generator_multiplier: None, ..d }.message(&unclipped, 1e-3, &checkpoint, &schedule);
+        let m = Divergence { generator_multiplier: None, batches: 3..=12, ..d }.message(&unclipped, 1e-3, &checkpoint, &schedule);
         assert!(m.contains("clipping is off") && !m.contains("multiplier"), "{m}");
+        assert!(m.contains("at epoch 1, batches 3-12, after 1 optimizer step."), "{m}");
 
-        let m = Divergence { loss: f64::INFINITY, epoch: 1, batch: 1, steps_taken: 0, generator_multiplier: None }.message(
+        let m = Divergence { loss: f64::INFINITY, epoch: 1, batches: 1..=1, steps_taken: 0, generator_multiplier: None }.message(
             &cfg,
             1e-3,
             &checkpoint,

@@ -260,21 +260,26 @@ impl<'a> Session<'a> {
         self.bar.set_prefix(format!("epoch {}/{}", epoch + 1, cfg.epochs));
         let mut accumulator = GradientsAccumulator::<M>::new();
         // A run resumed mid-epoch continues the log line in progress where the checkpoint left it.
-        let mut window = match self.progress.batch_in_epoch {
-            0 => Window::new(0.0, 0),
-            _ => Window::new(self.progress.window_loss, self.progress.window_examples),
+        let start = self.progress.batch_in_epoch;
+        let mut window = match start {
+            0 => Window::new(0.0, 0, 0, self.progress.step),
+            _ => Window::new(self.progress.window_loss, self.progress.window_examples, start, self.progress.step),
         };
-        for (i, batch) in batches.iter().enumerate().skip(self.progress.batch_in_epoch) {
+        for (i, batch) in batches.iter().enumerate().skip(start) {
             // Dropout draws from the device RNG: seed it per micro-batch so a resumed run
             // draws exactly what the uninterrupted one did.
             self.device.seed(cfg.seed.wrapping_mul(1_000_003).wrapping_add((epoch * self.steps.batches_per_epoch + i) as u64));
             let loss = model.loss(batch, self.device);
-            let loss_value = scalar(loss.clone());
-            if !loss_value.is_finite() {
-                return Err(self.diverged(&model, loss_value, i));
+            // Before the first step the loss is read at once: not finite there means the
+            // weights or the data, and no step must be taken on it.
+            if self.progress.step == 0 {
+                let value = scalar(loss.clone());
+                if !value.is_finite() {
+                    return Err(self.diverged(&model, value, i..=i, 0));
+                }
             }
-            accumulator.accumulate(&model, GradientsParams::from_grads(loss.div_scalar(cfg.grad_accum as f64).backward(), &model));
-            window.add(loss_value, M::examples(batch));
+            accumulator.accumulate(&model, GradientsParams::from_grads(loss.clone().div_scalar(cfg.grad_accum as f64).backward(), &model));
+            window.add(loss, M::examples(batch));
             self.progress.batch_in_epoch = i + 1;
             if (i + 1) % cfg.grad_accum != 0 && i + 1 != batches.len() {
                 continue;
@@ -286,15 +291,22 @@ impl<'a> Session<'a> {
             model = step(&mut self.optim, lr, model, grads);
             self.progress.step += 1;
             self.bar.inc(1);
-            self.bar.set_message(format!("loss {:.4} lr {lr:.2e} {:.1} {}/s", window.mean(), window.rate(), M::EXAMPLE_UNIT));
-            if logged {
-                self.log_step(&model, lr, &window, diagnostics)?;
-                window = Window::new(0.0, 0);
+            let checkpointed = cfg.checkpoint_every.is_some_and(|n| self.progress.step.is_multiple_of(n)) && i + 1 != batches.len();
+            if logged || checkpointed {
+                let mean = window.mean();
+                if !mean.is_finite() {
+                    return Err(self.diverged(&model, mean, window.first_batch..=i, window.steps_before));
+                }
             }
-            if cfg.checkpoint_every.is_some_and(|n| self.progress.step.is_multiple_of(n)) && i + 1 != batches.len() {
+            if logged {
+                self.bar.set_message(format!("loss {:.4} lr {lr:.2e} {:.1} {}/s", window.mean(), window.rate(), M::EXAMPLE_UNIT));
+                self.log_step(&model, lr, &mut window, diagnostics)?;
+                window = Window::new(0.0, 0, i + 1, self.progress.step);
+            }
+            if checkpointed {
                 let p = Progress {
                     elapsed_s: self.elapsed(),
-                    window_loss: window.loss,
+                    window_loss: window.sum(),
                     window_examples: window.examples,
                     ..self.progress.clone()
                 };
@@ -304,6 +316,12 @@ impl<'a> Session<'a> {
                 break;
             }
         }
+        // The batches after the epoch's last metrics line are checked before the model is
+        // evaluated and checkpointed.
+        let mean = window.mean();
+        if window.examples > 0 && !mean.is_finite() {
+            return Err(self.diverged(&model, mean, window.first_batch..=self.progress.batch_in_epoch - 1, window.steps_before));
+        }
         Ok(model)
     }
 
@@ -312,7 +330,7 @@ impl<'a> Session<'a> {
         &mut self,
         model: &M,
         lr: f64,
-        window: &Window,
+        window: &mut Window,
         diagnostics: serde_json::Map<String, serde_json::Value>,
     ) -> Result<()> {
         let mean_loss = window.mean();
@@ -329,14 +347,15 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// The error for a non-finite loss at micro-batch `i` of the current epoch.
-    fn diverged<M: Objective>(&self, model: &M, loss: f64, i: usize) -> Error {
+    /// The error for a non-finite loss in the micro-batches `batches` (0-based) of the current
+    /// epoch, after `steps_before` optimizer steps.
+    fn diverged<M: Objective>(&self, model: &M, loss: f64, batches: std::ops::RangeInclusive<usize>, steps_before: usize) -> Error {
         self.bar.abandon();
         let divergence = Divergence {
             loss,
             epoch: self.progress.epoch + 1,
-            batch: i + 1,
-            steps_taken: self.progress.step,
+            batches: batches.start() + 1..=batches.end() + 1,
+            steps_taken: steps_before,
             generator_multiplier: model.lr_group().map(|g| g.multiplier),
         };
         let lr = self.schedule.at(self.progress.step.saturating_sub(1));
@@ -395,25 +414,45 @@ impl<'a> Session<'a> {
     }
 }
 
-/// The training loss and examples since the last metrics line.
+/// The training loss and examples since the last metrics line. The loss stays on the device and
+/// is read at metrics lines, checkpoints and epoch ends, so a GPU is not stopped every batch.
 struct Window {
-    loss: f64,
+    /// The examples-weighted loss sum read so far (a resumed window starts from its checkpoint's).
+    read: f64,
+    /// The sum's part not yet read from the device.
+    pending: Option<Tensor<1>>,
     examples: usize,
+    /// The micro-batch (of the epoch, 0-based) the window starts at, and the optimizer steps
+    /// taken before it: where a non-finite sum points.
+    first_batch: usize,
+    steps_before: usize,
     started: Instant,
 }
 
 impl Window {
-    fn new(loss: f64, examples: usize) -> Self {
-        Window { loss, examples, started: Instant::now() }
+    fn new(loss_sum: f64, examples: usize, first_batch: usize, steps_before: usize) -> Self {
+        Window { read: loss_sum, pending: None, examples, first_batch, steps_before, started: Instant::now() }
     }
 
-    fn add(&mut self, batch_loss: f64, examples: usize) {
-        self.loss += batch_loss * examples as f64;
+    fn add(&mut self, batch_loss: Tensor<1>, examples: usize) {
+        let weighted = batch_loss.detach().mul_scalar(examples as f64);
+        self.pending = Some(match self.pending.take() {
+            Some(sum) => sum + weighted,
+            None => weighted,
+        });
         self.examples += examples;
     }
 
-    fn mean(&self) -> f64 {
-        self.loss / self.examples as f64
+    /// The examples-weighted loss sum (one read from the device if batches were added since).
+    fn sum(&mut self) -> f64 {
+        if let Some(pending) = self.pending.take() {
+            self.read += scalar(pending);
+        }
+        self.read
+    }
+
+    fn mean(&mut self) -> f64 {
+        self.sum() / self.examples as f64
     }
 
     /// Examples per second since the window opened.
@@ -434,4 +473,25 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_sums_its_losses_on_the_device_and_keeps_a_resumed_part() {
+        let device = Device::flex();
+        let loss = |v: f32| Tensor::<1>::from_data(TensorData::new(vec![v], [1]), &device);
+        let mut window = Window::new(1.5, 3, 4, 7);
+        window.add(loss(2.0), 2);
+        window.add(loss(0.5), 4);
+        assert!(window.pending.is_some(), "nothing is read until asked");
+        assert_eq!(window.sum(), 1.5 + 4.0 + 2.0);
+        assert!(window.pending.is_none());
+        assert_eq!(window.mean(), 7.5 / 9.0);
+        window.add(loss(f32::NAN), 1);
+        assert!(window.mean().is_nan(), "a non-finite batch shows in the window's mean");
+        assert_eq!((window.first_batch, window.steps_before), (4, 7));
+    }
 }
