@@ -1,5 +1,5 @@
-//! Issue 27: a run frozen at the majority class after one gradient spike, and the remedy the
-//! collapse warning names (`--adam-beta2 0.95`).
+//! Issue 27: a run frozen at the majority class after one gradient spike, and the default that
+//! avoids it (`beta_2 = 0.99`).
 //!
 //! On MiniLM (docs/study/collapse.md) the adapters' gradient norm rose about 25-fold within 10
 //! steps as the model began to learn (RepLoRA's generators: 0.02 -> 0.51), the next step sent
@@ -9,12 +9,11 @@
 //! steps along the spike's direction grow to nearly twice the learning rate, one oversized jump;
 //! afterwards it remembers the spike for about a thousand steps, so every later step is a
 //! fraction of the learning rate and the run cannot leave the flat region it was knocked into.
-//! At `beta_2 = 0.95` (about 20 steps of memory) the steps stay at the learning rate through the
-//! spike and are back at their earlier size about 100 steps after. This test replays that
-//! gradient pattern through the trainer's own optimizer, built from a `TrainConfig` as every run
-//! builds it; the end-to-end reproduction (3 seeds per setting, about 20 minutes) is
-//! `scripts/study/collapse-hyperbaton`, and the default stays 0.999 until the screen in
-//! docs/study/collapse.md has weighed the candidates (0.95 costs accuracy elsewhere; 0.99 next).
+//! At 0.99 (about 100 steps of memory) the steps come back within the run; at 0.95 (about 20)
+//! they stay at the learning rate through the spike. This test replays that gradient pattern
+//! through the trainer's own optimizer, built from a `TrainConfig` as every run builds it; the
+//! end-to-end reproduction (3 seeds per setting, about 15 minutes) is
+//! `scripts/study/collapse-hyperbaton`.
 
 use burn::module::{Module, Param};
 use burn::optim::GradientsParams;
@@ -31,7 +30,7 @@ const D: usize = 256;
 const LR: f64 = 2e-3;
 const BEFORE: usize = 70;
 const SPIKE: usize = 10;
-const AFTER: usize = 150;
+const AFTER: usize = 300;
 
 /// Mean `|step| / lr` per coordinate at each optimizer step, for gradients of norm 0.02 with
 /// random signs, except `SPIKE` steps after the first `BEFORE`, 25 times as large and all in one
@@ -69,28 +68,44 @@ fn mean(v: &[f64]) -> f64 {
 }
 
 /// Step sizes (as `step / lr`) under `cfg`: before the spike (its last 30 steps), the largest
-/// during it, and 100-150 steps after it.
-fn around_the_spike(cfg: &TrainConfig) -> [f64; 3] {
+/// during it, 100-150 steps after it, and 250-300 steps after it.
+fn around_the_spike(cfg: &TrainConfig) -> [f64; 4] {
     let sizes = step_sizes(cfg);
     let end = BEFORE + SPIKE;
     let largest = sizes[BEFORE..end].iter().copied().fold(0.0, f64::max);
-    let [before, during, after] = [mean(&sizes[BEFORE - 30..BEFORE]), largest, mean(&sizes[end + 100..end + AFTER])];
-    eprintln!("beta_2 {}: step / lr {before:.3} before the spike, up to {during:.2} in it, {after:.3} 100-150 steps after", cfg.adam_beta2);
-    [before, during, after]
+    let [before, during, after, late] =
+        [mean(&sizes[BEFORE - 30..BEFORE]), largest, mean(&sizes[end + 100..end + 150]), mean(&sizes[end + 250..end + AFTER])];
+    eprintln!(
+        "beta_2 {}: step / lr {before:.3} before the spike, up to {during:.2} in it, {after:.3} 100-150 steps after, {late:.3} 250-300 after",
+        cfg.adam_beta2
+    );
+    [before, during, after, late]
 }
 
+/// The default (0.99) forgets the spike about ten times sooner than e7480c6's 0.999, and this
+/// test fails on 0.999. In this replay that shows late: 250-300 steps after the spike, the
+/// steps are back to 44% of their size before it at 0.99 and at 23% at 0.999 (100-150 steps
+/// after, both are near 20%; the jump itself is 1.56 x lr against 1.80). End to end, on the
+/// reproduction (352 steps, the spike near step 90), that was the difference between learning
+/// and sitting at the majority class for the rest of the run: 0.99 learned all three seeds
+/// (docs/study/collapse.md). 0.95 recovers fastest but costs accuracy wherever nothing
+/// collapses, so it is the remedy the collapse warning names, not the default.
 #[test]
-fn at_beta2_0_95_the_optimizer_neither_jumps_at_a_gradient_spike_nor_freezes_after_it() {
-    let remedy = TrainConfig { adam_beta2: 0.95, ..TrainConfig::default() };
-    let [before, during, after] = around_the_spike(&remedy);
-    assert!(during < 1.2, "a step of {during:.2} x lr along the spike");
-    assert!(after > 0.7 * before, "100-150 steps after the spike the steps are {:.0}% of their size before it", 100.0 * after / before);
-
-    // The default (0.999, e7480c6's) jumps, then keeps the steps small.
+fn at_the_default_beta2_the_optimizer_recovers_from_a_gradient_spike() {
     let default = TrainConfig::default();
-    assert_eq!(default.adam_beta2, 0.999);
-    let [old_before, old_during, old_after] = around_the_spike(&default);
+    let [_, during, _, late] = around_the_spike(&default);
+    let old = TrainConfig { adam_beta2: 0.999, ..TrainConfig::default() };
+    let [old_before, old_during, old_after, old_late] = around_the_spike(&old);
     assert!(old_during > 1.5 && old_after < 0.3 * old_before, "beta_2 0.999 did not jump and freeze: {old_during:.2}, {old_after:.3}");
+    assert!(
+        late > 1.5 * old_late && during < old_during,
+        "beta_2 {}: {late:.3} x lr 250-300 steps after the spike (0.999: {old_late:.3}), a jump of {during:.2} (0.999: {old_during:.2})",
+        default.adam_beta2
+    );
+
+    let remedy = TrainConfig { adam_beta2: 0.95, ..TrainConfig::default() };
+    let [before, during, after, _] = around_the_spike(&remedy);
+    assert!(during < 1.2 && after > 0.7 * before, "beta_2 0.95: {during:.2} x lr in the spike, then {after:.3} vs {before:.3}");
 }
 
 /// `--update-clip true` keeps beta_2 0.999 and caps the jump instead: each tensor's step is cut
@@ -100,10 +115,11 @@ fn at_beta2_0_95_the_optimizer_neither_jumps_at_a_gradient_spike_nor_freezes_aft
 /// (docs/study/collapse.md), so the memory after the spike, not the jump's size, decides.
 #[test]
 fn update_clipping_caps_the_jump_at_the_learning_rate() {
-    let clipped = TrainConfig { update_clip: true, ..TrainConfig::default() };
-    let [before, during, after] = around_the_spike(&clipped);
+    let plain = TrainConfig { adam_beta2: 0.999, ..TrainConfig::default() };
+    let clipped = TrainConfig { update_clip: true, ..plain.clone() };
+    let [before, during, after, _] = around_the_spike(&clipped);
     assert!(during <= 1.0 + 1e-3, "a step of {during:.3} x lr along the spike");
     assert!(after < 0.3 * before, "the memory of the spike is beta_2's: {after:.3} vs {before:.3}");
-    let [plain_before, ..] = around_the_spike(&TrainConfig::default());
+    let [plain_before, ..] = around_the_spike(&plain);
     assert!((before - plain_before).abs() < 0.02 * plain_before, "clipping changed the steady steps: {before:.3} vs {plain_before:.3}");
 }

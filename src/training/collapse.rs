@@ -35,7 +35,7 @@ impl Collapse {
         format!(
             "warning: the model collapsed: the training loss fell to {:.3} (step {}) and has been back at the chance level ln K = {:.3} since step {} ({} logged windows, to step {}); \
              it now predicts the same class whatever the input. Likely cause: a gradient spike as the model began to learn, which AdamW turned into an oversized step and then \
-             into steps too small to leave where it landed; lower --adam-beta2 (0.95 or less) or --lr; --stop-on-collapse ends such a run here",
+             into steps too small to leave where it landed; lower --adam-beta2 (0.95) or --lr; --stop-on-collapse ends such a run here",
             self.lowest_loss, self.lowest_step, self.chance_loss, self.step, WINDOW, self.detected_at
         )
     }

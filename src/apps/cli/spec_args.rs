@@ -288,8 +288,8 @@ pub struct TrainArgs {
     #[arg(long, value_parser = number(Range::NonNegative), allow_negative_numbers = true, help_heading = "Training")]
     pub weight_decay: Option<f64>,
     /// AdamW's second-moment decay beta_2: how fast the step size follows the gradient's scale (its
-    /// memory is about 1 / (1 - beta_2) steps); 0.95 avoids the collapse of issue 27 (see the
-    /// collapse warning) [default: 0.999]
+    /// memory is about 1 / (1 - beta_2) steps). PyTorch's 0.999 froze some runs at the majority
+    /// class after a gradient spike (issue 27; docs/study/collapse.md) [default: 0.99]
     #[arg(long, value_parser = number(Range::Probability), allow_negative_numbers = true, help_heading = "Training")]
     pub adam_beta2: Option<f64>,
     /// Whether biases, norms, scales and RepLoRA's seeds are kept out of weight decay, as
