@@ -114,7 +114,7 @@ fn eval_run(dir: &Path, args: &RunArgs, device: &Device) -> Result<()> {
     }
     args.refuse_for_eval_of_run(kind)?;
     let source = match kind {
-        TaskKind::Classification | TaskKind::ImageClassification => args.data.clone(),
+        TaskKind::Classification | TaskKind::ImageClassification | TaskKind::Vqa => args.data.clone(),
         // `none` (no other task) scores the run on its own test split, as no flag does.
         TaskKind::MultipleChoice => args
             .choice
@@ -147,10 +147,11 @@ fn fetch(names: Vec<String>) -> Result<()> {
 }
 
 /// `runs/train`, `runs/compare` (classification); `runs/train-lm`, `runs/compare-lm`
-/// (multiple-choice, where replora 0.1's decoder commands wrote).
+/// (multiple-choice, where replora 0.1's decoder commands wrote); `runs/train-vqa`, `runs/compare-vqa` (vqa).
 fn default_dir(kind: TaskKind, verb: &str) -> PathBuf {
     match kind {
         TaskKind::MultipleChoice => PathBuf::from(format!("runs/{verb}-lm")),
+        TaskKind::Vqa => PathBuf::from(format!("runs/{verb}-vqa")),
         _ => PathBuf::from(format!("runs/{verb}")),
     }
 }

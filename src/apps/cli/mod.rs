@@ -6,6 +6,7 @@ mod flags_given;
 mod generate;
 mod progress_bars;
 mod spec_args;
+mod vqa_args;
 
 use std::path::PathBuf;
 
