@@ -128,3 +128,27 @@ fn one_token_answer_scoring_equals_scoring_each_answer_as_a_sequence() {
         }
     }
 }
+
+#[test]
+fn batched_greedy_answers_equal_generation_over_a_key_value_cache() {
+    let f = fixture();
+    let device = Device::flex();
+    let task = Vqa::open(f.spec.clone(), &device).unwrap();
+    let data = task.data().unwrap();
+    let model = task.build(&data).unwrap();
+    let (features, questions) = (&data.train_features, &data.validation.questions);
+    // Questions of different lengths in one batch, about several images.
+    let questions: Vec<(usize, Vec<u32>)> = questions.iter().enumerate().map(|(k, (_, p))| (k % features.len(), p.clone())).collect();
+    let batched = model.generate(features, &questions, 4, &[2], 3, &device);
+    let llama = &model.decoder.model;
+    let sampling = replora::generate::Sampling { max_new_tokens: 4, stop: vec![2], ..Default::default() };
+    for ((image, prompt), answer) in questions.iter().zip(&batched) {
+        let visual = model.projector.forward(features.batch(&[*image], &device));
+        let ids: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
+        let text = llama.embed(Tensor::<2, Int>::from_data(TensorData::new(ids, [1, prompt.len()]), &device));
+        let deltas = model.decoder.deltas();
+        let one = replora::generate::generate_after(llama, &deltas, Tensor::cat(vec![visual, text], 1), &sampling, &device, &mut |_| {});
+        assert_eq!(&one, answer, "question {prompt:?} about image {image}");
+    }
+    assert!(batched.iter().any(|a| !a.is_empty()), "something was generated: {batched:?}");
+}

@@ -73,6 +73,7 @@ fn a_vqa_run_trains_predicts_evaluates_exports_and_merges() {
     let out = f.dir.path().join("run");
     let o = train(&f, &out, &["--method", "lora", "--rank", "2"]);
     assert!(o.status.success(), "train failed: {}", stderr(&o));
+    eprintln!("{}", stderr(&o));
     let sum = summary(&out);
     assert_eq!(sum.sizes.iter().sum::<usize>(), 32, "every question in one split: {:?}", sum.sizes);
     assert!(sum.test.exact_match.is_some(), "the test reports exact match");
@@ -89,6 +90,7 @@ fn a_vqa_run_trains_predicts_evaluates_exports_and_merges() {
     std::fs::write(&input, lines.map(|l| l.to_string()).join("\n")).unwrap();
     let o = replora(&["predict", "--run", s(&out), "--input", s(&input)]);
     assert!(o.status.success(), "predict failed: {}", stderr(&o));
+    eprintln!("{}", String::from_utf8_lossy(&o.stdout));
     let answers: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(answers.len(), 2);
     for a in &answers {

@@ -257,7 +257,8 @@ impl Vqa {
         let longest = answer_tokens.iter().map(Vec::len).max().unwrap_or(1) + 1;
         let mut stop = vec![self.decoder.eos_id()?];
         stop.extend(self.decoder.encode("\n")?.first());
-        let generated = model.valid().generate(&split.features, &split.questions, longest, &stop, &self.device.clone().inner());
+        let inner = self.device.clone().inner();
+        let generated = model.valid().generate(&split.features, &split.questions, longest, &stop, self.spec.train.batch_size, &inner);
         let mut hits = 0;
         for (out, &g) in generated.iter().zip(&split.gold) {
             hits += usize::from(normalize(&self.decoder.decode(out)?) == normalize(&answers[g]));

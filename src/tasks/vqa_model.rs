@@ -9,7 +9,6 @@ use burn::tensor::activation::log_softmax;
 use super::choice_model::{LmBatch, LmSequence};
 use crate::adapters::PeftModel;
 use crate::error::Result;
-use crate::generate::{Sampling, generate_after};
 use crate::models::decoder::Decoder;
 use crate::models::llama::Llama;
 use crate::models::vision_language::{ImageFeatures, Projector};
@@ -131,27 +130,44 @@ impl VqaModel {
     }
 
     /// Greedy answers to `questions` (prompt tokens about an image), at most `max_tokens` each,
-    /// stopping at any of `stop`.
+    /// stopping at any of `stop` (not included). Batches of `batch_size` questions step together,
+    /// each step a pass over the prompts and the tokens chosen so far (answers are short, so
+    /// this costs less than a key/value cache per question would).
     pub fn generate(
         &self,
         features: &ImageFeatures,
         questions: &[(usize, Vec<u32>)],
         max_tokens: usize,
         stop: &[u32],
+        batch_size: usize,
         device: &Device,
     ) -> Vec<Vec<u32>> {
-        let deltas = self.decoder.deltas();
-        let llama = &self.decoder.model;
-        let sampling = Sampling { max_new_tokens: max_tokens, stop: stop.to_vec(), ..Sampling::default() };
-        questions
-            .iter()
-            .map(|(image, prompt)| {
-                let visual = self.projector.forward(features.batch(&[*image], device));
-                let ids: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
-                let text = llama.embed(Tensor::<2, Int>::from_data(TensorData::new(ids, [1, prompt.len()]), device));
-                generate_after(llama, &deltas, Tensor::cat(vec![visual, text], 1), &sampling, device, &mut |_| {})
-            })
-            .collect()
+        let mut answers: Vec<Vec<u32>> = vec![vec![]; questions.len()];
+        let room = self.decoder.model.config.max_position_embeddings.saturating_sub(features.tokens + self.decoder.deltas().prefix_len());
+        for (chunk, start) in questions.chunks(batch_size.max(1)).zip((0..).step_by(batch_size.max(1))) {
+            let mut open: Vec<usize> = (0..chunk.len()).collect();
+            for _ in 0..max_tokens {
+                open.retain(|&i| chunk[i].1.len() + answers[start + i].len() < room);
+                if open.is_empty() {
+                    break;
+                }
+                let items: Vec<VqaItem> = open
+                    .iter()
+                    .map(|&i| VqaItem { image: chunk[i].0, sequence: with_answer(&[&chunk[i].1[..], &answers[start + i]].concat(), &[]) })
+                    .collect();
+                let rows = self.next_token_logprobs(&VqaBatch::new(features, &items.iter().collect::<Vec<_>>()), device);
+                let mut still_open = vec![];
+                for (&i, row) in open.iter().zip(rows) {
+                    let next = (0..row.len()).fold(0, |best, t| if row[t] > row[best] { t } else { best }) as u32;
+                    if !stop.contains(&next) {
+                        answers[start + i].push(next);
+                        still_open.push(i);
+                    }
+                }
+                open = still_open;
+            }
+        }
+        answers
     }
 }
 
