@@ -140,3 +140,36 @@ fn bad_vqa_data_names_the_file_and_line() {
     let e = stderr(&o);
     assert!(e.contains(&format!("{}:33:", s(&f.data))) && e.contains("missing.png") && e.contains("no such file"), "{e}");
 }
+
+#[test]
+fn vqa_settings_that_cannot_work_are_refused_by_flag() {
+    let f = fixture();
+    let out = f.dir.path().join("refused");
+    let cases: [(&[&str], &str); 4] = [
+        (&["--visual-grid", "5"], "--visual-grid 5"),
+        (&["--max-len", "60"], "--max-len 60"),
+        (&["--pooling", "mean"], "--pooling is not for a vqa run"),
+        (&["--train-images", "10"], "--train-images is not for a vqa run"),
+    ];
+    for (flags, expected) in cases {
+        let o = train(&f, &out, &[&["--method", "lora"][..], flags].concat());
+        assert!(!o.status.success(), "{flags:?} was accepted");
+        assert!(stderr(&o).contains(expected), "{flags:?}: {}", stderr(&o));
+        assert!(!out.join("run.json").exists(), "{flags:?}: a refused run wrote its directory");
+    }
+    // A vqa flag alone picks the task.
+    let o = replora(&[
+        "train",
+        "--visual-grid",
+        "9",
+        "--model",
+        s(&f.llama),
+        "--vision-model",
+        s(&f.vit),
+        "--image-size",
+        "16",
+        "--out",
+        s(&out),
+    ]);
+    assert!(stderr(&o).contains("--visual-grid 9"), "{}", stderr(&o));
+}

@@ -130,7 +130,7 @@ pub fn open(spec: &str, options: &VqaOptions) -> Result<VqaSplits> {
     let splits = VqaSplits {
         train: decode(train, size, &answers, "training")?,
         validation: decode(validation, size, &answers, "validation")?,
-        test: decode(test_pool_or(test, spec)?, size, &answers, "test")?,
+        test: decode(non_empty_test(test, spec)?, size, &answers, "test")?,
         answers,
     };
     if splits.validation.is_empty() {
@@ -139,10 +139,11 @@ pub fn open(spec: &str, options: &VqaOptions) -> Result<VqaSplits> {
     Ok(splits)
 }
 
-fn test_pool_or(test: Vec<Raw>, spec: &str) -> Result<Vec<Raw>> {
-    match test.is_empty() {
+/// `questions`, refused if there are none: a test split must score something.
+fn non_empty_test(questions: Vec<Raw>, spec: &str) -> Result<Vec<Raw>> {
+    match questions.is_empty() {
         true => Err(Error::data(spec, None, "the test split is empty: the data has too few images for a test share")),
-        false => Ok(test),
+        false => Ok(questions),
     }
 }
 
@@ -152,7 +153,7 @@ pub fn open_test(spec: &str, image_size: u32, answers: &[String]) -> Result<VqaS
         EASY_VQA => read_easy_vqa(&crate::assets::fetch(EASY_VQA)?.join("test"))?,
         file => read_jsonl(Path::new(file))?,
     };
-    decode(test_pool_or(pool, spec)?, image_size, answers, "test")
+    decode(non_empty_test(pool, spec)?, image_size, answers, "test")
 }
 
 /// Reads one easy-VQA split folder: `questions.json` and `images/<id>.png`.
