@@ -10,7 +10,7 @@ use burn::prelude::*;
 use replora::data::images::load_image;
 use replora::tasks::Task;
 use replora::tasks::vqa::{Vqa, VqaSpec};
-use replora::tasks::vqa_model::{sequence_answer_scores, single_token_scores};
+use replora::tasks::vqa_model::{answer_scores, sequence_answer_scores, single_token_scores};
 
 /// Tiny models and a JSONL of questions about 12 images of three colours (answers `w10`, `w11`,
 /// `w12`: one token each in the tiny word tokenizer).
@@ -111,7 +111,7 @@ fn cached_features_equal_freshly_computed_ones_and_each_image_is_computed_once()
 }
 
 #[test]
-fn one_token_answer_scoring_equals_scoring_each_answer_as_a_sequence() {
+fn answer_scoring_off_the_next_token_distribution_equals_scoring_each_answer_as_a_sequence() {
     let f = fixture();
     let device = Device::flex();
     let task = Vqa::open(f.spec.clone(), &device).unwrap();
@@ -122,11 +122,21 @@ fn one_token_answer_scoring_equals_scoring_each_answer_as_a_sequence() {
     let fast = single_token_scores(&model, features, questions, &data.answer_tokens, 3, &device);
     let slow = sequence_answer_scores(&model, features, questions, &data.answer_tokens, 5, &device);
     assert_eq!(fast.len(), questions.len());
-    for (a, b) in fast.iter().zip(&slow) {
-        for (x, y) in a.iter().zip(b) {
-            assert!((x - y).abs() < 1e-4, "{a:?} vs {b:?}");
+    let close = |fast: &[Vec<f64>], slow: &[Vec<f64>]| {
+        for (a, b) in fast.iter().zip(slow) {
+            assert_eq!(a.len(), b.len());
+            for (x, y) in a.iter().zip(b) {
+                assert!((x - y).abs() < 1e-4, "{a:?} vs {b:?}");
+            }
         }
-    }
+    };
+    close(&fast, &slow);
+    // A set mixing one-token and two-token answers (as " teal" is two SmolLM2 tokens).
+    let mut mixed = data.answer_tokens.clone();
+    mixed.insert(1, vec![mixed[0][0], mixed[2][0]]);
+    let slow = sequence_answer_scores(&model, features, questions, &mixed, 5, &device);
+    close(&answer_scores(&model, features, questions, &mixed, 4, &device), &slow);
+    assert!(slow.iter().all(|s| s[1] < s[0]), "the two-token answer is scored as both its tokens: {slow:?}");
 }
 
 #[test]

@@ -197,8 +197,8 @@ impl Objective for VqaModel {
 }
 
 /// Per question (its image and prompt tokens), the log-likelihood of each answer (its tokens).
-/// Where every answer is one token, one pass per batch of prompts reads them all off the
-/// next-token distribution; otherwise each (question, answer) pair is scored as a sequence.
+/// The one-token answers are all read off one next-token distribution per question (a pass per
+/// batch of prompts); each longer answer is scored as its own sequence.
 pub fn answer_scores(
     model: &VqaModel,
     features: &ImageFeatures,
@@ -207,10 +207,21 @@ pub fn answer_scores(
     batch_size: usize,
     device: &Device,
 ) -> Vec<Vec<f64>> {
-    match answers.iter().all(|a| a.len() == 1) {
-        true => single_token_scores(model, features, questions, answers, batch_size, device),
-        false => sequence_answer_scores(model, features, questions, answers, batch_size, device),
+    let (single, longer): (Vec<usize>, Vec<usize>) = (0..answers.len()).partition(|&a| answers[a].len() == 1);
+    let mut out = vec![vec![0.0; answers.len()]; questions.len()];
+    let pick = |group: &[usize]| group.iter().map(|&a| answers[a].clone()).collect::<Vec<_>>();
+    let mut scatter = |group: &[usize], scores: Vec<Vec<f64>>| {
+        for (row, scores) in out.iter_mut().zip(scores) {
+            group.iter().zip(scores).for_each(|(&a, s)| row[a] = s);
+        }
+    };
+    if !single.is_empty() {
+        scatter(&single, single_token_scores(model, features, questions, &pick(&single), batch_size, device));
     }
+    if !longer.is_empty() {
+        scatter(&longer, sequence_answer_scores(model, features, questions, &pick(&longer), batch_size, device));
+    }
+    out
 }
 
 /// [`answer_scores`] for one-token answers: one pass per batch of prompts.
