@@ -99,6 +99,15 @@ fn a_vqa_run_trains_predicts_evaluates_exports_and_merges() {
         assert!(p > 0.0 && p <= 1.0 && a["log_likelihood"].as_f64().unwrap() <= 0.0, "{a}");
     }
 
+    let image = f.dir.path().join("pics/0.png");
+    let o = replora(&["generate", "--run", s(&out), "--image", s(&image), "--max-new-tokens", "3", "w1 w2"]);
+    assert!(o.status.success(), "generate --image failed: {}", stderr(&o));
+    assert!(stderr(&o).contains("new tokens"), "{}", stderr(&o));
+    let o = replora(&["generate", "--run", s(&out), "w1 w2"]);
+    assert!(!o.status.success() && stderr(&o).contains("--image"), "{}", stderr(&o));
+    let o = replora(&["generate", "--run", s(&out), "--image", s(&f.dir.path().join("pics/none.png")), "w1 w2"]);
+    assert!(!o.status.success() && stderr(&o).contains("none.png"), "{}", stderr(&o));
+
     let o = replora(&["eval", "--run", s(&out), "--data", s(&f.data)]);
     assert!(o.status.success(), "eval failed: {}", stderr(&o));
 

@@ -456,6 +456,20 @@ impl Task for Vqa {
 }
 
 impl Vqa {
+    /// What the decoder reads before it answers `question` about the image at `image`: the
+    /// projected visual tokens and the embedded prompt, `[1, visual + prompt, hidden]` on
+    /// `device` (the device `model` is on).
+    pub fn question_embeddings(&self, model: &VqaModel, image: &Path, question: &str, device: &Device) -> Result<Tensor<3>> {
+        if question.trim().is_empty() {
+            return Err(Error::Config("the question is empty".into()));
+        }
+        let features = self.features(&[load_image(image, self.spec.image_size as u32)?]);
+        let prompt: Vec<i64> = prompt_tokens(&self.decoder, question.trim(), self.spec.max_len)?.iter().map(|&t| t as i64).collect();
+        let n = prompt.len();
+        let text = model.decoder.model.embed(Tensor::<2, Int>::from_data(TensorData::new(prompt, [1, n]), device));
+        Ok(Tensor::cat(vec![model.projector.forward(features.batch(&[0], device)), text], 1))
+    }
+
     /// The projector, the answer set and a README of how the parts fit together.
     fn write_vision_files(&self, model: &VqaModel, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;

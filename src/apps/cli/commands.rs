@@ -73,10 +73,11 @@ pub fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Info { model, rank, targets } => info(&model, rank, targets),
-        Command::Generate { model, run, prompt, chat, max_new_tokens, temperature, top_p, seed, device } => {
+        Command::Generate { model, run, image, prompt, chat, max_new_tokens, temperature, top_p, seed, device } => {
             let device = device.open()?;
             let sampling = crate::generate::Sampling { max_new_tokens, temperature, top_p, seed, stop: vec![] };
-            super::generate::generate_cli(model.as_deref().unwrap_or("smollm2"), run.as_deref(), &prompt, chat, sampling, &device)
+            let model = model.as_deref().unwrap_or("smollm2");
+            super::generate::generate_cli(model, run.as_deref(), image.as_deref(), &prompt, chat, sampling, &device)
         }
         Command::Bench(args) => {
             let line = if args.decode {

@@ -185,10 +185,14 @@ pub enum Command {
         /// model is used) [default: smollm2]
         #[arg(long, conflicts_with = "run")]
         model: Option<String>,
-        /// A multiple-choice `train` run whose adapter is applied.
+        /// A multiple-choice `train` run whose adapter is applied, or a vqa run (with --image).
         #[arg(long)]
         run: Option<PathBuf>,
-        /// The prompt.
+        /// An image (PNG or JPEG): the prompt is a question about it, answered by the vqa run
+        /// of --run.
+        #[arg(long, requires = "run", conflicts_with = "chat")]
+        image: Option<PathBuf>,
+        /// The prompt (with --image: the question).
         prompt: String,
         /// Wrap the prompt in the model's chat template (ChatML).
         #[arg(long)]
