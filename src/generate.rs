@@ -48,16 +48,30 @@ pub fn generate(
     on_token: &mut dyn FnMut(u32),
 ) -> Vec<u32> {
     assert!(!prompt.is_empty(), "generation needs at least one prompt token");
+    let ids: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
+    let embeddings = model.embed(Tensor::<2, Int>::from_data(TensorData::new(ids, [1, prompt.len()]), device));
+    generate_after(model, deltas, embeddings, sampling, device, on_token)
+}
+
+/// [`generate`] after a prompt given as input embeddings `[1, n, hidden]` (n >= 1): a
+/// vision-language model's visual tokens followed by its embedded question.
+pub fn generate_after(
+    model: &Llama,
+    deltas: &Deltas,
+    prompt: Tensor<3>,
+    sampling: &Sampling,
+    device: &Device,
+    on_token: &mut dyn FnMut(u32),
+) -> Vec<u32> {
     let mut rng = StdRng::seed_from_u64(sampling.seed);
     let mut cache = KvCache::new();
     // A prefix (prefix tuning) takes the first positions.
-    let room = model.config.max_position_embeddings.saturating_sub(prompt.len() + deltas.prefix_len());
+    let room = model.config.max_position_embeddings.saturating_sub(prompt.dims()[1] + deltas.prefix_len());
     let mut out = vec![];
-    let mut input: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
+    let mut input = prompt;
     while out.len() < sampling.max_new_tokens.min(room) {
-        let n = input.len();
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(std::mem::take(&mut input), [1, n]), device);
-        let hidden = model.forward(ids, None, Some(&mut cache), deltas);
+        let n = input.dims()[1];
+        let hidden = model.forward_embeddings(input, None, Some(&mut cache), deltas);
         let d = hidden.dims()[2];
         let last = hidden.narrow(1, n - 1, 1).reshape([1, d]);
         let scores: Vec<f32> = model.logits(last).into_data().try_into_vec_as().expect("float tensor");
@@ -67,7 +81,7 @@ pub fn generate(
         }
         on_token(next);
         out.push(next);
-        input = vec![next as i64];
+        input = model.embed(Tensor::<2, Int>::from_data(TensorData::new(vec![next as i64], [1, 1]), device));
     }
     out
 }

@@ -16,6 +16,10 @@ pub const ADAPTER_DIR: &str = "adapter";
 /// A classifier's label names and head (classification and image classification).
 pub const LABELS_FILE: &str = "labels.json";
 pub const HEAD_FILE: &str = "head.safetensors";
+/// A visual question answering run's answer set and its projector (visual tokens to the
+/// decoder's embeddings).
+pub const ANSWERS_FILE: &str = "answers.json";
+pub const PROJECTOR_FILE: &str = "projector.safetensors";
 /// The last resumable checkpoint, and the best epoch's trainable tensors.
 pub const CHECKPOINT_DIR: &str = "checkpoint";
 pub const BEST_DIR: &str = "best";
@@ -37,6 +41,8 @@ pub const ARTEFACTS: &[&str] = &[
     ADAPTER_DIR,
     LABELS_FILE,
     HEAD_FILE,
+    ANSWERS_FILE,
+    PROJECTOR_FILE,
     CHECKPOINT_DIR,
     BEST_DIR,
     ENCODER_DIR,

@@ -140,6 +140,22 @@ pub(super) const ASSETS: &[Asset] = &[
         required: &["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"],
         model_type: None,
     },
+    Asset {
+        name: "easy-vqa",
+        usage: "easy-vqa",
+        description: "easy-VQA (visual question answering: 4,000 train + 1,000 test 64x64 PNG images of one shape, 38,575 + 9,673 questions, 13 answers): questions.json and images/ per split, answers.txt",
+        package: "easy-vqa",
+        version: "1.0",
+        kind: ArchiveKind::Wheel,
+        file_name: "easy_vqa-1.0-py3-none-any.whl",
+        sha256: "fcb51b309b78c7b00f97b64cdbcbcf5c105f94da1b39c0796cee5a787c4f650f",
+        size: "3.2 MB",
+        dest: "datasets/easy-vqa",
+        member: "easy_vqa/data/",
+        subtasks: &[],
+        required: &["answers.txt", "train/questions.json", "test/questions.json", "train/images/0.png", "test/images/0.png"],
+        model_type: None,
+    },
 ];
 
 /// The named assets, for `--help` and error messages.

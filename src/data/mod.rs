@@ -7,6 +7,7 @@
 //! - [`tokenize`]: a [`Tokenizer`] over a model's `tokenizer.json` and padded [`Batch`]es.
 //! - [`images`]: labelled image datasets (CIFAR-10, Fashion-MNIST, folders, JSONL), their
 //!   train/validation/test protocol and normalized image batches.
+//! - [`vqa`]: visual question answering (easy-VQA, JSONL of image/question/answer), split by image.
 //!
 //! ```no_run
 //! use replora::data::{self, LoadOptions, SplitConfig, Tokenizer, BatchConfig};
@@ -28,6 +29,7 @@ pub mod images;
 pub mod jsonl;
 pub mod split;
 pub mod tokenize;
+pub mod vqa;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -385,11 +385,30 @@ impl Llama {
         &self,
         input_ids: Tensor<2, Int>,
         attention_mask: Option<Tensor<2>>,
+        cache: Option<&mut KvCache>,
+        deltas: &Deltas,
+    ) -> Tensor<3> {
+        self.forward_embeddings(self.embed(input_ids), attention_mask, cache, deltas)
+    }
+
+    /// The input embeddings `[batch, t, hidden]` of `input_ids` (`[batch, t]`).
+    pub fn embed(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
+        embedding(self.embed_tokens.val(), input_ids)
+    }
+
+    /// [`Llama::forward`] from input embeddings `[batch, t, hidden]` rather than token ids: a
+    /// sequence whose first vectors come from elsewhere (a vision-language model's visual
+    /// tokens, projected into the embedding space) followed by embedded tokens. Positions,
+    /// masking, the cache and a prefix work as in [`Llama::forward`].
+    pub fn forward_embeddings(
+        &self,
+        embeddings: Tensor<3>,
+        attention_mask: Option<Tensor<2>>,
         mut cache: Option<&mut KvCache>,
         deltas: &Deltas,
     ) -> Tensor<3> {
-        let [b, t] = input_ids.dims();
-        let device = input_ids.device();
+        let [b, t, _] = embeddings.dims();
+        let device = embeddings.device();
         let prefix = deltas.prefix_len();
         let offset = match cache.as_ref() {
             Some(c) if c.len > 0 => c.len,
@@ -409,7 +428,7 @@ impl Llama {
         let mask = causal_mask(b, t, offset, attention_mask, &device);
         let c = &self.config;
         let ctx = Context { cos, sin, mask, heads: c.num_attention_heads, kv_heads: c.kv_heads(), deltas };
-        let mut x = embedding(self.embed_tokens.val(), input_ids);
+        let mut x = embeddings;
         if let Some(cache) = cache.as_deref_mut() {
             cache.layers.resize(self.layers.len(), None);
         }

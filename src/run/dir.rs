@@ -53,6 +53,7 @@ fn train_command(kind: TaskKind) -> &'static str {
         TaskKind::Classification => "train",
         TaskKind::MultipleChoice => "train --task multiple-choice",
         TaskKind::ImageClassification => "train --task image-classification",
+        TaskKind::Vqa => "train --task vqa",
     }
 }
 

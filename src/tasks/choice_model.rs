@@ -163,14 +163,22 @@ pub fn training_sequences(decoder: &Decoder, examples: &[ChoiceExample], max_len
 /// Shuffled batches of similar-length sequences (less padding): a seeded shuffle, sorted by
 /// length within windows of 16 batches, then the batches themselves shuffled.
 pub fn length_grouped_batches(sequences: &[LmSequence], batch_size: usize, seed: u64) -> Vec<LmBatch> {
+    let lengths: Vec<usize> = sequences.iter().map(|s| s.tokens.len()).collect();
+    length_grouped_order(&lengths, batch_size, seed)
+        .iter()
+        .map(|b| LmBatch::pad(&b.iter().map(|&i| &sequences[i]).collect::<Vec<_>>(), 0))
+        .collect()
+}
+
+/// The batches of [`length_grouped_batches`] as indices into `lengths` (one per sequence).
+pub fn length_grouped_order(lengths: &[usize], batch_size: usize, seed: u64) -> Vec<Vec<usize>> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut order: Vec<usize> = (0..sequences.len()).collect();
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.shuffle(&mut rng);
     for window in order.chunks_mut(batch_size * 16) {
-        window.sort_by_key(|&i| sequences[i].tokens.len());
+        window.sort_by_key(|&i| lengths[i]);
     }
-    let mut batches: Vec<LmBatch> =
-        order.chunks(batch_size).map(|c| LmBatch::pad(&c.iter().map(|&i| &sequences[i]).collect::<Vec<_>>(), 0)).collect();
+    let mut batches: Vec<Vec<usize>> = order.chunks(batch_size).map(<[usize]>::to_vec).collect();
     batches.shuffle(&mut rng);
     batches
 }

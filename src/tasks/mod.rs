@@ -47,6 +47,8 @@ pub mod image_classification;
 pub mod multiple_choice;
 pub mod spec_checks;
 pub mod tuning;
+pub mod vqa;
+pub mod vqa_model;
 
 pub use tuning::Tuning;
 
@@ -65,6 +67,7 @@ use crate::training::{EvalMetrics, Objective, TrainConfig};
 pub use classification::Classification;
 pub use image_classification::ImageClassification;
 pub use multiple_choice::MultipleChoice;
+pub use vqa::Vqa;
 
 crate::choice_enum! {
     /// The registry of tasks: `--task`, and the `task` a run directory records.
@@ -77,6 +80,9 @@ crate::choice_enum! {
         MultipleChoice => "multiple-choice",
         /// Images classified by a vision transformer with a linear head.
         ImageClassification => "image-classification",
+        /// Visual question answering: a frozen ViT's visual tokens, through a trained projector,
+        /// read by a decoder before the question; answers chosen among the training answers.
+        Vqa => "vqa",
     }
 }
 
@@ -108,6 +114,10 @@ macro_rules! with_task {
             }
             $crate::tasks::TaskKind::ImageClassification => {
                 type $T = $crate::tasks::ImageClassification;
+                $body
+            }
+            $crate::tasks::TaskKind::Vqa => {
+                type $T = $crate::tasks::Vqa;
                 $body
             }
         }

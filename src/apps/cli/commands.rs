@@ -73,10 +73,11 @@ pub fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Info { model, rank, targets } => info(&model, rank, targets),
-        Command::Generate { model, run, prompt, chat, max_new_tokens, temperature, top_p, seed, device } => {
+        Command::Generate { model, run, image, prompt, chat, max_new_tokens, temperature, top_p, seed, device } => {
             let device = device.open()?;
             let sampling = crate::generate::Sampling { max_new_tokens, temperature, top_p, seed, stop: vec![] };
-            super::generate::generate_cli(model.as_deref().unwrap_or("smollm2"), run.as_deref(), &prompt, chat, sampling, &device)
+            let model = model.as_deref().unwrap_or("smollm2");
+            super::generate::generate_cli(model, run.as_deref(), image.as_deref(), &prompt, chat, sampling, &device)
         }
         Command::Bench(args) => {
             let line = if args.decode {
@@ -114,7 +115,7 @@ fn eval_run(dir: &Path, args: &RunArgs, device: &Device) -> Result<()> {
     }
     args.refuse_for_eval_of_run(kind)?;
     let source = match kind {
-        TaskKind::Classification | TaskKind::ImageClassification => args.data.clone(),
+        TaskKind::Classification | TaskKind::ImageClassification | TaskKind::Vqa => args.data.clone(),
         // `none` (no other task) scores the run on its own test split, as no flag does.
         TaskKind::MultipleChoice => args
             .choice
@@ -147,10 +148,11 @@ fn fetch(names: Vec<String>) -> Result<()> {
 }
 
 /// `runs/train`, `runs/compare` (classification); `runs/train-lm`, `runs/compare-lm`
-/// (multiple-choice, where replora 0.1's decoder commands wrote).
+/// (multiple-choice, where replora 0.1's decoder commands wrote); `runs/train-vqa`, `runs/compare-vqa` (vqa).
 fn default_dir(kind: TaskKind, verb: &str) -> PathBuf {
     match kind {
         TaskKind::MultipleChoice => PathBuf::from(format!("runs/{verb}-lm")),
+        TaskKind::Vqa => PathBuf::from(format!("runs/{verb}-vqa")),
         _ => PathBuf::from(format!("runs/{verb}")),
     }
 }

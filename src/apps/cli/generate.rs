@@ -1,5 +1,6 @@
 //! `replora generate`: a prompt's continuation streamed to stdout, from a pre-trained decoder or
-//! a multiple-choice run's adapted one.
+//! a multiple-choice run's adapted one; with `--image`, a vqa run's answer to the prompt as a
+//! question about the image.
 
 use std::path::Path;
 use std::time::Instant;
@@ -8,19 +9,35 @@ use burn::prelude::*;
 
 use crate::adapters::Deltas;
 use crate::error::{Error, Result};
-use crate::generate::{Sampling, generate};
+use crate::generate::{Sampling, generate, generate_after};
 use crate::models::decoder::Decoder;
-use crate::tasks::{MultipleChoice, Role, TaskKind};
+use crate::tasks::{MultipleChoice, Role, TaskKind, Vqa};
 
 /// Streams the continuation of `prompt`, computed on `device`, to stdout.
-pub fn generate_cli(model: &str, run: Option<&Path>, prompt: &str, chat: bool, mut sampling: Sampling, device: &Device) -> Result<()> {
-    use std::io::Write;
+pub fn generate_cli(
+    model: &str,
+    run: Option<&Path>,
+    image: Option<&Path>,
+    prompt: &str,
+    chat: bool,
+    mut sampling: Sampling,
+    device: &Device,
+) -> Result<()> {
     sampling.validate()?;
+    if let Some(image) = image {
+        let run = run.ok_or_else(|| Error::Config("--image needs --run: a vqa run answers questions about images".into()))?;
+        return answer_about_image(run, image, prompt, sampling, device);
+    }
     let (decoder, deltas) = match run {
         Some(dir) => {
-            if crate::run::kind_of(dir)? != TaskKind::MultipleChoice {
+            let kind = crate::run::kind_of(dir)?;
+            if kind == TaskKind::Vqa {
                 let d = dir.display();
-                return Err(Error::State(format!("{d} is a classification run, not a decoder's: use `replora predict --run {d}`")));
+                return Err(Error::Config(format!("{d} is a vqa run: give the image the question is about with --image PATH")));
+            }
+            if kind != TaskKind::MultipleChoice {
+                let d = dir.display();
+                return Err(Error::State(format!("{d} is a {kind} run, not a decoder's: use `replora predict --run {d}`")));
             }
             let (task, model) = crate::run::open::<MultipleChoice>(dir, device, &[Role::Model])?;
             let deltas = model.decoder.deltas();
@@ -45,22 +62,50 @@ pub fn generate_cli(model: &str, run: Option<&Path>, prompt: &str, chat: bool, m
     }
     sampling.stop = vec![decoder.eos_id()?];
     let started = Instant::now();
-    let mut produced = vec![];
-    let mut shown = String::new();
-    let mut stdout = std::io::stdout();
-    let out = generate(&decoder.model, &deltas, &ids, &sampling, device, &mut |id| {
-        // Decode the whole continuation each time: a multi-byte character may span tokens.
+    let out = generate(&decoder.model, &deltas, &ids, &sampling, device, &mut stream_to_stdout(&decoder));
+    println!();
+    report(ids.len(), out.len(), started);
+    Ok(())
+}
+
+/// A vqa run's greedy (or sampled) answer to `question` about `image`, streamed to stdout; it
+/// stops at the end token or a new line.
+fn answer_about_image(run: &Path, image: &Path, question: &str, mut sampling: Sampling, device: &Device) -> Result<()> {
+    if crate::run::kind_of(run)? != TaskKind::Vqa {
+        return Err(Error::Config(format!("--image is for vqa runs; {} is not one", run.display())));
+    }
+    let (task, model) = crate::run::open::<Vqa>(run, device, &[Role::Model])?;
+    let embeddings = task.question_embeddings(&model, image, question, device)?;
+    let prompt = embeddings.dims()[1];
+    sampling.stop = vec![task.decoder.eos_id()?];
+    sampling.stop.extend(task.decoder.encode("\n")?.first());
+    let started = Instant::now();
+    let deltas = model.decoder.deltas();
+    let out = generate_after(&model.decoder.model, &deltas, embeddings, &sampling, device, &mut stream_to_stdout(&task.decoder));
+    println!();
+    report(prompt, out.len(), started);
+    Ok(())
+}
+
+/// Prints each new token's text as it comes. The whole continuation is decoded each time: a
+/// multi-byte character may span tokens.
+fn stream_to_stdout(decoder: &Decoder) -> impl FnMut(u32) + '_ {
+    use std::io::Write;
+    let (mut produced, mut shown) = (vec![], String::new());
+    move |id| {
         produced.push(id);
         if let Ok(text) = decoder.decode(&produced) {
             if let Some(new) = text.strip_prefix(shown.as_str()) {
+                let mut stdout = std::io::stdout();
                 let _ = write!(stdout, "{new}");
                 let _ = stdout.flush();
             }
             shown = text;
         }
-    });
-    println!();
+    }
+}
+
+fn report(prompt: usize, new: usize, started: Instant) {
     let secs = started.elapsed().as_secs_f64();
-    eprintln!("{} prompt + {} new tokens in {secs:.2} s ({:.1} tokens/s)", ids.len(), out.len(), out.len() as f64 / secs.max(1e-9));
-    Ok(())
+    eprintln!("{prompt} prompt + {new} new tokens in {secs:.2} s ({:.1} tokens/s)", new as f64 / secs.max(1e-9));
 }

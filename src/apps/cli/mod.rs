@@ -6,6 +6,7 @@ mod flags_given;
 mod generate;
 mod progress_bars;
 mod spec_args;
+mod vqa_args;
 
 use std::path::PathBuf;
 
@@ -32,8 +33,9 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Fine-tune a model for a task and write a run directory: classification (an encoder with
-    /// an adapter and a head) or multiple-choice (a decoder as a causal language model), then
-    /// evaluate it on the test split. `train-lm` is `train --task multiple-choice`.
+    /// an adapter and a head), multiple-choice (a decoder as a causal language model),
+    /// image-classification (a ViT with a head) or vqa (a decoder answering questions about
+    /// images through a frozen ViT and a trained projector), then evaluate it on the test split. `train-lm` is `train --task multiple-choice`.
     ///
     /// Every flag can also come from a TOML/JSON file: `--config run.toml` (keys are flag names;
     /// also for compare and eval). A flag given on the command line replaces the file's value,
@@ -42,7 +44,8 @@ pub enum Command {
         #[command(flatten)]
         run: RunArgs,
         /// Run directory (run.json, adapter/, metrics.jsonl, summary.json, checkpoint/, and the
-        /// task's files: head.safetensors, labels.json) [default: runs/train; multiple-choice: runs/train-lm]
+        /// task's files: head.safetensors, labels.json; vqa: answers.json, projector.safetensors)
+        /// [default: runs/train; multiple-choice: runs/train-lm; vqa: runs/train-vqa]
         #[arg(long)]
         out: Option<PathBuf>,
         /// Continue the run in --out from its last checkpoint (its saved settings are used).
@@ -72,7 +75,8 @@ pub enum Command {
         #[arg(long, value_delimiter = ',', value_parser = spec_args::number(crate::validate::Range::Fraction))]
         train_fractions: Option<Vec<f64>>,
         /// Parent directory of the runs (one per method, seed and fraction) and the table
-        /// (compare.md, compare.json) [default: runs/compare; multiple-choice: runs/compare-lm]
+        /// (compare.md, compare.json) [default: runs/compare; multiple-choice: runs/compare-lm;
+        /// vqa: runs/compare-vqa]
         #[arg(long)]
         out: Option<PathBuf>,
         /// Replace runs already in --out.
@@ -94,8 +98,8 @@ pub enum Command {
         device: DeviceArg,
     },
     /// Answer inputs with a trained run; prints one JSON line per input: a label and its
-    /// probabilities (classification), or the chosen option and each option's log-likelihood
-    /// (multiple-choice).
+    /// probabilities (classification), the chosen option and each option's log-likelihood
+    /// (multiple-choice), or the most likely of the run's answers with its log-likelihood (vqa).
     Predict {
         /// Run directory written by `train`.
         #[arg(long)]
@@ -104,7 +108,7 @@ pub enum Command {
         #[arg(long)]
         text: Vec<String>,
         /// A file of inputs: .jsonl (classification: the run's text/pair fields; multiple-choice:
-        /// {"question": .., "options": [..]}), .csv/.tsv with a header row (the run's text/pair
+        /// {"question": .., "options": [..]}; vqa: {"image": path, "question": ..}), .csv/.tsv with a header row (the run's text/pair
         /// columns; a label column is ignored) or plain text, one text per line.
         #[arg(long)]
         input: Option<PathBuf>,
@@ -181,10 +185,14 @@ pub enum Command {
         /// model is used) [default: smollm2]
         #[arg(long, conflicts_with = "run")]
         model: Option<String>,
-        /// A multiple-choice `train` run whose adapter is applied.
+        /// A multiple-choice `train` run whose adapter is applied, or a vqa run (with --image).
         #[arg(long)]
         run: Option<PathBuf>,
-        /// The prompt.
+        /// An image (PNG or JPEG): the prompt is a question about it, answered by the vqa run
+        /// of --run.
+        #[arg(long, requires = "run", conflicts_with = "chat")]
+        image: Option<PathBuf>,
+        /// The prompt (with --image: the question).
         prompt: String,
         /// Wrap the prompt in the model's chat template (ChatML).
         #[arg(long)]

