@@ -525,10 +525,13 @@ fn prefix_refuses_merge_partial_layers_and_empty_settings() {
 /// Adapters written by replora before adapter methods were plug-ins (issue 28), one per
 /// variant: `adapter_config.json` in that format, the tensors, and `expected.json` with the
 /// model's output bits and the checkpoint names of the trainable tensors. They must load and
-/// give the same output to the bit, and a checkpoint must name its tensors as then (so runs
-/// interrupted before the change resume). `REPLORA_BLESS=1` rewrites them from today's code.
+/// give the same output, and a checkpoint must name its tensors as then (so runs interrupted
+/// before the change resume). The output is compared within 1e-5 of its largest magnitude, not
+/// to the bit: the bits were written on an AMD CPU, and the matrix products round differently
+/// on one with AVX-512 (up to 6 ulps here); a wrongly loaded tensor moves it by far more.
+/// `REPLORA_BLESS=1` rewrites them from today's code.
 #[test]
-fn adapters_written_before_methods_were_plug_ins_load_bit_exactly() {
+fn adapters_written_before_methods_were_plug_ins_load_to_the_same_output() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/adapters-0.1");
     let all: Vec<(&str, AdapterConfig)> = [variants(), bottlenecks(), prefixes()].concat();
     let checkpoint_names = |peft: &PeftModel<TinyModel>| -> Vec<String> {
@@ -551,8 +554,13 @@ fn adapters_written_before_methods_were_plug_ins_load_bit_exactly() {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
         let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
         let loaded = native::load(model(), &dir).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let bits: Vec<u32> = forward(&loaded, 9).iter().map(|x| x.to_bits()).collect();
-        assert_eq!(serde_json::json!(bits), expected["output_bits"], "{name}: the output changed");
+        let output = forward(&loaded, 9);
+        let bits: Vec<u32> = serde_json::from_value(expected["output_bits"].clone()).unwrap();
+        let written: Vec<f32> = bits.into_iter().map(f32::from_bits).collect();
+        assert_eq!(output.len(), written.len(), "{name}");
+        let scale = written.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = output.iter().zip(&written).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(diff <= 1e-5 * scale, "{name}: the output changed by {diff} (scale {scale})");
         assert_eq!(serde_json::json!(checkpoint_names(&loaded)), expected["checkpoint_names"], "{name}: checkpoint names changed");
         assert!(!expected["checkpoint_names"].as_array().unwrap().is_empty(), "{name}");
         // The config reads back as the variant that wrote it.
