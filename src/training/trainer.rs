@@ -290,6 +290,11 @@ impl<'a> Session<'a> {
             let diagnostics = if logged { model.diagnostics(&grads) } else { Default::default() };
             model = step(&mut self.optim, lr, model, grads);
             self.progress.step += 1;
+            if self.progress.step == 1 {
+                // The batches before the first step were read one by one: a non-finite sum
+                // comes from those after it.
+                (window.first_batch, window.steps_before) = (i + 1, 1);
+            }
             self.bar.inc(1);
             let checkpointed = cfg.checkpoint_every.is_some_and(|n| self.progress.step.is_multiple_of(n)) && i + 1 != batches.len();
             if logged || checkpointed {
