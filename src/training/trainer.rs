@@ -298,10 +298,7 @@ impl<'a> Session<'a> {
             self.bar.inc(1);
             let checkpointed = cfg.checkpoint_every.is_some_and(|n| self.progress.step.is_multiple_of(n)) && i + 1 != batches.len();
             if logged || checkpointed {
-                let mean = window.mean();
-                if !mean.is_finite() {
-                    return Err(self.diverged(&model, mean, window.first_batch..=i, window.steps_before));
-                }
+                self.check_finite(&model, &mut window, i)?;
             }
             if logged {
                 self.bar.set_message(format!("loss {:.4} lr {lr:.2e} {:.1} {}/s", window.mean(), window.rate(), M::EXAMPLE_UNIT));
@@ -323,11 +320,18 @@ impl<'a> Session<'a> {
         }
         // The batches after the epoch's last metrics line are checked before the model is
         // evaluated and checkpointed.
+        self.check_finite(&model, &mut window, self.progress.batch_in_epoch.saturating_sub(1))?;
+        Ok(model)
+    }
+
+    /// Reads the window's loss (one host read) and fails if it is not finite, naming its
+    /// batches up to `last_batch` (0-based).
+    fn check_finite<M: Objective>(&self, model: &M, window: &mut Window, last_batch: usize) -> Result<()> {
         let mean = window.mean();
         if window.examples > 0 && !mean.is_finite() {
-            return Err(self.diverged(&model, mean, window.first_batch..=self.progress.batch_in_epoch - 1, window.steps_before));
+            return Err(self.diverged(model, mean, window.first_batch..=last_batch, window.steps_before));
         }
-        Ok(model)
+        Ok(())
     }
 
     /// Writes a metrics line for the step just taken and feeds its loss to the collapse guard.
