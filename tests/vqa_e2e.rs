@@ -1,6 +1,6 @@
 //! Visual question answering end to end through the command line, on a tiny ViT and a tiny
-//! LLaMA: train (an adapter, prefix tuning, the projector alone), predict, evaluate, export and
-//! merge; bad data fails naming the file and line.
+//! LLaMA: train (an adapter, prefix tuning, the projector alone), predict, evaluate, export,
+//! merge and compare; bad data fails naming the file and line.
 
 mod support;
 
@@ -181,4 +181,29 @@ fn vqa_settings_that_cannot_work_are_refused_by_flag() {
         s(&out),
     ]);
     assert!(stderr(&o).contains("--visual-grid 9"), "{}", stderr(&o));
+}
+
+/// `compare` runs the methods it is given on the same questions and prints one table.
+#[test]
+fn compare_runs_vqa_methods_side_by_side() {
+    let f = fixture();
+    let out = f.dir.path().join("compare");
+    let args = [
+        &["compare", "--task", "vqa", "--model", s(&f.llama), "--vision-model", s(&f.vit), "--data", s(&f.data)][..],
+        &["--image-size", "16", "--validation-share", "0.25", "--test-share", "0.25", "--epochs", "1", "--batch-size", "4"],
+        &["--methods", "lora,probe", "--rank", "2", "--out", s(&out)],
+    ]
+    .concat();
+    let o = replora(&args);
+    assert!(o.status.success(), "compare failed: {}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("| lora |") && table.contains("| probe |"), "{table}");
+    for method in ["lora", "probe"] {
+        let run = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(method));
+        let run = run.unwrap_or_else(|| panic!("no {method} run in {}", out.display()));
+        assert!(summary(&run).test.exact_match.is_some(), "{method}");
+    }
 }
