@@ -197,7 +197,7 @@ fn compare_runs_vqa_methods_side_by_side() {
     let o = replora(&args);
     assert!(o.status.success(), "compare failed: {}", stderr(&o));
     let table = String::from_utf8_lossy(&o.stdout);
-    assert!(table.contains("| lora |") && table.contains("| probe |"), "{table}");
+    assert!(table.contains("| lora |") && table.contains("| probe |") && table.contains(", 3 answers, "), "{table}");
     for method in ["lora", "probe"] {
         let run = std::fs::read_dir(&out)
             .unwrap()
