@@ -1,6 +1,6 @@
 //! Visual question answering end to end through the command line, on a tiny ViT and a tiny
 //! LLaMA: train (an adapter, prefix tuning, the projector alone), predict, evaluate, export,
-//! merge and compare; bad data fails naming the file and line.
+//! merge, compare and sweep; bad data fails naming the file and line.
 
 mod support;
 
@@ -206,4 +206,25 @@ fn compare_runs_vqa_methods_side_by_side() {
         let run = run.unwrap_or_else(|| panic!("no {method} run in {}", out.display()));
         assert!(summary(&run).test.exact_match.is_some(), "{method}");
     }
+}
+
+/// A sweep grid runs vqa cells (`task = "vqa"` among the fixed flags) and tables them.
+#[test]
+fn a_sweep_runs_vqa_cells() {
+    let f = fixture();
+    let grid = f.dir.path().join("vqa.toml");
+    let text = format!(
+        "metric = \"accuracy\"\nbaseline = \"lora\"\n\n[fixed]\ntask = \"vqa\"\nmodel = {:?}\nvision_model = {:?}\ndata = {:?}\nimage_size = 16\n\
+         validation_share = 0.25\ntest_share = 0.25\nepochs = 1\nbatch_size = 4\nrank = 2\n\n[[grid]]\nmethod = [\"lora\", \"probe\"]\nseed = [0]\n",
+        s(&f.llama),
+        s(&f.vit),
+        s(&f.data)
+    );
+    std::fs::write(&grid, text).unwrap();
+    let out = f.dir.path().join("sweep");
+    let o = replora(&["sweep", "--grid", s(&grid), "--out", s(&out)]);
+    assert!(o.status.success(), "sweep failed: {}", stderr(&o));
+    let results = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
+    assert_eq!(results.lines().count(), 2, "{results}");
+    assert!(results.contains("\"method\":\"probe\"") && results.contains("\"method\":\"lora\""), "{results}");
 }
