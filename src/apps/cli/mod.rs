@@ -5,6 +5,7 @@ mod config_file;
 mod flags_given;
 mod generate;
 mod progress_bars;
+mod progress_lines;
 mod spec_args;
 mod vqa_args;
 

@@ -1,10 +1,12 @@
 //! The CLI's progress bars: indicatif draws the library's [`Bar`](crate::progress::Bar)s on
-//! stderr (nothing when stderr is no terminal).
+//! stderr; where stderr is no terminal, a line now and then instead ([`ProgressLines`]).
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::progress_lines::{self, ProgressLines};
 use crate::progress::{Indicator, Kind, Reporter};
 
 /// The [`Reporter`] `replora` installs.
@@ -12,6 +14,9 @@ pub struct Indicatif;
 
 impl Reporter for Indicatif {
     fn bar(&self, kind: Kind, position: u64, len: u64, message: String) -> Box<dyn Indicator> {
+        if !std::io::stderr().is_terminal() && kind != Kind::Spinner {
+            return Box::new(ProgressLines::new(kind, position, len, message, progress_lines::EVERY, Box::new(std::io::stderr())));
+        }
         let bar = match kind {
             Kind::Spinner => ProgressBar::new_spinner(),
             _ => ProgressBar::new(len).with_position(position),
