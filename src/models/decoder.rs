@@ -21,6 +21,15 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// [`Decoder::open`], keeping only the first `keep_layers` blocks when given (`--keep-layers`).
+    pub fn open_keeping(model: &str, keep_layers: Option<usize>, device: &Device) -> Result<Self> {
+        let mut decoder = Self::open(model, device)?;
+        if let Some(n) = keep_layers {
+            decoder.model = decoder.model.truncate_layers(n);
+        }
+        Ok(decoder)
+    }
+
     /// Opens an asset name (`smollm2`), a `.gguf` file, a directory holding one, or a Hugging
     /// Face directory (`config.json`, `model.safetensors`, `tokenizer.json`).
     pub fn open(model: &str, device: &Device) -> Result<Self> {

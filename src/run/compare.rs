@@ -7,7 +7,7 @@ use super::results::{RunSummary, table};
 use super::{Start, evaluate_base, train};
 use crate::error::{Error, Result};
 use crate::files::{write_atomic, write_json};
-use crate::tasks::{Task, TaskKind, TaskSpec};
+use crate::tasks::{Task, TaskSpec};
 
 /// One arm of a comparison: the pre-trained model zero-shot, or a run of a `--method`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,9 +118,7 @@ pub fn write(summaries: &[RunSummary], out: &Path) -> Result<String> {
     let Some(s) = summaries.iter().find(|s| s.training.is_some()).or(summaries.first()) else {
         return Err(Error::Config("no runs to compare".into()));
     };
-    // A vqa run's labels are the answers it chooses among.
-    let noun = if s.task == TaskKind::Vqa { "answers" } else { "labels" };
-    let labels = if s.labels.is_empty() { String::new() } else { format!(", {} {noun}", s.labels.len()) };
+    let labels = if s.labels.is_empty() { String::new() } else { format!(", {} {}", s.labels.len(), s.task.labels_noun()) };
     let epochs = s.training.as_ref().map_or(String::new(), |t| format!(", {} epochs", t.epochs_run));
     let header = format!(
         "{} {} on {} ({} train / {} validation / {} test examples{labels}{epochs})\n\n",

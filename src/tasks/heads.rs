@@ -240,7 +240,10 @@ pub fn evaluate<M: ClassifierModel, B: LabelledBatch<Input = M::Input>>(
         bar.inc(1);
         let logits = model.logits(&batch.input(&device), false);
         let batch_loss = cross_entropy(logits.clone(), batch.labels_tensor(&device)).mul_scalar(batch.labels().len() as f64);
-        loss_sum = Some(loss_sum.map_or(batch_loss.clone(), |sum| sum + batch_loss));
+        loss_sum = Some(match loss_sum {
+            Some(sum) => sum + batch_loss,
+            None => batch_loss,
+        });
         let argmax: Vec<i64> = logits.argmax(1).into_data().try_into_vec_as::<i64>().expect("int tensor");
         predictions.extend(argmax.into_iter().map(|p| p as usize));
         labels.extend_from_slice(batch.labels());

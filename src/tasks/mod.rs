@@ -96,6 +96,15 @@ impl TaskKind {
             _ => TaskKind::Classification,
         }
     }
+
+    /// What a run's `labels` are: the classes, or for question answering the answers it
+    /// chooses among.
+    pub fn labels_noun(self) -> &'static str {
+        match self {
+            TaskKind::Vqa => "answers",
+            _ => "labels",
+        }
+    }
 }
 
 /// Runs `$body` with the type alias `$T` bound to the [`Task`] of `$kind`: the one place that

@@ -183,10 +183,7 @@ impl Task for MultipleChoice {
     type Data = ChoiceData;
 
     fn open(spec: MultipleChoiceSpec, device: &Device) -> Result<Self> {
-        let mut decoder = Decoder::open(&spec.model, device)?;
-        if let Some(n) = spec.keep_layers {
-            decoder.model = decoder.model.truncate_layers(n);
-        }
+        let decoder = Decoder::open_keeping(&spec.model, spec.keep_layers, device)?;
         decoder.model.check_fits(spec.max_len, spec.tuning.layers())?;
         let p = spec.tuning.adapter().map_or(0, |a| a.method.virtual_tokens());
         if p > 0 {

@@ -4,6 +4,7 @@
 use super::classification::ClassificationSpec;
 use super::image_classification::ImageClassificationSpec;
 use super::multiple_choice::MultipleChoiceSpec;
+use super::vqa::VqaSpec;
 use crate::error::{Error, Result};
 use crate::validate::{Range, at_least_one, check};
 
@@ -58,6 +59,31 @@ impl ImageClassificationSpec {
             return Err(Error::Config(format!("--image-size must be at most {max} pixels, got {}", self.image_size)));
         }
         check("train-fraction", self.train_fraction, Range::Fraction)?;
+        self.tuning.validate()?;
+        self.train.validate()
+    }
+}
+
+impl VqaSpec {
+    /// Checks every setting that does not depend on the models or the data.
+    pub fn validate(&self) -> Result<()> {
+        let [train, validation, test] = self.questions;
+        at_least_one("train-questions", train)?;
+        at_least_one("val-questions", validation)?;
+        at_least_one("test-questions", test)?;
+        at_least_one("image-size", self.image_size)?;
+        at_least_one("visual-grid", self.visual_grid)?;
+        at_least_one("max-len", self.max_len)?;
+        if let Some(n) = self.keep_layers {
+            at_least_one("keep-layers", n)?;
+        }
+        let max = crate::data::images::MAX_IMAGE_SIZE;
+        if self.image_size > max {
+            return Err(Error::Config(format!("--image-size must be at most {max} pixels, got {}", self.image_size)));
+        }
+        check("train-fraction", self.train_fraction, Range::Fraction)?;
+        check("validation-share", self.validation_share, Range::Fraction)?;
+        check("test-share", self.test_share, Range::Fraction)?;
         self.tuning.validate()?;
         self.train.validate()
     }

@@ -28,7 +28,6 @@ use crate::models::dinov2::Dinov2;
 use crate::models::llama::Llama;
 use crate::models::vision_language::{self, ImageFeatures, Projector, ProjectorKind};
 use crate::training::{EvalMetrics, TrainConfig};
-use crate::validate::{Range, at_least_one, check};
 
 /// Everything that defines a visual question answering run; stored as `run.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -92,29 +91,6 @@ impl Default for VqaSpec {
 }
 
 impl VqaSpec {
-    /// Checks every setting that does not depend on the models or the data.
-    pub fn validate(&self) -> Result<()> {
-        let [train, validation, test] = self.questions;
-        at_least_one("train-questions", train)?;
-        at_least_one("val-questions", validation)?;
-        at_least_one("test-questions", test)?;
-        at_least_one("image-size", self.image_size)?;
-        at_least_one("visual-grid", self.visual_grid)?;
-        at_least_one("max-len", self.max_len)?;
-        if let Some(n) = self.keep_layers {
-            at_least_one("keep-layers", n)?;
-        }
-        let max = crate::data::images::MAX_IMAGE_SIZE;
-        if self.image_size > max {
-            return Err(Error::Config(format!("--image-size must be at most {max} pixels, got {}", self.image_size)));
-        }
-        check("train-fraction", self.train_fraction, Range::Fraction)?;
-        check("validation-share", self.validation_share, Range::Fraction)?;
-        check("test-share", self.test_share, Range::Fraction)?;
-        self.tuning.validate()?;
-        self.train.validate()
-    }
-
     fn options(&self) -> VqaOptions {
         VqaOptions {
             image_size: self.image_size as u32,
@@ -290,10 +266,7 @@ impl Task for Vqa {
         let vit = Dinov2::load(&crate::models::resolve(&spec.vision_model)?, "", &device.clone().inner())?;
         let vit = vit.with_image_size(spec.image_size)?;
         vision_language::check_grid(&vit, spec.visual_grid)?;
-        let mut decoder = Decoder::open(&spec.model, device)?;
-        if let Some(n) = spec.keep_layers {
-            decoder.model = decoder.model.truncate_layers(n);
-        }
+        let decoder = Decoder::open_keeping(&spec.model, spec.keep_layers, device)?;
         let p = spec.tuning.adapter().map_or(0, |a| a.method.virtual_tokens());
         let positions = vision_language::visual_tokens(spec.visual_grid) + spec.max_len + p;
         if positions > decoder.model.max_positions() {
