@@ -35,10 +35,12 @@ use crate::tasks::{Task, TaskKind, TaskSpec, TestScores, Tuning, check_best_metr
 use crate::training;
 use sources::Role;
 
-/// Trains a run on `device` into `out` (or resumes the one there, from a checkpoint written on
-/// any device) and writes its artefacts, holding the directory's lock throughout. Everything
-/// (settings, model, data) is checked before the first file is written.
-pub fn train<T: Task>(spec: &T::Spec, out: &Path, start: Start, device: &Device) -> Result<RunSummary> {
+/// Trains a run on `devices` (the first holds the model; with several, each computes a share of
+/// every step's micro-batches: [`training::data_parallel`]) into `out`, or resumes the one
+/// there from a checkpoint written on any device, and writes its artefacts, holding the
+/// directory's lock throughout. Everything (settings, devices, model, data) is checked before
+/// the first file is written.
+pub fn train<T: Task>(spec: &T::Spec, out: &Path, start: Start, devices: &[Device]) -> Result<RunSummary> {
     training::reset_peak_rss();
     output::check("--out", out, output::Output::Run)?;
     let _lock = lock::RunLock::acquire(out)?;
@@ -50,6 +52,7 @@ pub fn train<T: Task>(spec: &T::Spec, out: &Path, start: Start, device: &Device)
     };
     spec.validate()?;
     check_best_metric::<T>(&spec)?;
+    training::data_parallel::check_devices(spec.train(), devices)?;
     let stored = match start {
         Start::Resume => {
             let (_, stored) = run_file::read::<T::Spec>(out, T::KIND)?;
@@ -58,8 +61,8 @@ pub fn train<T: Task>(spec: &T::Spec, out: &Path, start: Start, device: &Device)
         }
         _ => Some(sources::record(&spec)?),
     };
-    let device = device.clone().autodiff();
-    let task = T::open(spec, &device)?;
+    let devices: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
+    let task = T::open(spec, &devices[0])?;
     let data = task.data()?;
     let model = task.build(&data)?;
     dir::clear(out, start)?;
@@ -70,7 +73,7 @@ pub fn train<T: Task>(spec: &T::Spec, out: &Path, start: Start, device: &Device)
     let started = Instant::now();
     let train_batches = |epoch: usize| task.train_batches(&data, epoch);
     let validate = |m: &T::Model| task.validate(&data, m);
-    let (model, report) = training::train(model, &train_batches, &validate, task.spec().train(), &device, out, start == Start::Resume)?;
+    let (model, report) = training::train(model, &train_batches, &validate, task.spec().train(), &devices, out, start == Start::Resume)?;
     let seconds = started.elapsed().as_secs_f64().max(1e-9);
     save::<T>(&task, &data, &model, out)?;
     let test = task.test(&data, &model)?;
