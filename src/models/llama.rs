@@ -1,8 +1,10 @@
-//! LLaMA-family decoders (LLaMA, SmolLM2, ...) read from Hugging Face checkpoints or GGUF files.
+//! LLaMA-style decoders (LLaMA and SmolLM2, Qwen2/2.5, Qwen3, Mistral) read from Hugging Face
+//! checkpoints or (LLaMA) GGUF files.
 //!
 //! RMSNorm, rotary position embeddings (`rotate_half` convention, configurable base), SwiGLU
 //! feed-forward, grouped-query attention, causal mask, tied or untied output embeddings, and a
-//! key/value cache for generation. Every linear is an [`AdaptedLinear`] named by its Hugging Face
+//! key/value cache for generation; what the families change is in [`LlamaConfig`]: Qwen2's
+//! query/key/value biases, Qwen3's per-head query and key norms, Mistral's sliding window. Every linear is an [`AdaptedLinear`] named by its Hugging Face
 //! module path (`model.layers.0.self_attn.q_proj`), so PEFT adapter files line up.
 
 use std::collections::{BTreeMap, HashMap};
@@ -11,12 +13,12 @@ use std::path::Path;
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::module::embedding;
-use serde::{Deserialize, Serialize};
 
 use super::layers::{ReadLayers, RmsNorm, attention};
+pub use super::llama_config::{LlamaConfig, Variant};
 use crate::adapters::{Adaptable, AdaptedLinear, Deltas};
 use crate::error::{Error, Result};
-use crate::files::{read_json, write_json};
+use crate::files::write_json;
 use crate::kernels;
 use crate::weights::Reader;
 use crate::weights::gguf::Gguf;
@@ -24,117 +26,6 @@ use crate::weights::tensors::{self, HostTensor};
 
 const CONFIG_FILE: &str = "config.json";
 const WEIGHTS_FILE: &str = "model.safetensors";
-
-/// A Hugging Face LLaMA `config.json`. Unused keys are kept in `extra` and written back.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LlamaConfig {
-    pub vocab_size: usize,
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    /// Defaults to `num_attention_heads` (no grouping).
-    #[serde(default)]
-    pub num_key_value_heads: Option<usize>,
-    #[serde(default = "default_eps")]
-    pub rms_norm_eps: f64,
-    #[serde(default = "default_rope_theta")]
-    pub rope_theta: f64,
-    #[serde(default = "default_max_positions")]
-    pub max_position_embeddings: usize,
-    #[serde(default)]
-    pub tie_word_embeddings: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bos_token_id: Option<u32>,
-    /// One id or a list (newer checkpoints); see [`LlamaConfig::eos_ids`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub eos_token_id: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hidden_act: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rope_scaling: Option<serde_json::Value>,
-    #[serde(default)]
-    pub attention_bias: bool,
-    #[serde(flatten)]
-    pub extra: BTreeMap<String, serde_json::Value>,
-}
-
-fn default_eps() -> f64 {
-    1e-6
-}
-fn default_rope_theta() -> f64 {
-    10_000.0
-}
-fn default_max_positions() -> usize {
-    2048
-}
-
-impl LlamaConfig {
-    pub fn read(path: &Path) -> Result<Self> {
-        let config: Self = read_json(path)?;
-        config.validate().map_err(|m| Error::format(path, m))?;
-        Ok(config)
-    }
-
-    fn from_value(value: serde_json::Value, source: &Path) -> Result<Self> {
-        let config: Self = serde_json::from_value(value).map_err(|e| Error::format(source, format!("model config: {e}")))?;
-        config.validate().map_err(|m| Error::format(source, m))?;
-        Ok(config)
-    }
-
-    fn validate(&self) -> std::result::Result<(), String> {
-        let sizes = [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_attention_heads", self.num_attention_heads),
-            ("num_key_value_heads", self.kv_heads()),
-        ];
-        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("{name} must be at least 1"));
-        }
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return Err(format!("hidden_size {} is not a multiple of num_attention_heads {}", self.hidden_size, self.num_attention_heads));
-        }
-        if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
-            return Err(format!(
-                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
-                self.num_attention_heads,
-                self.kv_heads()
-            ));
-        }
-        if !self.head_dim().is_multiple_of(2) {
-            return Err(format!("head dimension {} must be even for rotary embeddings", self.head_dim()));
-        }
-        if let Some(act) = self.hidden_act.as_deref().filter(|a| *a != "silu") {
-            return Err(format!("hidden_act {act:?} is not supported (only \"silu\")"));
-        }
-        if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err("rope_scaling is not supported".into());
-        }
-        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
-            return Err(format!("rms_norm_eps must be a positive number, got {}", self.rms_norm_eps));
-        }
-        Ok(())
-    }
-
-    pub fn kv_heads(&self) -> usize {
-        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
-    }
-
-    pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_attention_heads
-    }
-
-    /// The end-of-sequence ids (`eos_token_id` may be one id or a list).
-    pub fn eos_ids(&self) -> Vec<u32> {
-        match &self.eos_token_id {
-            Some(serde_json::Value::Number(n)) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
-            Some(serde_json::Value::Array(items)) => items.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect(),
-            _ => vec![],
-        }
-    }
-}
 
 /// Cached keys and values of every layer.
 #[derive(Clone, Debug, Default)]
@@ -195,6 +86,9 @@ pub struct LlamaAttention {
     pub k_proj: AdaptedLinear,
     pub v_proj: AdaptedLinear,
     pub o_proj: AdaptedLinear,
+    /// Qwen3: RMS norms over each head of the queries and keys, before the rotary embedding.
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
 }
 
 /// The SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
@@ -223,6 +117,7 @@ struct Context<'a> {
     mask: Tensor<4>,
     heads: usize,
     kv_heads: usize,
+    head_dim: usize,
     deltas: &'a Deltas,
 }
 
@@ -230,14 +125,21 @@ impl LlamaLayer {
     linear_fields!(self_attn.q_proj, self_attn.k_proj, self_attn.v_proj, self_attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj);
 
     fn forward(&self, x: Tensor<3>, ctx: &Context, mut cache: Option<&mut Option<LayerKv>>) -> Tensor<3> {
-        let [b, t, hidden] = x.dims();
-        let (heads, kv_heads, d) = (ctx.heads, ctx.kv_heads, hidden / ctx.heads);
+        let [b, t, _] = x.dims();
+        let (heads, kv_heads, d) = (ctx.heads, ctx.kv_heads, ctx.head_dim);
         let attn = &self.self_attn;
         let h = self.input_layernorm.forward(x.clone());
-        let split = |y: Tensor<3>, n: usize| y.reshape([b, t, n, d]).swap_dims(1, 2);
-        let q = kernels::rope(split(attn.q_proj.forward(h.clone(), ctx.deltas), heads), &ctx.cos, &ctx.sin);
-        let k = kernels::rope(split(attn.k_proj.forward(h.clone(), ctx.deltas), kv_heads), &ctx.cos, &ctx.sin);
-        let v = split(attn.v_proj.forward(h, ctx.deltas), kv_heads);
+        let split = |y: Tensor<3>, n: usize, norm: &Option<RmsNorm>| {
+            let y = y.reshape([b, t, n, d]);
+            match norm {
+                Some(norm) => norm.forward(y),
+                None => y,
+            }
+            .swap_dims(1, 2)
+        };
+        let q = kernels::rope(split(attn.q_proj.forward(h.clone(), ctx.deltas), heads, &attn.q_norm), &ctx.cos, &ctx.sin);
+        let k = kernels::rope(split(attn.k_proj.forward(h.clone(), ctx.deltas), kv_heads, &attn.k_norm), &ctx.cos, &ctx.sin);
+        let v = split(attn.v_proj.forward(h, ctx.deltas), kv_heads, &None);
         // The prefix goes in front once: a cache that holds keys holds it already.
         let past = cache.as_mut().and_then(|slot| slot.take());
         let (k, v) = match ctx.deltas.prefix(&attn.k_proj.path) {
@@ -253,7 +155,7 @@ impl LlamaLayer {
             None => (k, v),
         };
         let q = q.mul_scalar(1.0 / (d as f64).sqrt());
-        let context = attention(q, k, v, ctx.mask.clone()).swap_dims(1, 2).reshape([b, t, hidden]);
+        let context = attention(q, k, v, ctx.mask.clone()).swap_dims(1, 2).reshape([b, t, heads * d]);
         let x = x + attn.o_proj.forward(context, ctx.deltas);
         let h = self.post_attention_layernorm.forward(x.clone());
         let m = &self.mlp;
@@ -299,9 +201,13 @@ impl Llama {
     /// Builds the model from tensors under Hugging Face names, taking them out of `tensors`.
     pub fn from_tensors(config: LlamaConfig, tensors: &mut BTreeMap<String, HostTensor>, file: &Path, device: &Device) -> Result<Self> {
         let c = &config;
-        let (h, kv, m) = (c.hidden_size, c.kv_heads() * c.head_dim(), c.intermediate_size);
+        let (h, q, kv, m) = (c.hidden_size, c.num_attention_heads * c.head_dim(), c.kv_heads() * c.head_dim(), c.intermediate_size);
         let mut r = Reader::new(tensors, file, device);
-        let bias = c.attention_bias;
+        let bias = c.qkv_bias();
+        let head_norm = |r: &mut Reader, name: &str| match c.qk_norm() {
+            true => rms_norm(r, name, c.head_dim(), c.rms_norm_eps).map(Some),
+            false => Ok(None),
+        };
         let embed = r.take("model.embed_tokens.weight", [c.vocab_size, h])?;
         let layers = (0..c.num_hidden_layers)
             .map(|i| {
@@ -309,10 +215,12 @@ impl Llama {
                 Ok(LlamaLayer {
                     input_layernorm: rms_norm(&mut r, &format!("{p}input_layernorm"), h, c.rms_norm_eps)?,
                     self_attn: LlamaAttention {
-                        q_proj: r.linear(&format!("{p}self_attn.q_proj"), h, h, bias)?,
+                        q_proj: r.linear(&format!("{p}self_attn.q_proj"), h, q, bias)?,
                         k_proj: r.linear(&format!("{p}self_attn.k_proj"), h, kv, bias)?,
                         v_proj: r.linear(&format!("{p}self_attn.v_proj"), h, kv, bias)?,
-                        o_proj: r.linear(&format!("{p}self_attn.o_proj"), h, h, bias)?,
+                        o_proj: r.linear(&format!("{p}self_attn.o_proj"), q, h, c.attention_bias)?,
+                        q_norm: head_norm(&mut r, &format!("{p}self_attn.q_norm"))?,
+                        k_norm: head_norm(&mut r, &format!("{p}self_attn.k_norm"))?,
                     },
                     post_attention_layernorm: rms_norm(&mut r, &format!("{p}post_attention_layernorm"), h, c.rms_norm_eps)?,
                     mlp: LlamaMlp {
@@ -364,8 +272,14 @@ impl Llama {
         }
         out.insert("model.norm.weight".to_string(), HostTensor::from_tensor(&self.norm.weight.val()));
         for (i, layer) in self.layers.iter().enumerate() {
-            for (name, norm) in [("input_layernorm", &layer.input_layernorm), ("post_attention_layernorm", &layer.post_attention_layernorm)]
-            {
+            let attn = &layer.self_attn;
+            let norms = [
+                ("input_layernorm", Some(&layer.input_layernorm)),
+                ("post_attention_layernorm", Some(&layer.post_attention_layernorm)),
+                ("self_attn.q_norm", attn.q_norm.as_ref()),
+                ("self_attn.k_norm", attn.k_norm.as_ref()),
+            ];
+            for (name, norm) in norms.into_iter().filter_map(|(n, norm)| Some((n, norm?))) {
                 out.insert(format!("model.layers.{i}.{name}.weight"), HostTensor::from_tensor(&norm.weight.val()));
             }
         }
@@ -425,9 +339,9 @@ impl Llama {
             self.config.max_position_embeddings
         );
         let (cos, sin) = rope_tables(&self.config, offset, t, &device);
-        let mask = causal_mask(b, t, offset, attention_mask, &device);
         let c = &self.config;
-        let ctx = Context { cos, sin, mask, heads: c.num_attention_heads, kv_heads: c.kv_heads(), deltas };
+        let mask = causal_mask(b, t, offset, c.window(), attention_mask, &device);
+        let ctx = Context { cos, sin, mask, heads: c.num_attention_heads, kv_heads: c.kv_heads(), head_dim: c.head_dim(), deltas };
         let mut x = embeddings;
         if let Some(cache) = cache.as_deref_mut() {
             cache.layers.resize(self.layers.len(), None);
@@ -491,12 +405,14 @@ fn rope_tables(c: &LlamaConfig, offset: usize, t: usize, device: &Device) -> (Te
 }
 
 /// The additive mask `[b, 1, t, offset + t]`: query `i` (at position `offset + i`) sees keys
-/// `0..=offset + i` that are not padding.
-fn causal_mask(b: usize, t: usize, offset: usize, padding: Option<Tensor<2>>, device: &Device) -> Tensor<4> {
+/// `0..=offset + i` that are not padding, and with a sliding `window` only the last `window` of
+/// them (itself included).
+fn causal_mask(b: usize, t: usize, offset: usize, window: Option<usize>, padding: Option<Tensor<2>>, device: &Device) -> Tensor<4> {
     let keys = offset + t;
     let mut values = vec![0f32; t * keys];
     for i in 0..t {
-        for k in offset + i + 1..keys {
+        let seen = window.map_or(0, |w| (offset + i + 1).saturating_sub(w))..=offset + i;
+        for k in (0..keys).filter(|k| !seen.contains(k)) {
             values[i * keys + k] = f32::MIN;
         }
     }
@@ -532,7 +448,8 @@ impl crate::models::Architecture for Llama {
     fn describe(&self) -> String {
         let c = &self.config;
         format!(
-            "LLaMA decoder, {} layers, hidden {}, {} heads / {} key-value heads, FFN {}, vocab {}, RoPE base {}{}",
+            "{} decoder, {} layers, hidden {}, {} heads / {} key-value heads, FFN {}, vocab {}, RoPE base {}{}",
+            c.variant().name(),
             c.num_hidden_layers,
             c.hidden_size,
             c.num_attention_heads,

@@ -23,6 +23,7 @@ pub mod decoder;
 pub mod dinov2;
 pub mod layers;
 pub mod llama;
+pub mod llama_config;
 pub mod vision_language;
 
 use std::path::{Path, PathBuf};
@@ -74,7 +75,8 @@ pub trait Architecture: Adaptable + Clone {
 pub enum Family {
     /// BERT-style encoders (`model_type` bert; MiniLM).
     Bert,
-    /// LLaMA-style decoders (`model_type` llama; SmolLM2), from Hugging Face or GGUF files.
+    /// LLaMA-style decoders (`model_type` llama: SmolLM2; qwen2, qwen3, mistral), from Hugging
+    /// Face directories, or GGUF files (llama).
     Llama,
     /// DINOv2-style vision transformers (`model_type` dinov2), from Hugging Face directories or
     /// converted once from ONNX.
@@ -113,7 +115,7 @@ impl Family {
     fn from_model_type(model_type: &str) -> Option<Self> {
         match model_type {
             "bert" => Some(Family::Bert),
-            "llama" => Some(Family::Llama),
+            "llama" | "qwen2" | "qwen3" | "mistral" => Some(Family::Llama),
             "dinov2" => Some(Family::Dinov2),
             _ => None,
         }

@@ -1,0 +1,87 @@
+"""Builds the model-family fixtures of tests/families.rs with transformers and PEFT.
+
+Usage: make_family_fixtures.py OUT_DIR   (run by scripts/make-family-fixtures in .venv-bench)
+
+For each family, a tiny random model (2 layers, width 32) saved as a Hugging Face directory,
+fixed inputs (two rows, the second right-padded), transformers' logits for them, and the logits
+with a small random PEFT LoRA adapter on q_proj and v_proj (saved beside, in PEFT's layout).
+Each fixture exercises what its family changes: Qwen2's query/key/value biases and tied
+embeddings, Qwen3's per-head query/key norms with a head size that is not hidden/heads, and
+Mistral's sliding window shorter than the inputs.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import transformers
+import peft
+from safetensors.torch import save_file
+
+COMMON = dict(
+    vocab_size=96,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    rms_norm_eps=1e-6,
+    hidden_act="silu",
+)
+
+FAMILIES = {
+    "qwen2": transformers.Qwen2Config(**COMMON, rope_theta=1000000.0, tie_word_embeddings=True, use_sliding_window=False),
+    "qwen3": transformers.Qwen3Config(
+        **COMMON, rope_theta=5000.0, head_dim=16, tie_word_embeddings=False, attention_bias=False, use_sliding_window=False
+    ),
+    "mistral": transformers.MistralConfig(**COMMON, rope_theta=10000.0, head_dim=8, sliding_window=4, tie_word_embeddings=False),
+}
+
+INPUT_IDS = [[5, 17, 33, 2, 90, 41, 8, 63, 12, 77], [9, 3, 55, 71, 20, 6, 0, 0, 0, 0]]
+ATTENTION_MASK = [[1] * 10, [1] * 6 + [0] * 4]
+
+
+def main(out: Path) -> None:
+    for name, config in FAMILIES.items():
+        torch.manual_seed(0)
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.eval()
+        # Default initialisation (std 0.02) leaves the logits near zero; larger weights make
+        # every part of the forward pass show in them.
+        with torch.no_grad():
+            for pname, p in model.named_parameters():
+                if pname.endswith("norm.weight"):
+                    p.copy_(1.0 + 0.1 * torch.randn_like(p))
+                else:
+                    p.copy_(0.2 * torch.randn_like(p))
+        directory = out / name
+        model.save_pretrained(directory / "model", safe_serialization=True)
+        ids = torch.tensor(INPUT_IDS)
+        mask = torch.tensor(ATTENTION_MASK)
+        with torch.no_grad():
+            base = model(input_ids=ids, attention_mask=mask).logits
+        lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False, lora_dropout=0.0)
+        adapted_model = peft.get_peft_model(model, lora)
+        adapted_model.eval()
+        with torch.no_grad():
+            adapted = adapted_model(input_ids=ids, attention_mask=mask).logits
+        adapted_model.save_pretrained(directory / "lora")
+        (directory / "lora" / "README.md").unlink()  # PEFT's model-card template
+        save_file({"logits": base.contiguous(), "logits_lora": adapted.contiguous()}, str(directory / "expected.safetensors"))
+        (directory / "inputs.json").write_text(
+            json.dumps(
+                {
+                    "input_ids": INPUT_IDS,
+                    "attention_mask": ATTENTION_MASK,
+                    "made_with": {"transformers": transformers.__version__, "peft": peft.__version__, "torch": torch.__version__},
+                },
+                indent=1,
+            )
+        )
+        print(f"{name}: {sum(p.numel() for p in model.parameters())} parameters -> {directory}")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
