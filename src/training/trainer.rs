@@ -18,6 +18,7 @@ use super::checkpoint::{self, Progress, Schedule};
 use super::collapse::{Collapse, CollapseDetector};
 use super::config::TrainConfig;
 use super::divergence::Divergence;
+use super::event_log::EventLog;
 use super::metrics::EvalMetrics;
 use super::schedule::LrSchedule;
 use super::state::TrainableState;
@@ -205,6 +206,8 @@ struct Session<'a> {
     stop: bool,
     started: Instant,
     bar: Bar,
+    /// The TensorBoard event file every metrics line also goes to (`--report-to`).
+    events: EventLog,
 }
 
 impl<'a> Session<'a> {
@@ -232,6 +235,7 @@ impl<'a> Session<'a> {
                 None
             }
         };
+        let mut events = None;
         // Built after the restore: the exempt group names the restored model's parameter ids,
         // which the saved optimizer state is keyed by.
         let mut optim = optimizer(cfg, model.decay_exempt());
@@ -240,11 +244,16 @@ impl<'a> Session<'a> {
             optim = checkpoint::read_optimizer(&dir, optim)?;
             progress = checkpoint::read_progress(&dir, &steps)?;
             truncate_log(&run.metrics_log(), progress.step)?;
+            events = Some(EventLog::start(&run.0, cfg.report_to, Some(progress.step))?);
             eprintln!("resuming from {} (epoch {}, step {})", dir.display(), progress.epoch + 1, progress.step);
         }
         let guard = model.chance_loss().map(|chance| CollapseDetector::replay(chance, &run.metrics_log()));
+        let events = match events {
+            Some(events) => events,
+            None => EventLog::start(&run.0, cfg.report_to, None)?,
+        };
         let bar = Bar::starting_at(Kind::Steps, progress.step as u64, total_steps as u64, "");
-        let session = Session { cfg, device, run, steps, schedule, optim, progress, guard, stop: false, started: Instant::now(), bar };
+        let session = Session { cfg, device, run, steps, schedule, optim, progress, guard, stop: false, started: Instant::now(), bar, events };
         Ok((session, model))
     }
 
@@ -334,6 +343,12 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// Appends a line to `metrics.jsonl` and its numbers to the event file.
+    fn log(&self, line: serde_json::Value) -> Result<()> {
+        self.events.line(&line)?;
+        log_line(&self.run.metrics_log(), line)
+    }
+
     /// Writes a metrics line for the step just taken and feeds its loss to the collapse guard.
     fn log_step<M: Objective>(
         &mut self,
@@ -348,7 +363,7 @@ impl<'a> Session<'a> {
             "lr": lr, "examples_per_s": window.rate(), "update_norm": model.update_norm(),
         });
         line.as_object_mut().expect("an object").extend(diagnostics);
-        log_line(&self.run.metrics_log(), line)?;
+        self.log(line)?;
         if let Some(collapse) = self.guard.as_mut().and_then(|g| g.observe(self.progress.step, mean_loss)) {
             self.bar.println(&collapse.warning());
             self.stop = self.cfg.stop_on_collapse;
@@ -379,7 +394,7 @@ impl<'a> Session<'a> {
         let metrics = validate(model);
         let line = format!("epoch {}: validation {}", epoch + 1, metrics.describe());
         self.bar.println(&line);
-        log_line(&self.run.metrics_log(), serde_json::json!({"epoch": epoch + 1, "step": self.progress.step, "validation": metrics}))?;
+        self.log(serde_json::json!({"epoch": epoch + 1, "step": self.progress.step, "validation": metrics}))?;
         let s =
             metrics.score(cfg.best_metric).ok_or_else(|| Error::Config(format!("the validation metrics have no {:?}", cfg.best_metric)))?;
         if self.progress.best.is_none_or(|(best, _)| s > best) {
