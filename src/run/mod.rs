@@ -12,6 +12,7 @@
 pub mod compare;
 pub mod dir;
 pub mod failure;
+pub mod listing;
 pub mod lock;
 pub mod output;
 pub mod results;
