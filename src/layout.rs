@@ -112,9 +112,18 @@ mod tests {
         ] {
             assert!(is_artefact(OsStr::new(name)), "{name}");
         }
-        for name in
-            ["run.lock", "notes.txt", "peft", "checkpoints", "model.bak", "my-model", ".tmp", "run.json.x.tmp", "events.out.tfevents.", "curves.svg"]
-        {
+        for name in [
+            "run.lock",
+            "notes.txt",
+            "peft",
+            "checkpoints",
+            "model.bak",
+            "my-model",
+            ".tmp",
+            "run.json.x.tmp",
+            "events.out.tfevents.",
+            "curves.svg",
+        ] {
             assert!(!is_artefact(OsStr::new(name)), "{name}");
         }
     }

@@ -14,18 +14,19 @@ use serde_json::Value;
 use support::cli::{Fixture, run_ok, stderr};
 
 /// Reads a run directory with tensorboard: every scalar of every event file as TensorBoard's
-/// record reader decodes it (`raw`: file, step, tag, value; it checks each record's CRCs), and
+/// record reader decodes it, before its compatibility layers turn `simple_value` into tensors
+/// (`raw`: file, step, tag, value; the reader checks each record's CRCs), and
 /// what TensorBoard shows (`shown`: tag -> [step, value], through its `EventAccumulator`, which
 /// reads the files in order and keeps the latest value per step).
 const READER: &str = r#"
 import glob, json, os, sys
-from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 run = sys.argv[1]
 raw = []
 for path in sorted(glob.glob(os.path.join(run, "events.out.tfevents.*"))):
-    for event in EventFileLoader(path).Load():
+    for event in LegacyEventFileLoader(path).Load():
         if event.HasField("file_version"):
             raw.append([os.path.basename(path), event.step, "file_version:" + event.file_version, 0.0])
         for value in event.summary.value:
@@ -59,7 +60,9 @@ fn read_with_tensorboard(run: &Path) -> Read {
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| (r[0].as_str().unwrap().to_string(), r[1].as_u64().unwrap(), r[2].as_str().unwrap().to_string(), r[3].as_f64().unwrap() as f32))
+        .map(|r| {
+            (r[0].as_str().unwrap().to_string(), r[1].as_u64().unwrap(), r[2].as_str().unwrap().to_string(), r[3].as_f64().unwrap() as f32)
+        })
         .collect();
     let shown = json["shown"]
         .as_object()

@@ -30,7 +30,11 @@ impl RunCurves {
     /// short) are skipped.
     pub fn read(dir: &Path, name: String) -> Result<Self> {
         if !layout::is_run(dir) {
-            return Err(Error::State(format!("{} holds no run (no {}): give a directory `replora train` wrote", dir.display(), layout::RUN_FILE)));
+            return Err(Error::State(format!(
+                "{} holds no run (no {}): give a directory `replora train` wrote",
+                dir.display(),
+                layout::RUN_FILE
+            )));
         }
         let file = dir.join(layout::METRICS_FILE);
         let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;

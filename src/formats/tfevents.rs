@@ -50,7 +50,7 @@ pub const FILE_VERSION: &str = "brain.Event:2";
 
 impl Event {
     /// The first event of a file.
-    pub fn file_version(wall_time: f64) -> Self {
+    pub fn version_record(wall_time: f64) -> Self {
         Event { wall_time, step: 0, file_version: Some(FILE_VERSION.into()), summary: None }
     }
 
@@ -141,7 +141,11 @@ pub fn unframe(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
 /// data is not an `Event` is an error naming the file.
 pub fn read(path: &Path) -> Result<Vec<Event>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    unframe(&bytes).0.into_iter().map(|data| Event::decode(data).map_err(|e| Error::format(path, format!("not a TensorBoard event: {e}")))).collect()
+    unframe(&bytes)
+        .0
+        .into_iter()
+        .map(|data| Event::decode(data).map_err(|e| Error::format(path, format!("not a TensorBoard event: {e}"))))
+        .collect()
 }
 
 #[cfg(test)]
@@ -164,7 +168,7 @@ mod tests {
 
     #[test]
     fn records_frame_and_unframe_and_a_cut_or_corrupt_tail_is_dropped() {
-        let events = [Event::file_version(1.5), Event::scalars(2.0, 7, &[("train/loss".into(), 0.25), ("train/lr".into(), 0.0)])];
+        let events = [Event::version_record(1.5), Event::scalars(2.0, 7, &[("train/loss".into(), 0.25), ("train/lr".into(), 0.0)])];
         let mut bytes: Vec<u8> = events.iter().flat_map(Event::record).collect();
         let whole = bytes.len();
         // The first record: 8 bytes of length, its CRC, the data, the data's CRC.

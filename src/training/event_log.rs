@@ -13,9 +13,10 @@
 //! run first cuts the earlier files back to the checkpoint's step, exactly as `metrics.jsonl`
 //! is cut, so that the files together hold each step once, with the values of `metrics.jsonl`.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
@@ -49,7 +50,7 @@ impl EventLog {
 
     /// This process's log in `dir`, to add to (the test metrics, after training).
     pub fn append(dir: &Path, report_to: ReportTo) -> Self {
-        EventLog { file: (report_to == ReportTo::Tensorboard).then(|| dir.join(process_file_name())) }
+        EventLog { file: (report_to == ReportTo::Tensorboard).then(|| this_process_file(dir)) }
     }
 
     /// The scalars of one `metrics.jsonl` line, at its step.
@@ -69,7 +70,7 @@ impl EventLog {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
         let empty = file.metadata().map_err(|e| Error::io(path, e))?.len() == 0;
-        let mut bytes = if empty { Event::file_version(now).record() } else { vec![] };
+        let mut bytes = if empty { Event::version_record(now).record() } else { vec![] };
         bytes.extend(Event::scalars(now, step, scalars).record());
         file.write_all(&bytes).map_err(|e| Error::io(path, e))
     }
@@ -140,17 +141,29 @@ fn cut_back(file: &Path, step: u64) -> Result<()> {
     }
 }
 
-/// `events.out.tfevents.SECONDS.HOST.PID.replora`: one name per process (its first use), so
-/// each process that trains a run adds its own file, and TensorBoard reads them in name order.
-fn process_file_name() -> &'static str {
-    static NAME: OnceLock<String> = OnceLock::new();
-    NAME.get_or_init(|| {
-        let seconds = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        let host: String = host.trim().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
-        let host = if host.is_empty() { "localhost".to_string() } else { host };
-        format!("{}{seconds:010}.{host}.{}.replora", layout::EVENTS_FILE_PREFIX, std::process::id())
-    })
+/// This process's event file in the run directory `dir`: `events.out.tfevents.SECONDS.HOST.PID.replora`,
+/// named on first use. Each process that trains a run adds its own file, and TensorBoard reads
+/// a directory's files in name order, so SECONDS is now or, if that does not sort after the
+/// files already there (a resume in the same second as the kill), one more than theirs.
+fn this_process_file(dir: &Path) -> PathBuf {
+    static CHOSEN: OnceLock<Mutex<HashMap<PathBuf, PathBuf>>> = OnceLock::new();
+    let mut chosen = CHOSEN.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    chosen
+        .entry(dir.to_path_buf())
+        .or_insert_with(|| {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let seconds_of = |file: &PathBuf| -> Option<u64> {
+                let name = file.file_name()?.to_str()?.strip_prefix(layout::EVENTS_FILE_PREFIX)?;
+                name.split('.').next()?.parse().ok()
+            };
+            let latest = event_files(dir).unwrap_or_default().iter().filter_map(seconds_of).max();
+            let seconds = latest.map_or(now, |s| now.max(s + 1));
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            let host: String = host.trim().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+            let host = if host.is_empty() { "localhost".to_string() } else { host };
+            dir.join(format!("{}{seconds:010}.{host}.{}.replora", layout::EVENTS_FILE_PREFIX, std::process::id()))
+        })
+        .clone()
 }
 
 #[cfg(test)]
@@ -172,7 +185,8 @@ mod tests {
 
     #[test]
     fn a_metrics_line_becomes_train_or_validation_scalars() {
-        let step = json!({"step": 10, "epoch": 1, "loss": 0.5, "lr": 0.001, "examples_per_s": 80.0, "update_norm": null, "factor_grad_norm": 2.0});
+        let step =
+            json!({"step": 10, "epoch": 1, "loss": 0.5, "lr": 0.001, "examples_per_s": 80.0, "update_norm": null, "factor_grad_norm": 2.0});
         let mut scalars = scalars_of_line(&step);
         scalars.sort_by(|a, b| a.0.cmp(&b.0));
         let tags: Vec<&str> = scalars.iter().map(|(t, _)| t.as_str()).collect();

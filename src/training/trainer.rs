@@ -253,7 +253,8 @@ impl<'a> Session<'a> {
             None => EventLog::start(&run.0, cfg.report_to, None)?,
         };
         let bar = Bar::starting_at(Kind::Steps, progress.step as u64, total_steps as u64, "");
-        let session = Session { cfg, device, run, steps, schedule, optim, progress, guard, stop: false, started: Instant::now(), bar, events };
+        let session =
+            Session { cfg, device, run, steps, schedule, optim, progress, guard, stop: false, started: Instant::now(), bar, events };
         Ok((session, model))
     }
 

@@ -20,7 +20,10 @@ pub fn interval() -> Duration {
         match value.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0) {
             Some(seconds) => Duration::from_secs_f64(seconds),
             None => {
-                eprintln!("warning: REPLORA_PROGRESS_EVERY={value:?} is not a number of seconds; a progress line every {}s", EVERY.as_secs());
+                eprintln!(
+                    "warning: REPLORA_PROGRESS_EVERY={value:?} is not a number of seconds; a progress line every {}s",
+                    EVERY.as_secs()
+                );
                 EVERY
             }
         }
