@@ -152,7 +152,9 @@ fn every_scalar_of_a_run_reads_back_with_tensorboard_equal_to_metrics_jsonl() {
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert!(metrics.contains("generator_grad_norm"), "a RepLoRA run logs its generators' gradient norm");
     let read = read_with_tensorboard(&out);
-    assert!(read.shown.contains_key("train/generator_grad_norm"), "{:?}", read.shown.keys());
+    for tag in ["train/generator_grad_norm", "train/generated_a_norm", "train/generated_b_norm"] {
+        assert!(read.shown.contains_key(tag), "{tag} not in {:?}", read.shown.keys());
+    }
 
     let none = f.root.join("none");
     run_ok(&f.train_args(none.to_str().unwrap(), &["--report-to", "none"]));

@@ -59,6 +59,10 @@ fn runs_lists_every_kind_of_run_and_names_what_it_cannot_read() {
     assert!(quiet.status.success(), "{}", stderr(&quiet));
     assert!(!stderr(&quiet).contains("step 1/"), "--quiet printed progress: {}", stderr(&quiet));
     assert!(stderr(&quiet).contains("epoch 2: validation"), "--quiet keeps the results: {}", stderr(&quiet));
+    // DoRA's magnitudes move away from ||W0|| as it trains, and the metrics say how far.
+    let metrics = std::fs::read_to_string(runs.join("dora/metrics.jsonl")).unwrap();
+    let drift: Vec<f64> = metrics.lines().filter_map(|l| serde_json::from_str::<Value>(l).unwrap()["magnitude_drift"].as_f64()).collect();
+    assert!(!drift.is_empty() && drift.iter().all(|d| d.is_finite()) && *drift.last().unwrap() > 0.0, "{metrics}");
 
     let interrupted = f.train_args(&path("interrupted"), &["--epochs", "2", "--log-every", "1", "--checkpoint-every", "2"]);
     let o = replora_with(&interrupted, &[("REPLORA_ABORT_IN_CHECKPOINT", "checkpoint:3:partial")]);

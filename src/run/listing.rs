@@ -35,7 +35,8 @@ pub struct RunEntry {
     pub train_fraction: Option<f64>,
     #[serde(flatten)]
     pub status: Status,
-    /// The validation metric that picks the best epoch (`accuracy`, `macro_f1`, `loss`), and
+    /// The validation metric that picks the best epoch (`accuracy`, `macro_f1`, `loss`: the
+    /// run's `--best-metric` as `run.json` stores it, which is also its key in the metrics), and
     /// its best value so far.
     pub best_metric: String,
     pub best_validation: Option<f64>,
@@ -151,7 +152,7 @@ pub fn read_entry(dir: &Path) -> std::result::Result<RunEntry, String> {
     };
     let (method, rank) = method_and_rank(&spec);
     let finished_training = summary.as_ref().map(|s| &s["training"]);
-    let best_validation = match finished_training.and_then(|t| t["best_validation"].get(metric_key(&best_metric))) {
+    let best_validation = match finished_training.and_then(|t| t["best_validation"].get(&best_metric)) {
         Some(v) => v.as_f64(),
         None => metrics.best(&best_metric),
     };
@@ -198,14 +199,6 @@ fn method_and_rank(spec: &Value) -> (String, Option<u64>) {
     }
 }
 
-/// The key of [`crate::training::EvalMetrics`] a `best_metric` value names.
-fn metric_key(best_metric: &str) -> &str {
-    match best_metric {
-        "macro-f1" => "macro_f1",
-        other => other,
-    }
-}
-
 fn modified(path: &Path) -> Option<u64> {
     let time = std::fs::metadata(path).ok()?.modified().ok()?;
     time.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs())
@@ -230,7 +223,7 @@ impl MetricsLog {
 
     /// The best validation value of `best_metric` so far (the lowest loss, else the highest).
     fn best(&self, best_metric: &str) -> Option<f64> {
-        let values = self.validations.iter().filter_map(|v| v[metric_key(best_metric)].as_f64());
+        let values = self.validations.iter().filter_map(|v| v[best_metric].as_f64());
         match best_metric {
             "loss" => values.reduce(f64::min),
             _ => values.reduce(f64::max),
