@@ -105,7 +105,8 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, runs: &[RunCurves]) ->
             ]
         })
         .collect();
-    panel(&panels[0], "loss", "loss", &loss).map_err(e)?;
+    // Losses fall and metrics rise: each legend sits where its curves end up far from it.
+    panel(&panels[0], "loss", "loss", &loss, SeriesLabelPosition::UpperRight).map_err(e)?;
     let metrics: Vec<Series> = runs
         .iter()
         .enumerate()
@@ -116,7 +117,7 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, runs: &[RunCurves]) ->
             ]
         })
         .collect();
-    panel(&panels[1], "validation", "validation metric", &metrics).map_err(e)?;
+    panel(&panels[1], "validation", "validation metric", &metrics, SeriesLabelPosition::LowerRight).map_err(e)?;
     root.present().map_err(e)
 }
 
@@ -136,6 +137,7 @@ fn panel<DB: DrawingBackend>(
     caption: &str,
     y_desc: &str,
     series: &[Series],
+    legend: SeriesLabelPosition,
 ) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let points = series.iter().flat_map(|s| s.points);
     let (xhi, ylo, yhi) = points.fold((1.0f64, f64::MAX, f64::MIN), |(x, lo, hi), p| (x.max(p.0), lo.min(p.1), hi.max(p.1)));
@@ -154,6 +156,7 @@ fn panel<DB: DrawingBackend>(
         .label_style(("sans-serif", 13))
         .axis_desc_style(("sans-serif", 14))
         .light_line_style(WHITE.mix(0.0))
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .draw()?;
     for s in series.iter().filter(|s| !s.points.is_empty()) {
         let color = PALETTE[s.color % PALETTE.len()];
@@ -176,7 +179,7 @@ fn panel<DB: DrawingBackend>(
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(legend)
         .label_font(("sans-serif", 12))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)

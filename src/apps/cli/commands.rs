@@ -119,19 +119,29 @@ fn draw_run_curves(run: &Path) {
 /// `runs [DIR] [--json]`.
 fn list_runs(dir: &Path, json: bool) -> Result<()> {
     let listing = run::listing::list(dir)?;
-    if json {
-        for entry in &listing.runs {
-            println!("{}", serde_json::to_string(entry).expect("run entries serialize"));
-        }
-        for u in &listing.unreadable {
-            println!("{}", serde_json::json!({"dir": u.dir, "status": "unreadable", "error": u.error}));
-        }
+    let text = if json {
+        let runs = listing.runs.iter().map(|entry| serde_json::to_string(entry).expect("run entries serialize"));
+        let unreadable =
+            listing.unreadable.iter().map(|u| serde_json::json!({"dir": u.dir, "status": "unreadable", "error": u.error}).to_string());
+        runs.chain(unreadable).map(|line| line + "\n").collect()
     } else if listing.runs.is_empty() && listing.unreadable.is_empty() {
         eprintln!("no runs under {}", dir.display());
+        String::new()
     } else {
-        print!("{}", run::listing::table(&listing, dir));
+        run::listing::table(&listing, dir)
+    };
+    print_all(&text)
+}
+
+/// Writes `text` to stdout; a reader that stopped reading (`replora runs --json | head -1`) ends
+/// the output, which is no error.
+fn print_all(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::io("standard output", e)),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// `plot --run DIR... --out FILE.png`: the PNG and the SVG beside it.
