@@ -134,6 +134,22 @@ impl FromStr for DeviceSpec {
     }
 }
 
+/// Checks the devices of a training command (`--device cuda:0,cuda:1`: one model replica trains
+/// on each, data parallel, `training::data_parallel`): all of one backend. A device may be
+/// listed twice (two replicas take turns on it: the tests' way to run data parallel without two
+/// devices).
+pub fn check_list(specs: &[DeviceSpec]) -> Result<()> {
+    let Some(first) = specs.first() else { return Err(Error::Config("--device: no device given".into())) };
+    match specs.iter().find(|s| s.backend != first.backend) {
+        Some(other) => Err(Error::Config(format!(
+            "--device: data parallel devices must all be of one backend ({} and {} are not)",
+            first.backend.name(),
+            other.backend.name()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The GPU backends' device lists, in burn's order (the `N` of `wgpu:N`).
 #[cfg(any(feature = "wgpu", feature = "cuda", feature = "rocm"))]
 mod gpu {
@@ -193,6 +209,16 @@ mod tests {
         assert!(err("cuda:-1").contains("is not a device index"), "{}", err("cuda:-1"));
         assert!(err("cpu:0").contains("the CPU takes no device index"), "{}", err("cpu:0"));
         assert!(err("").contains("unknown device"), "{}", err(""));
+    }
+
+    #[test]
+    fn a_device_list_is_of_one_backend() {
+        let cuda = |i| DeviceSpec { backend: Backend::Cuda, index: Some(i) };
+        assert!(check_list(&[DeviceSpec::CPU, DeviceSpec::CPU]).is_ok());
+        assert!(check_list(&[cuda(0), cuda(1)]).is_ok());
+        let e = check_list(&[DeviceSpec::CPU, cuda(0)]).unwrap_err().to_string();
+        assert!(e.contains("must all be of one backend (cpu and cuda are not)"), "{e}");
+        assert!(check_list(&[]).unwrap_err().to_string().contains("no device"));
     }
 
     #[test]

@@ -131,6 +131,10 @@ fn a_device_this_build_lacks_is_refused_before_anything_is_written() {
         &["'--device <DEVICE>'", "unknown device \"gpu\": expected one of cpu, wgpu, vulkan, cuda, rocm, metal"],
     );
     assert_fails(&["eval", "--run", out, "--device", "cuda:x"], &["\"x\" is not a device index"]);
+    // Data parallel lists: of one backend, and no longer than a step's micro-batches.
+    assert_fails(&["train", "--out", out, "--device", "cpu,wgpu"], &["--device", "must all be of one backend (cpu and wgpu are not)"]);
+    assert_fails(&["compare", "--out", out, "--device", "cpu,cpu"], &["--device lists 2 devices", "--grad-accum 1"]);
+    assert_fails(&["eval", "--run", out, "--device", "cpu,cpu"], &["--device"]);
     // The default build has no GPU backend: every command that computes names the feature.
     if !cfg!(feature = "rocm") {
         let rocm = ["--device", "rocm:1"];

@@ -208,7 +208,7 @@ fn a_run_trained_on_wgpu_scores_the_same_on_the_cpu() {
     bert_files(dir.path());
     let out = dir.path().join("run");
     let spec = ClassificationSpec { train: TrainConfig { epochs: 2, ..train_config() }, ..bert_spec(dir.path(), "lora") };
-    let trained = run::train::<Classification>(&spec, &out, Start::New, &wgpu()).unwrap();
+    let trained = run::train::<Classification>(&spec, &out, Start::New, &[wgpu()]).unwrap();
     let rescored = run::evaluate::<Classification>(&out, None, &Device::flex()).unwrap();
     assert_eq!(trained.test.accuracy, rescored.test.accuracy);
     let loss = excess(&[rescored.test.loss as f32], &[trained.test.loss as f32]);

@@ -80,7 +80,7 @@ fn a_training_run_reports_its_steps_and_its_evaluation_to_the_installed_reporter
         train: TrainConfig { epochs: 2, batch_size: 4, ..TrainConfig::default() },
         ..ClassificationSpec::default()
     };
-    let summary = run::train::<Classification>(&spec, &dir.path().join("run"), Start::New, &burn::prelude::Device::flex()).unwrap();
+    let summary = run::train::<Classification>(&spec, &dir.path().join("run"), Start::New, &[burn::prelude::Device::flex()]).unwrap();
 
     let bars = recorder.0.lock().unwrap().clone();
     let steps: Vec<&Seen> = bars.iter().filter(|b| b.kind == Some(Kind::Steps)).collect();

@@ -56,7 +56,7 @@ pub fn run_name(method: &str, seed: u64, fraction: f64) -> String {
     }
 }
 
-/// Runs every cell of `plan` into `out`, on `device`. `spec_for(arm, seed, fraction)` makes each cell's
+/// Runs every cell of `plan` into `out`, on `devices` (several: data parallel, see [`train`]). `spec_for(arm, seed, fraction)` makes each cell's
 /// spec; all are made (and checked) before the first run starts. The base model is evaluated
 /// once (it has neither seed nor training data).
 pub fn compare<T: Task>(
@@ -64,8 +64,9 @@ pub fn compare<T: Task>(
     spec_for: &dyn Fn(&Arm, u64, f64) -> Result<T::Spec>,
     out: &Path,
     start: Start,
-    device: &burn::prelude::Device,
+    devices: &[burn::prelude::Device],
 ) -> Result<Vec<RunSummary>> {
+    let Some(device) = devices.first() else { return Err(Error::Config("--device: no device given".into())) };
     if plan.methods.is_empty() || plan.seeds.is_empty() || plan.fractions.is_empty() {
         return Err(Error::Config("--methods, --seeds and --train-fractions each need at least one value".into()));
     }
@@ -92,7 +93,7 @@ pub fn compare<T: Task>(
         eprintln!("== [{}/{}] {name} ==", i + 1, cells.len());
         summaries.push(match arm {
             Arm::Base => evaluate_base::<T>(spec, device)?,
-            Arm::Method(_) => train::<T>(spec, &out.join(name), start, device)?,
+            Arm::Method(_) => train::<T>(spec, &out.join(name), start, devices)?,
         });
     }
     Ok(summaries)

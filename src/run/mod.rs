@@ -38,10 +38,12 @@ use crate::training;
 use crate::training::event_log::{self, EventLog};
 use sources::Role;
 
-/// Trains a run on `device` into `out` (or resumes the one there, from a checkpoint written on
-/// any device) and writes its artefacts, holding the directory's lock throughout. Everything
-/// (settings, model, data) is checked before the first file is written.
-pub fn train<T: Task>(spec: &T::Spec, out: &Path, start: Start, device: &Device) -> Result<RunSummary> {
+/// Trains a run on `devices` (the first holds the model; with several, each computes a share of
+/// every step's micro-batches: [`training::data_parallel`]) into `out`, or resumes the one
+/// there from a checkpoint written on any device, and writes its artefacts, holding the
+/// directory's lock throughout. Everything (settings, devices, model, data) is checked before
+/// the first file is written.
+pub fn train<T: Task>(spec: &T::Spec, out: &Path, start: Start, devices: &[Device]) -> Result<RunSummary> {
     training::reset_peak_rss();
     output::check("--out", out, output::Output::Run)?;
     let _lock = lock::RunLock::acquire(out)?;
@@ -53,6 +55,7 @@ pub fn train<T: Task>(spec: &T::Spec, out: &Path, start: Start, device: &Device)
     };
     spec.validate()?;
     check_best_metric::<T>(&spec)?;
+    training::data_parallel::check_devices(spec.train(), devices)?;
     let stored = match start {
         Start::Resume => {
             let (_, stored) = run_file::read::<T::Spec>(out, T::KIND)?;
@@ -61,20 +64,20 @@ pub fn train<T: Task>(spec: &T::Spec, out: &Path, start: Start, device: &Device)
         }
         _ => Some(sources::record(&spec)?),
     };
-    let device = device.clone().autodiff();
-    let task = T::open(spec, &device)?;
+    let devices: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
+    let task = T::open(spec, &devices[0])?;
     let data = task.data()?;
     let model = task.build(&data)?;
     dir::clear(out, start)?;
     run_file::write(out, T::KIND, task.spec(), stored.as_deref())?;
     failure::clear(out)?;
-    let summary = train_and_test(&task, &data, model, out, start, &device).map_err(|e| failure::record(out, e))?;
+    let summary = train_and_test(&task, &data, model, out, start, &devices).map_err(|e| failure::record(out, e))?;
     write_json(&out.join(layout::SUMMARY_FILE), &summary)?;
     Ok(summary)
 }
 
 /// Trains the model of a run whose `run.json` is written, saves it and tests it.
-fn train_and_test<T: Task>(task: &T, data: &T::Data, model: T::Model, out: &Path, start: Start, device: &Device) -> Result<RunSummary> {
+fn train_and_test<T: Task>(task: &T, data: &T::Data, model: T::Model, out: &Path, start: Start, devices: &[Device]) -> Result<RunSummary> {
     let params = params::<T>(&model);
     eprintln!("{}: {params}", task.spec().method_name());
 
@@ -82,7 +85,7 @@ fn train_and_test<T: Task>(task: &T, data: &T::Data, model: T::Model, out: &Path
     let train_batches = |epoch: usize| task.train_batches(data, epoch);
     let validate = |m: &T::Model| task.validate(data, m);
     let train = task.spec().train();
-    let (model, report) = training::train(model, &train_batches, &validate, train, device, out, start == Start::Resume)?;
+    let (model, report) = training::train(model, &train_batches, &validate, train, devices, out, start == Start::Resume)?;
     let seconds = started.elapsed().as_secs_f64().max(1e-9);
     save::<T>(task, data, &model, out)?;
     let test = task.test(data, &model)?;

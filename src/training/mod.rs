@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod collapse;
 pub mod config;
+pub mod data_parallel;
 pub mod divergence;
 pub mod event_log;
 pub mod metrics;

@@ -10,13 +10,14 @@ use crate::adapters::LrGroup;
 use crate::weights::tensors::scalar;
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::{ModuleVisitor, Param, ParamGroup, ParamId};
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer, Optimizer};
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, Optimizer};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, Progress, Schedule};
 use super::collapse::{Collapse, CollapseDetector};
 use super::config::TrainConfig;
+use super::data_parallel::Replicas;
 use super::divergence::Divergence;
 use super::event_log::EventLog;
 use super::metrics::EvalMetrics;
@@ -28,7 +29,8 @@ use crate::progress::{Bar, Kind};
 
 /// A model and the batches it learns from: what [`train`] needs to know about a task.
 pub trait Objective: Module {
-    type Batch;
+    /// Host data (token ids, pixels): read by several replicas' threads in data parallel runs.
+    type Batch: Sync;
     /// The mean training loss of one batch (dropout on).
     fn loss(&self, batch: &Self::Batch, device: &Device) -> Tensor<1>;
     /// How many examples the batch holds (for the loss average and the rate shown).
@@ -164,25 +166,27 @@ fn truncate_log(path: &Path, step: usize) -> Result<()> {
     crate::files::write_atomic(path, kept.as_bytes())
 }
 
-/// Trains `model`. `train_batches(epoch)` returns that epoch's (shuffled) batches; the same
-/// epoch must always give the same batches, which makes `resume` exact. `validate` scores the
-/// model after each epoch.
+/// Trains `model` (on `devices[0]`; with several devices, data parallel: see
+/// [`super::data_parallel`]). `train_batches(epoch)` returns that epoch's (shuffled) batches;
+/// the same epoch must always give the same batches, which makes `resume` exact. `validate`
+/// scores the model after each epoch.
 pub fn train<M: Objective>(
     model: M,
     train_batches: &dyn Fn(usize) -> Vec<M::Batch>,
     validate: &dyn Fn(&M) -> EvalMetrics,
     cfg: &TrainConfig,
-    device: &Device,
+    devices: &[Device],
     out: &Path,
     resume: bool,
 ) -> Result<(M, TrainReport)> {
     cfg.validate()?;
+    super::data_parallel::check_devices(cfg, devices)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let batches_per_epoch = train_batches(0).len();
     if batches_per_epoch == 0 {
         return Err(Error::Config("the training split is empty".into()));
     }
-    let (mut session, mut model) = Session::start(model, cfg, device, RunDir(out.to_path_buf()), batches_per_epoch, resume)?;
+    let (mut session, mut model) = Session::start(model, cfg, devices, RunDir(out.to_path_buf()), batches_per_epoch, resume)?;
     while session.progress.epoch < cfg.epochs && !session.stop {
         model = session.train_epoch(model, &train_batches(session.progress.epoch))?;
         if session.end_epoch(&model, validate)? {
@@ -193,9 +197,9 @@ pub fn train<M: Objective>(
 }
 
 /// The state of one training run between its steps.
-struct Session<'a> {
+struct Session<'a, M> {
     cfg: &'a TrainConfig,
-    device: &'a Device,
+    replicas: Replicas<M>,
     run: RunDir,
     steps: Schedule,
     schedule: LrSchedule,
@@ -210,12 +214,12 @@ struct Session<'a> {
     events: EventLog,
 }
 
-impl<'a> Session<'a> {
+impl<'a, M: Objective> Session<'a, M> {
     /// A new run, or the one in `run`'s checkpoint when resuming (model, optimizer, progress).
-    fn start<M: Objective>(
+    fn start(
         mut model: M,
         cfg: &'a TrainConfig,
-        device: &'a Device,
+        devices: &[Device],
         run: RunDir,
         batches_per_epoch: usize,
         resume: bool,
@@ -253,8 +257,9 @@ impl<'a> Session<'a> {
             None => EventLog::start(&run.0, cfg.report_to, None)?,
         };
         let bar = Bar::starting_at(Kind::Steps, progress.step as u64, total_steps as u64, "");
+        let replicas = Replicas::new(&model, devices);
         let session =
-            Session { cfg, device, run, steps, schedule, optim, progress, guard, stop: false, started: Instant::now(), bar, events };
+            Session { cfg, replicas, run, steps, schedule, optim, progress, guard, stop: false, started: Instant::now(), bar, events };
         Ok((session, model))
     }
 
@@ -265,55 +270,61 @@ impl<'a> Session<'a> {
 
     /// Trains the rest of the current epoch (all of it unless resumed mid-epoch), or up to
     /// the step the collapse guard stops the run at.
-    fn train_epoch<M: Objective>(&mut self, mut model: M, batches: &[M::Batch]) -> Result<M> {
+    fn train_epoch(&mut self, mut model: M, batches: &[M::Batch]) -> Result<M> {
         let (cfg, epoch) = (self.cfg, self.progress.epoch);
         self.bar.set_prefix(format!("epoch {}/{}", epoch + 1, cfg.epochs));
-        let mut accumulator = GradientsAccumulator::<M>::new();
         // A run resumed mid-epoch continues the log line in progress where the checkpoint left it.
         let start = self.progress.batch_in_epoch;
         let mut window = match start {
             0 => Window::new(0.0, 0, 0, self.progress.step),
             _ => Window::new(self.progress.window_loss, self.progress.window_examples, start, self.progress.step),
         };
-        for (i, batch) in batches.iter().enumerate().skip(start) {
-            // Dropout draws from the device RNG: seed it per micro-batch so a resumed run
-            // draws exactly what the uninterrupted one did.
-            self.device.seed(cfg.seed.wrapping_mul(1_000_003).wrapping_add((epoch * self.steps.batches_per_epoch + i) as u64));
-            let loss = model.loss(batch, self.device);
-            // Before the first step the loss is read at once: not finite there means the
-            // weights or the data, and no step must be taken on it.
-            if self.progress.step == 0 {
-                let value = scalar(loss.clone());
-                if !value.is_finite() {
-                    return Err(self.diverged(&model, value, i..=i, 0));
+        // Dropout draws from the device's generator: seeded per micro-batch, so a resumed run
+        // (or one on another number of devices) draws exactly what the uninterrupted one did.
+        let first_of_epoch = epoch * self.steps.batches_per_epoch;
+        let forward = |model: &M, device: &Device, i: usize| {
+            device.seed(cfg.seed.wrapping_mul(1_000_003).wrapping_add((first_of_epoch + i) as u64));
+            model.loss(&batches[i], device)
+        };
+        let mut first = start;
+        while first < batches.len() {
+            // An optimizer step's micro-batches: grad_accum of them, fewer at the epoch's end.
+            let end = ((first / cfg.grad_accum + 1) * cfg.grad_accum).min(batches.len());
+            let (losses, grads) = self.replicas.passes(&model, first..end, 1.0 / cfg.grad_accum as f64, &forward);
+            for (i, loss) in (first..end).zip(losses) {
+                // Before the first step each loss is read at once: not finite there means the
+                // weights or the data, and no step must be taken on it.
+                if self.progress.step == 0 {
+                    let value = scalar(loss.clone());
+                    if !value.is_finite() {
+                        return Err(self.diverged(&model, value, i..=i, 0));
+                    }
                 }
+                window.add(loss, M::examples(&batches[i]));
             }
-            accumulator.accumulate(&model, GradientsParams::from_grads(loss.clone().div_scalar(cfg.grad_accum as f64).backward(), &model));
-            window.add(loss, M::examples(batch));
-            self.progress.batch_in_epoch = i + 1;
-            if (i + 1) % cfg.grad_accum != 0 && i + 1 != batches.len() {
-                continue;
-            }
+            let i = end - 1;
+            self.progress.batch_in_epoch = end;
+            first = end;
             let lr = self.schedule.at(self.progress.step);
-            let grads = accumulator.grads();
             let logged = (self.progress.step + 1).is_multiple_of(cfg.log_every);
             let diagnostics = if logged { model.diagnostics(&grads) } else { Default::default() };
             model = step(&mut self.optim, lr, model, grads);
+            self.replicas.refresh(&model);
             self.progress.step += 1;
             if self.progress.step == 1 {
                 // The batches before the first step were read one by one: a non-finite sum
                 // comes from those after it.
-                (window.first_batch, window.steps_before) = (i + 1, 1);
+                (window.first_batch, window.steps_before) = (end, 1);
             }
             self.bar.inc(1);
-            let checkpointed = cfg.checkpoint_every.is_some_and(|n| self.progress.step.is_multiple_of(n)) && i + 1 != batches.len();
+            let checkpointed = cfg.checkpoint_every.is_some_and(|n| self.progress.step.is_multiple_of(n)) && end != batches.len();
             if logged || checkpointed {
                 self.check_finite(&model, &mut window, i)?;
             }
             if logged {
                 self.bar.set_message(format!("loss {:.4} lr {lr:.2e} {:.1} {}/s", window.mean(), window.rate(), M::EXAMPLE_UNIT));
                 self.log_step(&model, lr, &mut window, diagnostics)?;
-                window = Window::new(0.0, 0, i + 1, self.progress.step);
+                window = Window::new(0.0, 0, end, self.progress.step);
             }
             if checkpointed {
                 let p = Progress {
@@ -336,7 +347,7 @@ impl<'a> Session<'a> {
 
     /// Reads the window's loss (one host read) and fails if it is not finite, naming its
     /// batches up to `last_batch` (0-based).
-    fn check_finite<M: Objective>(&self, model: &M, window: &mut Window, last_batch: usize) -> Result<()> {
+    fn check_finite(&self, model: &M, window: &mut Window, last_batch: usize) -> Result<()> {
         let mean = window.mean();
         if window.examples > 0 && !mean.is_finite() {
             return Err(self.diverged(model, mean, window.first_batch..=last_batch, window.steps_before));
@@ -351,13 +362,7 @@ impl<'a> Session<'a> {
     }
 
     /// Writes a metrics line for the step just taken and feeds its loss to the collapse guard.
-    fn log_step<M: Objective>(
-        &mut self,
-        model: &M,
-        lr: f64,
-        window: &mut Window,
-        diagnostics: serde_json::Map<String, serde_json::Value>,
-    ) -> Result<()> {
+    fn log_step(&mut self, model: &M, lr: f64, window: &mut Window, diagnostics: serde_json::Map<String, serde_json::Value>) -> Result<()> {
         let mean_loss = window.mean();
         let mut line = serde_json::json!({
             "step": self.progress.step, "epoch": self.progress.epoch + 1, "loss": mean_loss,
@@ -374,7 +379,7 @@ impl<'a> Session<'a> {
 
     /// The error for a non-finite loss in the micro-batches `batches` (0-based) of the current
     /// epoch, after `steps_before` optimizer steps.
-    fn diverged<M: Objective>(&self, model: &M, loss: f64, batches: std::ops::RangeInclusive<usize>, steps_before: usize) -> Error {
+    fn diverged(&self, model: &M, loss: f64, batches: std::ops::RangeInclusive<usize>, steps_before: usize) -> Error {
         self.bar.abandon();
         let divergence = Divergence {
             loss,
@@ -390,7 +395,7 @@ impl<'a> Session<'a> {
     /// Scores the model on validation (a run stopped on collapse is scored where it stopped, as
     /// at an epoch's end), keeps it if it is the best so far, and checkpoints. `true` when
     /// early stopping ends the run here.
-    fn end_epoch<M: Objective>(&mut self, model: &M, validate: &dyn Fn(&M) -> EvalMetrics) -> Result<bool> {
+    fn end_epoch(&mut self, model: &M, validate: &dyn Fn(&M) -> EvalMetrics) -> Result<bool> {
         let (cfg, epoch) = (self.cfg, self.progress.epoch);
         let metrics = validate(model);
         let line = format!("epoch {}: validation {}", epoch + 1, metrics.describe());
@@ -420,7 +425,7 @@ impl<'a> Session<'a> {
     }
 
     /// The best epoch's model and the run's report.
-    fn finish<M: Objective>(self, model: M) -> Result<(M, TrainReport)> {
+    fn finish(self, model: M) -> Result<(M, TrainReport)> {
         self.bar.finish();
         let elapsed = self.elapsed();
         let progress = self.progress;

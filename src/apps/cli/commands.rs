@@ -18,24 +18,24 @@ use crate::with_task;
 
 pub fn run(command: Command) -> Result<()> {
     match command {
-        Command::Train { run, out, resume, overwrite, device } => {
-            let device = device.open()?;
+        Command::Train { run, out, resume, overwrite, devices } => {
+            let devices = devices.open()?;
             let kind = run.task();
             let out = out.unwrap_or_else(|| default_dir(kind, "train"));
             let start = Start::from_flags(resume, overwrite);
-            let summary = with_task!(kind, T => run::train::<T>(&T::spec_from(&run)?, &out, start, &device))?;
+            let summary = with_task!(kind, T => run::train::<T>(&T::spec_from(&run)?, &out, start, &devices))?;
             println!("{}", run::table(&[summary]));
             draw_run_curves(&out);
             eprintln!("run written to {}", out.display());
             Ok(())
         }
-        Command::Compare { run, methods, seeds, train_fractions, out, overwrite, device } => {
-            let device = device.open()?;
+        Command::Compare { run, methods, seeds, train_fractions, out, overwrite, devices } => {
+            let devices = devices.open()?;
             let kind = run.task();
             let out = out.unwrap_or_else(|| default_dir(kind, "compare"));
             output::check("--out", &out, Output::Dir)?;
             let start = Start::from_flags(false, overwrite);
-            with_task!(kind, T => compare_cli::<T>(&run, methods, seeds, train_fractions, &out, start, &device))
+            with_task!(kind, T => compare_cli::<T>(&run, methods, seeds, train_fractions, &out, start, &devices))
         }
         Command::Eval { run: Some(dir), args, device } => eval_run(&dir, &args, &device.open()?),
         Command::Eval { run: None, args, device } => {
@@ -220,7 +220,7 @@ fn compare_cli<T: SpecFromArgs>(
     fractions: Option<Vec<f64>>,
     out: &Path,
     start: Start,
-    device: &Device,
+    devices: &[Device],
 ) -> Result<()> {
     if let Some(method) = &args.method.method {
         return Err(Error::Config(format!("--method {method} is not for `compare`: it trains each method of --methods")));
@@ -255,7 +255,7 @@ fn compare_cli<T: SpecFromArgs>(
         a.train_fraction = Some(fraction);
         T::spec_from(&a)
     };
-    let summaries = compare::compare::<T>(&plan, &spec_for, out, start, device)?;
+    let summaries = compare::compare::<T>(&plan, &spec_for, out, start, devices)?;
     let text = compare::write(&summaries, out)?;
     println!("\n{text}");
     Ok(())

@@ -59,7 +59,7 @@ pub enum Command {
         #[arg(long, conflicts_with = "resume")]
         overwrite: bool,
         #[command(flatten)]
-        device: DeviceArg,
+        devices: TrainDevices,
     },
     /// Train several methods (x seeds x training fractions) on the same data and budget; print
     /// and write one table of means and spreads. `compare-lm` is `compare --task multiple-choice`.
@@ -87,7 +87,7 @@ pub enum Command {
         #[arg(long)]
         overwrite: bool,
         #[command(flatten)]
-        device: DeviceArg,
+        devices: TrainDevices,
     },
     /// Evaluate a trained run (--run) on its test split, on another labelled file (--data) or
     /// other tasks (--eval-tasks); without --run, the pre-trained model zero-shot
@@ -279,6 +279,26 @@ pub struct DeviceArg {
     /// devices [default: the first]. A run moves between devices (docs/gpu.md).
     #[arg(long, default_value = "cpu", value_parser = device)]
     pub device: DeviceSpec,
+}
+
+/// `--device` of the commands that train: one device, or several for data parallel.
+#[derive(clap::Args, Clone, Debug)]
+pub struct TrainDevices {
+    /// Where to compute: cpu, or a GPU backend built in with its cargo feature (`--features
+    /// wgpu`): wgpu, vulkan, cuda, rocm or metal, each optionally with `:N` to pick among several
+    /// devices [default: the first]. Several, comma-separated (cuda:0,cuda:1), train data
+    /// parallel: each computes a share of every step's --grad-accum micro-batches, so the
+    /// result is the one-device run's. A run moves between devices (docs/gpu.md).
+    #[arg(long, default_value = "cpu", value_delimiter = ',', value_parser = device)]
+    pub device: Vec<DeviceSpec>,
+}
+
+impl TrainDevices {
+    /// The burn devices, or why one cannot be used (checked before a command writes anything).
+    pub fn open(&self) -> crate::Result<Vec<burn::prelude::Device>> {
+        crate::device::check_list(&self.device)?;
+        self.device.iter().map(DeviceSpec::open).collect()
+    }
 }
 
 /// `--device`'s value, refused with the library's message alone (clap names the flag).

@@ -261,7 +261,7 @@ impl Cell {
 
 /// Trains a cell, or continues or reads back what another sweep left (decided with it locked).
 fn train_cell<T: SpecFromArgs>(args: &RunArgs, dir: &Path, device: &Device) -> Result<RunSummary> {
-    run::train::<T>(&T::spec_from(args)?, dir, Start::Continue, device)
+    run::train::<T>(&T::spec_from(args)?, dir, Start::Continue, std::slice::from_ref(device))
 }
 
 /// `results.jsonl`: one row per finished run (rewritten whole, atomically).
