@@ -11,6 +11,15 @@ pub const RUN_FILE: &str = "run.json";
 pub const SUMMARY_FILE: &str = "summary.json";
 /// One JSON line per logged step and per epoch's validation.
 pub const METRICS_FILE: &str = "metrics.jsonl";
+/// TensorBoard's event files, beside `metrics.jsonl` and holding its numbers (unless
+/// `--report-to none`): one per process that trained the run, named
+/// `events.out.tfevents.SECONDS.HOST.PID.replora` (see [`crate::training::event_log`]).
+pub const EVENTS_FILE_PREFIX: &str = "events.out.tfevents.";
+/// The loss and validation curves, drawn by the command line at the end of `train`.
+pub const CURVES_FILE: &str = "curves.png";
+/// Written when training or testing fails with an error (a non-finite loss, a full disk): the
+/// error and the step. A run killed (SIGKILL, a power cut) leaves none: it was interrupted.
+pub const FAILED_FILE: &str = "failed.json";
 /// The adapter, in replora's native format.
 pub const ADAPTER_DIR: &str = "adapter";
 /// A classifier's label names and head (classification and image classification).
@@ -33,11 +42,14 @@ pub const BACKBONE_DIR: &str = "backbone";
 /// processes hold "the" lock.
 pub const LOCK_FILE: &str = "run.lock";
 
-/// Everything a run of any task writes beside its lock file.
+/// Everything a run of any task writes beside its lock file and its event files (whose names
+/// vary: [`is_event_file`]).
 pub const ARTEFACTS: &[&str] = &[
     RUN_FILE,
     SUMMARY_FILE,
     METRICS_FILE,
+    CURVES_FILE,
+    FAILED_FILE,
     ADAPTER_DIR,
     LABELS_FILE,
     HEAD_FILE,
@@ -59,7 +71,12 @@ const SWAP_SUFFIXES: &[&str] = &[".tmp", ".old"];
 pub fn is_artefact(name: &OsStr) -> bool {
     let Some(name) = name.to_str() else { return false };
     let base = crate::files::temporary_of(name).or_else(|| SWAP_SUFFIXES.iter().find_map(|s| name.strip_suffix(s))).unwrap_or(name);
-    ARTEFACTS.contains(&base)
+    ARTEFACTS.contains(&base) || is_event_file(base)
+}
+
+/// Whether `name` is one of a run's TensorBoard event files (or a temporary twin of one).
+pub fn is_event_file(name: &str) -> bool {
+    name.strip_prefix(EVENTS_FILE_PREFIX).is_some_and(|rest| !rest.is_empty())
 }
 
 /// Whether `dir` is a run directory (it holds `run.json`).
@@ -88,10 +105,25 @@ mod tests {
             "best.tmp",
             "metrics.jsonl.tmp",
             "head.safetensors",
+            "curves.png",
+            "failed.json",
+            "events.out.tfevents.1764680000.host.4242.replora",
+            "events.out.tfevents.1764680000.host.4242.replora.4242.tmp",
         ] {
             assert!(is_artefact(OsStr::new(name)), "{name}");
         }
-        for name in ["run.lock", "notes.txt", "peft", "checkpoints", "model.bak", "my-model", ".tmp", "run.json.x.tmp"] {
+        for name in [
+            "run.lock",
+            "notes.txt",
+            "peft",
+            "checkpoints",
+            "model.bak",
+            "my-model",
+            ".tmp",
+            "run.json.x.tmp",
+            "events.out.tfevents.",
+            "curves.svg",
+        ] {
             assert!(!is_artefact(OsStr::new(name)), "{name}");
         }
     }

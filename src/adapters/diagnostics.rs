@@ -40,14 +40,31 @@ impl<M: Adaptable> PeftModel<M> {
     /// [`AdapterSet::diagnostics`] plus the shape of the low-rank updates `s A B` (LoRA, DoRA,
     /// RepLoRA), each the largest over the adapted linears: `update_top_share`, the share of
     /// `||s A B||_F^2` in its top singular value (1: a rank-1 update), and `update_spectral_ratio`,
-    /// its top singular value over that of the frozen `W0`.
+    /// its top singular value over that of the frozen `W0`. RepLoRA runs add the norms of what
+    /// the generators output, `generated_a_norm` and `generated_b_norm` (`||A||_F`, `||B||_F`);
+    /// DoRA runs add `magnitude_drift`, `||m - m0|| / ||m0||` of the magnitudes from their
+    /// initial value `m0 = ||W0||` (per output column).
     pub fn diagnostics(&self, grads: &GradientsParams) -> Map<String, Value> {
         let mut out = self.adapters.diagnostics(grads);
         let all = self.adapters.deltas(false);
+        let generated = self.adapters.config.method.method() == super::Method::Replora;
         let (mut share, mut ratio) = (None::<f64>, None::<f64>);
+        let (mut a_norm, mut b_norm, mut drift) = (None::<f64>, None::<f64>, None::<f64>);
+        let largest = |slot: &mut Option<f64>, v: f64| *slot = Some(slot.unwrap_or(0.0).max(v));
+        let frobenius = |t: Tensor<2>| crate::weights::tensors::scalar(t.square().sum()).sqrt();
         for linear in self.model.linears() {
             let Some(d) = all.get(&linear.path) else { continue };
             let (a, b) = (d.a.clone().detach(), d.b.clone().detach());
+            if generated {
+                largest(&mut a_norm, frobenius(a.clone()));
+                largest(&mut b_norm, frobenius(b.clone()));
+            }
+            if let Some(m) = &d.magnitude {
+                let m0 = linear.weight.val().detach().square().sum_dim(0).sqrt().squeeze_dim::<1>(0);
+                let change = crate::weights::tensors::scalar((m.clone().detach() - m0.clone()).square().sum()).sqrt();
+                let initial = crate::weights::tensors::scalar(m0.square().sum()).sqrt();
+                largest(&mut drift, change / initial.max(f64::MIN_POSITIVE));
+            }
             // The squared singular values of A B are the eigenvalues of (A^T A)(B B^T), r x r.
             let gram = |t: Tensor<2>| -> Vec<f64> { t.into_data().try_into_vec_as::<f64>().expect("float tensor") };
             let r = a.dims()[1];
@@ -62,7 +79,14 @@ impl<M: Adaptable> PeftModel<M> {
             share = Some(share.unwrap_or(0.0).max(top / trace));
             ratio = Some(ratio.unwrap_or(0.0).max(d.scale * top.max(0.0).sqrt() / w0_top.max(f64::MIN_POSITIVE).sqrt()));
         }
-        for (key, value) in [("update_top_share", share), ("update_spectral_ratio", ratio)] {
+        let fields = [
+            ("update_top_share", share),
+            ("update_spectral_ratio", ratio),
+            ("generated_a_norm", a_norm),
+            ("generated_b_norm", b_norm),
+            ("magnitude_drift", drift),
+        ];
+        for (key, value) in fields {
             if let Some(v) = value {
                 out.insert(key.into(), v.into());
             }

@@ -1,8 +1,10 @@
-//! Adapter files: replora's native format and Hugging Face PEFT's LoRA/DoRA layout. (Model
-//! weights are read and written by [`crate::weights`].)
+//! Adapter files: replora's native format and Hugging Face PEFT's LoRA/DoRA layout; and
+//! TensorBoard's event files, which training writes beside `metrics.jsonl`. (Model weights are
+//! read and written by [`crate::weights`].)
 
 pub mod native;
 pub mod peft;
+pub mod tfevents;
 
 use std::path::Path;
 

@@ -11,6 +11,8 @@
 
 pub mod compare;
 pub mod dir;
+pub mod failure;
+pub mod listing;
 pub mod lock;
 pub mod output;
 pub mod results;
@@ -33,6 +35,7 @@ use crate::layout;
 use crate::models::Architecture;
 use crate::tasks::{Task, TaskKind, TaskSpec, TestScores, Tuning, check_best_metric};
 use crate::training;
+use crate::training::event_log::{self, EventLog};
 use sources::Role;
 
 /// Trains a run on `devices` (the first holds the model; with several, each computes a share of
@@ -67,23 +70,33 @@ pub fn train<T: Task>(spec: &T::Spec, out: &Path, start: Start, devices: &[Devic
     let model = task.build(&data)?;
     dir::clear(out, start)?;
     run_file::write(out, T::KIND, task.spec(), stored.as_deref())?;
+    failure::clear(out)?;
+    let summary = train_and_test(&task, &data, model, out, start, &devices).map_err(|e| failure::record(out, e))?;
+    write_json(&out.join(layout::SUMMARY_FILE), &summary)?;
+    Ok(summary)
+}
+
+/// Trains the model of a run whose `run.json` is written, saves it and tests it.
+fn train_and_test<T: Task>(task: &T, data: &T::Data, model: T::Model, out: &Path, start: Start, devices: &[Device]) -> Result<RunSummary> {
     let params = params::<T>(&model);
     eprintln!("{}: {params}", task.spec().method_name());
 
     let started = Instant::now();
-    let train_batches = |epoch: usize| task.train_batches(&data, epoch);
-    let validate = |m: &T::Model| task.validate(&data, m);
-    let (model, report) = training::train(model, &train_batches, &validate, task.spec().train(), &devices, out, start == Start::Resume)?;
+    let train_batches = |epoch: usize| task.train_batches(data, epoch);
+    let validate = |m: &T::Model| task.validate(data, m);
+    let train = task.spec().train();
+    let (model, report) = training::train(model, &train_batches, &validate, train, devices, out, start == Start::Resume)?;
     let seconds = started.elapsed().as_secs_f64().max(1e-9);
-    save::<T>(&task, &data, &model, out)?;
-    let test = task.test(&data, &model)?;
-    let sizes = T::sizes(&data);
+    save::<T>(task, data, &model, out)?;
+    let test = task.test(data, &model)?;
+    let sizes = T::sizes(data);
     let epochs = report.epochs_run as f64;
-    let mut summary = summarize::<T>(&task, &data, test, params);
+    let mut summary = summarize::<T>(task, data, test, params);
     summary.train_examples_per_s = sizes[0] as f64 * epochs / seconds;
-    summary.train_tokens_per_s = T::train_tokens(&data).map(|t| t as f64 * epochs / seconds);
+    summary.train_tokens_per_s = T::train_tokens(data).map(|t| t as f64 * epochs / seconds);
+    let scalars = event_log::end_of_run_scalars(&summary.test, summary.train_examples_per_s, summary.train_tokens_per_s);
+    EventLog::append(out, train.report_to).scalars(report.steps as u64, &scalars)?;
     summary.training = Some(report);
-    write_json(&out.join(layout::SUMMARY_FILE), &summary)?;
     Ok(summary)
 }
 

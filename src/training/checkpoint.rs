@@ -103,7 +103,7 @@ impl Progress {
 
 const TENSORS: &str = "trainable.safetensors";
 const OPTIMIZER: &str = "optimizer.bpk";
-const PROGRESS: &str = "progress.json";
+pub const PROGRESS: &str = "progress.json";
 
 fn record_error(path: &Path, e: impl std::fmt::Debug) -> Error {
     Error::format(path, format!("{e:?}"))

@@ -15,6 +15,32 @@ crate::choice_enum! {
     }
 }
 
+crate::choice_enum! {
+    /// Where a run reports its metrics besides `metrics.jsonl`.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum ReportTo: "report target" {
+        /// TensorBoard event files in the run directory (`tensorboard --logdir runs/`).
+        Tensorboard => "tensorboard",
+        /// metrics.jsonl only.
+        None => "none",
+    }
+}
+
+// `choice_enum!` takes doc comments only on its values, so not `#[default]`.
+#[allow(clippy::derivable_impls)]
+impl Default for ReportTo {
+    fn default() -> Self {
+        ReportTo::Tensorboard
+    }
+}
+
+impl ReportTo {
+    fn is_default(&self) -> bool {
+        *self == ReportTo::default()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
@@ -60,6 +86,10 @@ pub struct TrainConfig {
     /// existed keep their identity.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub stop_on_collapse: bool,
+    /// TensorBoard event files beside `metrics.jsonl`, or none. Written only when not the
+    /// default, so that specs (and sweep cells) written before it keep their identity.
+    #[serde(skip_serializing_if = "ReportTo::is_default")]
+    pub report_to: ReportTo,
 }
 
 impl Default for TrainConfig {
@@ -82,6 +112,7 @@ impl Default for TrainConfig {
             log_every: 10,
             seed: 0,
             stop_on_collapse: false,
+            report_to: ReportTo::Tensorboard,
         }
     }
 }

@@ -5,13 +5,14 @@ pub mod collapse;
 pub mod config;
 pub mod data_parallel;
 pub mod divergence;
+pub mod event_log;
 pub mod metrics;
 pub mod schedule;
 pub mod state;
 pub mod trainer;
 pub mod update_clip;
 
-pub use config::{BestMetric, TrainConfig};
+pub use config::{BestMetric, ReportTo, TrainConfig};
 pub use metrics::EvalMetrics;
 pub use schedule::{Decay, LrSchedule};
 pub use trainer::{Objective, TrainReport, reset_peak_rss, train};

@@ -19,6 +19,7 @@ use super::collapse::{Collapse, CollapseDetector};
 use super::config::TrainConfig;
 use super::data_parallel::Replicas;
 use super::divergence::Divergence;
+use super::event_log::EventLog;
 use super::metrics::EvalMetrics;
 use super::schedule::LrSchedule;
 use super::state::TrainableState;
@@ -209,6 +210,8 @@ struct Session<'a, M> {
     stop: bool,
     started: Instant,
     bar: Bar,
+    /// The TensorBoard event file every metrics line also goes to (`--report-to`).
+    events: EventLog,
 }
 
 impl<'a, M: Objective> Session<'a, M> {
@@ -236,6 +239,7 @@ impl<'a, M: Objective> Session<'a, M> {
                 None
             }
         };
+        let mut events = None;
         // Built after the restore: the exempt group names the restored model's parameter ids,
         // which the saved optimizer state is keyed by.
         let mut optim = optimizer(cfg, model.decay_exempt());
@@ -244,12 +248,18 @@ impl<'a, M: Objective> Session<'a, M> {
             optim = checkpoint::read_optimizer(&dir, optim)?;
             progress = checkpoint::read_progress(&dir, &steps)?;
             truncate_log(&run.metrics_log(), progress.step)?;
+            events = Some(EventLog::start(&run.0, cfg.report_to, Some(progress.step))?);
             eprintln!("resuming from {} (epoch {}, step {})", dir.display(), progress.epoch + 1, progress.step);
         }
         let guard = model.chance_loss().map(|chance| CollapseDetector::replay(chance, &run.metrics_log()));
+        let events = match events {
+            Some(events) => events,
+            None => EventLog::start(&run.0, cfg.report_to, None)?,
+        };
         let bar = Bar::starting_at(Kind::Steps, progress.step as u64, total_steps as u64, "");
         let replicas = Replicas::new(&model, devices);
-        let session = Session { cfg, replicas, run, steps, schedule, optim, progress, guard, stop: false, started: Instant::now(), bar };
+        let session =
+            Session { cfg, replicas, run, steps, schedule, optim, progress, guard, stop: false, started: Instant::now(), bar, events };
         Ok((session, model))
     }
 
@@ -345,6 +355,12 @@ impl<'a, M: Objective> Session<'a, M> {
         Ok(())
     }
 
+    /// Appends a line to `metrics.jsonl` and its numbers to the event file.
+    fn log(&self, line: serde_json::Value) -> Result<()> {
+        self.events.line(&line)?;
+        log_line(&self.run.metrics_log(), line)
+    }
+
     /// Writes a metrics line for the step just taken and feeds its loss to the collapse guard.
     fn log_step(&mut self, model: &M, lr: f64, window: &mut Window, diagnostics: serde_json::Map<String, serde_json::Value>) -> Result<()> {
         let mean_loss = window.mean();
@@ -353,7 +369,7 @@ impl<'a, M: Objective> Session<'a, M> {
             "lr": lr, "examples_per_s": window.rate(), "update_norm": model.update_norm(),
         });
         line.as_object_mut().expect("an object").extend(diagnostics);
-        log_line(&self.run.metrics_log(), line)?;
+        self.log(line)?;
         if let Some(collapse) = self.guard.as_mut().and_then(|g| g.observe(self.progress.step, mean_loss)) {
             self.bar.println(&collapse.warning());
             self.stop = self.cfg.stop_on_collapse;
@@ -384,7 +400,7 @@ impl<'a, M: Objective> Session<'a, M> {
         let metrics = validate(model);
         let line = format!("epoch {}: validation {}", epoch + 1, metrics.describe());
         self.bar.println(&line);
-        log_line(&self.run.metrics_log(), serde_json::json!({"epoch": epoch + 1, "step": self.progress.step, "validation": metrics}))?;
+        self.log(serde_json::json!({"epoch": epoch + 1, "step": self.progress.step, "validation": metrics}))?;
         let s =
             metrics.score(cfg.best_metric).ok_or_else(|| Error::Config(format!("the validation metrics have no {:?}", cfg.best_metric)))?;
         if self.progress.best.is_none_or(|(best, _)| s > best) {

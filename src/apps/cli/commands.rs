@@ -25,6 +25,7 @@ pub fn run(command: Command) -> Result<()> {
             let start = Start::from_flags(resume, overwrite);
             let summary = with_task!(kind, T => run::train::<T>(&T::spec_from(&run)?, &out, start, &devices))?;
             println!("{}", run::table(&[summary]));
+            draw_run_curves(&out);
             eprintln!("run written to {}", out.display());
             Ok(())
         }
@@ -100,8 +101,62 @@ pub fn run(command: Command) -> Result<()> {
             let cells = cells.unwrap_or_else(|| crate::apps::sweep::default_store(&out));
             crate::apps::sweep::sweep(&grid, &out, &cells, report_only, &device)
         }
+        Command::Runs { dir, json } => list_runs(&dir.unwrap_or_else(|| PathBuf::from("runs")), json),
+        Command::Plot { runs, out } => plot(&runs, out.unwrap_or_else(|| PathBuf::from("curves.png"))),
         Command::Fetch { names } => fetch(names),
     }
+}
+
+/// `curves.png` of a run `train` just finished; a failure to draw it is a warning, not a failed run.
+fn draw_run_curves(run: &Path) {
+    let drawn = crate::apps::curves::read_runs(&[run.to_path_buf()])
+        .and_then(|runs| crate::apps::curves::write(&runs, &run.join(crate::layout::CURVES_FILE), None));
+    if let Err(e) = drawn {
+        eprintln!("warning: {} not drawn: {e}", crate::layout::CURVES_FILE);
+    }
+}
+
+/// `runs [DIR] [--json]`.
+fn list_runs(dir: &Path, json: bool) -> Result<()> {
+    let listing = run::listing::list(dir)?;
+    let text = if json {
+        let runs = listing.runs.iter().map(|entry| serde_json::to_string(entry).expect("run entries serialize"));
+        let unreadable =
+            listing.unreadable.iter().map(|u| serde_json::json!({"dir": u.dir, "status": "unreadable", "error": u.error}).to_string());
+        runs.chain(unreadable).map(|line| line + "\n").collect()
+    } else if listing.runs.is_empty() && listing.unreadable.is_empty() {
+        eprintln!("no runs under {}", dir.display());
+        String::new()
+    } else {
+        run::listing::table(&listing, dir)
+    };
+    print_all(&text)
+}
+
+/// Writes `text` to stdout; a reader that stopped reading (`replora runs --json | head -1`) ends
+/// the output, which is no error.
+fn print_all(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::io("standard output", e)),
+        _ => Ok(()),
+    }
+}
+
+/// `plot --run DIR... --out FILE.png`: the PNG and the SVG beside it.
+fn plot(runs: &[PathBuf], png: PathBuf) -> Result<()> {
+    if png.extension().is_none_or(|e| !e.eq_ignore_ascii_case("png")) {
+        return Err(Error::Config(format!("--out {}: give a file name ending in .png (the .svg is written beside it)", png.display())));
+    }
+    let svg = png.with_extension("svg");
+    for path in [&png, &svg] {
+        output::check("--out", path, Output::File)?;
+    }
+    let curves = crate::apps::curves::read_runs(runs)?;
+    crate::apps::curves::write(&curves, &png, Some(&svg))?;
+    eprintln!("curves of {} run(s) written to {} and {}", runs.len(), png.display(), svg.display());
+    Ok(())
 }
 
 /// `eval --run DIR`: the run's test split, or the data or tasks given.

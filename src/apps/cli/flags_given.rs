@@ -96,6 +96,7 @@ impl TrainArgs {
             (self.checkpoint_every.is_some(), "--checkpoint-every"),
             (self.log_every.is_some(), "--log-every"),
             (self.seed.is_some(), "--seed"),
+            (self.report_to.is_some(), "--report-to"),
         ])
     }
 }

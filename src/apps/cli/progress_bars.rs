@@ -15,7 +15,7 @@ pub struct Indicatif;
 impl Reporter for Indicatif {
     fn bar(&self, kind: Kind, position: u64, len: u64, message: String) -> Box<dyn Indicator> {
         if !std::io::stderr().is_terminal() && kind != Kind::Spinner {
-            return Box::new(ProgressLines::new(kind, position, len, message, progress_lines::EVERY, Box::new(std::io::stderr())));
+            return Box::new(ProgressLines::new(kind, position, len, message, progress_lines::interval(), Box::new(std::io::stderr())));
         }
         let bar = match kind {
             Kind::Spinner => ProgressBar::new_spinner(),

@@ -8,8 +8,27 @@ use std::time::{Duration, Instant};
 
 use crate::progress::{Indicator, Kind};
 
-/// How often a line is written at most.
+/// How often a line is written at most, unless `REPLORA_PROGRESS_EVERY` says otherwise.
 pub const EVERY: Duration = Duration::from_secs(30);
+
+/// The interval between lines: `REPLORA_PROGRESS_EVERY` seconds (`0`: a line at every step), else
+/// [`EVERY`]. A value that is no number of seconds is named on stderr and ignored.
+pub fn interval() -> Duration {
+    static INTERVAL: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *INTERVAL.get_or_init(|| {
+        let Ok(value) = std::env::var("REPLORA_PROGRESS_EVERY") else { return EVERY };
+        match value.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0) {
+            Some(seconds) => Duration::from_secs_f64(seconds),
+            None => {
+                eprintln!(
+                    "warning: REPLORA_PROGRESS_EVERY={value:?} is not a number of seconds; a progress line every {}s",
+                    EVERY.as_secs()
+                );
+                EVERY
+            }
+        }
+    })
+}
 
 /// One bar's progress, written as lines to `sink`.
 pub struct ProgressLines {

@@ -21,7 +21,7 @@ use crate::tasks::classification::ClassificationSpec;
 use crate::tasks::image_classification::{ImageClassificationSpec, ImagePooling};
 use crate::tasks::multiple_choice::MultipleChoiceSpec;
 use crate::tasks::{Classification, ImageClassification, MultipleChoice, Task, TaskKind, Tuning};
-use crate::training::{BestMetric, Decay, TrainConfig};
+use crate::training::{BestMetric, Decay, ReportTo, TrainConfig};
 use crate::validate::Range;
 
 /// A clap value parser for a number in `range`; the flag's `allow_negative_numbers` lets a
@@ -340,6 +340,10 @@ pub struct TrainArgs {
     /// (training.collapse) [classification and image runs].
     #[arg(long, help_heading = "Training")]
     pub stop_on_collapse: bool,
+    /// Where the run's metrics go besides metrics.jsonl: TensorBoard event files in the run
+    /// directory (`tensorboard --logdir runs/`), or none [default: tensorboard]
+    #[arg(long, value_parser = choice::<ReportTo>(), help_heading = "Training")]
+    pub report_to: Option<ReportTo>,
 }
 
 /// Every `--method` value: the registered adapter methods (in registry order), then full and
@@ -446,6 +450,7 @@ impl TrainArgs {
             log_every: self.log_every.unwrap_or(base.log_every),
             seed: self.seed.unwrap_or(base.seed),
             stop_on_collapse: self.stop_on_collapse || base.stop_on_collapse,
+            report_to: self.report_to.unwrap_or(base.report_to),
         }
     }
 }

@@ -10,19 +10,21 @@ use plotters::prelude::*;
 use super::report::{Selected, mean_sd};
 use crate::error::{Error, Result};
 
+/// The curves' colors (matplotlib's first seven), also those of `replora plot`.
+pub(crate) const PALETTE: [RGBColor; 7] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+];
+
 /// One color per method, the same in every figure; other curves in grey.
 fn color(method: &str) -> RGBColor {
     let methods = ["lora", "replora", "dora", "full", "probe", "adapter", "prefix"];
-    const COLORS: [RGBColor; 7] = [
-        RGBColor(31, 119, 180),
-        RGBColor(214, 39, 40),
-        RGBColor(44, 160, 44),
-        RGBColor(148, 103, 189),
-        RGBColor(255, 127, 14),
-        RGBColor(140, 86, 75),
-        RGBColor(227, 119, 194),
-    ];
-    methods.iter().position(|m| *m == method).map_or(RGBColor(127, 127, 127), |i| COLORS[i])
+    methods.iter().position(|m| *m == method).map_or(RGBColor(127, 127, 127), |i| PALETTE[i])
 }
 
 /// (fraction, mean %, sd %) per method, per dataset.
@@ -68,7 +70,7 @@ pub fn write(selected: &[Selected], png: &Path, svg: &Path) -> Result<()> {
 }
 
 /// `report.<pid>.tmp.png` for `report.png`: the backend picks the image format by extension.
-fn temporary(path: &Path) -> PathBuf {
+pub(crate) fn temporary(path: &Path) -> PathBuf {
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let ext = path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!("{stem}.{}.tmp.{ext}", std::process::id()))
