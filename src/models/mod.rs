@@ -23,6 +23,7 @@ pub mod decoder;
 pub mod dinov2;
 pub mod layers;
 pub mod llama;
+pub mod video_vit;
 pub mod vision_language;
 
 use std::path::{Path, PathBuf};
