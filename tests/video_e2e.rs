@@ -19,7 +19,7 @@ fn clip_folder(dir: &Path, per_class: usize) {
         std::fs::create_dir_all(&folder).unwrap();
         for i in 0..per_class {
             let garment = image::RgbImage::from_fn(28, 28, |x, y| {
-                let on = (x / 7 + y / 7 + i as u32) % 3 != 0 && (4..24).contains(&y);
+                let on = !(x / 7 + y / 7 + i as u32).is_multiple_of(3) && (4..24).contains(&y);
                 image::Rgb([if on { 230 } else { 0 }; 3])
             });
             write_mp4(&folder.join(format!("{i}.mp4")), &clips::clip_frames(&garment, class, 5, i)).unwrap();

@@ -64,7 +64,7 @@ struct Pose {
 /// The second of each pair runs the first backwards: its frame t is the first's frame
 /// `FRAMES - 1 - t`, exactly (the same arithmetic on the same numbers).
 fn pose(class: usize, t: usize, base: Pose) -> Pose {
-    let step = if class % 2 == 0 { t } else { FRAMES - 1 - t };
+    let step = if class.is_multiple_of(2) { t } else { FRAMES - 1 - t };
     let forward = step as f64 / (FRAMES - 1) as f64;
     let travel = 14.0 * forward - 7.0;
     let mut pose = base;
