@@ -92,3 +92,43 @@ impl SpecFromArgs for VideoClassification {
         args.to_video()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn train_args(args: &[&str]) -> RunArgs {
+        let args = crate::apps::cli::expand_aliases(args.iter().map(|s| s.to_string()).collect());
+        let crate::apps::cli::Command::Train { run, .. } = crate::apps::cli::Cli::try_parse_from(args).unwrap().command else {
+            panic!("not train")
+        };
+        run
+    }
+
+    fn names(spec: &VideoClassificationSpec) -> TargetModules {
+        spec.tuning.adapter().unwrap().target_modules.clone()
+    }
+
+    #[test]
+    fn video_flags_make_a_video_spec_and_other_tasks_refuse_them() {
+        let args = train_args(&["replora", "train", "--frames", "6", "--temporal-adapters", "--image-size", "28"]);
+        assert_eq!(args.task(), TaskKind::Video, "a video flag names the task");
+        let spec = args.to_video().unwrap();
+        assert_eq!((spec.frames, spec.image_size, spec.shuffle_frames), (6, 28, false));
+        let expected = ["query", "value", "temporal_query", "temporal_value"].map(String::from).to_vec();
+        assert_eq!(names(&spec), TargetModules::Names(expected));
+        let plain = train_args(&["replora", "train", "--task", "video"]).to_video().unwrap();
+        assert_eq!(names(&plain), TargetModules::Names(vec!["query".into(), "value".into()]), "temporal adapters only when asked");
+        let adapter =
+            train_args(&["replora", "train", "--task", "video", "--method", "adapter", "--temporal-adapters"]).to_video().unwrap();
+        assert!(matches!(names(&adapter), TargetModules::Names(n) if n.contains(&"temporal_output".to_string())));
+
+        let e = train_args(&["replora", "train", "--task", "video", "--method", "probe", "--temporal-adapters"]).to_video().unwrap_err();
+        assert!(e.to_string().contains("--temporal-adapters needs an adapter method"), "{e}");
+        let e = train_args(&["replora", "train", "--task", "image-classification", "--frames", "4"]).to_image().unwrap_err();
+        assert!(e.to_string().contains("--frames is not for an image-classification run"), "{e}");
+        let e = train_args(&["replora", "train", "--task", "video", "--max-len", "8"]).to_video().unwrap_err();
+        assert!(e.to_string().contains("--max-len is not for a video run"), "{e}");
+    }
+}
