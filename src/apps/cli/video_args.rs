@@ -16,7 +16,7 @@ use crate::tasks::{TaskKind, VideoClassification};
 #[derive(Args, Debug, Clone, Default)]
 pub struct VideoArgs {
     /// Frames sampled per clip (uniformly: segment centres in evaluation, a seeded random
-    /// offset in training); every clip needs at least this many [default: 8]
+    /// offset in training); every clip needs at least this many [default: 4]
     #[arg(long, value_parser = count, help_heading = "Video classification")]
     pub frames: Option<usize>,
     /// Put the method's adapters on the temporal attention too (its query and value; the
