@@ -28,7 +28,7 @@ fn bad_flags_fail_at_parse_time_naming_the_flag() {
         (&["train-lm", "--validation-per-task", "0"], &["--validation-per-task"]),
         // A value out of a closed set: clap's message, the choices as `--help` lists them.
         (&["train", "--pooling", "bogus"], &["invalid value 'bogus' for '--pooling <POOLING>'", "[possible values: cls, mean]"]),
-        (&["train", "--task", "Classification"], &["[possible values: classification, multiple-choice, image-classification, vqa]"]),
+        (&["train", "--task", "Classification"], &["[possible values: classification, multiple-choice, image-classification, vqa, video]"]),
         (&["train", "--best-metric", "macro_f1"], &["[possible values: accuracy, macro-f1, loss]", "similar value exists: 'macro-f1'"]),
         (&["train", "--output-scale", "half"], &["'--output-scale <OUTPUT_SCALE>'", "[possible values: one, inv_sqrt_h, inv_h]"]),
         // Parsed, then refused before any model or data is read.

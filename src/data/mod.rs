@@ -29,6 +29,7 @@ pub mod images;
 pub mod jsonl;
 pub mod split;
 pub mod tokenize;
+pub mod video;
 pub mod vqa;
 
 use std::collections::BTreeSet;

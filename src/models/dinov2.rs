@@ -154,7 +154,8 @@ pub struct Dinov2Layer {
 impl Dinov2Layer {
     linear_fields!(query, key, value, attention_output, fc1, fc2);
 
-    fn forward(&self, x: Tensor<3>, heads: usize, deltas: &Deltas) -> Tensor<3> {
+    /// The block on `x` `[batch, tokens, hidden]` with `heads` attention heads.
+    pub fn forward(&self, x: Tensor<3>, heads: usize, deltas: &Deltas) -> Tensor<3> {
         let [b, t, hidden] = x.dims();
         let head_dim = hidden / heads;
         let split = |y: Tensor<3>| y.reshape([b, t, heads, head_dim]).swap_dims(1, 2);
@@ -295,6 +296,19 @@ impl Dinov2 {
     /// # Panics
     /// If the pixels do not have the model's channels and image size.
     pub fn forward(&self, pixels: Tensor<4>, deltas: &Deltas) -> Tensor<3> {
+        let mut x = self.embed(pixels);
+        for layer in &self.layers {
+            x = layer.forward(x, self.config.num_attention_heads, deltas);
+        }
+        self.layernorm.forward(x)
+    }
+
+    /// The tokens `[batch, 1 + patches, hidden]` before the first block: CLS and the patch
+    /// embeddings, plus the position table.
+    ///
+    /// # Panics
+    /// If the pixels do not have the model's channels and image size.
+    pub fn embed(&self, pixels: Tensor<4>) -> Tensor<3> {
         let [b, ch, height, width] = pixels.dims();
         let (c, e) = (&self.config, &self.embeddings);
         assert!(
@@ -307,11 +321,7 @@ impl Dinov2 {
         let patches = pixels.reshape([b, ch, n, p, n, p]).permute([0, 2, 4, 1, 3, 5]).reshape([b, n * n, ch * p * p]);
         let tokens = patches.matmul(e.patch_weight.val().unsqueeze::<3>()) + e.patch_bias.val().unsqueeze::<3>();
         let cls = e.cls_token.val().expand([b, 1, hidden]);
-        let mut x = Tensor::cat(vec![cls, tokens], 1) + e.position.val();
-        for layer in &self.layers {
-            x = layer.forward(x, c.num_attention_heads, deltas);
-        }
-        self.layernorm.forward(x)
+        Tensor::cat(vec![cls, tokens], 1) + e.position.val()
     }
 }
 

@@ -24,6 +24,7 @@ pub mod dinov2;
 pub mod layers;
 pub mod llama;
 pub mod llama_config;
+pub mod video_vit;
 pub mod vision_language;
 
 use std::path::{Path, PathBuf};

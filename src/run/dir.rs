@@ -54,6 +54,7 @@ fn train_command(kind: TaskKind) -> &'static str {
         TaskKind::MultipleChoice => "train --task multiple-choice",
         TaskKind::ImageClassification => "train --task image-classification",
         TaskKind::Vqa => "train --task vqa",
+        TaskKind::Video => "train --task video",
     }
 }
 

@@ -108,7 +108,8 @@ where
     let adapted = T::adapted(model);
     let report = adapted.param_report();
     let head = model.num_params().saturating_sub(report.total);
-    ParamReport { trainable: report.trainable + head, total: report.total + head }
+    let base_trained = if adapted.is_full_finetune() { 0 } else { T::base_params_trained(model) };
+    ParamReport { trainable: report.trainable + head + base_trained, total: report.total + head }
 }
 
 /// The spec's model and data as it names them.

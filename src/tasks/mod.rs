@@ -47,6 +47,7 @@ pub mod image_classification;
 pub mod multiple_choice;
 pub mod spec_checks;
 pub mod tuning;
+pub mod video_classification;
 pub mod vqa;
 pub mod vqa_model;
 
@@ -67,6 +68,7 @@ use crate::training::{EvalMetrics, Objective, TrainConfig};
 pub use classification::Classification;
 pub use image_classification::ImageClassification;
 pub use multiple_choice::MultipleChoice;
+pub use video_classification::VideoClassification;
 pub use vqa::Vqa;
 
 crate::choice_enum! {
@@ -83,6 +85,9 @@ crate::choice_enum! {
         /// Visual question answering: a frozen ViT's visual tokens, through a trained projector,
         /// read by a decoder before the question; answers chosen among the training answers.
         Vqa => "vqa",
+        /// Video clips classified by a video transformer grown from an image ViT (TimeSformer's
+        /// divided space-time attention) with a linear head.
+        Video => "video",
     }
 }
 
@@ -127,6 +132,10 @@ macro_rules! with_task {
             }
             $crate::tasks::TaskKind::Vqa => {
                 type $T = $crate::tasks::Vqa;
+                $body
+            }
+            $crate::tasks::TaskKind::Video => {
+                type $T = $crate::tasks::VideoClassification;
                 $body
             }
         }
@@ -232,6 +241,11 @@ pub trait Task: Sized {
         None
     }
     fn adapted(model: &Self::Model) -> &PeftModel<Self::Arch>;
+    /// Parameters of the pre-trained architecture that train besides the adapter in an
+    /// adapter run (a video model's new temporal parts); counted as trainable.
+    fn base_params_trained(_model: &Self::Model) -> usize {
+        0
+    }
     /// Epoch `epoch`'s training batches: always the same for the same epoch (exact resume).
     fn train_batches(&self, data: &Self::Data, epoch: usize) -> Vec<<Self::Model as Objective>::Batch>;
     /// Scores the model on the validation split (no dropout, no gradients).

@@ -4,6 +4,7 @@
 use super::classification::ClassificationSpec;
 use super::image_classification::ImageClassificationSpec;
 use super::multiple_choice::MultipleChoiceSpec;
+use super::video_classification::VideoClassificationSpec;
 use super::vqa::VqaSpec;
 use crate::error::{Error, Result};
 use crate::validate::{Range, at_least_one, check};
@@ -80,6 +81,27 @@ impl VqaSpec {
         let max = crate::data::images::MAX_IMAGE_SIZE;
         if self.image_size > max {
             return Err(Error::Config(format!("--image-size must be at most {max} pixels, got {}", self.image_size)));
+        }
+        check("train-fraction", self.train_fraction, Range::Fraction)?;
+        check("validation-share", self.validation_share, Range::Fraction)?;
+        check("test-share", self.test_share, Range::Fraction)?;
+        self.tuning.validate()?;
+        self.train.validate()
+    }
+}
+
+impl VideoClassificationSpec {
+    /// Checks every setting that does not depend on the model or the data.
+    pub fn validate(&self) -> Result<()> {
+        at_least_one("image-size", self.image_size)?;
+        at_least_one("frames", self.frames)?;
+        let max = crate::data::images::MAX_IMAGE_SIZE;
+        if self.image_size > max {
+            return Err(Error::Config(format!("--image-size must be at most {max} pixels, got {}", self.image_size)));
+        }
+        let max_frames = crate::data::video::MAX_FRAMES;
+        if self.frames > max_frames {
+            return Err(Error::Config(format!("--frames must be at most {max_frames}, got {}", self.frames)));
         }
         check("train-fraction", self.train_fraction, Range::Fraction)?;
         check("validation-share", self.validation_share, Range::Fraction)?;

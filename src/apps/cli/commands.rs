@@ -170,7 +170,7 @@ fn eval_run(dir: &Path, args: &RunArgs, device: &Device) -> Result<()> {
     }
     args.refuse_for_eval_of_run(kind)?;
     let source = match kind {
-        TaskKind::Classification | TaskKind::ImageClassification | TaskKind::Vqa => args.data.clone(),
+        TaskKind::Classification | TaskKind::ImageClassification | TaskKind::Vqa | TaskKind::Video => args.data.clone(),
         // `none` (no other task) scores the run on its own test split, as no flag does.
         TaskKind::MultipleChoice => args
             .choice
@@ -192,11 +192,18 @@ fn fetch(names: Vec<String>) -> Result<()> {
         for a in crate::assets::known() {
             println!("  {:<18} {} ({}=={}, {})", a.usage, a.description, a.package, a.version, a.size);
         }
+        println!("  {:<18} {}", crate::data::video::clips::DATASET, crate::data::video::clips::DESCRIPTION);
     }
     for name in names {
         // A model asset goes through the model resolver, which converts ONNX-only ones.
         let is_model = crate::assets::known().iter().any(|a| a.name == name && a.model_type.is_some());
-        let path = if is_model { crate::models::resolve(&name)? } else { crate::assets::fetch(&name)? };
+        let path = if is_model {
+            crate::models::resolve(&name)?
+        } else if name == crate::data::video::clips::DATASET {
+            crate::data::video::clips::ensure()?
+        } else {
+            crate::assets::fetch(&name)?
+        };
         println!("{name}: {}", path.display());
     }
     Ok(())

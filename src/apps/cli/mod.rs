@@ -7,6 +7,7 @@ mod generate;
 mod progress_bars;
 mod progress_lines;
 mod spec_args;
+mod video_args;
 mod vqa_args;
 
 use std::path::PathBuf;

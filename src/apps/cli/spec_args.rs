@@ -6,6 +6,7 @@ use clap::Args;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 
 use super::flags_given::refuse_for_task;
+pub use super::video_args::VideoArgs;
 pub use super::vqa_args::VqaArgs;
 use crate::adapters::{
     Activation, AdapterConfig, BottleneckConfig, Houlsby, LoraInit, Method, OutputScale, PrefixConfig, PrefixTuning, RepLora,
@@ -60,8 +61,9 @@ pub(super) fn count(s: &str) -> std::result::Result<usize, String> {
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// The task: `classification` (text, an encoder with a head), `multiple-choice` (a decoder
-    /// answering questions), `image-classification` (a ViT with a head) or `vqa` (a decoder
-    /// answering questions about images through a frozen ViT) [default: from
+    /// answering questions), `image-classification` (a ViT with a head), `vqa` (a decoder
+    /// answering questions about images through a frozen ViT) or `video` (a video transformer
+    /// grown from a ViT, with a head) [default: from
     /// --model: a decoder answers multiple-choice questions, a ViT classifies images, an
     /// encoder classifies text; without --model, from the flags given]
     #[arg(long, value_parser = choice::<TaskKind>(), help_heading = "Task")]
@@ -74,8 +76,10 @@ pub struct RunArgs {
     /// Dataset. Text: a .jsonl/.csv/.tsv file or `bigbench:<task>`; images: `cifar10`,
     /// `fashion-mnist`, a folder with one subfolder of PNG/JPEG files per class, or a .jsonl of
     /// {"image", "label"} lines; vqa: `easy-vqa` or a .jsonl of {"image", "question", "answer"}
-    /// lines; with `eval --run`: labelled data to score the run on [default:
-    /// bigbench:intent_recognition; image-classification: cifar10; vqa: easy-vqa]
+    /// lines; video: `fashion-mnist-clips`, a folder with one subfolder of clips (.mp4 files or
+    /// folders of frames) per class, or a .jsonl of {"video", "label"} lines; with `eval --run`:
+    /// labelled data to score the run on [default: bigbench:intent_recognition;
+    /// image-classification: cifar10; vqa: easy-vqa; video: fashion-mnist-clips]
     #[arg(long, help_heading = "Task")]
     pub data: Option<String>,
     /// Truncate inputs to this many tokens (at most the model's max_position_embeddings;
@@ -94,6 +98,8 @@ pub struct RunArgs {
     pub image: ImageArgs,
     #[command(flatten)]
     pub vqa: VqaArgs,
+    #[command(flatten)]
+    pub video: VideoArgs,
     #[command(flatten)]
     pub method: MethodArgs,
     #[command(flatten)]
@@ -457,7 +463,10 @@ impl TrainArgs {
 
 impl RunArgs {
     pub fn to_classification(&self) -> Result<ClassificationSpec> {
-        refuse_for_task(&[self.choice.given(), self.image.given(), self.vqa.given()].concat(), TaskKind::Classification)?;
+        refuse_for_task(
+            &[self.choice.given(), self.image.given(), self.vqa.given(), self.video.given()].concat(),
+            TaskKind::Classification,
+        )?;
         let d = ClassificationSpec::default();
         RunArgs::check_model_family(self.model.as_deref().unwrap_or(&d.model), TaskKind::Classification)?;
         let c = &self.classification;
@@ -490,7 +499,8 @@ impl RunArgs {
 
     pub fn to_choice(&self) -> Result<MultipleChoiceSpec> {
         let data = self.data.is_some().then_some("--data (multiple-choice runs name their data with --tasks)");
-        let others = [self.classification.given(), self.image.given(), self.vqa.given(), data.into_iter().collect()].concat();
+        let others =
+            [self.classification.given(), self.image.given(), self.vqa.given(), self.video.given(), data.into_iter().collect()].concat();
         refuse_for_task(&others, TaskKind::MultipleChoice)?;
         let d = MultipleChoiceSpec::default();
         RunArgs::check_model_family(self.model.as_deref().unwrap_or(&d.model), TaskKind::MultipleChoice)?;
@@ -513,7 +523,7 @@ impl RunArgs {
     }
 
     pub fn to_image(&self) -> Result<ImageClassificationSpec> {
-        let mut foreign = [self.classification.given(), self.choice.given(), self.vqa.given()].concat();
+        let mut foreign = [self.classification.given(), self.choice.given(), self.vqa.given(), self.video.given()].concat();
         if self.max_len.is_some() {
             foreign.push("--max-len");
         }

@@ -66,7 +66,7 @@ impl VqaArgs {
 impl RunArgs {
     pub fn to_vqa(&self) -> Result<VqaSpec> {
         let shared = ["--image-size", "--split-seed", "--keep-layers", "--no-exact-match"];
-        let foreign: Vec<&str> = [self.classification.given(), self.choice.given(), self.image.given()]
+        let foreign: Vec<&str> = [self.classification.given(), self.choice.given(), self.image.given(), self.video.given()]
             .concat()
             .into_iter()
             .filter(|f| !shared.contains(f))

@@ -41,7 +41,7 @@ pub(super) fn decode(bytes: &[u8]) -> std::result::Result<DynamicImage, String> 
 
 /// Converts to 8-bit RGB (alpha is dropped, 16-bit is scaled to 8 bits), resizes the shorter
 /// side to `size` and crops the centre square.
-pub(super) fn fit(image: DynamicImage, size: u32) -> RgbImage {
+pub fn fit(image: DynamicImage, size: u32) -> RgbImage {
     let rgb = match image {
         DynamicImage::ImageRgb8(rgb) => rgb,
         other => other.to_rgb8(),

@@ -40,7 +40,7 @@ use crate::data::unknown_label_message;
 use crate::{Error, Result};
 
 pub use batch::{Augment, IMAGENET_MEAN, IMAGENET_STD, ImageBatch};
-pub use decode::load_image;
+pub use decode::{fit, load_image};
 pub use protocol::Protocol;
 
 use sources::Pool;
