@@ -101,7 +101,7 @@ fn default_max_positions() -> usize {
 }
 
 impl LlamaConfig {
-    /// The family this config is read as (checked by [`LlamaConfig::validate`]).
+    /// The family this config is read as (a `model_type` no variant reads is refused on reading).
     pub fn variant(&self) -> Variant {
         Variant::of(self.model_type.as_deref()).unwrap_or(Variant::Llama)
     }
