@@ -18,7 +18,7 @@ use crate::data::tokenize::EncoderInput;
 use crate::error::{Error, Result};
 use crate::models::bert::{Bert, Pooling, pool};
 use crate::progress::{Bar, Kind};
-use crate::training::{EvalMetrics, Objective};
+use crate::training::EvalMetrics;
 use crate::weights::tensors::scalar;
 use crate::weights::{HostTensor, tensors};
 
@@ -160,30 +160,43 @@ impl ClassifierModel for SequenceClassifier {
     }
 }
 
-impl Objective for SequenceClassifier {
-    type Batch = Batch;
-    fn loss(&self, batch: &Batch, device: &Device) -> Tensor<1> {
-        cross_entropy(self.logits(&batch.to_input(device), true), batch.labels_tensor(device))
-    }
-    fn examples(batch: &Batch) -> usize {
-        batch.labels.len()
-    }
-    fn update_norm(&self) -> Option<f64> {
-        self.encoder.relative_update_norm()
-    }
-    fn chance_loss(&self) -> Option<f64> {
-        crate::training::collapse::chance_loss(self.head.d_out())
-    }
-    fn lr_group(&self) -> Option<crate::adapters::LrGroup> {
-        self.encoder.adapters.lr_group()
-    }
-    fn decay_exempt(&self) -> Vec<burn::module::ParamId> {
-        [crate::training::trainer::vector_params(self), self.encoder.adapters.decay_exempt()].concat()
-    }
-    fn diagnostics(&self, grads: &burn::optim::GradientsParams) -> serde_json::Map<String, serde_json::Value> {
-        self.encoder.diagnostics(grads)
-    }
+/// [`Objective`] for a classifier: cross-entropy of `self.logits` on the batch's labels, with
+/// the update norm, learning-rate group, decay exemptions and diagnostics of the adapted model
+/// in `self.$adapted` and the chance loss of `self.head`. Text, image and video classifiers differ
+/// only in their batch, input and example unit.
+macro_rules! classifier_objective {
+    ($model:ty, $batch:ty, $adapted:ident, $unit:literal) => {
+        impl $crate::training::Objective for $model {
+            type Batch = $batch;
+            const EXAMPLE_UNIT: &'static str = $unit;
+            fn loss(&self, batch: &$batch, device: &Device) -> Tensor<1> {
+                use $crate::tasks::heads::LabelledBatch;
+                $crate::tasks::heads::cross_entropy(self.logits(&batch.input(device), true), batch.labels_tensor(device))
+            }
+            fn examples(batch: &$batch) -> usize {
+                $crate::tasks::heads::LabelledBatch::labels(batch).len()
+            }
+            fn update_norm(&self) -> Option<f64> {
+                self.$adapted.relative_update_norm()
+            }
+            fn chance_loss(&self) -> Option<f64> {
+                $crate::training::collapse::chance_loss(self.head.d_out())
+            }
+            fn lr_group(&self) -> Option<$crate::adapters::LrGroup> {
+                self.$adapted.adapters.lr_group()
+            }
+            fn decay_exempt(&self) -> Vec<burn::module::ParamId> {
+                [$crate::training::trainer::vector_params(self), self.$adapted.adapters.decay_exempt()].concat()
+            }
+            fn diagnostics(&self, grads: &burn::optim::GradientsParams) -> serde_json::Map<String, serde_json::Value> {
+                self.$adapted.diagnostics(grads)
+            }
+        }
+    };
 }
+pub(crate) use classifier_objective;
+
+classifier_objective!(SequenceClassifier, Batch, encoder, "ex");
 
 /// A model that scores classes.
 pub trait ClassifierModel: Module {

@@ -11,7 +11,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::heads::{ClassifierModel, HEAD, LabelledBatch, cross_entropy, evaluate, head_tensors, new_head, read_head};
+use super::heads::{ClassifierModel, HEAD, LabelledBatch, evaluate, head_tensors, new_head, read_head};
 use super::{Task, TaskKind, TestScores, Tuning};
 use crate::adapters::{AdaptedLinear, Deltas, PeftModel};
 use crate::data::images::{self, Augment, ImageBatch, ImageSet, ImageSplits, Protocol};
@@ -21,7 +21,7 @@ use crate::formats::peft;
 use crate::layout::{HEAD_FILE, LABELS_FILE};
 use crate::models::Architecture;
 use crate::models::dinov2::Dinov2;
-use crate::training::{EvalMetrics, Objective, TrainConfig};
+use crate::training::{EvalMetrics, TrainConfig};
 use crate::weights::{HostTensor, tensors};
 
 /// Module prefix of the backbone inside `Dinov2ForImageClassification`.
@@ -184,31 +184,7 @@ impl LabelledBatch for ImageBatch {
     }
 }
 
-impl Objective for ImageClassifier {
-    type Batch = ImageBatch;
-    const EXAMPLE_UNIT: &'static str = "img";
-    fn loss(&self, batch: &ImageBatch, device: &Device) -> Tensor<1> {
-        cross_entropy(self.logits(&batch.to_tensor(device), true), LabelledBatch::labels_tensor(batch, device))
-    }
-    fn examples(batch: &ImageBatch) -> usize {
-        batch.labels.len()
-    }
-    fn update_norm(&self) -> Option<f64> {
-        self.backbone.relative_update_norm()
-    }
-    fn chance_loss(&self) -> Option<f64> {
-        crate::training::collapse::chance_loss(self.head.d_out())
-    }
-    fn lr_group(&self) -> Option<crate::adapters::LrGroup> {
-        self.backbone.adapters.lr_group()
-    }
-    fn decay_exempt(&self) -> Vec<burn::module::ParamId> {
-        [crate::training::trainer::vector_params(self), self.backbone.adapters.decay_exempt()].concat()
-    }
-    fn diagnostics(&self, grads: &burn::optim::GradientsParams) -> serde_json::Map<String, serde_json::Value> {
-        self.backbone.diagnostics(grads)
-    }
-}
+super::heads::classifier_objective!(ImageClassifier, ImageBatch, backbone, "img");
 
 /// An image-classification run's spec with its pre-trained backbone.
 pub struct ImageClassification {

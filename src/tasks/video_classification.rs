@@ -14,7 +14,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::heads::{ClassifierModel, HEAD, LabelledBatch, cross_entropy, evaluate, head_tensors, new_head, read_head};
+use super::heads::{ClassifierModel, HEAD, LabelledBatch, evaluate, head_tensors, new_head, read_head};
 use super::{Task, TaskKind, TestScores, Tuning};
 use crate::adapters::{AdaptedLinear, Deltas, PeftModel};
 use crate::data::video::{self, VideoBatch, VideoProtocol, VideoSet, VideoSplits};
@@ -23,7 +23,7 @@ use crate::files::{read_json, write_json};
 use crate::formats::peft;
 use crate::layout::{HEAD_FILE, LABELS_FILE};
 use crate::models::video_vit::VideoVit;
-use crate::training::{EvalMetrics, Objective, TrainConfig};
+use crate::training::{EvalMetrics, TrainConfig};
 use crate::weights::tensors;
 
 /// Everything that defines a video-classification run; stored as `run.json`.
@@ -136,31 +136,7 @@ impl LabelledBatch for VideoBatch {
     }
 }
 
-impl Objective for VideoClassifier {
-    type Batch = VideoBatch;
-    const EXAMPLE_UNIT: &'static str = "clip";
-    fn loss(&self, batch: &VideoBatch, device: &Device) -> Tensor<1> {
-        cross_entropy(self.logits(&batch.to_tensor(device), true), LabelledBatch::labels_tensor(batch, device))
-    }
-    fn examples(batch: &VideoBatch) -> usize {
-        batch.labels.len()
-    }
-    fn update_norm(&self) -> Option<f64> {
-        self.backbone.relative_update_norm()
-    }
-    fn chance_loss(&self) -> Option<f64> {
-        crate::training::collapse::chance_loss(self.head.d_out())
-    }
-    fn lr_group(&self) -> Option<crate::adapters::LrGroup> {
-        self.backbone.adapters.lr_group()
-    }
-    fn decay_exempt(&self) -> Vec<burn::module::ParamId> {
-        [crate::training::trainer::vector_params(self), self.backbone.adapters.decay_exempt()].concat()
-    }
-    fn diagnostics(&self, grads: &burn::optim::GradientsParams) -> serde_json::Map<String, serde_json::Value> {
-        self.backbone.diagnostics(grads)
-    }
-}
+super::heads::classifier_objective!(VideoClassifier, VideoBatch, backbone, "clip");
 
 /// A video-classification run's spec with its pre-trained video model.
 pub struct VideoClassification {
