@@ -109,6 +109,10 @@ impl<M: Objective> Replicas<M> {
             (mine, theirs)
         });
         let (mut losses, grads) = mine;
+        if theirs.is_empty() {
+            // One device: its own sum is the step's, with no second pass over the parameters.
+            return (losses.into_iter().map(|(_, l)| l).collect(), grads);
+        }
         let mut total = GradientsAccumulator::<M>::new();
         total.accumulate(model, grads);
         for (device, replica, (replica_losses, replica_grads)) in theirs {

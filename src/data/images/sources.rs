@@ -177,20 +177,6 @@ fn subfolders(dir: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// The PNG/JPEG files directly in `dir` (by extension), sorted.
-fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let path = entry.map_err(|e| Error::io(dir, e))?.path();
-        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
-        if path.is_file() && ext.is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str())) {
-            out.push(path);
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 /// A folder of class subfolders; or, where it has `train/` and `test/`, those as pools (with
 /// `val/` or `validation/` as the validation pool if present), classes from `train/`.
 fn folder(root: &Path) -> Result<Source> {
@@ -236,7 +222,7 @@ fn class_folders(dir: &Path, known: Option<&[String]>) -> Result<(Vec<String>, P
             )
         })?;
         let class_dir = dir.join(class);
-        let files = image_files(&class_dir)?;
+        let files = crate::data::files_with(&class_dir, &IMAGE_EXTENSIONS)?;
         if files.is_empty() {
             return Err(Error::data(&class_dir, None, "class folder has no PNG/JPEG images (.png, .jpg, .jpeg)"));
         }

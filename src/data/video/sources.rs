@@ -12,6 +12,7 @@ use image::{DynamicImage, RgbImage};
 
 use super::h264::read_mp4;
 use crate::data::images::{fit, load_image};
+use crate::data::{files_with, has_extension};
 use crate::{Error, Result};
 
 /// The file extensions read as video files, and as frames inside a clip folder.
@@ -52,23 +53,6 @@ pub fn load_clip(path: &Path, size: u32) -> Result<Vec<RgbImage>> {
         return Err(Error::data(path, None, "not a video: expected an .mp4 file (H.264) or a folder of PNG/JPEG frames"));
     }
     Ok(read_mp4(path)?.into_iter().map(|f| fit(DynamicImage::ImageRgb8(f), size)).collect())
-}
-
-fn has_extension(path: &Path, extensions: &[&str]) -> bool {
-    path.extension().and_then(|e| e.to_str()).is_some_and(|e| extensions.iter().any(|x| e.eq_ignore_ascii_case(x)))
-}
-
-/// The files directly in `dir` with one of `extensions`, sorted by name.
-fn files_with(dir: &Path, extensions: &[&str]) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let path = entry.map_err(|e| Error::io(dir, e))?.path();
-        if path.is_file() && has_extension(&path, extensions) {
-            out.push(path);
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 /// The non-hidden entries of `dir`, sorted by name.
