@@ -157,11 +157,11 @@ fn training_changes_every_adapter_tensor_and_no_base_weight() {
     for (name, config) in variants() {
         let peft = PeftModel::new(model(), &config).unwrap();
         let before_adapter = native::named_tensors(&peft.adapters);
-        let before_base: Vec<Vec<f32>> = peft.model.linears().iter().map(|l| host(&l.weight.val())).collect();
+        let before_base: Vec<Vec<f32>> = peft.model.linears().iter().map(|l| host(&l.weight.dense())).collect();
         let peft = train(peft, 3);
         assert_every_tensor_changed(name, &before_adapter, &native::named_tensors(&peft.adapters));
         for (linear, before) in peft.model.linears().iter().zip(&before_base) {
-            assert_eq!(&host(&linear.weight.val()), before, "{name}: base weight {} changed", linear.path);
+            assert_eq!(&host(&linear.weight.dense()), before, "{name}: base weight {} changed", linear.path);
         }
     }
 }
@@ -170,7 +170,7 @@ fn training_changes_every_adapter_tensor_and_no_base_weight() {
 fn merge_matches_unmerged_output_and_unmerge_restores_the_base() {
     for (name, config) in variants() {
         let peft = train(PeftModel::new(model(), &config).unwrap(), 3);
-        let w0: Vec<Vec<f32>> = peft.model.linears().iter().map(|l| host(&l.weight.val())).collect();
+        let w0: Vec<Vec<f32>> = peft.model.linears().iter().map(|l| host(&l.weight.dense())).collect();
         let unmerged = forward(&peft, 9);
         let merged = peft.merge().unwrap();
         assert!(merged.deltas().is_empty());
@@ -179,7 +179,7 @@ fn merge_matches_unmerged_output_and_unmerge_restores_the_base() {
         assert!(merged.clone().merge().is_err(), "{name}: merging twice must fail");
         let restored = merged.unmerge().unwrap();
         for (linear, w) in restored.model.linears().iter().zip(&w0) {
-            let err = rel_err(&host(&linear.weight.val()), w);
+            let err = rel_err(&host(&linear.weight.dense()), w);
             assert!(err < 1e-6, "{name}: unmerge of {} off by {err:e}", linear.path);
         }
         assert!(rel_err(&forward(&restored, 9), &unmerged) < 1e-5);
@@ -309,10 +309,10 @@ fn merge_rejects_non_finite_weights_and_leaves_the_model_unchanged() {
     let state = peft.adapters.state_of_mut::<replora::adapters::Lora>().expect("a LoRA adapter");
     let f = &mut state.targets[1].factors;
     f.b = f.b.clone().map(|b| b.add_scalar(f32::NAN));
-    let before: Vec<Vec<f32>> = peft.model.linears().iter().map(|l| host(&l.weight.val())).collect();
+    let before: Vec<Vec<f32>> = peft.model.linears().iter().map(|l| host(&l.weight.dense())).collect();
     let err = peft.clone().merge().unwrap_err().to_string();
     assert!(err.contains("NaN") && err.contains("v_proj"), "{err}");
-    let after: Vec<Vec<f32>> = peft.model.linears().iter().map(|l| host(&l.weight.val())).collect();
+    let after: Vec<Vec<f32>> = peft.model.linears().iter().map(|l| host(&l.weight.dense())).collect();
     assert_eq!(before, after);
 }
 
@@ -410,7 +410,7 @@ fn bottleneck_adapter_starts_as_the_base_trains_only_itself_and_round_trips() {
         assert_every_tensor_changed(name, &before_adapter, &native::named_tensors(&peft.adapters));
         let untouched = PeftModel::new(model(), &config).unwrap();
         for (linear, before) in peft.model.linears().iter().zip(untouched.model.linears()) {
-            assert_eq!(host(&linear.weight.val()), host(&before.weight.val()), "{name}: base weight {} changed", linear.path);
+            assert_eq!(host(&linear.weight.dense()), host(&before.weight.dense()), "{name}: base weight {} changed", linear.path);
         }
         assert!(rel_err(&forward(&peft, 1), &base) > 1e-4, "{name}: training should have moved the output");
 
@@ -479,7 +479,7 @@ fn prefix_trains_only_itself_counts_in_closed_form_and_round_trips() {
         assert_every_tensor_changed(name, &before, &native::named_tensors(&trained.adapters));
         let untouched = model();
         for (linear, base) in trained.model.linears().iter().zip(untouched.linears()) {
-            assert_eq!(host(&linear.weight.val()), host(&base.weight.val()), "{name}: base weight {} changed", linear.path);
+            assert_eq!(host(&linear.weight.dense()), host(&base.weight.dense()), "{name}: base weight {} changed", linear.path);
         }
         let path = dir.path().join(name);
         native::save(&trained.adapters, &path).unwrap();

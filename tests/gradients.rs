@@ -97,7 +97,7 @@ fn freeze_dora_norms(point: &PeftModel<TinyModel>, perturbed: PeftModel<TinyMode
         return perturbed;
     };
     let norm = |p: &PeftModel<TinyModel>, path: &str| {
-        let w = p.model.linears().into_iter().find(|l| l.path == path).unwrap().weight.val();
+        let w = p.model.linears().into_iter().find(|l| l.path == path).unwrap().weight.dense();
         let d = p.deltas();
         (w + d.get(path).unwrap().dense()).square().sum_dim(0).sqrt().squeeze_dim::<1>(0)
     };

@@ -16,8 +16,17 @@ use replora::kernels::{Kernel, fused_calls, with_fallback};
 use replora::models::bert::Bert;
 use replora::models::llama::Llama;
 
-const ALL: [Kernel; 8] =
-    [Kernel::Linear, Kernel::Attention, Kernel::Norm, Kernel::Rope, Kernel::Gelu, Kernel::Silu, Kernel::SwiGlu, Kernel::Softmax];
+const ALL: [Kernel; 9] = [
+    Kernel::Linear,
+    Kernel::Attention,
+    Kernel::Norm,
+    Kernel::Rope,
+    Kernel::Gelu,
+    Kernel::Silu,
+    Kernel::SwiGlu,
+    Kernel::Softmax,
+    Kernel::QuantizedLinear,
+];
 
 /// The kernels that ran (with their counts) while `f` ran on this thread, and `f`'s result.
 fn engaged<R>(f: impl FnOnce() -> R) -> (Vec<(Kernel, usize)>, R) {

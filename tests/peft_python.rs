@@ -42,11 +42,11 @@ fn python_reads_the_peft_export_and_reproduces_the_merge() {
         let adapted: Vec<String> = peft.adapters.target_paths().into_iter().map(String::from).collect();
         let mut reference = BTreeMap::new();
         for l in peft.model.linears().into_iter().filter(|l| adapted.contains(&l.path)) {
-            reference.insert(format!("base.{}", l.path), HostTensor::from_tensor(&l.weight.val()).transpose());
+            reference.insert(format!("base.{}", l.path), HostTensor::from_tensor(&l.weight.dense()).transpose());
         }
         let merged = peft.merge().unwrap();
         for l in merged.model.linears().into_iter().filter(|l| adapted.contains(&l.path)) {
-            reference.insert(format!("merged.{}", l.path), HostTensor::from_tensor(&l.weight.val()).transpose());
+            reference.insert(format!("merged.{}", l.path), HostTensor::from_tensor(&l.weight.dense()).transpose());
         }
         let reference_file = out.join("reference.safetensors");
         tensors::write(&reference_file, &reference, None).unwrap();

@@ -223,7 +223,7 @@ fn the_generator_learning_rate_multiplier_scales_only_the_generators_steps() {
         for (i, b) in state.blocks.iter().enumerate() {
             out.insert(format!("seed{i}.a"), b.seed_a.val().into_data().try_into_vec_as::<f32>().unwrap());
         }
-        out.insert("head".into(), m.head.weight.val().into_data().try_into_vec_as::<f32>().unwrap());
+        out.insert("head".into(), m.head.weight.dense().into_data().try_into_vec_as::<f32>().unwrap());
         out
     };
     let moved = |multiplier: f64| -> BTreeMap<String, Vec<f32>> {
@@ -270,7 +270,7 @@ fn decay_exemption_spares_biases_and_seeds_only() {
         for (i, b) in state.blocks.iter().enumerate() {
             out.insert(format!("exempt seed{i}.a"), host(b.seed_a.val()));
         }
-        out.insert("matrix head".into(), host(m.head.weight.val()));
+        out.insert("matrix head".into(), host(m.head.weight.dense()));
         out
     };
     let (lr, wd) = (0.1, 0.5);

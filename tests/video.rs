@@ -10,7 +10,7 @@ use std::path::Path;
 use burn::module::Param;
 use burn::prelude::*;
 use image::RgbImage;
-use replora::adapters::Deltas;
+use replora::adapters::{BaseWeight, Deltas};
 use replora::data::video::{self, clips};
 use replora::models::dinov2::Dinov2;
 use replora::models::video_vit::VideoVit;
@@ -176,7 +176,7 @@ fn the_untrained_video_model_is_the_frame_averaged_image_vit() {
 
     // The equality comes from the zero-initialised parts: opening either one changes the output.
     let mut opened = video.clone();
-    opened.temporal[1].fc.weight = Param::from_tensor(tensor(values(256, 3, 0.3), [16, 16], &device));
+    opened.temporal[1].fc.weight = BaseWeight::Dense(Param::from_tensor(tensor(values(256, 3, 0.3), [16, 16], &device)));
     let moved = flat(opened.features(pixels.clone(), &Deltas::none()));
     assert!(moved.iter().zip(&expected).any(|(a, b)| (a - b).abs() > 1e-3), "a non-zero temporal_fc must change the features");
     let mut timed = video.clone();
@@ -185,13 +185,12 @@ fn the_untrained_video_model_is_the_frame_averaged_image_vit() {
     assert!(moved.iter().zip(&expected).any(|(a, b)| (a - b).abs() > 1e-3), "time embeddings must change the features");
 }
 
-/// A copy of `p` with entry `i` moved by `delta`.
-fn nudged<const D: usize>(p: &Param<Tensor<D>>, i: usize, delta: f32) -> Param<Tensor<D>> {
-    let v = p.val();
-    let shape = v.shape();
+/// A copy of `v` with entry `i` moved by `delta`, as a parameter.
+fn nudged<const D: usize>(v: Tensor<D>, i: usize, delta: f32) -> Param<Tensor<D>> {
+    let (shape, device) = (v.shape(), v.device());
     let mut data = flat(v);
     data[i] += delta;
-    Param::from_tensor(Tensor::from_data(TensorData::new(data, shape), &p.device()))
+    Param::from_tensor(Tensor::from_data(TensorData::new(data, shape), &device))
 }
 
 /// The temporal parts each get a non-zero value (so that every one of them has a gradient),
@@ -199,11 +198,11 @@ fn nudged<const D: usize>(p: &Param<Tensor<D>>, i: usize, delta: f32) -> Param<T
 fn set_temporal(mut m: VideoVit, which: &str, i: usize, delta: f32) -> VideoVit {
     let layer = &mut m.temporal[0];
     match which {
-        "fc" => layer.fc.weight = nudged(&layer.fc.weight, i, delta),
-        "query" => layer.query.weight = nudged(&layer.query.weight, i, delta),
-        "value" => layer.value.weight = nudged(&layer.value.weight, i, delta),
-        "norm" => layer.norm.weight = nudged(&layer.norm.weight, i, delta),
-        "time" => m.time_embeddings = nudged(&m.time_embeddings, i, delta),
+        "fc" => layer.fc.weight = BaseWeight::Dense(nudged(layer.fc.weight.dense(), i, delta)),
+        "query" => layer.query.weight = BaseWeight::Dense(nudged(layer.query.weight.dense(), i, delta)),
+        "value" => layer.value.weight = BaseWeight::Dense(nudged(layer.value.weight.dense(), i, delta)),
+        "norm" => layer.norm.weight = nudged(layer.norm.weight.val(), i, delta),
+        "time" => m.time_embeddings = nudged(m.time_embeddings.val(), i, delta),
         other => panic!("unknown part {other}"),
     }
     m
@@ -215,7 +214,7 @@ fn temporal_gradients_match_finite_differences() {
     let (b, t, s) = (1, 3, 16);
     let (_tmp, _, mut video) = tiny_video(t, &device);
     for layer in &mut video.temporal {
-        layer.fc.weight = Param::from_tensor(tensor(values(256, 9, 0.4), [16, 16], &device));
+        layer.fc.weight = BaseWeight::Dense(Param::from_tensor(tensor(values(256, 9, 0.4), [16, 16], &device)));
     }
     video.time_embeddings = Param::from_tensor(tensor(values(t * 16, 5, 0.5), [t, 16], &device));
     let pixels = tensor(values(b * t * 3 * s * s, 11, 2.0), [b, t, 3, s, s], &device);
@@ -227,9 +226,9 @@ fn temporal_gradients_match_finite_differences() {
     for which in ["fc", "query", "value", "norm", "time"] {
         let layer = &video.temporal[0];
         let grad = match which {
-            "fc" => layer.fc.weight.val().grad(&grads).map(flat),
-            "query" => layer.query.weight.val().grad(&grads).map(flat),
-            "value" => layer.value.weight.val().grad(&grads).map(flat),
+            "fc" => layer.fc.weight.dense().grad(&grads).map(flat),
+            "query" => layer.query.weight.dense().grad(&grads).map(flat),
+            "value" => layer.value.weight.dense().grad(&grads).map(flat),
             "norm" => layer.norm.weight.val().grad(&grads).map(flat),
             _ => video.time_embeddings.val().grad(&grads).map(flat),
         };

@@ -60,7 +60,7 @@ impl<M: Adaptable> PeftModel<M> {
                 largest(&mut b_norm, frobenius(b.clone()));
             }
             if let Some(m) = &d.magnitude {
-                let m0 = linear.weight.val().detach().square().sum_dim(0).sqrt().squeeze_dim::<1>(0);
+                let m0 = linear.weight.dense().detach().square().sum_dim(0).sqrt().squeeze_dim::<1>(0);
                 let change = crate::weights::tensors::scalar((m.clone().detach() - m0.clone()).square().sum()).sqrt();
                 let initial = crate::weights::tensors::scalar(m0.square().sum()).sqrt();
                 largest(&mut drift, change / initial.max(f64::MIN_POSITIVE));
@@ -75,7 +75,7 @@ impl<M: Adaptable> PeftModel<M> {
                 continue;
             }
             let top = top_eigenvalue(&m, r);
-            let w0_top = top_eigenvalue_of_gram(linear.weight.val().detach());
+            let w0_top = top_eigenvalue_of_gram(linear.weight.dense().detach());
             share = Some(share.unwrap_or(0.0).max(top / trace));
             ratio = Some(ratio.unwrap_or(0.0).max(d.scale * top.max(0.0).sqrt() / w0_top.max(f64::MIN_POSITIVE).sqrt()));
         }

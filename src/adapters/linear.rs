@@ -6,15 +6,16 @@ use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
+use super::base_weight::BaseWeight;
 use super::bottleneck::BottleneckDelta;
 use super::prefix::{PrefixKv, mask_with_prefix};
 use crate::kernels;
 
-/// `y = x W + b` with `W` stored as burn does, `[d_in, d_out]`, plus the module path
-/// (Hugging Face naming) that adapters, target patterns and exported files refer to.
+/// `y = x W + b` with `W` an f32 `[d_in, d_out]` (burn's layout) or quantized blocks, plus the
+/// module path (Hugging Face naming) that adapters, target patterns and exported files refer to.
 #[derive(Module, Debug)]
 pub struct AdaptedLinear {
-    pub weight: Param<Tensor<2>>,
+    pub weight: BaseWeight,
     pub bias: Option<Param<Tensor<1>>>,
     pub path: String,
 }
@@ -112,23 +113,28 @@ impl LinearDelta {
 impl AdaptedLinear {
     /// A linear from burn-layout weights; trainable until an adapter freezes it.
     pub fn new(path: impl Into<String>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
-        Self { weight: Param::from_tensor(weight), bias: bias.map(Param::from_tensor), path: path.into() }
+        Self { weight: BaseWeight::Dense(Param::from_tensor(weight)), bias: bias.map(Param::from_tensor), path: path.into() }
+    }
+
+    /// A linear on a quantized base weight (always frozen).
+    pub fn quantized(path: impl Into<String>, weight: super::FrozenBlocks, bias: Option<Tensor<1>>) -> Self {
+        Self { weight: BaseWeight::Quantized(weight), bias: bias.map(Param::from_tensor), path: path.into() }
     }
 
     /// Adds `{path}.weight` (PyTorch's `[out, in]`) and `{path}.bias` to a checkpoint being written.
     pub fn put(&self, out: &mut std::collections::BTreeMap<String, crate::weights::HostTensor>) {
         use crate::weights::HostTensor;
-        out.insert(format!("{}.weight", self.path), HostTensor::from_tensor(&self.weight.val()).transpose());
+        out.insert(format!("{}.weight", self.path), HostTensor::from_tensor(&self.weight.dense()).transpose());
         if let Some(b) = &self.bias {
             out.insert(format!("{}.bias", self.path), HostTensor::from_tensor(&b.val()));
         }
     }
 
     pub fn d_in(&self) -> usize {
-        self.weight.shape()[0]
+        self.weight.d_in()
     }
     pub fn d_out(&self) -> usize {
-        self.weight.shape()[1]
+        self.weight.d_out()
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>, deltas: &Deltas) -> Tensor<D> {
@@ -142,16 +148,20 @@ impl AdaptedLinear {
     fn low_rank_forward<const D: usize>(&self, x: Tensor<D>, deltas: &Deltas) -> Tensor<D> {
         let bias = self.bias.as_ref().map(|b| b.val());
         let Some(delta) = deltas.get(&self.path) else {
-            return kernels::linear(x, self.weight.val(), bias);
+            let y = self.weight.forward(x);
+            return match bias {
+                Some(b) => y + b.unsqueeze::<D>(),
+                None => y,
+            };
         };
         let x_lora = if deltas.training { dropout(x.clone(), delta.dropout) } else { x.clone() };
         // Activation side `(s x A) B`: r (d_in + d_out) work per token, no dense d_in x d_out
         // update; the scale applied to the rank-r product, the narrowest tensor.
         let down = kernels::linear(x_lora, delta.a.clone(), None).mul_scalar(delta.scale);
         let update = kernels::linear(down, delta.b.clone(), None);
-        let mut y = kernels::linear(x, self.weight.val(), None) + update;
+        let mut y = self.weight.forward(x) + update;
         if let Some(m) = &delta.magnitude {
-            y = y * delta.dora_factor(self.weight.val(), m).unsqueeze::<D>();
+            y = y * delta.dora_factor(self.weight.dense(), m).unsqueeze::<D>();
         }
         match bias {
             Some(b) => y + b.unsqueeze::<D>(),

@@ -1,6 +1,7 @@
 //! Adapters: the methods (LoRA, DoRA, RepLoRA, Houlsby bottlenecks, prefix tuning; each a
 //! plug-in in [`methods`]), their injection into a model, and merging.
 
+pub mod base_weight;
 pub mod config;
 pub mod count;
 pub mod diagnostics;
@@ -13,6 +14,7 @@ pub mod target;
 
 pub use methods::{bottleneck, dora, lora, prefix, replora};
 
+pub use base_weight::{BaseWeight, FrozenBlocks};
 pub use bottleneck::{BottleneckConfig, Houlsby};
 pub use config::{Activation, AdapterConfig, LoraInit, TargetModules};
 pub use count::{ParamReport, closed_form, ppt};

@@ -17,6 +17,17 @@ pub trait Adaptable: Module {
     fn linears(&self) -> Vec<&AdaptedLinear>;
     /// Rebuilds the model with each linear passed through `f`.
     fn map_linears(self, f: &mut dyn FnMut(AdaptedLinear) -> AdaptedLinear) -> Self;
+    /// The model with every quantized base weight widened to trainable f32 (for full
+    /// fine-tuning); a model with other quantized tables (an embedding) widens those too.
+    fn widened(self) -> Self
+    where
+        Self: Sized,
+    {
+        self.map_linears(&mut |mut l| {
+            l.weight = l.weight.widened();
+            l
+        })
+    }
 }
 
 /// What was folded into the base weights by [`PeftModel::merge`], kept to undo it: the delta
@@ -99,7 +110,7 @@ impl<M: Adaptable> PeftModel<M> {
         for linear in self.model.linears() {
             let Some(d) = all.get(&linear.path) else { continue };
             let d = detached(d);
-            let w0 = linear.weight.val().detach();
+            let w0 = linear.weight.dense().detach();
             let factor = d.magnitude.as_ref().map(|m| d.dora_factor(w0.clone(), m));
             let w = d.merged_weight(w0);
             check_finite(&w, &linear.path)?;
@@ -118,7 +129,7 @@ impl<M: Adaptable> PeftModel<M> {
         let mut weights = HashMap::new();
         for linear in self.model.linears() {
             let Some((d, factor)) = merged.deltas.get(&linear.path) else { continue };
-            let mut w = linear.weight.val().detach();
+            let mut w = linear.weight.dense().detach();
             if let Some(f) = factor {
                 w = w / f.clone().unsqueeze_dim::<2>(0);
             }
@@ -144,7 +155,7 @@ impl<M: Adaptable> PeftModel<M> {
                 let (a, b) = (d.a.clone().detach(), d.b.clone().detach());
                 // ||A B||_F^2 = sum((A^T A) * (B B^T)): r x r products instead of d_in x d_out.
                 let delta_sq = (a.clone().transpose().matmul(a) * b.clone().matmul(b.transpose())).sum();
-                let w0_sq = linear.weight.val().detach().square().sum();
+                let w0_sq = linear.weight.dense().detach().square().sum();
                 let host = |t: Tensor<1>| t.into_data().try_into_vec_as::<f64>().expect("float tensor")[0];
                 Some(d.scale * host(delta_sq).max(0.0).sqrt() / host(w0_sq).sqrt().max(f64::MIN_POSITIVE))
             })
@@ -172,7 +183,7 @@ fn check_finite(w: &Tensor<2>, path: &str) -> Result<()> {
 fn replace_weights<M: Adaptable>(model: M, mut weights: HashMap<String, Tensor<2>>) -> M {
     model.map_linears(&mut |mut linear| {
         if let Some(w) = weights.remove(&linear.path) {
-            linear.weight = linear.weight.map(|old| w.set_require_grad(old.is_require_grad()));
+            linear.weight = linear.weight.replaced(w);
         }
         linear
     })

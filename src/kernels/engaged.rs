@@ -21,9 +21,10 @@ pub enum Kernel {
     Silu,
     SwiGlu,
     Softmax,
+    QuantizedLinear,
 }
 
-const KERNELS: usize = 8;
+const KERNELS: usize = 9;
 
 thread_local! {
     static CALLS: [Cell<usize>; KERNELS] = Default::default();

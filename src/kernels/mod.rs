@@ -14,6 +14,7 @@ mod finite_differences;
 mod linear;
 mod math;
 mod norm;
+pub mod quantized;
 mod rope;
 pub mod sgemm;
 
@@ -34,10 +35,10 @@ use burn::tensor::{DType, TensorData, activation};
 use rayon::prelude::*;
 
 /// A flex f32 primitive in, a flex f32 primitive out.
-trait FlexOp: Backward<Flex, 1, State = FlexTensor> + Clone {
+trait FlexOp: Backward<Flex, 1> + Clone {
     const KERNEL: Kernel;
-    /// The forward pass and the tensor that backward needs (its input or its output).
-    fn forward(self, x: FlexTensor) -> (FlexTensor, FlexTensor);
+    /// The forward pass and what backward needs (its input or its output, or nothing).
+    fn forward(self, x: FlexTensor) -> (FlexTensor, Self::State);
 }
 
 /// Runs `op` on `x` if it is an f32 flex tensor (tracked or not); `None` otherwise.

@@ -5,7 +5,9 @@ use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::ops::AttentionModuleOptions;
 
-use crate::adapters::AdaptedLinear;
+use burn::tensor::TensorData;
+
+use crate::adapters::{AdaptedLinear, BaseWeight, FrozenBlocks};
 use crate::error::Result;
 use crate::kernels;
 use crate::weights::Reader;
@@ -19,6 +21,10 @@ pub trait ReadLayers {
 
 impl ReadLayers for Reader<'_> {
     fn linear(&mut self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<AdaptedLinear> {
+        if let Some(matrix) = self.take_quantized(&format!("{name}.weight"), d_out, d_in)? {
+            let bias = if bias { Some(self.take(&format!("{name}.bias"), [d_out])?.to_tensor(self.device())) } else { None };
+            return Ok(AdaptedLinear::quantized(self.module_path(name), FrozenBlocks::new(matrix, self.device()), bias));
+        }
         let (weight, bias) = self.linear_tensors(name, d_in, d_out, bias)?;
         Ok(AdaptedLinear::new(self.module_path(name), weight, bias))
     }
@@ -78,4 +84,56 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, bias: Tensor<4>) -> T
     let options = AttentionModuleOptions { scale: Some(1.0), softcap: None, is_causal: false };
     let (k, v) = (kernels::repeat_kv(k, heads), kernels::repeat_kv(v, heads));
     burn::tensor::module::attention(q, k, v, None, Some(bias.expand([b, heads, t, keys])), options)
+}
+
+/// A token embedding table `[vocab, hidden]`, f32 or quantized (a GGUF file's Q8_0 table stays
+/// so), which a tied model also reads as its output head.
+#[derive(Module, Debug)]
+pub enum TokenEmbedding {
+    Dense(Param<Tensor<2>>),
+    Quantized(FrozenBlocks),
+}
+
+impl TokenEmbedding {
+    /// The embeddings `[batch, t, hidden]` of `ids` (`[batch, t]`).
+    pub fn lookup(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        match self {
+            TokenEmbedding::Dense(table) => burn::tensor::module::embedding(table.val(), ids),
+            TokenEmbedding::Quantized(q) => {
+                let [b, t] = ids.dims();
+                let (device, m) = (ids.device(), &q.matrix);
+                let ids: Vec<i64> = ids.into_data().iter::<i64>().collect();
+                let mut values = vec![0f32; ids.len() * m.cols];
+                for (row, &id) in values.chunks_exact_mut(m.cols).zip(&ids) {
+                    assert!((0..m.rows as i64).contains(&id), "token id {id} is outside the vocabulary of {}", m.rows);
+                    m.dequantize_row(id as usize, row);
+                }
+                Tensor::from_data(TensorData::new(values, [b, t, m.cols]), &device)
+            }
+        }
+    }
+
+    /// `hidden Eᵀ`: scores over the vocabulary (`[.., hidden]` -> `[.., vocab]`).
+    pub fn scores<const D: usize>(&self, hidden: Tensor<D>) -> Tensor<D> {
+        match self {
+            TokenEmbedding::Dense(table) => kernels::linear(hidden, table.val().transpose(), None),
+            TokenEmbedding::Quantized(q) => kernels::quantized::linear(hidden, &q.matrix),
+        }
+    }
+
+    /// A quantized table widened to a trainable f32 parameter (a dense one unchanged).
+    pub fn widened(self) -> Self {
+        match self {
+            TokenEmbedding::Quantized(_) => TokenEmbedding::Dense(Param::from_tensor(self.dense())),
+            dense => dense,
+        }
+    }
+
+    /// The table as f32 `[vocab, hidden]` (widened for this call when quantized).
+    pub fn dense(&self) -> Tensor<2> {
+        match self {
+            TokenEmbedding::Dense(table) => table.val(),
+            TokenEmbedding::Quantized(q) => BaseWeight::Quantized(q.clone()).dense().transpose(),
+        }
+    }
 }

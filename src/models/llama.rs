@@ -12,11 +12,10 @@ use std::path::Path;
 
 use burn::module::Param;
 use burn::prelude::*;
-use burn::tensor::module::embedding;
 
-use super::layers::{ReadLayers, RmsNorm, attention};
+use super::layers::{ReadLayers, RmsNorm, TokenEmbedding, attention};
 pub use super::llama_config::{LlamaConfig, Variant};
-use crate::adapters::{Adaptable, AdaptedLinear, Deltas};
+use crate::adapters::{Adaptable, AdaptedLinear, BaseWeight, Deltas, FrozenBlocks};
 use crate::error::{Error, Result};
 use crate::files::write_json;
 use crate::kernels;
@@ -167,11 +166,11 @@ impl LlamaLayer {
 /// A LLaMA decoder with its language-model head.
 #[derive(Module, Debug)]
 pub struct Llama {
-    pub embed_tokens: Param<Tensor<2>>,
+    pub embed_tokens: TokenEmbedding,
     pub layers: Vec<LlamaLayer>,
     pub norm: RmsNorm,
     /// The output projection in burn layout, `[hidden, vocab]`; `None` for tied embeddings.
-    pub lm_head: Option<Param<Tensor<2>>>,
+    pub lm_head: Option<BaseWeight>,
     #[module(skip)]
     pub config: LlamaConfig,
 }
@@ -191,24 +190,32 @@ impl Llama {
         }
     }
 
-    /// Builds the model from a parsed GGUF file (weights dequantized to f32).
+    /// Builds the model from a parsed GGUF file: Q8_0/Q4_0/Q4_1 matrices (the linears and the
+    /// embedding table) stay quantized and frozen, the rest is widened to f32.
     pub fn from_gguf(gguf: &Gguf, file: &Path, device: &Device) -> Result<Self> {
         let config = LlamaConfig::from_value(gguf.llama_config()?, file)?;
-        let mut tensors = gguf.llama_tensors()?;
-        Self::from_tensors(config, &mut tensors, file, device)
+        let (mut tensors, mut quantized) = gguf.llama_weights(true)?;
+        Self::from_reader(config, Reader::new(&mut tensors, file, device).with_quantized(&mut quantized))
     }
 
     /// Builds the model from tensors under Hugging Face names, taking them out of `tensors`.
     pub fn from_tensors(config: LlamaConfig, tensors: &mut BTreeMap<String, HostTensor>, file: &Path, device: &Device) -> Result<Self> {
+        Self::from_reader(config, Reader::new(tensors, file, device))
+    }
+
+    fn from_reader(config: LlamaConfig, mut r: Reader) -> Result<Self> {
+        let device = &r.device().clone();
         let c = &config;
         let (h, q, kv, m) = (c.hidden_size, c.num_attention_heads * c.head_dim(), c.kv_heads() * c.head_dim(), c.intermediate_size);
-        let mut r = Reader::new(tensors, file, device);
         let bias = c.qkv_bias();
         let head_norm = |r: &mut Reader, name: &str| match c.qk_norm() {
             true => rms_norm(r, name, c.head_dim(), c.rms_norm_eps).map(Some),
             false => Ok(None),
         };
-        let embed = r.take("model.embed_tokens.weight", [c.vocab_size, h])?;
+        let embed = match r.take_quantized("model.embed_tokens.weight", c.vocab_size, h)? {
+            Some(m) => TokenEmbedding::Quantized(FrozenBlocks::new(m, device)),
+            None => TokenEmbedding::Dense(Param::from_tensor(r.take("model.embed_tokens.weight", [c.vocab_size, h])?.to_tensor(device))),
+        };
         let layers = (0..c.num_hidden_layers)
             .map(|i| {
                 let p = format!("model.layers.{i}.");
@@ -236,16 +243,13 @@ impl Llama {
             r.discard("lm_head.weight");
             None
         } else {
-            Some(r.take("lm_head.weight", [c.vocab_size, h])?.transpose())
+            Some(match r.take_quantized("lm_head.weight", c.vocab_size, h)? {
+                Some(m) => BaseWeight::Quantized(FrozenBlocks::new(m, device)),
+                None => BaseWeight::Dense(Param::from_tensor(r.take("lm_head.weight", [c.vocab_size, h])?.transpose().to_tensor(device))),
+            })
         };
         r.reject_extra_layers("model.layers.", c.num_hidden_layers)?;
-        Ok(Self {
-            embed_tokens: Param::from_tensor(embed.to_tensor(device)),
-            layers,
-            norm,
-            lm_head: head.map(|h| Param::from_tensor(h.to_tensor(device))),
-            config,
-        })
+        Ok(Self { embed_tokens: embed, layers, norm, lm_head: head, config })
     }
 
     /// Keeps only the first `n` layers (a cheap model slice for tests and quick checks).
@@ -266,9 +270,9 @@ impl Llama {
     /// Every weight under its Hugging Face name, linears in PyTorch's `[out, in]` layout.
     pub fn tensors(&self) -> BTreeMap<String, HostTensor> {
         let mut out = BTreeMap::new();
-        out.insert("model.embed_tokens.weight".to_string(), HostTensor::from_tensor(&self.embed_tokens.val()));
+        out.insert("model.embed_tokens.weight".to_string(), HostTensor::from_tensor(&self.embed_tokens.dense()));
         if let Some(head) = &self.lm_head {
-            out.insert("lm_head.weight".to_string(), HostTensor::from_tensor(&head.val()).transpose());
+            out.insert("lm_head.weight".to_string(), HostTensor::from_tensor(&head.dense()).transpose());
         }
         out.insert("model.norm.weight".to_string(), HostTensor::from_tensor(&self.norm.weight.val()));
         for (i, layer) in self.layers.iter().enumerate() {
@@ -307,7 +311,7 @@ impl Llama {
 
     /// The input embeddings `[batch, t, hidden]` of `input_ids` (`[batch, t]`).
     pub fn embed(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
-        embedding(self.embed_tokens.val(), input_ids)
+        self.embed_tokens.lookup(input_ids)
     }
 
     /// [`Llama::forward`] from input embeddings `[batch, t, hidden]` rather than token ids: a
@@ -359,8 +363,8 @@ impl Llama {
     /// Next-token scores from hidden states (`[.., hidden]` -> `[.., vocab]`).
     pub fn logits<const D: usize>(&self, hidden: Tensor<D>) -> Tensor<D> {
         match &self.lm_head {
-            Some(head) => kernels::linear(hidden, head.val(), None),
-            None => kernels::linear(hidden, self.embed_tokens.val().transpose(), None),
+            Some(head) => head.forward(hidden),
+            None => self.embed_tokens.scores(hidden),
         }
     }
 }
@@ -438,6 +442,14 @@ impl Adaptable for Llama {
     fn map_linears(self, f: &mut dyn FnMut(AdaptedLinear) -> AdaptedLinear) -> Self {
         let layers = self.layers.into_iter().map(|l| l.map_linears(f)).collect();
         Self { layers, ..self }
+    }
+
+    fn widened(self) -> Self {
+        let model = self.map_linears(&mut |mut l| {
+            l.weight = l.weight.widened();
+            l
+        });
+        Self { embed_tokens: model.embed_tokens.widened(), lm_head: model.lm_head.map(BaseWeight::widened), ..model }
     }
 }
 

@@ -64,7 +64,7 @@ impl TemporalAttention {
     /// parameters), `fc` zero.
     fn from_spatial(layer: &Dinov2Layer, path: &str) -> Self {
         let copy = |l: &AdaptedLinear, name: &str| {
-            AdaptedLinear::new(format!("{path}{name}"), l.weight.val().detach(), l.bias.as_ref().map(|b| b.val().detach()))
+            AdaptedLinear::new(format!("{path}{name}"), l.weight.dense().detach(), l.bias.as_ref().map(|b| b.val().detach()))
         };
         let hidden = layer.attention_output.d_out();
         let device = layer.attention_output.weight.device();
@@ -213,7 +213,7 @@ impl VideoVit {
             let path = t.fc.path.clone();
             let w = tensors::take(tensors, file, &format!("{path}.weight"), &[hidden, hidden])?.transpose().to_tensor(&device);
             let b = tensors::take(tensors, file, &format!("{path}.bias"), &[hidden])?.to_tensor(&device);
-            t.fc.weight = t.fc.weight.clone().map(|old| w.set_require_grad(old.is_require_grad()));
+            t.fc.weight = t.fc.weight.clone().replaced(w);
             t.fc.bias = t.fc.bias.clone().map(|p| p.map(|old| b.set_require_grad(old.is_require_grad())));
         }
         Ok(self)

@@ -199,7 +199,7 @@ impl Projector {
                 let b = tensors::take(&mut t, file, &format!("{}.bias", l.path), &[d_out])?;
                 let device = l.weight.device();
                 let read = AdaptedLinear::new(l.path.clone(), w.to_tensor(&device), Some(b.to_tensor(&device)));
-                Ok(if l.weight.val().is_require_grad() { read } else { read.no_grad() })
+                Ok(if l.weight.is_require_grad() { read } else { read.no_grad() })
             })
             .collect::<Result<Vec<_>>>()?;
         if let Some(extra) = t.keys().next() {

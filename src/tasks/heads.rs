@@ -45,7 +45,7 @@ pub fn new_head(d_in: usize, num_labels: usize, seed: u64, device: &Device) -> A
 /// A head's tensors in PyTorch layout (`classifier.weight` `[labels, d_in]`, `.bias`).
 pub fn head_tensors(head: &AdaptedLinear) -> BTreeMap<String, HostTensor> {
     let mut out = BTreeMap::new();
-    out.insert(format!("{HEAD}.weight"), HostTensor::from_tensor(&head.weight.val()).transpose());
+    out.insert(format!("{HEAD}.weight"), HostTensor::from_tensor(&head.weight.dense()).transpose());
     let bias = head.bias.as_ref().expect("a head has a bias");
     out.insert(format!("{HEAD}.bias"), HostTensor::from_tensor(&bias.val()));
     out
@@ -75,7 +75,7 @@ pub fn read_head(head: &AdaptedLinear, mut t: BTreeMap<String, HostTensor>, file
     let b = tensors::take(&mut t, file, &format!("{HEAD}.bias"), &[labels])?;
     let device = head.weight.device();
     let read = AdaptedLinear::new(HEAD, w.to_tensor(&device), Some(b.to_tensor(&device)));
-    Ok(if head.weight.val().is_require_grad() { read } else { read.no_grad() })
+    Ok(if head.weight.is_require_grad() { read } else { read.no_grad() })
 }
 
 impl SequenceClassifier {

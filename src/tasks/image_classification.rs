@@ -121,7 +121,7 @@ impl ImageClassifier {
     /// The head as `Dinov2ForImageClassification` holds it: `classifier.weight`
     /// `[labels, 2 hidden]` (zeros on the mean half for CLS pooling) and `classifier.bias`.
     pub fn hf_head_tensors(&self) -> BTreeMap<String, HostTensor> {
-        let w = HostTensor::from_tensor(&self.head.weight.val()).transpose();
+        let w = HostTensor::from_tensor(&self.head.weight.dense()).transpose();
         let [labels, d_in] = w.shape[..] else { unreachable!("the head is 2-D") };
         let weight = match self.pooling {
             ImagePooling::ClsMean => w,

@@ -112,7 +112,8 @@ impl Tuning {
     pub fn wrap<M: Adaptable>(&self, model: M) -> Result<PeftModel<M>> {
         match self {
             Tuning::Adapter(config) => PeftModel::new(model, config),
-            Tuning::Full => Ok(PeftModel::full_finetune(model)),
+            // Full fine-tuning trains every weight, so a quantized base is widened to f32 first.
+            Tuning::Full => Ok(PeftModel::full_finetune(model.widened())),
             Tuning::Probe => Ok(PeftModel::from_parts(model, AdapterSet::empty())),
         }
     }

@@ -243,7 +243,7 @@ impl Vqa {
     }
 
     fn new_projector(&self, input_rms: f64) -> Projector {
-        let embed = self.decoder.model.embed_tokens.val();
+        let embed = self.decoder.model.embed_tokens.dense();
         let target_rms = crate::weights::tensors::scalar(embed.powf_scalar(2.0).mean().sqrt());
         let (d_in, d_out) = (self.vit.config.hidden_size, self.decoder.model.config.hidden_size);
         Projector::new(self.spec.projector, d_in, d_out, input_rms, target_rms, self.spec.train.seed ^ 0x9e0_7ec7, &self.device)

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::HostTensor;
+use super::quantized::{BlockFormat, QuantizedMatrix};
 use crate::error::{Error, Result};
 
 /// A metadata value.
@@ -94,6 +95,16 @@ impl GgmlType {
     }
 
     /// (elements per block, bytes per block).
+    /// The block format of a quantized type that [`QuantizedMatrix`] keeps as stored.
+    pub fn block_format(self) -> Option<BlockFormat> {
+        match self {
+            GgmlType::Q8_0 => Some(BlockFormat::Q8_0),
+            GgmlType::Q4_0 => Some(BlockFormat::Q4_0),
+            GgmlType::Q4_1 => Some(BlockFormat::Q4_1),
+            _ => None,
+        }
+    }
+
     fn block(self) -> Option<(usize, usize)> {
         match self {
             GgmlType::F32 => Some((1, 4)),
@@ -363,35 +374,53 @@ impl Gguf {
         Ok(config)
     }
 
-    /// Every tensor under its Hugging Face LLaMA name and layout: `q_proj` and `k_proj` rows
-    /// put back in the order Hugging Face's `rotate_half` rotary embedding expects.
+    /// Every tensor of a LLaMA-family file under its Hugging Face name, dequantized to f32.
     pub fn llama_tensors(&self) -> Result<BTreeMap<String, HostTensor>> {
+        Ok(self.llama_weights(false)?.0)
+    }
+
+    /// The tensors of a LLaMA-family file under Hugging Face names; with `keep_quantized`, the
+    /// Q8_0/Q4_0/Q4_1 matrices apart, as stored (rows in Hugging Face order), and the rest f32.
+    pub fn llama_weights(&self, keep_quantized: bool) -> Result<(BTreeMap<String, HostTensor>, BTreeMap<String, QuantizedMatrix>)> {
         self.architecture()?;
         let heads = self.get_u64("llama.attention.head_count")? as usize;
         let kv_heads = self.metadata.get("llama.attention.head_count_kv").and_then(Value::as_u64).map_or(heads, |v| v as usize);
-        let mut out = BTreeMap::new();
+        let (mut dense, mut quantized) = (BTreeMap::new(), BTreeMap::new());
         for t in &self.tensors {
             let name = hf_name(&t.name).ok_or_else(|| Error::format(&self.path, format!("tensor {} has no LLaMA meaning", t.name)))?;
-            let mut tensor = self.tensor(&t.name)?;
-            if t.name.ends_with("attn_q.weight") {
-                tensor = self.unpermute_checked(&t.name, &tensor, heads)?;
-            } else if t.name.ends_with("attn_k.weight") {
-                tensor = self.unpermute_checked(&t.name, &tensor, kv_heads)?;
+            let rotary_heads = match &t.name {
+                n if n.ends_with("attn_q.weight") => Some(heads),
+                n if n.ends_with("attn_k.weight") => Some(kv_heads),
+                _ => None,
+            };
+            let rotary_order = |rows: usize| self.rotary_order_checked(&t.name, rows, rotary_heads);
+            if let (true, Some(format), &[cols, rows]) = (keep_quantized, t.kind.block_format(), &t.dims[..]) {
+                let (rows, cols) = (rows as usize, cols as usize);
+                let what = format!("{}: tensor {}", self.path.display(), t.name);
+                let mut matrix = QuantizedMatrix::from_blocks(format, rows, cols, self.raw(t)?.to_vec(), &what)?;
+                if let Some(order) = rotary_order(rows)? {
+                    matrix = matrix.permute_rows(&order);
+                }
+                quantized.insert(name, matrix);
+                continue;
             }
-            out.insert(name, tensor);
+            let mut tensor = self.tensor(&t.name)?;
+            if let Some(order) = rotary_order(tensor.shape[0])? {
+                tensor = permute_rows(&tensor, &order);
+            }
+            dense.insert(name, tensor);
         }
-        Ok(out)
+        Ok((dense, quantized))
     }
 
-    /// [`unpermute_rotary`] after checking that `w` is a matrix of whole, even-sized heads.
-    fn unpermute_checked(&self, name: &str, w: &HostTensor, heads: usize) -> Result<HostTensor> {
-        match w.shape[..] {
-            [rows, _] if heads > 0 && rows % heads == 0 && (rows / heads).is_multiple_of(2) => Ok(unpermute_rotary(w, heads)),
-            _ => Err(Error::format(
-                &self.path,
-                format!("tensor {name} of shape {:?} does not split into {heads} heads of an even size", w.shape),
-            )),
+    /// For a q/k weight of `rows` rows in `heads` heads, the row order undoing llama.cpp's
+    /// rotary permutation ([`rotary_row_order`]), checked to split into whole, even heads.
+    fn rotary_order_checked(&self, name: &str, rows: usize, heads: Option<usize>) -> Result<Option<Vec<usize>>> {
+        let Some(heads) = heads else { return Ok(None) };
+        if heads > 0 && rows.is_multiple_of(heads) && (rows / heads).is_multiple_of(2) {
+            return Ok(Some(rotary_row_order(rows, heads)));
         }
+        Err(Error::format(&self.path, format!("tensor {name} with {rows} rows does not split into {heads} heads of an even size")))
     }
 
     /// The chat template (a Jinja string), if the file has one.
@@ -492,23 +521,25 @@ fn hf_name(gguf: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{hf}.{suffix}"))
 }
 
-/// Undoes the row permutation llama.cpp's converter applies to q/k weights (`[out, in]`) so
-/// that its adjacent-pair rotary embedding works: within each head, GGUF row `2i + j` is
-/// Hugging Face row `j * head_dim / 2 + i`.
-pub fn unpermute_rotary(w: &HostTensor, heads: usize) -> HostTensor {
-    let (rows, cols) = (w.shape[0], w.shape[1]);
+/// The row order undoing the permutation llama.cpp's converter applies to q/k weights
+/// (`[out, in]`) so that its adjacent-pair rotary embedding works: within each head, Hugging
+/// Face row `j * head_dim / 2 + i` is GGUF row `2i + j`. Entry `r` is the GGUF row of row `r`.
+pub fn rotary_row_order(rows: usize, heads: usize) -> Vec<usize> {
     let head_dim = rows / heads;
     let half = head_dim / 2;
-    let mut data = vec![0.0; w.data.len()];
-    for h in 0..heads {
-        for j in 0..2 {
-            for i in 0..half {
-                let hf_row = h * head_dim + j * half + i;
-                let gguf_row = h * head_dim + 2 * i + j;
-                data[hf_row * cols..(hf_row + 1) * cols].copy_from_slice(&w.data[gguf_row * cols..(gguf_row + 1) * cols]);
-            }
-        }
-    }
+    (0..rows)
+        .map(|r| {
+            let (h, within) = (r / head_dim, r % head_dim);
+            let (j, i) = (within / half, within % half);
+            h * head_dim + 2 * i + j
+        })
+        .collect()
+}
+
+/// The rows of a `[rows, cols]` tensor reordered: row `r` of the result is row `order[r]`.
+pub fn permute_rows(w: &HostTensor, order: &[usize]) -> HostTensor {
+    let cols = w.shape[1];
+    let data = order.iter().flat_map(|&r| &w.data[r * cols..(r + 1) * cols]).copied().collect();
     HostTensor { shape: w.shape.clone(), data }
 }
 
@@ -549,6 +580,6 @@ mod tests {
             }
         }
         let gguf = HostTensor { shape: hf.shape.clone(), data: permuted };
-        assert_eq!(unpermute_rotary(&gguf, heads), hf);
+        assert_eq!(permute_rows(&gguf, &rotary_row_order(heads * head_dim, heads)), hf);
     }
 }

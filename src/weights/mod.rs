@@ -3,6 +3,7 @@
 
 pub mod gguf;
 pub mod onnx;
+pub mod quantized;
 pub mod reader;
 pub mod tensors;
 

@@ -8,6 +8,7 @@ use burn::module::Param;
 use burn::prelude::*;
 
 use super::HostTensor;
+use super::quantized::QuantizedMatrix;
 use super::tensors;
 use crate::error::{Error, Result};
 
@@ -20,12 +21,31 @@ pub struct Reader<'a> {
     /// The prefix of module paths in the model.
     prefix: String,
     device: &'a Device,
+    /// Matrices the checkpoint keeps quantized (a GGUF file's Q8_0/Q4_0/Q4_1 weights).
+    quantized: Option<&'a mut BTreeMap<String, QuantizedMatrix>>,
 }
 
 impl<'a> Reader<'a> {
     /// A reader of `tensors` (read from `file`, which errors name) whose names carry no prefix.
     pub fn new(tensors: &'a mut BTreeMap<String, HostTensor>, file: &'a Path, device: &'a Device) -> Self {
-        Self { tensors, file, stored: String::new(), prefix: String::new(), device }
+        Self { tensors, file, stored: String::new(), prefix: String::new(), device, quantized: None }
+    }
+
+    /// Linears and embeddings found in `quantized` stay quantized ([`Reader::take_quantized`]).
+    pub fn with_quantized(mut self, quantized: &'a mut BTreeMap<String, QuantizedMatrix>) -> Self {
+        self.quantized = Some(quantized);
+        self
+    }
+
+    /// The matrix `name` if the checkpoint keeps it quantized (`None` if it is f32); it must be
+    /// `[rows, cols]`.
+    pub fn take_quantized(&mut self, name: &str, rows: usize, cols: usize) -> Result<Option<QuantizedMatrix>> {
+        let name = format!("{}{name}", self.stored);
+        let Some(m) = self.quantized.as_mut().and_then(|q| q.remove(&name)) else { return Ok(None) };
+        if (m.rows, m.cols) != (rows, cols) {
+            return Err(Error::Shape { name, expected: vec![rows, cols], found: vec![m.rows, m.cols] });
+        }
+        Ok(Some(m))
     }
 
     /// Names in the file carry `stored`; module paths get `prefix`.
@@ -39,12 +59,17 @@ impl<'a> Reader<'a> {
     }
 
     pub fn has(&self, name: &str) -> bool {
-        self.tensors.contains_key(&format!("{}{name}", self.stored))
+        let name = format!("{}{name}", self.stored);
+        self.tensors.contains_key(&name) || self.quantized.as_ref().is_some_and(|q| q.contains_key(&name))
     }
 
     /// Removes a tensor the model does not use (e.g. a tied output head), if present.
     pub fn discard(&mut self, name: &str) {
-        self.tensors.remove(&format!("{}{name}", self.stored));
+        let name = format!("{}{name}", self.stored);
+        self.tensors.remove(&name);
+        if let Some(q) = self.quantized.as_mut() {
+            q.remove(&name);
+        }
     }
 
     /// The tensor `name`, which must have `shape`.
@@ -81,7 +106,8 @@ impl<'a> Reader<'a> {
     /// something to drop silently: refuses any tensor under `{layer_prefix}{layers}.`.
     pub fn reject_extra_layers(&self, layer_prefix: &str, layers: usize) -> Result<()> {
         let extra = format!("{}{layer_prefix}{layers}.", self.stored);
-        match self.tensors.keys().find(|k| k.starts_with(&extra)) {
+        let quantized = self.quantized.iter().flat_map(|q| q.keys());
+        match self.tensors.keys().chain(quantized).find(|k| k.starts_with(&extra)) {
             Some(name) => {
                 Err(Error::format(self.file, format!("tensor {name} belongs to a layer beyond num_hidden_layers = {layers} in the config")))
             }

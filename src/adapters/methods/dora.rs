@@ -44,7 +44,7 @@ impl AdapterMethod for Dora {
             .iter()
             .map(|t| {
                 let factors = LoraFactors::init(t.d_in, t.d_out, t.rank, config.init_lora_weights, init);
-                let w = linears.iter().find(|l| l.path == t.path).expect("a target is one of the linears").weight.val();
+                let w = linears.iter().find(|l| l.path == t.path).expect("a target is one of the linears").weight.dense();
                 let norm = w.square().sum_dim(0).sqrt().squeeze_dim::<1>(0);
                 let magnitude = Param::from_tensor(Tensor::from_data(norm.into_data(), init.device()));
                 DoraTarget { factors, magnitude }

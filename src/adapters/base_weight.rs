@@ -1,0 +1,167 @@
+//! The base weight of a linear: f32 (trainable in full fine-tuning) or block-quantized as a
+//! GGUF file stores it (always frozen), which adapters then train on as QLoRA does.
+
+use std::sync::Arc;
+
+use burn::module::{Content, Devices, Module, ModuleDisplay, ModuleDisplayDefault, ModuleMapper, ModuleVisitor, Param};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+
+use crate::kernels;
+use crate::weights::quantized::{BlockFormat, QuantizedMatrix};
+
+/// A linear's base weight.
+#[derive(Module, Debug)]
+pub enum BaseWeight {
+    /// f32 in burn's `[d_in, d_out]` layout.
+    Dense(Param<Tensor<2>>),
+    /// Blocks as stored, `[d_out, d_in]`.
+    Quantized(FrozenBlocks),
+}
+
+impl BaseWeight {
+    pub fn d_in(&self) -> usize {
+        match self {
+            BaseWeight::Dense(w) => w.shape()[0],
+            BaseWeight::Quantized(q) => q.matrix.cols,
+        }
+    }
+
+    pub fn d_out(&self) -> usize {
+        match self {
+            BaseWeight::Dense(w) => w.shape()[1],
+            BaseWeight::Quantized(q) => q.matrix.rows,
+        }
+    }
+
+    /// The weight as an f32 `[d_in, d_out]` tensor: the parameter itself, or the blocks
+    /// widened (a copy made for this call, for merging, exporting and DoRA's norms).
+    pub fn dense(&self) -> Tensor<2> {
+        match self {
+            BaseWeight::Dense(w) => w.val(),
+            BaseWeight::Quantized(q) => q.widened(),
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        match self {
+            BaseWeight::Dense(w) => w.device(),
+            BaseWeight::Quantized(q) => q.device.clone(),
+        }
+    }
+
+    /// Whether it is trained (a quantized weight never is).
+    pub fn is_require_grad(&self) -> bool {
+        matches!(self, BaseWeight::Dense(w) if w.is_require_grad())
+    }
+
+    /// An f32 weight `w` (`[d_in, d_out]`) in its place, trainable only if this one was: a
+    /// merged weight, which is f32 even where the base was quantized (as PEFT merges).
+    pub fn replaced(self, w: Tensor<2>) -> Self {
+        match self {
+            BaseWeight::Dense(old) => BaseWeight::Dense(old.map(|old| w.set_require_grad(old.is_require_grad()))),
+            BaseWeight::Quantized(_) => BaseWeight::Dense(Param::from_tensor(w.set_require_grad(false))),
+        }
+    }
+
+    /// A quantized weight widened to a trainable f32 parameter (a dense one unchanged).
+    pub fn widened(self) -> Self {
+        match self {
+            BaseWeight::Quantized(q) => BaseWeight::Dense(Param::from_tensor(q.widened())),
+            dense => dense,
+        }
+    }
+
+    /// The block format, if quantized.
+    pub fn format(&self) -> Option<BlockFormat> {
+        match self {
+            BaseWeight::Dense(_) => None,
+            BaseWeight::Quantized(q) => Some(q.matrix.format),
+        }
+    }
+
+    /// `x W`, over the last dimension of `x`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            BaseWeight::Dense(w) => kernels::linear(x, w.val(), None),
+            BaseWeight::Quantized(q) => kernels::quantized::linear(x, &q.matrix),
+        }
+    }
+
+    /// The weight quantized to `format` (a frozen copy; already quantized weights stay as they are).
+    pub fn quantized(self, format: BlockFormat, what: &str) -> crate::Result<Self> {
+        let BaseWeight::Dense(w) = self else { return Ok(self) };
+        let dense = w.val();
+        let device = dense.device();
+        let [d_in, d_out] = dense.dims();
+        let values = dense.transpose().into_data().try_into_vec_as::<f32>().expect("float tensors convert to f32");
+        let matrix = QuantizedMatrix::quantize(format, d_out, d_in, &values, what)?;
+        Ok(BaseWeight::Quantized(FrozenBlocks::new(matrix, &device)))
+    }
+}
+
+/// Quantized blocks held in host memory, as a module with no parameters to train: burn's
+/// visitors and optimizers pass it by, and moving it to a device only records the device on
+/// which [`BaseWeight::dense`] builds its f32 copy.
+#[derive(Clone, Debug)]
+pub struct FrozenBlocks {
+    pub matrix: Arc<QuantizedMatrix>,
+    device: Device,
+}
+
+impl FrozenBlocks {
+    pub fn new(matrix: QuantizedMatrix, device: &Device) -> Self {
+        Self { matrix: Arc::new(matrix), device: device.clone() }
+    }
+
+    /// The f32 `[d_in, d_out]` weight.
+    fn widened(&self) -> Tensor<2> {
+        let m = &self.matrix;
+        Tensor::<2>::from_data(TensorData::new(m.dequantize(), [m.rows, m.cols]), &self.device).transpose()
+    }
+}
+
+impl Module for FrozenBlocks {
+    fn visit<V: ModuleVisitor>(&self, _: &mut V) {}
+
+    fn map<M: ModuleMapper>(self, _: &mut M) -> Self {
+        self
+    }
+
+    fn to_device(self, device: &Device) -> Self {
+        Self { device: device.clone(), ..self }
+    }
+
+    fn fork(self, device: &Device) -> Self {
+        self.to_device(device)
+    }
+
+    fn collect_devices(&self, devices: Devices) -> Devices {
+        devices
+    }
+
+    fn materialize(self) -> Self {
+        self
+    }
+
+    fn valid(&self) -> Self {
+        Self { device: self.device.clone().inner(), ..self.clone() }
+    }
+
+    fn train(self) -> Self {
+        self
+    }
+
+    /// The weights it stands for, so that trainable shares count a quantized base in full.
+    fn num_params(&self) -> usize {
+        self.matrix.rows * self.matrix.cols
+    }
+}
+
+impl ModuleDisplayDefault for FrozenBlocks {
+    fn content(&self, content: Content) -> Option<Content> {
+        content.add_single(&format!("{:?}", self.matrix)).optional()
+    }
+}
+
+impl ModuleDisplay for FrozenBlocks {}
