@@ -13,7 +13,8 @@
 //!   [`weights`]: model-weight I/O (safetensors, GGUF, the shared parameter reader); [`files`]:
 //!   atomic writes and JSON.
 //! - [`generate`]: text generation; [`interop`]: raw outputs for checks against other tools.
-//! - [`kernels`]: fused CPU kernels (GELU, SiLU, softmax) with their own backward passes.
+//! - [`kernels`]: fused CPU kernels (GELU, SiLU, softmax) with their own backward passes;
+//!   [`quantization`]: GGUF block-quantized matrices a frozen base weight may stay in.
 //! - [`validate`]: setting ranges; [`device`]: which device computes (`--device`, the GPU
 //!   backends' cargo features).
 //! - [`choice`]: closed sets of named values (`--pooling cls`); [`progress`]: progress bars a
@@ -38,6 +39,7 @@ pub mod layout;
 pub mod memory;
 pub mod models;
 pub mod progress;
+pub mod quantization;
 pub mod run;
 pub mod tasks;
 pub mod training;

@@ -8,10 +8,11 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use burn::prelude::*;
-use replora::adapters::Deltas;
+use replora::adapters::{Adaptable, Deltas};
 use replora::generate::{Sampling, generate};
 use replora::models::decoder::Decoder;
 use replora::models::llama::Llama;
+use replora::quantization::BlockFormat;
 use replora::weights::gguf::Gguf;
 use replora::weights::tensors;
 
@@ -144,6 +145,30 @@ fn full_model_logits_match_the_numpy_reference_and_greedy_decoding_says_paris() 
     let sampling = Sampling { max_new_tokens: 2, ..Sampling::default() };
     let out = generate(&decoder.model, &Deltas::none(), &prompt, &sampling, &device, &mut |_| {});
     assert_eq!(decoder.decode(&out).unwrap(), " Paris.");
+}
+
+/// The file's Q4_1 linears and Q8_0 embedding stay as stored (5 and 8.5 bits a weight, not
+/// 32) and give the logits of the model widened to f32 at load.
+#[test]
+fn stored_blocks_give_the_logits_of_the_dequantized_file() {
+    let path = gguf_path();
+    let device = Device::flex();
+    let gguf = Gguf::open(&path).unwrap();
+    let quantized = Llama::from_gguf(&gguf, &path, &device).unwrap().truncate_layers(2);
+    let config = replora::models::llama::LlamaConfig::from_value(gguf.llama_config().unwrap(), &path).unwrap();
+    let widened = Llama::from_tensors(config, &mut gguf.llama_tensors().unwrap(), &path, &device).unwrap().truncate_layers(2);
+    assert!(quantized.linears().iter().all(|l| l.weight.format() == Some(BlockFormat::Q4_1)));
+    let tokens = [504i64, 3575, 282, 4649, 314, 7042, 30, 216, 1];
+    let logits = |m: &Llama| -> Vec<f32> {
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(tokens.to_vec(), [1, tokens.len()]), &device);
+        m.logits(m.forward(ids, None, None, &Deltas::none())).into_data().try_into_vec_as().unwrap()
+    };
+    let diff = support::max_abs_diff(&logits(&quantized), &logits(&widened));
+    assert!(diff < 1e-3, "{diff}");
+    // 2 layers of Q4_1 linears (6 bits a weight in memory) and the Q8_0 tied head (10 bits, 28 M
+    // of the 35 M weights here), against their f32 copies: 0.29.
+    let ratio = quantized.decode_weight_bytes() as f64 / widened.decode_weight_bytes() as f64;
+    assert!((0.28..0.30).contains(&ratio), "the quantized model reads {ratio} of the f32 bytes");
 }
 
 #[test]

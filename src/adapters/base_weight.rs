@@ -8,7 +8,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 
 use crate::kernels;
-use crate::weights::quantized::{BlockFormat, QuantizedMatrix};
+use crate::quantization::{BlockFormat, QuantizedMatrix};
 
 /// A linear's base weight.
 #[derive(Module, Debug)]
@@ -88,15 +88,27 @@ impl BaseWeight {
         }
     }
 
-    /// The weight quantized to `format` (a frozen copy; already quantized weights stay as they are).
-    pub fn quantized(self, format: BlockFormat, what: &str) -> crate::Result<Self> {
-        let BaseWeight::Dense(w) = self else { return Ok(self) };
-        let dense = w.val();
-        let device = dense.device();
-        let [d_in, d_out] = dense.dims();
-        let values = dense.transpose().into_data().try_into_vec_as::<f32>().expect("float tensors convert to f32");
-        let matrix = QuantizedMatrix::quantize(format, d_out, d_in, &values, what)?;
-        Ok(BaseWeight::Quantized(FrozenBlocks::new(matrix, &device)))
+    /// The weight stored as `format` (quantized from its f32 values, frozen), or as f32 for
+    /// `None`; `what` names it in errors.
+    pub fn converted(self, format: Option<BlockFormat>, what: &str) -> crate::Result<Self> {
+        match (format, &self) {
+            (None, _) => Ok(self.widened()),
+            (Some(f), BaseWeight::Quantized(q)) if q.matrix.format == f => Ok(self),
+            (Some(f), _) => {
+                let device = self.device();
+                let (d_in, d_out) = (self.d_in(), self.d_out());
+                let values = self.dense().transpose().into_data().try_into_vec_as::<f32>().expect("float tensors convert to f32");
+                Ok(BaseWeight::Quantized(FrozenBlocks::new(QuantizedMatrix::quantize(f, d_out, d_in, &values, what)?, &device)))
+            }
+        }
+    }
+
+    /// Bytes a product reads from this weight.
+    pub fn stored_bytes(&self) -> usize {
+        match self {
+            BaseWeight::Dense(w) => w.shape().num_elements() * 4,
+            BaseWeight::Quantized(q) => q.matrix.size_bytes(),
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use super::sgemm::{Mat, matmul_serial};
 use super::{FlexOp, Kernel, contiguous, on_flex};
-use crate::weights::quantized::{BLOCK, BlockFormat, QuantizedMatrix};
+use crate::quantization::{BLOCK, BlockFormat, QuantizedMatrix};
 
 /// Up to this many rows use the widen-in-registers dot products; more go through `sgemm`.
 const FEW_ROWS: usize = 8;
@@ -143,7 +143,7 @@ pub fn product_w(dy: &[f32], rows: usize, w: &QuantizedMatrix) -> Vec<f32> {
 /// `dots[r] = x_r · W_o` for the `rows` rows of `x`.
 fn row_dots(w: &QuantizedMatrix, o: usize, x: &[f32], rows: usize, dots: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("f16c") {
+    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
         macro_rules! rows_of {
             ($($m:literal)*) => {
                 match rows {
@@ -169,36 +169,30 @@ mod avx512 {
     use super::{BLOCK, BlockFormat, QuantizedMatrix};
 
     /// The dots of weight row `o` with `M` rows of `x` (`M * w.cols` values at `x`): each
-    /// block widened to two vectors of 16 floats, then two fused multiply-adds per row.
+    /// block widened to two vectors of 16 floats, then two fused multiply-adds per row, into
+    /// two sums per row (one chain of dependent adds per sum would wait on its latency).
     ///
     /// # Safety
-    /// AVX-512F and F16C present; `x` valid for `M * w.cols` reads.
-    #[target_feature(enable = "avx512f,f16c,fma")]
+    /// AVX-512F and FMA present; `x` valid for `M * w.cols` reads.
+    #[target_feature(enable = "avx512f,fma")]
     pub(super) unsafe fn dots<const M: usize>(w: &QuantizedMatrix, o: usize, x: *const f32) -> [f32; M] {
-        let mut sums = [_mm512_setzero_ps(); M];
-        let size = w.format.block_bytes();
-        let blocks = w.blocks_per_row();
-        let row = &w.bytes()[o * blocks * size..(o + 1) * blocks * size];
-        let half = |at: usize| _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes([row[at], row[at + 1]]) as i32)));
+        let mut sums = [[_mm512_setzero_ps(); 2]; M];
+        let (codes, params) = w.row(o);
+        let code_bytes = w.format.code_bytes();
         let nibbles = _mm_set1_epi8(15);
-        for j in 0..blocks {
-            let at = j * size;
-            let d = _mm512_set1_ps(half(at));
-            // SAFETY: the codes lie inside this block (16 or 32 bytes after its header).
+        for (j, &[scale, offset]) in params.iter().enumerate() {
+            let (d, offset) = (_mm512_set1_ps(scale), _mm512_set1_ps(offset));
+            // SAFETY: block `j`'s codes are `code_bytes` bytes at `j * code_bytes` of the row's.
             let (lo, hi) = unsafe {
+                let q = codes.as_ptr().add(j * code_bytes);
                 match w.format {
                     BlockFormat::Q8_0 => {
-                        let q = row.as_ptr().add(at + 2);
                         let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.cast())));
                         let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.add(16).cast())));
                         (_mm512_mul_ps(lo, d), _mm512_mul_ps(hi, d))
                     }
                     BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
-                        let (codes, offset) = match w.format {
-                            BlockFormat::Q4_0 => (at + 2, _mm512_set1_ps(-8.0 * half(at))),
-                            _ => (at + 4, _mm512_set1_ps(half(at + 2))),
-                        };
-                        let q = _mm_loadu_si128(row.as_ptr().add(codes).cast());
+                        let q = _mm_loadu_si128(q.cast());
                         let lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(q, nibbles)));
                         let hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(q, 4), nibbles)));
                         (_mm512_fmadd_ps(lo, d, offset), _mm512_fmadd_ps(hi, d, offset))
@@ -209,12 +203,12 @@ mod avx512 {
                 // SAFETY: block `j` of row `r` of `x` is inside its `M * w.cols` values.
                 unsafe {
                     let xr = x.add(r * w.cols + j * BLOCK);
-                    *sum = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xr), *sum);
-                    *sum = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xr.add(16)), *sum);
+                    sum[0] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xr), sum[0]);
+                    sum[1] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xr.add(16)), sum[1]);
                 }
             }
         }
-        sums.map(|s| _mm512_reduce_add_ps(s))
+        sums.map(|[a, b]| _mm512_reduce_add_ps(_mm512_add_ps(a, b)))
     }
 }
 

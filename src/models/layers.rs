@@ -10,6 +10,7 @@ use burn::tensor::TensorData;
 use crate::adapters::{AdaptedLinear, BaseWeight, FrozenBlocks};
 use crate::error::Result;
 use crate::kernels;
+use crate::quantization::{BlockFormat, QuantizedMatrix};
 use crate::weights::Reader;
 
 /// The layers every architecture reads from a checkpoint, built from the [`Reader`]'s tensors.
@@ -126,6 +127,29 @@ impl TokenEmbedding {
         match self {
             TokenEmbedding::Quantized(_) => TokenEmbedding::Dense(Param::from_tensor(self.dense())),
             dense => dense,
+        }
+    }
+
+    /// The table stored as `format`, or as f32 for `None` ([`BaseWeight::converted`]).
+    pub fn converted(self, format: Option<BlockFormat>) -> Result<Self> {
+        let device = self.dense().device();
+        match (format, &self) {
+            (None, _) => Ok(self.widened()),
+            (Some(f), TokenEmbedding::Quantized(q)) if q.matrix.format == f => Ok(self),
+            (Some(f), _) => {
+                let [vocab, hidden] = self.dense().dims();
+                let values = self.dense().into_data().try_into_vec_as::<f32>().expect("float tensors convert to f32");
+                let matrix = QuantizedMatrix::quantize(f, vocab, hidden, &values, "the token embedding table")?;
+                Ok(TokenEmbedding::Quantized(FrozenBlocks::new(matrix, &device)))
+            }
+        }
+    }
+
+    /// Bytes the output head reads from this table per position.
+    pub fn stored_bytes(&self) -> usize {
+        match self {
+            TokenEmbedding::Dense(table) => table.shape().num_elements() * 4,
+            TokenEmbedding::Quantized(q) => q.matrix.size_bytes(),
         }
     }
 

@@ -19,6 +19,7 @@ use crate::adapters::{Adaptable, AdaptedLinear, BaseWeight, Deltas, FrozenBlocks
 use crate::error::{Error, Result};
 use crate::files::write_json;
 use crate::kernels;
+use crate::quantization::BlockFormat;
 use crate::weights::Reader;
 use crate::weights::gguf::Gguf;
 use crate::weights::tensors::{self, HostTensor};
@@ -250,6 +251,32 @@ impl Llama {
         };
         r.reject_extra_layers("model.layers.", c.num_hidden_layers)?;
         Ok(Self { embed_tokens: embed, layers, norm, lm_head: head, config })
+    }
+
+    /// Every base weight stored as `format` (quantized from its values), or as f32 for `None`:
+    /// the linears, the embedding table and an untied output head.
+    pub fn converted(self, format: Option<BlockFormat>) -> Result<Self> {
+        let mut failed = None;
+        let model = self.map_linears(&mut |mut l| {
+            let what = format!("weight {}", l.path);
+            match l.weight.clone().converted(format, &what) {
+                Ok(w) => l.weight = w,
+                Err(e) => failed = Some(e),
+            }
+            l
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let lm_head = model.lm_head.clone().map(|h| h.converted(format, "the output head")).transpose()?;
+        Ok(Self { embed_tokens: model.embed_tokens.clone().converted(format)?, lm_head, ..model })
+    }
+
+    /// Bytes of weights one generated token reads: every linear and the output head (the
+    /// embedding table when tied), as stored.
+    pub fn decode_weight_bytes(&self) -> usize {
+        let head = self.lm_head.as_ref().map_or_else(|| self.embed_tokens.stored_bytes(), BaseWeight::stored_bytes);
+        self.linears().iter().map(|l| l.weight.stored_bytes()).sum::<usize>() + head
     }
 
     /// Keeps only the first `n` layers (a cheap model slice for tests and quick checks).

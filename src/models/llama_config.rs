@@ -130,7 +130,9 @@ impl LlamaConfig {
         config.checked().map_err(|m| Error::format(path, m))
     }
 
-    pub(crate) fn from_value(value: serde_json::Value, source: &Path) -> Result<Self> {
+    /// The config from a `config.json` value (a file's or one built from GGUF metadata), checked;
+    /// `source` names errors.
+    pub fn from_value(value: serde_json::Value, source: &Path) -> Result<Self> {
         let config: Self = serde_json::from_value(value).map_err(|e| Error::format(source, format!("model config: {e}")))?;
         config.checked().map_err(|m| Error::format(source, m))
     }

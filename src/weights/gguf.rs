@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::HostTensor;
-use super::quantized::{BlockFormat, QuantizedMatrix};
 use crate::error::{Error, Result};
+use crate::quantization::{BlockFormat, QuantizedMatrix};
 
 /// A metadata value.
 #[derive(Clone, Debug, PartialEq)]

@@ -3,7 +3,6 @@
 
 pub mod gguf;
 pub mod onnx;
-pub mod quantized;
 pub mod reader;
 pub mod tensors;
 

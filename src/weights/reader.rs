@@ -8,9 +8,9 @@ use burn::module::Param;
 use burn::prelude::*;
 
 use super::HostTensor;
-use super::quantized::QuantizedMatrix;
 use super::tensors;
 use crate::error::{Error, Result};
+use crate::quantization::QuantizedMatrix;
 
 /// Takes named tensors out of a checkpoint into burn parameters.
 pub struct Reader<'a> {

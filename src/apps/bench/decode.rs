@@ -34,6 +34,9 @@ pub struct DecodeResult {
     pub prompt_tokens_per_s: f64,
     pub decode_tokens_per_s: f64,
     pub peak_rss_bytes: Option<u64>,
+    /// How the base weights were held (`--weights`), and the bytes of them each token reads.
+    pub weights: String,
+    pub weight_bytes: usize,
     pub model: serde_json::Value,
     pub versions: serde_json::Value,
 }
@@ -62,7 +65,12 @@ pub fn run(args: &BenchArgs) -> Result<DecodeResult> {
         return Err(Error::Config("--new-tokens must be at least 2 (the first token and one decoded after it)".into()));
     }
     let device = args.device.open()?;
-    let model = crate::models::decoder::Decoder::open(&args.model, &device)?.model;
+    let mut model = crate::models::decoder::Decoder::open(&args.model, &device)?.model;
+    model = match args.weights.as_str() {
+        "stored" => model,
+        "f32" => model.converted(None)?,
+        format => model.converted(Some(format.parse().map_err(Error::Config)?))?,
+    };
     let c = model.config.clone();
     if args.seq + args.new_tokens > c.max_position_embeddings {
         return Err(Error::Config(format!(
@@ -93,6 +101,8 @@ pub fn run(args: &BenchArgs) -> Result<DecodeResult> {
         prompt_tokens_per_s: (args.batch * args.seq) as f64 / ttft,
         decode_tokens_per_s: median(&decode),
         peak_rss_bytes: peak_rss_bytes(),
+        weights: args.weights.clone(),
+        weight_bytes: model.decode_weight_bytes(),
         model: serde_json::json!({"name": args.model, "layers": c.num_hidden_layers, "hidden": c.hidden_size, "vocab": c.vocab_size}),
         versions: super::versions(args),
     })

@@ -63,6 +63,10 @@ pub struct BenchArgs {
     /// Tokens generated per prompt with `--decode`.
     #[arg(long, default_value_t = 32)]
     pub new_tokens: usize,
+    /// The base weights with `--decode`: as the file stores them (`stored`), widened to `f32`,
+    /// or requantized (`q8_0`, `q4_0`, `q4_1`).
+    #[arg(long, default_value = "stored", value_parser = ["stored", "f32", "q8_0", "q4_0", "q4_1"])]
+    pub weights: String,
     #[command(flatten)]
     pub device: crate::apps::cli::DeviceArg,
 }

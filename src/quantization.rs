@@ -12,6 +12,11 @@
 //! In 4-bit blocks the low nibbles hold values 0..16 and the high nibbles values 16..32.
 //! Quantizing follows ggml's reference rounding, so a matrix quantized here and by llama.cpp
 //! from the same f32 values gets the same codes.
+//!
+//! In memory the codes are kept as stored and each block's f16 scale and offset (0, `-8d` or
+//! `m`) are widened to f32 beside them: 4 more bytes per block (Q4_1: 6 bits a weight instead
+//! of 5), so that a product broadcasts them from memory instead of converting two halves per
+//! block (which made the product compute-bound, at 2-5 GB/s).
 
 use half::f16;
 
@@ -50,11 +55,19 @@ impl BlockFormat {
         }
     }
 
-    /// Offset of the codes in a block (after the f16 scale, and Q4_1's f16 minimum).
+    /// Offset of the codes in a stored block (after the f16 scale, and Q4_1's f16 minimum).
     fn codes_at(self) -> usize {
         match self {
             BlockFormat::Q4_1 => 4,
             _ => 2,
+        }
+    }
+
+    /// Bytes of codes per block: 32 `i8`, or 16 bytes of nibbles.
+    pub fn code_bytes(self) -> usize {
+        match self {
+            BlockFormat::Q8_0 => 32,
+            _ => 16,
         }
     }
 }
@@ -82,20 +95,23 @@ pub struct QuantizedMatrix {
     pub format: BlockFormat,
     pub rows: usize,
     pub cols: usize,
-    data: Vec<u8>,
+    /// Every block's codes, blocks in row order.
+    codes: Vec<u8>,
+    /// Every block's `[scale, offset]`: value `scale * q + offset`.
+    params: Vec<[f32; 2]>,
 }
 
 impl std::fmt::Debug for QuantizedMatrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "QuantizedMatrix({} [{}, {}], {} bytes)", self.format, self.rows, self.cols, self.data.len())
+        write!(f, "QuantizedMatrix({} [{}, {}], {} bytes)", self.format, self.rows, self.cols, self.size_bytes())
     }
 }
 
-/// One block's f16 scale and minimum (0 for the symmetric formats) as f32, and its codes.
+/// One block: value `i` is `scale * q_i + offset` (`q_i` signed for Q8_0, a nibble for Q4).
 #[derive(Clone, Copy)]
 pub struct Block<'a> {
     pub scale: f32,
-    pub min: f32,
+    pub offset: f32,
     pub codes: &'a [u8],
 }
 
@@ -113,16 +129,26 @@ impl QuantizedMatrix {
         if data.len() != expected {
             return Err(Error::Config(format!("{what}: {} bytes of {format} data where [{rows}, {cols}] needs {expected}", data.len())));
         }
-        let m = Self { format, rows, cols, data };
-        // A NaN/Inf scale would only show up later as NaN outputs.
-        for i in 0..rows {
-            if let Some(b) = (0..m.blocks_per_row()).map(|j| m.block(i, j)).find(|b| !(b.scale.is_finite() && b.min.is_finite())) {
+        let (mut codes, mut params) =
+            (Vec::with_capacity(rows * cols / format.code_bytes().max(1)), Vec::with_capacity(rows * cols / BLOCK));
+        for (k, block) in data.chunks_exact(format.block_bytes()).enumerate() {
+            let scale = read_f16(&block[..2]);
+            let offset = match format {
+                BlockFormat::Q8_0 => 0.0,
+                BlockFormat::Q4_0 => -8.0 * scale,
+                BlockFormat::Q4_1 => read_f16(&block[2..4]),
+            };
+            // A NaN/Inf scale would only show up later as NaN outputs.
+            if !(scale.is_finite() && offset.is_finite()) {
+                let row = k / (cols / BLOCK);
                 return Err(Error::Config(format!(
-                    "{what}: row {i} has a non-finite block scale ({} / {}); the file is corrupt",
-                    b.scale, b.min
+                    "{what}: row {row} has a non-finite block scale ({scale} / {offset}); the file is corrupt"
                 )));
             }
+            codes.extend_from_slice(&block[format.codes_at()..]);
+            params.push([scale, offset]);
         }
+        let m = Self { format, rows, cols, codes, params };
         Ok(m)
     }
 
@@ -139,12 +165,18 @@ impl QuantizedMatrix {
         for block in values.chunks_exact(BLOCK) {
             quantize_block(format, block, &mut data);
         }
-        Ok(Self { format, rows, cols, data })
+        Self::from_blocks(format, rows, cols, data, what)
     }
 
-    /// The stored bytes.
-    pub fn bytes(&self) -> &[u8] {
-        &self.data
+    /// Bytes held in memory (and read by a product): codes and widened scales.
+    pub fn size_bytes(&self) -> usize {
+        self.codes.len() + self.params.len() * std::mem::size_of::<[f32; 2]>()
+    }
+
+    /// Row `i`'s codes and `[scale, offset]` pairs.
+    pub fn row(&self, i: usize) -> (&[u8], &[[f32; 2]]) {
+        let (blocks, code_bytes) = (self.blocks_per_row(), self.format.code_bytes());
+        (&self.codes[i * blocks * code_bytes..(i + 1) * blocks * code_bytes], &self.params[i * blocks..(i + 1) * blocks])
     }
 
     pub fn blocks_per_row(&self) -> usize {
@@ -154,11 +186,10 @@ impl QuantizedMatrix {
     /// Block `j` of row `i`.
     #[inline(always)]
     pub fn block(&self, i: usize, j: usize) -> Block<'_> {
-        let size = self.format.block_bytes();
-        let at = (i * self.blocks_per_row() + j) * size;
-        let b = &self.data[at..at + size];
-        let min = if self.format == BlockFormat::Q4_1 { read_f16(&b[2..4]) } else { 0.0 };
-        Block { scale: read_f16(&b[..2]), min, codes: &b[self.format.codes_at()..] }
+        let k = i * self.blocks_per_row() + j;
+        let size = self.format.code_bytes();
+        let [scale, offset] = self.params[k];
+        Block { scale, offset, codes: &self.codes[k * size..(k + 1) * size] }
     }
 
     /// Row `i` as f32 values into `out` (`cols` long).
@@ -168,11 +199,10 @@ impl QuantizedMatrix {
             match self.format {
                 BlockFormat::Q8_0 => out.iter_mut().zip(b.codes).for_each(|(o, &q)| *o = b.scale * q as i8 as f32),
                 BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
-                    let offset = if self.format == BlockFormat::Q4_0 { -8.0 * b.scale } else { b.min };
                     let (lo, hi) = out.split_at_mut(BLOCK / 2);
                     for ((lo, hi), &q) in lo.iter_mut().zip(hi).zip(b.codes) {
-                        *lo = b.scale * (q & 15) as f32 + offset;
-                        *hi = b.scale * (q >> 4) as f32 + offset;
+                        *lo = b.scale * (q & 15) as f32 + b.offset;
+                        *hi = b.scale * (q >> 4) as f32 + b.offset;
                     }
                 }
             }
@@ -191,9 +221,9 @@ impl QuantizedMatrix {
     /// The matrix with its rows reordered: row `i` of the result is row `order[i]` of this one.
     pub fn permute_rows(&self, order: &[usize]) -> Self {
         assert_eq!(order.len(), self.rows, "a row order of the wrong length");
-        let row_bytes = self.blocks_per_row() * self.format.block_bytes();
-        let data = order.iter().flat_map(|&i| &self.data[i * row_bytes..(i + 1) * row_bytes]).copied().collect();
-        Self { data, ..*self }
+        let codes = order.iter().flat_map(|&i| self.row(i).0).copied().collect();
+        let params = order.iter().flat_map(|&i| self.row(i).1).copied().collect();
+        Self { codes, params, ..*self }
     }
 }
 
@@ -246,7 +276,7 @@ mod tests {
         let x = values(rows * cols, 1);
         for format in BlockFormat::ALL {
             let q = QuantizedMatrix::quantize(format, rows, cols, &x, "test").unwrap();
-            assert_eq!(q.bytes().len(), rows * cols / BLOCK * format.block_bytes());
+            assert_eq!(q.size_bytes(), rows * cols / BLOCK * (format.code_bytes() + 8));
             let y = q.dequantize();
             for (b, (xb, yb)) in x.chunks(BLOCK).zip(y.chunks(BLOCK)).enumerate() {
                 let (lo, hi) = xb.iter().fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));

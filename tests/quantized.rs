@@ -1,0 +1,151 @@
+//! A decoder on a quantized base (Q8_0, Q4_0, Q4_1 blocks, as GGUF files store them) computes
+//! what the same decoder computes on the dequantized f32 weights: forward passes, adapter
+//! training (QLoRA's recipe), merging (which writes f32) and full fine-tuning (which widens).
+
+use std::path::Path;
+
+use burn::prelude::*;
+use replora::adapters::{Adaptable, AdapterConfig, BaseWeight, Deltas, Method, PeftModel, TargetModules};
+use replora::kernels::{Kernel, fused_calls};
+use replora::models::llama::{Llama, LlamaConfig};
+use replora::quantization::BlockFormat;
+use replora::tasks::choice_model::{CausalLm, LmBatch, LmSequence};
+use replora::tasks::tuning::Tuning;
+use replora::training::Objective;
+
+mod support;
+
+/// Widths that are whole blocks of 32 (as every quantized matrix needs).
+fn config() -> LlamaConfig {
+    serde_json::from_value(serde_json::json!({
+        "vocab_size": 64, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "max_position_embeddings": 64, "tie_word_embeddings": true, "eos_token_id": 2, "hidden_act": "silu",
+        "model_type": "llama",
+    }))
+    .unwrap()
+}
+
+/// The tiny decoder with every base weight quantized to `format`, and the same decoder with
+/// those weights dequantized to f32: the same values, held two ways.
+fn quantized_and_dequantized(format: BlockFormat, device: &Device) -> (Llama, Llama) {
+    let c = config();
+    let base = Llama::from_tensors(c.clone(), &mut support::llama_checkpoint(&c), Path::new("tiny"), device).unwrap();
+    let quantized = base.converted(Some(format)).unwrap();
+    let dequantized = quantized.clone().converted(None).unwrap();
+    (quantized, dequantized)
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_into_vec_as::<f32>().unwrap()
+}
+
+/// The largest difference relative to the largest magnitude of `b`.
+fn relative_diff(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    support::max_abs_diff(a, b) / scale
+}
+
+fn ids(device: &Device) -> Tensor<2, Int> {
+    let flat: Vec<i64> = vec![5, 17, 3, 29, 11, 8, 40, 63, 9, 4, 30, 2, 0, 1, 33, 50];
+    Tensor::from_data(TensorData::new(flat, [2, 8]), device)
+}
+
+#[test]
+fn a_quantized_base_gives_the_dequantized_logits_and_reads_fewer_bytes() {
+    let device = Device::flex();
+    for format in BlockFormat::ALL {
+        let (q, d) = quantized_and_dequantized(format, &device);
+        assert!(q.linears().iter().all(|l| l.weight.format() == Some(format)), "{format}: a linear is not quantized");
+        assert!(d.linears().iter().all(|l| l.weight.format().is_none()));
+        let before = fused_calls(Kernel::QuantizedLinear);
+        let ours = values(q.logits(q.forward(ids(&device), None, None, &Deltas::none())));
+        // 2 layers x 7 linears + the tied head.
+        assert_eq!(fused_calls(Kernel::QuantizedLinear) - before, 15, "{format}: the quantized products did not all run");
+        let reference = values(d.logits(d.forward(ids(&device), None, None, &Deltas::none())));
+        let diff = relative_diff(&ours, &reference);
+        assert!(diff < 1e-5, "{format}: logits differ by {diff} (relative)");
+        let ratio = q.decode_weight_bytes() as f64 / d.decode_weight_bytes() as f64;
+        let expected = (format.code_bytes() + 8) as f64 / 32.0 / 4.0; // codes and two f32 per block of 32
+        assert!((ratio - expected).abs() < 1e-9, "{format}: {ratio} of the f32 bytes, expected {expected}");
+    }
+}
+
+fn lora() -> AdapterConfig {
+    AdapterConfig {
+        method: Method::Lora.defaults(),
+        r: 4,
+        target_modules: TargetModules::Names(vec!["q_proj".into(), "v_proj".into(), "down_proj".into()]),
+        seed: 3,
+        ..Default::default()
+    }
+}
+
+fn batch() -> LmBatch {
+    let a = LmSequence { tokens: vec![5, 17, 3, 29, 11, 8], answer_start: 4 };
+    let b = LmSequence { tokens: vec![9, 4, 30, 2], answer_start: 3 };
+    LmBatch::pad(&[&a, &b], 0)
+}
+
+/// Eight AdamW steps of LoRA: the loss at each step and the trained model.
+fn train(base: Llama, device: &Device) -> (Vec<f32>, CausalLm) {
+    let mut model = CausalLm { decoder: PeftModel::new(base, &lora()).unwrap() };
+    let mut optim = burn::optim::AdamWConfig::new().init();
+    let mut losses = vec![];
+    for _ in 0..8 {
+        let loss = model.loss(&batch(), device);
+        losses.push(values(loss.clone())[0]);
+        let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-2, model, grads);
+    }
+    (losses, model)
+}
+
+#[test]
+fn lora_on_a_quantized_base_trains_as_on_the_dequantized_base() {
+    let device = Device::flex().autodiff();
+    for format in [BlockFormat::Q4_1, BlockFormat::Q8_0] {
+        let (q, d) = quantized_and_dequantized(format, &device);
+        let before = fused_calls(Kernel::QuantizedLinear);
+        let (q_losses, q_model) = train(q, &device);
+        assert!(fused_calls(Kernel::QuantizedLinear) > before, "{format}: training did not run the quantized products");
+        let (d_losses, d_model) = train(d, &device);
+        assert!(q_losses[7] < q_losses[0] - 0.05, "{format}: LoRA did not learn on the quantized base: {q_losses:?}");
+        let diff = relative_diff(&q_losses, &d_losses);
+        assert!(diff < 1e-4, "{format}: losses {q_losses:?} vs {d_losses:?}");
+        // The trained adapters agree too (the base's gradient reached them the same way).
+        let adapter = |m: &CausalLm| values(m.decoder.adapters.deltas(false).get("model.layers.1.mlp.down_proj").unwrap().b.clone());
+        let diff = relative_diff(&adapter(&q_model), &adapter(&d_model));
+        assert!(diff < 1e-3, "{format}: trained B differs by {diff} (relative)");
+        // The base stayed quantized and frozen.
+        assert!(q_model.decoder.model.linears().iter().all(|l| l.weight.format() == Some(format) && !l.weight.is_require_grad()));
+    }
+}
+
+#[test]
+fn merging_into_a_quantized_base_writes_f32_weights_with_the_same_outputs() {
+    let device = Device::flex().autodiff();
+    let (q, _) = quantized_and_dequantized(BlockFormat::Q4_0, &device);
+    let (_, trained) = train(q, &device);
+    let peft = trained.decoder;
+    let logits = |p: &PeftModel<Llama>| {
+        let m = &p.model;
+        values(m.logits(m.forward(ids(&device), None, None, &p.deltas())).detach())
+    };
+    let unmerged = logits(&peft);
+    let merged = peft.merge().unwrap();
+    let merged_paths: Vec<&str> = merged.model.linears().iter().filter(|l| l.weight.format().is_none()).map(|l| l.path.as_str()).collect();
+    assert_eq!(merged_paths.len(), 6, "the 6 adapted linears become f32: {merged_paths:?}");
+    let diff = relative_diff(&logits(&merged), &unmerged);
+    assert!(diff < 1e-5, "merged logits differ by {diff}");
+}
+
+#[test]
+fn full_fine_tuning_widens_a_quantized_base_to_trainable_f32() {
+    let device = Device::flex().autodiff();
+    let (q, d) = quantized_and_dequantized(BlockFormat::Q8_0, &device);
+    let full = Tuning::Full.wrap(q).unwrap();
+    assert!(full.model.linears().iter().all(|l| matches!(l.weight, BaseWeight::Dense(_)) && l.weight.is_require_grad()));
+    let widened = values(full.model.embed_tokens.dense());
+    assert_eq!(widened, values(d.embed_tokens.dense()), "the embedding table widens to the same values");
+}
