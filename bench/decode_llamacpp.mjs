@@ -29,16 +29,21 @@ const require = createRequire(join(here, "llamacpp", "package.json"));
 const { getLlama, LlamaLogLevel } = await import(require.resolve("node-llama-cpp"));
 const nodeLlamaCppVersion = JSON.parse(readFileSync(join(modules, "node-llama-cpp", "package.json"), "utf8")).version;
 
-const { values: opts } = parseArgs({
-  options: {
-    gguf: { type: "string" },
-    batch: { type: "string", default: "1" },
-    seq: { type: "string", default: "128" },
-    "new-tokens": { type: "string", default: "32" },
-    steps: { type: "string", default: "3" },
-    threads: { type: "string", default: "2" },
-  },
-});
+let opts;
+try {
+  ({ values: opts } = parseArgs({
+    options: {
+      gguf: { type: "string" },
+      batch: { type: "string", default: "1" },
+      seq: { type: "string", default: "128" },
+      "new-tokens": { type: "string", default: "32" },
+      steps: { type: "string", default: "3" },
+      threads: { type: "string", default: "2" },
+    },
+  }));
+} catch (err) {
+  fail(`${err.message} (see the header of bench/decode_llamacpp.mjs)`);
+}
 const count = (name, min) => {
   const v = Number(opts[name]);
   if (!Number.isInteger(v) || v < min) fail(`--${name} must be an integer >= ${min}, not ${opts[name]}`);
@@ -120,7 +125,7 @@ console.log(JSON.stringify({
   batch,
   prompt_tokens: seq,
   new_tokens: newTokens,
-  threads: context.currentThreads || threads,
+  threads,
   rounds: steps,
   time_to_first_token_s: first,
   prompt_tokens_per_s: (batch * seq) / first,
