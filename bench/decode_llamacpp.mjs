@@ -8,9 +8,9 @@
 // `--batch` prompts of `--seq` token ids uniform in [1000, vocab) (seeded, no padding) are the
 // `--batch` sequences of one llama.cpp context, evaluated concurrently: node-llama-cpp queues
 // each sequence's tokens and decodes what is queued in one llama_decode batch (all prompts in
-// one batch, then one token of every sequence per step). Greedy (a
-// temperature of 0 is llama.cpp's greedy sampler: argmax, no repetition penalty), exactly
-// `--new-tokens` tokens (end-of-generation tokens do not stop it). One warm-up generation of 2
+// one batch, then, the sequences stepping in lockstep, one token of every sequence per step).
+// Greedy (a temperature of 0 is llama.cpp's greedy sampler: argmax, no repetition penalty),
+// exactly `--new-tokens` tokens (end-of-generation tokens do not stop it). One warm-up generation of 2
 // tokens, then `--steps` timed ones, as replora times its own: time to first token is prompt
 // processing + the first token of every sequence; decoding speed counts the tokens after the
 // first: batch * (new_tokens - 1) / (total - first). Prints one JSON line with the keys
