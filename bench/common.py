@@ -48,12 +48,14 @@ def emit(lines, report, append_md=None, append_jsonl=None):
             f.write(json.dumps(report) + "\n")
 
 
-def read_runs():
-    """The command line every report takes (RESULTS_JSONL [--append-md F] [--append-jsonl F])
-    and the result lines in that file."""
+def read_runs(add_arguments=None):
+    """The command line every report takes (RESULTS_JSONL [--append-md F] [--append-jsonl F],
+    and what `add_arguments(parser)` adds) and the result lines in that file."""
     p = argparse.ArgumentParser()
     p.add_argument("results")
     p.add_argument("--append-md")
     p.add_argument("--append-jsonl")
+    if add_arguments:
+        add_arguments(p)
     args = p.parse_args()
     return args, [json.loads(line) for line in open(args.results) if line.strip().startswith("{")]
