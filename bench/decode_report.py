@@ -112,6 +112,7 @@ report = {
     "versions": {side: next((r["versions"] for r in decodes if r["side"] == side), {}) for side in sides},
     "git": git_commit(),
     "replora_git": os.environ.get("REPLORA_GIT") or git_commit(),
+    "replora_weights": first.get("quantize", "none"),
     "read_gb_per_s": bandwidth,
     "weight_bytes": weights,
     "batches": {b: {side: summary(side, b) for side in sides} for b in sorted({r["batch"] for r in decodes})},
@@ -132,7 +133,7 @@ lines = [
     f"{job['new_tokens']} new tokens (greedy, KV cache), {job['threads']} threads, against {name}",
     "",
     f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, {report['machine']['memory_gib']} GiB. "
-    f"replora {v['replora'].get('replora')} (git {report['replora_git']}, f32); {peer_versions}. "
+    f"replora {v['replora'].get('replora')} (git {report['replora_git']}, --quantize {report['replora_weights']}); {peer_versions}. "
     f"Medians over rounds; ratio = replora's speed / {name}'s. {floor_note}",
     "",
     f"| batch | first token s replora / {name} | ratio | prompt tok/s replora / {name} | decode tok/s replora / {name} | ratio "

@@ -239,3 +239,37 @@ fn a_prefix_run_generates_exports_peft_prefix_tuning_and_refuses_merge() {
     ]);
     assert!(!o.status.success() && stderr(&o).contains("shorten --max-len or --prefix-length"), "{}", stderr(&o));
 }
+
+/// `--quantize` chooses how the frozen base is held, `run.json` keeps the choice, and a reopened
+/// run holds its base the same way: `eval --run` gives the test loss the training run reported.
+#[test]
+fn quantize_chooses_the_base_weights_and_a_run_keeps_the_choice() {
+    let zero_shot_loss = |quantize: &str| {
+        let o = replora(&[&["eval-lm", "--keep-layers", "1", "--quantize", quantize][..], DATA].concat());
+        assert!(o.status.success(), "eval-lm --quantize {quantize} failed: {}", stderr(&o));
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let json: serde_json::Value = serde_json::from_str(&text[text.find("\n{").expect("metrics JSON")..]).unwrap();
+        json["loss"].as_f64().unwrap()
+    };
+    let (stored, widened, q4_0) = (zero_shot_loss("stored"), zero_shot_loss("none"), zero_shot_loss("q4_0"));
+    assert!((stored - widened).abs() < 1e-4, "the stored Q4_1 blocks and their f32 widening differ: {stored} vs {widened}");
+    assert!((stored - q4_0).abs() > 1e-3, "requantizing to Q4_0 changed nothing: {stored} vs {q4_0}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let out_s = out.to_str().unwrap();
+    let train = ["train-lm", "--method", "lora", "--keep-layers", "1", "--quantize", "q8_0", "--out", out_s];
+    let o = replora(&[&train[..], DATA].concat());
+    assert!(o.status.success(), "train-lm --quantize q8_0 failed: {}", stderr(&o));
+    let spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(spec.to_string().matches("\"quantize\":\"q8_0\"").count(), 1, "run.json: {spec}");
+    let o = replora(&["eval-lm", "--run", out_s]);
+    assert!(o.status.success(), "eval-lm --run failed: {}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let json: serde_json::Value = serde_json::from_str(&text[text.find("\n{").expect("metrics JSON")..]).unwrap();
+    let (reopened, trained) = (json["loss"].as_f64().unwrap(), summary(&out).test.loss);
+    assert!((reopened - trained).abs() < 1e-6, "the reopened run's test loss {reopened} is not the run's {trained}");
+
+    let o = replora(&["train", "--model", "minilm", "--quantize", "q8_0", "--out", dir.path().join("c").to_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).contains("--quantize"), "a classification run took --quantize: {}", stderr(&o));
+}

@@ -10,6 +10,46 @@ use burn::tensor::TensorData;
 use crate::kernels;
 use crate::quantization::{BlockFormat, QuantizedMatrix};
 
+crate::choice_enum! {
+    /// How a model's frozen base weights are held (`--quantize`).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Quantize: "quantization" {
+        /// As the file stores them: GGUF blocks stay quantized, other weights are f32.
+        Stored => "stored",
+        /// Every weight widened to f32.
+        None => "none",
+        /// 8-bit blocks of 32 with an f16 scale (8.5 bits per weight).
+        Q8_0 => "q8_0",
+        /// 4-bit blocks of 32 with an f16 scale (4.5 bits per weight).
+        Q4_0 => "q4_0",
+        /// 4-bit blocks of 32 with an f16 scale and minimum (5 bits per weight).
+        Q4_1 => "q4_1",
+    }
+}
+
+// Not derived: `choice_enum!` takes only doc comments on variants, not `#[default]`.
+#[allow(clippy::derivable_impls)]
+impl Default for Quantize {
+    fn default() -> Self {
+        Quantize::Stored
+    }
+}
+
+impl Quantize {
+    /// What [`BaseWeight::converted`] is asked for: `None` leaves weights as stored,
+    /// `Some(None)` widens them to f32, `Some(Some(f))` puts them in blocks of `f`.
+    pub fn target(self) -> Option<Option<BlockFormat>> {
+        match self {
+            Quantize::Stored => None,
+            Quantize::None => Some(None),
+            Quantize::Q8_0 => Some(Some(BlockFormat::Q8_0)),
+            Quantize::Q4_0 => Some(Some(BlockFormat::Q4_0)),
+            Quantize::Q4_1 => Some(Some(BlockFormat::Q4_1)),
+        }
+    }
+}
+
 /// A linear's base weight.
 #[derive(Module, Debug)]
 pub enum BaseWeight {

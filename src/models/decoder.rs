@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 
 use super::llama::{Llama, find_gguf};
+use crate::adapters::base_weight::Quantize;
 use crate::error::{Error, Result};
 use crate::weights::gguf::Gguf;
 
@@ -28,6 +29,12 @@ impl Decoder {
             decoder.model = decoder.model.truncate_layers(n);
         }
         Ok(decoder)
+    }
+
+    /// The decoder with its frozen weights held as `quantize` says (`--quantize`).
+    pub fn quantized(mut self, quantize: Quantize) -> Result<Self> {
+        self.model = self.model.quantized(quantize)?;
+        Ok(self)
     }
 
     /// Opens an asset name (`smollm2`), a `.gguf` file, a directory holding one, or a Hugging

@@ -15,6 +15,7 @@ use burn::prelude::*;
 
 use super::layers::{ReadLayers, RmsNorm, TokenEmbedding, attention};
 pub use super::llama_config::{LlamaConfig, Variant};
+use crate::adapters::base_weight::Quantize;
 use crate::adapters::{Adaptable, AdaptedLinear, BaseWeight, Deltas, FrozenBlocks};
 use crate::error::{Error, Result};
 use crate::files::write_json;
@@ -270,6 +271,14 @@ impl Llama {
         }
         let lm_head = model.lm_head.clone().map(|h| h.converted(format, "the output head")).transpose()?;
         Ok(Self { embed_tokens: model.embed_tokens.clone().converted(format)?, lm_head, ..model })
+    }
+
+    /// The model with its frozen weights held as `quantize` says (`--quantize`).
+    pub fn quantized(self, quantize: Quantize) -> Result<Self> {
+        match quantize.target() {
+            None => Ok(self),
+            Some(format) => self.converted(format),
+        }
     }
 
     /// Bytes of weights one generated token reads: every linear and the output head (the

@@ -14,6 +14,7 @@ use super::choice_model::{
     CausalLm, ChoiceItems, LmBatch, LmSequence, choice_items, evaluate, length_grouped_batches, score, training_sequences,
 };
 use super::{SubtaskScore, Task, TaskKind, TestScores, Tuning};
+use crate::adapters::base_weight::Quantize;
 use crate::adapters::{AdapterConfig, AdapterSet, PeftModel};
 use crate::data::bigbench::{ChoiceExample, read_choices};
 use crate::error::{Error, Result};
@@ -44,6 +45,9 @@ pub struct MultipleChoiceSpec {
     pub max_len: usize,
     /// Keep only the first N decoder layers (quick runs); none: all.
     pub keep_layers: Option<usize>,
+    /// How the decoder's frozen weights are held (`--quantize`).
+    #[serde(default)]
+    pub quantize: Quantize,
     /// Also generate each test answer greedily and report exact match.
     pub exact_match: bool,
     /// Share of each task's training questions used (sample-efficiency runs).
@@ -64,6 +68,7 @@ impl Default for MultipleChoiceSpec {
             sizes: [256, 32, 100],
             max_len: 128,
             keep_layers: None,
+            quantize: Quantize::Stored,
             exact_match: true,
             train_fraction: 1.0,
             tuning: Tuning::Adapter(AdapterConfig {
@@ -183,7 +188,7 @@ impl Task for MultipleChoice {
     type Data = ChoiceData;
 
     fn open(spec: MultipleChoiceSpec, device: &Device) -> Result<Self> {
-        let decoder = Decoder::open_keeping(&spec.model, spec.keep_layers, device)?;
+        let decoder = Decoder::open_keeping(&spec.model, spec.keep_layers, device)?.quantized(spec.quantize)?;
         decoder.model.check_fits(spec.max_len, spec.tuning.layers())?;
         let p = spec.tuning.adapter().map_or(0, |a| a.method.virtual_tokens());
         if p > 0 {

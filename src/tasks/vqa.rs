@@ -15,6 +15,7 @@ use serde_json::json;
 use super::choice_model::length_grouped_order;
 use super::vqa_model::{VqaBatch, VqaItem, VqaModel, answer_scores, prompt_tokens, with_answer};
 use super::{Role, Task, TaskKind, TaskSpec, TestScores, Tuning};
+use crate::adapters::base_weight::Quantize;
 use crate::adapters::{AdapterConfig, PeftModel};
 use crate::data::images::load_image;
 use crate::data::vqa::{self, VqaOptions, VqaSet, VqaSplits};
@@ -56,6 +57,9 @@ pub struct VqaSpec {
     pub max_len: usize,
     /// Keep only the first N decoder layers (quick runs); none: all.
     pub keep_layers: Option<usize>,
+    /// How the decoder's frozen weights are held (`--quantize`).
+    #[serde(default)]
+    pub quantize: Quantize,
     /// Also generate each test answer greedily and report exact match.
     pub exact_match: bool,
     pub train_fraction: f64,
@@ -79,6 +83,7 @@ impl Default for VqaSpec {
             split_seed: None,
             max_len: 48,
             keep_layers: None,
+            quantize: Quantize::Stored,
             exact_match: true,
             train_fraction: 1.0,
             tuning: Tuning::Adapter(AdapterConfig {
@@ -266,7 +271,7 @@ impl Task for Vqa {
         let vit = Dinov2::load(&crate::models::resolve(&spec.vision_model)?, "", &device.clone().inner())?;
         let vit = vit.with_image_size(spec.image_size)?;
         vision_language::check_grid(&vit, spec.visual_grid)?;
-        let decoder = Decoder::open_keeping(&spec.model, spec.keep_layers, device)?;
+        let decoder = Decoder::open_keeping(&spec.model, spec.keep_layers, device)?.quantized(spec.quantize)?;
         let p = spec.tuning.adapter().map_or(0, |a| a.method.virtual_tokens());
         let positions = vision_language::visual_tokens(spec.visual_grid) + spec.max_len + p;
         if positions > decoder.model.max_positions() {

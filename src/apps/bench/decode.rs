@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use super::{BenchArgs, median};
 use crate::adapters::Deltas;
+use crate::adapters::base_weight::Quantize;
 use crate::error::{Error, Result};
 use crate::models::llama::{KvCache, Llama};
 use crate::training::trainer::peak_rss_bytes;
@@ -34,8 +35,8 @@ pub struct DecodeResult {
     pub prompt_tokens_per_s: f64,
     pub decode_tokens_per_s: f64,
     pub peak_rss_bytes: Option<u64>,
-    /// How the base weights were held (`--weights`), and the bytes of them each token reads.
-    pub weights: String,
+    /// How the frozen weights were held (`--quantize`), and the bytes of them each token reads.
+    pub quantize: Quantize,
     pub weight_bytes: usize,
     pub model: serde_json::Value,
     pub versions: serde_json::Value,
@@ -66,11 +67,7 @@ pub fn run(args: &BenchArgs) -> Result<DecodeResult> {
     }
     let device = args.device.open()?;
     let mut model = crate::models::decoder::Decoder::open(&args.model, &device)?.model;
-    model = match args.weights.as_str() {
-        "stored" => model,
-        "f32" => model.converted(None)?,
-        format => model.converted(Some(format.parse().map_err(Error::Config)?))?,
-    };
+    model = model.quantized(args.quantize)?;
     let c = model.config.clone();
     if args.seq + args.new_tokens > c.max_position_embeddings {
         return Err(Error::Config(format!(
@@ -101,7 +98,7 @@ pub fn run(args: &BenchArgs) -> Result<DecodeResult> {
         prompt_tokens_per_s: (args.batch * args.seq) as f64 / ttft,
         decode_tokens_per_s: median(&decode),
         peak_rss_bytes: peak_rss_bytes(),
-        weights: args.weights.clone(),
+        quantize: args.quantize,
         weight_bytes: model.decode_weight_bytes(),
         model: serde_json::json!({"name": args.model, "layers": c.num_hidden_layers, "hidden": c.hidden_size, "vocab": c.vocab_size}),
         versions: super::versions(args),

@@ -21,6 +21,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use crate::adapters::base_weight::Quantize;
 use crate::adapters::{AdapterConfig, Method, PeftModel, TargetModules};
 use crate::data::Batch;
 use crate::error::Result;
@@ -63,10 +64,10 @@ pub struct BenchArgs {
     /// Tokens generated per prompt with `--decode`.
     #[arg(long, default_value_t = 32)]
     pub new_tokens: usize,
-    /// The base weights with `--decode`: as the file stores them (`stored`), widened to `f32`,
-    /// or requantized (`q8_0`, `q4_0`, `q4_1`).
-    #[arg(long, default_value = "stored", value_parser = ["stored", "f32", "q8_0", "q4_0", "q4_1"])]
-    pub weights: String,
+    /// How a decoder's frozen weights are held: as the file stores them, widened to f32
+    /// (`none`), or quantized to 8 or 4 bits
+    #[arg(long, default_value = "stored", value_parser = crate::apps::cli::choice::<Quantize>())]
+    pub quantize: Quantize,
     #[command(flatten)]
     pub device: crate::apps::cli::DeviceArg,
 }
@@ -277,7 +278,7 @@ fn run_encoder(args: &BenchArgs, device: &Device) -> Result<BenchResult> {
 fn run_decoder(args: &BenchArgs, device: &Device) -> Result<BenchResult> {
     let started = Instant::now();
     let device = device.clone().autodiff();
-    let llama = crate::models::decoder::Decoder::open(&args.model, &device)?.model;
+    let llama = crate::models::decoder::Decoder::open(&args.model, &device)?.quantized(args.quantize)?.model;
     let c = llama.config.clone();
     let model = CausalLm { decoder: adapt(llama, args)? };
     let mut rng = StdRng::seed_from_u64(0);
@@ -302,7 +303,7 @@ fn run_decoder(args: &BenchArgs, device: &Device) -> Result<BenchResult> {
     let description = serde_json::json!({
         "name": args.model, "kind": "decoder", "layers": c.num_hidden_layers, "hidden": c.hidden_size,
         "intermediate": c.intermediate_size, "heads": c.num_attention_heads, "kv_heads": c.kv_heads(), "vocab": c.vocab_size,
-        "answer_tokens": answer,
+        "answer_tokens": answer, "quantize": args.quantize,
     });
     Ok(result(args, trainable, first, times, (infer_base, infer_merged), description, &inner))
 }

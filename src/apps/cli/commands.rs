@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 
+use super::generate::DecoderSource;
 use super::{Command, RunArgs, SpecFromArgs, check_method_list};
 use crate::adapters::{AdapterConfig, Method, MethodConfig, TargetModules, closed_form, select_targets};
 use crate::data::Format;
@@ -74,11 +75,14 @@ pub fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Info { model, rank, targets } => info(&model, rank, targets),
-        Command::Generate { model, run, image, prompt, chat, max_new_tokens, temperature, top_p, seed, device } => {
+        Command::Generate { model, quantize, run, image, prompt, chat, max_new_tokens, temperature, top_p, seed, device } => {
             let device = device.open()?;
             let sampling = crate::generate::Sampling { max_new_tokens, temperature, top_p, seed, stop: vec![] };
-            let model = model.as_deref().unwrap_or("smollm2");
-            super::generate::generate_cli(model, run.as_deref(), image.as_deref(), &prompt, chat, sampling, &device)
+            let source = match &run {
+                Some(dir) => DecoderSource::Run(dir),
+                None => DecoderSource::Model { name: model.as_deref().unwrap_or("smollm2"), quantize: quantize.unwrap_or_default() },
+            };
+            super::generate::generate_cli(source, image.as_deref(), &prompt, chat, sampling, &device)
         }
         Command::Bench(args) => {
             let line = if args.decode {

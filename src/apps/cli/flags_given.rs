@@ -58,6 +58,7 @@ impl ChoiceArgs {
             (self.validation_per_task.is_some(), "--validation-per-task"),
             (self.test_per_task.is_some(), "--test-per-task"),
             (self.keep_layers.is_some(), "--keep-layers"),
+            (self.quantize.is_some(), "--quantize"),
             (self.no_exact_match, "--no-exact-match"),
         ])
     }

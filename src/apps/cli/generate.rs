@@ -8,15 +8,23 @@ use std::time::Instant;
 use burn::prelude::*;
 
 use crate::adapters::Deltas;
+use crate::adapters::base_weight::Quantize;
 use crate::error::{Error, Result};
 use crate::generate::{Sampling, generate, generate_after};
 use crate::models::decoder::Decoder;
 use crate::tasks::{MultipleChoice, Role, TaskKind, Vqa};
 
+/// Which decoder continues the prompt.
+pub enum DecoderSource<'a> {
+    /// A pre-trained decoder (`--model`) with its frozen weights held as `--quantize` says.
+    Model { name: &'a str, quantize: Quantize },
+    /// A multiple-choice run's adapted decoder, or a vqa run's (`--run`).
+    Run(&'a Path),
+}
+
 /// Streams the continuation of `prompt`, computed on `device`, to stdout.
 pub fn generate_cli(
-    model: &str,
-    run: Option<&Path>,
+    source: DecoderSource,
     image: Option<&Path>,
     prompt: &str,
     chat: bool,
@@ -24,12 +32,16 @@ pub fn generate_cli(
     device: &Device,
 ) -> Result<()> {
     sampling.validate()?;
+    let run = match source {
+        DecoderSource::Run(dir) => Some(dir),
+        DecoderSource::Model { .. } => None,
+    };
     if let Some(image) = image {
         let run = run.ok_or_else(|| Error::Config("--image needs --run: a vqa run answers questions about images".into()))?;
         return answer_about_image(run, image, prompt, sampling, device);
     }
-    let (decoder, deltas) = match run {
-        Some(dir) => {
+    let (decoder, deltas) = match source {
+        DecoderSource::Run(dir) => {
             let kind = crate::run::kind_of(dir)?;
             if kind == TaskKind::Vqa {
                 let d = dir.display();
@@ -43,7 +55,7 @@ pub fn generate_cli(
             let deltas = model.decoder.deltas();
             (task.decoder, deltas)
         }
-        None => (Decoder::open(model, device)?, Deltas::none()),
+        DecoderSource::Model { name, quantize } => (Decoder::open(name, device)?.quantized(quantize)?, Deltas::none()),
     };
     let text = if chat { decoder.chat_prompt(prompt)? } else { prompt.to_string() };
     let ids = decoder.encode(&text)?;

@@ -18,7 +18,7 @@ use crate::device::DeviceSpec;
 
 pub use config_file::expand_config_file;
 pub use flags_given::check_method_list;
-pub use spec_args::{ChoiceArgs, ClassificationArgs, MethodArgs, RunArgs, SpecFromArgs, TrainArgs, method_names};
+pub use spec_args::{ChoiceArgs, ClassificationArgs, MethodArgs, RunArgs, SpecFromArgs, TrainArgs, choice, method_names};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -190,6 +190,10 @@ pub enum Command {
         /// model is used) [default: smollm2]
         #[arg(long, conflicts_with = "run")]
         model: Option<String>,
+        /// How --model's frozen weights are held: as the file stores them (a GGUF's blocks stay
+        /// quantized), widened to f32 (`none`), or quantized to 8 or 4 bits [default: stored]
+        #[arg(long, conflicts_with = "run", value_parser = spec_args::choice::<crate::adapters::base_weight::Quantize>())]
+        quantize: Option<crate::adapters::base_weight::Quantize>,
         /// A multiple-choice `train` run whose adapter is applied, or a vqa run (with --image).
         #[arg(long)]
         run: Option<PathBuf>,

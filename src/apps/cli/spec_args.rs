@@ -8,6 +8,7 @@ use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use super::flags_given::refuse_for_task;
 pub use super::video_args::VideoArgs;
 pub use super::vqa_args::VqaArgs;
+use crate::adapters::base_weight::Quantize;
 use crate::adapters::{
     Activation, AdapterConfig, BottleneckConfig, Houlsby, LoraInit, Method, OutputScale, PrefixConfig, PrefixTuning, RepLora,
     RepLoraConfig, SeedInit, SeedKind, TargetModules,
@@ -36,7 +37,7 @@ pub(super) fn number(range: Range) -> impl Fn(&str) -> std::result::Result<f64, 
 
 /// A clap value parser for a [`Choice`]: its names are the possible values (each with its doc
 /// comment as help in `--help`), read by its `FromStr`.
-pub(super) fn choice<T: Choice + Send + Sync>() -> impl TypedValueParser<Value = T> {
+pub fn choice<T: Choice + Send + Sync>() -> impl TypedValueParser<Value = T> {
     let values = T::ALL.iter().map(|v| {
         let value = PossibleValue::new(v.name());
         match v.help() {
@@ -159,6 +160,11 @@ pub struct ChoiceArgs {
     /// Keep only the first N decoder layers (quick checks; not the real model)
     #[arg(long, value_parser = count, help_heading = "Multiple choice")]
     pub keep_layers: Option<usize>,
+    /// How the decoder's frozen weights are held: as the file stores them (a GGUF's 4- or 8-bit
+    /// blocks stay quantized), widened to f32 (`none`), or quantized to 8 or 4 bits; adapters
+    /// train on them as QLoRA does [default: stored]
+    #[arg(long, value_parser = choice::<Quantize>(), help_heading = "Multiple choice")]
+    pub quantize: Option<Quantize>,
     /// Skip generating the test answers (exact match), which costs a pass per token
     #[arg(long, help_heading = "Multiple choice")]
     pub no_exact_match: bool,
@@ -515,6 +521,7 @@ impl RunArgs {
             sizes: [c.train_per_task.unwrap_or(n_train), c.validation_per_task.unwrap_or(n_val), c.test_per_task.unwrap_or(n_test)],
             max_len: self.max_len.unwrap_or(d.max_len),
             keep_layers: c.keep_layers,
+            quantize: c.quantize.unwrap_or(d.quantize),
             exact_match: !c.no_exact_match,
             train_fraction: self.train_fraction.unwrap_or(d.train_fraction),
             tuning,
