@@ -123,8 +123,12 @@ fn flag_value(v: &toml::Value) -> String {
 
 /// The spec as a cell's identity: a method's own settings (RepLoRA's generators, the
 /// bottleneck's width) are left out of other methods' specs, which ignore them, so a changed
-/// RepLoRA default does not rerun LoRA cells (nor does a new method's setting rerun any).
+/// RepLoRA default does not rerun LoRA cells (nor does a new method's setting rerun any). A
+/// decoder's base held as stored is left out too: cells from before `--quantize` keep their names.
 fn spec_key(mut spec: serde_json::Value) -> String {
+    if let Some(fields) = spec.as_object_mut().filter(|s| s.get("quantize").is_some_and(|q| q == "stored")) {
+        fields.remove("quantize");
+    }
     if let Some(adapter) = spec.get_mut("adapter").and_then(|a| a.as_object_mut()) {
         let method = adapter.get("method").and_then(|m| m.as_str()).unwrap_or_default().to_string();
         for (own, setting) in [("replora", "replora"), ("adapter", "bottleneck"), ("prefix", "prefix")] {
