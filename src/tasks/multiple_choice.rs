@@ -317,9 +317,10 @@ impl Task for MultipleChoice {
     /// The decoder with the adapter folded in (`config.json`, `model.safetensors`), its
     /// `tokenizer.json` and chat template: a plain Hugging Face LLaMA directory.
     fn merge(&self, model: CausalLm, dir: &Path) -> Result<String> {
+        let note = model.decoder.model.widening_note();
         let decoder = if model.decoder.is_full_finetune() { model.decoder } else { model.decoder.merge()? };
         decoder.model.save(dir)?;
         self.decoder.save_tokenizer(dir)?;
-        Ok("layout: LlamaForCausalLM: AutoModelForCausalLM.from_pretrained(dir)".into())
+        Ok(format!("layout: LlamaForCausalLM: AutoModelForCausalLM.from_pretrained(dir){note}"))
     }
 }

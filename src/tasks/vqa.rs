@@ -426,10 +426,11 @@ impl Task for Vqa {
     /// The decoder with the adapter folded in (a plain LLaMA directory), the projector and a README.
     fn merge(&self, model: VqaModel, dir: &Path) -> Result<String> {
         self.write_vision_files(&model, dir)?;
+        let note = model.decoder.model.widening_note();
         let decoder = if model.decoder.is_full_finetune() { model.decoder } else { model.decoder.merge()? };
         decoder.model.save(dir)?;
         self.decoder.save_tokenizer(dir)?;
-        Ok("layout: LlamaForCausalLM + projector.safetensors + answers.json; see README.md in the directory".into())
+        Ok(format!("layout: LlamaForCausalLM + projector.safetensors + answers.json; see README.md in the directory{note}"))
     }
 }
 
