@@ -75,7 +75,8 @@ job = report["job"]
 lines = [
     f"### {report['date']} — {os.path.basename(str(job['model'].get('name')).rstrip('/'))} ({job['model'].get('kind', 'encoder')}, "
     f"{job['model']['layers']} layers, hidden {job['model']['hidden']}), batch {job['batch']} x {job['seq']} tokens, rank {job['rank']} "
-    f"on {'q_proj,v_proj' if job['model'].get('kind') == 'decoder' else 'query,value'}, {job['threads']} threads, f32",
+    f"on {'q_proj,v_proj' if job['model'].get('kind') == 'decoder' else 'query,value'}, {job['threads']} threads, "
+    f"{'f32' if job['model'].get('quantize', 'none') == 'none' else 'replora base --quantize ' + job['model']['quantize'] + ', PyTorch f32'}",
     "",
     f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, {report['machine']['memory_gib']} GiB, Linux {report['machine']['kernel']}. "
     f"replora {report['versions']['replora'].get('replora')} (burn {report['versions']['replora'].get('burn')}, git {report['git']}); "

@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::adapters::base_weight::Quantize;
 use crate::adapters::{AdapterConfig, Method, PeftModel, TargetModules};
 use crate::data::Batch;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::models::bert::{Bert, Pooling};
 use crate::models::{Architecture, Family};
 use crate::tasks::Tuning;
@@ -169,7 +169,14 @@ pub const ANSWER_TOKENS: usize = 32;
 /// Runs the job and returns its figures.
 pub fn run(args: &BenchArgs) -> Result<BenchResult> {
     let device = args.device.open()?;
-    if Family::detect(&args.model) == Some(Family::Llama) { run_decoder(args, &device) } else { run_encoder(args, &device) }
+    if Family::detect(&args.model) == Some(Family::Llama) {
+        return run_decoder(args, &device);
+    }
+    if !matches!(args.quantize, Quantize::Stored | Quantize::None) {
+        let q = args.quantize;
+        return Err(Error::Config(format!("--quantize {q}: quantized bases are for decoders; the encoder job's weights are f32")));
+    }
+    run_encoder(args, &device)
 }
 
 /// Trains `steps` optimizer steps of `loss`, timing each; returns (time to the end of the first
