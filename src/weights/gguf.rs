@@ -94,7 +94,6 @@ impl GgmlType {
         }
     }
 
-    /// (elements per block, bytes per block).
     /// The block format of a quantized type that [`QuantizedMatrix`] keeps as stored.
     pub fn block_format(self) -> Option<BlockFormat> {
         match self {
@@ -105,6 +104,7 @@ impl GgmlType {
         }
     }
 
+    /// (elements per block, bytes per block).
     fn block(self) -> Option<(usize, usize)> {
         match self {
             GgmlType::F32 => Some((1, 4)),
@@ -113,6 +113,24 @@ impl GgmlType {
             GgmlType::Q4_0 => Some((32, 18)),
             GgmlType::Q4_1 => Some((32, 20)),
             GgmlType::Other(_) => None,
+        }
+    }
+
+    /// ggml's name of the type (`Q4_K`), or its number when this reader does not know it.
+    fn name(self) -> String {
+        const GGML_NAMES: [&str; 31] = [
+            "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K",
+            "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M",
+            "BF16",
+        ];
+        match self {
+            GgmlType::Other(id) => GGML_NAMES.get(id as usize).map_or_else(|| format!("number {id}"), |n| n.to_string()),
+            GgmlType::F32 => "F32".into(),
+            GgmlType::F16 => "F16".into(),
+            GgmlType::Bf16 => "BF16".into(),
+            GgmlType::Q8_0 => "Q8_0".into(),
+            GgmlType::Q4_0 => "Q4_0".into(),
+            GgmlType::Q4_1 => "Q4_1".into(),
         }
     }
 }
@@ -282,7 +300,7 @@ impl Gguf {
         let (per_block, block_bytes) = t.kind.block().ok_or_else(|| {
             Error::format(
                 &self.path,
-                format!("tensor {} has ggml type {:?}, which is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1 are)", t.name, t.kind),
+                format!("tensor {} has ggml type {}, which is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1 are)", t.name, t.kind.name()),
             )
         })?;
         if t.dims.first().is_some_and(|d| d % per_block as u64 != 0) {
