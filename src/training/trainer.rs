@@ -492,8 +492,16 @@ impl Window {
 }
 
 /// Starts a new peak-memory window (Linux: `VmHWM` drops to the current RSS), so that each
-/// run of a `compare` reports its own peak rather than the process's high-water mark so far.
+/// run of a `compare` or `sweep` reports its own peak rather than the process's high-water mark
+/// so far. The allocator first gives back the memory earlier runs freed: glibc keeps it
+/// otherwise, and a run's peak then counted the largest run before it (a sweep's f32-base and
+/// Q4-base cells measured 1212 and 1192 MiB, where separate processes measure 0.72x).
 pub fn reset_peak_rss() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
