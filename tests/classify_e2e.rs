@@ -164,6 +164,10 @@ fn a_killed_run_resumes_to_the_same_result() {
     assert_eq!(a.training.as_ref().unwrap().history, b.training.as_ref().unwrap().history, "validation metrics differ after resume");
     assert_eq!(a.test, b.test);
     assert_eq!(a.training.as_ref().unwrap().steps, b.training.as_ref().unwrap().steps);
+    // The resumed run's speed counts the training time of both processes, not only its own.
+    let t = b.training.as_ref().unwrap();
+    let expected = b.sizes[0] as f64 * t.epochs_run as f64 / t.wall_time_s;
+    assert!((b.train_examples_per_s / expected - 1.0).abs() < 1e-9, "{} examples/s, expected {expected}", b.train_examples_per_s);
 }
 
 fn write(dir: &Path, name: &str, content: &str) -> PathBuf {

@@ -20,7 +20,6 @@ pub mod run_file;
 pub mod sources;
 
 use std::path::Path;
-use std::time::Instant;
 
 use burn::prelude::*;
 
@@ -81,12 +80,12 @@ fn train_and_test<T: Task>(task: &T, data: &T::Data, model: T::Model, out: &Path
     let params = params::<T>(&model);
     eprintln!("{}: {params}", task.spec().method_name());
 
-    let started = Instant::now();
     let train_batches = |epoch: usize| task.train_batches(data, epoch);
     let validate = |m: &T::Model| task.validate(data, m);
     let train = task.spec().train();
     let (model, report) = training::train(model, &train_batches, &validate, train, devices, out, start == Start::Resume)?;
-    let seconds = started.elapsed().as_secs_f64().max(1e-9);
+    // The training time of every process the run took (a resumed run's own is a part of it).
+    let seconds = report.wall_time_s.max(1e-9);
     save::<T>(task, data, &model, out)?;
     let test = task.test(data, &model)?;
     let sizes = T::sizes(data);
