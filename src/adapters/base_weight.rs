@@ -19,11 +19,11 @@ crate::choice_enum! {
         Stored => "stored",
         /// Every weight widened to f32.
         None => "none",
-        /// 8-bit blocks of 32 with an f16 scale (8.5 bits per weight).
+        /// llama.cpp's Q8_0: 8-bit codes in blocks of 32, a scale per block.
         Q8_0 => "q8_0",
-        /// 4-bit blocks of 32 with an f16 scale (4.5 bits per weight).
+        /// llama.cpp's Q4_0: 4-bit codes in blocks of 32, a scale per block.
         Q4_0 => "q4_0",
-        /// 4-bit blocks of 32 with an f16 scale and minimum (5 bits per weight).
+        /// llama.cpp's Q4_1: 4-bit codes in blocks of 32, a scale and minimum per block.
         Q4_1 => "q4_1",
     }
 }
@@ -120,11 +120,17 @@ impl BaseWeight {
         }
     }
 
-    /// `x W`, over the last dimension of `x`.
-    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+    /// `x W + b`, over the last dimension of `x`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>, bias: Option<Tensor<1>>) -> Tensor<D> {
         match self {
-            BaseWeight::Dense(w) => kernels::linear(x, w.val(), None),
-            BaseWeight::Quantized(q) => kernels::quantized::linear(x, &q.matrix),
+            BaseWeight::Dense(w) => kernels::linear(x, w.val(), bias),
+            BaseWeight::Quantized(q) => {
+                let y = kernels::quantized::linear(x, &q.matrix);
+                match bias {
+                    Some(b) => y + b.unsqueeze::<D>(),
+                    None => y,
+                }
+            }
         }
     }
 

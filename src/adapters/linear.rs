@@ -147,19 +147,13 @@ impl AdaptedLinear {
 
     fn low_rank_forward<const D: usize>(&self, x: Tensor<D>, deltas: &Deltas) -> Tensor<D> {
         let bias = self.bias.as_ref().map(|b| b.val());
-        let Some(delta) = deltas.get(&self.path) else {
-            let y = self.weight.forward(x);
-            return match bias {
-                Some(b) => y + b.unsqueeze::<D>(),
-                None => y,
-            };
-        };
+        let Some(delta) = deltas.get(&self.path) else { return self.weight.forward(x, bias) };
         let x_lora = if deltas.training { dropout(x.clone(), delta.dropout) } else { x.clone() };
         // Activation side `(s x A) B`: r (d_in + d_out) work per token, no dense d_in x d_out
         // update; the scale applied to the rank-r product, the narrowest tensor.
         let down = kernels::linear(x_lora, delta.a.clone(), None).mul_scalar(delta.scale);
         let update = kernels::linear(down, delta.b.clone(), None);
-        let mut y = self.weight.forward(x) + update;
+        let mut y = self.weight.forward(x, None) + update;
         if let Some(m) = &delta.magnitude {
             y = y * delta.dora_factor(self.weight.dense(), m).unsqueeze::<D>();
         }

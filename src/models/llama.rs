@@ -412,7 +412,7 @@ impl Llama {
     /// Next-token scores from hidden states (`[.., hidden]` -> `[.., vocab]`).
     pub fn logits<const D: usize>(&self, hidden: Tensor<D>) -> Tensor<D> {
         match &self.lm_head {
-            Some(head) => head.forward(hidden),
+            Some(head) => head.forward(hidden, None),
             None => self.embed_tokens.scores(hidden),
         }
     }

@@ -66,8 +66,7 @@ pub fn run(args: &BenchArgs) -> Result<DecodeResult> {
         return Err(Error::Config("--new-tokens must be at least 2 (the first token and one decoded after it)".into()));
     }
     let device = args.device.open()?;
-    let mut model = crate::models::decoder::Decoder::open(&args.model, &device)?.model;
-    model = model.quantized(args.quantize)?;
+    let model = crate::models::decoder::Decoder::open(&args.model, &device)?.quantized(args.quantize)?.model;
     let c = model.config.clone();
     if args.seq + args.new_tokens > c.max_position_embeddings {
         return Err(Error::Config(format!(
