@@ -1,7 +1,9 @@
 //! The LLaMA-style families read by `src/models/llama.rs` against transformers, without torch:
 //! tiny random Qwen2 (query/key/value biases, tied embeddings, RoPE base 1e6), Qwen3 (per-head
 //! query/key norms, head size 16 != hidden/heads, RoPE base 5000) and Mistral (sliding window 4
-//! over 10 tokens) models, with transformers' logits for two rows (the second right-padded) and
+//! over 10 tokens) and Gemma 3 ((1 + w) norms around attention and the feed-forward, scaled
+//! embeddings, GeGLU, a query scale of its own, sliding-window and global layers with two RoPE
+//! bases) models, with transformers' logits for two rows (the second right-padded) and
 //! the logits with a PEFT LoRA adapter, all made by `scripts/make-family-fixtures`
 //! (tests/python/make_family_fixtures.py) and committed.
 
@@ -16,7 +18,8 @@ use replora::models::llama::{Llama, Variant};
 use replora::models::{Architecture, Family};
 use replora::weights::tensors;
 
-const FAMILIES: [(&str, Variant); 3] = [("qwen2", Variant::Qwen2), ("qwen3", Variant::Qwen3), ("mistral", Variant::Mistral)];
+const FAMILIES: [(&str, Variant); 4] =
+    [("qwen2", Variant::Qwen2), ("qwen3", Variant::Qwen3), ("mistral", Variant::Mistral), ("gemma3", Variant::Gemma3)];
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/families").join(name)
@@ -119,6 +122,8 @@ fn unsupported_family_settings_are_named() {
         ("qwen2", ("use_sliding_window", serde_json::json!(true)), "use_sliding_window"),
         ("qwen3", ("rope_parameters", serde_json::json!({"rope_type": "yarn", "rope_theta": 1e6})), "rope_type \"yarn\""),
         ("mistral", ("model_type", serde_json::json!("gemma2")), "model_type \"gemma2\""),
+        ("gemma3", ("final_logit_softcapping", serde_json::json!(30.0)), "final_logit_softcapping"),
+        ("gemma3", ("layer_types", serde_json::json!(["full_attention"])), "layer_types lists 1 layers"),
     ] {
         let dir = out.path().join(name);
         support::copy_dir(&fixture(name).join("model"), &dir);

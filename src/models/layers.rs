@@ -56,16 +56,20 @@ impl LayerNorm {
     }
 }
 
-/// Root-mean-square normalisation with a learned scale.
+/// Root-mean-square normalisation with a learned scale: `weight`, or `1 + weight` with
+/// `unit_offset` (Gemma, whose stored weights are offsets from 1; keeping them as stored keeps a
+/// save/load round trip bit-exact).
 #[derive(Module, Debug)]
 pub struct RmsNorm {
     pub weight: Param<Tensor<1>>,
     pub eps: f64,
+    pub unit_offset: bool,
 }
 
 impl RmsNorm {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        kernels::rms_norm(x, self.weight.val(), self.eps)
+        let scale = if self.unit_offset { self.weight.val().add_scalar(1.0) } else { self.weight.val() };
+        kernels::rms_norm(x, scale, self.eps)
     }
 }
 

@@ -1,10 +1,11 @@
-//! LLaMA-style decoders (LLaMA and SmolLM2, Qwen2/2.5, Qwen3, Mistral) read from Hugging Face
-//! checkpoints or (LLaMA) GGUF files.
+//! LLaMA-style decoders (LLaMA and SmolLM2, Qwen2/2.5, Qwen3, Mistral, Gemma 3) read from
+//! Hugging Face checkpoints or (LLaMA, Gemma 3) GGUF files.
 //!
 //! RMSNorm, rotary position embeddings (`rotate_half` convention, configurable base), SwiGLU
 //! feed-forward, grouped-query attention, causal mask, tied or untied output embeddings, and a
 //! key/value cache for generation; what the families change is in [`LlamaConfig`]: Qwen2's
-//! query/key/value biases, Qwen3's per-head query and key norms, Mistral's sliding window. Every linear is an [`AdaptedLinear`] named by its Hugging Face
+//! query/key/value biases, Qwen3's per-head query and key norms, Mistral's sliding window, Gemma
+//! 3's norms, GeGLU, scaled embeddings and local/global layers. Every linear is an [`AdaptedLinear`] named by its Hugging Face
 //! module path (`model.layers.0.self_attn.q_proj`), so PEFT adapter files line up.
 
 use std::collections::{BTreeMap, HashMap};
@@ -12,9 +13,12 @@ use std::path::Path;
 
 use burn::module::Param;
 use burn::prelude::*;
+use burn::tensor::activation;
 
 use super::layers::{ReadLayers, RmsNorm, TokenEmbedding, attention};
 pub use super::llama_config::{LlamaConfig, Variant};
+pub use super::llama_positions::KvCache;
+use super::llama_positions::{LayerKv, Positions};
 use crate::adapters::base_weight::Quantize;
 use crate::adapters::{Adaptable, AdaptedLinear, BaseWeight, Deltas, FrozenBlocks};
 use crate::error::{Error, Result};
@@ -28,58 +32,6 @@ use crate::weights::tensors::{self, HostTensor};
 const CONFIG_FILE: &str = "config.json";
 const WEIGHTS_FILE: &str = "model.safetensors";
 
-/// Cached keys and values of every layer.
-#[derive(Clone, Debug, Default)]
-pub struct KvCache {
-    layers: Vec<Option<LayerKv>>,
-    /// Tokens already processed.
-    pub len: usize,
-}
-
-impl KvCache {
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
-
-/// One layer's keys and values: buffers `[batch, kv_heads, capacity, head_dim]` whose first
-/// `len` positions are filled. A new position is written in place (burn writes into a buffer
-/// nobody else holds) instead of the whole cache being copied by a concatenation each step,
-/// which at batch 8 moved some 120 MB per generated token; the capacity doubles when full.
-#[derive(Clone, Debug)]
-struct LayerKv {
-    k: Tensor<4>,
-    v: Tensor<4>,
-    len: usize,
-}
-
-impl LayerKv {
-    /// Appends `k` and `v` (`[batch, kv_heads, t, head_dim]`, `past` the cache so far) and
-    /// returns the cache with every position, and views of all its keys and values.
-    fn append(past: Option<Self>, k: Tensor<4>, v: Tensor<4>) -> (Self, Tensor<4>, Tensor<4>) {
-        let [b, h, t, d] = k.dims();
-        let mut cache = past.unwrap_or_else(|| {
-            let empty = || Tensor::zeros([b, h, 0, d], &k.device());
-            Self { k: empty(), v: empty(), len: 0 }
-        });
-        let end = cache.len + t;
-        if end > cache.k.dims()[2] {
-            let grown = |old: Tensor<4>| {
-                Tensor::zeros([b, h, end.next_power_of_two(), d], &k.device())
-                    .slice_assign([0..b, 0..h, 0..cache.len, 0..d], old.slice([0..b, 0..h, 0..cache.len, 0..d]))
-            };
-            cache.k = grown(cache.k);
-            cache.v = grown(cache.v);
-        }
-        let (new, all) = ([0..b, 0..h, cache.len..end, 0..d], [0..b, 0..h, 0..end, 0..d]);
-        cache.k = cache.k.slice_assign(new.clone(), k);
-        cache.v = cache.v.slice_assign(new, v);
-        cache.len = end;
-        let (k, v) = (cache.k.clone().slice(all.clone()), cache.v.clone().slice(all));
-        (cache, k, v)
-    }
-}
-
 /// Self-attention with grouped-query heads.
 #[derive(Module, Debug)]
 pub struct LlamaAttention {
@@ -92,7 +44,8 @@ pub struct LlamaAttention {
     pub k_norm: Option<RmsNorm>,
 }
 
-/// The SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
+/// The gated feed-forward: `down(act(gate(x)) * up(x))`, SwiGLU (`act` SiLU) or Gemma's GeGLU
+/// (tanh-approximated GELU).
 #[derive(Module, Debug)]
 pub struct LlamaMlp {
     pub gate_proj: AdaptedLinear,
@@ -100,32 +53,36 @@ pub struct LlamaMlp {
     pub down_proj: AdaptedLinear,
 }
 
+/// One decoder layer. LLaMA norms the input of attention (`input_layernorm`) and of the
+/// feed-forward (`post_attention_layernorm`); Gemma norms both inputs and both outputs, its
+/// `post_attention_layernorm` being the attention output's norm (Hugging Face's names).
 #[derive(Module, Debug)]
 pub struct LlamaLayer {
     pub input_layernorm: RmsNorm,
     pub self_attn: LlamaAttention,
     pub post_attention_layernorm: RmsNorm,
     pub mlp: LlamaMlp,
+    /// Gemma: the feed-forward's input and output norms.
+    pub pre_feedforward_layernorm: Option<RmsNorm>,
+    pub post_feedforward_layernorm: Option<RmsNorm>,
 }
 
-/// What a layer needs besides its input: the rotary tables for the current positions and the
-/// additive attention mask.
+/// What a layer needs besides its input and its [`Positions`].
 struct Context<'a> {
-    /// `[t, head_dim]` each.
-    cos: Tensor<2>,
-    sin: Tensor<2>,
-    /// `[batch, 1, t, keys]`: 0 where a query may look, very negative elsewhere.
-    mask: Tensor<4>,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
+    /// Queries are multiplied by it before their products with the keys.
+    scale: f64,
+    /// GeGLU (tanh GELU) instead of SwiGLU.
+    gelu_gate: bool,
     deltas: &'a Deltas,
 }
 
 impl LlamaLayer {
     linear_fields!(self_attn.q_proj, self_attn.k_proj, self_attn.v_proj, self_attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj);
 
-    fn forward(&self, x: Tensor<3>, ctx: &Context, mut cache: Option<&mut Option<LayerKv>>) -> Tensor<3> {
+    fn forward(&self, x: Tensor<3>, ctx: &Context, at: &Positions, mut cache: Option<&mut Option<LayerKv>>) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (heads, kv_heads, d) = (ctx.heads, ctx.kv_heads, ctx.head_dim);
         let attn = &self.self_attn;
@@ -138,8 +95,8 @@ impl LlamaLayer {
             }
             .swap_dims(1, 2)
         };
-        let q = kernels::rope(split(attn.q_proj.forward(h.clone(), ctx.deltas), heads, &attn.q_norm), &ctx.cos, &ctx.sin);
-        let k = kernels::rope(split(attn.k_proj.forward(h.clone(), ctx.deltas), kv_heads, &attn.k_norm), &ctx.cos, &ctx.sin);
+        let q = kernels::rope(split(attn.q_proj.forward(h.clone(), ctx.deltas), heads, &attn.q_norm), &at.cos, &at.sin);
+        let k = kernels::rope(split(attn.k_proj.forward(h.clone(), ctx.deltas), kv_heads, &attn.k_norm), &at.cos, &at.sin);
         let v = split(attn.v_proj.forward(h, ctx.deltas), kv_heads, &None);
         // The prefix goes in front once: a cache that holds keys holds it already.
         let past = cache.as_mut().and_then(|slot| slot.take());
@@ -155,13 +112,22 @@ impl LlamaLayer {
             }
             None => (k, v),
         };
-        let q = q.mul_scalar(1.0 / (d as f64).sqrt());
-        let context = attention(q, k, v, ctx.mask.clone()).swap_dims(1, 2).reshape([b, t, heads * d]);
-        let x = x + attn.o_proj.forward(context, ctx.deltas);
-        let h = self.post_attention_layernorm.forward(x.clone());
+        let q = q.mul_scalar(ctx.scale);
+        let context = attention(q, k, v, at.mask.clone()).swap_dims(1, 2).reshape([b, t, heads * d]);
+        let attended = attn.o_proj.forward(context, ctx.deltas);
+        let (x, mlp_norm) = match &self.pre_feedforward_layernorm {
+            Some(pre) => (x + self.post_attention_layernorm.forward(attended), pre),
+            None => (x + attended, &self.post_attention_layernorm),
+        };
+        let h = mlp_norm.forward(x.clone());
         let m = &self.mlp;
-        let gated = kernels::swiglu(m.gate_proj.forward(h.clone(), ctx.deltas), m.up_proj.forward(h, ctx.deltas));
-        x + m.down_proj.forward(gated, ctx.deltas)
+        let (gate, up) = (m.gate_proj.forward(h.clone(), ctx.deltas), m.up_proj.forward(h, ctx.deltas));
+        let gated = if ctx.gelu_gate { activation::gelu_approximate(gate) * up } else { kernels::swiglu(gate, up) };
+        let out = m.down_proj.forward(gated, ctx.deltas);
+        x + match &self.post_feedforward_layernorm {
+            Some(norm) => norm.forward(out),
+            None => out,
+        }
     }
 }
 
@@ -210,10 +176,10 @@ impl Llama {
         let c = &config;
         let (h, q, kv, m) = (c.hidden_size, c.num_attention_heads * c.head_dim(), c.kv_heads() * c.head_dim(), c.intermediate_size);
         let bias = c.qkv_bias();
-        let head_norm = |r: &mut Reader, name: &str| match c.qk_norm() {
-            true => rms_norm(r, name, c.head_dim(), c.rms_norm_eps).map(Some),
-            false => Ok(None),
+        let norm = |r: &mut Reader, name: &str, width: usize| -> Result<RmsNorm> {
+            Ok(RmsNorm { weight: r.param(&format!("{name}.weight"), [width])?, eps: c.rms_norm_eps, unit_offset: c.is_gemma() })
         };
+        let optional = |r: &mut Reader, name: &str, width: usize, present: bool| present.then(|| norm(r, name, width)).transpose();
         let embed = match r.take_quantized("model.embed_tokens.weight", c.vocab_size, h)? {
             Some(m) => TokenEmbedding::Quantized(FrozenBlocks::new(m, device)),
             None => TokenEmbedding::Dense(Param::from_tensor(r.take("model.embed_tokens.weight", [c.vocab_size, h])?.to_tensor(device))),
@@ -222,25 +188,27 @@ impl Llama {
             .map(|i| {
                 let p = format!("model.layers.{i}.");
                 Ok(LlamaLayer {
-                    input_layernorm: rms_norm(&mut r, &format!("{p}input_layernorm"), h, c.rms_norm_eps)?,
+                    input_layernorm: norm(&mut r, &format!("{p}input_layernorm"), h)?,
                     self_attn: LlamaAttention {
                         q_proj: r.linear(&format!("{p}self_attn.q_proj"), h, q, bias)?,
                         k_proj: r.linear(&format!("{p}self_attn.k_proj"), h, kv, bias)?,
                         v_proj: r.linear(&format!("{p}self_attn.v_proj"), h, kv, bias)?,
                         o_proj: r.linear(&format!("{p}self_attn.o_proj"), q, h, c.attention_bias)?,
-                        q_norm: head_norm(&mut r, &format!("{p}self_attn.q_norm"))?,
-                        k_norm: head_norm(&mut r, &format!("{p}self_attn.k_norm"))?,
+                        q_norm: optional(&mut r, &format!("{p}self_attn.q_norm"), c.head_dim(), c.qk_norm())?,
+                        k_norm: optional(&mut r, &format!("{p}self_attn.k_norm"), c.head_dim(), c.qk_norm())?,
                     },
-                    post_attention_layernorm: rms_norm(&mut r, &format!("{p}post_attention_layernorm"), h, c.rms_norm_eps)?,
+                    post_attention_layernorm: norm(&mut r, &format!("{p}post_attention_layernorm"), h)?,
                     mlp: LlamaMlp {
                         gate_proj: r.linear(&format!("{p}mlp.gate_proj"), h, m, false)?,
                         up_proj: r.linear(&format!("{p}mlp.up_proj"), h, m, false)?,
                         down_proj: r.linear(&format!("{p}mlp.down_proj"), m, h, false)?,
                     },
+                    pre_feedforward_layernorm: optional(&mut r, &format!("{p}pre_feedforward_layernorm"), h, c.is_gemma())?,
+                    post_feedforward_layernorm: optional(&mut r, &format!("{p}post_feedforward_layernorm"), h, c.is_gemma())?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let norm = rms_norm(&mut r, "model.norm", h, c.rms_norm_eps)?;
+        let norm = norm(&mut r, "model.norm", h)?;
         let head = if c.tie_word_embeddings {
             r.discard("lm_head.weight");
             None
@@ -305,6 +273,9 @@ impl Llama {
     pub fn truncate_layers(mut self, n: usize) -> Self {
         self.layers.truncate(n);
         self.config.num_hidden_layers = self.layers.len();
+        if let Some(types) = &mut self.config.layer_types {
+            types.truncate(n);
+        }
         self
     }
 
@@ -331,6 +302,8 @@ impl Llama {
                 ("post_attention_layernorm", Some(&layer.post_attention_layernorm)),
                 ("self_attn.q_norm", attn.q_norm.as_ref()),
                 ("self_attn.k_norm", attn.k_norm.as_ref()),
+                ("pre_feedforward_layernorm", layer.pre_feedforward_layernorm.as_ref()),
+                ("post_feedforward_layernorm", layer.post_feedforward_layernorm.as_ref()),
             ];
             for (name, norm) in norms.into_iter().filter_map(|(n, norm)| Some((n, norm?))) {
                 out.insert(format!("model.layers.{i}.{name}.weight"), HostTensor::from_tensor(&norm.weight.val()));
@@ -358,9 +331,14 @@ impl Llama {
         self.forward_embeddings(self.embed(input_ids), attention_mask, cache, deltas)
     }
 
-    /// The input embeddings `[batch, t, hidden]` of `input_ids` (`[batch, t]`).
+    /// The input embeddings `[batch, t, hidden]` of `input_ids` (`[batch, t]`); Gemma's scaled by
+    /// `sqrt(hidden_size)` (as an f32, as transformers multiplies).
     pub fn embed(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
-        self.embed_tokens.lookup(input_ids)
+        let table = self.embed_tokens.lookup(input_ids);
+        match self.config.is_gemma() {
+            true => table.mul_scalar((self.config.hidden_size as f64).sqrt() as f32),
+            false => table,
+        }
     }
 
     /// [`Llama::forward`] from input embeddings `[batch, t, hidden]` rather than token ids: a
@@ -391,17 +369,29 @@ impl Llama {
             "{keys} positions exceed max_position_embeddings {}",
             self.config.max_position_embeddings
         );
-        let (cos, sin) = rope_tables(&self.config, offset, t, &device);
         let c = &self.config;
-        let mask = causal_mask(b, t, offset, c.window(), attention_mask, &device);
-        let ctx = Context { cos, sin, mask, heads: c.num_attention_heads, kv_heads: c.kv_heads(), head_dim: c.head_dim(), deltas };
+        // One set of positions per kind of layer the model has (global, sliding-window).
+        let kinds = [false, true].map(|sliding| {
+            (0..self.layers.len())
+                .any(|i| c.is_sliding(i) == sliding)
+                .then(|| Positions::new(c, sliding, b, t, offset, attention_mask.clone(), &device))
+        });
+        let ctx = Context {
+            heads: c.num_attention_heads,
+            kv_heads: c.kv_heads(),
+            head_dim: c.head_dim(),
+            scale: c.attention_scale(),
+            gelu_gate: c.is_gemma(),
+            deltas,
+        };
         let mut x = embeddings;
         if let Some(cache) = cache.as_deref_mut() {
             cache.layers.resize(self.layers.len(), None);
         }
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(x, &ctx, slot);
+            let at = kinds[c.is_sliding(i) as usize].as_ref().expect("positions are made for every kind of layer present");
+            x = layer.forward(x, &ctx, at, slot);
         }
         if let Some(cache) = cache {
             cache.len = keys;
@@ -440,49 +430,6 @@ pub fn find_gguf(path: &Path) -> Result<Option<std::path::PathBuf>> {
     }
 }
 
-/// `cos` and `sin` of the rotary angles for positions `offset..offset + t`, `[t, head_dim]`,
-/// laid out for `rotate_half` (each frequency twice: first half, second half).
-fn rope_tables(c: &LlamaConfig, offset: usize, t: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
-    let d = c.head_dim();
-    let (mut cos, mut sin) = (Vec::with_capacity(t * d), Vec::with_capacity(t * d));
-    for p in offset..offset + t {
-        for i in 0..d {
-            let freq = c.rope_theta.powf(-((2 * (i % (d / 2))) as f64) / d as f64);
-            let angle = p as f64 * freq;
-            cos.push(angle.cos() as f32);
-            sin.push(angle.sin() as f32);
-        }
-    }
-    let table = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [t, d]), device);
-    (table(cos), table(sin))
-}
-
-/// The additive mask `[b, 1, t, offset + t]`: query `i` (at position `offset + i`) sees keys
-/// `0..=offset + i` that are not padding, and with a sliding `window` only the last `window` of
-/// them (itself included).
-fn causal_mask(b: usize, t: usize, offset: usize, window: Option<usize>, padding: Option<Tensor<2>>, device: &Device) -> Tensor<4> {
-    let keys = offset + t;
-    let mut values = vec![0f32; t * keys];
-    for i in 0..t {
-        let seen = window.map_or(0, |w| (offset + i + 1).saturating_sub(w))..=offset + i;
-        for k in (0..keys).filter(|k| !seen.contains(k)) {
-            values[i * keys + k] = f32::MIN;
-        }
-    }
-    let causal = Tensor::<2>::from_data(TensorData::new(values, [t, keys]), device).reshape([1, 1, t, keys]);
-    match padding {
-        // f32::MIN + f32::MIN is -inf; softmax still gives exactly 0 there as long as a row has a
-        // real key, which every row has (its own position, or the first real token).
-        Some(mask) => causal + mask.neg().add_scalar(1.0).mul_scalar(f32::MIN).reshape([b, 1, 1, keys]),
-        None => causal,
-    }
-}
-
-/// An RMS norm `{name}.weight` through the shared [`Reader`].
-fn rms_norm(r: &mut Reader, name: &str, width: usize, eps: f64) -> Result<RmsNorm> {
-    Ok(RmsNorm { weight: r.param(&format!("{name}.weight"), [width])?, eps })
-}
-
 impl Adaptable for Llama {
     fn linears(&self) -> Vec<&AdaptedLinear> {
         self.layers.iter().flat_map(|l| l.linears()).collect()
@@ -509,9 +456,13 @@ impl crate::models::Architecture for Llama {
     fn describe(&self) -> String {
         let c = &self.config;
         format!(
-            "{} decoder, {} layers, hidden {}, {} heads / {} key-value heads, FFN {}, vocab {}, RoPE base {}{}",
+            "{} decoder, {} layers{}, hidden {}, {} heads / {} key-value heads, FFN {}, vocab {}, RoPE base {}{}",
             c.variant().name(),
             c.num_hidden_layers,
+            match (0..c.num_hidden_layers).filter(|&i| c.is_sliding(i)).count() {
+                0 => String::new(),
+                n => format!(" ({n} with a {}-token window)", c.sliding_window.unwrap_or(0)),
+            },
             c.hidden_size,
             c.num_attention_heads,
             c.kv_heads(),

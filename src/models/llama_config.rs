@@ -1,7 +1,11 @@
 //! The `config.json` of the LLaMA-style decoders replora reads with one model file
-//! ([`super::llama`]): LLaMA (SmolLM2), Qwen2/2.5, Qwen3 and Mistral. They differ in a few
-//! switches, which [`Variant`] names: Qwen2's query/key/value biases, Qwen3's per-head RMS norms
-//! of queries and keys (and a head size of its own), Mistral's sliding attention window.
+//! ([`super::llama`]): LLaMA (SmolLM2), Qwen2/2.5, Qwen3, Mistral and Gemma 3. They differ in a
+//! few switches, which [`Variant`] names: Qwen2's query/key/value biases, Qwen3's per-head RMS
+//! norms of queries and keys (and a head size of its own), Mistral's sliding attention window,
+//! and Gemma 3's many: `(1 + w)` RMS norms, four of them per layer (around attention and the
+//! feed-forward), embeddings scaled by `sqrt(hidden)`, GeGLU (tanh GELU), q/k norms, an attention
+//! scale of its own, and sliding-window layers between global ones, each kind with its own RoPE
+//! base.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,11 +22,12 @@ pub enum Variant {
     Qwen2,
     Qwen3,
     Mistral,
+    Gemma3,
 }
 
 impl Variant {
     /// The `model_type` values read with this model file.
-    pub const MODEL_TYPES: [&'static str; 4] = ["llama", "qwen2", "qwen3", "mistral"];
+    pub const MODEL_TYPES: [&'static str; 5] = ["llama", "qwen2", "qwen3", "mistral", "gemma3_text"];
 
     fn of(model_type: Option<&str>) -> Option<Self> {
         match model_type.unwrap_or("llama") {
@@ -30,6 +35,7 @@ impl Variant {
             "qwen2" => Some(Variant::Qwen2),
             "qwen3" => Some(Variant::Qwen3),
             "mistral" => Some(Variant::Mistral),
+            "gemma3_text" => Some(Variant::Gemma3),
             _ => None,
         }
     }
@@ -40,6 +46,7 @@ impl Variant {
             Variant::Qwen2 => "Qwen2",
             Variant::Qwen3 => "Qwen3",
             Variant::Mistral => "Mistral",
+            Variant::Gemma3 => "Gemma 3",
         }
     }
 }
@@ -47,7 +54,7 @@ impl Variant {
 /// A Hugging Face LLaMA-style `config.json`. Unused keys are kept in `extra` and written back.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LlamaConfig {
-    /// `llama` (also when absent), `qwen2`, `qwen3` or `mistral`.
+    /// `llama` (also when absent), `qwen2`, `qwen3`, `mistral` or `gemma3_text`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_type: Option<String>,
     pub vocab_size: usize,
@@ -86,9 +93,27 @@ pub struct LlamaConfig {
     /// Mistral: each token attends to at most this many tokens, itself included (none: all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sliding_window: Option<usize>,
+    /// Gemma 3: queries are scaled by `query_pre_attn_scalar^-1/2` instead of `head_dim^-1/2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_pre_attn_scalar: Option<f64>,
+    /// Gemma's name for `hidden_act` (`gelu_pytorch_tanh`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden_activation: Option<String>,
+    /// Gemma 3: `sliding_attention` or `full_attention` per layer (without it, every sixth layer
+    /// is global, as transformers derives it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_types: Option<Vec<String>>,
+    /// Gemma 3 before transformers 5: the RoPE base of the sliding-window layers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_local_base_freq: Option<f64>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
 }
+
+/// Gemma 3's default: layers `5, 11, 17, ...` attend globally, the others through the window.
+const GEMMA_GLOBAL_EVERY: usize = 6;
+/// Gemma 3's RoPE base of its sliding-window layers where a config does not give one.
+const GEMMA_LOCAL_ROPE_BASE: f64 = 10_000.0;
 
 fn default_eps() -> f64 {
     1e-6
@@ -113,16 +138,47 @@ impl LlamaConfig {
 
     /// Whether queries and keys are RMS-normalised per head before the rotary embedding.
     pub fn qk_norm(&self) -> bool {
-        self.variant() == Variant::Qwen3
+        matches!(self.variant(), Variant::Qwen3 | Variant::Gemma3)
     }
 
-    /// The attention window each token sees, where it is limited (Mistral's sliding window;
-    /// Qwen's only when `use_sliding_window` is on, which is refused).
-    pub fn window(&self) -> Option<usize> {
+    /// Gemma's layout: RMS norms scale by `1 + w` (their stored weights are offsets from 1), the
+    /// attention and feed-forward outputs are normed before their residual additions (four norms
+    /// a layer), token embeddings are scaled by `sqrt(hidden_size)`, and the feed-forward gate is
+    /// tanh-approximated GELU instead of SiLU.
+    pub fn is_gemma(&self) -> bool {
+        self.variant() == Variant::Gemma3
+    }
+
+    /// Whether layer `layer` attends through the sliding window (Mistral: every layer; Gemma 3:
+    /// the local ones; Qwen's only with `use_sliding_window`, which is refused).
+    pub fn is_sliding(&self, layer: usize) -> bool {
         match self.variant() {
-            Variant::Mistral => self.sliding_window,
-            _ => None,
+            Variant::Mistral => self.sliding_window.is_some(),
+            Variant::Gemma3 => match &self.layer_types {
+                Some(types) => types.get(layer).is_some_and(|t| t == "sliding_attention"),
+                None => (layer + 1) % self.gemma_global_every() != 0,
+            },
+            _ => false,
         }
+    }
+
+    fn gemma_global_every(&self) -> usize {
+        let pattern = ["sliding_window_pattern", "_sliding_window_pattern"].iter().find_map(|k| self.extra.get(*k)?.as_u64());
+        pattern.map_or(GEMMA_GLOBAL_EVERY, |p| p.max(1) as usize)
+    }
+
+    /// The RoPE base of the global layers (`sliding: false`) or the sliding-window ones.
+    pub fn rope_base(&self, sliding: bool) -> f64 {
+        if !(sliding && self.is_gemma()) {
+            return self.rope_theta;
+        }
+        let nested = self.extra.get("rope_parameters").and_then(|r| r.get("sliding_attention")?.get("rope_theta")?.as_f64());
+        nested.or(self.rope_local_base_freq).unwrap_or(GEMMA_LOCAL_ROPE_BASE)
+    }
+
+    /// The factor queries are scaled by before their products with the keys.
+    pub fn attention_scale(&self) -> f64 {
+        1.0 / self.query_pre_attn_scalar.unwrap_or(self.head_dim() as f64).sqrt()
     }
 
     pub fn read(path: &Path) -> Result<Self> {
@@ -141,11 +197,22 @@ impl LlamaConfig {
     /// top-level `rope_theta`) read into `rope_theta`.
     fn checked(mut self) -> std::result::Result<Self, String> {
         if let Some(rope) = self.extra.get("rope_parameters").filter(|v| !v.is_null()) {
-            match rope.get("rope_type").and_then(serde_json::Value::as_str).unwrap_or("default") {
-                "default" => {}
-                other => return Err(format!("rope_parameters.rope_type {other:?} is not supported (only \"default\")")),
+            // Gemma 3 gives one set of parameters per layer type; the global layers' base is
+            // `rope_theta`, the sliding ones' is read by `rope_base`.
+            let kinds: Vec<(&str, &serde_json::Value)> = match rope.get("full_attention").is_some() {
+                true => ["full_attention", "sliding_attention"].into_iter().filter_map(|k| Some((k, rope.get(k)?))).collect(),
+                false => vec![("", rope)],
+            };
+            for (kind, params) in &kinds {
+                match params.get("rope_type").and_then(serde_json::Value::as_str).unwrap_or("default") {
+                    "default" => {}
+                    other => {
+                        let key = if kind.is_empty() { String::new() } else { format!("{kind}.") };
+                        return Err(format!("rope_parameters.{key}rope_type {other:?} is not supported (only \"default\")"));
+                    }
+                }
             }
-            if let Some(theta) = rope.get("rope_theta").and_then(serde_json::Value::as_f64) {
+            if let Some(theta) = kinds.first().and_then(|(_, p)| p.get("rope_theta")?.as_f64()) {
                 self.rope_theta = theta;
             }
         }
@@ -191,8 +258,34 @@ impl LlamaConfig {
         if !self.head_dim().is_multiple_of(2) {
             return Err(format!("head dimension {} must be even for rotary embeddings", self.head_dim()));
         }
-        if let Some(act) = self.hidden_act.as_deref().filter(|a| *a != "silu") {
-            return Err(format!("hidden_act {act:?} is not supported (only \"silu\")"));
+        let (act_key, act, expected) = match self.is_gemma() {
+            true => ("hidden_activation", self.hidden_activation.as_deref().or(self.hidden_act.as_deref()), "gelu_pytorch_tanh"),
+            false => ("hidden_act", self.hidden_act.as_deref(), "silu"),
+        };
+        if let Some(act) = act.filter(|a| *a != expected) {
+            return Err(format!("{act_key} {act:?} is not supported (only {expected:?})"));
+        }
+        for key in ["final_logit_softcapping", "attn_logit_softcapping"] {
+            if self.extra.get(key).is_some_and(|v| !v.is_null()) {
+                return Err(format!("{key} is not supported (Gemma 2's soft-capping; Gemma 3 has none)"));
+            }
+        }
+        if self.extra.get("use_bidirectional_attention").and_then(serde_json::Value::as_bool) == Some(true) {
+            return Err("use_bidirectional_attention: only causal decoders are read".into());
+        }
+        if let Some(types) = &self.layer_types {
+            if types.len() != self.num_hidden_layers {
+                return Err(format!("layer_types lists {} layers, num_hidden_layers is {}", types.len(), self.num_hidden_layers));
+            }
+            if let Some(other) = types.iter().find(|t| !matches!(t.as_str(), "sliding_attention" | "full_attention")) {
+                return Err(format!("layer_types: {other:?} is not a layer type replora reads (sliding_attention, full_attention)"));
+            }
+            if self.is_gemma() && self.sliding_window.is_none() && types.iter().any(|t| t == "sliding_attention") {
+                return Err("layer_types has sliding_attention layers but sliding_window is missing".into());
+            }
+        }
+        if self.query_pre_attn_scalar.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
+            return Err("query_pre_attn_scalar must be a positive number".into());
         }
         if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
             return Err("rope_scaling is not supported".into());

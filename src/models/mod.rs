@@ -24,6 +24,7 @@ pub mod dinov2;
 pub mod layers;
 pub mod llama;
 pub mod llama_config;
+mod llama_positions;
 pub mod video_vit;
 pub mod vision_language;
 
@@ -116,7 +117,7 @@ impl Family {
     fn from_model_type(model_type: &str) -> Option<Self> {
         match model_type {
             "bert" => Some(Family::Bert),
-            "llama" | "qwen2" | "qwen3" | "mistral" => Some(Family::Llama),
+            t if llama::Variant::MODEL_TYPES.contains(&t) => Some(Family::Llama),
             "dinov2" => Some(Family::Dinov2),
             _ => None,
         }

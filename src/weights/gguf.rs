@@ -1,5 +1,6 @@
 //! GGUF (llama.cpp's model file, versions 2 and 3): metadata, tensors dequantized to f32, and
-//! the LLaMA view of a file (Hugging Face config, tensor names and layout, tokenizer).
+//! the tokenizer; the decoder view of a file (Hugging Face config, tensor names and layout) is
+//! [`decoder`]'s.
 //!
 //! Layout: magic `GGUF`, version, tensor count, metadata count, the metadata (typed key/value
 //! pairs), one info per tensor (name, dims with the fastest dimension first, type, offset),
@@ -9,9 +10,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+mod decoder;
+
+pub use decoder::{permute_rows, rotary_row_order};
+
 use super::HostTensor;
 use crate::error::{Error, Result};
-use crate::quantization::{BlockFormat, QuantizedMatrix};
+use crate::quantization::BlockFormat;
 
 /// A metadata value.
 #[derive(Clone, Debug, PartialEq)]
@@ -94,7 +99,7 @@ impl GgmlType {
         }
     }
 
-    /// The block format of a quantized type that [`QuantizedMatrix`] keeps as stored.
+    /// The block format of a quantized type that [`QuantizedMatrix`](crate::quantization::QuantizedMatrix) keeps as stored.
     pub fn block_format(self) -> Option<BlockFormat> {
         match self {
             GgmlType::Q8_0 => Some(BlockFormat::Q8_0),
@@ -344,103 +349,6 @@ impl Gguf {
         self.get(key)?.as_u64().ok_or_else(|| Error::format(&self.path, format!("metadata {key} is not an integer")))
     }
 
-    fn architecture(&self) -> Result<&str> {
-        let arch = self.get("general.architecture")?.as_str().unwrap_or("");
-        if arch != "llama" {
-            return Err(Error::format(&self.path, format!("architecture {arch:?} is not supported (only \"llama\")")));
-        }
-        Ok(arch)
-    }
-
-    /// The model's Hugging Face `config.json` built from the `llama.*` metadata.
-    pub fn llama_config(&self) -> Result<serde_json::Value> {
-        self.architecture()?;
-        let heads = self.get_u64("llama.attention.head_count")?;
-        let hidden = self.get_u64("llama.embedding_length")?;
-        let vocab = match self.metadata.get("llama.vocab_size").and_then(Value::as_u64) {
-            Some(v) => v,
-            None => self.get("tokenizer.ggml.tokens")?.as_array().map_or(0, |t| t.len() as u64),
-        };
-        let rope_dims = self.metadata.get("llama.rope.dimension_count").and_then(Value::as_u64);
-        if rope_dims.is_some_and(|d| d != hidden / heads.max(1)) {
-            return Err(Error::format(&self.path, "partial rotary embeddings (rope.dimension_count != head size) are not supported"));
-        }
-        let mut config = serde_json::json!({
-            "model_type": "llama",
-            "architectures": ["LlamaForCausalLM"],
-            "hidden_act": "silu",
-            "vocab_size": vocab,
-            "hidden_size": hidden,
-            "intermediate_size": self.get_u64("llama.feed_forward_length")?,
-            "num_hidden_layers": self.get_u64("llama.block_count")?,
-            "num_attention_heads": heads,
-            "num_key_value_heads": self.metadata.get("llama.attention.head_count_kv").and_then(Value::as_u64).unwrap_or(heads),
-            "rms_norm_eps": self.get("llama.attention.layer_norm_rms_epsilon")?.as_f64(),
-            "rope_theta": self.metadata.get("llama.rope.freq_base").and_then(Value::as_f64).unwrap_or(10_000.0),
-            "max_position_embeddings": self.metadata.get("llama.context_length").and_then(Value::as_u64).unwrap_or(2048),
-            "tie_word_embeddings": !self.tensors.iter().any(|t| t.name == "output.weight"),
-        });
-        for (key, name) in [
-            ("tokenizer.ggml.bos_token_id", "bos_token_id"),
-            ("tokenizer.ggml.eos_token_id", "eos_token_id"),
-            ("tokenizer.ggml.padding_token_id", "pad_token_id"),
-        ] {
-            if let Some(id) = self.metadata.get(key).and_then(Value::as_u64) {
-                config[name] = id.into();
-            }
-        }
-        Ok(config)
-    }
-
-    /// Every tensor of a LLaMA-family file under its Hugging Face name, dequantized to f32.
-    pub fn llama_tensors(&self) -> Result<BTreeMap<String, HostTensor>> {
-        Ok(self.llama_weights(false)?.0)
-    }
-
-    /// The tensors of a LLaMA-family file under Hugging Face names; with `keep_quantized`, the
-    /// Q8_0/Q4_0/Q4_1 matrices apart, as stored (rows in Hugging Face order), and the rest f32.
-    pub fn llama_weights(&self, keep_quantized: bool) -> Result<(BTreeMap<String, HostTensor>, BTreeMap<String, QuantizedMatrix>)> {
-        self.architecture()?;
-        let heads = self.get_u64("llama.attention.head_count")? as usize;
-        let kv_heads = self.metadata.get("llama.attention.head_count_kv").and_then(Value::as_u64).map_or(heads, |v| v as usize);
-        let (mut dense, mut quantized) = (BTreeMap::new(), BTreeMap::new());
-        for t in &self.tensors {
-            let name = hf_name(&t.name).ok_or_else(|| Error::format(&self.path, format!("tensor {} has no LLaMA meaning", t.name)))?;
-            let rotary_heads = match &t.name {
-                n if n.ends_with("attn_q.weight") => Some(heads),
-                n if n.ends_with("attn_k.weight") => Some(kv_heads),
-                _ => None,
-            };
-            let rotary_order = |rows: usize| self.rotary_order_checked(&t.name, rows, rotary_heads);
-            if let (true, Some(format), &[cols, rows]) = (keep_quantized, t.kind.block_format(), &t.dims[..]) {
-                let (rows, cols) = (rows as usize, cols as usize);
-                let what = format!("{}: tensor {}", self.path.display(), t.name);
-                let mut matrix = QuantizedMatrix::from_blocks(format, rows, cols, self.raw(t)?.to_vec(), &what)?;
-                if let Some(order) = rotary_order(rows)? {
-                    matrix = matrix.permute_rows(&order);
-                }
-                quantized.insert(name, matrix);
-                continue;
-            }
-            let mut tensor = self.tensor(&t.name)?;
-            if let Some(order) = rotary_order(tensor.shape[0])? {
-                tensor = permute_rows(&tensor, &order);
-            }
-            dense.insert(name, tensor);
-        }
-        Ok((dense, quantized))
-    }
-
-    /// For a q/k weight of `rows` rows in `heads` heads, the row order undoing llama.cpp's
-    /// rotary permutation ([`rotary_row_order`]), checked to split into whole, even heads.
-    fn rotary_order_checked(&self, name: &str, rows: usize, heads: Option<usize>) -> Result<Option<Vec<usize>>> {
-        let Some(heads) = heads else { return Ok(None) };
-        if heads > 0 && rows.is_multiple_of(heads) && (rows / heads).is_multiple_of(2) {
-            return Ok(Some(rotary_row_order(rows, heads)));
-        }
-        Err(Error::format(&self.path, format!("tensor {name} with {rows} rows does not split into {heads} heads of an even size")))
-    }
-
     /// The chat template (a Jinja string), if the file has one.
     pub fn chat_template(&self) -> Option<&str> {
         self.metadata.get("tokenizer.chat_template").and_then(Value::as_str)
@@ -509,58 +417,6 @@ fn nibbles(qs: &[u8]) -> impl Iterator<Item = u8> + '_ {
     qs.iter().map(|b| b & 0x0f).chain(qs.iter().map(|b| b >> 4))
 }
 
-/// llama.cpp's tensor names -> Hugging Face's.
-fn hf_name(gguf: &str) -> Option<String> {
-    let fixed = match gguf {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(name) = fixed {
-        return Some(name.to_string());
-    }
-    let rest = gguf.strip_prefix("blk.")?;
-    let (layer, part) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (module, suffix) = part.rsplit_once('.')?;
-    let hf = match module {
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf}.{suffix}"))
-}
-
-/// The row order undoing the permutation llama.cpp's converter applies to q/k weights
-/// (`[out, in]`) so that its adjacent-pair rotary embedding works: within each head, Hugging
-/// Face row `j * head_dim / 2 + i` is GGUF row `2i + j`. Entry `r` is the GGUF row of row `r`.
-pub fn rotary_row_order(rows: usize, heads: usize) -> Vec<usize> {
-    let head_dim = rows / heads;
-    let half = head_dim / 2;
-    (0..rows)
-        .map(|r| {
-            let (h, within) = (r / head_dim, r % head_dim);
-            let (j, i) = (within / half, within % half);
-            h * head_dim + 2 * i + j
-        })
-        .collect()
-}
-
-/// The rows of a `[rows, cols]` tensor reordered: row `r` of the result is row `order[r]`.
-pub fn permute_rows(w: &HostTensor, order: &[usize]) -> HostTensor {
-    let cols = w.shape[1];
-    let data = order.iter().flat_map(|&r| &w.data[r * cols..(r + 1) * cols]).copied().collect();
-    HostTensor { shape: w.shape.clone(), data }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -571,33 +427,5 @@ mod tests {
         let v: Vec<u8> = nibbles(&qs).collect();
         assert_eq!(&v[..16], &(0..16).collect::<Vec<u8>>()[..]);
         assert_eq!(&v[16..], &(0..16).rev().collect::<Vec<u8>>()[..]);
-    }
-
-    #[test]
-    fn names_map_to_hugging_face() {
-        assert_eq!(hf_name("blk.12.attn_q.weight").unwrap(), "model.layers.12.self_attn.q_proj.weight");
-        assert_eq!(hf_name("blk.0.ffn_norm.weight").unwrap(), "model.layers.0.post_attention_layernorm.weight");
-        assert_eq!(hf_name("token_embd.weight").unwrap(), "model.embed_tokens.weight");
-        assert!(hf_name("blk.x.attn_q.weight").is_none());
-        assert!(hf_name("rope_freqs.weight").is_none());
-    }
-
-    #[test]
-    fn unpermute_inverts_the_converters_permutation() {
-        // The converter: w.reshape(heads, 2, head_dim / 2, cols).swapaxes(1, 2).
-        let (heads, head_dim, cols) = (3, 4, 2);
-        let hf = HostTensor { shape: vec![heads * head_dim, cols], data: (0..heads * head_dim * cols).map(|v| v as f32).collect() };
-        let mut permuted = vec![0.0; hf.data.len()];
-        for h in 0..heads {
-            for i in 0..head_dim / 2 {
-                for j in 0..2 {
-                    let src = h * head_dim + j * head_dim / 2 + i;
-                    let dst = h * head_dim + i * 2 + j;
-                    permuted[dst * cols..(dst + 1) * cols].copy_from_slice(&hf.data[src * cols..(src + 1) * cols]);
-                }
-            }
-        }
-        let gguf = HostTensor { shape: hf.shape.clone(), data: permuted };
-        assert_eq!(permute_rows(&gguf, &rotary_row_order(heads * head_dim, heads)), hf);
     }
 }

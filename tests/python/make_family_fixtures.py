@@ -6,8 +6,9 @@ For each family, a tiny random model (2 layers, width 32) saved as a Hugging Fac
 fixed inputs (two rows, the second right-padded), transformers' logits for them, and the logits
 with a small random PEFT LoRA adapter on q_proj and v_proj (saved beside, in PEFT's layout).
 Each fixture exercises what its family changes: Qwen2's query/key/value biases and tied
-embeddings, Qwen3's per-head query/key norms with a head size that is not hidden/heads, and
-Mistral's sliding window shorter than the inputs.
+embeddings, Qwen3's per-head query/key norms with a head size that is not hidden/heads,
+Mistral's sliding window shorter than the inputs, and Gemma 3's (1 + w) norms (four a layer),
+scaled embeddings, GeGLU, query scale, and sliding/global layers with two RoPE bases.
 """
 
 import json
@@ -37,6 +38,22 @@ FAMILIES = {
         **COMMON, rope_theta=5000.0, head_dim=16, tie_word_embeddings=False, attention_bias=False, use_sliding_window=False
     ),
     "mistral": transformers.MistralConfig(**COMMON, rope_theta=10000.0, head_dim=8, sliding_window=4, tie_word_embeddings=False),
+    # Sliding-window and global layers with their own RoPE bases, a head size != hidden/heads and
+    # a query scale != head_dim^-1/2, so that each shows in the logits.
+    "gemma3": transformers.Gemma3TextConfig(
+        **{k: v for k, v in COMMON.items() if k not in ("hidden_act", "num_hidden_layers")},
+        num_hidden_layers=3,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        sliding_window=4,
+        head_dim=16,
+        query_pre_attn_scalar=24,
+        hidden_activation="gelu_pytorch_tanh",
+        rope_parameters={
+            "full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        },
+        tie_word_embeddings=True,
+    ),
 }
 
 INPUT_IDS = [[5, 17, 33, 2, 90, 41, 8, 63, 12, 77], [9, 3, 55, 71, 20, 6, 0, 0, 0, 0]]
