@@ -120,7 +120,7 @@ fn decoder_logits(decoder: &Decoder, model: &PeftModel<crate::models::llama::Lla
     texts
         .iter()
         .map(|text| {
-            let ids = decoder.encode(text)?;
+            let ids = decoder.encode_prompt(text)?;
             if ids.is_empty() || ids.len() > model.model.config.max_position_embeddings {
                 return Err(Error::Config(format!(
                     "{text:?} is {} tokens; give 1 to {}",

@@ -8,7 +8,7 @@ use burn::prelude::*;
 use super::llama::{Llama, find_gguf};
 use crate::adapters::base_weight::Quantize;
 use crate::error::{Error, Result};
-use crate::weights::gguf::Gguf;
+use crate::weights::gguf::{Gguf, Value};
 
 const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
 
@@ -17,6 +17,9 @@ pub struct Decoder {
     pub model: Llama,
     pub tokenizer: tokenizers::Tokenizer,
     pub chat_template: Option<String>,
+    /// The beginning-of-sequence token a prompt starts with, where the model wants one (Gemma's
+    /// `add_bos_token`; SmolLM2 has none).
+    pub bos: Option<u32>,
     /// The file or directory it was read from.
     pub source: PathBuf,
 }
@@ -45,29 +48,43 @@ impl Decoder {
             Some(file) => {
                 let gguf = Gguf::open(&file)?;
                 let model = Llama::from_gguf(&gguf, &file, device)?;
-                Ok(Self { model, tokenizer: gguf.tokenizer()?, chat_template: gguf.chat_template().map(String::from), source: file })
+                let adds_bos = gguf.metadata.get("tokenizer.ggml.add_bos_token").is_some_and(|v| matches!(v, Value::Bool(true)));
+                let bos = model.config.bos_token_id.filter(|_| adds_bos);
+                let chat_template = gguf.chat_template().map(String::from);
+                Ok(Self { model, tokenizer: gguf.tokenizer()?, chat_template, bos, source: file })
             }
             None => {
                 let file = path.join("tokenizer.json");
                 let tokenizer = crate::data::tokenize::read_hf_tokenizer(&file)?;
                 let config = path.join(TOKENIZER_CONFIG);
-                let chat_template = match config.exists() {
-                    true => crate::files::read_json::<serde_json::Value>(&config)?["chat_template"].as_str().map(String::from),
-                    false => None,
+                let config = match config.exists() {
+                    true => crate::files::read_json::<serde_json::Value>(&config)?,
+                    false => serde_json::Value::Null,
                 };
-                Ok(Self { model: Llama::load(&path, device)?, tokenizer, chat_template, source: path })
+                let chat_template = config["chat_template"].as_str().map(String::from);
+                let model = Llama::load(&path, device)?;
+                let bos = model.config.bos_token_id.filter(|_| config["add_bos_token"].as_bool() == Some(true));
+                Ok(Self { model, tokenizer, chat_template, bos, source: path })
             }
         }
     }
 
     /// Writes `tokenizer.json` and, if there is a chat template, `tokenizer_config.json` with it
-    /// (where Hugging Face keeps it), so that [`Decoder::open`] on `dir` finds both.
+    /// and whether prompts start with BOS (where Hugging Face keeps them), so that
+    /// [`Decoder::open`] on `dir` finds them.
     pub fn save_tokenizer(&self, dir: &Path) -> Result<()> {
         let file = dir.join("tokenizer.json");
         self.tokenizer.save(&file, false).map_err(|e| Error::format(&file, e))?;
-        match &self.chat_template {
-            Some(template) => crate::files::write_json(&dir.join(TOKENIZER_CONFIG), &serde_json::json!({ "chat_template": template })),
-            None => Ok(()),
+        let mut config = serde_json::Map::new();
+        if let Some(template) = &self.chat_template {
+            config.insert("chat_template".into(), template.as_str().into());
+        }
+        if self.bos.is_some() {
+            config.insert("add_bos_token".into(), true.into());
+        }
+        match config.is_empty() {
+            true => Ok(()),
+            false => crate::files::write_json(&dir.join(TOKENIZER_CONFIG), &serde_json::Value::Object(config)),
         }
     }
 
@@ -76,6 +93,14 @@ impl Decoder {
         let encoding =
             self.tokenizer.encode(text, false).map_err(|e| Error::format(&self.source, format!("cannot tokenize {text:?}: {e}")))?;
         Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Token ids of `text` as the start of a sequence: after the BOS token where the model
+    /// wants one (without it Gemma's predictions are far off).
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids: Vec<u32> = self.bos.into_iter().collect();
+        ids.extend(self.encode(text)?);
+        Ok(ids)
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {

@@ -140,15 +140,18 @@ impl Objective for CausalLm {
     }
 }
 
-/// Prompt + answer tokens, the prompt cut from the left to fit `max_len`.
+/// Prompt + answer tokens, the prompt cut from the left to fit `max_len` (after the model's BOS
+/// token, which stays first).
 fn sequence(decoder: &Decoder, example: &ChoiceExample, option: usize, eos: Option<u32>, max_len: usize) -> Result<LmSequence> {
     let mut answer = decoder.encode(&format!(" {}", example.options[option]))?;
     answer.extend(eos);
     let mut tokens = decoder.encode(&prompt(example))?;
-    let room = max_len.saturating_sub(answer.len()).max(1);
+    let bos = decoder.bos.map_or(0, |_| 1);
+    let room = max_len.saturating_sub(answer.len() + bos).max(1);
     if tokens.len() > room {
         tokens.drain(..tokens.len() - room);
     }
+    tokens.splice(0..0, decoder.bos);
     let answer_start = tokens.len();
     tokens.extend(answer);
     Ok(LmSequence { tokens, answer_start })

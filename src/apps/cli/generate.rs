@@ -58,7 +58,7 @@ pub fn generate_cli(
         DecoderSource::Model { name, quantize } => (Decoder::open(name, device)?.quantized(quantize)?, Deltas::none()),
     };
     let text = if chat { decoder.chat_prompt(prompt)? } else { prompt.to_string() };
-    let ids = decoder.encode(&text)?;
+    let ids = decoder.encode_prompt(&text)?;
     if ids.is_empty() {
         return Err(Error::Config("the prompt is empty".into()));
     }
