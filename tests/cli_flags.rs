@@ -57,7 +57,7 @@ fn train_refuses_flags_of_other_methods_tasks_and_model_families() {
     check(args, &["--image-size is not for a classification run"]);
     check(train(&["--task", "classification", "--model", &f.path("llama")]), &["is a decoder (LLaMA)", "needs an encoder"]);
     let lm = ["train", "--task", "multiple-choice", "--model", &f.path("bert"), "--out", &out];
-    assert_fails(&lm, &["is an encoder (BERT)", "needs a decoder"]);
+    assert_fails(&lm, &["is an encoder (BERT-style)", "needs a decoder"]);
     assert!(!Path::new(&out).exists(), "a refused train wrote its output directory");
 }
 

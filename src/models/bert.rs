@@ -1,4 +1,6 @@
-//! BERT-family encoders (BERT, MiniLM, ...) read from and written to Hugging Face checkpoints.
+//! BERT-style encoders (BERT, MiniLM; RoBERTa, XLM-RoBERTa; DistilBERT) read from and written
+//! to Hugging Face checkpoints; what the families change is in [`super::bert_config`] (their
+//! [`Variant`]) and [`super::distilbert`] (its names and config keys).
 //!
 //! Every linear is an [`AdaptedLinear`] named by its Hugging Face module path, e.g.
 //! `encoder.layer.0.attention.self.query`, behind a caller-given prefix (`""` for a bare
@@ -12,11 +14,12 @@ use burn::prelude::*;
 use burn::tensor::module::embedding;
 use serde::{Deserialize, Serialize};
 
+pub use super::bert_config::{BertConfig, HiddenAct, Variant};
 use super::layers::{LayerNorm, ReadLayers, attention};
 use crate::adapters::{Adaptable, AdaptedLinear, Deltas};
 use crate::data::tokenize::EncoderInput;
 use crate::error::{Error, Result};
-use crate::files::{read_json, write_json};
+use crate::files::write_json;
 use crate::kernels;
 use crate::weights::Reader;
 use crate::weights::tensors::{self, HostTensor};
@@ -24,108 +27,79 @@ use crate::weights::tensors::{self, HostTensor};
 const CONFIG_FILE: &str = "config.json";
 const WEIGHTS_FILE: &str = "model.safetensors";
 
-/// The feed-forward non-linearity (`hidden_act`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum HiddenAct {
-    /// Exact GELU, `x * Phi(x)` with erf.
-    #[serde(rename = "gelu")]
-    Gelu,
+/// Where a family's checkpoint keeps each tensor: embeddings, then each layer's under
+/// `{layers}{i}.` (BERT's and RoBERTa's here, DistilBERT's in [`super::distilbert::NAMES`]).
+pub struct TensorNames {
+    pub word: &'static str,
+    pub position: &'static str,
+    /// `None`: the family has no token types (DistilBERT).
+    pub token_type: Option<&'static str>,
+    pub embedding_norm: &'static str,
+    pub layers: &'static str,
+    pub query: &'static str,
+    pub key: &'static str,
+    pub value: &'static str,
+    pub attention_output: &'static str,
+    pub attention_norm: &'static str,
+    pub intermediate: &'static str,
+    pub output: &'static str,
+    pub output_norm: &'static str,
 }
 
-/// A Hugging Face BERT `config.json`. Keys this model does not use are kept in `extra`, so a
-/// saved config still carries them (`architectures`, `model_type`, labels, ...).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct BertConfig {
-    pub vocab_size: usize,
-    pub hidden_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    pub intermediate_size: usize,
-    #[serde(default = "default_act")]
-    pub hidden_act: HiddenAct,
-    #[serde(default = "default_max_positions")]
-    pub max_position_embeddings: usize,
-    #[serde(default = "default_type_vocab")]
-    pub type_vocab_size: usize,
-    #[serde(default = "default_eps")]
-    pub layer_norm_eps: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pad_token_id: Option<usize>,
-    /// Only `"absolute"` is supported.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub position_embedding_type: Option<String>,
-    #[serde(flatten)]
-    pub extra: BTreeMap<String, serde_json::Value>,
-}
+pub const BERT_NAMES: TensorNames = TensorNames {
+    word: "embeddings.word_embeddings",
+    position: "embeddings.position_embeddings",
+    token_type: Some("embeddings.token_type_embeddings"),
+    embedding_norm: "embeddings.LayerNorm",
+    layers: "encoder.layer.",
+    query: "attention.self.query",
+    key: "attention.self.key",
+    value: "attention.self.value",
+    attention_output: "attention.output.dense",
+    attention_norm: "attention.output.LayerNorm",
+    intermediate: "intermediate.dense",
+    output: "output.dense",
+    output_norm: "output.LayerNorm",
+};
 
-fn default_act() -> HiddenAct {
-    HiddenAct::Gelu
-}
-fn default_max_positions() -> usize {
-    512
-}
-fn default_type_vocab() -> usize {
-    2
-}
-fn default_eps() -> f64 {
-    1e-12
-}
-
-impl BertConfig {
-    /// Reads and checks `config.json`.
-    pub fn read(path: &Path) -> Result<Self> {
-        let config: Self = read_json(path)?;
-        config.validate().map_err(|m| Error::format(path, m))?;
-        Ok(config)
-    }
-
-    fn validate(&self) -> std::result::Result<(), String> {
-        let sizes = [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("num_attention_heads", self.num_attention_heads),
-            ("intermediate_size", self.intermediate_size),
-            ("max_position_embeddings", self.max_position_embeddings),
-            ("type_vocab_size", self.type_vocab_size),
-        ];
-        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("{name} must be at least 1"));
-        }
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return Err(format!("hidden_size {} is not a multiple of num_attention_heads {}", self.hidden_size, self.num_attention_heads));
-        }
-        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
-            return Err(format!("layer_norm_eps must be a positive number, got {}", self.layer_norm_eps));
-        }
-        match self.position_embedding_type.as_deref() {
-            None | Some("absolute") => Ok(()),
-            Some(other) => Err(format!("position_embedding_type {other:?} is not supported (only \"absolute\")")),
-        }
-    }
-
-    pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_attention_heads
+/// The tensor names of `variant`'s checkpoints.
+pub fn names(variant: Variant) -> &'static TensorNames {
+    match variant {
+        Variant::DistilBert => &super::distilbert::NAMES,
+        _ => &BERT_NAMES,
     }
 }
 
-/// Word, position and token-type embeddings, summed and normalised.
+/// Word, position and (except DistilBERT's) token-type embeddings, summed and normalised.
 #[derive(Module, Debug)]
 pub struct BertEmbeddings {
     pub word: Param<Tensor<2>>,
     pub position: Param<Tensor<2>>,
-    pub token_type: Param<Tensor<2>>,
+    pub token_type: Option<Param<Tensor<2>>>,
     pub norm: LayerNorm,
 }
 
 impl BertEmbeddings {
-    fn forward(&self, input: &EncoderInput) -> Tensor<3> {
+    fn forward(&self, input: &EncoderInput, config: &BertConfig) -> Tensor<3> {
         let [_, seq] = input.input_ids.dims();
-        let max = self.position.shape()[0];
-        assert!(seq <= max, "sequence of {seq} tokens is longer than max_position_embeddings {max}");
-        let positions = self.position.val().narrow(0, 0, seq).unsqueeze::<3>();
+        let max = config.max_positions();
+        assert!(seq <= max, "sequence of {seq} tokens is longer than the {max} positions of the model");
+        let positions = match config.position_padding() {
+            None => self.position.val().narrow(0, 0, seq).unsqueeze::<3>(),
+            // RoBERTa: real tokens count from pad + 1, padding tokens sit at pad.
+            Some(pad) => {
+                let real = input.input_ids.clone().not_equal_elem(pad as i64).int();
+                embedding(self.position.val(), real.clone().cumsum(1).mul(real).add_scalar(pad as i64))
+            }
+        };
         let words = embedding(self.word.val(), input.input_ids.clone());
-        let types = embedding(self.token_type.val(), input.token_type_ids.clone());
-        self.norm.forward(words + types + positions)
+        let embedded = match &self.token_type {
+            // A table of one row (RoBERTa's) is every token's: its tokenizers give no token types.
+            Some(table) if table.shape()[0] == 1 => words + table.val().unsqueeze::<3>() + positions,
+            Some(table) => words + embedding(table.val(), input.token_type_ids.clone()) + positions,
+            None => words + positions,
+        };
+        self.norm.forward(embedded)
     }
 }
 
@@ -174,17 +148,27 @@ pub struct Bert {
     pub pooler: Option<AdaptedLinear>,
     #[module(skip)]
     pub config: BertConfig,
-    /// Prepended to every module path and tensor name (`""` or `"bert."`).
+    /// Prepended to every module path and tensor name (`""`, or the family's task prefix:
+    /// `"bert."`, `"roberta."`, `"distilbert."`).
     #[module(skip)]
     pub prefix: String,
 }
 
 impl Bert {
-    /// Loads `config.json` and `model.safetensors` from `dir`. Tensor names may carry a `bert.`
-    /// prefix or none; module paths get `prefix`.
+    /// Loads `config.json` and `model.safetensors` from `dir`. Tensor names may carry the
+    /// family's task prefix (`bert.`, `roberta.`, `distilbert.`) or none; module paths get `prefix`.
     pub fn load(dir: &Path, prefix: &str, device: &Device) -> Result<Self> {
         let (mut tensors, file) = crate::weights::read_model_dir(dir)?;
         Self::from_tensors(BertConfig::read(&dir.join(CONFIG_FILE))?, &mut tensors, &file, prefix, device)
+    }
+
+    /// [`Bert::load`] with module paths as in the family's transformers task models (`bert.`,
+    /// `roberta.`, `distilbert.`), as a classifier's encoder.
+    pub fn load_in_task(dir: &Path, device: &Device) -> Result<Self> {
+        let (mut tensors, file) = crate::weights::read_model_dir(dir)?;
+        let config = BertConfig::read(&dir.join(CONFIG_FILE))?;
+        let prefix = config.variant().task_prefix();
+        Self::from_tensors(config, &mut tensors, &file, prefix, device)
     }
 
     /// Builds the model from an already read checkpoint, removing the tensors it uses from
@@ -196,18 +180,22 @@ impl Bert {
         prefix: &str,
         device: &Device,
     ) -> Result<Self> {
-        let stored = stored_prefix(tensors, prefix);
+        let (variant, n) = (config.variant(), names(config.variant()));
+        let stored = stored_prefix(tensors, prefix, variant);
         let mut r = Reader::new(tensors, file, device).with_prefixes(&stored, prefix);
         let (h, c) = (config.hidden_size, &config);
         let embeddings = BertEmbeddings {
-            word: r.param("embeddings.word_embeddings.weight", [c.vocab_size, h])?,
-            position: r.param("embeddings.position_embeddings.weight", [c.max_position_embeddings, h])?,
-            token_type: r.param("embeddings.token_type_embeddings.weight", [c.type_vocab_size, h])?,
-            norm: r.layer_norm("embeddings.LayerNorm", h, c.layer_norm_eps)?,
+            word: r.param(&format!("{}.weight", n.word), [c.vocab_size, h])?,
+            position: r.param(&format!("{}.weight", n.position), [c.max_position_embeddings, h])?,
+            token_type: n.token_type.map(|t| r.param(&format!("{t}.weight"), [c.type_vocab_size, h])).transpose()?,
+            norm: r.layer_norm(n.embedding_norm, h, c.layer_norm_eps)?,
         };
-        let layers = (0..c.num_hidden_layers).map(|i| r.layer(i, c)).collect::<Result<Vec<_>>>()?;
-        let pooler = if r.has("pooler.dense.weight") { Some(r.linear("pooler.dense", h, h, true)?) } else { None };
-        r.reject_extra_layers("encoder.layer.", c.num_hidden_layers)?;
+        let layers = (0..c.num_hidden_layers).map(|i| r.layer(i, c, n)).collect::<Result<Vec<_>>>()?;
+        let pooler = match variant.reads_pooler() && r.has("pooler.dense.weight") {
+            true => Some(r.linear("pooler.dense", h, h, true)?),
+            false => None,
+        };
+        r.reject_extra_layers(n.layers, c.num_hidden_layers)?;
         Ok(Self { embeddings, layers, pooler, config, prefix: prefix.to_string() })
     }
 
@@ -215,7 +203,7 @@ impl Bert {
     /// model's prefix) that [`Bert::load`] and Hugging Face `transformers` read.
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        write_json(&dir.join(CONFIG_FILE), &self.config)?;
+        write_json(&dir.join(CONFIG_FILE), &self.config.to_value())?;
         // transformers refuses safetensors files without this metadata.
         let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
         tensors::write(&dir.join(WEIGHTS_FILE), &self.tensors(), Some(metadata))
@@ -223,16 +211,18 @@ impl Bert {
 
     /// Every weight under its Hugging Face name, linears transposed to PyTorch's `[out, in]`.
     pub fn tensors(&self) -> BTreeMap<String, HostTensor> {
-        let p = &self.prefix;
+        let (p, n) = (&self.prefix, names(self.config.variant()));
         let mut out = BTreeMap::new();
         let e = &self.embeddings;
-        out.insert(format!("{p}embeddings.word_embeddings.weight"), HostTensor::from_tensor(&e.word.val()));
-        out.insert(format!("{p}embeddings.position_embeddings.weight"), HostTensor::from_tensor(&e.position.val()));
-        out.insert(format!("{p}embeddings.token_type_embeddings.weight"), HostTensor::from_tensor(&e.token_type.val()));
-        e.norm.put(&mut out, &format!("{p}embeddings.LayerNorm"));
+        out.insert(format!("{p}{}.weight", n.word), HostTensor::from_tensor(&e.word.val()));
+        out.insert(format!("{p}{}.weight", n.position), HostTensor::from_tensor(&e.position.val()));
+        if let (Some(name), Some(table)) = (n.token_type, &e.token_type) {
+            out.insert(format!("{p}{name}.weight"), HostTensor::from_tensor(&table.val()));
+        }
+        e.norm.put(&mut out, &format!("{p}{}", n.embedding_norm));
         for (i, layer) in self.layers.iter().enumerate() {
-            layer.attention_norm.put(&mut out, &format!("{p}encoder.layer.{i}.attention.output.LayerNorm"));
-            layer.output_norm.put(&mut out, &format!("{p}encoder.layer.{i}.output.LayerNorm"));
+            layer.attention_norm.put(&mut out, &format!("{p}{}{i}.{}", n.layers, n.attention_norm));
+            layer.output_norm.put(&mut out, &format!("{p}{}{i}.{}", n.layers, n.output_norm));
         }
         for linear in self.linears() {
             linear.put(&mut out);
@@ -243,12 +233,12 @@ impl Bert {
     /// The last hidden state, `[batch, seq, hidden]`. Padded keys (mask 0) get no attention.
     ///
     /// # Panics
-    /// If `seq` exceeds `max_position_embeddings`.
+    /// If `seq` exceeds [`BertConfig::max_positions`].
     pub fn forward(&self, input: &EncoderInput, deltas: &Deltas) -> Tensor<3> {
         let [b, t] = input.attention_mask.dims();
         // (1 - mask) * f32::MIN, as transformers does: exp() of it is exactly 0.
         let mask_bias = input.attention_mask.clone().neg().add_scalar(1.0).mul_scalar(f32::MIN).reshape([b, 1, 1, t]);
-        let mut x = self.embeddings.forward(input);
+        let mut x = self.embeddings.forward(input, &self.config);
         for layer in &self.layers {
             x = layer.forward(x, &mask_bias, self.config.num_attention_heads, deltas);
         }
@@ -262,31 +252,33 @@ impl Bert {
     }
 }
 
-/// The prefix the checkpoint's tensor names carry: the model's own, none, or `bert.`.
-fn stored_prefix(tensors: &BTreeMap<String, HostTensor>, prefix: &str) -> String {
-    let candidates = [prefix, "", "bert."];
-    let found = candidates.iter().find(|p| tensors.contains_key(&format!("{p}embeddings.word_embeddings.weight")));
+/// The prefix the checkpoint's tensor names carry: the model's own, none, or the family's
+/// task prefix (`bert.`, `roberta.`, `distilbert.`).
+fn stored_prefix(tensors: &BTreeMap<String, HostTensor>, prefix: &str, variant: Variant) -> String {
+    let word = names(variant).word;
+    let candidates = [prefix, "", variant.task_prefix()];
+    let found = candidates.iter().find(|p| tensors.contains_key(&format!("{p}{word}.weight")));
     found.unwrap_or(&prefix).to_string()
 }
 
-/// Bert's blocks, read through the shared [`Reader`].
+/// Bert's blocks, read through the shared [`Reader`] under the family's names.
 trait BertReader {
-    fn layer(&mut self, i: usize, c: &BertConfig) -> Result<BertLayer>;
+    fn layer(&mut self, i: usize, c: &BertConfig, n: &TensorNames) -> Result<BertLayer>;
 }
 
 impl BertReader for Reader<'_> {
-    fn layer(&mut self, i: usize, c: &BertConfig) -> Result<BertLayer> {
+    fn layer(&mut self, i: usize, c: &BertConfig, n: &TensorNames) -> Result<BertLayer> {
         let (h, m, eps) = (c.hidden_size, c.intermediate_size, c.layer_norm_eps);
-        let p = format!("encoder.layer.{i}.");
+        let p = format!("{}{i}.", n.layers);
         Ok(BertLayer {
-            query: self.linear(&format!("{p}attention.self.query"), h, h, true)?,
-            key: self.linear(&format!("{p}attention.self.key"), h, h, true)?,
-            value: self.linear(&format!("{p}attention.self.value"), h, h, true)?,
-            attention_output: self.linear(&format!("{p}attention.output.dense"), h, h, true)?,
-            attention_norm: self.layer_norm(&format!("{p}attention.output.LayerNorm"), h, eps)?,
-            intermediate: self.linear(&format!("{p}intermediate.dense"), h, m, true)?,
-            output: self.linear(&format!("{p}output.dense"), m, h, true)?,
-            output_norm: self.layer_norm(&format!("{p}output.LayerNorm"), h, eps)?,
+            query: self.linear(&format!("{p}{}", n.query), h, h, true)?,
+            key: self.linear(&format!("{p}{}", n.key), h, h, true)?,
+            value: self.linear(&format!("{p}{}", n.value), h, h, true)?,
+            attention_output: self.linear(&format!("{p}{}", n.attention_output), h, h, true)?,
+            attention_norm: self.layer_norm(&format!("{p}{}", n.attention_norm), h, eps)?,
+            intermediate: self.linear(&format!("{p}{}", n.intermediate), h, m, true)?,
+            output: self.linear(&format!("{p}{}", n.output), m, h, true)?,
+            output_norm: self.layer_norm(&format!("{p}{}", n.output_norm), h, eps)?,
         })
     }
 }
@@ -332,10 +324,14 @@ impl crate::models::Architecture for Bert {
     const DEFAULT_TARGETS: &'static [&'static str] = &["query", "value"];
     const ADAPTER_SITES: &'static [&'static str] = &["attention.output.dense", "output.dense"];
     const KEY_PROJECTIONS: &'static [&'static str] = &["key"];
+    fn targets_of(&self, method: crate::adapters::Method) -> &'static [&'static str] {
+        self.config.variant().default_targets(method)
+    }
     fn describe(&self) -> String {
         let c = &self.config;
         format!(
-            "BERT encoder, {} layers, hidden {}, {} heads, FFN {}, vocab {}{}",
+            "{} encoder, {} layers, hidden {}, {} heads, FFN {}, vocab {}{}",
+            c.variant().name(),
             c.num_hidden_layers,
             c.hidden_size,
             c.num_attention_heads,
@@ -345,7 +341,7 @@ impl crate::models::Architecture for Bert {
         )
     }
     fn max_positions(&self) -> usize {
-        self.config.max_position_embeddings
+        self.config.max_positions()
     }
     fn num_layers(&self) -> usize {
         self.config.num_hidden_layers

@@ -19,8 +19,10 @@ macro_rules! linear_fields {
 }
 
 pub mod bert;
+pub mod bert_config;
 pub mod decoder;
 pub mod dinov2;
+pub mod distilbert;
 pub mod layers;
 pub mod llama;
 pub mod llama_config;
@@ -56,6 +58,11 @@ pub trait Architecture: Adaptable + Clone {
             Sites::QueryValue => Self::DEFAULT_TARGETS,
         }
     }
+    /// The default targets of `method` on this model: [`Architecture::default_targets`], unless
+    /// the family's variants name their linears differently (DistilBERT's `q_lin`, `v_lin`).
+    fn targets_of(&self, method: crate::adapters::Method) -> &'static [&'static str] {
+        Self::default_targets(method)
+    }
     /// One line: family, layers, widths, vocabulary.
     fn describe(&self) -> String;
     /// Longest input in tokens (`max_position_embeddings`).
@@ -75,7 +82,7 @@ pub trait Architecture: Adaptable + Clone {
 /// The registry of architectures replora loads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
-    /// BERT-style encoders (`model_type` bert; MiniLM).
+    /// BERT-style encoders (`model_type` bert: MiniLM; roberta, xlm-roberta, distilbert).
     Bert,
     /// LLaMA-style decoders (`model_type` llama: SmolLM2; qwen2, qwen3, mistral), from Hugging
     /// Face directories, or GGUF files (llama).
@@ -116,7 +123,7 @@ impl Family {
 
     fn from_model_type(model_type: &str) -> Option<Self> {
         match model_type {
-            "bert" => Some(Family::Bert),
+            t if bert_config::Variant::MODEL_TYPES.contains(&t) => Some(Family::Bert),
             t if llama::Variant::MODEL_TYPES.contains(&t) => Some(Family::Llama),
             "dinov2" => Some(Family::Dinov2),
             _ => None,
@@ -126,13 +133,15 @@ impl Family {
     /// Loads `model` and describes it.
     pub fn info(self, model: &str, device: &Device) -> Result<ModelInfo> {
         fn of<A: Architecture>(a: &A, source: &Path) -> ModelInfo {
+            use crate::adapters::Method;
+            let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect();
             ModelInfo {
                 description: format!("{}: {}", source.display(), a.describe()),
                 linears: a.linears().iter().map(|l| (l.path.clone(), l.d_in(), l.d_out())).collect(),
                 params: a.num_params(),
-                default_targets: A::DEFAULT_TARGETS.iter().map(|s| s.to_string()).collect(),
-                adapter_sites: A::ADAPTER_SITES.iter().map(|s| s.to_string()).collect(),
-                key_projections: A::KEY_PROJECTIONS.iter().map(|s| s.to_string()).collect(),
+                default_targets: names(a.targets_of(Method::Lora)),
+                adapter_sites: names(a.targets_of(Method::Houlsby)),
+                key_projections: names(a.targets_of(Method::Prefix)),
             }
         }
         match self {
@@ -150,6 +159,15 @@ impl Family {
             }
         }
     }
+}
+
+/// Every `model_type` replora reads, by kind, for errors about one it does not.
+pub fn known_model_types() -> String {
+    format!(
+        "encoders {}; decoders {}; vision transformers dinov2",
+        bert_config::Variant::MODEL_TYPES.join(", "),
+        llama_config::Variant::MODEL_TYPES.join(", ")
+    )
 }
 
 /// A model directory from a path or an asset name (fetched on demand; an asset published as

@@ -1,5 +1,6 @@
-//! Text (or text-pair) classification: a BERT-style encoder with an adapter, pooling and a
-//! linear head, trained with cross-entropy and scored by accuracy and macro-F1.
+//! Text (or text-pair) classification: a BERT-style encoder (BERT, RoBERTa, XLM-RoBERTa,
+//! DistilBERT) with an adapter, pooling and a linear head, trained with cross-entropy and scored
+//! by accuracy and macro-F1.
 
 use std::path::{Path, PathBuf};
 
@@ -127,7 +128,7 @@ impl Task for Classification {
 
     fn open(spec: ClassificationSpec, device: &Device) -> Result<Self> {
         let model_dir = crate::models::resolve(&spec.model)?;
-        let encoder = Bert::load(&model_dir, "bert.", device)?;
+        let encoder = Bert::load_in_task(&model_dir, device)?;
         encoder.check_fits(spec.max_len, spec.tuning.layers())?;
         let tokenizer = Tokenizer::from_model_dir(&model_dir)?.with_max_len(spec.max_len)?;
         Ok(Self { spec, model_dir, encoder, tokenizer, device: device.clone(), run_labels: Default::default() })
@@ -193,7 +194,7 @@ impl Task for Classification {
         let labels: Vec<String> = read_json(&out.join(LABELS_FILE))?;
         super::heads::check_head_labels(&out.join(HEAD_FILE), &out.join(LABELS_FILE), labels.len())?;
         let _ = self.run_labels.set(labels.clone());
-        let encoder = self.spec.tuning.restore(self.encoder.clone(), out, Self::FULL_MODEL_DIR, |dir| Bert::load(dir, "bert.", device))?;
+        let encoder = self.spec.tuning.restore(self.encoder.clone(), out, Self::FULL_MODEL_DIR, |dir| Bert::load_in_task(dir, device))?;
         let s = &self.spec;
         SequenceClassifier::new(encoder, labels.len(), s.pooling, s.head_dropout, s.train.seed).load_head(&out.join(HEAD_FILE))
     }
@@ -316,10 +317,10 @@ pub fn layout_note(layout: HfLayout, verb: &str) -> &'static str {
             "layout: PEFT SEQ_CLS with the head in modules_to_save: PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base, num_labels=N), dir)"
         }
         (HfLayout::SentenceTransformers, "merge") => {
-            "layout: sentence-transformers (Transformer, the run's pooling, the head as a Dense module): SentenceTransformer(dir).encode(texts) gives the logits; not a BertForSequenceClassification, whose [CLS] pooler head would predict differently (train with --pooling cls for that)"
+            "layout: sentence-transformers (Transformer, the run's pooling, the head as a Dense module): SentenceTransformer(dir).encode(texts) gives the logits; not a BertForSequenceClassification, whose [CLS] pooler head would predict differently (train a BERT with a pooler with --pooling cls for that)"
         }
         (HfLayout::SentenceTransformers, _) => {
-            "layout: PEFT FEATURE_EXTRACTION adapter on the bare encoder + head.safetensors (the run's pooling is not transformers' [CLS] pooler head; README.md in the directory has the Python lines; train with --pooling cls for a SEQ_CLS adapter)"
+            "layout: PEFT FEATURE_EXTRACTION adapter on the bare encoder + head.safetensors (the run's pooling is not transformers' [CLS] pooler head; README.md in the directory has the Python lines; train a BERT with a pooler with --pooling cls for a SEQ_CLS adapter)"
         }
     }
 }

@@ -49,14 +49,15 @@ pub fn metadata() -> Option<HashMap<String, String>> {
     Some(METADATA.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
 }
 
-/// The merged encoder's tensors without the module prefix (`bert.`), as a bare `BertModel`.
+/// The merged encoder's tensors without the module prefix (`bert.`), as a bare `BertModel`
+/// (`RobertaModel`, `DistilBertModel`, ...).
 fn bare_tensors(bert: &Bert) -> BTreeMap<String, HostTensor> {
     bert.tensors().into_iter().map(|(k, v)| (k.strip_prefix(bert.prefix.as_str()).unwrap_or(&k).to_string(), v)).collect()
 }
 
 /// `config.json` of the merged encoder; `architectures` and labels are set by the caller.
 fn base_config(bert: &Bert, pooling: Pooling) -> serde_json::Value {
-    let mut config = serde_json::to_value(&bert.config).expect("config serializes");
+    let mut config = bert.config.to_value();
     for key in ["id2label", "label2id", "num_labels"] {
         config.as_object_mut().expect("config is an object").remove(key);
     }
@@ -101,7 +102,7 @@ pub fn write_sentence_transformers(
     }
     tensors::write(&dir.join("model.safetensors"), &bare_tensors(bert), metadata())?;
     let mut config = base_config(bert, pooling);
-    config["architectures"] = json!(["BertModel"]);
+    config["architectures"] = json!([bert.config.variant().bare_architecture()]);
     write_json(&dir.join("config.json"), &config)?;
     write_json(&dir.join("labels.json"), &labels)?;
     write_json(&dir.join("sentence_bert_config.json"), &json!({"max_seq_length": max_len, "do_lower_case": false}))?;

@@ -309,7 +309,8 @@ fn info(model: &str, rank: usize, targets: Option<Vec<String>>) -> Result<()> {
     let Some(family) = Family::detect(model) else {
         crate::models::resolve(model)?; // a missing path: say so
         return Err(Error::Config(format!(
-            "{model}: not a model replora knows (a BERT, LLaMA or DINOv2 Hugging Face directory, a .gguf file, or an asset name)"
+            "{model}: not a model replora knows (a Hugging Face directory whose config.json names a model_type replora reads: {}; a .gguf file; or an asset name)",
+            crate::models::known_model_types()
         )));
     };
     let info = family.info(model, &Device::flex())?;

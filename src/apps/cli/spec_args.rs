@@ -16,7 +16,7 @@ use crate::adapters::{
 use crate::choice::Choice;
 use crate::error::{Error, Result};
 use crate::models::Architecture;
-use crate::models::bert::{Bert, Pooling};
+use crate::models::bert::Pooling;
 use crate::models::dinov2::Dinov2;
 use crate::models::llama::Llama;
 use crate::tasks::classification::ClassificationSpec;
@@ -375,6 +375,12 @@ impl MethodArgs {
     /// shared ones its `TAKES` names); a setting no method of the run takes is refused by name
     /// (see [`MethodArgs::settings_given`]).
     pub fn to_tuning<A: Architecture>(&self, seed: u64) -> Result<Tuning> {
+        self.to_tuning_with(seed, &A::default_targets)
+    }
+
+    /// [`MethodArgs::to_tuning`] with the default targets of each method from `defaults` (an
+    /// encoder's depend on its family: DistilBERT's are `q_lin`, `v_lin`).
+    pub fn to_tuning_with(&self, seed: u64, defaults: &dyn Fn(Method) -> &'static [&'static str]) -> Result<Tuning> {
         self.refuse_settings_of_other_methods()?;
         let method = match self.name() {
             "prefix" if self.targets.is_some() || self.targets_regex.is_some() => {
@@ -397,7 +403,7 @@ impl MethodArgs {
             (Some(_), Some(_)) => return Err(Error::Config("--targets and --targets-regex exclude each other: give one of them".into())),
             (Some(re), None) => TargetModules::Regex(re.clone()),
             (None, Some(names)) => TargetModules::Names(names.clone()),
-            (None, None) => TargetModules::Names(A::default_targets(method).iter().map(|s| s.to_string()).collect()),
+            (None, None) => TargetModules::Names(defaults(method).iter().map(|s| s.to_string()).collect()),
         };
         let mut settings = method.defaults();
         if let Some(r) = settings.settings_mut::<RepLora>() {
@@ -477,7 +483,9 @@ impl RunArgs {
         RunArgs::check_model_family(self.model.as_deref().unwrap_or(&d.model), TaskKind::Classification)?;
         let c = &self.classification;
         let train = self.train.to_train(d.train.clone());
-        let tuning = self.method.to_tuning::<Bert>(train.seed)?;
+        let model = self.model.as_deref().unwrap_or(&d.model);
+        let variant = crate::models::bert::Variant::detect(model);
+        let tuning = self.method.to_tuning_with(train.seed, &|method| variant.default_targets(method))?;
         let split = match &c.split {
             Some(s) => <[f64; 3]>::try_from(s.as_slice())
                 .map_err(|_| Error::Config(format!("--split takes three fractions (train, validation, test), got {}: {s:?}", s.len())))?,
