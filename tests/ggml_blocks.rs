@@ -60,7 +60,7 @@ impl Rng {
     /// A scale of either sign, 1/256 to 1/64.
     fn scale(&mut self) -> [u8; 2] {
         let magnitude = (1.0 + (self.next() % 1000) as f32 / 333.0) / 256.0;
-        f16::from_f32(if self.next() % 2 == 0 { magnitude } else { -magnitude }).to_le_bytes()
+        f16::from_f32(if self.next().is_multiple_of(2) { magnitude } else { -magnitude }).to_le_bytes()
     }
 }
 
@@ -276,8 +276,9 @@ fn a_q4_k_m_style_decoder_runs_on_its_blocks_widens_and_merges() {
     let config = replora::models::llama::LlamaConfig::from_value(gguf.llama_config().unwrap(), &path).unwrap();
     let from_f32 = Llama::from_tensors(config, &mut gguf.llama_tensors().unwrap(), &path, &device).unwrap();
     let weights = |m: &Llama| -> Vec<Vec<u32>> {
-        let mut all: Vec<Vec<u32>> = m.linears().iter().map(|l| bits(&l.weight.dense().into_data().to_vec::<f32>().unwrap())).collect();
-        all.push(bits(&m.embed_tokens.dense().into_data().to_vec::<f32>().unwrap()));
+        let mut all: Vec<Vec<u32>> =
+            m.linears().iter().map(|l| bits(&l.weight.dense().into_data().try_into_vec_as::<f32>().unwrap())).collect();
+        all.push(bits(&m.embed_tokens.dense().into_data().try_into_vec_as::<f32>().unwrap()));
         all
     };
     assert!(weights(&widened) == weights(&from_f32), "the blocks widened after loading and the f32 tensors read from the file differ");
