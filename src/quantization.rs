@@ -1,28 +1,35 @@
-//! Block-quantized matrices as GGUF stores them (Q8_0, Q4_0, Q4_1): a frozen base weight kept
-//! at 4.5-8.5 bits per value instead of 32, read by the products in
+//! Block-quantized matrices as GGUF stores them (Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q6_K): a frozen
+//! base weight kept at 6-10 bits per value instead of 32, read by the products in
 //! [`kernels::quantized`](crate::kernels::quantized) without an f32 copy.
 //!
 //! A matrix is row-major `[rows, cols]` (a linear's `[d_out, d_in]`, PyTorch's and GGUF's
-//! layout), each row a run of blocks of [`BLOCK`] consecutive values. Per block, with `d` and
-//! `m` stored as f16:
-//! - Q8_0: `d`, 32 `i8` codes; value `d * q`.
-//! - Q4_0: `d`, 16 bytes of 4-bit codes; value `d * (q - 8)`.
-//! - Q4_1: `d`, `m`, 16 bytes of 4-bit codes; value `d * q + m`.
+//! layout), each row a run of blocks of [`BLOCK`] consecutive values. ggml's layouts, and how
+//! they unpack into these blocks, are in [`stored`]; K-quant super-blocks of 256 values become
+//! 8 blocks. In memory each block keeps its codes and two f32 parameters, value
+//! `scale * q + offset`:
+//! - Q8_0: 32 `i8` codes; `[d, 0]`.
+//! - Q4_0, Q4_1, Q4_K: 16 bytes of 4-bit codes; `[d, -8d]`, `[d, m]`, `[d * sc, -dmin * m]`.
+//! - Q5_0: 16 bytes of the low 4 bits, then 4 bytes of the fifth bits (bit `i` for value `i`);
+//!   `[d, -16d]`.
+//! - Q6_K: 16 bytes of the low 4 bits, then 8 bytes of the top 2 bits (bits `2i..2i + 2` for
+//!   value `i`); two scales, `d * sc` of values 0..16 and of 16..32: value `scale * (q - 32)`.
 //!
-//! In 4-bit blocks the low nibbles hold values 0..16 and the high nibbles values 16..32.
-//! Quantizing follows ggml's reference rounding, so a matrix quantized here and by llama.cpp
-//! from the same f32 values gets the same codes.
+//! In the 4-bit codes the low nibbles hold values 0..16 and the high nibbles values 16..32.
+//! Quantizing (Q8_0, Q4_0, Q4_1) follows ggml's reference rounding, so a matrix quantized here
+//! and by llama.cpp from the same f32 values gets the same codes.
 //!
-//! In memory the codes are kept as stored and each block's f16 scale and offset (0, `-8d` or
-//! `m`) are widened to f32 beside them: 4 more bytes per block (Q4_1: 6 bits a weight instead
-//! of 5), so that a product broadcasts them from memory instead of converting two halves per
-//! block (which made the product compute-bound, at 2-5 GB/s).
+//! The scales are widened to f32 beside the codes: 8 bytes per block (6 bits a weight for Q4_1
+//! and Q4_K against the file's 5 and 4.5, 7 for Q5_0 against 5.5, 8 for Q6_K against 6.56, 10
+//! for Q8_0 against 8.5), so that a product broadcasts them from memory instead of converting
+//! halves per block (which made the product compute-bound, at 2-5 GB/s).
 
 use half::f16;
 
 use crate::error::{Error, Result};
 
-/// Values per block (every format here).
+pub mod stored;
+
+/// Values per block (every format here; a K-quant super-block is 8 of them).
 pub const BLOCK: usize = 32;
 
 /// A block format.
@@ -32,17 +39,32 @@ pub enum BlockFormat {
     Q8_0,
     Q4_0,
     Q4_1,
+    Q5_0,
+    #[serde(rename = "q4_k")]
+    #[allow(non_camel_case_types)] // ggml's names
+    Q4_K,
+    #[serde(rename = "q6_k")]
+    #[allow(non_camel_case_types)]
+    Q6_K,
 }
 
 impl BlockFormat {
-    pub const ALL: [BlockFormat; 3] = [BlockFormat::Q8_0, BlockFormat::Q4_0, BlockFormat::Q4_1];
+    pub const ALL: [BlockFormat; 6] =
+        [BlockFormat::Q8_0, BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q5_0, BlockFormat::Q4_K, BlockFormat::Q6_K];
 
-    /// Bytes per block of [`BLOCK`] values.
-    pub fn block_bytes(self) -> usize {
+    /// The formats [`QuantizedMatrix::quantize`] produces from f32 values (the others are read
+    /// from files only).
+    pub const QUANTIZABLE: [BlockFormat; 3] = [BlockFormat::Q8_0, BlockFormat::Q4_0, BlockFormat::Q4_1];
+
+    /// (values, bytes) of a block as GGUF stores it.
+    pub fn stored_block(self) -> (usize, usize) {
         match self {
-            BlockFormat::Q8_0 => 34,
-            BlockFormat::Q4_0 => 18,
-            BlockFormat::Q4_1 => 20,
+            BlockFormat::Q8_0 => (BLOCK, 34),
+            BlockFormat::Q4_0 => (BLOCK, 18),
+            BlockFormat::Q4_1 => (BLOCK, 20),
+            BlockFormat::Q5_0 => (BLOCK, 22),
+            BlockFormat::Q4_K => (stored::SUPER_BLOCK, 144),
+            BlockFormat::Q6_K => (stored::SUPER_BLOCK, 210),
         }
     }
 
@@ -52,22 +74,19 @@ impl BlockFormat {
             BlockFormat::Q8_0 => "q8_0",
             BlockFormat::Q4_0 => "q4_0",
             BlockFormat::Q4_1 => "q4_1",
+            BlockFormat::Q5_0 => "q5_0",
+            BlockFormat::Q4_K => "q4_k",
+            BlockFormat::Q6_K => "q6_k",
         }
     }
 
-    /// Offset of the codes in a stored block (after the f16 scale, and Q4_1's f16 minimum).
-    fn codes_at(self) -> usize {
-        match self {
-            BlockFormat::Q4_1 => 4,
-            _ => 2,
-        }
-    }
-
-    /// Bytes of codes per block: 32 `i8`, or 16 bytes of nibbles.
+    /// Bytes of codes per block of [`BLOCK`] values in memory (the module's layouts).
     pub fn code_bytes(self) -> usize {
         match self {
             BlockFormat::Q8_0 => 32,
-            _ => 16,
+            BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q4_K => 16,
+            BlockFormat::Q5_0 => 20,
+            BlockFormat::Q6_K => 24,
         }
     }
 }
@@ -107,61 +126,95 @@ impl std::fmt::Debug for QuantizedMatrix {
     }
 }
 
-/// One block: value `i` is `scale * q_i + offset` (`q_i` signed for Q8_0, a nibble for Q4).
+/// One block: its codes and `[scale, offset]` (Q6_K: the scales of its two halves; the offset
+/// of Q4_0 and Q5_0 is `-centre * scale`, for the products).
 #[derive(Clone, Copy)]
 pub struct Block<'a> {
-    pub scale: f32,
-    pub offset: f32,
+    pub params: [f32; 2],
     pub codes: &'a [u8],
 }
 
-fn read_f16(b: &[u8]) -> f32 {
-    f16::from_le_bytes([b[0], b[1]]).to_f32()
+impl Block<'_> {
+    /// The 32 codes in value order, less the format's centre where it has one (Q4_0's 8,
+    /// Q5_0's 16, Q6_K's 32; Q8_0's read as `i8`).
+    #[inline(always)]
+    fn codes(&self, format: BlockFormat) -> [i32; BLOCK] {
+        let half = BLOCK / 2;
+        let nibble = |i: usize| i32::from(if i < half { self.codes[i] & 15 } else { self.codes[i - half] >> 4 });
+        match format {
+            BlockFormat::Q8_0 => std::array::from_fn(|i| i32::from(self.codes[i] as i8)),
+            BlockFormat::Q4_1 | BlockFormat::Q4_K => std::array::from_fn(nibble),
+            BlockFormat::Q4_0 => std::array::from_fn(|i| nibble(i) - 8),
+            BlockFormat::Q5_0 => {
+                let high = u32::from_le_bytes(self.codes[half..half + 4].try_into().expect("4 bytes"));
+                std::array::from_fn(|i| (nibble(i) | ((high >> i & 1) << 4) as i32) - 16)
+            }
+            BlockFormat::Q6_K => {
+                let high = u64::from_le_bytes(self.codes[half..half + 8].try_into().expect("8 bytes"));
+                std::array::from_fn(|i| (nibble(i) | ((high >> (2 * i) & 3) << 4) as i32) - 32)
+            }
+        }
+    }
+
+    /// The 32 values into `out`, computed as ggml's `dequantize_row_*` does, so that they are
+    /// the same f32 values, signed zeros included: `d * (q - centre)`, or for Q4_1 and Q4_K
+    /// `scale * q + offset` (`scale * q` is exact, so this rounds once, as ggml does).
+    #[inline(always)]
+    fn widen(&self, format: BlockFormat, out: &mut [f32]) {
+        let codes = self.codes(format);
+        let [scale, offset] = self.params;
+        match format {
+            BlockFormat::Q4_1 | BlockFormat::Q4_K => out.iter_mut().zip(codes).for_each(|(o, q)| *o = scale * q as f32 + offset),
+            BlockFormat::Q6_K => {
+                let (first, second) = out.split_at_mut(BLOCK / 2);
+                first.iter_mut().zip(&codes[..BLOCK / 2]).for_each(|(o, &q)| *o = scale * q as f32);
+                second.iter_mut().zip(&codes[BLOCK / 2..]).for_each(|(o, &q)| *o = offset * q as f32);
+            }
+            BlockFormat::Q8_0 | BlockFormat::Q4_0 | BlockFormat::Q5_0 => out.iter_mut().zip(codes).for_each(|(o, q)| *o = scale * q as f32),
+        }
+    }
 }
 
 impl QuantizedMatrix {
-    /// A matrix from stored blocks; `what` names the source in errors.
+    /// A matrix from blocks as GGUF stores them; `what` names the source in errors.
     pub fn from_blocks(format: BlockFormat, rows: usize, cols: usize, data: Vec<u8>, what: &str) -> Result<Self> {
-        if !cols.is_multiple_of(BLOCK) {
-            return Err(Error::Config(format!("{what}: rows of {cols} values are not whole {format} blocks of {BLOCK}")));
+        let (per_block, block_bytes) = format.stored_block();
+        if !cols.is_multiple_of(per_block) {
+            return Err(Error::Config(format!("{what}: rows of {cols} values are not whole {format} blocks of {per_block}")));
         }
-        let expected = rows * cols / BLOCK * format.block_bytes();
+        let expected = rows * cols / per_block * block_bytes;
         if data.len() != expected {
             return Err(Error::Config(format!("{what}: {} bytes of {format} data where [{rows}, {cols}] needs {expected}", data.len())));
         }
-        let (mut codes, mut params) =
-            (Vec::with_capacity(rows * cols / format.code_bytes().max(1)), Vec::with_capacity(rows * cols / BLOCK));
-        for (k, block) in data.chunks_exact(format.block_bytes()).enumerate() {
-            let scale = read_f16(&block[..2]);
-            let offset = match format {
-                BlockFormat::Q8_0 => 0.0,
-                BlockFormat::Q4_0 => -8.0 * scale,
-                BlockFormat::Q4_1 => read_f16(&block[2..4]),
-            };
-            // A NaN/Inf scale would only show up later as NaN outputs.
-            if !(scale.is_finite() && offset.is_finite()) {
-                let row = k / (cols / BLOCK);
-                return Err(Error::Config(format!(
-                    "{what}: row {row} has a non-finite block scale ({scale} / {offset}); the file is corrupt"
-                )));
-            }
-            codes.extend_from_slice(&block[format.codes_at()..]);
-            params.push([scale, offset]);
+        let blocks = rows * cols / BLOCK;
+        let (mut codes, mut params) = (Vec::with_capacity(blocks * format.code_bytes()), Vec::with_capacity(blocks));
+        for stored in data.chunks_exact(block_bytes) {
+            stored::unpack(format, stored, &mut codes, &mut params);
         }
-        let m = Self { format, rows, cols, codes, params };
-        Ok(m)
+        // A NaN/Inf scale would only show up later as NaN outputs.
+        if let Some(k) = params.iter().position(|p| !p.iter().all(|v| v.is_finite())) {
+            let [a, b] = params[k];
+            return Err(Error::Config(format!(
+                "{what}: row {} has a non-finite block scale ({a} / {b}); the file is corrupt",
+                k / (cols / BLOCK)
+            )));
+        }
+        Ok(Self { format, rows, cols, codes, params })
     }
 
     /// Quantizes row-major `[rows, cols]` f32 values (`cols` a multiple of [`BLOCK`]).
     pub fn quantize(format: BlockFormat, rows: usize, cols: usize, values: &[f32], what: &str) -> Result<Self> {
         assert_eq!(values.len(), rows * cols, "values of the wrong length");
+        if !BlockFormat::QUANTIZABLE.contains(&format) {
+            return Err(Error::Config(format!("{what}: quantizing to {format} is not supported (only reading it from a file)")));
+        }
         if !cols.is_multiple_of(BLOCK) {
             return Err(Error::Config(format!("{what}: rows of {cols} values cannot be split into {format} blocks of {BLOCK}")));
         }
         if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
             return Err(Error::Config(format!("{what}: cannot quantize a matrix holding {bad}")));
         }
-        let mut data = Vec::with_capacity(values.len() / BLOCK * format.block_bytes());
+        let mut data = Vec::with_capacity(values.len() / BLOCK * format.stored_block().1);
         for block in values.chunks_exact(BLOCK) {
             quantize_block(format, block, &mut data);
         }
@@ -188,24 +241,13 @@ impl QuantizedMatrix {
     pub fn block(&self, i: usize, j: usize) -> Block<'_> {
         let k = i * self.blocks_per_row() + j;
         let size = self.format.code_bytes();
-        let [scale, offset] = self.params[k];
-        Block { scale, offset, codes: &self.codes[k * size..(k + 1) * size] }
+        Block { params: self.params[k], codes: &self.codes[k * size..(k + 1) * size] }
     }
 
     /// Row `i` as f32 values into `out` (`cols` long).
     pub fn dequantize_row(&self, i: usize, out: &mut [f32]) {
         for (j, out) in out.chunks_exact_mut(BLOCK).enumerate() {
-            let b = self.block(i, j);
-            match self.format {
-                BlockFormat::Q8_0 => out.iter_mut().zip(b.codes).for_each(|(o, &q)| *o = b.scale * q as i8 as f32),
-                BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
-                    let (lo, hi) = out.split_at_mut(BLOCK / 2);
-                    for ((lo, hi), &q) in lo.iter_mut().zip(hi).zip(b.codes) {
-                        *lo = b.scale * (q & 15) as f32 + b.offset;
-                        *hi = b.scale * (q >> 4) as f32 + b.offset;
-                    }
-                }
-            }
+            self.block(i, j).widen(self.format, out);
         }
     }
 
@@ -227,7 +269,8 @@ impl QuantizedMatrix {
     }
 }
 
-/// Appends the quantized `block` (32 values), rounding as ggml's reference quantizers do.
+/// Appends the quantized `block` (32 values), rounding as ggml's reference quantizers do; for
+/// the [quantizable](BlockFormat::QUANTIZABLE) formats.
 fn quantize_block(format: BlockFormat, block: &[f32], out: &mut Vec<u8>) {
     let inverse = |d: f32| if d != 0.0 { 1.0 / d } else { 0.0 };
     match format {
@@ -256,6 +299,7 @@ fn quantize_block(format: BlockFormat, block: &[f32], out: &mut Vec<u8>) {
             let code = |v: f32| (((v - min) * id + 0.5) as u8).min(15);
             out.extend((0..BLOCK / 2).map(|i| code(block[i]) | (code(block[i + BLOCK / 2]) << 4)));
         }
+        other => unreachable!("quantize() refuses {other}"),
     }
 }
 
@@ -274,7 +318,7 @@ mod tests {
     fn quantize_then_dequantize_is_within_the_step() {
         let (rows, cols) = (5, 96);
         let x = values(rows * cols, 1);
-        for format in BlockFormat::ALL {
+        for format in BlockFormat::QUANTIZABLE {
             let q = QuantizedMatrix::quantize(format, rows, cols, &x, "test").unwrap();
             assert_eq!(q.size_bytes(), rows * cols / BLOCK * (format.code_bytes() + 8));
             let y = q.dequantize();
@@ -285,6 +329,7 @@ mod tests {
                     BlockFormat::Q8_0 => amax / 127.0,
                     BlockFormat::Q4_0 => 2.0 * amax / 8.0,
                     BlockFormat::Q4_1 => (hi - lo) / 15.0,
+                    other => unreachable!("{other} is not quantizable"),
                 };
                 let worst = xb.iter().zip(yb).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 assert!(worst <= 0.5 * step * 1.01 + amax * 2e-3, "{format} block {b}: error {worst}, step {step}");
@@ -296,7 +341,7 @@ mod tests {
     #[test]
     fn requantizing_is_stable() {
         let x = values(2 * 64, 2);
-        for format in BlockFormat::ALL {
+        for format in BlockFormat::QUANTIZABLE {
             let q = QuantizedMatrix::quantize(format, 2, 64, &x, "test").unwrap();
             let again = QuantizedMatrix::quantize(format, 2, 64, &q.dequantize(), "test").unwrap();
             assert_eq!(q.dequantize(), again.dequantize(), "{format}");
@@ -322,6 +367,11 @@ mod tests {
         let e = QuantizedMatrix::from_blocks(BlockFormat::Q4_0, 2, 32, vec![0; 20], "w").unwrap_err().to_string();
         assert!(e.contains("needs 36"), "{e}");
         assert_eq!("Q4_1".parse::<BlockFormat>(), Ok(BlockFormat::Q4_1));
-        assert!("q5_0".parse::<BlockFormat>().unwrap_err().contains("q8_0, q4_0, q4_1"));
+        assert_eq!("Q6_K".parse::<BlockFormat>(), Ok(BlockFormat::Q6_K));
+        assert!("q5_1".parse::<BlockFormat>().unwrap_err().contains("q8_0, q4_0, q4_1, q5_0, q4_k, q6_k"));
+        let e = QuantizedMatrix::quantize(BlockFormat::Q4_K, 1, 256, &[0.0; 256], "w").unwrap_err().to_string();
+        assert!(e.contains("quantizing to q4_k is not supported"), "{e}");
+        let e = QuantizedMatrix::from_blocks(BlockFormat::Q6_K, 1, 128, vec![0; 105], "w").unwrap_err().to_string();
+        assert!(e.contains("not whole q6_k blocks of 256"), "{e}");
     }
 }

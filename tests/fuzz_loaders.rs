@@ -332,7 +332,7 @@ fn gguf_nested_arrays_and_bad_head_counts_are_errors() {
     }
 }
 
-/// A tensor of a type replora does not read (a K-quant) is refused naming it and its type.
+/// A tensor of a type replora does not read (the K-quant Q5_K) is refused naming it and its type.
 #[test]
 fn a_k_quant_tensor_is_refused_by_its_ggml_name() {
     let dir = tempfile::tempdir().unwrap();
@@ -340,10 +340,10 @@ fn a_k_quant_tensor_is_refused_by_its_ggml_name() {
     let mut file = fuzz::gguf::tiny_llama();
     // The last tensor's ggml type: the u32 just before its data offset, the file's last field.
     let at = *file.fields.last().unwrap() - 4;
-    file.bytes[at..at + 4].copy_from_slice(&12u32.to_le_bytes());
+    file.bytes[at..at + 4].copy_from_slice(&13u32.to_le_bytes());
     std::fs::write(&path, &file.bytes).unwrap();
     let e = err_of(Gguf::open(&path).and_then(|g| replora::models::llama::Llama::from_gguf(&g, &path, &Device::flex())));
-    assert!(e.contains("blk.0.ffn_down.weight has ggml type Q4_K, which is not supported"), "{e}");
+    assert!(e.contains("blk.0.ffn_down.weight has ggml type Q5_K, which is not supported"), "{e}");
 }
 
 #[test]

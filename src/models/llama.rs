@@ -158,7 +158,7 @@ impl Llama {
         }
     }
 
-    /// Builds the model from a parsed GGUF file: Q8_0/Q4_0/Q4_1 matrices (the linears and the
+    /// Builds the model from a parsed GGUF file: block-quantized matrices (the linears and the
     /// embedding table) stay quantized and frozen, the rest is widened to f32.
     pub fn from_gguf(gguf: &Gguf, file: &Path, device: &Device) -> Result<Self> {
         let config = LlamaConfig::from_value(gguf.llama_config()?, file)?;

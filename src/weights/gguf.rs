@@ -5,7 +5,7 @@
 //! Layout: magic `GGUF`, version, tensor count, metadata count, the metadata (typed key/value
 //! pairs), one info per tensor (name, dims with the fastest dimension first, type, offset),
 //! then the tensor data, aligned to `general.alignment` (32 by default). Everything is little
-//! endian. Supported tensor types: F32, F16, BF16, Q8_0, Q4_0, Q4_1.
+//! endian. Supported tensor types: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q6_K.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ pub use decoder::{permute_rows, rotary_row_order};
 
 use super::HostTensor;
 use crate::error::{Error, Result};
-use crate::quantization::BlockFormat;
+use crate::quantization::{BlockFormat, QuantizedMatrix};
 
 /// A metadata value.
 #[derive(Clone, Debug, PartialEq)]
@@ -83,6 +83,11 @@ pub enum GgmlType {
     Q8_0,
     Q4_0,
     Q4_1,
+    Q5_0,
+    #[allow(non_camel_case_types)] // ggml's names
+    Q4_K,
+    #[allow(non_camel_case_types)]
+    Q6_K,
     Other(u32),
 }
 
@@ -93,18 +98,24 @@ impl GgmlType {
             1 => GgmlType::F16,
             2 => GgmlType::Q4_0,
             3 => GgmlType::Q4_1,
+            6 => GgmlType::Q5_0,
             8 => GgmlType::Q8_0,
+            12 => GgmlType::Q4_K,
+            14 => GgmlType::Q6_K,
             30 => GgmlType::Bf16,
             other => GgmlType::Other(other),
         }
     }
 
-    /// The block format of a quantized type that [`QuantizedMatrix`](crate::quantization::QuantizedMatrix) keeps as stored.
+    /// The block format of a quantized type that [`QuantizedMatrix`] keeps as stored.
     pub fn block_format(self) -> Option<BlockFormat> {
         match self {
             GgmlType::Q8_0 => Some(BlockFormat::Q8_0),
             GgmlType::Q4_0 => Some(BlockFormat::Q4_0),
             GgmlType::Q4_1 => Some(BlockFormat::Q4_1),
+            GgmlType::Q5_0 => Some(BlockFormat::Q5_0),
+            GgmlType::Q4_K => Some(BlockFormat::Q4_K),
+            GgmlType::Q6_K => Some(BlockFormat::Q6_K),
             _ => None,
         }
     }
@@ -114,10 +125,8 @@ impl GgmlType {
         match self {
             GgmlType::F32 => Some((1, 4)),
             GgmlType::F16 | GgmlType::Bf16 => Some((1, 2)),
-            GgmlType::Q8_0 => Some((32, 34)),
-            GgmlType::Q4_0 => Some((32, 18)),
-            GgmlType::Q4_1 => Some((32, 20)),
             GgmlType::Other(_) => None,
+            quantized => quantized.block_format().map(BlockFormat::stored_block),
         }
     }
 
@@ -133,9 +142,7 @@ impl GgmlType {
             GgmlType::F32 => "F32".into(),
             GgmlType::F16 => "F16".into(),
             GgmlType::Bf16 => "BF16".into(),
-            GgmlType::Q8_0 => "Q8_0".into(),
-            GgmlType::Q4_0 => "Q4_0".into(),
-            GgmlType::Q4_1 => "Q4_1".into(),
+            quantized => quantized.block_format().expect("every other type is a block format").name().to_uppercase(),
         }
     }
 }
@@ -305,7 +312,11 @@ impl Gguf {
         let (per_block, block_bytes) = t.kind.block().ok_or_else(|| {
             Error::format(
                 &self.path,
-                format!("tensor {} has ggml type {}, which is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1 are)", t.name, t.kind.name()),
+                format!(
+                    "tensor {} has ggml type {}, which is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q6_K are)",
+                    t.name,
+                    t.kind.name()
+                ),
             )
         })?;
         if t.dims.first().is_some_and(|d| d % per_block as u64 != 0) {
@@ -318,6 +329,14 @@ impl Gguf {
         let start = (self.data_start as u64).checked_add(t.offset).ok_or_else(beyond)?;
         let end = start.checked_add(size).filter(|&e| e <= self.bytes.len() as u64).ok_or_else(beyond)?;
         Ok(&self.bytes[start as usize..end as usize])
+    }
+
+    /// A block-quantized matrix as stored (`[rows, cols]`, GGUF's dims reversed), or `None` for
+    /// a tensor of another type or not of two dimensions.
+    pub fn quantized(&self, t: &TensorInfo) -> Option<Result<QuantizedMatrix>> {
+        let (Some(format), &[cols, rows]) = (t.kind.block_format(), &t.dims[..]) else { return None };
+        let what = format!("{}: tensor {}", self.path.display(), t.name);
+        Some(self.raw(t).and_then(|raw| QuantizedMatrix::from_blocks(format, rows as usize, cols as usize, raw.to_vec(), &what)))
     }
 
     /// A tensor dequantized to f32, shaped in PyTorch order (GGUF dims reversed: a linear's
@@ -335,6 +354,15 @@ impl Gguf {
             GgmlType::Q4_0 => raw.chunks_exact(18).flat_map(|b| nibbles(&b[2..]).map(move |q| f16(&b[..2]) * (q as f32 - 8.0))).collect(),
             GgmlType::Q4_1 => {
                 raw.chunks_exact(20).flat_map(|b| nibbles(&b[4..]).map(move |q| f16(&b[..2]) * q as f32 + f16(&b[2..4]))).collect()
+            }
+            // The newer formats widen through their in-memory blocks (one implementation).
+            GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q6_K => {
+                let format = t.kind.block_format().expect("a block format");
+                let (per_block, block_bytes) = format.stored_block();
+                let cols = t.dims.first().map_or(1, |&d| d as usize).max(1);
+                let rows = raw.len() / block_bytes * per_block / cols;
+                let what = format!("{}: tensor {}", self.path.display(), t.name);
+                QuantizedMatrix::from_blocks(format, rows, cols, raw.to_vec(), &what)?.dequantize()
             }
             GgmlType::Other(_) => unreachable!("raw() rejects unsupported types"),
         };

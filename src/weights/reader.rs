@@ -21,7 +21,7 @@ pub struct Reader<'a> {
     /// The prefix of module paths in the model.
     prefix: String,
     device: &'a Device,
-    /// Matrices the checkpoint keeps quantized (a GGUF file's Q8_0/Q4_0/Q4_1 weights).
+    /// Matrices the checkpoint keeps quantized (a GGUF file's block-quantized weights).
     quantized: Option<&'a mut BTreeMap<String, QuantizedMatrix>>,
 }
 

@@ -133,11 +133,8 @@ impl Gguf {
                 _ => None,
             };
             let rotary_order = |rows: usize| self.rotary_order_checked(&t.name, rows, rotary_heads);
-            if let (true, Some(format), &[cols, rows]) = (keep_quantized, t.kind.block_format(), &t.dims[..]) {
-                let (rows, cols) = (rows as usize, cols as usize);
-                let what = format!("{}: tensor {}", self.path.display(), t.name);
-                let mut matrix = QuantizedMatrix::from_blocks(format, rows, cols, self.raw(t)?.to_vec(), &what)?;
-                if let Some(order) = rotary_order(rows)? {
+            if let Some(mut matrix) = self.quantized(t).filter(|_| keep_quantized).transpose()? {
+                if let Some(order) = rotary_order(matrix.rows)? {
                     matrix = matrix.permute_rows(&order);
                 }
                 quantized.insert(name, matrix);
