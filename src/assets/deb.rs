@@ -10,7 +10,6 @@ use std::process::{Command, Output, Stdio};
 use super::Fetcher;
 use super::catalog::Asset;
 use super::progress::spinner;
-use super::unpack::check_required;
 use crate::{Error, Result};
 
 impl Fetcher {
@@ -96,8 +95,7 @@ impl Fetcher {
             return Err(Error::fetch(asset.name, format!("{} has no folder {}", asset.file_name, asset.member)));
         }
         fs::remove_dir(unpack).map_err(|e| Error::io(unpack, e))?;
-        fs::rename(&member, unpack).map_err(|e| Error::io(&member, e))?;
-        check_required(asset, unpack)
+        fs::rename(&member, unpack).map_err(|e| Error::io(&member, e))
     }
 }
 

