@@ -1,6 +1,6 @@
 //! GGUF (llama.cpp's model file, versions 2 and 3): metadata, tensors dequantized to f32, and
-//! the tokenizer; the decoder view of a file (Hugging Face config, tensor names and layout) is
-//! [`decoder`]'s.
+//! the decoder view of a file (Hugging Face config, tensor names and layout, in [`decoder`]); its
+//! tokenizer is built in `gguf_tokenizer.rs`.
 //!
 //! Layout: magic `GGUF`, version, tensor count, metadata count, the metadata (typed key/value
 //! pairs), one info per tensor (name, dims with the fastest dimension first, type, offset),
@@ -245,23 +245,8 @@ impl Gguf {
     /// Reads and parses a GGUF file; tensor data is checked to lie inside the file.
     pub fn open(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let mut c = Cursor { bytes: &bytes, pos: 0, path };
-        if c.take(4, "the magic number").ok() != Some(b"GGUF".as_slice()) {
-            return Err(Error::format(path, "not a GGUF file (no GGUF magic number)"));
-        }
-        let version = c.u32("the version")?;
-        if !(2..=3).contains(&version) {
-            return Err(Error::format(path, format!("GGUF version {version} is not supported (2 and 3 are)")));
-        }
-        let tensor_count = c.len("the tensor count")?;
-        let kv_count = c.len("the metadata count")?;
-        let mut metadata = BTreeMap::new();
-        for _ in 0..kv_count {
-            let key = c.string("a metadata key")?;
-            let kind = c.u32(&key)?;
-            let value = c.value(kind, &key, 0)?;
-            metadata.insert(key, value);
-        }
+        let (version, tensor_count, metadata, pos) = read_header(&bytes, path)?;
+        let mut c = Cursor { bytes: &bytes, pos, path };
         // Each info takes at least 24 bytes of the file; the count alone reserves no more.
         let mut tensors = Vec::with_capacity(tensor_count.min((bytes.len() - c.pos) / 24));
         for _ in 0..tensor_count {
@@ -382,62 +367,32 @@ impl Gguf {
         self.metadata.get("tokenizer.chat_template").and_then(Value::as_str)
     }
 
-    /// The tokenizer from `tokenizer.ggml.*`: GPT-2 style byte-level BPE (vocabulary and
-    /// merges), control tokens as special tokens, no BOS added (`tokenizer.ggml.add_bos_token`
-    /// is false for SmolLM2; callers add one where a model wants it).
+    /// The tokenizer from `tokenizer.ggml.*` ([`super::gguf_tokenizer`]).
     pub fn tokenizer(&self) -> Result<tokenizers::Tokenizer> {
-        let model = self.get("tokenizer.ggml.model")?.as_str().unwrap_or("");
-        if model != "gpt2" {
-            return Err(Error::format(&self.path, format!("tokenizer model {model:?} is not supported (only byte-level BPE, \"gpt2\")")));
-        }
-        let strings = |key: &str| -> Result<Vec<&str>> {
-            let items = self.get(key)?.as_array().ok_or_else(|| Error::format(&self.path, format!("{key} is not an array")))?;
-            items.iter().map(|v| v.as_str().ok_or_else(|| Error::format(&self.path, format!("{key} holds a non-string")))).collect()
-        };
-        let tokens = strings("tokenizer.ggml.tokens")?;
-        let merges = strings("tokenizer.ggml.merges")?;
-        let types: Vec<u64> = match self.metadata.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
-            Some(items) => items.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
-            None => vec![1; tokens.len()],
-        };
-        let vocab: serde_json::Map<String, serde_json::Value> = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i.into())).collect();
-        // Control (3) and user-defined (4) tokens match as whole strings before BPE.
-        let added: Vec<serde_json::Value> = tokens
-            .iter()
-            .zip(&types)
-            .enumerate()
-            .filter(|(_, (_, kind))| **kind == 3 || **kind == 4)
-            .map(|(id, (t, kind))| serde_json::json!({"id": id, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": *kind == 3}))
-            .collect();
-        let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
-        let pre = self.metadata.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
-        let pre_tokenizer = match pre {
-            // SmolLM2's tokenizer.json: single digits, then GPT-2's byte-level split.
-            "smollm" => {
-                serde_json::json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]})
-            }
-            "default" | "gpt-2" | "gpt2" => byte_level,
-            other => {
-                return Err(Error::format(
-                    &self.path,
-                    format!("tokenizer pre-tokenizer {other:?} is not supported (smollm, gpt2, default are)"),
-                ));
-            }
-        };
-        let json = serde_json::json!({
-            "version": "1.0",
-            "truncation": null,
-            "padding": null,
-            "added_tokens": added,
-            "normalizer": null,
-            "pre_tokenizer": pre_tokenizer,
-            "post_processor": null,
-            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                      "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges},
-        });
-        json.to_string().parse::<tokenizers::Tokenizer>().map_err(|e| Error::format(&self.path, format!("cannot build the tokenizer: {e}")))
+        super::gguf_tokenizer::tokenizer(&self.metadata, &self.path)
     }
+}
+
+/// The version, tensor count, metadata and the offset of the first tensor info.
+fn read_header(bytes: &[u8], path: &Path) -> Result<(u32, usize, BTreeMap<String, Value>, usize)> {
+    let mut c = Cursor { bytes, pos: 0, path };
+    if c.take(4, "the magic number").ok() != Some(b"GGUF".as_slice()) {
+        return Err(Error::format(path, "not a GGUF file (no GGUF magic number)"));
+    }
+    let version = c.u32("the version")?;
+    if !(2..=3).contains(&version) {
+        return Err(Error::format(path, format!("GGUF version {version} is not supported (2 and 3 are)")));
+    }
+    let tensor_count = c.len("the tensor count")?;
+    let kv_count = c.len("the metadata count")?;
+    let mut metadata = BTreeMap::new();
+    for _ in 0..kv_count {
+        let key = c.string("a metadata key")?;
+        let kind = c.u32(&key)?;
+        let value = c.value(kind, &key, 0)?;
+        metadata.insert(key, value);
+    }
+    Ok((version, tensor_count, metadata, c.pos))
 }
 
 /// The 32 4-bit values of a block's 16 bytes: low nibbles first, then high nibbles.

@@ -2,6 +2,7 @@
 //! [`Reader`] every architecture loads its parameters through.
 
 pub mod gguf;
+pub mod gguf_tokenizer;
 pub mod onnx;
 pub mod reader;
 pub mod tensors;
