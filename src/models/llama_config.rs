@@ -156,7 +156,7 @@ impl LlamaConfig {
             Variant::Mistral => self.sliding_window.is_some(),
             Variant::Gemma3 => match &self.layer_types {
                 Some(types) => types.get(layer).is_some_and(|t| t == "sliding_attention"),
-                None => (layer + 1) % self.gemma_global_every() != 0,
+                None => !(layer + 1).is_multiple_of(self.gemma_global_every()),
             },
             _ => false,
         }

@@ -84,8 +84,8 @@ pub trait Architecture: Adaptable + Clone {
 pub enum Family {
     /// BERT-style encoders (`model_type` bert: MiniLM; roberta, xlm-roberta, distilbert).
     Bert,
-    /// LLaMA-style decoders (`model_type` llama: SmolLM2; qwen2, qwen3, mistral), from Hugging
-    /// Face directories, or GGUF files (llama).
+    /// LLaMA-style decoders (`model_type` llama: SmolLM2; qwen2, qwen3, mistral, gemma3_text),
+    /// from Hugging Face directories, or GGUF files (llama, gemma3).
     Llama,
     /// DINOv2-style vision transformers (`model_type` dinov2), from Hugging Face directories or
     /// converted once from ONNX.
