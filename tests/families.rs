@@ -135,3 +135,35 @@ fn unsupported_family_settings_are_named() {
         assert!(e.contains(expected) && e.contains("config.json"), "{name}: {e}");
     }
 }
+
+/// A checkpoint in shards (transformers' `save_pretrained` with `max_shard_size`: three
+/// `model-0000N-of-00003.safetensors` and `model.safetensors.index.json`) loads to the same model,
+/// and a shard that is missing, or that holds other tensors than the index says, is named.
+#[test]
+fn a_sharded_checkpoint_loads_as_one_and_its_missing_shard_is_named() {
+    let device = Device::flex();
+    let sharded_dir = fixture("qwen2").join("model-sharded");
+    let whole = Llama::load(&fixture("qwen2").join("model"), &device).unwrap();
+    let sharded = Llama::load(&sharded_dir, &device).unwrap();
+    assert_eq!(sharded.tensors(), whole.tensors());
+    let inputs = inputs(&fixture("qwen2"));
+    assert_eq!(logits(&sharded, &inputs, &Deltas::none(), &device), logits(&whole, &inputs, &Deltas::none(), &device));
+
+    let out = tempfile::tempdir().unwrap();
+    let missing = out.path().join("missing");
+    support::copy_dir(&sharded_dir, &missing);
+    std::fs::remove_file(missing.join("model-00002-of-00003.safetensors")).unwrap();
+    let e = Llama::load(&missing, &device).unwrap_err().to_string();
+    assert!(e.contains("shard model-00002-of-00003.safetensors is missing") && e.contains("model.safetensors.index.json"), "{e}");
+
+    let swapped = out.path().join("swapped");
+    support::copy_dir(&sharded_dir, &swapped);
+    let index = swapped.join("model.safetensors.index.json");
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
+    json["weight_map"]["model.norm.weight"] = "model-00001-of-00003.safetensors".into();
+    std::fs::write(&index, json.to_string()).unwrap();
+    let listed_in_3 = std::fs::read_to_string(sharded_dir.join("model.safetensors.index.json")).unwrap();
+    assert!(listed_in_3.contains("\"model.norm.weight\": \"model-00003-of-00003.safetensors\""), "the fixture's layout changed");
+    let e = Llama::load(&swapped, &device).unwrap_err().to_string();
+    assert!(e.contains("tensor model.norm.weight is in model-00003-of-00003.safetensors, but the index lists it in model-00001"), "{e}");
+}

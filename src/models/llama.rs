@@ -151,8 +151,7 @@ impl Llama {
             Some(file) => Self::from_gguf(&Gguf::open(&file)?, &file, device),
             None => {
                 let config = LlamaConfig::read(&path.join(CONFIG_FILE))?;
-                let file = path.join(WEIGHTS_FILE);
-                let (mut tensors, _) = tensors::read(&file)?;
+                let (mut tensors, file) = crate::weights::read_model_dir(path)?;
                 Self::from_tensors(config, &mut tensors, &file, device)
             }
         }

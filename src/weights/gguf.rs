@@ -1,5 +1,5 @@
 //! GGUF (llama.cpp's model file, versions 2 and 3): metadata, tensors dequantized to f32, and
-//! the decoder view of a file (Hugging Face config, tensor names and layout, in [`decoder`]); its
+//! the decoder view of a file (Hugging Face config, tensor names and layout, in `gguf/decoder.rs`); its
 //! tokenizer is built in `gguf_tokenizer.rs`.
 //!
 //! Layout: magic `GGUF`, version, tensor count, metadata count, the metadata (typed key/value

@@ -13,14 +13,59 @@ pub use tensors::HostTensor;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// The tensors of a Hugging Face model directory's `model.safetensors`, and that file's path
-/// (which errors name); the caller reads its own `config.json`.
+/// The tensors of a Hugging Face model directory: its `model.safetensors`, or the shards its
+/// `model.safetensors.index.json` lists (transformers' `save_pretrained` of a large model); and the
+/// file errors should name (the weights file, or the index). The caller reads its own `config.json`.
 pub fn read_model_dir(dir: &Path) -> crate::error::Result<(BTreeMap<String, HostTensor>, PathBuf)> {
     if !dir.is_dir() {
         let e = std::io::Error::new(std::io::ErrorKind::NotFound, "not a model directory (config.json + model.safetensors)");
         return Err(crate::error::Error::io(dir, e));
     }
-    let file = dir.join("model.safetensors");
+    let file = dir.join(WEIGHTS_FILE);
+    let index = dir.join(SHARD_INDEX_FILE);
+    if !file.exists() && index.exists() {
+        return Ok((read_shards(&index)?, index));
+    }
     let (tensors, _) = tensors::read(&file)?;
     Ok((tensors, file))
+}
+
+const WEIGHTS_FILE: &str = "model.safetensors";
+const SHARD_INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// Every tensor of the shards a `model.safetensors.index.json` maps tensor names to, checked
+/// against the index: a missing shard, a tensor missing from its shard, or one in another shard
+/// than the index says is named.
+fn read_shards(index: &Path) -> crate::error::Result<BTreeMap<String, HostTensor>> {
+    use crate::error::Error;
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: BTreeMap<String, String>,
+    }
+    let Index { weight_map } = crate::files::read_json(index)?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut shards: Vec<&String> = weight_map.values().collect();
+    shards.sort();
+    shards.dedup();
+    let mut all = BTreeMap::new();
+    for shard in shards {
+        let path = dir.join(shard);
+        if shard.contains(['/', '\\']) || !path.is_file() {
+            return Err(Error::format(index, format!("shard {shard} is missing from {}", dir.display())));
+        }
+        for (name, tensor) in tensors::read(&path)?.0 {
+            match weight_map.get(&name) {
+                Some(listed) if listed == shard => {}
+                Some(listed) => {
+                    return Err(Error::format(index, format!("tensor {name} is in {shard}, but the index lists it in {listed}")));
+                }
+                None => return Err(Error::format(index, format!("tensor {name} of {shard} is not in the index"))),
+            }
+            all.insert(name, tensor);
+        }
+    }
+    if let Some((name, shard)) = weight_map.iter().find(|(name, _)| !all.contains_key(*name)) {
+        return Err(Error::format(index, format!("tensor {name} is missing from shard {shard}")));
+    }
+    Ok(all)
 }

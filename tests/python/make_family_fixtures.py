@@ -5,7 +5,8 @@ Usage: make_family_fixtures.py OUT_DIR   (run by scripts/make-family-fixtures in
 For each family, a tiny random model (2 layers, width 32) saved as a Hugging Face directory,
 fixed inputs (two rows, the second right-padded), transformers' logits for them, and the logits
 with a small random PEFT LoRA adapter on q_proj and v_proj (saved beside, in PEFT's layout).
-Each fixture exercises what its family changes: Qwen2's query/key/value biases and tied
+The Qwen2 model is also saved in shards (model-sharded/: model-0000N-of-0000M.safetensors
+and model.safetensors.index.json). Each fixture exercises what its family changes: Qwen2's query/key/value biases and tied
 embeddings, Qwen3's per-head query/key norms with a head size that is not hidden/heads,
 Mistral's sliding window shorter than the inputs, and Gemma 3's (1 + w) norms (four a layer),
 scaled embeddings, GeGLU, query scale, and sliding/global layers with two RoPE bases.
@@ -75,6 +76,9 @@ def main(out: Path) -> None:
                     p.copy_(0.2 * torch.randn_like(p))
         directory = out / name
         model.save_pretrained(directory / "model", safe_serialization=True)
+        if name == "qwen2":
+            # The same weights in shards with transformers' index, as a large checkpoint comes.
+            model.save_pretrained(directory / "model-sharded", safe_serialization=True, max_shard_size="40KB")
         ids = torch.tensor(INPUT_IDS)
         mask = torch.tensor(ATTENTION_MASK)
         with torch.no_grad():
