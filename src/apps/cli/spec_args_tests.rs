@@ -239,7 +239,7 @@ fn the_task_follows_the_model_family_and_blames_the_foreign_flag() {
         "{e}"
     );
     let e = train_args(&["replora", "train", "--task", "multiple-choice", "--model", "minilm"]).to_choice().unwrap_err().to_string();
-    assert!(e.contains("--model minilm is an encoder (BERT)") && e.contains("needs a decoder"), "{e}");
+    assert!(e.contains("--model minilm is an encoder (BERT-style)") && e.contains("needs a decoder"), "{e}");
     let e = train_args(&["replora", "train", "--task", "image-classification", "--model", "minilm"]).to_image().unwrap_err().to_string();
     assert!(e.contains("needs a vision transformer"), "{e}");
 }
