@@ -305,6 +305,14 @@ fn sizes_beyond_this_machine_are_refused_with_what_fits() {
     };
     let args = image("2800");
     assert_fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), &["--image-size 2800", "needs about", "at most --image-size "]);
+    // A video run's frames multiply the activations: refused naming --frames too.
+    let mut video = image("700").to_vec();
+    video[2] = "video".into();
+    video.extend(["--frames", "64"].map(String::from));
+    assert_fails(
+        &video.iter().map(String::as_str).collect::<Vec<_>>(),
+        &["--image-size 700 with --frames 64", "needs about", "MemTotal", "at most --image-size "],
+    );
     let args = image("140000");
     assert_fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), &["--image-size must be at most 4096"]);
     assert!(!f.root.join("never").exists());

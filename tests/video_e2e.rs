@@ -132,3 +132,46 @@ fn bad_video_input_fails_naming_it() {
     let e = stderr(&o);
     assert!(e.contains(".mp4") && e.contains("fewer than the 17"), "{e}");
 }
+
+/// `compare` and `sweep` run the video task through the same lifecycle as train: a method per
+/// run, one table; a grid of cells with the task in `[fixed]`, selected on validation.
+#[test]
+fn compare_and_sweep_run_the_video_task() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = (tmp.path().join("vit"), tmp.path().join("clips"));
+    support::tiny_dinov2(&model);
+    clip_folder(&data, 6);
+    let (model_s, data_s) = (model.to_str().unwrap(), data.to_str().unwrap());
+
+    let compared = tmp.path().join("compare");
+    let mut args = train_args(model_s, data_s, compared.to_str().unwrap(), &["--frames", "4", "--epochs", "1", "--methods", "probe,lora"]);
+    args[0] = "compare";
+    let o = replora(&args);
+    assert!(o.status.success(), "compare failed: {}", stderr(&o));
+    let table = std::fs::read_to_string(compared.join("compare.md")).unwrap();
+    assert!(table.contains("probe") && table.contains("lora"), "{table}");
+    let runs: Vec<_> = std::fs::read_dir(&compared).unwrap().flatten().filter(|e| e.path().join("summary.json").is_file()).collect();
+    assert_eq!(runs.len(), 2, "one run per method");
+    for run in runs {
+        assert_eq!(summary(&run.path()).sizes.iter().sum::<usize>(), 12);
+    }
+
+    let grid = tmp.path().join("grid.toml");
+    let text = format!(
+        "metric = \"accuracy\"\nbaseline = \"lora\"\n\n[fixed]\ntask = \"video\"\nmodel = {model_s:?}\ndata = {data_s:?}\nimage_size = 16\nframes = 4\nepochs = 1\nbatch_size = 4\n\n[[grid]]\nmethod = [\"lora\"]\ntemporal_adapters = [true]\nlr = [0.01, 0.02]\nseed = [0]\n"
+    );
+    std::fs::write(&grid, text).unwrap();
+    let out = tmp.path().join("sweep");
+    let o = replora(&["sweep", "--grid", grid.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "sweep failed: {}", stderr(&o));
+    let rows: Vec<serde_json::Value> =
+        std::fs::read_to_string(out.join("results.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2, "one row per learning rate");
+    assert!(rows.iter().all(|r| r["validation"]["accuracy"].is_f64() && r["test"]["accuracy"].is_f64()), "{rows:?}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["selected"].as_array().unwrap().len(), 1, "{report}");
+    let cells: Vec<_> = std::fs::read_dir(tmp.path().join("cells")).unwrap().flatten().filter(|e| e.path().is_dir()).collect();
+    assert_eq!(cells.len(), 2, "one cell per learning rate");
+    let spec = std::fs::read_to_string(cells[0].path().join("run.json")).unwrap();
+    assert!(spec.contains("\"frames\": 4") && spec.contains("temporal_query"), "{spec}");
+}

@@ -223,16 +223,20 @@ impl ImageClassification {
     }
 }
 
-/// Bytes a run on `size`-pixel images needs, roughly: the decoded images (3 bytes a pixel) and,
-/// for one training batch, what every layer keeps for the backward pass (the attention
-/// probabilities, `heads x t x t` for `t` patches + 1, and about 10 hidden-wide and 2
-/// feed-forward-wide rows per token), f32.
-fn memory_need(c: &crate::models::dinov2::Dinov2Config, size: usize, batch: usize, images: usize) -> u64 {
+/// Bytes one training batch of `images` `size`-pixel images keeps for the backward pass,
+/// roughly: per layer the attention probabilities (`heads x t x t` for `t` patches + 1) and about
+/// 10 hidden-wide and 2 feed-forward-wide rows per token, f32. The video task reuses it per frame.
+pub(super) fn activation_bytes(c: &crate::models::dinov2::Dinov2Config, size: usize, images: usize) -> u64 {
     let t = ((size / c.patch_size) as u64).saturating_pow(2) + 1;
     let per_token = (10 * c.hidden_size + 2 * c.intermediate_size()) as u64;
     let per_layer = (c.num_attention_heads as u64).saturating_mul(t.saturating_mul(t)).saturating_add(t * per_token);
-    let activations = per_layer.saturating_mul(4 * batch as u64 * c.num_hidden_layers as u64);
-    activations.saturating_add((images as u64).saturating_mul(3 * (size as u64).pow(2)))
+    per_layer.saturating_mul(4 * images as u64 * c.num_hidden_layers as u64)
+}
+
+/// Bytes a run on `size`-pixel images needs, roughly: the decoded images (3 bytes a pixel) and
+/// one training batch's activations.
+fn memory_need(c: &crate::models::dinov2::Dinov2Config, size: usize, batch: usize, images: usize) -> u64 {
+    activation_bytes(c, size, batch).saturating_add((images as u64).saturating_mul(3 * (size as u64).pow(2)))
 }
 
 /// Refuses an image size (with the run's batch and image counts) that would not fit in this

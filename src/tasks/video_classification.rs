@@ -138,6 +138,44 @@ impl LabelledBatch for VideoBatch {
 
 super::heads::classifier_objective!(VideoClassifier, VideoBatch, backbone, "clip");
 
+/// Bytes one training batch of clips keeps for the backward pass: every frame's spatial
+/// activations (the image task's estimate) and, per layer, the temporal attention over the
+/// frames at every patch position (`heads x frames x frames`) with its rows. The decoded clips
+/// are not counted: their frame counts are known only once they are decoded.
+fn activation_bytes(c: &crate::models::dinov2::Dinov2Config, size: usize, frames: usize, batch: usize) -> u64 {
+    let spatial = super::image_classification::activation_bytes(c, size, batch.saturating_mul(frames));
+    let positions = ((size / c.patch_size) as u64).saturating_pow(2) + 1;
+    let per_position = (c.num_attention_heads * frames * frames + 6 * frames * c.hidden_size) as u64;
+    let temporal = positions.saturating_mul(per_position).saturating_mul(4 * batch as u64 * c.num_hidden_layers as u64);
+    spatial.saturating_add(temporal)
+}
+
+/// Refuses frame sizes, frame counts and batches whose training activations would not fit in
+/// this machine's memory (a failed allocation aborts with no word about the setting), naming
+/// the largest `--image-size` and `--frames` that fit.
+fn check_memory(spec: &VideoClassificationSpec, c: &crate::models::dinov2::Dinov2Config) -> Result<()> {
+    if !spec.image_size.is_multiple_of(c.patch_size) {
+        return Ok(());
+    }
+    let (size, frames, batch) = (spec.image_size, spec.frames, spec.train.batch_size);
+    crate::memory::check(
+        activation_bytes(c, size, frames, batch),
+        || format!("--image-size {size} with --frames {frames} and --batch-size {batch}"),
+        || {
+            let sizes = crate::memory::largest_fitting(size / c.patch_size, |k| activation_bytes(c, k * c.patch_size, frames, batch));
+            let counts = crate::memory::largest_fitting(frames, |f| activation_bytes(c, size, f, batch));
+            match (sizes, counts) {
+                (None, None) => "lower --batch-size".into(),
+                (s, f) => {
+                    let s = s.map(|k| format!("--image-size {}", k * c.patch_size));
+                    let f = f.map(|f| format!("--frames {f}"));
+                    format!("at most {} fits (or lower --batch-size)", [s, f].into_iter().flatten().collect::<Vec<_>>().join(" or "))
+                }
+            }
+        },
+    )
+}
+
 /// A video-classification run's spec with its pre-trained video model.
 pub struct VideoClassification {
     spec: VideoClassificationSpec,
@@ -192,6 +230,7 @@ impl Task for VideoClassification {
     fn open(spec: VideoClassificationSpec, device: &Device) -> Result<Self> {
         let model_dir = crate::models::resolve(&spec.model)?;
         let backbone = VideoVit::load(&model_dir, spec.frames, spec.image_size, device)?;
+        check_memory(&spec, &backbone.spatial.config)?;
         crate::models::Architecture::check_fits(&backbone, 1, spec.tuning.layers())?;
         Ok(Self { spec, model_dir, backbone, device: device.clone(), run_labels: Default::default() })
     }
