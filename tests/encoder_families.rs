@@ -15,6 +15,7 @@ use replora::adapters::{Adaptable, AdapterConfig, Deltas, Method, PeftModel, Tar
 use replora::data::tokenize::EncoderInput;
 use replora::formats::peft::{self, PeftInfo};
 use replora::models::bert::{Bert, Variant};
+use replora::models::modernbert::ModernBert;
 use replora::models::{Architecture, Family};
 use replora::weights::tensors;
 
@@ -246,4 +247,47 @@ fn the_cli_describes_and_trains_each_family() {
         let o = support::replora(&["predict", "--run", run.to_str().unwrap(), "--text", "w3 w14 w7"]);
         assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("probability"), "{}", support::stderr(&o));
     }
+}
+
+/// ModernBERT's last hidden states `[batch * t * hidden]` with `deltas`.
+fn modern_hidden(model: &ModernBert, input: &EncoderInput, deltas: &Deltas) -> Vec<f32> {
+    model.forward(input, deltas).into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+}
+
+/// ModernBERT (4 layers, 1 and 3 local with a window of 4, two RoPE bases, fused `Wqkv`,
+/// GeGLU, no biases) equals transformers' eager attention, base and with PEFT's LoRA on the
+/// fused `Wqkv`, which replora reads split over the query, key and value.
+#[test]
+fn modernbert_equals_transformers_base_and_with_a_peft_lora_adapter_on_wqkv() {
+    let device = Device::flex();
+    let dir = fixture("modernbert");
+    let model_dir = dir.join("model");
+    assert_eq!(Family::detect(model_dir.to_str().unwrap()), Some(Family::Bert));
+    let input = input(&dir, &device);
+    let (expected, _) = tensors::read(&dir.join("expected.safetensors")).unwrap();
+    let model = ModernBert::load(&model_dir, "", &device).unwrap();
+    assert!(model.describe().starts_with("ModernBERT encoder, 4 layers (2 local, window 4)"), "{}", model.describe());
+
+    let base = difference(&modern_hidden(&model, &input, &Deltas::none()), &expected["hidden"].data);
+    eprintln!("modernbert: base hidden states within {base:.2e} of transformers' (relative)");
+    assert!(base < 1e-4, "modernbert: base hidden states differ from transformers' by {base} (relative)");
+
+    let adapted = peft::import(model, &dir.join("lora")).unwrap();
+    assert_eq!(adapted.adapters.targets.len(), 12, "Wqkv is its query, key and value in each of 4 layers");
+    let with_lora = modern_hidden(&adapted.model, &input, &adapted.deltas());
+    let lora = difference(&with_lora, &expected["hidden_lora"].data);
+    eprintln!("modernbert: LoRA hidden states within {lora:.2e} of PEFT's (relative)");
+    assert!(lora < 1e-4, "modernbert: LoRA hidden states differ from PEFT's by {lora} (relative)");
+    let moved = difference(&expected["hidden"].data, &expected["hidden_lora"].data);
+    assert!(moved > 1e-2, "the fixture's adapter must change the hidden states ({moved})");
+
+    // Exported fused again (rank 4 on Wqkv, as read), it reads back to the same states.
+    let out = tempfile::tempdir().unwrap();
+    let info = PeftInfo { fused: adapted.model.fused_linears(), ..PeftInfo::default() };
+    peft::export(&adapted.adapters, &info, out.path()).unwrap();
+    let (written, _) = tensors::read(&out.path().join("adapter_model.safetensors")).unwrap();
+    let (original, _) = tensors::read(&dir.join("lora/adapter_model.safetensors")).unwrap();
+    assert_eq!(written, original, "the exported adapter is PEFT's own");
+    let reloaded = peft::import(ModernBert::load(&model_dir, "", &device).unwrap(), out.path()).unwrap();
+    assert_eq!(modern_hidden(&reloaded.model, &input, &reloaded.deltas()), with_lora);
 }
