@@ -291,3 +291,99 @@ fn modernbert_equals_transformers_base_and_with_a_peft_lora_adapter_on_wqkv() {
     let reloaded = peft::import(ModernBert::load(&model_dir, "", &device).unwrap(), out.path()).unwrap();
     assert_eq!(modern_hidden(&reloaded.model, &input, &reloaded.deltas()), with_lora);
 }
+
+/// Moves every adapter parameter by a random amount (LoRA's `B` starts at zero).
+struct Perturb;
+
+impl burn::module::ModuleMapper for Perturb {
+    fn map_float<const D: usize>(&mut self, param: burn::module::Param<Tensor<D>>) -> burn::module::Param<Tensor<D>> {
+        param.map(|t| t.clone() + t.random_like(burn::tensor::Distribution::Normal(0.0, 0.3)))
+    }
+}
+
+/// ModernBERT with replora's own adapter of `method` on the default query/value targets,
+/// every factor moved away from its start.
+fn modernbert_adapted(method: Method, device: &Device) -> PeftModel<ModernBert> {
+    let model = ModernBert::load(&fixture("modernbert").join("model"), "", device).unwrap();
+    let targets = model.targets_of(method).iter().map(|s| s.to_string()).collect();
+    let config = AdapterConfig { target_modules: TargetModules::Names(targets), r: 2, ..AdapterConfig::new(method) };
+    let mut adapted = PeftModel::new(model, &config).unwrap();
+    adapted.adapters = burn::module::Module::map(adapted.adapters, &mut Perturb);
+    adapted
+}
+
+/// replora's LoRA and RepLoRA on the query and value (the parts of `Wqkv`) export as PEFT's
+/// one LoRA on `Wqkv` (rank 2r: A stacked, B in the query's and value's rows) and read back
+/// to the same states; DoRA on part of `Wqkv` is refused, on all of it it round-trips.
+#[test]
+fn modernbert_own_adapters_export_fused_and_read_back_equal() {
+    let device = Device::flex();
+    let dir = fixture("modernbert");
+    let input = input(&dir, &device);
+    for method in [Method::Lora, Method::Replora] {
+        let adapted = modernbert_adapted(method, &device);
+        assert_eq!(adapted.adapters.targets.len(), 8, "{method}: the query and value of 4 layers");
+        let ours = modern_hidden(&adapted.model, &input, &adapted.deltas());
+        let moved = difference(&ours, &modern_hidden(&adapted.model, &input, &Deltas::none()));
+        assert!(moved > 1e-2, "{method}: the adapter must change the states ({moved})");
+        let out = tempfile::tempdir().unwrap();
+        let info = PeftInfo { fused: adapted.model.fused_linears(), ..PeftInfo::default() };
+        peft::export(&adapted.adapters, &info, out.path()).unwrap();
+        let (written, _) = tensors::read(&out.path().join("adapter_model.safetensors")).unwrap();
+        assert_eq!(written["base_model.model.layers.1.attn.Wqkv.lora_A.weight"].shape, [4, 32], "{method}");
+        assert_eq!(written["base_model.model.layers.1.attn.Wqkv.lora_B.weight"].shape, [96, 4], "{method}");
+        let key_rows = &written["base_model.model.layers.1.attn.Wqkv.lora_B.weight"].data[32 * 4..64 * 4];
+        assert!(key_rows.iter().all(|&v| v == 0.0), "{method}: the key's rows are not adapted");
+        let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("adapter_config.json")).unwrap()).unwrap();
+        assert_eq!(config["rank_pattern"]["layers.1.attn.Wqkv"], 4, "{config}");
+        let reloaded = peft::import(ModernBert::load(&dir.join("model"), "", &device).unwrap(), out.path()).unwrap();
+        let back = difference(&modern_hidden(&reloaded.model, &input, &reloaded.deltas()), &ours);
+        eprintln!("modernbert {method}: exported PEFT adapter reads back within {back:.2e} (relative)");
+        assert!(back < 1e-5, "{method}: the exported adapter reads back to states {back} away");
+    }
+    let dora = modernbert_adapted(Method::Dora, &device);
+    let out = tempfile::tempdir().unwrap();
+    let info = PeftInfo { fused: dora.model.fused_linears(), ..PeftInfo::default() };
+    let e = peft::export(&dora.adapters, &info, out.path()).unwrap_err().to_string();
+    assert!(e.contains("DoRA") && e.contains("layers.0.attn.Wqkv"), "{e}");
+    let model = ModernBert::load(&dir.join("model"), "", &device).unwrap();
+    let config = AdapterConfig { target_modules: TargetModules::Names(vec!["Wqkv".into()]), r: 2, ..AdapterConfig::new(Method::Dora) };
+    let mut dora = PeftModel::new(model, &config).unwrap();
+    assert_eq!(dora.adapters.targets.len(), 12, "Wqkv targets its three parts");
+    dora.adapters = burn::module::Module::map(dora.adapters, &mut Perturb);
+    let ours = modern_hidden(&dora.model, &input, &dora.deltas());
+    peft::export(&dora.adapters, &info, out.path()).unwrap();
+    let reloaded = peft::import(ModernBert::load(&dir.join("model"), "", &device).unwrap(), out.path()).unwrap();
+    let back = difference(&modern_hidden(&reloaded.model, &input, &reloaded.deltas()), &ours);
+    assert!(back < 1e-5, "DoRA on Wqkv reads back to states {back} away");
+}
+
+/// A saved ModernBERT is the checkpoint again (`Wqkv` fused, no biases, the same config), and
+/// an adapter merged into it and saved reloads to the adapted states.
+#[test]
+fn modernbert_saves_fused_and_merges() {
+    let device = Device::flex();
+    let dir = fixture("modernbert");
+    let input = input(&dir, &device);
+    for (name, prefix) in [("model", ""), ("classifier", "model.")] {
+        let model = ModernBert::load(&dir.join(name), prefix, &device).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        model.save(out.path()).unwrap();
+        let (saved, _) = tensors::read(&out.path().join("model.safetensors")).unwrap();
+        let (original, _) = tensors::read(&dir.join(name).join("model.safetensors")).unwrap();
+        let stored: std::collections::BTreeMap<_, _> = original.into_iter().filter(|(k, _)| !k.starts_with("classifier.")).collect();
+        assert_eq!(saved.keys().collect::<Vec<_>>(), stored.keys().collect::<Vec<_>>(), "{name}");
+        assert!(saved == stored, "{name}: the saved tensors differ from the checkpoint's");
+        let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap()).unwrap();
+        let original: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(name).join("config.json")).unwrap()).unwrap();
+        assert_eq!(saved, original, "{name}");
+    }
+    let adapted = modernbert_adapted(Method::Replora, &device);
+    let ours = modern_hidden(&adapted.model, &input, &adapted.deltas());
+    let out = tempfile::tempdir().unwrap();
+    adapted.merge().unwrap().model.save(out.path()).unwrap();
+    let merged = ModernBert::load(out.path(), "", &device).unwrap();
+    let back = difference(&modern_hidden(&merged, &input, &Deltas::none()), &ours);
+    eprintln!("modernbert: merged and saved RepLoRA within {back:.2e} (relative)");
+    assert!(back < 1e-5, "the merged model's states are {back} away");
+}
