@@ -334,7 +334,8 @@ fn modernbert_own_adapters_export_fused_and_read_back_equal() {
         assert_eq!(written["base_model.model.layers.1.attn.Wqkv.lora_B.weight"].shape, [96, 4], "{method}");
         let key_rows = &written["base_model.model.layers.1.attn.Wqkv.lora_B.weight"].data[32 * 4..64 * 4];
         assert!(key_rows.iter().all(|&v| v == 0.0), "{method}: the key's rows are not adapted");
-        let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("adapter_config.json")).unwrap()).unwrap();
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.path().join("adapter_config.json")).unwrap()).unwrap();
         assert_eq!(config["rank_pattern"]["layers.1.attn.Wqkv"], 4, "{config}");
         let reloaded = peft::import(ModernBert::load(&dir.join("model"), "", &device).unwrap(), out.path()).unwrap();
         let back = difference(&modern_hidden(&reloaded.model, &input, &reloaded.deltas()), &ours);
@@ -375,7 +376,8 @@ fn modernbert_saves_fused_and_merges() {
         assert_eq!(saved.keys().collect::<Vec<_>>(), stored.keys().collect::<Vec<_>>(), "{name}");
         assert!(saved == stored, "{name}: the saved tensors differ from the checkpoint's");
         let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap()).unwrap();
-        let original: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(name).join("config.json")).unwrap()).unwrap();
+        let original: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(name).join("config.json")).unwrap()).unwrap();
         assert_eq!(saved, original, "{name}");
     }
     let adapted = modernbert_adapted(Method::Replora, &device);
@@ -386,4 +388,28 @@ fn modernbert_saves_fused_and_merges() {
     let back = difference(&modern_hidden(&merged, &input, &Deltas::none()), &ours);
     eprintln!("modernbert: merged and saved RepLoRA within {back:.2e} (relative)");
     assert!(back < 1e-5, "the merged model's states are {back} away");
+}
+
+/// A `ModernBertForSequenceClassification` read as replora's classifier (encoder under
+/// `model.`, its `head`, the classifier) gives transformers' logits with either pooling.
+#[test]
+fn modernbert_classifier_logits_equal_transformers() {
+    use replora::models::bert::Pooling;
+    use replora::models::encoder::Encoder;
+    use replora::tasks::heads::{ClassifierModel, SequenceClassifier};
+    let device = Device::flex();
+    let dir = fixture("modernbert");
+    let classifier_dir = dir.join("classifier");
+    let input = input(&dir, &device);
+    let (expected, _) = tensors::read(&dir.join("expected.safetensors")).unwrap();
+    let (weights, file) = (tensors::read(&classifier_dir.join("model.safetensors")).unwrap().0, classifier_dir.join("model.safetensors"));
+    for (pooling, key) in [(Pooling::Cls, "logits_cls"), (Pooling::Mean, "logits_mean")] {
+        let encoder = Encoder::load_in_task(&classifier_dir, &device).unwrap();
+        let head = weights.iter().filter(|(k, _)| k.starts_with("classifier.")).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let model = SequenceClassifier::new(PeftModel::full_finetune(encoder), 3, pooling, 0.0, 0).with_head(head, &file).unwrap();
+        let logits = model.logits(&input, false).into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+        let d = difference(&logits, &expected[key].data);
+        eprintln!("modernbert: {pooling} classifier logits within {d:.2e} of transformers' (relative)");
+        assert!(d < 1e-4, "{pooling}: logits differ from transformers' by {d} (relative)");
+    }
 }

@@ -122,7 +122,11 @@ pub struct PartLora {
 
 /// The fused module's LoRA joined from its targeted parts' (see the module doc), with the rank
 /// and alpha PEFT must use for it: `(A, B, magnitude, rank, alpha)`. `parts` is keyed by part path.
-pub fn join(f: &FusedLinear, parts: &BTreeMap<String, PartLora>, config: &AdapterConfig) -> Result<(HostTensor, HostTensor, Option<HostTensor>, usize, f64)> {
+pub fn join(
+    f: &FusedLinear,
+    parts: &BTreeMap<String, PartLora>,
+    config: &AdapterConfig,
+) -> Result<(HostTensor, HostTensor, Option<HostTensor>, usize, f64)> {
     let targeted: Vec<&PartLora> = f.rows().filter_map(|(p, _, _)| parts.get(&p)).collect();
     let dora = targeted.iter().any(|p| p.magnitude.is_some());
     if dora && targeted.len() != f.parts.len() {

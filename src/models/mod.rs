@@ -23,6 +23,7 @@ pub mod bert_config;
 pub mod decoder;
 pub mod dinov2;
 pub mod distilbert;
+pub mod encoder;
 pub mod layers;
 pub mod llama;
 pub mod llama_config;
@@ -149,7 +150,7 @@ impl Family {
         match self {
             Family::Bert => {
                 let dir = resolve(model)?;
-                Ok(of(&bert::Bert::load(&dir, "", device)?, &dir))
+                Ok(of(&encoder::Encoder::load(&dir, "", device)?, &dir))
             }
             Family::Llama => {
                 let decoder = decoder::Decoder::open(model, device)?;

@@ -201,7 +201,11 @@ impl ModernBert {
     pub fn forward(&self, input: &EncoderInput, deltas: &Deltas) -> Tensor<3> {
         let c = &self.config;
         let [b, t] = input.attention_mask.dims();
-        assert!(t <= c.max_position_embeddings, "sequence of {t} tokens is longer than the {} positions of the model", c.max_position_embeddings);
+        assert!(
+            t <= c.max_position_embeddings,
+            "sequence of {t} tokens is longer than the {} positions of the model",
+            c.max_position_embeddings
+        );
         let device = input.attention_mask.device();
         let at = |local: bool| {
             let (cos, sin) = rope_tables(c.head_dim(), c.rope_base(local), 0, t, &device);

@@ -85,7 +85,8 @@ const SLIDING: &str = "sliding_attention";
 impl ModernBertConfig {
     /// Reads and checks `config.json`.
     pub fn read(path: &Path) -> Result<Self> {
-        let config: Self = serde_json::from_value(read_json(path)?).map_err(|e| Error::format(path, format!("ModernBERT model config: {e}")))?;
+        let config: Self =
+            serde_json::from_value(read_json(path)?).map_err(|e| Error::format(path, format!("ModernBERT model config: {e}")))?;
         config.validate().map_err(|m| Error::format(path, m))?;
         Ok(config)
     }
