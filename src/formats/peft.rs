@@ -85,7 +85,9 @@ pub fn export(adapters: &AdapterSet, info: &PeftInfo, dir: &Path) -> Result<()> 
         exported.push(info.module_path(&t.path));
     }
     for f in &info.fused {
-        let mine: BTreeMap<String, PartLora> = parts.extract_if(.., |p, _| p.starts_with(&format!("{}.", f.path))).collect();
+        let (mine, rest): (BTreeMap<String, PartLora>, _) =
+            std::mem::take(&mut parts).into_iter().partition(|(p, _)| p.starts_with(&format!("{}.", f.path)));
+        parts = rest;
         if mine.is_empty() {
             continue;
         }

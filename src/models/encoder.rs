@@ -16,6 +16,8 @@ use crate::data::tokenize::EncoderInput;
 use crate::error::Result;
 use crate::weights::HostTensor;
 
+/// A run holds one encoder, so the variants' size difference costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Encoder {
     Bert(Bert),
