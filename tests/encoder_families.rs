@@ -340,7 +340,7 @@ fn modernbert_own_adapters_export_fused_and_read_back_equal() {
         let reloaded = peft::import(ModernBert::load(&dir.join("model"), "", &device).unwrap(), out.path()).unwrap();
         let back = difference(&modern_hidden(&reloaded.model, &input, &reloaded.deltas()), &ours);
         eprintln!("modernbert {method}: exported PEFT adapter reads back within {back:.2e} (relative)");
-        assert!(back < 1e-5, "{method}: the exported adapter reads back to states {back} away");
+        assert!(back < 1e-4, "{method}: the exported adapter reads back to states {back} away");
     }
     let dora = modernbert_adapted(Method::Dora, &device);
     let out = tempfile::tempdir().unwrap();
@@ -356,7 +356,7 @@ fn modernbert_own_adapters_export_fused_and_read_back_equal() {
     peft::export(&dora.adapters, &info, out.path()).unwrap();
     let reloaded = peft::import(ModernBert::load(&dir.join("model"), "", &device).unwrap(), out.path()).unwrap();
     let back = difference(&modern_hidden(&reloaded.model, &input, &reloaded.deltas()), &ours);
-    assert!(back < 1e-5, "DoRA on Wqkv reads back to states {back} away");
+    assert!(back < 1e-4, "DoRA on Wqkv reads back to states {back} away");
 }
 
 /// A saved ModernBERT is the checkpoint again (`Wqkv` fused, no biases, the same config), and
@@ -387,7 +387,7 @@ fn modernbert_saves_fused_and_merges() {
     let merged = ModernBert::load(out.path(), "", &device).unwrap();
     let back = difference(&modern_hidden(&merged, &input, &Deltas::none()), &ours);
     eprintln!("modernbert: merged and saved RepLoRA within {back:.2e} (relative)");
-    assert!(back < 1e-5, "the merged model's states are {back} away");
+    assert!(back < 1e-4, "the merged model's states are {back} away");
 }
 
 /// A `ModernBertForSequenceClassification` read as replora's classifier (encoder under
