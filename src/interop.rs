@@ -91,7 +91,7 @@ fn seq_cls_from_peft(model_dir: &Path, adapter: &Path, device: &Device) -> Resul
             "no pooler (pooler.dense): BertForSequenceClassification would start it at random",
         ));
     }
-    let (encoder, modules) = peft::import_with_modules(bert, adapter)?;
+    let (encoder, modules) = peft::import_with_modules(crate::models::encoder::Encoder::Bert(bert), adapter)?;
     let file = adapter.join("adapter_model.safetensors");
     let labels = modules
         .get("classifier.bias")

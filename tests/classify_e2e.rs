@@ -83,7 +83,9 @@ fn training_lowers_the_loss_and_beats_chance_and_exports_reproduce_predictions()
     let export = dir.path().join("peft");
     let o = replora(&["export", "--run", out.to_str().unwrap(), "--out", export.to_str().unwrap()]);
     assert!(o.status.success(), "export failed: {}", stderr(&o));
-    let (encoder, modules) = peft::import_with_modules(Bert::load(&task.model_dir, "bert.", &device).unwrap(), &export).unwrap();
+    let (encoder, modules) =
+        peft::import_with_modules(replora::models::encoder::Encoder::Bert(Bert::load(&task.model_dir, "bert.", &device).unwrap()), &export)
+            .unwrap();
     let head = dir.path().join("head.safetensors");
     replora::weights::tensors::write(&head, &modules, None).unwrap();
     let reimported = SequenceClassifier::new(encoder, s.labels.len(), model.pooling, 0.0, 0).load_head(&head).unwrap();

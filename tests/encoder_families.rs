@@ -15,6 +15,7 @@ use replora::adapters::{Adaptable, AdapterConfig, Deltas, Method, PeftModel, Tar
 use replora::data::tokenize::EncoderInput;
 use replora::formats::peft::{self, PeftInfo};
 use replora::models::bert::{Bert, Variant};
+use replora::models::modernbert::ModernBert;
 use replora::models::{Architecture, Family};
 use replora::weights::tensors;
 
@@ -245,5 +246,170 @@ fn the_cli_describes_and_trains_each_family() {
         assert_eq!(spec["adapter"]["target_modules"], serde_json::json!(expected), "{spec}");
         let o = support::replora(&["predict", "--run", run.to_str().unwrap(), "--text", "w3 w14 w7"]);
         assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("probability"), "{}", support::stderr(&o));
+    }
+}
+
+/// ModernBERT's last hidden states `[batch * t * hidden]` with `deltas`.
+fn modern_hidden(model: &ModernBert, input: &EncoderInput, deltas: &Deltas) -> Vec<f32> {
+    model.forward(input, deltas).into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+}
+
+/// ModernBERT (4 layers, 1 and 3 local with a window of 4, two RoPE bases, fused `Wqkv`,
+/// GeGLU, no biases) equals transformers' eager attention, base and with PEFT's LoRA on the
+/// fused `Wqkv`, which replora reads split over the query, key and value.
+#[test]
+fn modernbert_equals_transformers_base_and_with_a_peft_lora_adapter_on_wqkv() {
+    let device = Device::flex();
+    let dir = fixture("modernbert");
+    let model_dir = dir.join("model");
+    assert_eq!(Family::detect(model_dir.to_str().unwrap()), Some(Family::Bert));
+    let input = input(&dir, &device);
+    let (expected, _) = tensors::read(&dir.join("expected.safetensors")).unwrap();
+    let model = ModernBert::load(&model_dir, "", &device).unwrap();
+    assert!(model.describe().starts_with("ModernBERT encoder, 4 layers (2 local, window 4)"), "{}", model.describe());
+
+    let base = difference(&modern_hidden(&model, &input, &Deltas::none()), &expected["hidden"].data);
+    eprintln!("modernbert: base hidden states within {base:.2e} of transformers' (relative)");
+    assert!(base < 1e-4, "modernbert: base hidden states differ from transformers' by {base} (relative)");
+
+    let adapted = peft::import(model, &dir.join("lora")).unwrap();
+    assert_eq!(adapted.adapters.targets.len(), 12, "Wqkv is its query, key and value in each of 4 layers");
+    let with_lora = modern_hidden(&adapted.model, &input, &adapted.deltas());
+    let lora = difference(&with_lora, &expected["hidden_lora"].data);
+    eprintln!("modernbert: LoRA hidden states within {lora:.2e} of PEFT's (relative)");
+    assert!(lora < 1e-4, "modernbert: LoRA hidden states differ from PEFT's by {lora} (relative)");
+    let moved = difference(&expected["hidden"].data, &expected["hidden_lora"].data);
+    assert!(moved > 1e-2, "the fixture's adapter must change the hidden states ({moved})");
+
+    // Exported fused again (rank 4 on Wqkv, as read), it reads back to the same states.
+    let out = tempfile::tempdir().unwrap();
+    let info = PeftInfo { fused: adapted.model.fused_linears(), ..PeftInfo::default() };
+    peft::export(&adapted.adapters, &info, out.path()).unwrap();
+    let (written, _) = tensors::read(&out.path().join("adapter_model.safetensors")).unwrap();
+    let (original, _) = tensors::read(&dir.join("lora/adapter_model.safetensors")).unwrap();
+    assert_eq!(written, original, "the exported adapter is PEFT's own");
+    let reloaded = peft::import(ModernBert::load(&model_dir, "", &device).unwrap(), out.path()).unwrap();
+    assert_eq!(modern_hidden(&reloaded.model, &input, &reloaded.deltas()), with_lora);
+}
+
+/// Moves every adapter parameter by a random amount (LoRA's `B` starts at zero).
+struct Perturb;
+
+impl burn::module::ModuleMapper for Perturb {
+    fn map_float<const D: usize>(&mut self, param: burn::module::Param<Tensor<D>>) -> burn::module::Param<Tensor<D>> {
+        param.map(|t| t.clone() + t.random_like(burn::tensor::Distribution::Normal(0.0, 0.3)))
+    }
+}
+
+/// ModernBERT with replora's own adapter of `method` on the default query/value targets,
+/// every factor moved away from its start.
+fn modernbert_adapted(method: Method, device: &Device) -> PeftModel<ModernBert> {
+    let model = ModernBert::load(&fixture("modernbert").join("model"), "", device).unwrap();
+    let targets = model.targets_of(method).iter().map(|s| s.to_string()).collect();
+    let config = AdapterConfig { target_modules: TargetModules::Names(targets), r: 2, ..AdapterConfig::new(method) };
+    let mut adapted = PeftModel::new(model, &config).unwrap();
+    adapted.adapters = burn::module::Module::map(adapted.adapters, &mut Perturb);
+    adapted
+}
+
+/// replora's LoRA and RepLoRA on the query and value (the parts of `Wqkv`) export as PEFT's
+/// one LoRA on `Wqkv` (rank 2r: A stacked, B in the query's and value's rows) and read back
+/// to the same states; DoRA on part of `Wqkv` is refused, on all of it it round-trips.
+#[test]
+fn modernbert_own_adapters_export_fused_and_read_back_equal() {
+    let device = Device::flex();
+    let dir = fixture("modernbert");
+    let input = input(&dir, &device);
+    for method in [Method::Lora, Method::Replora] {
+        let adapted = modernbert_adapted(method, &device);
+        assert_eq!(adapted.adapters.targets.len(), 8, "{method}: the query and value of 4 layers");
+        let ours = modern_hidden(&adapted.model, &input, &adapted.deltas());
+        let moved = difference(&ours, &modern_hidden(&adapted.model, &input, &Deltas::none()));
+        assert!(moved > 1e-2, "{method}: the adapter must change the states ({moved})");
+        let out = tempfile::tempdir().unwrap();
+        let info = PeftInfo { fused: adapted.model.fused_linears(), ..PeftInfo::default() };
+        peft::export(&adapted.adapters, &info, out.path()).unwrap();
+        let (written, _) = tensors::read(&out.path().join("adapter_model.safetensors")).unwrap();
+        assert_eq!(written["base_model.model.layers.1.attn.Wqkv.lora_A.weight"].shape, [4, 32], "{method}");
+        assert_eq!(written["base_model.model.layers.1.attn.Wqkv.lora_B.weight"].shape, [96, 4], "{method}");
+        let key_rows = &written["base_model.model.layers.1.attn.Wqkv.lora_B.weight"].data[32 * 4..64 * 4];
+        assert!(key_rows.iter().all(|&v| v == 0.0), "{method}: the key's rows are not adapted");
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.path().join("adapter_config.json")).unwrap()).unwrap();
+        assert_eq!(config["rank_pattern"]["layers.1.attn.Wqkv"], 4, "{config}");
+        let reloaded = peft::import(ModernBert::load(&dir.join("model"), "", &device).unwrap(), out.path()).unwrap();
+        let back = difference(&modern_hidden(&reloaded.model, &input, &reloaded.deltas()), &ours);
+        eprintln!("modernbert {method}: exported PEFT adapter reads back within {back:.2e} (relative)");
+        assert!(back < 1e-4, "{method}: the exported adapter reads back to states {back} away");
+    }
+    let dora = modernbert_adapted(Method::Dora, &device);
+    let out = tempfile::tempdir().unwrap();
+    let info = PeftInfo { fused: dora.model.fused_linears(), ..PeftInfo::default() };
+    let e = peft::export(&dora.adapters, &info, out.path()).unwrap_err().to_string();
+    assert!(e.contains("DoRA") && e.contains("layers.0.attn.Wqkv"), "{e}");
+    let model = ModernBert::load(&dir.join("model"), "", &device).unwrap();
+    let config = AdapterConfig { target_modules: TargetModules::Names(vec!["Wqkv".into()]), r: 2, ..AdapterConfig::new(Method::Dora) };
+    let mut dora = PeftModel::new(model, &config).unwrap();
+    assert_eq!(dora.adapters.targets.len(), 12, "Wqkv targets its three parts");
+    dora.adapters = burn::module::Module::map(dora.adapters, &mut Perturb);
+    let ours = modern_hidden(&dora.model, &input, &dora.deltas());
+    peft::export(&dora.adapters, &info, out.path()).unwrap();
+    let reloaded = peft::import(ModernBert::load(&dir.join("model"), "", &device).unwrap(), out.path()).unwrap();
+    let back = difference(&modern_hidden(&reloaded.model, &input, &reloaded.deltas()), &ours);
+    assert!(back < 1e-4, "DoRA on Wqkv reads back to states {back} away");
+}
+
+/// A saved ModernBERT is the checkpoint again (`Wqkv` fused, no biases, the same config), and
+/// an adapter merged into it and saved reloads to the adapted states.
+#[test]
+fn modernbert_saves_fused_and_merges() {
+    let device = Device::flex();
+    let dir = fixture("modernbert");
+    let input = input(&dir, &device);
+    for (name, prefix) in [("model", ""), ("classifier", "model.")] {
+        let model = ModernBert::load(&dir.join(name), prefix, &device).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        model.save(out.path()).unwrap();
+        let (saved, _) = tensors::read(&out.path().join("model.safetensors")).unwrap();
+        let (original, _) = tensors::read(&dir.join(name).join("model.safetensors")).unwrap();
+        let stored: std::collections::BTreeMap<_, _> = original.into_iter().filter(|(k, _)| !k.starts_with("classifier.")).collect();
+        assert_eq!(saved.keys().collect::<Vec<_>>(), stored.keys().collect::<Vec<_>>(), "{name}");
+        assert!(saved == stored, "{name}: the saved tensors differ from the checkpoint's");
+        let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap()).unwrap();
+        let original: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(name).join("config.json")).unwrap()).unwrap();
+        assert_eq!(saved, original, "{name}");
+    }
+    let adapted = modernbert_adapted(Method::Replora, &device);
+    let ours = modern_hidden(&adapted.model, &input, &adapted.deltas());
+    let out = tempfile::tempdir().unwrap();
+    adapted.merge().unwrap().model.save(out.path()).unwrap();
+    let merged = ModernBert::load(out.path(), "", &device).unwrap();
+    let back = difference(&modern_hidden(&merged, &input, &Deltas::none()), &ours);
+    eprintln!("modernbert: merged and saved RepLoRA within {back:.2e} (relative)");
+    assert!(back < 1e-4, "the merged model's states are {back} away");
+}
+
+/// A `ModernBertForSequenceClassification` read as replora's classifier (encoder under
+/// `model.`, its `head`, the classifier) gives transformers' logits with either pooling.
+#[test]
+fn modernbert_classifier_logits_equal_transformers() {
+    use replora::models::bert::Pooling;
+    use replora::models::encoder::Encoder;
+    use replora::tasks::heads::{ClassifierModel, SequenceClassifier};
+    let device = Device::flex();
+    let dir = fixture("modernbert");
+    let classifier_dir = dir.join("classifier");
+    let input = input(&dir, &device);
+    let (expected, _) = tensors::read(&dir.join("expected.safetensors")).unwrap();
+    let (weights, file) = (tensors::read(&classifier_dir.join("model.safetensors")).unwrap().0, classifier_dir.join("model.safetensors"));
+    for (pooling, key) in [(Pooling::Cls, "logits_cls"), (Pooling::Mean, "logits_mean")] {
+        let encoder = Encoder::load_in_task(&classifier_dir, &device).unwrap();
+        let head = weights.iter().filter(|(k, _)| k.starts_with("classifier.")).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let model = SequenceClassifier::new(PeftModel::full_finetune(encoder), 3, pooling, 0.0, 0).with_head(head, &file).unwrap();
+        let logits = model.logits(&input, false).into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+        let d = difference(&logits, &expected[key].data);
+        eprintln!("modernbert: {pooling} classifier logits within {d:.2e} of transformers' (relative)");
+        assert!(d < 1e-4, "{pooling}: logits differ from transformers' by {d} (relative)");
     }
 }

@@ -34,7 +34,13 @@ fn trained(model_dir: &Path, pooling: Pooling, method: Method, device: &Device) 
     let bert = Bert::load(model_dir, "bert.", device).unwrap();
     let targets = TargetModules::Names(vec!["query".into(), "value".into(), "dense".into()]);
     let config = AdapterConfig { method: method.defaults(), r: 2, target_modules: targets, ..Default::default() };
-    let mut model = SequenceClassifier::new(PeftModel::new(bert, &config).unwrap(), LABELS.len(), pooling, 0.0, 3);
+    let mut model = SequenceClassifier::new(
+        PeftModel::new(replora::models::encoder::Encoder::Bert(bert), &config).unwrap(),
+        LABELS.len(),
+        pooling,
+        0.0,
+        3,
+    );
     let mut optim = AdamWConfig::new().init();
     let input = batch().input(device);
     for _ in 0..3 {
@@ -129,7 +135,9 @@ fn export_of_a_mean_pooled_run_adapts_the_bare_encoder_and_reproduces_the_run() 
         let (weights, _) = tensors::read(&export.join("adapter_model.safetensors")).unwrap();
         let reimported = if task_type == "SEQ_CLS" {
             assert!(weights.keys().all(|k| k.starts_with("base_model.model.bert.") || k.starts_with("base_model.model.classifier.")));
-            let (encoder, modules) = peft::import_with_modules(Bert::load(&base, "bert.", &device).unwrap(), &export).unwrap();
+            let (encoder, modules) =
+                peft::import_with_modules(replora::models::encoder::Encoder::Bert(Bert::load(&base, "bert.", &device).unwrap()), &export)
+                    .unwrap();
             SequenceClassifier::new(encoder, 3, pooling, 0.0, 0).with_head(modules, &export).unwrap()
         } else {
             assert!(
@@ -147,7 +155,7 @@ fn export_of_a_mean_pooled_run_adapts_the_bare_encoder_and_reproduces_the_run() 
                     .unwrap_err()
                     .to_string();
             assert!(err.contains("FEATURE_EXTRACTION") && err.contains("not SEQ_CLS"), "{name}: {err}");
-            let encoder = peft::import(Bert::load(&base, "", &device).unwrap(), &export).unwrap();
+            let encoder = peft::import(replora::models::encoder::Encoder::Bert(Bert::load(&base, "", &device).unwrap()), &export).unwrap();
             SequenceClassifier::new(encoder, 3, pooling, 0.0, 0).load_head(&export.join("head.safetensors")).unwrap()
         };
         let err = max_abs_diff(&logits(&reimported, &device), &expected);

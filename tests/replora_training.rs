@@ -116,7 +116,7 @@ struct Curve {
 fn train(dir: &Path, config: AdapterConfig) -> Curve {
     let device = device();
     let bert = Bert::load(dir, "", &device).unwrap();
-    let encoder = PeftModel::new(bert, &config).unwrap();
+    let encoder = PeftModel::new(replora::models::encoder::Encoder::Bert(bert), &config).unwrap();
     let mut model = SequenceClassifier::new(encoder, 2, Pooling::Mean, 0.0, 0);
     let cfg = TrainConfig::default();
     let schedule = LrSchedule { peak: cfg.lr, warmup_steps: STEPS / 10, total_steps: STEPS, decay: Decay::Linear };
@@ -229,7 +229,8 @@ fn the_generator_learning_rate_multiplier_scales_only_the_generators_steps() {
     let moved = |multiplier: f64| -> BTreeMap<String, Vec<f32>> {
         let mut config = config(Method::Replora);
         replora_of(&mut config).generator_lr_multiplier = multiplier;
-        let encoder = PeftModel::new(Bert::load(dir.path(), "", &device).unwrap(), &config).unwrap();
+        let encoder =
+            PeftModel::new(replora::models::encoder::Encoder::Bert(Bert::load(dir.path(), "", &device).unwrap()), &config).unwrap();
         let model = SequenceClassifier::new(encoder, 2, Pooling::Mean, 0.0, 0);
         let before = named(&model);
         let (input, labels) = batch(0, &device);
@@ -275,7 +276,9 @@ fn decay_exemption_spares_biases_and_seeds_only() {
     };
     let (lr, wd) = (0.1, 0.5);
     let ratios = |exempt: bool| -> BTreeMap<String, f64> {
-        let encoder = PeftModel::new(Bert::load(dir.path(), "", &device).unwrap(), &config(Method::Replora)).unwrap();
+        let encoder =
+            PeftModel::new(replora::models::encoder::Encoder::Bert(Bert::load(dir.path(), "", &device).unwrap()), &config(Method::Replora))
+                .unwrap();
         let model = SequenceClassifier::new(encoder, 2, Pooling::Mean, 0.0, 0);
         let before = named(&model);
         let (input, _) = batch(0, &device);

@@ -12,6 +12,7 @@ use burn::prelude::*;
 use serde_json::{Value, json};
 
 use super::native::{CONFIG_FILE, WEIGHTS_FILE};
+use crate::adapters::fused::{self, FusedLinear, PartLora};
 use crate::adapters::set::NamedParams;
 use crate::adapters::{Adaptable, AdapterConfig, AdapterSet, Method, PeftModel, PrefixConfig, PrefixTuning, TargetModules};
 use crate::error::{Error, Result};
@@ -38,6 +39,9 @@ pub struct PeftInfo {
     /// Key/value heads per layer, for a prefix in PEFT's `PREFIX_TUNING` layout (decoders);
     /// `None` where PEFT's prefix placement differs from replora's (encoders shift positions).
     pub prefix_heads: Option<usize>,
+    /// The model's fused linears ([`crate::adapters::Adaptable::fused_linears`]): their parts'
+    /// adapters are written as one LoRA on the fused module, as PEFT adapts it.
+    pub fused: Vec<FusedLinear>,
 }
 
 const PREFIX: &str = "base_model.model.";
@@ -60,15 +64,45 @@ pub fn export(adapters: &AdapterSet, info: &PeftInfo, dir: &Path) -> Result<()> 
     let deltas = lora.deltas(false);
     let mut out = BTreeMap::new();
     let mut use_dora = false;
+    let (mut rank_pattern, mut alpha_pattern) = (c.rank_pattern.clone(), c.alpha_pattern.clone());
+    let mut exported = vec![];
+    let mut parts: BTreeMap<String, PartLora> = BTreeMap::new();
     for t in &lora.targets {
         let d = deltas.get(&t.path).expect("a materialized adapter has a delta per target");
-        let key = format!("{PREFIX}{}", info.module_path(&t.path));
-        out.insert(format!("{key}.lora_A.weight"), HostTensor::from_tensor(&d.a).transpose());
-        out.insert(format!("{key}.lora_B.weight"), HostTensor::from_tensor(&d.b).transpose());
-        if let Some(m) = &d.magnitude {
-            out.insert(format!("{key}.lora_magnitude_vector"), HostTensor::from_tensor(m));
-            use_dora = true;
+        let (a, b) = (HostTensor::from_tensor(&d.a).transpose(), HostTensor::from_tensor(&d.b).transpose());
+        let magnitude = d.magnitude.as_ref().map(HostTensor::from_tensor);
+        use_dora |= magnitude.is_some();
+        if info.fused.iter().any(|f| t.path.starts_with(&format!("{}.", f.path))) {
+            parts.insert(t.path.clone(), PartLora { a, b, scale: t.scale, magnitude });
+            continue;
         }
+        let key = format!("{PREFIX}{}", info.module_path(&t.path));
+        out.insert(format!("{key}.lora_A.weight"), a);
+        out.insert(format!("{key}.lora_B.weight"), b);
+        if let Some(m) = magnitude {
+            out.insert(format!("{key}.lora_magnitude_vector"), m);
+        }
+        exported.push(info.module_path(&t.path));
+    }
+    for f in &info.fused {
+        let (mine, rest): (BTreeMap<String, PartLora>, _) =
+            std::mem::take(&mut parts).into_iter().partition(|(p, _)| p.starts_with(&format!("{}.", f.path)));
+        parts = rest;
+        if mine.is_empty() {
+            continue;
+        }
+        let (a, b, magnitude, rank, alpha) = fused::join(f, &mine, c)?;
+        let path = info.module_path(&f.path);
+        let key = format!("{PREFIX}{path}");
+        out.insert(format!("{key}.lora_A.weight"), a);
+        out.insert(format!("{key}.lora_B.weight"), b);
+        if let Some(m) = magnitude {
+            out.insert(format!("{key}.lora_magnitude_vector"), m);
+        }
+        // A full path matches only this module in PEFT's `(.*\.)?key$`.
+        rank_pattern.insert(path.clone(), rank);
+        alpha_pattern.insert(path.clone(), alpha);
+        exported.push(path);
     }
     for (name, t) in &info.modules_to_save {
         out.insert(format!("{PREFIX}{name}"), t.clone());
@@ -76,6 +110,8 @@ pub fn export(adapters: &AdapterSet, info: &PeftInfo, dir: &Path) -> Result<()> 
     let mut modules_to_save: Vec<&str> = info.modules_to_save.keys().filter_map(|k| k.rsplit_once('.').map(|(m, _)| m)).collect();
     modules_to_save.dedup();
     let target_modules = match &c.target_modules {
+        // The parts' names are replora's, not the checkpoint's: list what was written.
+        _ if !info.fused.is_empty() => json!(exported),
         _ if !info.rename.is_empty() => json!(lora.targets.iter().map(|t| info.module_path(&t.path)).collect::<Vec<_>>()),
         TargetModules::Names(n) => json!(n),
         TargetModules::Regex(r) => json!(r),
@@ -89,8 +125,8 @@ pub fn export(adapters: &AdapterSet, info: &PeftInfo, dir: &Path) -> Result<()> 
         "lora_dropout": c.lora_dropout,
         "target_modules": target_modules,
         "layers_to_transform": c.layers_to_transform,
-        "rank_pattern": c.rank_pattern,
-        "alpha_pattern": c.alpha_pattern,
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
         "use_rslora": c.use_rslora,
         "use_dora": use_dora,
         "bias": "none",
@@ -240,12 +276,14 @@ pub fn import<M: Adaptable>(model: M, dir: &Path) -> Result<PeftModel<M>> {
 /// `base_model.model.` prefix) for the caller's own modules, e.g. a classification head.
 pub fn import_with_modules<M: Adaptable>(model: M, dir: &Path) -> Result<(PeftModel<M>, BTreeMap<String, HostTensor>)> {
     let config_file = dir.join(CONFIG_FILE);
-    let config = config_from_peft(&read_json::<Value>(&config_file)?, &config_file)?;
+    let fused = model.fused_linears();
+    let config = fused::expand_targets(&config_from_peft(&read_json::<Value>(&config_file)?, &config_file)?, &fused);
     let file = dir.join(WEIGHTS_FILE);
     if !file.exists() && dir.join("adapter_model.bin").exists() {
         return Err(Error::format(&file, "only adapter_model.safetensors is supported; re-save the adapter with safe_serialization=True"));
     }
     let (mut tensors, _) = tensors::read(&file)?;
+    fused::split_peft_tensors(&mut tensors, &fused, &file)?;
     let available = tensors.values().map(|t| t.data.len()).sum();
     super::check_declared_sizes(&config, &model.linears(), &file, available)?;
     let adapters = AdapterSet::new(&config, &model.linears())?.map_named(&mut FromPeft { tensors: &mut tensors, file: &file })?;

@@ -18,6 +18,8 @@ pub trait ReadLayers {
     /// The linear `name` (with `{name}.bias` when `bias`), adaptable under its module path.
     fn linear(&mut self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<AdaptedLinear>;
     fn layer_norm(&mut self, name: &str, width: usize, eps: f64) -> Result<LayerNorm>;
+    /// A LayerNorm with only `{name}.weight` (ModernBERT's, `norm_bias: false`).
+    fn layer_norm_without_bias(&mut self, name: &str, width: usize, eps: f64) -> Result<LayerNorm>;
 }
 
 impl ReadLayers for Reader<'_> {
@@ -32,27 +34,33 @@ impl ReadLayers for Reader<'_> {
 
     fn layer_norm(&mut self, name: &str, width: usize, eps: f64) -> Result<LayerNorm> {
         let (weight, bias) = self.norm_params(name, width)?;
-        Ok(LayerNorm { weight, bias, eps })
+        Ok(LayerNorm { weight, bias: Some(bias), eps })
+    }
+
+    fn layer_norm_without_bias(&mut self, name: &str, width: usize, eps: f64) -> Result<LayerNorm> {
+        Ok(LayerNorm { weight: self.param(&format!("{name}.weight"), [width])?, bias: None, eps })
     }
 }
 
-/// LayerNorm over the last dimension with learned scale and shift.
+/// LayerNorm over the last dimension with learned scale and (unless `None`) shift.
 #[derive(Module, Debug)]
 pub struct LayerNorm {
     pub weight: Param<Tensor<1>>,
-    pub bias: Param<Tensor<1>>,
+    pub bias: Option<Param<Tensor<1>>>,
     pub eps: f64,
 }
 
 impl LayerNorm {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        kernels::layer_norm(x, self.weight.val(), Some(self.bias.val()), self.eps)
+        kernels::layer_norm(x, self.weight.val(), self.bias.as_ref().map(Param::val), self.eps)
     }
 
-    /// Adds `{name}.weight` and `{name}.bias` to a checkpoint being written.
+    /// Adds `{name}.weight` and `{name}.bias` (if it has one) to a checkpoint being written.
     pub fn put(&self, out: &mut std::collections::BTreeMap<String, crate::weights::HostTensor>, name: &str) {
         out.insert(format!("{name}.weight"), crate::weights::HostTensor::from_tensor(&self.weight.val()));
-        out.insert(format!("{name}.bias"), crate::weights::HostTensor::from_tensor(&self.bias.val()));
+        if let Some(bias) = &self.bias {
+            out.insert(format!("{name}.bias"), crate::weights::HostTensor::from_tensor(&bias.val()));
+        }
     }
 }
 

@@ -79,7 +79,7 @@ impl LayerKv {
 
 /// `cos` and `sin` of the rotary angles for positions `offset..offset + t`, `[t, head_dim]`,
 /// laid out for `rotate_half` (each frequency twice: first half, second half).
-fn rope_tables(d: usize, base: f64, offset: usize, t: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
+pub(super) fn rope_tables(d: usize, base: f64, offset: usize, t: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
     let (mut cos, mut sin) = (Vec::with_capacity(t * d), Vec::with_capacity(t * d));
     for p in offset..offset + t {
         for i in 0..d {

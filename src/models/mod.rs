@@ -23,10 +23,13 @@ pub mod bert_config;
 pub mod decoder;
 pub mod dinov2;
 pub mod distilbert;
+pub mod encoder;
 pub mod layers;
 pub mod llama;
 pub mod llama_config;
 mod llama_positions;
+pub mod modernbert;
+pub mod modernbert_config;
 pub mod video_vit;
 pub mod vision_language;
 
@@ -82,7 +85,7 @@ pub trait Architecture: Adaptable + Clone {
 /// The registry of architectures replora loads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
-    /// BERT-style encoders (`model_type` bert: MiniLM; roberta, xlm-roberta, distilbert).
+    /// Encoders (`model_type` bert: MiniLM; roberta, xlm-roberta, distilbert; modernbert).
     Bert,
     /// LLaMA-style decoders (`model_type` llama: SmolLM2; qwen2, qwen3, mistral, gemma3_text),
     /// from Hugging Face directories, or GGUF files (llama, gemma3).
@@ -123,7 +126,7 @@ impl Family {
 
     fn from_model_type(model_type: &str) -> Option<Self> {
         match model_type {
-            t if bert_config::Variant::MODEL_TYPES.contains(&t) => Some(Family::Bert),
+            t if bert_config::Variant::MODEL_TYPES.contains(&t) || t == modernbert_config::MODEL_TYPE => Some(Family::Bert),
             t if llama::Variant::MODEL_TYPES.contains(&t) => Some(Family::Llama),
             "dinov2" => Some(Family::Dinov2),
             _ => None,
@@ -147,7 +150,7 @@ impl Family {
         match self {
             Family::Bert => {
                 let dir = resolve(model)?;
-                Ok(of(&bert::Bert::load(&dir, "", device)?, &dir))
+                Ok(of(&encoder::Encoder::load(&dir, "", device)?, &dir))
             }
             Family::Llama => {
                 let decoder = decoder::Decoder::open(model, device)?;
@@ -164,8 +167,9 @@ impl Family {
 /// Every `model_type` replora reads, by kind, for errors about one it does not.
 pub fn known_model_types() -> String {
     format!(
-        "encoders {}; decoders {}; vision transformers dinov2",
+        "encoders {}, {}; decoders {}; vision transformers dinov2",
         bert_config::Variant::MODEL_TYPES.join(", "),
+        modernbert_config::MODEL_TYPE,
         llama_config::Variant::MODEL_TYPES.join(", ")
     )
 }

@@ -70,7 +70,7 @@ impl TemporalAttention {
         let device = layer.attention_output.weight.device();
         let norm = LayerNorm {
             weight: Param::from_tensor(layer.norm1.weight.val().detach()),
-            bias: Param::from_tensor(layer.norm1.bias.val().detach()),
+            bias: layer.norm1.bias.as_ref().map(|b| Param::from_tensor(b.val().detach())),
             eps: layer.norm1.eps,
         };
         TemporalAttention {

@@ -10,14 +10,15 @@ use serde::{Deserialize, Serialize};
 use super::heads::{ClassifierModel, SequenceClassifier, evaluate};
 use super::hf_layout::{self, HfLayout};
 use super::{Task, TaskKind, TestScores, Tuning};
-use crate::adapters::PeftModel;
+use crate::adapters::{Adaptable, PeftModel};
 use crate::data::{self, BatchConfig, Columns, Dataset, EncodedDataset, LoadOptions, SplitConfig, Tokenizer};
 use crate::error::{Error, Result};
 use crate::files::{read_json, write_json};
 use crate::formats::peft;
 use crate::layout::{HEAD_FILE, LABELS_FILE};
 use crate::models::Architecture;
-use crate::models::bert::{Bert, Pooling};
+use crate::models::bert::Pooling;
+use crate::models::encoder::Encoder;
 use crate::training::{EvalMetrics, TrainConfig};
 
 /// Everything that defines a classification run; stored as `run.json` in the run directory.
@@ -111,7 +112,7 @@ pub fn eval_batches(data: &EncodedDataset, batch_size: usize) -> Vec<data::Batch
 pub struct Classification {
     spec: ClassificationSpec,
     pub model_dir: PathBuf,
-    pub encoder: Bert,
+    pub encoder: Encoder,
     pub tokenizer: Tokenizer,
     device: Device,
     /// The labels of the run restored from a directory (its `labels.json`).
@@ -122,13 +123,13 @@ impl Task for Classification {
     const KIND: TaskKind = TaskKind::Classification;
     const FULL_MODEL_DIR: &'static str = crate::layout::ENCODER_DIR;
     type Spec = ClassificationSpec;
-    type Arch = Bert;
+    type Arch = Encoder;
     type Model = SequenceClassifier;
     type Data = Prepared;
 
     fn open(spec: ClassificationSpec, device: &Device) -> Result<Self> {
         let model_dir = crate::models::resolve(&spec.model)?;
-        let encoder = Bert::load_in_task(&model_dir, device)?;
+        let encoder = Encoder::load_in_task(&model_dir, device)?;
         encoder.check_fits(spec.max_len, spec.tuning.layers())?;
         let tokenizer = Tokenizer::from_model_dir(&model_dir)?.with_max_len(spec.max_len)?;
         Ok(Self { spec, model_dir, encoder, tokenizer, device: device.clone(), run_labels: Default::default() })
@@ -163,7 +164,7 @@ impl Task for Classification {
         Ok(SequenceClassifier::new(encoder, data.labels.len(), self.spec.pooling, self.spec.head_dropout, self.spec.train.seed))
     }
 
-    fn adapted(model: &SequenceClassifier) -> &PeftModel<Bert> {
+    fn adapted(model: &SequenceClassifier) -> &PeftModel<Encoder> {
         &model.encoder
     }
 
@@ -194,7 +195,8 @@ impl Task for Classification {
         let labels: Vec<String> = read_json(&out.join(LABELS_FILE))?;
         super::heads::check_head_labels(&out.join(HEAD_FILE), &out.join(LABELS_FILE), labels.len())?;
         let _ = self.run_labels.set(labels.clone());
-        let encoder = self.spec.tuning.restore(self.encoder.clone(), out, Self::FULL_MODEL_DIR, |dir| Bert::load_in_task(dir, device))?;
+        let encoder =
+            self.spec.tuning.restore(self.encoder.clone(), out, Self::FULL_MODEL_DIR, |dir| Encoder::load_in_task(dir, device))?;
         let s = &self.spec;
         SequenceClassifier::new(encoder, labels.len(), s.pooling, s.head_dropout, s.train.seed).load_head(&out.join(HEAD_FILE))
     }
@@ -287,6 +289,7 @@ pub fn export_peft(model: &SequenceClassifier, labels: &[String], base: &str, ma
                 base_model_name_or_path: base.into(),
                 task_type: Some("SEQ_CLS".into()),
                 modules_to_save: model.head_tensors(),
+                fused: model.encoder.model.fused_linears(),
                 ..Default::default()
             };
             peft::export(&model.encoder.adapters, &info, dir)?;

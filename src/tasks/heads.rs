@@ -16,7 +16,8 @@ use crate::adapters::{AdaptedLinear, Deltas, PeftModel};
 use crate::data::Batch;
 use crate::data::tokenize::EncoderInput;
 use crate::error::{Error, Result};
-use crate::models::bert::{Bert, Pooling, pool};
+use crate::models::bert::Pooling;
+use crate::models::encoder::Encoder;
 use crate::progress::{Bar, Kind};
 use crate::training::EvalMetrics;
 use crate::weights::tensors::scalar;
@@ -27,7 +28,7 @@ pub const HEAD: &str = "classifier";
 
 #[derive(Module, Debug)]
 pub struct SequenceClassifier {
-    pub encoder: PeftModel<Bert>,
+    pub encoder: PeftModel<Encoder>,
     pub head: AdaptedLinear,
     #[module(skip)]
     pub pooling: Pooling,
@@ -80,9 +81,9 @@ pub fn read_head(head: &AdaptedLinear, mut t: BTreeMap<String, HostTensor>, file
 
 impl SequenceClassifier {
     /// A fresh head (see [`new_head`]).
-    pub fn new(encoder: PeftModel<Bert>, num_labels: usize, pooling: Pooling, dropout: f64, seed: u64) -> Self {
-        let hidden = encoder.model.config.hidden_size;
-        let head = new_head(hidden, num_labels, seed ^ 0x5ee_d0fc_1a55, &encoder.model.embeddings.word.device());
+    pub fn new(encoder: PeftModel<Encoder>, num_labels: usize, pooling: Pooling, dropout: f64, seed: u64) -> Self {
+        let hidden = encoder.model.hidden_size();
+        let head = new_head(hidden, num_labels, seed ^ 0x5ee_d0fc_1a55, &encoder.model.device());
         Self { encoder, head, pooling, dropout }
     }
 
@@ -114,7 +115,10 @@ impl SequenceClassifier {
 
     /// The Hugging Face form this classifier is merged and exported in ([`HfLayout`]).
     pub fn hf_layout(&self) -> HfLayout {
-        HfLayout::of(self.pooling, self.encoder.model.pooler.is_some())
+        match self.encoder.model.task_head_pools(self.pooling) {
+            true => HfLayout::SequenceClassification,
+            false => HfLayout::SentenceTransformers,
+        }
     }
 
     /// Writes the adapter merged into the encoder, plus the head, as one plain model directory
@@ -129,7 +133,9 @@ impl SequenceClassifier {
         };
         let layout = self.hf_layout();
         match layout {
-            HfLayout::SequenceClassification => hf_layout::write_sequence_classification(dir, &merged.model, self.head_tensors(), labels)?,
+            HfLayout::SequenceClassification => {
+                hf_layout::write_sequence_classification(dir, &merged.model, self.head_tensors(), labels, self.pooling)?
+            }
             HfLayout::SentenceTransformers => {
                 hf_layout::write_sentence_transformers(dir, &merged.model, &self.head_tensors(), labels, self.pooling, max_len)?
             }
@@ -143,15 +149,8 @@ impl ClassifierModel for SequenceClassifier {
     fn logits(&self, input: &EncoderInput, training: bool) -> Tensor<2> {
         let deltas = if training { self.encoder.training_deltas() } else { self.encoder.deltas() };
         let hidden = self.encoder.model.forward(input, &deltas);
-        let mut pooled = match self.pooling {
-            // transformers' BertForSequenceClassification: the pooler on the CLS token.
-            Pooling::Cls => self
-                .encoder
-                .model
-                .pooler_output(hidden.clone(), &deltas)
-                .unwrap_or_else(|| pool(hidden, input.attention_mask.clone(), Pooling::Cls)),
-            Pooling::Mean => pool(hidden, input.attention_mask.clone(), Pooling::Mean),
-        };
+        // As transformers' sequence classifiers: BERT's pooler on CLS, ModernBERT's head.
+        let mut pooled = self.encoder.model.classifier_input(hidden, input.attention_mask.clone(), self.pooling, &deltas);
         if training && self.dropout > 0.0 {
             let keep = 1.0 - self.dropout;
             pooled = pooled.clone() * pooled.random_like(Distribution::Bernoulli(keep)).div_scalar(keep);

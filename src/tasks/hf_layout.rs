@@ -19,7 +19,8 @@ use super::heads::HEAD;
 use crate::error::{Error, Result};
 use crate::files::write_json;
 use crate::formats::peft;
-use crate::models::bert::{Bert, Pooling};
+use crate::models::bert::Pooling;
+use crate::models::encoder::Encoder;
 use crate::weights::{HostTensor, tensors};
 
 /// The Hugging Face form a trained classifier is written in.
@@ -49,15 +50,9 @@ pub fn metadata() -> Option<HashMap<String, String>> {
     Some(METADATA.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
 }
 
-/// The merged encoder's tensors without the module prefix (`bert.`), as a bare `BertModel`
-/// (`RobertaModel`, `DistilBertModel`, ...).
-fn bare_tensors(bert: &Bert) -> BTreeMap<String, HostTensor> {
-    bert.tensors().into_iter().map(|(k, v)| (k.strip_prefix(bert.prefix.as_str()).unwrap_or(&k).to_string(), v)).collect()
-}
-
 /// `config.json` of the merged encoder; `architectures` and labels are set by the caller.
-fn base_config(bert: &Bert, pooling: Pooling) -> serde_json::Value {
-    let mut config = bert.config.to_value();
+fn base_config(bert: &Encoder, pooling: Pooling) -> serde_json::Value {
+    let mut config = bert.config_value();
     for key in ["id2label", "label2id", "num_labels"] {
         config.as_object_mut().expect("config is an object").remove(key);
     }
@@ -65,14 +60,25 @@ fn base_config(bert: &Bert, pooling: Pooling) -> serde_json::Value {
     config
 }
 
-/// `BertForSequenceClassification`: encoder under `bert.`, head as `classifier`, labels in config.
-pub fn write_sequence_classification(dir: &Path, bert: &Bert, head: BTreeMap<String, HostTensor>, labels: &[String]) -> Result<()> {
+/// `BertForSequenceClassification` (encoder under `bert.`) or
+/// `ModernBertForSequenceClassification` (under `model.`, its `head`, `classifier_pooling` the
+/// run's), head as `classifier`, labels in config.
+pub fn write_sequence_classification(
+    dir: &Path,
+    bert: &Encoder,
+    head: BTreeMap<String, HostTensor>,
+    labels: &[String],
+    pooling: Pooling,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let mut weights: BTreeMap<String, HostTensor> = bare_tensors(bert).into_iter().map(|(k, v)| (format!("bert.{k}"), v)).collect();
+    let mut weights = bert.task_tensors();
     weights.extend(head);
     tensors::write(&dir.join("model.safetensors"), &weights, metadata())?;
-    let mut config = base_config(bert, Pooling::Cls);
-    set_classifier(&mut config, "BertForSequenceClassification", labels);
+    let mut config = base_config(bert, pooling);
+    if let Encoder::ModernBert(_) = bert {
+        config["classifier_pooling"] = json!(pooling.to_string());
+    }
+    set_classifier(&mut config, bert.architectures().1, labels);
     write_json(&dir.join("config.json"), &config)
 }
 
@@ -91,7 +97,7 @@ pub fn set_classifier(config: &mut serde_json::Value, architecture: &str, labels
 /// in the order of `labels.json`.
 pub fn write_sentence_transformers(
     dir: &Path,
-    bert: &Bert,
+    bert: &Encoder,
     head: &BTreeMap<String, HostTensor>,
     labels: &[String],
     pooling: Pooling,
@@ -100,9 +106,9 @@ pub fn write_sentence_transformers(
     for sub in ["1_Pooling", "2_Dense"] {
         std::fs::create_dir_all(dir.join(sub)).map_err(|e| Error::io(dir.join(sub), e))?;
     }
-    tensors::write(&dir.join("model.safetensors"), &bare_tensors(bert), metadata())?;
+    tensors::write(&dir.join("model.safetensors"), &bert.bare_tensors(), metadata())?;
     let mut config = base_config(bert, pooling);
-    config["architectures"] = json!([bert.config.variant().bare_architecture()]);
+    config["architectures"] = json!([bert.architectures().0]);
     write_json(&dir.join("config.json"), &config)?;
     write_json(&dir.join("labels.json"), &labels)?;
     write_json(&dir.join("sentence_bert_config.json"), &json!({"max_seq_length": max_len, "do_lower_case": false}))?;
@@ -111,7 +117,7 @@ pub fn write_sentence_transformers(
         &dir.join("modules.json"),
         &json!([module(0, "", "Transformer"), module(1, "1_Pooling", "Pooling"), module(2, "2_Dense", "Dense")]),
     )?;
-    let hidden = bert.config.hidden_size;
+    let hidden = bert.hidden_size();
     write_json(
         &dir.join("1_Pooling/config.json"),
         &json!({
@@ -170,7 +176,7 @@ fn peft_readme(base: &str, pooling: Pooling, max_len: usize) -> String {
 /// not compute: the adapter on the bare encoder, `head.safetensors`, `labels.json`, README.md.
 pub fn write_peft_feature_extraction(
     dir: &Path,
-    encoder: &crate::adapters::PeftModel<Bert>,
+    encoder: &crate::adapters::PeftModel<Encoder>,
     head: &BTreeMap<String, HostTensor>,
     labels: &[String],
     base: &str,
@@ -180,7 +186,8 @@ pub fn write_peft_feature_extraction(
     let info = peft::PeftInfo {
         base_model_name_or_path: base.to_string(),
         task_type: Some("FEATURE_EXTRACTION".into()),
-        strip_prefix: encoder.model.prefix.clone(),
+        strip_prefix: encoder.model.prefix().to_string(),
+        fused: crate::adapters::Adaptable::fused_linears(&encoder.model),
         ..Default::default()
     };
     peft::export(&encoder.adapters, &info, dir)?;

@@ -11,6 +11,14 @@ padding tokens at the padding id: the XLM-R fixture pads with id 3 (not RoBERTa'
 the padding id is read from the config. The RoBERTa and DistilBERT models also carry a tiny
 tokenizer.json (BPE, WordPiece; 96 ids at most) trained on the words of the tests' word
 dataset ("w0" ... "w45"), so that `replora train` runs on them end to end.
+
+ModernBERT (modernbert/): a tiny random model of 4 layers whose layers 0 and 2 attend globally
+and 1 and 3 in a sliding window of 4 (2 tokens each side), with its two RoPE bases, no biases
+(transformers' defaults), run with eager attention on a 10-token row and an 8-token row padded
+by 2 (so every padded position still has a real key in its window); the hidden states base and
+with a PEFT LoRA adapter on the fused `Wqkv`; and a `ModernBertForSequenceClassification` of
+the same encoder with a random head, its logits with `classifier_pooling` "cls" and "mean"
+(`classifier/`). Usage with a second argument `modernbert` builds only that fixture.
 """
 
 import json
@@ -76,7 +84,76 @@ def tokenizer(kind: str) -> transformers.PreTrainedTokenizerFast:
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, **names)
 
 
+def perturb(model: torch.nn.Module) -> None:
+    """Weights larger than the default initialisation's, so every part of the forward shows."""
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "norm" in pname.lower() and pname.endswith("weight"):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            else:
+                p.copy_(0.2 * torch.randn_like(p))
+
+
+MODERNBERT_ROWS = [[2, 17, 33, 25, 90, 41, 8, 63, 12, 3], [2, 11, 55, 71, 20, 6, 44, 3]]
+
+
+def modernbert(out: Path) -> None:
+    torch.manual_seed(0)
+    config = transformers.ModernBertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        global_attn_every_n_layers=2,
+        local_attention=4,
+        global_rope_theta=160000.0,
+        local_rope_theta=10000.0,
+        pad_token_id=0,
+        cls_token_id=2,
+        sep_token_id=3,
+        bos_token_id=2,
+        eos_token_id=3,
+        num_labels=3,
+        attn_implementation="eager",
+    )
+    model = transformers.ModernBertModel(config).eval()
+    perturb(model)
+    directory = out / "modernbert"
+    model.save_pretrained(directory / "model", safe_serialization=True)
+    tokenizer("wordpiece").save_pretrained(directory / "model")
+    width = max(len(r) for r in MODERNBERT_ROWS)
+    input_ids = [r + [0] * (width - len(r)) for r in MODERNBERT_ROWS]
+    attention_mask = [[1] * len(r) + [0] * (width - len(r)) for r in MODERNBERT_ROWS]
+    ids, mask = torch.tensor(input_ids), torch.tensor(attention_mask)
+    classifier = transformers.ModernBertForSequenceClassification(config).eval()
+    perturb(classifier)
+    classifier.model.load_state_dict(model.state_dict())
+    logits = {}
+    with torch.no_grad():
+        base = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        for pooling in ["mean", "cls"]:
+            classifier.config.classifier_pooling = pooling
+            logits[f"logits_{pooling}"] = classifier(input_ids=ids, attention_mask=mask).logits
+    classifier.save_pretrained(directory / "classifier", safe_serialization=True)
+    tokenizer("wordpiece").save_pretrained(directory / "classifier")
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["Wqkv"], init_lora_weights=False, lora_dropout=0.0)
+    adapted_model = peft.get_peft_model(model, lora).eval()
+    with torch.no_grad():
+        adapted = adapted_model(input_ids=ids, attention_mask=mask).last_hidden_state
+    adapted_model.save_pretrained(directory / "lora")
+    (directory / "lora" / "README.md").unlink()
+    expected = {"hidden": base.contiguous(), "hidden_lora": adapted.contiguous(), **logits}
+    save_file(expected, str(directory / "expected.safetensors"))
+    made_with = {"transformers": transformers.__version__, "peft": peft.__version__, "torch": torch.__version__}
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "made_with": made_with}
+    (directory / "inputs.json").write_text(json.dumps(inputs, indent=1))
+    print(f"modernbert: {sum(p.numel() for p in model.parameters())} parameters -> {directory}")
+
+
 def main(out: Path) -> None:
+    modernbert(out)
     for name, (config, targets, pad, tokenizer_kind) in FAMILIES.items():
         torch.manual_seed(0)
         model = transformers.AutoModel.from_config(config, dtype=torch.float32)
@@ -121,4 +198,7 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    if sys.argv[2:] == ["modernbert"]:
+        modernbert(Path(sys.argv[1]))
+    else:
+        main(Path(sys.argv[1]))

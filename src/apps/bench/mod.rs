@@ -26,6 +26,7 @@ use crate::adapters::{AdapterConfig, Method, PeftModel, TargetModules};
 use crate::data::Batch;
 use crate::error::{Error, Result};
 use crate::models::bert::{Bert, Pooling};
+use crate::models::encoder::Encoder;
 use crate::models::{Architecture, Family};
 use crate::tasks::Tuning;
 use crate::tasks::choice_model::{CausalLm, LmBatch, LmSequence};
@@ -143,8 +144,16 @@ fn adapt<A: Architecture>(model: A, args: &BenchArgs) -> Result<PeftModel<A>> {
 }
 
 fn build(args: &BenchArgs, device: &Device) -> Result<SequenceClassifier> {
-    let bert = Bert::load(&crate::models::resolve(&args.model)?, "bert.", device)?;
+    let bert = Encoder::Bert(Bert::load(&crate::models::resolve(&args.model)?, "bert.", device)?);
     Ok(SequenceClassifier::new(adapt(bert, args)?, 4, Pooling::Mean, 0.0, 0))
+}
+
+/// The config of the BERT [`build`] loads.
+fn bert_config(model: &SequenceClassifier) -> &crate::models::bert::BertConfig {
+    match &model.encoder.model {
+        Encoder::Bert(bert) => &bert.config,
+        Encoder::ModernBert(_) => unreachable!("the encoder benchmark loads a BERT"),
+    }
 }
 
 /// The best f32 matmul rate this backend reaches on a few shapes (GFLOP/s).
@@ -262,7 +271,7 @@ fn run_encoder(args: &BenchArgs, device: &Device) -> Result<BenchResult> {
     let started = Instant::now();
     let device = device.clone().autodiff();
     let model = build(args, &device)?;
-    let batch = synthetic_batch(args.batch, args.seq, model.encoder.model.config.vocab_size);
+    let batch = synthetic_batch(args.batch, args.seq, bert_config(&model).vocab_size);
     let trainable = model.encoder.param_report().trainable + model.head.num_params();
     let loss = |m: &SequenceClassifier| cross_entropy(m.logits(&batch.to_input(&device), true), batch.labels_tensor(&device));
     let (model, first, times) = timed_steps(args, model, &loss, started);
@@ -274,7 +283,7 @@ fn run_encoder(args: &BenchArgs, device: &Device) -> Result<BenchResult> {
     let infer_base = median_rate(tokens, 5, &|| drop(base.logits(&input, false).into_data()));
     let merged = if model.encoder.is_full_finetune() { model } else { SequenceClassifier { encoder: model.encoder.merge()?, ..model } };
     let infer_merged = median_rate(tokens, 5, &|| drop(merged.logits(&input, false).into_data()));
-    let c = &merged.encoder.model.config;
+    let c = bert_config(&merged);
     let description = serde_json::json!({
         "name": args.model, "kind": "encoder", "layers": c.num_hidden_layers, "hidden": c.hidden_size,
         "intermediate": c.intermediate_size, "heads": c.num_attention_heads, "kv_heads": c.num_attention_heads, "vocab": c.vocab_size,

@@ -484,8 +484,7 @@ impl RunArgs {
         let c = &self.classification;
         let train = self.train.to_train(d.train.clone());
         let model = self.model.as_deref().unwrap_or(&d.model);
-        let variant = crate::models::bert::Variant::detect(model);
-        let tuning = self.method.to_tuning_with(train.seed, &|method| variant.default_targets(method))?;
+        let tuning = self.method.to_tuning_with(train.seed, &|method| crate::models::encoder::default_targets(model, method))?;
         let split = match &c.split {
             Some(s) => <[f64; 3]>::try_from(s.as_slice())
                 .map_err(|_| Error::Config(format!("--split takes three fractions (train, validation, test), got {}: {s:?}", s.len())))?,
