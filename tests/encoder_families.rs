@@ -219,7 +219,7 @@ fn the_cli_describes_and_trains_each_family() {
     }
     let data = out.path().join("data.jsonl");
     support::word_dataset(&data, 3, 10);
-    for (name, method) in [("roberta", "lora"), ("distilbert", "replora")] {
+    for (name, method) in [("roberta", "lora"), ("distilbert", "replora"), ("modernbert", "replora")] {
         let model = fixture(name).join("model");
         let run = out.path().join(format!("{name}-{method}"));
         let args = [
@@ -246,6 +246,18 @@ fn the_cli_describes_and_trains_each_family() {
         assert_eq!(spec["adapter"]["target_modules"], serde_json::json!(expected), "{spec}");
         let o = support::replora(&["predict", "--run", run.to_str().unwrap(), "--text", "w3 w14 w7"]);
         assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("probability"), "{}", support::stderr(&o));
+        if name == "modernbert" {
+            // Export writes PEFT's fused module; merge a ModernBERT classifier directory.
+            let (peft, merged) = (out.path().join("modern-peft"), out.path().join("modern-merged"));
+            let o = support::replora(&["export", "--run", run.to_str().unwrap(), "--out", peft.to_str().unwrap()]);
+            assert!(o.status.success(), "export: {}", support::stderr(&o));
+            let config = std::fs::read_to_string(peft.join("adapter_config.json")).unwrap();
+            assert!(config.contains("Wqkv"), "{config}");
+            let o = support::replora(&["merge", "--run", run.to_str().unwrap(), "--out", merged.to_str().unwrap()]);
+            assert!(o.status.success(), "merge: {}", support::stderr(&o));
+            let config = std::fs::read_to_string(merged.join("config.json")).unwrap();
+            assert!(config.contains("\"modernbert\""), "{config}");
+        }
     }
 }
 
