@@ -73,7 +73,8 @@ fn each_family_is_detected_and_equals_transformers_base_and_with_a_peft_lora_ada
         let adapted = peft::import_renamed(model, &dir.join("lora"), variant.transformers_5_names()).unwrap();
         assert_eq!(adapted.adapters.targets.len(), 4, "{name}: query and value of 2 layers");
         let (hidden, pooled) = outputs(&adapted.model, &expected["pixels"], &adapted.deltas());
-        let (lora_hidden, lora_pooled) = (difference(&hidden, &expected["hidden_lora"].data), difference(&pooled, &expected["pooled_lora"].data));
+        let (lora_hidden, lora_pooled) =
+            (difference(&hidden, &expected["hidden_lora"].data), difference(&pooled, &expected["pooled_lora"].data));
         eprintln!("{name}: LoRA hidden states within {lora_hidden:.2e}, pooled within {lora_pooled:.2e} of PEFT's (relative)");
         assert!(lora_hidden < 1e-4 && lora_pooled < 1e-4, "{name}: LoRA outputs differ from PEFT's by {lora_hidden}, {lora_pooled}");
         let moved = difference(&expected["pooled"].data, &expected["pooled_lora"].data);
@@ -85,8 +86,13 @@ fn each_family_is_detected_and_equals_transformers_base_and_with_a_peft_lora_ada
         let (keys, _) = tensors::read(&out.path().join("adapter_model.safetensors")).unwrap();
         let first_query = if variant == Variant::Vit { "layers.0.attention.q_proj" } else { "encoder.layers.0.self_attn.q_proj" };
         assert!(keys.contains_key(&format!("base_model.model.{first_query}.lora_A.weight")), "{name}: {:?}", keys.keys());
-        let reloaded = peft::import_renamed(Dinov2::load(&model_dir, "", &device).unwrap(), out.path(), variant.transformers_5_names()).unwrap();
-        assert_eq!(outputs(&reloaded.model, &expected["pixels"], &reloaded.deltas()), (hidden, pooled), "{name}: the export reloads to other outputs");
+        let reloaded =
+            peft::import_renamed(Dinov2::load(&model_dir, "", &device).unwrap(), out.path(), variant.transformers_5_names()).unwrap();
+        assert_eq!(
+            outputs(&reloaded.model, &expected["pixels"], &reloaded.deltas()),
+            (hidden, pooled),
+            "{name}: the export reloads to other outputs"
+        );
     }
 }
 
@@ -159,7 +165,8 @@ fn each_family_saves_merges_and_reloads_equal() {
         let merged = Dinov2::load_in_task(&merged_dir, &device).unwrap();
         let (w, b) = (head["classifier.weight"].clone(), head["classifier.bias"].clone());
         assert_eq!(w.shape, [3, 32], "{name}: the head reads the pooled feature only");
-        let logits = merged.pooled(merged.forward(input.clone(), &Deltas::none())).matmul(w.transpose().to_tensor(&device)) + b.to_tensor::<1>(&device).unsqueeze();
+        let logits = merged.pooled(merged.forward(input.clone(), &Deltas::none())).matmul(w.transpose().to_tensor(&device))
+            + b.to_tensor::<1>(&device).unsqueeze();
         let diff = difference(&host(logits), &unmerged);
         eprintln!("{name}: merged {} within {diff:.1e} of the unmerged logits", config["architectures"][0]);
         assert!(diff < 1e-5, "{name}: merged logits differ by {diff}");
@@ -249,8 +256,29 @@ fn the_cli_describes_and_trains_each_family() {
         let run = tmp.path().join(format!("{name}-run"));
         let (model_s, data_s, run_s) = (model.to_str().unwrap(), data.to_str().unwrap(), run.to_str().unwrap());
         let args = [
-            "train", "--task", "image-classification", "--model", model_s, "--data", data_s, "--method", "replora", "--image-size", "14",
-            "--train-images", "12", "--val-images", "3", "--test-images", "3", "--epochs", "1", "--batch-size", "6", "--out", run_s,
+            "train",
+            "--task",
+            "image-classification",
+            "--model",
+            model_s,
+            "--data",
+            data_s,
+            "--method",
+            "replora",
+            "--image-size",
+            "14",
+            "--train-images",
+            "12",
+            "--val-images",
+            "3",
+            "--test-images",
+            "3",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "6",
+            "--out",
+            run_s,
         ];
         let o = support::replora(&args);
         assert!(o.status.success(), "{name}: {}", support::stderr(&o));

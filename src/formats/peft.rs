@@ -262,10 +262,8 @@ fn import_parts<M: Adaptable>(model: M, dir: &Path, renames: &[(&str, &str)]) ->
     let back = |key: &str| renames.iter().rev().fold(key.to_string(), |k, (checkpoint, library)| k.replace(library, checkpoint));
     if tensors.keys().any(|k| back(k) != *k) {
         tensors = tensors.into_iter().map(|(k, t)| (back(&k), t)).collect();
-        let modules: std::collections::BTreeSet<&str> = tensors
-            .keys()
-            .filter_map(|k| k.strip_prefix(PREFIX)?.split_once(".lora_").map(|(m, _)| m))
-            .collect();
+        let modules: std::collections::BTreeSet<&str> =
+            tensors.keys().filter_map(|k| k.strip_prefix(PREFIX)?.split_once(".lora_").map(|(m, _)| m)).collect();
         config_json["target_modules"] = json!(modules);
     }
     let config = config_from_peft(&config_json, &config_file)?;

@@ -16,8 +16,8 @@ use std::path::Path;
 use burn::module::Param;
 use burn::prelude::*;
 
-use super::layers::{Activation, LayerNorm, ReadLayers, attention};
 pub use super::dinov2_onnx::{convert_onnx_dir, from_onnx};
+use super::layers::{Activation, LayerNorm, ReadLayers, attention};
 pub use super::vit_config::{Dinov2Config, Variant};
 use crate::adapters::{Adaptable, AdaptedLinear, Deltas};
 use crate::error::{Error, Result};
@@ -183,7 +183,11 @@ impl Dinov2 {
         let variant = self.variant();
         let mut config = serde_json::to_value(&self.config).map_err(|e| Error::format(dir.join(CONFIG_FILE), e))?;
         config["model_type"] = variant.model_type().into();
-        config.as_object_mut().expect("config is an object").entry("architectures").or_insert(serde_json::json!([variant.bare_architecture()]));
+        config
+            .as_object_mut()
+            .expect("config is an object")
+            .entry("architectures")
+            .or_insert(serde_json::json!([variant.bare_architecture()]));
         // The weights first: a directory with a config.json is complete.
         let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
         tensors::write(&dir.join(WEIGHTS_FILE), &self.tensors(), Some(metadata))?;
@@ -201,7 +205,10 @@ impl Dinov2 {
         if variant == Variant::Clip {
             out.insert(format!("{p}embeddings.class_embedding"), HostTensor { shape: vec![c.hidden_size], data: cls.data });
             let rows = position.shape[1];
-            out.insert(format!("{p}embeddings.position_embedding.weight"), HostTensor { shape: vec![rows, c.hidden_size], data: position.data });
+            out.insert(
+                format!("{p}embeddings.position_embedding.weight"),
+                HostTensor { shape: vec![rows, c.hidden_size], data: position.data },
+            );
             out.insert(format!("{p}embeddings.patch_embedding.weight"), patch);
         } else {
             out.insert(format!("{p}embeddings.cls_token"), cls);

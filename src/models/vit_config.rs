@@ -47,13 +47,8 @@ const DINOV2_NAMES: LayerNames = LayerNames {
     fc1: "mlp.fc1",
     fc2: "mlp.fc2",
 };
-const VIT_NAMES: LayerNames = LayerNames {
-    norm1: "layernorm_before",
-    norm2: "layernorm_after",
-    fc1: "intermediate.dense",
-    fc2: "output.dense",
-    ..DINOV2_NAMES
-};
+const VIT_NAMES: LayerNames =
+    LayerNames { norm1: "layernorm_before", norm2: "layernorm_after", fc1: "intermediate.dense", fc2: "output.dense", ..DINOV2_NAMES };
 const CLIP_NAMES: LayerNames = LayerNames {
     norm1: "layer_norm1",
     query: "self_attn.q_proj",
@@ -250,7 +245,11 @@ pub struct Dinov2Config {
 /// A count written as `4` or `4.0`.
 fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<usize>, D::Error> {
     let v = f64::deserialize(d)?;
-    if v >= 0.0 && v.fract() == 0.0 { Ok(Some(v as usize)) } else { Err(serde::de::Error::custom(format!("expected a whole number, got {v}"))) }
+    if v >= 0.0 && v.fract() == 0.0 {
+        Ok(Some(v as usize))
+    } else {
+        Err(serde::de::Error::custom(format!("expected a whole number, got {v}")))
+    }
 }
 fn default_channels() -> usize {
     3

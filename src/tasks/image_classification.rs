@@ -27,7 +27,6 @@ use crate::models::dinov2::{Dinov2, Variant};
 use crate::training::{EvalMetrics, TrainConfig};
 use crate::weights::{HostTensor, tensors};
 
-
 crate::choice_enum! {
     /// What the head reads off the last hidden state.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -418,7 +417,9 @@ impl Task for ImageClassification {
         // CLIPForImageClassification classifies the mean patch token: CLIP's adapter is written
         // for the bare tower, its head beside it.
         let info = match variant {
-            Variant::Clip => peft::PeftInfo { base_model_name_or_path: base, strip_prefix: variant.task_prefix().into(), ..Default::default() },
+            Variant::Clip => {
+                peft::PeftInfo { base_model_name_or_path: base, strip_prefix: variant.task_prefix().into(), ..Default::default() }
+            }
             _ => peft::PeftInfo { base_model_name_or_path: base, modules_to_save: head.clone(), rename: renames, ..Default::default() },
         };
         peft::export(&model.backbone.adapters, &info, dir)?;
@@ -442,7 +443,9 @@ impl Task for ImageClassification {
             Variant::Dinov2 => format!(
                 "layout: Dinov2ForImageClassification (CLS + mean-patch head): AutoModelForImageClassification.from_pretrained(dir) on {size}x{size} images, ImageNet-normalized"
             ),
-            Variant::Vit => format!("layout: ViTForImageClassification (CLS head): AutoModelForImageClassification.from_pretrained(dir) on {size}x{size} images"),
+            Variant::Vit => format!(
+                "layout: ViTForImageClassification (CLS head): AutoModelForImageClassification.from_pretrained(dir) on {size}x{size} images"
+            ),
             Variant::Clip => format!(
                 "layout: the merged CLIPVisionModel, the head in {HEAD_FILE} (classifier.weight [labels, d_in], classifier.bias): logits = classifier(CLIPVisionModel.from_pretrained(dir)(pixels).pooler_output) for --pooling cls, on {size}x{size} images"
             ),
