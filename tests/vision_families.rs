@@ -182,7 +182,7 @@ fn a_vit_cls_mean_head_has_no_transformers_layout() {
     let model = Dinov2::load_in_task(&fixture("vit").join("model"), &device).unwrap();
     let classifier = ImageClassifier::new(PeftModel::new(model, &AdapterConfig::default()).unwrap(), 3, ImagePooling::ClsMean, 1);
     let e = classifier.hf_head_tensors().unwrap_err().to_string();
-    assert!(e.contains("ViTForImageClassification") && e.contains("--pooling cls"), "{e}");
+    assert!(e.contains("ViTForImageClassification") && e.contains("--image-pooling cls"), "{e}");
 }
 
 #[test]

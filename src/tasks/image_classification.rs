@@ -120,7 +120,7 @@ impl ImageClassifier {
         let variant = self.backbone.model.variant();
         if variant == Variant::Vit && self.pooling != ImagePooling::Cls {
             return Err(Error::Config(format!(
-                "ViTForImageClassification classifies the CLS token only: a --pooling {} head has no place in it (train with --pooling cls)",
+                "ViTForImageClassification classifies the CLS token only: an --image-pooling {} head has no place in it (train with --image-pooling cls)",
                 self.pooling
             )));
         }
@@ -427,7 +427,7 @@ impl Task for ImageClassification {
         if variant == Variant::Clip {
             tensors::write(&dir.join(HEAD_FILE), &head, None)?;
             return Ok(format!(
-                "layout: PEFT LoRA on CLIPVisionModel (transformers >= 5), the head in {HEAD_FILE} (classifier.weight [labels, d_in], classifier.bias): logits = classifier(PeftModel.from_pretrained(CLIPVisionModel.from_pretrained(base), dir)(pixels).pooler_output) for --pooling cls; feed {size}x{size} images with interpolate_pos_encoding=True where that differs from the base's size"
+                "layout: PEFT LoRA on CLIPVisionModel (transformers >= 5), the head in {HEAD_FILE} (classifier.weight [labels, d_in], classifier.bias): logits = classifier(PeftModel.from_pretrained(CLIPVisionModel.from_pretrained(base), dir)(pixels).pooler_output) for --image-pooling cls; feed {size}x{size} images with interpolate_pos_encoding=True where that differs from the base's size"
             ));
         }
         Ok(format!(
@@ -447,7 +447,7 @@ impl Task for ImageClassification {
                 "layout: ViTForImageClassification (CLS head): AutoModelForImageClassification.from_pretrained(dir) on {size}x{size} images"
             ),
             Variant::Clip => format!(
-                "layout: the merged CLIPVisionModel, the head in {HEAD_FILE} (classifier.weight [labels, d_in], classifier.bias): logits = classifier(CLIPVisionModel.from_pretrained(dir)(pixels).pooler_output) for --pooling cls, on {size}x{size} images"
+                "layout: the merged CLIPVisionModel, the head in {HEAD_FILE} (classifier.weight [labels, d_in], classifier.bias): logits = classifier(CLIPVisionModel.from_pretrained(dir)(pixels).pooler_output) for --image-pooling cls, on {size}x{size} images"
             ),
         })
     }
