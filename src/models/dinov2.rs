@@ -2,7 +2,7 @@
 //! scale), ViT and CLIP's vision tower ([`Variant`], chosen by `model_type`), read from and
 //! written to their Hugging Face checkpoints (`Dinov2Model`, `ViTModel`, `CLIPVisionModel` or a
 //! full `CLIPModel`), or, for DINOv2, converted once from an ONNX export
-//! ([`super::dinov2_onnx`]).
+//! ([`convert_onnx_dir`]).
 //!
 //! Patch embedding (a convolution with stride = kernel = patch, computed as a linear over
 //! flattened patches), a CLS token, learned position embeddings resized by bicubic
