@@ -292,6 +292,8 @@ impl Dinov2 {
     }
 }
 
+/// The embeddings in DINOv2's shapes (CLIP stores the CLS token as `[hidden]` and the position
+/// table as `[rows, hidden]`).
 fn read_embeddings(r: &mut Reader, c: &Dinov2Config) -> Result<Dinov2Embeddings> {
     let (h, ch, p, rows) = (c.hidden_size, c.num_channels, c.patch_size, c.grid() * c.grid() + 1);
     let device = r.device().clone();

@@ -125,12 +125,11 @@ impl ImageClassifier {
             )));
         }
         let weight = match self.pooling {
-            _ if variant != Variant::Dinov2 => w,
-            ImagePooling::ClsMean => w,
-            ImagePooling::Cls => {
+            ImagePooling::Cls if variant == Variant::Dinov2 => {
                 let data = w.data.chunks(d_in).flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(0.0, d_in))).collect();
                 HostTensor { shape: vec![labels, 2 * d_in], data }
             }
+            _ => w,
         };
         let bias = HostTensor::from_tensor(&self.head.bias.as_ref().expect("the head has a bias").val());
         Ok(BTreeMap::from([(format!("{HEAD}.weight"), weight), (format!("{HEAD}.bias"), bias)]))
