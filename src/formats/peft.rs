@@ -265,7 +265,16 @@ impl NamedParams for FromPeft<'_> {
 
 /// Loads a PEFT LoRA/DoRA adapter directory into `model`.
 pub fn import<M: Adaptable>(model: M, dir: &Path) -> Result<PeftModel<M>> {
-    let (peft, extra) = import_with_modules(model, dir)?;
+    import_renamed(model, dir, &[])
+}
+
+/// Like [`import`], for an adapter made on a library that names the model's modules otherwise:
+/// `renames` are (checkpoint name, library name) substring pairs, as [`PeftInfo::rename`]
+/// (transformers 5 loads ViT's `encoder.layer.0.attention.attention.query` as
+/// `layers.0.attention.q_proj`); module paths are translated back before they are matched, and
+/// an adapter whose paths needed it targets exactly the modules it holds.
+pub fn import_renamed<M: Adaptable>(model: M, dir: &Path, renames: &[(&str, &str)]) -> Result<PeftModel<M>> {
+    let (peft, extra) = import_parts(model, dir, renames)?;
     match extra.keys().next() {
         Some(name) => Err(Error::format(dir.join(WEIGHTS_FILE), format!("tensor {name} (modules_to_save) has no place in this model"))),
         None => Ok(peft),
@@ -275,22 +284,32 @@ pub fn import<M: Adaptable>(model: M, dir: &Path) -> Result<PeftModel<M>> {
 /// Like [`import`], also returning the `modules_to_save` tensors (names without the
 /// `base_model.model.` prefix) for the caller's own modules, e.g. a classification head.
 pub fn import_with_modules<M: Adaptable>(model: M, dir: &Path) -> Result<(PeftModel<M>, BTreeMap<String, HostTensor>)> {
+    import_parts(model, dir, &[])
+}
+
+fn import_parts<M: Adaptable>(model: M, dir: &Path, renames: &[(&str, &str)]) -> Result<(PeftModel<M>, BTreeMap<String, HostTensor>)> {
     let config_file = dir.join(CONFIG_FILE);
     let fused = model.fused_linears();
-    let config = fused::expand_targets(&config_from_peft(&read_json::<Value>(&config_file)?, &config_file)?, &fused);
+    let mut config_json = read_json::<Value>(&config_file)?;
     let file = dir.join(WEIGHTS_FILE);
     if !file.exists() && dir.join("adapter_model.bin").exists() {
         return Err(Error::format(&file, "only adapter_model.safetensors is supported; re-save the adapter with safe_serialization=True"));
     }
     let (mut tensors, _) = tensors::read(&file)?;
+    let back = |key: &str| renames.iter().rev().fold(key.to_string(), |k, (checkpoint, library)| k.replace(library, checkpoint));
+    if tensors.keys().any(|k| back(k) != *k) {
+        tensors = tensors.into_iter().map(|(k, t)| (back(&k), t)).collect();
+        let modules: std::collections::BTreeSet<&str> =
+            tensors.keys().filter_map(|k| k.strip_prefix(PREFIX)?.split_once(".lora_").map(|(m, _)| m)).collect();
+        config_json["target_modules"] = json!(modules);
+    }
+    let config = fused::expand_targets(&config_from_peft(&config_json, &config_file)?, &fused);
     fused::split_peft_tensors(&mut tensors, &fused, &file)?;
     let available = tensors.values().map(|t| t.data.len()).sum();
     super::check_declared_sizes(&config, &model.linears(), &file, available)?;
     let adapters = AdapterSet::new(&config, &model.linears())?.map_named(&mut FromPeft { tensors: &mut tensors, file: &file })?;
-    let saved: Vec<String> = read_json::<Value>(&config_file)?
-        .get("modules_to_save")
-        .and_then(|v| serde_json::from_value::<Vec<String>>(v.clone()).ok())
-        .unwrap_or_default();
+    let saved: Vec<String> =
+        config_json.get("modules_to_save").and_then(|v| serde_json::from_value::<Vec<String>>(v.clone()).ok()).unwrap_or_default();
     let mut modules = BTreeMap::new();
     for (key, t) in tensors {
         let name = key.strip_prefix(PREFIX).unwrap_or(&key).to_string();

@@ -1,154 +1,77 @@
-//! DINOv2-style vision transformers (ViT with layer-scale), read from and written to Hugging
-//! Face `Dinov2Model` checkpoints, or converted once from an ONNX export.
+//! The vision transformers (ViTs) replora reads, one model for three families: DINOv2 (layer
+//! scale), ViT and CLIP's vision tower ([`Variant`], chosen by `model_type`), read from and
+//! written to their Hugging Face checkpoints (`Dinov2Model`, `ViTModel`, `CLIPVisionModel` or a
+//! full `CLIPModel`), or, for DINOv2, converted once from an ONNX export
+//! ([`convert_onnx_dir`]).
 //!
 //! Patch embedding (a convolution with stride = kernel = patch, computed as a linear over
 //! flattened patches), a CLS token, learned position embeddings resized by bicubic
-//! interpolation to the run's image size, pre-norm blocks with layer-scale and an exact-GELU
-//! MLP, and a final LayerNorm. Every linear is an [`AdaptedLinear`] named by its Hugging Face
-//! module path (`encoder.layer.0.attention.attention.query`), so PEFT adapter files line up.
+//! interpolation to the run's image size, pre-norm blocks (attention, then a two-layer MLP) and a
+//! final LayerNorm. Every linear is an [`AdaptedLinear`] named by its Hugging Face module path
+//! (`encoder.layer.0.attention.attention.query`), so PEFT adapter files line up.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use burn::module::Param;
 use burn::prelude::*;
-use serde::{Deserialize, Serialize};
 
-use super::layers::{LayerNorm, ReadLayers, attention};
+pub use super::dinov2_onnx::{convert_onnx_dir, from_onnx};
+use super::layers::{Activation, LayerNorm, ReadLayers, attention};
+pub use super::vit_config::{Dinov2Config, Variant};
 use crate::adapters::{Adaptable, AdaptedLinear, Deltas};
 use crate::error::{Error, Result};
-use crate::files::{read_json, write_json};
-use crate::kernels;
+use crate::files::write_json;
 use crate::weights::Reader;
 use crate::weights::tensors::{self, HostTensor};
 
-const CONFIG_FILE: &str = "config.json";
+pub(super) const CONFIG_FILE: &str = "config.json";
 const WEIGHTS_FILE: &str = "model.safetensors";
 
-/// A Hugging Face `Dinov2Config`. Keys this model does not use are kept in `extra`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Dinov2Config {
-    pub hidden_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    /// MLP width over hidden width; transformers' config type is an integer.
-    #[serde(default = "default_mlp_ratio", deserialize_with = "whole_number")]
-    pub mlp_ratio: usize,
-    /// The side, in pixels, the position table was trained for (`position_embeddings` holds
-    /// `(image_size / patch_size)^2 + 1` rows).
-    pub image_size: usize,
-    pub patch_size: usize,
-    #[serde(default = "default_channels")]
-    pub num_channels: usize,
-    #[serde(default = "default_eps")]
-    pub layer_norm_eps: f64,
-    #[serde(default = "default_act")]
-    pub hidden_act: String,
-    #[serde(default)]
-    pub use_swiglu_ffn: bool,
-    #[serde(default = "default_true")]
-    pub qkv_bias: bool,
-    #[serde(flatten)]
-    pub extra: BTreeMap<String, serde_json::Value>,
-}
-
-fn default_mlp_ratio() -> usize {
-    4
-}
-
-/// A count written as `4` or `4.0`.
-fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<usize, D::Error> {
-    let v = f64::deserialize(d)?;
-    if v >= 0.0 && v.fract() == 0.0 { Ok(v as usize) } else { Err(serde::de::Error::custom(format!("expected a whole number, got {v}"))) }
-}
-fn default_channels() -> usize {
-    3
-}
-fn default_eps() -> f64 {
-    1e-6
-}
-fn default_act() -> String {
-    "gelu".into()
-}
-fn default_true() -> bool {
-    true
-}
-
-impl Dinov2Config {
-    pub fn read(path: &Path) -> Result<Self> {
-        let config: Self = read_json(path)?;
-        config.validate().map_err(|m| Error::format(path, m))?;
-        Ok(config)
-    }
-
-    fn validate(&self) -> std::result::Result<(), String> {
-        let sizes = [
-            ("hidden_size", self.hidden_size),
-            ("num_attention_heads", self.num_attention_heads),
-            ("patch_size", self.patch_size),
-            ("image_size", self.image_size),
-            ("num_channels", self.num_channels),
-        ];
-        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("{name} must be at least 1"));
-        }
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return Err(format!("hidden_size {} is not a multiple of num_attention_heads {}", self.hidden_size, self.num_attention_heads));
-        }
-        if !self.image_size.is_multiple_of(self.patch_size) {
-            return Err(format!("image_size {} is not a multiple of patch_size {}", self.image_size, self.patch_size));
-        }
-        if self.use_swiglu_ffn {
-            return Err("use_swiglu_ffn (the SwiGLU MLP of the giant models) is not supported".into());
-        }
-        if self.hidden_act != "gelu" {
-            return Err(format!("hidden_act {:?} is not supported (only \"gelu\")", self.hidden_act));
-        }
-        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
-            return Err(format!("layer_norm_eps must be a positive number, got {}", self.layer_norm_eps));
-        }
-        Ok(())
-    }
-
-    pub fn intermediate_size(&self) -> usize {
-        self.hidden_size * self.mlp_ratio
-    }
-
-    /// Patches along one side of an `image_size` image.
-    pub fn grid(&self) -> usize {
-        self.image_size / self.patch_size
-    }
-}
-
-/// Patch embedding, CLS token and position embeddings.
+/// Patch embedding, CLS token and position embeddings (with CLIP's norm of them).
 #[derive(Module, Debug)]
 pub struct Dinov2Embeddings {
-    /// `[1, 1, hidden]`
+    /// `[1, 1, hidden]` (CLIP stores `[hidden]`)
     pub cls_token: Param<Tensor<3>>,
-    /// `[1, hidden]`; used by masked-image pre-training only, kept so checkpoints round-trip.
-    pub mask_token: Param<Tensor<2>>,
-    /// `[1, grid^2 + 1, hidden]`
+    /// DINOv2's `[1, hidden]`, used by masked-image pre-training only, kept so checkpoints
+    /// round-trip.
+    pub mask_token: Option<Param<Tensor<2>>>,
+    /// `[1, grid^2 + 1, hidden]` (CLIP stores `[grid^2 + 1, hidden]`)
     pub position: Param<Tensor<3>>,
     /// The patch convolution as a linear: `[channels * patch * patch, hidden]`, inputs in the
     /// convolution weight's `(channel, row, column)` order.
     pub patch_weight: Param<Tensor<2>>,
-    pub patch_bias: Param<Tensor<1>>,
+    /// None in CLIP, whose patch convolution has no bias.
+    pub patch_bias: Option<Param<Tensor<1>>>,
+    /// CLIP's `pre_layrnorm` (sic) of the tokens before the first block.
+    pub pre_norm: Option<LayerNorm>,
 }
 
-/// One pre-norm block: `x + ls1 * attn(norm1(x))`, then `x + ls2 * mlp(norm2(x))`.
+/// One pre-norm block: `x + ls1 * attn(norm1(x))`, then `x + ls2 * mlp(norm2(x))`, the layer
+/// scales DINOv2's only.
 #[derive(Module, Debug)]
 pub struct Dinov2Layer {
     pub norm1: LayerNorm,
     pub query: AdaptedLinear,
     pub key: AdaptedLinear,
     pub value: AdaptedLinear,
-    /// `attention.output.dense`
+    /// `attention.output.dense` (CLIP's `self_attn.out_proj`)
     pub attention_output: AdaptedLinear,
-    pub layer_scale1: Param<Tensor<1>>,
+    pub layer_scale1: Option<Param<Tensor<1>>>,
     pub norm2: LayerNorm,
     pub fc1: AdaptedLinear,
     pub fc2: AdaptedLinear,
-    pub layer_scale2: Param<Tensor<1>>,
+    pub layer_scale2: Option<Param<Tensor<1>>>,
+    #[module(skip)]
+    pub activation: Activation,
+}
+
+/// `x` times a layer scale, if there is one.
+fn scaled(x: Tensor<3>, scale: &Option<Param<Tensor<1>>>) -> Tensor<3> {
+    match scale {
+        Some(s) => x * s.val().unsqueeze::<3>(),
+        None => x,
+    }
 }
 
 impl Dinov2Layer {
@@ -166,32 +89,47 @@ impl Dinov2Layer {
         let no_mask = Tensor::zeros([1, 1, 1, t], &x.device());
         let (k, v, mask) = deltas.with_prefix(&self.key.path, k, v, no_mask);
         let context = attention(q, k, v, mask).swap_dims(1, 2).reshape([b, t, hidden]);
-        let x = x + self.attention_output.forward(context, deltas) * self.layer_scale1.val().unsqueeze::<3>();
-        let h = kernels::gelu(self.fc1.forward(self.norm2.forward(x.clone()), deltas));
-        x.clone() + self.fc2.forward(h, deltas) * self.layer_scale2.val().unsqueeze::<3>()
+        let x = x + scaled(self.attention_output.forward(context, deltas), &self.layer_scale1);
+        let h = self.activation.forward(self.fc1.forward(self.norm2.forward(x.clone()), deltas));
+        x.clone() + scaled(self.fc2.forward(h, deltas), &self.layer_scale2)
     }
 }
 
-/// A DINOv2 backbone: embeddings, `num_hidden_layers` blocks and the final LayerNorm.
+/// A vision transformer: embeddings, `num_hidden_layers` blocks and the final LayerNorm.
 #[derive(Module, Debug)]
 pub struct Dinov2 {
     pub embeddings: Dinov2Embeddings,
     pub layers: Vec<Dinov2Layer>,
+    /// DINOv2's and ViT's `layernorm` of every token; CLIP's `post_layernorm` of the pooled CLS
+    /// token only.
     pub layernorm: LayerNorm,
     #[module(skip)]
     pub config: Dinov2Config,
-    /// Prepended to every module path and tensor name (`""`, or `"dinov2."` inside
-    /// `Dinov2ForImageClassification`).
+    /// Prepended to every module path and tensor name (`""`, or the variant's task prefix, e.g.
+    /// `"dinov2."` inside `Dinov2ForImageClassification`).
     #[module(skip)]
     pub prefix: String,
 }
 
 impl Dinov2 {
-    /// Loads `config.json` and `model.safetensors` from `dir`; tensor names may carry a
-    /// `dinov2.` prefix or none; module paths get `prefix`.
+    /// Loads `config.json` and `model.safetensors` from `dir`; tensor names may carry the
+    /// variant's task prefix (`dinov2.`, `vit.`, `vision_model.`) or none; module paths get
+    /// `prefix`.
     pub fn load(dir: &Path, prefix: &str, device: &Device) -> Result<Self> {
+        let config = Dinov2Config::read(&dir.join(CONFIG_FILE))?;
         let (mut tensors, file) = crate::weights::read_model_dir(dir)?;
-        Self::from_tensors(Dinov2Config::read(&dir.join(CONFIG_FILE))?, &mut tensors, &file, prefix, device)
+        Self::from_tensors(config, &mut tensors, &file, prefix, device)
+    }
+
+    /// Loads `dir` with its variant's task prefix on module paths (`vit.`), as an image
+    /// classifier names them.
+    pub fn load_in_task(dir: &Path, device: &Device) -> Result<Self> {
+        let variant = Dinov2Config::read(&dir.join(CONFIG_FILE))?.variant();
+        Self::load(dir, variant.task_prefix(), device)
+    }
+
+    pub fn variant(&self) -> Variant {
+        self.config.variant()
     }
 
     /// Builds the model from named tensors, removing those it uses. `file` names errors.
@@ -202,27 +140,13 @@ impl Dinov2 {
         prefix: &str,
         device: &Device,
     ) -> Result<Self> {
-        let stored = ["", "dinov2."].into_iter().find(|p| tensors.contains_key(&format!("{p}embeddings.cls_token"))).unwrap_or(prefix);
-        let mut r = Reader::new(tensors, file, device).with_prefixes(stored, prefix);
-        let (h, c) = (config.hidden_size, &config);
-        let (ch, p) = (c.num_channels, c.patch_size);
-        let patch = r.take("embeddings.patch_embeddings.projection.weight", [h, ch, p, p])?;
-        let patch = HostTensor { shape: vec![h, ch * p * p], data: patch.data }.transpose();
-        let mask_token = if r.has("embeddings.mask_token") {
-            r.param("embeddings.mask_token", [1, h])?
-        } else {
-            Param::from_tensor(Tensor::zeros([1, h], device))
-        };
-        let embeddings = Dinov2Embeddings {
-            cls_token: r.param("embeddings.cls_token", [1, 1, h])?,
-            mask_token,
-            position: r.param("embeddings.position_embeddings", [1, c.grid() * c.grid() + 1, h])?,
-            patch_weight: Param::from_tensor(patch.to_tensor(device)),
-            patch_bias: r.param("embeddings.patch_embeddings.projection.bias", [h])?,
-        };
-        let layers = (0..c.num_hidden_layers).map(|i| read_layer(&mut r, i, c)).collect::<Result<Vec<_>>>()?;
-        let layernorm = r.layer_norm("layernorm", h, c.layer_norm_eps)?;
-        r.reject_extra_layers("encoder.layer.", c.num_hidden_layers)?;
+        let variant = config.variant();
+        let stored = ["", variant.task_prefix()].into_iter().find(|p| tensors.contains_key(&format!("{p}{}", variant.cls_name())));
+        let mut r = Reader::new(tensors, file, device).with_prefixes(stored.unwrap_or(prefix), prefix);
+        let embeddings = read_embeddings(&mut r, &config)?;
+        let layers = (0..config.num_hidden_layers).map(|i| read_layer(&mut r, i, &config)).collect::<Result<Vec<_>>>()?;
+        let layernorm = r.layer_norm(variant.final_norm(), config.hidden_size, config.eps())?;
+        r.reject_extra_layers(variant.layers_prefix(), config.num_hidden_layers)?;
         Ok(Self { embeddings, layers, layernorm, config, prefix: prefix.to_string() })
     }
 
@@ -253,12 +177,17 @@ impl Dinov2 {
     }
 
     /// Writes `config.json` and `model.safetensors` that [`Dinov2::load`] and `transformers`
-    /// (`Dinov2Model`) read.
+    /// (the variant's bare model, e.g. `ViTModel`) read.
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let variant = self.variant();
         let mut config = serde_json::to_value(&self.config).map_err(|e| Error::format(dir.join(CONFIG_FILE), e))?;
-        config["model_type"] = "dinov2".into();
-        config.as_object_mut().expect("config is an object").entry("architectures").or_insert(serde_json::json!(["Dinov2Model"]));
+        config["model_type"] = variant.model_type().into();
+        config
+            .as_object_mut()
+            .expect("config is an object")
+            .entry("architectures")
+            .or_insert(serde_json::json!([variant.bare_architecture()]));
         // The weights first: a directory with a config.json is complete.
         let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
         tensors::write(&dir.join(WEIGHTS_FILE), &self.tensors(), Some(metadata))?;
@@ -268,39 +197,74 @@ impl Dinov2 {
     /// Every weight under its Hugging Face name, in PyTorch layout.
     pub fn tensors(&self) -> BTreeMap<String, HostTensor> {
         let (p, c, e) = (&self.prefix, &self.config, &self.embeddings);
+        let variant = self.variant();
         let mut out = BTreeMap::new();
-        out.insert(format!("{p}embeddings.cls_token"), HostTensor::from_tensor(&e.cls_token.val()));
-        out.insert(format!("{p}embeddings.mask_token"), HostTensor::from_tensor(&e.mask_token.val()));
-        out.insert(format!("{p}embeddings.position_embeddings"), HostTensor::from_tensor(&e.position.val()));
+        let (cls, position) = (HostTensor::from_tensor(&e.cls_token.val()), HostTensor::from_tensor(&e.position.val()));
         let patch = HostTensor::from_tensor(&e.patch_weight.val()).transpose();
-        let shape = vec![c.hidden_size, c.num_channels, c.patch_size, c.patch_size];
-        out.insert(format!("{p}embeddings.patch_embeddings.projection.weight"), HostTensor { shape, data: patch.data });
-        out.insert(format!("{p}embeddings.patch_embeddings.projection.bias"), HostTensor::from_tensor(&e.patch_bias.val()));
-        for (i, layer) in self.layers.iter().enumerate() {
-            let l = format!("{p}encoder.layer.{i}.");
-            layer.norm1.put(&mut out, &format!("{l}norm1"));
-            layer.norm2.put(&mut out, &format!("{l}norm2"));
-            out.insert(format!("{l}layer_scale1.lambda1"), HostTensor::from_tensor(&layer.layer_scale1.val()));
-            out.insert(format!("{l}layer_scale2.lambda1"), HostTensor::from_tensor(&layer.layer_scale2.val()));
+        let patch = HostTensor { shape: vec![c.hidden_size, c.num_channels, c.patch_size, c.patch_size], data: patch.data };
+        if variant == Variant::Clip {
+            out.insert(format!("{p}embeddings.class_embedding"), HostTensor { shape: vec![c.hidden_size], data: cls.data });
+            let rows = position.shape[1];
+            out.insert(
+                format!("{p}embeddings.position_embedding.weight"),
+                HostTensor { shape: vec![rows, c.hidden_size], data: position.data },
+            );
+            out.insert(format!("{p}embeddings.patch_embedding.weight"), patch);
+        } else {
+            out.insert(format!("{p}embeddings.cls_token"), cls);
+            out.insert(format!("{p}embeddings.position_embeddings"), position);
+            out.insert(format!("{p}embeddings.patch_embeddings.projection.weight"), patch);
         }
-        self.layernorm.put(&mut out, &format!("{p}layernorm"));
+        if let Some(bias) = &e.patch_bias {
+            out.insert(format!("{p}embeddings.patch_embeddings.projection.bias"), HostTensor::from_tensor(&bias.val()));
+        }
+        if let Some(mask) = &e.mask_token {
+            out.insert(format!("{p}embeddings.mask_token"), HostTensor::from_tensor(&mask.val()));
+        }
+        if let Some(norm) = &e.pre_norm {
+            norm.put(&mut out, &format!("{p}pre_layrnorm"));
+        }
+        let names = variant.layer_names();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let l = format!("{p}{}", variant.layer_prefix(i));
+            layer.norm1.put(&mut out, &format!("{l}{}", names.norm1));
+            layer.norm2.put(&mut out, &format!("{l}{}", names.norm2));
+            for (k, scale) in [(1, &layer.layer_scale1), (2, &layer.layer_scale2)] {
+                if let Some(scale) = scale {
+                    out.insert(format!("{l}layer_scale{k}.lambda1"), HostTensor::from_tensor(&scale.val()));
+                }
+            }
+        }
+        self.layernorm.put(&mut out, &format!("{p}{}", variant.final_norm()));
         for linear in self.linears() {
             linear.put(&mut out);
         }
         out
     }
 
-    /// The normalized sequence output `[batch, 1 + patches, hidden]` (CLS first) for
-    /// `pixels` `[batch, channels, size, size]`, where `size` is the model's image size.
+    /// The sequence output `[batch, 1 + patches, hidden]` (CLS first) for `pixels`
+    /// `[batch, channels, size, size]`, where `size` is the model's image size: transformers'
+    /// `last_hidden_state` (normalized by the final LayerNorm, except CLIP's).
     ///
     /// # Panics
     /// If the pixels do not have the model's channels and image size.
     pub fn forward(&self, pixels: Tensor<4>, deltas: &Deltas) -> Tensor<3> {
         let mut x = self.embed(pixels);
+        if let Some(norm) = &self.embeddings.pre_norm {
+            x = norm.forward(x);
+        }
         for layer in &self.layers {
             x = layer.forward(x, self.config.num_attention_heads, deltas);
         }
-        self.layernorm.forward(x)
+        if self.variant() == Variant::Clip { x } else { self.layernorm.forward(x) }
+    }
+
+    /// The image feature `[batch, hidden]` of a [`Dinov2::forward`] output: its CLS token
+    /// (what `ViTForImageClassification` classifies), for CLIP normalized by `post_layernorm`
+    /// (transformers' `pooler_output`).
+    pub fn pooled(&self, hidden: Tensor<3>) -> Tensor<2> {
+        let cls = hidden.narrow(1, 0, 1).squeeze_dim::<2>(1);
+        if self.variant() == Variant::Clip { self.layernorm.forward(cls) } else { cls }
     }
 
     /// The tokens `[batch, 1 + patches, hidden]` before the first block: CLS and the patch
@@ -319,26 +283,75 @@ impl Dinov2 {
         );
         let (p, n, hidden) = (c.patch_size, c.grid(), c.hidden_size);
         let patches = pixels.reshape([b, ch, n, p, n, p]).permute([0, 2, 4, 1, 3, 5]).reshape([b, n * n, ch * p * p]);
-        let tokens = patches.matmul(e.patch_weight.val().unsqueeze::<3>()) + e.patch_bias.val().unsqueeze::<3>();
+        let mut tokens = patches.matmul(e.patch_weight.val().unsqueeze::<3>());
+        if let Some(bias) = &e.patch_bias {
+            tokens = tokens + bias.val().unsqueeze::<3>();
+        }
         let cls = e.cls_token.val().expand([b, 1, hidden]);
         Tensor::cat(vec![cls, tokens], 1) + e.position.val()
     }
 }
 
+/// The embeddings in DINOv2's shapes (CLIP stores the CLS token as `[hidden]` and the position
+/// table as `[rows, hidden]`).
+fn read_embeddings(r: &mut Reader, c: &Dinov2Config) -> Result<Dinov2Embeddings> {
+    let (h, ch, p, rows) = (c.hidden_size, c.num_channels, c.patch_size, c.grid() * c.grid() + 1);
+    let device = r.device().clone();
+    let as_param = |t: HostTensor, shape: Vec<usize>| -> Param<Tensor<3>> {
+        Param::from_tensor(HostTensor { shape, data: t.data }.to_tensor(&device))
+    };
+    let patch_as_linear = |t: HostTensor| {
+        let t = HostTensor { shape: vec![h, ch * p * p], data: t.data }.transpose();
+        Param::from_tensor(t.to_tensor(&device))
+    };
+    if c.variant() == Variant::Clip {
+        return Ok(Dinov2Embeddings {
+            cls_token: as_param(r.take("embeddings.class_embedding", [h])?, vec![1, 1, h]),
+            mask_token: None,
+            position: as_param(r.take("embeddings.position_embedding.weight", [rows, h])?, vec![1, rows, h]),
+            patch_weight: patch_as_linear(r.take("embeddings.patch_embedding.weight", [h, ch, p, p])?),
+            patch_bias: None,
+            pre_norm: Some(r.layer_norm("pre_layrnorm", h, c.eps())?),
+        });
+    }
+    let mask_token = match c.variant() {
+        Variant::Dinov2 if r.has("embeddings.mask_token") => Some(r.param("embeddings.mask_token", [1, h])?),
+        Variant::Dinov2 => Some(Param::from_tensor(Tensor::zeros([1, h], &device))),
+        _ => None,
+    };
+    Ok(Dinov2Embeddings {
+        cls_token: r.param("embeddings.cls_token", [1, 1, h])?,
+        mask_token,
+        position: r.param("embeddings.position_embeddings", [1, rows, h])?,
+        patch_weight: patch_as_linear(r.take("embeddings.patch_embeddings.projection.weight", [h, ch, p, p])?),
+        patch_bias: Some(r.param("embeddings.patch_embeddings.projection.bias", [h])?),
+        pre_norm: None,
+    })
+}
+
 fn read_layer(r: &mut Reader, i: usize, c: &Dinov2Config) -> Result<Dinov2Layer> {
-    let (h, m, eps, bias) = (c.hidden_size, c.intermediate_size(), c.layer_norm_eps, c.qkv_bias);
-    let p = format!("encoder.layer.{i}.");
+    let (h, m, eps, bias) = (c.hidden_size, c.intermediate_size(), c.eps(), c.qkv_bias());
+    let (p, names) = (c.variant().layer_prefix(i), c.variant().layer_names());
+    let name = |part: &str| format!("{p}{part}");
+    let mut layer_scale = |k: usize| -> Result<Option<Param<Tensor<1>>>> {
+        if !c.variant().has_layer_scale() {
+            return Ok(None);
+        }
+        r.param(&name(&format!("layer_scale{k}.lambda1")), [h]).map(Some)
+    };
+    let (layer_scale1, layer_scale2) = (layer_scale(1)?, layer_scale(2)?);
     Ok(Dinov2Layer {
-        norm1: r.layer_norm(&format!("{p}norm1"), h, eps)?,
-        query: r.linear(&format!("{p}attention.attention.query"), h, h, bias)?,
-        key: r.linear(&format!("{p}attention.attention.key"), h, h, bias)?,
-        value: r.linear(&format!("{p}attention.attention.value"), h, h, bias)?,
-        attention_output: r.linear(&format!("{p}attention.output.dense"), h, h, true)?,
-        layer_scale1: r.param(&format!("{p}layer_scale1.lambda1"), [h])?,
-        norm2: r.layer_norm(&format!("{p}norm2"), h, eps)?,
-        fc1: r.linear(&format!("{p}mlp.fc1"), h, m, true)?,
-        fc2: r.linear(&format!("{p}mlp.fc2"), m, h, true)?,
-        layer_scale2: r.param(&format!("{p}layer_scale2.lambda1"), [h])?,
+        norm1: r.layer_norm(&name(names.norm1), h, eps)?,
+        query: r.linear(&name(names.query), h, h, bias)?,
+        key: r.linear(&name(names.key), h, h, bias)?,
+        value: r.linear(&name(names.value), h, h, bias)?,
+        attention_output: r.linear(&name(names.attention_output), h, h, true)?,
+        layer_scale1,
+        norm2: r.layer_norm(&name(names.norm2), h, eps)?,
+        fc1: r.linear(&name(names.fc1), h, m, true)?,
+        fc2: r.linear(&name(names.fc2), m, h, true)?,
+        layer_scale2,
+        activation: c.activation(),
     })
 }
 
@@ -400,101 +413,6 @@ fn resize_positions(table: &HostTensor, from: usize, to: usize) -> HostTensor {
     HostTensor { shape: vec![1, to * to + 1, d], data }
 }
 
-/// Converts an ONNX export of a Hugging Face `Dinov2Model` (possibly under a module prefix such
-/// as `backbone.`, followed by other heads, which are left out) to the config and tensors of a
-/// `Dinov2Model` checkpoint. Named initializers keep their names; the anonymous linear weights
-/// (`onnx::MatMul_*`) are named by the node that consumes them; the position table, which the
-/// exporter splits into its CLS row and patch grid, is put back together.
-pub fn from_onnx(path: &Path) -> Result<(Dinov2Config, BTreeMap<String, HostTensor>)> {
-    let onnx = crate::weights::onnx::read(path)?;
-    let cls = onnx
-        .tensors
-        .keys()
-        .find(|k| k.ends_with("embeddings.cls_token"))
-        .ok_or_else(|| Error::format(path, "no embeddings.cls_token initializer: not a Dinov2 export"))?;
-    let module = cls.trim_end_matches("embeddings.cls_token").to_string();
-    // Node names are module paths with `/`: `/backbone/embeddings/...` for module `backbone.`.
-    let node_prefix = if module.is_empty() { String::new() } else { format!("/{}", module.trim_end_matches('.').replace('.', "/")) };
-    let mut out = BTreeMap::new();
-    let (mut position_cls, mut position_grid) = (None, None);
-    for (name, tensor) in onnx.tensors {
-        if let Some(rest) = name.strip_prefix(&module) {
-            out.insert(rest.to_string(), tensor);
-            continue;
-        }
-        let Some(consumer) = onnx.consumers.get(&name).and_then(|c| c.first()) else { continue };
-        let Some(path_in_model) = consumer.node.strip_prefix(&node_prefix) else { continue };
-        if consumer.op_type == "MatMul" && tensor.shape.len() == 2 {
-            // `/encoder/layer.0/mlp/fc1/MatMul` -> `encoder.layer.0.mlp.fc1.weight`, `[out, in]`.
-            let linear = path_in_model.trim_start_matches('/').trim_end_matches("/MatMul").replace('/', ".");
-            out.insert(format!("{linear}.weight"), tensor.transpose());
-        } else if path_in_model.starts_with("/embeddings/") && tensor.shape.len() == 3 {
-            if tensor.shape[1] == 1 { position_cls = Some(tensor) } else { position_grid = Some(tensor) }
-        }
-    }
-    let (Some(cls_row), Some(grid)) = (position_cls, position_grid) else {
-        return Err(Error::format(path, "no position embeddings (CLS row and patch grid) found among the embeddings' initializers"));
-    };
-    let mut position = cls_row;
-    position.data.extend_from_slice(&grid.data);
-    position.shape[1] += grid.shape[1];
-    let config = infer_config(&out, &position, path)?;
-    out.insert("embeddings.position_embeddings".into(), position);
-    Ok((config, out))
-}
-
-/// Writes the Hugging Face `Dinov2Model` directory of the one `.onnx` file in `dir` into `dir`,
-/// unless it is there already (its `config.json` is written last).
-pub fn convert_onnx_dir(dir: &Path) -> Result<()> {
-    if dir.join(CONFIG_FILE).is_file() {
-        return Ok(());
-    }
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    let onnx: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "onnx")).collect();
-    let [source] = &onnx[..] else {
-        return Err(Error::format(dir, format!("expected one .onnx file to convert, found {}", onnx.len())));
-    };
-    eprintln!("replora: converting {} to a Hugging Face Dinov2Model directory (once)", source.display());
-    let (config, mut tensors) = from_onnx(source)?;
-    let model = Dinov2::from_tensors(config, &mut tensors, source, "", &Device::flex())?;
-    model.save(dir)
-}
-
-/// The config a converted checkpoint implies: widths, depth, patch and grid from the shapes;
-/// the head count only survives as a folded scaling constant, so DINOv2's 64-wide heads are
-/// assumed (ViT-S/B/L: 6/12/16 heads).
-fn infer_config(t: &BTreeMap<String, HostTensor>, position: &HostTensor, path: &Path) -> Result<Dinov2Config> {
-    let patch = t.get("embeddings.patch_embeddings.projection.weight").ok_or_else(|| Error::format(path, "no patch embedding weight"))?;
-    let [hidden, channels, patch_size, _] = patch.shape[..] else {
-        return Err(Error::format(path, "the patch embedding weight is not 4-D"));
-    };
-    let layers = (0..).take_while(|i| t.contains_key(&format!("encoder.layer.{i}.norm1.weight"))).count();
-    let fc1 = t.get("encoder.layer.0.mlp.fc1.weight").ok_or_else(|| Error::format(path, "no encoder.layer.0.mlp.fc1 weight"))?;
-    if !fc1.shape[0].is_multiple_of(hidden) {
-        return Err(Error::format(path, format!("MLP width {} is not a multiple of the hidden width {hidden}", fc1.shape[0])));
-    }
-    let grid = ((position.shape[1] - 1) as f64).sqrt().round() as usize;
-    if grid * grid + 1 != position.shape[1] {
-        return Err(Error::format(path, format!("position table of {} rows is not a square grid plus CLS", position.shape[1])));
-    }
-    let config = Dinov2Config {
-        hidden_size: hidden,
-        num_hidden_layers: layers,
-        num_attention_heads: (hidden / 64).max(1),
-        mlp_ratio: fc1.shape[0] / hidden,
-        image_size: grid * patch_size,
-        patch_size,
-        num_channels: channels,
-        layer_norm_eps: 1e-6,
-        hidden_act: "gelu".into(),
-        use_swiglu_ffn: false,
-        qkv_bias: true,
-        extra: BTreeMap::from([("layerscale_value".to_string(), serde_json::json!(1.0))]),
-    };
-    config.validate().map_err(|m| Error::format(path, m))?;
-    Ok(config)
-}
-
 impl Adaptable for Dinov2 {
     fn linears(&self) -> Vec<&AdaptedLinear> {
         self.layers.iter().flat_map(|l| l.linears()).collect()
@@ -510,10 +428,15 @@ impl crate::models::Architecture for Dinov2 {
     const DEFAULT_TARGETS: &'static [&'static str] = &["query", "value"];
     const ADAPTER_SITES: &'static [&'static str] = &["attention.output.dense", "mlp.fc2"];
     const KEY_PROJECTIONS: &'static [&'static str] = &["key"];
+    /// ViT's and DINOv2's `query`, `value`; CLIP's `q_proj`, `v_proj`.
+    fn targets_of(&self, method: crate::adapters::Method) -> &'static [&'static str] {
+        self.variant().default_targets(method)
+    }
     fn describe(&self) -> String {
         let c = &self.config;
         format!(
-            "DINOv2-style ViT, {} layers, hidden {}, {} heads, MLP {}, patch {}, {} px ({} patches + CLS)",
+            "{}, {} layers, hidden {}, {} heads, MLP {}, patch {}, {} px ({} patches + CLS)",
+            self.variant().name(),
             c.num_hidden_layers,
             c.hidden_size,
             c.num_attention_heads,

@@ -64,6 +64,24 @@ impl LayerNorm {
     }
 }
 
+/// A feed-forward non-linearity (`hidden_act`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact (erf) GELU.
+    Gelu,
+    /// `x * sigmoid(1.702 x)`, the GELU approximation CLIP was trained with.
+    QuickGelu,
+}
+
+impl Activation {
+    pub fn forward<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Activation::Gelu => kernels::gelu(x),
+            Activation::QuickGelu => x.clone() * burn::tensor::activation::sigmoid(x.mul_scalar(1.702)),
+        }
+    }
+}
+
 /// Root-mean-square normalisation with a learned scale: `weight`, or `1 + weight` with
 /// `unit_offset` (Gemma, whose stored weights are offsets from 1; keeping them as stored keeps a
 /// save/load round trip bit-exact).

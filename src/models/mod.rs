@@ -22,6 +22,7 @@ pub mod bert;
 pub mod bert_config;
 pub mod decoder;
 pub mod dinov2;
+mod dinov2_onnx;
 pub mod distilbert;
 pub mod encoder;
 pub mod layers;
@@ -32,6 +33,7 @@ pub mod modernbert;
 pub mod modernbert_config;
 pub mod video_vit;
 pub mod vision_language;
+pub mod vit_config;
 
 use std::path::{Path, PathBuf};
 
@@ -90,8 +92,8 @@ pub enum Family {
     /// LLaMA-style decoders (`model_type` llama: SmolLM2; qwen2, qwen3, mistral, gemma3_text),
     /// from Hugging Face directories, or GGUF files (llama, gemma3).
     Llama,
-    /// DINOv2-style vision transformers (`model_type` dinov2), from Hugging Face directories or
-    /// converted once from ONNX.
+    /// Vision transformers (`model_type` dinov2, vit, clip_vision_model, or a full clip's vision
+    /// tower), from Hugging Face directories; DINOv2 also converted once from ONNX.
     Dinov2,
 }
 
@@ -128,7 +130,7 @@ impl Family {
         match model_type {
             t if bert_config::Variant::MODEL_TYPES.contains(&t) || t == modernbert_config::MODEL_TYPE => Some(Family::Bert),
             t if llama::Variant::MODEL_TYPES.contains(&t) => Some(Family::Llama),
-            "dinov2" => Some(Family::Dinov2),
+            t if vit_config::Variant::MODEL_TYPES.contains(&t) => Some(Family::Dinov2),
             _ => None,
         }
     }
@@ -167,10 +169,11 @@ impl Family {
 /// Every `model_type` replora reads, by kind, for errors about one it does not.
 pub fn known_model_types() -> String {
     format!(
-        "encoders {}, {}; decoders {}; vision transformers dinov2",
+        "encoders {}, {}; decoders {}; vision transformers {}",
         bert_config::Variant::MODEL_TYPES.join(", "),
         modernbert_config::MODEL_TYPE,
-        llama_config::Variant::MODEL_TYPES.join(", ")
+        llama_config::Variant::MODEL_TYPES.join(", "),
+        vit_config::Variant::MODEL_TYPES.join(", ")
     )
 }
 

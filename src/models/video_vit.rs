@@ -88,9 +88,9 @@ impl TemporalAttention {
     }
 
     fn read(r: &mut Reader, path: &str, c: &Dinov2Config) -> Result<Self> {
-        let (h, bias) = (c.hidden_size, c.qkv_bias);
+        let (h, bias) = (c.hidden_size, c.qkv_bias());
         Ok(TemporalAttention {
-            norm: r.layer_norm(&format!("{path}norm"), h, c.layer_norm_eps)?,
+            norm: r.layer_norm(&format!("{path}norm"), h, c.eps())?,
             query: r.linear(&format!("{path}temporal_query"), h, h, bias)?,
             key: r.linear(&format!("{path}temporal_key"), h, h, bias)?,
             value: r.linear(&format!("{path}temporal_value"), h, h, bias)?,
@@ -151,6 +151,12 @@ impl VideoVit {
         let (mut tensors, file) = crate::weights::read_model_dir(dir)?;
         let config_path = dir.join("config.json");
         let config = Dinov2Config::read(&config_path)?;
+        if config.variant() != super::dinov2::Variant::Dinov2 {
+            return Err(Error::format(
+                &config_path,
+                format!("video models grow from a DINOv2 ViT (model_type dinov2), not a {}", config.variant().name()),
+            ));
+        }
         let saved_frames = config.extra.get(FRAMES_KEY).and_then(|v| v.as_u64()).map(|v| v as usize);
         let spatial = Dinov2::from_tensors(config.clone(), &mut tensors, &file, "", device)?;
         let model = match saved_frames {

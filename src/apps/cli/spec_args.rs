@@ -17,7 +17,6 @@ use crate::choice::Choice;
 use crate::error::{Error, Result};
 use crate::models::Architecture;
 use crate::models::bert::Pooling;
-use crate::models::dinov2::Dinov2;
 use crate::models::llama::Llama;
 use crate::tasks::classification::ClassificationSpec;
 use crate::tasks::image_classification::{ImageClassificationSpec, ImagePooling};
@@ -546,7 +545,8 @@ impl RunArgs {
         RunArgs::check_model_family(self.model.as_deref().unwrap_or(&d.model), TaskKind::ImageClassification)?;
         let i = &self.image;
         let train = self.train.to_train(d.train.clone());
-        let tuning = self.method.to_tuning::<Dinov2>(train.seed)?;
+        let variant = crate::models::dinov2::Variant::detect(self.model.as_deref().unwrap_or(&d.model));
+        let tuning = self.method.to_tuning_with(train.seed, &|method| variant.default_targets(method))?;
         let [n_train, n_val, n_test] = d.images;
         Ok(ImageClassificationSpec {
             model: self.model.clone().unwrap_or(d.model),
