@@ -3,23 +3,31 @@
 //! query/key norms, head size 16 != hidden/heads, RoPE base 5000) and Mistral (sliding window 4
 //! over 10 tokens) and Gemma 3 ((1 + w) norms around attention and the feed-forward, scaled
 //! embeddings, GeGLU, a query scale of its own, sliding-window and global layers with two RoPE
-//! bases) models, with transformers' logits for two rows (the second right-padded) and
-//! the logits with a PEFT LoRA adapter, all made by `scripts/make-family-fixtures`
-//! (tests/python/make_family_fixtures.py) and committed.
+//! bases) and Phi-3 (fused `qkv_proj` and `gate_up_proj`, held split; RoPE on half of each head;
+//! sliding window 4) models, with transformers' logits for two rows (the second right-padded) and
+//! the logits with a PEFT LoRA adapter (Phi-3's on `qkv_proj`, and a DoRA on both fused linears),
+//! all made by `scripts/make-family-fixtures` (tests/python/make_family_fixtures.py) and committed.
 
 mod support;
 
 use std::path::{Path, PathBuf};
 
+use burn::module::Param;
 use burn::prelude::*;
-use replora::adapters::Deltas;
+use replora::adapters::set::NamedParams;
+use replora::adapters::{Adaptable, AdapterConfig, Deltas, FusedRows, Method, PeftModel, TargetModules};
 use replora::formats::peft::{self, PeftInfo};
 use replora::models::llama::{Llama, Variant};
 use replora::models::{Architecture, Family};
-use replora::weights::tensors;
+use replora::weights::{HostTensor, tensors};
 
-const FAMILIES: [(&str, Variant); 4] =
-    [("qwen2", Variant::Qwen2), ("qwen3", Variant::Qwen3), ("mistral", Variant::Mistral), ("gemma3", Variant::Gemma3)];
+const FAMILIES: [(&str, Variant); 5] = [
+    ("qwen2", Variant::Qwen2),
+    ("qwen3", Variant::Qwen3),
+    ("mistral", Variant::Mistral),
+    ("gemma3", Variant::Gemma3),
+    ("phi3", Variant::Phi3),
+];
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/families").join(name)
@@ -81,6 +89,7 @@ fn each_family_is_detected_and_equals_transformers_base_and_with_a_peft_lora_ada
         let with_lora = logits(&adapted.model, &inputs, &adapted.deltas(), &device);
         let lora = difference(&with_lora, &expected["logits_lora"].data, &inputs);
         assert!(lora < 1e-4, "{name}: LoRA logits differ from PEFT's by {lora} (relative)");
+        eprintln!("{name}: base logits within {base:.1e} of transformers', with the PEFT LoRA {lora:.1e} (relative)");
         let moved = difference(&expected["logits"].data, &expected["logits_lora"].data, &inputs);
         assert!(moved > 1e-2, "{name}: the fixture's adapter must change the logits ({moved})");
 
@@ -124,6 +133,19 @@ fn unsupported_family_settings_are_named() {
         ("mistral", ("model_type", serde_json::json!("gemma2")), "model_type \"gemma2\""),
         ("gemma3", ("final_logit_softcapping", serde_json::json!(30.0)), "final_logit_softcapping"),
         ("gemma3", ("layer_types", serde_json::json!(["full_attention"])), "layer_types lists 1 layers"),
+        (
+            "phi3",
+            ("rope_scaling", serde_json::json!({"type": "longrope", "short_factor": [1.0, 1.0]})),
+            "rope_scaling of type \"longrope\"",
+        ),
+        ("phi3", ("rope_parameters", serde_json::json!({"rope_type": "longrope", "rope_theta": 1e4})), "rope_type \"longrope\""),
+        (
+            "phi3",
+            ("rope_parameters", serde_json::json!({"rope_theta": 1e4, "partial_rotary_factor": 0.4})),
+            "partial_rotary_factor 0.4 turns 3",
+        ),
+        ("phi3", ("resid_pdrop", serde_json::json!(0.1)), "resid_pdrop = 0.1"),
+        ("phi3", ("attention_dropout", serde_json::json!(0.1)), "attention_dropout = 0.1"),
     ] {
         let dir = out.path().join(name);
         support::copy_dir(&fixture(name).join("model"), &dir);
@@ -166,4 +188,300 @@ fn a_sharded_checkpoint_loads_as_one_and_its_missing_shard_is_named() {
     assert!(listed_in_3.contains("\"model.norm.weight\": \"model-00003-of-00003.safetensors\""), "the fixture's layout changed");
     let e = Llama::load(&swapped, &device).unwrap_err().to_string();
     assert!(e.contains("tensor model.norm.weight is in model-00003-of-00003.safetensors, but the index lists it in model-00001"), "{e}");
+}
+
+// ---- Phi-3: fused linears held split --------------------------------------------------------
+
+fn phi3() -> (PathBuf, Inputs, std::collections::BTreeMap<String, HostTensor>) {
+    let dir = fixture("phi3");
+    let inputs = inputs(&dir);
+    let (expected, _) = tensors::read(&dir.join("expected.safetensors")).unwrap();
+    (dir, inputs, expected)
+}
+
+fn relative(a: &[f32], b: &[f32]) -> f32 {
+    support::max_abs_diff(a, b) / b.iter().fold(0f32, |m, v| m.max(v.abs()))
+}
+
+/// Every parameter of an adapter replaced by seeded values (a DoRA magnitude scaled by
+/// `1 + noise` instead), so that its delta is far from zero without training.
+struct Randomize(u64);
+
+impl Randomize {
+    fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+impl NamedParams for Randomize {
+    fn param<const D: usize>(&mut self, name: &str, param: Param<Tensor<D>>) -> replora::Result<Param<Tensor<D>>> {
+        let old = param.val().into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+        let shape = param.shape().to_vec();
+        let values: Vec<f32> =
+            old.iter().map(|v| if name.ends_with(".magnitude") { v * (1.0 + 0.3 * self.next()) } else { 0.3 * self.next() }).collect();
+        Ok(Param::from_tensor(Tensor::from_data(TensorData::new(values, shape), &param.device())))
+    }
+}
+
+/// `config` on the Phi-3 fixture with every adapter parameter random.
+fn randomized(config: &AdapterConfig, device: &Device) -> PeftModel<Llama> {
+    let model = Llama::load(&fixture("phi3").join("model"), device).unwrap();
+    let peft = PeftModel::new(model.clone(), config).unwrap();
+    PeftModel::from_parts(model, peft.adapters.map_named(&mut Randomize(7)).unwrap())
+}
+
+fn lora_config(method: Method, targets: &[&str]) -> AdapterConfig {
+    AdapterConfig {
+        method: method.defaults(),
+        r: 4,
+        lora_alpha: 8.0,
+        target_modules: TargetModules::Names(targets.iter().map(|t| t.to_string()).collect()),
+        ..Default::default()
+    }
+}
+
+fn causal_lm_info() -> PeftInfo {
+    PeftInfo { base_model_name_or_path: "phi3".into(), task_type: Some("CAUSAL_LM".into()), ..PeftInfo::default() }
+}
+
+/// Phi-3's `qkv_proj` is read as `q_proj`, `k_proj`, `v_proj` (its rows 0..32, 32..48, 48..64)
+/// and `gate_up_proj` as `gate_proj`, `up_proj`; saving joins them into the very tensors of the
+/// checkpoint. PEFT names select the blocks: `qkv_proj` all three, `gate_up_proj` both.
+#[test]
+fn phi3_fused_linears_are_read_as_blocks_and_saved_as_they_were() {
+    let device = Device::flex();
+    let model_dir = fixture("phi3").join("model");
+    let model = Llama::load(&model_dir, &device).unwrap();
+    assert!(model.describe().contains("RoPE base 10000 on 4 of 8 head dimensions"), "{}", model.describe());
+    let layer0: Vec<(String, usize, Option<FusedRows>)> = model.linears()[..7]
+        .iter()
+        .map(|l| (l.path.trim_start_matches("model.layers.0.").to_string(), l.d_out(), l.fused.clone()))
+        .collect();
+    let rows = |module: &str, start: usize, total: usize| Some(FusedRows { module: format!("model.layers.0.{module}"), start, total });
+    assert_eq!(
+        layer0,
+        [
+            ("self_attn.q_proj".into(), 32, rows("self_attn.qkv_proj", 0, 64)),
+            ("self_attn.k_proj".into(), 16, rows("self_attn.qkv_proj", 32, 64)),
+            ("self_attn.v_proj".into(), 16, rows("self_attn.qkv_proj", 48, 64)),
+            ("self_attn.o_proj".into(), 32, None),
+            ("mlp.gate_proj".into(), 64, rows("mlp.gate_up_proj", 0, 128)),
+            ("mlp.up_proj".into(), 64, rows("mlp.gate_up_proj", 64, 128)),
+            ("mlp.down_proj".into(), 32, None),
+        ]
+    );
+    let (stored, _) = tensors::read(&model_dir.join("model.safetensors")).unwrap();
+    assert_eq!(model.tensors(), stored, "saving must give the checkpoint's own tensors (qkv_proj, gate_up_proj joined)");
+
+    let targets = |names: &[&str]| {
+        let peft = PeftModel::new(model.clone(), &lora_config(Method::Lora, names)).unwrap();
+        peft.adapters.target_paths().iter().filter(|p| p.starts_with("model.layers.1.")).map(|p| p[15..].to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(targets(&["qkv_proj"]), ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]);
+    assert_eq!(targets(&["gate_up_proj", "o_proj"]), ["self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj"]);
+    assert_eq!(targets(&["q_proj", "v_proj"]), ["self_attn.q_proj", "self_attn.v_proj"]);
+    let regex =
+        AdapterConfig { target_modules: TargetModules::Regex(r".*\.1\.self_attn\.qkv_proj".into()), ..lora_config(Method::Lora, &[]) };
+    let by_regex = PeftModel::new(model.clone(), &regex).unwrap();
+    assert_eq!(by_regex.adapters.target_paths().len(), 3, "a regex on the fused path selects its blocks");
+    let e = PeftModel::new(model, &lora_config(Method::Lora, &["qkv"])).unwrap_err().to_string();
+    assert!(e.contains("model.layers.0.self_attn.qkv_proj (fused"), "the fused names are listed among the modules: {e}");
+}
+
+/// PEFT's DoRA on both fused linears (rank 4 on `qkv_proj`, rank 2 and alpha 3 on
+/// `gate_up_proj` through rank_pattern / alpha_pattern, random magnitudes) gives PEFT's logits,
+/// and replora writes it back as the same file: one `A`, `B` and magnitude per fused linear.
+#[test]
+fn phi3_peft_dora_on_the_fused_linears_equals_peft_and_is_written_back_unchanged() {
+    let device = Device::flex();
+    let (dir, inputs, expected) = phi3();
+    let adapted = peft::import(Llama::load(&dir.join("model"), &device).unwrap(), &dir.join("dora")).unwrap();
+    assert_eq!(adapted.adapters.targets.len(), 10, "q, k, v, gate, up in both layers");
+    let ours = logits(&adapted.model, &inputs, &adapted.deltas(), &device);
+    let diff = difference(&ours, &expected["logits_dora"].data, &inputs);
+    assert!(diff < 1e-4, "DoRA logits differ from PEFT's by {diff} (relative)");
+    eprintln!("phi3: PEFT's DoRA on qkv_proj and gate_up_proj within {diff:.1e} of PEFT's logits (relative)");
+
+    let out = tempfile::tempdir().unwrap();
+    peft::export(&adapted.adapters, &causal_lm_info(), out.path()).unwrap();
+    let (written, _) = tensors::read(&out.path().join("adapter_model.safetensors")).unwrap();
+    let (original, _) = tensors::read(&dir.join("dora/adapter_model.safetensors")).unwrap();
+    assert_eq!(written, original, "the export differs from PEFT's file");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["target_modules"], serde_json::json!(["qkv_proj", "gate_up_proj"]));
+    assert_eq!((config["r"].clone(), config["lora_alpha"].clone()), (serde_json::json!(4), serde_json::json!(8.0)));
+    assert_eq!(config["rank_pattern"], serde_json::json!({"gate_up_proj": 2}));
+    assert_eq!(config["alpha_pattern"], serde_json::json!({"gate_up_proj": 3.0}));
+    assert_eq!(config["use_dora"], true);
+}
+
+/// replora's adapters on the split linears (LoRA and RepLoRA on q_proj,v_proj; LoRA with a rank
+/// of its own on v_proj and on down_proj; DoRA on all of qkv_proj) are written under PEFT's
+/// fused names: q and v together as one LoRA on qkv_proj of rank 2r, zero in the key rows, and
+/// read back to the same logits. DoRA on q and v only cannot be written exactly and is refused.
+#[test]
+fn phi3_adapters_on_the_blocks_are_written_as_fused_peft_modules_and_read_back() {
+    let device = Device::flex();
+    let (dir, inputs, expected) = phi3();
+    let mut patterned = lora_config(Method::Lora, &["q_proj", "v_proj", "down_proj"]);
+    patterned.rank_pattern.insert("v_proj".into(), 2);
+    for (name, config) in [
+        ("lora", lora_config(Method::Lora, &["q_proj", "v_proj"])),
+        ("replora", lora_config(Method::Replora, &["q_proj", "v_proj"])),
+        ("lora with patterns", patterned),
+        ("dora", lora_config(Method::Dora, &["qkv_proj"])),
+    ] {
+        let peft = randomized(&config, &device);
+        let ours = logits(&peft.model, &inputs, &peft.deltas(), &device);
+        assert!(difference(&ours, &expected["logits"].data, &inputs) > 1e-2, "{name}: the adapter must change the logits");
+        let out = tempfile::tempdir().unwrap();
+        peft::export(&peft.adapters, &causal_lm_info(), out.path()).unwrap();
+        let (written, _) = tensors::read(&out.path().join("adapter_model.safetensors")).unwrap();
+        assert!(written.keys().all(|k| !k.contains(".q_proj.") && !k.contains(".v_proj.")), "{name}: {:?}", written.keys());
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.path().join("adapter_config.json")).unwrap()).unwrap();
+        let b = &written["base_model.model.model.layers.0.self_attn.qkv_proj.lora_B.weight"];
+        match name {
+            "lora" | "replora" => {
+                assert_eq!(config["target_modules"], serde_json::json!(["qkv_proj"]), "{name}");
+                assert_eq!((config["r"].clone(), config["lora_alpha"].clone()), (serde_json::json!(8), serde_json::json!(16.0)), "{name}");
+                assert_eq!(b.shape, [64, 8], "{name}");
+                assert!(b.data[32 * 8..48 * 8].iter().all(|v| *v == 0.0), "{name}: the key rows must be zero");
+                assert!(b.data[..32 * 4].iter().any(|v| *v != 0.0), "{name}");
+            }
+            "lora with patterns" => {
+                // q at scale 8/4, v at 8/2: one rank-6 LoRA at scale 2, v's B doubled.
+                assert_eq!(config["target_modules"], serde_json::json!(["qkv_proj", "down_proj"]));
+                assert_eq!((config["r"].clone(), config["lora_alpha"].clone()), (serde_json::json!(6), serde_json::json!(12.0)));
+                assert_eq!(config["rank_pattern"], serde_json::json!({"down_proj": 4}));
+                assert_eq!(config["alpha_pattern"], serde_json::json!({"down_proj": 8.0}));
+                assert_eq!(b.shape, [64, 6]);
+            }
+            _ => {
+                assert_eq!(config["use_dora"], true);
+                assert_eq!(written["base_model.model.model.layers.0.self_attn.qkv_proj.lora_magnitude_vector"].shape, [64]);
+                assert_eq!(b.shape, [64, 12], "three blocks, each with its own A");
+            }
+        }
+        let reloaded = peft::import(Llama::load(&dir.join("model"), &device).unwrap(), out.path()).unwrap();
+        let again = logits(&reloaded.model, &inputs, &reloaded.deltas(), &device);
+        let diff = relative(&again, &ours);
+        assert!(diff < 1e-5, "{name}: the export reads back to logits {diff} (relative) away");
+        eprintln!("{name}: export read back within {diff:.1e}");
+        check_in_peft(&dir, out.path(), &ours, &inputs);
+    }
+    let dora = randomized(&lora_config(Method::Dora, &["q_proj", "v_proj"]), &device);
+    let e = peft::export(&dora.adapters, &causal_lm_info(), tempfile::tempdir().unwrap().path()).unwrap_err().to_string();
+    assert!(e.contains("DoRA on q_proj, v_proj of model.layers.0.self_attn.qkv_proj cannot be written in PEFT's layout exactly"), "{e}");
+}
+
+/// PEFT itself reads the export (a LoRA or DoRA on qkv_proj, with rank_pattern / alpha_pattern
+/// where the modules differ) into replora's logits: run where the benchmark's Python environment is
+/// (`.venv-bench`, scripts/setup-bench: torch, transformers, PEFT), else skipped with a note.
+fn check_in_peft(dir: &Path, export: &Path, ours: &[f32], inputs: &Inputs) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = std::env::var_os("REPLORA_BENCH_PYTHON").map(PathBuf::from).unwrap_or(root.join(".venv-bench/bin/python"));
+    let usable =
+        std::process::Command::new(&python).args(["-c", "import torch, transformers, peft"]).output().is_ok_and(|o| o.status.success());
+    if !usable {
+        eprintln!(
+            "skipped PEFT's own reading of the Phi-3 export: {} lacks torch/transformers/peft (scripts/setup-bench)",
+            python.display()
+        );
+        return;
+    }
+    let (b, t) = (inputs.ids.len(), inputs.ids[0].len());
+    let file = export.join("replora_logits.safetensors");
+    let ours = HostTensor { shape: vec![b, t, ours.len() / (b * t)], data: ours.to_vec() };
+    tensors::write(&file, &std::collections::BTreeMap::from([("logits".to_string(), ours)]), None).unwrap();
+    let script = root.join("tests/python/check_fused_peft_export.py");
+    let o = std::process::Command::new(&python)
+        .env("OMP_NUM_THREADS", "1")
+        .arg(script)
+        .args([dir.join("model"), export.to_path_buf(), dir.join("inputs.json"), file])
+        .output()
+        .unwrap();
+    let report = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success() && report.contains("ok: PEFT"), "PEFT's reading of the export:\n{report}");
+    eprintln!("{}", report.trim());
+}
+
+/// A LoRA on q_proj,v_proj merged into the Phi-3 fixture and saved is a Phi-3 checkpoint again
+/// (qkv_proj, no q_proj), which loads to the adapted logits.
+#[test]
+fn phi3_merged_and_saved_loads_to_the_adapted_logits() {
+    let device = Device::flex();
+    let (_, inputs, _) = phi3();
+    let peft = randomized(&lora_config(Method::Lora, &["q_proj", "v_proj", "up_proj"]), &device);
+    let adapted = logits(&peft.model, &inputs, &peft.deltas(), &device);
+    let merged = peft.merge().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    merged.model.save(out.path()).unwrap();
+    let (stored, _) = tensors::read(&out.path().join("model.safetensors")).unwrap();
+    assert!(
+        stored.contains_key("model.layers.1.self_attn.qkv_proj.weight") && stored.contains_key("model.layers.1.mlp.gate_up_proj.weight")
+    );
+    assert!(!stored.keys().any(|k| k.contains("q_proj.") || k.contains("gate_proj.")), "{:?}", stored.keys());
+    let reloaded = Llama::load(out.path(), &device).unwrap();
+    assert_eq!(reloaded.config.variant(), Variant::Phi3);
+    let diff = relative(&logits(&reloaded, &inputs, &Deltas::none(), &device), &adapted);
+    assert!(diff < 1e-5, "merged and saved: {diff} (relative) from the adapted logits");
+}
+
+/// Older Phi-3 configs give `partial_rotary_factor` and `rope_theta` at the top level; without
+/// the factor every dimension turns, which changes the logits (the fixture's partial rotary
+/// embedding shows in them).
+#[test]
+fn phi3_reads_the_top_level_partial_rotary_factor() {
+    let device = Device::flex();
+    let (dir, inputs, expected) = phi3();
+    let out = tempfile::tempdir().unwrap();
+    for (factor, same) in [(Some(0.5), true), (None, false)] {
+        let model_dir = out.path().join(format!("{factor:?}"));
+        support::copy_dir(&dir.join("model"), &model_dir);
+        let path = model_dir.join("config.json");
+        let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let config_map = config.as_object_mut().unwrap();
+        config_map.remove("rope_parameters");
+        config_map.insert("rope_theta".into(), serde_json::json!(10000.0));
+        if let Some(f) = factor {
+            config_map.insert("partial_rotary_factor".into(), serde_json::json!(f));
+        }
+        std::fs::write(&path, config.to_string()).unwrap();
+        let model = Llama::load(&model_dir, &device).unwrap();
+        let diff = difference(&logits(&model, &inputs, &Deltas::none(), &device), &expected["logits"].data, &inputs);
+        assert_eq!(diff < 1e-4, same, "partial_rotary_factor {factor:?}: {diff}");
+    }
+}
+
+/// `replora info` on the Phi-3 fixture lists the split linears with their rows of the fused
+/// ones, says how to target them, and counts an adapter on `qkv_proj`.
+#[cfg(feature = "cli")]
+#[test]
+fn phi3_info_lists_the_blocks_of_the_fused_linears() {
+    let model = fixture("phi3").join("model");
+    let o = support::replora(&["info", "--model", model.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}{}", support::stderr(&o));
+    for line in [
+        "Phi-3 decoder, 2 layers (2 with a 4-token window), hidden 32, 4 heads / 2 key-value heads",
+        "model.layers.0.self_attn.q_proj  32 -> 32  (rows 0..32 of model.layers.0.self_attn.qkv_proj)",
+        "model.layers.0.self_attn.k_proj  32 -> 16  (rows 32..48 of model.layers.0.self_attn.qkv_proj)",
+        "model.layers.1.mlp.up_proj  32 -> 64  (rows 64..128 of model.layers.1.mlp.gate_up_proj)",
+        "model.layers.1.self_attn.o_proj  32 -> 32\n",
+        "the checkpoint stores gate_up_proj, qkv_proj fused",
+        "rank 8 on q_proj,v_proj",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    let o = support::replora(&["info", "--model", model.to_str().unwrap(), "--rank", "2", "--targets", "qkv_proj"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    // LoRA on q, k and v of both layers at rank 2: 2 * 2 * (3 * 32 + 32 + 16 + 16) parameters.
+    assert!(
+        o.status.success() && text.contains("rank 2 on qkv_proj") && text.contains("lora            640"),
+        "{text}{}",
+        support::stderr(&o)
+    );
 }

@@ -89,7 +89,7 @@ mod memory_tests {
     use crate::adapters::methods::{Method, bottleneck::Houlsby, prefix::PrefixTuning, replora::RepLora};
 
     fn target(d: usize) -> Target {
-        Target { path: "l.0.q".into(), layer: Some(0), d_in: d, d_out: d, rank: 8, alpha: 16.0, scale: 2.0 }
+        Target { path: "l.0.q".into(), layer: Some(0), d_in: d, d_out: d, rank: 8, alpha: 16.0, scale: 2.0, fused: None }
     }
 
     /// Issue 26 (crash 2): `--bottleneck/--hidden/--prefix-length 100000000` aborted on allocation.

@@ -18,6 +18,30 @@ pub struct AdaptedLinear {
     pub weight: BaseWeight,
     pub bias: Option<Param<Tensor<1>>>,
     pub path: String,
+    /// Where this linear's rows sit when the checkpoint stores it inside a larger linear (Phi-3's
+    /// `qkv_proj` and `gate_up_proj`); `None` for a linear of its own.
+    #[module(skip)]
+    pub fused: Option<FusedRows>,
+}
+
+/// A block of rows of a checkpoint linear that holds several projections in one matrix: Phi-3's
+/// `self_attn.qkv_proj` (query, key, value rows) and `mlp.gate_up_proj` (gate, up rows). replora
+/// holds each block as a linear of its own (`q_proj`, `k_proj`, ...), so that every method can
+/// target each; loading splits the matrix, saving and PEFT's layout join the blocks again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FusedRows {
+    /// The checkpoint linear's module path (`model.layers.0.self_attn.qkv_proj`).
+    pub module: String,
+    /// This block's first row in it (PyTorch's `[out, in]` layout).
+    pub start: usize,
+    /// The checkpoint linear's rows (its `d_out`), all blocks together.
+    pub total: usize,
+}
+
+/// The fused linears' blocks of a model, by module path: what [`crate::adapters::select_targets_fused`]
+/// needs to read a target name like `qkv_proj` as its parts.
+pub fn fused_blocks(linears: &[&AdaptedLinear]) -> std::collections::BTreeMap<String, FusedRows> {
+    linears.iter().filter_map(|l| Some((l.path.clone(), l.fused.clone()?))).collect()
 }
 
 /// What an adapter adds to one linear during one forward pass, in burn's layout:
@@ -113,15 +137,21 @@ impl LinearDelta {
 impl AdaptedLinear {
     /// A linear from burn-layout weights; trainable until an adapter freezes it.
     pub fn new(path: impl Into<String>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
-        Self { weight: BaseWeight::Dense(Param::from_tensor(weight)), bias: bias.map(Param::from_tensor), path: path.into() }
+        Self { weight: BaseWeight::Dense(Param::from_tensor(weight)), bias: bias.map(Param::from_tensor), path: path.into(), fused: None }
     }
 
     /// A linear on a quantized base weight (always frozen).
     pub fn quantized(path: impl Into<String>, weight: super::FrozenBlocks, bias: Option<Tensor<1>>) -> Self {
-        Self { weight: BaseWeight::Quantized(weight), bias: bias.map(Param::from_tensor), path: path.into() }
+        Self { weight: BaseWeight::Quantized(weight), bias: bias.map(Param::from_tensor), path: path.into(), fused: None }
     }
 
-    /// Adds `{path}.weight` (PyTorch's `[out, in]`) and `{path}.bias` to a checkpoint being written.
+    /// This linear as the block `rows` of a fused checkpoint linear.
+    pub fn fused_into(self, rows: FusedRows) -> Self {
+        Self { fused: Some(rows), ..self }
+    }
+
+    /// Adds `{path}.weight` (PyTorch's `[out, in]`) and `{path}.bias` to a checkpoint being written
+    /// (for a block of a fused linear, see [`put_linears`]).
     pub fn put(&self, out: &mut std::collections::BTreeMap<String, crate::weights::HostTensor>) {
         use crate::weights::HostTensor;
         out.insert(format!("{}.weight", self.path), HostTensor::from_tensor(&self.weight.dense()).transpose());
@@ -160,6 +190,43 @@ impl AdaptedLinear {
         match bias {
             Some(b) => y + b.unsqueeze::<D>(),
             None => y,
+        }
+    }
+}
+
+/// Adds every linear's `weight` and `bias` to a checkpoint being written, the blocks of a fused
+/// linear joined into its rows under its own name (`qkv_proj.weight`). Every block of a fused
+/// linear must be among `linears`.
+pub fn put_linears(linears: &[&AdaptedLinear], out: &mut std::collections::BTreeMap<String, crate::weights::HostTensor>) {
+    use crate::weights::HostTensor;
+    let mut joined: std::collections::BTreeMap<String, (usize, Vec<(usize, HostTensor, Option<HostTensor>)>)> = Default::default();
+    for linear in linears {
+        let Some(f) = &linear.fused else {
+            linear.put(out);
+            continue;
+        };
+        let weight = HostTensor::from_tensor(&linear.weight.dense()).transpose();
+        let bias = linear.bias.as_ref().map(|b| HostTensor::from_tensor(&b.val()));
+        joined.entry(f.module.clone()).or_insert((f.total, vec![])).1.push((f.start, weight, bias));
+    }
+    for (module, (total, mut blocks)) in joined {
+        blocks.sort_by_key(|(start, _, _)| *start);
+        let d_in = blocks[0].1.shape[1];
+        let mut next = 0;
+        for (start, w, _) in &blocks {
+            assert!(*start == next, "the blocks of {module} do not cover its rows in order");
+            next += w.shape[0];
+        }
+        assert!(next == total, "the blocks of {module} hold {next} of its {total} rows");
+        let weight = blocks.iter().flat_map(|(_, w, _)| w.data.iter().copied()).collect();
+        out.insert(format!("{module}.weight"), HostTensor { shape: vec![total, d_in], data: weight });
+        assert!(
+            blocks.iter().all(|(_, _, b)| b.is_some()) || blocks.iter().all(|(_, _, b)| b.is_none()),
+            "{module}: a bias on some blocks only"
+        );
+        if blocks[0].2.is_some() {
+            let bias = blocks.iter().flat_map(|(_, _, b)| b.as_ref().expect("checked").data.iter().copied()).collect();
+            out.insert(format!("{module}.bias"), HostTensor { shape: vec![total], data: bias });
         }
     }
 }

@@ -28,11 +28,6 @@ pub trait Adaptable: Module {
             l
         })
     }
-    /// The linears a checkpoint stores fused and this model holds split (ModernBERT's `Wqkv`);
-    /// PEFT's name of one targets its parts, and PEFT files hold it fused.
-    fn fused_linears(&self) -> Vec<super::FusedLinear> {
-        vec![]
-    }
 }
 
 /// What was folded into the base weights by [`PeftModel::merge`], kept to undo it: the delta
@@ -59,8 +54,7 @@ pub struct PeftModel<M: Module> {
 impl<M: Adaptable> PeftModel<M> {
     /// Freezes every base weight of `model` and injects the adapters `config` describes.
     pub fn new(model: M, config: &AdapterConfig) -> Result<Self> {
-        let config = super::fused::expand_targets(config, &model.fused_linears());
-        let adapters = AdapterSet::new(&config, &model.linears())?;
+        let adapters = AdapterSet::new(config, &model.linears())?;
         Ok(Self::from_parts(model, adapters))
     }
 

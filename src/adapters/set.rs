@@ -10,7 +10,7 @@ use super::linear::{AdaptedLinear, Deltas};
 use super::methods::dora::{DoraState, DoraTarget};
 use super::methods::lora::{LoraFactors, LoraState, LoraTarget};
 use super::methods::{Method, MethodConfig, MethodState, Pass, Registered};
-use super::target::{Target, select_targets};
+use super::target::{Target, select_linears};
 use crate::error::Result;
 
 /// Parameters trained at `multiplier` times the run's learning rate, 2-D and 1-D ones (RepLoRA's
@@ -37,8 +37,7 @@ pub struct AdapterSet {
 impl AdapterSet {
     /// Builds the adapters `config` asks for on the given linears.
     pub fn new(config: &AdapterConfig, linears: &[&AdaptedLinear]) -> Result<Self> {
-        let shapes: Vec<_> = linears.iter().map(|l| (l.path.clone(), l.d_in(), l.d_out())).collect();
-        let targets = select_targets(config, &shapes)?;
+        let targets = select_linears(config, linears)?;
         super::count::check_memory(config, &targets)?;
         let mut init = Init::new(config.seed, &linears[0].weight.device());
         let state = config.method.init(config, &targets, linears, &mut init)?;

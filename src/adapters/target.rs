@@ -1,8 +1,11 @@
 //! Picking the linears to adapt, with PEFT's `target_modules` semantics.
 
+use std::collections::BTreeMap;
+
 use regex::Regex;
 
 use super::config::{AdapterConfig, TargetModules};
+use super::linear::{AdaptedLinear, FusedRows, fused_blocks};
 use crate::error::{Error, Result};
 
 /// One linear chosen for adaptation, with its resolved rank and scale.
@@ -16,6 +19,9 @@ pub struct Target {
     pub scale: f64,
     /// Transformer layer index (first `.N.` component of the path), the RepLoRA block key.
     pub layer: Option<usize>,
+    /// The rows of a fused checkpoint linear this target is (Phi-3's `qkv_proj`), for files in
+    /// PEFT's layout, which know only the fused linear.
+    pub fused: Option<FusedRows>,
 }
 
 /// The layer index of a module path: its first purely numeric component.
@@ -34,21 +40,47 @@ fn name_matches(names: &[String], path: &str) -> bool {
 
 /// Resolves `config` against the model's linears (`path, d_in, d_out`), in model order.
 pub fn select_targets(config: &AdapterConfig, linears: &[(String, usize, usize)]) -> Result<Vec<Target>> {
+    select_targets_fused(config, linears, &BTreeMap::new())
+}
+
+/// [`select_targets`] on the linears of a model ([`fused_blocks`] included).
+pub fn select_linears(config: &AdapterConfig, linears: &[&AdaptedLinear]) -> Result<Vec<Target>> {
+    let shapes: Vec<_> = linears.iter().map(|l| (l.path.clone(), l.d_in(), l.d_out())).collect();
+    select_targets_fused(config, &shapes, &fused_blocks(linears))
+}
+
+/// [`select_targets`] where some linears are blocks of a fused checkpoint linear (`fused`, by
+/// path): a target name, regex, `rank_pattern` or `alpha_pattern` key that selects the fused
+/// linear's module path (PEFT's `qkv_proj` on Phi-3) selects every block of it, as if each
+/// were that linear. Ranks are bounded by the fused linear's rows.
+pub fn select_targets_fused(
+    config: &AdapterConfig,
+    linears: &[(String, usize, usize)],
+    fused: &BTreeMap<String, FusedRows>,
+) -> Result<Vec<Target>> {
     config.validate()?;
-    let available = || linears.iter().map(|(p, _, _)| p.clone()).collect::<Vec<_>>();
+    let available = || {
+        let mut names: Vec<String> = linears.iter().map(|(p, _, _)| p.clone()).collect();
+        let modules: std::collections::BTreeSet<&String> = fused.values().map(|f| &f.module).collect();
+        names.extend(modules.into_iter().map(|m| format!("{m} (fused: its blocks above)")));
+        names
+    };
+    // A path and, for a block of a fused linear, the fused linear's path: what names match.
+    let names_of = |path: &str| std::iter::once(path.to_string()).chain(fused.get(path).map(|f| f.module.clone())).collect::<Vec<_>>();
     let selected: Vec<&(String, usize, usize)> = match &config.target_modules {
         TargetModules::Names(names) => {
+            let hit = |names: &[String], p: &str| names_of(p).iter().any(|n| name_matches(names, n));
             // Every listed name must select something: a typo should not silently adapt less.
             for name in names {
-                if !linears.iter().any(|(p, _, _)| name_matches(std::slice::from_ref(name), p)) {
+                if !linears.iter().any(|(p, _, _)| hit(std::slice::from_ref(name), p)) {
                     return Err(Error::NoTargetMatch { pattern: name.clone(), available: available() });
                 }
             }
-            linears.iter().filter(|(p, _, _)| name_matches(names, p)).collect()
+            linears.iter().filter(|(p, _, _)| hit(names, p)).collect()
         }
         TargetModules::Regex(re) => {
             let re = Regex::new(&format!("^(?:{re})$")).map_err(|e| Error::Config(format!("target_modules regex {re:?}: {e}")))?;
-            linears.iter().filter(|(p, _, _)| re.is_match(p)).collect()
+            linears.iter().filter(|(p, _, _)| names_of(p).iter().any(|n| re.is_match(n))).collect()
         }
     };
     let selected: Vec<_> = match &config.layers_to_transform {
@@ -65,10 +97,14 @@ pub fn select_targets(config: &AdapterConfig, linears: &[(String, usize, usize)]
     selected
         .into_iter()
         .map(|(path, d_in, d_out)| {
-            let rank = lookup(&config.rank_pattern, path).unwrap_or(config.r);
-            let alpha = lookup(&config.alpha_pattern, path).unwrap_or(config.lora_alpha);
-            if rank > (*d_in).min(*d_out) {
-                return Err(Error::Config(format!("rank {rank} for {path} exceeds min(d_in, d_out) = min({d_in}, {d_out})")));
+            let block = fused.get(path);
+            let names = names_of(path);
+            let rank = lookup_any(&config.rank_pattern, &names).unwrap_or(config.r);
+            let alpha = lookup_any(&config.alpha_pattern, &names).unwrap_or(config.lora_alpha);
+            let rows = block.map_or(*d_out, |f| f.total);
+            if rank > (*d_in).min(rows) {
+                let what = block.map_or_else(|| path.clone(), |f| format!("{path} (rows of {})", f.module));
+                return Err(Error::Config(format!("rank {rank} for {what} exceeds min(d_in, d_out) = min({d_in}, {rows})")));
             }
             Ok(Target {
                 path: path.clone(),
@@ -78,12 +114,18 @@ pub fn select_targets(config: &AdapterConfig, linears: &[(String, usize, usize)]
                 alpha,
                 scale: config.scale(rank, alpha),
                 layer: layer_index(path),
+                fused: block.cloned(),
             })
         })
         .collect()
 }
 
-fn lookup<T: Copy>(patterns: &std::collections::BTreeMap<String, T>, path: &str) -> Option<T> {
+/// The first of `names` (a path, then its fused linear's) that a pattern key selects.
+fn lookup_any<T: Copy>(patterns: &BTreeMap<String, T>, names: &[String]) -> Option<T> {
+    names.iter().find_map(|n| lookup(patterns, n))
+}
+
+fn lookup<T: Copy>(patterns: &BTreeMap<String, T>, path: &str) -> Option<T> {
     patterns.iter().find(|(k, _)| pattern_matches(k, path)).map(|(_, v)| *v)
 }
 

@@ -8,7 +8,7 @@ pub mod tfevents;
 
 use std::path::Path;
 
-use crate::adapters::{AdaptedLinear, AdapterConfig, closed_form, select_targets};
+use crate::adapters::{AdaptedLinear, AdapterConfig, closed_form, select_linears};
 use crate::error::{Error, Result};
 
 /// Refuses an adapter config whose declared sizes (ranks, RepLoRA's hidden width) need far
@@ -25,8 +25,7 @@ pub(crate) fn check_declared_sizes(config: &AdapterConfig, linears: &[&AdaptedLi
             format!("the adapter config's {what} = {v} needs more values than the {available} this file holds"),
         ));
     }
-    let shapes: Vec<(String, usize, usize)> = linears.iter().map(|l| (l.path.clone(), l.d_in(), l.d_out())).collect();
-    let needed = closed_form(config, &select_targets(config, &shapes)?);
+    let needed = closed_form(config, &select_linears(config, linears)?);
     if needed > available.saturating_mul(16).saturating_add(1 << 16) {
         return Err(Error::format(
             file,

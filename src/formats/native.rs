@@ -81,8 +81,7 @@ pub fn load_config(dir: &Path) -> Result<NativeConfig> {
 
 /// Loads a native adapter into `model`, checking that its targets and shapes fit.
 pub fn load<M: Adaptable>(model: M, dir: &Path) -> Result<PeftModel<M>> {
-    let mut config = load_config(dir)?;
-    config.adapter = crate::adapters::fused::expand_targets(&config.adapter, &model.fused_linears());
+    let config = load_config(dir)?;
     let file = dir.join(WEIGHTS_FILE);
     let (tensors, _) = tensors::read(&file)?;
     let available = tensors.values().map(|t| t.data.len()).sum();

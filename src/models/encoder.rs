@@ -11,7 +11,7 @@ use burn::prelude::*;
 use super::bert::{Bert, Pooling, Variant, pool};
 use super::modernbert::ModernBert;
 use super::modernbert_config::MODEL_TYPE;
-use crate::adapters::{Adaptable, AdaptedLinear, Deltas, FusedLinear, Method};
+use crate::adapters::{Adaptable, AdaptedLinear, Deltas, Method};
 use crate::data::tokenize::EncoderInput;
 use crate::error::Result;
 use crate::weights::HostTensor;
@@ -160,13 +160,6 @@ impl Adaptable for Encoder {
         match self {
             Encoder::Bert(m) => Encoder::Bert(m.map_linears(f)),
             Encoder::ModernBert(m) => Encoder::ModernBert(m.map_linears(f)),
-        }
-    }
-
-    fn fused_linears(&self) -> Vec<FusedLinear> {
-        match self {
-            Encoder::Bert(m) => m.fused_linears(),
-            Encoder::ModernBert(m) => m.fused_linears(),
         }
     }
 }

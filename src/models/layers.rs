@@ -7,16 +7,20 @@ use burn::tensor::ops::AttentionModuleOptions;
 
 use burn::tensor::TensorData;
 
-use crate::adapters::{AdaptedLinear, BaseWeight, FrozenBlocks};
+use crate::adapters::{AdaptedLinear, BaseWeight, FrozenBlocks, FusedRows};
 use crate::error::Result;
 use crate::kernels;
 use crate::quantization::{BlockFormat, QuantizedMatrix};
-use crate::weights::Reader;
+use crate::weights::{HostTensor, Reader};
 
 /// The layers every architecture reads from a checkpoint, built from the [`Reader`]'s tensors.
 pub trait ReadLayers {
     /// The linear `name` (with `{name}.bias` when `bias`), adaptable under its module path.
     fn linear(&mut self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<AdaptedLinear>;
+    /// The fused linear `name` (`{name}.weight` `[sum of rows, d_in]`) as one linear per block of
+    /// rows: `parts` names them (beside `name`: `qkv_proj` -> `q_proj`, ...) with their rows, in
+    /// order. Each block knows its place ([`FusedRows`]), where saving joins them again.
+    fn fused_linears(&mut self, name: &str, d_in: usize, parts: &[(&str, usize)], bias: bool) -> Result<Vec<AdaptedLinear>>;
     fn layer_norm(&mut self, name: &str, width: usize, eps: f64) -> Result<LayerNorm>;
     /// A LayerNorm with only `{name}.weight` (ModernBERT's, `norm_bias: false`).
     fn layer_norm_without_bias(&mut self, name: &str, width: usize, eps: f64) -> Result<LayerNorm>;
@@ -30,6 +34,25 @@ impl ReadLayers for Reader<'_> {
         }
         let (weight, bias) = self.linear_tensors(name, d_in, d_out, bias)?;
         Ok(AdaptedLinear::new(self.module_path(name), weight, bias))
+    }
+
+    fn fused_linears(&mut self, name: &str, d_in: usize, parts: &[(&str, usize)], bias: bool) -> Result<Vec<AdaptedLinear>> {
+        let total: usize = parts.iter().map(|(_, rows)| rows).sum();
+        let weight = self.take(&format!("{name}.weight"), [total, d_in])?;
+        let bias = if bias { Some(self.take(&format!("{name}.bias"), [total])?) } else { None };
+        let parent = name.rsplit_once('.').map_or("", |(p, _)| p);
+        let module = self.module_path(name);
+        let mut start = 0;
+        let mut out = Vec::with_capacity(parts.len());
+        for (part, rows) in parts {
+            let block = HostTensor { shape: vec![*rows, d_in], data: weight.data[start * d_in..(start + rows) * d_in].to_vec() };
+            let b = bias.as_ref().map(|b| HostTensor { shape: vec![*rows], data: b.data[start..start + rows].to_vec() });
+            let path = self.module_path(&if parent.is_empty() { part.to_string() } else { format!("{parent}.{part}") });
+            let linear = AdaptedLinear::new(path, block.transpose().to_tensor(self.device()), b.map(|b| b.to_tensor(self.device())));
+            out.push(linear.fused_into(FusedRows { module: module.clone(), start, total }));
+            start += rows;
+        }
+        Ok(out)
     }
 
     fn layer_norm(&mut self, name: &str, width: usize, eps: f64) -> Result<LayerNorm> {

@@ -1,12 +1,17 @@
-//! LLaMA-style decoders (LLaMA and SmolLM2, Qwen2/2.5, Qwen3, Mistral, Gemma 3) read from
+//! LLaMA-style decoders (LLaMA and SmolLM2, Qwen2/2.5, Qwen3, Mistral, Gemma 3, Phi-3) read from
 //! Hugging Face checkpoints or (LLaMA, Gemma 3) GGUF files.
 //!
 //! RMSNorm, rotary position embeddings (`rotate_half` convention, configurable base), SwiGLU
 //! feed-forward, grouped-query attention, causal mask, tied or untied output embeddings, and a
 //! key/value cache for generation; what the families change is in [`LlamaConfig`]: Qwen2's
 //! query/key/value biases, Qwen3's per-head query and key norms, Mistral's sliding window, Gemma
-//! 3's norms, GeGLU, scaled embeddings and local/global layers. Every linear is an [`AdaptedLinear`] named by its Hugging Face
-//! module path (`model.layers.0.self_attn.q_proj`), so PEFT adapter files line up.
+//! 3's norms, GeGLU, scaled embeddings and local/global layers, Phi-3's partial rotary embedding.
+//! Every linear is an [`AdaptedLinear`] named by its Hugging Face module path
+//! (`model.layers.0.self_attn.q_proj`), so PEFT adapter files line up. Phi-3 stores the query,
+//! key and value projections as one `qkv_proj` and the gate and up projections as one
+//! `gate_up_proj`: they are read split into the LLaMA linears (each a block of rows of the fused
+//! one, [`crate::adapters::FusedRows`]), so every method targets them as in LLaMA, and joined
+//! again when saved; PEFT files name the fused linears ([`crate::formats::peft`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -72,6 +77,9 @@ struct Context<'a> {
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
+    /// The leading dimensions of each head the rotary embedding turns (Phi-3's partial rotary
+    /// embedding: fewer than `head_dim`).
+    rotary_dim: usize,
     /// Queries are multiplied by it before their products with the keys.
     scale: f64,
     /// GeGLU (tanh GELU) instead of SwiGLU.
@@ -95,8 +103,15 @@ impl LlamaLayer {
             }
             .swap_dims(1, 2)
         };
-        let q = kernels::rope(split(attn.q_proj.forward(h.clone(), ctx.deltas), heads, &attn.q_norm), &at.cos, &at.sin);
-        let k = kernels::rope(split(attn.k_proj.forward(h.clone(), ctx.deltas), kv_heads, &attn.k_norm), &at.cos, &at.sin);
+        let rope = |x: Tensor<4>| match ctx.rotary_dim < d {
+            true => {
+                let turned = kernels::rope(x.clone().narrow(3, 0, ctx.rotary_dim), &at.cos, &at.sin);
+                Tensor::cat(vec![turned, x.narrow(3, ctx.rotary_dim, d - ctx.rotary_dim)], 3)
+            }
+            false => kernels::rope(x, &at.cos, &at.sin),
+        };
+        let q = rope(split(attn.q_proj.forward(h.clone(), ctx.deltas), heads, &attn.q_norm));
+        let k = rope(split(attn.k_proj.forward(h.clone(), ctx.deltas), kv_heads, &attn.k_norm));
         let v = split(attn.v_proj.forward(h, ctx.deltas), kv_heads, &None);
         // The prefix goes in front once: a cache that holds keys holds it already.
         let past = cache.as_mut().and_then(|slot| slot.take());
@@ -186,22 +201,34 @@ impl Llama {
         let layers = (0..c.num_hidden_layers)
             .map(|i| {
                 let p = format!("model.layers.{i}.");
+                let ([q_proj, k_proj, v_proj], [gate_proj, up_proj]) = match c.is_fused() {
+                    false => (
+                        [
+                            r.linear(&format!("{p}self_attn.q_proj"), h, q, bias)?,
+                            r.linear(&format!("{p}self_attn.k_proj"), h, kv, bias)?,
+                            r.linear(&format!("{p}self_attn.v_proj"), h, kv, bias)?,
+                        ],
+                        [r.linear(&format!("{p}mlp.gate_proj"), h, m, false)?, r.linear(&format!("{p}mlp.up_proj"), h, m, false)?],
+                    ),
+                    true => {
+                        let qkv = [("q_proj", q), ("k_proj", kv), ("v_proj", kv)];
+                        let attention = r.fused_linears(&format!("{p}self_attn.qkv_proj"), h, &qkv, bias)?;
+                        let gate_up = r.fused_linears(&format!("{p}mlp.gate_up_proj"), h, &[("gate_proj", m), ("up_proj", m)], false)?;
+                        (attention.try_into().expect("three blocks were asked for"), gate_up.try_into().expect("two blocks were asked for"))
+                    }
+                };
                 Ok(LlamaLayer {
                     input_layernorm: norm(&mut r, &format!("{p}input_layernorm"), h)?,
                     self_attn: LlamaAttention {
-                        q_proj: r.linear(&format!("{p}self_attn.q_proj"), h, q, bias)?,
-                        k_proj: r.linear(&format!("{p}self_attn.k_proj"), h, kv, bias)?,
-                        v_proj: r.linear(&format!("{p}self_attn.v_proj"), h, kv, bias)?,
-                        o_proj: r.linear(&format!("{p}self_attn.o_proj"), q, h, c.attention_bias)?,
+                        q_proj,
+                        k_proj,
+                        v_proj,
+                        o_proj: r.linear(&format!("{p}self_attn.o_proj"), q, h, c.output_bias())?,
                         q_norm: optional(&mut r, &format!("{p}self_attn.q_norm"), c.head_dim(), c.qk_norm())?,
                         k_norm: optional(&mut r, &format!("{p}self_attn.k_norm"), c.head_dim(), c.qk_norm())?,
                     },
                     post_attention_layernorm: norm(&mut r, &format!("{p}post_attention_layernorm"), h)?,
-                    mlp: LlamaMlp {
-                        gate_proj: r.linear(&format!("{p}mlp.gate_proj"), h, m, false)?,
-                        up_proj: r.linear(&format!("{p}mlp.up_proj"), h, m, false)?,
-                        down_proj: r.linear(&format!("{p}mlp.down_proj"), m, h, false)?,
-                    },
+                    mlp: LlamaMlp { gate_proj, up_proj, down_proj: r.linear(&format!("{p}mlp.down_proj"), m, h, false)? },
                     pre_feedforward_layernorm: optional(&mut r, &format!("{p}pre_feedforward_layernorm"), h, c.is_gemma())?,
                     post_feedforward_layernorm: optional(&mut r, &format!("{p}post_feedforward_layernorm"), h, c.is_gemma())?,
                 })
@@ -286,7 +313,8 @@ impl Llama {
         tensors::write(&dir.join(WEIGHTS_FILE), &self.tensors(), Some(metadata))
     }
 
-    /// Every weight under its Hugging Face name, linears in PyTorch's `[out, in]` layout.
+    /// Every weight under its Hugging Face name, linears in PyTorch's `[out, in]` layout (Phi-3's
+    /// blocks joined into its fused `qkv_proj` and `gate_up_proj`).
     pub fn tensors(&self) -> BTreeMap<String, HostTensor> {
         let mut out = BTreeMap::new();
         out.insert("model.embed_tokens.weight".to_string(), HostTensor::from_tensor(&self.embed_tokens.dense()));
@@ -308,9 +336,7 @@ impl Llama {
                 out.insert(format!("model.layers.{i}.{name}.weight"), HostTensor::from_tensor(&norm.weight.val()));
             }
         }
-        for linear in self.linears() {
-            linear.put(&mut out);
-        }
+        crate::adapters::put_linears(&self.linears(), &mut out);
         out
     }
 
@@ -379,6 +405,7 @@ impl Llama {
             heads: c.num_attention_heads,
             kv_heads: c.kv_heads(),
             head_dim: c.head_dim(),
+            rotary_dim: c.rotary_dim(),
             scale: c.attention_scale(),
             gelu_gate: c.is_gemma(),
             deltas,
@@ -455,7 +482,7 @@ impl crate::models::Architecture for Llama {
     fn describe(&self) -> String {
         let c = &self.config;
         format!(
-            "{} decoder, {} layers{}, hidden {}, {} heads / {} key-value heads, FFN {}, vocab {}, RoPE base {}{}",
+            "{} decoder, {} layers{}, hidden {}, {} heads / {} key-value heads, FFN {}, vocab {}, RoPE base {}{}{}",
             c.variant().name(),
             c.num_hidden_layers,
             match (0..c.num_hidden_layers).filter(|&i| c.is_sliding(i)).count() {
@@ -468,7 +495,11 @@ impl crate::models::Architecture for Llama {
             c.intermediate_size,
             c.vocab_size,
             c.rope_theta,
-            if c.tie_word_embeddings { ", tied embeddings" } else { "" }
+            match c.rotary_dim() < c.head_dim() {
+                true => format!(" on {} of {} head dimensions", c.rotary_dim(), c.head_dim()),
+                false => String::new(),
+            },
+            if c.tie_word_embeddings { ", tied embeddings" } else { "" },
         )
     }
     fn max_positions(&self) -> usize {

@@ -1,11 +1,12 @@
 //! The `config.json` of the LLaMA-style decoders replora reads with one model file
-//! ([`super::llama`]): LLaMA (SmolLM2), Qwen2/2.5, Qwen3, Mistral and Gemma 3. They differ in a
-//! few switches, which [`Variant`] names: Qwen2's query/key/value biases, Qwen3's per-head RMS
-//! norms of queries and keys (and a head size of its own), Mistral's sliding attention window,
-//! and Gemma 3's many: `(1 + w)` RMS norms, four of them per layer (around attention and the
+//! ([`super::llama`]): LLaMA (SmolLM2), Qwen2/2.5, Qwen3, Mistral, Gemma 3 and Phi-3. They differ
+//! in a few switches, which [`Variant`] names: Qwen2's query/key/value biases, Qwen3's per-head
+//! RMS norms of queries and keys (and a head size of its own), Mistral's sliding attention window,
+//! Gemma 3's many: `(1 + w)` RMS norms, four of them per layer (around attention and the
 //! feed-forward), embeddings scaled by `sqrt(hidden)`, GeGLU (tanh GELU), q/k norms, an attention
 //! scale of its own, and sliding-window layers between global ones, each kind with its own RoPE
-//! base.
+//! base; and Phi-3's fused `qkv_proj` and `gate_up_proj` (held split, [`LlamaConfig::is_fused`]),
+//! its sliding window and its partial rotary embedding (`partial_rotary_factor`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -23,11 +24,12 @@ pub enum Variant {
     Qwen3,
     Mistral,
     Gemma3,
+    Phi3,
 }
 
 impl Variant {
     /// The `model_type` values read with this model file.
-    pub const MODEL_TYPES: [&'static str; 5] = ["llama", "qwen2", "qwen3", "mistral", "gemma3_text"];
+    pub const MODEL_TYPES: [&'static str; 6] = ["llama", "qwen2", "qwen3", "mistral", "gemma3_text", "phi3"];
 
     fn of(model_type: Option<&str>) -> Option<Self> {
         match model_type.unwrap_or("llama") {
@@ -36,7 +38,20 @@ impl Variant {
             "qwen3" => Some(Variant::Qwen3),
             "mistral" => Some(Variant::Mistral),
             "gemma3_text" => Some(Variant::Gemma3),
+            "phi3" => Some(Variant::Phi3),
             _ => None,
+        }
+    }
+
+    /// transformers' causal-LM class of the family (what a saved directory loads as).
+    pub fn causal_lm_class(self) -> &'static str {
+        match self {
+            Variant::Llama => "LlamaForCausalLM",
+            Variant::Qwen2 => "Qwen2ForCausalLM",
+            Variant::Qwen3 => "Qwen3ForCausalLM",
+            Variant::Mistral => "MistralForCausalLM",
+            Variant::Gemma3 => "Gemma3ForCausalLM",
+            Variant::Phi3 => "Phi3ForCausalLM",
         }
     }
 
@@ -47,6 +62,7 @@ impl Variant {
             Variant::Qwen3 => "Qwen3",
             Variant::Mistral => "Mistral",
             Variant::Gemma3 => "Gemma 3",
+            Variant::Phi3 => "Phi-3",
         }
     }
 }
@@ -54,7 +70,7 @@ impl Variant {
 /// A Hugging Face LLaMA-style `config.json`. Unused keys are kept in `extra` and written back.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LlamaConfig {
-    /// `llama` (also when absent), `qwen2`, `qwen3`, `mistral` or `gemma3_text`.
+    /// `llama` (also when absent), `qwen2`, `qwen3`, `mistral`, `gemma3_text` or `phi3`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_type: Option<String>,
     pub vocab_size: usize,
@@ -83,14 +99,14 @@ pub struct LlamaConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<serde_json::Value>,
     /// Biases on all four attention projections (LLaMA, Qwen3); Qwen2 has them on the query,
-    /// key and value projections whatever this says.
+    /// key and value projections whatever this says, Phi-3 on none.
     #[serde(default)]
     pub attention_bias: bool,
     /// The size of one attention head, where it is not `hidden_size / num_attention_heads`
     /// (Qwen3 gives it always).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_dim: Option<usize>,
-    /// Mistral: each token attends to at most this many tokens, itself included (none: all).
+    /// Mistral, Phi-3: each token attends to at most this many tokens, itself included (none: all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sliding_window: Option<usize>,
     /// Gemma 3: queries are scaled by `query_pre_attn_scalar^-1/2` instead of `head_dim^-1/2`.
@@ -133,7 +149,40 @@ impl LlamaConfig {
 
     /// Whether the query, key and value projections have biases.
     pub fn qkv_bias(&self) -> bool {
-        self.attention_bias || self.variant() == Variant::Qwen2
+        match self.variant() {
+            Variant::Qwen2 => true,
+            Variant::Phi3 => false,
+            _ => self.attention_bias,
+        }
+    }
+
+    /// Whether the attention output projection has a bias.
+    pub fn output_bias(&self) -> bool {
+        self.attention_bias && self.variant() != Variant::Phi3
+    }
+
+    /// Phi-3's checkpoint layout: the query, key and value projections are one linear,
+    /// `self_attn.qkv_proj` (rows: queries, keys, values), and the feed-forward's gate and up
+    /// projections one, `mlp.gate_up_proj` (rows: gate, up). replora holds them split.
+    pub fn is_fused(&self) -> bool {
+        self.variant() == Variant::Phi3
+    }
+
+    /// Phi-3's `partial_rotary_factor` (in `rope_parameters`, or at the top level in older
+    /// configs): the share of each head's dimensions the rotary embedding turns; 1 elsewhere
+    /// (transformers' other families here ignore the key).
+    pub fn partial_rotary_factor(&self) -> f64 {
+        if self.variant() != Variant::Phi3 {
+            return 1.0;
+        }
+        let nested = self.extra.get("rope_parameters").and_then(|r| r.get("partial_rotary_factor")?.as_f64());
+        nested.or_else(|| self.extra.get("partial_rotary_factor")?.as_f64()).unwrap_or(1.0)
+    }
+
+    /// The leading dimensions of each head that the rotary embedding turns (transformers'
+    /// `int(head_dim * partial_rotary_factor)`); the rest pass through unchanged.
+    pub fn rotary_dim(&self) -> usize {
+        (self.head_dim() as f64 * self.partial_rotary_factor()) as usize
     }
 
     /// Whether queries and keys are RMS-normalised per head before the rotary embedding.
@@ -153,7 +202,7 @@ impl LlamaConfig {
     /// the local ones; Qwen's only with `use_sliding_window`, which is refused).
     pub fn is_sliding(&self, layer: usize) -> bool {
         match self.variant() {
-            Variant::Mistral => self.sliding_window.is_some(),
+            Variant::Mistral | Variant::Phi3 => self.sliding_window.is_some(),
             Variant::Gemma3 => match &self.layer_types {
                 Some(types) => types.get(layer).is_some_and(|t| t == "sliding_attention"),
                 None => !(layer + 1).is_multiple_of(self.gemma_global_every()),
@@ -287,11 +336,42 @@ impl LlamaConfig {
         if self.query_pre_attn_scalar.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
             return Err("query_pre_attn_scalar must be a positive number".into());
         }
-        if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err("rope_scaling is not supported".into());
+        if let Some(scaling) = self.rope_scaling.as_ref().filter(|v| !v.is_null()) {
+            let kind = ["rope_type", "type"].iter().find_map(|k| scaling.get(*k)?.as_str()).unwrap_or("?");
+            return Err(format!(
+                "rope_scaling of type {kind:?} is not supported (only the default RoPE; Phi-3's long-context longrope/su scaling is not implemented)"
+            ));
+        }
+        if self.variant() == Variant::Phi3 {
+            self.validate_phi3()?;
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
             return Err(format!("rms_norm_eps must be a positive number, got {}", self.rms_norm_eps));
+        }
+        Ok(())
+    }
+
+    /// What Phi-3 adds: a partial rotary embedding that turns an even number of dimensions, and
+    /// no residual or attention dropout (transformers drops there while training; replora does
+    /// not, so a run would train another model).
+    fn validate_phi3(&self) -> std::result::Result<(), String> {
+        let factor = self.partial_rotary_factor();
+        if !(factor > 0.0 && factor <= 1.0) {
+            return Err(format!("partial_rotary_factor must be in (0, 1], got {factor}"));
+        }
+        let dim = self.rotary_dim();
+        if dim == 0 || !dim.is_multiple_of(2) {
+            return Err(format!(
+                "partial_rotary_factor {factor} turns {dim} of the {} dimensions of a head; rotary embeddings need an even number, at least 2",
+                self.head_dim()
+            ));
+        }
+        for key in ["resid_pdrop", "attention_dropout"] {
+            if let Some(p) = self.extra.get(key).and_then(serde_json::Value::as_f64).filter(|p| *p != 0.0) {
+                return Err(format!(
+                    "{key} = {p}: replora trains Phi-3 without residual or attention dropout, so training would differ from transformers' (released Phi-3 checkpoints have 0)"
+                ));
+            }
         }
         Ok(())
     }

@@ -8,7 +8,7 @@ use super::llama_config::LlamaConfig;
 
 /// The rotary tables and additive mask of one kind of layer, for the current positions.
 pub(super) struct Positions {
-    /// `[t, head_dim]` each.
+    /// `[t, rotary_dim]` each (the head dimension, but for a partial rotary embedding).
     pub cos: Tensor<2>,
     pub sin: Tensor<2>,
     /// `[batch, 1, t, keys]`: 0 where a query may look, very negative elsewhere.
@@ -19,7 +19,7 @@ impl Positions {
     /// Positions `offset..offset + t` of `b` rows for the global layers (`sliding: false`) or the
     /// sliding-window ones; `padding` (`[b, keys]`, 1 for real tokens) hides padded keys.
     pub fn new(c: &LlamaConfig, sliding: bool, b: usize, t: usize, offset: usize, padding: Option<Tensor<2>>, device: &Device) -> Self {
-        let (cos, sin) = rope_tables(c.head_dim(), c.rope_base(sliding), offset, t, device);
+        let (cos, sin) = rope_tables(c.rotary_dim(), c.rope_base(sliding), offset, t, device);
         let window = if sliding { c.sliding_window } else { None };
         Self { cos, sin, mask: causal_mask(b, t, offset, window, padding, device) }
     }

@@ -89,7 +89,7 @@ pub trait Architecture: Adaptable + Clone {
 pub enum Family {
     /// Encoders (`model_type` bert: MiniLM; roberta, xlm-roberta, distilbert; modernbert).
     Bert,
-    /// LLaMA-style decoders (`model_type` llama: SmolLM2; qwen2, qwen3, mistral, gemma3_text),
+    /// LLaMA-style decoders (`model_type` llama: SmolLM2; qwen2, qwen3, mistral, gemma3_text, phi3),
     /// from Hugging Face directories, or GGUF files (llama, gemma3).
     Llama,
     /// Vision transformers (`model_type` dinov2, vit, clip_vision_model, or a full clip's vision
@@ -102,6 +102,8 @@ pub struct ModelInfo {
     pub description: String,
     /// Module path, d_in, d_out of every linear.
     pub linears: Vec<(String, usize, usize)>,
+    /// The linears that are row blocks of a fused checkpoint linear (Phi-3's `qkv_proj`), by path.
+    pub fused: std::collections::BTreeMap<String, crate::adapters::FusedRows>,
     pub params: usize,
     pub default_targets: Vec<String>,
     /// Where a bottleneck adapter goes by default.
@@ -143,6 +145,7 @@ impl Family {
             ModelInfo {
                 description: format!("{}: {}", source.display(), a.describe()),
                 linears: a.linears().iter().map(|l| (l.path.clone(), l.d_in(), l.d_out())).collect(),
+                fused: crate::adapters::fused_blocks(&a.linears()),
                 params: a.num_params(),
                 default_targets: names(a.targets_of(Method::Lora)),
                 adapter_sites: names(a.targets_of(Method::Houlsby)),
@@ -155,8 +158,10 @@ impl Family {
                 Ok(of(&encoder::Encoder::load(&dir, "", device)?, &dir))
             }
             Family::Llama => {
-                let decoder = decoder::Decoder::open(model, device)?;
-                Ok(of(&decoder.model, &decoder.source))
+                // The model alone: a description needs no tokenizer.
+                let path = resolve(model)?;
+                let source = llama::find_gguf(&path)?.unwrap_or_else(|| path.clone());
+                Ok(of(&llama::Llama::load(&path, device)?, &source))
             }
             Family::Dinov2 => {
                 let dir = resolve(model)?;

@@ -9,10 +9,11 @@
 //! `local_attention / 2` positions away; task checkpoints' `head` (dense, GELU, norm) before
 //! the classifier, on the CLS token or the mean (`classifier_pooling`).
 //!
-//! The fused `attn.Wqkv` is held as three linears, `attn.Wqkv.query`, `.key`, `.value`, so that
-//! each method adapts the query and the value on their own (RepLoRA generates their factors
-//! together); it is written back fused, and PEFT's adapters on `Wqkv` are split and joined by
-//! [`crate::adapters::fused`].
+//! The fused `attn.Wqkv` is held as three linears, `attn.query`, `attn.key`, `attn.value`, each
+//! a block of its rows ([`crate::adapters::FusedRows`], as Phi-3's `qkv_proj`), so that each
+//! method adapts the query and the value on their own (RepLoRA generates their factors
+//! together); `--targets Wqkv` names all three, and it is written back fused, in checkpoints and
+//! PEFT adapters ([`crate::formats::peft`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -25,7 +26,7 @@ use super::bert::{Pooling, pool};
 use super::layers::{LayerNorm, ReadLayers, attention};
 use super::llama_positions::rope_tables;
 pub use super::modernbert_config::ModernBertConfig;
-use crate::adapters::{Adaptable, AdaptedLinear, Deltas, FusedLinear};
+use crate::adapters::{Adaptable, AdaptedLinear, Deltas, put_linears};
 use crate::data::tokenize::EncoderInput;
 use crate::error::{Error, Result};
 use crate::files::write_json;
@@ -37,8 +38,6 @@ const CONFIG_FILE: &str = "config.json";
 const WEIGHTS_FILE: &str = "model.safetensors";
 /// The encoder's module prefix inside transformers' task models (`base_model_prefix`).
 pub const TASK_PREFIX: &str = "model.";
-/// The parts of the fused `attn.Wqkv`, in its row order.
-const QKV: [&str; 3] = ["query", "key", "value"];
 
 /// One pre-norm encoder layer.
 #[derive(Module, Debug)]
@@ -176,15 +175,7 @@ impl ModernBert {
                 norm.put(&mut out, &format!("{p}layers.{i}.attn_norm"));
             }
             layer.mlp_norm.put(&mut out, &format!("{p}layers.{i}.mlp_norm"));
-            let parts = [&layer.query, &layer.key, &layer.value];
-            let weight = Tensor::cat(parts.iter().map(|l| l.weight.dense()).collect(), 1);
-            out.insert(format!("{p}layers.{i}.attn.Wqkv.weight"), HostTensor::from_tensor(&weight).transpose());
-            if let [Some(q), Some(k), Some(v)] = parts.map(|l| l.bias.as_ref().map(Param::val)) {
-                out.insert(format!("{p}layers.{i}.attn.Wqkv.bias"), HostTensor::from_tensor(&Tensor::cat(vec![q, k, v], 0)));
-            }
-            for linear in [&layer.attn_output, &layer.mlp_in, &layer.mlp_out] {
-                linear.put(&mut out);
-            }
+            put_linears(&layer.linears(), &mut out);
         }
         if let Some(head) = &self.head {
             head.dense.put(&mut out);
@@ -251,16 +242,8 @@ fn norm(r: &mut Reader, name: &str, c: &ModernBertConfig) -> Result<LayerNorm> {
 fn read_layer(r: &mut Reader, i: usize, c: &ModernBertConfig) -> Result<ModernBertLayer> {
     let (h, m) = (c.hidden_size, c.intermediate_size);
     let p = format!("layers.{i}.");
-    let fused = format!("{p}attn.Wqkv");
-    let weight = r.take(&format!("{fused}.weight"), [3 * h, h])?;
-    let bias = c.attention_bias.then(|| r.take(&format!("{fused}.bias"), [3 * h])).transpose()?;
-    let device = r.device().clone();
-    let part = |n: usize| {
-        let rows = HostTensor { shape: vec![h, h], data: weight.data[n * h * h..(n + 1) * h * h].to_vec() };
-        let bias = bias.as_ref().map(|b| HostTensor { shape: vec![h], data: b.data[n * h..(n + 1) * h].to_vec() }.to_tensor(&device));
-        AdaptedLinear::new(r.module_path(&format!("{fused}.{}", QKV[n])), rows.transpose().to_tensor(&device), bias)
-    };
-    let [query, key, value] = [part(0), part(1), part(2)];
+    let qkv = r.fused_linears(&format!("{p}attn.Wqkv"), h, &[("query", h), ("key", h), ("value", h)], c.attention_bias)?;
+    let [query, key, value] = qkv.try_into().expect("three blocks were asked for");
     Ok(ModernBertLayer {
         attn_norm: if i == 0 { None } else { Some(norm(r, &format!("{p}attn_norm"), c)?) },
         query,
@@ -283,12 +266,6 @@ impl Adaptable for ModernBert {
         let layers = self.layers.into_iter().map(|l| l.map_linears(f)).collect();
         let head = self.head.map(|h| PredictionHead { dense: f(h.dense), ..h });
         Self { layers, head, ..self }
-    }
-
-    fn fused_linears(&self) -> Vec<FusedLinear> {
-        let h = self.config.hidden_size;
-        let parts: Vec<(String, usize)> = QKV.iter().map(|q| (q.to_string(), h)).collect();
-        (0..self.layers.len()).map(|i| FusedLinear { path: format!("{}layers.{i}.attn.Wqkv", self.prefix), parts: parts.clone() }).collect()
     }
 }
 

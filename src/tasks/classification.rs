@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::heads::{ClassifierModel, SequenceClassifier, evaluate};
 use super::hf_layout::{self, HfLayout};
 use super::{Task, TaskKind, TestScores, Tuning};
-use crate::adapters::{Adaptable, PeftModel};
+use crate::adapters::PeftModel;
 use crate::data::{self, BatchConfig, Columns, Dataset, EncodedDataset, LoadOptions, SplitConfig, Tokenizer};
 use crate::error::{Error, Result};
 use crate::files::{read_json, write_json};
@@ -289,7 +289,6 @@ pub fn export_peft(model: &SequenceClassifier, labels: &[String], base: &str, ma
                 base_model_name_or_path: base.into(),
                 task_type: Some("SEQ_CLS".into()),
                 modules_to_save: model.head_tensors(),
-                fused: model.encoder.model.fused_linears(),
                 ..Default::default()
             };
             peft::export(&model.encoder.adapters, &info, dir)?;

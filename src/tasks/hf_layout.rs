@@ -187,7 +187,6 @@ pub fn write_peft_feature_extraction(
         base_model_name_or_path: base.to_string(),
         task_type: Some("FEATURE_EXTRACTION".into()),
         strip_prefix: encoder.model.prefix().to_string(),
-        fused: crate::adapters::Adaptable::fused_linears(&encoder.model),
         ..Default::default()
     };
     peft::export(&encoder.adapters, &info, dir)?;

@@ -321,6 +321,7 @@ impl Task for MultipleChoice {
         let decoder = if model.decoder.is_full_finetune() { model.decoder } else { model.decoder.merge()? };
         decoder.model.save(dir)?;
         self.decoder.save_tokenizer(dir)?;
-        Ok(format!("layout: LlamaForCausalLM: AutoModelForCausalLM.from_pretrained(dir){note}"))
+        let class = decoder.model.config.variant().causal_lm_class();
+        Ok(format!("layout: {class}: AutoModelForCausalLM.from_pretrained(dir){note}"))
     }
 }

@@ -430,7 +430,8 @@ impl Task for Vqa {
         let decoder = if model.decoder.is_full_finetune() { model.decoder } else { model.decoder.merge()? };
         decoder.model.save(dir)?;
         self.decoder.save_tokenizer(dir)?;
-        Ok(format!("layout: LlamaForCausalLM + projector.safetensors + answers.json; see README.md in the directory{note}"))
+        let class = decoder.model.config.variant().causal_lm_class();
+        Ok(format!("layout: {class} + projector.safetensors + answers.json; see README.md in the directory{note}"))
     }
 }
 

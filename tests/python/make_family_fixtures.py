@@ -1,6 +1,7 @@
 """Builds the model-family fixtures of tests/families.rs with transformers and PEFT.
 
-Usage: make_family_fixtures.py OUT_DIR   (run by scripts/make-family-fixtures in .venv-bench)
+Usage: make_family_fixtures.py OUT_DIR [FAMILY ...]   (run by scripts/make-family-fixtures in .venv-bench;
+FAMILY names limit it to those families)
 
 For each family, a tiny random model (2 layers, width 32) saved as a Hugging Face directory,
 fixed inputs (two rows, the second right-padded), transformers' logits for them, and the logits
@@ -10,6 +11,13 @@ and model.safetensors.index.json). Each fixture exercises what its family change
 embeddings, Qwen3's per-head query/key norms with a head size that is not hidden/heads,
 Mistral's sliding window shorter than the inputs, and Gemma 3's (1 + w) norms (four a layer),
 scaled embeddings, GeGLU, query scale, and sliding/global layers with two RoPE bases.
+
+Phi-3 (phi3/) fuses the query/key/value projections into `qkv_proj` and the gate/up projections
+into `gate_up_proj`; its fixture also has a partial rotary embedding (half of each head) and a
+sliding window shorter than the inputs. Its PEFT LoRA (lora/) is on `qkv_proj`, as PEFT names
+it, and a second adapter (dora/) is a DoRA on `qkv_proj` and `gate_up_proj` with a rank and an
+alpha of its own on `gate_up_proj` (rank_pattern, alpha_pattern) and random magnitudes, so that
+splitting the fused B rows and magnitudes is checked; its logits are `logits_dora`.
 """
 
 import json
@@ -55,14 +63,30 @@ FAMILIES = {
         },
         tie_word_embeddings=True,
     ),
+    # GQA (2 key-value heads of 4), RoPE on 4 of the 8 dimensions of a head, a 4-token window.
+    "phi3": transformers.Phi3Config(
+        **COMMON,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+        sliding_window=4,
+        original_max_position_embeddings=64,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=None,
+    ),
 }
+
+# PEFT's names for the query and value projections where a family fuses them.
+LORA_TARGETS = {"phi3": ["qkv_proj"]}
 
 INPUT_IDS = [[5, 17, 33, 2, 90, 41, 8, 63, 12, 77], [9, 3, 55, 71, 20, 6, 0, 0, 0, 0]]
 ATTENTION_MASK = [[1] * 10, [1] * 6 + [0] * 4]
 
 
-def main(out: Path) -> None:
+def main(out: Path, only: list[str]) -> None:
     for name, config in FAMILIES.items():
+        if only and name not in only:
+            continue
         torch.manual_seed(0)
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         model.eval()
@@ -83,14 +107,19 @@ def main(out: Path) -> None:
         mask = torch.tensor(ATTENTION_MASK)
         with torch.no_grad():
             base = model(input_ids=ids, attention_mask=mask).logits
-        lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False, lora_dropout=0.0)
+        targets = LORA_TARGETS.get(name, ["q_proj", "v_proj"])
+        lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False, lora_dropout=0.0)
         adapted_model = peft.get_peft_model(model, lora)
         adapted_model.eval()
         with torch.no_grad():
             adapted = adapted_model(input_ids=ids, attention_mask=mask).logits
         adapted_model.save_pretrained(directory / "lora")
         (directory / "lora" / "README.md").unlink()  # PEFT's model-card template
-        save_file({"logits": base.contiguous(), "logits_lora": adapted.contiguous()}, str(directory / "expected.safetensors"))
+        expected = {"logits": base.contiguous(), "logits_lora": adapted.contiguous()}
+        if name == "phi3":
+            model = adapted_model.unload()  # the base model again, without the LoRA layers
+            expected["logits_dora"] = fused_dora(model, ids, mask, directory / "dora")
+        save_file(expected, str(directory / "expected.safetensors"))
         (directory / "inputs.json").write_text(
             json.dumps(
                 {
@@ -104,5 +133,31 @@ def main(out: Path) -> None:
         print(f"{name}: {sum(p.numel() for p in model.parameters())} parameters -> {directory}")
 
 
+def fused_dora(model, ids, mask, directory: Path) -> torch.Tensor:
+    """A DoRA on both fused linears, rank 4 on qkv_proj and 2 on gate_up_proj (alpha 8 and 3),
+    with magnitudes away from the weight norms, saved to `directory`; its logits."""
+    config = peft.LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["qkv_proj", "gate_up_proj"],
+        rank_pattern={"gate_up_proj": 2},
+        alpha_pattern={"gate_up_proj": 3},
+        use_dora=True,
+        init_lora_weights=False,
+        lora_dropout=0.0,
+    )
+    adapted_model = peft.get_peft_model(model, config)
+    adapted_model.eval()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for pname, p in adapted_model.named_parameters():
+            if "lora_magnitude_vector" in pname:
+                p.mul_(1.0 + 0.3 * torch.randn_like(p))
+        logits = adapted_model(input_ids=ids, attention_mask=mask).logits
+    adapted_model.save_pretrained(directory)
+    (directory / "README.md").unlink()
+    return logits.contiguous()
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2:])

@@ -7,7 +7,7 @@ use burn::prelude::*;
 
 use super::generate::DecoderSource;
 use super::{Command, RunArgs, SpecFromArgs, check_method_list};
-use crate::adapters::{AdapterConfig, Method, MethodConfig, TargetModules, closed_form, select_targets};
+use crate::adapters::{AdapterConfig, Method, MethodConfig, TargetModules, closed_form, select_targets_fused};
 use crate::data::Format;
 use crate::error::{Error, Result};
 use crate::models::Family;
@@ -316,11 +316,26 @@ fn info(model: &str, rank: usize, targets: Option<Vec<String>>) -> Result<()> {
     let info = family.info(model, &Device::flex())?;
     println!("{}\nparameters: {}\n\nlinear modules (d_in -> d_out):", info.description, info.params);
     for (path, d_in, d_out) in &info.linears {
-        println!("  {path}  {d_in} -> {d_out}");
+        match info.fused.get(path) {
+            Some(f) => println!("  {path}  {d_in} -> {d_out}  (rows {}..{} of {})", f.start, f.start + d_out, f.module),
+            None => println!("  {path}  {d_in} -> {d_out}"),
+        }
+    }
+    if let Some(f) = info.fused.values().next() {
+        let leaf = |p: &str| p.rsplit('.').next().unwrap_or(p).to_string();
+        let mut fused: Vec<String> = info.fused.values().map(|f| leaf(&f.module)).collect();
+        fused.sort();
+        fused.dedup();
+        println!(
+            "\nthe checkpoint stores {} fused (e.g. {}); replora holds their row blocks as the linears above: \
+             target a block by its name, or the fused name for all its blocks; PEFT files use the fused names",
+            fused.join(", "),
+            f.module
+        );
     }
     let count = |config: AdapterConfig, names: &[String]| -> Result<usize> {
         let config = AdapterConfig { r: rank, target_modules: TargetModules::Names(names.to_vec()), ..config };
-        Ok(closed_form(&config, &select_targets(&config, &info.linears)?))
+        Ok(closed_form(&config, &select_targets_fused(&config, &info.linears, &info.fused)?))
     };
     let percent = |n: usize| 100.0 * n as f64 / info.params as f64;
     let low_rank = targets.clone().unwrap_or(info.default_targets);

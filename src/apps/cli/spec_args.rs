@@ -219,8 +219,8 @@ pub struct MethodArgs {
     /// Dropout on the adapter input (lora, dora, replora, adapter) [default: 0]
     #[arg(long, value_parser = number(Range::Probability), allow_negative_numbers = true, help_heading = "Method")]
     pub dropout: Option<f64>,
-    /// Linear modules to adapt: names matched exactly or as path suffixes (PEFT target_modules).
-    /// Default: the attention query and value (`query,value` for BERT, `q_proj,v_proj` for
+    /// Linear modules to adapt: names matched exactly or as path suffixes (PEFT target_modules;
+    /// a fused linear's name, Phi-3's qkv_proj or gate_up_proj, selects its blocks). Default: the attention query and value (`query,value` for BERT, `q_proj,v_proj` for
     /// LLaMA); for --method adapter the attention and feed-forward output projections.
     #[arg(long, value_delimiter = ',', help_heading = "Method")]
     pub targets: Option<Vec<String>>,
