@@ -281,7 +281,9 @@ fn a_checkpoint_moves_between_wgpu_and_the_cpu_and_exports_alike() {
         assert_eq!(resumed.len(), expected.len(), "{first} then {then}");
         let excess = excess(&losses(&resumed), &losses(&expected), RELATIVE, |_| 0.0);
         assert!(excess <= 1.0, "{first} then {then}: the losses differ by {excess:.2} x the tolerance");
-        let summary = |dir: &str| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(Path::new(dir).join("summary.json")).unwrap()).unwrap() };
+        let summary = |dir: &str| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(Path::new(dir).join("summary.json")).unwrap()).unwrap()
+        };
         assert_eq!(summary(&out)["test"]["accuracy"], summary(&whole)["test"]["accuracy"], "{first} then {then}");
     }
 
@@ -290,7 +292,8 @@ fn a_checkpoint_moves_between_wgpu_and_the_cpu_and_exports_alike() {
     let on_wgpu = f.path("on-wgpu");
     run_ok(&with_device(&on_wgpu, "wgpu"));
     let files = |dir: &str| {
-        let mut names: Vec<String> = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
         names.sort();
         names
     };
