@@ -13,7 +13,7 @@ use replora::adapters::{Adaptable, AdapterConfig, Deltas, Method, PeftModel, Tar
 use replora::models::Architecture;
 use replora::models::bert::{Bert, BertConfig, Pooling, pool};
 use replora::weights::tensors;
-use support::{Batch, max_abs_diff, minilm_dir, tiny_bert, tokenize};
+use support::{Batch, edit_config, max_abs_diff, minilm_dir, tiny_bert, tokenize};
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| p * q).sum::<f32>();
@@ -192,13 +192,6 @@ fn prefixed_and_gamma_beta_checkpoints_load_alike() {
 
 fn load_err(dir: &Path) -> Error {
     Bert::load(dir, "", &Device::flex()).expect_err("load must fail")
-}
-
-fn edit_config(dir: &Path, key: &str, value: serde_json::Value) {
-    let path = dir.join("config.json");
-    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    config[key] = value;
-    std::fs::write(path, config.to_string()).unwrap();
 }
 
 #[test]

@@ -9,7 +9,6 @@ mod support;
 
 use std::process::Command;
 
-use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use replora::adapters::{AdapterConfig, Method, PeftModel, TargetModules};
 use replora::models::Architecture;
@@ -17,7 +16,7 @@ use replora::models::dinov2::Dinov2;
 use replora::tasks::heads::ClassifierModel;
 use replora::tasks::image_classification::{ImageClassifier, ImagePooling};
 use replora::weights::{HostTensor, tensors};
-use support::{max_abs_diff, python, tiny_dinov2};
+use support::{max_abs_diff, python, tiny_dinov2, trained_image_classifier as trained};
 
 /// Deterministic pixels in about [-2, 2] (ImageNet-normalized range), `[batch, 3, size, size]`.
 fn pixels(batch: usize, size: usize, seed: u64) -> HostTensor {
@@ -79,17 +78,6 @@ fn adapters() -> Vec<(&'static str, AdapterConfig)> {
         .into_iter()
         .map(|(name, m)| (name, AdapterConfig { method: m.defaults(), r: 2, ..Default::default() }))
         .collect()
-}
-
-/// A classifier whose adapter and head moved off their init (a few AdamW steps).
-fn trained(model: Dinov2, config: &AdapterConfig, pooling: ImagePooling, input: &Tensor<4>) -> ImageClassifier {
-    let mut classifier = ImageClassifier::new(PeftModel::new(model, config).unwrap(), 3, pooling, 1);
-    let mut optim = AdamWConfig::new().init();
-    for _ in 0..3 {
-        let loss = classifier.logits(input, true).square().mean();
-        classifier = optim.step(5e-2, classifier.clone(), GradientsParams::from_grads(loss.backward(), &classifier));
-    }
-    classifier
 }
 
 #[test]

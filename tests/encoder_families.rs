@@ -169,13 +169,7 @@ fn roberta_token_types_are_its_one_row() {
 
 /// Writes a copy of `name`'s model with `config.json`'s `key` set to `value`.
 fn with_config(root: &Path, name: &str, key: &str, value: serde_json::Value) -> PathBuf {
-    let dir = root.join(format!("{name}-{key}"));
-    support::copy_dir(&fixture(name).join("model"), &dir);
-    let path = dir.join("config.json");
-    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    config[key] = value;
-    std::fs::write(&path, config.to_string()).unwrap();
-    dir
+    support::copy_with_config(&fixture(name).join("model"), &root.join(format!("{name}-{key}")), key, value)
 }
 
 #[test]

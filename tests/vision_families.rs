@@ -11,7 +11,6 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::optim::{AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use replora::adapters::{Adaptable, AdapterConfig, Deltas, Method, PeftModel, TargetModules};
 use replora::formats::peft::{self, PeftInfo};
@@ -100,13 +99,7 @@ fn each_family_is_detected_and_equals_transformers_base_and_with_a_peft_lora_ada
 fn trained(model: Dinov2, method: Method, pooling: ImagePooling, input: &Tensor<4>) -> ImageClassifier {
     let targets = model.targets_of(method).iter().map(|t| t.to_string()).collect();
     let config = AdapterConfig { method: method.defaults(), r: 2, target_modules: TargetModules::Names(targets), ..Default::default() };
-    let mut classifier = ImageClassifier::new(PeftModel::new(model, &config).unwrap(), 3, pooling, 1);
-    let mut optim = AdamWConfig::new().init();
-    for _ in 0..3 {
-        let loss = classifier.logits(input, true).square().mean();
-        classifier = optim.step(5e-2, classifier.clone(), GradientsParams::from_grads(loss.backward(), &classifier));
-    }
-    classifier
+    support::trained_image_classifier(model, &config, pooling, input)
 }
 
 /// replora's own PEFT export of a trained LoRA and of a trained RepLoRA (as the LoRA it
@@ -204,13 +197,7 @@ fn a_full_clip_directory_is_read_as_its_vision_tower() {
 
 /// Writes a copy of `name`'s model with `config.json`'s `key` set to `value`.
 fn with_config(root: &Path, name: &str, key: &str, value: serde_json::Value) -> PathBuf {
-    let dir = root.join(format!("{name}-{key}"));
-    support::copy_dir(&fixture(name).join("model"), &dir);
-    let path = dir.join("config.json");
-    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    config[key] = value;
-    std::fs::write(&path, config.to_string()).unwrap();
-    dir
+    support::copy_with_config(&fixture(name).join("model"), &root.join(format!("{name}-{key}")), key, value)
 }
 
 #[test]

@@ -328,6 +328,42 @@ pub fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// An image classifier (3 labels) on `model` with `config`'s adapter, whose adapter and head
+/// moved off their init: a few AdamW steps on `input`.
+pub fn trained_image_classifier(
+    model: replora::models::dinov2::Dinov2,
+    config: &replora::adapters::AdapterConfig,
+    pooling: replora::tasks::image_classification::ImagePooling,
+    input: &Tensor<4>,
+) -> replora::tasks::image_classification::ImageClassifier {
+    use burn::optim::{AdamWConfig, GradientsParams};
+    use replora::adapters::PeftModel;
+    use replora::tasks::heads::ClassifierModel;
+    use replora::tasks::image_classification::ImageClassifier;
+    let mut classifier = ImageClassifier::new(PeftModel::new(model, config).unwrap(), 3, pooling, 1);
+    let mut optim = AdamWConfig::new().init();
+    for _ in 0..3 {
+        let loss = classifier.logits(input, true).square().mean();
+        classifier = optim.step(5e-2, classifier.clone(), GradientsParams::from_grads(loss.backward(), &classifier));
+    }
+    classifier
+}
+
+/// Sets `config.json`'s `key` to `value` in the model directory `dir`.
+pub fn edit_config(dir: &Path, key: &str, value: serde_json::Value) {
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config[key] = value;
+    std::fs::write(path, config.to_string()).unwrap();
+}
+
+/// A copy of the model directory `model` at `to`, with `config.json`'s `key` set to `value`.
+pub fn copy_with_config(model: &Path, to: &Path, key: &str, value: serde_json::Value) -> PathBuf {
+    copy_dir(model, to);
+    edit_config(to, key, value);
+    to.to_path_buf()
+}
+
 /// Copies the directory tree `from` to `to`.
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
