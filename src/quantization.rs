@@ -263,9 +263,18 @@ impl QuantizedMatrix {
     /// The matrix with its rows reordered: row `i` of the result is row `order[i]` of this one.
     pub fn permute_rows(&self, order: &[usize]) -> Self {
         assert_eq!(order.len(), self.rows, "a row order of the wrong length");
-        let codes = order.iter().flat_map(|&i| self.row(i).0).copied().collect();
-        let params = order.iter().flat_map(|&i| self.row(i).1).copied().collect();
-        Self { codes, params, ..*self }
+        self.gather_rows(order)
+    }
+
+    /// Rows `start..end` as a matrix of their own (one block of a fused projection).
+    pub fn row_block(&self, start: usize, end: usize) -> Self {
+        self.gather_rows(&(start..end).collect::<Vec<_>>())
+    }
+
+    fn gather_rows(&self, rows: &[usize]) -> Self {
+        let codes = rows.iter().flat_map(|&i| self.row(i).0).copied().collect();
+        let params = rows.iter().flat_map(|&i| self.row(i).1).copied().collect();
+        Self { codes, params, rows: rows.len(), ..*self }
     }
 }
 

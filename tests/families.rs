@@ -15,10 +15,11 @@ use std::path::{Path, PathBuf};
 use burn::module::Param;
 use burn::prelude::*;
 use replora::adapters::set::NamedParams;
-use replora::adapters::{Adaptable, AdapterConfig, Deltas, FusedRows, Method, PeftModel, TargetModules};
+use replora::adapters::{Adaptable, AdapterConfig, BaseWeight, Deltas, FusedRows, Method, PeftModel, TargetModules};
 use replora::formats::peft::{self, PeftInfo};
 use replora::models::llama::{Llama, Variant};
 use replora::models::{Architecture, Family};
+use replora::weights::gguf::Gguf;
 use replora::weights::{HostTensor, tensors};
 
 const FAMILIES: [(&str, Variant); 5] = [
@@ -156,6 +157,69 @@ fn unsupported_family_settings_are_named() {
         let e = Llama::load(&dir, &device).unwrap_err().to_string();
         assert!(e.contains(expected) && e.contains("config.json"), "{name}: {e}");
     }
+}
+
+/// The decoders as llama.cpp's own converter writes them (`model.gguf`, f32, made by
+/// `scripts/make-family-fixtures` with the llama.cpp that llama-cpp-python 0.3.36 vendors): Qwen2
+/// and Qwen3 under their own architectures (rows not permuted, Qwen2's biases, Qwen3's q/k norms
+/// and head size), Phi-3 with its fused `attn_qkv` and `ffn_up`, partial rotary embedding and
+/// window, each equal to transformers base and with the PEFT LoRA; Mistral, which the converter
+/// writes as `llama` (q/k rows permuted, the sliding window dropped, as llama.cpp then runs it),
+/// equal to the Hugging Face directory where the window changes nothing.
+#[test]
+fn each_decoder_converted_by_llama_cpp_loads_from_gguf() {
+    let device = Device::flex();
+    for name in ["qwen2", "qwen3", "phi3"] {
+        let dir = fixture(name);
+        let gguf = dir.join("model.gguf");
+        assert_eq!(Family::detect(gguf.to_str().unwrap()), Some(Family::Llama), "{name}");
+        let model = Llama::load(&gguf, &device).unwrap();
+        assert_eq!(model.config.variant(), Llama::load(&dir.join("model"), &device).unwrap().config.variant(), "{name}");
+        let (inputs, (expected, _)) = (inputs(&dir), tensors::read(&dir.join("expected.safetensors")).unwrap());
+        let base = difference(&logits(&model, &inputs, &Deltas::none(), &device), &expected["logits"].data, &inputs);
+        assert!(base < 1e-4, "{name}: the GGUF's logits differ from transformers' by {base} (relative)");
+        let adapted = peft::import(model, &dir.join("lora")).unwrap();
+        let lora = difference(&logits(&adapted.model, &inputs, &adapted.deltas(), &device), &expected["logits_lora"].data, &inputs);
+        assert!(lora < 1e-4, "{name}: the GGUF with the PEFT LoRA differs from PEFT's logits by {lora} (relative)");
+        eprintln!("{name}: GGUF logits within {base:.1e} of transformers', with the PEFT LoRA {lora:.1e}");
+    }
+
+    let dir = fixture("mistral");
+    let window = Llama::load(&dir.join("model"), &device).unwrap().config.sliding_window.unwrap();
+    let mut inputs = inputs(&dir);
+    inputs.ids.iter_mut().for_each(|row| row.truncate(window));
+    inputs.mask.iter_mut().for_each(|row| row.truncate(window));
+    let from_gguf = Llama::load(&dir.join("model.gguf"), &device).unwrap();
+    assert_eq!(from_gguf.config.variant(), Variant::Llama);
+    let from_dir = Llama::load(&dir.join("model"), &device).unwrap();
+    let (ours, theirs) = (logits(&from_gguf, &inputs, &Deltas::none(), &device), logits(&from_dir, &inputs, &Deltas::none(), &device));
+    let apart = relative(&ours, &theirs);
+    assert!(apart < 1e-5, "mistral: the GGUF differs from the directory by {apart}");
+    eprintln!("mistral: GGUF logits within {apart:.1e} of the directory's over the first {window} tokens");
+}
+
+/// Phi-3 converted to Q8_0: its fused matrices are read block-quantized, each block of rows a
+/// quantized linear of its own, and give the logits of the same file widened to f32 (so the
+/// blocks are the right rows); those are within Q8_0's rounding of transformers'.
+#[test]
+fn phi3_quantized_gguf_keeps_its_fused_blocks_quantized() {
+    let device = Device::flex();
+    let (dir, inputs, expected) = phi3();
+    let file = dir.join("model-q8_0.gguf");
+    let model = Llama::load(&file, &device).unwrap();
+    let attention = &model.layers[0].self_attn;
+    for linear in [&attention.q_proj, &attention.k_proj, &attention.v_proj, &model.layers[0].mlp.up_proj] {
+        assert!(matches!(linear.weight, BaseWeight::Quantized(_)), "{} is not quantized", linear.path);
+    }
+    let gguf = Gguf::open(&file).unwrap();
+    let config = replora::models::llama::LlamaConfig::from_value(gguf.llama_config().unwrap(), &file).unwrap();
+    let widened = Llama::from_tensors(config, &mut gguf.llama_tensors().unwrap(), &file, &device).unwrap();
+    let quantized = logits(&model, &inputs, &Deltas::none(), &device);
+    let same_values = relative(&quantized, &logits(&widened, &inputs, &Deltas::none(), &device));
+    assert!(same_values < 1e-5, "kept quantized and widened to f32, the file gives logits {same_values} apart");
+    let rounding = difference(&quantized, &expected["logits"].data, &inputs);
+    assert!(rounding > 1e-6 && rounding < 0.1, "Q8_0 logits differ from transformers' by {rounding} (relative)");
+    eprintln!("phi3 Q8_0: logits within {same_values:.1e} of the file widened to f32, {rounding:.1e} of transformers'");
 }
 
 /// A checkpoint in shards (transformers' `save_pretrained` with `max_shard_size`: three

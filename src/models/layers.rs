@@ -38,17 +38,33 @@ impl ReadLayers for Reader<'_> {
 
     fn fused_linears(&mut self, name: &str, d_in: usize, parts: &[(&str, usize)], bias: bool) -> Result<Vec<AdaptedLinear>> {
         let total: usize = parts.iter().map(|(_, rows)| rows).sum();
-        let weight = self.take(&format!("{name}.weight"), [total, d_in])?;
+        // A GGUF file's fused matrix may be block-quantized: its blocks of rows stay so.
+        enum Stored {
+            Quantized(crate::quantization::QuantizedMatrix),
+            Dense(HostTensor),
+        }
+        let weight = match self.take_quantized(&format!("{name}.weight"), total, d_in)? {
+            Some(matrix) => Stored::Quantized(matrix),
+            None => Stored::Dense(self.take(&format!("{name}.weight"), [total, d_in])?),
+        };
         let bias = if bias { Some(self.take(&format!("{name}.bias"), [total])?) } else { None };
         let parent = name.rsplit_once('.').map_or("", |(p, _)| p);
         let module = self.module_path(name);
         let mut start = 0;
         let mut out = Vec::with_capacity(parts.len());
         for (part, rows) in parts {
-            let block = HostTensor { shape: vec![*rows, d_in], data: weight.data[start * d_in..(start + rows) * d_in].to_vec() };
             let b = bias.as_ref().map(|b| HostTensor { shape: vec![*rows], data: b.data[start..start + rows].to_vec() });
+            let b = b.map(|b| b.to_tensor(self.device()));
             let path = self.module_path(&if parent.is_empty() { part.to_string() } else { format!("{parent}.{part}") });
-            let linear = AdaptedLinear::new(path, block.transpose().to_tensor(self.device()), b.map(|b| b.to_tensor(self.device())));
+            let linear = match &weight {
+                Stored::Quantized(matrix) => {
+                    AdaptedLinear::quantized(path, FrozenBlocks::new(matrix.row_block(start, start + rows), self.device()), b)
+                }
+                Stored::Dense(weight) => {
+                    let block = HostTensor { shape: vec![*rows, d_in], data: weight.data[start * d_in..(start + rows) * d_in].to_vec() };
+                    AdaptedLinear::new(path, block.transpose().to_tensor(self.device()), b)
+                }
+            };
             out.push(linear.fused_into(FusedRows { module: module.clone(), start, total }));
             start += rows;
         }

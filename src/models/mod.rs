@@ -90,7 +90,7 @@ pub enum Family {
     /// Encoders (`model_type` bert: MiniLM; roberta, xlm-roberta, distilbert; modernbert).
     Bert,
     /// LLaMA-style decoders (`model_type` llama: SmolLM2; qwen2, qwen3, mistral, gemma3_text, phi3),
-    /// from Hugging Face directories, or GGUF files (llama, gemma3).
+    /// from Hugging Face directories, or GGUF files (llama, qwen2, qwen3, phi3, gemma3).
     Llama,
     /// Vision transformers (`model_type` dinov2, vit, clip_vision_model, or a full clip's vision
     /// tower), from Hugging Face directories; DINOv2 also converted once from ONNX.

@@ -1,7 +1,9 @@
 //! The decoder view of a GGUF file: the Hugging Face `config.json` its metadata describes, and
 //! its tensors under Hugging Face names and layouts, for the architectures replora reads
-//! (`llama`, `gemma3`). What llama.cpp's converter changed is undone here: the q/k row
-//! permutation of LLaMA's rotary embedding, and the `+ 1` it adds to Gemma's norm weights.
+//! (`llama`, which Mistral's checkpoints convert to as well, `qwen2`, `qwen3`, `phi3`, `gemma3`).
+//! What llama.cpp's converter changed is undone here: the q/k row permutation of LLaMA's rotary
+//! embedding, and the `+ 1` it adds to Gemma's norm weights. Phi-3's fused `attn_qkv` and
+//! `ffn_up` (gate and up rows) keep their Hugging Face layout (`qkv_proj`, `gate_up_proj`).
 
 use std::collections::BTreeMap;
 
@@ -14,13 +16,21 @@ use crate::weights::HostTensor;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Arch {
     Llama,
+    Qwen2,
+    Qwen3,
+    Phi3,
     Gemma3,
 }
 
 impl Arch {
+    const ALL: [Arch; 5] = [Arch::Llama, Arch::Qwen2, Arch::Qwen3, Arch::Phi3, Arch::Gemma3];
+
     fn key(self) -> &'static str {
         match self {
             Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+            Arch::Phi3 => "phi3",
             Arch::Gemma3 => "gemma3",
         }
     }
@@ -35,11 +45,11 @@ const GEMMA3_27B_LAYERS: u64 = 62;
 
 impl Gguf {
     fn arch(&self) -> Result<Arch> {
-        match self.get("general.architecture")?.as_str().unwrap_or("") {
-            "llama" => Ok(Arch::Llama),
-            "gemma3" => Ok(Arch::Gemma3),
-            other => Err(Error::format(&self.path, format!("architecture {other:?} is not supported (llama, gemma3 are)"))),
-        }
+        let name = self.get("general.architecture")?.as_str().unwrap_or("");
+        Arch::ALL.into_iter().find(|a| a.key() == name).ok_or_else(|| {
+            let known: Vec<&str> = Arch::ALL.iter().map(|a| a.key()).collect();
+            Error::format(&self.path, format!("architecture {name:?} is not supported ({} are)", known.join(", ")))
+        })
     }
 
     /// `{arch}.{key}` of the metadata.
@@ -62,9 +72,15 @@ impl Gguf {
             None => self.get("tokenizer.ggml.tokens")?.as_array().map_or(0, |t| t.len() as u64),
         };
         let head_dim = self.arch_value(arch, "attention.key_length").and_then(Value::as_u64).unwrap_or(hidden / heads.max(1));
-        let rope_dims = self.arch_value(arch, "rope.dimension_count").and_then(Value::as_u64);
-        if rope_dims.is_some_and(|d| d != head_dim) {
-            return Err(Error::format(&self.path, "partial rotary embeddings (rope.dimension_count != head size) are not supported"));
+        let rope_dims = self.arch_value(arch, "rope.dimension_count").and_then(Value::as_u64).unwrap_or(head_dim);
+        if rope_dims != head_dim && arch != Arch::Phi3 {
+            return Err(Error::format(
+                &self.path,
+                format!("partial rotary embeddings (rope.dimension_count {rope_dims} != head size {head_dim}) are supported for phi3 only"),
+            ));
+        }
+        if let Some(t) = self.tensors.iter().find(|t| t.name.starts_with("rope_factors")) {
+            return Err(Error::format(&self.path, format!("{}: longrope RoPE scaling is not supported", t.name)));
         }
         let mut config = serde_json::json!({
             "vocab_size": vocab,
@@ -80,6 +96,17 @@ impl Gguf {
         });
         let extra = match arch {
             Arch::Llama => serde_json::json!({"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_act": "silu"}),
+            Arch::Qwen2 => serde_json::json!({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_act": "silu"}),
+            Arch::Qwen3 => serde_json::json!({
+                "model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "hidden_act": "silu", "head_dim": head_dim,
+            }),
+            Arch::Phi3 => serde_json::json!({
+                "model_type": "phi3",
+                "architectures": ["Phi3ForCausalLM"],
+                "hidden_act": "silu",
+                "partial_rotary_factor": rope_dims as f64 / head_dim as f64,
+                "sliding_window": self.arch_value(arch, "attention.sliding_window").and_then(Value::as_u64),
+            }),
             Arch::Gemma3 => {
                 let types: Vec<&str> =
                     (1..=layers).map(|i| if i % GEMMA3_GLOBAL_EVERY == 0 { "full_attention" } else { "sliding_attention" }).collect();
@@ -186,18 +213,21 @@ fn hf_name(arch: Arch, gguf: &str) -> Option<String> {
         ("attn_v", _) => "self_attn.v_proj",
         ("attn_output", _) => "self_attn.o_proj",
         ("ffn_gate", _) => "mlp.gate_proj",
+        // Phi-3's `ffn_up` holds the gate rows, then the up rows.
+        ("ffn_up", Arch::Phi3) => "mlp.gate_up_proj",
         ("ffn_up", _) => "mlp.up_proj",
         ("ffn_down", _) => "mlp.down_proj",
         ("attn_norm", _) => "input_layernorm",
         // LLaMA's norm before the feed-forward is Hugging Face's `post_attention_layernorm`;
         // Gemma's is `pre_feedforward_layernorm`, and its `post_attention_layernorm` is the
         // attention output's norm.
-        ("ffn_norm", Arch::Llama) => "post_attention_layernorm",
         ("ffn_norm", Arch::Gemma3) => "pre_feedforward_layernorm",
+        ("ffn_norm", _) => "post_attention_layernorm",
         ("post_attention_norm", Arch::Gemma3) => "post_attention_layernorm",
         ("post_ffw_norm", Arch::Gemma3) => "post_feedforward_layernorm",
-        ("attn_q_norm", Arch::Gemma3) => "self_attn.q_norm",
-        ("attn_k_norm", Arch::Gemma3) => "self_attn.k_norm",
+        ("attn_q_norm", Arch::Gemma3 | Arch::Qwen3) => "self_attn.q_norm",
+        ("attn_k_norm", Arch::Gemma3 | Arch::Qwen3) => "self_attn.k_norm",
+        ("attn_qkv", Arch::Phi3) => "self_attn.qkv_proj",
         _ => return None,
     };
     Some(format!("model.layers.{layer}.{hf}.{suffix}"))
