@@ -63,6 +63,8 @@ const TEXTS = [
   "fn main() {\n    println!(\"{}\", 1 + 2);\n}\n",
   "Question: What is 2+2?\nChoices: 3; 4; 5\nAnswer: 4",
   "https://example.org/path?query=1&x=y#frag",
+  "I'm sure they'll say it's OK; WE'VE SEEN IT, you'd agree, DON'T you?",
+  "x=(a+b)*c;// comment\n\t\treturn [1,22,333,4444];",
 ];
 
 const llama = await getLlama({ gpu: false, build: "never", skipDownload: true, usePrebuiltBinaries: true, logLevel: LlamaLogLevel.error });

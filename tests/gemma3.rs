@@ -106,38 +106,6 @@ fn token_fixture() -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
-fn ids(value: &serde_json::Value) -> Vec<u32> {
-    value.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
-}
-
-/// Every case's mismatches against llama.cpp, as lines (empty when all agree).
-fn mismatches(tokenizer: &tokenizers::Tokenizer, cases: &[serde_json::Value]) -> Vec<String> {
-    let mut plain = tokenizer.clone();
-    plain.set_encode_special_tokens(true);
-    let mut out = Vec::new();
-    for case in cases {
-        let text = case["text"].as_str().unwrap();
-        let expected = ids(&case["special"]);
-        let ours = tokenizer.encode(text, false).unwrap().get_ids().to_vec();
-        if ours != expected {
-            out.push(format!("{text:?}: ids {ours:?}, llama.cpp {expected:?}"));
-        }
-        let with_bos = tokenizer.encode(text, true).unwrap().get_ids().to_vec();
-        if with_bos != [vec![2], expected.clone()].concat() {
-            out.push(format!("{text:?}: with special tokens {with_bos:?}, expected <bos> (2) + llama.cpp's"));
-        }
-        let ours_plain = plain.encode(text, false).unwrap().get_ids().to_vec();
-        if ours_plain != ids(&case["plain"]) {
-            out.push(format!("{text:?}: control tokens as text: ids {ours_plain:?}, llama.cpp {:?}", ids(&case["plain"])));
-        }
-        let decoded = tokenizer.decode(&expected, true).unwrap();
-        if decoded != case["decoded"].as_str().unwrap() {
-            out.push(format!("{text:?}: decoded {decoded:?}, llama.cpp {:?}", case["decoded"]));
-        }
-    }
-    out
-}
-
 #[test]
 fn gemma3_tokenizer_equals_llama_cpp() {
     let fixture = token_fixture();
@@ -151,7 +119,7 @@ fn gemma3_tokenizer_equals_llama_cpp() {
     eprintln!("tokenizer built in {:.2} s", start.elapsed().as_secs_f64());
     let cases = fixture["cases"].as_array().unwrap();
     assert!(cases.len() >= 25);
-    let bad = mismatches(&tokenizer, cases);
+    let bad = support::llama_cpp_token_mismatches(&tokenizer, cases, Some(2));
     assert!(bad.is_empty(), "{} differences from llama.cpp over {} strings:\n{}", bad.len(), cases.len(), bad.join("\n"));
 
     // Saved as tokenizer.json (what `merge` writes beside a model) and read back, it still agrees.
@@ -159,6 +127,6 @@ fn gemma3_tokenizer_equals_llama_cpp() {
     let file = dir.path().join("tokenizer.json");
     tokenizer.save(&file, false).unwrap();
     let reread = replora::data::tokenize::read_hf_tokenizer(Path::new(&file)).unwrap();
-    let bad = mismatches(&reread, cases);
+    let bad = support::llama_cpp_token_mismatches(&reread, cases, Some(2));
     assert!(bad.is_empty(), "after saving and reading tokenizer.json:\n{}", bad.join("\n"));
 }

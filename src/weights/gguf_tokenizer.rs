@@ -1,12 +1,16 @@
 //! The tokenizer a GGUF file carries in its `tokenizer.ggml.*` metadata, as a Hugging Face
 //! `tokenizers::Tokenizer` that tokenizes as llama.cpp does:
 //!
-//! - `gpt2`: byte-level BPE (vocabulary and merges; SmolLM2);
+//! - `gpt2`: byte-level BPE (vocabulary and merges; SmolLM2), split first as the file's
+//!   `tokenizer.ggml.pre` says (SmolLM2's, GPT-2's, Qwen2's or LLaMA 3's pattern);
 //! - `llama`: SentencePiece BPE (vocabulary and scores, no merges; Gemma 3). SentencePiece merges
 //!   the adjacent pair whose concatenation is the highest-scoring piece until none is in the
 //!   vocabulary; the same result comes from BPE merges ranked by that score (what transformers'
 //!   `SpmConverter` builds), spaces written `▁` (U+2581) and characters outside the vocabulary
-//!   as their UTF-8 bytes (`<0xNN>` tokens).
+//!   as their UTF-8 bytes (`<0xNN>` tokens). With `tokenizer.ggml.add_space_prefix` (LLaMA 2,
+//!   Mistral, Phi-3; llama.cpp's default) each stretch of text gets a leading space, as
+//!   llama.cpp prefixes every text fragment that starts the input or follows an added token,
+//!   and decoding drops it again.
 //!
 //! Both: control tokens match as special tokens (llama.cpp's `parse_special`, dropped when
 //! decoding with `skip_special_tokens`), user-defined ones as plain added tokens, on the raw text
@@ -20,10 +24,13 @@ use std::path::Path;
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence;
+use tokenizers::decoders::strip::Strip;
 use tokenizers::models::bpe::{BPE, Vocab};
+use tokenizers::normalizers::prepend::Prepend;
 use tokenizers::normalizers::replace::Replace;
 use tokenizers::processors::template::{SpecialToken, TemplateProcessing};
 use tokenizers::{AddedToken, DecoderWrapper, Tokenizer};
+use tokenizers::{NormalizerWrapper, normalizers};
 
 use super::gguf::Value;
 use crate::error::{Error, Result};
@@ -36,6 +43,17 @@ const BYTE: u64 = 6;
 
 /// SentencePiece's word-boundary mark, which stands for a space.
 const SPACE_MARK: &str = "\u{2581}";
+
+/// llama.cpp's split before byte-level BPE for Qwen2 and Qwen3 (`tokenizer.ggml.pre` `qwen2`):
+/// contractions, letters with one leading non-letter, single digits, punctuation runs, newlines
+/// and spaces.
+const QWEN2_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// llama.cpp's `clean_spaces` when decoding, in its order: the space before `?!.,`, around a lone
+/// `'`, and before `'s`, `'m`, `'re`, `'ve`.
+const CLEANED_SPACES: [(&str, &str); 9] =
+    [(" ?", "?"), (" !", "!"), (" .", "."), (" ,", ","), (" ' ", "'"), (" 's", "'s"), (" 'm", "'m"), (" 're", "'re"), (" 've", "'ve")];
+/// LLaMA 3's (`llama-bpe`): Qwen2's with up to three digits a piece.
+const LLAMA3_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// The tokenizer of a GGUF file's metadata (`path` is named in errors).
 pub fn tokenizer(metadata: &BTreeMap<String, Value>, path: &Path) -> Result<Tokenizer> {
@@ -126,7 +144,30 @@ fn byte_level_bpe(meta: &Metadata, tokens: &[&str], types: &[u64]) -> Result<Tok
             serde_json::json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]})
         }
         "default" | "gpt-2" | "gpt2" => byte_level,
-        other => return Err(meta.error(format!("tokenizer pre-tokenizer {other:?} is not supported (smollm, gpt2, default are)"))),
+        "qwen2" | "llama-bpe" | "llama3" => {
+            let pattern = if pre == "qwen2" { QWEN2_SPLIT } else { LLAMA3_SPLIT };
+            let split = serde_json::json!({"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false});
+            let bytes = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false});
+            serde_json::json!({"type": "Sequence", "pretokenizers": [split, bytes]})
+        }
+        other => {
+            return Err(
+                meta.error(format!("tokenizer pre-tokenizer {other:?} is not supported (smollm, gpt2, default, qwen2, llama-bpe are)"))
+            );
+        }
+    };
+    // LLaMA 3's vocabulary (llama.cpp: `ignore_merges`, `clean_spaces`) takes a word that is a
+    // token whole, and decoding drops the space before `?!.,` and some contractions.
+    let llama3 = matches!(pre, "llama-bpe" | "llama3");
+    let byte_level_decoder = serde_json::json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true});
+    let decoder = match llama3 {
+        false => byte_level_decoder,
+        true => {
+            let replace = |from: &str, to: &str| serde_json::json!({"type": "Replace", "pattern": {"String": from}, "content": to});
+            let mut steps = vec![byte_level_decoder, serde_json::json!({"type": "Fuse"})];
+            steps.extend(CLEANED_SPACES.iter().map(|(from, to)| replace(from, to)));
+            serde_json::json!({"type": "Sequence", "decoders": steps})
+        }
     };
     let json = serde_json::json!({
         "version": "1.0",
@@ -136,9 +177,9 @@ fn byte_level_bpe(meta: &Metadata, tokens: &[&str], types: &[u64]) -> Result<Tok
         "normalizer": null,
         "pre_tokenizer": pre_tokenizer,
         "post_processor": null,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "decoder": decoder,
         "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges},
+                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": llama3, "vocab": vocab, "merges": merges},
     });
     json.to_string().parse::<Tokenizer>().map_err(|e| meta.error(format!("cannot build the tokenizer: {e}")))
 }
@@ -149,13 +190,8 @@ fn sentencepiece_bpe(meta: &Metadata, tokens: &[&str], types: &[u64]) -> Result<
     if pre != "default" {
         return Err(meta.error(format!("SentencePiece pre-tokenizer {pre:?} is not supported (only \"default\")")));
     }
-    // llama.cpp's default for SentencePiece (LLaMA 1/2's " " before the text) is true; only
-    // files that turn it off (Gemma) are read for now.
-    if meta.flag("tokenizer.ggml.add_space_prefix")?.unwrap_or(true) {
-        return Err(meta.error(
-            "tokenizer.ggml.add_space_prefix is true (or missing): a SentencePiece vocabulary that prefixes a space is not supported yet",
-        ));
-    }
+    // llama.cpp's default for SentencePiece (LLaMA 1/2's " " before the text) is true.
+    let space_prefix = meta.flag("tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
     let scores: Vec<f32> = meta
         .array("tokenizer.ggml.scores")?
         .iter()
@@ -177,12 +213,18 @@ fn sentencepiece_bpe(meta: &Metadata, tokens: &[&str], types: &[u64]) -> Result<
     let bpe = builder.build().map_err(|e| meta.error(format!("cannot build the SentencePiece tokenizer: {e}")))?;
     let mut tokenizer = Tokenizer::new(bpe);
     let replace = |from: &str, to: &str| Replace::new(from, to).expect("a literal pattern");
-    tokenizer.with_normalizer(Some(replace(" ", SPACE_MARK))).map_err(|e| meta.error(e))?;
-    let decoders = vec![
+    let mut normalizers = vec![NormalizerWrapper::Replace(replace(" ", SPACE_MARK))];
+    let mut decoders = vec![
         DecoderWrapper::Replace(replace(SPACE_MARK, " ")),
         DecoderWrapper::ByteFallback(ByteFallback::new()),
         DecoderWrapper::Fuse(Fuse::new()),
     ];
+    if space_prefix {
+        // Normalizers run on each stretch of text between added tokens, as llama.cpp prefixes.
+        normalizers.insert(0, NormalizerWrapper::Prepend(Prepend::new(SPACE_MARK.into())));
+        decoders.push(DecoderWrapper::Strip(Strip::new(' ', 1, 0)));
+    }
+    tokenizer.with_normalizer(Some(normalizers::Sequence::new(normalizers))).map_err(|e| meta.error(e))?;
     tokenizer.with_decoder(Some(Sequence::new(decoders)));
     let added = |kinds: &[u64], special: bool| -> Vec<AddedToken> {
         let chosen = tokens.iter().zip(types).filter(|(_, kind)| kinds.contains(kind));
@@ -408,10 +450,22 @@ mod tests {
     }
 
     #[test]
+    fn a_space_prefix_starts_each_stretch_of_text() {
+        let vocab = tiny_vocab();
+        let t = tokenizer(&metadata(&vocab, &[("tokenizer.ggml.add_space_prefix", Value::Bool(true))]), Path::new("tiny.gguf")).unwrap();
+        let id = |s: &str| t.token_to_id(s).unwrap();
+        assert_eq!(ids(&t, "ab", false), [id("\u{2581}ab")]);
+        // After an added token as well (llama.cpp prefixes every text fragment after one).
+        assert_eq!(ids(&t, "ab\nab", false), [id("\u{2581}ab"), id("\n"), id("\u{2581}ab")]);
+        assert_eq!(ids(&t, "", false), [] as [u32; 0]);
+        assert_eq!(ids(&t, "ab", true), [2, id("\u{2581}ab")]);
+        assert_eq!(t.decode(&ids(&t, "ab c", false), true).unwrap(), "ab c", "decoding drops the prefix");
+    }
+
+    #[test]
     fn unsupported_settings_are_named() {
         let vocab = tiny_vocab();
         let err = |extra: &[(&str, Value)]| tokenizer(&metadata(&vocab, extra), Path::new("tiny.gguf")).unwrap_err().to_string();
-        assert!(err(&[("tokenizer.ggml.add_space_prefix", Value::Bool(true))]).contains("add_space_prefix"));
         assert!(err(&[("tokenizer.ggml.model", Value::String("bert".into()))]).contains("\"bert\""));
         assert!(err(&[("tokenizer.ggml.pre", Value::String("gemma4".into()))]).contains("\"gemma4\""));
         assert!(err(&[("tokenizer.ggml.scores", Value::Array(vec![]))]).contains("tokenizer.ggml.scores has 0 entries"));

@@ -419,3 +419,37 @@ pub fn files_with_extension(dir: &Path, extension: &str) -> Vec<PathBuf> {
     }
     out
 }
+
+fn token_ids(value: &serde_json::Value) -> Vec<u32> {
+    value.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+}
+
+/// Every case's mismatches against llama.cpp (the cases `bench/tokenize_llamacpp.mjs` writes), as
+/// lines, empty when all agree: the ids with control tokens recognized and read as text, the ids
+/// with special tokens added (`bos` first, when the file adds one), and the decoded text.
+pub fn llama_cpp_token_mismatches(tokenizer: &tokenizers::Tokenizer, cases: &[serde_json::Value], bos: Option<u32>) -> Vec<String> {
+    let mut plain = tokenizer.clone();
+    plain.set_encode_special_tokens(true);
+    let mut out = Vec::new();
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let expected = token_ids(&case["special"]);
+        let ours = tokenizer.encode(text, false).unwrap().get_ids().to_vec();
+        if ours != expected {
+            out.push(format!("{text:?}: ids {ours:?}, llama.cpp {expected:?}"));
+        }
+        let with_special = tokenizer.encode(text, true).unwrap().get_ids().to_vec();
+        if with_special != [bos.into_iter().collect(), expected.clone()].concat() {
+            out.push(format!("{text:?}: with special tokens {with_special:?}, expected {bos:?} + llama.cpp's"));
+        }
+        let ours_plain = plain.encode(text, false).unwrap().get_ids().to_vec();
+        if ours_plain != token_ids(&case["plain"]) {
+            out.push(format!("{text:?}: control tokens as text: ids {ours_plain:?}, llama.cpp {:?}", token_ids(&case["plain"])));
+        }
+        let decoded = tokenizer.decode(&expected, true).unwrap();
+        if decoded != case["decoded"].as_str().unwrap() {
+            out.push(format!("{text:?}: decoded {decoded:?}, llama.cpp {:?}", case["decoded"]));
+        }
+    }
+    out
+}
