@@ -222,6 +222,26 @@ fn phi3_quantized_gguf_keeps_its_fused_blocks_quantized() {
     eprintln!("phi3 Q8_0: logits within {same_values:.1e} of the file widened to f32, {rounding:.1e} of transformers'");
 }
 
+/// A config that contradicts its weights is refused naming the tensor: head counts that do not
+/// fit the projections, a width that does not fit the embedding table, and tied embeddings
+/// whose stored output head differs from the table (or untied ones without a head).
+#[test]
+fn configs_that_contradict_their_weights_name_the_tensor() {
+    let device = Device::flex();
+    let out = tempfile::tempdir().unwrap();
+    for (name, key, value, expected) in [
+        ("qwen2", "num_key_value_heads", serde_json::json!(4), "model.layers.0.self_attn.k_proj.weight"),
+        ("qwen3", "num_attention_heads", serde_json::json!(2), "model.layers.0.self_attn.q_proj.weight"),
+        ("mistral", "hidden_size", serde_json::json!(48), "model.embed_tokens.weight"),
+        ("qwen3", "tie_word_embeddings", serde_json::json!(true), "lm_head.weight"),
+        ("qwen2", "tie_word_embeddings", serde_json::json!(false), "lm_head.weight"),
+    ] {
+        let dir = support::copy_with_config(&fixture(name).join("model"), &out.path().join(format!("{name}-{key}")), key, value);
+        let e = Llama::load(&dir, &device).unwrap_err().to_string();
+        assert!(e.contains(expected), "{name} with {key} changed: {e}");
+    }
+}
+
 /// A checkpoint in shards (transformers' `save_pretrained` with `max_shard_size`: three
 /// `model-0000N-of-00003.safetensors` and `model.safetensors.index.json`) loads to the same model,
 /// and a shard that is missing, or that holds other tensors than the index says, is named.

@@ -236,6 +236,15 @@ impl Llama {
             .collect::<Result<Vec<_>>>()?;
         let norm = norm(&mut r, "model.norm", h)?;
         let head = if c.tie_word_embeddings {
+            // Some checkpoints store the tied head as well; it must be the table itself.
+            if let (Some(stored), TokenEmbedding::Dense(table)) = (r.take_if_present("lm_head.weight"), &embed)
+                && stored != HostTensor::from_tensor(&table.val())
+            {
+                return Err(Error::format(
+                    r.file(),
+                    "lm_head.weight differs from model.embed_tokens.weight, but config.json says tie_word_embeddings: true",
+                ));
+            }
             r.discard("lm_head.weight");
             None
         } else {

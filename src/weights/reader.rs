@@ -72,6 +72,16 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// The tensor `name` as stored (any shape), if the checkpoint has it as f32.
+    pub fn take_if_present(&mut self, name: &str) -> Option<HostTensor> {
+        self.tensors.remove(&format!("{}{name}", self.stored))
+    }
+
+    /// The file the tensors were read from.
+    pub fn file(&self) -> &Path {
+        self.file
+    }
+
     /// The tensor `name`, which must have `shape`.
     pub fn take<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<HostTensor> {
         tensors::take(self.tensors, self.file, &format!("{}{name}", self.stored), &shape)
