@@ -21,6 +21,15 @@ pub fn temporary_of(name: &str) -> Option<&str> {
     (!pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())).then_some(base)
 }
 
+/// The bytes of a file mapped into memory rather than read into a copy: pages are read as they
+/// are touched and stay the page cache's, so loading a model holds its weights once, not twice.
+pub fn map(path: &Path) -> Result<memmap2::Mmap> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the map is read-only and lives while the model loads; a file truncated by another
+    // process meanwhile would fault, the risk every memory-mapped model loader takes.
+    unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))
+}
+
 /// Reads a JSON file into `T`; a wrong field type or a syntax error names the file.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;

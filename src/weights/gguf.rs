@@ -158,13 +158,13 @@ pub struct TensorInfo {
     pub offset: u64,
 }
 
-/// A parsed GGUF file (its bytes are held in memory).
+/// A parsed GGUF file (its bytes mapped into memory).
 pub struct Gguf {
     pub version: u32,
     pub metadata: BTreeMap<String, Value>,
     pub tensors: Vec<TensorInfo>,
     path: PathBuf,
-    bytes: Vec<u8>,
+    bytes: memmap2::Mmap,
     data_start: usize,
 }
 
@@ -244,7 +244,7 @@ impl<'a> Cursor<'a> {
 impl Gguf {
     /// Reads and parses a GGUF file; tensor data is checked to lie inside the file.
     pub fn open(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::files::map(path)?;
         let (version, tensor_count, metadata, pos) = read_header(&bytes, path)?;
         let mut c = Cursor { bytes: &bytes, pos, path };
         // Each info takes at least 24 bytes of the file; the count alone reserves no more.

@@ -60,7 +60,7 @@ pub fn write(path: &Path, tensors: &BTreeMap<String, HostTensor>, metadata: Opti
 /// Reads every tensor of a safetensors file as f32 (F32, F64, F16 and BF16 are accepted, and
 /// I64/I32 such as BERT's `position_ids` buffer), plus the file's metadata.
 pub fn read(path: &Path) -> Result<(BTreeMap<String, HostTensor>, HashMap<String, String>)> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::files::map(path)?;
     let file = SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, format!("not a valid safetensors file ({e})")))?;
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::format(path, e))?;
     let mut out = BTreeMap::new();
