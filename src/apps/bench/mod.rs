@@ -159,7 +159,7 @@ fn bert_config(model: &SequenceClassifier) -> &crate::models::bert::BertConfig {
 /// The best f32 matmul rate this backend reaches on a few shapes (GFLOP/s).
 pub fn matmul_peak(device: &Device) -> f64 {
     let mut best: f64 = 0.0;
-    for (m, k, n) in [(1024, 1024, 1024), (4096, 384, 1536), (4096, 1536, 384)] {
+    for (m, k, n) in [(1024usize, 1024usize, 1024usize), (4096, 384, 1536), (4096, 1536, 384)] {
         let a = Tensor::<2>::ones([m, k], device).mul_scalar(0.5);
         let b = Tensor::<2>::ones([k, n], device).mul_scalar(0.25);
         let _ = a.clone().matmul(b.clone()).into_data();
