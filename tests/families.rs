@@ -163,7 +163,8 @@ fn unsupported_family_settings_are_named() {
 /// `scripts/make-family-fixtures` with the llama.cpp that llama-cpp-python 0.3.36 vendors): Qwen2
 /// and Qwen3 under their own architectures (rows not permuted, Qwen2's biases, Qwen3's q/k norms
 /// and head size), Phi-3 with its fused `attn_qkv` and `ffn_up`, partial rotary embedding and
-/// window, each equal to transformers base and with the PEFT LoRA; Mistral, which the converter
+/// window, each equal to transformers base and with the PEFT LoRA, and saved as a directory that
+/// reads back to the same logits; Mistral, which the converter
 /// writes as `llama` (q/k rows permuted, the sliding window dropped, as llama.cpp then runs it),
 /// equal to the Hugging Face directory where the window changes nothing.
 #[test]
@@ -176,8 +177,15 @@ fn each_decoder_converted_by_llama_cpp_loads_from_gguf() {
         let model = Llama::load(&gguf, &device).unwrap();
         assert_eq!(model.config.variant(), Llama::load(&dir.join("model"), &device).unwrap().config.variant(), "{name}");
         let (inputs, (expected, _)) = (inputs(&dir), tensors::read(&dir.join("expected.safetensors")).unwrap());
-        let base = difference(&logits(&model, &inputs, &Deltas::none(), &device), &expected["logits"].data, &inputs);
+        let base_logits = logits(&model, &inputs, &Deltas::none(), &device);
+        let base = difference(&base_logits, &expected["logits"].data, &inputs);
         assert!(base < 1e-4, "{name}: the GGUF's logits differ from transformers' by {base} (relative)");
+        // Saved as a Hugging Face directory (what `merge` writes), it reads back as the same family.
+        let out = tempfile::tempdir().unwrap();
+        model.save(out.path()).unwrap();
+        let saved = Llama::load(out.path(), &device).unwrap();
+        assert_eq!(saved.config.variant(), model.config.variant(), "{name}");
+        assert_eq!(logits(&saved, &inputs, &Deltas::none(), &device), base_logits, "{name}: saved from GGUF and reloaded");
         let adapted = peft::import(model, &dir.join("lora")).unwrap();
         let lora = difference(&logits(&adapted.model, &inputs, &adapted.deltas(), &device), &expected["logits_lora"].data, &inputs);
         assert!(lora < 1e-4, "{name}: the GGUF with the PEFT LoRA differs from PEFT's logits by {lora} (relative)");
