@@ -30,6 +30,19 @@ pub fn map(path: &Path) -> Result<memmap2::Mmap> {
     unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))
 }
 
+/// Gives back the pages of `part` (a slice of `map`) once it has been read: they stay in the
+/// page cache but no longer count in this process's memory, so loading a file peaks at what was
+/// made of it plus one tensor's bytes, not plus the whole file.
+pub fn release(map: &memmap2::Mmap, part: &[u8]) {
+    #[cfg(unix)]
+    {
+        let offset = part.as_ptr() as usize - map.as_ptr() as usize;
+        // SAFETY: the map is read-only and private, so dropping its pages loses nothing: a later
+        // read faults them in from the file again.
+        let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, part.len()) };
+    }
+}
+
 /// Reads a JSON file into `T`; a wrong field type or a syntax error names the file.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;

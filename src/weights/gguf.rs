@@ -290,6 +290,14 @@ impl Gguf {
     }
 
     /// The stored bytes of a tensor.
+    /// Gives back the memory of tensor `t`'s bytes once they have been copied or widened
+    /// ([`crate::files::release`]); reading them again reads the file.
+    pub(crate) fn release(&self, t: &TensorInfo) {
+        if let Ok(raw) = self.raw(t) {
+            crate::files::release(&self.bytes, raw);
+        }
+    }
+
     fn raw(&self, t: &TensorInfo) -> Result<&[u8]> {
         let beyond =
             || Error::format(&self.path, format!("truncated or corrupt GGUF file: tensor {} ends beyond the end of the file", t.name));

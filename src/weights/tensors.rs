@@ -76,6 +76,7 @@ pub fn read(path: &Path) -> Result<(BTreeMap<String, HostTensor>, HashMap<String
             other => return Err(Error::format(path, format!("tensor {name} has unsupported dtype {other:?}"))),
         };
         out.insert(name, HostTensor { shape: view.shape().to_vec(), data });
+        crate::files::release(&bytes, raw);
     }
     Ok((out, meta.metadata().clone().unwrap_or_default()))
 }

@@ -165,6 +165,7 @@ impl Gguf {
                     matrix = matrix.permute_rows(&order);
                 }
                 quantized.insert(name, matrix);
+                self.release(t);
                 continue;
             }
             let mut tensor = self.tensor(&t.name)?;
@@ -177,6 +178,7 @@ impl Gguf {
                 tensor.data.iter_mut().for_each(|v| *v -= 1.0);
             }
             dense.insert(name, tensor);
+            self.release(t);
         }
         Ok((dense, quantized))
     }
