@@ -1,12 +1,13 @@
 //! The GPU path computes what the CPU does: on tiny BERT, LLaMA and ViT models, for every tuning
 //! method, one training batch's loss (the forward pass), every parameter's gradient and every
-//! parameter after one AdamW step are the same on `--device wgpu` as on `flex`; a run trained on
-//! wgpu evaluates on the CPU to the scores it reported; a checkpoint moves between the devices;
-//! export and merge write the same files on both.
+//! parameter after one AdamW step are the same on the GPU device as on `flex`; a run trained on
+//! the GPU evaluates on the CPU to the scores it reported; a checkpoint moves between the
+//! devices; export and merge write the same files on both.
 //!
-//! Needs a wgpu device: `scripts/gpu-lavapipe` installs Mesa's lavapipe (Vulkan on the CPU) and
-//! runs this file (docs/gpu.md).
-#![cfg(feature = "wgpu")]
+//! The device is `REPLORA_TEST_DEVICE` (`wgpu` when unset), built in with its cargo feature:
+//! `scripts/gpu-lavapipe` installs Mesa's lavapipe (Vulkan on the CPU) and runs this file on
+//! `wgpu`; `scripts/gpu-check BACKEND` runs it on a real GPU (docs/gpu.md).
+#![cfg(any(feature = "wgpu", feature = "vulkan", feature = "cuda", feature = "rocm", feature = "metal"))]
 
 mod support;
 
@@ -16,6 +17,7 @@ use burn::module::{ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use replora::adapters::{AdapterConfig, TargetModules};
+use replora::choice::Choice;
 use replora::device::{Backend, DeviceSpec};
 use replora::models::Architecture;
 use replora::models::bert::Bert;
@@ -50,8 +52,17 @@ const EPSILON: f64 = 1e-5;
 
 const METHODS: [&str; 6] = ["lora", "dora", "replora", "adapter", "prefix", "full"];
 
-fn wgpu() -> Device {
-    DeviceSpec { backend: Backend::Wgpu, index: None }.open().expect("a wgpu device (scripts/gpu-lavapipe installs lavapipe)")
+/// The device under test (`REPLORA_TEST_DEVICE`, default `wgpu`).
+fn gpu_spec() -> DeviceSpec {
+    match std::env::var("REPLORA_TEST_DEVICE") {
+        Ok(name) => name.parse().unwrap_or_else(|e| panic!("REPLORA_TEST_DEVICE: {e}")),
+        Err(_) => DeviceSpec { backend: Backend::Wgpu, index: None },
+    }
+}
+
+fn gpu() -> Device {
+    let spec = gpu_spec();
+    spec.open().unwrap_or_else(|e| panic!("{e} (scripts/gpu-lavapipe installs lavapipe for wgpu)"))
 }
 
 fn host<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
@@ -132,12 +143,12 @@ fn one_step<T: Task>(spec: &T::Spec, device: &Device) -> (f32, Snapshot, Snapsho
     (value, before, after)
 }
 
-/// Compares one step on wgpu with one on the CPU; returns the worst excess, for the report.
+/// Compares one step on the GPU with one on the CPU; returns the worst excess, for the report.
 fn check<T: Task>(what: &str, spec: T::Spec, gpu: &Device) -> f64 {
     let (cpu_loss, cpu_before, cpu_after) = one_step::<T>(&spec, &Device::flex());
     let (gpu_loss, gpu_before, gpu_after) = one_step::<T>(&spec, gpu);
     let loss = excess(&[gpu_loss], &[cpu_loss], RELATIVE, |_| 0.0);
-    assert!(loss <= 1.0, "{what}: loss {gpu_loss} on wgpu, {cpu_loss} on the CPU");
+    assert!(loss <= 1.0, "{what}: loss {gpu_loss} on the GPU, {cpu_loss} on the CPU");
     let trained = |s: &Snapshot| s.grads.iter().flatten().cloned().collect::<Vec<_>>();
     let (cpu_grads, gpu_grads) = (trained(&cpu_before), trained(&gpu_before));
     assert!(!cpu_grads.is_empty(), "{what}: no parameter has a gradient");
@@ -188,7 +199,7 @@ fn bert_files(dir: &Path) {
 
 #[test]
 fn bert_classification_steps_equal_the_cpu_for_every_method() {
-    let (gpu, dir) = (wgpu(), tempfile::tempdir().unwrap());
+    let (gpu, dir) = (gpu(), tempfile::tempdir().unwrap());
     bert_files(dir.path());
     for method in METHODS {
         check::<Classification>(&format!("BERT {method}"), bert_spec(dir.path(), method), &gpu);
@@ -197,7 +208,7 @@ fn bert_classification_steps_equal_the_cpu_for_every_method() {
 
 #[test]
 fn llama_multiple_choice_steps_equal_the_cpu_for_every_method() {
-    let (gpu, dir) = (wgpu(), tempfile::tempdir().unwrap());
+    let (gpu, dir) = (gpu(), tempfile::tempdir().unwrap());
     support::tiny_llama_model(&dir.path().join("llama"));
     support::choice_task(&dir.path().join("task.json"), 16);
     for method in METHODS {
@@ -219,7 +230,7 @@ fn llama_multiple_choice_steps_equal_the_cpu_for_every_method() {
 
 #[test]
 fn vit_image_classification_steps_equal_the_cpu_for_every_method() {
-    let (gpu, dir) = (wgpu(), tempfile::tempdir().unwrap());
+    let (gpu, dir) = (gpu(), tempfile::tempdir().unwrap());
     support::tiny_dinov2(&dir.path().join("vit"));
     support::image_folder(&dir.path().join("images"), &["red", "green", "blue"], 6);
     for method in METHODS {
@@ -238,31 +249,31 @@ fn vit_image_classification_steps_equal_the_cpu_for_every_method() {
 }
 
 #[test]
-fn a_run_trained_on_wgpu_scores_the_same_on_the_cpu() {
+fn a_run_trained_on_the_gpu_scores_the_same_on_the_cpu() {
     let dir = tempfile::tempdir().unwrap();
     bert_files(dir.path());
     let out = dir.path().join("run");
     let spec = ClassificationSpec { train: TrainConfig { epochs: 2, ..train_config() }, ..bert_spec(dir.path(), "lora") };
-    let trained = run::train::<Classification>(&spec, &out, Start::New, &[wgpu()]).unwrap();
+    let trained = run::train::<Classification>(&spec, &out, Start::New, &[gpu()]).unwrap();
     let rescored = run::evaluate::<Classification>(&out, None, &Device::flex()).unwrap();
     assert_eq!(trained.test.accuracy, rescored.test.accuracy);
     let loss = excess(&[rescored.test.loss as f32], &[trained.test.loss as f32], RELATIVE, |_| 0.0);
-    assert!(loss <= 1.0, "test loss {} on wgpu, {} re-scored on the CPU", trained.test.loss, rescored.test.loss);
+    assert!(loss <= 1.0, "test loss {} on the GPU, {} re-scored on the CPU", trained.test.loss, rescored.test.loss);
 }
 
 #[test]
-fn a_missing_wgpu_device_is_named() {
-    let count = burn::tensor::Device::enumerate(burn::tensor::DeviceType::Wgpu).into_vec().len();
-    let e = DeviceSpec { backend: Backend::Wgpu, index: Some(count) }.open().unwrap_err().to_string();
-    assert!(e.contains(&format!("no device {count}; this machine has {count} wgpu device(s)")), "{e}");
+fn a_missing_gpu_device_is_named() {
+    let backend = gpu_spec().backend;
+    let e = DeviceSpec { backend, index: Some(1000) }.open().unwrap_err().to_string();
+    assert!(e.contains("no device 1000; this machine has") && e.contains(backend.name()), "{e}");
 }
 
 /// A run stopped on one device resumes on the other: the checkpoint does not depend on the
 /// device. Both ways log the uninterrupted CPU run's losses and end at its test loss, within the
-/// trajectory tolerance; `export` and `merge` of a wgpu run write the files a CPU run writes, with the same
+/// trajectory tolerance; `export` and `merge` of a GPU run write the files a CPU run writes, with the same
 /// tensors (within the tolerance).
 #[test]
-fn a_checkpoint_moves_between_wgpu_and_the_cpu_and_exports_alike() {
+fn a_checkpoint_moves_between_the_gpu_and_the_cpu_and_exports_alike() {
     use support::cli::{Fixture, metric_rows, run_ok};
     let f = Fixture::new();
     let flags = ["--checkpoint-every", "3", "--log-every", "2", "--epochs", "2"];
@@ -271,11 +282,13 @@ fn a_checkpoint_moves_between_wgpu_and_the_cpu_and_exports_alike() {
         args.extend(["--device", device].map(String::from));
         args
     };
+    let device = gpu_spec().to_string();
+    let device = device.as_str();
     let whole = f.path("whole");
     run_ok(&with_device(&whole, "cpu"));
     let expected = metric_rows(Path::new(&whole));
     let losses = |rows: &[serde_json::Value]| rows.iter().filter_map(|r| r["loss"].as_f64()).map(|l| l as f32).collect::<Vec<_>>();
-    for (first, then) in [("wgpu", "cpu"), ("cpu", "wgpu")] {
+    for (first, then) in [(device, "cpu"), ("cpu", device)] {
         let out = f.path(&format!("{first}-then-{then}"));
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_replora"))
             .args(with_device(&out, first))
@@ -298,10 +311,10 @@ fn a_checkpoint_moves_between_wgpu_and_the_cpu_and_exports_alike() {
         assert!(tested <= 1.0, "{first} then {then}: the test loss differs by {tested:.2} x the tolerance");
     }
 
-    // The wgpu run exported and merged on each device: the same files, tensors within the
+    // The GPU run exported and merged on each device: the same files, tensors within the
     // tolerance; and the CPU run's files have the same names, tensors and shapes.
-    let on_wgpu = f.path("on-wgpu");
-    run_ok(&with_device(&on_wgpu, "wgpu"));
+    let on_gpu = f.path("on-gpu");
+    run_ok(&with_device(&on_gpu, device));
     let files = |dir: &str| {
         let mut names: Vec<String> =
             std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
@@ -315,9 +328,9 @@ fn a_checkpoint_moves_between_wgpu_and_the_cpu_and_exports_alike() {
             run_ok(&[command, "--run", run, "--out", &out, "--device", device].map(String::from));
             out
         };
-        let (gpu, cpu, layout) = (made(&on_wgpu, "wgpu"), made(&on_wgpu, "cpu"), made(&whole, "cpu"));
+        let (gpu, cpu, layout) = (made(&on_gpu, device), made(&on_gpu, "cpu"), made(&whole, "cpu"));
         assert_eq!(files(&gpu), files(&cpu), "{command}: the same files on both devices");
-        assert_eq!(files(&gpu), files(&layout), "{command}: a wgpu run writes the files a CPU run does");
+        assert_eq!(files(&gpu), files(&layout), "{command}: a GPU run writes the files a CPU run does");
         let weights: Vec<String> = files(&gpu).into_iter().filter(|n| n.ends_with(".safetensors")).collect();
         assert!(!weights.is_empty(), "{command}: no safetensors written");
         for name in &weights {
