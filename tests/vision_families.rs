@@ -15,6 +15,7 @@ use burn::prelude::*;
 use replora::adapters::{Adaptable, AdapterConfig, Deltas, Method, PeftModel, TargetModules};
 use replora::formats::peft::{self, PeftInfo};
 use replora::models::dinov2::{Dinov2, Variant};
+use replora::models::pixels::PixelStatistics;
 use replora::models::{Architecture, Family};
 use replora::tasks::heads::ClassifierModel;
 use replora::tasks::image_classification::{ImageClassifier, ImagePooling};
@@ -158,7 +159,10 @@ fn each_family_saves_merges_and_reloads_equal() {
         let merged = Dinov2::load_in_task(&merged_dir, &device).unwrap();
         let (w, b) = (head["classifier.weight"].clone(), head["classifier.bias"].clone());
         assert_eq!(w.shape, [3, 32], "{name}: the head reads the pooled feature only");
-        let logits = merged.pooled(merged.forward(input.clone(), &Deltas::none())).matmul(w.transpose().to_tensor(&device))
+        // The classifier takes ImageNet-normalized batches; transformers' merged model, the
+        // family's own pixels from its image processor.
+        let family_pixels = merged.pixels.from_imagenet(input.clone());
+        let logits = merged.pooled(merged.forward(family_pixels, &Deltas::none())).matmul(w.transpose().to_tensor(&device))
             + b.to_tensor::<1>(&device).unsqueeze();
         let diff = difference(&host(logits), &unmerged);
         eprintln!("{name}: merged {} within {diff:.1e} of the unmerged logits", config["architectures"][0]);
@@ -176,6 +180,50 @@ fn a_vit_cls_mean_head_has_no_transformers_layout() {
     let classifier = ImageClassifier::new(PeftModel::new(model, &AdapterConfig::default()).unwrap(), 3, ImagePooling::ClsMean, 1);
     let e = classifier.hf_head_tensors().unwrap_err().to_string();
     assert!(e.contains("ViTForImageClassification") && e.contains("--image-pooling cls"), "{e}");
+}
+
+/// replora's image batches are ImageNet-normalized (DINOv2's statistics); a ViT or CLIP
+/// classifier sees them normalized as its own image processor does (transformers' defaults:
+/// 0.5 / 0.5 for ViT, OpenAI's for CLIP; a checkpoint's `preprocessor_config.json` over them),
+/// so its logits are those of the tower on the family's pixels, which transformers computes.
+#[test]
+fn a_classifier_feeds_its_tower_pixels_normalized_as_its_family_does() {
+    let device = Device::flex();
+    let out = tempfile::tempdir().unwrap();
+    // Two images of `side` x `side` pixels in [0, 1], normalized with `stats`.
+    let normalized = |stats: PixelStatistics, side: usize| -> Tensor<4> {
+        let plane = side * side;
+        let values: Vec<f32> = (0..2 * 3 * plane)
+            .map(|i| (((i * 37) % 256) as f32 / 255.0 - stats.mean[(i / plane) % 3]) / stats.std[(i / plane) % 3])
+            .collect();
+        Tensor::<1>::from_floats(values.as_slice(), &device).reshape([2, 3, side, side])
+    };
+    let own = PixelStatistics { mean: [0.3, 0.4, 0.5], std: [0.2, 0.3, 0.4] };
+    let with_processor = out.path().join("clip-own");
+    support::copy_dir(&fixture("clip").join("model"), &with_processor);
+    let processor = serde_json::json!({"image_mean": own.mean, "image_std": own.std});
+    std::fs::write(with_processor.join("preprocessor_config.json"), processor.to_string()).unwrap();
+    for (dir, stats) in [
+        (fixture("vit").join("model"), PixelStatistics::HALF),
+        (fixture("clip").join("model"), PixelStatistics::CLIP),
+        (with_processor, own),
+    ] {
+        let model = Dinov2::load_in_task(&dir, &device).unwrap();
+        assert_eq!(model.pixels, stats, "{}", dir.display());
+        let side = model.config.image_size;
+        let targets = model.targets_of(Method::Lora).iter().map(|t| t.to_string()).collect();
+        let lora = AdapterConfig { target_modules: TargetModules::Names(targets), ..AdapterConfig::default() };
+        let classifier = ImageClassifier::new(PeftModel::new(model, &lora).unwrap(), 3, ImagePooling::Cls, 1);
+        let logits = host(classifier.logits(&normalized(PixelStatistics::IMAGENET, side), false));
+        let tower = &classifier.backbone.model;
+        let pooled = tower.pooled(tower.forward(normalized(stats, side), &Deltas::none()));
+        let expected = host(classifier.head.forward(pooled, &Deltas::none()));
+        let apart = support::max_abs_diff(&logits, &expected);
+        assert!(apart < 1e-4, "{}: {apart}", dir.display());
+        let imagenet = tower.pooled(tower.forward(normalized(PixelStatistics::IMAGENET, side), &Deltas::none()));
+        let unconverted = host(classifier.head.forward(imagenet, &Deltas::none()));
+        assert!(support::max_abs_diff(&logits, &unconverted) > 1e-3, "{}: the statistics change nothing here", dir.display());
+    }
 }
 
 #[test]

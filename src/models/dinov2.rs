@@ -18,6 +18,7 @@ use burn::prelude::*;
 
 pub use super::dinov2_onnx::{convert_onnx_dir, from_onnx};
 use super::layers::{Activation, LayerNorm, ReadLayers, attention};
+use super::pixels::PixelStatistics;
 pub use super::vit_config::{Dinov2Config, Variant};
 use crate::adapters::{Adaptable, AdaptedLinear, Deltas};
 use crate::error::{Error, Result};
@@ -105,6 +106,10 @@ pub struct Dinov2 {
     pub layernorm: LayerNorm,
     #[module(skip)]
     pub config: Dinov2Config,
+    /// What its image processor normalizes pixels with (the task maps replora's
+    /// ImageNet-normalized batches to it: [`PixelStatistics::from_imagenet`]).
+    #[module(skip)]
+    pub pixels: PixelStatistics,
     /// Prepended to every module path and tensor name (`""`, or the variant's task prefix, e.g.
     /// `"dinov2."` inside `Dinov2ForImageClassification`).
     #[module(skip)]
@@ -118,7 +123,12 @@ impl Dinov2 {
     pub fn load(dir: &Path, prefix: &str, device: &Device) -> Result<Self> {
         let config = Dinov2Config::read(&dir.join(CONFIG_FILE))?;
         let (mut tensors, file) = crate::weights::read_model_dir(dir)?;
-        Self::from_tensors(config, &mut tensors, &file, prefix, device)
+        let model = Self::from_tensors(config, &mut tensors, &file, prefix, device)?;
+        // The checkpoint's own processor, where it ships one, over the family's default.
+        Ok(match PixelStatistics::read(dir)? {
+            Some(pixels) => Self { pixels, ..model },
+            None => model,
+        })
     }
 
     /// Loads `dir` with its variant's task prefix on module paths (`vit.`), as an image
@@ -147,7 +157,8 @@ impl Dinov2 {
         let layers = (0..config.num_hidden_layers).map(|i| read_layer(&mut r, i, &config)).collect::<Result<Vec<_>>>()?;
         let layernorm = r.layer_norm(variant.final_norm(), config.hidden_size, config.eps())?;
         r.reject_extra_layers(variant.layers_prefix(), config.num_hidden_layers)?;
-        Ok(Self { embeddings, layers, layernorm, config, prefix: prefix.to_string() })
+        let pixels = PixelStatistics::of(config.variant());
+        Ok(Self { embeddings, layers, layernorm, config, pixels, prefix: prefix.to_string() })
     }
 
     /// The model for `size` x `size` images: the position table resized to `size / patch`

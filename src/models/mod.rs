@@ -31,6 +31,7 @@ pub mod llama_config;
 mod llama_positions;
 pub mod modernbert;
 pub mod modernbert_config;
+pub mod pixels;
 pub mod video_vit;
 pub mod vision_language;
 pub mod vit_config;

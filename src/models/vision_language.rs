@@ -90,7 +90,7 @@ pub fn image_features(vit: &Dinov2, images: &[RgbImage], grid: usize, batch_size
         let set = ImageSet { labels: vec![], size, images: chunk.to_vec(), targets: vec![0; chunk.len()] };
         let indices: Vec<usize> = (0..chunk.len()).collect();
         let pixels = set.batch(&indices, 0, None).to_tensor(device);
-        let hidden = vit.forward(pixels, &deltas);
+        let hidden = vit.forward(vit.pixels.from_imagenet(pixels), &deltas);
         let hidden: Vec<f32> = hidden.into_data().try_into_vec_as().expect("float tensor");
         for image in hidden.chunks(width * (1 + n * n)) {
             values.extend_from_slice(&image[..width]);

@@ -180,7 +180,8 @@ impl ClassifierModel for ImageClassifier {
     type Input = Tensor<4>;
     fn logits(&self, pixels: &Tensor<4>, training: bool) -> Tensor<2> {
         let deltas = if training { self.backbone.training_deltas() } else { self.backbone.deltas() };
-        let hidden = self.backbone.model.forward(pixels.clone(), &deltas);
+        let pixels = self.backbone.model.pixels.from_imagenet(pixels.clone());
+        let hidden = self.backbone.model.forward(pixels, &deltas);
         let [_, tokens, _] = hidden.dims();
         let cls = self.backbone.model.pooled(hidden.clone());
         let pooled = match self.pooling {
