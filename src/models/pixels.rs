@@ -24,7 +24,7 @@ impl PixelStatistics {
     /// transformers' `ViTImageProcessor` default (`IMAGENET_STANDARD_MEAN` / `_STD`).
     pub const HALF: Self = Self { mean: [0.5; 3], std: [0.5; 3] };
     /// transformers' `CLIPImageProcessor` default (`OPENAI_CLIP_MEAN` / `_STD`).
-    pub const CLIP: Self = Self { mean: [0.481_454_66, 0.457_827_5, 0.408_210_73], std: [0.268_629_54, 0.261_302_58, 0.275_777_1] };
+    pub const CLIP: Self = Self { mean: [0.481_454_66, 0.457_827_5, 0.408_210_73], std: [0.268_629_54, 0.261_302_6, 0.275_777_1] };
 
     /// The family's default, as its transformers image processor has it.
     pub fn of(variant: Variant) -> Self {
