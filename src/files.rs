@@ -22,7 +22,7 @@ pub fn temporary_of(name: &str) -> Option<&str> {
 }
 
 /// The bytes of a file mapped into memory rather than read into a copy: pages are read as they
-/// are touched and stay the page cache's, so loading a model holds its weights once, not twice.
+/// are touched and belong to the page cache ([`release`] gives them back once used).
 pub fn map(path: &Path) -> Result<memmap2::Mmap> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: the map is read-only and lives while the model loads; a file truncated by another
