@@ -289,7 +289,6 @@ impl Gguf {
         })
     }
 
-    /// The stored bytes of a tensor.
     /// Gives back the memory of tensor `t`'s bytes once they have been copied or widened
     /// ([`crate::files::release`]); reading them again reads the file.
     pub(crate) fn release(&self, t: &TensorInfo) {
@@ -298,6 +297,7 @@ impl Gguf {
         }
     }
 
+    /// The stored bytes of a tensor.
     fn raw(&self, t: &TensorInfo) -> Result<&[u8]> {
         let beyond =
             || Error::format(&self.path, format!("truncated or corrupt GGUF file: tensor {} ends beyond the end of the file", t.name));

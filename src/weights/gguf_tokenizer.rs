@@ -44,16 +44,18 @@ const BYTE: u64 = 6;
 /// SentencePiece's word-boundary mark, which stands for a space.
 const SPACE_MARK: &str = "\u{2581}";
 
-/// llama.cpp's split before byte-level BPE for Qwen2 and Qwen3 (`tokenizer.ggml.pre` `qwen2`):
-/// contractions, letters with one leading non-letter, single digits, punctuation runs, newlines
-/// and spaces.
-const QWEN2_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// llama.cpp's split before byte-level BPE for Qwen2/Qwen3 (`tokenizer.ggml.pre` `qwen2`,
+/// `digits` empty: one digit a piece) and LLaMA 3 (`llama-bpe`, `digits` `{1,3}`): contractions,
+/// letters with one leading non-letter, digits, punctuation runs, newlines and spaces.
+fn split_pattern(digits: &str) -> String {
+    format!(
+        r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{{L}}\p{{N}}]?\p{{L}}+|\p{{N}}{digits}| ?[^\s\p{{L}}\p{{N}}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    )
+}
 /// llama.cpp's `clean_spaces` when decoding, in its order: the space before `?!.,`, around a lone
 /// `'`, and before `'s`, `'m`, `'re`, `'ve`.
 const CLEANED_SPACES: [(&str, &str); 9] =
     [(" ?", "?"), (" !", "!"), (" .", "."), (" ,", ","), (" ' ", "'"), (" 's", "'s"), (" 'm", "'m"), (" 're", "'re"), (" 've", "'ve")];
-/// LLaMA 3's (`llama-bpe`): Qwen2's with up to three digits a piece.
-const LLAMA3_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// The tokenizer of a GGUF file's metadata (`path` is named in errors).
 pub fn tokenizer(metadata: &BTreeMap<String, Value>, path: &Path) -> Result<Tokenizer> {
@@ -138,6 +140,9 @@ fn byte_level_bpe(meta: &Metadata, tokens: &[&str], types: &[u64]) -> Result<Tok
         .collect();
     let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
     let pre = meta.map.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
+    // LLaMA 3's vocabulary (llama.cpp: `ignore_merges`, `clean_spaces`) takes a word that is a
+    // token whole, and decoding drops the space before `?!.,` and some contractions.
+    let llama3 = matches!(pre, "llama-bpe" | "llama3");
     let pre_tokenizer = match pre {
         // SmolLM2's tokenizer.json: single digits, then GPT-2's byte-level split.
         "smollm" => {
@@ -145,7 +150,7 @@ fn byte_level_bpe(meta: &Metadata, tokens: &[&str], types: &[u64]) -> Result<Tok
         }
         "default" | "gpt-2" | "gpt2" => byte_level,
         "qwen2" | "llama-bpe" | "llama3" => {
-            let pattern = if pre == "qwen2" { QWEN2_SPLIT } else { LLAMA3_SPLIT };
+            let pattern = split_pattern(if llama3 { "{1,3}" } else { "" });
             let split = serde_json::json!({"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false});
             let bytes = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false});
             serde_json::json!({"type": "Sequence", "pretokenizers": [split, bytes]})
@@ -156,9 +161,6 @@ fn byte_level_bpe(meta: &Metadata, tokens: &[&str], types: &[u64]) -> Result<Tok
             );
         }
     };
-    // LLaMA 3's vocabulary (llama.cpp: `ignore_merges`, `clean_spaces`) takes a word that is a
-    // token whole, and decoding drops the space before `?!.,` and some contractions.
-    let llama3 = matches!(pre, "llama-bpe" | "llama3");
     let byte_level_decoder = serde_json::json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true});
     let decoder = match llama3 {
         false => byte_level_decoder,
