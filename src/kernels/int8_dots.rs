@@ -41,8 +41,9 @@ pub fn available(format: BlockFormat) -> bool {
     }
 }
 
-/// Rows of activations quantized for one weight format.
+/// Rows of activations quantized for one weight format (made only where [`available`] holds).
 pub struct Int8Rows {
+    format: BlockFormat,
     rows: usize,
     cols: usize,
     /// `[rows, pairs, 64]` codes in the pair order of the module docs (a missing second block
@@ -58,12 +59,17 @@ pub struct Int8Rows {
 
 impl Int8Rows {
     /// `rows` rows of `cols` values (`cols` a multiple of [`BLOCK`]), quantized per block as
-    /// ggml quantizes to Q8_0 (round to nearest of `x * 127 / max|x|`).
-    pub fn quantize(x: &[f32], rows: usize, cols: usize, format: BlockFormat) -> Self {
+    /// ggml quantizes to Q8_0 (round to nearest of `x * 127 / max|x|`); `None` where
+    /// [`available`] does not hold for `format`.
+    pub fn quantize(x: &[f32], rows: usize, cols: usize, format: BlockFormat) -> Option<Self> {
         assert_eq!(x.len(), rows * cols, "activations of the wrong size");
+        if !available(format) {
+            return None;
+        }
         let blocks = cols / BLOCK;
         let pairs = blocks.div_ceil(2);
         let mut q = Self {
+            format,
             rows,
             cols,
             codes: vec![0; rows * pairs * 64],
@@ -95,7 +101,7 @@ impl Int8Rows {
                 });
             }
         }
-        q
+        Some(q)
     }
 
     /// The quantized activations as f32 (`[rows, cols]`, value order): what the dots multiply.
@@ -115,11 +121,11 @@ impl Int8Rows {
 
 /// `dots[r] = x̂_r · W_o` for every row of `x`, where `rows` is `M`.
 ///
-/// Panics unless [`available`] holds for `w.format` and `x` was quantized for it.
+/// Panics unless `x` was quantized for `w`'s format, with `M` rows of `w.cols`.
 pub fn dots<const M: usize>(w: &QuantizedMatrix, o: usize, x: &Int8Rows) -> [f32; M] {
-    assert!(available(w.format) && x.rows == M && x.cols == w.cols, "int8 dots called without their CPU features or with mismatched rows");
+    assert!(x.format == w.format && x.rows == M && x.cols == w.cols, "int8 dots of activations quantized for another matrix");
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: the features were checked just above; `x` holds `M` rows of `w.cols`.
+    // SAFETY: `x` exists, so the features are present; it holds `M` rows of `w.cols`.
     unsafe {
         avx512::dots::<M>(w, o, x)
     }
@@ -210,7 +216,10 @@ mod tests {
     fn activations_round_to_the_nearest_step() {
         let (rows, cols) = (3, 5 * BLOCK);
         let x = values(rows * cols, 4);
-        let widened = Int8Rows::quantize(&x, rows, cols, BlockFormat::Q4_1).widened();
+        let Some(quantized) = Int8Rows::quantize(&x, rows, cols, BlockFormat::Q4_1) else {
+            return eprintln!("skipped: this CPU lacks AVX512-VNNI");
+        };
+        let widened = quantized.widened();
         for (block, (a, b)) in x.chunks(BLOCK).zip(widened.chunks(BLOCK)).enumerate() {
             let step = a.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
             let worst = a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
@@ -234,7 +243,7 @@ mod tests {
                 let dense = w.dequantize();
                 macro_rules! check {
                     ($($m:literal)*) => {$({
-                        let x = Int8Rows::quantize(&values($m * cols, $m + blocks), $m, cols, format);
+                        let x = Int8Rows::quantize(&values($m * cols, $m + blocks), $m, cols, format).unwrap();
                         let xs = x.widened();
                         for o in 0..out {
                             let ours = dots::<$m>(&w, o, &x);

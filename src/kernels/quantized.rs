@@ -110,10 +110,10 @@ pub fn product_wt(x: &[f32], rows: usize, w: &QuantizedMatrix) -> Vec<f32> {
 /// [`product_wt`], except that up to [`FEW_ROWS`] rows take the integer dots of
 /// [`int8_dots`] where this CPU and format have them (activations rounded to 8 bits a block).
 pub fn product_wt_inference(x: &[f32], rows: usize, w: &QuantizedMatrix) -> Vec<f32> {
-    if rows == 0 || rows > FEW_ROWS || !int8_dots::available(w.format) {
+    let quantized = if (1..=FEW_ROWS).contains(&rows) { Int8Rows::quantize(x, rows, w.cols, w.format) } else { None };
+    let Some(xq) = quantized else {
         return product_wt(x, rows, w);
-    }
-    let xq = Int8Rows::quantize(x, rows, w.cols, w.format);
+    };
     few_rows(w, rows, |o, dots| {
         macro_rules! rows_of {
             ($($m:literal)*) => {
