@@ -1,10 +1,7 @@
 //! Speed of the quantized products `x Wᵀ` at decoding's row counts, per block format, on the
-//! shapes of a small decoder's MLP (`[2048, 640]`: gate/up; `[640, 2048]`: down) and of
-//! SmolLM2's tied head (`[49152, 576]`, 14-35 MB: larger than the caches). Prints one
+//! shapes of a small decoder's MLP (`[2048, 640]`: gate/up; `[640, 2048]`: down). Prints one
 //! line per case: GB/s of the weight's in-memory bytes read (and of its GGUF file bytes) by
-//! the fastest of 2000 products (200 of the head's; and the median's time), each by
-//! `product_wt` (`"inference": false`, as in training) and by `product_wt_inference` (the
-//! integer dots where the CPU has them).
+//! the fastest of 2000 products (and the median's time).
 //!
 //! `CARGO_PROFILE_DEV_OPT_LEVEL=3 RAYON_NUM_THREADS=1 cargo run --example quantized_products`
 //! (the crate optimized, its dependencies as the dev profile builds them; `--release` builds
@@ -14,7 +11,7 @@
 use std::time::Instant;
 
 use half::f16;
-use replora::kernels::quantized::{product_wt, product_wt_inference};
+use replora::kernels::quantized::product_wt;
 use replora::quantization::{BlockFormat, QuantizedMatrix};
 
 /// Random stored blocks of `format` with every code bit random and scales near 1/128.
@@ -45,8 +42,8 @@ fn matrix(format: BlockFormat, rows: usize, cols: usize) -> QuantizedMatrix {
 
 fn main() {
     // The fastest of many single products: on a shared machine the others catch a neighbour.
-    for (rows, cols) in [(2048usize, 640usize), (640, 2048), (49152, 576)] {
-        let calls = if rows * cols > 4 << 20 { 200 } else { 2000 };
+    let calls = 2000;
+    for (rows, cols) in [(2048usize, 640usize), (640, 2048)] {
         for format in BlockFormat::ALL {
             let (per_block, block_bytes) = format.stored_block();
             if !cols.is_multiple_of(per_block) {
@@ -54,20 +51,19 @@ fn main() {
             }
             let w = matrix(format, rows, cols);
             let file_bytes = rows * cols / per_block * block_bytes;
-            for (batch, inference) in [(1, false), (1, true), (8, false), (8, true)] {
-                let product = if inference { product_wt_inference } else { product_wt };
+            for batch in [1, 8] {
                 let x: Vec<f32> = (0..batch * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
                 let mut times = Vec::with_capacity(calls);
                 let mut sink = 0f32;
                 for _ in 0..calls {
                     let start = Instant::now();
-                    sink += product(&x, batch, &w)[0];
+                    sink += product_wt(&x, batch, &w)[0];
                     times.push(start.elapsed().as_secs_f64());
                 }
                 times.sort_by(f64::total_cmp);
                 let (best, median) = (times[0], times[calls / 2]);
                 println!(
-                    "{{\"format\": \"{format}\", \"shape\": [{rows}, {cols}], \"rows_of_x\": {batch}, \"inference\": {inference}, \"best_us\": {:.1}, \"median_us\": {:.1}, \"memory_bytes\": {}, \"file_bytes\": {file_bytes}, \"gb_per_s\": {:.1}, \"file_gb_per_s\": {:.1}, \"finite\": {}}}",
+                    "{{\"format\": \"{format}\", \"shape\": [{rows}, {cols}], \"rows_of_x\": {batch}, \"best_us\": {:.1}, \"median_us\": {:.1}, \"memory_bytes\": {}, \"file_bytes\": {file_bytes}, \"gb_per_s\": {:.1}, \"file_gb_per_s\": {:.1}, \"finite\": {}}}",
                     best * 1e6,
                     median * 1e6,
                     w.size_bytes(),

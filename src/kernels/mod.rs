@@ -11,7 +11,6 @@ mod attention;
 mod engaged;
 #[cfg(test)]
 mod finite_differences;
-mod int8_dots;
 mod linear;
 mod math;
 mod norm;
@@ -40,11 +39,6 @@ trait FlexOp: Backward<Flex, 1> + Clone {
     const KERNEL: Kernel;
     /// The forward pass and what backward needs (its input or its output, or nothing).
     fn forward(self, x: FlexTensor) -> (FlexTensor, Self::State);
-    /// The forward pass of an input no autodiff graph holds (inference), where an op may take
-    /// a faster approximation of [`forward`](FlexOp::forward).
-    fn forward_inference(self, x: FlexTensor) -> FlexTensor {
-        self.forward(x).0
-    }
 }
 
 /// Runs `op` on `x` if it is an f32 flex tensor (tracked or not); `None` otherwise.
@@ -61,7 +55,7 @@ fn on_flex_untallied<const D: usize, O: FlexOp>(x: &Tensor<D>, op: O) -> Option<
         return None;
     }
     if let Ok(t) = x.clone().try_into_primitive::<Flex>() {
-        return Some(Tensor::from_primitive::<Flex>(op.forward_inference(t)));
+        return Some(Tensor::from_primitive::<Flex>(op.forward(t).0));
     }
     fn tracked<const D: usize, C: CheckpointStrategy, O: FlexOp>(x: &Tensor<D>, op: O) -> Option<Tensor<D>>
     where

@@ -6,8 +6,6 @@
 //! once, so a Q4_1 model reads 5 bits per weight where the f32 copy read 32. Products with more
 //! rows (a prompt, a training batch) are bound by arithmetic instead: they widen a slab of rows
 //! into an f32 buffer and run it through [`sgemm`](super::sgemm), the same engine as f32 weights.
-//! At inference (an input no autodiff graph holds), few rows take the integer dots of
-//! [`int8_dots`](super::int8_dots) instead where the CPU has them: llama.cpp's recipe.
 
 use std::sync::Arc;
 
@@ -20,7 +18,6 @@ use burn::prelude::*;
 use burn::tensor::{Shape, TensorData, module};
 use rayon::prelude::*;
 
-use super::int8_dots::{self, Int8Rows};
 use super::sgemm::{Mat, matmul_serial};
 use super::{FlexOp, Kernel, contiguous, on_flex};
 use crate::quantization::{BLOCK, BlockFormat, QuantizedMatrix};
@@ -52,14 +49,6 @@ impl FlexOp for QuantizedLinear {
         let rows = numel / w.cols.max(1);
         let y = product_wt(&x.storage::<f32>()[..numel], rows, w);
         (FlexTensor::from_data(TensorData::new(y, with_last(x.layout().shape(), w.rows))), ())
-    }
-
-    fn forward_inference(self, x: FlexTensor) -> FlexTensor {
-        let (x, numel) = contiguous(x);
-        let w = &self.0;
-        let rows = numel / w.cols.max(1);
-        let y = product_wt_inference(&x.storage::<f32>()[..numel], rows, w);
-        FlexTensor::from_data(TensorData::new(y, with_last(x.layout().shape(), w.rows)))
     }
 }
 
@@ -104,39 +93,12 @@ pub fn product_wt(x: &[f32], rows: usize, w: &QuantizedMatrix) -> Vec<f32> {
         });
         return y;
     }
-    few_rows(w, rows, |o, dots| row_dots(w, o, x, rows, dots))
-}
-
-/// [`product_wt`], except that up to [`FEW_ROWS`] rows take the integer dots of
-/// [`int8_dots`] where this CPU and format have them (activations rounded to 8 bits a block).
-pub fn product_wt_inference(x: &[f32], rows: usize, w: &QuantizedMatrix) -> Vec<f32> {
-    let quantized = if (1..=FEW_ROWS).contains(&rows) { Int8Rows::quantize(x, rows, w.cols, w.format) } else { None };
-    let Some(xq) = quantized else {
-        return product_wt(x, rows, w);
-    };
-    few_rows(w, rows, |o, dots| {
-        macro_rules! rows_of {
-            ($($m:literal)*) => {
-                match rows {
-                    $($m => dots.copy_from_slice(&int8_dots::dots::<$m>(w, o, &xq)),)*
-                    _ => unreachable!("at most FEW_ROWS rows"),
-                }
-            };
-        }
-        rows_of!(1 2 3 4 5 6 7 8);
-    })
-}
-
-/// The `[rows, w.rows]` product of few rows, from `row_dots(o, dots)` writing the `rows` dots
-/// of weight row `o` (computed in parallel over weight rows).
-fn few_rows(w: &QuantizedMatrix, rows: usize, row_dots: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
-    let out = w.rows;
-    // The output transposed (`[out, rows]`), each weight row's dots written together.
+    // Few rows: the output transposed (`[out, rows]`), each weight row's dots written together.
     let mut yt = vec![0f32; out * rows];
     let task = (out / (4 * rayon::current_num_threads().max(1))).clamp(16, 256);
     yt.par_chunks_mut(task * rows.max(1)).enumerate().for_each(|(t, chunk)| {
         for (i, dots) in chunk.chunks_exact_mut(rows.max(1)).enumerate() {
-            row_dots(t * task + i, dots);
+            row_dots(w, t * task + i, x, rows, dots);
         }
     });
     if rows <= 1 {
@@ -319,35 +281,6 @@ mod tests {
                 let dy = values(rows * out, rows + 1);
                 assert_close(&product_w(&dy, rows, &w), &reference(&dy, &wt, rows, cols, out), &format!("{format} dy W, {rows} rows"));
             }
-        }
-    }
-
-    /// At inference (an untracked input) a few rows take the integer dots: each output within
-    /// the bound the activations' 8-bit rounding allows (half a step of each block's scale,
-    /// times the weights' magnitudes), and, where this CPU has the dots, not the exact product.
-    #[test]
-    fn inference_with_few_rows_rounds_activations_within_their_bound() {
-        let device = Device::flex();
-        let (out, cols, rows) = (48, 3 * BLOCK, 3);
-        let w = Arc::new(QuantizedMatrix::quantize(BlockFormat::Q4_1, out, cols, &values(out * cols, 3), "w").unwrap());
-        let x = sample([1, rows, cols], 1, &device);
-        let xs = x.clone().into_data().try_into_vec_as::<f32>().unwrap();
-        let ours = linear(x, &w).into_data().try_into_vec_as::<f32>().unwrap();
-        let (exact, dense) = (product_wt(&xs, rows, &w), w.dequantize());
-        for r in 0..rows {
-            for o in 0..out {
-                let bound: f32 = (0..cols)
-                    .map(|c| {
-                        let block = &xs[r * cols + c / BLOCK * BLOCK..][..BLOCK];
-                        dense[o * cols + c].abs() * block.iter().fold(0f32, |m, v| m.max(v.abs())) / 254.0
-                    })
-                    .sum();
-                let diff = (ours[r * out + o] - exact[r * out + o]).abs();
-                assert!(diff <= bound * 1.001 + 1e-6, "row {r}, output {o}: off by {diff}, bound {bound}");
-            }
-        }
-        if int8_dots::available(BlockFormat::Q4_1) {
-            assert_ne!(ours, exact, "the integer dots did not run");
         }
     }
 
