@@ -154,6 +154,18 @@ fn each_family_saves_merges_and_reloads_equal() {
         let merged_dir = out.path().join("merged");
         classifier.save_merged(&merged_dir, &["a".into(), "b".into(), "c".into()]).unwrap();
         let config = read(&merged_dir);
+        // It carries the image processor of the images it was trained on: the tower's pixel
+        // statistics, the shorter side resized to the run's size and the centre crop.
+        let classifier_pixels = classifier.backbone.model.pixels;
+        assert_eq!(PixelStatistics::read(&merged_dir).unwrap(), Some(classifier_pixels), "{name}: the merged processor's statistics");
+        let processor: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(merged_dir.join("preprocessor_config.json")).unwrap()).unwrap();
+        let size = classifier.backbone.model.config.image_size;
+        assert_eq!(
+            (&processor["size"]["shortest_edge"], &processor["crop_size"]["width"]),
+            (&serde_json::json!(size), &serde_json::json!(size)),
+            "{name}"
+        );
         let head_file = if variant == Variant::Clip { merged_dir.join("head.safetensors") } else { merged_dir.join("model.safetensors") };
         let head = tensors::read(&head_file).unwrap().0;
         let merged = Dinov2::load_in_task(&merged_dir, &device).unwrap();

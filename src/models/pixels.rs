@@ -59,6 +59,32 @@ impl PixelStatistics {
         }
     }
 
+    /// Writes the `preprocessor_config.json` that prepares images as replora does, into `dir`:
+    /// the shorter side resized to `size` (bilinear), the centre `size` x `size` crop, values
+    /// scaled to [0, 1] and normalized with these statistics. So transformers'
+    /// `AutoImageProcessor.from_pretrained(dir)` feeds a merged model what it was trained on.
+    pub fn write_processor(&self, dir: &Path, variant: Variant, size: usize) -> Result<()> {
+        let processor = match variant {
+            Variant::Clip => "CLIPImageProcessor",
+            Variant::Dinov2 | Variant::Vit => "BitImageProcessor",
+        };
+        let config = serde_json::json!({
+            "image_processor_type": processor,
+            "do_convert_rgb": true,
+            "do_resize": true,
+            "size": {"shortest_edge": size},
+            "resample": 2,
+            "do_center_crop": true,
+            "crop_size": {"height": size, "width": size},
+            "do_rescale": true,
+            "rescale_factor": 1.0 / 255.0,
+            "do_normalize": true,
+            "image_mean": self.mean,
+            "image_std": self.std,
+        });
+        crate::files::write_json(&dir.join(PREPROCESSOR_FILE), &config)
+    }
+
     /// `pixels` (`[batch, 3, h, w]`, normalized with ImageNet's statistics) normalized with these
     /// instead: a per-channel affine map, exact, and nothing for ImageNet's own.
     pub fn from_imagenet(&self, pixels: Tensor<4>) -> Tensor<4> {

@@ -143,7 +143,8 @@ impl ImageClassifier {
 
     /// Writes the adapter merged into the backbone, with the head: a
     /// `Dinov2ForImageClassification` or `ViTForImageClassification` directory; for CLIP a
-    /// `CLIPVisionModel` directory with the head in `head.safetensors` (PyTorch layout).
+    /// `CLIPVisionModel` directory with the head in `head.safetensors` (PyTorch layout). Each
+    /// gets the `preprocessor_config.json` of the images it was trained on.
     pub fn save_merged(&self, dir: &Path, labels: &[String]) -> Result<()> {
         let head = self.hf_head_tensors()?;
         let merged = if self.backbone.is_merged() || self.backbone.is_full_finetune() {
@@ -163,6 +164,7 @@ impl ImageClassifier {
             weights.extend(head);
         }
         tensors::write(&dir.join("model.safetensors"), &weights, super::hf_layout::metadata())?;
+        merged.model.pixels.write_processor(dir, variant, merged.model.config.image_size)?;
         write_json(&dir.join("config.json"), &config)
     }
 }
