@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use replora::adapters::{Adaptable, AdapterConfig, Deltas, Method, PeftModel, TargetModules};
+use replora::files::read_json;
 use replora::formats::peft::{self, PeftInfo};
 use replora::models::dinov2::{Dinov2, Variant};
 use replora::models::pixels::PixelStatistics;
@@ -141,7 +142,7 @@ fn each_family_saves_merges_and_reloads_equal() {
         let reloaded = Dinov2::load(out.path(), "", &device).unwrap();
         assert_eq!((&reloaded.config, reloaded.tensors()), (&model.config, model.tensors()), "{name}");
         assert_eq!(outputs(&reloaded, &pixels, &Deltas::none()), outputs(&model, &pixels, &Deltas::none()), "{name}");
-        let read = |p: &Path| serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(p.join("config.json")).unwrap()).unwrap();
+        let read = |p: &Path| read_json::<serde_json::Value>(&p.join("config.json")).unwrap();
         assert_eq!(read(out.path()), read(&model_dir), "{name}: the saved config is the family's own");
 
         // A trained classifier merged and written as transformers reads it: the tower (with
@@ -158,8 +159,7 @@ fn each_family_saves_merges_and_reloads_equal() {
         // statistics, the shorter side resized to the run's size and the centre crop.
         let classifier_pixels = classifier.backbone.model.pixels;
         assert_eq!(PixelStatistics::read(&merged_dir).unwrap(), Some(classifier_pixels), "{name}: the merged processor's statistics");
-        let processor: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(merged_dir.join("preprocessor_config.json")).unwrap()).unwrap();
+        let processor: serde_json::Value = read_json(&merged_dir.join("preprocessor_config.json")).unwrap();
         let size = classifier.backbone.model.config.image_size;
         assert_eq!(
             (&processor["size"]["shortest_edge"], &processor["crop_size"]["width"]),
