@@ -18,10 +18,12 @@
 //! Quantizing (Q8_0, Q4_0, Q4_1) follows ggml's reference rounding, so a matrix quantized here
 //! and by llama.cpp from the same f32 values gets the same codes.
 //!
-//! The scales are widened to f32 beside the codes: 8 bytes per block (6 bits a weight for Q4_1
-//! and Q4_K against the file's 5 and 4.5, 7 for Q5_0 against 5.5, 8 for Q6_K against 6.56, 10
-//! for Q8_0 against 8.5), so that a product broadcasts them from memory instead of converting
-//! halves per block (which made the product compute-bound, at 2-5 GB/s).
+//! Q8_0, Q4_0, Q4_1 and Q5_0 keep the file's f16 scales, so they take the file's bytes (8.5, 4.5,
+//! 5 and 5.5 bits a weight); a product widens one row's scales at a time with the CPU's
+//! conversion instructions, not one block at a time (which made the product compute-bound).
+//! Q4_K's and Q6_K's scales are products of the super-block's f16 scale and a 6- or 8-bit
+//! sub-block scale, which an f16 cannot hold: they are widened to f32 at load (8 bytes per
+//! block: 6 bits a weight against the file's 4.5, 8 against 6.56).
 
 use half::f16;
 
@@ -80,6 +82,28 @@ impl BlockFormat {
         }
     }
 
+    /// The f16 scales per block a matrix of this format keeps as the file has them (`d`, and
+    /// Q4_1's `m`); `None` where they are widened to f32.
+    pub fn half_scales(self) -> Option<usize> {
+        match self {
+            BlockFormat::Q8_0 | BlockFormat::Q4_0 | BlockFormat::Q5_0 => Some(1),
+            BlockFormat::Q4_1 => Some(2),
+            BlockFormat::Q4_K | BlockFormat::Q6_K => None,
+        }
+    }
+
+    /// A block's `[scale, offset]` from its f16 scales (value `scale * q + offset`, `q` the code
+    /// as stored: Q4_0's and Q5_0's centre is in the offset).
+    #[inline(always)]
+    pub fn params_of(self, d: f32, m: f32) -> [f32; 2] {
+        match self {
+            BlockFormat::Q4_0 => [d, -8.0 * d],
+            BlockFormat::Q5_0 => [d, -16.0 * d],
+            BlockFormat::Q4_1 => [d, m],
+            _ => [d, 0.0],
+        }
+    }
+
     /// Bytes of codes per block of [`BLOCK`] values in memory (the module's layouts).
     pub fn code_bytes(self) -> usize {
         match self {
@@ -116,8 +140,49 @@ pub struct QuantizedMatrix {
     pub cols: usize,
     /// Every block's codes, blocks in row order.
     codes: Vec<u8>,
-    /// Every block's `[scale, offset]`: value `scale * q + offset`.
-    params: Vec<[f32; 2]>,
+    /// Every block's scales, in the same order.
+    scales: Scales,
+}
+
+/// One row's scales as held (see [`Scales`]).
+#[derive(Clone, Copy)]
+pub enum RowScales<'a> {
+    Half(&'a [f16]),
+    Single(&'a [[f32; 2]]),
+}
+
+impl RowScales<'_> {
+    /// Block `j`'s `[scale, offset]` (value `scale * q + offset`).
+    #[inline(always)]
+    pub fn params(self, format: BlockFormat, j: usize) -> [f32; 2] {
+        match self {
+            RowScales::Single(v) => v[j],
+            RowScales::Half(v) if format.half_scales() == Some(2) => format.params_of(v[2 * j].to_f32(), v[2 * j + 1].to_f32()),
+            RowScales::Half(v) => format.params_of(v[j].to_f32(), 0.0),
+        }
+    }
+}
+
+/// The blocks' scales as held.
+#[derive(Clone, PartialEq)]
+pub(crate) enum Scales {
+    /// The file's f16 scales, [`BlockFormat::half_scales`] per block.
+    Half(Vec<f16>),
+    /// `[scale, offset]` per block: value `scale * q + offset` (Q6_K: the scales of its halves).
+    Single(Vec<[f32; 2]>),
+}
+
+impl Scales {
+    pub(crate) fn for_format(format: BlockFormat) -> Self {
+        if format.half_scales().is_some() { Scales::Half(Vec::new()) } else { Scales::Single(Vec::new()) }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Scales::Half(v) => 2 * v.len(),
+            Scales::Single(v) => 8 * v.len(),
+        }
+    }
 }
 
 impl std::fmt::Debug for QuantizedMatrix {
@@ -160,7 +225,7 @@ impl Block<'_> {
     /// the same f32 values, signed zeros included: `d * (q - centre)`, or for Q4_1 and Q4_K
     /// `scale * q + offset` (`scale * q` is exact, so this rounds once, as ggml does).
     #[inline(always)]
-    fn widen(&self, format: BlockFormat, out: &mut [f32]) {
+    pub(crate) fn widen(&self, format: BlockFormat, out: &mut [f32]) {
         let codes = self.codes(format);
         let [scale, offset] = self.params;
         match format {
@@ -187,19 +252,24 @@ impl QuantizedMatrix {
             return Err(Error::Config(format!("{what}: {} bytes of {format} data where [{rows}, {cols}] needs {expected}", data.len())));
         }
         let blocks = rows * cols / BLOCK;
-        let (mut codes, mut params) = (Vec::with_capacity(blocks * format.code_bytes()), Vec::with_capacity(blocks));
+        let (mut codes, mut scales) = (Vec::with_capacity(blocks * format.code_bytes()), Scales::for_format(format));
         for stored in data.chunks_exact(block_bytes) {
-            stored::unpack(format, stored, &mut codes, &mut params);
+            stored::unpack(format, stored, &mut codes, &mut scales);
         }
         // A NaN/Inf scale would only show up later as NaN outputs.
-        if let Some(k) = params.iter().position(|p| !p.iter().all(|v| v.is_finite())) {
-            let [a, b] = params[k];
+        let bad = match &scales {
+            Scales::Half(v) => v.iter().position(|d| !d.is_finite()).map(|k| (k / format.half_scales().unwrap_or(1), v[k].to_f32())),
+            Scales::Single(v) => {
+                v.iter().position(|p| !p.iter().all(|x| x.is_finite())).map(|k| (k, v[k][usize::from(v[k][0].is_finite())]))
+            }
+        };
+        if let Some((block, value)) = bad {
             return Err(Error::Config(format!(
-                "{what}: row {} has a non-finite block scale ({a} / {b}); the file is corrupt",
-                k / (cols / BLOCK)
+                "{what}: row {} has a non-finite block scale ({value}); the file is corrupt",
+                block / (cols / BLOCK)
             )));
         }
-        Ok(Self { format, rows, cols, codes, params })
+        Ok(Self { format, rows, cols, codes, scales })
     }
 
     /// Quantizes row-major `[rows, cols]` f32 values (`cols` a multiple of [`BLOCK`]).
@@ -221,15 +291,27 @@ impl QuantizedMatrix {
         Self::from_blocks(format, rows, cols, data, what)
     }
 
-    /// Bytes held in memory (and read by a product): codes and widened scales.
+    /// Bytes held in memory (and read by a product): codes and scales.
     pub fn size_bytes(&self) -> usize {
-        self.codes.len() + self.params.len() * std::mem::size_of::<[f32; 2]>()
+        self.codes.len() + self.scales.bytes()
     }
 
-    /// Row `i`'s codes and `[scale, offset]` pairs.
-    pub fn row(&self, i: usize) -> (&[u8], &[[f32; 2]]) {
-        let (blocks, code_bytes) = (self.blocks_per_row(), self.format.code_bytes());
-        (&self.codes[i * blocks * code_bytes..(i + 1) * blocks * code_bytes], &self.params[i * blocks..(i + 1) * blocks])
+    /// Row `i`'s codes.
+    pub fn row_codes(&self, i: usize) -> &[u8] {
+        let row_bytes = self.blocks_per_row() * self.format.code_bytes();
+        &self.codes[i * row_bytes..(i + 1) * row_bytes]
+    }
+
+    /// Row `i`'s scales as held.
+    pub fn row_scales(&self, i: usize) -> RowScales<'_> {
+        let blocks = self.blocks_per_row();
+        match &self.scales {
+            Scales::Single(v) => RowScales::Single(&v[i * blocks..(i + 1) * blocks]),
+            Scales::Half(v) => {
+                let n = blocks * self.format.half_scales().unwrap_or(1);
+                RowScales::Half(&v[i * n..(i + 1) * n])
+            }
+        }
     }
 
     pub fn blocks_per_row(&self) -> usize {
@@ -241,7 +323,7 @@ impl QuantizedMatrix {
     pub fn block(&self, i: usize, j: usize) -> Block<'_> {
         let k = i * self.blocks_per_row() + j;
         let size = self.format.code_bytes();
-        Block { params: self.params[k], codes: &self.codes[k * size..(k + 1) * size] }
+        Block { params: self.row_scales(i).params(self.format, j), codes: &self.codes[k * size..(k + 1) * size] }
     }
 
     /// Row `i` as f32 values into `out` (`cols` long).
@@ -272,9 +354,16 @@ impl QuantizedMatrix {
     }
 
     fn gather_rows(&self, rows: &[usize]) -> Self {
-        let codes = rows.iter().flat_map(|&i| self.row(i).0).copied().collect();
-        let params = rows.iter().flat_map(|&i| self.row(i).1).copied().collect();
-        Self { codes, params, rows: rows.len(), ..*self }
+        let codes = rows.iter().flat_map(|&i| self.row_codes(i)).copied().collect();
+        let blocks = self.blocks_per_row();
+        let scales = match &self.scales {
+            Scales::Single(v) => Scales::Single(rows.iter().flat_map(|&i| &v[i * blocks..(i + 1) * blocks]).copied().collect()),
+            Scales::Half(v) => {
+                let n = blocks * self.format.half_scales().unwrap_or(1);
+                Scales::Half(rows.iter().flat_map(|&i| &v[i * n..(i + 1) * n]).copied().collect())
+            }
+        };
+        Self { codes, scales, rows: rows.len(), ..*self }
     }
 }
 
@@ -329,7 +418,8 @@ mod tests {
         let x = values(rows * cols, 1);
         for format in BlockFormat::QUANTIZABLE {
             let q = QuantizedMatrix::quantize(format, rows, cols, &x, "test").unwrap();
-            assert_eq!(q.size_bytes(), rows * cols / BLOCK * (format.code_bytes() + 8));
+            // The file's bytes: codes and f16 scales.
+            assert_eq!(q.size_bytes(), rows * cols / BLOCK * format.stored_block().1);
             let y = q.dequantize();
             for (b, (xb, yb)) in x.chunks(BLOCK).zip(y.chunks(BLOCK)).enumerate() {
                 let (lo, hi) = xb.iter().fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));

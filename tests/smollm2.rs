@@ -165,10 +165,10 @@ fn stored_blocks_give_the_logits_of_the_dequantized_file() {
     };
     let diff = support::max_abs_diff(&logits(&quantized), &logits(&widened));
     assert!(diff < 1e-3, "{diff}");
-    // 2 layers of Q4_1 linears (6 bits a weight in memory) and the Q8_0 tied head (10 bits, 28 M
-    // of the 35 M weights here), against their f32 copies: 0.29.
+    // 2 layers of Q4_1 linears (5 bits a weight, as in the file) and the Q8_0 tied head (8.5
+    // bits, 28 M of the 35 M weights here), against their f32 copies: 0.244.
     let ratio = quantized.decode_weight_bytes() as f64 / widened.decode_weight_bytes() as f64;
-    assert!((0.28..0.30).contains(&ratio), "the quantized model reads {ratio} of the f32 bytes");
+    assert!((0.24..0.25).contains(&ratio), "the quantized model reads {ratio} of the f32 bytes");
 }
 
 #[test]

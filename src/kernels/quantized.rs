@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use super::sgemm::{Mat, matmul_serial};
 use super::{FlexOp, Kernel, contiguous, on_flex};
-use crate::quantization::{BLOCK, BlockFormat, QuantizedMatrix};
+use crate::quantization::{BLOCK, BlockFormat, QuantizedMatrix, RowScales};
 
 /// Up to this many rows use the widen-in-registers dot products; more go through `sgemm`.
 const FEW_ROWS: usize = 8;
@@ -74,6 +74,10 @@ fn with_last(dims: &[usize], last: usize) -> Shape {
 
 /// `x Wᵀ`: `x` row-major `[rows, w.cols]`, the result `[rows, w.rows]`.
 pub fn product_wt(x: &[f32], rows: usize, w: &QuantizedMatrix) -> Vec<f32> {
+    product_wt_using(simd(), x, rows, w)
+}
+
+fn product_wt_using(simd: Simd, x: &[f32], rows: usize, w: &QuantizedMatrix) -> Vec<f32> {
     assert_eq!(x.len(), rows * w.cols, "input of the wrong size");
     let out = w.rows;
     if rows > FEW_ROWS {
@@ -83,7 +87,7 @@ pub fn product_wt(x: &[f32], rows: usize, w: &QuantizedMatrix) -> Vec<f32> {
             let (first, n) = (slab * SLAB, SLAB.min(out - slab * SLAB));
             let mut wide = vec![0f32; n * w.cols];
             for (i, row) in wide.chunks_exact_mut(w.cols).enumerate() {
-                w.dequantize_row(first + i, row);
+                widen_blocks(simd, w, first + i, 0, row);
             }
             // SAFETY: each task writes its own columns `first..first + n` of `y`.
             unsafe {
@@ -97,8 +101,9 @@ pub fn product_wt(x: &[f32], rows: usize, w: &QuantizedMatrix) -> Vec<f32> {
     let mut yt = vec![0f32; out * rows];
     let task = (out / (4 * rayon::current_num_threads().max(1))).clamp(16, 256);
     yt.par_chunks_mut(task * rows.max(1)).enumerate().for_each(|(t, chunk)| {
+        let mut scratch = if simd == Simd::Portable { vec![0f32; w.cols] } else { Vec::new() };
         for (i, dots) in chunk.chunks_exact_mut(rows.max(1)).enumerate() {
-            row_dots(w, t * task + i, x, rows, dots);
+            row_dots(simd, w, t * task + i, x, rows, dots, &mut scratch);
         }
     });
     if rows <= 1 {
@@ -115,6 +120,10 @@ pub fn product_wt(x: &[f32], rows: usize, w: &QuantizedMatrix) -> Vec<f32> {
 
 /// `dy W`: `dy` row-major `[rows, w.rows]`, the result `[rows, w.cols]`.
 pub fn product_w(dy: &[f32], rows: usize, w: &QuantizedMatrix) -> Vec<f32> {
+    product_w_using(simd(), dy, rows, w)
+}
+
+fn product_w_using(simd: Simd, dy: &[f32], rows: usize, w: &QuantizedMatrix) -> Vec<f32> {
     assert_eq!(dy.len(), rows * w.rows, "gradient of the wrong size");
     let cols = w.cols;
     let mut dx = vec![0f32; rows * cols];
@@ -126,10 +135,8 @@ pub fn product_w(dy: &[f32], rows: usize, w: &QuantizedMatrix) -> Vec<f32> {
         let n = nb * BLOCK;
         // Columns `first..first + n` of every weight row, widened: `[w.rows, n]`.
         let mut wide = vec![0f32; w.rows * n];
-        let mut row = vec![0f32; cols];
         for (i, out) in wide.chunks_exact_mut(n).enumerate() {
-            w.dequantize_row(i, &mut row);
-            out.copy_from_slice(&row[first_block * BLOCK..first_block * BLOCK + n]);
+            widen_blocks(simd, w, i, first_block, out);
         }
         // SAFETY: each task writes its own columns of `dx`.
         unsafe {
@@ -140,104 +147,93 @@ pub fn product_w(dy: &[f32], rows: usize, w: &QuantizedMatrix) -> Vec<f32> {
     dx
 }
 
-/// `dots[r] = x_r · W_o` for the `rows` rows of `x`.
-fn row_dots(w: &QuantizedMatrix, o: usize, x: &[f32], rows: usize, dots: &mut [f32]) {
+/// `dots[r] = x_r · W_o` for the `rows` rows of `x`: AVX-512 or AVX2 where the CPU has it,
+/// otherwise the row widened into `scratch` (`w.cols` long) and dotted.
+fn row_dots(simd: Simd, w: &QuantizedMatrix, o: usize, x: &[f32], rows: usize, dots: &mut [f32], scratch: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
+    {
         macro_rules! rows_of {
-            ($($m:literal)*) => {
+            ($isa:ident) => {
                 match rows {
-                    // SAFETY: the features were just detected; `x` holds `rows` rows of `w.cols`.
-                    $($m => return dots.copy_from_slice(&unsafe { avx512::dots::<$m>(w, o, x.as_ptr()) }),)*
+                    // SAFETY: `simd` is at most what `available_simd` found; `x` holds `rows` rows of `w.cols`.
+                    1 => return dots.copy_from_slice(&unsafe { $isa::dots::<1>(w, o, x.as_ptr()) }),
+                    2 => return dots.copy_from_slice(&unsafe { $isa::dots::<2>(w, o, x.as_ptr()) }),
+                    3 => return dots.copy_from_slice(&unsafe { $isa::dots::<3>(w, o, x.as_ptr()) }),
+                    4 => return dots.copy_from_slice(&unsafe { $isa::dots::<4>(w, o, x.as_ptr()) }),
+                    5 => return dots.copy_from_slice(&unsafe { $isa::dots::<5>(w, o, x.as_ptr()) }),
+                    6 => return dots.copy_from_slice(&unsafe { $isa::dots::<6>(w, o, x.as_ptr()) }),
+                    7 => return dots.copy_from_slice(&unsafe { $isa::dots::<7>(w, o, x.as_ptr()) }),
+                    8 => return dots.copy_from_slice(&unsafe { $isa::dots::<8>(w, o, x.as_ptr()) }),
                     _ => unreachable!("at most FEW_ROWS rows"),
                 }
             };
         }
-        rows_of!(1 2 3 4 5 6 7 8);
+        match simd {
+            Simd::Avx512 => rows_of!(avx512),
+            Simd::Avx2 => rows_of!(avx2),
+            Simd::Portable => {}
+        }
     }
-    let mut row = vec![0f32; w.cols];
-    w.dequantize_row(o, &mut row);
+    w.dequantize_row(o, scratch);
     for (dot, x) in dots.iter_mut().zip(x.chunks_exact(w.cols)) {
-        *dot = super::math::dot(&row, x);
+        *dot = super::math::dot(scratch, x);
     }
+}
+
+/// Blocks `first_block..` of row `o` of `w` widened into `out` (as many blocks as it holds),
+/// with `simd`'s instructions.
+fn widen_blocks(simd: Simd, w: &QuantizedMatrix, o: usize, first_block: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd != Simd::Portable {
+        // SAFETY: AVX-512 CPUs have AVX2; `simd` is at most what `available_simd` found.
+        return unsafe { avx2::widen(w, o, first_block, out) };
+    }
+    for (j, out) in (first_block..).zip(out.chunks_exact_mut(BLOCK)) {
+        w.block(o, j).widen(w.format, out);
+    }
+}
+
+/// The instruction set the few-row dots use.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Simd {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+/// What this CPU offers, unless `REPLORA_QUANTIZED_SIMD` (`avx512`, `avx2` or `portable`) asks for
+/// less (to compare the paths on one machine); read once.
+fn simd() -> Simd {
+    static CHOSEN: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        let available = available_simd();
+        match std::env::var("REPLORA_QUANTIZED_SIMD").as_deref() {
+            Ok("portable") => Simd::Portable,
+            Ok("avx2") if available != Simd::Portable => Simd::Avx2,
+            _ => available,
+        }
+    })
+}
+
+fn available_simd() -> Simd {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        // Every CPU with AVX2 and FMA has F16C (the products widen f16 scales with it).
+        if has!("fma") && has!("f16c") && has!("avx512f") {
+            return Simd::Avx512;
+        }
+        if has!("fma") && has!("f16c") && has!("avx2") {
+            return Simd::Avx2;
+        }
+    }
+    Simd::Portable
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use std::arch::x86_64::*;
-
-    use super::{BLOCK, BlockFormat, QuantizedMatrix};
-
-    /// The dots of weight row `o` with `M` rows of `x` (`M * w.cols` values at `x`): each
-    /// block widened to two vectors of 16 floats, then two fused multiply-adds per row, into
-    /// two sums per row (one chain of dependent adds per sum would wait on its latency).
-    ///
-    /// # Safety
-    /// AVX-512F and FMA present; `x` valid for `M * w.cols` reads.
-    #[target_feature(enable = "avx512f,fma")]
-    pub(super) unsafe fn dots<const M: usize>(w: &QuantizedMatrix, o: usize, x: *const f32) -> [f32; M] {
-        let mut sums = [[_mm512_setzero_ps(); 2]; M];
-        let (codes, params) = w.row(o);
-        let code_bytes = w.format.code_bytes();
-        let nibbles = _mm_set1_epi8(15);
-        // Q6_K: lane `i` takes bits `2i..2i + 2` of 32 high bits, moved to bits 4..6.
-        let pair_shifts = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        let (pair_mask, centre_32) = (_mm512_set1_epi32(3), _mm512_set1_epi32(32));
-        for (j, &[scale, offset]) in params.iter().enumerate() {
-            let (d, offset) = (_mm512_set1_ps(scale), _mm512_set1_ps(offset));
-            // SAFETY: block `j`'s codes are `code_bytes` bytes at `j * code_bytes` of the row's.
-            let (lo, hi) = unsafe {
-                let q = codes.as_ptr().add(j * code_bytes);
-                // The low 4 bits of values 0..16 and of 16..32, as 32-bit lanes.
-                let low_bits = || {
-                    let q = _mm_loadu_si128(q.cast());
-                    (_mm512_cvtepu8_epi32(_mm_and_si128(q, nibbles)), _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(q, 4), nibbles)))
-                };
-                match w.format {
-                    BlockFormat::Q8_0 => {
-                        let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.cast())));
-                        let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.add(16).cast())));
-                        (_mm512_mul_ps(lo, d), _mm512_mul_ps(hi, d))
-                    }
-                    BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q4_K => {
-                        let (lo, hi) = low_bits();
-                        (_mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), d, offset), _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), d, offset))
-                    }
-                    BlockFormat::Q5_0 => {
-                        // Bit `i` of the fifth bits masks lane `i`: add 16 there.
-                        let (lo, hi) = low_bits();
-                        let fifth = q.add(16).cast::<u32>().read_unaligned();
-                        let sixteen = _mm512_set1_epi32(16);
-                        let lo = _mm512_mask_add_epi32(lo, fifth as u16, lo, sixteen);
-                        let hi = _mm512_mask_add_epi32(hi, (fifth >> 16) as u16, hi, sixteen);
-                        (_mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), d, offset), _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), d, offset))
-                    }
-                    BlockFormat::Q6_K => {
-                        // Codes less 32, times the scale of each half (`d`, then `offset`).
-                        let (lo, hi) = low_bits();
-                        let high = q.add(16).cast::<u64>().read_unaligned();
-                        let top = |bits: u64| {
-                            let pairs = _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32(bits as u32 as i32), pair_shifts), pair_mask);
-                            _mm512_slli_epi32(pairs, 4)
-                        };
-                        let lo = _mm512_sub_epi32(_mm512_or_si512(lo, top(high)), centre_32);
-                        let hi = _mm512_sub_epi32(_mm512_or_si512(hi, top(high >> 32)), centre_32);
-                        (_mm512_mul_ps(_mm512_cvtepi32_ps(lo), d), _mm512_mul_ps(_mm512_cvtepi32_ps(hi), offset))
-                    }
-                }
-            };
-            for (r, sum) in sums.iter_mut().enumerate() {
-                // SAFETY: block `j` of row `r` of `x` is inside its `M * w.cols` values.
-                unsafe {
-                    let xr = x.add(r * w.cols + j * BLOCK);
-                    sum[0] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xr), sum[0]);
-                    sum[1] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xr.add(16)), sum[1]);
-                }
-            }
-        }
-        sums.map(|[a, b]| _mm512_reduce_add_ps(_mm512_add_ps(a, b)))
-    }
-}
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 #[cfg(test)]
 mod tests {
@@ -266,20 +262,79 @@ mod tests {
         assert!(worst <= 2e-5 * scale, "{what}: worst difference {worst} at scale {scale}");
     }
 
-    /// Both products of every format, at every row count of the dot path and past it, on
-    /// shapes with odd block and row counts, equal the products of the dequantized matrix.
+    /// `[rows, 5 blocks]` (3 super-blocks for Q4_K and Q6_K) of stored blocks with every code
+    /// bit random and random finite f16 scales of either sign, up to 1/16.
+    fn random_blocks(format: BlockFormat, rows: usize) -> QuantizedMatrix {
+        let (per_block, block_bytes) = format.stored_block();
+        let cols = if per_block == BLOCK { 5 * BLOCK } else { 3 * per_block };
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut byte = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        };
+        let scales_at: &[usize] = match format {
+            BlockFormat::Q4_1 | BlockFormat::Q4_K => &[0, 2],
+            BlockFormat::Q6_K => &[208],
+            _ => &[0],
+        };
+        let mut data = Vec::new();
+        for _ in 0..rows * cols / per_block {
+            let mut block: Vec<u8> = (0..block_bytes).map(|_| byte()).collect();
+            for &at in scales_at {
+                let scale = (byte() as f32 - 127.5) / 2048.0;
+                block[at..at + 2].copy_from_slice(&half::f16::from_f32(scale).to_le_bytes());
+            }
+            data.extend(block);
+        }
+        QuantizedMatrix::from_blocks(format, rows, cols, data, "w").unwrap()
+    }
+
+    /// Every instruction set of the few-row dots this CPU can run.
+    fn simd_paths() -> Vec<Simd> {
+        let all = [Simd::Avx512, Simd::Avx2, Simd::Portable];
+        all[all.iter().position(|&s| s == available_simd()).unwrap()..].to_vec()
+    }
+
+    /// Both products of every format, at every row count of the dot path (on each instruction
+    /// set this CPU has) and past it, on shapes with odd block and row counts, equal the
+    /// products of the dequantized matrix.
     #[test]
     fn products_equal_the_dequantized_products() {
-        let (out, cols) = (67, 5 * BLOCK);
-        for format in BlockFormat::QUANTIZABLE {
-            let w = QuantizedMatrix::quantize(format, out, cols, &values(out * cols, 1), "w").unwrap();
+        let out = 67;
+        for format in BlockFormat::ALL {
+            let w = random_blocks(format, out);
+            let cols = w.cols;
             let dense = w.dequantize();
             let wt: Vec<f32> = (0..cols * out).map(|i| dense[(i % out) * cols + i / out]).collect(); // [cols, out]
-            for rows in [1, 2, 3, 7, 8, 9, 40] {
+            for rows in [1, 2, 3, 4, 5, 7, 8, 9, 40] {
                 let x = values(rows * cols, rows);
-                assert_close(&product_wt(&x, rows, &w), &reference(&x, &dense, rows, out, cols), &format!("{format} x Wᵀ, {rows} rows"));
+                for simd in simd_paths() {
+                    let what = format!("{format} x Wᵀ, {rows} rows, {simd:?}");
+                    assert_close(&product_wt_using(simd, &x, rows, &w), &reference(&x, &dense, rows, out, cols), &what);
+                }
                 let dy = values(rows * out, rows + 1);
-                assert_close(&product_w(&dy, rows, &w), &reference(&dy, &wt, rows, cols, out), &format!("{format} dy W, {rows} rows"));
+                for simd in simd_paths() {
+                    let what = format!("{format} dy W, {rows} rows, {simd:?}");
+                    assert_close(&product_w_using(simd, &dy, rows, &w), &reference(&dy, &wt, rows, cols, out), &what);
+                }
+            }
+        }
+    }
+
+    /// The SIMD widening gives `dequantize_row`'s values exactly (`==`: zeros of either sign).
+    #[test]
+    fn widened_rows_equal_the_dequantized_rows() {
+        for format in BlockFormat::ALL {
+            let w = random_blocks(format, 3);
+            let (mut ours, mut exact) = (vec![0f32; w.cols], vec![0f32; w.cols]);
+            for simd in simd_paths() {
+                for o in 0..w.rows {
+                    widen_blocks(simd, &w, o, 0, &mut ours);
+                    w.dequantize_row(o, &mut exact);
+                    assert!(ours == exact, "{format} row {o} widened with {simd:?}");
+                }
             }
         }
     }

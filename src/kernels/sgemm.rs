@@ -217,8 +217,58 @@ unsafe fn few_rows_dot(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: *mut f32
         if avx512_fma() {
             return unsafe { few_rows_dot_avx512(m, n, k, a, b, c, ldc, accumulate) };
         }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            return unsafe { few_rows_dot_avx2(m, n, k, a, b, c, ldc, accumulate) };
+        }
     }
     unsafe { few_rows_dot_portable(m, n, k, a, b, c, ldc, accumulate) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn few_rows_dot_avx2(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: *mut f32, ldc: usize, accumulate: bool) {
+    let rows = copy_rows(m, k, a);
+    macro_rules! rows_of {
+        ($($m:literal)*) => {
+            match m {
+                $($m => {
+                    for j in 0..n {
+                        let dots = unsafe { dots_avx2::<$m>(rows.as_ptr(), b.ptr.offset(j as isize * b.col_stride), k) };
+                        unsafe { put_column(c, ldc, j, &dots, accumulate) };
+                    }
+                })*
+                _ => unreachable!("at most FEW_ROWS rows"),
+            }
+        };
+    }
+    rows_of!(1 2 3 4 5 6 7 8);
+}
+
+/// [`dots_avx512`] in eight lanes, the tail of `k` in a plain loop.
+///
+/// # Safety
+/// `rows` valid for `M * k` reads, `col` for `k`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dots_avx2<const M: usize>(rows: *const f32, col: *const f32, k: usize) -> [f32; M] {
+    use std::arch::x86_64::*;
+    let mut sums = [_mm256_setzero_ps(); M];
+    let mut p = 0;
+    while p + 8 <= k {
+        let y = unsafe { _mm256_loadu_ps(col.add(p)) };
+        for (i, sum) in sums.iter_mut().enumerate() {
+            *sum = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(rows.add(i * k + p)) }, y, *sum);
+        }
+        p += 8;
+    }
+    std::array::from_fn(|i| {
+        let four = _mm_add_ps(_mm256_castps256_ps128(sums[i]), _mm256_extractf128_ps(sums[i], 1));
+        let two = _mm_add_ps(four, _mm_movehl_ps(four, four));
+        let lanes = _mm_cvtss_f32(_mm_add_ss(two, _mm_shuffle_ps(two, two, 1)));
+        // SAFETY: `p..k` is inside row `i` and the column.
+        (p..k).fold(lanes, |sum, q| unsafe { sum + *rows.add(i * k + q) * *col.add(q) })
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -301,10 +351,13 @@ unsafe fn put_column(c: *mut f32, ldc: usize, j: usize, dots: &[f32], accumulate
 #[allow(clippy::too_many_arguments)]
 unsafe fn few_rows_dot_portable(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: *mut f32, ldc: usize, accumulate: bool) {
     let rows = copy_rows(m, k, a);
+    let mut dots = [0f32; FEW_ROWS];
     for j in 0..n {
         let col = unsafe { std::slice::from_raw_parts(b.ptr.offset(j as isize * b.col_stride), k) };
-        let dots: Vec<f32> = rows.chunks_exact(k).map(|row| row.iter().zip(col).map(|(x, y)| x * y).sum()).collect();
-        unsafe { put_column(c, ldc, j, &dots, accumulate) };
+        for (dot, row) in dots.iter_mut().zip(rows.chunks_exact(k)) {
+            *dot = row.iter().zip(col).map(|(x, y)| x * y).sum();
+        }
+        unsafe { put_column(c, ldc, j, &dots[..m], accumulate) };
     }
 }
 
@@ -418,14 +471,18 @@ mod tests {
         }
     }
 
-    /// The loops other CPUs run (this one takes the AVX-512 versions above).
+    /// The loops other CPUs run (this one may take the AVX-512 versions above).
     #[test]
     fn portable_few_rows_match_f64_reference() {
         let (m, n, k) = (5, 37, 70);
         let (a, b) = (values(m * k, 1), values(k * n, 2));
-        for (b, portable) in
-            [(Mat::rows(&b, n), few_rows_portable as unsafe fn(_, _, _, _, _, _, _, _)), (Mat::rows(&b, k).t(), few_rows_dot_portable)]
-        {
+        type Product = unsafe fn(usize, usize, usize, Mat, Mat, *mut f32, usize, bool);
+        let mut loops: Vec<(Mat, Product)> = vec![(Mat::rows(&b, n), few_rows_portable), (Mat::rows(&b, k).t(), few_rows_dot_portable)];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            loops.push((Mat::rows(&b, k).t(), few_rows_dot_avx2));
+        }
+        for (b, portable) in loops {
             let expected = reference(m, n, k, Mat::rows(&a, k), b);
             let mut c = vec![1f32; m * n];
             // SAFETY: `c` holds m * n values; `a` and `b` hold m * k and k * n.

@@ -22,7 +22,7 @@
 
 use half::f16;
 
-use super::{BLOCK, BlockFormat};
+use super::{BLOCK, BlockFormat, Scales};
 
 /// Values per K-quant super-block.
 pub const SUPER_BLOCK: usize = 256;
@@ -38,30 +38,27 @@ fn nibbles(values: &[u8; BLOCK]) -> [u8; BLOCK / 2] {
 }
 
 /// Unpacks one stored block of `format` (`format.stored_block().1` bytes), appending the codes
-/// and `[scale, offset]` of each of its blocks of 32 (one, or 8 for a K-quant super-block).
-pub(super) fn unpack(format: BlockFormat, stored: &[u8], codes: &mut Vec<u8>, params: &mut Vec<[f32; 2]>) {
-    match format {
-        BlockFormat::Q8_0 => {
+/// and scales of each of its blocks of 32 (one, or 8 for a K-quant super-block): the f16 scales
+/// as stored (`scales` is [`Scales::Half`]), or `[scale, offset]` widened to f32 (K-quants,
+/// [`Scales::Single`]).
+pub(super) fn unpack(format: BlockFormat, stored: &[u8], codes: &mut Vec<u8>, scales: &mut Scales) {
+    let half = |at: usize| f16::from_le_bytes([stored[at], stored[at + 1]]);
+    match (format, scales) {
+        (BlockFormat::Q8_0 | BlockFormat::Q4_0, Scales::Half(halves)) => {
             codes.extend_from_slice(&stored[2..]);
-            params.push([read_f16(stored), 0.0]);
+            halves.push(half(0));
         }
-        BlockFormat::Q4_0 => {
-            let d = read_f16(stored);
-            codes.extend_from_slice(&stored[2..]);
-            params.push([d, -8.0 * d]);
-        }
-        BlockFormat::Q4_1 => {
+        (BlockFormat::Q4_1, Scales::Half(halves)) => {
             codes.extend_from_slice(&stored[4..]);
-            params.push([read_f16(stored), read_f16(&stored[2..])]);
+            halves.extend([half(0), half(2)]);
         }
-        BlockFormat::Q5_0 => {
+        (BlockFormat::Q5_0, Scales::Half(halves)) => {
             // Kept as nibbles, then the fifth bits (the stored `qh`, after them).
-            let d = read_f16(stored);
             codes.extend_from_slice(&stored[6..22]);
             codes.extend_from_slice(&stored[2..6]);
-            params.push([d, -16.0 * d]);
+            halves.push(half(0));
         }
-        BlockFormat::Q4_K => {
+        (BlockFormat::Q4_K, Scales::Single(params)) => {
             let (d, dmin) = (read_f16(stored), read_f16(&stored[2..]));
             let (scales, qs) = (&stored[4..16], &stored[16..144]);
             for sub in 0..SUPER_BLOCK / BLOCK {
@@ -73,8 +70,8 @@ pub(super) fn unpack(format: BlockFormat, stored: &[u8], codes: &mut Vec<u8>, pa
                 params.push([d * sc as f32, -(dmin * m as f32)]);
             }
         }
-        BlockFormat::Q6_K => {
-            let (ql, qh, scales, d) = (&stored[..128], &stored[128..192], &stored[192..208], read_f16(&stored[208..]));
+        (BlockFormat::Q6_K, Scales::Single(params)) => {
+            let (ql, qh, sub_scales, d) = (&stored[..128], &stored[128..192], &stored[192..208], read_f16(&stored[208..]));
             // Value `v` of the super-block: its half `n`, quarter `k` of the half, place `l`.
             let code = |v: usize| {
                 let (n, k, l) = (v / 128, v % 128 / 32, v % 32);
@@ -87,10 +84,11 @@ pub(super) fn unpack(format: BlockFormat, stored: &[u8], codes: &mut Vec<u8>, pa
                 codes.extend_from_slice(&nibbles(&values));
                 let high = values.iter().enumerate().fold(0u64, |bits, (i, &q)| bits | u64::from(q >> 4) << (2 * i));
                 codes.extend_from_slice(&high.to_le_bytes());
-                let scale = |sub: usize| d * scales[sub] as i8 as f32;
+                let scale = |sub: usize| d * sub_scales[sub] as i8 as f32;
                 params.push([scale(2 * block), scale(2 * block + 1)]);
             }
         }
+        (format, _) => unreachable!("{format}'s scales held in the other kind ([`Scales::for_format`] chooses)"),
     }
 }
 
