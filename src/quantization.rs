@@ -144,7 +144,7 @@ pub struct QuantizedMatrix {
     scales: Scales,
 }
 
-/// One row's scales as held (see [`Scales`]).
+/// One row's scales as held: the file's f16 scales, or `[scale, offset]` pairs widened to f32.
 #[derive(Clone, Copy)]
 pub enum RowScales<'a> {
     Half(&'a [f16]),

@@ -86,6 +86,22 @@ impl Deltas {
         self.prefixes.values().next().map_or(0, |p| p.tokens())
     }
 
+    /// The same deltas without autodiff: constants for a pass that records no graph.
+    pub fn without_autodiff(&self) -> Deltas {
+        let map = self.map.iter().map(|(k, d)| {
+            let magnitude = d.magnitude.clone().map(Tensor::inner);
+            (k.clone(), LinearDelta { a: d.a.clone().inner(), b: d.b.clone().inner(), magnitude, ..d.clone() })
+        });
+        let bottlenecks = self.bottlenecks.iter().map(|(k, d)| {
+            let (down_weight, up_weight) = (d.down_weight.clone().inner(), d.up_weight.clone().inner());
+            let (down_bias, up_bias) = (d.down_bias.clone().inner(), d.up_bias.clone().inner());
+            (k.clone(), BottleneckDelta { down_weight, down_bias, up_weight, up_bias, ..d.clone() })
+        });
+        let prefixes =
+            self.prefixes.iter().map(|(k, p)| (k.clone(), PrefixKv { key: p.key.clone().inner(), value: p.value.clone().inner() }));
+        Deltas { map: map.collect(), bottlenecks: bottlenecks.collect(), prefixes: prefixes.collect(), training: self.training }
+    }
+
     /// The prefix of the attention whose key projection is `key_path`.
     pub fn prefix(&self, key_path: &str) -> Option<&PrefixKv> {
         self.prefixes.get(key_path)

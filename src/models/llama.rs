@@ -34,6 +34,9 @@ use crate::weights::Reader;
 use crate::weights::gguf::Gguf;
 use crate::weights::tensors::{self, HostTensor};
 
+mod recompute;
+pub use recompute::CheckpointedPass;
+
 const CONFIG_FILE: &str = "config.json";
 const WEIGHTS_FILE: &str = "model.safetensors";
 
@@ -387,30 +390,61 @@ impl Llama {
         deltas: &Deltas,
     ) -> Tensor<3> {
         let [b, t, _] = embeddings.dims();
-        let device = embeddings.device();
-        let prefix = deltas.prefix_len();
         let offset = match cache.as_ref() {
             Some(c) if c.len > 0 => c.len,
-            _ => prefix,
+            _ => deltas.prefix_len(),
         };
-        let attention_mask = match attention_mask {
-            Some(m) if prefix > 0 => Some(Tensor::cat(vec![Tensor::ones([b, prefix], &device), m], 1)),
+        let kinds = self.positions(b, t, offset, deltas.prefix_len(), attention_mask, &embeddings.device());
+        let ctx = self.context(deltas);
+        let mut x = embeddings;
+        if let Some(cache) = cache.as_deref_mut() {
+            cache.layers.resize(self.layers.len(), None);
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(x, &ctx, self.positions_of(&kinds, i), slot);
+        }
+        if let Some(cache) = cache {
+            cache.len = offset + t;
+        }
+        self.norm.forward(x)
+    }
+
+    /// The positions of each kind of layer the model has (global, sliding-window) for `t` new
+    /// tokens of `b` rows after `offset` earlier ones; `prefix` positions (prefix tuning) join
+    /// the padding mask in front.
+    fn positions(
+        &self,
+        b: usize,
+        t: usize,
+        offset: usize,
+        prefix: usize,
+        mask: Option<Tensor<2>>,
+        device: &Device,
+    ) -> [Option<Positions>; 2] {
+        let mask = match mask {
+            Some(m) if prefix > 0 => Some(Tensor::cat(vec![Tensor::ones([b, prefix], device), m], 1)),
             m => m,
         };
         let keys = offset + t;
-        assert!(
-            keys <= self.config.max_position_embeddings,
-            "{keys} positions exceed max_position_embeddings {}",
-            self.config.max_position_embeddings
-        );
         let c = &self.config;
-        // One set of positions per kind of layer the model has (global, sliding-window).
-        let kinds = [false, true].map(|sliding| {
+        assert!(keys <= c.max_position_embeddings, "{keys} positions exceed max_position_embeddings {}", c.max_position_embeddings);
+        [false, true].map(|sliding| {
             (0..self.layers.len())
                 .any(|i| c.is_sliding(i) == sliding)
-                .then(|| Positions::new(c, sliding, b, t, offset, attention_mask.clone(), &device))
-        });
-        let ctx = Context {
+                .then(|| Positions::new(c, sliding, b, t, offset, mask.clone(), device))
+        })
+    }
+
+    /// Layer `i`'s positions among those [`Llama::positions`] made.
+    fn positions_of<'a>(&self, kinds: &'a [Option<Positions>; 2], i: usize) -> &'a Positions {
+        kinds[self.config.is_sliding(i) as usize].as_ref().expect("positions are made for every kind of layer present")
+    }
+
+    /// What every layer of a pass with `deltas` reads besides its input and positions.
+    fn context<'a>(&self, deltas: &'a Deltas) -> Context<'a> {
+        let c = &self.config;
+        Context {
             heads: c.num_attention_heads,
             kv_heads: c.kv_heads(),
             head_dim: c.head_dim(),
@@ -418,20 +452,7 @@ impl Llama {
             scale: c.attention_scale(),
             gelu_gate: c.is_gemma(),
             deltas,
-        };
-        let mut x = embeddings;
-        if let Some(cache) = cache.as_deref_mut() {
-            cache.layers.resize(self.layers.len(), None);
         }
-        for (i, layer) in self.layers.iter().enumerate() {
-            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            let at = kinds[c.is_sliding(i) as usize].as_ref().expect("positions are made for every kind of layer present");
-            x = layer.forward(x, &ctx, at, slot);
-        }
-        if let Some(cache) = cache {
-            cache.len = keys;
-        }
-        self.norm.forward(x)
     }
 
     /// Next-token scores from hidden states (`[.., hidden]` -> `[.., vocab]`).

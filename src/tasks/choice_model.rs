@@ -2,6 +2,7 @@
 //! log-likelihood of candidate answers (multiple-choice scoring), exact match of generated
 //! answers, and the sequences and batches they work on.
 
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use rand::SeedableRng;
@@ -16,7 +17,7 @@ use crate::generate::{Sampling, generate};
 use crate::models::decoder::Decoder;
 
 use crate::adapters::PeftModel;
-use crate::models::llama::Llama;
+use crate::models::llama::{CheckpointedPass, Llama};
 use crate::training::Objective;
 
 /// Token sequences padded on the right into one batch, with the positions whose next token is
@@ -77,6 +78,13 @@ impl LmBatch {
     pub fn tokens(&self) -> usize {
         self.mask.iter().filter(|m| **m > 0.0).count()
     }
+
+    /// The token ids and the mask as `[batch, len]` tensors.
+    pub fn tensors(&self, device: &Device) -> (Tensor<2, Int>, Tensor<2>) {
+        let shape = [self.batch, self.len];
+        let ids = Tensor::from_data(TensorData::new(self.input_ids.clone(), shape), device);
+        (ids, Tensor::from_data(TensorData::new(self.mask.clone(), shape), device))
+    }
 }
 
 /// A decoder with adapters, trained as a causal language model.
@@ -90,11 +98,14 @@ impl CausalLm {
     /// predict an answer go through the vocabulary projection (49k wide for SmolLM2), which
     /// keeps the logits small.
     pub fn target_logprobs(&self, batch: &LmBatch, training: bool, device: &Device) -> Tensor<1> {
-        let (b, t) = (batch.batch, batch.len);
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(batch.input_ids.clone(), [b, t]), device);
-        let mask = Tensor::<2>::from_data(TensorData::new(batch.mask.clone(), [b, t]), device);
+        let (ids, mask) = batch.tensors(device);
         let deltas = if training { self.decoder.training_deltas() } else { self.decoder.deltas() };
-        let hidden = self.decoder.model.forward(ids, Some(mask), None, &deltas);
+        self.hidden_logprobs(self.decoder.model.forward(ids, Some(mask), None, &deltas), batch, device)
+    }
+
+    /// [`CausalLm::target_logprobs`] from the final-norm hidden states `[batch, len, hidden]`.
+    fn hidden_logprobs(&self, hidden: Tensor<3>, batch: &LmBatch, device: &Device) -> Tensor<1> {
+        let (b, t) = (batch.batch, batch.len);
         let d = hidden.dims()[2];
         let n = batch.target_rows.len();
         let rows = Tensor::<1, Int>::from_data(TensorData::new(batch.target_rows.clone(), [n]), device);
@@ -121,6 +132,33 @@ impl Objective for CausalLm {
     fn loss(&self, batch: &LmBatch, device: &Device) -> Tensor<1> {
         self.target_logprobs(batch, true, device).mean().neg()
     }
+
+    fn loss_and_gradients(
+        &self,
+        batch: &LmBatch,
+        device: &Device,
+        scale: f64,
+        checkpoint_activations: bool,
+    ) -> (Tensor<1>, GradientsParams) {
+        if !checkpoint_activations {
+            let loss = self.loss(batch, device);
+            return (loss.clone().detach(), GradientsParams::from_grads(loss.mul_scalar(scale).backward(), self));
+        }
+        let (ids, mask) = batch.tensors(device);
+        let model = &self.decoder.model;
+        let pass = CheckpointedPass {
+            embed: &|| model.embed(ids.clone()),
+            attention_mask: Some(mask),
+            deltas: &|| self.decoder.training_deltas(),
+            loss: &|hidden| self.hidden_logprobs(hidden, batch, device).mean().neg(),
+            scale,
+        };
+        let mut sum = GradientsAccumulator::<Self>::new();
+        let loss = model.checkpointed_backward(pass, |grads| sum.accumulate(self, GradientsParams::from_grads(grads, self)));
+        (loss, sum.grads())
+    }
+
+    const CHECKPOINTS: bool = true;
 
     fn examples(batch: &LmBatch) -> usize {
         batch.batch

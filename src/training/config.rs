@@ -73,6 +73,11 @@ pub struct TrainConfig {
     pub grad_clip: Option<f32>,
     /// Micro-batches per optimizer step.
     pub grad_accum: usize,
+    /// Keep only each layer's input in the forward pass and recompute the rest in the backward
+    /// pass (decoder tasks; see `models::llama::recompute`): less memory, one more forward pass.
+    /// Written only when on, so that specs written before it keep their identity.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub checkpoint_activations: bool,
     /// Stop after this many evaluations without improvement (none: never).
     pub patience: Option<usize>,
     pub best_metric: BestMetric,
@@ -106,6 +111,7 @@ impl Default for TrainConfig {
             decay: Decay::Linear,
             grad_clip: Some(1.0),
             grad_accum: 1,
+            checkpoint_activations: false,
             patience: None,
             best_metric: BestMetric::Accuracy,
             checkpoint_every: None,

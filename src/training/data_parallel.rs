@@ -37,16 +37,17 @@ pub fn check_devices(cfg: &TrainConfig, devices: &[Device]) -> Result<()> {
     }
 }
 
-/// A micro-batch's forward pass: its mean loss, computed by the given model on the given device.
-pub type Forward<'a, M> = dyn Fn(&M, &Device, usize) -> Tensor<1> + Sync + 'a;
+/// A micro-batch's forward and backward passes: its mean loss (detached) and the gradients of
+/// the given multiple of it, computed by the given model on the given device.
+pub type Forward<'a, M> = dyn Fn(&M, &Device, usize, f64) -> (Tensor<1>, GradientsParams) + Sync + 'a;
 
 /// The model's copies on the devices after the first, kept equal to it after every step.
 pub struct Replicas<M> {
     /// The replicas, with their devices; the model itself computes on `main`.
     others: Vec<(Device, M)>,
     main: Device,
-    /// One lock per distinct device, taken around each forward pass: a forward pass seeds its
-    /// device's random generator (dropout), so two replicas on one device take turns there.
+    /// One lock per distinct device, taken around each micro-batch's passes: a forward pass seeds
+    /// its device's random generator (dropout), so two replicas on one device take turns there.
     locks: Vec<Mutex<()>>,
     /// The lock each device slot (the main device first) takes.
     lock_of: Vec<usize>,
@@ -74,12 +75,9 @@ impl<M: Objective> Replicas<M> {
         let share = |r: usize| range.clone().filter(move |i| (i - first) % n == r);
         let locks = (&self.locks, &self.lock_of);
         let pass = |replica: &M, device: &Device, slot: usize, i: usize| {
-            let loss = {
-                let _turn = locks.0[locks.1[slot]].lock().unwrap_or_else(|e| e.into_inner());
-                forward(replica, device, i)
-            };
-            let grads = GradientsParams::from_grads(loss.clone().mul_scalar(scale).backward(), replica);
-            (loss.detach(), grads)
+            // Whole passes: a backward pass that recomputes activations draws dropout masks too.
+            let _turn = locks.0[locks.1[slot]].lock().unwrap_or_else(|e| e.into_inner());
+            forward(replica, device, i, scale)
         };
         let run = |replica: &M, device: &Device, slot: usize| {
             let mut sum = GradientsAccumulator::<M>::new();
@@ -204,9 +202,9 @@ mod tests {
         let model = line(&device, [1.0, 2.0, -3.0]);
         let batches = [0.5f32, -1.0, 2.0, 3.0];
         let threads = Mutex::new(HashSet::new());
-        let forward = |m: &Line, d: &Device, i: usize| {
+        let forward = |m: &Line, d: &Device, i: usize, scale: f64| {
             threads.lock().unwrap().insert(std::thread::current().id());
-            m.loss(&batches[i], d)
+            m.loss_and_gradients(&batches[i], d, scale, false)
         };
         let (one_losses, one_grads) = Replicas::new(&model, std::slice::from_ref(&device)).passes(&model, 0..4, 0.25, &forward);
         assert_eq!(threads.lock().unwrap().len(), 1);

@@ -33,6 +33,23 @@ pub trait Objective: Module {
     type Batch: Sync;
     /// The mean training loss of one batch (dropout on).
     fn loss(&self, batch: &Self::Batch, device: &Device) -> Tensor<1>;
+    /// The mean training loss of one batch (detached) and the gradients of `scale` times it;
+    /// with `checkpoint_activations`, recomputing activations in the backward pass where the
+    /// task can ([`Objective::CHECKPOINTS`]).
+    fn loss_and_gradients(
+        &self,
+        batch: &Self::Batch,
+        device: &Device,
+        scale: f64,
+        checkpoint_activations: bool,
+    ) -> (Tensor<1>, GradientsParams) {
+        let _ = checkpoint_activations;
+        let loss = self.loss(batch, device);
+        let grads = GradientsParams::from_grads(loss.clone().mul_scalar(scale).backward(), self);
+        (loss.detach(), grads)
+    }
+    /// Whether [`Objective::loss_and_gradients`] can recompute activations (decoders).
+    const CHECKPOINTS: bool = false;
     /// How many examples the batch holds (for the loss average and the rate shown).
     fn examples(batch: &Self::Batch) -> usize;
     /// What an example is called in the progress bar's rate (`ex/s`, `img/s`).
@@ -180,6 +197,9 @@ pub fn train<M: Objective>(
     resume: bool,
 ) -> Result<(M, TrainReport)> {
     cfg.validate()?;
+    if cfg.checkpoint_activations && !M::CHECKPOINTS {
+        return Err(Error::Config("checkpoint_activations: only decoder runs (multiple-choice) recompute activations".into()));
+    }
     super::data_parallel::check_devices(cfg, devices)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let batches_per_epoch = train_batches(0).len();
@@ -282,9 +302,9 @@ impl<'a, M: Objective> Session<'a, M> {
         // Dropout draws from the device's generator: seeded per micro-batch, so a resumed run
         // (or one on another number of devices) draws exactly what the uninterrupted one did.
         let first_of_epoch = epoch * self.steps.batches_per_epoch;
-        let forward = |model: &M, device: &Device, i: usize| {
+        let forward = |model: &M, device: &Device, i: usize, scale: f64| {
             device.seed(cfg.seed.wrapping_mul(1_000_003).wrapping_add((first_of_epoch + i) as u64));
-            model.loss(&batches[i], device)
+            model.loss_and_gradients(&batches[i], device, scale, cfg.checkpoint_activations)
         };
         let mut first = start;
         while first < batches.len() {

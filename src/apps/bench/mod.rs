@@ -32,6 +32,7 @@ use crate::tasks::Tuning;
 use crate::tasks::choice_model::{CausalLm, LmBatch, LmSequence};
 use crate::tasks::heads::{ClassifierModel, SequenceClassifier, cross_entropy};
 use crate::training::TrainConfig;
+use crate::training::trainer::Objective;
 use crate::training::trainer::{optimizer, peak_rss_bytes};
 
 /// What to run.
@@ -69,6 +70,10 @@ pub struct BenchArgs {
     /// (`none`), or quantized to 8 or 4 bits
     #[arg(long, default_value = "stored", value_parser = crate::apps::cli::choice::<Quantize>())]
     pub quantize: Quantize,
+    /// The decoder job recomputes each layer in the backward pass instead of keeping its
+    /// activations (as `train --checkpoint-activations`)
+    #[arg(long)]
+    pub checkpoint_activations: bool,
     #[command(flatten)]
     pub device: crate::apps::cli::DeviceArg,
 }
@@ -185,18 +190,26 @@ pub fn run(args: &BenchArgs) -> Result<BenchResult> {
         let q = args.quantize;
         return Err(Error::Config(format!("--quantize {q}: quantized bases are for decoders; the encoder job's weights are f32")));
     }
+    if args.checkpoint_activations {
+        return Err(Error::Config("--checkpoint-activations: only the decoder job recomputes activations (--model smollm2)".into()));
+    }
     run_encoder(args, &device)
 }
 
-/// Trains `steps` optimizer steps of `loss`, timing each; returns (time to the end of the first
+/// Trains `steps` optimizer steps on `gradients`, timing each; returns (time to the end of the first
 /// step since `started`, timed step durations) and the trained model.
-fn timed_steps<M: Module>(args: &BenchArgs, mut model: M, loss: &dyn Fn(&M) -> Tensor<1>, started: Instant) -> (M, f64, Vec<f64>) {
+fn timed_steps<M: Module>(
+    args: &BenchArgs,
+    mut model: M,
+    gradients: &dyn Fn(&M) -> GradientsParams,
+    started: Instant,
+) -> (M, f64, Vec<f64>) {
     let cfg = TrainConfig { lr: 1e-4, weight_decay: 0.01, grad_clip: Some(1.0), ..TrainConfig::default() };
     let mut optim = optimizer(&cfg, vec![]);
     let (mut first_step, mut times) = (None, vec![]);
     for step in 0..args.warmup + args.steps {
         let t0 = Instant::now();
-        let grads = GradientsParams::from_grads(loss(&model).backward(), &model);
+        let grads = gradients(&model);
         model = optim.step(cfg.lr, model, grads);
         // flex runs each op to completion before returning: the step has finished here.
         first_step.get_or_insert_with(|| started.elapsed().as_secs_f64());
@@ -274,7 +287,8 @@ fn run_encoder(args: &BenchArgs, device: &Device) -> Result<BenchResult> {
     let batch = synthetic_batch(args.batch, args.seq, bert_config(&model).vocab_size);
     let trainable = model.encoder.param_report().trainable + model.head.num_params();
     let loss = |m: &SequenceClassifier| cross_entropy(m.logits(&batch.to_input(&device), true), batch.labels_tensor(&device));
-    let (model, first, times) = timed_steps(args, model, &loss, started);
+    let gradients = |m: &SequenceClassifier| GradientsParams::from_grads(loss(m).backward(), m);
+    let (model, first, times) = timed_steps(args, model, &gradients, started);
     let inner = device.clone().inner();
     let model = model.valid();
     let input = batch.to_input(&inner);
@@ -307,8 +321,8 @@ fn run_decoder(args: &BenchArgs, device: &Device) -> Result<BenchResult> {
         .collect();
     let batch = LmBatch::pad(&sequences.iter().collect::<Vec<_>>(), 0);
     let trainable = model.decoder.param_report().trainable;
-    let loss = |m: &CausalLm| crate::training::Objective::loss(m, &batch, &device);
-    let (model, first, times) = timed_steps(args, model, &loss, started);
+    let gradients = |m: &CausalLm| m.loss_and_gradients(&batch, &device, 1.0, args.checkpoint_activations).1;
+    let (model, first, times) = timed_steps(args, model, &gradients, started);
     let inner = device.clone().inner();
     let model = model.valid();
     let tokens = args.batch * args.seq;
@@ -319,7 +333,7 @@ fn run_decoder(args: &BenchArgs, device: &Device) -> Result<BenchResult> {
     let description = serde_json::json!({
         "name": args.model, "kind": "decoder", "layers": c.num_hidden_layers, "hidden": c.hidden_size,
         "intermediate": c.intermediate_size, "heads": c.num_attention_heads, "kv_heads": c.kv_heads(), "vocab": c.vocab_size,
-        "answer_tokens": answer, "quantize": args.quantize,
+        "answer_tokens": answer, "quantize": args.quantize, "checkpoint_activations": args.checkpoint_activations,
     });
     Ok(result(args, trainable, first, times, (infer_base, infer_merged), description, &inner))
 }

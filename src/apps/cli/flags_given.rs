@@ -59,6 +59,7 @@ impl ChoiceArgs {
             (self.test_per_task.is_some(), "--test-per-task"),
             (self.keep_layers.is_some(), "--keep-layers"),
             (self.quantize.is_some(), "--quantize"),
+            (self.checkpoint_activations, "--checkpoint-activations"),
             (self.no_exact_match, "--no-exact-match"),
         ])
     }

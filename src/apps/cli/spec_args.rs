@@ -164,6 +164,12 @@ pub struct ChoiceArgs {
     /// train on them as QLoRA does [default: stored]
     #[arg(long, value_parser = choice::<Quantize>(), help_heading = "Multiple choice")]
     pub quantize: Option<Quantize>,
+    /// Keep only each decoder layer's input during the forward pass and run the layer again in
+    /// the backward pass: the activations take a fraction of their memory (SmolLM2, 128 tokens:
+    /// about 120 MB less per sequence) for one more forward pass per step. With LoRA dropout
+    /// the masks drawn differ from a run without it (docs/decoders.md)
+    #[arg(long, help_heading = "Multiple choice")]
+    pub checkpoint_activations: bool,
     /// Skip generating the test answers (exact match), which costs a pass per token
     #[arg(long, help_heading = "Multiple choice")]
     pub no_exact_match: bool,
@@ -461,6 +467,7 @@ impl TrainArgs {
             decay: self.decay.unwrap_or(base.decay),
             grad_clip: self.grad_clip.map_or(base.grad_clip, |c| (c > 0.0).then_some(c as f32)),
             grad_accum: self.grad_accum.unwrap_or(base.grad_accum),
+            checkpoint_activations: base.checkpoint_activations,
             patience: self.patience.or(base.patience),
             best_metric: self.best_metric.unwrap_or(base.best_metric),
             checkpoint_every: self.checkpoint_every.or(base.checkpoint_every),
@@ -517,7 +524,8 @@ impl RunArgs {
         let d = MultipleChoiceSpec::default();
         RunArgs::check_model_family(self.model.as_deref().unwrap_or(&d.model), TaskKind::MultipleChoice)?;
         let c = &self.choice;
-        let train = self.train.to_train(d.train.clone());
+        let mut train = self.train.to_train(d.train.clone());
+        train.checkpoint_activations |= c.checkpoint_activations;
         let tuning = self.method.to_tuning::<Llama>(train.seed)?;
         let [n_train, n_val, n_test] = d.sizes;
         Ok(MultipleChoiceSpec {
