@@ -1,17 +1,18 @@
-//! Speed of the quantized products `x Wᵀ` at decoding's row counts, per block format, on the
-//! shapes of a small decoder's MLP (`[2048, 640]`: gate/up; `[640, 2048]`: down). Prints one
-//! line per case: GB/s of the weight's in-memory bytes read (and of its GGUF file bytes) by
-//! the fastest of 2000 products (and the median's time).
+//! Speed of the quantized products `x Wᵀ` at decoding's row counts (1 and 8 rows of `x`) and
+//! at a prompt's or a training batch's (128), per block format, on the shapes of a small
+//! decoder's MLP (`[2048, 640]`: gate/up; `[640, 2048]`: down), and of the same product on the
+//! f32 matrix (`f32`). Prints one line per case: the fastest product of many and the median's
+//! time, GB/s of the weight's bytes in memory (and of its GGUF file bytes) at the fastest, and
+//! GFLOP/s.
 //!
-//! `CARGO_PROFILE_DEV_OPT_LEVEL=3 RAYON_NUM_THREADS=1 cargo run --example quantized_products`
-//! (the crate optimized, its dependencies as the dev profile builds them; `--release` builds
-//! all of them again). Q4_K and Q6_K, whose rows must be whole 256-value super-blocks, skip
-//! the 640-wide shape, as llama.cpp does.
+//! `RAYON_NUM_THREADS=1 cargo run --release --example quantized_products`. Q4_K and Q6_K,
+//! whose rows must be whole 256-value super-blocks, skip the 640-wide shape, as llama.cpp does.
 
 use std::time::Instant;
 
 use half::f16;
 use replora::kernels::quantized::product_wt;
+use replora::kernels::sgemm::{Mat, product};
 use replora::quantization::{BlockFormat, QuantizedMatrix};
 
 /// Random stored blocks of `format` with every code bit random and scales near 1/128.
@@ -41,8 +42,6 @@ fn matrix(format: BlockFormat, rows: usize, cols: usize) -> QuantizedMatrix {
 }
 
 fn main() {
-    // The fastest of many single products: on a shared machine the others catch a neighbour.
-    let calls = 2000;
     for (rows, cols) in [(2048usize, 640usize), (640, 2048)] {
         for format in BlockFormat::ALL {
             let (per_block, block_bytes) = format.stored_block();
@@ -51,27 +50,58 @@ fn main() {
             }
             let w = matrix(format, rows, cols);
             let file_bytes = rows * cols / per_block * block_bytes;
-            for batch in [1, 8] {
-                let x: Vec<f32> = (0..batch * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
-                let mut times = Vec::with_capacity(calls);
-                let mut sink = 0f32;
-                for _ in 0..calls {
-                    let start = Instant::now();
-                    sink += product_wt(&x, batch, &w)[0];
-                    times.push(start.elapsed().as_secs_f64());
-                }
-                times.sort_by(f64::total_cmp);
-                let (best, median) = (times[0], times[calls / 2]);
-                println!(
-                    "{{\"format\": \"{format}\", \"shape\": [{rows}, {cols}], \"rows_of_x\": {batch}, \"best_us\": {:.1}, \"median_us\": {:.1}, \"memory_bytes\": {}, \"file_bytes\": {file_bytes}, \"gb_per_s\": {:.1}, \"file_gb_per_s\": {:.1}, \"finite\": {}}}",
-                    best * 1e6,
-                    median * 1e6,
-                    w.size_bytes(),
-                    w.size_bytes() as f64 / best / 1e9,
-                    file_bytes as f64 / best / 1e9,
-                    sink.is_finite(),
-                );
+            for batch in [1, 8, 128] {
+                let x = input(batch, cols);
+                let (best, median, sink) = timed(batch, &|| product_wt(&x, batch, &w)[0]);
+                report(&format.to_string(), [rows, cols], batch, (best, median), w.size_bytes(), file_bytes, sink);
             }
         }
+        // The same products on the f32 matrix, as an f32 base runs them.
+        let dense = matrix(BlockFormat::Q8_0, rows, cols).dequantize();
+        for batch in [1, 8, 128] {
+            let x = input(batch, cols);
+            let f32_product = || product(batch, rows, cols, Mat::rows(&x, cols), Mat::rows(&dense, cols).t())[0];
+            let (best, median, sink) = timed(batch, &f32_product);
+            report("f32", [rows, cols], batch, (best, median), 4 * rows * cols, 4 * rows * cols, sink);
+        }
     }
+}
+
+fn input(batch: usize, cols: usize) -> Vec<f32> {
+    (0..batch * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect()
+}
+
+/// The fastest and the median time of many products (on a shared machine the others catch a
+/// neighbour), and a sum of their first outputs that keeps them from being optimized away.
+fn timed(batch: usize, product: &dyn Fn() -> f32) -> (f64, f64, f32) {
+    let calls = if batch > 8 { 100 } else { 2000 };
+    let mut times = Vec::with_capacity(calls);
+    let mut sink = 0f32;
+    for _ in 0..calls {
+        let start = Instant::now();
+        sink += product();
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    (times[0], times[calls / 2], sink)
+}
+
+fn report(
+    format: &str,
+    [rows, cols]: [usize; 2],
+    batch: usize,
+    (best, median): (f64, f64),
+    memory_bytes: usize,
+    file_bytes: usize,
+    sink: f32,
+) {
+    println!(
+        "{{\"format\": \"{format}\", \"shape\": [{rows}, {cols}], \"rows_of_x\": {batch}, \"best_us\": {:.1}, \"median_us\": {:.1}, \"memory_bytes\": {memory_bytes}, \"file_bytes\": {file_bytes}, \"gb_per_s\": {:.1}, \"file_gb_per_s\": {:.1}, \"gflop_per_s\": {:.1}, \"finite\": {}}}",
+        best * 1e6,
+        median * 1e6,
+        memory_bytes as f64 / best / 1e9,
+        file_bytes as f64 / best / 1e9,
+        2.0 * (batch * rows * cols) as f64 / best / 1e9,
+        sink.is_finite(),
+    );
 }

@@ -24,8 +24,19 @@ use crate::quantization::{BLOCK, BlockFormat, QuantizedMatrix, RowScales};
 
 /// Up to this many rows use the widen-in-registers dot products; more go through `sgemm`.
 const FEW_ROWS: usize = 8;
-/// Weight rows (or columns, backward) per `sgemm` task: a 64 x 576 slab is 144 KiB of f32.
+/// At most this many weight rows (or columns, backward) per `sgemm` task: a 64 x 576 slab is
+/// 144 KiB of f32.
 const SLAB: usize = 64;
+
+/// The slab height (a multiple of `unit`, at most [`SLAB`]) that splits `n` rows most evenly
+/// over `threads`: the largest of those whose busiest thread gets the fewest rows. With 2
+/// threads a 576-row matrix takes 12 slabs of 48 (6 each), not 9 of 64 (5 and 4), and a
+/// 192-row one 4 slabs of 48, not 3 of 64.
+fn slab_height(n: usize, unit: usize, threads: usize) -> usize {
+    let threads = threads.max(1);
+    let busiest = |h: usize| n.div_ceil(h).div_ceil(threads) * h;
+    (1..=SLAB / unit).rev().map(|k| k * unit).min_by_key(|&h| busiest(h)).unwrap_or(unit)
+}
 
 /// `x Wᵀ` over the last dimension of `x` (`[.., d_in]` -> `[.., d_out]`).
 pub fn linear<const D: usize>(x: Tensor<D>, w: &Arc<QuantizedMatrix>) -> Tensor<D> {
@@ -83,8 +94,9 @@ fn product_wt_using(simd: Simd, x: &[f32], rows: usize, w: &QuantizedMatrix) -> 
     if rows > FEW_ROWS {
         let mut y = vec![0f32; rows * out];
         let y_addr = y.as_mut_ptr() as usize;
-        (0..out.div_ceil(SLAB)).into_par_iter().for_each(|slab| {
-            let (first, n) = (slab * SLAB, SLAB.min(out - slab * SLAB));
+        let height = slab_height(out, 16, rayon::current_num_threads());
+        (0..out.div_ceil(height)).into_par_iter().for_each(|slab| {
+            let (first, n) = (slab * height, height.min(out - slab * height));
             let mut wide = vec![0f32; n * w.cols];
             for (i, row) in wide.chunks_exact_mut(w.cols).enumerate() {
                 widen_blocks(simd, w, first + i, 0, row);
@@ -128,8 +140,8 @@ fn product_w_using(simd: Simd, dy: &[f32], rows: usize, w: &QuantizedMatrix) -> 
     let cols = w.cols;
     let mut dx = vec![0f32; rows * cols];
     let dx_addr = dx.as_mut_ptr() as usize;
-    let slab_blocks = (SLAB / BLOCK).max(1);
     let blocks = w.blocks_per_row();
+    let slab_blocks = slab_height(blocks * BLOCK, BLOCK, rayon::current_num_threads()) / BLOCK;
     (0..blocks.div_ceil(slab_blocks)).into_par_iter().for_each(|slab| {
         let (first_block, nb) = (slab * slab_blocks, slab_blocks.min(blocks - slab * slab_blocks));
         let n = nb * BLOCK;
@@ -321,6 +333,16 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn slabs_split_the_rows_evenly_over_the_threads() {
+        assert_eq!(slab_height(576, 16, 2), 48);
+        assert_eq!(slab_height(192, 16, 2), 48);
+        assert_eq!(slab_height(1536, 16, 2), 64);
+        assert_eq!(slab_height(576, 16, 1), 64);
+        assert_eq!(slab_height(576, 32, 2), 32);
+        assert_eq!(slab_height(20, 16, 4), 16);
     }
 
     /// The SIMD widening gives `dequantize_row`'s values exactly (`==`: zeros of either sign).
