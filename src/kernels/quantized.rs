@@ -92,21 +92,25 @@ fn product_wt_using(simd: Simd, x: &[f32], rows: usize, w: &QuantizedMatrix) -> 
     assert_eq!(x.len(), rows * w.cols, "input of the wrong size");
     let out = w.rows;
     if rows > FEW_ROWS {
-        let mut y = vec![0f32; rows * out];
+        // Written once by the products (no zero-fill pass first); the length is set after.
+        let mut y = Vec::with_capacity(rows * out);
         let y_addr = y.as_mut_ptr() as usize;
         let height = slab_height(out, 16, rayon::current_num_threads());
         (0..out.div_ceil(height)).into_par_iter().for_each(|slab| {
             let (first, n) = (slab * height, height.min(out - slab * height));
-            let mut wide = vec![0f32; n * w.cols];
-            for (i, row) in wide.chunks_exact_mut(w.cols).enumerate() {
-                widen_blocks(simd, w, first + i, 0, row);
-            }
-            // SAFETY: each task writes its own columns `first..first + n` of `y`.
-            unsafe {
-                let c = (y_addr as *mut f32).add(first);
-                matmul_serial(rows, n, w.cols, Mat::rows(x, w.cols), Mat::rows(&wide, w.cols).t(), c, out, false);
-            }
+            with_scratch(n * w.cols, |wide| {
+                for (i, row) in wide.chunks_exact_mut(w.cols).enumerate() {
+                    widen_blocks(simd, w, first + i, 0, row);
+                }
+                // SAFETY: each task writes its own columns `first..first + n` of `y`, every row.
+                unsafe {
+                    let c = (y_addr as *mut f32).add(first);
+                    matmul_serial(rows, n, w.cols, Mat::rows(x, w.cols), Mat::rows(wide, w.cols).t(), c, out, false);
+                }
+            });
         });
+        // SAFETY: the slabs cover every column of every row.
+        unsafe { y.set_len(rows * out) };
         return y;
     }
     // Few rows: the output transposed (`[out, rows]`), each weight row's dots written together.
@@ -138,7 +142,7 @@ pub fn product_w(dy: &[f32], rows: usize, w: &QuantizedMatrix) -> Vec<f32> {
 fn product_w_using(simd: Simd, dy: &[f32], rows: usize, w: &QuantizedMatrix) -> Vec<f32> {
     assert_eq!(dy.len(), rows * w.rows, "gradient of the wrong size");
     let cols = w.cols;
-    let mut dx = vec![0f32; rows * cols];
+    let mut dx = Vec::with_capacity(rows * cols);
     let dx_addr = dx.as_mut_ptr() as usize;
     let blocks = w.blocks_per_row();
     let slab_blocks = slab_height(blocks * BLOCK, BLOCK, rayon::current_num_threads()) / BLOCK;
@@ -146,17 +150,38 @@ fn product_w_using(simd: Simd, dy: &[f32], rows: usize, w: &QuantizedMatrix) -> 
         let (first_block, nb) = (slab * slab_blocks, slab_blocks.min(blocks - slab * slab_blocks));
         let n = nb * BLOCK;
         // Columns `first..first + n` of every weight row, widened: `[w.rows, n]`.
-        let mut wide = vec![0f32; w.rows * n];
-        for (i, out) in wide.chunks_exact_mut(n).enumerate() {
-            widen_blocks(simd, w, i, first_block, out);
-        }
-        // SAFETY: each task writes its own columns of `dx`.
-        unsafe {
-            let c = (dx_addr as *mut f32).add(first_block * BLOCK);
-            matmul_serial(rows, n, w.rows, Mat::rows(dy, w.rows), Mat::rows(&wide, n), c, cols, false);
-        }
+        with_scratch(w.rows * n, |wide| {
+            for (i, out) in wide.chunks_exact_mut(n).enumerate() {
+                widen_blocks(simd, w, i, first_block, out);
+            }
+            // SAFETY: each task writes its own columns of `dx`, every row.
+            unsafe {
+                let c = (dx_addr as *mut f32).add(first_block * BLOCK);
+                matmul_serial(rows, n, w.rows, Mat::rows(dy, w.rows), Mat::rows(wide, n), c, cols, false);
+            }
+        });
     });
+    // SAFETY: the slabs cover every column of every row.
+    unsafe { dx.set_len(rows * cols) };
     dx
+}
+
+/// Runs `f` on this thread's scratch buffer of `len` floats (contents unspecified), which
+/// stays allocated between calls: the slabs are written whole, so no zero-fill is needed.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffer) => {
+            if buffer.len() < len {
+                buffer.resize(len, 0.0);
+            }
+            f(&mut buffer[..len])
+        }
+        // In use further up this thread's stack (a task rayon stole while `f` waited).
+        Err(_) => f(&mut vec![0f32; len]),
+    })
 }
 
 /// `dots[r] = x_r · W_o` for the `rows` rows of `x`: AVX-512 or AVX2 where the CPU has it,
