@@ -19,8 +19,8 @@
 //! and by llama.cpp from the same f32 values gets the same codes.
 //!
 //! Q8_0, Q4_0, Q4_1 and Q5_0 keep the file's f16 scales, so they take the file's bytes (8.5, 4.5,
-//! 5 and 5.5 bits a weight); a product widens one row's scales at a time with the CPU's
-//! conversion instructions, not one block at a time (which made the product compute-bound).
+//! 5 and 5.5 bits a weight); a product widens each block's scales as it reads the block, with
+//! one F16C instruction (converting them in software made the product compute-bound).
 //! Q4_K's and Q6_K's scales are products of the super-block's f16 scale and a 6- or 8-bit
 //! sub-block scale, which an f16 cannot hold: they are widened to f32 at load (8 bytes per
 //! block: 6 bits a weight against the file's 4.5, 8 against 6.56).
