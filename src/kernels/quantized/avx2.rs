@@ -20,7 +20,10 @@ pub(super) unsafe fn dots<const M: usize>(w: &QuantizedMatrix, o: usize, x: *con
     let code_bytes = w.format.code_bytes();
     for j in 0..w.blocks_per_row() {
         // SAFETY: block `j`'s codes are `code_bytes` bytes at `j * code_bytes` of the row's.
-        let block = unsafe { widen_block(w.format, codes.as_ptr().add(j * code_bytes), block_params(w.format, scales, j)) };
+        let block = unsafe {
+            let (d, offset) = block_scales(w.format, scales, j);
+            widen_block(w.format, codes.as_ptr().add(j * code_bytes), (_mm256_broadcastss_ps(d), _mm256_broadcastss_ps(offset)))
+        };
         for (r, sum) in sums.iter_mut().enumerate() {
             // SAFETY: block `j` of row `r` of `x` is inside its `M * w.cols` values.
             unsafe {
@@ -51,7 +54,8 @@ pub(super) unsafe fn widen(w: &QuantizedMatrix, o: usize, first_block: usize, ou
     for (j, out) in (first_block..).zip(out.chunks_exact_mut(BLOCK)) {
         // SAFETY: block `j`'s codes are inside the row's; `out` holds its 32 values.
         unsafe {
-            let block = widen_block(format, codes.as_ptr().add(j * code_bytes), block_params(format, scales, j));
+            let (d, offset) = block_scales(format, scales, j);
+            let block = widen_block(format, codes.as_ptr().add(j * code_bytes), (_mm256_broadcastss_ps(d), _mm256_broadcastss_ps(offset)));
             for (g, v) in block.into_iter().enumerate() {
                 _mm256_storeu_ps(out.as_mut_ptr().add(8 * g), v);
             }
@@ -59,36 +63,41 @@ pub(super) unsafe fn widen(w: &QuantizedMatrix, o: usize, first_block: usize, ou
     }
 }
 
-/// Block `j`'s `[scale, offset]` from the row's scales, an f16 scale widened with F16C (as
-/// [`RowScales::params`], without its call into the `half` crate per value).
+/// Block `j`'s scale and offset (value `scale * q + offset`, [`RowScales::params`]) in lane 0 of
+/// two vectors, an f16 scale widened with F16C. They stay in vector registers: a `[f32; 2]` built
+/// from two scalars went through memory, where a 64-bit load of two 32-bit stores is not
+/// forwarded (Q8_0, Q4_0 and Q5_0 took twice Q4_1's time per one-row product).
 ///
 /// # Safety
-/// F16C present.
-#[target_feature(enable = "f16c")]
+/// AVX2 and F16C present.
+#[target_feature(enable = "avx2,f16c")]
 #[inline]
-pub(super) unsafe fn block_params(format: BlockFormat, scales: RowScales<'_>, j: usize) -> [f32; 2] {
+pub(super) unsafe fn block_scales(format: BlockFormat, scales: RowScales<'_>, j: usize) -> (__m128, __m128) {
     match scales {
-        RowScales::Single(v) => v[j],
+        RowScales::Single(v) => {
+            let [scale, offset] = v[j];
+            (_mm_set_ss(scale), _mm_set_ss(offset))
+        }
+        RowScales::Half(v) if format.half_scales() == Some(2) => {
+            let wide = _mm_cvtph_ps(_mm_cvtsi32_si128((u32::from(v[2 * j].to_bits()) | u32::from(v[2 * j + 1].to_bits()) << 16) as i32));
+            (wide, _mm_movehdup_ps(wide))
+        }
         RowScales::Half(v) => {
-            let per_block = if format.half_scales() == Some(2) { 2 } else { 1 };
-            let bits = match per_block {
-                2 => u32::from(v[2 * j].to_bits()) | u32::from(v[2 * j + 1].to_bits()) << 16,
-                _ => u32::from(v[j].to_bits()),
-            };
-            let wide = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
-            format.params_of(_mm_cvtss_f32(wide), _mm_cvtss_f32(_mm_movehdup_ps(wide)))
+            let d = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(v[j].to_bits())));
+            // The offset of a centred format: -8d (Q4_0), -16d (Q5_0); Q8_0 has none.
+            let centre = format.params_of(1.0, 0.0)[1];
+            (d, _mm_mul_ss(d, _mm_set_ss(centre)))
         }
     }
 }
 
-/// One block's 32 values (codes at `q`, `[scale, offset]`) as four vectors of 8.
+/// One block's 32 values (codes at `q`, its scale and offset broadcast) as four vectors of 8.
 ///
 /// # Safety
 /// AVX2 and FMA present; `q` valid for the format's code bytes.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn widen_block(format: BlockFormat, q: *const u8, [scale, offset]: [f32; 2]) -> [__m256; 4] {
-    let (d, offset) = (_mm256_set1_ps(scale), _mm256_set1_ps(offset));
+unsafe fn widen_block(format: BlockFormat, q: *const u8, (d, offset): (__m256, __m256)) -> [__m256; 4] {
     let nibbles = _mm_set1_epi8(15);
     // Lane `i` of a group of 8 values: its fifth bit (Q5_0), the shift of its 2 top bits (Q6_K).
     let lane_bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);

@@ -2,7 +2,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::block_params;
+use super::avx2::block_scales;
 use super::{BLOCK, BlockFormat, QuantizedMatrix};
 
 /// The dots of weight row `o` with `M` rows of `x` (`M * w.cols` values at `x`): each
@@ -22,8 +22,8 @@ pub(super) unsafe fn dots<const M: usize>(w: &QuantizedMatrix, o: usize, x: *con
     let (pair_mask, centre_32) = (_mm512_set1_epi32(3), _mm512_set1_epi32(32));
     for j in 0..w.blocks_per_row() {
         // SAFETY: F16C present.
-        let [scale, offset] = unsafe { block_params(w.format, scales, j) };
-        let (d, offset) = (_mm512_set1_ps(scale), _mm512_set1_ps(offset));
+        let (d, offset) = unsafe { block_scales(w.format, scales, j) };
+        let (d, offset) = (_mm512_broadcastss_ps(d), _mm512_broadcastss_ps(offset));
         // SAFETY: block `j`'s codes are `code_bytes` bytes at `j * code_bytes` of the row's.
         let (lo, hi) = unsafe {
             let q = codes.as_ptr().add(j * code_bytes);
