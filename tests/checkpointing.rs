@@ -27,13 +27,7 @@ fn generator() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn config() -> LlamaConfig {
-    serde_json::from_value(serde_json::json!({
-        "vocab_size": 64, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 3,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-        "max_position_embeddings": 64, "tie_word_embeddings": true, "eos_token_id": 2, "hidden_act": "silu",
-        "model_type": "llama",
-    }))
-    .unwrap()
+    support::tiny_llama_config(3)
 }
 
 fn base(device: &Device) -> Llama {

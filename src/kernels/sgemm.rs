@@ -205,7 +205,7 @@ unsafe fn few_rows_portable(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: *mu
 
 /// [`few_rows`] for a `b` whose columns are contiguous (attention's `q k^T` while generating,
 /// a tied LM head): dot products, each column of `b` read once for all rows of `a`, one
-/// sixteen-lane sum per row so that the rows' sums run side by side (AVX-512; elsewhere a
+/// sixteen-lane (AVX-512) or eight-lane (AVX2) sum per row so that the rows' sums run side by side (elsewhere a
 /// plain loop).
 ///
 /// # Safety
@@ -214,35 +214,57 @@ unsafe fn few_rows_portable(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: *mu
 unsafe fn few_rows_dot(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: *mut f32, ldc: usize, accumulate: bool) {
     #[cfg(target_arch = "x86_64")]
     {
+        // The row count as a constant, so that the sums stay in registers.
+        macro_rules! rows_of {
+            ($dots:ident) => {{
+                let rows = copy_rows(m, k, a);
+                // SAFETY: the caller's contract; the instruction set was just detected.
+                return unsafe {
+                    match m {
+                        1 => by_columns($dots::<1>, n, k, &rows, b, c, ldc, accumulate),
+                        2 => by_columns($dots::<2>, n, k, &rows, b, c, ldc, accumulate),
+                        3 => by_columns($dots::<3>, n, k, &rows, b, c, ldc, accumulate),
+                        4 => by_columns($dots::<4>, n, k, &rows, b, c, ldc, accumulate),
+                        5 => by_columns($dots::<5>, n, k, &rows, b, c, ldc, accumulate),
+                        6 => by_columns($dots::<6>, n, k, &rows, b, c, ldc, accumulate),
+                        7 => by_columns($dots::<7>, n, k, &rows, b, c, ldc, accumulate),
+                        8 => by_columns($dots::<8>, n, k, &rows, b, c, ldc, accumulate),
+                        _ => unreachable!("at most FEW_ROWS rows"),
+                    }
+                };
+            }};
+        }
         if avx512_fma() {
-            return unsafe { few_rows_dot_avx512(m, n, k, a, b, c, ldc, accumulate) };
+            rows_of!(dots_avx512);
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            return unsafe { few_rows_dot_avx2(m, n, k, a, b, c, ldc, accumulate) };
+            rows_of!(dots_avx2);
         }
     }
     unsafe { few_rows_dot_portable(m, n, k, a, b, c, ldc, accumulate) }
 }
 
+/// Writes `dots` of the `M` rows (contiguous, `k` each) with each of the `n` columns of `b` down
+/// that column of `c`.
+///
+/// # Safety
+/// As [`few_rows_dot`]'s, and `dots` runnable on this CPU.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn few_rows_dot_avx2(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: *mut f32, ldc: usize, accumulate: bool) {
-    let rows = copy_rows(m, k, a);
-    macro_rules! rows_of {
-        ($($m:literal)*) => {
-            match m {
-                $($m => {
-                    for j in 0..n {
-                        let dots = unsafe { dots_avx2::<$m>(rows.as_ptr(), b.ptr.offset(j as isize * b.col_stride), k) };
-                        unsafe { put_column(c, ldc, j, &dots, accumulate) };
-                    }
-                })*
-                _ => unreachable!("at most FEW_ROWS rows"),
-            }
-        };
+unsafe fn by_columns<const M: usize>(
+    dots: unsafe fn(*const f32, *const f32, usize) -> [f32; M],
+    n: usize,
+    k: usize,
+    rows: &[f32],
+    b: Mat,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    for j in 0..n {
+        let dots = unsafe { dots(rows.as_ptr(), b.ptr.offset(j as isize * b.col_stride), k) };
+        unsafe { put_column(c, ldc, j, &dots, accumulate) };
     }
-    rows_of!(1 2 3 4 5 6 7 8);
 }
 
 /// [`dots_avx512`] in eight lanes, the tail of `k` in a plain loop.
@@ -269,28 +291,6 @@ unsafe fn dots_avx2<const M: usize>(rows: *const f32, col: *const f32, k: usize)
         // SAFETY: `p..k` is inside row `i` and the column.
         (p..k).fold(lanes, |sum, q| unsafe { sum + *rows.add(i * k + q) * *col.add(q) })
     })
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn few_rows_dot_avx512(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: *mut f32, ldc: usize, accumulate: bool) {
-    let rows = copy_rows(m, k, a);
-    // The row count as a constant, so that the sums stay in registers.
-    macro_rules! rows_of {
-        ($($m:literal)*) => {
-            match m {
-                $($m => {
-                    for j in 0..n {
-                        let dots = unsafe { dots_avx512::<$m>(rows.as_ptr(), b.ptr.offset(j as isize * b.col_stride), k) };
-                        unsafe { put_column(c, ldc, j, &dots, accumulate) };
-                    }
-                })*
-                _ => unreachable!("at most FEW_ROWS rows"),
-            }
-        };
-    }
-    rows_of!(1 2 3 4 5 6 7 8);
 }
 
 /// The `M` dot products of `rows` (`M` rows of `k`, contiguous) with the `k` values at `col`.
@@ -480,7 +480,13 @@ mod tests {
         let mut loops: Vec<(Mat, Product)> = vec![(Mat::rows(&b, n), few_rows_portable), (Mat::rows(&b, k).t(), few_rows_dot_portable)];
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            loops.push((Mat::rows(&b, k).t(), few_rows_dot_avx2));
+            /// The AVX2 dots at this test's 5 rows, which an AVX-512 CPU would not take.
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn avx2_dots(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: *mut f32, ldc: usize, accumulate: bool) {
+                assert_eq!(m, 5);
+                unsafe { by_columns(dots_avx2::<5>, n, k, &copy_rows(m, k, a), b, c, ldc, accumulate) }
+            }
+            loops.push((Mat::rows(&b, k).t(), avx2_dots));
         }
         for (b, portable) in loops {
             let expected = reference(m, n, k, Mat::rows(&a, k), b);

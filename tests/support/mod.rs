@@ -80,6 +80,17 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
+/// A tiny LLaMA with `layers` layers, widths whole blocks of 32 (as quantized matrices need).
+pub fn tiny_llama_config(layers: usize) -> LlamaConfig {
+    serde_json::from_value(serde_json::json!({
+        "vocab_size": 64, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": layers,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "max_position_embeddings": 64, "tie_word_embeddings": true, "eos_token_id": 2, "hidden_act": "silu",
+        "model_type": "llama",
+    }))
+    .unwrap()
+}
+
 /// A tiny BERT checkpoint (2 layers, hidden 8, 2 heads, vocab 50) with seeded weights in
 /// `dir`: tensor names behind `stored_prefix`, LayerNorms as `gamma/beta` if `old_norm_names`.
 pub fn tiny_bert(dir: &Path, stored_prefix: &str, old_norm_names: bool, pooler: bool) {
