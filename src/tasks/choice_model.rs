@@ -141,8 +141,7 @@ impl Objective for CausalLm {
         checkpoint_activations: bool,
     ) -> (Tensor<1>, GradientsParams) {
         if !checkpoint_activations {
-            let loss = self.loss(batch, device);
-            return (loss.clone().detach(), GradientsParams::from_grads(loss.mul_scalar(scale).backward(), self));
+            return crate::training::trainer::ordinary_pass(self, batch, device, scale);
         }
         let (ids, mask) = batch.tensors(device);
         let model = &self.decoder.model;

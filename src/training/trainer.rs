@@ -44,9 +44,7 @@ pub trait Objective: Module {
         checkpoint_activations: bool,
     ) -> (Tensor<1>, GradientsParams) {
         let _ = checkpoint_activations;
-        let loss = self.loss(batch, device);
-        let grads = GradientsParams::from_grads(loss.clone().mul_scalar(scale).backward(), self);
-        (loss.detach(), grads)
+        ordinary_pass(self, batch, device, scale)
     }
     /// Whether [`Objective::loss_and_gradients`] can recompute activations (decoders).
     const CHECKPOINTS: bool = false;
@@ -77,6 +75,14 @@ pub trait Objective: Module {
     fn decay_exempt(&self) -> Vec<ParamId> {
         vector_params(self)
     }
+}
+
+/// [`Objective::loss_and_gradients`] without recomputation: one forward pass, its graph
+/// differentiated.
+pub fn ordinary_pass<M: Objective>(model: &M, batch: &M::Batch, device: &Device, scale: f64) -> (Tensor<1>, GradientsParams) {
+    let loss = model.loss(batch, device);
+    let grads = GradientsParams::from_grads(loss.clone().mul_scalar(scale).backward(), model);
+    (loss.detach(), grads)
 }
 
 /// One optimizer step at `lr`, with the model's [`LrGroup`] (if any) stepped at its own rate:
