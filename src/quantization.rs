@@ -304,14 +304,16 @@ impl QuantizedMatrix {
 
     /// Row `i`'s scales as held.
     pub fn row_scales(&self, i: usize) -> RowScales<'_> {
-        let blocks = self.blocks_per_row();
+        let n = self.scale_entries_per_row();
         match &self.scales {
-            Scales::Single(v) => RowScales::Single(&v[i * blocks..(i + 1) * blocks]),
-            Scales::Half(v) => {
-                let n = blocks * self.format.half_scales().unwrap_or(1);
-                RowScales::Half(&v[i * n..(i + 1) * n])
-            }
+            Scales::Single(v) => RowScales::Single(&v[i * n..(i + 1) * n]),
+            Scales::Half(v) => RowScales::Half(&v[i * n..(i + 1) * n]),
         }
+    }
+
+    /// Entries of [`Scales`] per row: f16 values, or `[scale, offset]` pairs (one per block).
+    fn scale_entries_per_row(&self) -> usize {
+        self.blocks_per_row() * self.format.half_scales().unwrap_or(1)
     }
 
     pub fn blocks_per_row(&self) -> usize {
@@ -355,13 +357,10 @@ impl QuantizedMatrix {
 
     fn gather_rows(&self, rows: &[usize]) -> Self {
         let codes = rows.iter().flat_map(|&i| self.row_codes(i)).copied().collect();
-        let blocks = self.blocks_per_row();
+        let n = self.scale_entries_per_row();
         let scales = match &self.scales {
-            Scales::Single(v) => Scales::Single(rows.iter().flat_map(|&i| &v[i * blocks..(i + 1) * blocks]).copied().collect()),
-            Scales::Half(v) => {
-                let n = blocks * self.format.half_scales().unwrap_or(1);
-                Scales::Half(rows.iter().flat_map(|&i| &v[i * n..(i + 1) * n]).copied().collect())
-            }
+            Scales::Single(v) => Scales::Single(rows.iter().flat_map(|&i| &v[i * n..(i + 1) * n]).copied().collect()),
+            Scales::Half(v) => Scales::Half(rows.iter().flat_map(|&i| &v[i * n..(i + 1) * n]).copied().collect()),
         };
         Self { codes, scales, rows: rows.len(), ..*self }
     }

@@ -40,6 +40,7 @@ impl Llama {
     /// pass without checkpointing.
     pub fn checkpointed_backward(&self, pass: CheckpointedPass<'_>, mut collect: impl FnMut(Gradients)) -> Tensor<1> {
         let embeddings = (pass.embed)();
+        let embeddings_train = embeddings.is_tracked();
         let device = embeddings.device();
         let [b, t, _] = embeddings.dims();
         // The micro-batch's draw (its seed is set by the trainer) seeds each layer's dropout.
@@ -54,7 +55,7 @@ impl Llama {
         let mask = pass.attention_mask.clone().map(Tensor::inner);
         let kinds = plain.positions(b, t, prefix, prefix, mask, &device.clone().inner());
         let ctx = plain.context(&frozen);
-        let mut inputs = Vec::with_capacity(self.layers.len() + 1);
+        let mut inputs = Vec::with_capacity(self.layers.len());
         let mut x = embeddings.inner();
         for (i, layer) in plain.layers.iter().enumerate() {
             seed_layer(i);
@@ -70,7 +71,8 @@ impl Llama {
         let mut seed_grad = leaf.grad_remove(&mut grads).expect("the loss depends on the hidden states");
         collect(grads);
 
-        // Each layer's graph, last first; `x` is the output its first pass gave.
+        // Each layer's graph, last first; `x` is the output its first pass gave. The positions
+        // again on the autodiff device, as the fused kernels take all their inputs on one.
         let kinds = self.positions(b, t, prefix, prefix, pass.attention_mask, &device);
         for (i, layer) in self.layers.iter().enumerate().rev() {
             seed_layer(i);
@@ -87,9 +89,8 @@ impl Llama {
         }
 
         // The embeddings' graph, where the table trains (full fine-tuning).
-        let embeddings = (pass.embed)();
-        if embeddings.is_tracked() {
-            collect((embeddings * Tensor::from_inner(seed_grad)).sum().backward());
+        if embeddings_train {
+            collect(((pass.embed)() * Tensor::from_inner(seed_grad)).sum().backward());
         }
         loss.detach()
     }
