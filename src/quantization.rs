@@ -1,6 +1,6 @@
-//! Block-quantized matrices as GGUF stores them (Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q6_K): a frozen
-//! base weight kept at 6-10 bits per value instead of 32, read by the products in
-//! [`kernels::quantized`](crate::kernels::quantized) without an f32 copy.
+//! Block-quantized matrices as GGUF stores them (Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q6_K), and 16-bit
+//! floats (F16, BF16): a frozen base weight kept at 5-16 bits per value instead of 32, read by
+//! the products in [`kernels::quantized`](crate::kernels::quantized) without an f32 copy.
 //!
 //! A matrix is row-major `[rows, cols]` (a linear's `[d_out, d_in]`, PyTorch's and GGUF's
 //! layout), each row a run of blocks of [`BLOCK`] consecutive values. ggml's layouts, and how
@@ -13,6 +13,7 @@
 //!   `[d, -16d]`.
 //! - Q6_K: 16 bytes of the low 4 bits, then 8 bytes of the top 2 bits (bits `2i..2i + 2` for
 //!   value `i`); two scales, `d * sc` of values 0..16 and of 16..32: value `scale * (q - 32)`.
+//! - F16, BF16: the 32 values as 64 little-endian bytes; no scales (`[1, 0]`).
 //!
 //! In the 4-bit codes the low nibbles hold values 0..16 and the high nibbles values 16..32.
 //! Quantizing (Q8_0, Q4_0, Q4_1) follows ggml's reference rounding, so a matrix quantized here
@@ -25,7 +26,7 @@
 //! sub-block scale, which an f16 cannot hold: they are widened to f32 at load (8 bytes per
 //! block: 6 bits a weight against the file's 4.5, 8 against 6.56).
 
-use half::f16;
+use half::{bf16, f16};
 
 use crate::error::{Error, Result};
 
@@ -48,15 +49,28 @@ pub enum BlockFormat {
     #[serde(rename = "q6_k")]
     #[allow(non_camel_case_types)]
     Q6_K,
+    /// IEEE half precision, 16 bits a weight and no scales (GGUF's F16, `--quantize f16`).
+    F16,
+    /// bfloat16: f32's exponent with 8 bits of mantissa, 16 bits a weight (GGUF's BF16).
+    Bf16,
 }
 
 impl BlockFormat {
-    pub const ALL: [BlockFormat; 6] =
-        [BlockFormat::Q8_0, BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q5_0, BlockFormat::Q4_K, BlockFormat::Q6_K];
+    pub const ALL: [BlockFormat; 8] = [
+        BlockFormat::Q8_0,
+        BlockFormat::Q4_0,
+        BlockFormat::Q4_1,
+        BlockFormat::Q5_0,
+        BlockFormat::Q4_K,
+        BlockFormat::Q6_K,
+        BlockFormat::F16,
+        BlockFormat::Bf16,
+    ];
 
     /// The formats [`QuantizedMatrix::quantize`] produces from f32 values (the others are read
     /// from files only).
-    pub const QUANTIZABLE: [BlockFormat; 3] = [BlockFormat::Q8_0, BlockFormat::Q4_0, BlockFormat::Q4_1];
+    pub const QUANTIZABLE: [BlockFormat; 5] =
+        [BlockFormat::Q8_0, BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::F16, BlockFormat::Bf16];
 
     /// (values, bytes) of a block as GGUF stores it.
     pub fn stored_block(self) -> (usize, usize) {
@@ -67,6 +81,7 @@ impl BlockFormat {
             BlockFormat::Q5_0 => (BLOCK, 22),
             BlockFormat::Q4_K => (stored::SUPER_BLOCK, 144),
             BlockFormat::Q6_K => (stored::SUPER_BLOCK, 210),
+            BlockFormat::F16 | BlockFormat::Bf16 => (BLOCK, 64),
         }
     }
 
@@ -79,13 +94,16 @@ impl BlockFormat {
             BlockFormat::Q5_0 => "q5_0",
             BlockFormat::Q4_K => "q4_k",
             BlockFormat::Q6_K => "q6_k",
+            BlockFormat::F16 => "f16",
+            BlockFormat::Bf16 => "bf16",
         }
     }
 
     /// The f16 scales per block a matrix of this format keeps as the file has them (`d`, and
-    /// Q4_1's `m`); `None` where they are widened to f32.
+    /// Q4_1's `m`; none for the 16-bit floats); `None` where they are widened to f32.
     pub fn half_scales(self) -> Option<usize> {
         match self {
+            BlockFormat::F16 | BlockFormat::Bf16 => Some(0),
             BlockFormat::Q8_0 | BlockFormat::Q4_0 | BlockFormat::Q5_0 => Some(1),
             BlockFormat::Q4_1 => Some(2),
             BlockFormat::Q4_K | BlockFormat::Q6_K => None,
@@ -111,6 +129,7 @@ impl BlockFormat {
             BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q4_K => 16,
             BlockFormat::Q5_0 => 20,
             BlockFormat::Q6_K => 24,
+            BlockFormat::F16 | BlockFormat::Bf16 => 64,
         }
     }
 }
@@ -157,6 +176,7 @@ impl RowScales<'_> {
     pub fn params(self, format: BlockFormat, j: usize) -> [f32; 2] {
         match self {
             RowScales::Single(v) => v[j],
+            RowScales::Half(_) if format.half_scales() == Some(0) => [1.0, 0.0],
             RowScales::Half(v) if format.half_scales() == Some(2) => format.params_of(v[2 * j].to_f32(), v[2 * j + 1].to_f32()),
             RowScales::Half(v) => format.params_of(v[j].to_f32(), 0.0),
         }
@@ -218,6 +238,7 @@ impl Block<'_> {
                 let high = u64::from_le_bytes(self.codes[half..half + 8].try_into().expect("8 bytes"));
                 std::array::from_fn(|i| (nibble(i) | ((high >> (2 * i) & 3) << 4) as i32) - 32)
             }
+            BlockFormat::F16 | BlockFormat::Bf16 => unreachable!("{format} holds values, not codes"),
         }
     }
 
@@ -226,6 +247,12 @@ impl Block<'_> {
     /// `scale * q + offset` (`scale * q` is exact, so this rounds once, as ggml does).
     #[inline(always)]
     pub(crate) fn widen(&self, format: BlockFormat, out: &mut [f32]) {
+        let halves = || self.codes.chunks_exact(2).map(|b| [b[0], b[1]]);
+        match format {
+            BlockFormat::F16 => return out.iter_mut().zip(halves()).for_each(|(o, b)| *o = f16::from_le_bytes(b).to_f32()),
+            BlockFormat::Bf16 => return out.iter_mut().zip(halves()).for_each(|(o, b)| *o = bf16::from_le_bytes(b).to_f32()),
+            _ => {}
+        }
         let codes = self.codes(format);
         let [scale, offset] = self.params;
         match format {
@@ -236,6 +263,7 @@ impl Block<'_> {
                 second.iter_mut().zip(&codes[BLOCK / 2..]).for_each(|(o, &q)| *o = offset * q as f32);
             }
             BlockFormat::Q8_0 | BlockFormat::Q4_0 | BlockFormat::Q5_0 => out.iter_mut().zip(codes).for_each(|(o, q)| *o = scale * q as f32),
+            BlockFormat::F16 | BlockFormat::Bf16 => unreachable!("widened above"),
         }
     }
 }
@@ -283,6 +311,9 @@ impl QuantizedMatrix {
         }
         if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
             return Err(Error::Config(format!("{what}: cannot quantize a matrix holding {bad}")));
+        }
+        if let Some(big) = values.iter().find(|v| format == BlockFormat::F16 && v.abs() > f16::MAX.to_f32()) {
+            return Err(Error::Config(format!("{what}: {big} is beyond f16's range (65504); bf16 holds it")));
         }
         let mut data = Vec::with_capacity(values.len() / BLOCK * format.stored_block().1);
         for block in values.chunks_exact(BLOCK) {
@@ -396,6 +427,9 @@ fn quantize_block(format: BlockFormat, block: &[f32], out: &mut Vec<u8>) {
             let code = |v: f32| (((v - min) * id + 0.5) as u8).min(15);
             out.extend((0..BLOCK / 2).map(|i| code(block[i]) | (code(block[i + BLOCK / 2]) << 4)));
         }
+        // Rounded to nearest, ties to even.
+        BlockFormat::F16 => out.extend(block.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes())),
+        BlockFormat::Bf16 => out.extend(block.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes())),
         other => unreachable!("quantize() refuses {other}"),
     }
 }
@@ -427,6 +461,9 @@ mod tests {
                     BlockFormat::Q8_0 => amax / 127.0,
                     BlockFormat::Q4_0 => 2.0 * amax / 8.0,
                     BlockFormat::Q4_1 => (hi - lo) / 15.0,
+                    // Twice the largest rounding error (half an ulp: 2^-11 and 2^-8 of the value).
+                    BlockFormat::F16 => amax / 1024.0,
+                    BlockFormat::Bf16 => amax / 128.0,
                     other => unreachable!("{other} is not quantizable"),
                 };
                 let worst = xb.iter().zip(yb).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
@@ -466,7 +503,10 @@ mod tests {
         assert!(e.contains("needs 36"), "{e}");
         assert_eq!("Q4_1".parse::<BlockFormat>(), Ok(BlockFormat::Q4_1));
         assert_eq!("Q6_K".parse::<BlockFormat>(), Ok(BlockFormat::Q6_K));
-        assert!("q5_1".parse::<BlockFormat>().unwrap_err().contains("q8_0, q4_0, q4_1, q5_0, q4_k, q6_k"));
+        assert!("q5_1".parse::<BlockFormat>().unwrap_err().contains("q8_0, q4_0, q4_1, q5_0, q4_k, q6_k, f16, bf16"));
+        let e = QuantizedMatrix::quantize(BlockFormat::F16, 1, 32, &[7e4; 32], "w").unwrap_err().to_string();
+        assert!(e.contains("beyond f16's range"), "{e}");
+        assert!(QuantizedMatrix::quantize(BlockFormat::Bf16, 1, 32, &[7e4; 32], "w").is_ok());
         let e = QuantizedMatrix::quantize(BlockFormat::Q4_K, 1, 256, &[0.0; 256], "w").unwrap_err().to_string();
         assert!(e.contains("quantizing to q4_k is not supported"), "{e}");
         let e = QuantizedMatrix::from_blocks(BlockFormat::Q6_K, 1, 128, vec![0; 105], "w").unwrap_err().to_string();

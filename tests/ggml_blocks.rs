@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use burn::prelude::*;
-use half::f16;
+use half::{bf16, f16};
 use replora::adapters::{Adaptable, AdapterConfig, Deltas, Method, PeftModel, TargetModules};
 use replora::kernels::quantized::{product_w, product_wt};
 use replora::kernels::{Kernel, fused_calls};
@@ -187,12 +187,15 @@ fn ggml_id(format: BlockFormat) -> u32 {
         BlockFormat::Q8_0 => 8,
         BlockFormat::Q4_K => 12,
         BlockFormat::Q6_K => 14,
+        BlockFormat::F16 => 1,
+        BlockFormat::Bf16 => 30,
     }
 }
 
 /// A one-layer LLaMA (hidden 256, 2 heads of 128, 1 KV head, intermediate 512) laid out as
-/// llama.cpp's Q4_K_M files lay out small models: Q5_0 q/k/gate/up (rows not whole 256
-/// super-blocks there), Q8_0 v and embedding, Q4_K attention output, Q6_K down projection.
+/// llama.cpp's Q4_K_M files lay out small models: Q5_0 q/gate (rows not whole 256 super-blocks
+/// there), Q8_0 v and embedding, Q4_K attention output, Q6_K down projection; and, as in F16
+/// and BF16 files, an F16 k and a BF16 up projection.
 fn q4_k_m_llama(path: &Path) {
     let (hidden, inter, vocab) = (256u64, 512u64, 48u64);
     let mut w = GgufWriter::default();
@@ -215,17 +218,26 @@ fn q4_k_m_llama(path: &Path) {
     let matrices = [
         ("token_embd.weight", hidden, vocab, BlockFormat::Q8_0),
         ("blk.0.attn_q.weight", hidden, hidden, BlockFormat::Q5_0),
-        ("blk.0.attn_k.weight", hidden, 128, BlockFormat::Q5_0),
+        ("blk.0.attn_k.weight", hidden, 128, BlockFormat::F16),
         ("blk.0.attn_v.weight", hidden, 128, BlockFormat::Q8_0),
         ("blk.0.attn_output.weight", hidden, hidden, BlockFormat::Q4_K),
         ("blk.0.ffn_gate.weight", hidden, inter, BlockFormat::Q5_0),
-        ("blk.0.ffn_up.weight", hidden, inter, BlockFormat::Q5_0),
+        ("blk.0.ffn_up.weight", hidden, inter, BlockFormat::Bf16),
         ("blk.0.ffn_down.weight", inter, hidden, BlockFormat::Q6_K),
     ];
     let mut rng = Rng(99);
     for (name, cols, rows, format) in matrices {
         let (per_block, block_bytes) = format.stored_block();
         let mut data = vec![];
+        if format.half_scales() == Some(0) {
+            // 16-bit weights of about 0.05, either sign.
+            for _ in 0..rows * cols {
+                let v = (rng.next() % 2001) as f32 / 10_000.0 - 0.1;
+                data.extend(if format == BlockFormat::F16 { f16::from_f32(v).to_le_bytes() } else { bf16::from_f32(v).to_le_bytes() });
+            }
+            w.tensor(name, &[cols, rows], ggml_id(format), &data);
+            continue;
+        }
         for _ in 0..rows * cols / per_block as u64 {
             let mut block = rng.bytes(block_bytes);
             // Scales giving weights of about 0.05.
@@ -268,7 +280,7 @@ fn a_q4_k_m_style_decoder_runs_on_its_blocks_widens_and_merges() {
     let gguf = Gguf::open(&path).unwrap();
     let stored = Llama::from_gguf(&gguf, &path, &device).unwrap();
     let formats: Vec<Option<BlockFormat>> = stored.linears().iter().map(|l| l.weight.format()).collect();
-    for format in [BlockFormat::Q5_0, BlockFormat::Q4_K, BlockFormat::Q6_K, BlockFormat::Q8_0] {
+    for format in [BlockFormat::Q5_0, BlockFormat::Q4_K, BlockFormat::Q6_K, BlockFormat::Q8_0, BlockFormat::F16, BlockFormat::Bf16] {
         assert!(formats.contains(&Some(format)), "no {format} linear: {formats:?}");
     }
     assert!(formats.iter().all(Option::is_some), "a linear was widened at load: {formats:?}");

@@ -1,5 +1,5 @@
-//! A decoder on a quantized base (Q8_0, Q4_0, Q4_1 blocks, as GGUF files store them; the formats
-//! read only from files are in `tests/ggml_blocks.rs`) computes
+//! A decoder on a quantized base (Q8_0, Q4_0, Q4_1 blocks, as GGUF files store them, or 16-bit
+//! floats; the formats read only from files are in `tests/ggml_blocks.rs`) computes
 //! what the same decoder computes on the dequantized f32 weights: forward passes, adapter
 //! training (QLoRA's recipe), merging (which writes f32) and full fine-tuning (which widens).
 
@@ -99,7 +99,7 @@ fn train(base: Llama, device: &Device) -> (Vec<f32>, CausalLm) {
 #[test]
 fn lora_on_a_quantized_base_trains_as_on_the_dequantized_base() {
     let device = Device::flex().autodiff();
-    for format in [BlockFormat::Q4_1, BlockFormat::Q8_0] {
+    for format in [BlockFormat::Q4_1, BlockFormat::Q8_0, BlockFormat::Bf16] {
         let (q, d) = quantized_and_dequantized(format, &device);
         let before = fused_calls(Kernel::QuantizedLinear);
         let (q_losses, q_model) = train(q, &device);

@@ -1,5 +1,6 @@
-//! The base weight of a linear: f32 (trainable in full fine-tuning) or block-quantized as a
-//! GGUF file stores it (always frozen), which adapters then train on as QLoRA does.
+//! The base weight of a linear: f32 (trainable in full fine-tuning), or block-quantized or
+//! 16-bit as a GGUF file stores it or `--quantize` asks (always frozen), which adapters then
+//! train on as QLoRA does.
 
 use std::sync::Arc;
 
@@ -25,6 +26,10 @@ crate::choice_enum! {
         Q4_0 => "q4_0",
         /// llama.cpp's Q4_1: 4-bit codes in blocks of 32, a scale and minimum per block.
         Q4_1 => "q4_1",
+        /// bfloat16, 16 bits a weight (f32's range, 8 bits of mantissa); products sum in f32.
+        Bf16 => "bf16",
+        /// IEEE half precision, 16 bits a weight (11 bits of mantissa, values up to 65504).
+        F16 => "f16",
     }
 }
 
@@ -46,6 +51,8 @@ impl Quantize {
             Quantize::Q8_0 => Some(Some(BlockFormat::Q8_0)),
             Quantize::Q4_0 => Some(Some(BlockFormat::Q4_0)),
             Quantize::Q4_1 => Some(Some(BlockFormat::Q4_1)),
+            Quantize::Bf16 => Some(Some(BlockFormat::Bf16)),
+            Quantize::F16 => Some(Some(BlockFormat::F16)),
         }
     }
 }

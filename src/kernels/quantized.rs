@@ -300,7 +300,8 @@ mod tests {
     }
 
     /// `[rows, 5 blocks]` (3 super-blocks for Q4_K and Q6_K) of stored blocks with every code
-    /// bit random and random finite f16 scales of either sign, up to 1/16.
+    /// bit random and random finite f16 scales of either sign, up to 1/16; 16-bit floats of
+    /// random sign, mantissa and magnitude (2^-5 to 2^4, so that no sum overflows).
     fn random_blocks(format: BlockFormat, rows: usize) -> QuantizedMatrix {
         let (per_block, block_bytes) = format.stored_block();
         let cols = if per_block == BLOCK { 5 * BLOCK } else { 3 * per_block };
@@ -311,6 +312,11 @@ mod tests {
             state ^= state << 17;
             (state >> 24) as u8
         };
+        if format.half_scales() == Some(0) {
+            let values: Vec<f32> =
+                (0..rows * cols).map(|_| (byte() as f32 - 127.5) / 64.0 * 2f32.powi(i32::from(byte() % 8) - 4)).collect();
+            return QuantizedMatrix::quantize(format, rows, cols, &values, "w").unwrap();
+        }
         let scales_at: &[usize] = match format {
             BlockFormat::Q4_1 | BlockFormat::Q4_K => &[0, 2],
             BlockFormat::Q6_K => &[208],

@@ -44,6 +44,8 @@ fn nibbles(values: &[u8; BLOCK]) -> [u8; BLOCK / 2] {
 pub(super) fn unpack(format: BlockFormat, stored: &[u8], codes: &mut Vec<u8>, scales: &mut Scales) {
     let half = |at: usize| f16::from_le_bytes([stored[at], stored[at + 1]]);
     match (format, scales) {
+        // 32 values of 2 bytes each, no scales.
+        (BlockFormat::F16 | BlockFormat::Bf16, Scales::Half(_)) => codes.extend_from_slice(stored),
         (BlockFormat::Q8_0 | BlockFormat::Q4_0, Scales::Half(halves)) => {
             codes.extend_from_slice(&stored[2..]);
             halves.push(half(0));

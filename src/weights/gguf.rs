@@ -16,7 +16,7 @@ pub use decoder::{permute_rows, rotary_row_order};
 
 use super::HostTensor;
 use crate::error::{Error, Result};
-use crate::quantization::{BlockFormat, QuantizedMatrix};
+use crate::quantization::{BLOCK, BlockFormat, QuantizedMatrix};
 
 /// A metadata value.
 #[derive(Clone, Debug, PartialEq)]
@@ -107,7 +107,7 @@ impl GgmlType {
         }
     }
 
-    /// The block format of a quantized type that [`QuantizedMatrix`] keeps as stored.
+    /// The block format of a quantized or 16-bit type that [`QuantizedMatrix`] keeps as stored.
     pub fn block_format(self) -> Option<BlockFormat> {
         match self {
             GgmlType::Q8_0 => Some(BlockFormat::Q8_0),
@@ -116,6 +116,8 @@ impl GgmlType {
             GgmlType::Q5_0 => Some(BlockFormat::Q5_0),
             GgmlType::Q4_K => Some(BlockFormat::Q4_K),
             GgmlType::Q6_K => Some(BlockFormat::Q6_K),
+            GgmlType::F16 => Some(BlockFormat::F16),
+            GgmlType::Bf16 => Some(BlockFormat::Bf16),
             _ => None,
         }
     }
@@ -324,10 +326,13 @@ impl Gguf {
         Ok(&self.bytes[start as usize..end as usize])
     }
 
-    /// A block-quantized matrix as stored (`[rows, cols]`, GGUF's dims reversed), or `None` for
-    /// a tensor of another type or not of two dimensions.
+    /// A block-quantized or 16-bit matrix as stored (`[rows, cols]`, GGUF's dims reversed), or
+    /// `None` for a tensor of another type, not of two dimensions, or of rows not whole blocks.
     pub fn quantized(&self, t: &TensorInfo) -> Option<Result<QuantizedMatrix>> {
         let (Some(format), &[cols, rows]) = (t.kind.block_format(), &t.dims[..]) else { return None };
+        if format.half_scales() == Some(0) && !cols.is_multiple_of(BLOCK as u64) {
+            return None; // 16-bit rows that are not whole blocks of 32: widened instead
+        }
         let what = format!("{}: tensor {}", self.path.display(), t.name);
         Some(self.raw(t).and_then(|raw| QuantizedMatrix::from_blocks(format, rows as usize, cols as usize, raw.to_vec(), &what)))
     }

@@ -67,7 +67,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 32)]
     pub new_tokens: usize,
     /// How a decoder's frozen weights are held: as the file stores them, widened to f32
-    /// (`none`), or quantized to 8 or 4 bits
+    /// (`none`), or converted to 8- or 4-bit blocks or 16-bit floats
     #[arg(long, default_value = "stored", value_parser = crate::apps::cli::choice::<Quantize>())]
     pub quantize: Quantize,
     /// The decoder job recomputes each layer in the backward pass instead of keeping its

@@ -191,7 +191,8 @@ pub enum Command {
         #[arg(long, conflicts_with = "run")]
         model: Option<String>,
         /// How --model's frozen weights are held: as the file stores them (a GGUF's blocks stay
-        /// quantized), widened to f32 (`none`), or quantized to 8 or 4 bits [default: stored]
+        /// quantized), widened to f32 (`none`), or converted to 8- or 4-bit blocks or 16-bit floats
+        /// [default: stored]
         #[arg(long, conflicts_with = "run", value_parser = spec_args::choice::<crate::adapters::base_weight::Quantize>())]
         quantize: Option<crate::adapters::base_weight::Quantize>,
         /// A multiple-choice `train` run whose adapter is applied, or a vqa run (with --image).

@@ -160,8 +160,8 @@ pub struct ChoiceArgs {
     #[arg(long, value_parser = count, help_heading = "Multiple choice")]
     pub keep_layers: Option<usize>,
     /// How the decoder's frozen weights are held: as the file stores them (a GGUF's 4- or 8-bit
-    /// blocks stay quantized), widened to f32 (`none`), or quantized to 8 or 4 bits; adapters
-    /// train on them as QLoRA does [default: stored]
+    /// blocks and 16-bit floats stay so), widened to f32 (`none`), or converted to 8- or 4-bit
+    /// blocks or 16-bit floats; adapters train on them as QLoRA does [default: stored]
     #[arg(long, value_parser = choice::<Quantize>(), help_heading = "Multiple choice")]
     pub quantize: Option<Quantize>,
     /// Keep only each decoder layer's input during the forward pass and run the layer again in

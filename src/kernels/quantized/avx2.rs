@@ -78,6 +78,8 @@ pub(super) unsafe fn block_scales(format: BlockFormat, scales: RowScales<'_>, j:
             let [scale, offset] = v[j];
             (_mm_set_ss(scale), _mm_set_ss(offset))
         }
+        // 16-bit floats: none.
+        RowScales::Half(_) if format.half_scales() == Some(0) => (_mm_set_ss(1.0), _mm_setzero_ps()),
         RowScales::Half(v) if format.half_scales() == Some(2) => {
             let wide = _mm_cvtph_ps(_mm_cvtsi32_si128((u32::from(v[2 * j].to_bits()) | u32::from(v[2 * j + 1].to_bits()) << 16) as i32));
             (wide, _mm_movehdup_ps(wide))
@@ -94,8 +96,8 @@ pub(super) unsafe fn block_scales(format: BlockFormat, scales: RowScales<'_>, j:
 /// One block's 32 values (codes at `q`, its scale and offset broadcast) as four vectors of 8.
 ///
 /// # Safety
-/// AVX2 and FMA present; `q` valid for the format's code bytes.
-#[target_feature(enable = "avx2,fma")]
+/// AVX2, FMA and F16C present; `q` valid for the format's code bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn widen_block(format: BlockFormat, q: *const u8, (d, offset): (__m256, __m256)) -> [__m256; 4] {
     let nibbles = _mm_set1_epi8(15);
@@ -111,6 +113,11 @@ unsafe fn widen_block(format: BlockFormat, q: *const u8, (d, offset): (__m256, _
             [lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)].map(|v| _mm256_cvtepu8_epi32(v))
         };
         match format {
+            BlockFormat::F16 => std::array::from_fn(|g| _mm256_cvtph_ps(_mm_loadu_si128(q.add(16 * g).cast()))),
+            // A bf16 is the top half of an f32.
+            BlockFormat::Bf16 => std::array::from_fn(|g| {
+                _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(q.add(16 * g).cast())), 16))
+            }),
             BlockFormat::Q8_0 => std::array::from_fn(|g| {
                 let q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(q.add(8 * g).cast()));
                 _mm256_mul_ps(_mm256_cvtepi32_ps(q), d)

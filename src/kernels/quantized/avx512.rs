@@ -33,6 +33,13 @@ pub(super) unsafe fn dots<const M: usize>(w: &QuantizedMatrix, o: usize, x: *con
                 (_mm512_cvtepu8_epi32(_mm_and_si128(q, nibbles)), _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(q, 4), nibbles)))
             };
             match w.format {
+                BlockFormat::F16 => (_mm512_cvtph_ps(_mm256_loadu_si256(q.cast())), _mm512_cvtph_ps(_mm256_loadu_si256(q.add(32).cast()))),
+                // A bf16 is the top half of an f32.
+                BlockFormat::Bf16 => {
+                    let widen =
+                        |p: *const u8| _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast())), 16));
+                    (widen(q), widen(q.add(32)))
+                }
                 BlockFormat::Q8_0 => {
                     let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.cast())));
                     let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.add(16).cast())));
