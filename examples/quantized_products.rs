@@ -15,7 +15,8 @@ use replora::kernels::quantized::product_wt;
 use replora::kernels::sgemm::{Mat, product};
 use replora::quantization::{BlockFormat, QuantizedMatrix};
 
-/// Random stored blocks of `format` with every code bit random and scales near 1/128.
+/// Random stored blocks of `format` with every code bit random and scales near 1/128; 16-bit
+/// floats of random sign and mantissa, below 1 (random bits would hold NaNs and subnormals).
 fn matrix(format: BlockFormat, rows: usize, cols: usize) -> QuantizedMatrix {
     let (per_block, block_bytes) = format.stored_block();
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
@@ -25,6 +26,10 @@ fn matrix(format: BlockFormat, rows: usize, cols: usize) -> QuantizedMatrix {
         state ^= state << 17;
         state as u8
     };
+    if format.half_scales() == Some(0) {
+        let values: Vec<f32> = (0..rows * cols).map(|_| (byte() as f32 - 127.5) / 128.0).collect();
+        return QuantizedMatrix::quantize(format, rows, cols, &values, "bench").expect("finite values");
+    }
     let scales_at: &[usize] = match format {
         BlockFormat::Q4_1 | BlockFormat::Q4_K => &[0, 2],
         BlockFormat::Q6_K => &[208],

@@ -5,25 +5,60 @@ use std::arch::x86_64::*;
 
 use super::{BLOCK, BlockFormat, QuantizedMatrix, RowScales};
 
-/// The dots of weight row `o` with `M` rows of `x` (`M * w.cols` values at `x`): each block
-/// widened to four vectors of 8 floats, then four fused multiply-adds per row. Up to 4 rows
-/// keep two sums each, so that at least 8 independent chains of adds hide the latency of each;
-/// more rows keep one (16 registers hold 8 sums, the block's 4 vectors and the temporaries).
+/// Runs `$body` with `$block` bound to a closure giving block `j` of row `$o` of `$w` as four
+/// vectors of 8 floats: one closure per kind of block (16-bit floats, blocks with scales), so
+/// that each kind gets its own loop with its widening inlined (with one match over every format
+/// in the loop the widening was not inlined, and one-row products took twice as long).
+macro_rules! with_blocks {
+    ($w:expr, $o:expr, |$block:ident| $body:expr) => {{
+        let (w, o): (&QuantizedMatrix, usize) = ($w, $o);
+        let (codes, code_bytes) = (w.row_codes(o).as_ptr(), w.format.code_bytes());
+        // SAFETY (each closure): block `j`'s bytes are `code_bytes` bytes at `j * code_bytes` of the row's.
+        match w.format {
+            BlockFormat::F16 => {
+                let $block = |j: usize| unsafe { widen_f16(codes.add(j * code_bytes)) };
+                $body
+            }
+            BlockFormat::Bf16 => {
+                let $block = |j: usize| unsafe { widen_bf16(codes.add(j * code_bytes)) };
+                $body
+            }
+            format => {
+                let scales = w.row_scales(o);
+                let $block = |j: usize| unsafe {
+                    let (d, offset) = block_scales(format, scales, j);
+                    widen_block(format, codes.add(j * code_bytes), (_mm256_broadcastss_ps(d), _mm256_broadcastss_ps(offset)))
+                };
+                $body
+            }
+        }
+    }};
+}
+
+/// The dots of weight row `o` with `M` rows of `x` (`M * w.cols` values at `x`).
 ///
 /// # Safety
 /// AVX2, FMA and F16C present; `x` valid for `M * w.cols` reads.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dots<const M: usize>(w: &QuantizedMatrix, o: usize, x: *const f32) -> [f32; M] {
+    // SAFETY: as this function's.
+    with_blocks!(w, o, |block| unsafe { dots_of::<M>(w, x, block) })
+}
+
+/// The dots of one weight row, whose block `j` `block(j)` widens, with `M` rows of `x`: each
+/// block widened to four vectors of 8 floats, then four fused multiply-adds per row. Up to 4 rows
+/// keep two sums each, so that at least 8 independent chains of adds hide the latency of each;
+/// more rows keep one (16 registers hold 8 sums, the block's 4 vectors and the temporaries).
+///
+/// # Safety
+/// AVX2 and FMA present; `x` valid for `M * w.cols` reads.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn dots_of<const M: usize>(w: &QuantizedMatrix, x: *const f32, block: impl Fn(usize) -> [__m256; 4]) -> [f32; M] {
     let two_sums = M <= 4;
     let mut sums = [[_mm256_setzero_ps(); 2]; M];
-    let (codes, scales) = (w.row_codes(o), w.row_scales(o));
-    let code_bytes = w.format.code_bytes();
     for j in 0..w.blocks_per_row() {
-        // SAFETY: block `j`'s codes are `code_bytes` bytes at `j * code_bytes` of the row's.
-        let block = unsafe {
-            let (d, offset) = block_scales(w.format, scales, j);
-            widen_block(w.format, codes.as_ptr().add(j * code_bytes), (_mm256_broadcastss_ps(d), _mm256_broadcastss_ps(offset)))
-        };
+        let block = block(j);
         for (r, sum) in sums.iter_mut().enumerate() {
             // SAFETY: block `j` of row `r` of `x` is inside its `M * w.cols` values.
             unsafe {
@@ -49,18 +84,12 @@ pub(super) unsafe fn dots<const M: usize>(w: &QuantizedMatrix, o: usize, x: *con
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn widen(w: &QuantizedMatrix, o: usize, first_block: usize, out: &mut [f32]) {
     assert!(first_block * BLOCK + out.len() <= w.cols, "blocks past the end of the row");
-    let (codes, scales, format) = (w.row_codes(o), w.row_scales(o), w.format);
-    let code_bytes = format.code_bytes();
-    for (j, out) in (first_block..).zip(out.chunks_exact_mut(BLOCK)) {
-        // SAFETY: block `j`'s codes are inside the row's; `out` holds its 32 values.
-        unsafe {
-            let (d, offset) = block_scales(format, scales, j);
-            let block = widen_block(format, codes.as_ptr().add(j * code_bytes), (_mm256_broadcastss_ps(d), _mm256_broadcastss_ps(offset)));
-            for (g, v) in block.into_iter().enumerate() {
-                _mm256_storeu_ps(out.as_mut_ptr().add(8 * g), v);
-            }
+    with_blocks!(w, o, |block| for (j, out) in (first_block..).zip(out.chunks_exact_mut(BLOCK)) {
+        // SAFETY: `out` holds the block's 32 values.
+        for (g, v) in block(j).into_iter().enumerate() {
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * g), v) };
         }
-    }
+    })
 }
 
 /// Block `j`'s scale and offset (value `scale * q + offset`, [`RowScales::params`]) in lane 0 of
@@ -78,8 +107,6 @@ pub(super) unsafe fn block_scales(format: BlockFormat, scales: RowScales<'_>, j:
             let [scale, offset] = v[j];
             (_mm_set_ss(scale), _mm_set_ss(offset))
         }
-        // 16-bit floats: none.
-        RowScales::Half(_) if format.half_scales() == Some(0) => (_mm_set_ss(1.0), _mm_setzero_ps()),
         RowScales::Half(v) if format.half_scales() == Some(2) => {
             let wide = _mm_cvtph_ps(_mm_cvtsi32_si128((u32::from(v[2 * j].to_bits()) | u32::from(v[2 * j + 1].to_bits()) << 16) as i32));
             (wide, _mm_movehdup_ps(wide))
@@ -93,11 +120,35 @@ pub(super) unsafe fn block_scales(format: BlockFormat, scales: RowScales<'_>, j:
     }
 }
 
+/// 32 f16 values at `q` as four vectors of 8.
+///
+/// # Safety
+/// AVX and F16C present; `q` valid for 64 bytes.
+#[target_feature(enable = "avx,f16c")]
+#[inline]
+unsafe fn widen_f16(q: *const u8) -> [__m256; 4] {
+    // SAFETY: the reads stay inside the 64 bytes.
+    std::array::from_fn(|g| unsafe { _mm256_cvtph_ps(_mm_loadu_si128(q.add(16 * g).cast())) })
+}
+
+/// 32 bf16 values at `q` as four vectors of 8 (a bf16 is the top half of an f32).
+///
+/// # Safety
+/// AVX2 present; `q` valid for 64 bytes.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn widen_bf16(q: *const u8) -> [__m256; 4] {
+    // SAFETY: the reads stay inside the 64 bytes.
+    std::array::from_fn(|g| unsafe {
+        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(q.add(16 * g).cast())), 16))
+    })
+}
+
 /// One block's 32 values (codes at `q`, its scale and offset broadcast) as four vectors of 8.
 ///
 /// # Safety
-/// AVX2, FMA and F16C present; `q` valid for the format's code bytes.
-#[target_feature(enable = "avx2,fma,f16c")]
+/// AVX2 and FMA present; `q` valid for the format's code bytes; `format` not a 16-bit float.
+#[target_feature(enable = "avx2,fma")]
 #[inline]
 unsafe fn widen_block(format: BlockFormat, q: *const u8, (d, offset): (__m256, __m256)) -> [__m256; 4] {
     let nibbles = _mm_set1_epi8(15);
@@ -113,11 +164,9 @@ unsafe fn widen_block(format: BlockFormat, q: *const u8, (d, offset): (__m256, _
             [lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)].map(|v| _mm256_cvtepu8_epi32(v))
         };
         match format {
-            BlockFormat::F16 => std::array::from_fn(|g| _mm256_cvtph_ps(_mm_loadu_si128(q.add(16 * g).cast()))),
-            // A bf16 is the top half of an f32.
-            BlockFormat::Bf16 => std::array::from_fn(|g| {
-                _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(q.add(16 * g).cast())), 16))
-            }),
+            // SAFETY: `with_blocks` widens them with `widen_f16` and `widen_bf16` (a panic here,
+            // never taken, kept this function from being inlined: twice the time per product).
+            BlockFormat::F16 | BlockFormat::Bf16 => std::hint::unreachable_unchecked(),
             BlockFormat::Q8_0 => std::array::from_fn(|g| {
                 let q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(q.add(8 * g).cast()));
                 _mm256_mul_ps(_mm256_cvtepi32_ps(q), d)
