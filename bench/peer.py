@@ -1,7 +1,7 @@
 """The benchmark's Python peer: the job of `replora bench`, in PyTorch + Hugging Face PEFT.
 
 Usage: peer.py --model-dir DIR [--method lora|dora|full] [--batch 32] [--seq 128] [--rank 8]
-               [--steps 5] [--warmup 2] [--threads 2] [--no-peak]
+               [--steps 5] [--warmup 2] [--threads 2] [--no-peak] [--autocast bf16]
 
 Same jobs as src/bench.rs, f32, LoRA/DoRA r, alpha 2r, dropout 0, AdamW lr 1e-4 weight decay
 0.01, gradient norm clipped to 1.0, one synthetic batch of token ids uniform in [1000, vocab):
@@ -10,6 +10,8 @@ Same jobs as src/bench.rs, f32, LoRA/DoRA r, alpha 2r, dropout 0, AdamW lr 1e-4 
 - DIR with one .gguf file (LLaMA, e.g. SmolLM2): transformers dequantizes it to f32; adapters on
   q_proj,v_proj; causal-LM loss on the last 32 tokens of each sequence, only those positions
   projected onto the vocabulary.
+--autocast bf16: the forward passes under torch.autocast("cpu", dtype=torch.bfloat16) (weights,
+gradients and optimizer state stay f32; products run in bf16), PyTorch's mixed precision on the CPU.
 Prints one JSON line with the keys replora's writes.
 """
 import argparse
@@ -45,6 +47,7 @@ p.add_argument("--steps", type=int, default=5)
 p.add_argument("--warmup", type=int, default=2)
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--no-peak", action="store_true")
+p.add_argument("--autocast", choices=["bf16"])
 args = p.parse_args()
 
 torch.set_num_threads(args.threads)
@@ -110,7 +113,8 @@ optim = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
 times, first = [], None
 for step in range(args.warmup + args.steps):
     s = time.perf_counter()
-    loss = loss_of(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast == "bf16"):
+        loss = loss_of(model)
     optim.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -125,7 +129,7 @@ for step in range(args.warmup + args.steps):
 def inference_rate(m, repeats=5):
     m.eval()
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast == "bf16"):
         for i in range(repeats + 1):
             s = time.perf_counter()
             loss_of(m)
@@ -162,6 +166,7 @@ median_step = statistics.median(times)
 print(json.dumps({
     "side": "pytorch",
     "method": args.method,
+    "autocast": args.autocast,
     "batch": args.batch,
     "seq": args.seq,
     "rank": args.rank,

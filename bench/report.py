@@ -70,13 +70,21 @@ for m in methods:
     report["methods"][m] = {"replora": ours, "pytorch": theirs, "pytorch_method": peer_method}
 
 
+def precision_of(quantize, autocast):
+    """How each side held and multiplied the weights."""
+    if quantize == "none" and not autocast:
+        return "f32"
+    ours = "f32" if quantize == "none" else f"replora base --quantize {quantize}"
+    return f"{ours}, PyTorch {'bf16 autocast' if autocast == 'bf16' else 'f32'}"
+
+
 peak = {side: med([r for r in runs if r["side"] == side], "matmul_peak_gflops") for side in ["replora", "pytorch"]}
 job = report["job"]
 lines = [
     f"### {report['date']} — {os.path.basename(str(job['model'].get('name')).rstrip('/'))} ({job['model'].get('kind', 'encoder')}, "
     f"{job['model']['layers']} layers, hidden {job['model']['hidden']}), batch {job['batch']} x {job['seq']} tokens, rank {job['rank']} "
     f"on {'q_proj,v_proj' if job['model'].get('kind') == 'decoder' else 'query,value'}, {job['threads']} threads, "
-    f"{'f32' if job['model'].get('quantize', 'none') == 'none' else 'replora base --quantize ' + job['model']['quantize'] + ', PyTorch f32'}",
+    f"{precision_of(job['model'].get('quantize', 'none'), next((r.get('autocast') for r in runs if r['side'] == 'pytorch'), None))}",
     "",
     f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, {report['machine']['memory_gib']} GiB, Linux {report['machine']['kernel']}. "
     f"replora {report['versions']['replora'].get('replora')} (burn {report['versions']['replora'].get('burn')}, git {report['git']}); "
