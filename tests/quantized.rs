@@ -144,3 +144,46 @@ fn full_fine_tuning_widens_a_quantized_base_to_trainable_f32() {
     let widened = values(full.model.embed_tokens.dense());
     assert_eq!(widened, values(d.embed_tokens.dense()), "the embedding table widens to the same values");
 }
+
+/// A safetensors directory in bf16 or f16 (as Hugging Face ships most decoders) loads with its
+/// matrices as stored, 2 bytes a weight, whose logits are those of the same directory widened
+/// to f32 at load (`--quantize none`).
+#[test]
+fn a_16_bit_safetensors_decoder_keeps_its_matrices_16_bit() {
+    use safetensors::{Dtype, tensor::TensorView};
+    let device = Device::flex();
+    let c = config();
+    let dir = tempfile::tempdir().unwrap();
+    Llama::from_tensors(c.clone(), &mut support::llama_checkpoint(&c), Path::new("tiny"), &device).unwrap().save(dir.path()).unwrap();
+    let file = dir.path().join("model.safetensors");
+    let (f32_tensors, _) = replora::weights::tensors::read(&file).unwrap();
+    for (format, dtype) in [(BlockFormat::Bf16, Dtype::BF16), (BlockFormat::F16, Dtype::F16)] {
+        // Matrices 16-bit, the norms' vectors f32.
+        let bytes: Vec<(String, Vec<u8>, Vec<usize>, Dtype)> = f32_tensors
+            .iter()
+            .map(|(name, t)| match t.shape.len() {
+                2 => {
+                    let data = t.data.iter().flat_map(|&v| match format {
+                        BlockFormat::F16 => half::f16::from_f32(v).to_le_bytes(),
+                        _ => half::bf16::from_f32(v).to_le_bytes(),
+                    });
+                    (name.clone(), data.collect(), t.shape.clone(), dtype)
+                }
+                _ => (name.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape.clone(), Dtype::F32),
+            })
+            .collect();
+        let views: Vec<(String, TensorView)> =
+            bytes.iter().map(|(name, data, shape, dtype)| (name.clone(), TensorView::new(*dtype, shape.clone(), data).unwrap())).collect();
+        safetensors::serialize_to_file(views, None, &file).unwrap();
+
+        let stored = Llama::load(dir.path(), &device).unwrap();
+        assert!(stored.linears().iter().all(|l| l.weight.format() == Some(format)), "{format}: a linear was widened at load");
+        let widened = stored.clone().converted(None).unwrap();
+        let ratio = stored.decode_weight_bytes() as f64 / widened.decode_weight_bytes() as f64;
+        assert_eq!(ratio, 0.5, "{format}: every matrix, the embedding included, takes 2 bytes a weight");
+        let ours = values(stored.logits(stored.forward(ids(&device), None, None, &Deltas::none())));
+        let reference = values(widened.logits(widened.forward(ids(&device), None, None, &Deltas::none())));
+        let diff = relative_diff(&ours, &reference);
+        assert!(diff < 1e-5, "{format}: logits differ by {diff} (relative)");
+    }
+}

@@ -163,14 +163,16 @@ pub struct Llama {
 
 impl Llama {
     /// Loads a model from a Hugging Face directory (`config.json` + `model.safetensors`), a
-    /// `.gguf` file, or a directory holding exactly one `.gguf` file.
+    /// `.gguf` file, or a directory holding exactly one `.gguf` file. Quantized and 16-bit
+    /// matrices stay as stored (`--quantize` converts them after).
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         match find_gguf(path)? {
             Some(file) => Self::from_gguf(&Gguf::open(&file)?, &file, device),
             None => {
+                // F16/BF16 matrices stay 16-bit, as a GGUF's blocks stay quantized.
                 let config = LlamaConfig::read(&path.join(CONFIG_FILE))?;
-                let (mut tensors, file) = crate::weights::read_model_dir(path)?;
-                Self::from_tensors(config, &mut tensors, &file, device)
+                let (mut tensors, mut kept, file) = crate::weights::read_model_dir_keeping(path, true)?;
+                Self::from_reader(config, Reader::new(&mut tensors, &file, device).with_quantized(&mut kept))
             }
         }
     }
@@ -240,9 +242,15 @@ impl Llama {
         let norm = norm(&mut r, "model.norm", h)?;
         let head = if c.tie_word_embeddings {
             // Some checkpoints store the tied head as well; it must be the table itself.
-            if let (Some(stored), TokenEmbedding::Dense(table)) = (r.take_if_present("lm_head.weight"), &embed)
-                && stored != HostTensor::from_tensor(&table.val())
-            {
+            let differs = match &embed {
+                TokenEmbedding::Dense(table) => {
+                    r.take_if_present("lm_head.weight").is_some_and(|s| s != HostTensor::from_tensor(&table.val()))
+                }
+                TokenEmbedding::Quantized(table) => {
+                    r.take_quantized("lm_head.weight", c.vocab_size, h)?.is_some_and(|s| s != *table.matrix)
+                }
+            };
+            if differs {
                 return Err(Error::format(
                     r.file(),
                     "lm_head.weight differs from model.embed_tokens.weight, but config.json says tie_word_embeddings: true",

@@ -1,4 +1,5 @@
-//! safetensors files as maps of named f32 host tensors, with errors that name the file.
+//! safetensors files as maps of named f32 host tensors (16-bit matrices kept as stored where
+//! asked), with errors that name the file.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -7,6 +8,7 @@ use burn::prelude::*;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use crate::error::{Error, Result};
+use crate::quantization::{BLOCK, BlockFormat, QuantizedMatrix};
 
 /// The value of a one-element tensor.
 pub fn scalar(t: Tensor<1>) -> f64 {
@@ -60,12 +62,36 @@ pub fn write(path: &Path, tensors: &BTreeMap<String, HostTensor>, metadata: Opti
 /// Reads every tensor of a safetensors file as f32 (F32, F64, F16 and BF16 are accepted, and
 /// I64/I32 such as BERT's `position_ids` buffer), plus the file's metadata.
 pub fn read(path: &Path) -> Result<(BTreeMap<String, HostTensor>, HashMap<String, String>)> {
+    let (tensors, _, metadata) = read_keeping(path, false)?;
+    Ok((tensors, metadata))
+}
+
+/// As [`read`]; with `keep_16bit`, the F16 and BF16 matrices whose rows are whole blocks of
+/// [`BLOCK`] values are kept as stored, 2 bytes a weight ([`QuantizedMatrix`] of
+/// [`BlockFormat::F16`] or [`BlockFormat::Bf16`]), not widened to f32.
+pub fn read_keeping(
+    path: &Path,
+    keep_16bit: bool,
+) -> Result<(BTreeMap<String, HostTensor>, BTreeMap<String, QuantizedMatrix>, HashMap<String, String>)> {
     let bytes = crate::files::map(path)?;
     let file = SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, format!("not a valid safetensors file ({e})")))?;
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::format(path, e))?;
-    let mut out = BTreeMap::new();
+    let (mut out, mut kept) = (BTreeMap::new(), BTreeMap::new());
     for (name, view) in file.tensors() {
         let raw = view.data();
+        let sixteen = match view.dtype() {
+            Dtype::F16 => Some(BlockFormat::F16),
+            Dtype::BF16 => Some(BlockFormat::Bf16),
+            _ => None,
+        };
+        if let (true, Some(format), &[rows, cols]) = (keep_16bit, sixteen, view.shape())
+            && cols.is_multiple_of(BLOCK)
+        {
+            let what = format!("{}: tensor {name}", path.display());
+            kept.insert(name, QuantizedMatrix::from_blocks(format, rows, cols, raw.to_vec(), &what)?);
+            crate::files::release(&bytes, raw);
+            continue;
+        }
         let data: Vec<f32> = match view.dtype() {
             Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
             Dtype::F64 => raw.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
@@ -78,7 +104,7 @@ pub fn read(path: &Path) -> Result<(BTreeMap<String, HostTensor>, HashMap<String
         out.insert(name, HostTensor { shape: view.shape().to_vec(), data });
         crate::files::release(&bytes, raw);
     }
-    Ok((out, meta.metadata().clone().unwrap_or_default()))
+    Ok((out, kept, meta.metadata().clone().unwrap_or_default()))
 }
 
 /// Integer values as f32, refusing any that f32 cannot hold exactly (beyond 2^24).
