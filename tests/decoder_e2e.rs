@@ -73,7 +73,7 @@ fn short_fine_tuning_lowers_the_answer_loss_and_the_run_generates_exports_and_me
     let o = replora(&["merge", "--run", out_s, "--out", merged.to_str().unwrap()]);
     assert!(o.status.success(), "merge failed: {}", stderr(&o));
     let said = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
-    assert!(said.contains("q4_1 blocks are written as f32"), "merge did not say the Q4_1 base became f32: {said}");
+    assert!(said.contains("q4_1 weights are written as f32"), "merge did not say the Q4_1 base became f32: {said}");
     for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
         assert!(merged.join(f).is_file(), "merge wrote no {f}");
     }

@@ -304,7 +304,7 @@ impl Llama {
         names.dedup();
         match names.is_empty() {
             true => String::new(),
-            false => format!("; the base's {} blocks are written as f32", names.join(", ")),
+            false => format!("; the base's {} weights are written as f32", names.join(", ")),
         }
     }
 

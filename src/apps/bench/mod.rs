@@ -188,7 +188,9 @@ pub fn run(args: &BenchArgs) -> Result<BenchResult> {
     }
     if !matches!(args.quantize, Quantize::Stored | Quantize::None) {
         let q = args.quantize;
-        return Err(Error::Config(format!("--quantize {q}: quantized bases are for decoders; the encoder job's weights are f32")));
+        return Err(Error::Config(format!(
+            "--quantize {q}: quantized and 16-bit bases are for decoders; the encoder job's weights are f32"
+        )));
     }
     if args.checkpoint_activations {
         return Err(Error::Config("--checkpoint-activations: only the decoder job recomputes activations (--model smollm2)".into()));

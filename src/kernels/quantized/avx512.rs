@@ -20,9 +20,11 @@ pub(super) unsafe fn dots<const M: usize>(w: &QuantizedMatrix, o: usize, x: *con
     // Q6_K: lane `i` takes bits `2i..2i + 2` of 32 high bits, moved to bits 4..6.
     let pair_shifts = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     let (pair_mask, centre_32) = (_mm512_set1_epi32(3), _mm512_set1_epi32(32));
+    // 16-bit floats have no scales (their row's are empty).
+    let scaled = w.format.half_scales() != Some(0);
     for j in 0..w.blocks_per_row() {
         // SAFETY: F16C present.
-        let (d, offset) = unsafe { block_scales(w.format, scales, j) };
+        let (d, offset) = if scaled { unsafe { block_scales(w.format, scales, j) } } else { (_mm_set_ss(1.0), _mm_setzero_ps()) };
         let (d, offset) = (_mm512_broadcastss_ps(d), _mm512_broadcastss_ps(offset));
         // SAFETY: block `j`'s codes are `code_bytes` bytes at `j * code_bytes` of the row's.
         let (lo, hi) = unsafe {
