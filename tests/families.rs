@@ -564,6 +564,7 @@ fn phi3_info_lists_the_blocks_of_the_fused_linears() {
         "model.layers.1.mlp.up_proj  32 -> 64  (rows 64..128 of model.layers.1.mlp.gate_up_proj)",
         "model.layers.1.self_attn.o_proj  32 -> 32\n",
         "the checkpoint stores gate_up_proj, qkv_proj fused",
+        "linear weights: 14 f32, 0.1 MiB (0.1 MiB as f32)",
         "rank 8 on q_proj,v_proj",
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");

@@ -106,6 +106,8 @@ pub struct ModelInfo {
     /// The linears that are row blocks of a fused checkpoint linear (Phi-3's `qkv_proj`), by path.
     pub fused: std::collections::BTreeMap<String, crate::adapters::FusedRows>,
     pub params: usize,
+    /// How the linears' weights are held: how many in each format, and their bytes.
+    pub weights_held: String,
     pub default_targets: Vec<String>,
     /// Where a bottleneck adapter goes by default.
     pub adapter_sites: Vec<String>,
@@ -148,6 +150,7 @@ impl Family {
                 linears: a.linears().iter().map(|l| (l.path.clone(), l.d_in(), l.d_out())).collect(),
                 fused: crate::adapters::fused_blocks(&a.linears()),
                 params: a.num_params(),
+                weights_held: weights_held(&a.linears()),
                 default_targets: names(a.targets_of(Method::Lora)),
                 adapter_sites: names(a.targets_of(Method::Houlsby)),
                 key_projections: names(a.targets_of(Method::Prefix)),
@@ -170,6 +173,20 @@ impl Family {
             }
         }
     }
+}
+
+/// `linears` by how their weights are held (`14 f32`, `210 q4_1`, ...), with the bytes they take
+/// against an f32 copy's.
+fn weights_held(linears: &[&crate::adapters::AdaptedLinear]) -> String {
+    let mut formats = std::collections::BTreeMap::<&str, usize>::new();
+    for l in linears {
+        *formats.entry(l.weight.format().map_or("f32", crate::quantization::BlockFormat::name)).or_default() += 1;
+    }
+    let counts: Vec<String> = formats.iter().map(|(format, n)| format!("{n} {format}")).collect();
+    let held: usize = linears.iter().map(|l| l.weight.stored_bytes()).sum();
+    let wide: usize = linears.iter().map(|l| 4 * l.d_in() * l.d_out()).sum();
+    let mib = |bytes: usize| bytes as f64 / (1 << 20) as f64;
+    format!("linear weights: {}, {:.1} MiB ({:.1} MiB as f32)", counts.join(", "), mib(held), mib(wide))
 }
 
 /// Every `model_type` replora reads, by kind, for errors about one it does not.

@@ -314,7 +314,7 @@ fn info(model: &str, rank: usize, targets: Option<Vec<String>>) -> Result<()> {
         )));
     };
     let info = family.info(model, &Device::flex())?;
-    println!("{}\nparameters: {}\n\nlinear modules (d_in -> d_out):", info.description, info.params);
+    println!("{}\nparameters: {}\n{}\n\nlinear modules (d_in -> d_out):", info.description, info.params, info.weights_held);
     for (path, d_in, d_out) in &info.linears {
         match info.fused.get(path) {
             Some(f) => println!("  {path}  {d_in} -> {d_out}  (rows {}..{} of {})", f.start, f.start + d_out, f.module),
