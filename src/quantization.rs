@@ -312,7 +312,9 @@ impl QuantizedMatrix {
         if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
             return Err(Error::Config(format!("{what}: cannot quantize a matrix holding {bad}")));
         }
-        if let Some(big) = values.iter().find(|v| format == BlockFormat::F16 && v.abs() > f16::MAX.to_f32()) {
+        if format == BlockFormat::F16
+            && let Some(big) = values.iter().find(|v| v.abs() > f16::MAX.to_f32())
+        {
             return Err(Error::Config(format!("{what}: {big} is beyond f16's range (65504); bf16 holds it")));
         }
         let mut data = Vec::with_capacity(values.len() / BLOCK * format.stored_block().1);
