@@ -26,7 +26,7 @@ fn matrix(format: BlockFormat, rows: usize, cols: usize) -> QuantizedMatrix {
         state ^= state << 17;
         state as u8
     };
-    if format.half_scales() == Some(0) {
+    if format.is_16_bit_float() {
         let values: Vec<f32> = (0..rows * cols).map(|_| (byte() as f32 - 127.5) / 128.0).collect();
         return QuantizedMatrix::quantize(format, rows, cols, &values, "bench").expect("finite values");
     }

@@ -99,6 +99,11 @@ impl BlockFormat {
         }
     }
 
+    /// Whether values are stored as 16-bit floats (F16, BF16), with no codes or scales.
+    pub fn is_16_bit_float(self) -> bool {
+        matches!(self, BlockFormat::F16 | BlockFormat::Bf16)
+    }
+
     /// The f16 scales per block a matrix of this format keeps as the file has them (`d`, and
     /// Q4_1's `m`; none for the 16-bit floats); `None` where they are widened to f32.
     pub fn half_scales(self) -> Option<usize> {
@@ -176,7 +181,7 @@ impl RowScales<'_> {
     pub fn params(self, format: BlockFormat, j: usize) -> [f32; 2] {
         match self {
             RowScales::Single(v) => v[j],
-            RowScales::Half(_) if format.half_scales() == Some(0) => [1.0, 0.0],
+            RowScales::Half(_) if format.is_16_bit_float() => [1.0, 0.0],
             RowScales::Half(v) if format.half_scales() == Some(2) => format.params_of(v[2 * j].to_f32(), v[2 * j + 1].to_f32()),
             RowScales::Half(v) => format.params_of(v[j].to_f32(), 0.0),
         }

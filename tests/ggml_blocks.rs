@@ -229,7 +229,7 @@ fn q4_k_m_llama(path: &Path) {
     for (name, cols, rows, format) in matrices {
         let (per_block, block_bytes) = format.stored_block();
         let mut data = vec![];
-        if format.half_scales() == Some(0) {
+        if format.is_16_bit_float() {
             // 16-bit weights of about 0.05, either sign.
             for _ in 0..rows * cols {
                 let v = (rng.next() % 2001) as f32 / 10_000.0 - 0.1;

@@ -312,7 +312,7 @@ mod tests {
             state ^= state << 17;
             (state >> 24) as u8
         };
-        if format.half_scales() == Some(0) {
+        if format.is_16_bit_float() {
             let values: Vec<f32> =
                 (0..rows * cols).map(|_| (byte() as f32 - 127.5) / 64.0 * 2f32.powi(i32::from(byte() % 8) - 4)).collect();
             return QuantizedMatrix::quantize(format, rows, cols, &values, "w").unwrap();

@@ -330,7 +330,7 @@ impl Gguf {
     /// `None` for a tensor of another type, not of two dimensions, or of rows not whole blocks.
     pub fn quantized(&self, t: &TensorInfo) -> Option<Result<QuantizedMatrix>> {
         let (Some(format), &[cols, rows]) = (t.kind.block_format(), &t.dims[..]) else { return None };
-        if format.half_scales() == Some(0) && !cols.is_multiple_of(BLOCK as u64) {
+        if format.is_16_bit_float() && !cols.is_multiple_of(BLOCK as u64) {
             return None; // 16-bit rows that are not whole blocks of 32: widened instead
         }
         let what = format!("{}: tensor {}", self.path.display(), t.name);

@@ -21,7 +21,7 @@ pub(super) unsafe fn dots<const M: usize>(w: &QuantizedMatrix, o: usize, x: *con
     let pair_shifts = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     let (pair_mask, centre_32) = (_mm512_set1_epi32(3), _mm512_set1_epi32(32));
     // 16-bit floats have no scales (their row's are empty).
-    let scaled = w.format.half_scales() != Some(0);
+    let scaled = !w.format.is_16_bit_float();
     for j in 0..w.blocks_per_row() {
         // SAFETY: F16C present.
         let (d, offset) = if scaled { unsafe { block_scales(w.format, scales, j) } } else { (_mm_set_ss(1.0), _mm_setzero_ps()) };
