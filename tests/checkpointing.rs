@@ -148,13 +148,3 @@ fn dropout_masks_are_drawn_again_alike_in_the_recomputation() {
     assert!(first.1 != other.1, "another seed draws other masks");
     assert!(first.1.values().flatten().all(|v| v.is_finite()));
 }
-
-/// The task-level switch: a run of a task that cannot recompute activations is refused.
-#[cfg(feature = "cli")]
-#[test]
-fn only_decoder_tasks_checkpoint_activations() {
-    const { assert!(<CausalLm as Objective>::CHECKPOINTS) };
-    let out = support::replora(&["train", "--task", "classification", "--checkpoint-activations"]);
-    let err = support::stderr(&out);
-    assert!(!out.status.success() && err.contains("--checkpoint-activations"), "{err}");
-}

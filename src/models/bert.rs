@@ -11,6 +11,7 @@ use std::path::Path;
 
 use burn::module::Param;
 use burn::prelude::*;
+use burn::tensor::Gradients;
 use burn::tensor::module::embedding;
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +22,7 @@ use crate::data::tokenize::EncoderInput;
 use crate::error::{Error, Result};
 use crate::files::write_json;
 use crate::kernels;
+use crate::training::recompute::{LayerPasses, TaskLoss, checkpointed_backward};
 use crate::weights::Reader;
 use crate::weights::tensors::{self, HostTensor};
 
@@ -235,9 +237,7 @@ impl Bert {
     /// # Panics
     /// If `seq` exceeds [`BertConfig::max_positions`].
     pub fn forward(&self, input: &EncoderInput, deltas: &Deltas) -> Tensor<3> {
-        let [b, t] = input.attention_mask.dims();
-        // (1 - mask) * f32::MIN, as transformers does: exp() of it is exactly 0.
-        let mask_bias = input.attention_mask.clone().neg().add_scalar(1.0).mul_scalar(f32::MIN).reshape([b, 1, 1, t]);
+        let mask_bias = mask_bias(&input.attention_mask);
         let mut x = self.embeddings.forward(input, &self.config);
         for layer in &self.layers {
             x = layer.forward(x, &mask_bias, self.config.num_attention_heads, deltas);
@@ -245,11 +245,36 @@ impl Bert {
         x
     }
 
+    /// `task.loss` of [`Bert::forward`], its gradients handed to `collect`, recomputing each
+    /// layer's activations in the backward pass ([`crate::training::recompute`]).
+    pub fn checkpointed_backward(&self, input: &EncoderInput, task: TaskLoss<'_, 3>, collect: impl FnMut(Gradients)) -> Tensor<1> {
+        let heads = self.config.num_attention_heads;
+        let mask_bias = mask_bias(&input.attention_mask);
+        let (plain, frozen, plain_mask) = (self.valid(), (task.deltas)().without_autodiff(), mask_bias.clone().inner());
+        let passes = LayerPasses {
+            embeddings: self.embeddings.forward(input, &self.config),
+            embed_again: &|| self.embeddings.forward(input, &self.config),
+            layers: self.layers.len(),
+            plain_layer: &|i, x| plain.layers[i].forward(x, &plain_mask, heads, &frozen),
+            tracked_layer: &|i, x| self.layers[i].forward(x, &mask_bias, heads, &(task.deltas)()),
+            loss: task.loss,
+            scale: task.scale,
+        };
+        checkpointed_backward(passes, collect)
+    }
+
     /// The pooler output `tanh(dense(hidden[:, 0]))`, `[batch, hidden]`; `None` without a pooler.
     pub fn pooler_output(&self, hidden: Tensor<3>, deltas: &Deltas) -> Option<Tensor<2>> {
         let pooler = self.pooler.as_ref()?;
         Some(pooler.forward(hidden.narrow(1, 0, 1).squeeze_dim::<2>(1), deltas).tanh())
     }
+}
+
+/// The additive attention mask `[b, 1, 1, t]` of `attention_mask` `[b, t]`: `(1 - mask) *
+/// f32::MIN`, as transformers does (exp() of it is exactly 0).
+fn mask_bias(attention_mask: &Tensor<2>) -> Tensor<4> {
+    let [b, t] = attention_mask.dims();
+    attention_mask.clone().neg().add_scalar(1.0).mul_scalar(f32::MIN).reshape([b, 1, 1, t])
 }
 
 /// The prefix the checkpoint's tensor names carry: the model's own, none, or the family's

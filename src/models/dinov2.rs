@@ -15,6 +15,7 @@ use std::path::Path;
 
 use burn::module::Param;
 use burn::prelude::*;
+use burn::tensor::Gradients;
 
 pub use super::dinov2_onnx::{convert_onnx_dir, from_onnx};
 use super::layers::{Activation, LayerNorm, ReadLayers, attention};
@@ -23,6 +24,7 @@ pub use super::vit_config::{Dinov2Config, Variant};
 use crate::adapters::{Adaptable, AdaptedLinear, Deltas};
 use crate::error::{Error, Result};
 use crate::files::write_json;
+use crate::training::recompute::{LayerPasses, TaskLoss, checkpointed_backward};
 use crate::weights::Reader;
 use crate::weights::tensors::{self, HostTensor};
 
@@ -260,13 +262,41 @@ impl Dinov2 {
     /// # Panics
     /// If the pixels do not have the model's channels and image size.
     pub fn forward(&self, pixels: Tensor<4>, deltas: &Deltas) -> Tensor<3> {
-        let mut x = self.embed(pixels);
-        if let Some(norm) = &self.embeddings.pre_norm {
-            x = norm.forward(x);
-        }
+        let mut x = self.first_layer_input(pixels);
         for layer in &self.layers {
             x = layer.forward(x, self.config.num_attention_heads, deltas);
         }
+        self.final_norm(x)
+    }
+
+    /// `task.loss` of [`Dinov2::forward`], its gradients handed to `collect`, recomputing each
+    /// layer's activations in the backward pass ([`crate::training::recompute`]).
+    pub fn checkpointed_backward(&self, pixels: Tensor<4>, task: TaskLoss<'_, 3>, collect: impl FnMut(Gradients)) -> Tensor<1> {
+        let heads = self.config.num_attention_heads;
+        let (plain, frozen) = (self.valid(), (task.deltas)().without_autodiff());
+        let passes = LayerPasses {
+            embeddings: self.first_layer_input(pixels.clone()),
+            embed_again: &|| self.first_layer_input(pixels.clone()),
+            layers: self.layers.len(),
+            plain_layer: &|i, x| plain.layers[i].forward(x, heads, &frozen),
+            tracked_layer: &|i, x| self.layers[i].forward(x, heads, &(task.deltas)()),
+            loss: &|x| (task.loss)(self.final_norm(x)),
+            scale: task.scale,
+        };
+        checkpointed_backward(passes, collect)
+    }
+
+    /// The embedded tokens, normed where the model norms them before its blocks (CLIP).
+    fn first_layer_input(&self, pixels: Tensor<4>) -> Tensor<3> {
+        let x = self.embed(pixels);
+        match &self.embeddings.pre_norm {
+            Some(norm) => norm.forward(x),
+            None => x,
+        }
+    }
+
+    /// The last block's output normed as `last_hidden_state` is (CLIP's is not).
+    fn final_norm(&self, x: Tensor<3>) -> Tensor<3> {
         if self.variant() == Variant::Clip { x } else { self.layernorm.forward(x) }
     }
 

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::prelude::*;
+use burn::tensor::Gradients;
 
 use super::bert::{Bert, Pooling, Variant, pool};
 use super::modernbert::ModernBert;
@@ -14,6 +15,7 @@ use super::modernbert_config::MODEL_TYPE;
 use crate::adapters::{Adaptable, AdaptedLinear, Deltas, Method};
 use crate::data::tokenize::EncoderInput;
 use crate::error::Result;
+use crate::training::recompute::TaskLoss;
 use crate::weights::HostTensor;
 
 /// A run holds one encoder, so the variants' size difference costs nothing worth a box.
@@ -61,6 +63,15 @@ impl Encoder {
         match self {
             Encoder::Bert(m) => m.forward(input, deltas),
             Encoder::ModernBert(m) => m.forward(input, deltas),
+        }
+    }
+
+    /// `task.loss` of [`Encoder::forward`], recomputing activations in the backward pass
+    /// ([`crate::training::recompute`]); the gradients are handed to `collect`.
+    pub fn checkpointed_backward(&self, input: &EncoderInput, task: TaskLoss<'_, 3>, collect: impl FnMut(Gradients)) -> Tensor<1> {
+        match self {
+            Encoder::Bert(m) => m.checkpointed_backward(input, task, collect),
+            Encoder::ModernBert(m) => m.checkpointed_backward(input, task, collect),
         }
     }
 

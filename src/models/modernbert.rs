@@ -20,6 +20,7 @@ use std::path::Path;
 
 use burn::module::Param;
 use burn::prelude::*;
+use burn::tensor::Gradients;
 use burn::tensor::module::embedding;
 
 use super::bert::{Pooling, pool};
@@ -31,6 +32,7 @@ use crate::data::tokenize::EncoderInput;
 use crate::error::{Error, Result};
 use crate::files::write_json;
 use crate::kernels;
+use crate::training::recompute::{LayerPasses, TaskLoss, checkpointed_backward};
 use crate::weights::Reader;
 use crate::weights::tensors::{self, HostTensor};
 
@@ -191,25 +193,54 @@ impl ModernBert {
     /// If `seq` exceeds `max_position_embeddings`.
     pub fn forward(&self, input: &EncoderInput, deltas: &Deltas) -> Tensor<3> {
         let c = &self.config;
-        let [b, t] = input.attention_mask.dims();
+        let positions = self.positions(&input.attention_mask);
+        let mut x = self.embed(input);
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(x, &positions[c.is_local(i) as usize], c.num_attention_heads, deltas);
+        }
+        self.final_norm.forward(x)
+    }
+
+    /// `task.loss` of [`ModernBert::forward`], its gradients handed to `collect`, recomputing
+    /// each layer's activations in the backward pass ([`crate::training::recompute`]).
+    pub fn checkpointed_backward(&self, input: &EncoderInput, task: TaskLoss<'_, 3>, collect: impl FnMut(Gradients)) -> Tensor<1> {
+        let c = &self.config;
+        let (plain, frozen) = (self.valid(), (task.deltas)().without_autodiff());
+        // The tables on both devices, as the fused kernels take all their inputs on one.
+        let plain_positions = plain.positions(&input.attention_mask.clone().inner());
+        let positions = self.positions(&input.attention_mask);
+        let passes = LayerPasses {
+            embeddings: self.embed(input),
+            embed_again: &|| self.embed(input),
+            layers: self.layers.len(),
+            plain_layer: &|i, x| plain.layers[i].forward(x, &plain_positions[c.is_local(i) as usize], c.num_attention_heads, &frozen),
+            tracked_layer: &|i, x| self.layers[i].forward(x, &positions[c.is_local(i) as usize], c.num_attention_heads, &(task.deltas)()),
+            loss: &|x| (task.loss)(self.final_norm.forward(x)),
+            scale: task.scale,
+        };
+        checkpointed_backward(passes, collect)
+    }
+
+    /// The normed token embeddings, layer 0's input.
+    fn embed(&self, input: &EncoderInput) -> Tensor<3> {
+        self.embedding_norm.forward(embedding(self.tok_embeddings.val(), input.input_ids.clone()))
+    }
+
+    /// The global layers' positions, then the local layers', on `attention_mask`'s device.
+    fn positions(&self, attention_mask: &Tensor<2>) -> [Positions; 2] {
+        let c = &self.config;
+        let [b, t] = attention_mask.dims();
         assert!(
             t <= c.max_position_embeddings,
             "sequence of {t} tokens is longer than the {} positions of the model",
             c.max_position_embeddings
         );
-        let device = input.attention_mask.device();
-        let at = |local: bool| {
+        let device = attention_mask.device();
+        [false, true].map(|local| {
             let (cos, sin) = rope_tables(c.head_dim(), c.rope_base(local), 0, t, &device);
             let half = if local { c.half_window() } else { t };
-            Positions { cos, sin, mask: mask(&input.attention_mask, b, t, half) }
-        };
-        let (global, local) = (at(false), at(true));
-        let mut x = self.embedding_norm.forward(embedding(self.tok_embeddings.val(), input.input_ids.clone()));
-        for (i, layer) in self.layers.iter().enumerate() {
-            let positions = if c.is_local(i) { &local } else { &global };
-            x = layer.forward(x, positions, c.num_attention_heads, deltas);
-        }
-        self.final_norm.forward(x)
+            Positions { cos, sin, mask: mask(attention_mask, b, t, half) }
+        })
     }
 
     /// `norm(gelu(dense(pooled)))` of the pooled last hidden state, as transformers'

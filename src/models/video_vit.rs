@@ -27,11 +27,13 @@ use std::path::Path;
 
 use burn::module::Param;
 use burn::prelude::*;
+use burn::tensor::Gradients;
 
 use super::dinov2::{Dinov2, Dinov2Config, Dinov2Layer};
 use super::layers::{LayerNorm, ReadLayers, attention};
 use crate::adapters::{Adaptable, AdaptedLinear, Deltas, Sites};
 use crate::error::{Error, Result};
+use crate::training::recompute::{LayerPasses, TaskLoss, checkpointed_backward};
 use crate::weights::Reader;
 use crate::weights::tensors::{self, HostTensor};
 
@@ -257,24 +259,62 @@ impl VideoVit {
     /// # Panics
     /// If the clips do not have the model's frames, channels and image size.
     pub fn forward(&self, pixels: Tensor<5>, deltas: &Deltas) -> Tensor<4> {
+        let [b, t, ..] = pixels.dims();
+        let mut x = self.first_layer_input(pixels);
+        for i in 0..self.temporal.len() {
+            x = self.layer(i, x, t, deltas);
+        }
+        self.final_norm(x, b)
+    }
+
+    /// `task.loss` of [`VideoVit::forward`], its gradients handed to `collect`, recomputing
+    /// each layer's activations in the backward pass ([`crate::training::recompute`]).
+    pub fn checkpointed_backward(&self, pixels: Tensor<5>, task: TaskLoss<'_, 4>, collect: impl FnMut(Gradients)) -> Tensor<1> {
+        let [b, t, ..] = pixels.dims();
+        let (plain, frozen) = (self.valid(), (task.deltas)().without_autodiff());
+        let passes = LayerPasses {
+            embeddings: self.first_layer_input(pixels.clone()),
+            embed_again: &|| self.first_layer_input(pixels.clone()),
+            layers: self.temporal.len(),
+            plain_layer: &|i, x| plain.layer(i, x, t, &frozen),
+            tracked_layer: &|i, x| self.layer(i, x, t, &(task.deltas)()),
+            loss: &|x| (task.loss)(self.final_norm(x, b)),
+            scale: task.scale,
+        };
+        checkpointed_backward(passes, collect)
+    }
+
+    /// Every frame's tokens `[batch * frames, 1 + patches, hidden]` with the time table added.
+    fn first_layer_input(&self, pixels: Tensor<5>) -> Tensor<3> {
         let [b, t, ch, h, w] = pixels.dims();
         assert_eq!(t, self.frames, "clips of {t} frames for a model of {}", self.frames);
         let hidden = self.spatial.config.hidden_size;
-        let heads = self.spatial.config.num_attention_heads;
         let x = self.spatial.embed(pixels.reshape([b * t, ch, h, w]));
         let tokens = x.dims()[1];
         let time = self.time_embeddings.val().reshape([1, t, 1, hidden]);
-        let mut x = (x.reshape([b, t, tokens, hidden]) + time).reshape([b * t, tokens, hidden]);
-        for (temporal, spatial) in self.temporal.iter().zip(&self.spatial.layers) {
-            x = temporal.forward(x, t, heads, deltas);
-            x = spatial.forward(x, heads, deltas);
-        }
-        self.spatial.layernorm.forward(x).reshape([b, t, tokens, hidden])
+        (x.reshape([b, t, tokens, hidden]) + time).reshape([b * t, tokens, hidden])
+    }
+
+    /// Block `i`: attention over the `frames` of each patch position, then the spatial block.
+    fn layer(&self, i: usize, x: Tensor<3>, frames: usize, deltas: &Deltas) -> Tensor<3> {
+        let heads = self.spatial.config.num_attention_heads;
+        let x = self.temporal[i].forward(x, frames, heads, deltas);
+        self.spatial.layers[i].forward(x, heads, deltas)
+    }
+
+    /// The last block's output normed, `[batch, frames, 1 + patches, hidden]`.
+    fn final_norm(&self, x: Tensor<3>, batch: usize) -> Tensor<4> {
+        let [bt, tokens, hidden] = x.dims();
+        self.spatial.layernorm.forward(x).reshape([batch, bt / batch, tokens, hidden])
     }
 
     /// The clip features `[batch, hidden]`: each frame's CLS token, averaged over frames.
     pub fn features(&self, pixels: Tensor<5>, deltas: &Deltas) -> Tensor<2> {
-        let tokens = self.forward(pixels, deltas);
+        Self::clip_features(self.forward(pixels, deltas))
+    }
+
+    /// The clip features `[batch, hidden]` of a [`VideoVit::forward`] output.
+    pub fn clip_features(tokens: Tensor<4>) -> Tensor<2> {
         let [b, _, _, hidden] = tokens.dims();
         tokens.narrow(2, 0, 1).mean_dim(1).reshape([b, hidden])
     }

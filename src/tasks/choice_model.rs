@@ -2,7 +2,7 @@
 //! log-likelihood of candidate answers (multiple-choice scoring), exact match of generated
 //! answers, and the sequences and batches they work on.
 
-use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use rand::SeedableRng;
@@ -19,6 +19,7 @@ use crate::models::decoder::Decoder;
 use crate::adapters::PeftModel;
 use crate::models::llama::{CheckpointedPass, Llama};
 use crate::training::Objective;
+use crate::training::recompute::summed_gradients;
 
 /// Token sequences padded on the right into one batch, with the positions whose next token is
 /// an answer token. Position `p` predicts token `p + 1`, so the targets of a sequence whose
@@ -152,9 +153,7 @@ impl Objective for CausalLm {
             loss: &|hidden| self.hidden_logprobs(hidden, batch, device).mean().neg(),
             scale,
         };
-        let mut sum = GradientsAccumulator::<Self>::new();
-        let loss = model.checkpointed_backward(pass, |grads| sum.accumulate(self, GradientsParams::from_grads(grads, self)));
-        (loss, sum.grads())
+        summed_gradients(self, |collect| model.checkpointed_backward(pass, collect))
     }
 
     const CHECKPOINTS: bool = true;

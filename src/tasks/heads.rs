@@ -7,8 +7,8 @@ use std::path::Path;
 
 use burn::module::Param;
 use burn::prelude::*;
-use burn::tensor::Distribution;
 use burn::tensor::activation::log_softmax;
+use burn::tensor::{Distribution, Gradients};
 
 use super::hf_layout::{self, HfLayout};
 use crate::adapters::init::Init;
@@ -20,6 +20,7 @@ use crate::models::bert::Pooling;
 use crate::models::encoder::Encoder;
 use crate::progress::{Bar, Kind};
 use crate::training::EvalMetrics;
+use crate::training::recompute::TaskLoss;
 use crate::weights::tensors::scalar;
 use crate::weights::{HostTensor, tensors};
 
@@ -144,18 +145,35 @@ impl SequenceClassifier {
     }
 }
 
-impl ClassifierModel for SequenceClassifier {
-    type Input = EncoderInput;
-    fn logits(&self, input: &EncoderInput, training: bool) -> Tensor<2> {
-        let deltas = if training { self.encoder.training_deltas() } else { self.encoder.deltas() };
-        let hidden = self.encoder.model.forward(input, &deltas);
+impl SequenceClassifier {
+    /// The class scores of the encoder's last hidden state.
+    fn head_logits(&self, hidden: Tensor<3>, input: &EncoderInput, deltas: &Deltas, training: bool) -> Tensor<2> {
         // As transformers' sequence classifiers: BERT's pooler on CLS, ModernBERT's head.
-        let mut pooled = self.encoder.model.classifier_input(hidden, input.attention_mask.clone(), self.pooling, &deltas);
+        let mut pooled = self.encoder.model.classifier_input(hidden, input.attention_mask.clone(), self.pooling, deltas);
         if training && self.dropout > 0.0 {
             let keep = 1.0 - self.dropout;
             pooled = pooled.clone() * pooled.random_like(Distribution::Bernoulli(keep)).div_scalar(keep);
         }
         self.head.forward(pooled, &Deltas::none())
+    }
+}
+
+impl ClassifierModel for SequenceClassifier {
+    type Input = EncoderInput;
+    fn logits(&self, input: &EncoderInput, training: bool) -> Tensor<2> {
+        let deltas = if training { self.encoder.training_deltas() } else { self.encoder.deltas() };
+        self.head_logits(self.encoder.model.forward(input, &deltas), input, &deltas, training)
+    }
+    fn checkpointed_backward(
+        &self,
+        input: &EncoderInput,
+        loss: &dyn Fn(Tensor<2>) -> Tensor<1>,
+        scale: f64,
+        collect: impl FnMut(Gradients),
+    ) -> Tensor<1> {
+        let deltas = || self.encoder.training_deltas();
+        let loss = |hidden| loss(self.head_logits(hidden, input, &deltas(), true));
+        self.encoder.model.checkpointed_backward(input, TaskLoss { deltas: &deltas, loss: &loss, scale }, collect)
     }
 }
 
@@ -172,6 +190,24 @@ macro_rules! classifier_objective {
                 use $crate::tasks::heads::LabelledBatch;
                 $crate::tasks::heads::cross_entropy(self.logits(&batch.input(device), true), batch.labels_tensor(device))
             }
+            fn loss_and_gradients(
+                &self,
+                batch: &$batch,
+                device: &Device,
+                scale: f64,
+                checkpoint_activations: bool,
+            ) -> (Tensor<1>, burn::optim::GradientsParams) {
+                use $crate::tasks::heads::{ClassifierModel, LabelledBatch, cross_entropy};
+                if !checkpoint_activations {
+                    return $crate::training::trainer::ordinary_pass(self, batch, device, scale);
+                }
+                let labels = batch.labels_tensor(device);
+                let loss = |logits| cross_entropy(logits, labels.clone());
+                $crate::training::recompute::summed_gradients(self, |collect| {
+                    self.checkpointed_backward(&batch.input(device), &loss, scale, collect)
+                })
+            }
+            const CHECKPOINTS: bool = true;
             fn examples(batch: &$batch) -> usize {
                 $crate::tasks::heads::LabelledBatch::labels(batch).len()
             }
@@ -204,6 +240,16 @@ pub trait ClassifierModel: Module {
     /// Class scores `[batch, classes]`; `training` switches dropout (and augmentation-time
     /// behaviour) on.
     fn logits(&self, input: &Self::Input, training: bool) -> Tensor<2>;
+    /// `loss` of the training logits, recomputing activations in the backward pass
+    /// (`--checkpoint-activations`, [`crate::training::recompute`]); the gradients of `scale`
+    /// times it are handed to `collect` one graph at a time.
+    fn checkpointed_backward(
+        &self,
+        input: &Self::Input,
+        loss: &dyn Fn(Tensor<2>) -> Tensor<1>,
+        scale: f64,
+        collect: impl FnMut(Gradients),
+    ) -> Tensor<1>;
 }
 
 /// A host-side batch of labelled examples.

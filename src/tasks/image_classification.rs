@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
+use burn::tensor::Gradients;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -24,6 +25,7 @@ use crate::formats::peft;
 use crate::layout::{HEAD_FILE, LABELS_FILE};
 use crate::models::Architecture;
 use crate::models::dinov2::{Dinov2, Variant};
+use crate::training::recompute::TaskLoss;
 use crate::training::{EvalMetrics, TrainConfig};
 use crate::weights::{HostTensor, tensors};
 
@@ -183,7 +185,24 @@ impl ClassifierModel for ImageClassifier {
     fn logits(&self, pixels: &Tensor<4>, training: bool) -> Tensor<2> {
         let deltas = if training { self.backbone.training_deltas() } else { self.backbone.deltas() };
         let pixels = self.backbone.model.pixels.from_imagenet(pixels.clone());
-        let hidden = self.backbone.model.forward(pixels, &deltas);
+        self.head_logits(self.backbone.model.forward(pixels, &deltas))
+    }
+    fn checkpointed_backward(
+        &self,
+        pixels: &Tensor<4>,
+        loss: &dyn Fn(Tensor<2>) -> Tensor<1>,
+        scale: f64,
+        collect: impl FnMut(Gradients),
+    ) -> Tensor<1> {
+        let pixels = self.backbone.model.pixels.from_imagenet(pixels.clone());
+        let task = TaskLoss { deltas: &|| self.backbone.training_deltas(), loss: &|hidden| loss(self.head_logits(hidden)), scale };
+        self.backbone.model.checkpointed_backward(pixels, task, collect)
+    }
+}
+
+impl ImageClassifier {
+    /// The class scores of the backbone's output tokens.
+    fn head_logits(&self, hidden: Tensor<3>) -> Tensor<2> {
         let [_, tokens, _] = hidden.dims();
         let cls = self.backbone.model.pooled(hidden.clone());
         let pooled = match self.pooling {

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
+use burn::tensor::Gradients;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -23,6 +24,7 @@ use crate::files::{read_json, write_json};
 use crate::formats::peft;
 use crate::layout::{HEAD_FILE, LABELS_FILE};
 use crate::models::video_vit::VideoVit;
+use crate::training::recompute::TaskLoss;
 use crate::training::{EvalMetrics, TrainConfig};
 use crate::weights::tensors;
 
@@ -123,6 +125,17 @@ impl ClassifierModel for VideoClassifier {
     fn logits(&self, pixels: &Tensor<5>, training: bool) -> Tensor<2> {
         let deltas = if training { self.backbone.training_deltas() } else { self.backbone.deltas() };
         self.head.forward(self.backbone.model.features(pixels.clone(), &deltas), &Deltas::none())
+    }
+    fn checkpointed_backward(
+        &self,
+        pixels: &Tensor<5>,
+        loss: &dyn Fn(Tensor<2>) -> Tensor<1>,
+        scale: f64,
+        collect: impl FnMut(Gradients),
+    ) -> Tensor<1> {
+        let loss = |tokens| loss(self.head.forward(VideoVit::clip_features(tokens), &Deltas::none()));
+        let task = TaskLoss { deltas: &|| self.backbone.training_deltas(), loss: &loss, scale };
+        self.backbone.model.checkpointed_backward(pixels.clone(), task, collect)
     }
 }
 

@@ -3,6 +3,7 @@
 //! question's token embeddings in an adapted decoder, trained as causal language modelling on
 //! the answer tokens; answers scored by likelihood among a fixed answer set, or generated.
 
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
@@ -10,9 +11,10 @@ use super::choice_model::{LmBatch, LmSequence};
 use crate::adapters::PeftModel;
 use crate::error::Result;
 use crate::models::decoder::Decoder;
-use crate::models::llama::Llama;
+use crate::models::llama::{CheckpointedPass, Llama};
 use crate::models::vision_language::{ImageFeatures, Projector};
 use crate::training::Objective;
+use crate::training::recompute::summed_gradients;
 
 /// The prompt of a question; the answer follows it as ` {answer}`.
 pub fn prompt(question: &str) -> String {
@@ -83,27 +85,41 @@ pub struct VqaModel {
 }
 
 impl VqaModel {
-    /// The final hidden states `[batch * (visual + len), hidden]` of a batch.
-    fn hidden(&self, batch: &VqaBatch, training: bool, device: &Device) -> Tensor<2> {
+    /// The batch on `device`: its visual tokens `[batch, visual, width]`, its text's token ids
+    /// `[batch, len]`, and the attention mask over both `[batch, visual + len]`.
+    fn tensors(batch: &VqaBatch, device: &Device) -> (Tensor<3>, Tensor<2, Int>, Tensor<2>) {
         let (b, t, v) = (batch.text.batch, batch.text.len, batch.visual_tokens);
         let visual = Tensor::<3>::from_data(TensorData::new(batch.visual.clone(), [b, v, batch.visual_width]), device);
         let ids = Tensor::<2, Int>::from_data(TensorData::new(batch.text.input_ids.clone(), [b, t]), device);
         let mask = Tensor::<2>::from_data(TensorData::new(batch.text.mask.clone(), [b, t]), device);
-        let llama = &self.decoder.model;
-        let embeddings = Tensor::cat(vec![self.projector.forward(visual), llama.embed(ids)], 1);
-        let mask = Tensor::cat(vec![Tensor::ones([b, v], device), mask], 1);
+        (visual, ids, Tensor::cat(vec![Tensor::ones([b, v], device), mask], 1))
+    }
+
+    /// The decoder's input: the projected visual tokens, then the text's token embeddings.
+    fn embed(&self, visual: Tensor<3>, ids: Tensor<2, Int>) -> Tensor<3> {
+        Tensor::cat(vec![self.projector.forward(visual), self.decoder.model.embed(ids)], 1)
+    }
+
+    /// The final hidden states `[batch * (visual + len), hidden]` of a batch.
+    fn hidden(&self, batch: &VqaBatch, training: bool, device: &Device) -> Tensor<2> {
+        let (visual, ids, mask) = Self::tensors(batch, device);
         let deltas = if training { self.decoder.training_deltas() } else { self.decoder.deltas() };
-        let hidden = llama.forward_embeddings(embeddings, Some(mask), None, &deltas);
-        let d = hidden.dims()[2];
-        hidden.reshape([b * (v + t), d])
+        let hidden = self.decoder.model.forward_embeddings(self.embed(visual, ids), Some(mask), None, &deltas);
+        let [b, vt, d] = hidden.dims();
+        hidden.reshape([b * vt, d])
     }
 
     /// `log p(target)` of every answer token of the batch, `[targets]`.
     pub fn target_logprobs(&self, batch: &VqaBatch, training: bool, device: &Device) -> Tensor<1> {
+        self.hidden_logprobs(self.hidden(batch, training, device), batch, device)
+    }
+
+    /// [`VqaModel::target_logprobs`] from the final hidden states `[batch * (visual + len), hidden]`.
+    fn hidden_logprobs(&self, hidden: Tensor<2>, batch: &VqaBatch, device: &Device) -> Tensor<1> {
         let rows = batch.target_rows();
         let n = rows.len();
         let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), device);
-        let logits = self.decoder.model.logits(self.hidden(batch, training, device).select(0, rows));
+        let logits = self.decoder.model.logits(hidden.select(0, rows));
         let targets = Tensor::<2, Int>::from_data(TensorData::new(batch.text.target_ids.clone(), [n, 1]), device);
         log_softmax(logits, 1).gather(1, targets).reshape([n])
     }
@@ -179,6 +195,31 @@ impl Objective for VqaModel {
     fn loss(&self, batch: &VqaBatch, device: &Device) -> Tensor<1> {
         self.target_logprobs(batch, true, device).mean().neg()
     }
+    fn loss_and_gradients(
+        &self,
+        batch: &VqaBatch,
+        device: &Device,
+        scale: f64,
+        checkpoint_activations: bool,
+    ) -> (Tensor<1>, GradientsParams) {
+        if !checkpoint_activations {
+            return crate::training::trainer::ordinary_pass(self, batch, device, scale);
+        }
+        let (visual, ids, mask) = Self::tensors(batch, device);
+        let pass = CheckpointedPass {
+            // The projector trains: its graph is the embeddings' one, at the end.
+            embed: &|| self.embed(visual.clone(), ids.clone()),
+            attention_mask: Some(mask),
+            deltas: &|| self.decoder.training_deltas(),
+            loss: &|hidden| {
+                let [b, vt, d] = hidden.dims();
+                self.hidden_logprobs(hidden.reshape([b * vt, d]), batch, device).mean().neg()
+            },
+            scale,
+        };
+        summed_gradients(self, |collect| self.decoder.model.checkpointed_backward(pass, collect))
+    }
+    const CHECKPOINTS: bool = true;
     fn examples(batch: &VqaBatch) -> usize {
         batch.text.batch
     }
@@ -191,7 +232,7 @@ impl Objective for VqaModel {
     fn decay_exempt(&self) -> Vec<burn::module::ParamId> {
         [crate::training::trainer::vector_params(self), self.decoder.adapters.decay_exempt()].concat()
     }
-    fn diagnostics(&self, grads: &burn::optim::GradientsParams) -> serde_json::Map<String, serde_json::Value> {
+    fn diagnostics(&self, grads: &GradientsParams) -> serde_json::Map<String, serde_json::Value> {
         self.decoder.diagnostics(grads)
     }
 }

@@ -46,7 +46,7 @@ pub trait Objective: Module {
         let _ = checkpoint_activations;
         ordinary_pass(self, batch, device, scale)
     }
-    /// Whether [`Objective::loss_and_gradients`] can recompute activations (decoders).
+    /// Whether [`Objective::loss_and_gradients`] can recompute activations.
     const CHECKPOINTS: bool = false;
     /// How many examples the batch holds (for the loss average and the rate shown).
     fn examples(batch: &Self::Batch) -> usize;
@@ -204,7 +204,7 @@ pub fn train<M: Objective>(
 ) -> Result<(M, TrainReport)> {
     cfg.validate()?;
     if cfg.checkpoint_activations && !M::CHECKPOINTS {
-        return Err(Error::Config("checkpoint_activations: only decoder runs (multiple-choice) recompute activations".into()));
+        return Err(Error::Config("checkpoint_activations (--checkpoint-activations): this task does not recompute activations".into()));
     }
     super::data_parallel::check_devices(cfg, devices)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;

@@ -30,7 +30,7 @@ use crate::models::encoder::Encoder;
 use crate::models::{Architecture, Family};
 use crate::tasks::Tuning;
 use crate::tasks::choice_model::{CausalLm, LmBatch, LmSequence};
-use crate::tasks::heads::{ClassifierModel, SequenceClassifier, cross_entropy};
+use crate::tasks::heads::{ClassifierModel, SequenceClassifier};
 use crate::training::TrainConfig;
 use crate::training::trainer::Objective;
 use crate::training::trainer::{optimizer, peak_rss_bytes};
@@ -70,8 +70,8 @@ pub struct BenchArgs {
     /// (`none`), or converted to 8- or 4-bit blocks or 16-bit floats
     #[arg(long, default_value = "stored", value_parser = crate::apps::cli::choice::<Quantize>())]
     pub quantize: Quantize,
-    /// The decoder job recomputes each layer in the backward pass instead of keeping its
-    /// activations (as `train --checkpoint-activations`)
+    /// Recompute each layer in the backward pass instead of keeping its activations (as
+    /// `train --checkpoint-activations`)
     #[arg(long)]
     pub checkpoint_activations: bool,
     #[command(flatten)]
@@ -192,9 +192,6 @@ pub fn run(args: &BenchArgs) -> Result<BenchResult> {
             "--quantize {q}: quantized and 16-bit bases are for decoders; the encoder job's weights are f32"
         )));
     }
-    if args.checkpoint_activations {
-        return Err(Error::Config("--checkpoint-activations: only the decoder job recomputes activations (--model smollm2)".into()));
-    }
     run_encoder(args, &device)
 }
 
@@ -288,8 +285,7 @@ fn run_encoder(args: &BenchArgs, device: &Device) -> Result<BenchResult> {
     let model = build(args, &device)?;
     let batch = synthetic_batch(args.batch, args.seq, bert_config(&model).vocab_size);
     let trainable = model.encoder.param_report().trainable + model.head.num_params();
-    let loss = |m: &SequenceClassifier| cross_entropy(m.logits(&batch.to_input(&device), true), batch.labels_tensor(&device));
-    let gradients = |m: &SequenceClassifier| GradientsParams::from_grads(loss(m).backward(), m);
+    let gradients = |m: &SequenceClassifier| m.loss_and_gradients(&batch, &device, 1.0, args.checkpoint_activations).1;
     let (model, first, times) = timed_steps(args, model, &gradients, started);
     let inner = device.clone().inner();
     let model = model.valid();
@@ -303,6 +299,7 @@ fn run_encoder(args: &BenchArgs, device: &Device) -> Result<BenchResult> {
     let description = serde_json::json!({
         "name": args.model, "kind": "encoder", "layers": c.num_hidden_layers, "hidden": c.hidden_size,
         "intermediate": c.intermediate_size, "heads": c.num_attention_heads, "kv_heads": c.num_attention_heads, "vocab": c.vocab_size,
+        "checkpoint_activations": args.checkpoint_activations,
     });
     Ok(result(args, trainable, first, times, (infer_base, infer_merged), description, &inner))
 }

@@ -59,7 +59,6 @@ impl ChoiceArgs {
             (self.test_per_task.is_some(), "--test-per-task"),
             (self.keep_layers.is_some(), "--keep-layers"),
             (self.quantize.is_some(), "--quantize"),
-            (self.checkpoint_activations, "--checkpoint-activations"),
             (self.no_exact_match, "--no-exact-match"),
         ])
     }
@@ -93,6 +92,7 @@ impl TrainArgs {
             (self.decay.is_some(), "--decay"),
             (self.grad_clip.is_some(), "--grad-clip"),
             (self.grad_accum.is_some(), "--grad-accum"),
+            (self.checkpoint_activations, "--checkpoint-activations"),
             (self.patience.is_some(), "--patience"),
             (self.best_metric.is_some(), "--best-metric"),
             (self.checkpoint_every.is_some(), "--checkpoint-every"),

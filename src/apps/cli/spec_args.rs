@@ -164,12 +164,6 @@ pub struct ChoiceArgs {
     /// blocks or 16-bit floats; adapters train on them as QLoRA does [default: stored]
     #[arg(long, value_parser = choice::<Quantize>(), help_heading = "Multiple choice")]
     pub quantize: Option<Quantize>,
-    /// Keep only each decoder layer's input during the forward pass and run the layer again in
-    /// the backward pass: the activations take a fraction of their memory (SmolLM2, 128 tokens:
-    /// about 120 MB less per sequence) for one more forward pass per step. With LoRA dropout
-    /// the masks drawn differ from a run without it (docs/decoders.md)
-    #[arg(long, help_heading = "Multiple choice")]
-    pub checkpoint_activations: bool,
     /// Skip generating the test answers (exact match), which costs a pass per token
     #[arg(long, help_heading = "Multiple choice")]
     pub no_exact_match: bool,
@@ -336,6 +330,12 @@ pub struct TrainArgs {
     /// Micro-batches per optimizer step [default: 1].
     #[arg(long, value_parser = count, help_heading = "Training")]
     pub grad_accum: Option<usize>,
+    /// Keep only each layer's input during the forward pass and run the layer again in the
+    /// backward pass: the activations take a fraction of their memory for one more forward pass
+    /// per step (every task; docs/gpu.md#activation-checkpointing). With dropout the masks drawn
+    /// differ from a run without it
+    #[arg(long, help_heading = "Training")]
+    pub checkpoint_activations: bool,
     /// Stop after this many epochs without validation improvement.
     #[arg(long, value_parser = count, help_heading = "Training")]
     pub patience: Option<usize>,
@@ -467,7 +467,7 @@ impl TrainArgs {
             decay: self.decay.unwrap_or(base.decay),
             grad_clip: self.grad_clip.map_or(base.grad_clip, |c| (c > 0.0).then_some(c as f32)),
             grad_accum: self.grad_accum.unwrap_or(base.grad_accum),
-            checkpoint_activations: base.checkpoint_activations,
+            checkpoint_activations: self.checkpoint_activations || base.checkpoint_activations,
             patience: self.patience.or(base.patience),
             best_metric: self.best_metric.unwrap_or(base.best_metric),
             checkpoint_every: self.checkpoint_every.or(base.checkpoint_every),
@@ -524,8 +524,7 @@ impl RunArgs {
         let d = MultipleChoiceSpec::default();
         RunArgs::check_model_family(self.model.as_deref().unwrap_or(&d.model), TaskKind::MultipleChoice)?;
         let c = &self.choice;
-        let mut train = self.train.to_train(d.train.clone());
-        train.checkpoint_activations |= c.checkpoint_activations;
+        let train = self.train.to_train(d.train.clone());
         let tuning = self.method.to_tuning::<Llama>(train.seed)?;
         let [n_train, n_val, n_test] = d.sizes;
         Ok(MultipleChoiceSpec {

@@ -271,3 +271,23 @@ fn a_config_file_error_names_the_file_and_the_command_line_wins() {
     let help = crate::apps::cli::Cli::command().find_subcommand_mut("train").unwrap().render_long_help().to_string();
     assert!(help.contains("replaces the file's value"), "the precedence is in --help");
 }
+
+/// `--checkpoint-activations` is a trainer flag: every task's spec gets it, and it is off unless given.
+#[test]
+fn checkpoint_activations_reaches_every_task() {
+    let on = |task: &str| {
+        let args = train_args(&["replora", "train", "--task", task, "--checkpoint-activations"]);
+        match task {
+            "classification" => args.to_classification().unwrap().train.checkpoint_activations,
+            "multiple-choice" => args.to_choice().unwrap().train.checkpoint_activations,
+            "image-classification" => args.to_image().unwrap().train.checkpoint_activations,
+            "vqa" => args.to_vqa().unwrap().train.checkpoint_activations,
+            "video" => args.to_video().unwrap().train.checkpoint_activations,
+            _ => unreachable!(),
+        }
+    };
+    for task in ["classification", "multiple-choice", "image-classification", "vqa", "video"] {
+        assert!(on(task), "{task}");
+    }
+    assert!(!train_args(&["replora", "train"]).to_classification().unwrap().train.checkpoint_activations);
+}
