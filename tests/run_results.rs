@@ -304,7 +304,10 @@ fn sizes_beyond_this_machine_are_refused_with_what_fits() {
         .map(String::from)
     };
     let args = image("2800");
-    assert_fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), &["--image-size 2800", "needs about", "at most --image-size "]);
+    assert_fails(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &["--image-size 2800", "needs about", "at most --image-size ", "or add --checkpoint-activations"],
+    );
     // A video run's frames multiply the activations: refused naming --frames too.
     let mut video = image("700").to_vec();
     video[2] = "video".into();

@@ -264,18 +264,35 @@ impl ImageClassification {
 
 /// Bytes one training batch of `images` `size`-pixel images keeps for the backward pass,
 /// roughly: per layer the attention probabilities (`heads x t x t` for `t` patches + 1) and about
-/// 10 hidden-wide and 2 feed-forward-wide rows per token, f32. The video task reuses it per frame.
-pub(super) fn activation_bytes(c: &crate::models::dinov2::Dinov2Config, size: usize, images: usize) -> u64 {
+/// 10 hidden-wide and 2 feed-forward-wide rows per token, f32; `checkpointed`
+/// (`--checkpoint-activations`), each layer's input and one layer's activations at a time. The
+/// video task reuses it per frame.
+pub(super) fn activation_bytes(c: &crate::models::dinov2::Dinov2Config, size: usize, images: usize, checkpointed: bool) -> u64 {
     let t = ((size / c.patch_size) as u64).saturating_pow(2) + 1;
     let per_token = (10 * c.hidden_size + 2 * c.intermediate_size()) as u64;
     let per_layer = (c.num_attention_heads as u64).saturating_mul(t.saturating_mul(t)).saturating_add(t * per_token);
-    per_layer.saturating_mul(4 * images as u64 * c.num_hidden_layers as u64)
+    let layers = c.num_hidden_layers as u64;
+    let kept = match checkpointed {
+        true => per_layer.saturating_add(t * c.hidden_size as u64 * layers),
+        false => per_layer.saturating_mul(layers),
+    };
+    kept.saturating_mul(4 * images as u64)
 }
 
 /// Bytes a run on `size`-pixel images needs, roughly: the decoded images (3 bytes a pixel) and
 /// one training batch's activations.
-fn memory_need(c: &crate::models::dinov2::Dinov2Config, size: usize, batch: usize, images: usize) -> u64 {
-    activation_bytes(c, size, batch).saturating_add((images as u64).saturating_mul(3 * (size as u64).pow(2)))
+fn memory_need(c: &crate::models::dinov2::Dinov2Config, size: usize, spec: &ImageClassificationSpec) -> u64 {
+    let (batch, images) = (spec.train.batch_size, spec.images.iter().sum::<usize>());
+    let activations = activation_bytes(c, size, batch, spec.train.checkpoint_activations);
+    activations.saturating_add((images as u64).saturating_mul(3 * (size as u64).pow(2)))
+}
+
+/// How to fit a run whose activations do not: a smaller batch, or recomputing them.
+pub(super) fn lower_batch_hint(train: &TrainConfig) -> &'static str {
+    match train.checkpoint_activations {
+        true => "lower --batch-size",
+        false => "lower --batch-size, or add --checkpoint-activations",
+    }
 }
 
 /// Refuses an image size (with the run's batch and image counts) that would not fit in this
@@ -286,7 +303,7 @@ fn check_memory(spec: &ImageClassificationSpec, c: &crate::models::dinov2::Dinov
         return Ok(());
     }
     let (batch, images) = (spec.train.batch_size, spec.images.iter().sum::<usize>());
-    let need = |size: usize| memory_need(c, size, batch, images);
+    let need = |size: usize| memory_need(c, size, spec);
     crate::memory::check(
         need(spec.image_size),
         || {
@@ -298,8 +315,8 @@ fn check_memory(spec: &ImageClassificationSpec, c: &crate::models::dinov2::Dinov
             )
         },
         || match crate::memory::largest_fitting(spec.image_size / c.patch_size, |k| need(k * c.patch_size)) {
-            Some(k) => format!("at most --image-size {} fits (or lower --batch-size)", k * c.patch_size),
-            None => "lower --batch-size or --train-images".into(),
+            Some(k) => format!("at most --image-size {} fits (or {})", k * c.patch_size, lower_batch_hint(&spec.train)),
+            None => format!("{} or --train-images", lower_batch_hint(&spec.train)),
         },
     )
 }

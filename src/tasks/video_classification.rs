@@ -152,14 +152,17 @@ impl LabelledBatch for VideoBatch {
 super::heads::classifier_objective!(VideoClassifier, VideoBatch, backbone, "clip");
 
 /// Bytes one training batch of clips keeps for the backward pass: every frame's spatial
-/// activations (the image task's estimate) and, per layer, the temporal attention over the
-/// frames at every patch position (`heads x frames x frames`) with its rows. The decoded clips
-/// are not counted: their frame counts are known only once they are decoded.
-fn activation_bytes(c: &crate::models::dinov2::Dinov2Config, size: usize, frames: usize, batch: usize) -> u64 {
-    let spatial = super::image_classification::activation_bytes(c, size, batch.saturating_mul(frames));
+/// activations (the image task's estimate) and, per layer (one layer with
+/// `--checkpoint-activations`), the temporal attention over the frames at every patch position
+/// (`heads x frames x frames`) with its rows. The decoded clips are not counted: their frame
+/// counts are known only once they are decoded.
+fn activation_bytes(c: &crate::models::dinov2::Dinov2Config, size: usize, frames: usize, train: &TrainConfig) -> u64 {
+    let (batch, checkpointed) = (train.batch_size, train.checkpoint_activations);
+    let spatial = super::image_classification::activation_bytes(c, size, batch.saturating_mul(frames), checkpointed);
     let positions = ((size / c.patch_size) as u64).saturating_pow(2) + 1;
     let per_position = (c.num_attention_heads * frames * frames + 6 * frames * c.hidden_size) as u64;
-    let temporal = positions.saturating_mul(per_position).saturating_mul(4 * batch as u64 * c.num_hidden_layers as u64);
+    let layers = if checkpointed { 1 } else { c.num_hidden_layers as u64 };
+    let temporal = positions.saturating_mul(per_position).saturating_mul(4 * batch as u64 * layers);
     spatial.saturating_add(temporal)
 }
 
@@ -170,19 +173,20 @@ fn check_memory(spec: &VideoClassificationSpec, c: &crate::models::dinov2::Dinov
     if !spec.image_size.is_multiple_of(c.patch_size) {
         return Ok(());
     }
-    let (size, frames, batch) = (spec.image_size, spec.frames, spec.train.batch_size);
+    let (size, frames, batch, train) = (spec.image_size, spec.frames, spec.train.batch_size, &spec.train);
+    let lower_batch = super::image_classification::lower_batch_hint(train);
     crate::memory::check(
-        activation_bytes(c, size, frames, batch),
+        activation_bytes(c, size, frames, train),
         || format!("--image-size {size} with --frames {frames} and --batch-size {batch}"),
         || {
-            let sizes = crate::memory::largest_fitting(size / c.patch_size, |k| activation_bytes(c, k * c.patch_size, frames, batch));
-            let counts = crate::memory::largest_fitting(frames, |f| activation_bytes(c, size, f, batch));
+            let sizes = crate::memory::largest_fitting(size / c.patch_size, |k| activation_bytes(c, k * c.patch_size, frames, train));
+            let counts = crate::memory::largest_fitting(frames, |f| activation_bytes(c, size, f, train));
             match (sizes, counts) {
-                (None, None) => "lower --batch-size".into(),
+                (None, None) => lower_batch.into(),
                 (s, f) => {
                     let s = s.map(|k| format!("--image-size {}", k * c.patch_size));
                     let f = f.map(|f| format!("--frames {f}"));
-                    format!("at most {} fits (or lower --batch-size)", [s, f].into_iter().flatten().collect::<Vec<_>>().join(" or "))
+                    format!("at most {} fits (or {lower_batch})", [s, f].into_iter().flatten().collect::<Vec<_>>().join(" or "))
                 }
             }
         },
