@@ -16,7 +16,7 @@ crate::choice_enum! {
     #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
     #[serde(rename_all = "snake_case")]
     pub enum Quantize: "quantization" {
-        /// As the file stores them: GGUF blocks stay quantized, other weights are f32.
+        /// As the file stores them: GGUF blocks and 16-bit matrices stay so, other weights are f32.
         Stored => "stored",
         /// Every weight widened to f32.
         None => "none",
