@@ -22,7 +22,7 @@ use crate::data::tokenize::EncoderInput;
 use crate::error::{Error, Result};
 use crate::files::write_json;
 use crate::kernels;
-use crate::training::recompute::{LayerPasses, TaskLoss, checkpointed_backward};
+use crate::models::recompute::{LayerPasses, TaskLoss, checkpointed_backward};
 use crate::weights::Reader;
 use crate::weights::tensors::{self, HostTensor};
 
@@ -246,7 +246,7 @@ impl Bert {
     }
 
     /// `task.loss` of [`Bert::forward`], its gradients handed to `collect`, recomputing each
-    /// layer's activations in the backward pass ([`crate::training::recompute`]).
+    /// layer's activations in the backward pass ([`crate::models::recompute`]).
     pub fn checkpointed_backward(&self, input: &EncoderInput, task: TaskLoss<'_, 3>, collect: impl FnMut(Gradients)) -> Tensor<1> {
         let heads = self.config.num_attention_heads;
         let mask_bias = mask_bias(&input.attention_mask);

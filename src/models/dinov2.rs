@@ -24,7 +24,7 @@ pub use super::vit_config::{Dinov2Config, Variant};
 use crate::adapters::{Adaptable, AdaptedLinear, Deltas};
 use crate::error::{Error, Result};
 use crate::files::write_json;
-use crate::training::recompute::{LayerPasses, TaskLoss, checkpointed_backward};
+use crate::models::recompute::{LayerPasses, TaskLoss, checkpointed_backward};
 use crate::weights::Reader;
 use crate::weights::tensors::{self, HostTensor};
 
@@ -270,7 +270,7 @@ impl Dinov2 {
     }
 
     /// `task.loss` of [`Dinov2::forward`], its gradients handed to `collect`, recomputing each
-    /// layer's activations in the backward pass ([`crate::training::recompute`]).
+    /// layer's activations in the backward pass ([`crate::models::recompute`]).
     pub fn checkpointed_backward(&self, pixels: Tensor<4>, task: TaskLoss<'_, 3>, collect: impl FnMut(Gradients)) -> Tensor<1> {
         let heads = self.config.num_attention_heads;
         let (plain, frozen) = (self.valid(), (task.deltas)().without_autodiff());

@@ -15,7 +15,7 @@ use super::modernbert_config::MODEL_TYPE;
 use crate::adapters::{Adaptable, AdaptedLinear, Deltas, Method};
 use crate::data::tokenize::EncoderInput;
 use crate::error::Result;
-use crate::training::recompute::TaskLoss;
+use crate::models::recompute::TaskLoss;
 use crate::weights::HostTensor;
 
 /// A run holds one encoder, so the variants' size difference costs nothing worth a box.
@@ -67,7 +67,7 @@ impl Encoder {
     }
 
     /// `task.loss` of [`Encoder::forward`], recomputing activations in the backward pass
-    /// ([`crate::training::recompute`]); the gradients are handed to `collect`.
+    /// ([`crate::models::recompute`]); the gradients are handed to `collect`.
     pub fn checkpointed_backward(&self, input: &EncoderInput, task: TaskLoss<'_, 3>, collect: impl FnMut(Gradients)) -> Tensor<1> {
         match self {
             Encoder::Bert(m) => m.checkpointed_backward(input, task, collect),

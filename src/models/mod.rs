@@ -32,6 +32,7 @@ mod llama_positions;
 pub mod modernbert;
 pub mod modernbert_config;
 pub mod pixels;
+pub mod recompute;
 pub mod video_vit;
 pub mod vision_language;
 pub mod vit_config;

@@ -32,7 +32,7 @@ use crate::data::tokenize::EncoderInput;
 use crate::error::{Error, Result};
 use crate::files::write_json;
 use crate::kernels;
-use crate::training::recompute::{LayerPasses, TaskLoss, checkpointed_backward};
+use crate::models::recompute::{LayerPasses, TaskLoss, checkpointed_backward};
 use crate::weights::Reader;
 use crate::weights::tensors::{self, HostTensor};
 
@@ -202,7 +202,7 @@ impl ModernBert {
     }
 
     /// `task.loss` of [`ModernBert::forward`], its gradients handed to `collect`, recomputing
-    /// each layer's activations in the backward pass ([`crate::training::recompute`]).
+    /// each layer's activations in the backward pass ([`crate::models::recompute`]).
     pub fn checkpointed_backward(&self, input: &EncoderInput, task: TaskLoss<'_, 3>, collect: impl FnMut(Gradients)) -> Tensor<1> {
         let c = &self.config;
         let (plain, frozen) = (self.valid(), (task.deltas)().without_autodiff());

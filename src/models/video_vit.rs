@@ -33,7 +33,7 @@ use super::dinov2::{Dinov2, Dinov2Config, Dinov2Layer};
 use super::layers::{LayerNorm, ReadLayers, attention};
 use crate::adapters::{Adaptable, AdaptedLinear, Deltas, Sites};
 use crate::error::{Error, Result};
-use crate::training::recompute::{LayerPasses, TaskLoss, checkpointed_backward};
+use crate::models::recompute::{LayerPasses, TaskLoss, checkpointed_backward};
 use crate::weights::Reader;
 use crate::weights::tensors::{self, HostTensor};
 
@@ -268,7 +268,7 @@ impl VideoVit {
     }
 
     /// `task.loss` of [`VideoVit::forward`], its gradients handed to `collect`, recomputing
-    /// each layer's activations in the backward pass ([`crate::training::recompute`]).
+    /// each layer's activations in the backward pass ([`crate::models::recompute`]).
     pub fn checkpointed_backward(&self, pixels: Tensor<5>, task: TaskLoss<'_, 4>, collect: impl FnMut(Gradients)) -> Tensor<1> {
         let [b, t, ..] = pixels.dims();
         let (plain, frozen) = (self.valid(), (task.deltas)().without_autodiff());

@@ -18,8 +18,8 @@ use crate::models::decoder::Decoder;
 
 use crate::adapters::PeftModel;
 use crate::models::llama::{CheckpointedPass, Llama};
+use crate::models::recompute::summed_gradients;
 use crate::training::Objective;
-use crate::training::recompute::summed_gradients;
 
 /// Token sequences padded on the right into one batch, with the positions whose next token is
 /// an answer token. Position `p` predicts token `p + 1`, so the targets of a sequence whose

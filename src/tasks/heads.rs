@@ -18,9 +18,9 @@ use crate::data::tokenize::EncoderInput;
 use crate::error::{Error, Result};
 use crate::models::bert::Pooling;
 use crate::models::encoder::Encoder;
+use crate::models::recompute::TaskLoss;
 use crate::progress::{Bar, Kind};
 use crate::training::EvalMetrics;
-use crate::training::recompute::TaskLoss;
 use crate::weights::tensors::scalar;
 use crate::weights::{HostTensor, tensors};
 
@@ -203,7 +203,7 @@ macro_rules! classifier_objective {
                 }
                 let labels = batch.labels_tensor(device);
                 let loss = |logits| cross_entropy(logits, labels.clone());
-                $crate::training::recompute::summed_gradients(self, |collect| {
+                $crate::models::recompute::summed_gradients(self, |collect| {
                     self.checkpointed_backward(&batch.input(device), &loss, scale, collect)
                 })
             }
@@ -241,7 +241,7 @@ pub trait ClassifierModel: Module {
     /// behaviour) on.
     fn logits(&self, input: &Self::Input, training: bool) -> Tensor<2>;
     /// `loss` of the training logits, recomputing activations in the backward pass
-    /// (`--checkpoint-activations`, [`crate::training::recompute`]); the gradients of `scale`
+    /// (`--checkpoint-activations`, [`crate::models::recompute`]); the gradients of `scale`
     /// times it are handed to `collect` one graph at a time.
     fn checkpointed_backward(
         &self,

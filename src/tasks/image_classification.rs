@@ -25,7 +25,7 @@ use crate::formats::peft;
 use crate::layout::{HEAD_FILE, LABELS_FILE};
 use crate::models::Architecture;
 use crate::models::dinov2::{Dinov2, Variant};
-use crate::training::recompute::TaskLoss;
+use crate::models::recompute::TaskLoss;
 use crate::training::{EvalMetrics, TrainConfig};
 use crate::weights::{HostTensor, tensors};
 

@@ -23,8 +23,8 @@ use crate::error::{Error, Result};
 use crate::files::{read_json, write_json};
 use crate::formats::peft;
 use crate::layout::{HEAD_FILE, LABELS_FILE};
+use crate::models::recompute::TaskLoss;
 use crate::models::video_vit::VideoVit;
-use crate::training::recompute::TaskLoss;
 use crate::training::{EvalMetrics, TrainConfig};
 use crate::weights::tensors;
 

@@ -12,9 +12,9 @@ use crate::adapters::PeftModel;
 use crate::error::Result;
 use crate::models::decoder::Decoder;
 use crate::models::llama::{CheckpointedPass, Llama};
+use crate::models::recompute::summed_gradients;
 use crate::models::vision_language::{ImageFeatures, Projector};
 use crate::training::Objective;
-use crate::training::recompute::summed_gradients;
 
 /// The prompt of a question; the answer follows it as ` {answer}`.
 pub fn prompt(question: &str) -> String {

@@ -74,7 +74,7 @@ pub struct TrainConfig {
     /// Micro-batches per optimizer step.
     pub grad_accum: usize,
     /// Keep only each layer's input in the forward pass and recompute the rest in the backward
-    /// pass (see [`crate::training::recompute`]): less memory, one more forward pass.
+    /// pass (see [`crate::models::recompute`]): less memory, one more forward pass.
     /// Written only when on, so that specs written before it keep their identity.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub checkpoint_activations: bool,

@@ -7,7 +7,6 @@ pub mod data_parallel;
 pub mod divergence;
 pub mod event_log;
 pub mod metrics;
-pub mod recompute;
 pub mod schedule;
 pub mod state;
 pub mod trainer;

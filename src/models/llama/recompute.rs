@@ -1,5 +1,5 @@
 //! A decoder's training pass with activation checkpointing (`--checkpoint-activations`), as
-//! [`crate::training::recompute`] runs it: the decoder layers are the stack, the final norm
+//! [`crate::models::recompute`] runs it: the decoder layers are the stack, the final norm
 //! leads the task's loss.
 
 use burn::prelude::*;
@@ -7,7 +7,7 @@ use burn::tensor::Gradients;
 
 use super::Llama;
 use crate::adapters::Deltas;
-use crate::training::recompute::{LayerPasses, checkpointed_backward};
+use crate::models::recompute::{LayerPasses, checkpointed_backward};
 
 /// What a checkpointed pass takes from its task besides the model.
 pub struct CheckpointedPass<'a> {
