@@ -6,8 +6,9 @@
 use std::path::Path;
 
 use burn::prelude::*;
+use burn::tensor::DType;
 use replora::adapters::{Adaptable, AdapterConfig, BaseWeight, Deltas, Method, PeftModel, TargetModules};
-use replora::kernels::{Kernel, fused_calls};
+use replora::kernels::{self, Kernel, fused_calls};
 use replora::models::llama::{Llama, LlamaConfig};
 use replora::quantization::BlockFormat;
 use replora::tasks::choice_model::{CausalLm, LmBatch, LmSequence};
@@ -185,5 +186,47 @@ fn a_16_bit_safetensors_decoder_keeps_its_matrices_16_bit() {
         let reference = values(widened.logits(widened.forward(ids(&device), None, None, &Deltas::none())));
         let diff = relative_diff(&ours, &reference);
         assert!(diff < 1e-5, "{format}: logits differ by {diff} (relative)");
+
+        // Off the fused path (what a GPU runs): each matrix goes to the device once, in its own
+        // dtype, and is widened there for each product.
+        let off = values(kernels::with_fallback(|| stored.logits(stored.forward(ids(&device), None, None, &Deltas::none()))));
+        let diff = relative_diff(&off, &reference);
+        assert!(diff < 1e-5, "{format}: logits off the fused path differ by {diff} (relative)");
+        let dtype = if format == BlockFormat::F16 { DType::F16 } else { DType::BF16 };
+        for linear in stored.linears() {
+            let BaseWeight::Quantized(q) = &linear.weight else { panic!("{format}: {} is not 16-bit", linear.path) };
+            assert_eq!(q.resident_dtype(), Some(dtype), "{format}: {} on the device", linear.path);
+        }
+    }
+}
+
+/// Off the fused path, a product with a 16-bit matrix and its gradient with respect to the
+/// input equal those of the widened f32 matrix, on the autodiff device as on the plain one.
+#[test]
+fn off_the_fused_path_16_bit_products_and_their_gradients_equal_the_widened_ones() {
+    let (rows, cols) = (5, 64);
+    let weights: Vec<f32> = (0..rows * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
+    let inputs: Vec<f32> = (0..3 * cols).map(|i| ((i * 11 % 29) as f32 - 14.0) / 7.0).collect();
+    for format in [BlockFormat::Bf16, BlockFormat::F16] {
+        let matrix = replora::quantization::QuantizedMatrix::quantize(format, rows, cols, &weights, "w").unwrap();
+        let device = Device::flex().autodiff();
+        let frozen = replora::adapters::FrozenBlocks::new(matrix.clone(), &device);
+        let dense = Tensor::<2>::from_data(TensorData::new(matrix.dequantize(), [rows, cols]), &device).transpose();
+        let x = || Tensor::<2>::from_data(TensorData::new(inputs.clone(), [3, cols]), &device).require_grad();
+        let (ours, ours_dx) = kernels::with_fallback(|| {
+            let x = x();
+            let y = frozen.product(x.clone());
+            let grads = (y.clone() * y.clone()).sum().backward();
+            (values(y), values(x.grad(&grads).unwrap()))
+        });
+        let x = x();
+        let y = x.clone().matmul(dense);
+        let grads = (y.clone() * y.clone()).sum().backward();
+        let (reference, reference_dx) = (values(y), values(x.grad(&grads).unwrap()));
+        assert!(relative_diff(&ours, &reference) < 1e-6, "{format}: products");
+        assert!(relative_diff(&ours_dx, &reference_dx) < 1e-6, "{format}: gradients");
+        // The plain device's product reads the same copy.
+        let plain = kernels::with_fallback(|| values(frozen.valid().product(x.inner())));
+        assert!(relative_diff(&plain, &reference) < 1e-6, "{format}: products on the plain device");
     }
 }

@@ -2,11 +2,11 @@
 //! 16-bit as a GGUF file stores it or `--quantize` asks (always frozen), which adapters then
 //! train on as QLoRA does.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use burn::module::{Content, Devices, Module, ModuleDisplay, ModuleDisplayDefault, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
-use burn::tensor::TensorData;
+use burn::tensor::{DType, TensorCreationOptions, TensorData};
 
 use crate::kernels;
 use crate::quantization::{BlockFormat, QuantizedMatrix};
@@ -132,7 +132,7 @@ impl BaseWeight {
         match self {
             BaseWeight::Dense(w) => kernels::linear(x, w.val(), bias),
             BaseWeight::Quantized(q) => {
-                let y = kernels::quantized::linear(x, &q.matrix);
+                let y = q.product(x);
                 match bias {
                     Some(b) => y + b.unsqueeze::<D>(),
                     None => y,
@@ -168,21 +168,59 @@ impl BaseWeight {
 /// Quantized blocks held in host memory, as a module with no parameters to train: burn's
 /// visitors and optimizers pass it by, and moving it to a device only records the device on
 /// which [`BaseWeight::dense`] builds its f32 copy.
+///
+/// Off the fused CPU path (a GPU backend), a product needs the weight on the device: a 16-bit
+/// matrix keeps a copy there in its own dtype, made at its first product and widened to f32 on
+/// the device for each product (exactly: f16 and bf16 values are f32 values), so a bf16 base
+/// takes half an f32 base's device memory. Other formats are widened on the host per product.
 #[derive(Clone, Debug)]
 pub struct FrozenBlocks {
     pub matrix: Arc<QuantizedMatrix>,
     device: Device,
+    /// The 16-bit matrix `[d_out, d_in]` on `device`'s non-autodiff device, once a product made it.
+    resident: Arc<OnceLock<Tensor<2>>>,
 }
 
 impl FrozenBlocks {
     pub fn new(matrix: QuantizedMatrix, device: &Device) -> Self {
-        Self { matrix: Arc::new(matrix), device: device.clone() }
+        Self { matrix: Arc::new(matrix), device: device.clone(), resident: Arc::default() }
     }
 
     /// The f32 `[d_in, d_out]` weight.
     fn widened(&self) -> Tensor<2> {
         let m = &self.matrix;
         Tensor::<2>::from_data(TensorData::new(m.dequantize(), [m.rows, m.cols]), &self.device).transpose()
+    }
+
+    /// `x Wᵀ` over the last dimension of `x` (`[.., d_in]` -> `[.., d_out]`).
+    pub fn product<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        kernels::quantized::linear(&x, &self.matrix).unwrap_or_else(|| {
+            let device = x.device();
+            burn::tensor::module::linear(x, self.dense_on(&device), None)
+        })
+    }
+
+    /// The f32 `[d_in, d_out]` weight on `device` (this weight's device, or its non-autodiff
+    /// one), for a product off the fused path: a 16-bit matrix widened from its copy on the device.
+    fn dense_on(&self, device: &Device) -> Tensor<2> {
+        let m = &self.matrix;
+        let dtype = match m.format {
+            BlockFormat::F16 => DType::F16,
+            BlockFormat::Bf16 => DType::BF16,
+            _ => return Tensor::<2>::from_data(TensorData::new(m.dequantize(), [m.rows, m.cols]), device).transpose(),
+        };
+        let plain = self.device.clone().inner();
+        let resident = self.resident.get_or_init(|| {
+            let data = TensorData::from_bytes_vec(m.codes().to_vec(), [m.rows, m.cols], dtype);
+            Tensor::from_data(data, TensorCreationOptions::new(plain.clone()).with_dtype(dtype))
+        });
+        let w = resident.clone().cast(DType::F32).transpose();
+        if *device == plain { w } else { Tensor::from_inner(w) }
+    }
+
+    /// The weight's dtype on the device, once a product off the fused path has put it there.
+    pub fn resident_dtype(&self) -> Option<DType> {
+        self.resident.get().map(Tensor::dtype)
     }
 }
 
@@ -194,7 +232,7 @@ impl Module for FrozenBlocks {
     }
 
     fn to_device(self, device: &Device) -> Self {
-        Self { device: device.clone(), ..self }
+        Self { device: device.clone(), resident: Arc::default(), ..self }
     }
 
     fn fork(self, device: &Device) -> Self {

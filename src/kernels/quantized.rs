@@ -15,7 +15,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, unary};
 use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
-use burn::tensor::{Shape, TensorData, module};
+use burn::tensor::{Shape, TensorData};
 use rayon::prelude::*;
 
 use super::sgemm::{Mat, matmul_serial};
@@ -38,14 +38,11 @@ fn slab_height(n: usize, unit: usize, threads: usize) -> usize {
     (1..=SLAB / unit).rev().map(|k| k * unit).min_by_key(|&h| busiest(h)).unwrap_or(unit)
 }
 
-/// `x Wᵀ` over the last dimension of `x` (`[.., d_in]` -> `[.., d_out]`).
-pub fn linear<const D: usize>(x: Tensor<D>, w: &Arc<QuantizedMatrix>) -> Tensor<D> {
-    on_flex(&x, QuantizedLinear(w.clone())).unwrap_or_else(|| {
-        // Off the flex backend (or with the fused kernels off): an f32 copy for this product.
-        let device = x.device();
-        let dense = Tensor::<2>::from_data(TensorData::new(w.dequantize(), [w.rows, w.cols]), &device);
-        module::linear(x, dense.transpose(), None)
-    })
+/// `x Wᵀ` over the last dimension of `x` (`[.., d_in]` -> `[.., d_out]`) on the flex backend's
+/// f32 tensors; `None` elsewhere (or with the fused kernels off), where the caller multiplies
+/// by the weight on `x`'s device (`adapters::FrozenBlocks::product`).
+pub fn linear<const D: usize>(x: &Tensor<D>, w: &Arc<QuantizedMatrix>) -> Option<Tensor<D>> {
+    on_flex(x, QuantizedLinear(w.clone()))
 }
 
 #[derive(Clone, Debug)]
@@ -402,7 +399,10 @@ mod tests {
         let dense = Tensor::<2>::from_data(TensorData::new(w.dequantize(), [out, cols]), &device).transpose();
         let run = |ours: bool| {
             let x = sample([2, 5, cols], 1, &device).require_grad();
-            let y = if ours { linear(x.clone(), &w) } else { module::linear(x.clone(), dense.clone(), None) };
+            let y = match ours {
+                true => linear(&x, &w).expect("the fused path runs on flex"),
+                false => burn::tensor::module::linear(x.clone(), dense.clone(), None),
+            };
             let grads = (y.clone() * sample([2, 5, out], 2, &device).sin()).sum().backward();
             [y.into_data(), x.grad(&grads).unwrap().into_data()]
         };

@@ -187,7 +187,7 @@ impl TokenEmbedding {
     pub fn scores<const D: usize>(&self, hidden: Tensor<D>) -> Tensor<D> {
         match self {
             TokenEmbedding::Dense(table) => kernels::linear(hidden, table.val().transpose(), None),
-            TokenEmbedding::Quantized(q) => kernels::quantized::linear(hidden, &q.matrix),
+            TokenEmbedding::Quantized(q) => q.product(hidden),
         }
     }
 
