@@ -159,18 +159,18 @@ pub struct Bert {
 impl Bert {
     /// Loads `config.json` and `model.safetensors` from `dir`. Tensor names may carry the
     /// family's task prefix (`bert.`, `roberta.`, `distilbert.`) or none; module paths get `prefix`.
+    /// A file's F16 and BF16 linears stay 16-bit (see [`crate::adapters::FrozenBlocks`]).
     pub fn load(dir: &Path, prefix: &str, device: &Device) -> Result<Self> {
-        let (mut tensors, file) = crate::weights::read_model_dir(dir)?;
-        Self::from_tensors(BertConfig::read(&dir.join(CONFIG_FILE))?, &mut tensors, &file, prefix, device)
+        let (mut tensors, mut kept, file) = crate::weights::read_model_dir_keeping(dir, true)?;
+        let config = BertConfig::read(&dir.join(CONFIG_FILE))?;
+        Self::from_reader(config, Reader::new(&mut tensors, &file, device).with_quantized(&mut kept), prefix)
     }
 
     /// [`Bert::load`] with module paths as in the family's transformers task models (`bert.`,
     /// `roberta.`, `distilbert.`), as a classifier's encoder.
     pub fn load_in_task(dir: &Path, device: &Device) -> Result<Self> {
-        let (mut tensors, file) = crate::weights::read_model_dir(dir)?;
         let config = BertConfig::read(&dir.join(CONFIG_FILE))?;
-        let prefix = config.variant().task_prefix();
-        Self::from_tensors(config, &mut tensors, &file, prefix, device)
+        Self::load(dir, config.variant().task_prefix(), device)
     }
 
     /// Builds the model from an already read checkpoint, removing the tensors it uses from
@@ -182,9 +182,14 @@ impl Bert {
         prefix: &str,
         device: &Device,
     ) -> Result<Self> {
+        Self::from_reader(config, Reader::new(tensors, file, device), prefix)
+    }
+
+    /// Builds the model from `r`'s tensors (under no prefix yet), module paths under `prefix`.
+    fn from_reader(config: BertConfig, r: Reader, prefix: &str) -> Result<Self> {
         let (variant, n) = (config.variant(), names(config.variant()));
-        let stored = stored_prefix(tensors, prefix, variant);
-        let mut r = Reader::new(tensors, file, device).with_prefixes(&stored, prefix);
+        let stored = stored_prefix(&r, prefix, variant);
+        let mut r = r.with_prefixes(&stored, prefix);
         let (h, c) = (config.hidden_size, &config);
         let embeddings = BertEmbeddings {
             word: r.param(&format!("{}.weight", n.word), [c.vocab_size, h])?,
@@ -279,10 +284,10 @@ fn mask_bias(attention_mask: &Tensor<2>) -> Tensor<4> {
 
 /// The prefix the checkpoint's tensor names carry: the model's own, none, or the family's
 /// task prefix (`bert.`, `roberta.`, `distilbert.`).
-fn stored_prefix(tensors: &BTreeMap<String, HostTensor>, prefix: &str, variant: Variant) -> String {
+fn stored_prefix(r: &Reader, prefix: &str, variant: Variant) -> String {
     let word = names(variant).word;
     let candidates = [prefix, "", variant.task_prefix()];
-    let found = candidates.iter().find(|p| tensors.contains_key(&format!("{p}{word}.weight")));
+    let found = candidates.iter().find(|p| r.has(&format!("{p}{word}.weight")));
     found.unwrap_or(&prefix).to_string()
 }
 

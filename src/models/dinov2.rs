@@ -124,8 +124,9 @@ impl Dinov2 {
     /// `prefix`.
     pub fn load(dir: &Path, prefix: &str, device: &Device) -> Result<Self> {
         let config = Dinov2Config::read(&dir.join(CONFIG_FILE))?;
-        let (mut tensors, file) = crate::weights::read_model_dir(dir)?;
-        let model = Self::from_tensors(config, &mut tensors, &file, prefix, device)?;
+        // A file's F16 and BF16 linears stay 16-bit (see `adapters::FrozenBlocks`).
+        let (mut tensors, mut kept, file) = crate::weights::read_model_dir_keeping(dir, true)?;
+        let model = Self::from_reader(config, Reader::new(&mut tensors, &file, device).with_quantized(&mut kept), prefix)?;
         // The checkpoint's own processor, where it ships one, over the family's default.
         Ok(match PixelStatistics::read(dir)? {
             Some(pixels) => Self { pixels, ..model },
@@ -152,9 +153,14 @@ impl Dinov2 {
         prefix: &str,
         device: &Device,
     ) -> Result<Self> {
+        Self::from_reader(config, Reader::new(tensors, file, device), prefix)
+    }
+
+    /// Builds the model from `r`'s tensors (under no prefix yet), module paths under `prefix`.
+    fn from_reader(config: Dinov2Config, r: Reader, prefix: &str) -> Result<Self> {
         let variant = config.variant();
-        let stored = ["", variant.task_prefix()].into_iter().find(|p| tensors.contains_key(&format!("{p}{}", variant.cls_name())));
-        let mut r = Reader::new(tensors, file, device).with_prefixes(stored.unwrap_or(prefix), prefix);
+        let stored = ["", variant.task_prefix()].into_iter().find(|p| r.has(&format!("{p}{}", variant.cls_name())));
+        let mut r = r.with_prefixes(stored.unwrap_or(prefix), prefix);
         let embeddings = read_embeddings(&mut r, &config)?;
         let layers = (0..config.num_hidden_layers).map(|i| read_layer(&mut r, i, &config)).collect::<Result<Vec<_>>>()?;
         let layernorm = r.layer_norm(variant.final_norm(), config.hidden_size, config.eps())?;

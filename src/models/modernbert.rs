@@ -119,9 +119,11 @@ pub struct ModernBert {
 impl ModernBert {
     /// Loads `config.json` and `model.safetensors` from `dir`; tensor names may carry `model.`
     /// or not, module paths get `prefix`.
+    /// A file's F16 and BF16 linears stay 16-bit (see [`crate::adapters::FrozenBlocks`]).
     pub fn load(dir: &Path, prefix: &str, device: &Device) -> Result<Self> {
-        let (mut tensors, file) = crate::weights::read_model_dir(dir)?;
-        Self::from_tensors(ModernBertConfig::read(&dir.join(CONFIG_FILE))?, &mut tensors, &file, prefix, device)
+        let config = ModernBertConfig::read(&dir.join(CONFIG_FILE))?;
+        let (mut tensors, mut kept, file) = crate::weights::read_model_dir_keeping(dir, true)?;
+        Self::from_reader(config, Reader::new(&mut tensors, &file, device).with_quantized(&mut kept), prefix)
     }
 
     /// [`ModernBert::load`] with module paths as in transformers' task models (`model.`).
@@ -137,17 +139,23 @@ impl ModernBert {
         prefix: &str,
         device: &Device,
     ) -> Result<Self> {
+        Self::from_reader(config, Reader::new(tensors, file, device), prefix)
+    }
+
+    /// Builds the model from `r`'s tensors (under no prefix yet), module paths under `prefix`.
+    fn from_reader(config: ModernBertConfig, r: Reader, prefix: &str) -> Result<Self> {
         let word = "embeddings.tok_embeddings.weight";
-        let stored = [prefix, "", TASK_PREFIX].into_iter().find(|p| tensors.contains_key(&format!("{p}{word}"))).unwrap_or(prefix);
+        let stored = [prefix, "", TASK_PREFIX].into_iter().find(|p| r.has(&format!("{p}{word}"))).unwrap_or(prefix);
         let c = &config;
         let h = c.hidden_size;
-        let mut r = Reader::new(tensors, file, device).with_prefixes(stored, prefix);
+        let mut r = r.with_prefixes(stored, prefix);
         let tok_embeddings = r.param(word, [c.vocab_size, h])?;
         let embedding_norm = norm(&mut r, "embeddings.norm", c)?;
         let layers = (0..c.num_hidden_layers).map(|i| read_layer(&mut r, i, c)).collect::<Result<Vec<_>>>()?;
         let final_norm = norm(&mut r, "final_norm", c)?;
         r.reject_extra_layers("layers.", c.num_hidden_layers)?;
-        let mut r = Reader::new(tensors, file, device);
+        // The task head's names carry no prefix, in the file or in the model.
+        let mut r = r.with_prefixes("", "");
         let head = match r.has("head.dense.weight") {
             true => Some(PredictionHead { dense: r.linear("head.dense", h, h, c.classifier_bias)?, norm: norm(&mut r, "head.norm", c)? }),
             false => None,

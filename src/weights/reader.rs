@@ -72,9 +72,21 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// The tensor `name` as stored (any shape), if the checkpoint has it as f32.
+    /// The tensor `name` as stored (any shape) in f32, if the checkpoint has it.
     pub fn take_if_present(&mut self, name: &str) -> Option<HostTensor> {
-        self.tensors.remove(&format!("{}{name}", self.stored))
+        let name = format!("{}{name}", self.stored);
+        self.widen_kept(&name);
+        self.tensors.remove(&name)
+    }
+
+    /// A matrix kept quantized or 16-bit that is asked for as f32 (an embedding table the model
+    /// holds in f32) moves to the f32 tensors, widened.
+    fn widen_kept(&mut self, name: &str) {
+        if !self.tensors.contains_key(name)
+            && let Some(m) = self.quantized.as_mut().and_then(|q| q.remove(name))
+        {
+            self.tensors.insert(name.to_string(), HostTensor { shape: vec![m.rows, m.cols], data: m.dequantize() });
+        }
     }
 
     /// The file the tensors were read from.
@@ -82,9 +94,12 @@ impl<'a> Reader<'a> {
         self.file
     }
 
-    /// The tensor `name`, which must have `shape`.
+    /// The tensor `name` in f32 (widened if the checkpoint keeps it quantized), which must have
+    /// `shape`.
     pub fn take<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<HostTensor> {
-        tensors::take(self.tensors, self.file, &format!("{}{name}", self.stored), &shape)
+        let name = format!("{}{name}", self.stored);
+        self.widen_kept(&name);
+        tensors::take(self.tensors, self.file, &name, &shape)
     }
 
     pub fn param<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Param<Tensor<D>>> {

@@ -464,3 +464,27 @@ pub fn llama_cpp_token_mismatches(tokenizer: &tokenizers::Tokenizer, cases: &[se
     }
     out
 }
+
+/// Rewrites the safetensors `file` with its matrices (2-D tensors) as bf16 or f16 (`half`:
+/// `f16`), the rest f32: a model as Hugging Face often stores one.
+pub fn rewrite_16_bit(file: &Path, half: bool) {
+    use safetensors::{Dtype, tensor::TensorView};
+    let (tensors, _) = tensors::read(file).unwrap();
+    let dtype = if half { Dtype::F16 } else { Dtype::BF16 };
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>, Dtype)> = tensors
+        .iter()
+        .map(|(name, t)| match t.shape.len() {
+            2 => {
+                let data = t.data.iter().flat_map(|&v| match half {
+                    true => half::f16::from_f32(v).to_le_bytes(),
+                    false => half::bf16::from_f32(v).to_le_bytes(),
+                });
+                (name.clone(), data.collect(), t.shape.clone(), dtype)
+            }
+            _ => (name.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape.clone(), Dtype::F32),
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> =
+        bytes.iter().map(|(name, data, shape, dtype)| (name.clone(), TensorView::new(*dtype, shape.clone(), data).unwrap())).collect();
+    safetensors::serialize_to_file(views, None, file).unwrap();
+}
