@@ -42,6 +42,11 @@ impl Default for Quantize {
 }
 
 impl Quantize {
+    /// Whether weights stay as the file stores them (the default).
+    pub fn is_stored(&self) -> bool {
+        *self == Quantize::Stored
+    }
+
     /// What [`BaseWeight::converted`] is asked for: `None` leaves weights as stored,
     /// `Some(None)` widens them to f32, `Some(Some(f))` puts them in blocks of `f`.
     pub fn target(self) -> Option<Option<BlockFormat>> {

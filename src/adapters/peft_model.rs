@@ -28,6 +28,33 @@ pub trait Adaptable: Module {
             l
         })
     }
+    /// The model with its frozen base weights held as `quantize` says (`--quantize`): as the
+    /// file stores them, widened to f32, or converted to blocks or 16-bit floats; a model with
+    /// other tables it can hold so (a decoder's embedding and head) converts those too.
+    fn quantized(self, quantize: super::base_weight::Quantize) -> Result<Self>
+    where
+        Self: Sized,
+    {
+        match quantize.target() {
+            None => Ok(self),
+            Some(format) => convert_linears(self, format),
+        }
+    }
+}
+
+/// `model` with every linear's base weight converted to `format` (f32 for `None`); the first
+/// weight that cannot be (f16 beyond its range, rows not whole blocks) is the error.
+pub fn convert_linears<M: Adaptable>(model: M, format: Option<crate::quantization::BlockFormat>) -> Result<M> {
+    let mut failed = None;
+    let model = model.map_linears(&mut |mut l| {
+        let what = format!("weight {}", l.path);
+        match l.weight.clone().converted(format, &what) {
+            Ok(w) => l.weight = w,
+            Err(e) => failed = failed.take().or(Some(e)),
+        }
+        l
+    });
+    failed.map_or(Ok(model), Err)
 }
 
 /// What was folded into the base weights by [`PeftModel::merge`], kept to undo it: the delta

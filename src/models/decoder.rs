@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 
 use super::llama::{Llama, find_gguf};
+use crate::adapters::Adaptable;
 use crate::adapters::base_weight::Quantize;
 use crate::error::{Error, Result};
 use crate::weights::gguf::{Gguf, Value};

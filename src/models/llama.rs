@@ -271,28 +271,9 @@ impl Llama {
     /// Every base weight stored as `format` (quantized from its values), or as f32 for `None`:
     /// the linears, the embedding table and an untied output head.
     pub fn converted(self, format: Option<BlockFormat>) -> Result<Self> {
-        let mut failed = None;
-        let model = self.map_linears(&mut |mut l| {
-            let what = format!("weight {}", l.path);
-            match l.weight.clone().converted(format, &what) {
-                Ok(w) => l.weight = w,
-                Err(e) => failed = Some(e),
-            }
-            l
-        });
-        if let Some(e) = failed {
-            return Err(e);
-        }
+        let model = crate::adapters::convert_linears(self, format)?;
         let lm_head = model.lm_head.clone().map(|h| h.converted(format, "the output head")).transpose()?;
         Ok(Self { embed_tokens: model.embed_tokens.clone().converted(format)?, lm_head, ..model })
-    }
-
-    /// The model with its frozen weights held as `quantize` says (`--quantize`).
-    pub fn quantized(self, quantize: Quantize) -> Result<Self> {
-        match quantize.target() {
-            None => Ok(self),
-            Some(format) => self.converted(format),
-        }
     }
 
     /// What a merge of this model into f32 files says of its base: empty when the linears are
@@ -495,6 +476,14 @@ pub fn find_gguf(path: &Path) -> Result<Option<std::path::PathBuf>> {
 }
 
 impl Adaptable for Llama {
+    /// The linears, the embedding table and the output head held as `quantize` says.
+    fn quantized(self, quantize: Quantize) -> Result<Self> {
+        match quantize.target() {
+            None => Ok(self),
+            Some(format) => self.converted(format),
+        }
+    }
+
     fn linears(&self) -> Vec<&AdaptedLinear> {
         self.layers.iter().flat_map(|l| l.linears()).collect()
     }

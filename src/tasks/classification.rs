@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use super::heads::{ClassifierModel, SequenceClassifier, evaluate};
 use super::hf_layout::{self, HfLayout};
 use super::{Task, TaskKind, TestScores, Tuning};
+use crate::adapters::Adaptable;
 use crate::adapters::PeftModel;
+use crate::adapters::base_weight::Quantize;
 use crate::data::{self, BatchConfig, Columns, Dataset, EncodedDataset, LoadOptions, SplitConfig, Tokenizer};
 use crate::error::{Error, Result};
 use crate::files::{read_json, write_json};
@@ -40,6 +42,10 @@ pub struct ClassificationSpec {
     pub max_len: usize,
     pub pooling: Pooling,
     pub head_dropout: f64,
+    /// How the base's frozen linear weights are held (`--quantize`); written only when not as
+    /// stored, so that specs written before it keep their identity.
+    #[serde(default, skip_serializing_if = "Quantize::is_stored")]
+    pub quantize: Quantize,
     /// How the model is tuned (`tuning`, and `adapter` for an adapter run).
     #[serde(flatten)]
     pub tuning: Tuning,
@@ -61,6 +67,7 @@ impl Default for ClassificationSpec {
             // What transformers' BertForSequenceClassification computes (issue 11).
             pooling: Pooling::Cls,
             head_dropout: 0.1,
+            quantize: Quantize::Stored,
             tuning: Tuning::default(),
             train: TrainConfig::default(),
         }
@@ -129,7 +136,7 @@ impl Task for Classification {
 
     fn open(spec: ClassificationSpec, device: &Device) -> Result<Self> {
         let model_dir = crate::models::resolve(&spec.model)?;
-        let encoder = Encoder::load_in_task(&model_dir, device)?;
+        let encoder = Encoder::load_in_task(&model_dir, device)?.quantized(spec.quantize)?;
         encoder.check_fits(spec.max_len, spec.tuning.layers())?;
         let tokenizer = Tokenizer::from_model_dir(&model_dir)?.with_max_len(spec.max_len)?;
         Ok(Self { spec, model_dir, encoder, tokenizer, device: device.clone(), run_labels: Default::default() })

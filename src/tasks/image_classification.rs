@@ -17,6 +17,8 @@ use serde_json::json;
 
 use super::heads::{ClassifierModel, HEAD, LabelledBatch, evaluate, head_tensors, new_head, read_head};
 use super::{Task, TaskKind, TestScores, Tuning};
+use crate::adapters::Adaptable;
+use crate::adapters::base_weight::Quantize;
 use crate::adapters::{AdaptedLinear, Deltas, PeftModel};
 use crate::data::images::{self, Augment, ImageBatch, ImageSet, ImageSplits, Protocol};
 use crate::error::{Error, Result};
@@ -61,6 +63,10 @@ pub struct ImageClassificationSpec {
     pub pooling: ImagePooling,
     /// Random crop (4 px padding) and horizontal flip of training images.
     pub augment: bool,
+    /// How the base's frozen linear weights are held (`--quantize`); written only when not as
+    /// stored, so that specs written before it keep their identity.
+    #[serde(default, skip_serializing_if = "Quantize::is_stored")]
+    pub quantize: Quantize,
     /// How the model is tuned (`tuning`, and `adapter` for an adapter run).
     #[serde(flatten)]
     pub tuning: Tuning,
@@ -78,6 +84,7 @@ impl Default for ImageClassificationSpec {
             train_fraction: 1.0,
             pooling: ImagePooling::Cls,
             augment: false,
+            quantize: Quantize::Stored,
             tuning: Tuning::default(),
             train: TrainConfig { batch_size: 32, lr: 2e-3, epochs: 5, ..TrainConfig::default() },
         }
@@ -331,7 +338,7 @@ impl Task for ImageClassification {
 
     fn open(spec: ImageClassificationSpec, device: &Device) -> Result<Self> {
         let model_dir = crate::models::resolve(&spec.model)?;
-        let backbone = Dinov2::load_in_task(&model_dir, device)?;
+        let backbone = Dinov2::load_in_task(&model_dir, device)?.quantized(spec.quantize)?;
         check_memory(&spec, &backbone.config)?;
         let backbone = backbone.with_image_size(spec.image_size)?;
         backbone.check_fits(1, spec.tuning.layers())?;

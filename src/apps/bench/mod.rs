@@ -22,9 +22,9 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::adapters::base_weight::Quantize;
-use crate::adapters::{AdapterConfig, Method, PeftModel, TargetModules};
+use crate::adapters::{Adaptable, AdapterConfig, Method, PeftModel, TargetModules};
 use crate::data::Batch;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::models::bert::{Bert, Pooling};
 use crate::models::encoder::Encoder;
 use crate::models::{Architecture, Family};
@@ -66,7 +66,7 @@ pub struct BenchArgs {
     /// Tokens generated per prompt with `--decode`.
     #[arg(long, default_value_t = 32)]
     pub new_tokens: usize,
-    /// How a decoder's frozen weights are held: as the file stores them, widened to f32
+    /// How the model's frozen linear weights are held: as the file stores them, widened to f32
     /// (`none`), or converted to 8- or 4-bit blocks or 16-bit floats
     #[arg(long, default_value = "stored", value_parser = crate::apps::cli::choice::<Quantize>())]
     pub quantize: Quantize,
@@ -149,7 +149,7 @@ fn adapt<A: Architecture>(model: A, args: &BenchArgs) -> Result<PeftModel<A>> {
 }
 
 fn build(args: &BenchArgs, device: &Device) -> Result<SequenceClassifier> {
-    let bert = Encoder::Bert(Bert::load(&crate::models::resolve(&args.model)?, "bert.", device)?);
+    let bert = Encoder::Bert(Bert::load(&crate::models::resolve(&args.model)?, "bert.", device)?).quantized(args.quantize)?;
     Ok(SequenceClassifier::new(adapt(bert, args)?, 4, Pooling::Mean, 0.0, 0))
 }
 
@@ -185,12 +185,6 @@ pub fn run(args: &BenchArgs) -> Result<BenchResult> {
     let device = args.device.open()?;
     if Family::detect(&args.model) == Some(Family::Llama) {
         return run_decoder(args, &device);
-    }
-    if !matches!(args.quantize, Quantize::Stored | Quantize::None) {
-        let q = args.quantize;
-        return Err(Error::Config(format!(
-            "--quantize {q}: quantized and 16-bit bases are for decoders; the encoder job's weights are f32"
-        )));
     }
     run_encoder(args, &device)
 }
@@ -299,7 +293,7 @@ fn run_encoder(args: &BenchArgs, device: &Device) -> Result<BenchResult> {
     let description = serde_json::json!({
         "name": args.model, "kind": "encoder", "layers": c.num_hidden_layers, "hidden": c.hidden_size,
         "intermediate": c.intermediate_size, "heads": c.num_attention_heads, "kv_heads": c.num_attention_heads, "vocab": c.vocab_size,
-        "checkpoint_activations": args.checkpoint_activations,
+        "checkpoint_activations": args.checkpoint_activations, "quantize": args.quantize,
     });
     Ok(result(args, trainable, first, times, (infer_base, infer_merged), description, &inner))
 }

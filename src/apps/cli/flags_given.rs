@@ -58,7 +58,6 @@ impl ChoiceArgs {
             (self.validation_per_task.is_some(), "--validation-per-task"),
             (self.test_per_task.is_some(), "--test-per-task"),
             (self.keep_layers.is_some(), "--keep-layers"),
-            (self.quantize.is_some(), "--quantize"),
             (self.no_exact_match, "--no-exact-match"),
         ])
     }
@@ -178,6 +177,7 @@ impl RunArgs {
             (self.data.is_some(), "--data"),
             (self.max_len.is_some(), "--max-len"),
             (self.train_fraction.is_some(), "--train-fraction"),
+            (self.quantize.is_some(), "--quantize"),
         ]);
         [
             shared,

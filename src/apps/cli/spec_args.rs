@@ -90,6 +90,12 @@ pub struct RunArgs {
     /// multiple-choice): sample-efficiency runs [default: 1]
     #[arg(long, value_parser = number(Range::Fraction), allow_negative_numbers = true, help_heading = "Task")]
     pub train_fraction: Option<f64>,
+    /// How the base model's frozen linear weights are held: as the file stores them (a GGUF's
+    /// 4- or 8-bit blocks and bf16/f16 matrices stay so), widened to f32 (`none`), or converted
+    /// to 8- or 4-bit blocks or 16-bit floats; adapters train on them as QLoRA does. Not for
+    /// video runs [default: stored]
+    #[arg(long, value_parser = choice::<Quantize>(), help_heading = "Task")]
+    pub quantize: Option<Quantize>,
     #[command(flatten)]
     pub classification: ClassificationArgs,
     #[command(flatten)]
@@ -159,11 +165,6 @@ pub struct ChoiceArgs {
     /// Keep only the first N decoder layers (quick checks; not the real model)
     #[arg(long, value_parser = count, help_heading = "Multiple choice")]
     pub keep_layers: Option<usize>,
-    /// How the decoder's frozen weights are held: as the file stores them (a GGUF's 4- or 8-bit
-    /// blocks and 16-bit floats stay so), widened to f32 (`none`), or converted to 8- or 4-bit
-    /// blocks or 16-bit floats; adapters train on them as QLoRA does [default: stored]
-    #[arg(long, value_parser = choice::<Quantize>(), help_heading = "Multiple choice")]
-    pub quantize: Option<Quantize>,
     /// Skip generating the test answers (exact match), which costs a pass per token
     #[arg(long, help_heading = "Multiple choice")]
     pub no_exact_match: bool,
@@ -511,6 +512,7 @@ impl RunArgs {
             max_len: self.max_len.unwrap_or(d.max_len),
             pooling: c.pooling.unwrap_or(d.pooling),
             head_dropout: c.head_dropout.unwrap_or(d.head_dropout),
+            quantize: self.quantize.unwrap_or(d.quantize),
             tuning,
             train,
         })
@@ -534,7 +536,7 @@ impl RunArgs {
             sizes: [c.train_per_task.unwrap_or(n_train), c.validation_per_task.unwrap_or(n_val), c.test_per_task.unwrap_or(n_test)],
             max_len: self.max_len.unwrap_or(d.max_len),
             keep_layers: c.keep_layers,
-            quantize: c.quantize.unwrap_or(d.quantize),
+            quantize: self.quantize.unwrap_or(d.quantize),
             exact_match: !c.no_exact_match,
             train_fraction: self.train_fraction.unwrap_or(d.train_fraction),
             tuning,
@@ -564,6 +566,7 @@ impl RunArgs {
             train_fraction: self.train_fraction.unwrap_or(d.train_fraction),
             pooling: i.image_pooling.unwrap_or(d.pooling),
             augment: i.augment || d.augment,
+            quantize: self.quantize.unwrap_or(d.quantize),
             tuning,
             train,
         })

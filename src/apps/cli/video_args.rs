@@ -50,6 +50,10 @@ impl RunArgs {
         if self.max_len.is_some() {
             foreign.push("--max-len");
         }
+        // The video model's new temporal layers train in f32 inside the base.
+        if self.quantize.is_some() {
+            foreign.push("--quantize");
+        }
         refuse_for_task(&foreign, TaskKind::Video)?;
         let d = VideoClassificationSpec::default();
         RunArgs::check_model_family(self.model.as_deref().unwrap_or(&d.model), TaskKind::Video)?;

@@ -65,7 +65,7 @@ impl VqaArgs {
 
 impl RunArgs {
     pub fn to_vqa(&self) -> Result<VqaSpec> {
-        let shared = ["--image-size", "--split-seed", "--keep-layers", "--quantize", "--no-exact-match"];
+        let shared = ["--image-size", "--split-seed", "--keep-layers", "--no-exact-match"];
         let foreign: Vec<&str> = [self.classification.given(), self.choice.given(), self.image.given(), self.video.given()]
             .concat()
             .into_iter()
@@ -91,7 +91,7 @@ impl RunArgs {
             split_seed: self.image.split_seed.or(d.split_seed),
             max_len: self.max_len.unwrap_or(d.max_len),
             keep_layers: self.choice.keep_layers.or(d.keep_layers),
-            quantize: self.choice.quantize.unwrap_or(d.quantize),
+            quantize: self.quantize.unwrap_or(d.quantize),
             exact_match: !self.choice.no_exact_match && d.exact_match,
             train_fraction: self.train_fraction.unwrap_or(d.train_fraction),
             tuning,
