@@ -7,8 +7,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::GradientsParams;
 use burn::prelude::*;
 use replora::adapters::{AdapterConfig, Method, MethodConfig, PeftModel, TargetModules};
 use replora::models::llama::{Llama, LlamaConfig};
@@ -59,41 +57,13 @@ fn tunings() -> Vec<(&'static str, Tuning)> {
     ]
 }
 
-/// Every trainable parameter's gradient, by parameter id.
-fn gradient_values(model: &CausalLm, grads: &GradientsParams) -> BTreeMap<String, Vec<f32>> {
-    struct Collect<'a> {
-        grads: &'a GradientsParams,
-        out: BTreeMap<String, Vec<f32>>,
-    }
-    impl ModuleVisitor for Collect<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if let Some(g) = self.grads.get::<D>(param.id) {
-                self.out.insert(param.id.to_string(), g.into_data().try_into_vec_as::<f32>().unwrap());
-            }
-        }
-    }
-    let mut visitor = Collect { grads, out: BTreeMap::new() };
-    model.visit(&mut visitor);
-    visitor.out
-}
-
 /// The loss and gradients of one micro-batch, with and without checkpointing.
 fn both_passes(model: &CausalLm, device: &Device) -> [(f32, BTreeMap<String, Vec<f32>>); 2] {
     [false, true].map(|checkpoint| {
         device.seed(11);
         let (loss, grads) = model.loss_and_gradients(&batch(), device, 0.5, checkpoint);
-        (loss.into_scalar::<f32>(), gradient_values(model, &grads))
+        (loss.into_scalar::<f32>(), support::gradient_values(model, &grads))
     })
-}
-
-fn assert_same_gradients(name: &str, plain: &BTreeMap<String, Vec<f32>>, checkpointed: &BTreeMap<String, Vec<f32>>) {
-    assert!(!plain.is_empty(), "{name}: no trainable parameter got a gradient");
-    assert_eq!(plain.keys().collect::<Vec<_>>(), checkpointed.keys().collect::<Vec<_>>(), "{name}: the parameters with gradients");
-    for (id, g) in plain {
-        let scale = g.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-        let diff = support::max_abs_diff(g, &checkpointed[id]);
-        assert!(diff <= 1e-4 * scale, "{name}: parameter {id}'s gradient differs by {diff} (largest {scale})");
-    }
 }
 
 #[test]
@@ -104,7 +74,7 @@ fn checkpointed_gradients_equal_the_ordinary_ones_for_every_method() {
         let model = CausalLm { decoder: tuning.wrap(base(&device)).unwrap() };
         let [(loss, plain), (checkpointed_loss, checkpointed)] = both_passes(&model, &device);
         assert!((loss - checkpointed_loss).abs() <= 1e-5 * loss.abs(), "{name}: loss {loss} vs {checkpointed_loss}");
-        assert_same_gradients(name, &plain, &checkpointed);
+        support::assert_same_gradients(name, &plain, &checkpointed);
     }
 }
 
@@ -116,7 +86,7 @@ fn checkpointed_gradients_on_a_quantized_base_equal_the_ordinary_ones() {
     let model = CausalLm { decoder: PeftModel::new(quantized, &lora_config(0.0)).unwrap() };
     let [(loss, plain), (checkpointed_loss, checkpointed)] = both_passes(&model, &device);
     assert!((loss - checkpointed_loss).abs() <= 1e-5 * loss.abs(), "loss {loss} vs {checkpointed_loss}");
-    assert_same_gradients("lora on q4_1", &plain, &checkpointed);
+    support::assert_same_gradients("lora on q4_1", &plain, &checkpointed);
 }
 
 fn lora_config(dropout: f64) -> AdapterConfig {
@@ -141,7 +111,7 @@ fn dropout_masks_are_drawn_again_alike_in_the_recomputation() {
     let pass = |seed: u64| {
         device.seed(seed);
         let (loss, grads) = model.loss_and_gradients(&batch(), &device, 1.0, true);
-        (loss.into_scalar::<f32>(), gradient_values(&model, &grads))
+        (loss.into_scalar::<f32>(), support::gradient_values(&model, &grads))
     };
     let (first, again, other) = (pass(5), pass(5), pass(6));
     assert!(first == again, "the same micro-batch seed gives the same loss and gradients");

@@ -4,10 +4,8 @@
 //! that recomputes each layer in the backward pass gives the loss and the gradients of the
 //! ordinary pass (debug builds also check each recomputed layer against its first pass).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use replora::adapters::{AdapterConfig, Method, TargetModules};
 use replora::data::images::ImageBatch;
@@ -53,40 +51,16 @@ fn tunings_with(model: &impl Architecture, more: fn(Method) -> &'static [&'stati
     adapters.chain([("full".to_string(), Tuning::Full)]).collect()
 }
 
-/// Every trainable parameter's gradient, by parameter id.
-fn gradient_values<M: Module>(model: &M, grads: &burn::optim::GradientsParams) -> BTreeMap<String, Vec<f32>> {
-    struct Collect<'a> {
-        grads: &'a burn::optim::GradientsParams,
-        out: BTreeMap<String, Vec<f32>>,
-    }
-    impl ModuleVisitor for Collect<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if let Some(g) = self.grads.get::<D>(param.id) {
-                self.out.insert(param.id.to_string(), g.into_data().try_into_vec_as::<f32>().unwrap());
-            }
-        }
-    }
-    let mut visitor = Collect { grads, out: BTreeMap::new() };
-    model.visit(&mut visitor);
-    visitor.out
-}
-
 /// One micro-batch's loss and gradients with and without checkpointing are equal.
 fn assert_checkpointing_changes_nothing<M: Objective>(name: &str, model: &M, batch: &M::Batch, device: &Device) {
     const { assert!(M::CHECKPOINTS) };
     let [(loss, plain), (checkpointed_loss, checkpointed)] = [false, true].map(|checkpoint| {
         device.seed(11);
         let (loss, grads) = model.loss_and_gradients(batch, device, 0.5, checkpoint);
-        (loss.into_scalar::<f32>(), gradient_values(model, &grads))
+        (loss.into_scalar::<f32>(), support::gradient_values(model, &grads))
     });
     assert!((loss - checkpointed_loss).abs() <= 1e-5 * loss.abs().max(1.0), "{name}: loss {loss} vs {checkpointed_loss}");
-    assert!(!plain.is_empty(), "{name}: no trainable parameter got a gradient");
-    assert_eq!(plain.keys().collect::<Vec<_>>(), checkpointed.keys().collect::<Vec<_>>(), "{name}: the parameters with gradients");
-    for (id, g) in &plain {
-        let scale = g.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-        let diff = support::max_abs_diff(g, &checkpointed[id]);
-        assert!(diff <= 1e-4 * scale, "{name}: parameter {id}'s gradient differs by {diff} (largest {scale})");
-    }
+    support::assert_same_gradients(name, &plain, &checkpointed);
 }
 
 /// Two sentences of different lengths (the shorter padded), two labels.
@@ -190,7 +164,7 @@ fn encoder_dropout_masks_are_drawn_again_alike() {
     let pass = |seed: u64| {
         device.seed(seed);
         let (loss, grads) = model.loss_and_gradients(&text_batch(), &device, 1.0, true);
-        (loss.into_scalar::<f32>(), gradient_values(&model, &grads))
+        (loss.into_scalar::<f32>(), support::gradient_values(&model, &grads))
     };
     let (first, again, other) = (pass(5), pass(5), pass(6));
     assert!(first == again, "the same micro-batch seed gives the same loss and gradients");

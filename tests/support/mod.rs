@@ -488,3 +488,33 @@ pub fn rewrite_16_bit(file: &Path, half: bool) {
         bytes.iter().map(|(name, data, shape, dtype)| (name.clone(), TensorView::new(*dtype, shape.clone(), data).unwrap())).collect();
     safetensors::serialize_to_file(views, None, file).unwrap();
 }
+
+/// Every trainable parameter's gradient in `grads`, by parameter id.
+pub fn gradient_values<M: burn::module::Module>(model: &M, grads: &burn::optim::GradientsParams) -> BTreeMap<String, Vec<f32>> {
+    struct Collect<'a> {
+        grads: &'a burn::optim::GradientsParams,
+        out: BTreeMap<String, Vec<f32>>,
+    }
+    impl burn::module::ModuleVisitor for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            if let Some(g) = self.grads.get::<D>(param.id) {
+                self.out.insert(param.id.to_string(), g.into_data().try_into_vec_as::<f32>().unwrap());
+            }
+        }
+    }
+    let mut visitor = Collect { grads, out: BTreeMap::new() };
+    model.visit(&mut visitor);
+    visitor.out
+}
+
+/// Two passes' gradients ([`gradient_values`]) are of the same parameters and equal within 1e-4
+/// of each tensor's largest value.
+pub fn assert_same_gradients(name: &str, plain: &BTreeMap<String, Vec<f32>>, other: &BTreeMap<String, Vec<f32>>) {
+    assert!(!plain.is_empty(), "{name}: no trainable parameter got a gradient");
+    assert_eq!(plain.keys().collect::<Vec<_>>(), other.keys().collect::<Vec<_>>(), "{name}: the parameters with gradients");
+    for (id, g) in plain {
+        let scale = g.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        let diff = max_abs_diff(g, &other[id]);
+        assert!(diff <= 1e-4 * scale, "{name}: parameter {id}'s gradient differs by {diff} (largest {scale})");
+    }
+}
