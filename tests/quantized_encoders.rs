@@ -145,4 +145,9 @@ fn an_encoder_run_keeps_its_quantize_choice() {
     let f32_summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f32_out.join("summary.json")).unwrap()).unwrap();
     let f32_loss = f32_summary["test"]["loss"].as_f64().unwrap();
     assert!((f32_loss - trained).abs() > 1e-6, "q8_0 and f32 bases trained to the same test loss {trained}");
+    // A merge writes f32 weights and says so.
+    let merged = dir.path().join("merged");
+    let o = support::replora(&["merge", "--run", &s(&out), "--out", &s(&merged)]);
+    let said = String::from_utf8_lossy(&o.stdout).into_owned() + &support::stderr(&o);
+    assert!(o.status.success() && said.contains("the base's q8_0 weights are written as f32"), "merge: {said}");
 }

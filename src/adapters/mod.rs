@@ -22,7 +22,7 @@ pub use dora::Dora;
 pub use linear::{AdaptedLinear, Deltas, FusedRows, LinearDelta, fused_blocks, put_linears};
 pub use lora::Lora;
 pub use methods::{AdapterMethod, Method, MethodConfig, MethodState, Sites};
-pub use peft_model::{Adaptable, PeftModel, convert_linears};
+pub use peft_model::{Adaptable, PeftModel, convert_linears, widening_note};
 pub use prefix::{PrefixConfig, PrefixTuning};
 pub use replora::{OutputScale, RepLora, RepLoraConfig, SeedInit, SeedKind};
 pub use set::{AdapterSet, LrGroup};

@@ -42,6 +42,19 @@ pub trait Adaptable: Module {
     }
 }
 
+/// What a merge of `model` into f32 files says of its base: empty when its linears are f32,
+/// else which formats were widened (as PEFT merges into a quantized base: dequantized, then
+/// merged).
+pub fn widening_note(model: &impl Adaptable) -> String {
+    let mut names: Vec<&'static str> = model.linears().iter().filter_map(|l| l.weight.format()).map(|f| f.name()).collect();
+    names.sort_unstable();
+    names.dedup();
+    match names.is_empty() {
+        true => String::new(),
+        false => format!("; the base's {} weights are written as f32", names.join(", ")),
+    }
+}
+
 /// `model` with every linear's base weight converted to `format` (f32 for `None`); the first
 /// weight that cannot be (f16 beyond its range, rows not whole blocks) is the error.
 pub fn convert_linears<M: Adaptable>(model: M, format: Option<crate::quantization::BlockFormat>) -> Result<M> {

@@ -276,19 +276,6 @@ impl Llama {
         Ok(Self { embed_tokens: model.embed_tokens.clone().converted(format)?, lm_head, ..model })
     }
 
-    /// What a merge of this model into f32 files says of its base: empty when the linears are
-    /// f32, else which block formats were widened (as PEFT merges into a quantized base:
-    /// dequantized, then merged).
-    pub fn widening_note(&self) -> String {
-        let mut names: Vec<&'static str> = self.linears().iter().filter_map(|l| l.weight.format()).map(BlockFormat::name).collect();
-        names.sort_unstable();
-        names.dedup();
-        match names.is_empty() {
-            true => String::new(),
-            false => format!("; the base's {} weights are written as f32", names.join(", ")),
-        }
-    }
-
     /// Bytes of weights one generated token reads: every linear and the output head (the
     /// embedding table when tied), as stored.
     pub fn decode_weight_bytes(&self) -> usize {

@@ -10,9 +10,8 @@ use serde::{Deserialize, Serialize};
 use super::heads::{ClassifierModel, SequenceClassifier, evaluate};
 use super::hf_layout::{self, HfLayout};
 use super::{Task, TaskKind, TestScores, Tuning};
-use crate::adapters::Adaptable;
-use crate::adapters::PeftModel;
 use crate::adapters::base_weight::Quantize;
+use crate::adapters::{Adaptable, PeftModel};
 use crate::data::{self, BatchConfig, Columns, Dataset, EncodedDataset, LoadOptions, SplitConfig, Tokenizer};
 use crate::error::{Error, Result};
 use crate::files::{read_json, write_json};
@@ -246,6 +245,7 @@ impl Task for Classification {
 
     fn merge(&self, model: SequenceClassifier, dir: &Path) -> Result<String> {
         let labels = self.labels_of_run()?;
+        let note = crate::adapters::widening_note(&model.encoder.model);
         let layout = model.save_merged(dir, &labels, self.spec.max_len)?;
         for file in ["tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"] {
             let src = self.model_dir.join(file);
@@ -253,7 +253,7 @@ impl Task for Classification {
                 std::fs::copy(&src, dir.join(file)).map_err(|e| Error::io(&src, e))?;
             }
         }
-        Ok(layout_note(layout, "merge").into())
+        Ok(format!("{}{note}", layout_note(layout, "merge")))
     }
 }
 

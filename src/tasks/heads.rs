@@ -143,9 +143,7 @@ impl SequenceClassifier {
         }
         Ok(layout)
     }
-}
 
-impl SequenceClassifier {
     /// The class scores of the encoder's last hidden state.
     fn head_logits(&self, hidden: Tensor<3>, input: &EncoderInput, deltas: &Deltas, training: bool) -> Tensor<2> {
         // As transformers' sequence classifiers: BERT's pooler on CLS, ModernBERT's head.

@@ -17,9 +17,8 @@ use serde_json::json;
 
 use super::heads::{ClassifierModel, HEAD, LabelledBatch, evaluate, head_tensors, new_head, read_head};
 use super::{Task, TaskKind, TestScores, Tuning};
-use crate::adapters::Adaptable;
 use crate::adapters::base_weight::Quantize;
-use crate::adapters::{AdaptedLinear, Deltas, PeftModel};
+use crate::adapters::{Adaptable, AdaptedLinear, Deltas, PeftModel};
 use crate::data::images::{self, Augment, ImageBatch, ImageSet, ImageSplits, Protocol};
 use crate::error::{Error, Result};
 use crate::files::{read_json, write_json};
@@ -488,7 +487,8 @@ impl Task for ImageClassification {
     fn merge(&self, model: ImageClassifier, dir: &Path) -> Result<String> {
         model.save_merged(dir, &self.labels_of_run()?)?;
         let size = self.spec.image_size;
-        Ok(match model.backbone.model.variant() {
+        let note = crate::adapters::widening_note(&model.backbone.model);
+        let layout = match model.backbone.model.variant() {
             Variant::Dinov2 => format!(
                 "layout: Dinov2ForImageClassification (CLS + mean-patch head): AutoModelForImageClassification.from_pretrained(dir) on {size}x{size} images, ImageNet-normalized"
             ),
@@ -498,7 +498,8 @@ impl Task for ImageClassification {
             Variant::Clip => format!(
                 "layout: the merged CLIPVisionModel, the head in {HEAD_FILE} (classifier.weight [labels, d_in], classifier.bias): logits = classifier(CLIPVisionModel.from_pretrained(dir)(pixels).pooler_output) for --image-pooling cls, on {size}x{size} images"
             ),
-        })
+        };
+        Ok(format!("{layout}{note}"))
     }
 }
 

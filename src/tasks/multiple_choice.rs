@@ -317,7 +317,7 @@ impl Task for MultipleChoice {
     /// The decoder with the adapter folded in (`config.json`, `model.safetensors`), its
     /// `tokenizer.json` and chat template: a plain Hugging Face LLaMA directory.
     fn merge(&self, model: CausalLm, dir: &Path) -> Result<String> {
-        let note = model.decoder.model.widening_note();
+        let note = crate::adapters::widening_note(&model.decoder.model);
         let decoder = if model.decoder.is_full_finetune() { model.decoder } else { model.decoder.merge()? };
         decoder.model.save(dir)?;
         self.decoder.save_tokenizer(dir)?;

@@ -426,7 +426,7 @@ impl Task for Vqa {
     /// The decoder with the adapter folded in (a plain LLaMA directory), the projector and a README.
     fn merge(&self, model: VqaModel, dir: &Path) -> Result<String> {
         self.write_vision_files(&model, dir)?;
-        let note = model.decoder.model.widening_note();
+        let note = crate::adapters::widening_note(&model.decoder.model);
         let decoder = if model.decoder.is_full_finetune() { model.decoder } else { model.decoder.merge()? };
         decoder.model.save(dir)?;
         self.decoder.save_tokenizer(dir)?;
