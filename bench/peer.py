@@ -2,6 +2,7 @@
 
 Usage: peer.py --model-dir DIR [--method lora|dora|full] [--batch 32] [--seq 128] [--rank 8]
                [--steps 5] [--warmup 2] [--threads 2] [--no-peak] [--autocast bf16]
+               [--checkpoint-activations]
 
 Same jobs as src/bench.rs, f32, LoRA/DoRA r, alpha 2r, dropout 0, AdamW lr 1e-4 weight decay
 0.01, gradient norm clipped to 1.0, one synthetic batch of token ids uniform in [1000, vocab):
@@ -12,6 +13,8 @@ Same jobs as src/bench.rs, f32, LoRA/DoRA r, alpha 2r, dropout 0, AdamW lr 1e-4 
   projected onto the vocabulary.
 --autocast bf16: the forward passes under torch.autocast("cpu", dtype=torch.bfloat16) (weights,
 gradients and optimizer state stay f32; products run in bf16), PyTorch's mixed precision on the CPU.
+--checkpoint-activations: transformers' gradient checkpointing (each layer recomputed in the
+backward pass, `use_reentrant=False`), as `replora bench --checkpoint-activations`.
 Prints one JSON line with the keys replora's writes.
 """
 import argparse
@@ -48,6 +51,7 @@ p.add_argument("--warmup", type=int, default=2)
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--no-peak", action="store_true")
 p.add_argument("--autocast", choices=["bf16"])
+p.add_argument("--checkpoint-activations", action="store_true")
 args = p.parse_args()
 
 torch.set_num_threads(args.threads)
@@ -81,6 +85,8 @@ else:
     base = AutoModel.from_pretrained(args.model_dir, torch_dtype=torch.float32, attn_implementation="eager")
     targets = ["query", "value"]
 config = base.config
+if args.checkpoint_activations:
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 if args.method != "full":
     lora = peft.LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0, target_modules=targets, use_dora=args.method == "dora")
     base = peft.get_peft_model(base, lora)
@@ -167,6 +173,7 @@ print(json.dumps({
     "side": "pytorch",
     "method": args.method,
     "autocast": args.autocast,
+    "checkpoint_activations": args.checkpoint_activations,
     "batch": args.batch,
     "seq": args.seq,
     "rank": args.rank,

@@ -84,7 +84,8 @@ lines = [
     f"### {report['date']} — {os.path.basename(str(job['model'].get('name')).rstrip('/'))} ({job['model'].get('kind', 'encoder')}, "
     f"{job['model']['layers']} layers, hidden {job['model']['hidden']}), batch {job['batch']} x {job['seq']} tokens, rank {job['rank']} "
     f"on {'q_proj,v_proj' if job['model'].get('kind') == 'decoder' else 'query,value'}, {job['threads']} threads, "
-    f"{precision_of(job['model'].get('quantize', 'none'), next((r.get('autocast') for r in runs if r['side'] == 'pytorch'), None))}",
+    f"{precision_of(job['model'].get('quantize', 'none'), next((r.get('autocast') for r in runs if r['side'] == 'pytorch'), None))}"
+    f"{', activation checkpointing on both sides' if job['model'].get('checkpoint_activations') else ''}",
     "",
     f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, {report['machine']['memory_gib']} GiB, Linux {report['machine']['kernel']}. "
     f"replora {report['versions']['replora'].get('replora')} (burn {report['versions']['replora'].get('burn')}, git {report['git']}); "
