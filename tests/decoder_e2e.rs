@@ -271,8 +271,4 @@ fn quantize_chooses_the_base_weights_and_a_run_keeps_the_choice() {
     let json: serde_json::Value = serde_json::from_str(&text[text.find("\n{").expect("metrics JSON")..]).unwrap();
     let (reopened, trained) = (json["loss"].as_f64().unwrap(), summary(&out).test.loss);
     assert!((reopened - trained).abs() < 1e-6, "the reopened run's test loss {reopened} is not the run's {trained}");
-
-    // A video model's new temporal layers train inside the base: refused, naming the flag.
-    let o = replora(&["train", "--task", "video", "--quantize", "q8_0", "--out", dir.path().join("c").to_str().unwrap()]);
-    assert!(!o.status.success() && stderr(&o).contains("--quantize"), "a video run took --quantize: {}", stderr(&o));
 }

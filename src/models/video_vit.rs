@@ -31,6 +31,7 @@ use burn::tensor::Gradients;
 
 use super::dinov2::{Dinov2, Dinov2Config, Dinov2Layer};
 use super::layers::{LayerNorm, ReadLayers, attention};
+use crate::adapters::base_weight::Quantize;
 use crate::adapters::{Adaptable, AdaptedLinear, Deltas, Sites};
 use crate::error::{Error, Result};
 use crate::models::recompute::{LayerPasses, TaskLoss, checkpointed_backward};
@@ -341,6 +342,18 @@ impl Adaptable for VideoVit {
         let temporal = self.temporal.into_iter().map(|t| t.map_linears(f)).collect();
         let spatial = self.spatial.map_linears(f);
         VideoVit { spatial, temporal, ..self }
+    }
+
+    /// The base's linears held as `quantize` says; the new `temporal_fc`s stay f32, as they
+    /// train in every run.
+    fn quantized(self, quantize: Quantize) -> Result<Self> {
+        let Some(format) = quantize.target() else { return Ok(self) };
+        let new: Vec<AdaptedLinear> = self.temporal.iter().map(|t| t.fc.clone()).collect();
+        let mut model = crate::adapters::convert_linears(self, format)?;
+        for (t, fc) in model.temporal.iter_mut().zip(new) {
+            t.fc = fc;
+        }
+        Ok(model)
     }
 }
 

@@ -17,7 +17,8 @@ use serde_json::json;
 
 use super::heads::{ClassifierModel, HEAD, LabelledBatch, evaluate, head_tensors, new_head, read_head};
 use super::{Task, TaskKind, TestScores, Tuning};
-use crate::adapters::{AdaptedLinear, Deltas, PeftModel};
+use crate::adapters::base_weight::Quantize;
+use crate::adapters::{Adaptable, AdaptedLinear, Deltas, PeftModel};
 use crate::data::video::{self, VideoBatch, VideoProtocol, VideoSet, VideoSplits};
 use crate::error::{Error, Result};
 use crate::files::{read_json, write_json};
@@ -50,6 +51,10 @@ pub struct VideoClassificationSpec {
     pub train_fraction: f64,
     /// The control: each clip's frames in a random order, in training and evaluation.
     pub shuffle_frames: bool,
+    /// How the base's frozen linear weights are held (`--quantize`; the new temporal layers stay
+    /// f32); written only when not as stored, so that specs written before it keep their identity.
+    #[serde(default, skip_serializing_if = "Quantize::is_stored")]
+    pub quantize: Quantize,
     #[serde(flatten)]
     pub tuning: Tuning,
     pub train: TrainConfig,
@@ -68,6 +73,7 @@ impl Default for VideoClassificationSpec {
             split_seed: None,
             train_fraction: 1.0,
             shuffle_frames: false,
+            quantize: Quantize::Stored,
             tuning: Tuning::default(),
             train: TrainConfig { batch_size: 16, lr: 1e-3, epochs: 6, ..TrainConfig::default() },
         }
@@ -246,7 +252,7 @@ impl Task for VideoClassification {
 
     fn open(spec: VideoClassificationSpec, device: &Device) -> Result<Self> {
         let model_dir = crate::models::resolve(&spec.model)?;
-        let backbone = VideoVit::load(&model_dir, spec.frames, spec.image_size, device)?;
+        let backbone = VideoVit::load(&model_dir, spec.frames, spec.image_size, device)?.quantized(spec.quantize)?;
         check_memory(&spec, &backbone.spatial.config)?;
         crate::models::Architecture::check_fits(&backbone, 1, spec.tuning.layers())?;
         Ok(Self { spec, model_dir, backbone, device: device.clone(), run_labels: Default::default() })

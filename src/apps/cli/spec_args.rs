@@ -92,8 +92,8 @@ pub struct RunArgs {
     pub train_fraction: Option<f64>,
     /// How the base model's frozen linear weights are held: as the file stores them (a GGUF's
     /// 4- or 8-bit blocks and bf16/f16 matrices stay so), widened to f32 (`none`), or converted
-    /// to 8- or 4-bit blocks or 16-bit floats; adapters train on them as QLoRA does. Not for
-    /// video runs [default: stored]
+    /// to 8- or 4-bit blocks or 16-bit floats; adapters train on them as QLoRA does (a video
+    /// model's new temporal layers stay f32) [default: stored]
     #[arg(long, value_parser = choice::<Quantize>(), help_heading = "Task")]
     pub quantize: Option<Quantize>,
     #[command(flatten)]

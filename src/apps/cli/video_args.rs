@@ -50,10 +50,6 @@ impl RunArgs {
         if self.max_len.is_some() {
             foreign.push("--max-len");
         }
-        // The video model's new temporal layers train in f32 inside the base.
-        if self.quantize.is_some() {
-            foreign.push("--quantize");
-        }
         refuse_for_task(&foreign, TaskKind::Video)?;
         let d = VideoClassificationSpec::default();
         RunArgs::check_model_family(self.model.as_deref().unwrap_or(&d.model), TaskKind::Video)?;
@@ -85,6 +81,7 @@ impl RunArgs {
             split_seed: self.image.split_seed.or(d.split_seed),
             train_fraction: self.train_fraction.unwrap_or(d.train_fraction),
             shuffle_frames: v.shuffle_frames || d.shuffle_frames,
+            quantize: self.quantize.unwrap_or(d.quantize),
             tuning,
             train,
         })
