@@ -71,6 +71,12 @@ fn a_sixteen_bit_vit_keeps_its_linears_and_gives_the_widened_outputs() {
         let widened = stored.clone().widened();
         let diff = relative_diff(stored.forward(pixels.clone(), &Deltas::none()), widened.forward(pixels.clone(), &Deltas::none()));
         assert!(diff < 1e-5, "vit {format}: tokens differ from the widened model's by {diff} (relative)");
+        // A video model grown from it keeps them too, but its new temporal_fc layers, which train.
+        let video = VideoVit::load(dir.path(), 2, 28, &device).unwrap();
+        for l in video.linears() {
+            let expected = if l.path.contains("temporal_fc") { None } else { Some(format) };
+            assert_eq!(l.weight.format(), expected, "video {format}: {}", l.path);
+        }
     }
 }
 

@@ -157,7 +157,7 @@ impl Dinov2 {
     }
 
     /// Builds the model from `r`'s tensors (under no prefix yet), module paths under `prefix`.
-    fn from_reader(config: Dinov2Config, r: Reader, prefix: &str) -> Result<Self> {
+    pub(crate) fn from_reader(config: Dinov2Config, r: Reader, prefix: &str) -> Result<Self> {
         let variant = config.variant();
         let stored = ["", variant.task_prefix()].into_iter().find(|p| r.has(&format!("{p}{}", variant.cls_name())));
         let mut r = r.with_prefixes(stored.unwrap_or(prefix), prefix);

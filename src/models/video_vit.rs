@@ -32,7 +32,7 @@ use burn::tensor::Gradients;
 use super::dinov2::{Dinov2, Dinov2Config, Dinov2Layer};
 use super::layers::{LayerNorm, ReadLayers, attention};
 use crate::adapters::base_weight::Quantize;
-use crate::adapters::{Adaptable, AdaptedLinear, Deltas, Sites};
+use crate::adapters::{Adaptable, AdaptedLinear, BaseWeight, Deltas, Sites};
 use crate::error::{Error, Result};
 use crate::models::recompute::{LayerPasses, TaskLoss, checkpointed_backward};
 use crate::weights::Reader;
@@ -66,8 +66,13 @@ impl TemporalAttention {
     /// TimeSformer's start: block `layer`'s spatial norm and projections copied (fresh
     /// parameters), `fc` zero.
     fn from_spatial(layer: &Dinov2Layer, path: &str) -> Self {
+        // A quantized or 16-bit weight stays so, its blocks shared with the spatial linear's.
         let copy = |l: &AdaptedLinear, name: &str| {
-            AdaptedLinear::new(format!("{path}{name}"), l.weight.dense().detach(), l.bias.as_ref().map(|b| b.val().detach()))
+            let (path, bias) = (format!("{path}{name}"), l.bias.as_ref().map(|b| b.val().detach()));
+            match &l.weight {
+                BaseWeight::Quantized(blocks) => AdaptedLinear::quantized(path, blocks.clone(), bias),
+                BaseWeight::Dense(w) => AdaptedLinear::new(path, w.val().detach(), bias),
+            }
         };
         let hidden = layer.attention_output.d_out();
         let device = layer.attention_output.weight.device();
@@ -150,8 +155,9 @@ impl VideoVit {
 
     /// Loads a video model saved by [`VideoVit::save`], or an image ViT (`Dinov2Model`
     /// directory) with fresh temporal parts, for clips of `frames` frames at `image_size` pixels.
+    /// A file's F16 and BF16 linears stay 16-bit, but the new `temporal_fc`s, which train.
     pub fn load(dir: &Path, frames: usize, image_size: usize, device: &Device) -> Result<Self> {
-        let (mut tensors, file) = crate::weights::read_model_dir(dir)?;
+        let (mut tensors, mut kept, file) = crate::weights::read_model_dir_keeping(dir, true)?;
         let config_path = dir.join("config.json");
         let config = Dinov2Config::read(&config_path)?;
         if config.variant() != super::dinov2::Variant::Dinov2 {
@@ -161,7 +167,7 @@ impl VideoVit {
             ));
         }
         let saved_frames = config.extra.get(FRAMES_KEY).and_then(|v| v.as_u64()).map(|v| v as usize);
-        let spatial = Dinov2::from_tensors(config.clone(), &mut tensors, &file, "", device)?;
+        let spatial = Dinov2::from_reader(config.clone(), Reader::new(&mut tensors, &file, device).with_quantized(&mut kept), "")?;
         let model = match saved_frames {
             None => VideoVit::from_image(spatial, frames),
             Some(saved) if saved != frames => {
@@ -171,10 +177,13 @@ impl VideoVit {
                 ));
             }
             Some(_) => {
-                let mut r = Reader::new(&mut tensors, &file, device);
-                let temporal = (0..config.num_hidden_layers)
+                let mut r = Reader::new(&mut tensors, &file, device).with_quantized(&mut kept);
+                let mut temporal = (0..config.num_hidden_layers)
                     .map(|i| TemporalAttention::read(&mut r, &TemporalAttention::path("", i), &config))
                     .collect::<Result<Vec<_>>>()?;
+                for t in &mut temporal {
+                    t.fc.weight = t.fc.weight.clone().widened();
+                }
                 let time_embeddings = r.param(TIME_EMBEDDINGS, [frames, config.hidden_size])?;
                 VideoVit { spatial, temporal, time_embeddings, frames }
             }
