@@ -334,13 +334,13 @@ impl QuantizedMatrix {
         self.codes.len() + self.scales.bytes()
     }
 
-    /// Row `i`'s codes.
     /// Every block's codes, in row order: for the 16-bit floats, the values as stored
     /// (little-endian), row after row.
     pub fn codes(&self) -> &[u8] {
         &self.codes
     }
 
+    /// Row `i`'s codes.
     pub fn row_codes(&self, i: usize) -> &[u8] {
         let row_bytes = self.blocks_per_row() * self.format.code_bytes();
         &self.codes[i * row_bytes..(i + 1) * row_bytes]

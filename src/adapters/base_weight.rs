@@ -193,8 +193,13 @@ impl FrozenBlocks {
 
     /// The f32 `[d_in, d_out]` weight.
     fn widened(&self) -> Tensor<2> {
+        self.widened_on(&self.device)
+    }
+
+    /// The f32 `[d_in, d_out]` weight on `device`, widened on the host.
+    fn widened_on(&self, device: &Device) -> Tensor<2> {
         let m = &self.matrix;
-        Tensor::<2>::from_data(TensorData::new(m.dequantize(), [m.rows, m.cols]), &self.device).transpose()
+        Tensor::<2>::from_data(TensorData::new(m.dequantize(), [m.rows, m.cols]), device).transpose()
     }
 
     /// `x Wᵀ` over the last dimension of `x` (`[.., d_in]` -> `[.., d_out]`).
@@ -212,7 +217,7 @@ impl FrozenBlocks {
         let dtype = match m.format {
             BlockFormat::F16 => DType::F16,
             BlockFormat::Bf16 => DType::BF16,
-            _ => return Tensor::<2>::from_data(TensorData::new(m.dequantize(), [m.rows, m.cols]), device).transpose(),
+            _ => return self.widened_on(device),
         };
         let plain = self.device.clone().inner();
         let resident = self.resident.get_or_init(|| {

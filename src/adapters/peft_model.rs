@@ -29,16 +29,24 @@ pub trait Adaptable: Module {
         })
     }
     /// The model with its frozen base weights held as `quantize` says (`--quantize`): as the
-    /// file stores them, widened to f32, or converted to blocks or 16-bit floats; a model with
-    /// other tables it can hold so (a decoder's embedding and head) converts those too.
+    /// file stores them, widened to f32, or converted to blocks or 16-bit floats.
     fn quantized(self, quantize: super::base_weight::Quantize) -> Result<Self>
     where
         Self: Sized,
     {
         match quantize.target() {
             None => Ok(self),
-            Some(format) => convert_linears(self, format),
+            Some(format) => self.base_converted(format),
         }
+    }
+    /// Every base weight converted to `format` (f32 for `None`): the linears
+    /// ([`convert_linears`]), and the other tables a model can hold so (a decoder's embedding
+    /// and head); a model whose new layers train inside it leaves those f32.
+    fn base_converted(self, format: Option<crate::quantization::BlockFormat>) -> Result<Self>
+    where
+        Self: Sized,
+    {
+        convert_linears(self, format)
     }
 }
 

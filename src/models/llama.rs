@@ -24,7 +24,6 @@ use super::layers::{ReadLayers, RmsNorm, TokenEmbedding, attention};
 pub use super::llama_config::{LlamaConfig, Variant};
 pub use super::llama_positions::KvCache;
 use super::llama_positions::{LayerKv, Positions};
-use crate::adapters::base_weight::Quantize;
 use crate::adapters::{Adaptable, AdaptedLinear, BaseWeight, Deltas, FrozenBlocks};
 use crate::error::{Error, Result};
 use crate::files::write_json;
@@ -463,12 +462,8 @@ pub fn find_gguf(path: &Path) -> Result<Option<std::path::PathBuf>> {
 }
 
 impl Adaptable for Llama {
-    /// The linears, the embedding table and the output head held as `quantize` says.
-    fn quantized(self, quantize: Quantize) -> Result<Self> {
-        match quantize.target() {
-            None => Ok(self),
-            Some(format) => self.converted(format),
-        }
+    fn base_converted(self, format: Option<BlockFormat>) -> Result<Self> {
+        self.converted(format)
     }
 
     fn linears(&self) -> Vec<&AdaptedLinear> {

@@ -31,10 +31,10 @@ use burn::tensor::Gradients;
 
 use super::dinov2::{Dinov2, Dinov2Config, Dinov2Layer};
 use super::layers::{LayerNorm, ReadLayers, attention};
-use crate::adapters::base_weight::Quantize;
 use crate::adapters::{Adaptable, AdaptedLinear, BaseWeight, Deltas, Sites};
 use crate::error::{Error, Result};
 use crate::models::recompute::{LayerPasses, TaskLoss, checkpointed_backward};
+use crate::quantization::BlockFormat;
 use crate::weights::Reader;
 use crate::weights::tensors::{self, HostTensor};
 
@@ -353,10 +353,8 @@ impl Adaptable for VideoVit {
         VideoVit { spatial, temporal, ..self }
     }
 
-    /// The base's linears held as `quantize` says; the new `temporal_fc`s stay f32, as they
-    /// train in every run.
-    fn quantized(self, quantize: Quantize) -> Result<Self> {
-        let Some(format) = quantize.target() else { return Ok(self) };
+    /// The base's linears converted; the new `temporal_fc`s stay f32, as they train in every run.
+    fn base_converted(self, format: Option<BlockFormat>) -> Result<Self> {
         let new: Vec<AdaptedLinear> = self.temporal.iter().map(|t| t.fc.clone()).collect();
         let mut model = crate::adapters::convert_linears(self, format)?;
         for (t, fc) in model.temporal.iter_mut().zip(new) {

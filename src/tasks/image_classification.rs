@@ -175,6 +175,17 @@ impl ImageClassifier {
         merged.model.pixels.write_processor(dir, variant, merged.model.config.image_size)?;
         write_json(&dir.join("config.json"), &config)
     }
+
+    /// The class scores of the backbone's output tokens.
+    fn head_logits(&self, hidden: Tensor<3>) -> Tensor<2> {
+        let [_, tokens, _] = hidden.dims();
+        let cls = self.backbone.model.pooled(hidden.clone());
+        let pooled = match self.pooling {
+            ImagePooling::Cls => cls,
+            ImagePooling::ClsMean => Tensor::cat(vec![cls, hidden.narrow(1, 1, tokens - 1).mean_dim(1).squeeze_dim::<2>(1)], 1),
+        };
+        self.head.forward(pooled, &Deltas::none())
+    }
 }
 
 /// The transformers class a merged run's `config.json` names.
@@ -203,19 +214,6 @@ impl ClassifierModel for ImageClassifier {
         let pixels = self.backbone.model.pixels.from_imagenet(pixels.clone());
         let task = TaskLoss { deltas: &|| self.backbone.training_deltas(), loss: &|hidden| loss(self.head_logits(hidden)), scale };
         self.backbone.model.checkpointed_backward(pixels, task, collect)
-    }
-}
-
-impl ImageClassifier {
-    /// The class scores of the backbone's output tokens.
-    fn head_logits(&self, hidden: Tensor<3>) -> Tensor<2> {
-        let [_, tokens, _] = hidden.dims();
-        let cls = self.backbone.model.pooled(hidden.clone());
-        let pooled = match self.pooling {
-            ImagePooling::Cls => cls,
-            ImagePooling::ClsMean => Tensor::cat(vec![cls, hidden.narrow(1, 1, tokens - 1).mean_dim(1).squeeze_dim::<2>(1)], 1),
-        };
-        self.head.forward(pooled, &Deltas::none())
     }
 }
 
