@@ -308,23 +308,48 @@ impl QuantizedMatrix {
     /// Quantizes row-major `[rows, cols]` f32 values (`cols` a multiple of [`BLOCK`]).
     pub fn quantize(format: BlockFormat, rows: usize, cols: usize, values: &[f32], what: &str) -> Result<Self> {
         assert_eq!(values.len(), rows * cols, "values of the wrong length");
+        Self::quantize_rows(format, rows, cols, what, |range, out| {
+            out.extend_from_slice(&values[range.start * cols..range.end * cols]);
+            Ok(())
+        })
+    }
+
+    /// [`QuantizedMatrix::quantize`] of values that `rows_of(range, out)` appends to `out` a few
+    /// rows at a time, so that no f32 copy of the whole matrix is ever made (a file's matrix
+    /// converted as it is read).
+    pub fn quantize_rows(
+        format: BlockFormat,
+        rows: usize,
+        cols: usize,
+        what: &str,
+        mut rows_of: impl FnMut(std::ops::Range<usize>, &mut Vec<f32>) -> Result<()>,
+    ) -> Result<Self> {
         if !BlockFormat::QUANTIZABLE.contains(&format) {
             return Err(Error::Config(format!("{what}: quantizing to {format} is not supported (only reading it from a file)")));
         }
         if !cols.is_multiple_of(BLOCK) {
             return Err(Error::Config(format!("{what}: rows of {cols} values cannot be split into {format} blocks of {BLOCK}")));
         }
-        if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
-            return Err(Error::Config(format!("{what}: cannot quantize a matrix holding {bad}")));
-        }
-        if format == BlockFormat::F16
-            && let Some(big) = values.iter().find(|v| v.abs() > f16::MAX.to_f32())
-        {
-            return Err(Error::Config(format!("{what}: {big} is beyond f16's range (65504); bf16 holds it")));
-        }
-        let mut data = Vec::with_capacity(values.len() / BLOCK * format.stored_block().1);
-        for block in values.chunks_exact(BLOCK) {
-            quantize_block(format, block, &mut data);
+        const CHUNK_VALUES: usize = 1 << 20;
+        let chunk = (CHUNK_VALUES / cols.max(1)).max(1);
+        let mut data = Vec::with_capacity(rows * cols / BLOCK * format.stored_block().1);
+        let mut values = Vec::with_capacity(chunk.min(rows) * cols);
+        for start in (0..rows).step_by(chunk) {
+            let end = (start + chunk).min(rows);
+            values.clear();
+            rows_of(start..end, &mut values)?;
+            assert_eq!(values.len(), (end - start) * cols, "rows of the wrong length");
+            if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
+                return Err(Error::Config(format!("{what}: cannot quantize a matrix holding {bad}")));
+            }
+            if format == BlockFormat::F16
+                && let Some(big) = values.iter().find(|v| v.abs() > f16::MAX.to_f32())
+            {
+                return Err(Error::Config(format!("{what}: {big} is beyond f16's range (65504); bf16 holds it")));
+            }
+            for block in values.chunks_exact(BLOCK) {
+                quantize_block(format, block, &mut data);
+            }
         }
         Self::from_blocks(format, rows, cols, data, what)
     }

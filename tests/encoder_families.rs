@@ -11,6 +11,7 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
+use replora::adapters::base_weight::Quantize;
 use replora::adapters::{Adaptable, AdapterConfig, Deltas, Method, PeftModel, TargetModules};
 use replora::data::tokenize::EncoderInput;
 use replora::formats::peft::{self, PeftInfo};
@@ -124,7 +125,7 @@ fn each_family_defaults_to_peft_targets_and_its_task_prefix() {
             serde_json::from_str(&std::fs::read_to_string(dir.join("lora/adapter_config.json")).unwrap()).unwrap();
         let mut peft_targets: Vec<String> = serde_json::from_value(peft_config["target_modules"].clone()).unwrap();
         peft_targets.sort();
-        let model = Bert::load_in_task(&dir.join("model"), &device).unwrap();
+        let model = Bert::load_in_task(&dir.join("model"), Quantize::Stored, &device).unwrap();
         assert_eq!(peft_targets, model.targets_of(Method::Lora), "{name}");
         assert!(model.linears().iter().all(|l| l.path.starts_with(variant.task_prefix())), "{name}");
         for method in [Method::Replora, Method::Houlsby, Method::Prefix] {
@@ -411,7 +412,7 @@ fn modernbert_classifier_logits_equal_transformers() {
     let (expected, _) = tensors::read(&dir.join("expected.safetensors")).unwrap();
     let (weights, file) = (tensors::read(&classifier_dir.join("model.safetensors")).unwrap().0, classifier_dir.join("model.safetensors"));
     for (pooling, key) in [(Pooling::Cls, "logits_cls"), (Pooling::Mean, "logits_mean")] {
-        let encoder = Encoder::load_in_task(&classifier_dir, &device).unwrap();
+        let encoder = Encoder::load_in_task(&classifier_dir, Quantize::Stored, &device).unwrap();
         let head = weights.iter().filter(|(k, _)| k.starts_with("classifier.")).map(|(k, v)| (k.clone(), v.clone())).collect();
         let model = SequenceClassifier::new(PeftModel::full_finetune(encoder), 3, pooling, 0.0, 0).with_head(head, &file).unwrap();
         let logits = model.logits(&input, false).into_data().convert::<f32>().try_into_vec::<f32>().unwrap();

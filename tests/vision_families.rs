@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
+use replora::adapters::base_weight::Quantize;
 use replora::adapters::{Adaptable, AdapterConfig, Deltas, Method, PeftModel, TargetModules};
 use replora::files::read_json;
 use replora::formats::peft::{self, PeftInfo};
@@ -148,7 +149,7 @@ fn each_family_saves_merges_and_reloads_equal() {
         // A trained classifier merged and written as transformers reads it: the tower (with
         // the task prefix) and the head give the unmerged logits.
         let input = pixels.to_tensor::<4>(&device);
-        let in_task = Dinov2::load_in_task(&model_dir, &device).unwrap();
+        let in_task = Dinov2::load_in_task(&model_dir, Quantize::Stored, &device).unwrap();
         assert!(in_task.linears().iter().all(|l| l.path.starts_with(variant.task_prefix())), "{name}");
         let classifier = trained(in_task, Method::Lora, ImagePooling::Cls, &input);
         let unmerged = host(classifier.logits(&input, false));
@@ -168,7 +169,7 @@ fn each_family_saves_merges_and_reloads_equal() {
         );
         let head_file = if variant == Variant::Clip { merged_dir.join("head.safetensors") } else { merged_dir.join("model.safetensors") };
         let head = tensors::read(&head_file).unwrap().0;
-        let merged = Dinov2::load_in_task(&merged_dir, &device).unwrap();
+        let merged = Dinov2::load_in_task(&merged_dir, Quantize::Stored, &device).unwrap();
         let (w, b) = (head["classifier.weight"].clone(), head["classifier.bias"].clone());
         assert_eq!(w.shape, [3, 32], "{name}: the head reads the pooled feature only");
         // The classifier takes ImageNet-normalized batches; transformers' merged model, the
@@ -188,7 +189,7 @@ fn each_family_saves_merges_and_reloads_equal() {
 #[test]
 fn a_vit_cls_mean_head_has_no_transformers_layout() {
     let device = Device::flex().autodiff();
-    let model = Dinov2::load_in_task(&fixture("vit").join("model"), &device).unwrap();
+    let model = Dinov2::load_in_task(&fixture("vit").join("model"), Quantize::Stored, &device).unwrap();
     let classifier = ImageClassifier::new(PeftModel::new(model, &AdapterConfig::default()).unwrap(), 3, ImagePooling::ClsMean, 1);
     let e = classifier.hf_head_tensors().unwrap_err().to_string();
     assert!(e.contains("ViTForImageClassification") && e.contains("--image-pooling cls"), "{e}");
@@ -220,7 +221,7 @@ fn a_classifier_feeds_its_tower_pixels_normalized_as_its_family_does() {
         (fixture("clip").join("model"), PixelStatistics::CLIP),
         (with_processor, own),
     ] {
-        let model = Dinov2::load_in_task(&dir, &device).unwrap();
+        let model = Dinov2::load_in_task(&dir, Quantize::Stored, &device).unwrap();
         assert_eq!(model.pixels, stats, "{}", dir.display());
         let side = model.config.image_size;
         let targets = model.targets_of(Method::Lora).iter().map(|t| t.to_string()).collect();
@@ -337,7 +338,7 @@ fn the_cli_describes_and_trains_each_family() {
             let o = support::replora(&[command, "--run", run_s, "--out", tmp.path().join(format!("{name}-{out}")).to_str().unwrap()]);
             assert!(o.status.success(), "{name} {command}: {}", support::stderr(&o));
         }
-        let merged = Dinov2::load_in_task(&tmp.path().join(format!("{name}-merged")), &Device::flex()).unwrap();
+        let merged = Dinov2::load_in_task(&tmp.path().join(format!("{name}-merged")), Quantize::Stored, &Device::flex()).unwrap();
         assert_eq!((merged.variant(), merged.config.image_size), (variant, 14), "{name}: the merged tower at the run's size");
     }
 }

@@ -60,6 +60,17 @@ impl Quantize {
             Quantize::F16 => Some(Some(BlockFormat::F16)),
         }
     }
+
+    /// How a safetensors checkpoint's matrices are read for this choice: each linear is
+    /// converted as it is read, so an f32 file never exists whole in f32 beside its conversion.
+    pub fn matrices(self) -> crate::weights::Matrices {
+        use crate::weights::Matrices;
+        match self.target() {
+            None => Matrices::Stored,
+            Some(None) => Matrices::Widened,
+            Some(Some(format)) => Matrices::Converted(format),
+        }
+    }
 }
 
 /// A linear's base weight.
@@ -98,7 +109,7 @@ impl BaseWeight {
     pub fn device(&self) -> Device {
         match self {
             BaseWeight::Dense(w) => w.device(),
-            BaseWeight::Quantized(q) => q.device.clone(),
+            BaseWeight::Quantized(q) => q.device(),
         }
     }
 
@@ -189,6 +200,11 @@ pub struct FrozenBlocks {
 impl FrozenBlocks {
     pub fn new(matrix: QuantizedMatrix, device: &Device) -> Self {
         Self { matrix: Arc::new(matrix), device: device.clone(), resident: Arc::default() }
+    }
+
+    /// The device its products run on.
+    pub fn device(&self) -> Device {
+        self.device.clone()
     }
 
     /// The f32 `[d_in, d_out]` weight.

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use super::bert_config::{BertConfig, HiddenAct, Variant};
 use super::layers::{LayerNorm, ReadLayers, attention};
+use crate::adapters::base_weight::Quantize;
 use crate::adapters::{Adaptable, AdaptedLinear, Deltas};
 use crate::data::tokenize::EncoderInput;
 use crate::error::{Error, Result};
@@ -161,16 +162,22 @@ impl Bert {
     /// family's task prefix (`bert.`, `roberta.`, `distilbert.`) or none; module paths get `prefix`.
     /// A file's F16 and BF16 linears stay 16-bit (see [`crate::adapters::FrozenBlocks`]).
     pub fn load(dir: &Path, prefix: &str, device: &Device) -> Result<Self> {
-        let (mut tensors, mut kept, file) = crate::weights::read_model_dir_keeping(dir, true)?;
+        Self::load_as(dir, prefix, Quantize::Stored, device)
+    }
+
+    /// [`Bert::load`] with the base weights held as `quantize` says (`--quantize`), each linear
+    /// converted as it is read.
+    pub fn load_as(dir: &Path, prefix: &str, quantize: Quantize, device: &Device) -> Result<Self> {
         let config = BertConfig::read(&dir.join(CONFIG_FILE))?;
-        Self::from_reader(config, Reader::new(&mut tensors, &file, device).with_quantized(&mut kept), prefix)
+        let mut checkpoint = crate::weights::open_model_dir(dir)?;
+        Self::from_reader(config, Reader::mapped(&mut checkpoint, quantize.matrices(), device), prefix)?.quantized(quantize)
     }
 
     /// [`Bert::load`] with module paths as in the family's transformers task models (`bert.`,
     /// `roberta.`, `distilbert.`), as a classifier's encoder.
-    pub fn load_in_task(dir: &Path, device: &Device) -> Result<Self> {
+    pub fn load_in_task(dir: &Path, quantize: Quantize, device: &Device) -> Result<Self> {
         let config = BertConfig::read(&dir.join(CONFIG_FILE))?;
-        Self::load(dir, config.variant().task_prefix(), device)
+        Self::load_as(dir, config.variant().task_prefix(), quantize, device)
     }
 
     /// Builds the model from an already read checkpoint, removing the tensors it uses from

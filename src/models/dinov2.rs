@@ -21,6 +21,7 @@ pub use super::dinov2_onnx::{convert_onnx_dir, from_onnx};
 use super::layers::{Activation, LayerNorm, ReadLayers, attention};
 use super::pixels::PixelStatistics;
 pub use super::vit_config::{Dinov2Config, Variant};
+use crate::adapters::base_weight::Quantize;
 use crate::adapters::{Adaptable, AdaptedLinear, Deltas};
 use crate::error::{Error, Result};
 use crate::files::write_json;
@@ -122,11 +123,17 @@ impl Dinov2 {
     /// Loads `config.json` and `model.safetensors` from `dir`; tensor names may carry the
     /// variant's task prefix (`dinov2.`, `vit.`, `vision_model.`) or none; module paths get
     /// `prefix`.
+    /// A file's F16 and BF16 linears stay 16-bit (see `adapters::FrozenBlocks`).
     pub fn load(dir: &Path, prefix: &str, device: &Device) -> Result<Self> {
+        Self::load_as(dir, prefix, Quantize::Stored, device)
+    }
+
+    /// [`Dinov2::load`] with the base weights held as `quantize` says (`--quantize`), each
+    /// linear converted as it is read.
+    pub fn load_as(dir: &Path, prefix: &str, quantize: Quantize, device: &Device) -> Result<Self> {
         let config = Dinov2Config::read(&dir.join(CONFIG_FILE))?;
-        // A file's F16 and BF16 linears stay 16-bit (see `adapters::FrozenBlocks`).
-        let (mut tensors, mut kept, file) = crate::weights::read_model_dir_keeping(dir, true)?;
-        let model = Self::from_reader(config, Reader::new(&mut tensors, &file, device).with_quantized(&mut kept), prefix)?;
+        let mut checkpoint = crate::weights::open_model_dir(dir)?;
+        let model = Self::from_reader(config, Reader::mapped(&mut checkpoint, quantize.matrices(), device), prefix)?.quantized(quantize)?;
         // The checkpoint's own processor, where it ships one, over the family's default.
         Ok(match PixelStatistics::read(dir)? {
             Some(pixels) => Self { pixels, ..model },
@@ -136,9 +143,9 @@ impl Dinov2 {
 
     /// Loads `dir` with its variant's task prefix on module paths (`vit.`), as an image
     /// classifier names them.
-    pub fn load_in_task(dir: &Path, device: &Device) -> Result<Self> {
+    pub fn load_in_task(dir: &Path, quantize: Quantize, device: &Device) -> Result<Self> {
         let variant = Dinov2Config::read(&dir.join(CONFIG_FILE))?.variant();
-        Self::load(dir, variant.task_prefix(), device)
+        Self::load_as(dir, variant.task_prefix(), quantize, device)
     }
 
     pub fn variant(&self) -> Variant {

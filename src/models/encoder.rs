@@ -12,6 +12,7 @@ use burn::tensor::Gradients;
 use super::bert::{Bert, Pooling, Variant, pool};
 use super::modernbert::ModernBert;
 use super::modernbert_config::MODEL_TYPE;
+use crate::adapters::base_weight::Quantize;
 use crate::adapters::{Adaptable, AdaptedLinear, Deltas, Method};
 use crate::data::tokenize::EncoderInput;
 use crate::error::Result;
@@ -44,17 +45,23 @@ pub fn default_targets(model: &str, method: Method) -> &'static [&'static str] {
 impl Encoder {
     /// Loads the encoder in `dir` with module paths under `prefix`.
     pub fn load(dir: &Path, prefix: &str, device: &Device) -> Result<Self> {
+        Self::load_as(dir, prefix, Quantize::Stored, device)
+    }
+
+    /// [`Encoder::load`] with the base weights held as `quantize` says.
+    pub fn load_as(dir: &Path, prefix: &str, quantize: Quantize, device: &Device) -> Result<Self> {
         match is_modernbert(dir) {
-            true => Ok(Encoder::ModernBert(ModernBert::load(dir, prefix, device)?)),
-            false => Ok(Encoder::Bert(Bert::load(dir, prefix, device)?)),
+            true => Ok(Encoder::ModernBert(ModernBert::load_as(dir, prefix, quantize, device)?)),
+            false => Ok(Encoder::Bert(Bert::load_as(dir, prefix, quantize, device)?)),
         }
     }
 
-    /// Loads the encoder in `dir` with module paths as in its transformers task models.
-    pub fn load_in_task(dir: &Path, device: &Device) -> Result<Self> {
+    /// Loads the encoder in `dir` with module paths as in its transformers task models, its base
+    /// weights held as `quantize` says.
+    pub fn load_in_task(dir: &Path, quantize: Quantize, device: &Device) -> Result<Self> {
         match is_modernbert(dir) {
-            true => Ok(Encoder::ModernBert(ModernBert::load_in_task(dir, device)?)),
-            false => Ok(Encoder::Bert(Bert::load_in_task(dir, device)?)),
+            true => Ok(Encoder::ModernBert(ModernBert::load_in_task(dir, quantize, device)?)),
+            false => Ok(Encoder::Bert(Bert::load_in_task(dir, quantize, device)?)),
         }
     }
 

@@ -62,7 +62,7 @@ impl ReadLayers for Reader<'_> {
                 }
                 Stored::Dense(weight) => {
                     let block = HostTensor { shape: vec![*rows, d_in], data: weight.data[start * d_in..(start + rows) * d_in].to_vec() };
-                    AdaptedLinear::new(path, block.transpose().to_tensor(self.device()), b)
+                    AdaptedLinear::new(path, block.transpose().into_tensor(self.device()), b)
                 }
             };
             out.push(linear.fused_into(FusedRows { module: module.clone(), start, total }));
@@ -201,7 +201,10 @@ impl TokenEmbedding {
 
     /// The table stored as `format`, or as f32 for `None` ([`BaseWeight::converted`]).
     pub fn converted(self, format: Option<BlockFormat>) -> Result<Self> {
-        let device = self.dense().device();
+        let device = match &self {
+            TokenEmbedding::Dense(table) => table.device(),
+            TokenEmbedding::Quantized(q) => q.device(),
+        };
         match (format, &self) {
             (None, _) => Ok(self.widened()),
             (Some(f), TokenEmbedding::Quantized(q)) if q.matrix.format == f => Ok(self),

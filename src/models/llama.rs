@@ -24,6 +24,7 @@ use super::layers::{ReadLayers, RmsNorm, TokenEmbedding, attention};
 pub use super::llama_config::{LlamaConfig, Variant};
 pub use super::llama_positions::KvCache;
 use super::llama_positions::{LayerKv, Positions};
+use crate::adapters::base_weight::Quantize;
 use crate::adapters::{Adaptable, AdaptedLinear, BaseWeight, Deltas, FrozenBlocks};
 use crate::error::{Error, Result};
 use crate::files::write_json;
@@ -163,17 +164,23 @@ pub struct Llama {
 impl Llama {
     /// Loads a model from a Hugging Face directory (`config.json` + `model.safetensors`), a
     /// `.gguf` file, or a directory holding exactly one `.gguf` file. Quantized and 16-bit
-    /// matrices stay as stored (`--quantize` converts them after).
+    /// matrices stay as stored.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        match find_gguf(path)? {
-            Some(file) => Self::from_gguf(&Gguf::open(&file)?, &file, device),
+        Self::load_as(path, Quantize::Stored, device)
+    }
+
+    /// [`Llama::load`] with the frozen weights held as `quantize` says (`--quantize`): a Hugging
+    /// Face directory's matrices are converted as they are read, a GGUF's blocks after.
+    pub fn load_as(path: &Path, quantize: Quantize, device: &Device) -> Result<Self> {
+        let model = match find_gguf(path)? {
+            Some(file) => Self::from_gguf(&Gguf::open(&file)?, &file, device)?,
             None => {
-                // F16/BF16 matrices stay 16-bit, as a GGUF's blocks stay quantized.
                 let config = LlamaConfig::read(&path.join(CONFIG_FILE))?;
-                let (mut tensors, mut kept, file) = crate::weights::read_model_dir_keeping(path, true)?;
-                Self::from_reader(config, Reader::new(&mut tensors, &file, device).with_quantized(&mut kept))
+                let mut checkpoint = crate::weights::open_model_dir(path)?;
+                Self::from_reader(config, Reader::mapped(&mut checkpoint, quantize.matrices(), device))?
             }
-        }
+        };
+        model.quantized(quantize)
     }
 
     /// Builds the model from a parsed GGUF file: block-quantized matrices (the linears and the
@@ -200,7 +207,7 @@ impl Llama {
         let optional = |r: &mut Reader, name: &str, width: usize, present: bool| present.then(|| norm(r, name, width)).transpose();
         let embed = match r.take_quantized("model.embed_tokens.weight", c.vocab_size, h)? {
             Some(m) => TokenEmbedding::Quantized(FrozenBlocks::new(m, device)),
-            None => TokenEmbedding::Dense(Param::from_tensor(r.take("model.embed_tokens.weight", [c.vocab_size, h])?.to_tensor(device))),
+            None => TokenEmbedding::Dense(Param::from_tensor(r.take("model.embed_tokens.weight", [c.vocab_size, h])?.into_tensor(device))),
         };
         let layers = (0..c.num_hidden_layers)
             .map(|i| {
@@ -243,7 +250,7 @@ impl Llama {
             // Some checkpoints store the tied head as well; it must be the table itself.
             let differs = match &embed {
                 TokenEmbedding::Dense(table) => {
-                    r.take_if_present("lm_head.weight").is_some_and(|s| s != HostTensor::from_tensor(&table.val()))
+                    r.take_if_present("lm_head.weight")?.is_some_and(|s| s != HostTensor::from_tensor(&table.val()))
                 }
                 TokenEmbedding::Quantized(table) => {
                     r.take_quantized("lm_head.weight", c.vocab_size, h)?.is_some_and(|s| s != *table.matrix)
@@ -260,7 +267,7 @@ impl Llama {
         } else {
             Some(match r.take_quantized("lm_head.weight", c.vocab_size, h)? {
                 Some(m) => BaseWeight::Quantized(FrozenBlocks::new(m, device)),
-                None => BaseWeight::Dense(Param::from_tensor(r.take("lm_head.weight", [c.vocab_size, h])?.transpose().to_tensor(device))),
+                None => BaseWeight::Dense(Param::from_tensor(r.take("lm_head.weight", [c.vocab_size, h])?.transpose().into_tensor(device))),
             })
         };
         r.reject_extra_layers("model.layers.", c.num_hidden_layers)?;

@@ -141,8 +141,8 @@ impl Family {
         }
     }
 
-    /// Loads `model` and describes it.
-    pub fn info(self, model: &str, device: &Device) -> Result<ModelInfo> {
+    /// Loads `model`, its base weights held as `quantize` says, and describes it.
+    pub fn info(self, model: &str, quantize: crate::adapters::base_weight::Quantize, device: &Device) -> Result<ModelInfo> {
         fn of<A: Architecture>(a: &A, source: &Path) -> ModelInfo {
             use crate::adapters::Method;
             let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect();
@@ -160,17 +160,17 @@ impl Family {
         match self {
             Family::Bert => {
                 let dir = resolve(model)?;
-                Ok(of(&encoder::Encoder::load(&dir, "", device)?, &dir))
+                Ok(of(&encoder::Encoder::load_as(&dir, "", quantize, device)?, &dir))
             }
             Family::Llama => {
                 // The model alone: a description needs no tokenizer.
                 let path = resolve(model)?;
                 let source = llama::find_gguf(&path)?.unwrap_or_else(|| path.clone());
-                Ok(of(&llama::Llama::load(&path, device)?, &source))
+                Ok(of(&llama::Llama::load_as(&path, quantize, device)?, &source))
             }
             Family::Dinov2 => {
                 let dir = resolve(model)?;
-                Ok(of(&dinov2::Dinov2::load(&dir, "", device)?, &dir))
+                Ok(of(&dinov2::Dinov2::load_as(&dir, "", quantize, device)?, &dir))
             }
         }
     }

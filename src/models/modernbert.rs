@@ -27,6 +27,7 @@ use super::bert::{Pooling, pool};
 use super::layers::{LayerNorm, ReadLayers, attention};
 use super::llama_positions::rope_tables;
 pub use super::modernbert_config::ModernBertConfig;
+use crate::adapters::base_weight::Quantize;
 use crate::adapters::{Adaptable, AdaptedLinear, Deltas, put_linears};
 use crate::data::tokenize::EncoderInput;
 use crate::error::{Error, Result};
@@ -121,14 +122,20 @@ impl ModernBert {
     /// or not, module paths get `prefix`.
     /// A file's F16 and BF16 linears stay 16-bit (see [`crate::adapters::FrozenBlocks`]).
     pub fn load(dir: &Path, prefix: &str, device: &Device) -> Result<Self> {
-        let config = ModernBertConfig::read(&dir.join(CONFIG_FILE))?;
-        let (mut tensors, mut kept, file) = crate::weights::read_model_dir_keeping(dir, true)?;
-        Self::from_reader(config, Reader::new(&mut tensors, &file, device).with_quantized(&mut kept), prefix)
+        Self::load_as(dir, prefix, Quantize::Stored, device)
     }
 
-    /// [`ModernBert::load`] with module paths as in transformers' task models (`model.`).
-    pub fn load_in_task(dir: &Path, device: &Device) -> Result<Self> {
-        Self::load(dir, TASK_PREFIX, device)
+    /// [`ModernBert::load`] with the base weights held as `quantize` says (`--quantize`), each
+    /// linear converted as it is read.
+    pub fn load_as(dir: &Path, prefix: &str, quantize: Quantize, device: &Device) -> Result<Self> {
+        let config = ModernBertConfig::read(&dir.join(CONFIG_FILE))?;
+        let mut checkpoint = crate::weights::open_model_dir(dir)?;
+        Self::from_reader(config, Reader::mapped(&mut checkpoint, quantize.matrices(), device), prefix)?.quantized(quantize)
+    }
+
+    /// [`ModernBert::load_as`] with module paths as in transformers' task models (`model.`).
+    pub fn load_in_task(dir: &Path, quantize: Quantize, device: &Device) -> Result<Self> {
+        Self::load_as(dir, TASK_PREFIX, quantize, device)
     }
 
     /// Builds the model from an already read checkpoint, removing the tensors it uses.

@@ -31,6 +31,7 @@ use burn::tensor::Gradients;
 
 use super::dinov2::{Dinov2, Dinov2Config, Dinov2Layer};
 use super::layers::{LayerNorm, ReadLayers, attention};
+use crate::adapters::base_weight::Quantize;
 use crate::adapters::{Adaptable, AdaptedLinear, BaseWeight, Deltas, Sites};
 use crate::error::{Error, Result};
 use crate::models::recompute::{LayerPasses, TaskLoss, checkpointed_backward};
@@ -156,8 +157,10 @@ impl VideoVit {
     /// Loads a video model saved by [`VideoVit::save`], or an image ViT (`Dinov2Model`
     /// directory) with fresh temporal parts, for clips of `frames` frames at `image_size` pixels.
     /// A file's F16 and BF16 linears stay 16-bit, but the new `temporal_fc`s, which train.
-    pub fn load(dir: &Path, frames: usize, image_size: usize, device: &Device) -> Result<Self> {
-        let (mut tensors, mut kept, file) = crate::weights::read_model_dir_keeping(dir, true)?;
+    /// With `quantize`, the base's linears are held as it says (`--quantize`), the image ViT's
+    /// converted as they are read.
+    pub fn load(dir: &Path, frames: usize, image_size: usize, quantize: Quantize, device: &Device) -> Result<Self> {
+        let mut checkpoint = crate::weights::open_model_dir(dir)?;
         let config_path = dir.join("config.json");
         let config = Dinov2Config::read(&config_path)?;
         if config.variant() != super::dinov2::Variant::Dinov2 {
@@ -167,7 +170,7 @@ impl VideoVit {
             ));
         }
         let saved_frames = config.extra.get(FRAMES_KEY).and_then(|v| v.as_u64()).map(|v| v as usize);
-        let spatial = Dinov2::from_reader(config.clone(), Reader::new(&mut tensors, &file, device).with_quantized(&mut kept), "")?;
+        let spatial = Dinov2::from_reader(config.clone(), Reader::mapped(&mut checkpoint, quantize.matrices(), device), "")?;
         let model = match saved_frames {
             None => VideoVit::from_image(spatial, frames),
             Some(saved) if saved != frames => {
@@ -177,7 +180,9 @@ impl VideoVit {
                 ));
             }
             Some(_) => {
-                let mut r = Reader::new(&mut tensors, &file, device).with_quantized(&mut kept);
+                // Read as stored: `temporal_fc` trains in f32, so converting it on the way in
+                // would round it; `quantized` below converts the rest.
+                let mut r = Reader::mapped(&mut checkpoint, crate::weights::Matrices::Stored, device);
                 let mut temporal = (0..config.num_hidden_layers)
                     .map(|i| TemporalAttention::read(&mut r, &TemporalAttention::path("", i), &config))
                     .collect::<Result<Vec<_>>>()?;
@@ -188,7 +193,7 @@ impl VideoVit {
                 VideoVit { spatial, temporal, time_embeddings, frames }
             }
         };
-        model.with_image_size(image_size)
+        model.with_image_size(image_size)?.quantized(quantize)
     }
 
     /// The model for `size` x `size` frames (the spatial position table resized).

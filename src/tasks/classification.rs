@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use super::heads::{ClassifierModel, SequenceClassifier, evaluate};
 use super::hf_layout::{self, HfLayout};
 use super::{Task, TaskKind, TestScores, Tuning};
+use crate::adapters::PeftModel;
 use crate::adapters::base_weight::Quantize;
-use crate::adapters::{Adaptable, PeftModel};
 use crate::data::{self, BatchConfig, Columns, Dataset, EncodedDataset, LoadOptions, SplitConfig, Tokenizer};
 use crate::error::{Error, Result};
 use crate::files::{read_json, write_json};
@@ -135,7 +135,7 @@ impl Task for Classification {
 
     fn open(spec: ClassificationSpec, device: &Device) -> Result<Self> {
         let model_dir = crate::models::resolve(&spec.model)?;
-        let encoder = Encoder::load_in_task(&model_dir, device)?.quantized(spec.quantize)?;
+        let encoder = Encoder::load_in_task(&model_dir, spec.quantize, device)?;
         encoder.check_fits(spec.max_len, spec.tuning.layers())?;
         let tokenizer = Tokenizer::from_model_dir(&model_dir)?.with_max_len(spec.max_len)?;
         Ok(Self { spec, model_dir, encoder, tokenizer, device: device.clone(), run_labels: Default::default() })
@@ -201,8 +201,10 @@ impl Task for Classification {
         let labels: Vec<String> = read_json(&out.join(LABELS_FILE))?;
         super::heads::check_head_labels(&out.join(HEAD_FILE), &out.join(LABELS_FILE), labels.len())?;
         let _ = self.run_labels.set(labels.clone());
-        let encoder =
-            self.spec.tuning.restore(self.encoder.clone(), out, Self::FULL_MODEL_DIR, |dir| Encoder::load_in_task(dir, device))?;
+        let encoder = self
+            .spec
+            .tuning
+            .restore(self.encoder.clone(), out, Self::FULL_MODEL_DIR, |dir| Encoder::load_in_task(dir, Quantize::Stored, device))?;
         let s = &self.spec;
         SequenceClassifier::new(encoder, labels.len(), s.pooling, s.head_dropout, s.train.seed).load_head(&out.join(HEAD_FILE))
     }

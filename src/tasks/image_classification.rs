@@ -18,7 +18,7 @@ use serde_json::json;
 use super::heads::{ClassifierModel, HEAD, LabelledBatch, evaluate, head_tensors, new_head, read_head};
 use super::{Task, TaskKind, TestScores, Tuning};
 use crate::adapters::base_weight::Quantize;
-use crate::adapters::{Adaptable, AdaptedLinear, Deltas, PeftModel};
+use crate::adapters::{AdaptedLinear, Deltas, PeftModel};
 use crate::data::images::{self, Augment, ImageBatch, ImageSet, ImageSplits, Protocol};
 use crate::error::{Error, Result};
 use crate::files::{read_json, write_json};
@@ -335,7 +335,7 @@ impl Task for ImageClassification {
 
     fn open(spec: ImageClassificationSpec, device: &Device) -> Result<Self> {
         let model_dir = crate::models::resolve(&spec.model)?;
-        let backbone = Dinov2::load_in_task(&model_dir, device)?.quantized(spec.quantize)?;
+        let backbone = Dinov2::load_in_task(&model_dir, spec.quantize, device)?;
         check_memory(&spec, &backbone.config)?;
         let backbone = backbone.with_image_size(spec.image_size)?;
         backbone.check_fits(1, spec.tuning.layers())?;
@@ -421,8 +421,10 @@ impl Task for ImageClassification {
         let labels: Vec<String> = read_json(&out.join(LABELS_FILE))?;
         super::heads::check_head_labels(&out.join(HEAD_FILE), &out.join(LABELS_FILE), labels.len())?;
         let _ = self.run_labels.set(labels.clone());
-        let backbone =
-            self.spec.tuning.restore(self.backbone.clone(), out, Self::FULL_MODEL_DIR, |dir| Dinov2::load_in_task(dir, device))?;
+        let backbone = self
+            .spec
+            .tuning
+            .restore(self.backbone.clone(), out, Self::FULL_MODEL_DIR, |dir| Dinov2::load_in_task(dir, Quantize::Stored, device))?;
         ImageClassifier::new(backbone, labels.len(), self.spec.pooling, self.spec.train.seed).load_head(&out.join(HEAD_FILE))
     }
 

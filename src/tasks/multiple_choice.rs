@@ -188,7 +188,7 @@ impl Task for MultipleChoice {
     type Data = ChoiceData;
 
     fn open(spec: MultipleChoiceSpec, device: &Device) -> Result<Self> {
-        let decoder = Decoder::open_keeping(&spec.model, spec.keep_layers, device)?.quantized(spec.quantize)?;
+        let decoder = Decoder::open_keeping(&spec.model, spec.keep_layers, spec.quantize, device)?;
         decoder.model.check_fits(spec.max_len, spec.tuning.layers())?;
         let p = spec.tuning.adapter().map_or(0, |a| a.method.virtual_tokens());
         if p > 0 {

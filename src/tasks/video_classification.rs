@@ -18,7 +18,7 @@ use serde_json::json;
 use super::heads::{ClassifierModel, HEAD, LabelledBatch, evaluate, head_tensors, new_head, read_head};
 use super::{Task, TaskKind, TestScores, Tuning};
 use crate::adapters::base_weight::Quantize;
-use crate::adapters::{Adaptable, AdaptedLinear, Deltas, PeftModel};
+use crate::adapters::{AdaptedLinear, Deltas, PeftModel};
 use crate::data::video::{self, VideoBatch, VideoProtocol, VideoSet, VideoSplits};
 use crate::error::{Error, Result};
 use crate::files::{read_json, write_json};
@@ -238,7 +238,7 @@ impl VideoClassification {
     }
 
     fn load_base(&self, dir: &Path, device: &Device) -> Result<VideoVit> {
-        VideoVit::load(dir, self.spec.frames, self.spec.image_size, device)
+        VideoVit::load(dir, self.spec.frames, self.spec.image_size, Quantize::Stored, device)
     }
 }
 
@@ -252,7 +252,7 @@ impl Task for VideoClassification {
 
     fn open(spec: VideoClassificationSpec, device: &Device) -> Result<Self> {
         let model_dir = crate::models::resolve(&spec.model)?;
-        let backbone = VideoVit::load(&model_dir, spec.frames, spec.image_size, device)?.quantized(spec.quantize)?;
+        let backbone = VideoVit::load(&model_dir, spec.frames, spec.image_size, spec.quantize, device)?;
         check_memory(&spec, &backbone.spatial.config)?;
         crate::models::Architecture::check_fits(&backbone, 1, spec.tuning.layers())?;
         Ok(Self { spec, model_dir, backbone, device: device.clone(), run_labels: Default::default() })

@@ -271,7 +271,7 @@ impl Task for Vqa {
         let vit = Dinov2::load(&crate::models::resolve(&spec.vision_model)?, "", &device.clone().inner())?;
         let vit = vit.with_image_size(spec.image_size)?;
         vision_language::check_grid(&vit, spec.visual_grid)?;
-        let decoder = Decoder::open_keeping(&spec.model, spec.keep_layers, device)?.quantized(spec.quantize)?;
+        let decoder = Decoder::open_keeping(&spec.model, spec.keep_layers, spec.quantize, device)?;
         let p = spec.tuning.adapter().map_or(0, |a| a.method.virtual_tokens());
         let positions = vision_language::visual_tokens(spec.visual_grid) + spec.max_len + p;
         if positions > decoder.model.max_positions() {

@@ -66,7 +66,7 @@ pub fn run(args: &BenchArgs) -> Result<DecodeResult> {
         return Err(Error::Config("--new-tokens must be at least 2 (the first token and one decoded after it)".into()));
     }
     let device = args.device.open()?;
-    let model = crate::models::decoder::Decoder::open(&args.model, &device)?.quantized(args.quantize)?.model;
+    let model = crate::models::decoder::Decoder::open_as(&args.model, args.quantize, &device)?.model;
     let c = model.config.clone();
     if args.seq + args.new_tokens > c.max_position_embeddings {
         return Err(Error::Config(format!(

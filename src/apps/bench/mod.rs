@@ -22,7 +22,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::adapters::base_weight::Quantize;
-use crate::adapters::{Adaptable, AdapterConfig, Method, PeftModel, TargetModules};
+use crate::adapters::{AdapterConfig, Method, PeftModel, TargetModules};
 use crate::data::Batch;
 use crate::error::Result;
 use crate::models::bert::{Bert, Pooling};
@@ -149,7 +149,7 @@ fn adapt<A: Architecture>(model: A, args: &BenchArgs) -> Result<PeftModel<A>> {
 }
 
 fn build(args: &BenchArgs, device: &Device) -> Result<SequenceClassifier> {
-    let bert = Encoder::Bert(Bert::load(&crate::models::resolve(&args.model)?, "bert.", device)?).quantized(args.quantize)?;
+    let bert = Encoder::Bert(Bert::load_as(&crate::models::resolve(&args.model)?, "bert.", args.quantize, device)?);
     Ok(SequenceClassifier::new(adapt(bert, args)?, 4, Pooling::Mean, 0.0, 0))
 }
 
@@ -301,7 +301,7 @@ fn run_encoder(args: &BenchArgs, device: &Device) -> Result<BenchResult> {
 fn run_decoder(args: &BenchArgs, device: &Device) -> Result<BenchResult> {
     let started = Instant::now();
     let device = device.clone().autodiff();
-    let llama = crate::models::decoder::Decoder::open(&args.model, &device)?.quantized(args.quantize)?.model;
+    let llama = crate::models::decoder::Decoder::open_as(&args.model, args.quantize, &device)?.model;
     let c = llama.config.clone();
     let model = CausalLm { decoder: adapt(llama, args)? };
     let mut rng = StdRng::seed_from_u64(0);

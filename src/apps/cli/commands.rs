@@ -74,7 +74,7 @@ pub fn run(command: Command) -> Result<()> {
             eprintln!("logits of {} texts written to {}", text.len(), out.display());
             Ok(())
         }
-        Command::Info { model, rank, targets } => info(&model, rank, targets),
+        Command::Info { model, rank, targets, quantize } => info(&model, rank, targets, quantize),
         Command::Generate { model, quantize, run, image, prompt, chat, max_new_tokens, temperature, top_p, seed, device } => {
             let device = device.open()?;
             let sampling = crate::generate::Sampling { max_new_tokens, temperature, top_p, seed, stop: vec![] };
@@ -305,7 +305,7 @@ fn predict(run: &Path, texts: Vec<String>, input: Option<&Path>, device: &Device
     Ok(())
 }
 
-fn info(model: &str, rank: usize, targets: Option<Vec<String>>) -> Result<()> {
+fn info(model: &str, rank: usize, targets: Option<Vec<String>>, quantize: crate::adapters::base_weight::Quantize) -> Result<()> {
     let Some(family) = Family::detect(model) else {
         crate::models::resolve(model)?; // a missing path: say so
         return Err(Error::Config(format!(
@@ -313,7 +313,7 @@ fn info(model: &str, rank: usize, targets: Option<Vec<String>>) -> Result<()> {
             crate::models::known_model_types()
         )));
     };
-    let info = family.info(model, &Device::flex())?;
+    let info = family.info(model, quantize, &Device::flex())?;
     println!("{}\nparameters: {}\n{}\n\nlinear modules (d_in -> d_out):", info.description, info.params, info.weights_held);
     for (path, d_in, d_out) in &info.linears {
         match info.fused.get(path) {

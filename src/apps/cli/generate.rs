@@ -55,7 +55,7 @@ pub fn generate_cli(
             let deltas = model.decoder.deltas();
             (task.decoder, deltas)
         }
-        DecoderSource::Model { name, quantize } => (Decoder::open(name, device)?.quantized(quantize)?, Deltas::none()),
+        DecoderSource::Model { name, quantize } => (Decoder::open_as(name, quantize, device)?, Deltas::none()),
     };
     let text = if chat { decoder.chat_prompt(prompt)? } else { prompt.to_string() };
     let ids = decoder.encode_prompt(&text)?;

@@ -183,6 +183,11 @@ pub enum Command {
         /// Targets used for the per-method parameter counts [default: the attention query and value].
         #[arg(long, value_delimiter = ',')]
         targets: Option<Vec<String>>,
+        /// Hold the base weights as `train --quantize` would (the "linear weights" line gives
+        /// their size): as stored, widened to f32 (`none`), or converted to 8- or 4-bit blocks or
+        /// 16-bit floats
+        #[arg(long, default_value = "stored", value_parser = spec_args::choice::<crate::adapters::base_weight::Quantize>())]
+        quantize: crate::adapters::base_weight::Quantize,
     },
     /// Generate text with a decoder, optionally with a trained adapter (--run).
     Generate {
