@@ -43,7 +43,7 @@ fn matrix(format: BlockFormat, rows: usize, cols: usize) -> QuantizedMatrix {
         }
         data.extend(block);
     }
-    QuantizedMatrix::from_blocks(format, rows, cols, data, "bench").expect("valid blocks")
+    QuantizedMatrix::from_blocks(format, rows, cols, &data, "bench").expect("valid blocks")
 }
 
 fn main() {

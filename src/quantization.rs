@@ -275,7 +275,20 @@ impl Block<'_> {
 
 impl QuantizedMatrix {
     /// A matrix from blocks as GGUF stores them; `what` names the source in errors.
-    pub fn from_blocks(format: BlockFormat, rows: usize, cols: usize, data: Vec<u8>, what: &str) -> Result<Self> {
+    pub fn from_blocks(format: BlockFormat, rows: usize, cols: usize, data: &[u8], what: &str) -> Result<Self> {
+        Self::from_blocks_with(format, rows, cols, data, what, |_| ())
+    }
+
+    /// [`QuantizedMatrix::from_blocks`], handing each piece of `data` to `unpacked` once it is
+    /// (so that a mapped file's pages can be given back as they are read).
+    pub fn from_blocks_with(
+        format: BlockFormat,
+        rows: usize,
+        cols: usize,
+        data: &[u8],
+        what: &str,
+        mut unpacked: impl FnMut(&[u8]),
+    ) -> Result<Self> {
         let (per_block, block_bytes) = format.stored_block();
         if !cols.is_multiple_of(per_block) {
             return Err(Error::Config(format!("{what}: rows of {cols} values are not whole {format} blocks of {per_block}")));
@@ -286,9 +299,17 @@ impl QuantizedMatrix {
         }
         let blocks = rows * cols / BLOCK;
         let (mut codes, mut scales) = (Vec::with_capacity(blocks * format.code_bytes()), Scales::for_format(format));
-        for stored in data.chunks_exact(block_bytes) {
-            stored::unpack(format, stored, &mut codes, &mut scales);
+        for piece in data.chunks(block_bytes << 15) {
+            for stored in piece.chunks_exact(block_bytes) {
+                stored::unpack(format, stored, &mut codes, &mut scales);
+            }
+            unpacked(piece);
         }
+        Self::checked(format, rows, cols, codes, scales, what)
+    }
+
+    /// The matrix of `codes` and `scales`, refusing a non-finite scale.
+    fn checked(format: BlockFormat, rows: usize, cols: usize, codes: Vec<u8>, scales: Scales, what: &str) -> Result<Self> {
         // A NaN/Inf scale would only show up later as NaN outputs.
         let bad = match &scales {
             Scales::Half(v) => v.iter().position(|d| !d.is_finite()).map(|k| (k / format.half_scales().unwrap_or(1), v[k].to_f32())),
@@ -332,8 +353,8 @@ impl QuantizedMatrix {
         }
         const CHUNK_VALUES: usize = 1 << 20;
         let chunk = (CHUNK_VALUES / cols.max(1)).max(1);
-        let mut data = Vec::with_capacity(rows * cols / BLOCK * format.stored_block().1);
-        let mut values = Vec::with_capacity(chunk.min(rows) * cols);
+        let (mut codes, mut scales) = (Vec::with_capacity(rows * cols / BLOCK * format.code_bytes()), Scales::for_format(format));
+        let (mut values, mut stored) = (Vec::with_capacity(chunk.min(rows) * cols), Vec::new());
         for start in (0..rows).step_by(chunk) {
             let end = (start + chunk).min(rows);
             values.clear();
@@ -348,10 +369,12 @@ impl QuantizedMatrix {
                 return Err(Error::Config(format!("{what}: {big} is beyond f16's range (65504); bf16 holds it")));
             }
             for block in values.chunks_exact(BLOCK) {
-                quantize_block(format, block, &mut data);
+                stored.clear();
+                quantize_block(format, block, &mut stored);
+                stored::unpack(format, &stored, &mut codes, &mut scales);
             }
         }
-        Self::from_blocks(format, rows, cols, data, what)
+        Self::checked(format, rows, cols, codes, scales, what)
     }
 
     /// Bytes held in memory (and read by a product): codes and scales.
@@ -537,7 +560,7 @@ mod tests {
         assert!(e.contains("40 values"), "{e}");
         let e = QuantizedMatrix::quantize(BlockFormat::Q8_0, 1, 32, &[f32::NAN; 32], "w").unwrap_err().to_string();
         assert!(e.contains("NaN"), "{e}");
-        let e = QuantizedMatrix::from_blocks(BlockFormat::Q4_0, 2, 32, vec![0; 20], "w").unwrap_err().to_string();
+        let e = QuantizedMatrix::from_blocks(BlockFormat::Q4_0, 2, 32, &[0; 20], "w").unwrap_err().to_string();
         assert!(e.contains("needs 36"), "{e}");
         assert_eq!("Q4_1".parse::<BlockFormat>(), Ok(BlockFormat::Q4_1));
         assert_eq!("Q6_K".parse::<BlockFormat>(), Ok(BlockFormat::Q6_K));
@@ -547,7 +570,7 @@ mod tests {
         assert!(QuantizedMatrix::quantize(BlockFormat::Bf16, 1, 32, &[7e4; 32], "w").is_ok());
         let e = QuantizedMatrix::quantize(BlockFormat::Q4_K, 1, 256, &[0.0; 256], "w").unwrap_err().to_string();
         assert!(e.contains("quantizing to q4_k is not supported"), "{e}");
-        let e = QuantizedMatrix::from_blocks(BlockFormat::Q6_K, 1, 128, vec![0; 105], "w").unwrap_err().to_string();
+        let e = QuantizedMatrix::from_blocks(BlockFormat::Q6_K, 1, 128, &[0; 105], "w").unwrap_err().to_string();
         assert!(e.contains("not whole q6_k blocks of 256"), "{e}");
     }
 }

@@ -81,7 +81,7 @@ fn random_matrix(format: BlockFormat, rows: usize, cols: usize, seed: u64) -> Qu
         }
         data.extend(block);
     }
-    QuantizedMatrix::from_blocks(format, rows, cols, data, "random").unwrap()
+    QuantizedMatrix::from_blocks(format, rows, cols, &data, "random").unwrap()
 }
 
 fn values(n: usize, seed: usize) -> Vec<f32> {

@@ -328,7 +328,7 @@ mod tests {
             }
             data.extend(block);
         }
-        QuantizedMatrix::from_blocks(format, rows, cols, data, "w").unwrap()
+        QuantizedMatrix::from_blocks(format, rows, cols, &data, "w").unwrap()
     }
 
     /// Every instruction set of the few-row dots this CPU can run.

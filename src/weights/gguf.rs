@@ -334,7 +334,9 @@ impl Gguf {
             return None; // 16-bit rows that are not whole blocks of 32: widened instead
         }
         let what = format!("{}: tensor {}", self.path.display(), t.name);
-        Some(self.raw(t).and_then(|raw| QuantizedMatrix::from_blocks(format, rows as usize, cols as usize, raw.to_vec(), &what)))
+        // Pages given back as they are unpacked: the file's bytes and the blocks are not both held whole.
+        let release = |part: &[u8]| crate::files::release(&self.bytes, part);
+        Some(self.raw(t).and_then(|raw| QuantizedMatrix::from_blocks_with(format, rows as usize, cols as usize, raw, &what, release)))
     }
 
     /// A tensor dequantized to f32, shaped in PyTorch order (GGUF dims reversed: a linear's
@@ -360,7 +362,7 @@ impl Gguf {
                 let cols = t.dims.first().map_or(1, |&d| d as usize).max(1);
                 let rows = raw.len() / block_bytes * per_block / cols;
                 let what = format!("{}: tensor {}", self.path.display(), t.name);
-                QuantizedMatrix::from_blocks(format, rows, cols, raw.to_vec(), &what)?.dequantize()
+                QuantizedMatrix::from_blocks(format, rows, cols, raw, &what)?.dequantize()
             }
             GgmlType::Other(_) => unreachable!("raw() rejects unsupported types"),
         };

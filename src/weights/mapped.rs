@@ -156,7 +156,7 @@ impl MappedCheckpoint {
         let what = format!("{}: tensor {name}", path.display());
         let map = &self.files[entry.file].1;
         let matrix = match sixteen == Some(target) {
-            true => QuantizedMatrix::from_blocks(target, rows, cols, raw.to_vec(), &what),
+            true => QuantizedMatrix::from_blocks_with(target, rows, cols, raw, &what, |part| crate::files::release(map, part)),
             false => QuantizedMatrix::quantize_rows(target, rows, cols, &what, |range, out| {
                 let part = &raw[range.start * cols * width..range.end * cols * width];
                 widen_into(entry.dtype, part, out);
