@@ -47,7 +47,8 @@ def step_flops(r):
 
 def summary(rows):
     out = {k: med(rows, k) for k in ["median_step_s", "train_tokens_per_s", "time_to_first_step_s", "infer_base_tokens_per_s",
-                                     "infer_merged_tokens_per_s", "peak_rss_bytes", "matmul_peak_gflops", "trainable_params"]}
+                                     "infer_merged_tokens_per_s", "peak_rss_bytes", "peak_device_bytes", "matmul_peak_gflops",
+                                     "trainable_params"]}
     out["rounds"] = len(rows)
     out["train_gflops"] = step_flops(rows[0]) / out["median_step_s"] / 1e9
     return out
@@ -80,6 +81,10 @@ def precision_of(quantize, autocast):
 
 peak = {side: med([r for r in runs if r["side"] == side], "matmul_peak_gflops") for side in ["replora", "pytorch"]}
 job = report["job"]
+backend = report["versions"]["replora"].get("backend", "flex (CPU)")
+# On a GPU (`scripts/bench --device`) each side's peak device memory joins the table.
+on_device = any(r.get("peak_device_bytes") is not None for r in runs)
+peer_device = next((r.get("device") for r in runs if r["side"] == "pytorch"), None) or "cpu"
 lines = [
     f"### {report['date']} — {os.path.basename(str(job['model'].get('name')).rstrip('/'))} ({job['model'].get('kind', 'encoder')}, "
     f"{job['model']['layers']} layers, hidden {job['model']['hidden']}), batch {job['batch']} x {job['seq']} tokens, rank {job['rank']} "
@@ -91,10 +96,13 @@ lines = [
     f"replora {report['versions']['replora'].get('replora')} (burn {report['versions']['replora'].get('burn')}, git {report['git']}); "
     f"PyTorch {report['versions']['pytorch'].get('torch')}, transformers {report['versions']['pytorch'].get('transformers')}, "
     f"PEFT {report['versions']['pytorch'].get('peft')}. Medians over {min(v['replora']['rounds'] for v in report['methods'].values())} alternating rounds.",
-    f"Measured f32 matmul peak: replora (burn flex) {fmt(peak['replora'], 1)} GFLOP/s, PyTorch {fmt(peak['pytorch'], 1)} GFLOP/s.",
+    f"Devices: replora on {backend}, PyTorch on {peer_device}. "
+    f"Measured f32 matmul peak: replora {fmt(peak['replora'], 1)} GFLOP/s, PyTorch {fmt(peak['pytorch'], 1)} GFLOP/s.",
     "",
-    "| method (vs PyTorch) | train tokens/s replora / PyTorch | ratio | train GFLOP/s (% of own peak) replora / PyTorch | peak RSS MiB replora / PyTorch | ratio | first step s replora / PyTorch | inference tok/s base / merged, replora | base / merged, PyTorch |",
-    "|---|---|---|---|---|---|---|---|---|",
+    "| method (vs PyTorch) | train tokens/s replora / PyTorch | ratio | train GFLOP/s (% of own peak) replora / PyTorch | peak RSS MiB replora / PyTorch | ratio | "
+    + ("peak device MiB replora / PyTorch | ratio | " if on_device else "")
+    + "first step s replora / PyTorch | inference tok/s base / merged, replora | base / merged, PyTorch |",
+    "|---|---|---|---|---|---|" + ("---|---|" if on_device else "") + "---|---|---|",
 ]
 for m, v in report["methods"].items():
     o, t = v["replora"], v["pytorch"] or {}
@@ -102,7 +110,9 @@ for m, v in report["methods"].items():
     lines.append(
         f"| {m} (vs {v['pytorch_method']}) | {fmt(o['train_tokens_per_s'])} / {fmt(t.get('train_tokens_per_s'))} | {ratio(o['train_tokens_per_s'], t.get('train_tokens_per_s'))} "
         f"| {pct(o, 'replora')} / {pct(t, 'pytorch')} | {fmt(mib(o['peak_rss_bytes']))} / {fmt(mib(t.get('peak_rss_bytes')))} | {ratio(o['peak_rss_bytes'], t.get('peak_rss_bytes'))} "
-        f"| {fmt(o['time_to_first_step_s'], 2)} / {fmt(t.get('time_to_first_step_s'), 2)} "
+        + (f"| {fmt(mib(o['peak_device_bytes']))} / {fmt(mib(t.get('peak_device_bytes')))} | {ratio(o['peak_device_bytes'], t.get('peak_device_bytes'))} "
+           if on_device else "")
+        + f"| {fmt(o['time_to_first_step_s'], 2)} / {fmt(t.get('time_to_first_step_s'), 2)} "
         f"| {fmt(o['infer_base_tokens_per_s'])} / {fmt(o['infer_merged_tokens_per_s'])} | {fmt(t.get('infer_base_tokens_per_s'))} / {fmt(t.get('infer_merged_tokens_per_s'))} |"
     )
 emit(lines, report, args.append_md, args.append_jsonl)

@@ -95,6 +95,10 @@ pub struct BenchResult {
     pub infer_base_tokens_per_s: f64,
     pub infer_merged_tokens_per_s: f64,
     pub peak_rss_bytes: Option<u64>,
+    /// The most device memory the allocator held during the timed steps (a GPU's; none on the
+    /// CPU, where `peak_rss_bytes` is the measure).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_device_bytes: Option<u64>,
     pub matmul_peak_gflops: Option<f64>,
     pub model: serde_json::Value,
     pub versions: serde_json::Value,
@@ -189,29 +193,42 @@ pub fn run(args: &BenchArgs) -> Result<BenchResult> {
     run_encoder(args, &device)
 }
 
-/// Trains `steps` optimizer steps on `gradients`, timing each; returns (time to the end of the first
-/// step since `started`, timed step durations) and the trained model.
+/// What [`timed_steps`] measured: the time to the end of the first step since the process
+/// started, each timed step's duration, and the most device memory held (a GPU's).
+struct Steps {
+    first: f64,
+    times: Vec<f64>,
+    peak_device_bytes: Option<u64>,
+}
+
+/// Trains `steps` optimizer steps on `gradients`, timing each; returns the trained model.
 fn timed_steps<M: Module>(
     args: &BenchArgs,
     mut model: M,
     gradients: &dyn Fn(&M) -> GradientsParams,
+    device: &Device,
     started: Instant,
-) -> (M, f64, Vec<f64>) {
+) -> Result<(M, Steps)> {
     let cfg = TrainConfig { lr: 1e-4, weight_decay: 0.01, grad_clip: Some(1.0), ..TrainConfig::default() };
     let mut optim = optimizer(&cfg, vec![]);
-    let (mut first_step, mut times) = (None, vec![]);
+    let (mut first_step, mut times, mut peak_device_bytes) = (None, vec![], None);
     for step in 0..args.warmup + args.steps {
         let t0 = Instant::now();
         let grads = gradients(&model);
         model = optim.step(cfg.lr, model, grads);
-        // flex runs each op to completion before returning: the step has finished here.
+        // A GPU queues its work: the step has finished once the device has run it (flex runs
+        // each op to completion before returning).
+        device.sync().map_err(|e| crate::error::Error::Config(format!("a benchmark step failed on the device: {e:?}")))?;
         first_step.get_or_insert_with(|| started.elapsed().as_secs_f64());
         if step >= args.warmup {
             times.push(t0.elapsed().as_secs_f64());
         }
+        if let Some(usage) = device.memory_pool_usage() {
+            peak_device_bytes = Some(peak_device_bytes.unwrap_or(0).max(usage.bytes_reserved));
+        }
         eprintln!("replora {} step {}: {:.3} s", args.method, step + 1, t0.elapsed().as_secs_f64());
     }
-    (model, first_step.unwrap_or(f64::NAN), times)
+    Ok((model, Steps { first: first_step.unwrap_or(f64::NAN), times, peak_device_bytes }))
 }
 
 fn median_rate(tokens: usize, repeats: usize, pass: &dyn Fn()) -> f64 {
@@ -226,15 +243,8 @@ fn median_rate(tokens: usize, repeats: usize, pass: &dyn Fn()) -> f64 {
     tokens as f64 / median(&times)
 }
 
-fn result(
-    args: &BenchArgs,
-    trainable: usize,
-    first: f64,
-    times: Vec<f64>,
-    infer: (f64, f64),
-    model: serde_json::Value,
-    device: &Device,
-) -> BenchResult {
+fn result(args: &BenchArgs, trainable: usize, steps: Steps, infer: (f64, f64), model: serde_json::Value, device: &Device) -> BenchResult {
+    let Steps { first, times, peak_device_bytes } = steps;
     let median_step = median(&times);
     BenchResult {
         side: "replora",
@@ -251,6 +261,7 @@ fn result(
         infer_base_tokens_per_s: infer.0,
         infer_merged_tokens_per_s: infer.1,
         peak_rss_bytes: peak_rss_bytes(),
+        peak_device_bytes,
         matmul_peak_gflops: (!args.no_peak).then(|| matmul_peak(device)),
         model,
         versions: versions(args),
@@ -280,7 +291,7 @@ fn run_encoder(args: &BenchArgs, device: &Device) -> Result<BenchResult> {
     let batch = synthetic_batch(args.batch, args.seq, bert_config(&model).vocab_size);
     let trainable = model.encoder.param_report().trainable + model.head.num_params();
     let gradients = |m: &SequenceClassifier| m.loss_and_gradients(&batch, &device, 1.0, args.checkpoint_activations).1;
-    let (model, first, times) = timed_steps(args, model, &gradients, started);
+    let (model, steps) = timed_steps(args, model, &gradients, &device, started)?;
     let inner = device.clone().inner();
     let model = model.valid();
     let input = batch.to_input(&inner);
@@ -295,7 +306,7 @@ fn run_encoder(args: &BenchArgs, device: &Device) -> Result<BenchResult> {
         "intermediate": c.intermediate_size, "heads": c.num_attention_heads, "kv_heads": c.num_attention_heads, "vocab": c.vocab_size,
         "checkpoint_activations": args.checkpoint_activations, "quantize": args.quantize,
     });
-    Ok(result(args, trainable, first, times, (infer_base, infer_merged), description, &inner))
+    Ok(result(args, trainable, steps, (infer_base, infer_merged), description, &inner))
 }
 
 fn run_decoder(args: &BenchArgs, device: &Device) -> Result<BenchResult> {
@@ -315,7 +326,7 @@ fn run_decoder(args: &BenchArgs, device: &Device) -> Result<BenchResult> {
     let batch = LmBatch::pad(&sequences.iter().collect::<Vec<_>>(), 0);
     let trainable = model.decoder.param_report().trainable;
     let gradients = |m: &CausalLm| m.loss_and_gradients(&batch, &device, 1.0, args.checkpoint_activations).1;
-    let (model, first, times) = timed_steps(args, model, &gradients, started);
+    let (model, steps) = timed_steps(args, model, &gradients, &device, started)?;
     let inner = device.clone().inner();
     let model = model.valid();
     let tokens = args.batch * args.seq;
@@ -328,5 +339,5 @@ fn run_decoder(args: &BenchArgs, device: &Device) -> Result<BenchResult> {
         "intermediate": c.intermediate_size, "heads": c.num_attention_heads, "kv_heads": c.kv_heads(), "vocab": c.vocab_size,
         "answer_tokens": answer, "quantize": args.quantize, "checkpoint_activations": args.checkpoint_activations,
     });
-    Ok(result(args, trainable, first, times, (infer_base, infer_merged), description, &inner))
+    Ok(result(args, trainable, steps, (infer_base, infer_merged), description, &inner))
 }
