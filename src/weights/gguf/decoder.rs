@@ -140,17 +140,26 @@ impl Gguf {
 
     /// Every tensor of a decoder file under its Hugging Face name, dequantized to f32.
     pub fn llama_tensors(&self) -> Result<BTreeMap<String, HostTensor>> {
-        Ok(self.llama_weights(false)?.0)
+        Ok(self.llama_weights(false, None)?.0)
     }
 
     /// The tensors of a decoder file under Hugging Face names; with `keep_quantized`, the
     /// block-quantized matrices apart, as stored (rows in Hugging Face order), and the rest f32.
-    pub fn llama_weights(&self, keep_quantized: bool) -> Result<(BTreeMap<String, HostTensor>, BTreeMap<String, QuantizedMatrix>)> {
+    /// With `layers`, the tensors of the blocks from that one on are left unread.
+    pub fn llama_weights(
+        &self,
+        keep_quantized: bool,
+        layers: Option<usize>,
+    ) -> Result<(BTreeMap<String, HostTensor>, BTreeMap<String, QuantizedMatrix>)> {
         let arch = self.arch()?;
         let heads = self.arch_u64(arch, "attention.head_count")? as usize;
         let kv_heads = self.arch_value(arch, "attention.head_count_kv").and_then(Value::as_u64).map_or(heads, |v| v as usize);
         let (mut dense, mut quantized) = (BTreeMap::new(), BTreeMap::new());
-        for t in &self.tensors {
+        let beyond = |name: &str| {
+            let index = name.strip_prefix("blk.").and_then(|rest| rest.split_once('.')).and_then(|(i, _)| i.parse::<usize>().ok());
+            index.zip(layers).is_some_and(|(i, n)| i >= n)
+        };
+        for t in self.tensors.iter().filter(|t| !beyond(&t.name)) {
             let meaning = || Error::format(&self.path, format!("tensor {} has no {} meaning", t.name, arch.key()));
             let name = hf_name(arch, &t.name).ok_or_else(meaning)?;
             // Only LLaMA's converter permutes q/k rows (Gemma's rotary embedding is llama.cpp's NeoX kind).
