@@ -47,9 +47,7 @@ pub struct MappedCheckpoint {
 impl MappedCheckpoint {
     /// Maps `path` and reads its header (tensor names, dtypes, shapes and offsets, checked).
     pub fn open(path: &Path) -> Result<Self> {
-        let mut checkpoint = Self { files: vec![], entries: BTreeMap::new(), metadata: HashMap::new(), named: path.to_path_buf() };
-        checkpoint.add_file(path)?;
-        Ok(checkpoint)
+        Self::open_shards(&[path.to_path_buf()], path)
     }
 
     /// Every shard of a sharded model, in one checkpoint whose errors name `index`; the caller
