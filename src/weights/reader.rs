@@ -110,6 +110,14 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// The names (as the file has them) of the tensors not taken yet.
+    fn names(&self) -> Box<dyn Iterator<Item = &String> + '_> {
+        match &self.source {
+            Source::Host { tensors, quantized } => Box::new(tensors.keys().chain(quantized.iter().flat_map(|q| q.keys()))),
+            Source::Mapped { checkpoint, .. } => Box::new(checkpoint.names()),
+        }
+    }
+
     /// Removes, unread, every tensor of blocks `from..` (names `{layer_prefix}{i}.` for `i >= from`):
     /// the blocks a model cut short does not keep.
     pub fn discard_layers(&mut self, layer_prefix: &str, from: usize) {
@@ -118,12 +126,7 @@ impl<'a> Reader<'a> {
             let index = name.strip_prefix(&prefix).and_then(|rest| rest.split_once('.')).and_then(|(i, _)| i.parse::<usize>().ok());
             index.is_some_and(|i| i >= from)
         };
-        let names: Vec<String> = match &self.source {
-            Source::Host { tensors, quantized } => {
-                tensors.keys().chain(quantized.iter().flat_map(|q| q.keys())).filter(|n| beyond(n)).cloned().collect()
-            }
-            Source::Mapped { checkpoint, .. } => checkpoint.names().filter(|n| beyond(n)).cloned().collect(),
-        };
+        let names: Vec<String> = self.names().filter(|n| beyond(n)).cloned().collect();
         for name in names {
             self.discard_full_name(&name);
         }
@@ -189,11 +192,7 @@ impl<'a> Reader<'a> {
     /// something to drop silently: refuses any tensor under `{layer_prefix}{layers}.`.
     pub fn reject_extra_layers(&self, layer_prefix: &str, layers: usize) -> Result<()> {
         let extra = format!("{}{layer_prefix}{layers}.", self.stored);
-        let mut names: Box<dyn Iterator<Item = &String>> = match &self.source {
-            Source::Host { tensors, quantized } => Box::new(tensors.keys().chain(quantized.iter().flat_map(|q| q.keys()))),
-            Source::Mapped { checkpoint, .. } => Box::new(checkpoint.names()),
-        };
-        match names.find(|k| k.starts_with(&extra)) {
+        match self.names().find(|k| k.starts_with(&extra)) {
             Some(name) => Err(Error::format(
                 &self.file,
                 format!("tensor {name} belongs to a layer beyond num_hidden_layers = {layers} in the config"),
