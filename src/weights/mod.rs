@@ -32,6 +32,11 @@ pub fn open_model_dir(dir: &Path) -> crate::error::Result<MappedCheckpoint> {
     }
 }
 
+/// The block index of a tensor named `{prefix}{i}.…` (`model.layers.3.mlp…`, GGUF's `blk.3.…`).
+pub(crate) fn layer_index(name: &str, prefix: &str) -> Option<usize> {
+    name.strip_prefix(prefix)?.split_once('.')?.0.parse().ok()
+}
+
 const WEIGHTS_FILE: &str = "model.safetensors";
 const SHARD_INDEX_FILE: &str = "model.safetensors.index.json";
 

@@ -122,10 +122,7 @@ impl<'a> Reader<'a> {
     /// the blocks a model cut short does not keep.
     pub fn discard_layers(&mut self, layer_prefix: &str, from: usize) {
         let prefix = format!("{}{layer_prefix}", self.stored);
-        let beyond = |name: &String| {
-            let index = name.strip_prefix(&prefix).and_then(|rest| rest.split_once('.')).and_then(|(i, _)| i.parse::<usize>().ok());
-            index.is_some_and(|i| i >= from)
-        };
+        let beyond = |name: &String| super::layer_index(name, &prefix).is_some_and(|i| i >= from);
         let names: Vec<String> = self.names().filter(|n| beyond(n)).cloned().collect();
         for name in names {
             self.discard_full_name(&name);
@@ -144,7 +141,7 @@ impl<'a> Reader<'a> {
         match &mut self.source {
             Source::Host { tensors, quantized } => {
                 let kept = quantized.as_mut().and_then(|q| q.remove(name));
-                Ok(tensors.remove(name).or(kept.map(|m| HostTensor { shape: vec![m.rows, m.cols], data: m.dequantize() })))
+                Ok(tensors.remove(name).or_else(|| kept.map(|m| HostTensor { shape: vec![m.rows, m.cols], data: m.dequantize() })))
             }
             Source::Mapped { checkpoint, .. } => checkpoint.take_f32(name),
         }

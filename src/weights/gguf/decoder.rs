@@ -155,10 +155,7 @@ impl Gguf {
         let heads = self.arch_u64(arch, "attention.head_count")? as usize;
         let kv_heads = self.arch_value(arch, "attention.head_count_kv").and_then(Value::as_u64).map_or(heads, |v| v as usize);
         let (mut dense, mut quantized) = (BTreeMap::new(), BTreeMap::new());
-        let beyond = |name: &str| {
-            let index = name.strip_prefix("blk.").and_then(|rest| rest.split_once('.')).and_then(|(i, _)| i.parse::<usize>().ok());
-            index.zip(layers).is_some_and(|(i, n)| i >= n)
-        };
+        let beyond = |name: &str| crate::weights::layer_index(name, "blk.").zip(layers).is_some_and(|(i, n)| i >= n);
         for t in self.tensors.iter().filter(|t| !beyond(&t.name)) {
             let meaning = || Error::format(&self.path, format!("tensor {} has no {} meaning", t.name, arch.key()));
             let name = hf_name(arch, &t.name).ok_or_else(meaning)?;
