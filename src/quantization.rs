@@ -31,6 +31,7 @@ use half::{bf16, f16};
 use crate::error::{Error, Result};
 
 pub mod stored;
+pub mod words;
 
 /// Values per block (every format here; a K-quant super-block is 8 of them).
 pub const BLOCK: usize = 32;

@@ -130,6 +130,39 @@ fn products_on_new_blocks_equal_the_dequantized_products() {
     }
 }
 
+/// Off the fused path (what a GPU runs), every block format goes to the device as codes packed
+/// into 32-bit words and widens there to the host's values exactly: the product with the
+/// identity is the dequantized matrix (each output one weight times 1, plus zeros), on random
+/// blocks whose every code and scale bit is random, Q8_0's -128 codes included.
+#[test]
+fn off_the_fused_path_every_format_widens_on_the_device_to_the_host_values() {
+    use replora::adapters::FrozenBlocks;
+    let device = Device::flex();
+    for format in [BlockFormat::Q8_0, BlockFormat::Q4_0, BlockFormat::Q4_1].into_iter().chain(NEW_FORMATS) {
+        let cols = if format == BlockFormat::Q5_0 { 5 * 32 } else { 256 };
+        let w = random_matrix(format, 67, cols, 11);
+        let frozen = FrozenBlocks::new(w.clone(), &device);
+        let identity = Tensor::<2>::from_data(TensorData::new(identity(cols), [cols, cols]), &device);
+        let widened = replora::kernels::with_fallback(|| frozen.product(identity)).transpose();
+        let widened = widened.into_data().to_vec::<f32>().unwrap();
+        let dense = w.dequantize();
+        let first_difference = widened.iter().zip(&dense).position(|(a, b)| a != b);
+        assert_eq!(first_difference, None, "{format}: a widened value differs");
+        let (dtype, bytes) = frozen.resident().expect("the product put the matrix on the device");
+        assert_eq!(dtype, burn::tensor::DType::I32, "{format}");
+        let bits_per_code = if matches!(format, BlockFormat::Q4_1 | BlockFormat::Q4_K | BlockFormat::Q4_0) { 4 } else { 8 };
+        let scales = match format {
+            BlockFormat::Q4_1 | BlockFormat::Q4_K | BlockFormat::Q6_K => 2, // with offsets, or per 16
+            _ => 1,
+        };
+        assert_eq!(bytes, w.rows * cols * bits_per_code / 8 + w.rows * cols / 32 * scales * 4, "{format}: bytes on the device");
+    }
+}
+
+fn identity(n: usize) -> Vec<f32> {
+    (0..n * n).map(|i| if i / n == i % n { 1.0 } else { 0.0 }).collect()
+}
+
 /// A 36-byte-aligned GGUF writer, enough for a LLaMA config and its tensors.
 #[derive(Default)]
 struct GgufWriter {

@@ -60,6 +60,24 @@ fn a_quantized_base_gives_the_dequantized_logits_and_reads_fewer_bytes() {
         let reference = values(d.logits(d.forward(ids(&device), None, None, &Deltas::none())));
         let diff = relative_diff(&ours, &reference);
         assert!(diff < 1e-5, "{format}: logits differ by {diff} (relative)");
+
+        // Off the fused path (what a GPU runs), each matrix goes to the device once as held
+        // (16-bit values, or codes packed into 32-bit words with f32 scales) and is widened there.
+        let off = values(kernels::with_fallback(|| q.logits(q.forward(ids(&device), None, None, &Deltas::none()))));
+        let diff = relative_diff(&off, &reference);
+        assert!(diff < 1e-5, "{format}: logits off the fused path differ by {diff} (relative)");
+        let (dtype, bytes_per_weight) = match format {
+            BlockFormat::F16 => (DType::F16, 2.0),
+            BlockFormat::Bf16 => (DType::BF16, 2.0),
+            BlockFormat::Q8_0 => (DType::I32, 1.0 + 4.0 / 32.0), // a byte per code, an f32 scale per 32
+            BlockFormat::Q4_0 => (DType::I32, 0.5 + 4.0 / 32.0),
+            _ => (DType::I32, 0.5 + 8.0 / 32.0), // Q4_1: a scale and an offset
+        };
+        for linear in q.linears() {
+            let BaseWeight::Quantized(w) = &linear.weight else { unreachable!() };
+            let weights = (w.matrix.rows * w.matrix.cols) as f64;
+            assert_eq!(w.resident(), Some((dtype, (weights * bytes_per_weight) as usize)), "{format}: {} on the device", linear.path);
+        }
         let ratio = q.decode_weight_bytes() as f64 / d.decode_weight_bytes() as f64;
         let (values, bytes) = format.stored_block();
         let expected = bytes as f64 / values as f64 / 4.0; // the file's bytes: codes and f16 scales
@@ -180,19 +198,21 @@ fn a_16_bit_safetensors_decoder_keeps_its_matrices_16_bit() {
         let dtype = if format == BlockFormat::F16 { DType::F16 } else { DType::BF16 };
         for linear in stored.linears() {
             let BaseWeight::Quantized(q) = &linear.weight else { panic!("{format}: {} is not 16-bit", linear.path) };
-            assert_eq!(q.resident_dtype(), Some(dtype), "{format}: {} on the device", linear.path);
+            let bytes = 2 * q.matrix.rows * q.matrix.cols;
+            assert_eq!(q.resident(), Some((dtype, bytes)), "{format}: {} on the device", linear.path);
         }
     }
 }
 
-/// Off the fused path, a product with a 16-bit matrix and its gradient with respect to the
-/// input equal those of the widened f32 matrix, on the autodiff device as on the plain one.
+/// Off the fused path, a product with a 16-bit or block-quantized matrix and its gradient with
+/// respect to the input equal those of the widened f32 matrix, on the autodiff device as on the
+/// plain one.
 #[test]
-fn off_the_fused_path_16_bit_products_and_their_gradients_equal_the_widened_ones() {
+fn off_the_fused_path_products_and_their_gradients_equal_the_widened_ones() {
     let (rows, cols) = (5, 64);
     let weights: Vec<f32> = (0..rows * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
     let inputs: Vec<f32> = (0..3 * cols).map(|i| ((i * 11 % 29) as f32 - 14.0) / 7.0).collect();
-    for format in [BlockFormat::Bf16, BlockFormat::F16] {
+    for format in BlockFormat::QUANTIZABLE {
         let matrix = replora::quantization::QuantizedMatrix::quantize(format, rows, cols, &weights, "w").unwrap();
         let device = Device::flex().autodiff();
         let frozen = replora::adapters::FrozenBlocks::new(matrix.clone(), &device);

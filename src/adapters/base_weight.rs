@@ -9,6 +9,8 @@ use burn::prelude::*;
 use burn::tensor::{DType, TensorCreationOptions, TensorData};
 
 use crate::kernels;
+#[cfg(doc)]
+use crate::quantization::words::PackedWords;
 use crate::quantization::{BlockFormat, QuantizedMatrix};
 
 crate::choice_enum! {
@@ -185,16 +187,17 @@ impl BaseWeight {
 /// visitors and optimizers pass it by, and moving it to a device only records the device on
 /// which [`BaseWeight::dense`] builds its f32 copy.
 ///
-/// Off the fused CPU path (a GPU backend), a product needs the weight on the device: a 16-bit
-/// matrix keeps a copy there in its own dtype, made at its first product and widened to f32 on
-/// the device for each product (exactly: f16 and bf16 values are f32 values), so a bf16 base
-/// takes half an f32 base's device memory. Other formats are widened on the host per product.
+/// Off the fused CPU path (a GPU backend), a product needs the weight on the device. At its
+/// first product the matrix goes there as held: a 16-bit matrix in its own dtype, the other
+/// formats as codes packed into 32-bit words with their scales ([`PackedWords`]). Each product
+/// widens that copy to f32 on the device, to the values the host computes, so the base takes
+/// 2 bytes a weight (16-bit) or 5 to 10 bits (blocks) of device memory instead of f32's 4 bytes.
 #[derive(Clone, Debug)]
 pub struct FrozenBlocks {
     pub matrix: Arc<QuantizedMatrix>,
     device: Device,
-    /// The 16-bit matrix `[d_out, d_in]` on `device`'s non-autodiff device, once a product made it.
-    resident: Arc<OnceLock<Tensor<2>>>,
+    /// The matrix on `device`'s non-autodiff device, once a product made it.
+    resident: Arc<OnceLock<Resident>>,
 }
 
 impl FrozenBlocks {
@@ -227,26 +230,79 @@ impl FrozenBlocks {
     }
 
     /// The f32 `[d_in, d_out]` weight on `device` (this weight's device, or its non-autodiff
-    /// one), for a product off the fused path: a 16-bit matrix widened from its copy on the device.
+    /// one), for a product off the fused path: widened from the copy on the device.
     fn dense_on(&self, device: &Device) -> Tensor<2> {
-        let m = &self.matrix;
-        let dtype = match m.format {
-            BlockFormat::F16 => DType::F16,
-            BlockFormat::Bf16 => DType::BF16,
-            _ => return self.widened_on(device),
-        };
         let plain = self.device.clone().inner();
-        let resident = self.resident.get_or_init(|| {
-            let data = TensorData::from_bytes_vec(m.codes().to_vec(), [m.rows, m.cols], dtype);
-            Tensor::from_data(data, TensorCreationOptions::new(plain.clone()).with_dtype(dtype))
-        });
-        let w = resident.clone().cast(DType::F32).transpose();
+        let w = self.resident.get_or_init(|| Resident::new(&self.matrix, &plain)).widened(&self.matrix).transpose();
         if *device == plain { w } else { Tensor::from_inner(w) }
     }
 
-    /// The weight's dtype on the device, once a product off the fused path has put it there.
-    pub fn resident_dtype(&self) -> Option<DType> {
-        self.resident.get().map(Tensor::dtype)
+    /// The dtype and bytes of the copy on the device, once a product off the fused path has put
+    /// it there: the 16-bit values, or the packed codes (`I32`) with their scales.
+    pub fn resident(&self) -> Option<(DType, usize)> {
+        self.resident.get().map(Resident::dtype_and_bytes)
+    }
+}
+
+/// A frozen matrix on a device, as [`FrozenBlocks`] holds it there.
+#[derive(Clone, Debug)]
+enum Resident {
+    /// F16 or BF16 values, `[d_out, d_in]`.
+    Floats(Tensor<2>),
+    /// Codes packed into words, `[d_out, d_in * bits / 32]`, and their groups' scales and
+    /// offsets, `[d_out, d_in / group]`.
+    Words { words: Tensor<2, Int>, scales: Tensor<2>, offsets: Option<Tensor<2>>, bits: u32, centre: i32, group: usize },
+}
+
+impl Resident {
+    fn new(m: &QuantizedMatrix, device: &Device) -> Self {
+        let Some(p) = m.packed_words() else {
+            let dtype = if m.format == BlockFormat::F16 { DType::F16 } else { DType::BF16 };
+            let data = TensorData::from_bytes_vec(m.codes().to_vec(), [m.rows, m.cols], dtype);
+            return Resident::Floats(Tensor::from_data(data, TensorCreationOptions::new(device.clone()).with_dtype(dtype)));
+        };
+        let groups = [m.rows, m.cols / p.group];
+        let floats = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, groups), device);
+        let shape = [m.rows, m.cols / p.per_word()];
+        let words = TensorData::new(p.words, shape);
+        Resident::Words {
+            words: Tensor::from_data(words, TensorCreationOptions::new(device.clone()).with_dtype(DType::I32)),
+            scales: floats(p.scales),
+            offsets: p.offsets.map(floats),
+            bits: p.bits,
+            centre: p.centre,
+            group: p.group,
+        }
+    }
+
+    /// The f32 `[d_out, d_in]` matrix: exactly the host's values (f16 and bf16 values are f32
+    /// values; codes are unpacked and scaled as `Block::widen` does).
+    fn widened(&self, m: &QuantizedMatrix) -> Tensor<2> {
+        match self {
+            Resident::Floats(values) => values.clone().cast(DType::F32),
+            Resident::Words { words, scales, offsets, bits, centre, group } => {
+                let mask = (1i32 << bits) - 1;
+                let codes: Vec<Tensor<2, Int>> =
+                    (0..32 / bits).map(|k| words.clone().bitwise_right_shift_scalar((bits * k) as i32).bitwise_and_scalar(mask)).collect();
+                let codes = Tensor::stack::<3>(codes, 2).reshape([m.rows, m.cols / group, *group]);
+                let mut values = (codes - *centre).float() * scales.clone().unsqueeze_dim::<3>(2);
+                if let Some(offsets) = offsets {
+                    values = values + offsets.clone().unsqueeze_dim::<3>(2);
+                }
+                values.reshape([m.rows, m.cols])
+            }
+        }
+    }
+
+    fn dtype_and_bytes(&self) -> (DType, usize) {
+        let bytes = |dtype: DType, n: usize| dtype.size() * n;
+        match self {
+            Resident::Floats(values) => (values.dtype(), bytes(values.dtype(), values.shape().num_elements())),
+            Resident::Words { words, scales, offsets, .. } => {
+                let floats = scales.shape().num_elements() * if offsets.is_some() { 2 } else { 1 };
+                (words.dtype(), bytes(words.dtype(), words.shape().num_elements()) + bytes(scales.dtype(), floats))
+            }
+        }
     }
 }
 
