@@ -246,6 +246,7 @@ impl FrozenBlocks {
 
 /// A frozen matrix on a device, as [`FrozenBlocks`] holds it there.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // one per matrix, made once, behind an `Arc`
 enum Resident {
     /// F16 or BF16 values, `[d_out, d_in]`.
     Floats(Tensor<2>),
