@@ -144,7 +144,7 @@ fn off_the_fused_path_every_format_widens_on_the_device_to_the_host_values() {
         let frozen = FrozenBlocks::new(w.clone(), &device);
         let identity = Tensor::<2>::from_data(TensorData::new(identity(cols), [cols, cols]), &device);
         let widened = replora::kernels::with_fallback(|| frozen.product(identity)).transpose();
-        let widened = widened.into_data().to_vec::<f32>().unwrap();
+        let widened = widened.into_data().try_into_vec_as::<f32>().unwrap();
         let dense = w.dequantize();
         let first_difference = widened.iter().zip(&dense).position(|(a, b)| a != b);
         assert_eq!(first_difference, None, "{format}: a widened value differs");
