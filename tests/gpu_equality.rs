@@ -16,6 +16,7 @@ use std::path::Path;
 use burn::module::{ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
+use replora::adapters::base_weight::Quantize;
 use replora::adapters::{AdapterConfig, TargetModules};
 use replora::choice::Choice;
 use replora::device::{Backend, DeviceSpec};
@@ -225,6 +226,30 @@ fn llama_multiple_choice_steps_equal_the_cpu_for_every_method() {
             ..MultipleChoiceSpec::default()
         };
         check::<MultipleChoice>(&format!("LLaMA {method}"), spec, &gpu);
+    }
+}
+
+/// A quantized or 16-bit base goes to the GPU as held (packed codes and scales, or 16-bit
+/// values) and widens there to what the CPU's kernels read in place.
+#[test]
+fn llama_steps_on_quantized_bases_equal_the_cpu() {
+    let (gpu, dir) = (gpu(), tempfile::tempdir().unwrap());
+    support::tiny_llama_model(&dir.path().join("llama"));
+    support::choice_task(&dir.path().join("task.json"), 16);
+    for quantize in [Quantize::Q8_0, Quantize::Q4_0, Quantize::Q4_1, Quantize::Bf16] {
+        let spec = MultipleChoiceSpec {
+            model: dir.path().join("llama").to_str().unwrap().into(),
+            tasks: vec![dir.path().join("task.json").to_str().unwrap().into()],
+            eval_tasks: vec![],
+            sizes: [8, 4, 4],
+            max_len: 16,
+            exact_match: false,
+            quantize,
+            tuning: tuning::<Llama>("lora"),
+            train: train_config(),
+            ..MultipleChoiceSpec::default()
+        };
+        check::<MultipleChoice>(&format!("LLaMA lora on {quantize:?}"), spec, &gpu);
     }
 }
 
