@@ -13,6 +13,7 @@ use burn::prelude::Device;
 
 use crate::choice::Choice;
 use crate::error::{Error, Result};
+use crate::precision::Precision;
 
 crate::choice_enum! {
     /// A compute backend `--device` can name; its name is also the cargo feature that builds
@@ -132,6 +133,35 @@ impl FromStr for DeviceSpec {
         };
         Ok(DeviceSpec { backend, index })
     }
+}
+
+/// Checks that every device can run its products in `precision` (`--precision`), before a
+/// command writes anything: the CPU's fused kernels multiply in f32, and a GPU backend must have
+/// arithmetic in the dtype (burn's `Device::supports_dtype`: wgpu's WGSL has no bf16, for
+/// one). Training in f16 needs loss scaling, which replora does not have: bf16 (f32's range)
+/// needs none.
+pub fn check_precision(precision: Precision, specs: &[DeviceSpec], devices: &[Device], training: bool) -> Result<()> {
+    if precision == Precision::F32 {
+        return Ok(());
+    }
+    let name = precision.name();
+    if training && precision == Precision::F16 {
+        return Err(Error::Config(
+            "--precision f16: training in f16 needs loss scaling, which replora does not have; bf16 has f32's range and needs none (f16 serves eval, predict and generate)".into(),
+        ));
+    }
+    if let Some(cpu) = specs.iter().find(|s| s.backend == Backend::Cpu) {
+        return Err(Error::Config(format!(
+            "--precision {name}: --device {cpu} multiplies in f32 (the CPU kernels have no 16-bit arithmetic); {name} products need a GPU backend. `--quantize {name}` holds the base in {name} here, which halves its memory"
+        )));
+    }
+    if let Some((spec, _)) = specs.iter().zip(devices).find(|(_, d)| !d.supports_dtype(precision.dtype())) {
+        return Err(Error::Config(format!(
+            "--precision {name}: --device {spec} has no {name} arithmetic (burn reports it storable at most); use {} or f32",
+            if precision == Precision::Bf16 { "f16" } else { "bf16" }
+        )));
+    }
+    Ok(())
 }
 
 /// Checks the devices of a training command (`--device cuda:0,cuda:1`: one model replica trains

@@ -38,6 +38,7 @@ pub mod kernels;
 pub mod layout;
 pub mod memory;
 pub mod models;
+pub mod precision;
 pub mod progress;
 pub mod quantization;
 pub mod run;

@@ -10,7 +10,7 @@ mod support;
 /// Bottom to top.
 const LAYERS: &[&[&str]] = &[
     &["error"],
-    &["choice", "progress", "quantization"],
+    &["choice", "progress", "quantization", "precision"],
     &["files", "memory", "device", "validate", "kernels", "assets"],
     &["layout", "weights", "data"],
     &["adapters"],

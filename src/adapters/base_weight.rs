@@ -225,7 +225,7 @@ impl FrozenBlocks {
     pub fn product<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         kernels::quantized::linear(&x, &self.matrix).unwrap_or_else(|| {
             let device = x.device();
-            burn::tensor::module::linear(x, self.dense_on(&device), None)
+            crate::precision::linear(x, self.dense_on(&device), None)
         })
     }
 

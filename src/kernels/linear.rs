@@ -13,7 +13,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, binary};
 use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
-use burn::tensor::{Shape, TensorData, module};
+use burn::tensor::{Shape, TensorData};
 
 use super::sgemm::{Mat, product};
 use super::{FlexOp2, Kernel, contiguous, on_flex2};
@@ -22,7 +22,7 @@ use super::{FlexOp2, Kernel, contiguous, on_flex2};
 pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<D> {
     let y = match on_flex2(&x, &weight, LinearOp) {
         Some(y) => y,
-        None => return module::linear(x, weight, bias),
+        None => return crate::precision::linear(x, weight, bias),
     };
     match bias {
         Some(b) => y + b.unsqueeze::<D>(),
@@ -103,7 +103,7 @@ impl Backward<Flex, 2> for LinearOp {
 mod tests {
     use super::*;
     use crate::kernels::sample_tensor as sample;
-    use burn::tensor::Tolerance;
+    use burn::tensor::{Tolerance, module};
 
     fn close<const D: usize>(a: Tensor<D>, b: Tensor<D>) {
         a.into_data().assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(2e-4));

@@ -1,0 +1,152 @@
+//! Mixed precision (`--precision bf16|f16`): off the fused CPU kernels (the path a GPU runs) the
+//! linears' products run in the chosen dtype and the rest stays f32, so a decoder's logits and a
+//! LoRA step come out within the 16-bit rounding of the f32 ones, with trainable parameters and
+//! gradients f32; the CPU and training in f16 are refused by name.
+//!
+//! The precision is process-wide, so the tests here take turns (`PRECISION`).
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use burn::prelude::*;
+use burn::tensor::DType;
+use replora::adapters::{AdapterConfig, Deltas, Method, PeftModel, TargetModules};
+use replora::device::{DeviceSpec, check_precision};
+use replora::kernels;
+use replora::models::llama::Llama;
+use replora::precision::{self, Precision};
+use replora::quantization::BlockFormat;
+use replora::tasks::choice_model::{CausalLm, LmBatch, LmSequence};
+use replora::training::Objective;
+
+mod support;
+
+static PRECISION: Mutex<()> = Mutex::new(());
+
+/// `f` with the products in `precision` and the fused kernels off, as on a GPU.
+fn in_precision<R>(precision: Precision, f: impl FnOnce() -> R) -> R {
+    let _turn = PRECISION.lock().unwrap_or_else(|e| e.into_inner());
+    precision::set(precision);
+    let out = kernels::with_fallback(f);
+    precision::set(Precision::F32);
+    out
+}
+
+fn tiny_llama(device: &Device) -> Llama {
+    let c = support::tiny_llama_config(2);
+    Llama::from_tensors(c.clone(), &mut support::llama_checkpoint(&c), Path::new("tiny"), device).unwrap()
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_into_vec_as::<f32>().unwrap()
+}
+
+/// The largest difference relative to the largest magnitude of `b`.
+fn relative_diff(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    support::max_abs_diff(a, b) / scale
+}
+
+fn logits(m: &Llama, device: &Device) -> Tensor<3> {
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![5i64, 17, 3, 29, 11, 8, 40, 63], [1, 8]), device);
+    m.logits(m.forward(ids, None, None, &Deltas::none()))
+}
+
+/// bf16 keeps 8 bits of mantissa (a relative step of 2^-8 = 3.9e-3), f16 11 (4.9e-4): each
+/// product rounds its operands and result, and two layers of them compound (measured here:
+/// 1.7-2.0e-2 for bf16, 2.1-3.5e-3 for f16; the bounds leave twice that).
+fn tolerance(precision: Precision) -> f32 {
+    if precision == Precision::Bf16 { 4e-2 } else { 8e-3 }
+}
+
+#[test]
+fn logits_in_16_bit_products_are_the_f32_logits_within_their_rounding() {
+    let device = Device::flex();
+    for base in [None, Some(BlockFormat::Q4_1), Some(BlockFormat::Bf16)] {
+        let model = match base {
+            None => tiny_llama(&device),
+            Some(format) => tiny_llama(&device).converted(Some(format)).unwrap(),
+        };
+        let reference = in_precision(Precision::F32, || values(logits(&model, &device)));
+        for precision in [Precision::Bf16, Precision::F16] {
+            let ours = in_precision(precision, || logits(&model, &device));
+            assert_eq!(ours.dtype(), DType::F32, "{precision:?} on {base:?}: the logits come back f32");
+            let diff = relative_diff(&values(ours), &reference);
+            eprintln!("{precision:?} products on {base:?}: logits within {diff:.2e} of f32's (relative to the largest)");
+            // Within the rounding, and not f32's own result: the products did run in 16 bits.
+            assert!(diff < tolerance(precision), "{precision:?} on {base:?}: logits differ by {diff} (relative)");
+            assert!(diff > 1e-6, "{precision:?} on {base:?}: the logits are f32's to {diff}; the products did not round");
+        }
+    }
+}
+
+fn lora_model(device: &Device) -> CausalLm {
+    let config = AdapterConfig {
+        method: Method::Lora.defaults(),
+        r: 4,
+        target_modules: TargetModules::Names(vec!["q_proj".into(), "v_proj".into(), "down_proj".into()]),
+        seed: 3,
+        ..Default::default()
+    };
+    CausalLm { decoder: PeftModel::new(tiny_llama(device), &config).unwrap() }
+}
+
+fn batch() -> LmBatch {
+    let a = LmSequence { tokens: vec![5, 17, 3, 29, 11, 8], answer_start: 4 };
+    let b = LmSequence { tokens: vec![9, 4, 30, 2], answer_start: 3 };
+    LmBatch::pad(&[&a, &b], 0)
+}
+
+/// The losses of six AdamW steps of LoRA.
+fn train(device: &Device) -> Vec<f32> {
+    use burn::optim::{AdamWConfig, GradientsParams};
+    let mut model = lora_model(device);
+    let mut optim = AdamWConfig::new().init();
+    let mut losses = vec![];
+    for _ in 0..6 {
+        let loss = model.loss(&batch(), device);
+        losses.push(values(loss.clone())[0]);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-2, model, grads);
+    }
+    losses
+}
+
+/// The first step's gradient of one adapter's `B` (`A`'s is zero while `B` is).
+fn first_gradient(device: &Device) -> Tensor<2> {
+    let model = lora_model(device);
+    let grads = model.loss(&batch(), device).backward();
+    let b = model.decoder.adapters.deltas(false).get("model.layers.1.mlp.down_proj").unwrap().b.clone();
+    b.grad(&grads).expect("B trains")
+}
+
+/// The gradients of the trainable parameters come back f32 and within bf16's rounding of the
+/// f32 ones, and training follows the f32 run's losses. (The trained parameters themselves are
+/// not compared: AdamW's first steps move each by about the learning rate in the sign of its
+/// gradient, so a gradient near zero may step either way in either run.)
+#[test]
+fn lora_trains_in_bf16_products_with_f32_gradients_to_the_f32_losses() {
+    let device = Device::flex().autodiff();
+    let (reference, reference_grad) = in_precision(Precision::F32, || (train(&device), first_gradient(&device)));
+    let (losses, grad) = in_precision(Precision::Bf16, || (train(&device), first_gradient(&device)));
+    assert!(losses[5] < losses[0] - 0.05, "LoRA did not learn in bf16: {losses:?}");
+    let diff = relative_diff(&losses, &reference);
+    eprintln!("bf16 products: six LoRA losses within {diff:.2e} of f32's");
+    assert!(diff < 4e-2, "bf16 losses {losses:?} vs f32 {reference:?}");
+    assert!(diff > 1e-7, "the bf16 losses are f32's: the products did not round");
+    assert_eq!(grad.dtype(), DType::F32, "a trainable parameter's gradient is f32");
+    let diff = relative_diff(&values(grad), &values(reference_grad));
+    eprintln!("bf16 products: B's first gradient within {diff:.2e} of f32's");
+    assert!(diff < 5e-2, "B's first gradient differs by {diff} (relative)");
+}
+
+#[test]
+fn a_precision_the_devices_cannot_run_is_refused_by_name() {
+    let cpu = [DeviceSpec::CPU];
+    let devices = [Device::flex()];
+    assert!(check_precision(Precision::F32, &cpu, &devices, true).is_ok());
+    let message = check_precision(Precision::Bf16, &cpu, &devices, false).unwrap_err().to_string();
+    assert!(message.contains("--precision bf16") && message.contains("--device cpu") && message.contains("--quantize bf16"), "{message}");
+    let message = check_precision(Precision::F16, &cpu, &devices, true).unwrap_err().to_string();
+    assert!(message.contains("--precision f16") && message.contains("loss scaling"), "{message}");
+}
