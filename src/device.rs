@@ -138,18 +138,12 @@ impl FromStr for DeviceSpec {
 /// Checks that every device can run its products in `precision` (`--precision`), before a
 /// command writes anything: the CPU's fused kernels multiply in f32, and a GPU backend must have
 /// arithmetic in the dtype (burn's `Device::supports_dtype`: wgpu's WGSL has no bf16, for
-/// one). Training in f16 needs loss scaling, which replora does not have: bf16 (f32's range)
-/// needs none.
-pub fn check_precision(precision: Precision, specs: &[DeviceSpec], devices: &[Device], training: bool) -> Result<()> {
+/// one).
+pub fn check_precision(precision: Precision, specs: &[DeviceSpec], devices: &[Device]) -> Result<()> {
     if precision == Precision::F32 {
         return Ok(());
     }
     let name = precision.name();
-    if training && precision == Precision::F16 {
-        return Err(Error::Config(
-            "--precision f16: training in f16 needs loss scaling, which replora does not have; bf16 has f32's range and needs none (f16 serves eval, predict and generate)".into(),
-        ));
-    }
     if let Some(cpu) = specs.iter().find(|s| s.backend == Backend::Cpu) {
         return Err(Error::Config(format!(
             "--precision {name}: --device {cpu} multiplies in f32 (the CPU kernels have no 16-bit arithmetic); {name} products need a GPU backend. `--quantize {name}` holds the base in {name} here, which halves its memory"

@@ -6,6 +6,7 @@
 //! `partial` (the new copy half written) or `swap` (just before the new copy is renamed into
 //! place), so that tests can crash a run at the worst moments (tests/crash_safety.rs).
 
+use super::loss_scale::LossScale;
 use std::path::{Path, PathBuf};
 
 use std::collections::HashMap;
@@ -43,6 +44,9 @@ pub struct Progress {
     pub window_loss: f64,
     #[serde(default)]
     pub window_examples: usize,
+    /// Loss scaling's state, in a run whose products are f16 (`--precision f16`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<LossScale>,
 }
 
 /// What a run's progress must agree with: its epochs, micro-batches per epoch and accumulation.

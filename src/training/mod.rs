@@ -6,6 +6,7 @@ pub mod config;
 pub mod data_parallel;
 pub mod divergence;
 pub mod event_log;
+pub mod loss_scale;
 pub mod metrics;
 pub mod schedule;
 pub mod state;

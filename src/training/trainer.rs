@@ -25,6 +25,7 @@ use super::schedule::LrSchedule;
 use super::state::TrainableState;
 use crate::error::{Error, Result};
 use crate::layout;
+use crate::precision::Precision;
 use crate::progress::{Bar, Kind};
 
 /// A model and the batches it learns from: what [`train`] needs to know about a task.
@@ -282,6 +283,11 @@ impl<'a, M: Objective> Session<'a, M> {
             Some(events) => events,
             None => EventLog::start(&run.0, cfg.report_to, None)?,
         };
+        // f16 products scale the loss (a run resumed in another precision drops the state).
+        progress.loss_scale = match crate::precision::current() {
+            Precision::F16 => Some(progress.loss_scale.take().unwrap_or_default()),
+            _ => None,
+        };
         let bar = Bar::starting_at(Kind::Steps, progress.step as u64, total_steps as u64, "");
         let replicas = Replicas::new(&model, devices);
         let session =
@@ -316,7 +322,8 @@ impl<'a, M: Objective> Session<'a, M> {
         while first < batches.len() {
             // An optimizer step's micro-batches: grad_accum of them, fewer at the epoch's end.
             let end = ((first / cfg.grad_accum + 1) * cfg.grad_accum).min(batches.len());
-            let (losses, grads) = self.replicas.passes(&model, first..end, 1.0 / cfg.grad_accum as f64, &forward);
+            let loss_scale = self.progress.loss_scale.as_ref().map_or(1.0, |s| s.scale);
+            let (losses, grads) = self.replicas.passes(&model, first..end, loss_scale / cfg.grad_accum as f64, &forward);
             for (i, loss) in (first..end).zip(losses) {
                 // Before the first step each loss is read at once: not finite there means the
                 // weights or the data, and no step must be taken on it.
@@ -333,9 +340,20 @@ impl<'a, M: Objective> Session<'a, M> {
             first = end;
             let lr = self.schedule.at(self.progress.step);
             let logged = (self.progress.step + 1).is_multiple_of(cfg.log_every);
-            let diagnostics = if logged { model.diagnostics(&grads) } else { Default::default() };
-            model = step(&mut self.optim, lr, model, grads);
-            self.replicas.refresh(&model);
+            // An f16 step whose gradients overflowed is skipped (its scale halved).
+            let (grads, finite) = match &mut self.progress.loss_scale {
+                Some(scale) => scale.unscale(&model, grads),
+                None => (grads, true),
+            };
+            let mut diagnostics = if logged { model.diagnostics(&grads) } else { Default::default() };
+            if let (true, Some(scale)) = (logged, &self.progress.loss_scale) {
+                diagnostics.insert("loss_scale".into(), scale.scale.into());
+                diagnostics.insert("skipped_steps".into(), scale.skipped.into());
+            }
+            if finite {
+                model = step(&mut self.optim, lr, model, grads);
+                self.replicas.refresh(&model);
+            }
             self.progress.step += 1;
             if self.progress.step == 1 {
                 // The batches before the first step were read one by one: a non-finite sum

@@ -186,7 +186,7 @@ pub const ANSWER_TOKENS: usize = 32;
 
 /// Runs the job and returns its figures.
 pub fn run(args: &BenchArgs) -> Result<BenchResult> {
-    let device = if args.decode { args.device.open()? } else { args.device.open_to_train()? };
+    let device = args.device.open()?;
     if Family::detect(&args.model) == Some(Family::Llama) {
         return run_decoder(args, &device);
     }

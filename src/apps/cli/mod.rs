@@ -308,9 +308,10 @@ pub struct TrainDevices {
     /// result is the one-device run's. A run moves between devices (docs/gpu.md).
     #[arg(long, default_value = "cpu", value_delimiter = ',', value_parser = device)]
     pub device: Vec<DeviceSpec>,
-    /// The precision of the linears' products on a GPU: bf16 (on tensor cores where the GPU has
-    /// them), everything else f32 (trainable parameters, gradients and AdamW's state included),
-    /// as PyTorch's autocast; the CPU multiplies in f32 (docs/gpu.md#mixed-precision)
+    /// The precision of the linears' products on a GPU: bf16 or f16 (on tensor cores where the
+    /// GPU has them; f16 with dynamic loss scaling), everything else f32 (trainable parameters,
+    /// gradients and AdamW's state included), as PyTorch's autocast; the CPU multiplies in f32
+    /// (docs/gpu.md#mixed-precision)
     #[arg(long, default_value = "f32", value_parser = choice::<Precision>())]
     pub precision: Precision,
 }
@@ -320,7 +321,7 @@ impl TrainDevices {
     pub fn open(&self) -> crate::Result<Vec<burn::prelude::Device>> {
         crate::device::check_list(&self.device)?;
         let devices = self.device.iter().map(DeviceSpec::open).collect::<crate::Result<Vec<_>>>()?;
-        crate::device::check_precision(self.precision, &self.device, &devices, true)?;
+        crate::device::check_precision(self.precision, &self.device, &devices)?;
         crate::precision::set(self.precision);
         Ok(devices)
     }
@@ -337,17 +338,8 @@ fn device(value: &str) -> Result<DeviceSpec, String> {
 impl DeviceArg {
     /// The burn device, or why it cannot be used (checked before a command writes anything).
     pub fn open(&self) -> crate::Result<burn::prelude::Device> {
-        self.open_with(false)
-    }
-
-    /// [`DeviceArg::open`] for a command that trains (`bench`'s training job).
-    pub fn open_to_train(&self) -> crate::Result<burn::prelude::Device> {
-        self.open_with(true)
-    }
-
-    fn open_with(&self, training: bool) -> crate::Result<burn::prelude::Device> {
         let device = self.device.open()?;
-        crate::device::check_precision(self.precision, &[self.device], std::slice::from_ref(&device), training)?;
+        crate::device::check_precision(self.precision, &[self.device], std::slice::from_ref(&device))?;
         crate::precision::set(self.precision);
         Ok(device)
     }
