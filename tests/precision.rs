@@ -188,6 +188,11 @@ fn f16_training_scales_the_loss_and_ends_where_the_f32_run_does() {
         let lines = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
         let metrics: Vec<serde_json::Value> =
             lines.lines().map(|l| serde_json::from_str(l).unwrap()).filter(|v: &serde_json::Value| v.get("loss").is_some()).collect();
+        assert_eq!(
+            summary.precision.as_deref(),
+            (precision != Precision::F32).then(|| precision.name()),
+            "the summary names the precision"
+        );
         (summary.test.loss, metrics)
     };
     let (f32_loss, f32_lines) = train(Precision::F32, "f32");

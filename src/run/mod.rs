@@ -155,6 +155,10 @@ fn summarize<T: Task>(task: &T, data: &T::Data, test: TestScores, params: ParamR
         train_examples_per_s: 0.0,
         train_tokens_per_s: None,
         peak_rss_mib: results::peak_rss_mib(),
+        precision: match crate::precision::current() {
+            crate::precision::Precision::F32 => None,
+            other => Some(crate::choice::Choice::name(other).to_string()),
+        },
     }
 }
 
