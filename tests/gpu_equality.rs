@@ -19,11 +19,12 @@ use burn::prelude::*;
 use replora::adapters::base_weight::Quantize;
 use replora::adapters::{AdapterConfig, TargetModules};
 use replora::choice::Choice;
-use replora::device::{Backend, DeviceSpec};
+use replora::device::{Backend, DeviceSpec, check_precision};
 use replora::models::Architecture;
 use replora::models::bert::Bert;
 use replora::models::dinov2::Dinov2;
 use replora::models::llama::Llama;
+use replora::precision::{self, Precision};
 use replora::run::{self, Start};
 use replora::tasks::classification::ClassificationSpec;
 use replora::tasks::image_classification::ImageClassificationSpec;
@@ -250,6 +251,47 @@ fn llama_steps_on_quantized_bases_equal_the_cpu() {
             ..MultipleChoiceSpec::default()
         };
         check::<MultipleChoice>(&format!("LLaMA lora on {quantize:?}"), spec, &gpu);
+    }
+}
+
+/// `--precision f16` and `bf16` on the GPU (tensor cores where it has them): one LoRA step's
+/// loss and gradients are the CPU's f32 step within the 16-bit rounding of the products (the
+/// bounds of tests/precision.rs, where flex runs the same casts); a dtype the backend has no
+/// arithmetic for is refused by name. The precision is process-wide, so this file runs with
+/// `--test-threads 1` (as both scripts run it).
+#[test]
+fn sixteen_bit_products_on_the_gpu_are_the_cpu_step_within_their_rounding() {
+    let (gpu, dir) = (gpu(), tempfile::tempdir().unwrap());
+    support::tiny_llama_model(&dir.path().join("llama"));
+    support::choice_task(&dir.path().join("task.json"), 16);
+    let spec = MultipleChoiceSpec {
+        model: dir.path().join("llama").to_str().unwrap().into(),
+        tasks: vec![dir.path().join("task.json").to_str().unwrap().into()],
+        eval_tasks: vec![],
+        sizes: [8, 4, 4],
+        max_len: 16,
+        exact_match: false,
+        tuning: tuning::<Llama>("lora"),
+        train: train_config(),
+        ..MultipleChoiceSpec::default()
+    };
+    let (cpu_loss, cpu_before, _) = one_step::<MultipleChoice>(&spec, &Device::flex());
+    for (precision, bound) in [(Precision::F16, 8e-3), (Precision::Bf16, 4e-2)] {
+        if let Err(e) = check_precision(precision, &[gpu_spec()], std::slice::from_ref(&gpu)) {
+            let message = e.to_string();
+            assert!(message.contains("arithmetic"), "{message}");
+            eprintln!("{precision:?} refused: {message}");
+            continue;
+        }
+        precision::set(precision);
+        let (gpu_loss, gpu_before, _) = one_step::<MultipleChoice>(&spec, &gpu);
+        precision::set(Precision::F32);
+        let loss = ((gpu_loss - cpu_loss) / cpu_loss).abs() as f64;
+        let trained = |s: &Snapshot| s.grads.iter().flatten().cloned().collect::<Vec<_>>();
+        let (grad, gi) = worst(&trained(&gpu_before), &trained(&cpu_before), 1.25 * bound, |_, _| 0.0);
+        eprintln!("{precision:?} products: loss {loss:.2e} from the CPU's f32 (relative); worst gradient {grad:.3} x {:.0e}", 1.25 * bound);
+        assert!(loss < bound, "{precision:?}: loss {gpu_loss} against the CPU's f32 {cpu_loss}");
+        assert!(grad <= 1.0, "{precision:?}: gradient {gi} beyond the 16-bit bound");
     }
 }
 
