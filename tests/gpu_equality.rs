@@ -211,20 +211,12 @@ fn bert_classification_steps_equal_the_cpu_for_every_method() {
 #[test]
 fn llama_multiple_choice_steps_equal_the_cpu_for_every_method() {
     let (gpu, dir) = (gpu(), tempfile::tempdir().unwrap());
-    support::tiny_llama_model(&dir.path().join("llama"));
-    support::choice_task(&dir.path().join("task.json"), 16);
     for method in METHODS {
         let spec = MultipleChoiceSpec {
-            model: dir.path().join("llama").to_str().unwrap().into(),
-            tasks: vec![dir.path().join("task.json").to_str().unwrap().into()],
-            eval_tasks: vec![],
-            sizes: [8, 4, 4],
             // A prefix takes 10 of the tiny model's 16 positions.
             max_len: if method == "prefix" { 6 } else { 16 },
-            exact_match: false,
-            tuning: tuning::<Llama>(method),
             train: train_config(),
-            ..MultipleChoiceSpec::default()
+            ..support::tiny_choice_spec(dir.path(), tuning::<Llama>(method))
         };
         check::<MultipleChoice>(&format!("LLaMA {method}"), spec, &gpu);
     }
@@ -235,21 +227,8 @@ fn llama_multiple_choice_steps_equal_the_cpu_for_every_method() {
 #[test]
 fn llama_steps_on_quantized_bases_equal_the_cpu() {
     let (gpu, dir) = (gpu(), tempfile::tempdir().unwrap());
-    support::tiny_llama_model(&dir.path().join("llama"));
-    support::choice_task(&dir.path().join("task.json"), 16);
     for quantize in [Quantize::Q8_0, Quantize::Q4_0, Quantize::Q4_1, Quantize::Bf16] {
-        let spec = MultipleChoiceSpec {
-            model: dir.path().join("llama").to_str().unwrap().into(),
-            tasks: vec![dir.path().join("task.json").to_str().unwrap().into()],
-            eval_tasks: vec![],
-            sizes: [8, 4, 4],
-            max_len: 16,
-            exact_match: false,
-            quantize,
-            tuning: tuning::<Llama>("lora"),
-            train: train_config(),
-            ..MultipleChoiceSpec::default()
-        };
+        let spec = MultipleChoiceSpec { quantize, train: train_config(), ..support::tiny_choice_spec(dir.path(), tuning::<Llama>("lora")) };
         check::<MultipleChoice>(&format!("LLaMA lora on {quantize:?}"), spec, &gpu);
     }
 }
@@ -262,19 +241,7 @@ fn llama_steps_on_quantized_bases_equal_the_cpu() {
 #[test]
 fn sixteen_bit_products_on_the_gpu_are_the_cpu_step_within_their_rounding() {
     let (gpu, dir) = (gpu(), tempfile::tempdir().unwrap());
-    support::tiny_llama_model(&dir.path().join("llama"));
-    support::choice_task(&dir.path().join("task.json"), 16);
-    let spec = MultipleChoiceSpec {
-        model: dir.path().join("llama").to_str().unwrap().into(),
-        tasks: vec![dir.path().join("task.json").to_str().unwrap().into()],
-        eval_tasks: vec![],
-        sizes: [8, 4, 4],
-        max_len: 16,
-        exact_match: false,
-        tuning: tuning::<Llama>("lora"),
-        train: train_config(),
-        ..MultipleChoiceSpec::default()
-    };
+    let spec = MultipleChoiceSpec { train: train_config(), ..support::tiny_choice_spec(dir.path(), tuning::<Llama>("lora")) };
     let (cpu_loss, cpu_before, _) = one_step::<MultipleChoice>(&spec, &Device::flex());
     for (precision, bound) in [(Precision::F16, 8e-3), (Precision::Bf16, 4e-2)] {
         if let Err(e) = check_precision(precision, &[gpu_spec()], std::slice::from_ref(&gpu)) {

@@ -165,22 +165,14 @@ fn f16_training_scales_the_loss_and_ends_where_the_f32_run_does() {
     use replora::tasks::{MultipleChoice, Tuning};
     use replora::training::TrainConfig;
     let dir = tempfile::tempdir().unwrap();
-    support::tiny_llama_model(&dir.path().join("llama"));
-    support::choice_task(&dir.path().join("task.json"), 16);
+    let lora = AdapterConfig {
+        r: 4,
+        target_modules: TargetModules::Names(vec!["q_proj".into(), "v_proj".into()]),
+        ..AdapterConfig::new(Method::Lora)
+    };
     let spec = MultipleChoiceSpec {
-        model: dir.path().join("llama").to_str().unwrap().into(),
-        tasks: vec![dir.path().join("task.json").to_str().unwrap().into()],
-        eval_tasks: vec![],
-        sizes: [8, 4, 4],
-        max_len: 16,
-        exact_match: false,
-        tuning: Tuning::Adapter(AdapterConfig {
-            r: 4,
-            target_modules: TargetModules::Names(vec!["q_proj".into(), "v_proj".into()]),
-            ..AdapterConfig::new(Method::Lora)
-        }),
         train: TrainConfig { batch_size: 2, epochs: 2, log_every: 1, ..TrainConfig::default() },
-        ..MultipleChoiceSpec::default()
+        ..support::tiny_choice_spec(dir.path(), Tuning::Adapter(lora))
     };
     let train = |precision: Precision, name: &str| {
         let out = dir.path().join(name);

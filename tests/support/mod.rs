@@ -397,6 +397,23 @@ pub fn choice_task(path: &Path, n: usize) {
     std::fs::write(path, serde_json::json!({"examples": examples}).to_string()).unwrap();
 }
 
+/// The tiny LLaMA and a 16-question choice task under `dir`, and a multiple-choice spec on
+/// them (8 / 4 / 4 questions of at most 16 tokens) that trains with `tuning`.
+pub fn tiny_choice_spec(dir: &Path, tuning: replora::tasks::Tuning) -> replora::tasks::multiple_choice::MultipleChoiceSpec {
+    tiny_llama_model(&dir.join("llama"));
+    choice_task(&dir.join("task.json"), 16);
+    replora::tasks::multiple_choice::MultipleChoiceSpec {
+        model: dir.join("llama").to_str().unwrap().into(),
+        tasks: vec![dir.join("task.json").to_str().unwrap().into()],
+        eval_tasks: vec![],
+        sizes: [8, 4, 4],
+        max_len: 16,
+        exact_match: false,
+        tuning,
+        ..Default::default()
+    }
+}
+
 /// `per_class` noisy 20 x 20 PNGs per class, each dominated by its class's colour channel.
 pub fn image_folder(dir: &Path, classes: &[&str], per_class: usize) {
     let mut state = 11u64;
