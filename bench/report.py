@@ -71,12 +71,13 @@ for m in methods:
     report["methods"][m] = {"replora": ours, "pytorch": theirs, "pytorch_method": peer_method}
 
 
-def precision_of(quantize, autocast):
+def precision_of(quantize, products, autocast):
     """How each side held and multiplied the weights."""
-    if quantize == "none" and not autocast:
+    if quantize == "none" and products == "f32" and not autocast:
         return "f32"
-    ours = "f32" if quantize == "none" else f"replora base --quantize {quantize}"
-    return f"{ours}, PyTorch {'bf16 autocast' if autocast == 'bf16' else 'f32'}"
+    ours = [] if quantize == "none" else [f"base --quantize {quantize}"]
+    ours += [] if products == "f32" else [f"--precision {products}"]
+    return f"replora {', '.join(ours) or 'f32'}, PyTorch {'bf16 autocast' if autocast == 'bf16' else 'f32'}"
 
 
 peak = {side: med([r for r in runs if r["side"] == side], "matmul_peak_gflops") for side in ["replora", "pytorch"]}
@@ -89,7 +90,7 @@ lines = [
     f"### {report['date']} — {os.path.basename(str(job['model'].get('name')).rstrip('/'))} ({job['model'].get('kind', 'encoder')}, "
     f"{job['model']['layers']} layers, hidden {job['model']['hidden']}), batch {job['batch']} x {job['seq']} tokens, rank {job['rank']} "
     f"on {'q_proj,v_proj' if job['model'].get('kind') == 'decoder' else 'query,value'}, {job['threads']} threads, "
-    f"{precision_of(job['model'].get('quantize', 'none'), next((r.get('autocast') for r in runs if r['side'] == 'pytorch'), None))}"
+    f"{precision_of(job['model'].get('quantize', 'none'), job['model'].get('precision', 'f32'), next((r.get('autocast') for r in runs if r['side'] == 'pytorch'), None))}"
     f"{', activation checkpointing on both sides' if job['model'].get('checkpoint_activations') else ''}",
     "",
     f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, {report['machine']['memory_gib']} GiB, Linux {report['machine']['kernel']}. "

@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::adapters::base_weight::Quantize;
 use crate::adapters::{AdapterConfig, Method, PeftModel, TargetModules};
+use crate::choice::Choice;
 use crate::data::Batch;
 use crate::error::Result;
 use crate::models::bert::{Bert, Pooling};
@@ -304,7 +305,7 @@ fn run_encoder(args: &BenchArgs, device: &Device) -> Result<BenchResult> {
     let description = serde_json::json!({
         "name": args.model, "kind": "encoder", "layers": c.num_hidden_layers, "hidden": c.hidden_size,
         "intermediate": c.intermediate_size, "heads": c.num_attention_heads, "kv_heads": c.num_attention_heads, "vocab": c.vocab_size,
-        "checkpoint_activations": args.checkpoint_activations, "quantize": args.quantize,
+        "checkpoint_activations": args.checkpoint_activations, "quantize": args.quantize, "precision": args.device.precision.name(),
     });
     Ok(result(args, trainable, steps, (infer_base, infer_merged), description, &inner))
 }
@@ -338,6 +339,7 @@ fn run_decoder(args: &BenchArgs, device: &Device) -> Result<BenchResult> {
         "name": args.model, "kind": "decoder", "layers": c.num_hidden_layers, "hidden": c.hidden_size,
         "intermediate": c.intermediate_size, "heads": c.num_attention_heads, "kv_heads": c.kv_heads(), "vocab": c.vocab_size,
         "answer_tokens": answer, "quantize": args.quantize, "checkpoint_activations": args.checkpoint_activations,
+        "precision": args.device.precision.name(),
     });
     Ok(result(args, trainable, steps, (infer_base, infer_merged), description, &inner))
 }
