@@ -223,12 +223,16 @@ fn llama_multiple_choice_steps_equal_the_cpu_for_every_method() {
 }
 
 /// A quantized or 16-bit base goes to the GPU as held (packed codes and scales, or 16-bit
-/// values) and widens there to what the CPU's kernels read in place.
+/// values; bf16 widened once where the backend has no bf16, as wgpu) and widens there to what
+/// the CPU's kernels read in place.
 #[test]
 fn llama_steps_on_quantized_bases_equal_the_cpu() {
     let (gpu, dir) = (gpu(), tempfile::tempdir().unwrap());
-    for quantize in [Quantize::Q8_0, Quantize::Q4_0, Quantize::Q4_1, Quantize::Bf16] {
-        let spec = MultipleChoiceSpec { quantize, train: train_config(), ..support::tiny_choice_spec(dir.path(), tuning::<Llama>("lora")) };
+    let spec = support::tiny_choice_spec(dir.path(), tuning::<Llama>("lora"));
+    // Rows of whole blocks of 32 values.
+    support::tiny_llama_model_of(&dir.path().join("llama"), 32, 64);
+    for quantize in [Quantize::Q8_0, Quantize::Q4_0, Quantize::Q4_1, Quantize::Bf16, Quantize::F16] {
+        let spec = MultipleChoiceSpec { quantize, train: train_config(), ..spec.clone() };
         check::<MultipleChoice>(&format!("LLaMA lora on {quantize:?}"), spec, &gpu);
     }
 }

@@ -188,8 +188,9 @@ impl BaseWeight {
 /// which [`BaseWeight::dense`] builds its f32 copy.
 ///
 /// Off the fused CPU path (a GPU backend), a product needs the weight on the device. At its
-/// first product the matrix goes there as held: a 16-bit matrix in its own dtype, the other
-/// formats as codes packed into 32-bit words with their scales ([`PackedWords`]). Each product
+/// first product the matrix goes there as held: a 16-bit matrix in its own dtype (widened to
+/// f32 once where the backend lacks it), the other formats as codes packed into 32-bit words
+/// with their scales ([`PackedWords`]). Each product
 /// widens that copy to f32 on the device, to the values the host computes, so the base takes
 /// 2 bytes a weight (16-bit) or 5 to 10 bits (blocks) of device memory instead of f32's 4 bytes.
 #[derive(Clone, Debug)]
@@ -248,7 +249,7 @@ impl FrozenBlocks {
 #[derive(Clone, Debug)]
 #[allow(clippy::large_enum_variant)] // one per matrix, made once, behind an `Arc`
 enum Resident {
-    /// F16 or BF16 values, `[d_out, d_in]`.
+    /// F16 or BF16 values, `[d_out, d_in]` (f32 on a backend without the dtype).
     Floats(Tensor<2>),
     /// Codes packed into words, `[d_out, d_in * bits / 32]`, and their groups' scales and
     /// offsets, `[d_out, d_in / group]`.
@@ -259,6 +260,10 @@ impl Resident {
     fn new(m: &QuantizedMatrix, device: &Device) -> Self {
         let Some(p) = m.packed_words() else {
             let dtype = if m.format == BlockFormat::F16 { DType::F16 } else { DType::BF16 };
+            // A backend without the dtype (wgpu's WGSL has no bf16) holds the widened values.
+            if !device.supports_dtype(dtype) {
+                return Resident::Floats(Tensor::from_data(TensorData::new(m.dequantize(), [m.rows, m.cols]), device));
+            }
             let data = TensorData::from_bytes_vec(m.codes().to_vec(), [m.rows, m.cols], dtype);
             return Resident::Floats(Tensor::from_data(data, TensorCreationOptions::new(device.clone()).with_dtype(dtype)));
         };

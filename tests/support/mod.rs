@@ -212,9 +212,14 @@ pub fn tiny_bert_model(dir: &Path) {
 /// A complete tiny LLaMA model directory (config, weights, word tokenizer): 2 layers, vocab 40,
 /// a context window of 16 positions, end-of-sequence id 2.
 pub fn tiny_llama_model(dir: &Path) {
+    tiny_llama_model_of(dir, 16, 24);
+}
+
+/// [`tiny_llama_model`] with other widths (multiples of 32 for quantized bases).
+pub fn tiny_llama_model_of(dir: &Path, hidden: usize, intermediate: usize) {
     std::fs::create_dir_all(dir).unwrap();
     let config = serde_json::json!({
-        "vocab_size": 40, "hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 2,
+        "vocab_size": 40, "hidden_size": hidden, "intermediate_size": intermediate, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
         "max_position_embeddings": 16, "tie_word_embeddings": false, "eos_token_id": 2, "hidden_act": "silu",
         "model_type": "llama",
