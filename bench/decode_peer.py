@@ -83,6 +83,8 @@ print(json.dumps({
     "prompt_tokens_per_s": args.batch * args.seq / first,
     "decode_tokens_per_s": statistics.median(decode),
     "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    # What one step reads: every weight once (a tied table counted once, as parameters() does).
+    "weight_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
     "model": {"name": args.model_dir, "layers": config.num_hidden_layers, "hidden": config.hidden_size, "vocab": config.vocab_size},
     "versions": {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__},
 }))
