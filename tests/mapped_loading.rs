@@ -70,6 +70,10 @@ fn a_mapped_checkpoint_reads_keeps_and_converts_each_tensor_as_asked() {
         assert!(!c.contains("linear.weight"), "{format}: a taken tensor is gone");
         assert_eq!(c.take_f32("odd.weight").unwrap().unwrap(), named["odd.weight"]);
         assert_eq!(c.take_f32("odd.weight").unwrap(), None);
+        // Every byte taken or discarded counts towards the loading progress, once.
+        assert!(c.discard("norm.weight") && !c.discard("norm.weight"));
+        let total = 4 * (8 * 64 + 8 * 20 + 64);
+        assert_eq!(c.progress(), (total, total), "{format}: the progress of a checkpoint taken whole");
     }
 
     // A 16-bit file's matrices are kept as stored, or widened exactly.

@@ -10,6 +10,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use super::HostTensor;
 use crate::error::{Error, Result};
+use crate::progress::{Bar, Kind};
 use crate::quantization::{BLOCK, BlockFormat, QuantizedMatrix};
 
 /// How a checkpoint's matrices are held when a model takes them as matrices to multiply with
@@ -35,6 +36,18 @@ struct Entry {
     len: usize,
 }
 
+/// Checkpoints of at least this many bytes show a progress bar while a model takes their
+/// tensors (a 7B model's bf16 file takes tens of seconds to convert, more from a cold disk).
+const PROGRESS_FROM: u64 = 1 << 30;
+
+/// A bar for loading `total` bytes of tensors from `path`: hidden below [`PROGRESS_FROM`].
+pub(crate) fn loading_bar(total: u64, path: &Path) -> Bar {
+    match total >= PROGRESS_FROM {
+        true => Bar::new(Kind::Bytes, total, format!("loading {}", path.display())),
+        false => Bar::hidden(),
+    }
+}
+
 /// The tensors of one or more mapped safetensors files (a model's shards), taken out one by one.
 pub struct MappedCheckpoint {
     files: Vec<(PathBuf, memmap2::Mmap)>,
@@ -42,6 +55,10 @@ pub struct MappedCheckpoint {
     metadata: HashMap<String, String>,
     /// The file errors name: the one file, or a sharded model's index.
     named: PathBuf,
+    /// Bytes of tensors taken or discarded so far, of `total`, and the bar that shows them.
+    taken: u64,
+    total: u64,
+    bar: Bar,
 }
 
 impl MappedCheckpoint {
@@ -53,10 +70,20 @@ impl MappedCheckpoint {
     /// Every shard of a sharded model, in one checkpoint whose errors name `index`; the caller
     /// checks the shards against the index.
     pub(crate) fn open_shards(shards: &[PathBuf], index: &Path) -> Result<Self> {
-        let mut checkpoint = Self { files: vec![], entries: BTreeMap::new(), metadata: HashMap::new(), named: index.to_path_buf() };
+        let mut checkpoint = Self {
+            files: vec![],
+            entries: BTreeMap::new(),
+            metadata: HashMap::new(),
+            named: index.to_path_buf(),
+            taken: 0,
+            total: 0,
+            bar: Bar::hidden(),
+        };
         for shard in shards {
             checkpoint.add_file(shard)?;
         }
+        checkpoint.total = checkpoint.entries.values().map(|e| e.len as u64).sum();
+        checkpoint.bar = loading_bar(checkpoint.total, index);
         Ok(checkpoint)
     }
 
@@ -104,7 +131,18 @@ impl MappedCheckpoint {
 
     /// Forgets `name` without reading it; whether it was there.
     pub fn discard(&mut self, name: &str) -> bool {
-        self.entries.remove(name).is_some()
+        self.entries.remove(name).map(|entry| self.count(&entry)).is_some()
+    }
+
+    /// Bytes of the tensors taken or discarded so far, and of all of them.
+    pub fn progress(&self) -> (u64, u64) {
+        (self.taken, self.total)
+    }
+
+    /// Counts `entry`'s bytes as read (once the tensor is).
+    fn count(&mut self, entry: &Entry) {
+        self.taken += entry.len as u64;
+        self.bar.inc(entry.len as u64);
     }
 
     /// The tensor `name` in f32 (F32, F64, F16 and BF16, and I64/I32 values f32 holds exactly),
@@ -128,6 +166,7 @@ impl MappedCheckpoint {
             (other, _) => return Err(Error::format(path, format!("tensor {name} has unsupported dtype {other:?}"))),
         };
         self.release(&entry);
+        self.count(&entry);
         Ok(Some(HostTensor { shape: entry.shape, data }))
     }
 
@@ -163,6 +202,7 @@ impl MappedCheckpoint {
             }),
         };
         self.release(&entry);
+        self.count(&entry);
         matrix.map(Some)
     }
 
@@ -174,6 +214,12 @@ impl MappedCheckpoint {
     fn release(&self, entry: &Entry) {
         let (_, raw) = self.bytes(entry);
         crate::files::release(&self.files[entry.file].1, raw);
+    }
+}
+
+impl Drop for MappedCheckpoint {
+    fn drop(&mut self) {
+        self.bar.finish();
     }
 }
 
