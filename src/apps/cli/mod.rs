@@ -292,8 +292,8 @@ pub struct DeviceArg {
     #[arg(long, default_value = "cpu", value_parser = device)]
     pub device: DeviceSpec,
     /// The precision of the linears' products on a GPU: bf16 or f16 (on tensor cores where the
-    /// GPU has them), everything else f32, as PyTorch's autocast; the CPU multiplies in f32
-    /// (docs/gpu.md#mixed-precision)
+    /// GPU has them), everything else f32, as PyTorch's autocast; refused on the CPU, whose
+    /// kernels multiply in f32 (docs/gpu.md#mixed-precision)
     #[arg(long, default_value = "f32", value_parser = choice::<Precision>())]
     pub precision: Precision,
 }
@@ -310,8 +310,8 @@ pub struct TrainDevices {
     pub device: Vec<DeviceSpec>,
     /// The precision of the linears' products on a GPU: bf16 or f16 (on tensor cores where the
     /// GPU has them; f16 with dynamic loss scaling), everything else f32 (trainable parameters,
-    /// gradients and AdamW's state included), as PyTorch's autocast; the CPU multiplies in f32
-    /// (docs/gpu.md#mixed-precision)
+    /// gradients and AdamW's state included), as PyTorch's autocast; refused on the CPU, whose
+    /// kernels multiply in f32 (docs/gpu.md#mixed-precision)
     #[arg(long, default_value = "f32", value_parser = choice::<Precision>())]
     pub precision: Precision,
 }
@@ -321,8 +321,7 @@ impl TrainDevices {
     pub fn open(&self) -> crate::Result<Vec<burn::prelude::Device>> {
         crate::device::check_list(&self.device)?;
         let devices = self.device.iter().map(DeviceSpec::open).collect::<crate::Result<Vec<_>>>()?;
-        crate::device::check_precision(self.precision, &self.device, &devices)?;
-        crate::precision::set(self.precision);
+        use_precision(self.precision, &self.device, &devices)?;
         Ok(devices)
     }
 }
@@ -339,10 +338,16 @@ impl DeviceArg {
     /// The burn device, or why it cannot be used (checked before a command writes anything).
     pub fn open(&self) -> crate::Result<burn::prelude::Device> {
         let device = self.device.open()?;
-        crate::device::check_precision(self.precision, &[self.device], std::slice::from_ref(&device))?;
-        crate::precision::set(self.precision);
+        use_precision(self.precision, &[self.device], std::slice::from_ref(&device))?;
         Ok(device)
     }
+}
+
+/// Checks `--precision` against the devices, then sets it for this process.
+fn use_precision(precision: Precision, specs: &[DeviceSpec], devices: &[burn::prelude::Device]) -> crate::Result<()> {
+    crate::device::check_precision(precision, specs, devices)?;
+    crate::precision::set(precision);
+    Ok(())
 }
 
 /// The decoder commands of replora 0.1, kept as aliases: `train-lm` is `train --task
