@@ -190,9 +190,9 @@ impl BaseWeight {
 /// Off the fused CPU path (a GPU backend), a product needs the weight on the device. At its
 /// first product the matrix goes there as held: a 16-bit matrix in its own dtype (widened to
 /// f32 once where the backend lacks it), the other formats as codes packed into 32-bit words
-/// with their scales ([`PackedWords`]). Each product
-/// widens that copy to f32 on the device, to the values the host computes, so the base takes
-/// 2 bytes a weight (16-bit) or 5 to 10 bits (blocks) of device memory instead of f32's 4 bytes.
+/// with their scales ([`PackedWords`]). Each product widens that copy to f32 on the device, to
+/// the values the host computes, so the base takes 2 bytes a weight (16-bit) or 5 to 10 bits
+/// (blocks) of device memory instead of f32's 4 bytes.
 #[derive(Clone, Debug)]
 pub struct FrozenBlocks {
     pub matrix: Arc<QuantizedMatrix>,
