@@ -240,4 +240,12 @@ fn a_decoder_opened_with_fewer_layers_is_the_whole_one_cut_short() {
         let logits = |m: &Llama| values(m.logits(m.forward(ids.clone(), None, None, &Deltas::none())));
         assert!(logits(&ours) == logits(&reference), "{what}: logits differ");
     }
+    // Without --keep-layers, a block beyond the config's count is refused, not dropped unread.
+    let config = dir.path().join("config.json");
+    let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    c["num_hidden_layers"] = 1.into();
+    std::fs::write(&config, c.to_string()).unwrap();
+    let e = Llama::load(dir.path(), &device).unwrap_err().to_string();
+    assert!(e.contains("model.layers.1.") && e.contains("beyond num_hidden_layers = 1"), "{e}");
+    assert_eq!(Decoder::open_keeping(dir.path().to_str().unwrap(), Some(1), Quantize::Stored, &device).unwrap().model.layers.len(), 1);
 }

@@ -186,7 +186,10 @@ impl Llama {
                 let config = LlamaConfig::read(&path.join(CONFIG_FILE))?.keeping(keep_layers);
                 let mut checkpoint = crate::weights::open_model_dir(path)?;
                 let mut r = Reader::mapped(&mut checkpoint, quantize.matrices(), device);
-                r.discard_layers(LAYERS, config.num_hidden_layers);
+                // Only blocks `--keep-layers` drops go unread: others beyond the config are refused.
+                if keep_layers.is_some() {
+                    r.discard_layers(LAYERS, config.num_hidden_layers);
+                }
                 Self::from_reader(config, r)?
             }
         };
@@ -202,7 +205,7 @@ impl Llama {
     /// [`Llama::from_gguf`] with only the first `keep_layers` blocks, the others never read.
     pub fn from_gguf_keeping(gguf: &Gguf, file: &Path, keep_layers: Option<usize>, device: &Device) -> Result<Self> {
         let config = LlamaConfig::from_value(gguf.llama_config()?, file)?.keeping(keep_layers);
-        let (mut tensors, mut quantized) = gguf.llama_weights(true, Some(config.num_hidden_layers))?;
+        let (mut tensors, mut quantized) = gguf.llama_weights(true, keep_layers.map(|_| config.num_hidden_layers))?;
         Self::from_reader(config, Reader::new(&mut tensors, file, device).with_quantized(&mut quantized))
     }
 
