@@ -55,8 +55,8 @@ pub struct MappedCheckpoint {
     metadata: HashMap<String, String>,
     /// The file errors name: the one file, or a sharded model's index.
     named: PathBuf,
-    /// Bytes of tensors taken or discarded so far, of `total`, and the bar that shows them.
-    taken: u64,
+    /// Bytes of all its tensors, and the bar that shows how many have been taken
+    /// ([`MappedCheckpoint::progress`]).
     total: u64,
     bar: Bar,
 }
@@ -75,7 +75,6 @@ impl MappedCheckpoint {
             entries: BTreeMap::new(),
             metadata: HashMap::new(),
             named: index.to_path_buf(),
-            taken: 0,
             total: 0,
             bar: Bar::hidden(),
         };
@@ -131,18 +130,15 @@ impl MappedCheckpoint {
 
     /// Forgets `name` without reading it; whether it was there.
     pub fn discard(&mut self, name: &str) -> bool {
-        self.entries.remove(name).map(|entry| self.count(&entry)).is_some()
+        let found = self.entries.remove(name).is_some();
+        self.bar.set_position(self.progress().0);
+        found
     }
 
     /// Bytes of the tensors taken or discarded so far, and of all of them.
     pub fn progress(&self) -> (u64, u64) {
-        (self.taken, self.total)
-    }
-
-    /// Counts `entry`'s bytes as read (once the tensor is).
-    fn count(&mut self, entry: &Entry) {
-        self.taken += entry.len as u64;
-        self.bar.inc(entry.len as u64);
+        let left: u64 = self.entries.values().map(|e| e.len as u64).sum();
+        (self.total - left, self.total)
     }
 
     /// The tensor `name` in f32 (F32, F64, F16 and BF16, and I64/I32 values f32 holds exactly),
@@ -165,8 +161,7 @@ impl MappedCheckpoint {
             (Dtype::I32, _) => ints(path, name, raw.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()).into()))?,
             (other, _) => return Err(Error::format(path, format!("tensor {name} has unsupported dtype {other:?}"))),
         };
-        self.release(&entry);
-        self.count(&entry);
+        self.finish_reading(&entry);
         Ok(Some(HostTensor { shape: entry.shape, data }))
     }
 
@@ -201,8 +196,7 @@ impl MappedCheckpoint {
                 Ok(())
             }),
         };
-        self.release(&entry);
-        self.count(&entry);
+        self.finish_reading(&entry);
         matrix.map(Some)
     }
 
@@ -211,9 +205,11 @@ impl MappedCheckpoint {
         (path, &map[entry.start..entry.start + entry.len])
     }
 
-    fn release(&self, entry: &Entry) {
+    /// Gives `entry`'s pages back once its tensor is read, and moves the bar to what is read.
+    fn finish_reading(&self, entry: &Entry) {
         let (_, raw) = self.bytes(entry);
         crate::files::release(&self.files[entry.file].1, raw);
+        self.bar.set_position(self.progress().0);
     }
 }
 

@@ -156,10 +156,10 @@ impl Gguf {
         let kv_heads = self.arch_value(arch, "attention.head_count_kv").and_then(Value::as_u64).map_or(heads, |v| v as usize);
         let (mut dense, mut quantized) = (BTreeMap::new(), BTreeMap::new());
         let beyond = |name: &str| crate::weights::layer_index(name, "blk.").zip(layers).is_some_and(|(i, n)| i >= n);
-        let taken: Vec<&TensorInfo> = self.tensors.iter().filter(|t| !beyond(&t.name)).collect();
-        let bytes = |t: &TensorInfo| self.raw(t).map_or(0, |raw| raw.len() as u64);
-        let bar = crate::weights::mapped::loading_bar(taken.iter().map(|t| bytes(t)).sum(), &self.path);
-        for t in taken {
+        let taken: Vec<(&TensorInfo, u64)> =
+            self.tensors.iter().filter(|t| !beyond(&t.name)).map(|t| (t, self.raw(t).map_or(0, |raw| raw.len() as u64))).collect();
+        let bar = crate::weights::mapped::loading_bar(taken.iter().map(|(_, bytes)| bytes).sum(), &self.path);
+        for (t, bytes) in taken {
             let meaning = || Error::format(&self.path, format!("tensor {} has no {} meaning", t.name, arch.key()));
             let name = hf_name(arch, &t.name).ok_or_else(meaning)?;
             // Only LLaMA's converter permutes q/k rows (Gemma's rotary embedding is llama.cpp's NeoX kind).
@@ -175,7 +175,7 @@ impl Gguf {
                 }
                 quantized.insert(name, matrix);
                 self.release(t);
-                bar.inc(bytes(t));
+                bar.inc(bytes);
                 continue;
             }
             let mut tensor = self.tensor(&t.name)?;
@@ -189,7 +189,7 @@ impl Gguf {
             }
             dense.insert(name, tensor);
             self.release(t);
-            bar.inc(bytes(t));
+            bar.inc(bytes);
         }
         bar.finish();
         Ok((dense, quantized))
