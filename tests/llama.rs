@@ -9,7 +9,7 @@ use replora::adapters::{AdapterConfig, Deltas, Method, MethodConfig, PeftModel, 
 use replora::generate::{Sampling, generate};
 use replora::models::Architecture;
 use replora::models::llama::{KvCache, Llama, LlamaConfig};
-use replora::tasks::choice_model::{CausalLm, LmBatch, LmSequence};
+use replora::tasks::choice_model::CausalLm;
 use replora::training::Objective;
 use replora::weights::HostTensor;
 
@@ -138,23 +138,17 @@ fn adapter(method: Method, targets: &[&str]) -> AdapterConfig {
     }
 }
 
-fn batch() -> LmBatch {
-    let a = LmSequence { tokens: vec![5, 17, 3, 29, 11, 8], answer_start: 4 };
-    let b = LmSequence { tokens: vec![9, 4, 30, 2], answer_start: 3 };
-    LmBatch::pad(&[&a, &b], 0)
-}
-
 /// Five AdamW steps on the untied tiny decoder with `config`: the model, the answer loss before
 /// and after.
 fn trained(config: &AdapterConfig, device: &Device) -> (CausalLm, f32, f32) {
     let mut model = CausalLm { decoder: PeftModel::new(tiny_on(false, device), config).unwrap() };
     let mut optim = burn::optim::AdamWConfig::new().init();
-    let first = values(model.loss(&batch(), device))[0];
+    let first = values(model.loss(&support::tiny_lm_batch(), device))[0];
     for _ in 0..5 {
-        let grads = burn::optim::GradientsParams::from_grads(model.loss(&batch(), device).backward(), &model);
+        let grads = burn::optim::GradientsParams::from_grads(model.loss(&support::tiny_lm_batch(), device).backward(), &model);
         model = optim.step(1e-2, model, grads);
     }
-    let last = values(model.loss(&batch(), device))[0];
+    let last = values(model.loss(&support::tiny_lm_batch(), device))[0];
     (model, first, last)
 }
 
@@ -164,12 +158,12 @@ fn adapters_on_every_projection_start_at_the_base_model_and_merge_exactly() {
     for method in [Method::Lora, Method::Dora, Method::Replora] {
         let base =
             values(CausalLm { decoder: PeftModel::from_parts(tiny(false), replora::adapters::AdapterSet::empty()) }.target_logprobs(
-                &batch(),
+                &support::tiny_lm_batch(),
                 false,
                 &device(),
             ));
         let lm = CausalLm { decoder: PeftModel::new(tiny(false), &adapter(method, &wide)).unwrap() };
-        let start = values(lm.target_logprobs(&batch(), false, &device()));
+        let start = values(lm.target_logprobs(&support::tiny_lm_batch(), false, &device()));
         assert!(max_diff(&base, &start) < 1e-5, "{method}: zero-init adapter differs from the base");
 
         // Train a few steps so B != 0, then merging must not change the output.
@@ -177,9 +171,9 @@ fn adapters_on_every_projection_start_at_the_base_model_and_merge_exactly() {
         let (model, first, last) = trained(&adapter(method, &wide), &device);
         assert!(last < first, "{method}: answer loss did not fall ({first} -> {last})");
         let model = model.valid();
-        let unmerged = values(model.target_logprobs(&batch(), false, &device.clone().inner()));
+        let unmerged = values(model.target_logprobs(&support::tiny_lm_batch(), false, &device.clone().inner()));
         let merged = CausalLm { decoder: model.decoder.merge().unwrap() };
-        let after = values(merged.target_logprobs(&batch(), false, &device.inner()));
+        let after = values(merged.target_logprobs(&support::tiny_lm_batch(), false, &device.inner()));
         let diff = max_diff(&unmerged, &after);
         assert!(diff < 1e-4, "{method}: merged vs unmerged {diff}");
         assert!(max_diff(&unmerged, &base) > 1e-4, "{method}: training changed nothing");
@@ -190,7 +184,7 @@ fn adapters_on_every_projection_start_at_the_base_model_and_merge_exactly() {
 fn bottleneck_adapters_after_o_proj_and_down_proj_start_at_the_base_and_learn() {
     let sites = Llama::ADAPTER_SITES;
     let base = values(CausalLm { decoder: PeftModel::from_parts(tiny(false), replora::adapters::AdapterSet::empty()) }.target_logprobs(
-        &batch(),
+        &support::tiny_lm_batch(),
         false,
         &device(),
     ));
@@ -205,7 +199,7 @@ fn bottleneck_adapters_after_o_proj_and_down_proj_start_at_the_base_and_learn() 
         ]
     );
     assert!(
-        max_diff(&base, &values(lm.target_logprobs(&batch(), false, &device()))) < 1e-5,
+        max_diff(&base, &values(lm.target_logprobs(&support::tiny_lm_batch(), false, &device()))) < 1e-5,
         "a bottleneck adapter at init differs from the base"
     );
     let (_, first, last) = trained(&adapter(Method::Houlsby, sites), &device().autodiff());

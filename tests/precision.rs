@@ -17,7 +17,7 @@ use replora::kernels;
 use replora::models::llama::Llama;
 use replora::precision::{self, Precision};
 use replora::quantization::BlockFormat;
-use replora::tasks::choice_model::{CausalLm, LmBatch, LmSequence};
+use replora::tasks::choice_model::CausalLm;
 use replora::training::Objective;
 
 mod support;
@@ -82,20 +82,7 @@ fn logits_in_16_bit_products_are_the_f32_logits_within_their_rounding() {
 }
 
 fn lora_model(device: &Device) -> CausalLm {
-    let config = AdapterConfig {
-        method: Method::Lora.defaults(),
-        r: 4,
-        target_modules: TargetModules::Names(vec!["q_proj".into(), "v_proj".into(), "down_proj".into()]),
-        seed: 3,
-        ..Default::default()
-    };
-    CausalLm { decoder: PeftModel::new(tiny_llama(device), &config).unwrap() }
-}
-
-fn batch() -> LmBatch {
-    let a = LmSequence { tokens: vec![5, 17, 3, 29, 11, 8], answer_start: 4 };
-    let b = LmSequence { tokens: vec![9, 4, 30, 2], answer_start: 3 };
-    LmBatch::pad(&[&a, &b], 0)
+    CausalLm { decoder: PeftModel::new(tiny_llama(device), &support::tiny_lora()).unwrap() }
 }
 
 /// The losses of six AdamW steps of LoRA.
@@ -105,7 +92,7 @@ fn train(device: &Device) -> Vec<f32> {
     let mut optim = AdamWConfig::new().init();
     let mut losses = vec![];
     for _ in 0..6 {
-        let loss = model.loss(&batch(), device);
+        let loss = model.loss(&support::tiny_lm_batch(), device);
         losses.push(values(loss.clone())[0]);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(1e-2, model, grads);
@@ -116,7 +103,7 @@ fn train(device: &Device) -> Vec<f32> {
 /// The first step's gradient of one adapter's `B` (`A`'s is zero while `B` is).
 fn first_gradient(device: &Device) -> Tensor<2> {
     let model = lora_model(device);
-    let grads = model.loss(&batch(), device).backward();
+    let grads = model.loss(&support::tiny_lm_batch(), device).backward();
     let b = model.decoder.adapters.deltas(false).get("model.layers.1.mlp.down_proj").unwrap().b.clone();
     b.grad(&grads).expect("B trains")
 }

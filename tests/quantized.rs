@@ -7,11 +7,11 @@ use std::path::Path;
 
 use burn::prelude::*;
 use burn::tensor::DType;
-use replora::adapters::{Adaptable, AdapterConfig, BaseWeight, Deltas, Method, PeftModel, TargetModules};
+use replora::adapters::{Adaptable, BaseWeight, Deltas, PeftModel};
 use replora::kernels::{self, Kernel, fused_calls};
 use replora::models::llama::{Llama, LlamaConfig};
 use replora::quantization::BlockFormat;
-use replora::tasks::choice_model::{CausalLm, LmBatch, LmSequence};
+use replora::tasks::choice_model::CausalLm;
 use replora::tasks::tuning::Tuning;
 use replora::training::Objective;
 
@@ -85,29 +85,13 @@ fn a_quantized_base_gives_the_dequantized_logits_and_reads_fewer_bytes() {
     }
 }
 
-fn lora() -> AdapterConfig {
-    AdapterConfig {
-        method: Method::Lora.defaults(),
-        r: 4,
-        target_modules: TargetModules::Names(vec!["q_proj".into(), "v_proj".into(), "down_proj".into()]),
-        seed: 3,
-        ..Default::default()
-    }
-}
-
-fn batch() -> LmBatch {
-    let a = LmSequence { tokens: vec![5, 17, 3, 29, 11, 8], answer_start: 4 };
-    let b = LmSequence { tokens: vec![9, 4, 30, 2], answer_start: 3 };
-    LmBatch::pad(&[&a, &b], 0)
-}
-
 /// Eight AdamW steps of LoRA: the loss at each step and the trained model.
 fn train(base: Llama, device: &Device) -> (Vec<f32>, CausalLm) {
-    let mut model = CausalLm { decoder: PeftModel::new(base, &lora()).unwrap() };
+    let mut model = CausalLm { decoder: PeftModel::new(base, &support::tiny_lora()).unwrap() };
     let mut optim = burn::optim::AdamWConfig::new().init();
     let mut losses = vec![];
     for _ in 0..8 {
-        let loss = model.loss(&batch(), device);
+        let loss = model.loss(&support::tiny_lm_batch(), device);
         losses.push(values(loss.clone())[0]);
         let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(1e-2, model, grads);

@@ -402,6 +402,26 @@ pub fn choice_task(path: &Path, n: usize) {
     std::fs::write(path, serde_json::json!({"examples": examples}).to_string()).unwrap();
 }
 
+/// Two answer sequences for the tiny LLaMA (ids below its vocabulary of 40), padded.
+pub fn tiny_lm_batch() -> replora::tasks::choice_model::LmBatch {
+    use replora::tasks::choice_model::{LmBatch, LmSequence};
+    let a = LmSequence { tokens: vec![5, 17, 3, 29, 11, 8], answer_start: 4 };
+    let b = LmSequence { tokens: vec![9, 4, 30, 2], answer_start: 3 };
+    LmBatch::pad(&[&a, &b], 0)
+}
+
+/// LoRA rank 4 on the tiny LLaMA's q_proj, v_proj and down_proj, seeded.
+pub fn tiny_lora() -> replora::adapters::AdapterConfig {
+    use replora::adapters::{AdapterConfig, Method, TargetModules};
+    AdapterConfig {
+        method: Method::Lora.defaults(),
+        r: 4,
+        target_modules: TargetModules::Names(vec!["q_proj".into(), "v_proj".into(), "down_proj".into()]),
+        seed: 3,
+        ..Default::default()
+    }
+}
+
 /// The tiny LLaMA and a 16-question choice task under `dir`, and a multiple-choice spec on
 /// them (8 / 4 / 4 questions of at most 16 tokens) that trains with `tuning`.
 pub fn tiny_choice_spec(dir: &Path, tuning: replora::tasks::Tuning) -> replora::tasks::multiple_choice::MultipleChoiceSpec {
