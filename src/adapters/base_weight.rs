@@ -211,15 +211,10 @@ impl FrozenBlocks {
         self.device.clone()
     }
 
-    /// The f32 `[d_in, d_out]` weight.
+    /// The f32 `[d_in, d_out]` weight, widened on the host.
     fn widened(&self) -> Tensor<2> {
-        self.widened_on(&self.device)
-    }
-
-    /// The f32 `[d_in, d_out]` weight on `device`, widened on the host.
-    fn widened_on(&self, device: &Device) -> Tensor<2> {
         let m = &self.matrix;
-        Tensor::<2>::from_data(TensorData::new(m.dequantize(), [m.rows, m.cols]), device).transpose()
+        Tensor::<2>::from_data(TensorData::new(m.dequantize(), [m.rows, m.cols]), &self.device).transpose()
     }
 
     /// `x Wᵀ` over the last dimension of `x` (`[.., d_in]` -> `[.., d_out]`).
