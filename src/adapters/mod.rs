@@ -5,6 +5,7 @@ pub mod base_weight;
 pub mod config;
 pub mod count;
 pub mod diagnostics;
+pub mod frozen_blocks;
 pub mod init;
 pub mod linear;
 pub mod methods;
@@ -14,11 +15,12 @@ pub mod target;
 
 pub use methods::{bottleneck, dora, lora, prefix, replora};
 
-pub use base_weight::{BaseWeight, FrozenBlocks};
+pub use base_weight::BaseWeight;
 pub use bottleneck::{BottleneckConfig, Houlsby};
 pub use config::{Activation, AdapterConfig, LoraInit, TargetModules};
 pub use count::{ParamReport, closed_form, ppt};
 pub use dora::Dora;
+pub use frozen_blocks::FrozenBlocks;
 pub use linear::{AdaptedLinear, Deltas, FusedRows, LinearDelta, fused_blocks, put_linears};
 pub use lora::Lora;
 pub use methods::{AdapterMethod, Method, MethodConfig, MethodState, Sites};
