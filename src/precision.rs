@@ -1,9 +1,9 @@
-//! Mixed precision (`--precision f32|bf16|f16`): the linears' matrix products run in bf16 or
-//! f16 on a GPU, as PyTorch's autocast runs them, while everything else stays f32: norms,
-//! softmax, attention, the loss, the trainable parameters, their gradients and AdamW's state.
-//! Each product casts its input and weight to the precision, multiplies (on tensor cores where
-//! the GPU has them) and casts the result back to f32; the casts' backward passes bring the
-//! gradients back to f32.
+//! Mixed precision (`--precision f32|bf16|f16`): the linears' matrix products and attention run
+//! in bf16 or f16 on a GPU, as PyTorch's autocast runs them (its `scaled_dot_product_attention`
+//! included), while everything else stays f32: norms, the activations, the loss, the trainable
+//! parameters, their gradients and AdamW's state. Each op casts its inputs to the precision,
+//! computes (on tensor cores where the GPU has them) and casts the result back to f32; the casts'
+//! backward passes bring the gradients back to f32.
 //!
 //! The setting is process-wide, like PyTorch's `torch.set_float32_matmul_precision`: a command
 //! sets it once, after [`crate::device::check_precision`] has checked it against its devices, and
@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use burn::prelude::*;
 use burn::tensor::DType;
+use burn::tensor::ops::AttentionModuleOptions;
 
 crate::choice_enum! {
     /// The precision of the linears' matrix products (`--precision`).
@@ -67,4 +68,18 @@ pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tens
         Some(b) => y + b.unsqueeze::<D>(),
         None => y,
     }
+}
+
+/// burn's attention (`softmax(q kᵀ + bias) v`, scores unscaled: `q` comes scaled) in the
+/// [`current`] precision, the result f32. A mask's `f32::MIN` rounds to a 16-bit `-inf`, which
+/// burn's softmax takes: a row masked everywhere (a padding position's) gets zero weights instead
+/// of NaNs.
+pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, bias: Tensor<4>) -> Tensor<4> {
+    let options = AttentionModuleOptions { scale: Some(1.0), softcap: None, is_causal: false };
+    let dtype = current().dtype();
+    if dtype == DType::F32 {
+        return burn::tensor::module::attention(q, k, v, None, Some(bias), options);
+    }
+    let [q, k, v, bias] = [q, k, v, bias].map(|t| t.cast(dtype));
+    burn::tensor::module::attention(q, k, v, None, Some(bias), options).cast(DType::F32)
 }

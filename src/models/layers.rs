@@ -3,7 +3,6 @@
 
 use burn::module::Param;
 use burn::prelude::*;
-use burn::tensor::ops::AttentionModuleOptions;
 
 use burn::tensor::TensorData;
 
@@ -143,17 +142,17 @@ impl RmsNorm {
 /// head_dim]` with grouped-query heads (query head `i` reads key/value head `i / (heads /
 /// kv_heads)`); `bias` additive (0 where a key may be attended, very negative where not),
 /// broadcasting from `[1 or batch, 1, 1 or t, keys]`. The fused kernel does it on flex f32;
-/// elsewhere burn's attention op, which a GPU backend may run as one fused (flash) kernel, with
-/// keys and values repeated only where grouped-query heads share them.
+/// elsewhere burn's attention op in the `--precision` ([`crate::precision::attention`]), which a
+/// GPU backend may run as one fused (flash) kernel, with keys and values repeated only where
+/// grouped-query heads share them.
 pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, bias: Tensor<4>) -> Tensor<4> {
     if let Some(out) = kernels::attention(&q, &k, &v, &bias) {
         return out;
     }
     let [b, heads, t, _] = q.dims();
     let keys = k.dims()[2];
-    let options = AttentionModuleOptions { scale: Some(1.0), softcap: None, is_causal: false };
     let (k, v) = (kernels::repeat_kv(k, heads), kernels::repeat_kv(v, heads));
-    burn::tensor::module::attention(q, k, v, None, Some(bias.expand([b, heads, t, keys])), options)
+    crate::precision::attention(q, k, v, bias.expand([b, heads, t, keys]))
 }
 
 /// A token embedding table `[vocab, hidden]`, f32 or quantized (a GGUF file's Q8_0 table stays

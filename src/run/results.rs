@@ -36,7 +36,7 @@ pub struct RunSummary {
     /// Training tokens (padding excluded) per second, where the task counts tokens.
     pub train_tokens_per_s: Option<f64>,
     pub peak_rss_mib: Option<f64>,
-    /// The precision of the linears' products (`--precision`) where it was not f32.
+    /// The precision of the linears' products and attention (`--precision`) where it was not f32.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precision: Option<String>,
 }
