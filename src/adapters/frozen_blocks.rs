@@ -1,6 +1,7 @@
-//! A frozen matrix held as a quantized or 16-bit base stores it ([`FrozenBlocks`]), and its
-//! products: read in place by the fused CPU kernels, or copied once to another device, where
-//! each product widens the copy and backward widens it again instead of keeping the f32 matrix.
+//! A frozen base matrix kept in blocks or 16 bits, as its file or `--quantize` holds it
+//! ([`FrozenBlocks`]), and its products: the fused CPU kernels read it in place; another device
+//! gets a copy once, which each product widens, and backward widens again rather than keeping
+//! the f32 matrix.
 
 use std::sync::{Arc, OnceLock};
 
@@ -12,7 +13,6 @@ use burn::backend::autodiff::ops::{Backward, Ops, unary};
 use burn::backend::{Backend, DispatchKindConversion, Flex};
 use burn::module::{Content, Devices, Module, ModuleDisplay, ModuleDisplayDefault, ModuleMapper, ModuleVisitor};
 use burn::prelude::*;
-
 use burn::tensor::{DType, DispatchTensor, TensorCreationOptions, TensorData};
 
 #[cfg(doc)]
