@@ -231,9 +231,11 @@ fn llama_steps_on_quantized_bases_equal_the_cpu() {
     let spec = support::tiny_choice_spec(dir.path(), tuning::<Llama>("lora"));
     // Rows of whole blocks of 32 values.
     support::tiny_llama_model_of(&dir.path().join("llama"), 32, 64);
-    for quantize in [Quantize::Q8_0, Quantize::Q4_0, Quantize::Q4_1, Quantize::Bf16, Quantize::F16] {
-        let spec = MultipleChoiceSpec { quantize, train: train_config(), ..spec.clone() };
-        check::<MultipleChoice>(&format!("LLaMA lora on {quantize:?}"), spec, &gpu);
+    let (q8_0, q4_0, q4_1, bf16, f16) = (Quantize::Q8_0, Quantize::Q4_0, Quantize::Q4_1, Quantize::Bf16, Quantize::F16);
+    // DoRA also reads the whole base weight, for its norms.
+    for (method, quantize) in [("lora", q8_0), ("lora", q4_0), ("lora", q4_1), ("dora", q4_1), ("lora", bf16), ("lora", f16)] {
+        let spec = MultipleChoiceSpec { quantize, tuning: tuning::<Llama>(method), train: train_config(), ..spec.clone() };
+        check::<MultipleChoice>(&format!("LLaMA {method} on {quantize:?}"), spec, &gpu);
     }
 }
 

@@ -219,3 +219,22 @@ fn off_the_fused_path_products_and_their_gradients_equal_the_widened_ones() {
         assert!(relative_diff(&plain, &reference) < 1e-6, "{format}: products on the plain device");
     }
 }
+
+/// Off the fused path (a GPU), a quantized base's f32 weight (DoRA's norms, merging, exporting) is
+/// widened from the copy on the device, bit for bit what the host widens, so that a training step
+/// uploads no widened matrix from the host.
+#[test]
+fn off_the_fused_path_the_dense_weight_comes_from_the_device_copy() {
+    let (rows, cols) = (5, 64);
+    let weights: Vec<f32> = (0..rows * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
+    for format in BlockFormat::QUANTIZABLE {
+        let matrix = replora::quantization::QuantizedMatrix::quantize(format, rows, cols, &weights, "w").unwrap();
+        let frozen = replora::adapters::FrozenBlocks::new(matrix, &Device::flex().autodiff());
+        let weight = BaseWeight::Quantized(frozen.clone());
+        let host = weight.dense().into_data();
+        assert_eq!(frozen.resident(), None, "{format}: the fused path widens on the host");
+        let from_device = kernels::with_fallback(|| weight.dense().into_data());
+        assert!(frozen.resident().is_some(), "{format}: the weight did not come from the device copy");
+        assert_eq!(from_device, host, "{format}");
+    }
+}

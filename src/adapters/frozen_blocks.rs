@@ -50,8 +50,13 @@ impl FrozenBlocks {
         self.device.clone()
     }
 
-    /// The f32 `[d_in, d_out]` weight, widened on the host.
+    /// The f32 `[d_in, d_out]` weight (for merging, exporting and DoRA's norms): widened on the
+    /// host where the fused CPU kernels read the blocks, elsewhere from the copy on the device, so
+    /// that a GPU step does not upload the widened matrix from the host.
     pub(super) fn widened(&self) -> Tensor<2> {
+        if self.device.clone().inner() != Device::flex() || !kernels::fused_allowed() {
+            return self.dense_on(&self.device);
+        }
         let m = &self.matrix;
         Tensor::<2>::from_data(TensorData::new(m.dequantize(), [m.rows, m.cols]), &self.device).transpose()
     }
@@ -64,10 +69,15 @@ impl FrozenBlocks {
         if let Some(y) = rewidened_product(&x, self) {
             return y;
         }
-        let device = x.device();
-        let w = self.widened_on_device().transpose();
-        let w = if device == self.device.clone().inner() { w } else { Tensor::from_inner(w) };
+        let w = self.dense_on(&x.device());
         crate::precision::linear(x, w, None)
+    }
+
+    /// The f32 `[d_in, d_out]` weight widened from the copy on the device, on `device` (this
+    /// weight's device or its non-autodiff one).
+    fn dense_on(&self, device: &Device) -> Tensor<2> {
+        let w = self.widened_on_device().transpose();
+        if *device == self.device.clone().inner() { w } else { Tensor::from_inner(w) }
     }
 
     /// The f32 `[d_out, d_in]` weight on this weight's non-autodiff device, widened from the
