@@ -17,7 +17,7 @@ use burn::tensor::DType;
 use burn::tensor::ops::AttentionModuleOptions;
 
 crate::choice_enum! {
-    /// The precision of the linears' matrix products (`--precision`).
+    /// The precision of the linears' matrix products and attention (`--precision`).
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub enum Precision: "precision" {
         /// f32 products (the default).

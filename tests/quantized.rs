@@ -188,16 +188,25 @@ fn a_16_bit_safetensors_decoder_keeps_its_matrices_16_bit() {
     }
 }
 
+/// The rows and columns of [`small_matrix`].
+const SMALL: (usize, usize) = (5, 64);
+
+/// A [`SMALL`] matrix of varied values in `format`.
+fn small_matrix(format: BlockFormat) -> replora::quantization::QuantizedMatrix {
+    let (rows, cols) = SMALL;
+    let weights: Vec<f32> = (0..rows * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
+    replora::quantization::QuantizedMatrix::quantize(format, rows, cols, &weights, "w").unwrap()
+}
+
 /// Off the fused path, a product with a 16-bit or block-quantized matrix and its gradient with
 /// respect to the input equal those of the widened f32 matrix, on the autodiff device as on the
 /// plain one.
 #[test]
 fn off_the_fused_path_products_and_their_gradients_equal_the_widened_ones() {
-    let (rows, cols) = (5, 64);
-    let weights: Vec<f32> = (0..rows * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
+    let (rows, cols) = SMALL;
     let inputs: Vec<f32> = (0..3 * cols).map(|i| ((i * 11 % 29) as f32 - 14.0) / 7.0).collect();
     for format in BlockFormat::QUANTIZABLE {
-        let matrix = replora::quantization::QuantizedMatrix::quantize(format, rows, cols, &weights, "w").unwrap();
+        let matrix = small_matrix(format);
         let device = Device::flex().autodiff();
         let frozen = replora::adapters::FrozenBlocks::new(matrix.clone(), &device);
         let dense = Tensor::<2>::from_data(TensorData::new(matrix.dequantize(), [rows, cols]), &device).transpose();
@@ -225,11 +234,8 @@ fn off_the_fused_path_products_and_their_gradients_equal_the_widened_ones() {
 /// uploads no widened matrix from the host.
 #[test]
 fn off_the_fused_path_the_dense_weight_comes_from_the_device_copy() {
-    let (rows, cols) = (5, 64);
-    let weights: Vec<f32> = (0..rows * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
     for format in BlockFormat::QUANTIZABLE {
-        let matrix = replora::quantization::QuantizedMatrix::quantize(format, rows, cols, &weights, "w").unwrap();
-        let frozen = replora::adapters::FrozenBlocks::new(matrix, &Device::flex().autodiff());
+        let frozen = replora::adapters::FrozenBlocks::new(small_matrix(format), &Device::flex().autodiff());
         let weight = BaseWeight::Quantized(frozen.clone());
         let host = weight.dense().into_data();
         assert_eq!(frozen.resident(), None, "{format}: the fused path widens on the host");

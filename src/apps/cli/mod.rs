@@ -292,8 +292,8 @@ pub struct DeviceArg {
     #[arg(long, default_value = "cpu", value_parser = device)]
     pub device: DeviceSpec,
     /// The precision of the linears' products and attention on a GPU: bf16 or f16 (on tensor
-    /// cores where the GPU has them), everything else f32, as PyTorch's autocast; refused on the CPU, whose
-    /// kernels multiply in f32 (docs/gpu.md#mixed-precision)
+    /// cores where the GPU has them), everything else f32, as PyTorch's autocast; refused on the
+    /// CPU, whose kernels multiply in f32 (docs/gpu.md#mixed-precision)
     #[arg(long, default_value = "f32", value_parser = choice::<Precision>())]
     pub precision: Precision,
 }
@@ -309,9 +309,9 @@ pub struct TrainDevices {
     #[arg(long, default_value = "cpu", value_delimiter = ',', value_parser = device)]
     pub device: Vec<DeviceSpec>,
     /// The precision of the linears' products and attention on a GPU: bf16 or f16 (on tensor
-    /// cores where the GPU has them; f16 with dynamic loss scaling), everything else f32 (trainable parameters,
-    /// gradients and AdamW's state included), as PyTorch's autocast; refused on the CPU, whose
-    /// kernels multiply in f32 (docs/gpu.md#mixed-precision)
+    /// cores where the GPU has them; f16 with dynamic loss scaling), everything else f32
+    /// (trainable parameters, gradients and AdamW's state included), as PyTorch's autocast;
+    /// refused on the CPU, whose kernels multiply in f32 (docs/gpu.md#mixed-precision)
     #[arg(long, default_value = "f32", value_parser = choice::<Precision>())]
     pub precision: Precision,
 }
